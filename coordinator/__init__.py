@@ -1,0 +1,1 @@
+"""The thin coordinator: signs allowlists, weighs departures against aggregate load."""

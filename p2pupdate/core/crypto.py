@@ -1,0 +1,245 @@
+"""Ed25519 signatures, the signing envelope, key ids and key-file encodings.
+
+DESIGN.md 4, exactly:
+
+* Envelope = msgpack map ``{"t": type, "p": payload bytes, "s": [[keyid, sig], ...]}``.
+* Signed bytes = ``b"p2pupdate/v1\\x00" + t.encode() + b"\\x00" + p``.  The type is inside the
+  signed bytes, so a signature over a scope token can never be replayed as a departure token.
+* Signatures are verified over the raw ``p`` bytes as received, *before* ``p`` is decoded;
+  nothing is ever re-encoded to be verified.
+* ``keyid`` = lowercase hex sha256 of the raw 32-byte public key; a node's id is its keyid.
+* PyNaCl (libsodium) is the only verifier.  ``cryptography`` is used only to read and write
+  PEM key files (PKCS#8 private, SubjectPublicKeyInfo public), never to verify.
+
+Key *files* are bytes in, bytes out here; the shell reads and writes them (mode 0600).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import nacl.exceptions
+import nacl.signing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from . import wire
+from .errors import KeyFileError, SchemaError, SignatureError, WrongTypeError
+
+SIGNING_PREFIX: Final = b"p2pupdate/v1\x00"
+SIG_LEN: Final = 64
+KEY_LEN: Final = 32
+#: Most signatures an envelope may carry (root with many keys is the largest case).
+MAX_SIGS: Final = 32
+#: Document and message type names: short ASCII, no NUL.
+MAX_TYPE_LEN: Final = 32
+
+
+def keyid(public_key: bytes) -> str:
+    """Lowercase hex sha256 of the raw 32-byte Ed25519 public key."""
+    if len(public_key) != KEY_LEN:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return hashlib.sha256(public_key).hexdigest()
+
+
+def signing_input(type_: str, payload: bytes) -> bytes:
+    """The exact bytes that are signed: prefix, type, NUL, payload."""
+    return SIGNING_PREFIX + type_.encode("ascii") + b"\x00" + payload
+
+
+@dataclass(frozen=True, kw_only=True)
+class SigningKey:
+    """An Ed25519 private key (32-byte seed) with its public half and id."""
+
+    seed: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != KEY_LEN:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> SigningKey:
+        return cls(seed=bytes(seed))
+
+    @property
+    def public_key(self) -> bytes:
+        return bytes(nacl.signing.SigningKey(self.seed).verify_key)
+
+    @property
+    def keyid(self) -> str:
+        return keyid(self.public_key)
+
+    def sign(self, type_: str, payload: bytes) -> tuple[str, bytes]:
+        sig = nacl.signing.SigningKey(self.seed).sign(signing_input(type_, payload)).signature
+        return self.keyid, bytes(sig)
+
+    def __repr__(self) -> str:  # never print the seed
+        return f"SigningKey(keyid={self.keyid[:16]}...)"
+
+
+def verify_signature(public_key: bytes, type_: str, payload: bytes, sig: bytes) -> bool:
+    """True iff ``sig`` is a valid Ed25519 signature by ``public_key`` over the input."""
+    if len(public_key) != KEY_LEN or len(sig) != SIG_LEN:
+        return False
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signing_input(type_, payload), sig)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError):
+        return False
+    return True
+
+
+# -- envelope ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Envelope:
+    """A signed document as received: type, raw payload bytes, signatures."""
+
+    type: str
+    payload: bytes
+    signatures: tuple[tuple[str, bytes], ...]
+
+    def to_wire(self) -> bytes:
+        return wire.encode(
+            {"t": self.type, "p": self.payload, "s": [[k, s] for k, s in self.signatures]}
+        )
+
+    @classmethod
+    def from_wire(cls, data: bytes, limits: wire.Limits = wire.DOCUMENT_LIMITS) -> Envelope:
+        obj = wire.decode(data, limits)
+        fields = wire.check_fields(
+            obj,
+            {
+                "t": wire.text(MAX_TYPE_LEN, nonempty=True),
+                "p": wire.blob(max_len=limits.max_bytes),
+                "s": wire.array(
+                    wire.array(_sig_part, max_len=2), max_len=MAX_SIGS
+                ),
+            },
+            where="envelope",
+        )
+        sigs: list[tuple[str, bytes]] = []
+        for i, pair in enumerate(fields["s"]):
+            if len(pair) != 2 or not isinstance(pair[0], str) or not isinstance(pair[1], bytes):
+                raise SchemaError(f"envelope: signature {i} must be [keyid, 64-byte signature]")
+            kid, sig = pair
+            wire.hex_digest()(f"s[{i}] keyid", kid)
+            if len(sig) != SIG_LEN:
+                raise SchemaError(f"envelope: signature {i} is {len(sig)} bytes, expected 64")
+            sigs.append((kid, sig))
+        t = fields["t"]
+        if not t.isascii() or "\x00" in t:
+            raise SchemaError("envelope: type must be ASCII without NUL")
+        return cls(type=t, payload=fields["p"], signatures=tuple(sigs))
+
+    @classmethod
+    def sign(cls, type_: str, payload: bytes, keys: Iterable[SigningKey]) -> Envelope:
+        return cls(type=type_, payload=payload, signatures=tuple(k.sign(type_, payload) for k in keys))
+
+    def add_signatures(self, keys: Iterable[SigningKey]) -> Envelope:
+        """The same document with more signatures (quorum: each replica adds its own)."""
+        extra = tuple(k.sign(self.type, self.payload) for k in keys)
+        return Envelope(type=self.type, payload=self.payload, signatures=self.signatures + extra)
+
+    def valid_keyids(self, keys: Mapping[str, bytes]) -> frozenset[str]:
+        """Distinct known keys with a valid signature.  Unknown keys are ignored."""
+        good: set[str] = set()
+        for kid, sig in self.signatures:
+            if kid in good or kid not in keys:
+                continue
+            if verify_signature(keys[kid], self.type, self.payload, sig):
+                good.add(kid)
+        return frozenset(good)
+
+    def verify(
+        self,
+        *,
+        expected_type: str,
+        keys: Mapping[str, bytes],
+        allowed: Iterable[str],
+        threshold: int,
+        role: str,
+    ) -> frozenset[str]:
+        """Check type and a threshold of valid signatures by distinct allowed keys.
+
+        ``keys`` maps keyid -> raw public key (already checked to match); ``allowed`` is the
+        role's key ids.  The same signature repeated, or one key listed twice, counts once.
+        Returns the set of key ids that signed.
+        """
+        if self.type != expected_type:
+            raise WrongTypeError(
+                f"document of type {self.type!r} used where {expected_type!r} is required"
+            )
+        if threshold < 1:
+            raise SignatureError(f"role {role!r} has threshold {threshold}; it must be >= 1")
+        allowed_set = frozenset(allowed)
+        role_keys = {k: v for k, v in keys.items() if k in allowed_set}
+        good = self.valid_keyids(role_keys)
+        if len(good) < threshold:
+            raise SignatureError(
+                f"{len(good)} of {threshold} required valid {role} signatures "
+                f"({len(self.signatures)} present)"
+            )
+        return good
+
+
+def _sig_part(name: str, v: object) -> object:
+    if not isinstance(v, str | bytes):
+        raise SchemaError(f"field {name!r}: expected keyid string or signature bytes")
+    return v
+
+
+# -- key files --------------------------------------------------------------------------
+
+
+def private_key_to_pem(key: SigningKey) -> bytes:
+    priv = ed25519.Ed25519PrivateKey.from_private_bytes(key.seed)
+    return priv.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def public_key_to_pem(public_key: bytes) -> bytes:
+    pub = ed25519.Ed25519PublicKey.from_public_bytes(public_key)
+    return pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+MAX_PEM_BYTES: Final = 16 * 1024
+
+
+def private_key_from_pem(data: bytes) -> SigningKey:
+    """Read an unencrypted PKCS#8 PEM Ed25519 private key."""
+    if len(data) > MAX_PEM_BYTES:
+        raise KeyFileError("key file is too large to be an Ed25519 key")
+    try:
+        priv = serialization.load_pem_private_key(data, password=None)
+    except TypeError as exc:
+        raise KeyFileError("key file is encrypted; p2pupdate needs an unencrypted key") from exc
+    except (ValueError, Exception) as exc:
+        raise KeyFileError("not a PEM private key") from exc
+    if not isinstance(priv, ed25519.Ed25519PrivateKey):
+        raise KeyFileError("not an Ed25519 private key")
+    seed = priv.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    return SigningKey.from_seed(seed)
+
+
+def public_key_from_pem(data: bytes) -> bytes:
+    """Read a SubjectPublicKeyInfo PEM Ed25519 public key; returns the raw 32 bytes."""
+    if len(data) > MAX_PEM_BYTES:
+        raise KeyFileError("key file is too large to be an Ed25519 key")
+    try:
+        pub = serialization.load_pem_public_key(data)
+    except (ValueError, Exception) as exc:
+        raise KeyFileError("not a PEM public key") from exc
+    if not isinstance(pub, ed25519.Ed25519PublicKey):
+        raise KeyFileError("not an Ed25519 public key")
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

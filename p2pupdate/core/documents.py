@@ -1,0 +1,550 @@
+"""The signed documents: parse, check shape, verify signatures.
+
+Seven kinds, each a frozen dataclass whose fields are exactly the keys of its msgpack
+payload (``FIELDS`` is the schema, checked exactly: no missing, no unknown keys):
+
+=================  =============  ==============================================  =========
+type               signed by      says                                            floor by
+=================  =============  ==============================================  =========
+``root``           root           who holds each role (keys + threshold)           version
+``release``        release        artifact sha256, length, counter, chunk hashes   --
+``allowlist``      coordinator    which artifacts may run on the network at all    version
+``scope``          operator       who may move to one artifact now                 serial
+``departure``      coordinator*q  this node may leave now, from A to B             --
+``nudge``          coordinator    "look now" for one artifact                      serial
+``heartbeat``      the node       version/state/load of one node (gossip)          seq
+=================  =============  ==============================================  =========
+
+``open_signed`` is the only way to get a document out of bytes: it checks the envelope,
+the type, then a threshold of signatures over the *raw* payload, and only then decodes the
+payload.  Freshness and version floors need state and live in ``trust.TrustStore``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Final, Generic, TypeVar
+
+from . import wire
+from .crypto import KEY_LEN, Envelope, SigningKey, keyid
+from .errors import (
+    ExpiredError,
+    InvalidRootError,
+    KeyIdMismatchError,
+    SchemaError,
+    WrongTypeError,
+)
+
+#: Clock skew allowance for ``expires`` (DESIGN.md 4).
+SKEW: Final = 60
+#: Unix seconds must fit comfortably; year ~2^35.
+MAX_TIME: Final = 2**40
+MAX_VERSION: Final = 2**53
+ROLES: Final = ("root", "release", "coordinator", "operator")
+MIN_CHUNK: Final = 1024
+MAX_CHUNK: Final = 16 * 1024 * 1024
+MAX_CHUNKS: Final = 65_536
+MAX_NODES_IN_SCOPE: Final = 10_000
+MAX_KEYS: Final = 64
+
+_time = wire.uint(MAX_TIME)
+_version = wire.uint(MAX_VERSION)
+_digest = wire.hex_digest()
+_name = wire.text(128, nonempty=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Document:
+    """Common shape: every document has an issue time and an expiry (unix seconds)."""
+
+    TYPE: ClassVar[str] = ""
+    ROLE: ClassVar[str] = ""
+    #: Name of the field that orders documents of this kind (None: no floor).
+    FLOOR_FIELD: ClassVar[str | None] = None
+    FIELDS: ClassVar[dict[str, wire.Check]] = {}
+    LIMITS: ClassVar[wire.Limits] = wire.DOCUMENT_LIMITS
+
+    issued: int
+    expires: int
+
+    # -- wire ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Any:
+        values = wire.check_fields(obj, cls.FIELDS, where=cls.TYPE)
+        doc = cls(**values)
+        doc.validate()
+        return doc
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Any:
+        return cls.from_obj(wire.decode(payload, cls.LIMITS))
+
+    def to_obj(self) -> dict[str, Any]:
+        return {f.name: _to_plain(getattr(self, f.name)) for f in fields(self)}
+
+    def to_payload(self) -> bytes:
+        return wire.encode(self.to_obj())
+
+    def validate(self) -> None:
+        """Rules across fields; raise ``SchemaError`` (or a subclass's own type)."""
+        if self.expires < self.issued:
+            raise SchemaError(f"{self.TYPE}: expires before it is issued")
+
+    # -- convenience ----------------------------------------------------------------------
+
+    @property
+    def floor_value(self) -> int | None:
+        return None if self.FLOOR_FIELD is None else int(getattr(self, self.FLOOR_FIELD))
+
+    def sign(self, keys: list[SigningKey]) -> Envelope:
+        return Envelope.sign(self.TYPE, self.to_payload(), keys)
+
+    def describe(self) -> str:
+        """One line for humans (CLI output)."""
+        floor = f" {self.FLOOR_FIELD} {self.floor_value}" if self.FLOOR_FIELD else ""
+        return f"{self.TYPE}{floor}"
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_to_plain(x) for x in v]
+    if isinstance(v, Role):
+        return {"keys": list(v.keys), "threshold": v.threshold}
+    if isinstance(v, dict):
+        return {k: _to_plain(x) for k, x in v.items()}
+    return v
+
+
+# -- root -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Role:
+    keys: tuple[str, ...]
+    threshold: int
+
+
+def _role(name: str, v: Any) -> Role:
+    f = wire.check_fields(
+        v,
+        {"keys": wire.array(_digest, MAX_KEYS, unique=True), "threshold": wire.uint(MAX_KEYS)},
+        where=f"role {name!r}",
+    )
+    return Role(keys=f["keys"], threshold=f["threshold"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Root(Document):
+    """Who holds each role.  Rotation: see ``trust.TrustStore.update_root``."""
+
+    TYPE: ClassVar[str] = "root"
+    ROLE: ClassVar[str] = "root"
+    FLOOR_FIELD: ClassVar[str | None] = "version"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "version": _version,
+        "issued": _time,
+        "expires": _time,
+        "network": _name,
+        "keys": wire.mapping(_digest, wire.blob(KEY_LEN), MAX_KEYS),
+        "roles": wire.mapping(wire.one_of(*ROLES), _role, len(ROLES)),
+    }
+
+    version: int
+    network: str
+    keys: Mapping[str, bytes]
+    roles: Mapping[str, Role]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.version < 1:
+            raise InvalidRootError("root: version starts at 1")
+        for kid, pub in self.keys.items():
+            if keyid(pub) != kid:
+                raise KeyIdMismatchError(
+                    f"root: key listed as {kid[:16]}... is not sha256 of its public key "
+                    "(one key under two ids?)"
+                )
+        missing = [r for r in ROLES if r not in self.roles]
+        if missing:
+            raise InvalidRootError(f"root: roles missing: {', '.join(missing)}")
+        for name, role in self.roles.items():
+            if role.threshold < 1:
+                raise InvalidRootError(f"root: role {name!r} has threshold {role.threshold} (< 1)")
+            if role.threshold > len(role.keys):
+                raise InvalidRootError(
+                    f"root: role {name!r} threshold {role.threshold} exceeds its "
+                    f"{len(role.keys)} keys"
+                )
+            unknown = [k for k in role.keys if k not in self.keys]
+            if unknown:
+                raise InvalidRootError(f"root: role {name!r} names unlisted key {unknown[0][:16]}...")
+
+    def role_keys(self, role: str) -> dict[str, bytes]:
+        return {k: self.keys[k] for k in self.roles[role].keys}
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{r} {self.roles[r].threshold}/{len(self.roles[r].keys)}" for r in ROLES)
+        return f"root v{self.version} of network {self.network!r} ({parts})"
+
+
+# -- release ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Release(Document):
+    """A build, as the release key vouches for it: hash, length, counter, chunk hashes."""
+
+    TYPE: ClassVar[str] = "release"
+    ROLE: ClassVar[str] = "release"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "name": _name,
+        "counter": _version,
+        "artifact": _digest,
+        "length": wire.uint(2**40),
+        "chunk_size": wire.uint(MAX_CHUNK),
+        "chunks": wire.array(wire.blob(32), MAX_CHUNKS),
+        "issued": _time,
+        "expires": _time,
+    }
+
+    name: str
+    counter: int
+    artifact: str
+    length: int
+    chunk_size: int
+    chunks: tuple[bytes, ...]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.counter < 1:
+            raise SchemaError("release: counter starts at 1")
+        if not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK:
+            raise SchemaError(f"release: chunk_size must be in [{MIN_CHUNK}, {MAX_CHUNK}]")
+        if self.length < 1:
+            raise SchemaError("release: empty artifact")
+        expected = math.ceil(self.length / self.chunk_size)
+        if len(self.chunks) != expected:
+            raise SchemaError(
+                f"release: {len(self.chunks)} chunk hashes for {self.length} bytes at "
+                f"{self.chunk_size} per chunk (expected {expected})"
+            )
+
+    @classmethod
+    def for_bytes(
+        cls, data: bytes, *, name: str, counter: int, chunk_size: int, issued: int, expires: int
+    ) -> Release:
+        """The release record of an artifact held in memory (tests; the CLI streams)."""
+        chunks = tuple(
+            hashlib.sha256(data[i : i + chunk_size]).digest()
+            for i in range(0, len(data), chunk_size)
+        )
+        doc = cls(
+            name=name,
+            counter=counter,
+            artifact=hashlib.sha256(data).hexdigest(),
+            length=len(data),
+            chunk_size=chunk_size,
+            chunks=chunks,
+            issued=issued,
+            expires=expires,
+        )
+        doc.validate()
+        return doc
+
+    def describe(self) -> str:
+        return (
+            f"release {self.name!r} counter {self.counter} artifact {self.artifact[:16]}... "
+            f"({self.length} bytes, {len(self.chunks)} chunks)"
+        )
+
+
+# -- allowlist --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Allowlist(Document):
+    """Gate 1: the artifacts permitted on the network at all."""
+
+    TYPE: ClassVar[str] = "allowlist"
+    ROLE: ClassVar[str] = "coordinator"
+    FLOOR_FIELD: ClassVar[str | None] = "version"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "version": _version,
+        "issued": _time,
+        "expires": _time,
+        "artifacts": wire.array(_digest, 4096, unique=True),
+    }
+
+    version: int
+    artifacts: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"allowlist v{self.version} ({len(self.artifacts)} artifacts)"
+
+
+# -- scope ------------------------------------------------------------------------------
+
+SCOPE_KINDS: Final = ("nobody", "nodes", "fraction", "everyone")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scope(Document):
+    """Gate 2: which nodes may move to ``artifact`` now.  ``force`` skips gate 3 only."""
+
+    TYPE: ClassVar[str] = "scope"
+    ROLE: ClassVar[str] = "operator"
+    FLOOR_FIELD: ClassVar[str | None] = "serial"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "serial": _version,
+        "issued": _time,
+        "expires": _time,
+        "artifact": _digest,
+        "kind": wire.one_of(*SCOPE_KINDS),
+        "nodes": wire.array(_digest, MAX_NODES_IN_SCOPE, unique=True),
+        "fraction": wire.unit_float(),
+        "seed": wire.blob(max_len=32),
+        "force": wire.boolean(),
+    }
+
+    serial: int
+    artifact: str
+    kind: str
+    nodes: tuple[str, ...] = ()
+    fraction: float = 0.0
+    seed: bytes = b""
+    force: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.kind == "nodes") != bool(self.nodes):
+            raise SchemaError("scope: node ids are given exactly when kind is 'nodes'")
+        if self.kind == "fraction":
+            if len(self.seed) < 8:
+                raise SchemaError("scope: a fraction needs a seed of 8 to 32 bytes")
+        elif self.fraction != 0.0 or self.seed:
+            raise SchemaError("scope: fraction and seed are set only when kind is 'fraction'")
+
+    def describe(self) -> str:
+        what = {
+            "nobody": "nobody",
+            "everyone": "everyone",
+            "nodes": f"{len(self.nodes)} named nodes",
+            "fraction": f"fraction {self.fraction:g} (seed {self.seed.hex()[:16]})",
+        }[self.kind]
+        force = ", FORCE" if self.force else ""
+        return f"scope serial {self.serial}: {what} -> {self.artifact[:16]}...{force}"
+
+
+# -- departure token --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DepartureToken(Document):
+    """Gate 3's answer: a short lease for one node to leave, bound to everything it used."""
+
+    TYPE: ClassVar[str] = "departure"
+    ROLE: ClassVar[str] = "coordinator"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "node": _digest,
+        "pool": wire.text(64),
+        "from_artifact": _digest,
+        "to_artifact": _digest,
+        "allowlist_version": _version,
+        "scope_serial": _version,
+        "nonce": wire.blob(16),
+        "issued": _time,
+        "expires": _time,
+    }
+    LIMITS: ClassVar[wire.Limits] = wire.MESSAGE_LIMITS
+
+    node: str
+    pool: str
+    from_artifact: str
+    to_artifact: str
+    allowlist_version: int
+    scope_serial: int
+    nonce: bytes
+
+    def describe(self) -> str:
+        return (
+            f"departure token for node {self.node[:16]}... {self.from_artifact[:8]} -> "
+            f"{self.to_artifact[:8]} (allowlist v{self.allowlist_version}, "
+            f"scope {self.scope_serial}, expires {self.expires})"
+        )
+
+
+# -- nudge ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nudge(Document):
+    """"Look now": skip the wait before asking.  Never a gate."""
+
+    TYPE: ClassVar[str] = "nudge"
+    ROLE: ClassVar[str] = "coordinator"
+    FLOOR_FIELD: ClassVar[str | None] = "serial"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "serial": _version,
+        "issued": _time,
+        "expires": _time,
+        "artifact": _digest,
+    }
+    LIMITS: ClassVar[wire.Limits] = wire.MESSAGE_LIMITS
+
+    serial: int
+    artifact: str
+
+    def describe(self) -> str:
+        return f"nudge serial {self.serial} -> {self.artifact[:16]}..."
+
+
+# -- heartbeat --------------------------------------------------------------------------
+
+NODE_STATES: Final = ("serving", "asking", "draining", "swapping", "probation", "failed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(Document):
+    """One node's signed status for gossip.  Self-certifying: ``node == keyid(pub)``."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    ROLE: ClassVar[str] = "node"
+    FLOOR_FIELD: ClassVar[str | None] = "seq"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "node": _digest,
+        "pub": wire.blob(KEY_LEN),
+        "seq": _version,
+        "version": wire.text(64),
+        "artifact": _digest,
+        "state": wire.one_of(*NODE_STATES),
+        "pool": wire.text(64),
+        "load": wire.nonneg_float(),
+        "capacity": wire.nonneg_float(),
+        "issued": _time,
+        "expires": _time,
+    }
+    LIMITS: ClassVar[wire.Limits] = wire.MESSAGE_LIMITS
+
+    node: str
+    pub: bytes
+    seq: int
+    version: str
+    artifact: str
+    state: str
+    pool: str
+    load: float
+    capacity: float
+
+    def validate(self) -> None:
+        super().validate()
+        if keyid(self.pub) != self.node:
+            raise KeyIdMismatchError("heartbeat: node id is not sha256 of the enclosed key")
+
+
+DOCUMENT_TYPES: Final[dict[str, type[Document]]] = {
+    c.TYPE: c for c in (Root, Release, Allowlist, Scope, DepartureToken, Nudge, Heartbeat)
+}
+
+# -- opening signed bytes ---------------------------------------------------------------
+
+D = TypeVar("D", bound=Document)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Signed(Generic[D]):
+    """A verified document, with the envelope it came in and who signed it."""
+
+    doc: D
+    envelope: Envelope
+    signers: frozenset[str]
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the signed payload: equal documents have equal digests."""
+        return hashlib.sha256(self.envelope.payload).hexdigest()
+
+
+def peek_type(data: bytes) -> str:
+    """The envelope's claimed type, for routing only (nothing is trusted yet)."""
+    return Envelope.from_wire(data).type
+
+
+def open_signed(cls: type[D], data: bytes | Envelope, root: Root) -> Signed[D]:
+    """Verify type and a threshold of signatures of ``cls.ROLE`` under ``root``, then parse.
+
+    Raises ``WireError`` for malformed bytes, ``WrongTypeError`` for a document of another
+    kind, ``SignatureError`` for too few valid signatures by distinct role keys.
+    Freshness and floors are checked by ``TrustStore``.
+    """
+    env = data if isinstance(data, Envelope) else Envelope.from_wire(data, cls.LIMITS)
+    if cls is Heartbeat or cls is Root:
+        raise TypeError("use open_heartbeat / TrustStore for self-certifying documents")
+    role = root.roles[cls.ROLE]
+    signers = env.verify(
+        expected_type=cls.TYPE,
+        keys=root.keys,
+        allowed=role.keys,
+        threshold=role.threshold,
+        role=cls.ROLE,
+    )
+    doc: D = cls.from_payload(env.payload)
+    return Signed(doc=doc, envelope=env, signers=signers)
+
+
+def open_root(data: bytes | Envelope, *, signed_by: Root | None = None) -> Signed[Root]:
+    """Parse a root and check it is signed by a threshold of its own root keys and, when
+    ``signed_by`` is given, also by a threshold of that (previous) root's root keys.
+
+    The payload must be decoded to learn its own keys; this is the one place the payload is
+    parsed before its signatures are checked, and nothing from it is trusted until they are.
+    """
+    env = data if isinstance(data, Envelope) else Envelope.from_wire(data, Root.LIMITS)
+    if env.type != Root.TYPE:
+        raise WrongTypeError(f"document of type {env.type!r} used where 'root' is required")
+    signers: set[str] = set()
+    if signed_by is not None:  # the keys we already trust go first, over the raw bytes
+        signers |= _verify_root_sigs(env, signed_by, "previous root")
+    new: Root = Root.from_payload(env.payload)
+    signers |= _verify_root_sigs(env, new, "new root")
+    return Signed(doc=new, envelope=env, signers=frozenset(signers))
+
+
+def _verify_root_sigs(env: Envelope, authority: Root, label: str) -> frozenset[str]:
+    role = authority.roles["root"]
+    return env.verify(
+        expected_type=Root.TYPE,
+        keys=authority.keys,
+        allowed=role.keys,
+        threshold=role.threshold,
+        role=f"root ({label})",
+    )
+
+
+def open_heartbeat(data: bytes | Envelope) -> Signed[Heartbeat]:
+    """A heartbeat is signed by the node it describes; its id is the hash of its key."""
+    env = data if isinstance(data, Envelope) else Envelope.from_wire(data, Heartbeat.LIMITS)
+    if env.type != Heartbeat.TYPE:
+        raise WrongTypeError(f"document of type {env.type!r} used where 'heartbeat' is required")
+    # The key must be known before the signature can be checked; take it from the payload
+    # but trust nothing else in it until the signature over the raw bytes verifies.
+    hb: Heartbeat = Heartbeat.from_payload(env.payload)
+    signers = env.verify(
+        expected_type=Heartbeat.TYPE,
+        keys={hb.node: hb.pub},
+        allowed=(hb.node,),
+        threshold=1,
+        role="node",
+    )
+    return Signed(doc=hb, envelope=env, signers=signers)
+
+
+def check_fresh(doc: Document, effective_now: int, *, what: str | None = None) -> None:
+    """Reject a document past its expiry (with ``SKEW`` allowance)."""
+    if effective_now > doc.expires + SKEW:
+        raise ExpiredError(
+            f"{what or doc.describe()}: expired at {doc.expires}, now {effective_now}"
+        )

@@ -1,0 +1,190 @@
+"""Gates 1 and 2, as pure functions that return results, not exceptions.
+
+A gate that says no is a normal answer with a reason an operator can act on ("held back
+by rollout scope" must never look like "broken"), so each returns a ``GateResult``.
+The documents passed in must already be verified (``TrustStore``); the gates check what
+depends on *this node* and *now*: expiry at decision time, membership, downgrades.
+
+Fraction scopes are a pure function of (seed, node id, fraction): the node, the
+coordinator and the simulations compute exactly the same membership.  Membership is
+monotone in the fraction for a fixed seed, so widening 5% -> 25% keeps the first 5% in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from .documents import SKEW, Allowlist, Release, Scope
+
+GATE_ALLOWLIST: Final = "allowlist"
+GATE_SCOPE: Final = "scope"
+GATE_CAPACITY: Final = "capacity"
+
+FRACTION_DOMAIN: Final = b"p2pupdate/scope-fraction\x00"
+_TWO_64: Final = 1 << 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class GateResult:
+    ok: bool
+    gate: str
+    reason: str
+    detail: str = ""
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        verdict = "pass" if self.ok else "refused"
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{self.gate} {verdict} ({self.reason}){detail}"
+
+
+def _no(gate: str, reason: str, detail: str) -> GateResult:
+    return GateResult(ok=False, gate=gate, reason=reason, detail=detail)
+
+
+def _yes(gate: str, reason: str, detail: str = "") -> GateResult:
+    return GateResult(ok=True, gate=gate, reason=reason, detail=detail)
+
+
+# -- fraction membership ----------------------------------------------------------------
+
+
+def fraction_point(seed: bytes, node_id: str) -> int:
+    """The node's fixed point in [0, 2^64) for this seed."""
+    digest = hashlib.sha256(FRACTION_DOMAIN + seed + bytes.fromhex(node_id)).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def fraction_threshold(fraction: float) -> int:
+    """Points below this are in.  Exact for every float in [0, 1]."""
+    if fraction >= 1.0:
+        return _TWO_64
+    if fraction <= 0.0:
+        return 0
+    return int(fraction * _TWO_64)  # scaling by a power of two is exact; int() truncates
+
+
+def in_fraction(seed: bytes, node_id: str, fraction: float) -> bool:
+    return fraction_point(seed, node_id) < fraction_threshold(fraction)
+
+
+# -- gate 1 -----------------------------------------------------------------------------
+
+
+def allowlisted(
+    artifact: str,
+    *,
+    allowlist: Allowlist | None,
+    releases: Mapping[str, Release],
+    now: int,
+    installed: Release | None = None,
+    scope: Scope | None = None,
+) -> GateResult:
+    """Gate 1: the exact artifact is on an unexpired allowlist and has a release record.
+
+    A release with a counter not above the installed one is a downgrade and passes only
+    when ``scope`` is a ``force`` scope naming exactly this artifact.
+    """
+    g = GATE_ALLOWLIST
+    if allowlist is None:
+        return _no(g, "no-allowlist", "no verified allowlist")
+    if now > allowlist.expires + SKEW:
+        return _no(g, "allowlist-expired", f"allowlist v{allowlist.version} expired")
+    if artifact not in allowlist.artifacts:
+        return _no(g, "not-allowlisted", f"{artifact[:16]}... not on allowlist v{allowlist.version}")
+    release = releases.get(artifact)
+    if release is None:
+        return _no(g, "no-release-record", f"{artifact[:16]}... has no signed release record")
+    if now > release.expires + SKEW:
+        return _no(g, "release-expired", f"release {release.name!r} record expired")
+    if installed is not None and release.counter <= installed.counter:
+        forced = scope is not None and scope.force and scope.artifact == artifact
+        if not forced:
+            return _no(
+                g,
+                "downgrade",
+                f"release counter {release.counter} is not above installed {installed.counter}",
+            )
+        return _yes(g, "forced-downgrade", f"force scope {scope.serial if scope else '?'}")
+    return _yes(g, "allowlisted", f"release {release.name!r} counter {release.counter}")
+
+
+# -- gate 2 -----------------------------------------------------------------------------
+
+
+def in_scope(node_id: str, artifact: str, *, scope: Scope | None, now: int) -> GateResult:
+    """Gate 2: this node is inside the operator's current rollout scope for ``artifact``."""
+    g = GATE_SCOPE
+    if scope is None:
+        return _no(g, "no-scope", "no verified scope token")
+    if now > scope.expires + SKEW:
+        return _no(g, "scope-expired", f"scope serial {scope.serial} expired")
+    if scope.artifact != artifact:
+        return _no(g, "scope-other-artifact", f"scope serial {scope.serial} is for another artifact")
+    if scope.kind == "nobody":
+        return _no(g, "scope-nobody", f"scope serial {scope.serial} holds everyone back")
+    if scope.kind == "everyone":
+        return _yes(g, "everyone")
+    if scope.kind == "nodes":
+        if node_id in scope.nodes:
+            return _yes(g, "named")
+        return _no(g, "not-named", f"node not among the {len(scope.nodes)} named")
+    # fraction
+    if in_fraction(scope.seed, node_id, scope.fraction):
+        return _yes(g, "in-fraction", f"fraction {scope.fraction:g}")
+    return _no(g, "outside-fraction", f"node outside fraction {scope.fraction:g}")
+
+
+# -- both -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """What gates 1 and 2 say for one node: the artifact it may ask to move to, or why not."""
+
+    artifact: str | None
+    release: Release | None
+    results: tuple[GateResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.artifact is not None
+
+    @property
+    def refusal(self) -> GateResult | None:
+        return next((r for r in self.results if not r.ok), None)
+
+
+def choose_target(
+    node_id: str,
+    *,
+    installed: Release | None,
+    allowlist: Allowlist | None,
+    releases: Mapping[str, Release],
+    scope: Scope | None,
+    now: int,
+) -> Target:
+    """The candidate is the artifact the current scope names; both gates must pass.
+
+    Gate 2 is evaluated even when gate 1 fails, so an operator sees every reason at once.
+    """
+    if scope is None:
+        res = in_scope(node_id, "", scope=None, now=now)
+        return Target(artifact=None, release=None, results=(res,))
+    artifact = scope.artifact
+    if installed is not None and installed.artifact == artifact:
+        res = _yes(GATE_ALLOWLIST, "already-running", f"release {installed.name!r}")
+        return Target(artifact=None, release=installed, results=(res,))
+    r1 = allowlisted(
+        artifact, allowlist=allowlist, releases=releases, now=now, installed=installed, scope=scope
+    )
+    r2 = in_scope(node_id, artifact, scope=scope, now=now)
+    ok = r1.ok and r2.ok
+    return Target(
+        artifact=artifact if ok else None,
+        release=releases.get(artifact),
+        results=(r1, r2),
+    )
