@@ -115,9 +115,7 @@ class Envelope:
             {
                 "t": wire.text(MAX_TYPE_LEN, nonempty=True),
                 "p": wire.blob(max_len=limits.max_bytes),
-                "s": wire.array(
-                    wire.array(_sig_part, max_len=2), max_len=MAX_SIGS
-                ),
+                "s": wire.array(wire.array(_sig_part, max_len=2), max_len=MAX_SIGS),
             },
             where="envelope",
         )
@@ -137,7 +135,9 @@ class Envelope:
 
     @classmethod
     def sign(cls, type_: str, payload: bytes, keys: Iterable[SigningKey]) -> Envelope:
-        return cls(type=type_, payload=payload, signatures=tuple(k.sign(type_, payload) for k in keys))
+        return cls(
+            type=type_, payload=payload, signatures=tuple(k.sign(type_, payload) for k in keys)
+        )
 
     def add_signatures(self, keys: Iterable[SigningKey]) -> Envelope:
         """The same document with more signatures (quorum: each replica adds its own)."""

@@ -181,7 +181,9 @@ class Root(Document):
                 )
             unknown = [k for k in role.keys if k not in self.keys]
             if unknown:
-                raise InvalidRootError(f"root: role {name!r} names unlisted key {unknown[0][:16]}...")
+                raise InvalidRootError(
+                    f"root: role {name!r} names unlisted key {unknown[0][:16]}..."
+                )
 
     def role_keys(self, role: str) -> dict[str, bytes]:
         return {k: self.keys[k] for k in self.roles[role].keys}
@@ -382,7 +384,7 @@ class DepartureToken(Document):
 
 @dataclass(frozen=True, kw_only=True)
 class Nudge(Document):
-    """"Look now": skip the wait before asking.  Never a gate."""
+    """ "Look now": skip the wait before asking.  Never a gate."""
 
     TYPE: ClassVar[str] = "nudge"
     ROLE: ClassVar[str] = "coordinator"

@@ -94,7 +94,9 @@ def allowlisted(
     if now > allowlist.expires + SKEW:
         return _no(g, "allowlist-expired", f"allowlist v{allowlist.version} expired")
     if artifact not in allowlist.artifacts:
-        return _no(g, "not-allowlisted", f"{artifact[:16]}... not on allowlist v{allowlist.version}")
+        return _no(
+            g, "not-allowlisted", f"{artifact[:16]}... not on allowlist v{allowlist.version}"
+        )
     release = releases.get(artifact)
     if release is None:
         return _no(g, "no-release-record", f"{artifact[:16]}... has no signed release record")
@@ -123,7 +125,9 @@ def in_scope(node_id: str, artifact: str, *, scope: Scope | None, now: int) -> G
     if now > scope.expires + SKEW:
         return _no(g, "scope-expired", f"scope serial {scope.serial} expired")
     if scope.artifact != artifact:
-        return _no(g, "scope-other-artifact", f"scope serial {scope.serial} is for another artifact")
+        return _no(
+            g, "scope-other-artifact", f"scope serial {scope.serial} is for another artifact"
+        )
     if scope.kind == "nobody":
         return _no(g, "scope-nobody", f"scope serial {scope.serial} holds everyone back")
     if scope.kind == "everyone":

@@ -154,9 +154,7 @@ class TrustStore:
             current = floors.get(cls.TYPE)
             if current is None or value > current.value:
                 floors[cls.TYPE] = Floor(value=value, digest=signed.digest)
-        store = replace(
-            self, floors=floors, highest_time=max(self.highest_time, signed.doc.issued)
-        )
+        store = replace(self, floors=floors, highest_time=max(self.highest_time, signed.doc.issued))
         return signed, store
 
     def _check_floor(self, signed: Signed[Any]) -> None:
@@ -234,4 +232,3 @@ def _floor_part(name: str, v: Any) -> Any:
     if isinstance(v, str):
         return v
     raise SchemaError(f"field {name!r}: expected int or digest")
-

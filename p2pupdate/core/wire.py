@@ -368,11 +368,7 @@ def hex_digest() -> Check:
     """A lowercase hex sha256 (64 chars): artifact hashes and key ids."""
 
     def check(name: str, v: Any) -> str:
-        if (
-            not isinstance(v, str)
-            or len(v) != 64
-            or any(c not in "0123456789abcdef" for c in v)
-        ):
+        if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
             raise SchemaError(f"field {name!r}: expected 64 lowercase hex chars")
         return v
 
