@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 from . import wire
 from .crypto import KEY_LEN, Envelope, SigningKey, keyid
 from .errors import (
+    BindingError,
     ExpiredError,
     InvalidRootError,
     KeyIdMismatchError,
@@ -88,6 +89,14 @@ class Document:
 
     def to_payload(self) -> bytes:
         return wire.encode(self.to_obj())
+
+    def checked(self) -> Any:
+        """This document after the same schema and rule checks a receiver applies.
+
+        Use before signing values that came from a user, so a bad value is refused here
+        rather than by every node later.
+        """
+        return type(self).from_obj(self.to_obj())
 
     def validate(self) -> None:
         """Rules across fields; raise ``SchemaError`` (or a subclass's own type)."""
@@ -550,3 +559,29 @@ def check_fresh(doc: Document, effective_now: int, *, what: str | None = None) -
         raise ExpiredError(
             f"{what or doc.describe()}: expired at {doc.expires}, now {effective_now}"
         )
+
+
+def check_binding(
+    token: DepartureToken,
+    *,
+    node: str,
+    from_artifact: str,
+    to_artifact: str,
+    allowlist_version: int,
+    scope_serial: int,
+) -> None:
+    """A departure token is good only for the exact move it was granted for.
+
+    Raises ``BindingError`` naming the first field that does not match.
+    """
+    expected = {
+        "node": node,
+        "from_artifact": from_artifact,
+        "to_artifact": to_artifact,
+        "allowlist_version": allowlist_version,
+        "scope_serial": scope_serial,
+    }
+    for name, want in expected.items():
+        got = getattr(token, name)
+        if got != want:
+            raise BindingError(f"departure token: {name} is {got!r}, expected {want!r}")

@@ -1,0 +1,389 @@
+"""``p2pupdate``: the node and operator command line.
+
+Exit codes: 0 ok, 1 rejected or verification failed, 2 usage or input mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .cliutil import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    Parser,
+    UsageError,
+    duration,
+    load_signing_key,
+    now_arg,
+    positive_int,
+    read_input,
+    run,
+    sha256_hex,
+    size,
+    wall_clock,
+    write_output,
+)
+from .core import crypto
+from .core import documents as docs
+from .core.errors import P2PUpdateError
+from .fsutil import create_exclusive
+from .verify import verify_set
+
+DEFAULT_CHUNK = 256 * 1024
+
+# -- keys -------------------------------------------------------------------------------
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    key = crypto.SigningKey.from_seed(os.urandom(32))
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise UsageError(f"{out.parent}: directory does not exist")
+    try:
+        create_exclusive(out, crypto.private_key_to_pem(key), mode=0o600)
+        if args.public:
+            create_exclusive(
+                out.with_name(out.name.removesuffix(".pem") + ".pub.pem"),
+                crypto.public_key_to_pem(key.public_key),
+                mode=0o644,
+            )
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    print(key.keyid)
+    return EXIT_OK
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    data = read_input(args.key, crypto.MAX_PEM_BYTES)
+    try:
+        pub = crypto.private_key_from_pem(data).public_key
+    except P2PUpdateError:
+        try:
+            pub = crypto.public_key_from_pem(data)
+        except P2PUpdateError:
+            raise UsageError(f"{args.key}: not an Ed25519 PEM key (private or public)") from None
+    print(crypto.keyid(pub))
+    return EXIT_OK
+
+
+# -- release ----------------------------------------------------------------------------
+
+
+def hash_file(path: Path, chunk_size: int) -> tuple[str, int, tuple[bytes, ...]]:
+    """Stream a file: whole-file sha256, length, per-chunk sha256 digests."""
+    whole = hashlib.sha256()
+    chunks: list[bytes] = []
+    length = 0
+    try:
+        with path.open("rb") as f:
+            while block := f.read(chunk_size):
+                whole.update(block)
+                chunks.append(hashlib.sha256(block).digest())
+                length += len(block)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    return whole.hexdigest(), length, tuple(chunks)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    if not docs.MIN_CHUNK <= args.chunk_size <= docs.MAX_CHUNK:
+        raise UsageError(
+            f"--chunk-size must be between {docs.MIN_CHUNK} and {docs.MAX_CHUNK} bytes"
+        )
+    keys = [load_signing_key(k) for k in args.key]
+    artifact, length, chunks = hash_file(Path(args.file), args.chunk_size)
+    if length == 0:
+        raise UsageError(f"{args.file}: file is empty")
+    if len(chunks) > docs.MAX_CHUNKS:
+        raise UsageError(
+            f"{args.file}: {len(chunks)} chunks exceeds {docs.MAX_CHUNKS}; use a larger --chunk-size"
+        )
+    now = wall_clock()
+    try:
+        rel = docs.Release(
+            name=args.name,
+            counter=args.counter,
+            artifact=artifact,
+            length=length,
+            chunk_size=args.chunk_size,
+            chunks=chunks,
+            issued=now,
+            expires=now + args.expires,
+        )
+        rel = rel.checked()
+    except P2PUpdateError as exc:
+        raise UsageError(str(exc)) from None
+    write_output(args.output, rel.sign(keys).to_wire())
+    print(f"release {args.name!r} counter {args.counter}: artifact {artifact}")
+    print(f"  {length} bytes in {len(chunks)} chunks of {args.chunk_size}; wrote {args.output}")
+    return EXIT_OK
+
+
+# -- scope ------------------------------------------------------------------------------
+
+
+def _node_ids(text: str) -> tuple[str, ...]:
+    ids = tuple(dict.fromkeys(p.strip().lower() for p in text.split(",") if p.strip()))
+    if not ids:
+        raise argparse.ArgumentTypeError("--nodes needs at least one node id")
+    for i in ids:
+        sha256_hex(i)
+    return ids
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text.rstrip("%")) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction like 0.05 or 5%") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1 (or 0% and 100%)")
+    return v
+
+
+def _seed(text: str) -> bytes:
+    try:
+        b = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not hex") from None
+    if not 8 <= len(b) <= 32:
+        raise argparse.ArgumentTypeError("--seed must be 8 to 32 bytes (16 to 64 hex characters)")
+    return b
+
+
+def cmd_scope(args: argparse.Namespace) -> int:
+    keys = [load_signing_key(k) for k in args.key]
+    now = wall_clock()
+    if args.nodes is not None:
+        kind, nodes, fraction, seed = "nodes", args.nodes, 0.0, b""
+    elif args.fraction is not None:
+        kind, nodes, fraction = "fraction", (), args.fraction
+        seed = args.seed if args.seed is not None else os.urandom(16)
+    else:
+        kind, nodes, fraction, seed = ("nobody" if args.nobody else "everyone"), (), 0.0, b""
+        if args.seed is not None:
+            raise UsageError("--seed only goes with --fraction")
+    if args.seed is not None and kind != "fraction":
+        raise UsageError("--seed only goes with --fraction")
+    scope = docs.Scope(
+        serial=args.serial if args.serial is not None else now,
+        issued=now,
+        expires=now + args.expires,
+        artifact=args.artifact,
+        kind=kind,
+        nodes=nodes,
+        fraction=fraction,
+        seed=seed,
+        force=args.force,
+    )
+    try:
+        scope = scope.checked()
+    except P2PUpdateError as exc:
+        raise UsageError(str(exc)) from None
+    write_output(args.output, scope.sign(keys).to_wire())
+    print(f"{scope.describe()}; expires {scope.expires}; wrote {args.output}")
+    return EXIT_OK
+
+
+# -- verify -----------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    now = args.now if args.now is not None else wall_clock()
+    root = read_input(args.root)
+    files = [(f, read_input(f)) for f in args.files]
+    report = verify_set(args.root, root, files, now=now, as_node=args.as_node)
+    if args.json:
+        out: dict[str, Any] = {
+            "ok": report.ok,
+            "now": now,
+            "root": report.root.to_json(),
+            "documents": [d.to_json() for d in report.documents],
+        }
+        if report.target is not None:
+            t = report.target
+            out["node"] = {
+                "id": report.node,
+                "may_move_to": t.artifact,
+                "release": t.release.name if t.release and t.artifact else None,
+                "gates": [
+                    {"gate": r.gate, "ok": r.ok, "reason": r.reason, "detail": r.detail}
+                    for r in t.results
+                ],
+            }
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    else:
+        print(report.root.line())
+        for d in report.documents:
+            print(d.line())
+        if report.target is not None:
+            t = report.target
+            who = f"node {report.node[:16]}..." if report.node else "node"
+            for r in t.results:
+                print(f"  gate {r}")
+            if t.artifact and t.release:
+                print(
+                    f"{who} may move to {t.artifact} "
+                    f"(release {t.release.name!r} counter {t.release.counter}) "
+                    "once the coordinator grants a departure"
+                )
+            else:
+                refusal = t.refusal
+                why = f"{refusal.gate}: {refusal.reason}" if refusal else "nothing to move to"
+                print(f"{who} stays where it is ({why})")
+        bad = sum(not d.ok for d in report.documents) + (not report.root.ok)
+        print(
+            f"{len(report.documents) + 1 - bad} verified, {bad} rejected"
+            if bad
+            else f"all {len(report.documents) + 1} documents verified"
+        )
+    return EXIT_OK if report.ok else EXIT_REJECTED
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="p2pupdate",
+        description=(
+            "p2pupdate: fleet self-update that asks before it moves. Nodes pull signed builds "
+            "from each other and switch only when (1) the artifact is on a signed allowlist, "
+            "(2) the node is in the operator's rollout scope and (3) the coordinator says the "
+            "network can spare it."
+        ),
+        epilog="Exit codes: 0 ok, 1 rejected / verification failed, 2 usage error.",
+    )
+    p.add_argument("--version", action="version", version=f"p2pupdate {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="node identity keys", description="Node identity keys.")
+    ksub = keys.add_subparsers(title="commands", metavar="COMMAND")
+    kn = ksub.add_parser(
+        "new",
+        help="create a node identity key and print its node id",
+        description="Create an Ed25519 key (PKCS#8 PEM, mode 0600) and print its node id "
+        "(hex sha256 of the public key). Never overwrites an existing file.",
+    )
+    kn.add_argument("-o", "--output", required=True, metavar="PEM", help="private key file")
+    kn.add_argument("--public", action="store_true", help="also write PEM.pub.pem")
+    kn.set_defaults(handler=cmd_keys_new)
+    ks = ksub.add_parser("show", help="print the key id of a PEM key file")
+    ks.add_argument("key", metavar="PEM")
+    ks.set_defaults(handler=cmd_keys_show)
+    keys.set_defaults(handler=lambda a: _help(keys))
+
+    rel = sub.add_parser(
+        "release",
+        help="sign a release record for a build artifact",
+        description="Hash FILE (whole and per chunk) and write a release record signed by the "
+        "release key(s). Peers verify every chunk against it.",
+    )
+    rel.add_argument("file", metavar="FILE", help="the build artifact")
+    rel.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        metavar="PEM",
+        help="release key (repeat for a threshold)",
+    )
+    rel.add_argument(
+        "--counter",
+        type=positive_int,
+        required=True,
+        metavar="N",
+        help="release counter; a lower one is a downgrade",
+    )
+    rel.add_argument("--name", required=True, help="human name, e.g. v2.3.1")
+    rel.add_argument(
+        "--chunk-size",
+        type=size,
+        default=DEFAULT_CHUNK,
+        metavar="B",
+        help="chunk size (default 256KiB)",
+    )
+    rel.add_argument(
+        "--expires",
+        type=duration,
+        default=365 * 86400,
+        metavar="DUR",
+        help="record lifetime (default 365d)",
+    )
+    rel.add_argument("-o", "--output", required=True, metavar="OUT")
+    rel.set_defaults(handler=cmd_release)
+
+    sc = sub.add_parser(
+        "scope",
+        help="sign a rollout scope token (operator)",
+        description="Say which nodes may move to ARTIFACT now: nobody, a named set, a seeded "
+        "fraction (the same nodes on every machine; widening keeps earlier ones in) or everyone.",
+    )
+    sc.add_argument("--artifact", type=sha256_hex, required=True, metavar="SHA256")
+    who = sc.add_mutually_exclusive_group(required=True)
+    who.add_argument("--nobody", action="store_true", help="hold everyone back (pause)")
+    who.add_argument("--nodes", type=_node_ids, metavar="ID[,ID...]", help="only these node ids")
+    who.add_argument(
+        "--fraction", type=_fraction, metavar="F", help="a seeded fraction, e.g. 0.05 or 5%%"
+    )
+    who.add_argument("--everyone", action="store_true")
+    sc.add_argument("--seed", type=_seed, metavar="HEX", help="fraction seed (default: random)")
+    sc.add_argument(
+        "--force", action="store_true", help="skip the capacity gate (emergency budget; audited)"
+    )
+    sc.add_argument(
+        "--key",
+        action="append",
+        required=True,
+        metavar="PEM",
+        help="operator key (repeat for a threshold)",
+    )
+    sc.add_argument(
+        "--serial", type=positive_int, metavar="N", help="serial (default: now in unix seconds)"
+    )
+    sc.add_argument(
+        "--expires", type=duration, default=86400, metavar="DUR", help="lifetime (default 1d)"
+    )
+    sc.add_argument("-o", "--output", required=True, metavar="OUT")
+    sc.set_defaults(handler=cmd_scope)
+
+    ve = sub.add_parser(
+        "verify",
+        help="verify documents against a root; optionally evaluate gates 1-2 for a node",
+        description="Verify every FILE against ROOT and the trust state the files imply "
+        "(newer roots, version floors, expiry). With --as-node, also evaluate the allowlist "
+        "and scope gates for that node and say which artifact it may move to. "
+        "Exit 1 if any document is rejected.",
+    )
+    ve.add_argument("--root", required=True, metavar="ROOT", help="trusted root document")
+    ve.add_argument("files", nargs="+", metavar="FILE")
+    ve.add_argument("--as-node", type=sha256_hex, metavar="NODE_ID")
+    ve.add_argument("--now", type=now_arg, metavar="UNIX", help="judge expiry at this time")
+    ve.add_argument("--json", action="store_true", help="print one JSON object")
+    ve.set_defaults(handler=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run("p2pupdate", build_parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What both command-line tools share: exit codes, one-line errors, argument parsing.
+
+Exit codes (every command): 0 ok, 1 rejected / verification failed, 2 usage or input
+mistake.  A user mistake is never a traceback: it is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from .core import crypto
+from .core.errors import KeyFileError, P2PUpdateError
+from .fsutil import FileTooLargeError, read_limited
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for (bad path, bad value): exit 2."""
+
+
+class Rejected(Exception):
+    """A document or request that was refused: exit 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+def run(prog: str, build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    parser = build()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        code: int = handler(args)
+        return code
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Rejected as exc:
+        print(f"{prog}: rejected: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except P2PUpdateError as exc:
+        print(f"{prog}: rejected: {exc.rule}: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+# -- values -----------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+)([smhdw]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration(text: str) -> int:
+    """'90', '90s', '15m', '12h', '7d', '2w' -> seconds."""
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h, 7d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+_SIZE = re.compile(r"^(\d+)\s*(|b|k|kb|kib|m|mb|mib)$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1 << 20,
+    "mb": 1 << 20,
+    "mib": 1 << 20,
+}
+
+
+def size(text: str) -> int:
+    """'262144', '256KiB', '1MiB' -> bytes (binary units)."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 262144, 256KiB, 1MiB")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return v
+
+
+def sha256_hex(text: str) -> str:
+    t = text.strip().lower()
+    if len(t) != 64 or any(c not in "0123456789abcdef" for c in t):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a sha256 (64 hex characters)")
+    return t
+
+
+def now_arg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not unix seconds") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("time must be >= 0")
+    return v
+
+
+def wall_clock() -> int:
+    return int(time.time())
+
+
+# -- files ------------------------------------------------------------------------------
+
+MAX_INPUT_DOC = 1024 * 1024 + 4096
+
+
+def read_input(path: str | Path, limit: int = MAX_INPUT_DOC) -> bytes:
+    try:
+        return read_limited(path, limit)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory") from None
+    except FileTooLargeError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
+def load_signing_key(path: str | Path) -> crypto.SigningKey:
+    data = read_input(path, crypto.MAX_PEM_BYTES)
+    try:
+        return crypto.private_key_from_pem(data)
+    except KeyFileError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def write_output(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    from .fsutil import atomic_write
+
+    p = Path(path)
+    if not p.parent.exists():
+        raise UsageError(f"{p.parent}: directory does not exist")
+    try:
+        atomic_write(p, data, mode=mode)
+    except OSError as exc:
+        raise UsageError(f"cannot write {p}: {exc.strerror or exc}") from None
