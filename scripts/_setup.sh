@@ -1,0 +1,52 @@
+# Sourced by scripts/test and scripts/demo: create or reuse .venv and install the project.
+# Works on a fresh Debian/Ubuntu machine (installs python3-venv with apt-get if needed and
+# we are root) and on machines with their own Python (pyenv, Homebrew).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "p2pupdate needs Python >= 3.11 (found: $("$PY" --version 2>&1)); set PYTHON=..." >&2
+    exit 2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv with $("$PY" --version)"
+    if ! "$PY" -m venv .venv 2>/dev/null; then
+        rm -rf .venv
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            echo "==> installing python3-venv"
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            "$PY" -m venv .venv
+        else
+            echo "cannot create a virtualenv: install python3-venv" >&2
+            exit 2
+        fi
+    fi
+fi
+
+pip_install() {
+    # pip's own exit code decides; its noise about unreachable local indexes is dropped.
+    local log
+    log="$(mktemp)"
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1; then
+        grep -v '^WARNING: Location' "$log" >&2 || true
+        rm -f "$log"
+        echo "pip install $* failed" >&2
+        exit 2
+    fi
+    grep -v '^WARNING: Location' "$log" || true
+    rm -f "$log"
+}
+
+# Reinstall only when pyproject.toml changed since the last install into this .venv.
+stamp=".venv/.p2pupdate-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "==> installing p2pupdate and its dev tools into .venv"
+    pip_install --upgrade pip
+    pip_install -e '.[dev]'
+    echo "$want" >"$stamp"
+fi
+export PATH="$ROOT/.venv/bin:$PATH"
