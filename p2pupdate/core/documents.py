@@ -47,7 +47,7 @@ MAX_VERSION: Final = 2**53
 ROLES: Final = ("root", "release", "coordinator", "operator")
 MIN_CHUNK: Final = 1024
 MAX_CHUNK: Final = 16 * 1024 * 1024
-MAX_CHUNKS: Final = 65_536
+MAX_CHUNKS: Final = 16_384  # x 34 B per hash stays well under DOCUMENT_LIMITS.max_bytes
 MAX_NODES_IN_SCOPE: Final = 10_000
 MAX_KEYS: Final = 64
 

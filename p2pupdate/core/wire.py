@@ -52,7 +52,9 @@ class Limits:
 
 #: Signed documents.  A release record of a 1 GiB artifact at 256 KiB chunks lists 4096
 #: chunk hashes (~140 KiB), so documents get a larger byte cap than gossip messages.
-DOCUMENT_LIMITS: Final = Limits(max_bytes=1024 * 1024, max_container_len=65_536, max_items=200_000)
+DOCUMENT_LIMITS: Final = Limits(
+    max_bytes=1024 * 1024, max_bin_len=1024 * 1024, max_container_len=65_536, max_items=200_000
+)
 #: Gossip and other small messages (DESIGN.md 7: <= 1,200 B on the wire).
 MESSAGE_LIMITS: Final = Limits(max_bytes=16 * 1024, max_container_len=1024, max_items=4096)
 
