@@ -173,8 +173,6 @@ def cmd_scope(args: argparse.Namespace) -> int:
         seed = args.seed if args.seed is not None else os.urandom(16)
     else:
         kind, nodes, fraction, seed = ("nobody" if args.nobody else "everyone"), (), 0.0, b""
-        if args.seed is not None:
-            raise UsageError("--seed only goes with --fraction")
     if args.seed is not None and kind != "fraction":
         raise UsageError("--seed only goes with --fraction")
     scope = docs.Scope(

@@ -9,9 +9,10 @@ What it holds (and why):
 * the current root and the digests of every root accepted (root chain);
 * per-kind **version floors** ``kind -> (value, payload digest)``: lower is a rollback,
   equal with other bytes is equivocation, higher raises the floor;
-* the **highest signed time** seen (max ``issued`` of accepted documents): expiry is judged
-  against ``max(now, highest_time)``, so winding the node's clock back does not revive old
-  documents.
+* the **highest signed time** seen (max ``issued`` of accepted documents, each capped at the
+  ``now + SKEW`` of when it was accepted): expiry is judged against ``max(now, highest_time)``,
+  so winding the node's clock back does not revive old documents, and a document dated in the
+  far future cannot expire everything else.
 
 Root rotation (TUF-style): root N+1 must be signed by a threshold of root N's root keys
 *and* of its own; versions are consecutive; at most ``MAX_ROOT_STEPS`` per update.  When a
@@ -29,6 +30,7 @@ from typing import Any, Final, TypeVar
 from . import wire
 from .documents import (
     DOCUMENT_TYPES,
+    SKEW,
     Document,
     Root,
     Signed,
@@ -74,11 +76,19 @@ class TrustStore:
             root=signed.doc,
             root_digests=(signed.digest,),
             floors={"root": Floor(value=signed.doc.version, digest=signed.digest)},
-            highest_time=signed.doc.issued,
+            highest_time=min(signed.doc.issued, now + SKEW),
         )
 
     def effective_now(self, now: int) -> int:
         return max(now, self.highest_time)
+
+    def _raised_time(self, issued: int, now: int) -> int:
+        """The highest signed time, raised by a document issued at ``issued``.
+
+        Capped at ``now + SKEW``: a document dated years ahead (signed with a stolen key)
+        must not drag the node's notion of time forward and expire everything after it.
+        """
+        return max(self.highest_time, min(issued, now + SKEW))
 
     # -- roots ----------------------------------------------------------------------------
 
@@ -117,7 +127,7 @@ class TrustStore:
             root=new,
             root_digests=(*self.root_digests, signed.digest),
             floors=floors,
-            highest_time=max(self.highest_time, new.issued),
+            highest_time=self._raised_time(new.issued, now),
         )
 
     def update_roots(self, datas: Iterable[bytes], now: int) -> TrustStore:
@@ -154,7 +164,7 @@ class TrustStore:
             current = floors.get(cls.TYPE)
             if current is None or value > current.value:
                 floors[cls.TYPE] = Floor(value=value, digest=signed.digest)
-        store = replace(self, floors=floors, highest_time=max(self.highest_time, signed.doc.issued))
+        store = replace(self, floors=floors, highest_time=self._raised_time(signed.doc.issued, now))
         return signed, store
 
     def _check_floor(self, signed: Signed[Any]) -> None:

@@ -179,7 +179,8 @@ def scan(data: bytes, limits: Limits) -> None:
                     f"container declares {container} entries but only {end - pos} bytes remain"
                 )
             if container:
-                if len(stack) >= limits.max_depth:
+                # stack[0] is the top-level slot, so len(stack) open containers after this one
+                if len(stack) > limits.max_depth:
                     raise DepthError(f"nesting deeper than {limits.max_depth}")
                 stack.append(container)
     if pos != end:
