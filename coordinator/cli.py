@@ -52,6 +52,9 @@ def _check_counts(args: argparse.Namespace) -> None:
     ):
         if t > n:
             raise UsageError(f"{what} {t} is larger than the number of keys ({n})")
+    total = args.replicas + args.operators + args.root_keys + args.release_keys
+    if total > docs.MAX_KEYS:
+        raise UsageError(f"{total} keys in all; a root lists at most {docs.MAX_KEYS}")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -170,9 +173,12 @@ def cmd_allow(args: argparse.Namespace) -> int:
         )
     (d / "allowlists").mkdir(exist_ok=True)
     version = next_allowlist_version(d)
-    allow = docs.Allowlist(
-        version=version, issued=now, expires=now + args.expires, artifacts=tuple(artifacts)
-    )
+    try:
+        allow = docs.Allowlist(
+            version=version, issued=now, expires=now + args.expires, artifacts=tuple(artifacts)
+        ).checked()
+    except P2PUpdateError as exc:
+        raise UsageError(str(exc)) from None
     data = allow.sign(signers).to_wire()
     # Record in the network dir first: the version is used even if -o fails afterwards.
     atomic_write(d / "allowlists" / f"v{version}.msgpack", data)

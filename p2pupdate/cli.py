@@ -43,20 +43,22 @@ DEFAULT_CHUNK = 256 * 1024
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
-    key = crypto.SigningKey.from_seed(os.urandom(32))
     out = Path(args.output)
-    if not out.parent.exists():
-        raise UsageError(f"{out.parent}: directory does not exist")
+    pub_out = out.with_name(out.name.removesuffix(".pem") + ".pub.pem") if args.public else None
+    for path in (out, pub_out):  # check everything before writing anything
+        if path is None:
+            continue
+        if not path.parent.is_dir():
+            raise UsageError(f"{path.parent}: not a directory")
+        if path.exists():
+            raise UsageError(f"{path} already exists; refusing to overwrite it")
+    key = crypto.SigningKey.from_seed(os.urandom(32))
     try:
         create_exclusive(out, crypto.private_key_to_pem(key), mode=0o600)
-        if args.public:
-            create_exclusive(
-                out.with_name(out.name.removesuffix(".pem") + ".pub.pem"),
-                crypto.public_key_to_pem(key.public_key),
-                mode=0o644,
-            )
-    except FileExistsError as exc:
-        raise UsageError(str(exc)) from None
+        if pub_out is not None:
+            create_exclusive(pub_out, crypto.public_key_to_pem(key.public_key), mode=0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
     print(key.keyid)
     return EXIT_OK
 

@@ -35,7 +35,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def run(prog: str, build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
@@ -66,7 +66,9 @@ def run(prog: str, build: Callable[[], argparse.ArgumentParser], argv: Sequence[
 
 # -- values -----------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(\d+)([smhdw]?)$")
+_DURATION = re.compile(r"^(\d{1,12})([smhdw]?)$")
+#: Longest lifetime any document may be given: 100 years.
+MAX_DURATION = 100 * 365 * 86400
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -75,7 +77,10 @@ def duration(text: str) -> int:
     m = _DURATION.match(text.strip())
     if not m or int(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h, 7d")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 100 years")
+    return seconds
 
 
 _SIZE = re.compile(r"^(\d+)\s*(|b|k|kb|kib|m|mb|mib)$", re.IGNORECASE)

@@ -32,8 +32,9 @@ from .errors import KeyFileError, SchemaError, SignatureError, WrongTypeError
 SIGNING_PREFIX: Final = b"p2pupdate/v1\x00"
 SIG_LEN: Final = 64
 KEY_LEN: Final = 32
-#: Most signatures an envelope may carry (root with many keys is the largest case).
-MAX_SIGS: Final = 32
+#: Most signatures an envelope may carry: as many as a root may list keys, so whatever a
+#: valid root allows can always be signed by every key it names.
+MAX_SIGS: Final = 64
 #: Document and message type names: short ASCII, no NUL.
 MAX_TYPE_LEN: Final = 32
 
