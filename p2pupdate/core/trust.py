@@ -219,14 +219,9 @@ class TrustStore:
             raise SchemaError("trust state: root digests do not end with the stored root")
         floors: dict[str, Floor] = {}
         for kind, pair in obj["floors"].items():
-            if (
-                len(pair) != 2
-                or type(pair[0]) is not int
-                or not isinstance(pair[1], str)
-                or len(pair[1]) != 64
-            ):
+            if len(pair) != 2 or type(pair[0]) is not int:
                 raise SchemaError(f"trust state: floor {kind!r} must be [int, digest]")
-            floors[kind] = Floor(value=pair[0], digest=pair[1])
+            floors[kind] = Floor(value=pair[0], digest=wire.hex_digest()(kind, pair[1]))
         return cls(
             root_bytes=obj["root"],
             root=signed.doc,
