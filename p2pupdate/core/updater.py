@@ -1,0 +1,1168 @@
+"""The update state machine of one node: events in, effects out, every transition in one table.
+
+Modelled on h11's ``_state.py`` (STYLE.md 4): ``TRANSITIONS`` maps ``(State, event type)``
+to the one handler allowed to run there and the states it may lead to.  A pair that is not
+in the table raises ``InvalidTransitionError``: an event the machine does not expect is a
+bug in whoever fed it, never something to drop silently.  The table is data, so
+``render_table()`` / ``render_dot()`` draw the documentation from it and the tests check
+that every row is exercised.
+
+Sans-IO (STYLE.md 1, 2): nothing here reads a clock, draws randomness or touches the disk
+or the network.  ``now`` is monotonic seconds (a float) passed to every call; randomness
+comes from an ``Rng`` handed to the constructor (a ``random.Random`` in the daemon, a seeded
+one in tests and simulations).  The shell (daemon + launcher) performs the returned effects
+and reports back with events; it asks ``get_timer()`` when to call ``handle_timer(now)``.
+
+The life cycle (DESIGN.md 6)::
+
+    sleeping --timer/nudge--> noticed --gates ok--> prefetching --done--> noticed --> asking
+    asking --refused--> refused --retry_after (jittered)--> noticed --> asking ...
+    asking --coordinator error--> backing_off --exponential backoff--> noticed --> asking ...
+    asking --granted--> draining --drained--> swapping ==[process boundary]==>
+    probation --health ok, confirmed--> rejoined --reported--> sleeping
+    probation --unhealthy / no confirm in time--> rolling_back ==[launcher]==>
+    rolled_back (the old version again) --reported--> sleeping
+
+Design choices, and why:
+
+* **Noticing is local.**  On its jittered timer (or a nudge) the node emits
+  ``EvaluateGates``; the shell runs ``gates.choose_target`` over the documents it holds
+  (allowlists and scopes arrive by gossip or from the coordinator at any time and only
+  update the shell's ``TrustStore``) and answers ``GatesEvaluated``.  A newly gossiped
+  allowlist does *not* wake the node: if it did, a whole fleet would move in the same
+  second, which is exactly what the jittered interval exists to prevent.  Only a timer or a
+  nudge starts a check.
+* **Every ask follows a fresh gate check.**  Prefetching can take minutes and a refusal can
+  hold a node for longer; meanwhile the scope may be narrowed or the allowlist may expire.
+  So ``prefetching``, ``refused`` and ``backing_off`` all lead back to ``noticed`` (a local,
+  cheap check) instead of straight to ``asking``; an artifact already prefetched is not
+  fetched again.
+* **Nudges skip the sleep, never a gate.**  In ``sleeping`` a nudge starts the check at
+  once.  Anywhere else it is remembered, not acted on: the check that is already running
+  covers it, a refusal's ``retry_after`` is the coordinator pacing the herd and is respected,
+  and a node that is draining or on probation has better things to do.  When the node next
+  falls asleep with a nudge remembered, it checks immediately.  A nudge naming the running
+  or a sticky-denied artifact is ignored outright.
+* **Refused means wait and keep serving.**  A refusal (any gate, with a reason) waits
+  ``retry_after`` (or one check interval when none is given, at least ``min_retry``),
+  stretched by up to ``retry_jitter`` (default +20%) and never shortened: the coordinator said
+  "not before".
+* **Coordinator errors back off exponentially with "equal jitter"**: after the n-th
+  consecutive error the wait is uniform in ``[d/2, d]`` with
+  ``d = min(backoff_cap, backoff_base * 2**(n-1))`` (5 s .. 15 min by default).  Half fixed,
+  half random: never the near-zero retries full jitter can draw, and a crowd that failed
+  together spreads out.  Any answer from the coordinator (grant, refusal, report
+  acknowledged) resets the count.
+* **A lease is spent, not held.**  ``Granted`` goes straight to draining (the issue's
+  "granted" is this edge, not a resting state): every second between grant and swap is
+  capacity borrowed from the network.  The drain deadline leaves ``swap_margin`` of the lease
+  for the swap and restart; a lease too short for that is handed back (``ReturnLease``) and
+  counted as a coordinator error.  If the drain overruns, or the swap fails before the
+  process exits, the node resumes serving on the old version and hands the lease back.
+* **The process boundary.**  ``Swap`` carries the ``PendingSwap`` record the launcher writes
+  before the process exits with the swap code.  The new process builds its updater with
+  ``Updater.on_probation(pending, ...)``; if probation fails (``ProbationFailed`` or no
+  ``Confirmed`` within ``probation_timeout``) it emits ``RollBack`` and exits, and the
+  launcher restores the previous slot (it does the same, with no updater involved, when the
+  new version crashes).  The old version then starts with
+  ``Updater.after_rollback(record, ...)`` and reports the failure (the coordinator's circuit
+  breaker counts it).
+* **Sticky deny.**  An artifact that failed probation here is never tried again on this node,
+  whatever nudges or scopes say (``force`` skips gate 3 only, and this is not gate 3) -- until
+  a candidate with a *higher release counter* shows up, which lifts the deny (``LiftDeny``
+  tells the launcher to forget it).  The launcher persists the denies and passes them in.
+* **Reports are retried with the same backoff** (``report_attempts`` tries, then the node
+  goes back to sleep: heartbeats still carry its version and state, and a lease lapses on its
+  own).
+* **States that wait on the shell have no timer.**  ``noticed``, ``prefetching``, ``asking``,
+  ``swapping`` and reporting wait for the shell's answer; the shell bounds each effect with its
+  own timeout and reports a failure as an event (``PrefetchFailed``, ``CoordinatorError``,
+  ``SwapFailed``).  The states in ``TIMED_STATES`` always have a timer.
+* The first check after start is uniform in ``[0, check_interval]``, so a fleet that boots
+  together (a power cut) does not check in lockstep.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol, TypeVar, cast
+
+from .documents import NODE_STATES, Allowlist, Scope
+from .errors import P2PUpdateError
+from .gates import GateResult, Target
+
+__all__ = [
+    "INITIAL_STATES",
+    "TIMED_STATES",
+    "TRANSITIONS",
+    "AskCoordinator",
+    "Candidate",
+    "Confirm",
+    "Confirmed",
+    "CoordinatorError",
+    "Drain",
+    "Drained",
+    "Effect",
+    "EvaluateGates",
+    "Event",
+    "GatesEvaluated",
+    "Granted",
+    "HealthOk",
+    "InvalidTransitionError",
+    "LiftDeny",
+    "Nudged",
+    "PendingSwap",
+    "Prefetch",
+    "PrefetchDone",
+    "PrefetchFailed",
+    "ProbationFailed",
+    "Refused",
+    "ReportFailure",
+    "ReportRejoined",
+    "Reported",
+    "RestoreWork",
+    "ResumeServing",
+    "ReturnLease",
+    "Rng",
+    "RollBack",
+    "RollbackRecord",
+    "Started",
+    "State",
+    "StickyDeny",
+    "Swap",
+    "SwapFailed",
+    "Timer",
+    "Transition",
+    "Updater",
+    "UpdaterConfig",
+    "render_dot",
+    "render_table",
+    "table_rows",
+]
+
+
+class InvalidTransitionError(P2PUpdateError):
+    """An event arrived in a state whose row of the table does not accept it.
+
+    Always the local shell's fault (it fed a result for something the updater did not ask
+    for, or fed events out of order), so it is raised, never swallowed.
+    """
+
+    rule = "invalid-transition"
+
+    def __init__(self, message: str, *, state: State, event: str) -> None:
+        super().__init__(message)
+        #: Where the machine was and what arrived (the row that is missing).
+        self.state = state
+        self.event = event
+
+
+class Rng(Protocol):
+    """The randomness the updater draws from: ``random.Random`` fits; so does a stub."""
+
+    def random(self) -> float: ...
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+# -- states -------------------------------------------------------------------------------
+
+
+class State(enum.Enum):
+    """Where the node is in its update cycle.  The value is the name operators see."""
+
+    SLEEPING = "sleeping"  # serving; waiting for the jittered check (or a nudge)
+    NOTICED = "noticed"  # serving; the shell is evaluating gates 1 and 2 locally
+    PREFETCHING = "prefetching"  # serving; pulling the artifact peer-to-peer before asking
+    ASKING = "asking"  # serving; a departure request is with the coordinator
+    REFUSED = "refused"  # serving; waiting out the coordinator's retry_after
+    BACKING_OFF = "backing_off"  # serving; the coordinator failed, waiting exponentially
+    DRAINING = "draining"  # lease held; no new work, finishing in-flight, checkpointing
+    SWAPPING = "swapping"  # staging the new slot; the process exits with the swap code
+    PROBATION = "probation"  # new version running, not yet confirmed by the launcher
+    ROLLING_BACK = "rolling_back"  # probation failed; the process exits with the rollback code
+    REJOINED = "rejoined"  # confirmed; telling the coordinator (ends the lease)
+    ROLLED_BACK = "rolled_back"  # old version again after a failed probation; reporting it
+
+    @property
+    def heartbeat_state(self) -> str:
+        """The coarser state gossiped in heartbeats (``documents.NODE_STATES``)."""
+        return _HEARTBEAT_STATE[self]
+
+
+_HEARTBEAT_STATE: Final[Mapping[State, str]] = {
+    State.SLEEPING: "serving",
+    State.NOTICED: "serving",
+    State.PREFETCHING: "serving",
+    State.ASKING: "asking",
+    State.REFUSED: "serving",
+    State.BACKING_OFF: "serving",
+    State.DRAINING: "draining",
+    State.SWAPPING: "swapping",
+    State.PROBATION: "probation",
+    State.ROLLING_BACK: "failed",
+    State.REJOINED: "serving",
+    State.ROLLED_BACK: "serving",
+}
+assert set(_HEARTBEAT_STATE.values()) <= set(NODE_STATES)
+
+#: States that are always left by a timer (among other ways); ``get_timer()`` is set there.
+TIMED_STATES: Final = frozenset(
+    {State.SLEEPING, State.REFUSED, State.BACKING_OFF, State.DRAINING, State.PROBATION}
+)
+
+#: States an updater can be constructed in (and so the only ones that accept ``Started``).
+INITIAL_STATES: Final = (State.SLEEPING, State.PROBATION, State.ROLLED_BACK)
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UpdaterConfig:
+    """Timings, in seconds.  Defaults are for a real fleet; tests shrink them to seconds."""
+
+    #: Mean time between checks, and the relative jitter around it (1 h +-20%).
+    check_interval: float = 3600.0
+    check_jitter: float = 0.2
+    #: A refusal's ``retry_after`` is stretched by up to this fraction, never shortened.
+    retry_jitter: float = 0.2
+    #: Floor for a refusal's wait (a ``retry_after`` of 0 must not become a busy loop).
+    min_retry: float = 1.0
+    #: Exponential backoff on coordinator errors: 5 s, 10 s, ... up to 15 min (equal jitter).
+    backoff_base: float = 5.0
+    backoff_cap: float = 900.0
+    #: Longest drain; also bounded by the lease minus ``swap_margin``.
+    drain_timeout: float = 120.0
+    #: How long after the drain deadline the shell may still report ``Drained``.
+    drain_grace: float = 5.0
+    #: Lease time kept for staging the slot, restarting and probation.
+    swap_margin: float = 60.0
+    #: The new version must be confirmed within this long or it is rolled back.
+    probation_timeout: float = 180.0
+    #: Tries for a rejoined / failure report before giving up (heartbeats still tell).
+    report_attempts: int = 6
+
+    def __post_init__(self) -> None:
+        positive = {
+            "check_interval": self.check_interval,
+            "min_retry": self.min_retry,
+            "backoff_base": self.backoff_base,
+            "backoff_cap": self.backoff_cap,
+            "drain_timeout": self.drain_timeout,
+            "probation_timeout": self.probation_timeout,
+        }
+        for name, value in positive.items():
+            if not value > 0.0 or value == float("inf"):
+                raise ValueError(f"UpdaterConfig.{name} must be a positive finite number")
+        for name, value in {
+            "drain_grace": self.drain_grace,
+            "swap_margin": self.swap_margin,
+        }.items():
+            if not 0.0 <= value < float("inf"):
+                raise ValueError(f"UpdaterConfig.{name} must be >= 0 and finite")
+        for name, value in {
+            "check_jitter": self.check_jitter,
+            "retry_jitter": self.retry_jitter,
+        }.items():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"UpdaterConfig.{name} must be in [0, 1)")
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError("UpdaterConfig.backoff_cap must be >= backoff_base")
+        if self.report_attempts < 1:
+            raise ValueError("UpdaterConfig.report_attempts must be >= 1")
+
+
+# -- validation helpers -------------------------------------------------------------------
+
+
+def _check_artifact(value: str, where: str) -> None:
+    """Artifacts are named by lowercase hex sha256, as in every signed document."""
+    if len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ValueError(f"{where}: artifact must be 64 lowercase hex digits, got {value!r}")
+
+
+def _check_reason(value: str, where: str) -> None:
+    if not value:
+        raise ValueError(f"{where}: a reason is required (operators act on it)")
+
+
+def _check_seconds(value: float, where: str) -> None:
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"{where}: must be >= 0 and finite, got {value!r}")
+
+
+# -- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Candidate:
+    """The artifact gates 1 and 2 allow this node to ask for, and what the ask binds to.
+
+    ``allowlist_version`` and ``scope_serial`` go into the ask because the departure token is
+    bound to them (DESIGN.md 4); ``counter`` decides whether a sticky deny is lifted.
+    """
+
+    artifact: str
+    counter: int
+    allowlist_version: int
+    scope_serial: int
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "Candidate")
+        if self.counter < 1 or self.allowlist_version < 1 or self.scope_serial < 1:
+            raise ValueError("Candidate: counter, allowlist_version and scope_serial start at 1")
+
+    @classmethod
+    def from_target(
+        cls, target: Target, *, allowlist: Allowlist | None, scope: Scope | None
+    ) -> Candidate | None:
+        """The candidate ``gates.choose_target`` found, or None when it found none.
+
+        ``allowlist`` and ``scope`` are the documents the target was chosen from.
+        """
+        if target.artifact is None:
+            return None
+        if target.release is None or allowlist is None or scope is None:
+            raise ValueError("a passing target needs its release, allowlist and scope")
+        return cls(
+            artifact=target.artifact,
+            counter=target.release.counter,
+            allowlist_version=allowlist.version,
+            scope_serial=scope.serial,
+            force=scope.force,
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StickyDeny:
+    """An artifact that failed probation on this node; lifted only by a higher counter."""
+
+    artifact: str
+    counter: int
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "StickyDeny")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PendingSwap:
+    """What the launcher's ``pending`` record must hold across the process boundary."""
+
+    from_artifact: str
+    to_artifact: str
+    to_counter: int
+    #: The departure token (signed envelope bytes): the rejoin report ends this lease.
+    token: bytes
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.from_artifact, "PendingSwap.from_artifact")
+        _check_artifact(self.to_artifact, "PendingSwap.to_artifact")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RollbackRecord:
+    """What the launcher records after rolling back (from ``RollBack`` or after a crash)."""
+
+    artifact: str
+    counter: int
+    reason: str
+    token: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "RollbackRecord")
+        _check_reason(self.reason, "RollbackRecord")
+
+
+# -- events (shell -> updater) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Event:
+    """Something the shell tells the updater.  One frozen class per kind (STYLE.md 3)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Started(Event):
+    """Fed exactly once, right after construction: arms the first timer / first effects."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Timer(Event):
+    """The timer from ``get_timer()`` expired.  Only ``handle_timer(now)`` creates it."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Nudged(Event):
+    """A verified nudge ("look now") for ``artifact``.  Skips the sleep, never a gate."""
+
+    artifact: str
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "Nudged")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GatesEvaluated(Event):
+    """The answer to ``EvaluateGates``: a candidate, or none (and the refusal, for status)."""
+
+    candidate: Candidate | None
+    refusal: GateResult | None = None
+
+    def __post_init__(self) -> None:
+        if self.candidate is not None and self.refusal is not None:
+            raise ValueError("GatesEvaluated: a candidate passed every gate; no refusal")
+
+    @classmethod
+    def from_target(
+        cls, target: Target, *, allowlist: Allowlist | None, scope: Scope | None
+    ) -> GatesEvaluated:
+        """Wrap ``gates.choose_target``'s answer (the shell's one-liner)."""
+        candidate = Candidate.from_target(target, allowlist=allowlist, scope=scope)
+        return cls(candidate=candidate, refusal=target.refusal if candidate is None else None)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrefetchDone(Event):
+    """Every chunk of ``artifact`` is in the store, verified against the release record."""
+
+    artifact: str
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "PrefetchDone")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PrefetchFailed(Event):
+    """The swarm (and the origin) could not deliver ``artifact`` in the shell's time."""
+
+    artifact: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "PrefetchFailed")
+        _check_reason(self.reason, "PrefetchFailed")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Granted(Event):
+    """A departure token the shell has verified (signature threshold, binding, expiry).
+
+    ``lease_ttl`` is the time left on the lease when it arrived, in seconds (the shell turns
+    the token's wall-clock ``expires`` into it).  A token that fails verification is fed as
+    ``CoordinatorError`` instead.
+    """
+
+    token: bytes
+    lease_ttl: float
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("Granted: empty token")
+        _check_seconds(self.lease_ttl, "Granted.lease_ttl")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Refused(Event):
+    """The coordinator said no, with the gate, a reason code and when to ask again."""
+
+    gate: str
+    reason: str
+    retry_after: float | None = None
+    #: Place in the coordinator's queue, where it knows one (for status only).
+    position: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, "Refused")
+        if self.retry_after is not None:
+            _check_seconds(self.retry_after, "Refused.retry_after")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CoordinatorError(Event):
+    """No usable answer: unreachable, timeout, 5xx, or a token that did not verify."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, "CoordinatorError")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Drained(Event):
+    """No new work taken, in-flight work finished, state checkpointed."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SwapFailed(Event):
+    """Staging the new slot failed before the process exited (disk full, bad unpack...)."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, "SwapFailed")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HealthOk(Event):
+    """The new version restored its work, rejoined gossip and passed its health check."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProbationFailed(Event):
+    """The new version is unhealthy (restore failed, health check failed for good)."""
+
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason, "ProbationFailed")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Confirmed(Event):
+    """The launcher promoted the new slot to ``current``."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reported(Event):
+    """The coordinator acknowledged a ``ReportRejoined`` / ``ReportFailure``."""
+
+
+# -- effects (updater -> shell) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Effect:
+    """Something the shell must do and, where it says so, answer with an event."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvaluateGates(Effect):
+    """Run gates 1 and 2 (``gates.choose_target``) now; answer ``GatesEvaluated``."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Prefetch(Effect):
+    """Pull ``artifact`` into the store; answer ``PrefetchDone`` / ``PrefetchFailed``."""
+
+    artifact: str
+    counter: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AskCoordinator(Effect):
+    """Ask for a departure; answer ``Granted`` / ``Refused`` / ``CoordinatorError``."""
+
+    from_artifact: str
+    candidate: Candidate
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Drain(Effect):
+    """Stop taking work, finish in-flight, checkpoint, by ``deadline`` (monotonic seconds).
+
+    Answer ``Drained``; the updater gives up ``drain_grace`` after the deadline.
+    """
+
+    deadline: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Swap(Effect):
+    """Unpack to ``slots/<sha>/``, fsync, write ``pending``, exit with the swap code.
+
+    Answer ``SwapFailed`` only if that fails before the process exits.
+    """
+
+    pending: PendingSwap
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResumeServing(Effect):
+    """Undo a drain: take work again on the running version."""
+
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReturnLease(Effect):
+    """Hand a lease back unused (best effort; it lapses at expiry anyway)."""
+
+    token: bytes
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RestoreWork(Effect):
+    """On probation: restore the checkpoint, serve, rejoin gossip, run health checks.
+
+    Answer ``HealthOk`` or ``ProbationFailed``.
+    """
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Confirm(Effect):
+    """Ask the launcher to promote ``artifact``'s slot to ``current``; answer ``Confirmed``.
+
+    Idempotent: emitted on every ``HealthOk``.
+    """
+
+    artifact: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RollBack(Effect):
+    """Exit with the rollback code; the launcher restores ``previous`` and sticky-denies."""
+
+    artifact: str
+    counter: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportRejoined(Effect):
+    """Tell the coordinator the node runs ``artifact`` and is healthy (ends the lease).
+
+    Answer ``Reported`` / ``CoordinatorError``.
+    """
+
+    artifact: str
+    token: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportFailure(Effect):
+    """Tell the coordinator ``artifact`` failed probation here (feeds the circuit breaker).
+
+    Answer ``Reported`` / ``CoordinatorError``.
+    """
+
+    artifact: str
+    counter: int
+    reason: str
+    token: bytes | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LiftDeny(Effect):
+    """Tell the launcher to forget the sticky deny of ``artifact`` (a higher counter came)."""
+
+    artifact: str
+
+
+# -- the table ------------------------------------------------------------------------------
+
+Step = tuple[State, list[Effect]]
+Handler = Callable[["Updater", Event, float], Step]
+E = TypeVar("E", bound=Event)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Transition:
+    """One row: the handler that runs, every state it may lead to, and why (for the docs)."""
+
+    handler: Handler
+    targets: tuple[State, ...]
+    note: str
+
+
+class Updater:
+    """The update state machine of one node.  See the module docstring for the design.
+
+    Construct with ``Updater(...)`` (a normal start: sleeping), ``Updater.on_probation(...)``
+    (the new version, from the launcher's pending record) or ``Updater.after_rollback(...)``
+    (the old version again), then feed ``Started()`` once.
+    """
+
+    def __init__(
+        self,
+        *,
+        installed: str,
+        rng: Rng,
+        config: UpdaterConfig | None = None,
+        denied: Iterable[StickyDeny] = (),
+    ) -> None:
+        _check_artifact(installed, "Updater.installed")
+        self._config = config if config is not None else UpdaterConfig()
+        self._rng = rng
+        self._installed = installed
+        self._denied: tuple[StickyDeny, ...] = tuple(denied)
+        self._state = State.SLEEPING
+        self._started = False
+        self._timer: float | None = None
+        self._timer_set = False
+        self._nudge_pending = False
+        self._attempts = 0
+        self._candidate: Candidate | None = None
+        self._prefetched: str | None = None
+        self._token: bytes | None = None
+        self._pending: PendingSwap | None = None
+        self._report: ReportRejoined | ReportFailure | None = None
+
+    @classmethod
+    def on_probation(
+        cls,
+        pending: PendingSwap,
+        *,
+        rng: Rng,
+        config: UpdaterConfig | None = None,
+        denied: Iterable[StickyDeny] = (),
+    ) -> Updater:
+        """The updater of a freshly swapped process, from the launcher's pending record."""
+        updater = cls(installed=pending.to_artifact, rng=rng, config=config, denied=denied)
+        updater._state = State.PROBATION
+        updater._pending = pending
+        return updater
+
+    @classmethod
+    def after_rollback(
+        cls,
+        record: RollbackRecord,
+        *,
+        installed: str,
+        rng: Rng,
+        config: UpdaterConfig | None = None,
+        denied: Iterable[StickyDeny] = (),
+    ) -> Updater:
+        """The updater of the old version after the launcher rolled a failed swap back.
+
+        Adds the sticky deny of the failed artifact (the launcher persists it too).
+        """
+        deny = StickyDeny(artifact=record.artifact, counter=record.counter)
+        merged = (*(d for d in denied if d != deny), deny)
+        updater = cls(installed=installed, rng=rng, config=config, denied=merged)
+        updater._state = State.ROLLED_BACK
+        updater._report = ReportFailure(
+            artifact=record.artifact,
+            counter=record.counter,
+            reason=record.reason,
+            token=record.token,
+        )
+        return updater
+
+    # -- read-only views --------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def installed(self) -> str:
+        return self._installed
+
+    @property
+    def candidate(self) -> Candidate | None:
+        """The artifact being worked towards (from ``noticed`` until the swap or a sleep)."""
+        return self._candidate
+
+    @property
+    def denied(self) -> tuple[StickyDeny, ...]:
+        return self._denied
+
+    @property
+    def attempts(self) -> int:
+        """Consecutive coordinator errors (drives the backoff)."""
+        return self._attempts
+
+    @property
+    def config(self) -> UpdaterConfig:
+        return self._config
+
+    # -- the sans-IO interface --------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        """Feed one event; return the effects the shell must perform, in order."""
+        if isinstance(event, Timer):
+            raise TypeError("timers enter through handle_timer(now), which checks the deadline")
+        return self._dispatch(event, now)
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must next be called (monotonic seconds), or None."""
+        return self._timer
+
+    def handle_timer(self, now: float) -> list[Effect]:
+        """Call at or after ``get_timer()``; an early or spurious call does nothing."""
+        if self._timer is None or now < self._timer:
+            return []
+        self._timer = None
+        return self._dispatch(Timer(), now)
+
+    def _dispatch(self, event: Event, now: float) -> list[Effect]:
+        state, kind = self._state, type(event)
+        if kind is Started:
+            if self._started:
+                raise InvalidTransitionError(
+                    f"updater already started (now {state.value})", state=state, event=kind.__name__
+                )
+        elif not self._started:
+            raise InvalidTransitionError(
+                f"{kind.__name__} before Started (feed Started() first)",
+                state=state,
+                event=kind.__name__,
+            )
+        transition = TRANSITIONS.get((state, kind))
+        if transition is None:
+            raise InvalidTransitionError(
+                f"event {kind.__name__} is not valid in state {state.value}: "
+                "no such row in updater.TRANSITIONS",
+                state=state,
+                event=kind.__name__,
+            )
+        self._timer_set = False
+        next_state, effects = transition.handler(self, event, now)
+        assert next_state in transition.targets, (state, kind, next_state)
+        self._started = True
+        if next_state is not state and not self._timer_set:
+            self._timer = None
+        self._state = next_state
+        assert next_state not in TIMED_STATES or self._timer is not None, next_state
+        return effects
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _set_timer(self, when: float) -> None:
+        self._timer = when
+        self._timer_set = True
+
+    def _is_denied(self, artifact: str) -> bool:
+        return any(d.artifact == artifact for d in self._denied)
+
+    def _ignores_nudge(self, nudge: Nudged) -> bool:
+        return nudge.artifact == self._installed or self._is_denied(nudge.artifact)
+
+    def _jittered_interval(self) -> float:
+        c = self._config
+        return c.check_interval * self._rng.uniform(1.0 - c.check_jitter, 1.0 + c.check_jitter)
+
+    def _backoff(self) -> float:
+        """Equal jitter: uniform in [d/2, d], d = min(cap, base * 2**(attempts-1))."""
+        c = self._config
+        exponent = min(self._attempts - 1, 64)  # 2**64 * base is past any cap; no overflow
+        ceiling = min(c.backoff_cap, c.backoff_base * 2.0**exponent)
+        return self._rng.uniform(ceiling / 2.0, ceiling)
+
+    def _check(self) -> Step:
+        """Start a local gate check; it covers any nudge received until now."""
+        self._nudge_pending = False
+        return State.NOTICED, [EvaluateGates()]
+
+    def _sleep(self, now: float) -> State:
+        """Back to serving-and-waiting; a nudge that came while busy makes it a short sleep."""
+        self._attempts = 0
+        self._candidate = None
+        self._token = None
+        self._set_timer(now if self._nudge_pending else now + self._jittered_interval())
+        return State.SLEEPING
+
+    def _unexpected(self, what: str, event: str = "") -> InvalidTransitionError:
+        return InvalidTransitionError(
+            f"{what} in state {self._state.value}", state=self._state, event=event
+        )
+
+    def _need_candidate(self) -> Candidate:
+        if self._candidate is None:  # pragma: no cover - the table makes this unreachable
+            raise self._unexpected("no candidate")
+        return self._candidate
+
+    def _need_token(self) -> bytes:
+        if self._token is None:  # pragma: no cover - the table makes this unreachable
+            raise self._unexpected("no lease")
+        return self._token
+
+    def _need_pending(self) -> PendingSwap:
+        if self._pending is None:  # pragma: no cover - only on_probation reaches probation
+            raise self._unexpected("no pending swap")
+        return self._pending
+
+    def _need_report(self) -> ReportRejoined | ReportFailure:
+        if self._report is None:  # pragma: no cover - set on entry to both reporting states
+            raise self._unexpected("nothing to report")
+        return self._report
+
+    def _abort(self, now: float, reason: str) -> Step:
+        """Give the lease back and serve on the old version again."""
+        token = self._need_token()
+        return self._sleep(now), [
+            ResumeServing(reason=reason),
+            ReturnLease(token=token, reason=reason),
+        ]
+
+    # -- handlers (one per table row or group of rows) --------------------------------------
+
+    def _start_sleeping(self, event: Started, now: float) -> Step:
+        self._set_timer(now + self._rng.uniform(0.0, self._config.check_interval))
+        return State.SLEEPING, []
+
+    def _start_probation(self, event: Started, now: float) -> Step:
+        self._set_timer(now + self._config.probation_timeout)
+        return State.PROBATION, [RestoreWork()]
+
+    def _start_reporting(self, event: Started, now: float) -> Step:
+        return self._state, [self._need_report()]
+
+    def _check_on_timer(self, event: Timer, now: float) -> Step:
+        return self._check()
+
+    def _nudged_while_sleeping(self, event: Nudged, now: float) -> Step:
+        if self._ignores_nudge(event):
+            return State.SLEEPING, []
+        return self._check()
+
+    def _remember_nudge(self, event: Nudged, now: float) -> Step:
+        if not self._ignores_nudge(event):
+            self._nudge_pending = True
+        return self._state, []
+
+    def _gates_evaluated(self, event: GatesEvaluated, now: float) -> Step:
+        effects: list[Effect] = []
+        candidate = event.candidate
+        if candidate is not None:
+            lifted = [d for d in self._denied if d.counter < candidate.counter]
+            if lifted:
+                self._denied = tuple(d for d in self._denied if d not in lifted)
+                effects.extend(LiftDeny(artifact=d.artifact) for d in lifted)
+        if (
+            candidate is None
+            or candidate.artifact == self._installed
+            or self._is_denied(candidate.artifact)
+        ):
+            return self._sleep(now), effects
+        self._candidate = candidate
+        if self._prefetched == candidate.artifact:
+            effects.append(AskCoordinator(from_artifact=self._installed, candidate=candidate))
+            return State.ASKING, effects
+        effects.append(Prefetch(artifact=candidate.artifact, counter=candidate.counter))
+        return State.PREFETCHING, effects
+
+    def _check_prefetch_result(self, artifact: str, what: str) -> None:
+        expected = self._need_candidate().artifact
+        if artifact != expected:
+            raise self._unexpected(
+                f"{what} for {artifact[:16]}... while prefetching {expected[:16]}...", event=what
+            )
+
+    def _prefetch_done(self, event: PrefetchDone, now: float) -> Step:
+        self._check_prefetch_result(event.artifact, "PrefetchDone")
+        self._prefetched = event.artifact
+        return self._check()
+
+    def _prefetch_failed(self, event: PrefetchFailed, now: float) -> Step:
+        self._check_prefetch_result(event.artifact, "PrefetchFailed")
+        return self._sleep(now), []
+
+    def _granted(self, event: Granted, now: float) -> Step:
+        c = self._config
+        budget = min(c.drain_timeout, event.lease_ttl - c.swap_margin)
+        if budget <= 0.0:
+            # Too short to drain and swap inside the lease: the coordinator is misconfigured
+            # or our clocks disagree; do not leave on a lease that will lapse mid-swap.
+            self._attempts += 1
+            self._set_timer(now + self._backoff())
+            return State.BACKING_OFF, [ReturnLease(token=event.token, reason="lease-too-short")]
+        self._attempts = 0
+        self._token = event.token
+        deadline = now + budget
+        self._set_timer(deadline + c.drain_grace)
+        return State.DRAINING, [Drain(deadline=deadline)]
+
+    def _refused(self, event: Refused, now: float) -> Step:
+        c = self._config
+        self._attempts = 0
+        wait = c.check_interval if event.retry_after is None else event.retry_after
+        wait = max(wait, c.min_retry)
+        self._set_timer(now + self._rng.uniform(wait, wait * (1.0 + c.retry_jitter)))
+        return State.REFUSED, []
+
+    def _ask_failed(self, event: CoordinatorError, now: float) -> Step:
+        self._attempts += 1
+        self._set_timer(now + self._backoff())
+        return State.BACKING_OFF, []
+
+    def _drained(self, event: Drained, now: float) -> Step:
+        candidate = self._need_candidate()
+        pending = PendingSwap(
+            from_artifact=self._installed,
+            to_artifact=candidate.artifact,
+            to_counter=candidate.counter,
+            token=self._need_token(),
+        )
+        return State.SWAPPING, [Swap(pending=pending)]
+
+    def _drain_overrun(self, event: Timer, now: float) -> Step:
+        return self._abort(now, "drain-timeout")
+
+    def _swap_failed(self, event: SwapFailed, now: float) -> Step:
+        return self._abort(now, f"swap-failed: {event.reason}")
+
+    def _health_ok(self, event: HealthOk, now: float) -> Step:
+        return State.PROBATION, [Confirm(artifact=self._need_pending().to_artifact)]
+
+    def _confirmed(self, event: Confirmed, now: float) -> Step:
+        pending = self._need_pending()
+        self._attempts = 0
+        self._report = ReportRejoined(artifact=pending.to_artifact, token=pending.token)
+        return State.REJOINED, [self._report]
+
+    def _roll_back(self, reason: str) -> Step:
+        pending = self._need_pending()
+        effect = RollBack(artifact=pending.to_artifact, counter=pending.to_counter, reason=reason)
+        return State.ROLLING_BACK, [effect]
+
+    def _probation_failed(self, event: ProbationFailed, now: float) -> Step:
+        return self._roll_back(event.reason)
+
+    def _probation_expired(self, event: Timer, now: float) -> Step:
+        return self._roll_back("no-confirm")
+
+    def _reported(self, event: Reported, now: float) -> Step:
+        self._report = None
+        return self._sleep(now), []
+
+    def _report_failed(self, event: CoordinatorError, now: float) -> Step:
+        self._attempts += 1
+        self._set_timer(now + self._backoff())
+        return self._state, []
+
+    def _report_retry(self, event: Timer, now: float) -> Step:
+        if self._attempts >= self._config.report_attempts:
+            self._report = None
+            return self._sleep(now), []
+        return self._state, [self._need_report()]
+
+
+def _row(
+    state: State,
+    event: type[E],
+    handler: Callable[[Updater, E, float], Step],
+    targets: Iterable[State],
+    note: str,
+) -> tuple[tuple[State, type[Event]], Transition]:
+    """One table row; ties the handler's parameter type to the row's event type."""
+    return (state, event), Transition(
+        handler=cast(Handler, handler), targets=tuple(targets), note=note
+    )
+
+
+S = State
+_BUSY_WITH_NUDGE_MEMORY: Final = (
+    S.NOTICED,
+    S.PREFETCHING,
+    S.ASKING,
+    S.REFUSED,
+    S.BACKING_OFF,
+    S.DRAINING,
+    S.SWAPPING,
+    S.PROBATION,
+    S.ROLLING_BACK,
+    S.REJOINED,
+    S.ROLLED_BACK,
+)
+
+#: Every transition of the update state machine.  A pair missing here raises.
+# fmt: off
+TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
+    [
+        # starting (one of the three constructors, then Started)
+        _row(S.SLEEPING, Started, Updater._start_sleeping, [S.SLEEPING],
+             "first check uniform in [0, check_interval]"),
+        _row(S.PROBATION, Started, Updater._start_probation, [S.PROBATION],
+             "RestoreWork; rolled back unless confirmed within probation_timeout"),
+        _row(S.ROLLED_BACK, Started, Updater._start_reporting, [S.ROLLED_BACK],
+             "ReportFailure of the artifact the launcher rolled back"),
+        # noticing
+        _row(S.SLEEPING, Timer, Updater._check_on_timer, [S.NOTICED],
+             "jittered check: EvaluateGates"),
+        _row(S.SLEEPING, Nudged, Updater._nudged_while_sleeping, [S.NOTICED, S.SLEEPING],
+             "skip the wait: EvaluateGates (ignored for the running or a denied artifact)"),
+        _row(S.NOTICED, GatesEvaluated, Updater._gates_evaluated,
+             [S.SLEEPING, S.PREFETCHING, S.ASKING],
+             "none / denied: sleep; new: Prefetch; prefetched: AskCoordinator"),
+        # prefetching
+        _row(S.PREFETCHING, PrefetchDone, Updater._prefetch_done, [S.NOTICED],
+             "re-check gates before asking"),
+        _row(S.PREFETCHING, PrefetchFailed, Updater._prefetch_failed, [S.SLEEPING],
+             "try again at the next check"),
+        # asking
+        _row(S.ASKING, Granted, Updater._granted, [S.DRAINING, S.BACKING_OFF],
+             "Drain(deadline within the lease); a lease too short is returned"),
+        _row(S.ASKING, Refused, Updater._refused, [S.REFUSED],
+             "wait retry_after, stretched by up to retry_jitter; keep serving"),
+        _row(S.ASKING, CoordinatorError, Updater._ask_failed, [S.BACKING_OFF],
+             "exponential backoff, equal jitter"),
+        _row(S.REFUSED, Timer, Updater._check_on_timer, [S.NOTICED],
+             "re-check gates, then ask again"),
+        _row(S.BACKING_OFF, Timer, Updater._check_on_timer, [S.NOTICED],
+             "re-check gates, then ask again"),
+        # leaving
+        _row(S.DRAINING, Drained, Updater._drained, [S.SWAPPING],
+             "Swap(pending record); the process exits"),
+        _row(S.DRAINING, Timer, Updater._drain_overrun, [S.SLEEPING],
+             "drain overran: ResumeServing, ReturnLease"),
+        _row(S.SWAPPING, SwapFailed, Updater._swap_failed, [S.SLEEPING],
+             "ResumeServing, ReturnLease"),
+        # ==== process boundary: the launcher starts the new slot on probation ====
+        _row(S.PROBATION, HealthOk, Updater._health_ok, [S.PROBATION],
+             "Confirm (idempotent)"),
+        _row(S.PROBATION, Confirmed, Updater._confirmed, [S.REJOINED],
+             "ReportRejoined (ends the lease)"),
+        _row(S.PROBATION, ProbationFailed, Updater._probation_failed, [S.ROLLING_BACK],
+             "RollBack; the process exits, the launcher sticky-denies"),
+        _row(S.PROBATION, Timer, Updater._probation_expired, [S.ROLLING_BACK],
+             "no confirm in time: RollBack"),
+        # reporting the outcome
+        _row(S.REJOINED, Reported, Updater._reported, [S.SLEEPING], "back to the schedule"),
+        _row(S.REJOINED, CoordinatorError, Updater._report_failed, [S.REJOINED],
+             "retry the report after a backoff"),
+        _row(S.REJOINED, Timer, Updater._report_retry, [S.REJOINED, S.SLEEPING],
+             "ReportRejoined again, or give up after report_attempts"),
+        _row(S.ROLLED_BACK, Reported, Updater._reported, [S.SLEEPING], "back to the schedule"),
+        _row(S.ROLLED_BACK, CoordinatorError, Updater._report_failed, [S.ROLLED_BACK],
+             "retry the report after a backoff"),
+        _row(S.ROLLED_BACK, Timer, Updater._report_retry, [S.ROLLED_BACK, S.SLEEPING],
+             "ReportFailure again, or give up after report_attempts"),
+        # nudges anywhere else: remembered, never acted on mid-flight
+        *(
+            _row(state, Nudged, Updater._remember_nudge, [state],
+                 "remembered: the next check covers it (immediate on the next sleep)")
+            for state in _BUSY_WITH_NUDGE_MEMORY
+        ),
+    ]
+)
+# fmt: on
+
+
+# -- drawing the docs from the table -----------------------------------------------------------
+
+
+def table_rows() -> list[tuple[str, str, str, str]]:
+    """``(state, event, next states, note)`` for every row, in table order."""
+    return [
+        (state.value, event.__name__, " | ".join(s.value for s in t.targets), t.note)
+        for (state, event), t in TRANSITIONS.items()
+    ]
+
+
+def render_table() -> str:
+    """The table as aligned text rows (for docs and ``p2pupdate`` status output)."""
+    header = ("state", "event", "next", "note")
+    rows = [header, *table_rows()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for state, event, targets, note in rows:
+        lines.append(
+            f"{state:<{widths[0]}}  {event:<{widths[1]}}  {targets:<{widths[2]}}  {note}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def render_dot() -> str:
+    """The table as a Graphviz digraph (h11 draws its state diagram the same way)."""
+    lines = ["digraph updater {", "  rankdir=TB;"]
+    for (state, event), t in TRANSITIONS.items():
+        for target in t.targets:
+            lines.append(f'  {state.value} -> {target.value} [label="{event.__name__}"];')
+    lines.append("}")
+    return "\n".join(lines)
