@@ -1,0 +1,1073 @@
+"""Gate 3, the capacity policy: may this node leave its pool now?  Pure and deterministic.
+
+A coordinator replica answers a node's *ask* with a departure lease or a refusal that
+says why (DESIGN.md 5).  This module is the whole rule, with no IO, no clock and no
+randomness: time, configuration and state are arguments, and every function returns a
+new value instead of changing one.  The coordinator service calls ``decide`` once per
+ask; the simulations call ``decide_batch`` once per tick with numpy arrays of ~17,000
+asks.  Both must give the same answers (a property test holds them to it), so the
+simulations measure the rule that runs in production, not a copy of it.
+
+The rule, for one replica and one pool, with ``A`` = this replica's leases active at
+``now`` (``now < expires``), ``C``/``L``/``S`` = the pool's aggregate serving capacity,
+load and serving count, ``c``/``l`` = the asking node's capacity and load, and the
+quorum share ``q/n``:
+
+========================  ==========================================================
+refused with              when
+========================  ==========================================================
+``paused``  (breaker)     the circuit breaker paused the rollout this pool asks for
+``replica-warmup``        ``now < started_at + lease_ttl``: a restarted replica does
+                          not know what it granted before, so it grants nothing for
+                          one TTL and needs no durable lease state
+``aggregate-stale``       ``now - as_of > aggregate_max_age``
+``lease-budget``          ``|A| >= lease_share = floor(max_concurrent * q / n)``
+``min-serving``           ``(|A| + 1) * n > q * (S - min_serving)``
+``no-spare-capacity``     ``cap(A) + c > (q/n) * (C - max(L, l) / u)``
+``emergency-budget``      (force asks) ``|forced A| >= emergency_share``
+========================  ==========================================================
+
+checked in that order (the first that fails is the reason).  A node that already holds
+an active lease on this replica gets the same lease back ("existing-lease"): its answer
+was lost, and a second lease would count it twice.
+
+Why the ``q/n`` share makes the *global* limits safe, however each node picks its ``q``
+replicas: a departure token needs ``q`` replica signatures, so each node away holds a
+lease on at least ``q`` replicas.  If every replica keeps ``|A_r| <= s``, the ``n``
+replicas hold at most ``n * s`` leases, so ``T`` tokens need ``T * q <= n * s`` and
+``T <= n * s / q``.  With ``s = floor(M * q / n)`` that is ``T <= M``.  The same sum over
+capacities: each replica keeps ``cap(A_r) <= (q/n) * (C - L/u)``, so
+``q * cap(away) <= sum_r cap(A_r) <= q * (C - L/u)``, i.e. ``L <= u * (C - cap(away))``:
+DESIGN's headroom rule for the whole pool.  ``min-serving`` is the same argument over the
+spare node count ``S - min_serving``.  With the default ``n = q = 1`` the three rules are
+exactly DESIGN's ``L <= u * (C - cap(A) - c)``, ``S - |A| - 1 >= min_serving`` and
+``|A| < max_concurrent`` (the capacity rule is written divided through by ``u``).
+
+Two deliberate choices about the inputs:
+
+* The aggregate may already exclude nodes that are away (gossip counts *serving*
+  capacity), so subtracting ``cap(A)`` again double counts them.  That errs on the safe
+  side: the replica cannot tell which of its leases the (lagging) estimate reflects.
+* The asking node's own load ``l`` is a lower bound on the pool's load, so ``max(L, l)``
+  keeps a too-low (e.g. not yet converged) estimate from waving a busy node through.
+
+Force (an operator's ``force`` scope; gates 1 and 2 already passed) skips the capacity
+gate: staleness, lease budget, min-serving and headroom.  It does not skip the breaker
+(a pause treats the scope as "nobody" until an operator publishes a *new* scope, and the
+shell evaluates the breaker against that newer scope) or warm-up (a restarted replica
+cannot count the forced leases it granted before).  Forced leases draw from a separate
+emergency budget of ``emergency_budget`` concurrent per pool; they count as departures
+(``|A|``, ``cap(A)``) for everyone else's asks, but ordinary leases never use up the
+emergency budget, so the global count can reach ``max_concurrent + emergency_budget``.
+
+Numbers: reason codes are small ints (``REASONS[code]`` is the name), so batch results
+are plain arrays.  ``retry_after`` is the time until the earliest lease that blocks the
+ask expires, clamped to ``[min_retry, base_retry]`` (leases usually end sooner, on the
+node's "rejoined" report); the exact end of warm-up; ``base_retry`` for a stale
+aggregate; ``paused_retry`` for a pause (an operator must act; a nudge brings nodes back
+sooner).  The queue position is a batch notion: the 1-based rank of a refusal among the
+refused asks of the same batch, in ask-time order.
+
+Batches: every ask of a batch is decided at the batch's ``now`` (leases run from ``now``);
+``Ask.time`` only orders them, so asks are admitted in the order they arrived, each
+seeing the grants before it.  One call covers one replica's view of one pool.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
+from typing import Any, Final, TypeAlias
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from p2pupdate.core.gates import GATE_CAPACITY, GateResult
+
+#: The gate a breaker pause reports (a capacity refusal reports ``GATE_CAPACITY``).
+GATE_BREAKER: Final = "breaker"
+
+#: Nodes are key ids (str) in the service and dense indices (int) in the simulations.
+NodeId: TypeAlias = int | str
+FloatArray: TypeAlias = NDArray[np.float64]
+IntArray: TypeAlias = NDArray[np.int64]
+BoolArray: TypeAlias = NDArray[np.bool_]
+CodeArray: TypeAlias = NDArray[np.int8]
+
+# -- reason codes -----------------------------------------------------------------------
+
+GRANTED: Final = 0
+FORCED: Final = 1
+EXISTING_LEASE: Final = 2
+PAUSED: Final = 3
+REPLICA_WARMUP: Final = 4
+AGGREGATE_STALE: Final = 5
+LEASE_BUDGET: Final = 6
+MIN_SERVING: Final = 7
+NO_SPARE_CAPACITY: Final = 8
+EMERGENCY_BUDGET: Final = 9
+
+#: ``REASONS[code]`` is the stable reason string an operator or a test matches on.
+REASONS: Final[tuple[str, ...]] = (
+    "granted",
+    "forced",
+    "existing-lease",
+    "paused",
+    "replica-warmup",
+    "aggregate-stale",
+    "lease-budget",
+    "min-serving",
+    "no-spare-capacity",
+    "emergency-budget",
+)
+REASON_CODES: Final[dict[str, int]] = {name: code for code, name in enumerate(REASONS)}
+#: Codes at or below this are grants; the rest are refusals.
+LAST_GRANT_CODE: Final = EXISTING_LEASE
+
+
+def gate_of(code: int) -> str:
+    """The gate a reason belongs to: pauses are the breaker's, the rest capacity's."""
+    return GATE_BREAKER if code == PAUSED else GATE_CAPACITY
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    """The operator's knobs, validated on construction (``ValueError`` names the knob).
+
+    ``lease_share``, ``emergency_share`` and ``capacity_share`` are derived: what *this*
+    replica may hand out so that ``n`` replicas together stay within the global budgets
+    (module docstring).  ``emergency_share`` uses the largest share the counting argument
+    allows, ``ceil((E + 1) * q / n) - 1``, because ``floor(E * q / n)`` would round the
+    default budget of 1 down to 0 with ``n = 3, q = 2`` and make force impossible.
+    ``lease_share`` keeps the issue's ``floor(M * q / n)``, which is never larger, so
+    also safe.
+    """
+
+    #: ``u``: the share of the remaining capacity the load may use.
+    utilization: float = 0.8
+    #: At least this many nodes of the pool keep serving.
+    min_serving: int = 1
+    #: Global budget of concurrent (unforced) departures per pool, over all replicas.
+    max_concurrent: int = 10
+    #: ``n``: coordinator replicas, each with its own key.
+    replicas: int = 1
+    #: ``q``: replica signatures a departure token needs (root's coordinator threshold).
+    quorum: int = 1
+    #: Seconds a lease lasts unless the node reports "rejoined" first; also warm-up.
+    lease_ttl: float = 300.0
+    #: Concurrent forced departures per pool, over all replicas.
+    emergency_budget: int = 1
+    #: An aggregate estimate older than this (seconds) is not trusted for a grant.
+    aggregate_max_age: float = 180.0
+    #: Longest ``retry_after`` for a refusal that waiting fixes; also used when no
+    #: lease expiry is in sight.
+    base_retry: float = 60.0
+    #: Shortest ``retry_after``, so a lease about to lapse does not invite a stampede.
+    min_retry: float = 1.0
+    #: ``retry_after`` while the breaker holds the rollout (an operator must act).
+    paused_retry: float = 3600.0
+    #: Circuit breaker: failures from at least this many nodes trip it...
+    breaker_min_failures: int = 2
+    #: ... and at least this share of the nodes that attempted the artifact.
+    breaker_failure_share: float = 0.05
+
+    lease_share: int = field(init=False, compare=False)
+    emergency_share: int = field(init=False, compare=False)
+    capacity_share: float = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "min_serving",
+            "max_concurrent",
+            "replicas",
+            "quorum",
+            "emergency_budget",
+            "breaker_min_failures",
+        ):
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"policy: {name} must be an int")
+        for name in (
+            "utilization",
+            "lease_ttl",
+            "aggregate_max_age",
+            "base_retry",
+            "min_retry",
+            "paused_retry",
+            "breaker_failure_share",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+                raise ValueError(f"policy: {name} must be a number")
+        if not 0.0 < self.utilization <= 1.0:
+            raise ValueError("policy: utilization must be in (0, 1]")
+        if self.min_serving < 0:
+            raise ValueError("policy: min_serving must be >= 0")
+        if self.max_concurrent < 1:
+            raise ValueError("policy: max_concurrent must be >= 1")
+        if self.replicas < 1:
+            raise ValueError("policy: replicas must be >= 1")
+        if not 1 <= self.quorum <= self.replicas:
+            raise ValueError("policy: quorum must be in [1, replicas]")
+        if not 0.0 < self.lease_ttl < math.inf:
+            raise ValueError("policy: lease_ttl must be positive and finite")
+        if self.emergency_budget < 0:
+            raise ValueError("policy: emergency_budget must be >= 0")
+        if self.aggregate_max_age < 0.0:
+            raise ValueError("policy: aggregate_max_age must be >= 0 (inf: never stale)")
+        if not 0.0 < self.min_retry <= self.base_retry < math.inf:
+            raise ValueError("policy: need 0 < min_retry <= base_retry < inf")
+        if not 0.0 < self.paused_retry < math.inf:
+            raise ValueError("policy: paused_retry must be positive and finite")
+        if self.breaker_min_failures < 1:
+            raise ValueError("policy: breaker_min_failures must be >= 1")
+        if not 0.0 < self.breaker_failure_share <= 1.0:
+            raise ValueError("policy: breaker_failure_share must be in (0, 1]")
+        n, q = self.replicas, self.quorum
+        lease_share = self.max_concurrent * q // n
+        if lease_share < 1:
+            raise ValueError(
+                f"policy: floor(max_concurrent * quorum / replicas) = 0 "
+                f"(max_concurrent {self.max_concurrent}, q {q}, n {n}): no replica could grant"
+            )
+        object.__setattr__(self, "lease_share", lease_share)
+        # Largest s with floor(n * s / q) <= E: s = ceil((E + 1) * q / n) - 1.
+        object.__setattr__(self, "emergency_share", -(-(self.emergency_budget + 1) * q // n) - 1)
+        object.__setattr__(self, "capacity_share", q / n)
+
+
+# -- circuit breaker --------------------------------------------------------------------
+
+
+def breaker_threshold(attempted: int, config: PolicyConfig) -> int:
+    """Failed nodes that trip the breaker once ``attempted`` nodes tried the artifact.
+
+    "Default 2 nodes or 5%" is read as *whichever is larger*:
+    ``max(breaker_min_failures, ceil(breaker_failure_share * attempted))``.  The absolute
+    floor keeps one flaky machine from pausing a small rollout; the share keeps a wide
+    rollout from pausing on a background failure rate it always has.  The share is taken
+    as an exact fraction (0.05 is 1/20), so 100 attempts need exactly 5 failures.
+    """
+    if not _is_int(attempted) or attempted < 0:
+        raise ValueError("breaker: attempted must be an int >= 0")
+    share = Fraction(config.breaker_failure_share).limit_denominator(1_000_000)
+    by_share = -(-attempted * share.numerator // share.denominator)
+    return max(config.breaker_min_failures, by_share)
+
+
+def breaker_tripped(failures: int, attempted: int, config: PolicyConfig) -> bool:
+    """Whether an artifact's rollout is paused: ``failures >= breaker_threshold(...)``.
+
+    ``failures`` counts distinct nodes that reported a failed swap (probation failed,
+    rolled back), so one node reporting twice cannot trip it alone; ``attempted`` counts
+    distinct nodes that were granted a departure to the artifact.  The shell keeps both
+    counts per artifact and passes ``paused`` to ``PoolState`` for pools asking for it.
+    """
+    if not _is_int(failures) or failures < 0:
+        raise ValueError("breaker: failures must be an int >= 0")
+    return failures >= breaker_threshold(attempted, config)
+
+
+# -- inputs -----------------------------------------------------------------------------
+
+
+def _finite_nonneg(where: str, **values: float) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, int | float) and 0.0 <= value < math.inf):
+            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aggregate:
+    """A replica's estimate of one pool (median of the freshest gossip estimates).
+
+    Per-node loads never reach the coordinator: only these sums.
+    """
+
+    #: ``C``: sum of the serving nodes' capacity.
+    capacity: float
+    #: ``L``: sum of their load, in the same units.
+    load: float
+    #: ``S``: how many nodes serve.
+    serving: int
+    #: When the estimate was made (same clock as ``now``).
+    as_of: float
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("aggregate", capacity=self.capacity, load=self.load)
+        if not _is_int(self.serving) or self.serving < 0:
+            raise ValueError("aggregate: serving must be an int >= 0")
+        if not math.isfinite(self.as_of):
+            raise ValueError("aggregate: as_of must be finite")
+        # Floats from here on, so decide() and decide_batch() compute with equal values.
+        for name in ("capacity", "load", "as_of"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ask:
+    """One node asking to leave its pool now (gates 1 and 2 already passed)."""
+
+    node: NodeId
+    #: The node's serving capacity: what the pool loses while it is away.
+    capacity: float
+    #: The node's current load (a lower bound on the pool's load).
+    load: float = 0.0
+    #: The ask rides on an operator's ``force`` scope.
+    force: bool = False
+    #: When the ask arrived.  Orders the asks of a batch (``decide_sequence``,
+    #: ``decide_batch``); the decision itself is taken at ``now``.
+    time: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("ask", capacity=self.capacity, load=self.load)
+        if not math.isfinite(self.time):
+            raise ValueError("ask: time must be finite")
+        for name in ("capacity", "load", "time"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    """A granted departure: the node may be away until ``expires`` (or until it rejoins)."""
+
+    node: NodeId
+    pool: str
+    capacity: float
+    expires: float
+    forced: bool = False
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("lease", capacity=self.capacity)
+        if math.isnan(self.expires):
+            raise ValueError("lease: expires must be a number")
+        for name in ("capacity", "expires"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+    def active(self, now: float) -> bool:
+        return now < self.expires
+
+
+@dataclass(frozen=True, kw_only=True)
+class Usage:
+    """What a replica's active leases in one pool take: the ``A`` of the rule."""
+
+    count: int
+    #: ``cap(A)``, summed left to right in grant order (the batch sums the same way,
+    #: so both give bit-identical floats).
+    capacity: float
+    forced: int
+    #: Earliest expiry among the leases (``inf`` if none), for ``retry_after``.
+    earliest: float
+    earliest_forced: float
+
+    @classmethod
+    def of(cls, leases: Iterable[Lease]) -> Usage:
+        count = forced = 0
+        capacity = 0.0
+        earliest = earliest_forced = math.inf
+        for lease in leases:
+            count += 1
+            capacity += lease.capacity
+            earliest = min(earliest, lease.expires)
+            if lease.forced:
+                forced += 1
+                earliest_forced = min(earliest_forced, lease.expires)
+        return cls(
+            count=count,
+            capacity=capacity,
+            forced=forced,
+            earliest=earliest,
+            earliest_forced=earliest_forced,
+        )
+
+    def plus(self, lease: Lease) -> Usage:
+        """With ``lease`` added last: the same left-to-right sum ``of`` would compute."""
+        return Usage(
+            count=self.count + 1,
+            capacity=self.capacity + lease.capacity,
+            forced=self.forced + lease.forced,
+            earliest=min(self.earliest, lease.expires),
+            earliest_forced=min(self.earliest_forced, lease.expires)
+            if lease.forced
+            else self.earliest_forced,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolState:
+    """One replica's view of one pool: the aggregate, its own leases, breaker, start time.
+
+    Leases are kept in grant order (the order ``cap(A)`` is summed in).  Values are
+    immutable: ``add``, ``expire`` and ``end_lease`` return new states.
+    """
+
+    pool: str
+    aggregate: Aggregate
+    #: When this replica (re)started; it grants nothing until ``started_at + lease_ttl``.
+    #: Required on purpose: a replica that forgets it would grant blind after a restart.
+    started_at: float
+    leases: tuple[Lease, ...] = ()
+    #: The circuit breaker holds the rollout this pool is asking for.
+    paused: bool = False
+
+    _usage: Usage = field(init=False, repr=False, compare=False)
+    _by_node: dict[NodeId, Lease] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.started_at):
+            raise ValueError("pool: started_at must be a number")
+        by_node: dict[NodeId, Lease] = {}
+        for lease in self.leases:
+            if lease.pool != self.pool:
+                raise ValueError(f"pool {self.pool!r}: holds a lease for pool {lease.pool!r}")
+            if lease.node in by_node:
+                raise ValueError(f"pool {self.pool!r}: two leases for node {lease.node!r}")
+            by_node[lease.node] = lease
+        object.__setattr__(self, "_by_node", by_node)
+        object.__setattr__(self, "_usage", Usage.of(self.leases))
+
+    def usage(self, now: float) -> Usage:
+        """``A`` at ``now``: the leases not yet expired (cached when none has)."""
+        if now < self._usage.earliest:
+            return self._usage
+        return Usage.of(lease for lease in self.leases if lease.active(now))
+
+    def active(self, now: float) -> tuple[Lease, ...]:
+        return tuple(lease for lease in self.leases if lease.active(now))
+
+    def lease_of(self, node: NodeId, now: float) -> Lease | None:
+        """The node's active lease on this replica, if any."""
+        lease = self._by_node.get(node)
+        return lease if lease is not None and lease.active(now) else None
+
+    def add(self, lease: Lease) -> PoolState:
+        """With ``lease`` appended (replacing any older, lapsed lease of the same node).
+
+        Appending costs two C-level copies, not a Python pass over every lease: the
+        derived usage and node index are extended rather than rebuilt (the service and
+        ``decide_sequence`` add one lease per grant).
+        """
+        if lease.pool != self.pool:
+            raise ValueError(f"pool {self.pool!r}: cannot add a lease for pool {lease.pool!r}")
+        if lease.node in self._by_node:
+            kept = tuple(old for old in self.leases if old.node != lease.node)
+            return replace(self, leases=(*kept, lease))
+        new = object.__new__(PoolState)
+        for f in fields(self):
+            object.__setattr__(new, f.name, getattr(self, f.name))
+        object.__setattr__(new, "leases", (*self.leases, lease))
+        object.__setattr__(new, "_usage", self._usage.plus(lease))
+        object.__setattr__(new, "_by_node", {**self._by_node, lease.node: lease})
+        return new
+
+    def expire(self, now: float) -> PoolState:
+        """Without the leases that lapsed by ``now``: a dead node holds nothing hostage."""
+        if now < self._usage.earliest:
+            return self
+        return replace(self, leases=self.active(now))
+
+    def end_lease(self, node: NodeId) -> PoolState:
+        """Without ``node``'s lease: it reported "rejoined" with the new version."""
+        if node not in self._by_node:
+            return self
+        return replace(self, leases=tuple(old for old in self.leases if old.node != node))
+
+    def with_aggregate(self, aggregate: Aggregate) -> PoolState:
+        return replace(self, aggregate=aggregate)
+
+
+# -- the answer -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decision:
+    """A grant (with its lease) or a refusal (with gate, reason and when to retry)."""
+
+    granted: bool
+    reason: str
+    gate: str = GATE_CAPACITY
+    #: Seconds to wait before asking again (refusals only; the node adds jitter).
+    retry_after: float | None = None
+    #: 1-based place among the refused asks of a batch (``decide_sequence``/batch only).
+    queue_position: int | None = None
+    lease: Lease | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASON_CODES:
+            raise ValueError(f"decision: unknown reason {self.reason!r}")
+        if self.granted != (self.code <= LAST_GRANT_CODE):
+            raise ValueError(f"decision: reason {self.reason!r} contradicts granted")
+        if self.granted != (self.lease is not None):
+            raise ValueError("decision: a grant carries a lease and a refusal does not")
+
+    @property
+    def code(self) -> int:
+        return REASON_CODES[self.reason]
+
+    def to_gate_result(self) -> GateResult:
+        """The same answer in the shape gates 1 and 2 use, for status and logs."""
+        if self.lease is not None:
+            forced = " (forced)" if self.lease.forced else ""
+            detail = f"lease until {self.lease.expires:g}{forced}"
+        else:
+            place = f", queue position {self.queue_position}" if self.queue_position else ""
+            detail = f"retry after {self.retry_after:g} s{place}"
+        return GateResult(
+            ok=self.granted,
+            gate=self.gate,
+            reason=self.reason,
+            detail=detail,
+            retry_after=self.retry_after,
+        )
+
+
+def _retry(earliest: float, now: float, config: PolicyConfig) -> float:
+    """Until the earliest blocking lease lapses, within ``[min_retry, base_retry]``."""
+    return min(config.base_retry, max(config.min_retry, earliest - now))
+
+
+def _refuse(code: int, retry_after: float) -> Decision:
+    return Decision(
+        granted=False, reason=REASONS[code], gate=gate_of(code), retry_after=retry_after
+    )
+
+
+def headroom(aggregate: Aggregate, load: float, config: PolicyConfig) -> float:
+    """This replica's share of the capacity that may leave: ``(q/n) * (C - max(L, l)/u)``.
+
+    ``decide_batch`` evaluates the same expression elementwise, operation for operation.
+    """
+    worst_load = max(aggregate.load, load)
+    return config.capacity_share * (aggregate.capacity - worst_load / config.utilization)
+
+
+def decide(pool: PoolState, ask: Ask, now: float, config: PolicyConfig) -> Decision:
+    """Gate 3 for one ask at ``now``.  To record a grant, ``pool.add(decision.lease)``.
+
+    Checks run in the order of the module docstring's table and the first failure is the
+    answer, so an operator sees the most fundamental reason (a pause before a full pool).
+    """
+    existing = pool.lease_of(ask.node, now)
+    if existing is not None:
+        return Decision(granted=True, reason="existing-lease", lease=existing)
+    if pool.paused:
+        return _refuse(PAUSED, config.paused_retry)
+    warm_until = pool.started_at + config.lease_ttl
+    if now < warm_until:
+        return _refuse(REPLICA_WARMUP, warm_until - now)
+    used = pool.usage(now)
+    if ask.force:
+        if used.forced >= config.emergency_share:
+            return _refuse(EMERGENCY_BUDGET, _retry(used.earliest_forced, now, config))
+        code = FORCED
+    else:
+        aggregate = pool.aggregate
+        if now - aggregate.as_of > config.aggregate_max_age:
+            return _refuse(AGGREGATE_STALE, config.base_retry)
+        if used.count >= config.lease_share:
+            return _refuse(LEASE_BUDGET, _retry(used.earliest, now, config))
+        spare_nodes = aggregate.serving - config.min_serving
+        if (used.count + 1) * config.replicas > config.quorum * spare_nodes:
+            return _refuse(MIN_SERVING, _retry(used.earliest, now, config))
+        if used.capacity + ask.capacity > headroom(aggregate, ask.load, config):
+            return _refuse(NO_SPARE_CAPACITY, _retry(used.earliest, now, config))
+        code = GRANTED
+    lease = Lease(
+        node=ask.node,
+        pool=pool.pool,
+        capacity=ask.capacity,
+        expires=now + config.lease_ttl,
+        forced=ask.force,
+    )
+    return Decision(granted=True, reason=REASONS[code], lease=lease)
+
+
+def decide_sequence(
+    pool: PoolState, asks: Sequence[Ask], now: float, config: PolicyConfig
+) -> tuple[tuple[Decision, ...], PoolState]:
+    """``decide`` for each ask in ask-time order (ties: given order), recording grants.
+
+    The reference semantics of ``decide_batch``.  Returns the decisions in the order the
+    asks were given, with queue positions filled in, and the state after expiring lapsed
+    leases and adding the grants.
+    """
+    order = sorted(range(len(asks)), key=lambda i: asks[i].time)
+    state = pool.expire(now)
+    decisions: list[Decision | None] = [None] * len(asks)
+    refused = 0
+    for i in order:
+        decision = decide(state, asks[i], now, config)
+        if decision.lease is not None:
+            if decision.code != EXISTING_LEASE:
+                state = state.add(decision.lease)
+        else:
+            refused += 1
+            decision = replace(decision, queue_position=refused)
+        decisions[i] = decision
+    return tuple(d for d in decisions if d is not None), state
+
+
+# -- batch form -------------------------------------------------------------------------
+
+
+def _array(value: ArrayLike, dtype: type[np.generic], name: str) -> NDArray[Any]:
+    array = np.ascontiguousarray(value, dtype=dtype)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array")
+    return array
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class LeaseArrays:
+    """A replica's leases in one pool as columns, in grant order (nodes are ints)."""
+
+    node: IntArray
+    capacity: FloatArray
+    expires: FloatArray
+    forced: BoolArray
+
+    def __post_init__(self) -> None:
+        columns = {
+            "node": _array(self.node, np.int64, "leases.node"),
+            "capacity": _array(self.capacity, np.float64, "leases.capacity"),
+            "expires": _array(self.expires, np.float64, "leases.expires"),
+            "forced": _array(self.forced, np.bool_, "leases.forced"),
+        }
+        if len({len(column) for column in columns.values()}) > 1:
+            raise ValueError("leases: columns differ in length")
+        for name, column in columns.items():
+            object.__setattr__(self, name, column)
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+    @classmethod
+    def empty(cls) -> LeaseArrays:
+        return cls(
+            node=np.empty(0, dtype=np.int64),
+            capacity=np.empty(0, dtype=np.float64),
+            expires=np.empty(0, dtype=np.float64),
+            forced=np.empty(0, dtype=np.bool_),
+        )
+
+    @classmethod
+    def from_leases(cls, leases: Sequence[Lease]) -> LeaseArrays:
+        nodes = [lease.node for lease in leases]
+        if not all(_is_int(node) for node in nodes):
+            raise ValueError("leases: the array form needs int node ids")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError("leases: two leases for one node")
+        return cls(
+            node=np.array(nodes, dtype=np.int64),
+            capacity=np.array([lease.capacity for lease in leases], dtype=np.float64),
+            expires=np.array([lease.expires for lease in leases], dtype=np.float64),
+            forced=np.array([lease.forced for lease in leases], dtype=np.bool_),
+        )
+
+    def to_leases(self, pool: str) -> tuple[Lease, ...]:
+        return tuple(
+            Lease(node=int(n), pool=pool, capacity=float(c), expires=float(e), forced=bool(f))
+            for n, c, e, f in zip(self.node, self.capacity, self.expires, self.forced, strict=True)
+        )
+
+    def select(self, mask: BoolArray) -> LeaseArrays:
+        return LeaseArrays(
+            node=self.node[mask],
+            capacity=self.capacity[mask],
+            expires=self.expires[mask],
+            forced=self.forced[mask],
+        )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class PoolArrays:
+    """``PoolState`` with its leases as ``LeaseArrays``: the state ``decide_batch`` threads.
+
+    One pool per value; a simulation with several pools keeps one per pool (and per
+    replica) and calls ``decide_batch`` for each.
+    """
+
+    pool: str
+    aggregate: Aggregate
+    started_at: float
+    leases: LeaseArrays = field(default_factory=LeaseArrays.empty)
+    paused: bool = False
+
+    @classmethod
+    def from_state(cls, state: PoolState) -> PoolArrays:
+        return cls(
+            pool=state.pool,
+            aggregate=state.aggregate,
+            started_at=state.started_at,
+            leases=LeaseArrays.from_leases(state.leases),
+            paused=state.paused,
+        )
+
+    def to_state(self) -> PoolState:
+        return PoolState(
+            pool=self.pool,
+            aggregate=self.aggregate,
+            started_at=self.started_at,
+            leases=self.leases.to_leases(self.pool),
+            paused=self.paused,
+        )
+
+    def expire(self, now: float) -> PoolArrays:
+        """Without the leases that lapsed by ``now`` (grant order kept)."""
+        alive = self.leases.expires > now
+        if bool(alive.all()):
+            return self
+        return replace(self, leases=self.leases.select(alive))
+
+    def end_leases(self, nodes: ArrayLike) -> PoolArrays:
+        """Without the leases of ``nodes``: they reported "rejoined"."""
+        gone = np.isin(self.leases.node, np.asarray(nodes, dtype=np.int64))
+        if not bool(gone.any()):
+            return self
+        return replace(self, leases=self.leases.select(~gone))
+
+    def with_aggregate(self, aggregate: Aggregate) -> PoolArrays:
+        return replace(self, aggregate=aggregate)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class AskBatch:
+    """Many asks as columns.  Nodes are ints and must be distinct within a batch.
+
+    Construction checks shapes and values; ``check=False`` skips the O(m log m)
+    distinct-node check for callers that guarantee it by construction (the tick engine).
+    Asks already sorted by ``time`` skip a sort in ``decide_batch``.
+    """
+
+    node: IntArray
+    capacity: FloatArray
+    load: FloatArray
+    force: BoolArray
+    time: FloatArray
+    check: bool = field(default=True, repr=False)
+
+    def __post_init__(self) -> None:
+        columns = {
+            "node": _array(self.node, np.int64, "asks.node"),
+            "capacity": _array(self.capacity, np.float64, "asks.capacity"),
+            "load": _array(self.load, np.float64, "asks.load"),
+            "force": _array(self.force, np.bool_, "asks.force"),
+            "time": _array(self.time, np.float64, "asks.time"),
+        }
+        if len({len(column) for column in columns.values()}) > 1:
+            raise ValueError("asks: columns differ in length")
+        for name in ("capacity", "load"):
+            column = columns[name]
+            if not bool(np.all((column >= 0.0) & (column < math.inf))):
+                raise ValueError(f"asks: {name} must be finite and >= 0")
+        if not bool(np.all(np.isfinite(columns["time"]))):
+            raise ValueError("asks: time must be finite")
+        if self.check:
+            nodes = np.sort(columns["node"])
+            if bool(np.any(nodes[1:] == nodes[:-1])):
+                raise ValueError("asks: a node asks twice in one batch")
+        for name, column in columns.items():
+            object.__setattr__(self, name, column)
+
+    def __len__(self) -> int:
+        return len(self.node)
+
+    @classmethod
+    def from_asks(cls, asks: Sequence[Ask]) -> AskBatch:
+        if not all(_is_int(ask.node) for ask in asks):
+            raise ValueError("asks: the array form needs int node ids")
+        return cls(
+            node=np.array([ask.node for ask in asks], dtype=np.int64),
+            capacity=np.array([ask.capacity for ask in asks], dtype=np.float64),
+            load=np.array([ask.load for ask in asks], dtype=np.float64),
+            force=np.array([ask.force for ask in asks], dtype=np.bool_),
+            time=np.array([ask.time for ask in asks], dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class BatchResult:
+    """``decide_batch``'s answers, one row per ask, in the order the asks were given."""
+
+    granted: BoolArray
+    #: Reason code per ask; ``REASONS[code]`` names it.
+    reason: CodeArray
+    #: Seconds until a refused node should ask again; NaN for grants.
+    retry_after: FloatArray
+    #: 1-based rank among this batch's refusals (ask-time order); 0 for grants.
+    queue_position: IntArray
+    #: Lease expiry for grants (an existing lease keeps its own); NaN for refusals.
+    expires: FloatArray
+    #: Admission rounds the batch took (diagnostic: the vectorised loop's trip count).
+    rounds: int
+
+    def counts(self) -> dict[str, int]:
+        """How many asks got each answer, by reason name (zeros left out)."""
+        tally = np.bincount(self.reason, minlength=len(REASONS))
+        return {REASONS[code]: int(n) for code, n in enumerate(tally) if n}
+
+
+def _exclusive_counts(base: int, mask: BoolArray) -> IntArray:
+    """``base`` + how many of ``mask`` are set strictly before each position."""
+    counts: IntArray = np.cumsum(mask, dtype=np.int64)
+    counts -= mask
+    counts += base
+    return counts
+
+
+def _exclusive_fold(base: float, mask: BoolArray, values: FloatArray) -> FloatArray:
+    """``base`` + the ``values`` under ``mask`` strictly before each position.
+
+    Summed left to right exactly as ``Usage.of`` and ``decide`` do (``cumsum`` is a
+    sequential fold, and adding the 0.0 of an unmasked slot is exact), so every partial
+    sum is the bit-identical float sequential ``decide`` compares.
+    """
+    terms = np.empty(len(values) + 1, dtype=np.float64)
+    terms[0] = base
+    np.multiply(values, mask, out=terms[1:])
+    fold: FloatArray = np.cumsum(terms)
+    return fold[:-1]
+
+
+def _admit(
+    pending: BoolArray,
+    fixed: BoolArray,
+    capacity: FloatArray,
+    room: FloatArray,
+    count_limit: int,
+    count0: int,
+    capacity0: float,
+) -> tuple[BoolArray, int]:
+    """Which ``pending`` asks sequential admission grants, in a few vectorised rounds.
+
+    Ask ``i`` (in time order) is granted iff ``count_before[i] <= count_limit`` and
+    ``cap_before[i] + capacity[i] <= room[i]``, where the "before" values count every
+    earlier grant: the ``fixed`` ones (forced grants, already decided) and the pending
+    ones granted so far.  Each round assumes every remaining pending ask is granted and
+    finds the first that would fail: everything before it really is granted (each check
+    saw exactly the true state) and it really is refused.  Then every later pending ask
+    that fails even against a *lower bound* of its state (only the grants known so far)
+    is refused too: grants only add, and float addition is monotone, so it would fail
+    later as well.  What survives fits right now, so each round grants at least one ask;
+    in practice two or three rounds decide a whole batch.
+    """
+    granted = fixed.copy()
+    pending = pending.copy()
+    start, count_base, cap_base = 0, count0, capacity0
+    rounds = 0
+    while bool(pending[start:].any()):
+        rounds += 1
+        p = pending[start:]
+        cap = capacity[start:]
+        limit = room[start:]
+        cost = p | granted[start:]
+        count_before = _exclusive_counts(count_base, cost)
+        cap_before = _exclusive_fold(cap_base, cost, cap)
+        bad = p & ((count_before > count_limit) | (cap_before + cap > limit))
+        if not bool(bad.any()):
+            granted[start:] |= p
+            break
+        first = int(np.argmax(bad))
+        granted[start : start + first] |= p[:first]
+        pending[start : start + first + 1] = False
+        count_base = int(count_before[first])
+        cap_base = float(cap_before[first])
+        start += first + 1
+        # Refuse what cannot fit even if no other pending ask is granted.
+        known = granted[start:]
+        cap = capacity[start:]
+        if bool(known.any()):
+            count_floor = _exclusive_counts(count_base, known)
+            cap_floor = _exclusive_fold(cap_base, known, cap)
+            fits = (count_floor <= count_limit) & (cap_floor + cap <= room[start:])
+        elif count_base > count_limit:
+            fits = np.zeros(len(cap), dtype=np.bool_)
+        else:
+            fits = cap_base + cap <= room[start:]
+        pending[start:] &= fits
+    return granted, rounds
+
+
+def _time_order(times: FloatArray) -> IntArray:
+    """Stable argsort of ask times (ties keep the given order).
+
+    The unstable sort is twice as fast and gives the same permutation when no two times
+    are equal, which continuous ask times almost never are; ties fall back to stable.
+    """
+    order = np.argsort(times)
+    ordered = times[order]
+    if bool(np.any(ordered[1:] == ordered[:-1])):
+        order = np.argsort(times, kind="stable")
+    return order.astype(np.int64, copy=False)
+
+
+#: Node id ranges up to this use a lookup table for membership (bytes of scratch).
+_TABLE_LIMIT: Final = 1 << 24
+
+
+def _member(nodes: IntArray, held: IntArray) -> BoolArray:
+    """Which ``nodes`` are in ``held``: a bitmap over the id range for dense simulation
+    ids (10x faster than sorting), ``np.isin`` otherwise."""
+    if len(held) == 0 or len(nodes) == 0:
+        return np.zeros(len(nodes), dtype=np.bool_)
+    low, high = int(held.min()), int(held.max())
+    if high - low >= _TABLE_LIMIT:
+        return np.isin(nodes, held)
+    table = np.zeros(high - low + 1, dtype=np.bool_)
+    table[held - low] = True
+    inside = (nodes >= low) & (nodes <= high)
+    member = np.zeros(len(nodes), dtype=np.bool_)
+    member[inside] = table[nodes[inside] - low]
+    return member
+
+
+def _expiry_of(nodes: IntArray, leases: LeaseArrays) -> FloatArray:
+    """The expiry of each of ``nodes``' leases (all present; usually a handful)."""
+    where = np.flatnonzero(_member(leases.node, nodes))
+    by_lease = np.argsort(leases.node[where])
+    by_ask = np.argsort(nodes)
+    expiry = np.empty(len(nodes), dtype=np.float64)
+    expiry[by_ask] = leases.expires[where[by_lease]]
+    return expiry
+
+
+def decide_batch(
+    pool: PoolArrays, asks: AskBatch, now: float, config: PolicyConfig
+) -> tuple[BatchResult, PoolArrays]:
+    """Decide a whole batch of asks at ``now``, exactly as ``decide_sequence`` would.
+
+    Asks are admitted in ask-time order (ties in the order given), each consuming the
+    capacity, lease budget and emergency budget that later asks then see.  Vectorised:
+    the work is a handful of array passes per admission round (see ``_admit``), never a
+    Python loop per ask.  Returns the answers in the order the asks were given and the
+    new state: lapsed leases dropped, grants appended in ask-time order.  Nodes of the
+    asks must be distinct (``AskBatch`` checks).
+    """
+    now = float(now)
+    state = pool.expire(now)
+    leases = state.leases
+    m = len(asks)
+
+    times = asks.time
+    order: IntArray | None = None
+    node, cap, load, force = asks.node, asks.capacity, asks.load, asks.force
+    if m > 1 and not bool(np.all(times[1:] >= times[:-1])):
+        order = _time_order(times)
+        node, cap, load, force = node[order], cap[order], load[order], force[order]
+
+    aggregate = pool.aggregate
+    ttl = config.lease_ttl
+    warm_until = pool.started_at + ttl
+    warm = now < warm_until
+    stale = now - aggregate.as_of > config.aggregate_max_age
+
+    count0 = len(leases)
+    forced0 = int(np.count_nonzero(leases.forced))
+    capacity0 = float(np.cumsum(leases.capacity)[-1]) if count0 else 0.0
+    earliest0 = float(leases.expires.min()) if count0 else math.inf
+    earliest_forced0 = float(leases.expires[leases.forced].min()) if forced0 else math.inf
+
+    existing = _member(node, leases.node)
+    fresh = np.zeros(m, dtype=np.bool_) if pool.paused or warm else ~existing
+
+    # Forced asks depend only on earlier forced grants: the first few fit.
+    forced_at = np.flatnonzero(fresh & force)
+    forced_granted_at = forced_at[: max(0, config.emergency_share - forced0)]
+    forced_grant = np.zeros(m, dtype=np.bool_)
+    forced_grant[forced_granted_at] = True
+
+    # Unforced asks: the lease budget and min-serving are both a cap on |A| before.
+    spare_nodes = aggregate.serving - config.min_serving
+    count_limit = min(config.lease_share - 1, config.quorum * spare_nodes // config.replicas - 1)
+    room: FloatArray = config.capacity_share * (
+        aggregate.capacity - np.maximum(aggregate.load, load) / config.utilization
+    )
+    normal_ask = fresh & ~force if not stale else np.zeros(m, dtype=np.bool_)
+    granted_new, rounds = _admit(
+        normal_ask, forced_grant, cap, room, count_limit, count0, capacity0
+    )
+
+    # The state each ask saw, given the final grants; reasons follow from it, in the
+    # order decide() checks (later assignments take precedence).
+    count_before = _exclusive_counts(count0, granted_new)
+    cap_before = _exclusive_fold(capacity0, granted_new, cap)
+    unforced = ~force
+    code = np.full(m, GRANTED, dtype=np.int8)
+    code[unforced & (cap_before + cap > room)] = NO_SPARE_CAPACITY
+    code[unforced & ((count_before + 1) * config.replicas > config.quorum * spare_nodes)] = (
+        MIN_SERVING
+    )
+    code[unforced & (count_before >= config.lease_share)] = LEASE_BUDGET
+    if stale:
+        code[unforced] = AGGREGATE_STALE
+    any_force = bool(force.any())
+    if any_force:
+        code[force] = EMERGENCY_BUDGET
+        code[forced_granted_at] = FORCED
+    if warm:
+        code[:] = REPLICA_WARMUP
+    if pool.paused:
+        code[:] = PAUSED
+    code[existing] = EXISTING_LEASE
+    granted = code <= LAST_GRANT_CODE
+    assert np.array_equal(granted & ~existing, granted_new), "batch admission disagrees"
+
+    # retry_after: until the earliest lease that blocks the ask lapses (module docstring).
+    new_expiry = now + ttl
+    retry = np.full(m, np.nan)
+    waiting = (code == LEASE_BUDGET) | (code == MIN_SERVING) | (code == NO_SPARE_CAPACITY)
+    earliest = np.where(count_before[waiting] > count0, min(earliest0, new_expiry), earliest0)
+    retry[waiting] = np.minimum(config.base_retry, np.maximum(config.min_retry, earliest - now))
+    if any_force:
+        # Every emergency refusal comes after all of the batch's forced grants.
+        if len(forced_granted_at):
+            earliest_forced0 = min(earliest_forced0, new_expiry)
+        retry[code == EMERGENCY_BUDGET] = _retry(earliest_forced0, now, config)
+    if stale:
+        retry[code == AGGREGATE_STALE] = config.base_retry
+    if warm:
+        retry[code == REPLICA_WARMUP] = warm_until - now
+    if pool.paused:
+        retry[code == PAUSED] = config.paused_retry
+
+    refused = ~granted
+    queue: IntArray = np.where(refused, np.cumsum(refused), 0).astype(np.int64)
+
+    expires = np.where(granted_new, new_expiry, np.nan)
+    if bool(existing.any()):
+        expires[existing] = _expiry_of(node[existing], leases)
+
+    added = LeaseArrays(
+        node=np.concatenate((leases.node, node[granted_new])),
+        capacity=np.concatenate((leases.capacity, cap[granted_new])),
+        expires=np.concatenate((leases.expires, np.full(int(granted_new.sum()), new_expiry))),
+        forced=np.concatenate((leases.forced, force[granted_new])),
+    )
+    new_state = replace(state, leases=added)
+
+    columns: tuple[NDArray[np.generic], ...] = (granted, code, retry, queue, expires)
+    if order is not None:
+        unsorted = []
+        for column in columns:
+            back = np.empty_like(column)
+            back[order] = column
+            unsorted.append(back)
+        columns = tuple(unsorted)
+    result = BatchResult(
+        granted=columns[0].astype(np.bool_, copy=False),
+        reason=columns[1].astype(np.int8, copy=False),
+        retry_after=columns[2].astype(np.float64, copy=False),
+        queue_position=columns[3].astype(np.int64, copy=False),
+        expires=columns[4].astype(np.float64, copy=False),
+        rounds=rounds,
+    )
+    return result, new_state
