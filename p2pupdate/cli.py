@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -34,7 +35,10 @@ from .cliutil import (
 from .core import crypto
 from .core import documents as docs
 from .core.errors import P2PUpdateError
+from .daemon.options import add_daemon_arguments, forward_args, seconds
 from .fsutil import create_exclusive
+from .launcher.codes import EXIT_CODES_HELP
+from .launcher.supervisor import Launcher, LauncherConfig
 from .verify import verify_set
 
 DEFAULT_CHUNK = 256 * 1024
@@ -253,6 +257,42 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_REJECTED
 
 
+# -- node -------------------------------------------------------------------------------
+
+
+def default_state_dir() -> Path:
+    """``/var/lib/p2pupdate`` for root, else ``$XDG_STATE_HOME/p2pupdate`` (DESIGN.md 6)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/p2pupdate")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "p2pupdate"
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    state_dir = (args.state_dir or default_state_dir()).absolute()
+    # the daemon's default work is kv: refuse now rather than crash-loop in every slot
+    if args.work in (None, "kv") and importlib.util.find_spec("p2pupdate.work.kv") is None:
+        raise UsageError("--work kv is not available in this build; use --work none")
+    if args.initial_artifact is not None and not args.initial_artifact.is_file():
+        raise UsageError(f"{args.initial_artifact}: no such file")
+    for name in ("offer_dir", "trust_root"):
+        path = getattr(args, name)
+        if path is not None and not path.exists():
+            raise UsageError(f"{path}: no such file or directory")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {state_dir}: {exc.strerror or exc}") from None
+    config = LauncherConfig(
+        state_dir=state_dir,
+        daemon_args=tuple(forward_args(args)),
+        probation=args.probation,
+        max_attempts=args.max_attempts,
+        initial_artifact=args.initial_artifact.absolute() if args.initial_artifact else None,
+    )
+    return Launcher(config).run()
+
+
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
@@ -270,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(2) the node is in the operator's rollout scope and (3) the coordinator says the "
             "network can spare it."
         ),
-        epilog="Exit codes: 0 ok, 1 rejected / verification failed, 2 usage error.",
+        epilog="Exit codes: 0 ok, 1 rejected / verification failed, 2 usage error "
+        "(`p2pupdate node --help` lists the node's).",
     )
     p.add_argument("--version", action="version", version=f"p2pupdate {__version__}")
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
@@ -378,6 +419,47 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("--now", type=now_arg, metavar="UNIX", help="judge expiry at this time")
     ve.add_argument("--json", action="store_true", help="print one JSON object")
     ve.set_defaults(handler=cmd_verify)
+
+    no = sub.add_parser(
+        "node",
+        help="run this node: the launcher, which runs the daemon from a slot",
+        description="Run the node. The launcher (this command, from the installed package) "
+        "keeps unpacked builds in STATE_DIR/slots/<sha256>/ and runs the daemon from the slot "
+        "`current` points at. When the daemon swaps to a new build, the launcher starts it "
+        "on probation; it becomes current only once it confirms it is healthy, and is rolled "
+        "back (and never tried again here, until a higher release counter) if it crashes "
+        "--max-attempts times, reports itself unhealthy or does not confirm within "
+        "--probation seconds. Stop with SIGTERM or Ctrl-C.",
+        epilog=EXIT_CODES_HELP,
+    )
+    no.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="node state (default /var/lib/p2pupdate as root, else $XDG_STATE_HOME/p2pupdate)",
+    )
+    no.add_argument(
+        "--probation",
+        type=seconds,
+        default=120.0,
+        metavar="DUR",
+        help="a new build must confirm within this long after each start (default 120s)",
+    )
+    no.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="starts a new build gets before it is rolled back (default 3)",
+    )
+    no.add_argument(
+        "--initial-artifact",
+        type=Path,
+        metavar="FILE",
+        help="first start only: the build to install (default: this installed package)",
+    )
+    add_daemon_arguments(no, for_launcher=True)
+    no.set_defaults(handler=cmd_node)
     return p
 
 

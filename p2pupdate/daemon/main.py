@@ -1,0 +1,121 @@
+"""``python -m p2pupdate.daemon``: what the launcher runs from a slot.
+
+Not meant to be typed by hand (``p2pupdate node`` runs it with ``--state-dir``, ``--slot``,
+``--mode`` and ``--parent-pid`` filled in), but it has the usual ``--help``, one-line
+errors and exit 2 on a usage mistake -- which the launcher counts as a crash of the slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from ..cliutil import Parser, sha256_hex
+from ..core.errors import P2PUpdateError
+from ..launcher.codes import EXIT_CODES_HELP
+from ..truststate import TrustFile
+from ..work.base import Workload
+from .node import Node, NodeConfig, NodeError, _log_to_stderr
+from .nullwork import NullWorkload
+from .offers import OfferSource
+from .options import DaemonOptions, add_daemon_arguments
+
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="python -m p2pupdate.daemon",
+        description="The p2pupdate node daemon, as the launcher runs it from a slot "
+        "(use `p2pupdate node` instead).",
+        epilog=EXIT_CODES_HELP,
+    )
+    p.add_argument("--state-dir", type=Path, required=True, metavar="DIR")
+    p.add_argument("--slot", type=sha256_hex, required=True, metavar="SHA256")
+    p.add_argument("--mode", choices=("normal", "probation"), default="normal")
+    p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when this process is gone")
+    add_daemon_arguments(p, for_launcher=False)
+    return p
+
+
+def workload_factory(opts: DaemonOptions, state_dir: Path) -> Callable[[], Workload]:
+    """What ``--work`` names; called once at start and again after an undone drain."""
+    if opts.work == "none":
+        return NullWorkload
+    try:
+        from ..work.kv import KVWorkload
+    except ImportError as exc:
+        raise NodeError(f"--work kv is not available in this build ({exc})") from None
+    directory = state_dir / "work" / "kv"
+
+    def make() -> Workload:
+        directory.mkdir(parents=True, exist_ok=True)
+        return KVWorkload(directory, host=opts.host, port=opts.port, capacity=opts.capacity)
+
+    return make
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = DaemonOptions.from_namespace(args)
+    log = _log_to_stderr
+    state_dir: Path = args.state_dir.absolute()
+    if opts.grant_all:
+        log(
+            "WARNING: --grant-all: every departure is GRANTED without a coordinator. "
+            "The capacity gate is OFF. Test use only."
+        )
+    offers = None
+    if opts.offer_dir is not None:
+        trust = None
+        if opts.trust_root is not None:
+            try:
+                trust = TrustFile.open(
+                    state_dir / "trust",
+                    initial_root=opts.trust_root.read_bytes(),
+                    now=int(time.time()),
+                )
+            except (OSError, P2PUpdateError) as exc:
+                log(f"fatal: trust root {opts.trust_root}: {exc}")
+                return EXIT_USAGE
+        else:
+            log(
+                f"WARNING: --offer-dir without --trust-root: UNSIGNED builds in "
+                f"{opts.offer_dir} are accepted. Test use only."
+            )
+        offers = OfferSource(opts.offer_dir, trust=trust, log=log)
+    # A signal outside trio's receiver (before it is installed, after it is gone) must not
+    # kill us mid-write: the receiver handles the first one, the launcher escalates.
+    signal.signal(signal.SIGTERM, lambda _s, _f: None)
+    try:
+        node = Node(
+            NodeConfig(
+                state_dir=state_dir,
+                slot=args.slot,
+                mode=args.mode,
+                parent_pid=args.parent_pid,
+                options=opts,
+            ),
+            make_workload=workload_factory(opts, state_dir),
+            offers=offers,
+            rng=random.Random(),
+            log=log,
+        )
+        return trio.run(node.run)
+    except (NodeError, P2PUpdateError, OSError) as exc:
+        log(f"fatal: {type(exc).__name__}: {exc}")
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        return EXIT_FATAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The daemon's options, in one table shared by ``python -m p2pupdate.daemon`` and
+``p2pupdate node`` (which forwards the ones the user gave to every daemon it starts).
+
+The launcher is the installed code and the daemon is whatever slot runs, so the launcher
+forwards only options that were given explicitly: a daemon of another version then applies
+its own defaults to the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+WORKLOADS: Final = ("kv", "none")
+
+_SECONDS = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$")
+_SECOND_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+def seconds(text: str) -> float:
+    """'0.5', '2s', '250ms', '15m', '1h' -> seconds (> 0, finite, at most a week)."""
+    m = _SECONDS.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 0.5, 2s, 250ms, 15m")
+    value = float(m.group(1)) * _SECOND_UNITS[m.group(2)]
+    if not 0.0 < value <= 7 * 86400.0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most a week")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 1 <= v <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 1000")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
+    return v
+
+
+def _capacity(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Opt:
+    flag: str
+    kind: Callable[[str], Any] | None  # None: a boolean switch
+    default: Any
+    metavar: str | None
+    help: str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+#: Every daemon option: the parser of both commands and the forwarding come from here.
+OPTIONS: Final = (
+    _Opt(
+        flag="--work",
+        kind=str,
+        default="kv",
+        metavar=None,
+        choices=WORKLOADS,
+        help="the work this node serves: the example key/value service, or none",
+    ),
+    _Opt(flag="--host", kind=str, default="127.0.0.1", metavar="ADDR", help="work listen address"),
+    _Opt(
+        flag="--port",
+        kind=_port,
+        default=0,
+        metavar="N",
+        help="work listen port (default 0: any free port)",
+    ),
+    _Opt(
+        flag="--capacity",
+        kind=_capacity,
+        default=100.0,
+        metavar="X",
+        help="work units per second this node can carry",
+    ),
+    _Opt(
+        flag="--offer-dir",
+        kind=Path,
+        default=None,
+        metavar="DIR",
+        help="take new builds from DIR: <sha256>.tar.gz with <sha256>.release (signed; "
+        "needs --trust-root) or <sha256>.json ({name, counter}; unsigned, test only) -- a "
+        "stand-in until peer-to-peer fetching arrives",
+    ),
+    _Opt(
+        flag="--trust-root",
+        kind=Path,
+        default=None,
+        metavar="ROOT",
+        help="trusted root document: offers must carry a release record signed under it",
+    ),
+    _Opt(
+        flag="--grant-all",
+        kind=None,
+        default=False,
+        metavar=None,
+        help="TEST ONLY: every departure request is granted at once, no coordinator asked",
+    ),
+    _Opt(
+        flag="--check-interval",
+        kind=seconds,
+        default=3600.0,
+        metavar="DUR",
+        help="mean time between update checks, jittered +-20%% (default 1h)",
+    ),
+    _Opt(
+        flag="--drain-timeout",
+        kind=seconds,
+        default=120.0,
+        metavar="DUR",
+        help="longest drain before a swap (default 120s)",
+    ),
+    _Opt(
+        flag="--health-checks",
+        kind=_count,
+        default=5,
+        metavar="N",
+        help="consecutive passing health checks a new version needs (default 5)",
+    ),
+    _Opt(
+        flag="--health-interval",
+        kind=seconds,
+        default=1.0,
+        metavar="DUR",
+        help="time between health checks on probation (default 1s)",
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonOptions:
+    """The parsed daemon options (the daemon's own defaults filled in)."""
+
+    work: str = "kv"
+    host: str = "127.0.0.1"
+    port: int = 0
+    capacity: float = 100.0
+    offer_dir: Path | None = None
+    trust_root: Path | None = None
+    grant_all: bool = False
+    check_interval: float = 3600.0
+    drain_timeout: float = 120.0
+    health_checks: int = 5
+    health_interval: float = 1.0
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
+        return cls(**{o.dest: getattr(ns, o.dest) for o in OPTIONS})
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser, *, for_launcher: bool) -> None:
+    """Add every daemon option.  For the launcher, defaults are None (= not forwarded)."""
+    group = parser.add_argument_group(
+        "daemon options"
+        + (" (forwarded to the daemon in the running slot)" if for_launcher else "")
+    )
+    for o in OPTIONS:
+        default = None if for_launcher else o.default
+        if o.kind is None:
+            group.add_argument(o.flag, action="store_true", default=default, help=o.help)
+            continue
+        shown = "" if o.default is None or "default" in o.help else f" (default {o.default})"
+        group.add_argument(
+            o.flag,
+            type=o.kind,
+            default=default,
+            metavar=o.metavar,
+            choices=o.choices,
+            help=o.help + shown,
+        )
+
+
+def forward_args(ns: argparse.Namespace) -> list[str]:
+    """The daemon arguments the user gave (paths made absolute: the daemon's cwd differs)."""
+    out: list[str] = []
+    for o in OPTIONS:
+        value = getattr(ns, o.dest, None)
+        if value is None or value is False:
+            continue
+        if o.kind is None:
+            out.append(o.flag)
+        elif isinstance(value, Path):
+            out += [o.flag, str(value.absolute())]
+        elif isinstance(value, float):
+            out += [o.flag, f"{value:.6f}"]
+        else:
+            out += [o.flag, str(value)]
+    return out

@@ -1,0 +1,525 @@
+"""The launcher: the small, stable supervisor that runs the daemon from a slot.
+
+``p2pupdate node --state-dir D ...`` runs this (from the *installed* package); it never
+imports the code it runs.  It loops:
+
+1. **decide** from what is on disk alone (so a launcher killed at any point resumes
+   correctly): finish a rollback already decided, promote a slot that confirmed, roll back
+   a pending swap whose attempts are spent, or start the pending slot on probation
+   (``attempts += 1`` and a fresh deadline are written *before* it starts); otherwise run
+   ``current`` (bootstrapping a first slot if there is none);
+2. **supervise** the daemon: ``python -P -m p2pupdate.daemon`` with ``PYTHONPATH`` set to
+   the slot, so it runs the slot's code and not the installed package; on probation, watch
+   for its ``verdict`` file and the deadline;
+3. **judge the exit** (``codes``): swap -> loop (decide finds ``pending``); rollback or no
+   confirm in time -> roll back; crash on probation -> one attempt used; crash otherwise ->
+   restart after an exponential backoff; stop -> stop.
+
+**Confirmation channel: an atomic file.**  The daemon on probation writes ``D/verdict``
+(``{"id": <pending id>, "verdict": "confirm"}``) with ``atomic_write``; the launcher polls it
+(every 50 ms) and promotes: ``previous`` := the old slot, ``current`` := the new one, then
+removes ``pending`` and ``verdict``.  The daemon sees ``pending`` gone and ``current``
+pointing at its slot and feeds ``Confirmed`` to its updater.  A file, not a pipe, because it
+survives the launcher: killed right after the daemon confirmed, the next launcher finds the
+verdict and completes the promotion.  On failure the daemon writes the reason into the same
+file (``"verdict": "rollback"``) and exits 76.
+
+**Rollback** never touches ``current`` (it only changes on promotion): the decision and its
+reason go into ``pending`` first, then the artifact is sticky-denied (``denied``) and logged
+(``rollbacks``), then ``pending`` is removed -- every step idempotent, keyed by the pending
+id.  The old version, started again, reads the unreported log entry and reports it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .artifact import (
+    DEFAULT_LIMITS,
+    ArtifactError,
+    BuildError,
+    UnpackLimits,
+    build_artifact,
+    sha256_hex,
+)
+from .codes import (
+    EXIT_ROLLBACK,
+    EXIT_STOP,
+    EXIT_SWAP,
+    LAUNCHER_FATAL,
+    LAUNCHER_OK,
+    describe_exit,
+)
+from .faults import crash_point
+from .state import Deny, Pending, RollbackEntry, StateDir, StateError, Verdict
+
+
+class LauncherError(Exception):
+    """The launcher cannot run at all (no runnable slot, unreadable initial artifact)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LauncherConfig:
+    """What ``p2pupdate node`` configures; the defaults are for a real fleet."""
+
+    state_dir: Path
+    #: Passed to every daemon after the launcher's own (``--state-dir``, ``--slot``, ...).
+    daemon_args: tuple[str, ...] = ()
+    #: A new slot must confirm within this many seconds of each start...
+    probation: float = 120.0
+    #: ...and gets this many starts before it is rolled back.
+    max_attempts: int = 3
+    #: Bootstrap from this artifact instead of the installed package's own source.
+    initial_artifact: Path | None = None
+    python: str = sys.executable
+    poll_interval: float = 0.05
+    #: On stop: SIGTERM, then SIGKILL after this long.
+    stop_grace: float = 15.0
+    #: On a probation timeout: SIGTERM, then SIGKILL after this long.
+    kill_grace: float = 3.0
+    #: Restart delay after a crash of a confirmed slot: base * 2**(n-1), capped.
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    #: A run this long resets the crash backoff.
+    stable_after: float = 60.0
+    limits: UnpackLimits = field(default=DEFAULT_LIMITS)
+
+    def __post_init__(self) -> None:
+        if not self.probation > 0 or self.max_attempts < 1:
+            raise ValueError("probation must be > 0 and max_attempts >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What to run next: a slot, on probation when ``pending`` is set."""
+
+    slot: str
+    pending: Pending | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How a daemon run ended."""
+
+    code: int
+    runtime: float
+    promoted: bool = False
+    timed_out: bool = False
+    stopped: bool = False
+
+
+def installed_source_root() -> Path:
+    """The directory holding the installed ``p2pupdate`` package (and ``coordinator``)."""
+    import p2pupdate
+
+    return Path(p2pupdate.__file__).resolve().parent.parent
+
+
+def _log_to_stderr(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} p2pupdate-launcher[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when the launcher dies (Linux).
+
+    Otherwise a launcher killed hard would leave its daemon running, and the next launcher
+    would start a second one on the same state.  The daemon also watches its parent pid.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+class Launcher:
+    """One node's supervisor.  ``run()`` until stopped; the other methods are its steps."""
+
+    def __init__(
+        self, config: LauncherConfig, *, log: Callable[[str], None] = _log_to_stderr
+    ) -> None:
+        self.config = config
+        self.state = StateDir(config.state_dir, limits=config.limits)
+        self.log = log
+        self._stop_requested = False
+        self._crashes = 0
+        self._preexec = _die_with_parent()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until stopped; the launcher's exit code (``codes.LAUNCHER_*``)."""
+        try:
+            with self.state.locked(), self._signals():
+                removed = self.state.clean_temp()
+                if removed:
+                    self.log(f"removed leftovers of an interrupted write: {', '.join(removed)}")
+                while not self._stop_requested:
+                    plan = self.decide()
+                    outcome = self.supervise(plan)
+                    if not self.after_exit(plan, outcome):
+                        break
+        except (LauncherError, StateError) as exc:
+            self.log(f"fatal: {exc}")
+            return LAUNCHER_FATAL
+        except OSError as exc:  # disk full, permissions: say so in one line; a service
+            self.log(f"fatal: {exc}")  # manager restarts us and decide() resumes
+            return LAUNCHER_FATAL
+        self.log("stopped")
+        return LAUNCHER_OK
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    @contextlib.contextmanager
+    def _signals(self) -> Any:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self._stop_requested = True
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -- decide -----------------------------------------------------------------------------
+
+    def decide(self) -> Plan:
+        """What to run, from the state on disk alone; resolves anything left in flight."""
+        st = self.state
+        st.ensure()
+        while True:
+            pending = self._read_pending()
+            if pending is None:
+                self._drop_stale_verdict()
+                current = self.ensure_current()
+                self.collect_garbage()
+                return Plan(slot=current)
+            verdict = self._read_verdict()
+            answered = verdict is not None and verdict.answers(pending)
+            if pending.outcome is not None:
+                self.finish_rollback(pending)
+                continue
+            if answered and verdict is not None and verdict.verdict == "confirm":
+                self.promote(pending)
+                continue
+            if answered and verdict is not None and verdict.verdict == "rollback":
+                self.mark_rollback(pending, verdict.reason)
+                continue
+            if any(d.artifact == pending.artifact for d in self._read_denied()):
+                self.mark_rollback(pending, "sticky-denied on this node")
+                continue
+            if st.slot_manifest(pending.artifact) is None:
+                self.mark_rollback(pending, "slot missing or incomplete", deny=False)
+                continue
+            self.ensure_current()
+            limit = pending.max_attempts or self.config.max_attempts
+            if pending.attempts >= limit:
+                last = pending.last_failure or "killed with the launcher"
+                self.mark_rollback(pending, f"failed {pending.attempts} of {limit} starts: {last}")
+                continue
+            window = pending.window or self.config.probation
+            pending = pending.with_(
+                attempts=pending.attempts + 1,
+                max_attempts=limit,
+                window=window,
+                deadline=time.time() + window,
+            )
+            st.write_pending(pending)
+            crash_point("attempt")
+            self.log(
+                f"starting {self._name(pending.artifact)} on probation "
+                f"(attempt {pending.attempts} of {limit}, confirm within {window:g} s)"
+            )
+            return Plan(slot=pending.artifact, pending=pending)
+
+    def ensure_current(self) -> str:
+        """The slot ``current`` points at, repaired or bootstrapped if it is unusable."""
+        st = self.state
+        current = self._read_link("current")
+        if current is not None and st.slot_manifest(current) is not None:
+            return current
+        previous = self._read_link("previous")
+        if previous is not None and st.slot_manifest(previous) is not None:
+            self.log(f"current slot unusable; falling back to previous {previous[:16]}...")
+            st.set_link("current", previous)
+            return previous
+        return self.bootstrap()
+
+    def bootstrap(self) -> str:
+        """Make the first slot: from ``--initial-artifact``, or the installed source."""
+        cfg = self.config
+        try:
+            if cfg.initial_artifact is not None:
+                data = cfg.initial_artifact.read_bytes()
+                origin = str(cfg.initial_artifact)
+            else:
+                data = build_artifact(installed_source_root())
+                origin = f"the installed package at {installed_source_root()}"
+        except (OSError, BuildError) as exc:
+            raise LauncherError(f"cannot bootstrap a first slot: {exc}") from None
+        artifact = sha256_hex(data)
+        try:
+            manifest = self.state.stage_slot(data, artifact, counter=0)
+        except ArtifactError as exc:
+            raise LauncherError(f"cannot bootstrap from {origin}: {exc}") from None
+        self.state.set_link("current", artifact)
+        self.log(f"bootstrapped slot {artifact[:16]}... (version {manifest.version}) from {origin}")
+        return artifact
+
+    def promote(self, pending: Pending) -> None:
+        """The new slot confirmed: make it ``current`` (idempotent, restart-safe)."""
+        st = self.state
+        st.set_link("previous", pending.previous)
+        crash_point("promote")
+        st.set_link("current", pending.artifact)
+        crash_point("promoted")
+        st.remove_pending()
+        st.remove_verdict()
+        self._crashes = 0
+        self.log(f"promoted {self._name(pending.artifact)} to current (confirmed on probation)")
+
+    def mark_rollback(self, pending: Pending, reason: str, *, deny: bool = True) -> None:
+        """Decide to roll back, durably, then carry it out."""
+        decided = pending.with_(outcome="rollback", reason=reason, deny=deny)
+        self.state.write_pending(decided)
+        crash_point("rollback")
+        self.finish_rollback(decided)
+
+    def finish_rollback(self, pending: Pending) -> None:
+        """Deny, log, forget the swap: every step idempotent (keyed by the pending id)."""
+        st = self.state
+        reason = pending.reason or "rolled back"
+        now = time.time()
+        if pending.deny:
+            st.add_deny(
+                Deny(artifact=pending.artifact, counter=pending.counter, reason=reason, time=now)
+            )
+        st.add_rollback(
+            RollbackEntry(
+                id=pending.id,
+                artifact=pending.artifact,
+                counter=pending.counter,
+                previous=pending.previous,
+                reason=reason,
+                token=pending.token,
+                time=now,
+            )
+        )
+        st.remove_verdict()
+        st.remove_pending()
+        current = self._read_link("current")
+        if current != pending.previous:
+            self.log(f"warning: rolled back, but current is {current} not {pending.previous}")
+        denied = "; sticky-denied here" if pending.deny else ""
+        self.log(f"ROLLED BACK {self._name(pending.artifact)}: {reason}{denied}")
+
+    def collect_garbage(self) -> None:
+        """Delete slots that are neither ``current`` nor ``previous``, and stored artifacts
+        that are unpacked or denied (never mid-swap: only called with no ``pending``)."""
+        st = self.state
+        keep = {self._read_link("current"), self._read_link("previous")}
+        for artifact in st.list_slots():
+            if artifact not in keep:
+                st.remove_slot(artifact)
+        done = set(st.list_slots()) | {d.artifact for d in self._read_denied()}
+        for artifact in done:
+            path = st.store_path(artifact)
+            if path.exists():
+                path.unlink()
+
+    # -- supervise --------------------------------------------------------------------------
+
+    def child_command(self, plan: Plan) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of the daemon: the slot's code, isolated from ours."""
+        st = self.state
+        argv = [
+            self.config.python,
+            "-P",  # no script/cwd directory on sys.path: PYTHONPATH (the slot) comes first
+            "-m",
+            "p2pupdate.daemon",
+            "--state-dir",
+            str(st.root),
+            "--slot",
+            plan.slot,
+            "--mode",
+            "probation" if plan.pending is not None else "normal",
+            "--parent-pid",
+            str(os.getpid()),
+            *self.config.daemon_args,
+        ]
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+        env["PYTHONPATH"] = str(st.slot_dir(plan.slot))
+        env["PYTHONSAFEPATH"] = "1"
+        return argv, env
+
+    def spawn(self, plan: Plan) -> subprocess.Popen[bytes]:
+        argv, env = self.child_command(plan)
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=str(self.state.root),
+            preexec_fn=self._preexec,
+        )
+
+    def supervise(self, plan: Plan) -> Outcome:
+        """Run the daemon of ``plan`` until it exits (or must be stopped)."""
+        cfg = self.config
+        pending = plan.pending
+        started = time.monotonic()
+        try:
+            proc = self.spawn(plan)
+        except OSError as exc:
+            raise LauncherError(f"cannot start {cfg.python}: {exc}") from None
+        self.log(f"daemon pid {proc.pid} runs {self._name(plan.slot)}")
+        promoted = False
+        while True:
+            code = proc.poll()
+            if code is not None:
+                return Outcome(code=code, runtime=time.monotonic() - started, promoted=promoted)
+            if self._stop_requested:
+                self.log(f"stopping daemon pid {proc.pid}")
+                code = self._terminate(proc, cfg.stop_grace)
+                return Outcome(
+                    code=code, runtime=time.monotonic() - started, promoted=promoted, stopped=True
+                )
+            if pending is not None and not promoted:
+                verdict = self._read_verdict()
+                if (
+                    verdict is not None
+                    and verdict.answers(pending)
+                    and verdict.verdict == "confirm"
+                ):
+                    self.promote(pending)
+                    promoted = True
+                elif pending.deadline is not None and time.time() > pending.deadline:
+                    self.log(f"no confirm within {pending.window:g} s: stopping pid {proc.pid}")
+                    code = self._terminate(proc, cfg.kill_grace)
+                    return Outcome(code=code, runtime=time.monotonic() - started, timed_out=True)
+            time.sleep(cfg.poll_interval)
+
+    def _terminate(self, proc: subprocess.Popen[bytes], grace: float) -> int:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.log(f"pid {proc.pid} ignored SIGTERM for {grace:g} s: SIGKILL")
+            proc.kill()
+            return proc.wait()
+
+    # -- judge the exit ---------------------------------------------------------------------
+
+    def after_exit(self, plan: Plan, outcome: Outcome) -> bool:
+        """Record what the exit means; False when the launcher should stop."""
+        what = describe_exit(outcome.code)
+        self.log(f"daemon {self._name(plan.slot)} {what} after {outcome.runtime:.1f} s")
+        if outcome.stopped:
+            return False
+        if plan.pending is not None and not outcome.promoted:
+            return self._after_probation(plan.pending, outcome, what)
+        if outcome.code == EXIT_STOP:
+            return False
+        if outcome.code == EXIT_SWAP:
+            self._crashes = 0
+            if self._read_pending() is None:
+                self.log("warning: swap code without a pending record; restarting current")
+            return True
+        if outcome.runtime >= self.config.stable_after:
+            self._crashes = 0
+        self._crashes += 1
+        delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (self._crashes - 1))
+        self.log(f"restarting in {delay:g} s (crash {self._crashes} in a row)")
+        self._sleep(delay)
+        return not self._stop_requested
+
+    def _after_probation(self, pending: Pending, outcome: Outcome, what: str) -> bool:
+        current = self._read_pending()
+        if current is None or current.id != pending.id:
+            return True  # resolved meanwhile (cannot happen with one launcher; harmless)
+        if outcome.timed_out:
+            self.mark_rollback(current, f"no confirm within the probation window ({what})")
+            return True
+        if outcome.code == EXIT_ROLLBACK:
+            verdict = self._read_verdict()
+            reason = (
+                verdict.reason
+                if verdict is not None
+                and verdict.answers(current)
+                and verdict.verdict == "rollback"
+                else "unhealthy (no reason given)"
+            )
+            self.mark_rollback(current, reason)
+            return True
+        if outcome.code == EXIT_STOP:
+            self.log("daemon on probation stopped; pending kept for the next start")
+            return False
+        self.state.write_pending(current.with_(last_failure=what))
+        return True
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self._stop_requested and time.monotonic() < end:
+            time.sleep(min(self.config.poll_interval * 4, max(0.0, end - time.monotonic())))
+
+    # -- reading state, tolerating corruption -----------------------------------------------
+
+    def _read_pending(self) -> Pending | None:
+        try:
+            return self.state.read_pending()
+        except StateError as exc:
+            aside = self.state.quarantine(self.state.pending_path, str(exc))
+            self.log(f"pending record unusable ({exc}); moved to {aside.name}, running current")
+            return None
+
+    def _read_verdict(self) -> Verdict | None:
+        try:
+            return self.state.read_verdict()
+        except StateError as exc:
+            self.log(f"verdict unusable ({exc}); ignored")
+            return None
+
+    def _read_denied(self) -> list[Deny]:
+        try:
+            return self.state.read_denied()
+        except StateError as exc:
+            aside = self.state.quarantine(self.state.denied_path, str(exc))
+            self.log(f"sticky-deny list unusable ({exc}); moved to {aside.name}")
+            return []
+
+    def _drop_stale_verdict(self) -> None:
+        if self.state.verdict_path.exists():
+            self.state.remove_verdict()
+
+    def _read_link(self, name: str) -> str | None:
+        try:
+            return self.state.read_link(name)
+        except StateError as exc:
+            self.log(f"{name} link unusable ({exc}); ignored")
+            return None
+
+    def _name(self, artifact: str) -> str:
+        manifest = self.state.slot_manifest(artifact)
+        version = manifest.version if manifest is not None else "?"
+        return f"{version} ({artifact[:12]}...)"
