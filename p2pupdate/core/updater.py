@@ -59,8 +59,8 @@ Design choices, and why:
   for the swap and restart; a lease too short for that is handed back (``ReturnLease``) and
   counted as a coordinator error.  If the drain overruns, or the swap fails before the
   process exits, the node resumes serving on the old version and hands the lease back.
-* **The process boundary.**  ``Swap`` carries the ``PendingSwap`` record the launcher writes
-  before the process exits with the swap code.  The new process builds its updater with
+* **The process boundary.**  ``Swap`` carries the ``PendingSwap`` record the daemon's shell
+  writes (with the launcher's state module) before the process exits with the swap code.  The new process builds its updater with
   ``Updater.on_probation(pending, ...)``; if probation fails (``ProbationFailed`` or no
   ``Confirmed`` within ``probation_timeout``) it emits ``RollBack`` and exits, and the
   launcher restores the previous slot (it does the same, with no updater involved, when the
