@@ -35,7 +35,10 @@ class Workload(abc.ABC):
 
     @abc.abstractmethod
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled.  Call ``task_status.started()`` once accepting requests."""
+        """Serve until cancelled.  Call ``task_status.started()`` once accepting requests.
+
+        A workload serves once: after ``drain`` (or cancellation) the daemon builds a fresh
+        instance on the same state to serve again (e.g. when a swap is abandoned)."""
 
     @abc.abstractmethod
     async def drain(self, deadline: float) -> None:
