@@ -1,0 +1,72 @@
+"""Link errors: one family, normalised at each ``Link`` method (STYLE.md 7).
+
+Whatever goes wrong below a link (an ``OSError``, a trio ``BrokenResourceError``, a frame
+header announcing 4 GiB, a handshake signature that does not verify) reaches the shell as
+one of these, so the shell has exactly one ``except LinkError`` per link.  Like the core's
+errors they say whose fault it was (STYLE.md 6)::
+
+    LinkError                     the link is unusable; close it
+      LinkClosedError             closed, by either side (end of stream)
+      LinkBrokenError             the transport failed (reset, unreachable, refused)
+      LinkTimeoutError            an operation overran its deadline (a stalled peer)
+      LinkProtocolError           the remote broke the framing: its fault
+        FrameTooLargeError        a frame header announced more than the limit
+      HandshakeError              the remote did not prove the node key it claims
+        HandshakeKeyError         bad proof, or a key that is not its node id
+        HandshakeReplayError      a nonce seen before, or our own nonce reflected back
+        HandshakeOversizeError    a handshake frame over its (small) limit
+        PeerMismatchError         a valid key, but not the node that was dialed
+
+A frame too large to *send* is the local caller's bug and raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import P2PUpdateError
+
+
+class LinkError(P2PUpdateError):
+    rule = "link"
+
+
+class LinkClosedError(LinkError):
+    rule = "closed"
+
+
+class LinkBrokenError(LinkError):
+    rule = "broken"
+
+
+class LinkTimeoutError(LinkError):
+    rule = "timeout"
+
+
+class LinkProtocolError(LinkError):
+    """The remote broke the framing.  Blame it (the gossip core penalises malformed
+    *messages*; this is the layer below, where the only remedy is to close)."""
+
+    rule = "protocol"
+
+
+class FrameTooLargeError(LinkProtocolError):
+    rule = "oversize"
+
+
+class HandshakeError(LinkError):
+    rule = "handshake"
+
+
+class HandshakeKeyError(HandshakeError):
+    rule = "wrong-key"
+
+
+class HandshakeReplayError(HandshakeError):
+    rule = "replayed"
+
+
+class HandshakeOversizeError(HandshakeError):
+    rule = "oversize"
+
+
+class PeerMismatchError(HandshakeError):
+    rule = "wrong-peer"

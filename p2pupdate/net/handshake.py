@@ -1,0 +1,175 @@
+"""The link handshake: each side proves its node key by signing the other's nonce.
+
+No IO here (the links run it over their streams).  Two frames each way, sent concurrently::
+
+    -> Hello {v: 1, node: keyid (32 B), pub: Ed25519 key (32 B), nonce: 32 random bytes}
+    <- Hello {...the other side's...}
+    -> Proof {sig}   sig = Ed25519 over signing_input("link-proof", transcript)
+    <- Proof {sig}
+
+``transcript`` = role || signer id || verifier id || signer nonce || verifier nonce, where
+role is ``b"dial"`` for the side that opened the connection and ``b"accept"`` for the
+other.  The signed bytes start with the document prefix and the type ``link-proof``, which
+no document has, so a proof can never pass for a document nor a document for a proof
+(DESIGN.md 4's domain separation).  Binding both ids, both nonces and the role means a
+proof is good for this one connection, in this one direction: a recorded proof fails
+against a fresh nonce, a proof reflected back at its signer names the wrong role.
+
+What the handshake does *not* give: confidentiality or integrity of later frames (there
+is no session key yet).  Everything that matters in gossip is itself signed (heartbeats,
+rumors); the rest (views, push-sum shares) can be lied about by whoever is on the path
+as much as by the peer itself.  A Noise-style key exchange would close that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from ..core import wire
+from ..core.crypto import KEY_LEN, SIG_LEN, SigningKey, signing_input, verify_signature
+from ..core.errors import WireError
+from .errors import HandshakeError, HandshakeKeyError, HandshakeReplayError, PeerMismatchError
+
+VERSION: Final = 1
+PROOF_TYPE: Final = "link-proof"
+NONCE_LEN: Final = 32
+#: Handshake frames are tiny; anything bigger is refused before it is buffered.
+MAX_HANDSHAKE_FRAME: Final = 256
+_LIMITS: Final = wire.Limits(
+    max_bytes=MAX_HANDSHAKE_FRAME, max_depth=1, max_container_len=8, max_str_len=16,
+    max_bin_len=64, max_items=16,
+)  # fmt: skip
+ROLE_DIAL: Final = b"dial"
+ROLE_ACCEPT: Final = b"accept"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hello:
+    """Who I claim to be, and the nonce you must sign."""
+
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "v": wire.uint(255),
+        "node": wire.blob(32),
+        "pub": wire.blob(KEY_LEN),
+        "nonce": wire.blob(NONCE_LEN),
+    }
+    node: bytes
+    pub: bytes
+    nonce: bytes
+    v: int = VERSION
+
+    def to_wire(self) -> bytes:
+        return wire.encode({"v": self.v, "node": self.node, "pub": self.pub, "nonce": self.nonce})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Hello:
+        f = _decode(data, cls.FIELDS, "hello")
+        if f["v"] != VERSION:
+            raise HandshakeError(f"handshake version {f['v']}; this node speaks {VERSION}")
+        return cls(node=f["node"], pub=f["pub"], nonce=f["nonce"], v=f["v"])
+
+    @property
+    def node_id(self) -> str:
+        return self.node.hex()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Proof:
+    """My signature over the transcript, your nonce included."""
+
+    FIELDS: ClassVar[dict[str, wire.Check]] = {"sig": wire.blob(SIG_LEN)}
+    sig: bytes
+
+    def to_wire(self) -> bytes:
+        return wire.encode({"sig": self.sig})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Proof:
+        return cls(sig=_decode(data, cls.FIELDS, "proof")["sig"])
+
+
+def _decode(data: bytes, fields: dict[str, wire.Check], what: str) -> dict[str, Any]:
+    try:
+        return wire.check_fields(wire.decode(data, _LIMITS), fields, where=f"handshake {what}")
+    except WireError as exc:
+        raise HandshakeError(f"malformed handshake {what}: {exc.message}") from exc
+
+
+def hello_for(key: SigningKey, nonce: bytes) -> Hello:
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"a handshake nonce is {NONCE_LEN} bytes")
+    return Hello(node=bytes.fromhex(key.keyid), pub=key.public_key, nonce=nonce)
+
+
+def transcript(role: bytes, signer: Hello, verifier: Hello) -> bytes:
+    return role + signer.node + verifier.node + signer.nonce + verifier.nonce
+
+
+def prove(key: SigningKey, role: bytes, mine: Hello, theirs: Hello) -> Proof:
+    _, sig = key.sign(PROOF_TYPE, transcript(role, mine, theirs))
+    return Proof(sig=sig)
+
+
+class NonceCache:
+    """Nonces recently presented by peers; a second presentation is a replay.
+
+    Bounded (oldest forgotten first).  One per node, shared by its listener and dialer.
+    """
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._size = size
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def check_and_add(self, nonce: bytes) -> None:
+        if nonce in self._seen:
+            raise HandshakeReplayError("handshake nonce seen before (replayed handshake)")
+        self._seen[nonce] = None
+        while len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+
+
+def check_hello(
+    theirs: Hello,
+    mine: Hello,
+    *,
+    expected_peer: str | None,
+    nonces: NonceCache | None,
+) -> None:
+    """Everything about the other side's hello that can be checked before its proof."""
+    if hashlib.sha256(theirs.pub).digest() != theirs.node:
+        raise HandshakeKeyError("peer's node id is not sha256 of the key it presents")
+    if theirs.nonce == mine.nonce:
+        raise HandshakeReplayError("peer sent our own nonce back (reflection)")
+    if theirs.node == mine.node:
+        raise HandshakeKeyError("peer claims to be this very node")
+    if expected_peer is not None and theirs.node_id != expected_peer:
+        raise PeerMismatchError(f"dialed {expected_peer[:16]}..., reached {theirs.node_id[:16]}...")
+    if nonces is not None:
+        nonces.check_and_add(theirs.nonce)
+
+
+def check_proof(proof: Proof, *, role: bytes, theirs: Hello, mine: Hello) -> None:
+    """Their signature over (their role, their id, our id, their nonce, our nonce)."""
+    if not verify_signature(theirs.pub, PROOF_TYPE, transcript(role, theirs, mine), proof.sig):
+        raise HandshakeKeyError("peer's proof does not verify under the key it presented")
+
+
+__all__ = [
+    "MAX_HANDSHAKE_FRAME",
+    "NONCE_LEN",
+    "PROOF_TYPE",
+    "ROLE_ACCEPT",
+    "ROLE_DIAL",
+    "Hello",
+    "NonceCache",
+    "Proof",
+    "check_hello",
+    "check_proof",
+    "hello_for",
+    "prove",
+    "signing_input",
+    "transcript",
+]
