@@ -1,4 +1,8 @@
-"""``p2pupdate-coordinator``: set up a network's root of trust and sign allowlists.
+"""``p2pupdate-coordinator``: a network's root of trust, allowlists, and the service.
+
+Commands: ``init`` and ``allow`` (offline, in the network directory), ``serve`` (one
+replica), and the operator's tools that talk to running replicas over HTTP: ``status``,
+``publish``, ``nudge``, ``bench``.
 
 A network directory holds::
 
@@ -7,21 +11,32 @@ A network directory holds::
     DIR/keys/<role>-<i>.pub.pem      keys offline in production; coordinator keys stay)
     DIR/allowlists/v<N>.msgpack      every allowlist signed, newest = highest N
 
-Exit codes: 0 ok, 1 rejected, 2 usage or input mistake.
+Exit codes: 0 ok, 1 rejected, 2 usage or input mistake (a replica that cannot be reached
+is a usage mistake: the URL is wrong or the service is down).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import re
+import signal
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import trio
 
 from p2pupdate import __version__
 from p2pupdate.cliutil import (
     EXIT_OK,
+    EXIT_REJECTED,
     Parser,
     Rejected,
     UsageError,
@@ -30,9 +45,11 @@ from p2pupdate.cliutil import (
     positive_int,
     read_input,
     run,
+    sha256_hex,
     wall_clock,
     write_output,
 )
+from p2pupdate.coordclient import parse_url
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
@@ -187,11 +204,291 @@ def cmd_allow(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- talking to replicas ------------------------------------------------------------------
+
+DEFAULT_URL = "http://127.0.0.1:8470"
+
+
+def _urls(args: argparse.Namespace) -> list[str]:
+    urls = args.url or [DEFAULT_URL]
+    out = []
+    for u in urls:
+        try:
+            out.append(parse_url(u)[2])
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return out
+
+
+def _http(
+    method: str, url: str, body: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, bytes]:
+    """One HTTP request; (status, body).  Connection problems are a usage error."""
+    req = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        req.add_header("content-type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UsageError(f"{url}: cannot reach the coordinator ({reason})") from None
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} p2pupdate-coordinator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Server
+    from .service import ConfigError, Replica, ServiceConfig
+
+    d = Path(args.dir)
+    config = ServiceConfig(
+        network_dir=d,
+        replica=args.replica,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        token_ttl=args.lease_ttl,
+        max_skew=args.max_skew,
+        max_concurrent=args.max_concurrent,
+        min_serving=args.min_serving,
+        utilization=args.utilization,
+        emergency_budget=args.emergency_budget,
+        aggregate_max_age=args.aggregate_max_age,
+        first_start=args.first_start,
+    )
+    try:
+        replica = Replica(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    host, port = args.listen
+
+    async def main() -> None:
+        server = Server(replica, log=_log)
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(server.serve, host, port)
+            p = replica.policy
+            warm = max(0.0, replica.warm_until_wall - time.time())
+            print(
+                f"replica {args.replica} ({replica.keyid[:16]}...) of network "
+                f"{replica.trust.root.network!r} listening on http://{host}:{bound} "
+                f"(n={p.replicas} q={p.quorum} share {p.lease_share}/{p.max_concurrent}, "
+                f"token ttl {config.token_ttl} s, warm-up {warm:.0f} s)",
+                flush=True,
+            )
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    _log(f"{signal.Signals(signum).name}: stopping")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    try:
+        trio.run(main)
+    finally:
+        replica.store.close()
+    return EXIT_OK
+
+
+def _fetch_status(url: str) -> dict[str, Any]:
+    code, body = _http("GET", f"{url}/status")
+    if code != 200:
+        raise Rejected(f"{url}/status: HTTP {code}")
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise Rejected(f"{url}/status: not JSON") from None
+    if not isinstance(obj, dict):
+        raise Rejected(f"{url}/status: not a JSON object")
+    return obj
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    statuses = [(url, _fetch_status(url)) for url in _urls(args)]
+    if args.json:
+        obj: Any = statuses[0][1] if len(statuses) == 1 else {u: s for u, s in statuses}
+        json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+        print()
+        return EXIT_OK
+    for url, st in statuses:
+        print(render_status(url, st))
+    return EXIT_OK
+
+
+def render_status(url: str, st: dict[str, Any]) -> str:
+    """The table an operator reads: documents, progress per artifact, leases, refusals."""
+    r = st["replica"]
+    lines = [
+        f"{url}: replica {r['index']} of {r['replicas']} (quorum {r['quorum']}), network "
+        f"{r['network']!r}, {r['connected_nodes']} nodes connected"
+        + (f", WARMING UP {r['warming_up_for']:.0f} s" if r["warming_up_for"] > 0 else "")
+    ]
+    d = st["documents"]
+    allow = d["allowlist"]
+    lines.append(
+        f"  allowlist: v{allow['version']} ({len(allow['artifacts'])} artifacts)"
+        if allow
+        else "  allowlist: none published"
+    )
+    lines.append(
+        f"  scope:     {d['scope']['describe']}" if d["scope"] else "  scope:     none published"
+    )
+    n = st["nodes"]
+    versions = ", ".join(f"{v} {c}" for v, c in sorted(n["versions"].items())) or "-"
+    lines.append(f"  nodes:     {n['total']} ({versions})")
+    rows = [("ARTIFACT", "RELEASE", "NODES", "PROBATION", "FAILED", "LEASES", "STATE")]
+    for sha, a in sorted(st["artifacts"].items(), key=lambda kv: (kv[1]["counter"] or 0, kv[0])):
+        name = f"{a['name']} #{a['counter']}" if a["name"] else "(no release)"
+        state = "PAUSED" if a["paused"] else ("in scope" if a["in_scope"] else "")
+        if not a["allowlisted"] and a["name"]:
+            state = (state + " not allowlisted").strip()
+        rows.append(
+            (
+                sha[:16],
+                name,
+                str(a["nodes"]),
+                str(a["probation"]),
+                str(a["failed"]),
+                str(a["leases"]),
+                state,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    for sha, reason in sorted(st["paused"].items()):
+        lines.append(f"  PAUSED {sha[:16]}...: {reason}")
+    for pool, p in sorted(st["pools"].items()):
+        agg = p.get("aggregate")
+        agg_text = (
+            f"capacity {agg['capacity']:g}, load {agg['load']:g}, serving {agg['serving']} "
+            f"({agg['reporters']} reporters{', STALE' if agg['stale'] else ''})"
+            if agg
+            else "no estimate"
+        )
+        lines.append(f"  pool {pool}: {len(p['leases'])} leases; {agg_text}")
+        for lease in p["leases"]:
+            forced = " FORCED" if lease["forced"] else ""
+            lines.append(
+                f"    lease {lease['node'][:16]}... -> {(lease['artifact'] or '?')[:16]} "
+                f"{lease['expires_in']:.0f} s left{forced}"
+            )
+    if st["refusals"]:
+        lines.append("  refusals (coordinator, all time):")
+        for reason, count in sorted(st["refusals"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {count:6d}  {reason}")
+    if st["held"]:
+        lines.append("  held back by their own gates (nodes now):")
+        for reason, count in sorted(st["held"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"    {count:6d}  {reason}")
+    return "\n".join(lines)
+
+
+_PUBLISH_ORDER = {"root": 0, "release": 1, "allowlist": 2, "scope": 3, "nudge": 4}
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    items: list[tuple[int, str, bytes, str | None]] = []
+    for path in args.files:
+        data = read_input(path, MAX_ARTIFACT_UPLOAD)
+        try:
+            kind = crypto.Envelope.from_wire(data).type
+        except P2PUpdateError:
+            kind = None
+        order = _PUBLISH_ORDER.get(kind, 4) if kind else 9
+        items.append((order, path, data, kind))
+    items.sort(key=lambda item: item[0])
+    failed = 0
+    for url in _urls(args):
+        for _order, path, data, kind in items:
+            if kind is None:
+                sha = hashlib.sha256(data).hexdigest()
+                code, body = _http("PUT", f"{url}/v1/artifacts/{sha}", data, timeout=600)
+                what = f"artifact {sha[:16]}... ({len(data)} bytes)"
+            else:
+                code, body = _http("POST", f"{url}/v1/publish", data)
+                what = kind
+            try:
+                answer = json.loads(body)
+            except ValueError:
+                answer = {"reason": body[:200].decode(errors="replace")}
+            if code == 200:
+                print(f"{url}: {path}: published {answer.get('describe') or what}")
+                for sha in answer.get("resumed", []):
+                    print(f"{url}:   rollout of {sha[:16]}... RESUMED (the breaker had paused it)")
+            else:
+                failed += 1
+                print(
+                    f"{url}: {path}: REFUSED ({code}): {answer.get('error', '?')}: "
+                    f"{answer.get('reason', '')}",
+                    file=sys.stderr,
+                )
+    return EXIT_OK if not failed else EXIT_REJECTED
+
+
+MAX_ARTIFACT_UPLOAD = 1 << 30
+
+
+def cmd_nudge(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    store = _load_network(d)
+    signers = _role_keys(d, store, "coordinator")
+    threshold = store.root.roles["coordinator"].threshold
+    if len(signers) < threshold:
+        raise UsageError(
+            f"{d / 'keys'} holds {len(signers)} coordinator keys of this root; {threshold} needed"
+        )
+    now = wall_clock()
+    nudge = docs.Nudge(
+        serial=args.serial if args.serial is not None else time.time_ns() // 1_000_000,
+        issued=now,
+        expires=now + args.expires,
+        artifact=args.artifact,
+    ).checked()
+    data = nudge.sign(signers).to_wire()
+    failed = 0
+    for url in _urls(args):
+        code, body = _http("POST", f"{url}/v1/publish", data)
+        if code == 200:
+            print(f"{url}: {nudge.describe()} sent to the connected nodes")
+        else:
+            failed += 1
+            print(
+                f"{url}: nudge REFUSED ({code}): {body[:300].decode(errors='replace')}",
+                file=sys.stderr,
+            )
+    return EXIT_OK if not failed else EXIT_REJECTED
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    result = run_bench(asks=args.asks, concurrency=args.concurrency, profile=args.profile)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="p2pupdate-coordinator",
         description="The thin coordinator of a p2pupdate network: root of trust, allowlists, "
-        "and (from later releases) the capacity gate that hands out departure tokens.",
+        "and the service (one process per replica) that weighs departures against aggregate "
+        "load and hands out leased departure tokens.",
         epilog="Exit codes: 0 ok, 1 rejected, 2 usage error.",
     )
     p.add_argument("--version", action="version", version=f"p2pupdate-coordinator {__version__}")
@@ -251,7 +548,157 @@ def build_parser() -> argparse.ArgumentParser:
     )
     al.add_argument("-o", "--output", required=True, metavar="OUT")
     al.set_defaults(handler=cmd_allow)
+
+    se = sub.add_parser(
+        "serve",
+        help="run one coordinator replica (HTTP + node WebSocket on one port)",
+        description="Run replica K of the network in DIR with its key DIR/keys/coordinator-K.pem. "
+        "State (SQLite, artifacts) goes to DIR/replica-K/ unless --state-dir is given. "
+        "Quorum n and q come from the root. Stop with SIGTERM or Ctrl-C.",
+    )
+    se.add_argument("--dir", required=True, metavar="DIR", help="network directory from init")
+    se.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8470),
+        metavar="HOST:PORT",
+        help="default 127.0.0.1:8470 (port 0: any free port, printed at start)",
+    )
+    se.add_argument("--replica", type=positive_int, default=1, metavar="K", help="default 1")
+    se.add_argument("--state-dir", metavar="PATH", help="default DIR/replica-K")
+    se.add_argument(
+        "--lease-ttl",
+        type=duration,
+        default=300,
+        metavar="DUR",
+        help="departure token lifetime (default 300s)",
+    )
+    se.add_argument(
+        "--max-skew",
+        type=_nonneg_int,
+        default=30,
+        metavar="S",
+        help="clock difference tolerated with nodes, seconds (default 30)",
+    )
+    se.add_argument(
+        "--max-concurrent",
+        type=positive_int,
+        default=10,
+        metavar="N",
+        help="global budget of concurrent departures per pool (default 10)",
+    )
+    se.add_argument(
+        "--min-serving",
+        type=_nonneg_int,
+        default=1,
+        metavar="N",
+        help="nodes that must keep serving per pool (default 1)",
+    )
+    se.add_argument(
+        "--utilization",
+        type=_unit,
+        default=0.8,
+        metavar="U",
+        help="share of the remaining capacity the load may use (default 0.8)",
+    )
+    se.add_argument(
+        "--emergency-budget",
+        type=_nonneg_int,
+        default=1,
+        metavar="N",
+        help="concurrent forced departures per pool (default 1)",
+    )
+    se.add_argument(
+        "--aggregate-max-age",
+        type=duration,
+        default=180,
+        metavar="DUR",
+        help="an aggregate estimate older than this grants nothing (default 180s)",
+    )
+    se.add_argument(
+        "--first-start",
+        action="store_true",
+        help="this replica is new and never granted a lease: skip the warm-up (a restarted "
+        "replica otherwise grants nothing for one lease TTL; ignored once it has granted)",
+    )
+    se.set_defaults(handler=cmd_serve)
+
+    st = sub.add_parser(
+        "status",
+        help="rollout progress, leases, pauses and refusal reasons of running replicas",
+        description="Fetch GET /status from each replica and print a table (or the JSON).",
+    )
+    st.add_argument(
+        "--url", action="append", metavar="URL", help=f"replica (repeatable; default {DEFAULT_URL})"
+    )
+    st.add_argument("--json", action="store_true", help="print the JSON")
+    st.set_defaults(handler=cmd_status)
+
+    pu = sub.add_parser(
+        "publish",
+        help="publish signed documents and artifacts to running replicas",
+        description="Each FILE is a signed document (root, release record, allowlist, scope, "
+        "nudge), sent to POST /v1/publish, or artifact bytes, sent to PUT /v1/artifacts/<sha256> "
+        "(its release record must be published). Documents go first, in trust order. "
+        "A replica refuses anything that does not verify (HTTP 400 with the reason) and keeps "
+        "what it had. Exit 1 if anything was refused.",
+    )
+    pu.add_argument("files", nargs="+", metavar="FILE")
+    pu.add_argument(
+        "--url", action="append", metavar="URL", help=f"replica (repeatable; default {DEFAULT_URL})"
+    )
+    pu.set_defaults(handler=cmd_publish)
+
+    nu = sub.add_parser(
+        "nudge",
+        help="sign a nudge ('look now') for an artifact and push it to connected nodes",
+        description="Sign a nudge with DIR's coordinator keys (a threshold is needed) and publish "
+        "it; replicas push it to their connected nodes. A nudge skips the wait, never a gate.",
+    )
+    nu.add_argument("--artifact", type=sha256_hex, required=True, metavar="SHA256")
+    nu.add_argument(
+        "--dir", required=True, metavar="DIR", help="network directory (coordinator keys)"
+    )
+    nu.add_argument("--serial", type=positive_int, metavar="N", help="default: now in unix ms")
+    nu.add_argument("--expires", type=duration, default=3600, metavar="DUR", help="default 1h")
+    nu.add_argument(
+        "--url", action="append", metavar="URL", help=f"replica (repeatable; default {DEFAULT_URL})"
+    )
+    nu.set_defaults(handler=cmd_nudge)
+
+    be = sub.add_parser(
+        "bench",
+        help="asks per second through a real replica over loopback",
+        description="Start a replica of a throwaway network on 127.0.0.1 (a child process), connect "
+        "C nodes speaking the real protocol, and time N asks (each: signed ask, verify, decide, "
+        "sign; then the node reports rejoined). Also measures the Ed25519 sign+verify floor.",
+    )
+    be.add_argument("--asks", type=positive_int, default=20000, metavar="N")
+    be.add_argument("--concurrency", type=positive_int, default=64, metavar="C")
+    be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.add_argument("--profile", metavar="FILE", help="cProfile the server into FILE")
+    be.set_defaults(handler=cmd_bench)
     return p
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _unit(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in (0, 1]")
+    return v
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from ..core.errors import P2PUpdateError
 from ..launcher.codes import EXIT_CODES_HELP
 from ..truststate import TrustFile
 from ..work.base import Workload
+from .coordinator import CoordinatorLink, load_identity, parse_stub
 from .node import Node, NodeConfig, NodeError, _log_to_stderr
 from .nullwork import NullWorkload
 from .offers import OfferSource
@@ -74,19 +75,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             "The capacity gate is OFF. Test use only."
         )
     offers = None
+    trust = None
+    if opts.trust_root is not None:
+        try:
+            trust = TrustFile.open(
+                state_dir / "trust",
+                initial_root=opts.trust_root.read_bytes(),
+                now=int(time.time()),
+            )
+        except (OSError, P2PUpdateError) as exc:
+            log(f"fatal: trust root {opts.trust_root}: {exc}")
+            return EXIT_USAGE
+    coordinator = None
+    if opts.coordinator:
+        if trust is None:
+            log("fatal: --coordinator needs --trust-root (tokens are verified against it)")
+            return EXIT_USAGE
+        try:
+            coordinator = CoordinatorLink(
+                list(opts.coordinator),
+                load_identity(state_dir),
+                trust,
+                pool=opts.pool,
+                estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
+                report_interval=opts.report_interval,
+                log=log,
+            )
+        except (OSError, ValueError, P2PUpdateError) as exc:
+            log(f"fatal: coordinator: {exc}")
+            return EXIT_USAGE
+        log(f"node {coordinator.node} asks {len(opts.coordinator)} coordinator replica(s)")
     if opts.offer_dir is not None:
-        trust = None
-        if opts.trust_root is not None:
-            try:
-                trust = TrustFile.open(
-                    state_dir / "trust",
-                    initial_root=opts.trust_root.read_bytes(),
-                    now=int(time.time()),
-                )
-            except (OSError, P2PUpdateError) as exc:
-                log(f"fatal: trust root {opts.trust_root}: {exc}")
-                return EXIT_USAGE
-        else:
+        if trust is None:
             log(
                 f"WARNING: --offer-dir without --trust-root: UNSIGNED builds in "
                 f"{opts.offer_dir} are accepted. Test use only."
@@ -108,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             offers=offers,
             rng=random.Random(),
             log=log,
+            coordinator=coordinator,
         )
         return trio.run(node.run)
     except (NodeError, P2PUpdateError, OSError) as exc:

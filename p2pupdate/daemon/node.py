@@ -7,19 +7,23 @@ The updater decides; this module only carries out its effects and reports back (
 How the effects are carried out (the updater's module docstring lists the duties):
 
 =================  ==========================================================================
-``EvaluateGates``  gates 1-2 stubbed: the newest build in ``--offer-dir`` (``offers``)
-``Prefetch``       verify the offered artifact, copy it to ``store/<sha>.tar.gz``
-``AskCoordinator`` ``--grant-all``: granted at once (test only); else a coordinator error
-                   (the coordinator client arrives with a later issue)
+``EvaluateGates``  ``--coordinator``: gates 1-2 over the allowlist, scope and releases the
+                   replicas sent; else stubbed: the newest build in ``--offer-dir``
+``Prefetch``       the offered artifact if ``--offer-dir`` has it, else the coordinator's
+                   origin; verified, copied to ``store/<sha>.tar.gz``
+``AskCoordinator`` ``--coordinator``: every replica asked, ``q`` signatures combined, the
+                   token verified (``coordinator.CoordinatorLink``); ``--grant-all``:
+                   granted at once (test only); neither: a coordinator error
 ``Drain``          ``workload.drain(deadline)``, then ``work/checkpoint`` (atomic)
 ``Swap``           stage ``slots/<sha>/`` from the store, write ``pending``, exit 75
 ``ResumeServing``  serve again; the drain's checkpoint is withdrawn (it would be stale)
 ``RestoreWork``    restore ``work/checkpoint``, serve, then health checks (``health``)
 ``Confirm``        write ``verdict`` (confirm); ``Confirmed`` once the launcher promoted us
 ``RollBack``       drain + checkpoint (if ours), ``verdict`` (rollback + reason), exit 76
-``Report*``        logged (no coordinator yet); a failure report marks the rollback log
+``Report*``        to every replica (ends the lease; failures feed the breaker); without a
+                   coordinator, logged; a failure report marks the rollback log
 ``LiftDeny``       remove the artifact from ``denied``
-``ReturnLease``    logged
+``ReturnLease``    to every replica (best effort; the lease lapses anyway)
 =================  ==========================================================================
 
 Results of slow effects come back through one memory channel, tagged with the *generation*
@@ -52,6 +56,7 @@ import trio
 
 import p2pupdate
 
+from ..coordclient import CoordinatorUnavailable
 from ..core import updater as up
 from ..core.gates import GATE_ALLOWLIST, GateResult
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
@@ -68,6 +73,7 @@ from ..launcher.state import (
     new_id,
 )
 from ..work.base import Workload
+from .coordinator import CoordinatorLink
 from .health import self_test
 from .offers import OfferError, OfferSource
 from .options import DaemonOptions
@@ -84,6 +90,10 @@ SERVE_START_TIMEOUT = 60.0
 #: Keep this much of the launcher's probation window for our own clean rollback.
 PROBATION_MARGIN = 1.0
 POLL = 0.05
+#: Largest artifact fetched from the coordinator's origin.
+MAX_ARTIFACT = 1 << 30
+#: Events tagged with this are due in whatever state the updater is (nudges).
+ANY_GENERATION = -1
 
 
 #: Transitions of every routine check that found nothing: not logged (one line per check).
@@ -129,6 +139,7 @@ class Node:
         rng: random.Random | None = None,
         log: Callable[[str], None] = _log_to_stderr,
         self_test: Callable[..., list[str]] = self_test,
+        coordinator: CoordinatorLink | None = None,
     ) -> None:
         self.config = config
         self.opts = config.options
@@ -141,6 +152,12 @@ class Node:
         self.log = log
         #: ``health.self_test``; in-process tests (where the code is not the slot's) swap it.
         self.self_test = self_test
+        self.coord = coordinator
+        #: Why gates 1-2 hold this node back now (reported to the coordinator).
+        self._held: GateResult | None = None
+        if coordinator is not None:
+            coordinator.status_fields = self._status_fields
+            coordinator.on_nudge = self._nudged
         self.state = StateDir(config.state_dir)
         self.slot = config.slot
         manifest = self.state.slot_manifest(config.slot)
@@ -196,6 +213,7 @@ class Node:
             config = up.UpdaterConfig(
                 check_interval=opts.check_interval,
                 drain_timeout=opts.drain_timeout,
+                swap_margin=opts.swap_margin,
                 probation_timeout=max(1.0, left),
             )
             swap = up.PendingSwap(
@@ -206,7 +224,9 @@ class Node:
             )
             return up.Updater.on_probation(swap, rng=self.rng, config=config, denied=denied)
         config = up.UpdaterConfig(
-            check_interval=opts.check_interval, drain_timeout=opts.drain_timeout
+            check_interval=opts.check_interval,
+            drain_timeout=opts.drain_timeout,
+            swap_margin=opts.swap_margin,
         )
         try:
             unreported = [e for e in self.state.read_rollbacks() if e.reported is None]
@@ -238,6 +258,8 @@ class Node:
             nursery.start_soon(self._watch_signals)
             if self.config.parent_pid is not None:
                 nursery.start_soon(self._watch_parent, self.config.parent_pid)
+            if self.coord is not None:
+                await nursery.start(self.coord.run)
             if self.mode == "normal":
                 self.restore_checkpoint(strict=False)
                 await self._start_serving()
@@ -261,7 +283,7 @@ class Node:
             when = self.updater.get_timer()
             with trio.move_on_at(math.inf if when is None else when):
                 gen, event = await self._recv.receive()
-                if gen == self._gen:
+                if gen == self._gen or gen == ANY_GENERATION:
                     self._handle(event)
                 else:
                     self.log(f"dropped a stale {type(event).__name__} (its state has passed)")
@@ -284,6 +306,10 @@ class Node:
                 what = "timer" if event is None else type(event).__name__
                 self.log(f"{before.value} -> {u.state.value} ({what})")
             self.write_status()
+            if self.coord is not None:
+                self.coord.status_changed()
+        if isinstance(event, up.GatesEvaluated):
+            self._held = event.refusal
         if isinstance(event, up.GatesEvaluated) and event.refusal is not None:
             said = str(event.refusal)
             if said != self._last_refusal:  # once per change, not once per check
@@ -322,6 +348,8 @@ class Node:
             self._resume_serving(effect)
         elif isinstance(effect, up.ReturnLease):
             self.log(f"lease returned unused: {effect.reason}")
+            if self.coord is not None and self._nursery is not None:
+                self._nursery.start_soon(self.coord.return_lease, effect.token, effect.reason)
         elif isinstance(effect, up.RestoreWork):
             self._spawn(self._restore_work)
         elif isinstance(effect, up.Confirm):
@@ -418,6 +446,8 @@ class Node:
     # -- effects ----------------------------------------------------------------------------------
 
     async def _evaluate_gates(self) -> up.Event:
+        if self.coord is not None:
+            return self.coord.evaluate(installed=self.slot, installed_counter=self.manifest.counter)
         if self.offers is None:
             return up.GatesEvaluated(
                 candidate=None,
@@ -434,14 +464,19 @@ class Node:
         )
 
     async def _prefetch(self, effect: up.Prefetch) -> up.Event:
-        if self.offers is None:  # pragma: no cover - no candidate without offers
-            return up.PrefetchFailed(artifact=effect.artifact, reason="no offer source")
         offers = self.offers
         dest = self.state.store_path(effect.artifact)
         try:
             with trio.fail_after(PREFETCH_TIMEOUT):
-                await trio.to_thread.run_sync(offers.fetch, effect.artifact, dest)
-        except (OfferError, OSError, trio.TooSlowError) as exc:
+                if offers is not None and (
+                    self.coord is None or (offers.directory / f"{effect.artifact}.tar.gz").exists()
+                ):
+                    await trio.to_thread.run_sync(offers.fetch, effect.artifact, dest)
+                elif self.coord is not None:
+                    await self.coord.prefetch(effect.artifact, dest, MAX_ARTIFACT)
+                else:  # pragma: no cover - no candidate without a source
+                    return up.PrefetchFailed(artifact=effect.artifact, reason="no source")
+        except (OfferError, OSError, trio.TooSlowError, CoordinatorUnavailable) as exc:
             self.log(f"prefetch of {effect.artifact[:16]}... failed: {exc}")
             return up.PrefetchFailed(artifact=effect.artifact, reason=str(exc) or "timeout")
         self.log(f"prefetched {effect.artifact[:16]}... (release counter {effect.counter})")
@@ -455,7 +490,10 @@ class Node:
             )
             token = b"grant-all:" + effect.candidate.artifact.encode()
             return up.Granted(token=token, lease_ttl=GRANT_ALL_LEASE)
-        return up.CoordinatorError(reason="no coordinator configured (arrives with P3)")
+        if self.coord is not None:
+            w = self.workload
+            return await self.coord.ask(effect, capacity=w.capacity(), load=w.load())
+        return up.CoordinatorError(reason="no coordinator configured (--coordinator URL)")
 
     async def _drain(self, effect: up.Drain) -> up.Event:
         self.log("draining the work before the swap")
@@ -595,14 +633,24 @@ class Node:
         self.finish(EXIT_ROLLBACK)
 
     async def _report_rejoined(self, effect: up.ReportRejoined) -> up.Event:
-        self.log(f"rejoined on {effect.artifact[:16]}... (no coordinator yet: logged only)")
+        if self.coord is not None:
+            answer = await self.coord.report_rejoined(effect)
+            if isinstance(answer, up.Reported):
+                self.log(f"rejoined on {effect.artifact[:16]}...: reported (lease ended)")
+            return answer
+        self.log(f"rejoined on {effect.artifact[:16]}... (no coordinator: logged only)")
         return up.Reported()
 
     async def _report_failure(self, effect: up.ReportFailure) -> up.Event:
+        where = "reported to the coordinator" if self.coord is not None else "logged only"
         self.log(
             f"ROLLBACK REPORT: {effect.artifact[:16]}... (release counter {effect.counter}) "
-            f"failed probation here: {effect.reason} (no coordinator yet: logged only)"
+            f"failed probation here: {effect.reason} ({where})"
         )
+        if self.coord is not None:
+            answer = await self.coord.report_failure(effect)
+            if not isinstance(answer, up.Reported):
+                return answer
         if self._reporting:
             ids = set(self._reporting)
             try:
@@ -611,6 +659,25 @@ class Node:
                 self.log(f"cannot mark the rollback reported: {exc}")
             self._reporting.clear()
         return up.Reported()
+
+    # -- the coordinator's hooks ----------------------------------------------------------------
+
+    def _status_fields(self) -> dict[str, Any]:
+        u = self.updater
+        held = self._held
+        return {
+            "version": self.manifest.version[:64],
+            "artifact": self.slot,
+            "state": u.state.heartbeat_state if u is not None else "serving",
+            "held": None if held is None else {"gate": held.gate[:32], "reason": held.reason[:64]},
+        }
+
+    def _nudged(self, artifact: str) -> None:
+        """A verified nudge: fed to the updater whatever state it is in now."""
+        try:
+            self._send.send_nowait((ANY_GENERATION, up.Nudged(artifact=artifact)))
+        except trio.WouldBlock:
+            self.log("nudge dropped: the updater is busy")
 
     def _lift_deny(self, effect: up.LiftDeny) -> None:
         try:

@@ -63,6 +63,25 @@ def _capacity(text: str) -> float:
     return v
 
 
+def _pool(text: str) -> str:
+    if not 1 <= len(text) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r}: a pool name is 1-64 printable characters")
+    return text
+
+
+def _stub(text: str) -> str:
+    parts = text.split(":")
+    try:
+        ok = (
+            len(parts) == 3 and float(parts[0]) >= 0 and float(parts[1]) >= 0 and int(parts[2]) >= 0
+        )
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} is not CAPACITY:LOAD:SERVING (numbers >= 0)")
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Opt:
     flag: str
@@ -71,6 +90,8 @@ class _Opt:
     metavar: str | None
     help: str
     choices: tuple[str, ...] | None = None
+    #: May be given several times (a list; forwarded once per value).
+    repeat: bool = False
 
     @property
     def dest(self) -> str:
@@ -117,6 +138,44 @@ OPTIONS: Final = (
         default=None,
         metavar="ROOT",
         help="trusted root document: offers must carry a release record signed under it",
+    ),
+    _Opt(
+        flag="--coordinator",
+        kind=str,
+        default=None,
+        metavar="URL",
+        repeat=True,
+        help="a coordinator replica, http://HOST:PORT (repeat for each replica); needs "
+        "--trust-root: documents, departure tokens and reports go through the replicas",
+    ),
+    _Opt(
+        flag="--pool",
+        kind=_pool,
+        default="default",
+        metavar="NAME",
+        help='the pool this node serves in; capacity is weighed per pool (default "default")',
+    ),
+    _Opt(
+        flag="--aggregate-stub",
+        kind=_stub,
+        default=None,
+        metavar="C:L:S",
+        help="STAND-IN until gossip: report this pool aggregate estimate (capacity, load, "
+        "serving nodes) to the coordinator; without it the node reports none",
+    ),
+    _Opt(
+        flag="--report-interval",
+        kind=seconds,
+        default=30.0,
+        metavar="DUR",
+        help="time between status reports to the coordinator (default 30s)",
+    ),
+    _Opt(
+        flag="--swap-margin",
+        kind=seconds,
+        default=60.0,
+        metavar="DUR",
+        help="lease time kept for the swap and restart after draining (default 60s)",
     ),
     _Opt(
         flag="--grant-all",
@@ -166,6 +225,11 @@ class DaemonOptions:
     capacity: float = 100.0
     offer_dir: Path | None = None
     trust_root: Path | None = None
+    coordinator: tuple[str, ...] = ()
+    pool: str = "default"
+    aggregate_stub: str | None = None
+    report_interval: float = 30.0
+    swap_margin: float = 60.0
     grant_all: bool = False
     check_interval: float = 3600.0
     drain_timeout: float = 120.0
@@ -174,7 +238,11 @@ class DaemonOptions:
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
-        return cls(**{o.dest: getattr(ns, o.dest) for o in OPTIONS})
+        values = {o.dest: getattr(ns, o.dest) for o in OPTIONS}
+        for o in OPTIONS:
+            if o.repeat:
+                values[o.dest] = tuple(values[o.dest] or ())
+        return cls(**values)
 
 
 def add_daemon_arguments(parser: argparse.ArgumentParser, *, for_launcher: bool) -> None:
@@ -187,6 +255,11 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, *, for_launcher: bool)
         default = None if for_launcher else o.default
         if o.kind is None:
             group.add_argument(o.flag, action="store_true", default=default, help=o.help)
+            continue
+        if o.repeat:
+            group.add_argument(
+                o.flag, type=o.kind, action="append", default=None, metavar=o.metavar, help=o.help
+            )
             continue
         shown = "" if o.default is None or "default" in o.help else f" (default {o.default})"
         group.add_argument(
@@ -208,6 +281,9 @@ def forward_args(ns: argparse.Namespace) -> list[str]:
             continue
         if o.kind is None:
             out.append(o.flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                out += [o.flag, str(item)]
         elif isinstance(value, Path):
             out += [o.flag, str(value.absolute())]
         elif isinstance(value, float):

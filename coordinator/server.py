@@ -1,0 +1,459 @@
+"""The network shell of a replica: HTTP and the node WebSocket on one trio port.
+
+Why h11 + wsproto directly (not hypercorn + ASGI, not trio-websocket): both are the
+sans-IO protocol engines those servers are built on, the same shape as our core (STYLE.md
+1: "h11 ... containing no networking code at all"), so this module is only the glue: one
+task per connection reads the request head, and either hands the bytes to wsproto (an
+``Upgrade: websocket`` to ``/v1/node``) or to h11 (everything else).  The node channel is
+the hot path -- every ask is one binary message in and one out -- and here it costs one
+wsproto parse, one msgpack decode and one send, with no ASGI event dicts, no per-message
+task and no extra queue between the socket and ``Replica.ask`` (measured: see the README's
+bench figures).  What we give up is what an operator-facing server needs and we do not:
+HTTP/2, TLS termination (put a TLS proxy in front), worker processes.  Limits are ours
+and explicit: request heads 16 KiB, bodies per route, WebSocket messages 16 KiB, idle
+HTTP connections closed after 60 s, a hello within 10 s.
+
+Routes::
+
+    GET  /v1/node                        WebSocket: the node channel (coordclient docstring)
+    POST /v1/publish                     a signed document (octet-stream): 200 or 400 + reason
+    PUT  /v1/artifacts/<sha256>          artifact bytes (a published release must name them)
+    GET  /v1/artifacts/<sha256>          the origin: the whole artifact
+    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them
+    GET  /status                         JSON: documents, progress, leases, refusals, pauses
+    GET  /metrics                        Prometheus text format
+    GET  /healthz                        "ok"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import h11
+import trio
+import wsproto
+import wsproto.events as wse
+
+from p2pupdate import coordclient as cc
+from p2pupdate.core import crypto, wire
+from p2pupdate.core.errors import P2PUpdateError, VerificationError, WireError
+from p2pupdate.fsutil import read_limited
+
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .service import Replica, RequestError
+
+MAX_HEAD: Final = 16 * 1024
+MAX_DOCUMENT_BODY: Final = 2 * 1024 * 1024
+IDLE_TIMEOUT: Final = 60.0
+HELLO_TIMEOUT: Final = 10.0
+PUSH_TIMEOUT: Final = 5.0
+_UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket", re.IGNORECASE)
+_ARTIFACT = re.compile(r"^/v1/artifacts/([0-9a-f]{64})(?:/chunks/(\d{1,6}))?$")
+
+
+@dataclass(eq=False)
+class NodeConn:
+    node: str
+    pub: bytes
+    session: cc.Session
+    sock: cc.WebSocket
+    peer: str
+    last_seq: int = 0
+    addrs: tuple[str, ...] = ()
+    pool: str = "default"
+
+
+class Server:
+    """Accepts connections for one ``Replica``; pushes to connected nodes."""
+
+    def __init__(self, replica: Replica, *, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.replica = replica
+        self.log = log
+        self.conns: dict[str, NodeConn] = {}
+        self._nursery: trio.Nursery | None = None
+        replica.push_all = self.push_all
+        replica.connected = lambda: len(self.conns)
+        self.port = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.port = listeners[0].socket.getsockname()[1]
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._flusher)
+                await nursery.start(trio.serve_listeners, self._handle, listeners)
+                task_status.started(self.port)
+        finally:
+            self.replica.store.flush()
+
+    async def _flusher(self) -> None:
+        while True:
+            await trio.sleep(0.1)
+            self.replica.store.flush()
+
+    def push_all(self, msg: dict[str, Any]) -> None:
+        if self._nursery is None:
+            return
+        data = wire.encode(msg)
+        for conn in list(self.conns.values()):
+            self._nursery.start_soon(self._push, conn, data)
+
+    async def _push(self, conn: NodeConn, data: bytes) -> None:
+        with trio.move_on_after(PUSH_TIMEOUT), contextlib.suppress(cc.WebSocketClosed):
+            await conn.sock.send(conn.session.seal(data))
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            head = bytearray()
+            with trio.move_on_after(IDLE_TIMEOUT) as scope:
+                while b"\r\n\r\n" not in head:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    head += data
+                    if len(head) > MAX_HEAD and b"\r\n\r\n" not in head[:MAX_HEAD]:
+                        await stream.send_all(
+                            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                            b"content-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        return
+            if scope.cancelled_caught:
+                return
+            end = head.index(b"\r\n\r\n")
+            if _UPGRADE.search(bytes(head[:end])):
+                await self._websocket(stream, bytes(head))
+            else:
+                await self._http(stream, bytes(head))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+
+    async def _http(self, stream: trio.SocketStream, initial: bytes) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        conn.receive_data(initial)
+        while True:
+            try:
+                request, body = await self._read_request(conn, stream)
+            except h11.RemoteProtocolError as exc:
+                await self._send_plain(conn, stream, 400, f"bad request: {exc}\n".encode())
+                return
+            except _TooLarge as exc:
+                await self._send_plain(conn, stream, 413, f"{exc}\n".encode())
+                return
+            if request is None:
+                return
+            status, ctype, payload = self._route(request, body)
+            await self._send(conn, stream, status, ctype, payload)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _read_request(
+        self, conn: h11.Connection, stream: trio.SocketStream
+    ) -> tuple[h11.Request | None, bytes]:
+        request: h11.Request | None = None
+        body = bytearray()
+        limit = MAX_DOCUMENT_BODY
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(IDLE_TIMEOUT) as scope:
+                    data = await stream.receive_some(65536)
+                if scope.cancelled_caught:
+                    return None, b""
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+                if event.method == b"PUT" and event.target.startswith(b"/v1/artifacts/"):
+                    limit = self.replica.config.max_artifact
+                for name, value in event.headers:
+                    if name == b"content-length" and int(value) > limit:
+                        raise _TooLarge(f"body over {limit} bytes")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    raise _TooLarge(f"body over {limit} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return request, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None, b""
+
+    async def _send(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        status: int,
+        ctype: str,
+        payload: bytes,
+    ) -> None:
+        headers = [("content-type", ctype), ("content-length", str(len(payload)))]
+        out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        out += conn.send(h11.Data(data=payload)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        await stream.send_all(out)
+
+    async def _send_plain(
+        self, conn: h11.Connection, stream: trio.SocketStream, status: int, text: bytes
+    ) -> None:
+        with contextlib.suppress(h11.LocalProtocolError):
+            await self._send(conn, stream, status, "text/plain", text)
+
+    def _route(self, request: h11.Request, body: bytes) -> tuple[int, str, bytes]:
+        method = request.method.decode()
+        target = request.target.decode("ascii", "replace")
+        path = target.split("?", 1)[0]
+        rep = self.replica
+        if path == "/status" and method == "GET":
+            return 200, "application/json", _json(rep.status())
+        if path == "/metrics" and method == "GET":
+            return 200, METRICS_TYPE, rep.metrics.render()
+        if path == "/healthz" and method == "GET":
+            return 200, "text/plain", b"ok\n"
+        if path == "/v1/publish":
+            if method != "POST":
+                return 405, "text/plain", b"POST a signed document\n"
+            status, answer = rep.publish(body)
+            if status == 200:
+                self.log(f"published {answer.get('describe')}")
+            else:
+                self.log(f"publish refused: {answer.get('error')}: {answer.get('reason')}")
+            return status, "application/json", _json(answer)
+        m = _ARTIFACT.match(path)
+        if m is not None:
+            artifact, chunk = m.group(1), m.group(2)
+            if method == "PUT" and chunk is None:
+                status, answer = rep.put_artifact(artifact, body)
+                return status, "application/json", _json(answer)
+            if method == "GET":
+                return self._origin(artifact, None if chunk is None else int(chunk), request)
+            return 405, "text/plain", b"GET or PUT\n"
+        return 404, "text/plain", b"not found\n"
+
+    def _origin(
+        self, artifact: str, chunk: int | None, request: h11.Request
+    ) -> tuple[int, str, bytes]:
+        rep = self.replica
+        path = rep.artifact_path(artifact)
+        release = rep.releases.get(artifact)
+        if path is None or release is None:
+            return 404, "text/plain", b"no such artifact here\n"
+        data = read_limited(path, rep.config.max_artifact)
+        if chunk is not None:
+            size = release.doc.chunk_size
+            if chunk >= len(release.doc.chunks):
+                return 404, "text/plain", b"no such chunk\n"
+            return 200, "application/octet-stream", data[chunk * size : (chunk + 1) * size]
+        return 200, "application/octet-stream", data
+
+    # -- the node channel -----------------------------------------------------------------------
+
+    async def _websocket(self, stream: trio.SocketStream, initial: bytes) -> None:
+        end = initial.index(b"\r\n\r\n") + 4
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        try:
+            ws.receive_data(initial[:end])
+        except wsproto.utilities.RemoteProtocolError:
+            await stream.send_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            return
+        request = next((e for e in ws.events() if isinstance(e, wse.Request)), None)
+        if request is None:
+            return
+        if request.target != cc.NODE_PATH:
+            await stream.send_all(ws.send(wse.RejectConnection(status_code=404)))
+            return
+        await stream.send_all(ws.send(wse.AcceptConnection()))
+        sock = cc.WebSocket(
+            stream, ws, max_message=cc.REQUEST_LIMITS.max_bytes, initial=initial[end:]
+        )
+        try:
+            await self._node_session(sock, _peer(stream))
+        except cc.WebSocketClosed:
+            pass
+        finally:
+            await sock.close()
+
+    async def _node_session(self, sock: cc.WebSocket, peer: str) -> None:
+        rep = self.replica
+        nonce = os.urandom(cc.NONCE_LEN)
+        kx = cc.KeyExchange()
+        challenge = wire.encode(
+            {
+                "nonce": nonce,
+                "replica": rep.keyid,
+                "network": rep.trust.root.network,
+                "ttl": rep.config.token_ttl,
+                "max_skew": rep.config.max_skew,
+                "time": rep.wall(),
+                "kx": kx.public,
+            }
+        )
+        sig = rep.signer.sign(cc.CHALLENGE_TYPE, challenge)
+        await sock.send(wire.encode({"push": "challenge", "p": challenge, "s": sig}))
+        with trio.move_on_after(HELLO_TIMEOUT) as scope:
+            raw = await sock.receive()
+        if scope.cancelled_caught:
+            return
+        try:
+            conn = self._check_hello(raw, nonce, kx, sock, peer)
+        except (WireError, VerificationError) as exc:
+            rep.metrics.bad_requests.labels("hello").inc()
+            await sock.send(
+                wire.encode({"id": 0, "ok": False, "error": exc.rule, "detail": str(exc)})
+            )
+            return
+        old = self.conns.get(conn.node)
+        self.conns[conn.node] = conn
+        try:
+            if old is not None:
+                await old.sock.close(1000, "replaced by a newer connection")
+            await sock.send(conn.session.seal(wire.encode({"id": 0, "ok": True})))
+            while True:
+                frame = await sock.receive()
+                answer = await self._answer(conn, frame)
+                if answer is None:
+                    return
+                await sock.send(conn.session.seal(answer))
+        finally:
+            if self.conns.get(conn.node) is conn:
+                del self.conns[conn.node]
+
+    def _check_hello(
+        self, raw: bytes, nonce: bytes, kx: cc.KeyExchange, sock: cc.WebSocket, peer: str
+    ) -> NodeConn:
+        rep = self.replica
+        hello = wire.check_fields(
+            wire.decode(raw, cc.REQUEST_LIMITS), cc.HELLO_FIELDS, where="hello"
+        )
+        if crypto.keyid(hello["pub"]) != hello["node"]:
+            raise VerificationError(
+                "hello: node id is not sha256 of the key", rule="keyid-mismatch"
+            )
+        if not crypto.verify_signature(hello["pub"], cc.HELLO_TYPE, hello["p"], hello["s"]):
+            raise VerificationError("hello: bad signature", rule="signature")
+        payload = wire.check_fields(
+            wire.decode(hello["p"], cc.REQUEST_LIMITS), cc.HELLO_PAYLOAD_FIELDS, where="hello"
+        )
+        expected = {
+            "nonce": nonce,
+            "replica": rep.keyid,
+            "network": rep.trust.root.network,
+            "node": hello["node"],
+        }
+        if {k: payload[k] for k in expected} != expected:
+            raise VerificationError("hello: signed for another challenge", rule="challenge")
+        session = kx.session(payload["kx"], nonce=nonce, node_kx=payload["kx"], server_kx=kx.public)
+        return NodeConn(node=hello["node"], pub=hello["pub"], session=session, sock=sock, peer=peer)
+
+    async def _answer(self, conn: NodeConn, frame: bytes) -> bytes | None:
+        """The answer to one request frame, or None to close (a broken or forged frame)."""
+        rep = self.replica
+        started = time.perf_counter()
+        try:
+            seq, kind, fields = cc.open_request(frame, session=conn.session, last_seq=conn.last_seq)
+        except (WireError, VerificationError) as exc:
+            rep.metrics.bad_requests.labels(exc.rule).inc()
+            self.log(f"node {conn.node[:16]}... sent a bad request ({exc.rule}: {exc}); closing")
+            return None
+        conn.last_seq = seq
+        rep.metrics.count_request(kind)
+        try:
+            body = await self._dispatch(conn, kind, fields)
+        except RequestError as exc:
+            rep.metrics.bad_requests.labels(exc.error).inc()
+            body = {"ok": False, "error": exc.error, "detail": exc.detail}
+        except P2PUpdateError as exc:
+            body = {"ok": False, "error": exc.rule, "detail": str(exc)}
+        if kind == "ask":
+            rep.metrics.ask_seconds.observe(time.perf_counter() - started)
+        body["id"] = seq
+        return wire.encode(body)
+
+    async def _dispatch(self, conn: NodeConn, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        rep = self.replica
+        node = conn.node
+        if kind == "ask":
+            answer = rep.ask(node, fields)
+            rep.metrics.count_ask(answer.granted, answer.gate, answer.reason)
+            return answer.fields
+        if kind == "status":
+            conn.addrs = tuple(fields["addrs"])
+            conn.pool = fields["pool"] or "default"
+            rep.on_status(node, fields)
+            return {"ok": True}
+        if kind == "rejoined":
+            rep.on_rejoined(node, fields)
+            return {"ok": True}
+        if kind == "return":
+            rep.on_return(node, fields)
+            return {"ok": True}
+        if kind == "failed":
+            return {"ok": True, **rep.on_failed(node, fields)}
+        if kind == "docs":
+            return {"ok": True, "docs": rep.current_documents()}
+        if kind == "peers":
+            others = [c for c in self.conns.values() if c.node != node]
+            same = [c for c in others if c.pool == conn.pool]
+            rest = [c for c in others if c.pool != conn.pool]
+            random.shuffle(same)
+            random.shuffle(rest)
+            chosen = (same + rest)[: fields["count"]]
+            return {
+                "ok": True,
+                "peers": [
+                    {"node": c.node, "pool": c.pool, "addrs": list(c.addrs), "observed": c.peer}
+                    for c in chosen
+                ],
+            }
+        if kind == "signal":
+            target = self.conns.get(fields["to"])
+            if target is None:
+                return {"ok": False, "error": "not-connected", "detail": "that node is not here"}
+            data = wire.encode({"push": "signal", "from": node, "data": fields["data"]})
+            with trio.move_on_after(PUSH_TIMEOUT) as scope:
+                try:
+                    await target.sock.send(target.session.seal(data))
+                except cc.WebSocketClosed:
+                    return {"ok": False, "error": "not-connected", "detail": "that node just left"}
+            if scope.cancelled_caught:
+                return {"ok": False, "error": "timeout", "detail": "the other node is not reading"}
+            return {"ok": True}
+        raise RequestError("unknown-kind", kind)  # pragma: no cover - schema covers kinds
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return ""
+    return f"{host}:{port}"

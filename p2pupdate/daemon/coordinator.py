@@ -1,0 +1,303 @@
+"""The daemon's side of the coordinator: documents, gates 1-2, asks, reports, nudges.
+
+``CoordinatorLink`` wraps ``coordclient.QuorumClient`` (one kept-open channel per replica)
+with what the node keeps: its ``TrustFile`` (allowlists and scopes raise floors on disk),
+the release records it was sent, its identity key, and its pool.  The ``Node`` calls it
+for the effects that involve the coordinator; it never decides anything itself:
+
+* ``evaluate``   gates 1-2 over the documents held (``gates.choose_target``), locally;
+* ``prefetch``   the artifact from a replica's origin, verified chunk by chunk;
+* ``ask``        every replica in parallel; ``q`` signatures combined and the token
+                 verified (threshold, binding, strict expiry) before ``Granted``;
+* ``report``     rejoined / failed / return (each ends this node's lease), and a
+                 status report every ``report_interval`` with the version, the update
+                 state, why gates 1-2 hold the node back, and the aggregate estimate.
+
+The aggregate estimate comes from gossip once that lands; until then ``--aggregate-stub
+C:L:S`` stands in for it (capacity, load and serving count of the pool), and without it
+the node reports none, so the coordinator's aggregate goes stale and it grants nothing
+but forced departures: the capacity gate never guesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .. import coordclient as cc
+from ..core import crypto
+from ..core import documents as docs
+from ..core import updater as up
+from ..core.errors import EquivocationError, P2PUpdateError, RollbackError
+from ..core.gates import GATE_ALLOWLIST, GateResult, choose_target
+from ..fsutil import create_exclusive, read_limited
+from ..truststate import TrustFile
+
+IDENTITY = "identity.pem"
+#: How long a report waits for a replica to (re)connect before it counts as failed.
+REPORT_CONNECT_WAIT = 5.0
+
+
+def load_identity(state_dir: Path) -> crypto.SigningKey:
+    """``STATE_DIR/identity.pem`` (created, mode 0600, on first use): the node's key."""
+    path = state_dir / IDENTITY
+    if not path.exists():
+        key = crypto.SigningKey.from_seed(os.urandom(32))
+        with contextlib.suppress(FileExistsError):
+            create_exclusive(path, crypto.private_key_to_pem(key), mode=0o600)
+    return crypto.private_key_from_pem(read_limited(path, crypto.MAX_PEM_BYTES))
+
+
+def parse_stub(text: str) -> tuple[float, float, int]:
+    """``C:L:S`` -> (capacity, load, serving)."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"{text!r}: expected CAPACITY:LOAD:SERVING")
+    c, load, s = float(parts[0]), float(parts[1]), int(parts[2])
+    if not (c >= 0 and load >= 0 and s >= 0):
+        raise ValueError(f"{text!r}: values must be >= 0")
+    return c, load, s
+
+
+class CoordinatorLink:
+    def __init__(
+        self,
+        urls: list[str],
+        key: crypto.SigningKey,
+        trust: TrustFile,
+        *,
+        pool: str,
+        estimate: tuple[float, float, int] | None,
+        report_interval: float,
+        log: Callable[[str], None],
+    ) -> None:
+        self.key = key
+        self.node = key.keyid
+        self.trust = trust
+        self.pool = pool
+        self.estimate = estimate
+        self.report_interval = report_interval
+        self.log = log
+        self.releases: dict[str, docs.Release] = {}
+        self.allowlist: docs.Allowlist | None = None
+        self.scope: docs.Scope | None = None
+        #: Set by the node: what to report, and where nudges go.
+        self.status_fields: Callable[[], dict[str, Any]] = lambda: {}
+        self.on_nudge: Callable[[str], None] = lambda _artifact: None
+        self.client = cc.QuorumClient(
+            urls,
+            key,
+            lambda: self.trust.store,
+            on_push=self._on_push,
+            on_connect=self._on_connect,
+            log=log,
+        )
+        self._wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.client.run)
+            nursery.start_soon(self._report_loop)
+            task_status.started()
+
+    async def _report_loop(self) -> None:
+        while True:
+            with trio.move_on_after(self.report_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            if self.client.connected():
+                await self.send_status()
+
+    def status_changed(self) -> None:
+        """Report soon (the update state changed)."""
+        self._wake.set()
+
+    async def send_status(self) -> None:
+        fields = self.status_fields()
+        if not fields:
+            return
+        estimate = None
+        if self.estimate is not None:
+            c, load, s = self.estimate
+            estimate = {"capacity": c, "load": load, "serving": s, "age": 0.0}
+        fields = {**fields, "pool": self.pool, "estimate": estimate, "addrs": []}
+        await self.client.report("status", fields)
+
+    async def _on_connect(self, link: cc.ReplicaLink) -> None:
+        """A (re)connected replica: take its documents, tell it where we are.
+
+        Runs as its own task: the answer arrives through the link's read loop, which
+        starts only after this hook returns.
+        """
+
+        async def later() -> None:
+            with contextlib.suppress(cc.CoordinatorUnavailable):
+                answer = await link.request("docs", {})
+                for data in answer.get("docs", []) if answer.get("ok") else []:
+                    if isinstance(data, bytes):
+                        self.accept(data)
+            self.status_changed()
+
+        if self._nursery is not None:
+            self._nursery.start_soon(later)
+
+    async def _on_push(self, link: cc.ReplicaLink, msg: dict[str, Any]) -> None:
+        kind, data = msg.get("push"), msg.get("doc")
+        if kind == "doc" and isinstance(data, bytes):
+            self.accept(data)
+        elif kind == "nudge" and isinstance(data, bytes):
+            try:
+                signed = self.trust.accept(docs.Nudge, data, int(time.time()))
+            except (RollbackError, EquivocationError):
+                return  # an old nudge again: already acted on
+            except P2PUpdateError as exc:
+                self.log(f"nudge from {link.base} rejected: {exc.rule}: {exc}")
+                return
+            self.log(f"nudged: {signed.doc.describe()}")
+            self.on_nudge(signed.doc.artifact)
+
+    def accept(self, data: bytes) -> None:
+        """A document from a replica: verified, floors raised (on disk), kept."""
+        now = int(time.time())
+        try:
+            kind = docs.peek_type(data)
+            if kind == "release":
+                rel = self.trust.store.verify(docs.Release, data, now).doc
+                self.releases[rel.artifact] = rel
+            elif kind == "allowlist":
+                allow = self.trust.accept(docs.Allowlist, data, now).doc
+                if self.allowlist is None or allow.version >= self.allowlist.version:
+                    self.allowlist = allow
+            elif kind == "scope":
+                scope = self.trust.accept(docs.Scope, data, now).doc
+                if self.scope is None or scope.serial >= self.scope.serial:
+                    self.scope = scope
+        except (RollbackError, EquivocationError):
+            return  # older than what we hold: another replica is behind
+        except P2PUpdateError as exc:
+            self.log(f"document from the coordinator rejected: {exc.rule}: {exc}")
+
+    # -- effects ----------------------------------------------------------------------------
+
+    def evaluate(self, *, installed: str, installed_counter: int) -> up.GatesEvaluated:
+        """Gates 1 and 2 over the documents held now."""
+        if self.allowlist is None and self.scope is None:
+            return up.GatesEvaluated(
+                candidate=None,
+                refusal=GateResult(
+                    ok=False,
+                    gate=GATE_ALLOWLIST,
+                    reason="no-documents",
+                    detail="nothing from the coordinator yet",
+                ),
+            )
+        now = int(time.time())
+        target = choose_target(
+            self.node,
+            installed=self.releases.get(installed),
+            allowlist=self.allowlist,
+            releases=self.releases,
+            scope=self.scope,
+            now=now,
+        )
+        if (
+            target.artifact is not None
+            and target.release is not None
+            and target.release.counter <= installed_counter
+            and not (self.scope is not None and self.scope.force)
+        ):
+            return up.GatesEvaluated(
+                candidate=None,
+                refusal=GateResult(
+                    ok=False,
+                    gate=GATE_ALLOWLIST,
+                    reason="downgrade",
+                    detail=f"release counter {target.release.counter} is not above "
+                    f"installed {installed_counter}",
+                ),
+            )
+        return up.GatesEvaluated.from_target(target, allowlist=self.allowlist, scope=self.scope)
+
+    def has_release(self, artifact: str) -> bool:
+        return artifact in self.releases
+
+    async def prefetch(self, artifact: str, dest: Path, limit: int) -> None:
+        release = self.releases.get(artifact)
+        if release is None:
+            raise cc.CoordinatorUnavailable(f"no release record for {artifact[:16]}...")
+        await trio.to_thread.run_sync(self.client.fetch_artifact, artifact, dest, release, limit)
+
+    async def ask(self, effect: up.AskCoordinator, *, capacity: float, load: float) -> up.Event:
+        candidate = effect.candidate
+        if not self.client.connected():
+            with trio.move_on_after(REPORT_CONNECT_WAIT):
+                await self.client.wait_connected(1, REPORT_CONNECT_WAIT)
+        outcome = await self.client.ask(
+            pool=self.pool,
+            from_artifact=effect.from_artifact,
+            to_artifact=candidate.artifact,
+            allowlist_version=candidate.allowlist_version,
+            scope_serial=candidate.scope_serial,
+            capacity=capacity,
+            load=load,
+        )
+        if outcome.token is not None:
+            self.log(
+                f"departure to {candidate.artifact[:16]}... GRANTED by the coordinator "
+                f"(token verified, lease {outcome.lease_ttl:.0f} s)"
+            )
+            return up.Granted(token=outcome.token, lease_ttl=outcome.lease_ttl)
+        if outcome.error:
+            return up.CoordinatorError(reason=outcome.error[:500])
+        self.log(
+            f"departure refused: {outcome.gate}/{outcome.reason}"
+            + (f" ({outcome.detail})" if outcome.detail else "")
+            + (f", retry after {outcome.retry_after:g} s" if outcome.retry_after else "")
+        )
+        return up.Refused(
+            gate=outcome.gate,
+            reason=outcome.reason,
+            retry_after=outcome.retry_after,
+            position=outcome.position,
+        )
+
+    async def report(self, kind: str, fields: dict[str, Any]) -> up.Event:
+        if not self.client.connected():
+            with trio.move_on_after(REPORT_CONNECT_WAIT):
+                await self.client.wait_connected(1, REPORT_CONNECT_WAIT)
+        acked = await self.client.report(kind, fields)
+        if acked == 0:
+            return up.CoordinatorError(reason=f"no replica acknowledged the {kind} report")
+        return up.Reported()
+
+    async def report_rejoined(self, effect: up.ReportRejoined) -> up.Event:
+        return await self.report(
+            "rejoined", {"artifact": effect.artifact, "nonce": cc.token_nonce(effect.token)}
+        )
+
+    async def report_failure(self, effect: up.ReportFailure) -> up.Event:
+        return await self.report(
+            "failed",
+            {
+                "artifact": effect.artifact,
+                "counter": effect.counter,
+                "reason": effect.reason[:500],
+                "nonce": cc.token_nonce(effect.token),
+            },
+        )
+
+    async def return_lease(self, token: bytes, reason: str) -> None:
+        with contextlib.suppress(cc.CoordinatorUnavailable):
+            await self.client.report(
+                "return", {"nonce": cc.token_nonce(token), "reason": reason[:500]}
+            )

@@ -1,0 +1,313 @@
+"""Networks, replicas and light nodes for the coordinator service tests.
+
+``Network`` is a real network directory made by ``p2pupdate-coordinator init`` (keys for
+every role, a signed root) plus helpers that sign releases, allowlists, scopes and nudges
+with those keys.  ``ReplicaProcesses`` runs ``p2pupdate-coordinator serve`` as child
+processes (each in its own session, killed at teardown whatever the test did);
+``in_process`` runs a replica inside the test's trio run.  ``LightNode`` speaks the real
+node protocol (``p2pupdate.coordclient``) without a daemon: 50 of them fit in one test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from coordinator.cli import main as coordinator_main
+from coordinator.server import Server
+from coordinator.service import Replica, ServiceConfig
+from p2pupdate import coordclient as cc
+from p2pupdate.core import crypto
+from p2pupdate.core import documents as docs
+from p2pupdate.core.trust import TrustStore
+
+REPO = Path(__file__).resolve().parents[2]
+ZERO = "0" * 64
+
+
+class Network:
+    """A network directory (``init``) and its keys, for signing test documents."""
+
+    def __init__(self, d: Path, *, replicas: int = 1, quorum: int = 1) -> None:
+        self.dir = d
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = coordinator_main(
+                [
+                    "init",
+                    str(d),
+                    "--replicas",
+                    str(replicas),
+                    "--quorum",
+                    str(quorum),
+                    "--network",
+                    "test",
+                ]
+            )
+        assert code == 0
+        self.root_bytes = (d / "root.msgpack").read_bytes()
+        self.root = docs.open_root(self.root_bytes).doc
+        self.replicas = replicas
+        self.quorum = quorum
+        self._serial = 0
+
+    def key(self, role: str, i: int = 1) -> crypto.SigningKey:
+        return crypto.private_key_from_pem((self.dir / "keys" / f"{role}-{i}.pem").read_bytes())
+
+    def coordinator_keys(self) -> list[crypto.SigningKey]:
+        return [self.key("coordinator", i) for i in range(1, self.replicas + 1)]
+
+    def trust(self) -> TrustStore:
+        return TrustStore.from_root(self.root_bytes, int(time.time()))
+
+    def release(self, data: bytes, name: str, counter: int) -> bytes:
+        now = int(time.time())
+        rel = docs.Release.for_bytes(
+            data, name=name, counter=counter, chunk_size=1024, issued=now, expires=now + 86400
+        )
+        return rel.sign([self.key("release")]).to_wire()
+
+    def allowlist(self, version: int, artifacts: list[str], *, expires: int = 86400) -> bytes:
+        now = int(time.time())
+        doc = docs.Allowlist(
+            version=version, issued=now - 10, expires=now + expires, artifacts=tuple(artifacts)
+        )
+        return doc.sign(self.coordinator_keys()).to_wire()
+
+    def scope(
+        self,
+        artifact: str,
+        *,
+        serial: int | None = None,
+        kind: str = "everyone",
+        nodes: tuple[str, ...] = (),
+        force: bool = False,
+        signer: crypto.SigningKey | None = None,
+        expires: int = 86400,
+    ) -> bytes:
+        now = int(time.time())
+        self._serial = serial if serial is not None else self._serial + 1
+        doc = docs.Scope(
+            serial=self._serial,
+            issued=now - 10,
+            expires=now + expires,
+            artifact=artifact,
+            kind=kind,
+            nodes=nodes,
+            force=force,
+        )
+        return doc.sign([signer or self.key("operator")]).to_wire()
+
+
+def artifact_of(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw, code = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        raw, code = exc.read(), exc.code
+    try:
+        return code, json.loads(raw)
+    except ValueError:
+        return code, raw
+
+
+async def ahttp(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:
+    return await trio.to_thread.run_sync(http, method, url, body)
+
+
+# -- replicas -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplicaProcess:
+    index: int
+    proc: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+class ReplicaProcesses:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[ReplicaProcess] = []
+
+    def start(
+        self, net: Network, index: int = 1, *args: str, port: int = 0, first: bool = True
+    ) -> ReplicaProcess:
+        log = self.tmp / f"replica-{index}-{len(self.started)}.log"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "serve",
+                "--dir",
+                str(net.dir),
+                "--replica",
+                str(index),
+                "--listen",
+                f"127.0.0.1:{port}",
+                *(["--first-start"] if first else []),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log.open("ab"),
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"listening on (http://\S+)", line)
+        rp = ReplicaProcess(index=index, proc=proc, url=m.group(1) if m else "", log=log)
+        self.started.append(rp)
+        if not m:
+            rp.kill()
+            raise AssertionError(f"replica {index} did not start: {line!r}\n{log.read_text()}")
+        return rp
+
+    def kill_all(self) -> None:
+        for rp in self.started:
+            rp.kill()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[ReplicaProcesses]:
+    rps = ReplicaProcesses(tmp_path)
+    try:
+        yield rps
+    finally:
+        rps.kill_all()
+
+
+@contextlib.asynccontextmanager
+async def in_process(
+    net: Network, index: int = 1, **settings: Any
+) -> AsyncIterator[tuple[Replica, str]]:
+    """A replica served inside this trio run: ``(replica, url)``."""
+    config = ServiceConfig(network_dir=net.dir, replica=index, **{"first_start": True, **settings})
+    replica = Replica(config)
+    server = Server(replica)
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(server.serve, "127.0.0.1", 0)
+            yield replica, f"http://127.0.0.1:{port}"
+            nursery.cancel_scope.cancel()
+    finally:
+        replica.store.close()
+
+
+# -- light nodes --------------------------------------------------------------------------------
+
+
+class LightNode:
+    """A node of the real protocol, without a daemon: status, asks, reports."""
+
+    def __init__(
+        self,
+        net: Network,
+        urls: list[str],
+        *,
+        pool: str = "default",
+        key: crypto.SigningKey | None = None,
+    ) -> None:
+        self.net = net
+        self.key = key or crypto.SigningKey.from_seed(os.urandom(32))
+        self.node = self.key.keyid
+        self.pool = pool
+        self.pushes: list[dict[str, Any]] = []
+        self.store = net.trust()
+
+        async def on_push(_link: cc.ReplicaLink, msg: dict[str, Any]) -> None:
+            self.pushes.append(msg)
+
+        self.client = cc.QuorumClient(urls, self.key, lambda: self.store, on_push=on_push)
+
+    async def start(self, nursery: trio.Nursery, connected: int | None = None) -> None:
+        await nursery.start(self.client.run)
+        await self.client.wait_connected(len(self.client.links) if connected is None else connected)
+
+    async def status(
+        self,
+        *,
+        artifact: str = ZERO,
+        version: str = "v1",
+        state: str = "serving",
+        estimate: tuple[float, float, int] | None = (1000.0, 100.0, 50),
+        held: tuple[str, str] | None = None,
+    ) -> int:
+        fields = {
+            "version": version,
+            "artifact": artifact,
+            "state": state,
+            "pool": self.pool,
+            "estimate": None
+            if estimate is None
+            else {"capacity": estimate[0], "load": estimate[1], "serving": estimate[2], "age": 0.0},
+            "held": None if held is None else {"gate": held[0], "reason": held[1]},
+            "addrs": ["127.0.0.1:9"],
+        }
+        return await self.client.report("status", fields)
+
+    async def ask(
+        self,
+        to: str,
+        *,
+        frm: str = ZERO,
+        allowlist_version: int = 1,
+        scope_serial: int = 1,
+        capacity: float = 10.0,
+        load: float = 5.0,
+    ) -> cc.AskOutcome:
+        return await self.client.ask(
+            pool=self.pool,
+            from_artifact=frm,
+            to_artifact=to,
+            allowlist_version=allowlist_version,
+            scope_serial=scope_serial,
+            capacity=capacity,
+            load=load,
+        )
+
+    async def rejoined(self, artifact: str, token: bytes | None) -> int:
+        return await self.client.report(
+            "rejoined", {"artifact": artifact, "nonce": cc.token_nonce(token)}
+        )
+
+    async def failed(self, artifact: str, reason: str, token: bytes | None = None) -> int:
+        return await self.client.report(
+            "failed",
+            {"artifact": artifact, "counter": 2, "reason": reason, "nonce": cc.token_nonce(token)},
+        )

@@ -1,0 +1,74 @@
+"""``p2pupdate-coordinator serve / publish / status / nudge`` as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_publish_status_and_nudge_through_the_cli(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    net = Network(tmp_path / "net")
+    rp = replicas.start(net, 1)
+    data = os.urandom(3000)
+    sha = artifact_of(data)
+    files = {
+        "v2.tar.gz": data,
+        "scope": net.scope(sha, serial=1),
+        "allow": net.allowlist(1, [sha]),
+        "release": net.release(data, "v2", 2),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    # given in the "wrong" order: documents go first, in trust order, then artifacts
+    r = cli("publish", "--url", rp.url, *(str(tmp_path / n) for n in files))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("published") == 4
+
+    forged = bytearray(files["allow"])
+    forged[-5] ^= 1
+    (tmp_path / "forged").write_bytes(bytes(forged))
+    r = cli("publish", "--url", rp.url, str(tmp_path / "forged"))
+    assert r.returncode == 1
+    assert "REFUSED (400)" in r.stderr and "signature" in r.stderr
+
+    r = cli("nudge", "--artifact", sha, "--dir", str(net.dir), "--url", rp.url)
+    assert r.returncode == 0, r.stderr
+    assert "nudge serial" in r.stdout
+
+    r = cli("status", "--url", rp.url)
+    assert r.returncode == 0, r.stderr
+    assert "allowlist: v1 (1 artifacts)" in r.stdout
+    assert "scope:     scope serial 1: everyone" in r.stdout
+    assert "v2 #2" in r.stdout
+    r = cli("status", "--url", rp.url, "--json")
+    st = json.loads(r.stdout)
+    assert st["documents"]["allowlist"]["artifacts"] == [sha]
+
+    r = cli("status", "--url", "http://127.0.0.1:9")
+    assert r.returncode == 2 and "cannot reach" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_a_key_that_is_not_a_replica(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    r = cli("serve", "--dir", str(net.dir), "--replica", "2", "--listen", "127.0.0.1:0")
+    assert r.returncode == 2
+    assert "coordinator-2.pem" in r.stderr and "Traceback" not in r.stderr
