@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import nacl.exceptions
@@ -56,10 +56,13 @@ class SigningKey:
     """An Ed25519 private key (32-byte seed) with its public half and id."""
 
     seed: bytes
+    #: libsodium's expanded key, derived once (deriving it costs as much as a signature).
+    _nacl: nacl.signing.SigningKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.seed) != KEY_LEN:
             raise ValueError("an Ed25519 seed is 32 bytes")
+        object.__setattr__(self, "_nacl", nacl.signing.SigningKey(self.seed))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> SigningKey:
@@ -67,14 +70,14 @@ class SigningKey:
 
     @property
     def public_key(self) -> bytes:
-        return bytes(nacl.signing.SigningKey(self.seed).verify_key)
+        return bytes(self._nacl.verify_key)
 
     @property
     def keyid(self) -> str:
         return keyid(self.public_key)
 
     def sign(self, type_: str, payload: bytes) -> tuple[str, bytes]:
-        sig = nacl.signing.SigningKey(self.seed).sign(signing_input(type_, payload)).signature
+        sig = self._nacl.sign(signing_input(type_, payload)).signature
         return self.keyid, bytes(sig)
 
     def __repr__(self) -> str:  # never print the seed

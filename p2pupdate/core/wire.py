@@ -18,6 +18,7 @@ payloads) and refuses an oversize frame as soon as its header arrives.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -367,11 +368,14 @@ def nonneg_float(max_value: float = 1e18) -> Check:
     return check
 
 
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+
+
 def hex_digest() -> Check:
     """A lowercase hex sha256 (64 chars): artifact hashes and key ids."""
 
     def check(name: str, v: Any) -> str:
-        if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        if not isinstance(v, str) or _HEX64.fullmatch(v) is None:
             raise SchemaError(f"field {name!r}: expected 64 lowercase hex chars")
         return v
 
