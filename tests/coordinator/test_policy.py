@@ -55,7 +55,7 @@ FAST = settings(
 NOW = 10_000.0
 POOL = "eu-1"
 #: Plenty of everything: only the rule under test refuses.
-ROOMY = PolicyConfig(max_concurrent=100, min_serving=0)
+ROOMY = PolicyConfig(max_concurrent=100, min_serving=0, churn_margin=0.0)
 
 
 def aggregate(
@@ -147,7 +147,7 @@ def test_the_nodes_own_load_is_a_floor_on_the_pool_load() -> None:
 
 def test_capacity_share_splits_headroom_between_replicas() -> None:
     """n=2, q=1: each replica may give away half of the 50 spare."""
-    cfg = PolicyConfig(max_concurrent=100, min_serving=0, replicas=2, quorum=1)
+    cfg = PolicyConfig(max_concurrent=100, min_serving=0, replicas=2, quorum=1, churn_margin=0.0)
     assert cfg.capacity_share == 0.5
     assert checked(pool(), ask(capacity=25.0), NOW, cfg).granted
     assert checked(pool(), ask(capacity=25.5), NOW, cfg).reason == "no-spare-capacity"
@@ -426,6 +426,7 @@ def configs(draw: st.DrawFn) -> PolicyConfig:
     q = draw(st.integers(1, n))
     return PolicyConfig(
         utilization=draw(st.sampled_from([0.8, 1.0, 0.5, 0.3])),
+        churn_margin=draw(st.sampled_from([0.0, 0.01, 0.25])),
         min_serving=draw(st.integers(0, 6)),
         max_concurrent=draw(st.integers(-(-n // q), 40)),
         replicas=n,
@@ -630,7 +631,9 @@ def test_batch_equals_sequential_at_simulation_scale() -> None:
         )
         for node in askers
     ]
-    config = PolicyConfig(max_concurrent=1_000, min_serving=1_000, emergency_budget=3)
+    config = PolicyConfig(
+        max_concurrent=1_000, min_serving=1_000, emergency_budget=3, churn_margin=0.0
+    )
     state = PoolState(
         pool=POOL,
         # C - L/u leaves ~400 units: the capacity binds before the 1,000-lease budget.

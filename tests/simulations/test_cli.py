@@ -1,0 +1,162 @@
+"""``python -m simulations``: run, sweep, check, gossip dispatch, and one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from simulations import cli
+from simulations.config import load
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY = """
+[run]
+nodes = 400
+days = 0.25
+[rollout]
+start_hours = 0.5
+nudge = true
+[policy]
+max_concurrent = 20
+"""
+
+
+def sim(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulations", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert needle in proc.stderr
+
+
+def test_run_writes_everything(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    out = tmp_path / "out"
+    proc = sim("run", str(scenario), "--seed", "5", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny: 400 nodes" in proc.stdout
+    assert proc.stderr == ""  # no progress bar when stderr is not a terminal
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "scenario.resolved.toml",
+        "run.json",
+        "timeseries.csv",
+        "summary.csv",
+        "updated.png",
+        "spare.png",
+        "departures.png",
+    }
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["seed"] == 5 and meta["versions"]["numpy"]
+    assert meta["config"]["policy"]["max_concurrent"] == 20
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 1 and rows[0]["seed"] == "5" and rows[0]["policy"] == "ours"
+    series = list(csv.DictReader((out / "timeseries.csv").open()))
+    assert len(series) == 6 * 60 + 1 and series[-1]["minute"] == "360"
+    assert (out / "updated.png").read_bytes()[:4] == b"\x89PNG"
+    again = load(out / "scenario.resolved.toml")  # the resolved config runs again
+    assert again.run.seed == 5 and again.policy.config.max_concurrent == 20
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--set", "run.nodez=5"], "unknown key 'nodez'"),
+        (["--set", "run.nodes=lots"], "nodes must be an integer"),
+        (["--set", "policy.utilization=1.5"], "utilization must be in (0, 1]"),
+        (["--seed", "x"], "invalid int value"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_mistakes_exit_2_with_one_line(tmp_path: Path, extra: list[str], needle: str) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    one_line_error(sim("run", str(scenario), *extra, cwd=tmp_path), needle)
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    one_line_error(sim("run", "nope.toml", cwd=tmp_path), "nope.toml: no such file")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run]\nnodes = [1,\n")
+    one_line_error(sim("check", str(bad), cwd=tmp_path), "not valid TOML")
+
+
+def test_check_prints_the_resolved_scenario(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    assert cli.main(["check", str(scenario), "--set", "policy.kind=fleetlock"]) == 0
+    out = capsys.readouterr().out
+    assert 'kind = "fleetlock"' in out and "check_interval = 3600.0" in out
+
+
+def test_gossip_is_dispatched_lazily(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("simulations.gossip")
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 7
+
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "simulations.gossip", fake)
+    assert cli.main(["gossip", "--nodes", "10"]) == 7
+    assert seen == [["--nodes", "10"]]
+    monkeypatch.setitem(sys.modules, "simulations.gossip", None)  # "not there": import fails
+    if not (REPO / "simulations" / "gossip.py").exists():
+        monkeypatch.delitem(sys.modules, "simulations.gossip")
+        assert cli.main(["gossip"]) == 2
+        assert "simulations/gossip.py) is not there yet" in capsys.readouterr().err
+
+
+def test_sweep_compares_runs(tmp_path: Path) -> None:
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "sweep.toml").write_text(
+        """
+[sweep]
+base = "tiny.toml"
+seeds = [1]
+[set]
+"run.nodes" = 300
+[grid]
+"policy.kind" = ["ours", "push"]
+"""
+    )
+    out = tmp_path / "cmp"
+    proc = sim("sweep", "sweep.toml", "--jobs", "2", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["label"] for r in rows] == ["kind=ours_seed1", "kind=push_seed1"]
+    assert {r["policy"] for r in rows} == {"ours", "push"}
+    assert (out / "comparison.png").exists() and "| label |" in (out / "comparison.md").read_text()
+    assert (out / "runs" / "kind=push_seed1" / "summary.csv").exists()
+
+
+def test_sweep_is_validated_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "tiny.toml").write_text(TINY)
+    (tmp_path / "sweep.toml").write_text(
+        '[sweep]\nbase = "tiny.toml"\n[grid]\n"policy.kind" = ["ours", "pushy"]\n'
+    )
+    one_line_error(sim("sweep", "sweep.toml", cwd=tmp_path), "kind must be one of")
+    assert not (tmp_path / "runs").exists()
