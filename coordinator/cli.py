@@ -41,6 +41,7 @@ from p2pupdate.cliutil import (
     Rejected,
     UsageError,
     duration,
+    int_range,
     load_signing_key,
     positive_int,
     read_input,
@@ -575,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument(
         "--max-skew",
-        type=_nonneg_int,
+        type=int_range(0),
         default=30,
         metavar="S",
         help="clock difference tolerated with nodes, seconds (default 30)",
@@ -589,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument(
         "--min-serving",
-        type=_nonneg_int,
+        type=int_range(0),
         default=1,
         metavar="N",
         help="nodes that must keep serving per pool (default 1)",
@@ -603,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument(
         "--emergency-budget",
-        type=_nonneg_int,
+        type=int_range(0),
         default=1,
         metavar="N",
         help="concurrent forced departures per pool (default 1)",
@@ -679,16 +680,6 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--profile", metavar="FILE", help="cProfile the server into FILE")
     be.set_defaults(handler=cmd_bench)
     return p
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
 
 
 def _unit(text: str) -> float:

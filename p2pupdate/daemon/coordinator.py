@@ -13,10 +13,13 @@ for the effects that involve the coordinator; it never decides anything itself:
                  status report every ``report_interval`` with the version, the update
                  state, why gates 1-2 hold the node back, and the aggregate estimate.
 
-The aggregate estimate comes from gossip once that lands; until then ``--aggregate-stub
-C:L:S`` stands in for it (capacity, load and serving count of the pool), and without it
-the node reports none, so the coordinator's aggregate goes stale and it grants nothing
-but forced departures: the capacity gate never guesses.
+The aggregate estimate comes from gossip (``estimate_source``: the pool's push-sum totals
+of the last complete epoch, and their age); ``--aggregate-stub C:L:S`` overrides it (tests),
+and with neither the node reports none, so the coordinator's aggregate goes stale and it
+grants nothing but forced departures: the capacity gate never guesses.  Status reports
+also carry ``addrs`` (the node's gossip link address), which is what the coordinator's
+introductions (``introductions``, the ``peers`` request) hand to other nodes.  Documents
+taken from a replica go to ``on_document`` too, so the node can spread them by gossip.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ import trio
 from .. import coordclient as cc
 from ..core import crypto
 from ..core import documents as docs
+from ..core import gossip as g
 from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError
 from ..core.gates import GATE_ALLOWLIST, GateResult, choose_target
 from ..fsutil import create_exclusive, read_limited
 from ..truststate import TrustFile
+from .gossip import parse_link_address
 
 IDENTITY = "identity.pem"
 #: How long a report waits for a replica to (re)connect before it counts as failed.
@@ -65,6 +70,24 @@ def parse_stub(text: str) -> tuple[float, float, int]:
     return c, load, s
 
 
+def _contacts_of(peer: Any) -> list[g.Contact]:
+    """One ``peers`` entry -> gossip contacts (its ``tcp:HOST:PORT`` addresses)."""
+    if not isinstance(peer, dict):
+        return []
+    node, addrs, observed = peer.get("node"), peer.get("addrs"), peer.get("observed")
+    if not isinstance(node, str) or not isinstance(addrs, list):
+        return []
+    seen = observed.rpartition(":")[0].strip("[]") if isinstance(observed, str) else ""
+    out = []
+    for addr in addrs[:8]:
+        hostport = parse_link_address(addr, seen) if isinstance(addr, str) else None
+        if hostport is None:
+            continue
+        with contextlib.suppress(ValueError):
+            out.append(g.Contact(node=node, host=hostport[0], port=hostport[1]))
+    return out
+
+
 class CoordinatorLink:
     def __init__(
         self,
@@ -90,6 +113,11 @@ class CoordinatorLink:
         #: Set by the node: what to report, and where nudges go.
         self.status_fields: Callable[[], dict[str, Any]] = lambda: {}
         self.on_nudge: Callable[[str], None] = lambda _artifact: None
+        #: Set by the node when gossip runs: the live estimate, the link addresses, and
+        #: where verified documents go to be spread.
+        self.estimate_source: Callable[[], dict[str, float] | None] = lambda: None
+        self.addrs: list[str] = []
+        self.on_document: Callable[[bytes], object] = lambda _doc: None
         self.client = cc.QuorumClient(
             urls,
             key,
@@ -126,11 +154,13 @@ class CoordinatorLink:
         fields = self.status_fields()
         if not fields:
             return
-        estimate = None
+        estimate: dict[str, float] | None = None
         if self.estimate is not None:
             c, load, s = self.estimate
             estimate = {"capacity": c, "load": load, "serving": s, "age": 0.0}
-        fields = {**fields, "pool": self.pool, "estimate": estimate, "addrs": []}
+        else:
+            estimate = self.estimate_source()
+        fields = {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
         await self.client.report("status", fields)
 
     async def _on_connect(self, link: cc.ReplicaLink) -> None:
@@ -165,9 +195,17 @@ class CoordinatorLink:
                 return
             self.log(f"nudged: {signed.doc.describe()}")
             self.on_nudge(signed.doc.artifact)
+            self.on_document(data)
 
     def accept(self, data: bytes) -> None:
         """A document from a replica: verified, floors raised (on disk), kept."""
+        if self.take(data, source="the coordinator"):
+            self.on_document(data)
+
+    def take(self, data: bytes, *, source: str) -> bool:
+        """Verify and keep a release, allowlist or scope (from a replica or from gossip).
+
+        True if it was kept (authentic, and not older than what is held)."""
         now = int(time.time())
         try:
             kind = docs.peek_type(data)
@@ -182,10 +220,26 @@ class CoordinatorLink:
                 scope = self.trust.accept(docs.Scope, data, now).doc
                 if self.scope is None or scope.serial >= self.scope.serial:
                     self.scope = scope
+            else:
+                return False
         except (RollbackError, EquivocationError):
-            return  # older than what we hold: another replica is behind
+            return False  # older than what we hold: another replica is behind
         except P2PUpdateError as exc:
-            self.log(f"document from the coordinator rejected: {exc.rule}: {exc}")
+            self.log(f"document from {source} rejected: {exc.rule}: {exc}")
+            return False
+        return True
+
+    async def introductions(self, count: int) -> list[g.Contact]:
+        """Other nodes' gossip contacts, from the first connected replica (``peers``)."""
+        out: list[g.Contact] = []
+        for link in self.client.connected()[:1]:
+            try:
+                answer = await link.request("peers", {"count": count})
+            except cc.CoordinatorUnavailable:
+                continue
+            for peer in answer.get("peers", []) if answer.get("ok") else []:
+                out.extend(_contacts_of(peer))
+        return out
 
     # -- effects ----------------------------------------------------------------------------
 

@@ -19,10 +19,12 @@ import trio
 
 from ..cliutil import Parser, sha256_hex
 from ..core.errors import P2PUpdateError
+from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
 from ..truststate import TrustFile
 from ..work.base import Workload
 from .coordinator import CoordinatorLink, load_identity, parse_stub
+from .gossip import GossipService, parse_hostport, trust_verifier
 from .node import Node, NodeConfig, NodeError, _log_to_stderr
 from .nullwork import NullWorkload
 from .offers import OfferSource
@@ -105,6 +107,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"fatal: coordinator: {exc}")
             return EXIT_USAGE
         log(f"node {coordinator.node} asks {len(opts.coordinator)} coordinator replica(s)")
+    gossip = None
+    if opts.gossip:
+        if trust is None:
+            log("fatal: gossip (--gossip-listen / --peer) needs --trust-root (rumors are verified)")
+            return EXIT_USAGE
+        try:
+            gossip = GossipService(
+                key=load_identity(state_dir),
+                verify=trust_verifier(trust),
+                listen=parse_hostport(opts.gossip_listen or "127.0.0.1:0"),
+                advertise=opts.gossip_advertise,
+                peers=[parse_hostport(p) for p in opts.peer],
+                config=GossipConfig(round_interval=opts.gossip_round),
+                log=log,
+            )
+        except (OSError, ValueError, P2PUpdateError) as exc:
+            log(f"fatal: gossip: {exc}")
+            return EXIT_USAGE
     if opts.offer_dir is not None:
         if trust is None:
             log(
@@ -129,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rng=random.Random(),
             log=log,
             coordinator=coordinator,
+            gossip=gossip,
+            trust=trust,
         )
         return trio.run(node.run)
     except (NodeError, P2PUpdateError, OSError) as exc:

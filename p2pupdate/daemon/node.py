@@ -57,6 +57,8 @@ import trio
 import p2pupdate
 
 from ..coordclient import CoordinatorUnavailable
+from ..core import documents as docs
+from ..core import gossip as g
 from ..core import updater as up
 from ..core.gates import GATE_ALLOWLIST, GateResult
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
@@ -72,8 +74,10 @@ from ..launcher.state import (
     Verdict,
     new_id,
 )
+from ..truststate import TrustFile
 from ..work.base import Workload
 from .coordinator import CoordinatorLink
+from .gossip import GossipService
 from .health import self_test
 from .offers import OfferError, OfferSource
 from .options import DaemonOptions
@@ -92,6 +96,8 @@ PROBATION_MARGIN = 1.0
 POLL = 0.05
 #: Largest artifact fetched from the coordinator's origin.
 MAX_ARTIFACT = 1 << 30
+#: How often the status file's gossip view is refreshed (if it changed).
+GOSSIP_STATUS_INTERVAL = 2.0
 #: Events tagged with this are due in whatever state the updater is (nudges).
 ANY_GENERATION = -1
 
@@ -140,6 +146,8 @@ class Node:
         log: Callable[[str], None] = _log_to_stderr,
         self_test: Callable[..., list[str]] = self_test,
         coordinator: CoordinatorLink | None = None,
+        gossip: GossipService | None = None,
+        trust: TrustFile | None = None,
     ) -> None:
         self.config = config
         self.opts = config.options
@@ -158,6 +166,18 @@ class Node:
         if coordinator is not None:
             coordinator.status_fields = self._status_fields
             coordinator.on_nudge = self._nudged
+        self.gossip = gossip
+        self.trust = trust
+        #: The newest allowlist version seen (gossip or coordinator), for the status file.
+        self._allowlist_seen: int | None = None
+        self._notice_pending = False
+        if gossip is not None:
+            gossip.status = self._gossip_status
+            gossip.on_deliver = self._gossip_delivered
+            if coordinator is not None:
+                gossip.introducer = coordinator.introductions
+                coordinator.estimate_source = self._gossip_estimate
+                coordinator.on_document = gossip.publish
         self.state = StateDir(config.state_dir)
         self.slot = config.slot
         manifest = self.state.slot_manifest(config.slot)
@@ -258,6 +278,16 @@ class Node:
             nursery.start_soon(self._watch_signals)
             if self.config.parent_pid is not None:
                 nursery.start_soon(self._watch_parent, self.config.parent_pid)
+            if self.gossip is not None:
+                await nursery.start(self.gossip.run)
+                self.log(
+                    f"gossip: node {self.gossip.node[:16]}... links at {self.gossip.advertised}"
+                )
+                if self.coord is not None:
+                    self.coord.addrs = [self.gossip.advertised]
+                nursery.start_soon(self._gossip_status_file)
+                if self.opts.zeroconf:
+                    await self._start_zeroconf(nursery, self.gossip)
             if self.coord is not None:
                 await nursery.start(self.coord.run)
             if self.mode == "normal":
@@ -679,6 +709,110 @@ class Node:
         except trio.WouldBlock:
             self.log("nudge dropped: the updater is busy")
 
+    # -- gossip's hooks -------------------------------------------------------------------------
+
+    def _gossip_status(self) -> g.Status:
+        """What our heartbeats and push-sum contributions say (refreshed every round)."""
+        u = self.updater
+        w = self.workload
+        try:
+            load, capacity = float(w.load()), float(w.capacity())
+        except Exception:
+            load, capacity = 0.0, 0.0
+        return g.Status(
+            version=self.manifest.version[:64],
+            artifact=self.slot,
+            state=u.state.heartbeat_state if u is not None else "serving",
+            pool=self.opts.pool,
+            load=min(max(load, 0.0), 1e18) if math.isfinite(load) else 0.0,
+            capacity=min(max(capacity, 0.0), 1e18) if math.isfinite(capacity) else 0.0,
+        )
+
+    def _gossip_estimate(self) -> dict[str, float] | None:
+        """The pool's push-sum totals for the coordinator's status report."""
+        assert self.gossip is not None
+        got = self.gossip.estimate(self.opts.pool)
+        if got is None:
+            return None
+        totals, age = got
+        return {
+            "capacity": totals.capacity,
+            "load": totals.load,
+            "serving": max(0, round(totals.serving)),
+            "age": min(age, 1e9),
+        }
+
+    def _gossip_delivered(self, doc: bytes, slot: str) -> None:
+        """A verified document that was news here, learned from a peer.
+
+        Releases, allowlists and scopes go where the coordinator's go (gates 1-2 read them
+        there).  A nudge is acted on at once, as from the coordinator.  A newer allowlist
+        starts an update check ("noticed") -- but after a random delay in
+        ``[0, --gossip-notice-spread]``: the allowlist reaches the whole fleet within
+        seconds, and if every node checked the moment it arrived the fleet would ask the
+        coordinator in the same second (the updater's docstring: only a timer or a nudge
+        starts a check; this is a nudge the node gives itself, spread out).
+        """
+        kind = slot.partition(":")[0]
+        held = self.coord.allowlist if self.coord is not None else None
+        known = max(self._allowlist_seen or 0, held.version if held is not None else 0)
+        if self.coord is not None and kind in ("release", "allowlist", "scope"):
+            self.coord.take(doc, source="gossip")
+        if self.trust is None:
+            return
+        now = int(time.time())
+        if kind == "nudge":
+            nudge = self.trust.store.verify(docs.Nudge, doc, now).doc
+            self.log(f"gossip: nudged by a peer: {nudge.describe()}")
+            self._nudged(nudge.artifact)
+        elif kind == "allowlist":
+            allow = self.trust.store.verify(docs.Allowlist, doc, now).doc
+            if allow.version <= known:
+                return  # the coordinator (or another peer) brought it first
+            self._allowlist_seen = allow.version
+            self.log(f"gossip: allowlist v{allow.version} learned from a peer")
+            self.write_status()
+            denied = {d.artifact for d in self._denied()}
+            targets = [a for a in allow.artifacts if a != self.slot and a not in denied]
+            if targets and not self._notice_pending and self._nursery is not None:
+                self._notice_pending = True
+                delay = self.rng.uniform(0.0, self.opts.gossip_notice_spread)
+                self._nursery.start_soon(self._notice_later, targets[0], delay)
+        elif kind == "root":
+            self.log("gossip: a new trusted root was learned from a peer")
+
+    async def _start_zeroconf(self, nursery: trio.Nursery, gossip: GossipService) -> None:
+        from ..net.discovery import ZeroconfDiscovery
+
+        me = gossip.contact
+        disc = ZeroconfDiscovery(
+            node=gossip.node,
+            host=me.host,
+            port=me.port,
+            interfaces=self.opts.zeroconf,
+            on_found=lambda c: gossip.add_contacts([c]),
+            log=self.log,
+        )
+        await nursery.start(disc.run)
+        self.log(f"zeroconf: announcing {me.host}:{me.port} on {', '.join(self.opts.zeroconf)}")
+
+    async def _gossip_status_file(self) -> None:
+        """Keep the status file's gossip view current (only when the view changed)."""
+        assert self.gossip is not None
+        last: tuple[object, ...] = ()
+        while True:
+            await trio.sleep(GOSSIP_STATUS_INTERVAL)
+            s = self.gossip.summary()
+            now = (s["active"], s["passive"], s["links"])
+            if now != last:
+                last = now
+                self.write_status()
+
+    async def _notice_later(self, artifact: str, delay: float) -> None:
+        await trio.sleep(delay)
+        self._notice_pending = False
+        self._nudged(artifact)
+
     def _lift_deny(self, effect: up.LiftDeny) -> None:
         try:
             lifted = self.state.lift_deny(effect.artifact)
@@ -752,6 +886,12 @@ class Node:
             },
             "time": time.time(),
         }
+        if self.gossip is not None:
+            allow = self._allowlist_seen
+            held = self.coord.allowlist if self.coord is not None else None
+            if held is not None and (allow is None or held.version > allow):
+                allow = held.version
+            status["gossip"] = {**self.gossip.summary(), "allowlist": allow}
         try:
             self.state.write_status(status)
         except OSError as exc:

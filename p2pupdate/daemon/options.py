@@ -82,6 +82,19 @@ def _stub(text: str) -> str:
     return text
 
 
+def _hostport(text: str) -> str:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return text.strip()
+
+
+def _host(text: str) -> str:
+    if not 1 <= len(text) <= 64 or not text.isprintable() or " " in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+    return text
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Opt:
     flag: str
@@ -160,8 +173,59 @@ OPTIONS: Final = (
         kind=_stub,
         default=None,
         metavar="C:L:S",
-        help="STAND-IN until gossip: report this pool aggregate estimate (capacity, load, "
-        "serving nodes) to the coordinator; without it the node reports none",
+        help="TEST OVERRIDE: report this pool aggregate estimate (capacity, load, serving "
+        "nodes) to the coordinator instead of the gossip estimate; with neither, none",
+    ),
+    _Opt(
+        flag="--gossip-listen",
+        kind=_hostport,
+        default=None,
+        metavar="HOST:PORT",
+        help="run gossip: listen for peer links on HOST:PORT (port 0: any free port; "
+        "needs --trust-root). Without it (and without --peer or --zeroconf) the node does "
+        "not gossip",
+    ),
+    _Opt(
+        flag="--gossip-advertise",
+        kind=_host,
+        default=None,
+        metavar="HOST",
+        help="the address peers are told to dial (default: the --gossip-listen host; "
+        "needed when that is a wildcard like 0.0.0.0)",
+    ),
+    _Opt(
+        flag="--peer",
+        kind=_hostport,
+        default=None,
+        metavar="HOST:PORT",
+        repeat=True,
+        help="a gossip peer to bootstrap from (repeat for several); implies gossip "
+        "(listening on 127.0.0.1:0 unless --gossip-listen says otherwise)",
+    ),
+    _Opt(
+        flag="--zeroconf",
+        kind=_host,
+        default=None,
+        metavar="ADDR",
+        repeat=True,
+        help="find gossip peers on the LAN by zeroconf (_p2pupdate._udp.local.) on the "
+        "interface with this address (repeat for several; needs gossip and a specific "
+        "--gossip-listen or --gossip-advertise address)",
+    ),
+    _Opt(
+        flag="--gossip-round",
+        kind=seconds,
+        default=1.0,
+        metavar="DUR",
+        help="time between gossip rounds (default 1s)",
+    ),
+    _Opt(
+        flag="--gossip-notice-spread",
+        kind=seconds,
+        default=60.0,
+        metavar="DUR",
+        help="a newer allowlist learned by gossip starts an update check after a random "
+        "delay in [0, DUR], so a fleet does not check in one second (default 60s)",
     ),
     _Opt(
         flag="--report-interval",
@@ -228,6 +292,12 @@ class DaemonOptions:
     coordinator: tuple[str, ...] = ()
     pool: str = "default"
     aggregate_stub: str | None = None
+    gossip_listen: str | None = None
+    gossip_advertise: str | None = None
+    peer: tuple[str, ...] = ()
+    zeroconf: tuple[str, ...] = ()
+    gossip_round: float = 1.0
+    gossip_notice_spread: float = 60.0
     report_interval: float = 30.0
     swap_margin: float = 60.0
     grant_all: bool = False
@@ -235,6 +305,11 @@ class DaemonOptions:
     drain_timeout: float = 120.0
     health_checks: int = 5
     health_interval: float = 1.0
+
+    @property
+    def gossip(self) -> bool:
+        """Gossip runs when a listen address or a bootstrap peer is given."""
+        return self.gossip_listen is not None or bool(self.peer) or bool(self.zeroconf)
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> DaemonOptions:
