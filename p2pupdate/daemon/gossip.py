@@ -1,0 +1,537 @@
+"""The trio shell around ``core.gossip``: links, dials, timers and what delivered rumors do.
+
+``GossipService`` owns one ``core.gossip.Gossip`` and is the only code that touches it.  The
+core decides everything (who to link to, what to send, whom to punish); this module carries
+out its effects and reports back (STYLE.md 5):
+
+=============  ============================================================================
+``Send``       queued on the peer's link (a bounded queue per link, one writer task each;
+               a full queue drops the frame -- gossip repairs loss, a stalled peer must not
+               stall the core)
+``Dial``       ``net.tcp.connect_tcp`` proving ``contact.node``; ``LinkUp`` or ``DialFailed``
+``Disconnect`` the link's queue is closed, the writer flushes it and closes the link
+``Deliver``    ``on_deliver(doc, slot)`` (the node verifies nothing again: the verifier did)
+``Penalised``  logged (at most one line per peer and rule per minute)
+=============  ============================================================================
+
+**One link per peer id.**  Two nodes that dial each other at once end up with two links;
+both sides keep the one *dialed by the lower node id* and close the other, so they agree
+without talking.  A new link in the same direction as the one held replaces it (the dialer
+gave the old one up).  The core is told ``LinkUp`` once per peer; a replacement is silent.
+
+**Where contacts come from.**  ``--peer HOST:PORT`` (static bootstrap: the node id is not
+known in advance, so the shell opens a link once to learn it from the handshake, closes it
+and hands the contact to the core as ``Introduced``), the coordinator's introductions
+(``peers``), and whatever ``add_contacts`` is given (zeroconf).  Both sources are asked
+again every few seconds while the active view is short, every minute otherwise.
+
+The clock: ``now`` is ``trio.current_time()`` and ``utc_now`` is ``int(time.time())``; the
+RNG is the node's.  Heartbeats carry ``status()`` (refreshed every round, cheap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from ..core import documents as docs
+from ..core import gossip as g
+from ..core.crypto import SigningKey
+from ..core.errors import SchemaError
+from ..net.base import Link, LinkConfig, establish
+from ..net.errors import LinkBrokenError, LinkError, LinkTimeoutError
+from ..net.tcp import connect_tcp, serve_tcp
+from ..truststate import TrustFile
+
+#: Frames waiting per link before new ones are dropped.
+SEND_QUEUE = 64
+#: How often contacts are sought while the active view is short / full (seconds).
+SEEK_SHORT = 3.0
+SEEK_FULL = 60.0
+#: Contacts asked of the coordinator at a time (its ``MAX_PEERS`` is 32).
+INTRODUCTIONS = 16
+#: One log line per (peer, rule) per this many seconds.
+PENALTY_LOG_INTERVAL = 60.0
+
+Introducer = Callable[[int], Awaitable[list[g.Contact]]]
+
+
+def _no_status() -> g.Status:
+    raise RuntimeError("GossipService.status was never set")
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); raises ``ValueError``."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    host = host.removeprefix("[").removesuffix("]")
+    value = int(port)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{text!r}: port out of range")
+    return host, value
+
+
+def link_address(host: str, port: int) -> str:
+    """What goes into a status report's ``addrs`` (and a zeroconf record): ``tcp:HOST:PORT``."""
+    return f"tcp:{host}:{port}"
+
+
+def parse_link_address(text: str, observed: str = "") -> tuple[str, int] | None:
+    """``tcp:HOST:PORT`` -> (host, port), with a wildcard host replaced by ``observed``
+    (the address the coordinator saw the node connect from).  None if unusable."""
+    if not text.startswith("tcp:"):
+        return None
+    try:
+        host, port = parse_hostport(text[4:])
+    except ValueError:
+        return None
+    if host in ("0.0.0.0", "::", ""):
+        if not observed:
+            return None
+        host = observed
+    if port == 0:
+        return None
+    return host, port
+
+
+@dataclass(kw_only=True, slots=True)
+class _Peer:
+    link: Link
+    outbound: bool
+    send: trio.MemorySendChannel[bytes]
+    recv: trio.MemoryReceiveChannel[bytes]
+    closing: bool = False
+
+
+@dataclass(kw_only=True, slots=True)
+class GossipStats:
+    """Counters for status files and the bench."""
+
+    links_up: int = 0
+    links_down: int = 0
+    dials: int = 0
+    dial_failures: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    delivered: int = 0
+    penalties: int = 0
+    rejected_handshakes: int = 0
+    last_penalty: dict[str, str] = field(default_factory=dict)
+
+
+class GossipService:
+    """One node's gossip over tcp links.  ``run`` it in the daemon's nursery."""
+
+    def __init__(
+        self,
+        *,
+        key: SigningKey,
+        status: Callable[[], g.Status] | None = None,
+        verify: g.Verifier,
+        listen: tuple[str, int],
+        advertise: str | None = None,
+        peers: Sequence[tuple[str, int]] = (),
+        introducer: Introducer | None = None,
+        on_deliver: Callable[[bytes, str], None] = lambda _d, _s: None,
+        rng: random.Random | None = None,
+        config: g.GossipConfig | None = None,
+        link_config: LinkConfig | None = None,
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        self.key = key
+        self.node = key.keyid
+        #: What heartbeats say about this node; the ``Node`` sets it when it is not given.
+        self.status: Callable[[], g.Status] = status if status is not None else _no_status
+        self.verify = verify
+        self.listen_host, self.listen_port = listen
+        self.advertise_host = advertise
+        self.static_peers = list(peers)
+        self.introducer = introducer
+        self.on_deliver = on_deliver
+        self.rng = rng if rng is not None else random.Random()
+        self.config = config if config is not None else g.GossipConfig()
+        self.link_config = link_config if link_config is not None else LinkConfig()
+        self.log = log
+        self.stats = GossipStats()
+        self.core: g.Gossip | None = None
+        self.port = 0
+        self._peers: dict[str, _Peer] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._penalty_logged: dict[tuple[str, str], float] = {}
+        self._unpublished: list[bytes] = []
+        self._static_ids: dict[tuple[str, int], str] = {}
+        self._epoch_seen: tuple[int, float] | None = None
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def advertised(self) -> str:
+        """This node's link address (a wildcard listen host without ``advertise`` stays a
+        wildcard: whoever reads it substitutes the address it observed)."""
+        return link_address(self.advertise_host or self.listen_host, self.port)
+
+    def add_contacts(self, contacts: Sequence[g.Contact]) -> None:
+        """Contacts found outside gossip (zeroconf, introductions)."""
+        mine = [c for c in contacts if c.node != self.node]
+        if mine:
+            self._handle(g.Introduced(contacts=tuple(mine)))
+
+    def publish(self, doc: bytes) -> bool:
+        """Spread a verified document of ours (one the coordinator sent); False if refused.
+
+        Before ``run`` started the core, the document waits for it."""
+        if self.core is None:
+            self._unpublished.append(doc)
+            return True
+        try:
+            self._handle(g.Publish(doc=doc))
+        except Exception as exc:  # the verifier said no (say, older than what we hold)
+            self.log(f"gossip: not publishing a document: {type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    @property
+    def contact(self) -> g.Contact:
+        """What peers are told to dial (valid once ``run`` started)."""
+        return g.Contact(node=self.node, host=self._contact_host(), port=self.port)
+
+    def linked(self) -> list[str]:
+        return list(self._peers)
+
+    def estimate(self, pool: str) -> tuple[g.PoolTotals, float] | None:
+        """The last complete epoch's totals for ``pool`` and their age in seconds."""
+        est = self.core.estimate if self.core is not None else None
+        if est is None or self._epoch_seen is None:
+            return None
+        totals = est.pools.get(pool)
+        if totals is None:
+            return None
+        return totals, max(0.0, trio.current_time() - self._epoch_seen[1])
+
+    def summary(self) -> dict[str, object]:
+        core = self.core
+        return {
+            "node": self.node,
+            "port": self.port,
+            "address": self.advertised,
+            "active": len(core.active) if core else 0,
+            "passive": len(core.passive) if core else 0,
+            "links": len(self._peers),
+            "linked": sorted(self._peers)[:16],
+            "rounds": core.rounds if core else 0,
+            "frames_in": self.stats.frames_in,
+            "frames_out": self.stats.frames_out,
+            "penalties": self.stats.penalties,
+        }
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen, then run rounds and seek contacts forever; ``started(port)``."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.port = await nursery.start(self._serve)
+            # no checkpoint between the listener starting and the core existing, so no
+            # inbound link can arrive before there is a core to tell
+            self.core = g.Gossip(
+                key=self.key,
+                contact=g.Contact(node=self.node, host=self._contact_host(), port=self.port),
+                status=self.status(),
+                rng=self.rng,
+                verify=self.verify,
+                now=trio.current_time(),
+                config=self.config,
+            )
+            for doc in self._unpublished:
+                self.publish(doc)
+            self._unpublished.clear()
+            nursery.start_soon(self._rounds)
+            nursery.start_soon(self._seek)
+            task_status.started(self.port)
+
+    def _contact_host(self) -> str:
+        """The host peers are told to dial (a wildcard listen address needs ``advertise``)."""
+        if self.advertise_host:
+            return self.advertise_host
+        host = self.listen_host
+        return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+    async def _serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_tcp(
+            self._inbound,
+            key=self.key,
+            host=self.listen_host,
+            port=self.listen_port,
+            config=self.link_config,
+            on_reject=self._rejected,
+            task_status=task_status,
+        )
+
+    def _rejected(self, exc: LinkError, host: str) -> None:
+        self.stats.rejected_handshakes += 1
+
+    async def _rounds(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            when = core.get_timer()
+            await trio.sleep_until(math.inf if when is None else when)
+            try:
+                status = self.status()
+            except Exception as exc:  # a status that cannot be built: keep the last one
+                self.log(f"gossip: status unavailable: {type(exc).__name__}: {exc}")
+            else:
+                self._handle(g.StatusChanged(status=status))
+            self._perform(core.handle_timer(trio.current_time(), int(time.time())))
+            est = core.estimate
+            if est is not None and (self._epoch_seen is None or self._epoch_seen[0] != est.epoch):
+                self._epoch_seen = (est.epoch, trio.current_time())
+
+    async def _seek(self) -> None:
+        """Static peers and introductions, often while the active view is short.
+
+        "Often" backs off (3 s, 6 s, ... up to a minute) while asking brings nobody new: a
+        fleet of three can never fill a view of six, and must not dial all day trying.
+        """
+        core = self.core
+        assert core is not None
+        fruitless = 0
+        while True:
+            before = len(core.active)
+            short = before < self.config.active_min
+            if short:
+                async with trio.open_nursery() as nursery:
+                    for host, port in self.static_peers:
+                        if self._static_ids.get((host, port)) not in self._peers:
+                            nursery.start_soon(self._probe, host, port)
+                    if self.introducer is not None:
+                        nursery.start_soon(self._introductions)
+            delay = min(SEEK_FULL, SEEK_SHORT * 2.0**fruitless) if short else SEEK_FULL
+            with trio.move_on_after(delay * self.rng.uniform(0.8, 1.2)):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            fruitless = fruitless + 1 if short and len(core.active) <= before else 0
+
+    async def _introductions(self) -> None:
+        assert self.introducer is not None
+        try:
+            contacts = await self.introducer(INTRODUCTIONS)
+        except Exception as exc:  # the coordinator is optional: log and carry on
+            self.log(f"gossip: introductions failed: {type(exc).__name__}: {exc}")
+            return
+        self.add_contacts(contacts)
+
+    async def _probe(self, host: str, port: int) -> None:
+        """Learn a static peer's node id from the handshake, then introduce it."""
+        try:
+            link = await self._connect(host, port, None)
+        except LinkError:
+            return
+        peer = link.peer
+        self._static_ids[(host, port)] = peer
+        await link.aclose()
+        if peer != self.node and peer not in self._peers:
+            self.add_contacts([g.Contact(node=peer, host=host, port=port)])
+
+    # -- the core ----------------------------------------------------------------------------
+
+    def _handle(self, event: g.Event) -> None:
+        core = self.core
+        assert core is not None
+        self._perform(core.handle(event, trio.current_time(), int(time.time())))
+
+    def _perform(self, effects: list[g.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, g.Send):
+                self._send(effect.peer, effect.data)
+            elif isinstance(effect, g.Dial):
+                assert self._nursery is not None
+                self.stats.dials += 1
+                self._nursery.start_soon(self._dial, effect.contact)
+            elif isinstance(effect, g.Disconnect):
+                self._disconnect(effect.peer)
+            elif isinstance(effect, g.Deliver):
+                self.stats.delivered += 1
+                try:
+                    self.on_deliver(effect.doc, effect.slot)
+                except Exception as exc:  # the node's reaction must not stop gossip
+                    self.log(f"gossip: acting on a {effect.slot} failed: {exc!r}")
+            elif isinstance(effect, g.Penalised):
+                self._penalised(effect)
+
+    def _penalised(self, p: g.Penalised) -> None:
+        self.stats.penalties += 1
+        now = trio.current_time()
+        key = (p.peer, p.rule)
+        if now - self._penalty_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
+            self._penalty_logged[key] = now
+            self.log(
+                f"gossip: peer {p.peer[:12]} penalised {p.points:g} for {p.rule} "
+                f"(score {p.score:g}): {p.detail}"
+            )
+
+    def _send(self, peer: str, data: bytes) -> None:
+        entry = self._peers.get(peer)
+        if entry is None or entry.closing:
+            return
+        try:
+            entry.send.send_nowait(data)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.stats.frames_dropped += 1
+
+    def _disconnect(self, peer: str) -> None:
+        entry = self._peers.pop(peer, None)
+        if entry is None:
+            return
+        entry.closing = True
+        entry.send.close()  # the writer flushes what is queued, then closes the link
+
+    # -- links -------------------------------------------------------------------------------
+
+    async def _connect(self, host: str, port: int, expected: str | None) -> Link:
+        """``net.tcp.connect_tcp``, but from our own listen address when it is a specific one.
+
+        The remote side counts identities per *source* address (gossip's Sybil cap), so a
+        node that listens on 10.0.0.5 must also dial from it; on a host with several
+        addresses the kernel's default source could be any of them.  Nodes on one machine
+        that listen on distinct loopback addresses (127.0.0.2, ...) stay distinct that way.
+        """
+        local = self.listen_host
+        if local in ("", "0.0.0.0", "::"):
+            return await connect_tcp(
+                host, port, key=self.key, expected_peer=expected, config=self.link_config
+            )
+        cfg = self.link_config
+        try:
+            with trio.fail_after(cfg.handshake_timeout):
+                stream = await trio.open_tcp_stream(host, port, local_address=local)
+        except trio.TooSlowError as exc:
+            raise LinkTimeoutError(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise LinkBrokenError(f"connect {host}:{port}: {exc!r}") from exc
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+        return await establish(
+            stream, key=self.key, dialer=True, host=host, config=cfg, expected_peer=expected
+        )
+
+    async def _dial(self, contact: g.Contact) -> None:
+        try:
+            link = await self._connect(contact.host, contact.port, contact.node)
+        except LinkError as exc:
+            self.stats.dial_failures += 1
+            if contact.node not in self._peers:
+                self._handle(g.DialFailed(node=contact.node, reason=str(exc)[:200]))
+            return
+        await self._adopt(link, outbound=True, contact=contact)
+
+    async def _inbound(self, link: Link) -> None:
+        await self._adopt(link, outbound=False, contact=None)
+
+    async def _adopt(self, link: Link, *, outbound: bool, contact: g.Contact | None) -> None:
+        """Run one link until it closes (this task is its reader)."""
+        peer = link.peer
+        if peer == self.node:
+            await link.aclose()
+            return
+        existing = self._peers.get(peer)
+        if existing is not None:
+            # Crossed dials: keep the link dialed by the lower node id (both ends pick the
+            # same one).  A second link in the same direction replaces the first: the
+            # dialer evidently gave the old one up (we may not have noticed yet).
+            dialer_new = self.node if outbound else peer
+            if existing.outbound != outbound and dialer_new != min(self.node, peer):
+                await link.aclose()
+                return
+            existing.closing = True
+            existing.send.close()
+        send, recv = trio.open_memory_channel[bytes](SEND_QUEUE)
+        entry = _Peer(link=link, outbound=outbound, send=send, recv=recv)
+        self._peers[peer] = entry
+        if existing is None:
+            self.stats.links_up += 1
+            self._handle(g.LinkUp(peer=peer, host=link.host, inbound=not outbound, contact=contact))
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, entry)
+                await self._reader(entry)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+            if self._peers.get(peer) is entry:
+                del self._peers[peer]
+                self.stats.links_down += 1
+                if self.core is not None:
+                    with contextlib.suppress(Exception):
+                        self._handle(g.LinkDown(peer=peer, reason="closed"))
+                self._wake.set()
+
+    async def _reader(self, entry: _Peer) -> None:
+        link = entry.link
+        while not entry.closing:
+            try:
+                data = await link.receive()
+            except LinkError:
+                return
+            if entry.closing or self._peers.get(link.peer) is not entry:
+                return
+            self.stats.frames_in += 1
+            self._handle(g.Received(peer=link.peer, data=data))
+
+    async def _writer(self, entry: _Peer) -> None:
+        link = entry.link
+        async for data in entry.recv:
+            try:
+                await link.send(data)
+            except (LinkError, ValueError):
+                break
+            self.stats.frames_out += 1
+        # queue closed (Disconnect, or replaced by a better duplicate) or the link broke
+        entry.closing = True
+        await link.aclose()
+
+
+def trust_verifier(
+    trust: TrustFile, now: Callable[[], int] = lambda: int(time.time())
+) -> g.Verifier:
+    """The daemon's ``Verifier``: type routing, then the node's ``TrustFile``.
+
+    Allowlists, scopes and nudges are *accepted* (their floors rise, on disk, so a replay of
+    an older one is refused from then on); releases are verified (they have no floor); a
+    root must be the next one in the chain.  Heartbeats and departure tokens never travel
+    as rumors (the core refuses them before asking).
+    """
+
+    def verify(data: bytes) -> g.Accepted:
+        kind = docs.peek_type(data)
+        at = now()
+        if kind == "allowlist":
+            trust.accept(docs.Allowlist, data, at)
+            return g.Accepted(slot="allowlist")
+        if kind == "scope":
+            scope = trust.accept(docs.Scope, data, at).doc
+            return g.Accepted(slot=f"scope:{scope.artifact}")
+        if kind == "nudge":
+            trust.accept(docs.Nudge, data, at)
+            return g.Accepted(slot="nudge")
+        if kind == "release":
+            rel = trust.store.verify(docs.Release, data, at).doc
+            return g.Accepted(slot=f"release:{rel.artifact}")
+        if kind == "root":
+            before = trust.store.root.version
+            signed = trust.update_root(data, at)
+            return g.Accepted(slot="root", new=signed.doc.version != before)
+        raise SchemaError(f"a {kind!r} document is not a rumor", rule="unknown-document")
+
+    return verify
