@@ -348,7 +348,29 @@ class FleetLock:
         return int(np.count_nonzero(self.holder & ~online))
 
 
-class Push:
+class _HoldsNothing:
+    """Baselines that keep no lease or slot: every bookkeeping hook is a no-op."""
+
+    def release(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
+        pass
+
+    def went_offline(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
+        pass
+
+    def booted(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
+        pass
+
+    def pause(self) -> None:
+        pass
+
+    def held(self, now: float) -> int:
+        return 0
+
+    def stuck(self, online: BoolArray) -> int:
+        return 0
+
+
+class Push(_HoldsNothing):
     """Everyone, now."""
 
     name = "push"
@@ -373,26 +395,8 @@ class Push:
         m = len(nodes)
         return np.ones(m, dtype=np.bool_), np.zeros(m, dtype=np.int8), np.full(m, math.nan)
 
-    def release(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
-        pass
 
-    def went_offline(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
-        pass
-
-    def booted(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
-        pass
-
-    def pause(self) -> None:
-        pass
-
-    def held(self, now: float) -> int:
-        return 0
-
-    def stuck(self, online: BoolArray) -> int:
-        return 0
-
-
-class MaxUnavailable:
+class MaxUnavailable(_HoldsNothing):
     """At most ``share`` of the pool's online nodes away at once (module docstring)."""
 
     name = "max-unavailable"
@@ -427,24 +431,6 @@ class MaxUnavailable:
         codes = (~granted).astype(np.int8)
         retry = np.where(granted, math.nan, self.retry)
         return granted, codes, retry
-
-    def release(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
-        pass
-
-    def went_offline(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
-        pass
-
-    def booted(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
-        pass
-
-    def pause(self) -> None:
-        pass
-
-    def held(self, now: float) -> int:
-        return 0
-
-    def stuck(self, online: BoolArray) -> int:
-        return 0
 
 
 def make_policy(settings: PolicySettings, *, pools: int, nodes: int, batch: bool) -> Policy:
