@@ -615,60 +615,42 @@ class Rumor(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class IHave(Message):
+class _IdList(Message):
+    """Messages that are a list of rumor ids and nothing else."""
+
+    FIELDS: ClassVar[Mapping[str, wire.Check]] = {"ids": _ids_check}
+    ids: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _check_ids(self.ids, type(self).__name__)
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"ids": list(self.ids)}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> Self:
+        return cls(ids=f["ids"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IHave(_IdList):
     """Rumor ids the sender holds (large rumors, and what a ``Digest`` lacked)."""
 
     KIND: ClassVar[str] = "ihave"
-    FIELDS: ClassVar[Mapping[str, wire.Check]] = {"ids": _ids_check}
-    ids: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        _check_ids(self.ids, "IHave")
-
-    def to_obj(self) -> dict[str, Any]:
-        return {"ids": list(self.ids)}
-
-    @classmethod
-    def from_fields(cls, f: dict[str, Any]) -> Self:
-        return cls(ids=f["ids"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class IWant(Message):
+class IWant(_IdList):
     """Send me these documents (each comes back as a ``Doc``)."""
 
     KIND: ClassVar[str] = "iwant"
-    FIELDS: ClassVar[Mapping[str, wire.Check]] = {"ids": _ids_check}
-    ids: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        _check_ids(self.ids, "IWant")
-
-    def to_obj(self) -> dict[str, Any]:
-        return {"ids": list(self.ids)}
-
-    @classmethod
-    def from_fields(cls, f: dict[str, Any]) -> Self:
-        return cls(ids=f["ids"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Digest(Message):
+class Digest(_IdList):
     """Anti-entropy: the ids of the documents the sender holds (newest per slot)."""
 
     KIND: ClassVar[str] = "digest"
-    FIELDS: ClassVar[Mapping[str, wire.Check]] = {"ids": _ids_check}
-    ids: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        _check_ids(self.ids, "Digest")
-
-    def to_obj(self) -> dict[str, Any]:
-        return {"ids": list(self.ids)}
-
-    @classmethod
-    def from_fields(cls, f: dict[str, Any]) -> Self:
-        return cls(ids=f["ids"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
