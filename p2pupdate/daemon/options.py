@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ..cliutil import int_range
+
 WORKLOADS: Final = ("kv", "none")
 
 _SECONDS = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$")
@@ -33,24 +35,8 @@ def seconds(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 1 <= v <= 1000:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and 1000")
-    return v
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)")
-    return v
+_count = int_range(1, 1000)
+_port = int_range(0, 65535, "a port number")
 
 
 def _capacity(text: str) -> float:
