@@ -541,15 +541,14 @@ class Prune(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Shuffle(Message):
-    """A sample of the sender's views (itself first), for the receiver's passive view."""
+class _ContactList(Message):
+    """Messages that are a sample of contacts and nothing else."""
 
-    KIND: ClassVar[str] = "shuf"
     FIELDS: ClassVar[Mapping[str, wire.Check]] = {"peers": _contacts}
     peers: tuple[Contact, ...]
 
     def __post_init__(self) -> None:
-        _check_contacts(self.peers, "Shuffle")
+        _check_contacts(self.peers, type(self).__name__)
 
     def to_obj(self) -> dict[str, Any]:
         return {"peers": [c.to_obj() for c in self.peers]}
@@ -560,22 +559,17 @@ class Shuffle(Message):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ShuffleReply(Message):
+class Shuffle(_ContactList):
+    """A sample of the sender's views (itself first), for the receiver's passive view."""
+
+    KIND: ClassVar[str] = "shuf"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ShuffleReply(_ContactList):
     """The receiver's passive sample in return."""
 
     KIND: ClassVar[str] = "shuf_r"
-    FIELDS: ClassVar[Mapping[str, wire.Check]] = {"peers": _contacts}
-    peers: tuple[Contact, ...]
-
-    def __post_init__(self) -> None:
-        _check_contacts(self.peers, "ShuffleReply")
-
-    def to_obj(self) -> dict[str, Any]:
-        return {"peers": [c.to_obj() for c in self.peers]}
-
-    @classmethod
-    def from_fields(cls, f: dict[str, Any]) -> Self:
-        return cls(peers=f["peers"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
