@@ -1,11 +1,12 @@
 """The gossip core: N cores wired together in memory, and scripted peers that misbehave.
 
-STYLE.md 10 and 12: no sockets.  ``Fleet`` moves the bytes of ``Send`` effects between
-cores over FIFO in-memory links in synchronous rounds (what is sent in round r arrives in
-round r + 1), and an ``Attacker`` is a bare node id that a test links to a core and then
-feeds whatever bytes it likes: forged, replayed, oversize, unknown, unsolicited.  Each
-attack asserts the message was dropped (no delivery, no forwarding, no state change) and
-the exact penalty rule the sender was charged.
+No sockets: cores wired in memory, and attacks staged by scripted peers (README
+"Architecture").  ``Fleet`` moves the bytes of ``Send`` effects between cores over FIFO
+in-memory links in synchronous rounds (what is sent in round r arrives in round r + 1),
+and an ``Attacker`` is a bare node id that a test links to a core and then feeds whatever
+bytes it likes: forged, replayed, oversize, unknown, unsolicited.  Each attack asserts the
+message was dropped (no delivery, no forwarding, no state change) and the exact penalty
+rule the sender was charged.
 """
 
 from __future__ import annotations
@@ -703,7 +704,7 @@ def test_the_best_candidate_wins_the_epoch() -> None:
     fleet.run(15)
     epoch = fleet.nodes[0].epoch
     best = min(fleet.nodes, key=lambda g: leader_priority(epoch, g.node))
-    assert {g._epoch.leader for g in fleet.nodes} == {best.node}
+    assert {g.epoch_leader for g in fleet.nodes} == {best.node}
 
 
 def test_runs_are_deterministic() -> None:
