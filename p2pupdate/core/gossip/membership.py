@@ -66,7 +66,11 @@ class Link:
 
 
 class Membership:
-    """One node's views, links and pending requests.  See the module docstring."""
+    """One node's views, links and pending requests.  See the module docstring.
+
+    ``links``, ``active`` and ``passive`` are read by the other parts (who to push to,
+    whom to count); only membership changes them.
+    """
 
     def __init__(
         self,
@@ -81,7 +85,7 @@ class Membership:
         self._reputation = reputation
         self._on_activate = on_activate
         self._on_forget = on_forget
-        self.next_shuffle = now + ctx.rng.uniform(*ctx.config.shuffle_interval)
+        self._next_shuffle = now + ctx.rng.uniform(*ctx.config.shuffle_interval)
         self.links: dict[str, Link] = {}
         self.active: dict[str, Contact | None] = {}
         self.passive: dict[str, Contact] = {}
@@ -421,8 +425,8 @@ class Membership:
 
     def shuffle_round(self, now: float, out: Out) -> None:
         """The periodic shuffle, when it is due."""
-        if now >= self.next_shuffle:
-            self.next_shuffle = now + self._ctx.rng.uniform(*self._ctx.config.shuffle_interval)
+        if now >= self._next_shuffle:
+            self._next_shuffle = now + self._ctx.rng.uniform(*self._ctx.config.shuffle_interval)
             self._shuffle(now, out)
 
     def _shuffle(self, now: float, out: Out) -> None:
