@@ -1,0 +1,474 @@
+"""Membership: the active and passive views and the links under them (HyParView-shaped).
+
+README "Gossip and links", after Leitao et al. 2007.  An *active view* of 6-8 peers with
+kept-open links (nodes behind NAT cannot take unsolicited packets, so gossip only travels
+over links that exist) and a *passive view* of ~5x as many contacts to repair it from.
+
+* A node that knows too few contacts joins through one (``Join``; the contact forwards
+  ``ForwardJoin`` random walks so the newcomer lands in several active views and passive
+  views); otherwise it asks passive contacts with ``Neighbor``, a few at a time
+  (``parallel_requests``).
+* Below ``active_min`` it asks with high priority (the receiver must make room; HyParView
+  does so only for an empty view, which leaves nodes whose few contacts are all full stuck
+  short).  A refusal suggests other contacts (peer exchange).
+* A lost link is repaired from the passive view at the next round.
+* Every 30-60 s (or at once, when it runs out of contacts) a node *shuffles* a sample of
+  its views with one active neighbour.  Unlike HyParView the shuffle is one hop, not a
+  random walk: the walk's end would have to open a temporary connection back to the
+  origin, which a node behind NAT cannot accept.
+* Gossip arriving from a linked peer outside the active view (its ``NeighborReply`` or our
+  ``Prune`` was lost) is taken as a yes, or answered with a prune, so both ends of a link
+  agree (``one_sided``).
+
+Identities per source host are capped (``reputation``'s Sybil caps), and banned node ids
+are neither dialed nor kept as contacts.  The front tells the other protocol parts about
+new active neighbours (``on_activate``: they are owed a heartbeat) and forgotten links
+(``on_forget``), through the callbacks it passes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .context import NodeContext, Out, send
+from .events import Dial, DialFailed, Disconnect, Introduced, LinkDown, LinkUp
+from .messages import (
+    ForwardJoin,
+    Join,
+    Neighbor,
+    NeighborReply,
+    Prune,
+    Shuffle,
+    ShuffleReply,
+)
+from .reputation import (
+    Penalty,
+    Reputation,
+    active_allowed,
+    from_host,
+    link_allowed,
+    passive_allowed,
+)
+from .values import Contact
+
+
+@dataclass(kw_only=True, slots=True)
+class Link:
+    """A link the shell reported up: where it comes from and how busy it is."""
+
+    host: str
+    inbound: bool
+    since: float
+    heard: float
+    contact: Contact | None
+    messages: int = 0  # this round
+
+
+class Membership:
+    """One node's views, links and pending requests.  See the module docstring.
+
+    ``links``, ``active`` and ``passive`` are read by the other parts (who to push to,
+    whom to count); only membership changes them.
+    """
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        reputation: Reputation,
+        *,
+        now: float,
+        on_activate: Callable[[str], None],
+        on_forget: Callable[[str], None],
+    ) -> None:
+        self._ctx = ctx
+        self._reputation = reputation
+        self._on_activate = on_activate
+        self._on_forget = on_forget
+        self._next_shuffle = now + ctx.rng.uniform(*ctx.config.shuffle_interval)
+        self.links: dict[str, Link] = {}
+        self.active: dict[str, Contact | None] = {}
+        self.passive: dict[str, Contact] = {}
+        self._dialing: dict[str, tuple[str, float]] = {}  # node -> (purpose, since)
+        self._asking: dict[str, float] = {}  # Neighbor/Join sent, reply pending
+        self._shuffling: dict[str, tuple[tuple[Contact, ...], float]] = {}
+
+    # -- events -------------------------------------------------------------------------------
+
+    def on_introduced(self, ev: Introduced, now: float, utc_now: int, out: Out) -> None:
+        for c in ev.contacts:
+            self.add_passive(c, now)
+
+    def on_link_up(self, ev: LinkUp, now: float, utc_now: int, out: Out) -> None:
+        peer = ev.peer
+        if peer == self._ctx.node:
+            out.append(Disconnect(peer=peer, reason="link to self"))
+            return
+        if self._reputation.is_banned(peer, now):
+            out.append(Disconnect(peer=peer, reason="banned"))
+            self._dialing.pop(peer, None)
+            return
+        link = self.links.get(peer)
+        if link is None:
+            same_host = from_host((lk.host for lk in self.links.values()), ev.host)
+            if not link_allowed(same_host, self._ctx.config):
+                self._dialing.pop(peer, None)
+                out.append(
+                    Disconnect(
+                        peer=peer,
+                        reason=f"sybil cap: {same_host} identities already linked from {ev.host}",
+                    )
+                )
+                return
+            link = Link(host=ev.host, inbound=ev.inbound, since=now, heard=now, contact=ev.contact)
+            self.links[peer] = link
+        elif ev.contact is not None and link.contact is None:
+            link.contact = ev.contact
+        dial = self._dialing.pop(peer, None)
+        if dial is None:
+            return  # inbound: the peer speaks first (Join / Neighbor)
+        purpose = dial[0]
+        if purpose == "join":
+            self._asking[peer] = now
+            send(peer, Join(me=self._ctx.contact), out)
+        elif peer not in self.active:
+            self._ask_neighbor(peer, now, out, high=purpose == "neighbor-high")
+
+    def on_link_down(self, ev: LinkDown, now: float, utc_now: int, out: Out) -> None:
+        self.forget_link(ev.peer)
+        # HyParView: a failed active peer is dropped; the next round repairs from passive.
+
+    def on_dial_failed(self, ev: DialFailed, now: float, utc_now: int, out: Out) -> None:
+        if self._dialing.pop(ev.node, None) is not None:
+            self.passive.pop(ev.node, None)
+
+    def heard_from(self, peer: str, now: float) -> int | None:
+        """Note a frame from ``peer``; its frames this round, or None without a link
+        (a frame still in flight from a link we closed: nothing to act on)."""
+        link = self.links.get(peer)
+        if link is None:
+            return None
+        link.heard = now
+        link.messages += 1
+        return link.messages
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _check_contact(self, peer: str, contact: Contact) -> None:
+        if contact.node != peer:
+            raise Penalty("forged", "contact names another node than the linked one")
+
+    def on_join(self, peer: str, msg: Join, now: float, utc_now: int, out: Out) -> None:
+        self._check_contact(peer, msg.me)
+        if not self._may_activate(peer, high=True):
+            send(peer, self._refusal(peer), out)
+            return
+        self.links[peer].contact = msg.me
+        self._add_active(peer, msg.me, now, out)
+        send(peer, NeighborReply(ok=True), out)
+        fj = ForwardJoin(who=msg.me, ttl=self._ctx.config.active_walk)
+        for other in self.active:
+            if other != peer:
+                send(other, fj, out)
+
+    def on_forward_join(
+        self, peer: str, msg: ForwardJoin, now: float, utc_now: int, out: Out
+    ) -> None:
+        who = msg.who
+        if who.node == self._ctx.node or who.node in self.active:
+            return
+        cfg = self._ctx.config
+        if msg.ttl == 0 or len(self.active) <= 1:
+            if who.node in self.links:
+                if who.node not in self._asking:
+                    self._ask_neighbor(who.node, now, out, high=True)
+            elif who.node not in self._dialing and not self._reputation.is_banned(who.node, now):
+                self._dialing[who.node] = ("neighbor-high", now)
+                out.append(Dial(contact=who))
+            return
+        if msg.ttl == cfg.passive_walk:
+            self.add_passive(who, now)
+        nexts = [p for p in self.active if p != peer and p != who.node]
+        if not nexts:
+            return
+        nxt = self._ctx.choice(nexts)
+        send(nxt, ForwardJoin(who=who, ttl=msg.ttl - 1), out)
+
+    def on_neighbor(self, peer: str, msg: Neighbor, now: float, utc_now: int, out: Out) -> None:
+        self._check_contact(peer, msg.me)
+        link = self.links[peer]
+        link.contact = msg.me
+        if peer in self.active:
+            send(peer, NeighborReply(ok=True), out)
+            return
+        if self._may_activate(peer, high=msg.high):
+            self._add_active(peer, msg.me, now, out)
+            send(peer, NeighborReply(ok=True), out)
+        else:
+            send(peer, self._refusal(peer), out)
+            self.add_passive(msg.me, now)
+
+    def on_neighbor_reply(
+        self, peer: str, msg: NeighborReply, now: float, utc_now: int, out: Out
+    ) -> None:
+        if self._asking.pop(peer, None) is None:
+            raise Penalty("unsolicited", "neighbor reply without a request")
+        link = self.links[peer]
+        if msg.ok:
+            if peer not in self.active:
+                self._add_active(peer, link.contact, now, out)
+            return
+        if link.contact is not None:
+            self.add_passive(link.contact, now)  # still a good contact, just full
+        for c in msg.peers:
+            self.add_passive(c, now)
+        if peer not in self.active and peer not in self._shuffling:
+            self.close(peer, "neighbor request refused", out)
+
+    def on_prune(self, peer: str, msg: Prune, now: float, utc_now: int, out: Out) -> None:
+        contact = self.active.pop(peer, None)
+        if contact is not None:
+            self.add_passive(contact, now)
+        self._asking.pop(peer, None)
+
+    def on_shuffle(self, peer: str, msg: Shuffle, now: float, utc_now: int, out: Out) -> None:
+        ctx = self._ctx
+        k = len(msg.peers)
+        theirs = {c.node for c in msg.peers}
+        pool = [c for c in self.passive.values() if c.node != peer and c.node not in theirs]
+        reply = ctx.sample(pool, min(k, len(pool)))
+        if len(reply) < k:  # a young passive view: top up from the active one
+            more = [
+                c for p, c in self.active.items() if c is not None and p != peer and p not in theirs
+            ]
+            reply += ctx.sample(more, min(k - len(reply), len(more)))
+        send(peer, ShuffleReply(peers=tuple(reply)), out)
+        self._integrate(msg.peers, reply, now)
+
+    def on_shuffle_reply(
+        self, peer: str, msg: ShuffleReply, now: float, utc_now: int, out: Out
+    ) -> None:
+        pending = self._shuffling.pop(peer, None)
+        if pending is None:
+            raise Penalty("unsolicited", "shuffle reply without a shuffle")
+        self._integrate(msg.peers, pending[0], now)
+
+    # -- the views ----------------------------------------------------------------------------
+
+    def host_of(self, peer: str) -> str | None:
+        link = self.links.get(peer)
+        if link is not None:
+            return link.host
+        c = self.passive.get(peer)
+        return c.host if c is not None else None
+
+    def _may_activate(self, peer: str, *, high: bool) -> bool:
+        cfg = self._ctx.config
+        host = self.links[peer].host
+        same = from_host((self.host_of(p) for p in self.active if p != peer), host)
+        if not active_allowed(same, cfg):
+            return False
+        if high:
+            return True
+        return len(self.active) + len(self._asking) < cfg.active_max
+
+    def _add_active(self, peer: str, contact: Contact | None, now: float, out: Out) -> None:
+        cfg = self._ctx.config
+        if peer in self.active:
+            if contact is not None:
+                self.active[peer] = contact
+            return
+        while len(self.active) >= cfg.active_max:
+            victims = [p for p in self.active if p != peer]
+            victim = self._ctx.choice(victims)
+            send(victim, Prune(), out)
+            dropped = self.active[victim]
+            self.close(victim, "evicted from a full active view", out)
+            if dropped is not None:
+                self.add_passive(dropped, now)
+        self.active[peer] = contact
+        self.passive.pop(peer, None)
+        self._on_activate(peer)
+
+    def add_passive(self, contact: Contact, now: float) -> None:
+        node = contact.node
+        if node == self._ctx.node or node in self.active or self._reputation.is_banned(node, now):
+            return
+        cfg = self._ctx.config
+        if node not in self.passive:
+            same = from_host((c.host for c in self.passive.values()), contact.host)
+            if not passive_allowed(same, cfg):
+                return
+            if len(self.passive) >= cfg.passive_max:
+                victims = list(self.passive)
+                del self.passive[self._ctx.choice(victims)]
+        self.passive[node] = contact
+
+    def _integrate(self, received: Iterable[Contact], sent: Iterable[Contact], now: float) -> None:
+        """Shuffle result: add what we got, making room by dropping what we sent first."""
+        cfg = self._ctx.config
+        sent_ids = [c.node for c in sent if c.node in self.passive]
+        for c in received:
+            if c.node == self._ctx.node or c.node in self.active or c.node in self.passive:
+                continue
+            if len(self.passive) >= cfg.passive_max and sent_ids:
+                self.passive.pop(sent_ids.pop(), None)
+            self.add_passive(c, now)
+
+    def one_sided(self, peer: str, now: float, out: Out) -> None:
+        """``peer`` gossips to us as to an active neighbour, but it is not in our view.
+
+        That happens when our request's ``NeighborReply`` was lost (or a ``Prune`` was):
+        take the traffic as the answer if there is room, else prune the peer so both
+        ends agree.  (Left alone, the peer would keep sending into a link we are about
+        to close as idle, and push-sum mass sent on it would be lost with it.)
+        """
+        self._asking.pop(peer, None)
+        if self._may_activate(peer, high=len(self.active) < self._ctx.config.active_min):
+            self._add_active(peer, self.links[peer].contact, now, out)
+        else:
+            send(peer, Prune(), out)
+            self.close(peer, "not in the active view", out)
+
+    def _refusal(self, peer: str) -> NeighborReply:
+        """No room here: suggest a few contacts (from both views) to try instead."""
+        known = [c for p, c in self.active.items() if c is not None and p != peer]
+        known += [c for p, c in self.passive.items() if p != peer]
+        k = min(self._ctx.config.shuffle_passive, len(known))
+        return NeighborReply(ok=False, peers=tuple(self._ctx.sample(known, k)))
+
+    def _ask_neighbor(self, peer: str, now: float, out: Out, *, high: bool) -> None:
+        self._asking[peer] = now
+        send(peer, Neighbor(me=self._ctx.contact, high=high), out)
+
+    # -- links --------------------------------------------------------------------------------
+
+    def forget_link(self, peer: str) -> None:
+        self.links.pop(peer, None)
+        self.active.pop(peer, None)
+        self._asking.pop(peer, None)
+        self._shuffling.pop(peer, None)
+        self._dialing.pop(peer, None)
+        self._on_forget(peer)
+
+    def close(self, peer: str, reason: str, out: Out, ban_until: float | None = None) -> None:
+        self.forget_link(peer)
+        out.append(Disconnect(peer=peer, reason=reason, ban_until=ban_until))
+
+    def drop(self, peer: str, reason: str, out: Out, ban_until: float | None = None) -> None:
+        """A sanctioned peer: out of the passive view too, and its link closed."""
+        self.passive.pop(peer, None)
+        self.close(peer, reason, out, ban_until=ban_until)
+
+    # -- rounds -------------------------------------------------------------------------------
+
+    def new_round(self) -> None:
+        for link in self.links.values():
+            link.messages = 0
+
+    def maintain(self, now: float, out: Out) -> None:
+        """Repair the active view from the passive view; join when we know too few."""
+        ctx = self._ctx
+        cfg = ctx.config
+        pending = len(self._asking) + len(self._dialing)
+        missing = min(
+            cfg.active_target - len(self.active) - pending, cfg.parallel_requests - pending
+        )
+        if missing <= 0:
+            return
+        banned = self._reputation.is_banned
+        candidates = [
+            c
+            for n, c in self.passive.items()
+            if n not in self._dialing and n not in self._asking and not banned(n, now)
+        ]
+        if not candidates:
+            if self.active and not self._shuffling:
+                self._shuffle(now, out)  # out of contacts: ask a neighbour for some now
+            return
+        lonely = not self.active and not pending
+        if lonely and len(self.passive) < cfg.active_target:
+            c = ctx.choice(candidates)
+            self._connect(c, "join", now, out)
+            return
+        hosts: dict[str, int] = {}
+        for p in self.active:
+            h = self.host_of(p)
+            if h is not None:
+                hosts[h] = hosts.get(h, 0) + 1
+        picks = ctx.sample(candidates, len(candidates))
+        # Below active_min a node asks with high priority (the receiver makes room): with
+        # "only when empty" (HyParView), a node whose contacts are all full stays short.
+        projected = len(self.active) + pending
+        for c in picks:
+            if missing <= 0:
+                break
+            if not active_allowed(hosts.get(c.host, 0), cfg):
+                continue
+            hosts[c.host] = hosts.get(c.host, 0) + 1
+            high = projected < cfg.active_min
+            self._connect(c, "neighbor-high" if high else "neighbor", now, out)
+            projected += 1
+            missing -= 1
+
+    def _connect(self, contact: Contact, purpose: str, now: float, out: Out) -> None:
+        node = contact.node
+        if node in self.links:
+            if purpose == "join":
+                self._asking[node] = now
+                send(node, Join(me=self._ctx.contact), out)
+            else:
+                self._ask_neighbor(node, now, out, high=purpose == "neighbor-high")
+            return
+        self._dialing[node] = (purpose, now)
+        out.append(Dial(contact=contact))
+
+    def shuffle_round(self, now: float, out: Out) -> None:
+        """The periodic shuffle, when it is due."""
+        if now >= self._next_shuffle:
+            self._next_shuffle = now + self._ctx.rng.uniform(*self._ctx.config.shuffle_interval)
+            self._shuffle(now, out)
+
+    def _shuffle(self, now: float, out: Out) -> None:
+        if not self.active:
+            return
+        ctx = self._ctx
+        cfg = ctx.config
+        actives = list(self.active)
+        peer = ctx.choice(actives)
+        known_active = [c for p, c in self.active.items() if c is not None and p != peer]
+        sample = [ctx.contact]
+        sample += ctx.sample(known_active, min(cfg.shuffle_active, len(known_active)))
+        passive = [c for c in self.passive.values() if c.node != peer]
+        sample += ctx.sample(passive, min(cfg.shuffle_passive, len(passive)))
+        peers = tuple(sample)
+        self._shuffling[peer] = (peers, now)
+        send(peer, Shuffle(peers=peers), out)
+
+    def expire_requests(self, now: float) -> None:
+        """Forget dials, neighbour requests and shuffles that got no answer in time."""
+        timeout = self._ctx.config.request_timeout
+        if self._dialing:
+            for node in [n for n, (_, t) in self._dialing.items() if now - t > timeout]:
+                del self._dialing[node]
+                self.passive.pop(node, None)
+        if self._asking:
+            for peer in [p for p, t in self._asking.items() if now - t > timeout]:
+                del self._asking[peer]
+        if self._shuffling:
+            for peer in [p for p, (_, t) in self._shuffling.items() if now - t > timeout]:
+                del self._shuffling[peer]
+
+    def expire_links(self, now: float, out: Out) -> None:
+        """Close silent active links and idle links that serve no view."""
+        cfg = self._ctx.config
+        for peer, link in list(self.links.items()):
+            if peer in self.active:
+                if now - link.heard > cfg.silence_timeout:
+                    self.close(peer, "silent", out)
+            elif (
+                peer not in self._asking
+                and peer not in self._shuffling
+                and now - link.since > cfg.idle_timeout
+            ):
+                self.close(peer, "idle", out)
