@@ -50,12 +50,12 @@ from p2pupdate.cliutil import (
     wall_clock,
     write_output,
 )
-from p2pupdate.coordclient import parse_url
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.fsutil import atomic_write, create_exclusive, fsync_dir
+from p2pupdate.net.websocket import parse_url
 
 ROOT_FILE = "root.msgpack"
 _ALLOW_RE = re.compile(r"^v(\d+)\.msgpack$")

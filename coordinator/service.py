@@ -6,8 +6,8 @@ performs the pushes it asks for.  Gate 3 itself is ``coordinator.policy.decide``
 module only assembles its inputs (the pool aggregate, this replica's leases, the
 breaker) and turns its ``Decision`` into a signature or a refusal.
 
-An ask is answered in this order, and the first "no" is the answer (DESIGN.md 5: answers
-say why; "held back by scope" and "broken" never look alike):
+An ask is answered in this order, and the first "no" is the answer (README "Capacity gate and
+departure tokens": answers say why; "held back by scope" and "broken" never look alike):
 
 1. the proposed token is well formed, names the asking node, and its times are this
    replica's (``issued`` within ``max_skew`` of our clock, ``expires = issued + ttl``);
@@ -37,11 +37,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from p2pupdate.coordclient import Signer, check_artifact, parse_token
+from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto, gates
 from p2pupdate.core import documents as docs
+from p2pupdate.core.departure import parse_token
 from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
+from p2pupdate.core.origin import check_artifact
+from p2pupdate.core.session import Signer
 from p2pupdate.core.trust import TrustStore
+from p2pupdate.errors import LocalStateFault, PeerFault
 from p2pupdate.fsutil import atomic_write, read_limited
 
 from . import policy
@@ -58,15 +62,19 @@ PUBLISHABLE: Final[dict[str, type[docs.Document]]] = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(LocalStateFault):
     """The replica cannot start with this network directory or these settings."""
 
+    rule = "config"
 
-class RequestError(Exception):
-    """A request the node got wrong (not a refusal): answered ``ok: false``."""
+
+class RequestError(PeerFault):
+    """A request the node got wrong (not a refusal): answered ``ok: false``.
+
+    ``error`` is the code the node sees (also this exception's ``rule``)."""
 
     def __init__(self, error: str, detail: str) -> None:
-        super().__init__(detail)
+        super().__init__(detail, rule=error)
         self.error = error
         self.detail = detail
 
@@ -399,20 +407,18 @@ class Replica:
 
     # -- node reports ---------------------------------------------------------------------------
 
-    def on_status(self, node: str, fields: dict[str, Any]) -> None:
-        pool = fields["pool"] or "default"
-        held = fields["held"]
-        held_text = f"{held['gate']}/{held['reason']}" if held else None
-        self._register(
-            node, pool, fields["version"], fields["artifact"], fields["state"], held_text
-        )
-        estimate = fields["estimate"]
+    def on_status(self, node: str, report: proto.StatusReport) -> None:
+        pool = report.pool or "default"
+        held = report.held
+        held_text = f"{held.gate}/{held.reason}" if held else None
+        self._register(node, pool, report.version, report.artifact, report.state, held_text)
+        estimate = report.estimate
         if estimate is not None:
             self.estimates.setdefault(pool, {})[node] = Estimate(
-                as_of=self.clock() - estimate["age"],
-                capacity=estimate["capacity"],
-                load=estimate["load"],
-                serving=estimate["serving"],
+                as_of=self.clock() - estimate.age,
+                capacity=estimate.capacity,
+                load=estimate.load,
+                serving=estimate.serving,
             )
             self._agg_dirty.add(pool)
 
@@ -484,19 +490,19 @@ class Replica:
         )
         return True
 
-    def on_rejoined(self, node: str, fields: dict[str, Any]) -> None:
-        self.end_lease(node, fields["nonce"], "rejoined")
+    def on_rejoined(self, node: str, report: proto.RejoinedReport) -> None:
+        self.end_lease(node, report.nonce, "rejoined")
         old = self.nodes.get(node)
         pool = old.pool if old else "default"
-        version = old.version if old and old.artifact == fields["artifact"] else "?"
-        self._register(node, pool, version, fields["artifact"], "serving", None)
+        version = old.version if old and old.artifact == report.artifact else "?"
+        self._register(node, pool, version, report.artifact, "serving", None)
 
-    def on_return(self, node: str, fields: dict[str, Any]) -> None:
-        self.end_lease(node, fields["nonce"], "return", fields["reason"])
+    def on_return(self, node: str, report: proto.ReturnReport) -> None:
+        self.end_lease(node, report.nonce, "return", report.reason)
 
-    def on_failed(self, node: str, fields: dict[str, Any]) -> dict[str, Any]:
-        artifact, reason = fields["artifact"], fields["reason"] or "failed"
-        self.end_lease(node, fields["nonce"], "failed", reason)
+    def on_failed(self, node: str, report: proto.FailedReport) -> dict[str, Any]:
+        artifact, reason = report.artifact, report.reason or "failed"
+        self.end_lease(node, report.nonce, "failed", reason)
         now = self.wall()
         b = self.breakers.setdefault(artifact, Breaker(artifact=artifact))
         if node not in b.failures:
@@ -590,24 +596,19 @@ class Replica:
                 detail=detail,
             )
         )
+        refusal = proto.AskRefusal(
+            gate=gate, reason=reason, detail=detail, retry_after=retry_after, position=position
+        )
         return Answer(
-            fields={
-                "ok": True,
-                "granted": False,
-                "gate": gate,
-                "reason": reason,
-                "detail": detail,
-                "retry_after": retry_after,
-                "position": position,
-            },
+            fields=refusal.to_wire(),
             granted=False,
             gate=gate,
             reason=reason,
         )
 
-    def ask(self, node: str, fields: dict[str, Any]) -> Answer:
+    def ask(self, node: str, request: proto.AskRequest) -> Answer:
         """Gates 1-3 for one proposed token; a signature or a refusal (module docstring)."""
-        payload: bytes = fields["token"]
+        payload = request.token
         try:
             token = parse_token(payload)
         except P2PUpdateError as exc:
@@ -673,7 +674,7 @@ class Replica:
         paused = breaker is not None and breaker.paused
         force = scope is not None and scope.force
         ask = policy.Ask(
-            node=node, capacity=fields["capacity"], load=fields["load"], force=force, time=now
+            node=node, capacity=request.capacity, load=request.load, force=force, time=now
         )
         decision = policy.decide(
             replace(state, paused=True) if paused else state, ask, now, self.policy
@@ -740,15 +741,11 @@ class Replica:
         return self._grant_answer(info, decision.reason)
 
     def _grant_answer(self, info: LeaseInfo, reason: str) -> Answer:
+        grant = proto.AskGrant(
+            replica=self.keyid, sig=info.sig, reason=reason, lease_expires=info.expires_wall
+        )
         return Answer(
-            fields={
-                "ok": True,
-                "granted": True,
-                "replica": self.keyid,
-                "sig": info.sig,
-                "reason": reason,
-                "lease_expires": info.expires_wall,
-            },
+            fields=grant.to_wire(),
             granted=True,
             gate=gates.GATE_CAPACITY,
             reason=reason,
