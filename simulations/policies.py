@@ -32,14 +32,12 @@ from coordinator.policy import (
     REASONS,
     Aggregate,
     Ask,
-    AskBatch,
     PolicyConfig,
-    PoolArrays,
     PoolState,
     decide,
-    decide_batch,
     gate_of,
 )
+from coordinator.policy_batch import AskBatch, PoolArrays, decide_batch
 
 from .config import DAY, PolicySettings
 from .rng import FloatArray, IntArray

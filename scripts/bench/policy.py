@@ -31,15 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.policy import (
-    Aggregate,
-    Ask,
-    AskBatch,
-    PolicyConfig,
-    PoolArrays,
-    decide_batch,
-    decide_sequence,
-)
+from coordinator.policy import Aggregate, Ask, PolicyConfig, decide_sequence
+from coordinator.policy_batch import AskBatch, PoolArrays, decide_batch
 
 TICK = 60.0
 SWAP_SECONDS = 90.0
