@@ -21,15 +21,13 @@ A grant is a signature over the node's proposed payload; the lease it records la
 clock within the skew allowance.  Time: ``clock()`` (monotonic) for leases, ``wall()``
 for documents and tokens; both are arguments so tests can drive them.
 
-The aggregate of a pool is the median, per component, of the freshest estimates from
-distinct reporters (``freshest`` of them, none older than ``aggregate_max_age``): a lying
-minority cannot move it.  Estimates live in memory only and one per node (the latest).
+The aggregate of a pool is ``policy.median_aggregate`` of the freshest estimates from
+distinct reporters: a lying minority cannot move it.  Estimates live in memory only and one per node (the latest).
 """
 
 from __future__ import annotations
 
 import hashlib
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,7 +38,7 @@ from typing import Any, Final
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto, gates
 from p2pupdate.core import documents as docs
-from p2pupdate.core.departure import parse_token
+from p2pupdate.core.departure import DEFAULT_TOKEN_TTL, parse_token
 from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
 from p2pupdate.core.origin import check_artifact
 from p2pupdate.core.session import Signer
@@ -52,8 +50,6 @@ from . import policy
 from .store import AuditRow, BreakerRow, NodeRow, Store
 
 ROOT_FILE: Final = "root.msgpack"
-#: Estimates considered for a pool's median (the freshest from distinct reporters).
-FRESHEST: Final = 64
 PUBLISHABLE: Final[dict[str, type[docs.Document]]] = {
     "release": docs.Release,
     "allowlist": docs.Allowlist,
@@ -85,16 +81,12 @@ class ServiceConfig:
     replica: int = 1
     state_dir: Path | None = None
     #: Lifetime of a departure token (integer seconds, as documents carry them).
-    token_ttl: int = 300
+    token_ttl: int = DEFAULT_TOKEN_TTL
     #: Clock difference tolerated between a node and this replica (seconds).
     max_skew: int = 30
-    max_concurrent: int = 10
-    min_serving: int = 1
-    utilization: float = 0.8
-    emergency_budget: int = 1
-    aggregate_max_age: float = 180.0
-    breaker_min_failures: int = 2
-    breaker_failure_share: float = 0.05
+    #: Gate 3's knobs.  ``replicas``, ``quorum`` and ``lease_ttl`` are not read from here:
+    #: the replica takes them from the root and ``token_ttl + max_skew``.
+    policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)
     max_artifact: int = 1 << 30
     #: This replica is new and never granted anything: no warm-up on its first start.
     #: Ignored once the database holds a grant horizon (then that decides).
@@ -103,14 +95,6 @@ class ServiceConfig:
     @property
     def replica_dir(self) -> Path:
         return self.state_dir or self.network_dir / f"replica-{self.replica}"
-
-
-@dataclass
-class Estimate:
-    as_of: float
-    capacity: float
-    load: float
-    serving: int
 
 
 @dataclass
@@ -194,17 +178,11 @@ class Replica:
         if not 1 <= config.token_ttl <= 86400 or not 0 <= config.max_skew <= 3600:
             raise ConfigError("token ttl must be 1 s .. 1 day and max skew 0 .. 1 h")
         try:
-            self.policy = policy.PolicyConfig(
-                utilization=config.utilization,
-                min_serving=config.min_serving,
-                max_concurrent=config.max_concurrent,
+            self.policy = replace(
+                config.policy,
                 replicas=len(role.keys),
                 quorum=role.threshold,
                 lease_ttl=float(config.token_ttl + config.max_skew),
-                emergency_budget=config.emergency_budget,
-                aggregate_max_age=config.aggregate_max_age,
-                breaker_min_failures=config.breaker_min_failures,
-                breaker_failure_share=config.breaker_failure_share,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -225,7 +203,7 @@ class Replica:
 
         self.pools: dict[str, policy.PoolState] = {}
         self._agg_dirty: set[str] = set()
-        self.estimates: dict[str, dict[str, Estimate]] = {}
+        self.estimates: dict[str, dict[str, policy.Estimate]] = {}
         self.leases: dict[str, LeaseInfo] = {}
         self.nodes: dict[str, NodeRow] = {r.node: r for r in self.store.load_nodes()}
         self.refusals: Counter[tuple[str, str, str]] = Counter()
@@ -414,7 +392,7 @@ class Replica:
         self._register(node, pool, report.version, report.artifact, report.state, held_text)
         estimate = report.estimate
         if estimate is not None:
-            self.estimates.setdefault(pool, {})[node] = Estimate(
+            self.estimates.setdefault(pool, {})[node] = policy.Estimate(
                 as_of=self.clock() - estimate.age,
                 capacity=estimate.capacity,
                 load=estimate.load,
@@ -441,19 +419,9 @@ class Replica:
             self.store.save_node(row)
 
     def aggregate(self, pool: str) -> policy.Aggregate:
-        """Median of the freshest estimates from distinct reporters (stale if none)."""
-        now = self.clock()
-        max_age = self.config.aggregate_max_age
-        fresh = [e for e in self.estimates.get(pool, {}).values() if now - e.as_of <= max_age]
-        if not fresh:
-            return policy.Aggregate(capacity=0.0, load=0.0, serving=0, as_of=now - max_age - 1.0)
-        fresh.sort(key=lambda e: e.as_of, reverse=True)
-        fresh = fresh[:FRESHEST]
-        return policy.Aggregate(
-            capacity=statistics.median(e.capacity for e in fresh),
-            load=statistics.median(e.load for e in fresh),
-            serving=int(statistics.median_low(e.serving for e in fresh)),
-            as_of=statistics.median(e.as_of for e in fresh),
+        """The pool's aggregate now (``policy.median_aggregate`` of the reporters')."""
+        return policy.median_aggregate(
+            self.estimates.get(pool, {}).values(), self.clock(), self.policy
         )
 
     def pool_state(self, pool: str) -> policy.PoolState:
@@ -512,15 +480,18 @@ class Replica:
         self.store.audit(
             AuditRow(time=now, event="failed", node=node, pool="", artifact=artifact, reason=reason)
         )
-        tripped = policy.breaker_tripped(len(b.failures), len(b.attempted), self.policy)
-        if tripped and not b.paused:
+        pause = policy.breaker_pause_reason(
+            artifact=artifact,
+            failures=len(b.failures),
+            attempted=len(b.attempted),
+            last_reason=reason,
+            paused=b.paused,
+            config=self.policy,
+        )
+        if pause is not None:
             b.paused = True
             b.scope_serial = self.scope.doc.serial if self.scope is not None else 0
-            threshold = policy.breaker_threshold(len(b.attempted), self.policy)
-            b.reason = (
-                f"circuit breaker: {len(b.failures)} of {len(b.attempted)} nodes that moved to "
-                f"{artifact[:16]}... failed (threshold {threshold}); last: {reason}"
-            )
+            b.reason = pause
             self.store.save_breaker(
                 BreakerRow(
                     artifact=artifact,
@@ -547,7 +518,9 @@ class Replica:
     def _resume_for(self, scope: docs.Scope) -> list[str]:
         """A newer operator scope for a paused artifact resumes its rollout."""
         b = self.breakers.get(scope.artifact)
-        if b is None or not b.paused or scope.serial <= b.scope_serial:
+        if b is None or not policy.breaker_resumes(
+            paused=b.paused, paused_at_serial=b.scope_serial, scope_serial=scope.serial
+        ):
             return []
         now = self.wall()
         self.breakers[scope.artifact] = nb = Breaker(
@@ -630,7 +603,11 @@ class Replica:
         allow = self.allowlist
         if allow is None:
             return self._refuse(
-                token, gates.GATE_ALLOWLIST, "no-allowlist", "nothing published", 60.0
+                token,
+                gates.GATE_ALLOWLIST,
+                "no-allowlist",
+                "nothing published",
+                policy.document_retry(policy.NO_DOCUMENT, self.policy),
             )
         if token.allowlist_version != allow.doc.version:
             return self._refuse(
@@ -638,7 +615,7 @@ class Replica:
                 gates.GATE_ALLOWLIST,
                 "allowlist-changed",
                 f"the current allowlist is v{allow.doc.version}",
-                1.0,
+                policy.document_retry(policy.DOCUMENT_CHANGED, self.policy),
             )
         scope = self.scope.doc if self.scope is not None else None
         releases = {a: s.doc for a, s in self.releases.items()}
@@ -653,7 +630,8 @@ class Replica:
             scope=scope,
         )
         if not g1.ok:
-            return self._refuse(token, g1.gate, g1.reason, g1.detail, 300.0)
+            held = policy.document_retry(policy.HELD_BY_DOCUMENT, self.policy)
+            return self._refuse(token, g1.gate, g1.reason, g1.detail, held)
         # Gate 2: the operator's current scope, exactly the serial the token names.
         if scope is not None and token.scope_serial != scope.serial:
             return self._refuse(
@@ -661,11 +639,12 @@ class Replica:
                 gates.GATE_SCOPE,
                 "scope-changed",
                 f"the current scope is serial {scope.serial}",
-                1.0,
+                policy.document_retry(policy.DOCUMENT_CHANGED, self.policy),
             )
         g2 = gates.in_scope(node, token.to_artifact, scope=scope, now=now_int)
         if not g2.ok:
-            return self._refuse(token, g2.gate, g2.reason, g2.detail, 300.0)
+            held = policy.document_retry(policy.HELD_BY_DOCUMENT, self.policy)
+            return self._refuse(token, g2.gate, g2.reason, g2.detail, held)
         # Gate 3: the capacity policy (breaker, warm-up, aggregate, budgets, headroom).
         now = self.clock()
         state = self.pool_state(token.pool).expire(now)
@@ -845,7 +824,7 @@ class Replica:
                 "load": agg.load,
                 "serving": agg.serving,
                 "age": round(age, 3),
-                "stale": age > self.config.aggregate_max_age,
+                "stale": age > self.policy.aggregate_max_age,
                 "reporters": len(self.estimates.get(pool, {})),
             }
         refusals: Counter[str] = Counter()

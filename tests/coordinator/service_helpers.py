@@ -11,6 +11,7 @@ node protocol (``p2pupdate.daemon.replica``) without a daemon: 50 of them fit in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +31,7 @@ import pytest
 import trio
 
 from coordinator.cli import main as coordinator_main
+from coordinator.policy import PolicyConfig
 from coordinator.server import Server
 from coordinator.service import Replica, ServiceConfig
 from p2pupdate.core import crypto, departure
@@ -217,7 +219,10 @@ async def in_process(
     net: Network, index: int = 1, **settings: Any
 ) -> AsyncIterator[tuple[Replica, str]]:
     """A replica served inside this trio run: ``(replica, url)``."""
-    config = ServiceConfig(network_dir=net.dir, replica=index, **{"first_start": True, **settings})
+    knobs = {f.name for f in dataclasses.fields(PolicyConfig) if f.init}
+    policy = PolicyConfig(**{k: v for k, v in settings.items() if k in knobs})
+    rest = {"first_start": True, **{k: v for k, v in settings.items() if k not in knobs}}
+    config = ServiceConfig(network_dir=net.dir, replica=index, policy=policy, **rest)
     replica = Replica(config)
     server = Server(replica)
     try:
