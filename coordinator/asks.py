@@ -24,7 +24,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import documents as docs
@@ -56,11 +55,11 @@ class LeaseInfo:
     forced: bool
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Answer:
-    """A refusal or a grant, as sent to the node."""
+    """A refusal or a grant, as sent to the node, with what the metrics count it by."""
 
-    fields: dict[str, Any]
+    reply: proto.AskGrant | proto.AskRefusal
     granted: bool
     gate: str
     reason: str
@@ -178,7 +177,7 @@ class Asks:
             gate=gate, reason=reason, detail=detail, retry_after=retry_after, position=position
         )
         return Answer(
-            fields=refusal.to_wire(),
+            reply=refusal,
             granted=False,
             gate=gate,
             reason=reason,
@@ -327,7 +326,7 @@ class Asks:
             replica=self.keyid, sig=info.sig, reason=reason, lease_expires=info.expires_wall
         )
         return Answer(
-            fields=grant.to_wire(),
+            reply=grant,
             granted=True,
             gate=gates.GATE_CAPACITY,
             reason=reason,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from p2pupdate.core import documents as docs
 
@@ -57,9 +56,9 @@ class Breakers:
         """``node`` was granted a departure to ``artifact``."""
         self.breakers.setdefault(artifact, Breaker(artifact=artifact)).attempted.add(node)
 
-    def failed(self, node: str, artifact: str, reason: str, *, scope_serial: int) -> dict[str, Any]:
+    def failed(self, node: str, artifact: str, reason: str, *, scope_serial: int) -> bool:
         """A failed move of ``node`` to ``artifact``; ``scope_serial``: the scope in force
-        (a pause lasts until a newer one).  The answer's ``paused``."""
+        (a pause lasts until a newer one).  Whether the rollout is paused now."""
         now = self.wall()
         b = self.breakers.setdefault(artifact, Breaker(artifact=artifact))
         if node not in b.failures:
@@ -102,7 +101,7 @@ class Breakers:
                     detail=b.reason,
                 )
             )
-        return {"paused": b.paused}
+        return b.paused
 
     def resume_for(self, scope: docs.Scope) -> list[str]:
         """A newer operator scope for a paused artifact resumes its rollout."""

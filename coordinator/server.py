@@ -358,40 +358,42 @@ class Server:
         conn.last_seq = seq
         kind = request.KIND
         rep.metrics.count_request(kind)
+        answer: proto.Answer
         try:
-            body = await self._dispatch(conn, request)
+            answer = await self._dispatch(conn, request)
         except RequestError as exc:
             rep.metrics.bad_requests.labels(exc.error).inc()
-            body = {"ok": False, "error": exc.error, "detail": exc.detail}
+            answer = proto.ErrorAnswer(error=exc.error, detail=exc.detail)
         except P2PUpdateError as exc:
-            body = {"ok": False, "error": exc.rule, "detail": str(exc)}
+            answer = proto.ErrorAnswer(error=exc.rule, detail=str(exc))
         if kind == "ask":
             rep.metrics.ask_seconds.observe(time.perf_counter() - started)
+        body = answer.to_wire()
         body["id"] = seq
         return wire.encode(body)
 
-    async def _dispatch(self, conn: NodeConn, request: proto.Request) -> dict[str, Any]:
+    async def _dispatch(self, conn: NodeConn, request: proto.Request) -> proto.Answer:
         rep = self.replica
         node = conn.node
         if isinstance(request, proto.AskRequest):
             answer = rep.ask(node, request)
             rep.metrics.count_ask(answer.granted, answer.gate, answer.reason)
-            return answer.fields
+            return answer.reply
         if isinstance(request, proto.StatusReport):
             conn.addrs = request.addrs
             conn.pool = request.pool or "default"
             rep.on_status(node, request)
-            return {"ok": True}
+            return proto.Ack()
         if isinstance(request, proto.RejoinedReport):
             rep.on_rejoined(node, request)
-            return {"ok": True}
+            return proto.Ack()
         if isinstance(request, proto.ReturnReport):
             rep.on_return(node, request)
-            return {"ok": True}
+            return proto.Ack()
         if isinstance(request, proto.FailedReport):
-            return {"ok": True, **rep.on_failed(node, request)}
+            return proto.FailedAck(paused=rep.on_failed(node, request))
         if isinstance(request, proto.DocsRequest):
-            return {"ok": True, "docs": rep.current_documents()}
+            return proto.DocsAnswer(docs=tuple(rep.current_documents()))
         if isinstance(request, proto.PeersRequest):
             others = [c for c in self.conns.values() if c.node != node]
             same = [c for c in others if c.pool == conn.pool]
@@ -399,26 +401,25 @@ class Server:
             random.shuffle(same)
             random.shuffle(rest)
             chosen = (same + rest)[: request.count]
-            return {
-                "ok": True,
-                "peers": [
-                    {"node": c.node, "pool": c.pool, "addrs": list(c.addrs), "observed": c.peer}
+            return proto.PeersAnswer(
+                peers=tuple(
+                    proto.Peer(node=c.node, pool=c.pool, addrs=c.addrs, observed=c.peer)
                     for c in chosen
-                ],
-            }
+                )
+            )
         if isinstance(request, proto.SignalRequest):
             target = self.conns.get(request.to)
             if target is None:
-                return {"ok": False, "error": "not-connected", "detail": "that node is not here"}
+                return proto.ErrorAnswer(error="not-connected", detail="that node is not here")
             data = wire.encode({"push": "signal", "from": node, "data": request.data})
             with trio.move_on_after(PUSH_TIMEOUT) as scope:
                 try:
                     await target.sock.send(target.session.seal(data))
                 except WebSocketClosed:
-                    return {"ok": False, "error": "not-connected", "detail": "that node just left"}
+                    return proto.ErrorAnswer(error="not-connected", detail="that node just left")
             if scope.cancelled_caught:
-                return {"ok": False, "error": "timeout", "detail": "the other node is not reading"}
-            return {"ok": True}
+                return proto.ErrorAnswer(error="timeout", detail="the other node is not reading")
+            return proto.Ack()
         raise RequestError("unknown-kind", request.KIND)  # pragma: no cover - REQUESTS
 
 

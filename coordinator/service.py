@@ -236,7 +236,8 @@ class Replica:
     def on_return(self, node: str, report: proto.ReturnReport) -> None:
         self.asks.end_lease(node, report.nonce, "return", report.reason)
 
-    def on_failed(self, node: str, report: proto.FailedReport) -> dict[str, Any]:
+    def on_failed(self, node: str, report: proto.FailedReport) -> bool:
+        """End the node's lease and count the failure; whether the rollout is paused."""
         reason = report.reason or "failed"
         self.asks.end_lease(node, report.nonce, "failed", reason)
         scope = self.documents.scope

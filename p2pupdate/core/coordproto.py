@@ -20,7 +20,10 @@ signaling).
 Each request kind is one frozen keyword-only dataclass, validated on construction (the
 same checks whether the node builds it or the server decodes it), with ``to_wire`` /
 ``from_wire``; the server decodes with :func:`open_request`, the node seals with
-:func:`seal_request`.  The ask answers are :class:`AskGrant` and :class:`AskRefusal`.
+:func:`seal_request`.  Each answer is one frozen class too (:data:`Answer`); the server
+sends ``to_wire()`` with the request's ``id``.  The node reads the ask answers back with
+``AskRefusal.from_wire`` (leniently: a replica is trusted to refuse, not to be well
+formed) and checks a grant's signature itself.
 """
 
 from __future__ import annotations
@@ -44,13 +47,20 @@ __all__ = [
     "REQUESTS",
     "REQUEST_LIMITS",
     "TOKEN_NONCE_LEN",
+    "Ack",
+    "Answer",
     "AskGrant",
     "AskRefusal",
     "AskRequest",
+    "DocsAnswer",
     "DocsRequest",
+    "ErrorAnswer",
     "Estimate",
+    "FailedAck",
     "FailedReport",
     "Held",
+    "Peer",
+    "PeersAnswer",
     "PeersRequest",
     "RejoinedReport",
     "Request",
@@ -385,3 +395,76 @@ class AskRefusal:
             retry_after=wait if wait is not None and math.isfinite(wait) else None,
             position=position if isinstance(position, int) else None,
         )
+
+
+# -- the other answers ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Ack:
+    """A report taken (``status``, ``rejoined``, ``return``, ``signal``)."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FailedAck:
+    """A failure report taken; ``paused``: the artifact's rollout is paused now."""
+
+    paused: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "paused": self.paused}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DocsAnswer:
+    """The replica's current documents, as signed envelopes."""
+
+    docs: tuple[bytes, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "docs": list(self.docs)}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Peer:
+    """One introduction: a connected node, its pool, its link addresses, and the address
+    the replica saw it connect from (``host:port``)."""
+
+    node: str
+    pool: str
+    addrs: tuple[str, ...]
+    observed: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "pool": self.pool,
+            "addrs": list(self.addrs),
+            "observed": self.observed,
+        }
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeersAnswer:
+    peers: tuple[Peer, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "peers": [p.to_wire() for p in self.peers]}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ErrorAnswer:
+    """A request the replica could not serve: ``error`` is a stable code."""
+
+    error: str
+    detail: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": False, "error": self.error, "detail": self.detail}
+
+
+#: Every answer a replica sends to a request.
+Answer = AskGrant | AskRefusal | Ack | FailedAck | DocsAnswer | PeersAnswer | ErrorAnswer

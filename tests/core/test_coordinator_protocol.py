@@ -256,3 +256,21 @@ def test_origin_bytes_are_checked_chunk_by_chunk() -> None:
     assert "the release says" in check_artifact(data[:-1], release, 10_000)
     bad = data[:600] + b"\xff" + data[601:]
     assert check_artifact(bad, release, 10_000) == "chunk 1 does not match the release record"
+
+
+def test_answers_have_one_wire_form_each() -> None:
+    peer = proto.Peer(node=A, pool="p", addrs=("tcp:h:1",), observed="1.2.3.4:5")
+    assert proto.PeersAnswer(peers=(peer,)).to_wire() == {
+        "ok": True,
+        "peers": [{"node": A, "pool": "p", "addrs": ["tcp:h:1"], "observed": "1.2.3.4:5"}],
+    }
+    assert proto.DocsAnswer(docs=(b"d",)).to_wire() == {"ok": True, "docs": [b"d"]}
+    assert proto.FailedAck(paused=True).to_wire() == {"ok": True, "paused": True}
+    assert proto.Ack().to_wire() == {"ok": True}
+    assert proto.ErrorAnswer(error="e", detail="d").to_wire() == {
+        "ok": False,
+        "error": "e",
+        "detail": "d",
+    }
+    grant = proto.AskGrant(replica=A, sig=bytes(64), reason="granted", lease_expires=1.0)
+    assert grant.to_wire()["granted"] is True
