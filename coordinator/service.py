@@ -29,7 +29,7 @@ from typing import Any
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
-from p2pupdate.core.departure import DEFAULT_TOKEN_TTL
+from p2pupdate.core.departure import DEFAULT_MAX_SKEW, DEFAULT_TOKEN_TTL
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.session import Signer
 from p2pupdate.core.trust import TrustStore
@@ -67,7 +67,7 @@ class ServiceConfig:
     #: Lifetime of a departure token (integer seconds, as documents carry them).
     token_ttl: int = DEFAULT_TOKEN_TTL
     #: Clock difference tolerated between a node and this replica (seconds).
-    max_skew: int = 30
+    max_skew: int = DEFAULT_MAX_SKEW
     #: Gate 3's knobs.  ``replicas``, ``quorum`` and ``lease_ttl`` are not read from here:
     #: the replica takes them from the root and ``token_ttl + max_skew``.
     policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Final, Self
 from . import documents as docs
 from . import wire
 from .errors import SchemaError, VerificationError
-from .session import Session
+from .session import HANDSHAKE_LIMITS, Session
 
 __all__ = [
     "ANSWER_LIMITS",
@@ -75,8 +75,8 @@ __all__ = [
 
 NODE_PATH: Final = "/v1/node"
 TOKEN_NONCE_LEN: Final = 16
-#: Node -> server messages (small; a signaling blob is the largest).
-REQUEST_LIMITS: Final = wire.Limits(max_bytes=16 * 1024, max_container_len=256, max_items=2048)
+#: Node -> server messages (small; a signaling blob is the largest): the handshake's bounds.
+REQUEST_LIMITS: Final = HANDSHAKE_LIMITS
 #: Server -> node messages: a ``docs`` answer carries release records (up to ~1 MiB each).
 ANSWER_LIMITS: Final = wire.Limits(
     max_bytes=8 * 1024 * 1024,

@@ -29,6 +29,7 @@ from .errors import BindingError, ExpiredError, P2PUpdateError
 from .trust import TrustStore
 
 __all__ = [
+    "DEFAULT_MAX_SKEW",
     "DEFAULT_TOKEN_TTL",
     "GATE_ORDER",
     "NO_QUORUM_RETRY",
@@ -47,6 +48,9 @@ __all__ = [
 
 #: A token's lifetime when no connected replica has announced its own (seconds).
 DEFAULT_TOKEN_TTL: Final = 300
+#: Clock difference (seconds) a replica tolerates between a node's ``issued`` and its own
+#: clock unless configured otherwise; replicas announce theirs in the challenge.
+DEFAULT_MAX_SKEW: Final = 30
 #: How soon to ask again when some replicas granted but fewer than the quorum (seconds).
 NO_QUORUM_RETRY: Final = 5.0
 #: When replicas disagree, the refusal shown is the most fundamental one (lowest first).

@@ -70,7 +70,8 @@ MAC_LEN: Final = 32
 KX_LEN: Final = 32
 NONCE_LEN: Final = 32
 _SESSION_PERSON: Final = b"p2pupd-session1"
-#: Handshake messages and their signed payloads are small (the request limits).
+#: Handshake messages and their signed payloads are small; requests after the handshake
+#: have the same bounds (``coordproto.REQUEST_LIMITS`` is this value).
 HANDSHAKE_LIMITS: Final = wire.Limits(max_bytes=16 * 1024, max_container_len=256, max_items=2048)
 
 _digest = wire.hex_digest()

@@ -81,7 +81,7 @@ class ReplicaLink:
         self.replica: str | None = None
         self.network: str | None = None
         self.ttl = departure.DEFAULT_TOKEN_TTL
-        self.max_skew = 30
+        self.max_skew = departure.DEFAULT_MAX_SKEW
         self._ws: WebSocket | None = None
         self._session: sess.Session | None = None
         self._seq = 0
