@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
@@ -74,7 +75,7 @@ class Documents:
         max_artifact: int,
         wall: Callable[[], float],
         metrics: PublishCounter,
-        push: Callable[[dict[str, Any]], None],
+        push: Callable[[proto.Push], None],
         on_scope: Callable[[docs.Scope], list[str]],
     ) -> None:
         self.store = store
@@ -173,9 +174,9 @@ class Documents:
             if resumed:
                 answer["resumed"] = resumed
         if kind == "nudge":
-            self.push({"push": "nudge", "doc": data})
+            self.push(proto.DocumentPush(doc=data, nudge=True))
         else:
-            self.push({"push": "doc", "doc": data})
+            self.push(proto.DocumentPush(doc=data))
         self.metrics.published(kind, "ok")
         return 200, answer
 

@@ -106,10 +106,10 @@ class Server:
             await trio.sleep(0.1)
             self.replica.store.flush()
 
-    def push_all(self, msg: dict[str, Any]) -> None:
+    def push_all(self, msg: proto.Push) -> None:
         if self._nursery is None:
             return
-        data = wire.encode(msg)
+        data = wire.encode(msg.to_wire())
         for conn in list(self.conns.values()):
             self._nursery.start_soon(self._push, conn, data)
 
@@ -411,7 +411,7 @@ class Server:
             target = self.conns.get(request.to)
             if target is None:
                 return proto.ErrorAnswer(error="not-connected", detail="that node is not here")
-            data = wire.encode({"push": "signal", "from": node, "data": request.data})
+            data = wire.encode(proto.SignalPush(sender=node, data=request.data).to_wire())
             with trio.move_on_after(PUSH_TIMEOUT) as scope:
                 try:
                     await target.sock.send(target.session.seal(data))

@@ -120,7 +120,7 @@ class Replica:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         #: Hooks the shell sets: push a message to every connected node; how many are.
-        self.push_all: Callable[[dict[str, Any]], None] = lambda _msg: None
+        self.push_all: Callable[[proto.Push], None] = lambda _msg: None
         self.connected: Callable[[], int] = lambda: 0
         self.metrics = Metrics(self)
         self.breakers = Breakers(store=self.store, wall=wall, config=self.policy)

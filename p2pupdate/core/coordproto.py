@@ -54,6 +54,7 @@ __all__ = [
     "AskRequest",
     "DocsAnswer",
     "DocsRequest",
+    "DocumentPush",
     "ErrorAnswer",
     "Estimate",
     "FailedAck",
@@ -62,9 +63,11 @@ __all__ = [
     "Peer",
     "PeersAnswer",
     "PeersRequest",
+    "Push",
     "RejoinedReport",
     "Request",
     "ReturnReport",
+    "SignalPush",
     "SignalRequest",
     "StatusReport",
     "fast_hex_digest",
@@ -468,3 +471,32 @@ class ErrorAnswer:
 
 #: Every answer a replica sends to a request.
 Answer = AskGrant | AskRefusal | Ack | FailedAck | DocsAnswer | PeersAnswer | ErrorAnswer
+
+
+# -- pushes (server -> node, any time) -------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DocumentPush:
+    """A document just published: ``nudge`` for a nudge, ``doc`` for anything else."""
+
+    doc: bytes
+    nudge: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"push": "nudge" if self.nudge else "doc", "doc": self.doc}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SignalPush:
+    """Opaque bytes another connected node sent this one (WebRTC signaling)."""
+
+    sender: str
+    data: bytes
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"push": "signal", "from": self.sender, "data": self.data}
+
+
+#: Every message a replica pushes unasked (the challenge is ``session.Challenge``).
+Push = DocumentPush | SignalPush

@@ -274,3 +274,13 @@ def test_answers_have_one_wire_form_each() -> None:
     }
     grant = proto.AskGrant(replica=A, sig=bytes(64), reason="granted", lease_expires=1.0)
     assert grant.to_wire()["granted"] is True
+
+
+def test_pushes_have_one_wire_form_each() -> None:
+    assert proto.DocumentPush(doc=b"n", nudge=True).to_wire() == {"push": "nudge", "doc": b"n"}
+    assert proto.DocumentPush(doc=b"d").to_wire() == {"push": "doc", "doc": b"d"}
+    assert proto.SignalPush(sender=A, data=b"x").to_wire() == {
+        "push": "signal",
+        "from": A,
+        "data": b"x",
+    }
