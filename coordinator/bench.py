@@ -37,9 +37,10 @@ from typing import Any
 import nacl.signing
 import trio
 
-from p2pupdate import coordclient as cc
-from p2pupdate.core import crypto
+from p2pupdate.core import coordproto as proto
+from p2pupdate.core import crypto, departure
 from p2pupdate.core import documents as docs
+from p2pupdate.net.replica_link import ReplicaLink
 
 FLOOR_SECONDS = 1.0
 
@@ -141,7 +142,7 @@ async def drive(
     root = docs.open_root(root_bytes).doc
     coordinators = root.role_keys("coordinator")
     links = [
-        cc.ReplicaLink(
+        ReplicaLink(
             url, crypto.SigningKey.from_seed(os.urandom(32)), replica_keys=lambda: coordinators
         )
         for _ in range(concurrency)
@@ -151,7 +152,7 @@ async def drive(
     remaining = asks
     checked = 0
 
-    async def node(link: cc.ReplicaLink, ready: trio.Event, go: trio.Event) -> None:
+    async def node(link: ReplicaLink, ready: trio.Event, go: trio.Event) -> None:
         nonlocal remaining, granted, checked
         await link.connected.wait()
         estimate = {"capacity": 1e12, "load": 0.0, "serving": 1_000_000, "age": 0.0}
@@ -172,15 +173,18 @@ async def drive(
         first = True
         while remaining > 0:
             remaining -= 1
-            token = cc.propose_token(
-                node=link.node,
-                pool="bench",
-                from_artifact=from_a,
-                to_artifact=to_a,
-                allowlist_version=1,
-                scope_serial=1,
+            token = departure.propose_token(
+                departure.Binding(
+                    node=link.node,
+                    pool="bench",
+                    from_artifact=from_a,
+                    to_artifact=to_a,
+                    allowlist_version=1,
+                    scope_serial=1,
+                ),
                 ttl=link.ttl,
                 now_wall=time.time(),
+                nonce=os.urandom(proto.TOKEN_NONCE_LEN),
             )
             payload = token.to_payload()
             t0 = time.perf_counter()

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -50,12 +50,19 @@ from p2pupdate.cliutil import (
     wall_clock,
     write_output,
 )
-from p2pupdate.coordclient import parse_url
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.fsutil import atomic_write, create_exclusive, fsync_dir
+from p2pupdate.net.websocket import parse_url
+
+from .policy import PolicyConfig
+from .service import ConfigError, Replica, ServiceConfig
+
+#: ``serve``'s defaults are the dataclasses' own (written once, in policy.py / service.py).
+POLICY_DEFAULTS: Final = PolicyConfig()
+SERVE_DEFAULTS: Final = ServiceConfig(network_dir=Path("."))
 
 ROOT_FILE = "root.msgpack"
 _ALLOW_RE = re.compile(r"^v(\d+)\.msgpack$")
@@ -252,7 +259,6 @@ def _log(message: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server
-    from .service import ConfigError, Replica, ServiceConfig
 
     d = Path(args.dir)
     config = ServiceConfig(
@@ -261,11 +267,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         token_ttl=args.lease_ttl,
         max_skew=args.max_skew,
-        max_concurrent=args.max_concurrent,
-        min_serving=args.min_serving,
-        utilization=args.utilization,
-        emergency_budget=args.emergency_budget,
-        aggregate_max_age=args.aggregate_max_age,
+        policy=PolicyConfig(
+            max_concurrent=args.max_concurrent,
+            min_serving=args.min_serving,
+            utilization=args.utilization,
+            emergency_budget=args.emergency_budget,
+            aggregate_max_age=args.aggregate_max_age,
+        ),
         first_start=args.first_start,
     )
     try:
@@ -570,51 +578,54 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument(
         "--lease-ttl",
         type=duration,
-        default=300,
+        default=SERVE_DEFAULTS.token_ttl,
         metavar="DUR",
-        help="departure token lifetime (default 300s)",
+        help=f"departure token lifetime (default {SERVE_DEFAULTS.token_ttl}s)",
     )
     se.add_argument(
         "--max-skew",
         type=int_range(0),
-        default=30,
+        default=SERVE_DEFAULTS.max_skew,
         metavar="S",
-        help="clock difference tolerated with nodes, seconds (default 30)",
+        help=f"clock difference tolerated with nodes, seconds (default {SERVE_DEFAULTS.max_skew})",
     )
     se.add_argument(
         "--max-concurrent",
         type=positive_int,
-        default=10,
+        default=POLICY_DEFAULTS.max_concurrent,
         metavar="N",
-        help="global budget of concurrent departures per pool (default 10)",
+        help="global budget of concurrent departures per pool "
+        f"(default {POLICY_DEFAULTS.max_concurrent})",
     )
     se.add_argument(
         "--min-serving",
         type=int_range(0),
-        default=1,
+        default=POLICY_DEFAULTS.min_serving,
         metavar="N",
-        help="nodes that must keep serving per pool (default 1)",
+        help=f"nodes that must keep serving per pool (default {POLICY_DEFAULTS.min_serving})",
     )
     se.add_argument(
         "--utilization",
         type=_unit,
-        default=0.8,
+        default=POLICY_DEFAULTS.utilization,
         metavar="U",
-        help="share of the remaining capacity the load may use (default 0.8)",
+        help="share of the remaining capacity the load may use "
+        f"(default {POLICY_DEFAULTS.utilization:g})",
     )
     se.add_argument(
         "--emergency-budget",
         type=int_range(0),
-        default=1,
+        default=POLICY_DEFAULTS.emergency_budget,
         metavar="N",
-        help="concurrent forced departures per pool (default 1)",
+        help=f"concurrent forced departures per pool (default {POLICY_DEFAULTS.emergency_budget})",
     )
     se.add_argument(
         "--aggregate-max-age",
         type=duration,
-        default=180,
+        default=POLICY_DEFAULTS.aggregate_max_age,
         metavar="DUR",
-        help="an aggregate estimate older than this grants nothing (default 180s)",
+        help="an aggregate estimate older than this grants nothing "
+        f"(default {POLICY_DEFAULTS.aggregate_max_age:g}s)",
     )
     se.add_argument(
         "--first-start",

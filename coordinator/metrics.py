@@ -7,7 +7,8 @@ paused artifacts) are set when scraped, from the same values ``/status`` shows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
@@ -18,15 +19,20 @@ from prometheus_client import (
     generate_latest,
 )
 
-if TYPE_CHECKING:
-    from .service import Replica
-
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _PREFIX = "p2pupdate_coordinator"
 
 
+class Observed(Protocol):
+    """What the gauges read at scrape time (a ``coordinator.service.Replica``)."""
+
+    connected: Callable[[], int]
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class Metrics:
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Observed) -> None:
         self.replica = replica
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

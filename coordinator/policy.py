@@ -179,6 +179,10 @@ class PolicyConfig:
     min_retry: float = 1.0
     #: ``retry_after`` while the breaker holds the rollout (an operator must act).
     paused_retry: float = 3600.0
+    #: ``retry_after`` when gate 1 or 2 holds the node back at ask time (the allowlist or
+    #: the scope says no): only a new document changes that, and nodes learn of one by
+    #: gossip or push sooner than this.
+    held_retry: float = 300.0
     #: Circuit breaker: failures from at least this many nodes trip it...
     breaker_min_failures: int = 2
     #: ... and at least this share of the nodes that attempted the artifact.
@@ -209,6 +213,7 @@ class PolicyConfig:
             "base_retry",
             "min_retry",
             "paused_retry",
+            "held_retry",
             "breaker_failure_share",
         ):
             value = getattr(self, name)
@@ -236,6 +241,8 @@ class PolicyConfig:
             raise ValueError("policy: need 0 < min_retry <= base_retry < inf")
         if not 0.0 < self.paused_retry < math.inf:
             raise ValueError("policy: paused_retry must be positive and finite")
+        if not 0.0 < self.held_retry < math.inf:
+            raise ValueError("policy: held_retry must be positive and finite")
         if self.breaker_min_failures < 1:
             raise ValueError("policy: breaker_min_failures must be >= 1")
         if not 0.0 < self.breaker_failure_share <= 1.0:
@@ -286,6 +293,61 @@ def breaker_tripped(failures: int, attempted: int, config: PolicyConfig) -> bool
     return failures >= breaker_threshold(attempted, config)
 
 
+def breaker_pause_reason(
+    *,
+    artifact: str,
+    failures: int,
+    attempted: int,
+    last_reason: str,
+    paused: bool,
+    config: PolicyConfig,
+) -> str | None:
+    """The breaker's trip: the pause text if this failure report pauses the rollout now.
+
+    ``None`` when it stays as it is: already paused (one pause per scope serial), or not
+    yet at ``breaker_threshold``.  The text is what operators and refused nodes see.
+    """
+    if paused or not breaker_tripped(failures, attempted, config):
+        return None
+    threshold = breaker_threshold(attempted, config)
+    return (
+        f"circuit breaker: {failures} of {attempted} nodes that moved to "
+        f"{artifact[:16]}... failed (threshold {threshold}); last: {last_reason}"
+    )
+
+
+def breaker_resumes(*, paused: bool, paused_at_serial: int, scope_serial: int) -> bool:
+    """The breaker's resume: a paused rollout resumes when an operator publishes a scope
+    newer than the one in force when it tripped (``paused_at_serial``); then counting
+    starts again from zero."""
+    return paused and scope_serial > paused_at_serial
+
+
+# -- gates 1-2 at ask time --------------------------------------------------------------
+
+#: ``document_retry`` kinds: why gates 1-2 refused at ask time.
+NO_DOCUMENT: Final = "no-document"
+DOCUMENT_CHANGED: Final = "document-changed"
+HELD_BY_DOCUMENT: Final = "held"
+
+
+def document_retry(kind: str, config: PolicyConfig) -> float:
+    """``retry_after`` for a refusal by gate 1 or 2 at ask time.
+
+    * ``NO_DOCUMENT``: nothing published yet -- ``base_retry``;
+    * ``DOCUMENT_CHANGED``: the token names an older allowlist version or scope serial than
+      the replica holds; the node re-reads its documents and asks again -- ``min_retry``;
+    * ``HELD_BY_DOCUMENT``: the current allowlist or scope says no -- ``held_retry``.
+    """
+    if kind == NO_DOCUMENT:
+        return config.base_retry
+    if kind == DOCUMENT_CHANGED:
+        return config.min_retry
+    if kind == HELD_BY_DOCUMENT:
+        return config.held_retry
+    raise ValueError(f"document_retry: unknown kind {kind!r}")
+
+
 # -- inputs -----------------------------------------------------------------------------
 
 
@@ -320,6 +382,60 @@ class Aggregate:
         # Floats from here on, so decide() and decide_batch() compute with equal values.
         for name in ("capacity", "load", "as_of"):
             object.__setattr__(self, name, float(getattr(self, name)))
+
+
+#: Estimates considered for a pool's median (the freshest from distinct reporters).
+FRESHEST: Final = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    """One reporter's latest gossip estimate of its pool, as of ``as_of`` (``now``'s clock)."""
+
+    as_of: float
+    capacity: float
+    load: float
+    serving: int
+
+    def __post_init__(self) -> None:
+        _finite_nonneg("estimate", capacity=self.capacity, load=self.load)
+        if not is_plain_int(self.serving) or self.serving < 0:
+            raise ValueError("estimate: serving must be an int >= 0")
+        if not math.isfinite(self.as_of):
+            raise ValueError("estimate: as_of must be finite")
+
+
+def median_aggregate(estimates: Iterable[Estimate], now: float, config: PolicyConfig) -> Aggregate:
+    """A pool's aggregate: the median, per component, of the freshest estimates.
+
+    At most ``FRESHEST`` of them, one per reporter (the caller keeps the latest of each),
+    none older than ``aggregate_max_age``: a lying minority cannot move a median.  With
+    none fresh the aggregate is stale on purpose (``as_of`` past the limit), so gate 3
+    grants nothing but forced departures instead of guessing.  ``serving`` is the lower
+    median, so it is always a count some reporter saw.
+    """
+    max_age = config.aggregate_max_age
+    fresh = [e for e in estimates if now - e.as_of <= max_age]
+    if not fresh:
+        return Aggregate(capacity=0.0, load=0.0, serving=0, as_of=now - max_age - 1.0)
+    fresh.sort(key=lambda e: e.as_of, reverse=True)
+    fresh = fresh[:FRESHEST]
+    return Aggregate(
+        capacity=_median([e.capacity for e in fresh]),
+        load=_median([e.load for e in fresh]),
+        serving=sorted(e.serving for e in fresh)[(len(fresh) - 1) // 2],  # the lower median
+        as_of=_median([e.as_of for e in fresh]),
+    )
+
+
+def _median(values: list[float]) -> float:
+    """``statistics.median``, spelled out (the same arithmetic: the mean of the middle two
+    of an even count), so this module imports nothing beyond its allowlist."""
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) / 2
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,9 +1,9 @@
 """The network shell of a replica: HTTP and the node WebSocket on one trio port.
 
 Why h11 + wsproto directly (not hypercorn + ASGI, not trio-websocket): both are the
-sans-IO protocol engines those servers are built on, the same shape as our core (STYLE.md
-1: "h11 ... containing no networking code at all"), so this module is only the glue: one
-task per connection reads the request head, and either hands the bytes to wsproto (an
+sans-IO protocol engines those servers are built on, the same shape as our core (README
+"Architecture": h11 is "containing no networking code at all"), so this module is only
+the glue: one task per connection reads the request head, and either hands the bytes to wsproto (an
 ``Upgrade: websocket`` to ``/v1/node``) or to h11 (everything else).  The node channel is
 the hot path -- every ask is one binary message in and one out -- and here it costs one
 wsproto parse, one msgpack decode and one send, with no ASGI event dicts, no per-message
@@ -15,7 +15,7 @@ HTTP connections closed after 60 s, a hello within 10 s.
 
 Routes::
 
-    GET  /v1/node                        WebSocket: the node channel (coordclient docstring)
+    GET  /v1/node                        WebSocket: the node channel (README "Protocol")
     POST /v1/publish                     a signed document (octet-stream): 200 or 400 + reason
     PUT  /v1/artifacts/<sha256>          artifact bytes (a published release must name them)
     GET  /v1/artifacts/<sha256>          the origin: the whole artifact
@@ -42,10 +42,12 @@ import trio
 import wsproto
 import wsproto.events as wse
 
-from p2pupdate import coordclient as cc
-from p2pupdate.core import crypto, wire
+from p2pupdate.core import coordproto as proto
+from p2pupdate.core import session as sess
+from p2pupdate.core import wire
 from p2pupdate.core.errors import P2PUpdateError, VerificationError, WireError
 from p2pupdate.fsutil import read_limited
+from p2pupdate.net.websocket import WebSocket, WebSocketClosed
 
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .service import Replica, RequestError
@@ -63,8 +65,8 @@ _ARTIFACT = re.compile(r"^/v1/artifacts/([0-9a-f]{64})(?:/chunks/(\d{1,6}))?$")
 class NodeConn:
     node: str
     pub: bytes
-    session: cc.Session
-    sock: cc.WebSocket
+    session: sess.Session
+    sock: WebSocket
     peer: str
     last_seq: int = 0
     addrs: tuple[str, ...] = ()
@@ -104,15 +106,15 @@ class Server:
             await trio.sleep(0.1)
             self.replica.store.flush()
 
-    def push_all(self, msg: dict[str, Any]) -> None:
+    def push_all(self, msg: proto.Push) -> None:
         if self._nursery is None:
             return
-        data = wire.encode(msg)
+        data = wire.encode(msg.to_wire())
         for conn in list(self.conns.values()):
             self._nursery.start_soon(self._push, conn, data)
 
     async def _push(self, conn: NodeConn, data: bytes) -> None:
-        with trio.move_on_after(PUSH_TIMEOUT), contextlib.suppress(cc.WebSocketClosed):
+        with trio.move_on_after(PUSH_TIMEOUT), contextlib.suppress(WebSocketClosed):
             await conn.sock.send(conn.session.seal(data))
 
     # -- one connection ------------------------------------------------------------------------
@@ -281,49 +283,52 @@ class Server:
         request = next((e for e in ws.events() if isinstance(e, wse.Request)), None)
         if request is None:
             return
-        if request.target != cc.NODE_PATH:
+        if request.target != proto.NODE_PATH:
             await stream.send_all(ws.send(wse.RejectConnection(status_code=404)))
             return
         await stream.send_all(ws.send(wse.AcceptConnection()))
-        sock = cc.WebSocket(
-            stream, ws, max_message=cc.REQUEST_LIMITS.max_bytes, initial=initial[end:]
+        sock = WebSocket(
+            stream, ws, max_message=proto.REQUEST_LIMITS.max_bytes, initial=initial[end:]
         )
         try:
             await self._node_session(sock, _peer(stream))
-        except cc.WebSocketClosed:
+        except WebSocketClosed:
             pass
         finally:
             await sock.close()
 
-    async def _node_session(self, sock: cc.WebSocket, peer: str) -> None:
+    async def _node_session(self, sock: WebSocket, peer: str) -> None:
         rep = self.replica
-        nonce = os.urandom(cc.NONCE_LEN)
-        kx = cc.KeyExchange()
-        challenge = wire.encode(
-            {
-                "nonce": nonce,
-                "replica": rep.keyid,
-                "network": rep.trust.root.network,
-                "ttl": rep.config.token_ttl,
-                "max_skew": rep.config.max_skew,
-                "time": rep.wall(),
-                "kx": kx.public,
-            }
+        kx = sess.KeyExchange(os.urandom(sess.KX_LEN))
+        challenge = sess.Challenge(
+            nonce=os.urandom(sess.NONCE_LEN),
+            replica=rep.keyid,
+            network=rep.trust.root.network,
+            ttl=rep.config.token_ttl,
+            max_skew=rep.config.max_skew,
+            time=rep.wall(),
+            kx=kx.public,
         )
-        sig = rep.signer.sign(cc.CHALLENGE_TYPE, challenge)
-        await sock.send(wire.encode({"push": "challenge", "p": challenge, "s": sig}))
+        await sock.send(challenge.sign(rep.signer))
         with trio.move_on_after(HELLO_TIMEOUT) as scope:
             raw = await sock.receive()
         if scope.cancelled_caught:
             return
         try:
-            conn = self._check_hello(raw, nonce, kx, sock, peer)
+            hello = sess.open_hello(
+                raw,
+                nonce=challenge.nonce,
+                replica=challenge.replica,
+                network=challenge.network,
+                kx=kx,
+            )
         except (WireError, VerificationError) as exc:
             rep.metrics.bad_requests.labels("hello").inc()
             await sock.send(
                 wire.encode({"id": 0, "ok": False, "error": exc.rule, "detail": str(exc)})
             )
             return
+        conn = NodeConn(node=hello.node, pub=hello.pub, session=hello.session, sock=sock, peer=peer)
         old = self.conns.get(conn.node)
         self.conns[conn.node] = conn
         try:
@@ -340,107 +345,82 @@ class Server:
             if self.conns.get(conn.node) is conn:
                 del self.conns[conn.node]
 
-    def _check_hello(
-        self, raw: bytes, nonce: bytes, kx: cc.KeyExchange, sock: cc.WebSocket, peer: str
-    ) -> NodeConn:
-        rep = self.replica
-        hello = wire.check_fields(
-            wire.decode(raw, cc.REQUEST_LIMITS), cc.HELLO_FIELDS, where="hello"
-        )
-        if crypto.keyid(hello["pub"]) != hello["node"]:
-            raise VerificationError(
-                "hello: node id is not sha256 of the key", rule="keyid-mismatch"
-            )
-        if not crypto.verify_signature(hello["pub"], cc.HELLO_TYPE, hello["p"], hello["s"]):
-            raise VerificationError("hello: bad signature", rule="signature")
-        payload = wire.check_fields(
-            wire.decode(hello["p"], cc.REQUEST_LIMITS), cc.HELLO_PAYLOAD_FIELDS, where="hello"
-        )
-        expected = {
-            "nonce": nonce,
-            "replica": rep.keyid,
-            "network": rep.trust.root.network,
-            "node": hello["node"],
-        }
-        if {k: payload[k] for k in expected} != expected:
-            raise VerificationError("hello: signed for another challenge", rule="challenge")
-        session = kx.session(payload["kx"], nonce=nonce, node_kx=payload["kx"], server_kx=kx.public)
-        return NodeConn(node=hello["node"], pub=hello["pub"], session=session, sock=sock, peer=peer)
-
     async def _answer(self, conn: NodeConn, frame: bytes) -> bytes | None:
         """The answer to one request frame, or None to close (a broken or forged frame)."""
         rep = self.replica
         started = time.perf_counter()
         try:
-            seq, kind, fields = cc.open_request(frame, session=conn.session, last_seq=conn.last_seq)
+            seq, request = proto.open_request(frame, session=conn.session, last_seq=conn.last_seq)
         except (WireError, VerificationError) as exc:
             rep.metrics.bad_requests.labels(exc.rule).inc()
             self.log(f"node {conn.node[:16]}... sent a bad request ({exc.rule}: {exc}); closing")
             return None
         conn.last_seq = seq
+        kind = request.KIND
         rep.metrics.count_request(kind)
+        answer: proto.Answer
         try:
-            body = await self._dispatch(conn, kind, fields)
+            answer = await self._dispatch(conn, request)
         except RequestError as exc:
             rep.metrics.bad_requests.labels(exc.error).inc()
-            body = {"ok": False, "error": exc.error, "detail": exc.detail}
+            answer = proto.ErrorAnswer(error=exc.error, detail=exc.detail)
         except P2PUpdateError as exc:
-            body = {"ok": False, "error": exc.rule, "detail": str(exc)}
+            answer = proto.ErrorAnswer(error=exc.rule, detail=str(exc))
         if kind == "ask":
             rep.metrics.ask_seconds.observe(time.perf_counter() - started)
+        body = answer.to_wire()
         body["id"] = seq
         return wire.encode(body)
 
-    async def _dispatch(self, conn: NodeConn, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _dispatch(self, conn: NodeConn, request: proto.Request) -> proto.Answer:
         rep = self.replica
         node = conn.node
-        if kind == "ask":
-            answer = rep.ask(node, fields)
+        if isinstance(request, proto.AskRequest):
+            answer = rep.ask(node, request)
             rep.metrics.count_ask(answer.granted, answer.gate, answer.reason)
-            return answer.fields
-        if kind == "status":
-            conn.addrs = tuple(fields["addrs"])
-            conn.pool = fields["pool"] or "default"
-            rep.on_status(node, fields)
-            return {"ok": True}
-        if kind == "rejoined":
-            rep.on_rejoined(node, fields)
-            return {"ok": True}
-        if kind == "return":
-            rep.on_return(node, fields)
-            return {"ok": True}
-        if kind == "failed":
-            return {"ok": True, **rep.on_failed(node, fields)}
-        if kind == "docs":
-            return {"ok": True, "docs": rep.current_documents()}
-        if kind == "peers":
+            return answer.reply
+        if isinstance(request, proto.StatusReport):
+            conn.addrs = request.addrs
+            conn.pool = request.pool or "default"
+            rep.on_status(node, request)
+            return proto.Ack()
+        if isinstance(request, proto.RejoinedReport):
+            rep.on_rejoined(node, request)
+            return proto.Ack()
+        if isinstance(request, proto.ReturnReport):
+            rep.on_return(node, request)
+            return proto.Ack()
+        if isinstance(request, proto.FailedReport):
+            return proto.FailedAck(paused=rep.on_failed(node, request))
+        if isinstance(request, proto.DocsRequest):
+            return proto.DocsAnswer(docs=tuple(rep.current_documents()))
+        if isinstance(request, proto.PeersRequest):
             others = [c for c in self.conns.values() if c.node != node]
             same = [c for c in others if c.pool == conn.pool]
             rest = [c for c in others if c.pool != conn.pool]
             random.shuffle(same)
             random.shuffle(rest)
-            chosen = (same + rest)[: fields["count"]]
-            return {
-                "ok": True,
-                "peers": [
-                    {"node": c.node, "pool": c.pool, "addrs": list(c.addrs), "observed": c.peer}
+            chosen = (same + rest)[: request.count]
+            return proto.PeersAnswer(
+                peers=tuple(
+                    proto.Peer(node=c.node, pool=c.pool, addrs=c.addrs, observed=c.peer)
                     for c in chosen
-                ],
-            }
-        if kind == "signal":
-            target = self.conns.get(fields["to"])
+                )
+            )
+        if isinstance(request, proto.SignalRequest):
+            target = self.conns.get(request.to)
             if target is None:
-                return {"ok": False, "error": "not-connected", "detail": "that node is not here"}
-            data = wire.encode({"push": "signal", "from": node, "data": fields["data"]})
+                return proto.ErrorAnswer(error="not-connected", detail="that node is not here")
+            data = wire.encode(proto.SignalPush(sender=node, data=request.data).to_wire())
             with trio.move_on_after(PUSH_TIMEOUT) as scope:
                 try:
                     await target.sock.send(target.session.seal(data))
-                except cc.WebSocketClosed:
-                    return {"ok": False, "error": "not-connected", "detail": "that node just left"}
+                except WebSocketClosed:
+                    return proto.ErrorAnswer(error="not-connected", detail="that node just left")
             if scope.cancelled_caught:
-                return {"ok": False, "error": "timeout", "detail": "the other node is not reading"}
-            return {"ok": True}
-        raise RequestError("unknown-kind", kind)  # pragma: no cover - schema covers kinds
+                return proto.ErrorAnswer(error="timeout", detail="the other node is not reading")
+            return proto.Ack()
+        raise RequestError("unknown-kind", request.KIND)  # pragma: no cover - REQUESTS
 
 
 class _TooLarge(Exception):

@@ -7,7 +7,7 @@ What is kept, and what is deliberately not:
   the ``TrustStore`` with its floors, so a rollback stays refused across restarts).
 * ``nodes``: the node registry -- each node's pool, version, artifact, update state and
   why its own gates hold it back.  **No load and no capacity per node**: the coordinator
-  sees aggregates only (DESIGN.md 5), and those stay in memory.
+  sees aggregates only (README "Capacity gate and departure tokens"), and those stay in memory.
 * ``failures`` and ``breaker``: failed swaps per artifact and which artifacts are paused,
   so a pause survives a restart.
 * ``audit``: every grant, refusal, force, pause and resume, one row each.

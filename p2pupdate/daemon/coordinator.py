@@ -1,6 +1,6 @@
 """The daemon's side of the coordinator: documents, gates 1-2, asks, reports, nudges.
 
-``CoordinatorLink`` wraps ``coordclient.QuorumClient`` (one kept-open channel per replica)
+``CoordinatorLink`` wraps ``replica.QuorumClient`` (one kept-open channel per replica)
 with what the node keeps: its ``TrustFile`` (allowlists and scopes raise floors on disk),
 the release records it was sent, its identity key, and its pool.  The ``Node`` calls it
 for the effects that involve the coordinator; it never decides anything itself:
@@ -33,8 +33,7 @@ from typing import Any
 
 import trio
 
-from .. import coordclient as cc
-from ..core import crypto
+from ..core import crypto, departure
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
@@ -43,6 +42,7 @@ from ..core.gates import GATE_ALLOWLIST, GateResult, choose_target
 from ..fsutil import create_exclusive, read_limited
 from ..truststate import TrustFile
 from .gossip import parse_link_address
+from .replica import CoordinatorUnavailable, QuorumClient, ReplicaLink
 
 IDENTITY = "identity.pem"
 #: How long a report waits for a replica to (re)connect before it counts as failed.
@@ -118,7 +118,7 @@ class CoordinatorLink:
         self.estimate_source: Callable[[], dict[str, float] | None] = lambda: None
         self.addrs: list[str] = []
         self.on_document: Callable[[bytes], object] = lambda _doc: None
-        self.client = cc.QuorumClient(
+        self.client = QuorumClient(
             urls,
             key,
             lambda: self.trust.store,
@@ -163,7 +163,7 @@ class CoordinatorLink:
         fields = {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
         await self.client.report("status", fields)
 
-    async def _on_connect(self, link: cc.ReplicaLink) -> None:
+    async def _on_connect(self, link: ReplicaLink) -> None:
         """A (re)connected replica: take its documents, tell it where we are.
 
         Runs as its own task: the answer arrives through the link's read loop, which
@@ -171,7 +171,7 @@ class CoordinatorLink:
         """
 
         async def later() -> None:
-            with contextlib.suppress(cc.CoordinatorUnavailable):
+            with contextlib.suppress(CoordinatorUnavailable):
                 answer = await link.request("docs", {})
                 for data in answer.get("docs", []) if answer.get("ok") else []:
                     if isinstance(data, bytes):
@@ -181,7 +181,7 @@ class CoordinatorLink:
         if self._nursery is not None:
             self._nursery.start_soon(later)
 
-    async def _on_push(self, link: cc.ReplicaLink, msg: dict[str, Any]) -> None:
+    async def _on_push(self, link: ReplicaLink, msg: dict[str, Any]) -> None:
         kind, data = msg.get("push"), msg.get("doc")
         if kind == "doc" and isinstance(data, bytes):
             self.accept(data)
@@ -235,7 +235,7 @@ class CoordinatorLink:
         for link in self.client.connected()[:1]:
             try:
                 answer = await link.request("peers", {"count": count})
-            except cc.CoordinatorUnavailable:
+            except CoordinatorUnavailable:
                 continue
             for peer in answer.get("peers", []) if answer.get("ok") else []:
                 out.extend(_contacts_of(peer))
@@ -288,7 +288,7 @@ class CoordinatorLink:
     async def prefetch(self, artifact: str, dest: Path, limit: int) -> None:
         release = self.releases.get(artifact)
         if release is None:
-            raise cc.CoordinatorUnavailable(f"no release record for {artifact[:16]}...")
+            raise CoordinatorUnavailable(f"no release record for {artifact[:16]}...")
         await trio.to_thread.run_sync(self.client.fetch_artifact, artifact, dest, release, limit)
 
     async def ask(self, effect: up.AskCoordinator, *, capacity: float, load: float) -> up.Event:
@@ -336,7 +336,7 @@ class CoordinatorLink:
 
     async def report_rejoined(self, effect: up.ReportRejoined) -> up.Event:
         return await self.report(
-            "rejoined", {"artifact": effect.artifact, "nonce": cc.token_nonce(effect.token)}
+            "rejoined", {"artifact": effect.artifact, "nonce": departure.token_nonce(effect.token)}
         )
 
     async def report_failure(self, effect: up.ReportFailure) -> up.Event:
@@ -346,12 +346,12 @@ class CoordinatorLink:
                 "artifact": effect.artifact,
                 "counter": effect.counter,
                 "reason": effect.reason[:500],
-                "nonce": cc.token_nonce(effect.token),
+                "nonce": departure.token_nonce(effect.token),
             },
         )
 
     async def return_lease(self, token: bytes, reason: str) -> None:
-        with contextlib.suppress(cc.CoordinatorUnavailable):
+        with contextlib.suppress(CoordinatorUnavailable):
             await self.client.report(
-                "return", {"nonce": cc.token_nonce(token), "reason": reason[:500]}
+                "return", {"nonce": departure.token_nonce(token), "reason": reason[:500]}
             )

@@ -56,7 +56,6 @@ import trio
 
 import p2pupdate
 
-from ..coordclient import CoordinatorUnavailable
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
@@ -81,6 +80,7 @@ from .gossip import GossipService
 from .health import self_test
 from .offers import OfferError, OfferSource
 from .options import DaemonOptions
+from .replica import CoordinatorUnavailable
 
 #: A checkpoint larger than this is refused (the workload's own state should be on disk).
 MAX_CHECKPOINT = 512 * 1024 * 1024

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import trio
 
-from p2pupdate import coordclient as cc
 from p2pupdate.core import crypto
 from p2pupdate.core.trust import TrustStore
+from p2pupdate.daemon.replica import QuorumClient
 
 
 async def main(url: str, root: str, to: str) -> None:
     store = TrustStore.from_root(Path(root).read_bytes(), int(time.time()))
     key = crypto.SigningKey.from_seed(os.urandom(32))
-    client = cc.QuorumClient([url], key, lambda: store)
+    client = QuorumClient([url], key, lambda: store)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         await client.wait_connected()

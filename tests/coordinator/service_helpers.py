@@ -5,12 +5,13 @@ every role, a signed root) plus helpers that sign releases, allowlists, scopes a
 with those keys.  ``ReplicaProcesses`` runs ``p2pupdate-coordinator serve`` as child
 processes (each in its own session, killed at teardown whatever the test did);
 ``in_process`` runs a replica inside the test's trio run.  ``LightNode`` speaks the real
-node protocol (``p2pupdate.coordclient``) without a daemon: 50 of them fit in one test.
+node protocol (``p2pupdate.daemon.replica``) without a daemon: 50 of them fit in one test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -30,12 +31,13 @@ import pytest
 import trio
 
 from coordinator.cli import main as coordinator_main
+from coordinator.policy import PolicyConfig
 from coordinator.server import Server
 from coordinator.service import Replica, ServiceConfig
-from p2pupdate import coordclient as cc
-from p2pupdate.core import crypto
+from p2pupdate.core import crypto, departure
 from p2pupdate.core import documents as docs
 from p2pupdate.core.trust import TrustStore
+from p2pupdate.daemon.replica import AskOutcome, QuorumClient, ReplicaLink
 
 REPO = Path(__file__).resolve().parents[2]
 ZERO = "0" * 64
@@ -217,7 +219,10 @@ async def in_process(
     net: Network, index: int = 1, **settings: Any
 ) -> AsyncIterator[tuple[Replica, str]]:
     """A replica served inside this trio run: ``(replica, url)``."""
-    config = ServiceConfig(network_dir=net.dir, replica=index, **{"first_start": True, **settings})
+    knobs = {f.name for f in dataclasses.fields(PolicyConfig) if f.init}
+    policy = PolicyConfig(**{k: v for k, v in settings.items() if k in knobs})
+    rest = {"first_start": True, **{k: v for k, v in settings.items() if k not in knobs}}
+    config = ServiceConfig(network_dir=net.dir, replica=index, policy=policy, **rest)
     replica = Replica(config)
     server = Server(replica)
     try:
@@ -250,10 +255,10 @@ class LightNode:
         self.pushes: list[dict[str, Any]] = []
         self.store = net.trust()
 
-        async def on_push(_link: cc.ReplicaLink, msg: dict[str, Any]) -> None:
+        async def on_push(_link: ReplicaLink, msg: dict[str, Any]) -> None:
             self.pushes.append(msg)
 
-        self.client = cc.QuorumClient(urls, self.key, lambda: self.store, on_push=on_push)
+        self.client = QuorumClient(urls, self.key, lambda: self.store, on_push=on_push)
 
     async def start(self, nursery: trio.Nursery, connected: int | None = None) -> None:
         await nursery.start(self.client.run)
@@ -290,7 +295,7 @@ class LightNode:
         scope_serial: int = 1,
         capacity: float = 10.0,
         load: float = 5.0,
-    ) -> cc.AskOutcome:
+    ) -> AskOutcome:
         return await self.client.ask(
             pool=self.pool,
             from_artifact=frm,
@@ -303,11 +308,16 @@ class LightNode:
 
     async def rejoined(self, artifact: str, token: bytes | None) -> int:
         return await self.client.report(
-            "rejoined", {"artifact": artifact, "nonce": cc.token_nonce(token)}
+            "rejoined", {"artifact": artifact, "nonce": departure.token_nonce(token)}
         )
 
     async def failed(self, artifact: str, reason: str, token: bytes | None = None) -> int:
         return await self.client.report(
             "failed",
-            {"artifact": artifact, "counter": 2, "reason": reason, "nonce": cc.token_nonce(token)},
+            {
+                "artifact": artifact,
+                "counter": 2,
+                "reason": reason,
+                "nonce": departure.token_nonce(token),
+            },
         )

@@ -10,8 +10,7 @@ import trio
 
 from coordinator.cli import render_status
 from coordinator.service import Replica, ServiceConfig
-from p2pupdate import coordclient as cc
-from p2pupdate.core import crypto
+from p2pupdate.core import coordproto, crypto, departure
 from p2pupdate.core import documents as docs
 
 from .service_helpers import ZERO, LightNode, Network, ahttp, artifact_of, in_process
@@ -59,15 +58,18 @@ async def test_publish_refuses_forged_expired_wrong_role_with_400(tmp_path: Path
         wrong_role = net.scope(A, serial=5, signer=net.key("coordinator"))
         rollback = net.allowlist(1, [A])
         token = (
-            cc.propose_token(
-                node=ZERO,
-                pool="p",
-                from_artifact=ZERO,
-                to_artifact=A,
-                allowlist_version=2,
-                scope_serial=1,
+            departure.propose_token(
+                departure.Binding(
+                    node=ZERO,
+                    pool="p",
+                    from_artifact=ZERO,
+                    to_artifact=A,
+                    allowlist_version=2,
+                    scope_serial=1,
+                ),
                 ttl=60,
                 now_wall=now,
+                nonce=bytes(16),
             )
             .sign(net.coordinator_keys())
             .to_wire()
@@ -154,15 +156,17 @@ async def test_token_is_bound_and_rejoin_ends_the_lease_early(tmp_path: Path) ->
             await one.status()
             granted = await one.ask(A)
             assert granted.token is not None
-            tok = cc.verify_departure(
+            tok = departure.verify_departure(
                 net.trust(),
                 granted.token,
-                node=one.node,
-                pool="default",
-                from_artifact=ZERO,
-                to_artifact=A,
-                allowlist_version=1,
-                scope_serial=1,
+                departure.Binding(
+                    node=one.node,
+                    pool="default",
+                    from_artifact=ZERO,
+                    to_artifact=A,
+                    allowlist_version=1,
+                    scope_serial=1,
+                ),
                 now_wall=time.time(),
             )
             assert tok.expires - tok.issued == 300
@@ -171,15 +175,18 @@ async def test_token_is_bound_and_rejoin_ends_the_lease_early(tmp_path: Path) ->
             assert await one.rejoined(A, granted.token) == 1
             assert (await two.ask(A)).token is not None
             # a node asking for another node is refused outright
-            evil = cc.propose_token(
-                node=one.node,
-                pool="default",
-                from_artifact=ZERO,
-                to_artifact=A,
-                allowlist_version=1,
-                scope_serial=1,
+            evil = departure.propose_token(
+                departure.Binding(
+                    node=one.node,
+                    pool="default",
+                    from_artifact=ZERO,
+                    to_artifact=A,
+                    allowlist_version=1,
+                    scope_serial=1,
+                ),
                 ttl=300,
                 now_wall=time.time(),
+                nonce=bytes(16),
             )
             answer = await two.client.links[0].request(
                 "ask", {"token": evil.to_payload(), "capacity": 1.0, "load": 0.0}
@@ -346,7 +353,7 @@ async def test_forged_or_replayed_requests_close_the_channel(tmp_path: Path) -> 
             ws = link._ws
             assert ws is not None
             assert link._session is not None
-            frame = cc.seal_request(link._session, "docs", 99, {})
+            frame = coordproto.seal_request(link._session, 99, coordproto.DocsRequest())
             await ws.send(frame[:10] + bytes([frame[10] ^ 1]) + frame[11:])  # bad MAC
             with trio.fail_after(5):
                 while link.is_connected and link._ws is ws:
@@ -370,12 +377,13 @@ def test_the_aggregate_is_a_median_a_lying_minority_cannot_move(tmp_path: Path) 
                 "held": None,
                 "addrs": [],
             }
-            replica.on_status(f"{i:064x}", fields)
+            replica.on_status(f"{i:064x}", coordproto.StatusReport.from_wire(fields))
         agg = replica.aggregate("p")
         assert (agg.capacity, agg.load, agg.serving) == (1010.0, 490.0, 41)
         # one node reporting again replaces its estimate: distinct reporters only
         for _ in range(10):
-            replica.on_status(f"{3:064x}", {**fields, "estimate": {**fields["estimate"]}})
+            again = {**fields, "estimate": {**fields["estimate"]}}
+            replica.on_status(f"{3:064x}", coordproto.StatusReport.from_wire(again))
         assert replica.aggregate("p").capacity == 1010.0
         replica.store.flush()
         columns = [r[1] for r in replica.store.db.execute("PRAGMA table_info(nodes)")]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from p2pupdate import coordclient as cc
+from p2pupdate.core import departure
 
 from .service_helpers import (
     REPO,
@@ -134,15 +134,17 @@ async def test_quorum_never_exceeds_the_global_budget_when_a_replica_dies(
                 wait = min(outcome.retry_after or 1.0, 1.0)
                 await trio.sleep(wait * rng.uniform(0.5, 1.5))
                 continue
-            tok = cc.verify_departure(
+            tok = departure.verify_departure(
                 n.store,
                 outcome.token,
-                node=n.node,
-                pool="default",
-                from_artifact="0" * 64,
-                to_artifact=TO,
-                allowlist_version=1,
-                scope_serial=1,
+                departure.Binding(
+                    node=n.node,
+                    pool="default",
+                    from_artifact="0" * 64,
+                    to_artifact=TO,
+                    allowlist_version=1,
+                    scope_serial=1,
+                ),
                 now_wall=time.time(),
             )
             signers = {k for k, _s in _sigs(outcome.token)}

@@ -1,0 +1,346 @@
+"""The replica's asks and leases: gates 1-3 for a proposed token, a signature or a refusal.
+
+An ask is answered in this order, and the first "no" is the answer (README "Capacity gate
+and departure tokens": answers say why; "held back by scope" and "broken" never look
+alike):
+
+1. the proposed token is well formed, names the asking node, and its times are this
+   replica's (``issued`` within ``max_skew`` of our clock, ``expires = issued + ttl``);
+2. gate 1 (``allowlisted``) against this replica's current allowlist, whose version the
+   token must name; gate 2 (``in_scope``) against the current scope, same for the serial;
+3. gate 3: ``policy.decide`` -- breaker pause, warm-up, stale aggregate, lease budget,
+   min-serving, headroom, force budget.
+
+A grant is a signature over the node's proposed payload; the lease it records lasts
+``token_ttl + max_skew`` (``PolicyConfig.lease_ttl``), so it outlives the token on any
+clock within the skew allowance.  Leases live in memory only: a restarted replica grants
+nothing until every lease it may have granted before has lapsed (the warm-up, from the
+grant horizon it writes to the database before each grant that extends it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from p2pupdate.core import coordproto as proto
+from p2pupdate.core import documents as docs
+from p2pupdate.core import gates
+from p2pupdate.core.departure import parse_token
+from p2pupdate.core.errors import P2PUpdateError
+from p2pupdate.core.session import Signer
+
+from . import policy
+from .breakers import Breakers
+from .errors import RequestError
+from .publishing import Documents
+from .registry import Registry
+from .store import AuditRow, Store
+
+__all__ = ["Answer", "Asks", "LeaseInfo"]
+
+
+@dataclass
+class LeaseInfo:
+    """What this replica signed for a node's lease (to end it or answer a retry)."""
+
+    nonce: bytes
+    digest: str
+    sig: bytes
+    pool: str
+    artifact: str
+    expires_wall: float
+    forced: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Answer:
+    """A refusal or a grant, as sent to the node, with what the metrics count it by."""
+
+    reply: proto.AskGrant | proto.AskRefusal
+    granted: bool
+    gate: str
+    reason: str
+
+
+class Asks:
+    def __init__(
+        self,
+        *,
+        token_ttl: int,
+        max_skew: int,
+        first_start: bool,
+        config: policy.PolicyConfig,
+        store: Store,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        signer: Signer,
+        documents: Documents,
+        registry: Registry,
+        breakers: Breakers,
+    ) -> None:
+        self.token_ttl = token_ttl
+        self.max_skew = max_skew
+        self.policy = config
+        self.store = store
+        self.clock = clock
+        self.wall = wall
+        self.signer = signer
+        self.keyid = signer.keyid
+        self.documents = documents
+        self.registry = registry
+        self.breakers = breakers
+        # Warm-up: grant nothing while a lease we may have granted before could be alive.
+        # No horizon on record: unknown (a lost state dir looks new), so a full TTL --
+        # unless the operator says this replica is new and has never granted anything.
+        now, now_wall = clock(), wall()
+        ttl = config.lease_ttl
+        horizon = store.grant_horizon()
+        if horizon is None:
+            horizon = now_wall if first_start else now_wall + ttl
+            store.set_grant_horizon(horizon)
+        self._horizon = horizon
+        wait = min(ttl, max(0.0, horizon - now_wall))
+        self.started_at = now - ttl + wait
+        self.started_wall = now_wall
+        self.warm_until_wall = now_wall + wait
+        self.pools: dict[str, policy.PoolState] = {}
+        self._agg_dirty: set[str] = set()
+        self.leases: dict[str, LeaseInfo] = {}
+        self.refusals: Counter[tuple[str, str, str]] = Counter()
+        for artifact, gate, reason, count in store.refusal_counts():
+            self.refusals[(artifact, gate, reason)] += count
+
+    def aggregate_changed(self, pool: str) -> None:
+        """New estimates for ``pool``: its state takes the new median at the next ask."""
+        self._agg_dirty.add(pool)
+
+    def pool_state(self, pool: str) -> policy.PoolState:
+        state = self.pools.get(pool)
+        if state is None:
+            state = policy.PoolState(
+                pool=pool, aggregate=self.registry.aggregate(pool), started_at=self.started_at
+            )
+            self._agg_dirty.discard(pool)
+        elif pool in self._agg_dirty:
+            state = state.with_aggregate(self.registry.aggregate(pool))
+            self._agg_dirty.discard(pool)
+        self.pools[pool] = state
+        return state
+
+    def end_lease(self, node: str, nonce: bytes, event: str, reason: str = "") -> bool:
+        """End ``node``'s lease here (a matching nonce, or any when none is given)."""
+        info = self.leases.get(node)
+        if info is None or (nonce and nonce != info.nonce):
+            return False
+        del self.leases[node]
+        state = self.pools.get(info.pool)
+        if state is not None:
+            self.pools[info.pool] = state.end_lease(node)
+        self.store.audit(
+            AuditRow(
+                time=self.wall(),
+                event=event,
+                node=node,
+                pool=info.pool,
+                artifact=info.artifact,
+                reason=reason,
+            )
+        )
+        return True
+
+    def _refuse(
+        self,
+        token: docs.DepartureToken,
+        gate: str,
+        reason: str,
+        detail: str,
+        retry_after: float | None,
+        position: int | None = None,
+    ) -> Answer:
+        self.refusals[(token.to_artifact, gate, reason)] += 1
+        self.store.audit(
+            AuditRow(
+                time=self.wall(),
+                event="refuse",
+                node=token.node,
+                pool=token.pool,
+                artifact=token.to_artifact,
+                gate=gate,
+                reason=reason,
+                detail=detail,
+            )
+        )
+        refusal = proto.AskRefusal(
+            gate=gate, reason=reason, detail=detail, retry_after=retry_after, position=position
+        )
+        return Answer(
+            reply=refusal,
+            granted=False,
+            gate=gate,
+            reason=reason,
+        )
+
+    def ask(self, node: str, request: proto.AskRequest) -> Answer:
+        """Gates 1-3 for one proposed token; a signature or a refusal (module docstring)."""
+        payload = request.token
+        try:
+            token = parse_token(payload)
+        except P2PUpdateError as exc:
+            raise RequestError("bad-token", f"{exc.rule}: {exc}") from None
+        if token.node != node:
+            raise RequestError("binding", "the token names another node")
+        now_wall = self.wall()
+        if abs(token.issued - now_wall) > self.max_skew + 1:
+            raise RequestError(
+                "clock-skew",
+                f"token issued at {token.issued}, this replica's clock says {int(now_wall)} "
+                f"(more than {self.max_skew} s apart)",
+            )
+        if token.expires - token.issued != self.token_ttl:
+            raise RequestError("bad-ttl", f"tokens here last exactly {self.token_ttl} s")
+
+        # Gate 1: the allowlist this replica holds, exactly the version the token names.
+        documents = self.documents
+        allow = documents.allowlist
+        if allow is None:
+            return self._refuse(
+                token,
+                gates.GATE_ALLOWLIST,
+                "no-allowlist",
+                "nothing published",
+                policy.document_retry(policy.NO_DOCUMENT, self.policy),
+            )
+        if token.allowlist_version != allow.doc.version:
+            return self._refuse(
+                token,
+                gates.GATE_ALLOWLIST,
+                "allowlist-changed",
+                f"the current allowlist is v{allow.doc.version}",
+                policy.document_retry(policy.DOCUMENT_CHANGED, self.policy),
+            )
+        scope = documents.scope.doc if documents.scope is not None else None
+        releases = {a: s.doc for a, s in documents.releases.items()}
+        installed = releases.get(token.from_artifact)
+        now_int = int(now_wall)
+        g1 = gates.allowlisted(
+            token.to_artifact,
+            allowlist=allow.doc,
+            releases=releases,
+            now=now_int,
+            installed=installed,
+            scope=scope,
+        )
+        if not g1.ok:
+            held = policy.document_retry(policy.HELD_BY_DOCUMENT, self.policy)
+            return self._refuse(token, g1.gate, g1.reason, g1.detail, held)
+        # Gate 2: the operator's current scope, exactly the serial the token names.
+        if scope is not None and token.scope_serial != scope.serial:
+            return self._refuse(
+                token,
+                gates.GATE_SCOPE,
+                "scope-changed",
+                f"the current scope is serial {scope.serial}",
+                policy.document_retry(policy.DOCUMENT_CHANGED, self.policy),
+            )
+        g2 = gates.in_scope(node, token.to_artifact, scope=scope, now=now_int)
+        if not g2.ok:
+            held = policy.document_retry(policy.HELD_BY_DOCUMENT, self.policy)
+            return self._refuse(token, g2.gate, g2.reason, g2.detail, held)
+        # Gate 3: the capacity policy (breaker, warm-up, aggregate, budgets, headroom).
+        now = self.clock()
+        state = self.pool_state(token.pool).expire(now)
+        self.pools[token.pool] = state
+        breaker = self.breakers.breakers.get(token.to_artifact)
+        paused = breaker is not None and breaker.paused
+        force = scope is not None and scope.force
+        ask = policy.Ask(
+            node=node, capacity=request.capacity, load=request.load, force=force, time=now
+        )
+        decision = policy.decide(
+            replace(state, paused=True) if paused else state, ask, now, self.policy
+        )
+        if not decision.granted:
+            detail = decision.to_gate_result().detail
+            if paused and breaker is not None:
+                detail = breaker.reason
+            return self._refuse(
+                token,
+                decision.gate,
+                decision.reason,
+                detail,
+                decision.retry_after,
+                decision.queue_position,
+            )
+        lease = decision.lease
+        assert lease is not None
+        digest = hashlib.sha256(payload).hexdigest()
+        info = self.leases.get(node)
+        if decision.code == policy.EXISTING_LEASE:
+            if info is None or info.digest != digest:
+                left = max(1.0, lease.expires - now)
+                return self._refuse(
+                    token,
+                    policy.gate_of(policy.LEASE_BUDGET),
+                    "lease-held",
+                    "this replica still holds a lease for this node under another token",
+                    min(left, self.policy.base_retry),
+                )
+            return self._grant_answer(info, decision.reason)
+        # The lease may outlive a crash of this replica: the horizon is on disk first.
+        expires_wall = now_wall + (lease.expires - now)
+        if self._horizon < expires_wall:
+            self._horizon = now_wall + 2 * self.policy.lease_ttl
+            self.store.set_grant_horizon(self._horizon)
+        self.pools[token.pool] = state.add(lease)
+        sig = self.signer.sign(docs.DepartureToken.TYPE, payload)
+        info = LeaseInfo(
+            nonce=token.nonce,
+            digest=digest,
+            sig=sig,
+            pool=token.pool,
+            artifact=token.to_artifact,
+            expires_wall=expires_wall,
+            forced=lease.forced,
+        )
+        self.leases[node] = info
+        self.breakers.attempted(token.to_artifact, node)
+        self.store.audit(
+            AuditRow(
+                time=now_wall,
+                event="force" if lease.forced else "grant",
+                node=node,
+                pool=token.pool,
+                artifact=token.to_artifact,
+                gate=decision.gate,
+                reason=decision.reason,
+                detail=f"nonce {token.nonce.hex()} until {token.expires}",
+            )
+        )
+        return self._grant_answer(info, decision.reason)
+
+    def _grant_answer(self, info: LeaseInfo, reason: str) -> Answer:
+        grant = proto.AskGrant(
+            replica=self.keyid, sig=info.sig, reason=reason, lease_expires=info.expires_wall
+        )
+        return Answer(
+            reply=grant,
+            granted=True,
+            gate=gates.GATE_CAPACITY,
+            reason=reason,
+        )
+
+    def active_leases(self) -> dict[str, list[policy.Lease]]:
+        now = self.clock()
+        out: dict[str, list[policy.Lease]] = {}
+        for pool, state in list(self.pools.items()):
+            state = state.expire(now)
+            self.pools[pool] = state
+            if state.leases:
+                out[pool] = list(state.leases)
+        alive = {lease.node for leases in out.values() for lease in leases}
+        for node in [n for n in self.leases if n not in alive]:
+            del self.leases[node]
+        return out

@@ -1,0 +1,24 @@
+"""The replica's own errors, by whose fault they are (``p2pupdate.errors``)."""
+
+from __future__ import annotations
+
+from p2pupdate.errors import LocalStateFault, PeerFault
+
+__all__ = ["ConfigError", "RequestError"]
+
+
+class ConfigError(LocalStateFault):
+    """The replica cannot start with this network directory or these settings."""
+
+    rule = "config"
+
+
+class RequestError(PeerFault):
+    """A request the node got wrong (not a refusal): answered ``ok: false``.
+
+    ``error`` is the code the node sees (also this exception's ``rule``)."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail, rule=error)
+        self.error = error
+        self.detail = detail

@@ -1,0 +1,239 @@
+"""The replica's documents: the trust store, what was published, and the artifact origin.
+
+Operators publish signed documents over HTTP (``POST /v1/publish``); each is verified
+against the replica's ``TrustStore`` (README "Trust model"), stored with the trust state
+that accepting it produced, and pushed to connected nodes.  The newest allowlist, scope
+and nudge and every release record are kept in memory for the ask path.  Artifact bytes
+(``PUT /v1/artifacts/<sha256>``) are accepted only for a published release and only if
+they are that release (``core.origin.check_artifact``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from p2pupdate.core import coordproto as proto
+from p2pupdate.core import crypto
+from p2pupdate.core import documents as docs
+from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
+from p2pupdate.core.origin import check_artifact
+from p2pupdate.core.trust import TrustStore
+from p2pupdate.fsutil import atomic_write, read_limited
+
+from .errors import ConfigError
+from .store import Store
+
+__all__ = ["PUBLISHABLE", "ROOT_FILE", "Documents", "load_root", "open_trust"]
+
+ROOT_FILE: Final = "root.msgpack"
+PUBLISHABLE: Final[dict[str, type[docs.Document]]] = {
+    "release": docs.Release,
+    "allowlist": docs.Allowlist,
+    "scope": docs.Scope,
+    "nudge": docs.Nudge,
+}
+
+
+class PublishCounter(Protocol):
+    """Where publish results are counted (``Metrics.published``)."""
+
+    def published(self, kind: str, result: str) -> None: ...
+
+
+def load_root(network_dir: Path) -> bytes:
+    path = network_dir / ROOT_FILE
+    try:
+        return read_limited(path, 1024 * 1024 + 4096)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+
+
+def open_trust(store: Store, network_dir: Path, now_wall: float) -> TrustStore:
+    """The trust state saved in the database, or a fresh one from the network's root."""
+    saved = store.get("trust")
+    try:
+        if saved is not None:
+            return TrustStore.from_bytes(saved)
+        trust = TrustStore.from_root(load_root(network_dir), int(now_wall))
+    except P2PUpdateError as exc:
+        raise ConfigError(f"root: {exc.rule}: {exc}") from None
+    store.put("trust", trust.to_bytes())
+    return trust
+
+
+class Documents:
+    """What this replica holds of the network's documents, and how new ones get in."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        trust: TrustStore,
+        directory: Path,
+        max_artifact: int,
+        wall: Callable[[], float],
+        metrics: PublishCounter,
+        push: Callable[[proto.Push], None],
+        on_scope: Callable[[docs.Scope], list[str]],
+    ) -> None:
+        self.store = store
+        self.trust = trust
+        self.dir = directory
+        self.max_artifact = max_artifact
+        self.wall = wall
+        self.metrics = metrics
+        #: Push a message to every connected node.
+        self.push = push
+        #: A newer scope was published: the artifacts whose paused rollout it resumes.
+        self.on_scope = on_scope
+        self.allowlist: docs.Signed[docs.Allowlist] | None = None
+        self.scope: docs.Signed[docs.Scope] | None = None
+        self.nudge: docs.Signed[docs.Nudge] | None = None
+        self.releases: dict[str, docs.Signed[docs.Release]] = {}
+        self._load_documents()
+
+    def _load_documents(self) -> None:
+        root = self.trust.root
+        for kind, cls in PUBLISHABLE.items():
+            for data in self.store.documents(kind):
+                try:
+                    signed: docs.Signed[Any] = docs.open_signed(cls, data, root)
+                except P2PUpdateError:
+                    continue  # signed by keys a newer root rotated out
+                self._install(kind, signed)
+
+    def _install(self, kind: str, signed: docs.Signed[Any]) -> None:
+        doc = signed.doc
+        if kind == "release":
+            self.releases[doc.artifact] = signed
+        elif kind == "allowlist":
+            if self.allowlist is None or doc.version >= self.allowlist.doc.version:
+                self.allowlist = signed
+        elif kind == "scope":
+            if self.scope is None or doc.serial >= self.scope.doc.serial:
+                self.scope = signed
+        elif kind == "nudge" and (self.nudge is None or doc.serial >= self.nudge.doc.serial):
+            self.nudge = signed
+
+    def publish(self, data: bytes) -> tuple[int, dict[str, Any]]:
+        """Verify and store one signed document: ``(HTTP status, JSON answer)``.
+
+        Anything that does not verify is a 400 with the rule and reason, and changes
+        nothing (the ``TrustStore`` is a value; it is replaced only after success).
+        """
+        now = int(self.wall())
+        try:
+            kind = docs.peek_type(data)
+        except WireError as exc:
+            return self._bad("publish", exc.rule, f"not a signed document: {exc}")
+        try:
+            if kind == "root":
+                signed_root, store = self.trust.update_root(data, now)
+                store.check_current_root(now)
+                self.store.add_document(
+                    type_="root",
+                    floor=signed_root.doc.version,
+                    artifact=None,
+                    digest=signed_root.digest,
+                    data=data,
+                    trust=store.to_bytes(),
+                )
+                self.trust = store
+                self.metrics.published("root", "ok")
+                return 200, {"ok": True, "type": kind, "describe": signed_root.doc.describe()}
+            cls = PUBLISHABLE.get(kind)
+            if cls is None:
+                why = {
+                    "departure": "departure tokens are issued by replicas, never published",
+                    "heartbeat": "heartbeats are gossiped between nodes, never published",
+                }.get(kind, f"unknown document type {kind!r}")
+                return self._bad(kind, "wrong-type", why)
+            try:
+                accepted: tuple[docs.Signed[Any], TrustStore] = self.trust.accept(cls, data, now)
+                signed, store = accepted
+            except SignatureError as exc:
+                raise self._explain_signers(kind, cls.ROLE, data, exc) from None
+        except P2PUpdateError as exc:
+            return self._bad(kind, exc.rule, str(exc))
+        doc = signed.doc
+        self.store.add_document(
+            type_=kind,
+            floor=doc.floor_value,
+            artifact=getattr(doc, "artifact", None),
+            digest=signed.digest,
+            data=data,
+            trust=store.to_bytes(),
+        )
+        self.trust = store
+        self._install(kind, signed)
+        answer: dict[str, Any] = {"ok": True, "type": kind, "describe": doc.describe()}
+        if kind == "scope":
+            resumed = self.on_scope(doc)
+            if resumed:
+                answer["resumed"] = resumed
+        if kind == "nudge":
+            self.push(proto.DocumentPush(doc=data, nudge=True))
+        else:
+            self.push(proto.DocumentPush(doc=data))
+        self.metrics.published(kind, "ok")
+        return 200, answer
+
+    def _bad(self, kind: str, rule: str, reason: str) -> tuple[int, dict[str, Any]]:
+        self.metrics.published(kind, "rejected")
+        return 400, {"ok": False, "error": rule, "reason": reason}
+
+    def _explain_signers(
+        self, kind: str, role: str, data: bytes, exc: SignatureError
+    ) -> P2PUpdateError:
+        """A signature failure that is really a key of another role says so."""
+        root = self.trust.root
+        try:
+            env = crypto.Envelope.from_wire(data)
+        except P2PUpdateError:
+            return exc
+        good = env.valid_keyids(root.keys)
+        others = sorted(
+            {r for r, info in root.roles.items() if r != role and good & set(info.keys)}
+        )
+        if others and not good & set(root.roles[role].keys):
+            return P2PUpdateError(
+                f"a {kind} must be signed by {role} keys; this one is signed by "
+                f"{', '.join(others)} key(s) only",
+                rule="wrong-role",
+            )
+        return exc
+
+    def put_artifact(self, artifact: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        """Store artifact bytes for the origin; only builds with a published release."""
+        release = self.releases.get(artifact)
+        if release is None:
+            return 400, {
+                "ok": False,
+                "error": "no-release-record",
+                "reason": f"publish the release record of {artifact[:16]}... first",
+            }
+        problem = check_artifact(data, release.doc, self.max_artifact)
+        if problem:
+            return 400, {"ok": False, "error": "artifact-mismatch", "reason": problem}
+        atomic_write(self.dir / "artifacts" / artifact, data)
+        return 200, {"ok": True, "artifact": artifact, "length": len(data)}
+
+    def artifact_path(self, artifact: str) -> Path | None:
+        if len(artifact) != 64 or artifact.strip("0123456789abcdef"):
+            return None
+        path = self.dir / "artifacts" / artifact
+        return path if path.is_file() else None
+
+    def current_documents(self) -> list[bytes]:
+        out: list[bytes] = []
+        wanted: set[str] = set()
+        if self.allowlist is not None:
+            out.append(self.allowlist.envelope.to_wire())
+            wanted |= set(self.allowlist.doc.artifacts)
+        if self.scope is not None:
+            out.append(self.scope.envelope.to_wire())
+            wanted.add(self.scope.doc.artifact)
+        out += [self.releases[a].envelope.to_wire() for a in sorted(wanted) if a in self.releases]
+        return out

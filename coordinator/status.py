@@ -1,0 +1,162 @@
+"""``GET /status``: what operators see of one replica, in one JSON-ready map.
+
+Rollout progress per artifact (nodes, probation, failures, pauses, refusals by gate and
+reason, why gates 1-2 hold nodes back), leases and aggregates per pool, the documents in
+force, and the replica's own settings and warm-up.  Built from the replica's parts on
+each request (``/metrics`` gauges are set from the same map); it changes nothing, except
+that leases past their expiry are dropped on the way (``Asks.active_leases``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .asks import Asks
+from .breakers import Breakers
+from .publishing import Documents
+from .registry import Registry
+
+__all__ = ["replica_status"]
+
+
+def replica_status(
+    *,
+    index: int,
+    token_ttl: int,
+    connected: int,
+    documents: Documents,
+    registry: Registry,
+    asks: Asks,
+    breakers: Breakers,
+) -> dict[str, Any]:
+    now, now_wall = asks.clock(), asks.wall()
+    root = documents.trust.root
+    role = root.roles["coordinator"]
+    warm = max(0.0, asks.started_at + asks.policy.lease_ttl - now)
+    scope = documents.scope.doc if documents.scope is not None else None
+    allow = documents.allowlist.doc if documents.allowlist is not None else None
+    artifacts: dict[str, dict[str, Any]] = {}
+
+    def entry(artifact: str) -> dict[str, Any]:
+        if artifact not in artifacts:
+            rel = documents.releases.get(artifact)
+            artifacts[artifact] = {
+                "name": rel.doc.name if rel else None,
+                "counter": rel.doc.counter if rel else None,
+                "allowlisted": bool(allow and artifact in allow.artifacts),
+                "in_scope": scope.describe() if scope and scope.artifact == artifact else None,
+                "nodes": 0,
+                "probation": 0,
+                "failed": 0,
+                "failures": [],
+                "paused": False,
+                "paused_reason": None,
+                "leases": 0,
+                "refusals": {},
+                "held": {},
+            }
+        return artifacts[artifact]
+
+    versions: Counter[str] = Counter()
+    states: Counter[str] = Counter()
+    for row in registry.nodes.values():
+        versions[row.version] += 1
+        states[row.state] += 1
+        e = entry(row.artifact)
+        e["nodes"] += 1
+        if row.state == "probation":
+            e["probation"] += 1
+        if row.held and scope is not None:
+            held = entry(scope.artifact)["held"]
+            held[row.held] = held.get(row.held, 0) + 1
+    for artifact in allow.artifacts if allow else ():
+        entry(artifact)
+    if scope is not None:
+        entry(scope.artifact)
+    for artifact, b in breakers.breakers.items():
+        if not b.failures and not b.paused:
+            continue
+        e = entry(artifact)
+        e["failed"] = len(b.failures)
+        e["failures"] = [{"node": n, "reason": r} for n, r in b.failures.items()]
+        e["paused"] = b.paused
+        e["paused_reason"] = b.reason or None
+    for (artifact, gate, reason), count in asks.refusals.items():
+        entry(artifact)["refusals"][f"{gate}/{reason}"] = count
+    pools: dict[str, Any] = {}
+    for pool, leases in asks.active_leases().items():
+        pools[pool] = {"leases": []}
+        for lease in leases:
+            info = asks.leases.get(str(lease.node))
+            if info is not None:
+                entry(info.artifact)["leases"] += 1
+            pools[pool]["leases"].append(
+                {
+                    "node": lease.node,
+                    "artifact": info.artifact if info else None,
+                    "expires_in": round(lease.expires - now, 3),
+                    "forced": lease.forced,
+                }
+            )
+    for pool in set(registry.estimates) | set(asks.pools):
+        agg = registry.aggregate(pool)
+        p = pools.setdefault(pool, {"leases": []})
+        age = now - agg.as_of
+        p["aggregate"] = {
+            "capacity": agg.capacity,
+            "load": agg.load,
+            "serving": agg.serving,
+            "age": round(age, 3),
+            "stale": age > asks.policy.aggregate_max_age,
+            "reporters": len(registry.estimates.get(pool, {})),
+        }
+    refusals: Counter[str] = Counter()
+    for (_a, gate, reason), count in asks.refusals.items():
+        refusals[f"{gate}/{reason}"] += count
+    held_all: Counter[str] = Counter(r.held for r in registry.nodes.values() if r.held)
+    return {
+        "replica": {
+            "index": index,
+            "keyid": asks.keyid,
+            "network": root.network,
+            "replicas": len(role.keys),
+            "quorum": role.threshold,
+            "token_ttl": token_ttl,
+            "lease_ttl": asks.policy.lease_ttl,
+            "max_concurrent": asks.policy.max_concurrent,
+            "lease_share": asks.policy.lease_share,
+            "warming_up_for": round(warm, 3),
+            "connected_nodes": connected,
+            "time": now_wall,
+        },
+        "documents": {
+            "allowlist": {
+                "version": allow.version,
+                "expires": allow.expires,
+                "artifacts": list(allow.artifacts),
+            }
+            if allow
+            else None,
+            "scope": {
+                "serial": scope.serial,
+                "artifact": scope.artifact,
+                "kind": scope.kind,
+                "force": scope.force,
+                "expires": scope.expires,
+                "describe": scope.describe(),
+            }
+            if scope
+            else None,
+            "releases": [
+                {"artifact": a, "name": s.doc.name, "counter": s.doc.counter}
+                for a, s in sorted(documents.releases.items(), key=lambda kv: kv[1].doc.counter)
+            ],
+        },
+        "nodes": {"total": len(registry.nodes), "versions": dict(versions), "states": dict(states)},
+        "artifacts": artifacts,
+        "pools": pools,
+        "refusals": dict(refusals),
+        "held": dict(held_all),
+        "paused": {a: b.reason for a, b in breakers.breakers.items() if b.paused},
+    }

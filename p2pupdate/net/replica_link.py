@@ -1,0 +1,224 @@
+"""One replica's kept-open, authenticated channel: connect, handshake, request, reconnect.
+
+The node's side of README "Protocol": the handshake and the MAC are
+:mod:`p2pupdate.core.session`, the requests :mod:`p2pupdate.core.coordproto`, the framing
+:mod:`p2pupdate.net.websocket`.  A link reads no clock (its backoff sleeps on trio's);
+``p2pupdate.daemon.replica.QuorumClient`` runs one per replica, and the coordinator's load
+generator (``coordinator.bench``) drives many directly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..core import coordproto as proto
+from ..core import crypto, departure, wire
+from ..core import session as sess
+from ..core.errors import VerificationError, WireError
+from ..errors import CoordinatorFault
+from .websocket import WebSocket, WebSocketClosed, parse_url
+
+__all__ = ["CoordinatorUnavailable", "ProtocolError", "Push", "ReplicaLink"]
+
+
+class CoordinatorUnavailable(CoordinatorFault):
+    """No usable answer from a replica: not connected, closed, timed out, or garbled.
+
+    The one exception the client's public methods raise (each IO boundary normalises its
+    errors); refusals are answers, not errors.
+    """
+
+    rule = "coordinator-unavailable"
+
+
+class ProtocolError(CoordinatorFault):
+    """The replica broke the protocol (bad frame, bad signature, wrong order)."""
+
+    rule = "coordinator-protocol"
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+    answer: dict[str, Any] | None = None
+
+
+Push = Callable[["ReplicaLink", dict[str, Any]], Awaitable[None]]
+
+
+class ReplicaLink:
+    """A kept-open, authenticated channel to one replica, reconnecting with backoff."""
+
+    def __init__(
+        self,
+        url: str,
+        key: crypto.SigningKey,
+        *,
+        on_push: Push | None = None,
+        on_connect: Callable[[ReplicaLink], Awaitable[None]] | None = None,
+        log: Callable[[str], None] = lambda _m: None,
+        rng: random.Random | None = None,
+        replica_keys: Callable[[], Mapping[str, bytes]] | None = None,
+    ) -> None:
+        self.url = url
+        #: The coordinator keys a challenge must be signed with (None: not checked).
+        self.replica_keys = replica_keys
+        self.host, self.port, self.base = parse_url(url)
+        self.key = key
+        self.signer = sess.Signer(key)
+        self.node = key.keyid
+        self.pub = key.public_key
+        self.on_push = on_push
+        self.on_connect = on_connect
+        self.log = log
+        self.rng = rng or random.Random()
+        self.replica: str | None = None
+        self.network: str | None = None
+        self.ttl = departure.DEFAULT_TOKEN_TTL
+        self.max_skew = departure.DEFAULT_MAX_SKEW
+        self._ws: WebSocket | None = None
+        self._session: sess.Session | None = None
+        self._seq = 0
+        self._waiters: dict[int, _Waiter] = {}
+        self.connected = trio.Event()
+        self._was_connected = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve the channel, reconnect after a loss; forever."""
+        task_status.started()
+        delay = 0.2
+        while True:
+            try:
+                await self.connect_once()
+                delay = 0.2
+                await self._read_loop()
+            except (
+                OSError,
+                WebSocketClosed,
+                ProtocolError,
+                WireError,
+                VerificationError,
+                trio.TooSlowError,
+            ) as exc:
+                if self._was_connected:
+                    self.log(f"coordinator {self.base}: connection lost ({exc})")
+                    self._was_connected = False
+            finally:
+                self._disconnected()
+            await trio.sleep(self.rng.uniform(delay / 2, delay))
+            delay = min(delay * 2, 10.0)
+
+    async def connect_once(self, timeout: float = 10.0) -> None:
+        """Open the socket and run the handshake (raises on failure)."""
+        ws = await WebSocket.connect(
+            self.host,
+            self.port,
+            proto.NODE_PATH,
+            max_message=proto.ANSWER_LIMITS.max_bytes,
+            timeout=timeout,
+        )
+        try:
+            with trio.fail_after(timeout):
+                keys = self.replica_keys() if self.replica_keys is not None else None
+                challenge = sess.Challenge.open(
+                    await ws.receive(), keys, limits=proto.ANSWER_LIMITS
+                )
+                kx = sess.KeyExchange(os.urandom(sess.KX_LEN))
+                await ws.send(sess.sign_hello(self.signer, challenge, kx))
+                session = kx.session(
+                    challenge.kx, nonce=challenge.nonce, node_kx=kx.public, server_kx=challenge.kx
+                )
+                raw = await ws.receive()
+                try:
+                    answer = wire.decode(session.open(raw), proto.ANSWER_LIMITS)
+                except (WireError, VerificationError):
+                    answer = wire.decode(raw, proto.ANSWER_LIMITS)  # a refusal comes unsealed
+                if not isinstance(answer, dict) or answer.get("ok") is not True:
+                    raise ProtocolError(f"hello refused: {answer!r}"[:300])
+        except (WireError, VerificationError) as exc:
+            await ws.close()
+            raise ProtocolError(f"handshake: {exc}") from None
+        except BaseException:
+            await ws.close()
+            raise
+        self.replica, self.network = challenge.replica, challenge.network
+        self.ttl = departure.token_ttl([challenge.ttl])
+        self.max_skew = challenge.max_skew
+        self._ws, self._session, self._seq = ws, session, 0
+        self._was_connected = True
+        self.connected.set()
+        if self.on_connect is not None:
+            await self.on_connect(self)
+
+    async def _read_loop(self) -> None:
+        ws, session = self._ws, self._session
+        assert ws is not None and session is not None
+        while True:
+            msg = wire.decode(session.open(await ws.receive()), proto.ANSWER_LIMITS)
+            if not isinstance(msg, dict):
+                raise ProtocolError("expected a map")
+            if "push" in msg:
+                if self.on_push is not None:
+                    await self.on_push(self, msg)
+                continue
+            rid = msg.get("id")
+            waiter = self._waiters.pop(rid, None) if isinstance(rid, int) else None
+            if waiter is not None:
+                waiter.answer = msg
+                waiter.event.set()
+
+    def _disconnected(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.closed = True
+        self.connected = trio.Event()
+        for waiter in self._waiters.values():
+            waiter.event.set()
+        self._waiters.clear()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def request(
+        self, kind: str, fields: Mapping[str, Any], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """``send`` the request of ``kind`` built from ``fields`` (``SchemaError`` if they
+        do not fit its schema)."""
+        return await self.send(proto.request_of(kind, fields), timeout)
+
+    async def send(self, request: proto.Request, timeout: float = 10.0) -> dict[str, Any]:
+        """Send one request and wait for its answer (``ok`` false is returned too)."""
+        kind = request.KIND
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise CoordinatorUnavailable(f"{self.base}: not connected")
+        self._seq += 1
+        seq = self._seq
+        waiter = _Waiter()
+        self._waiters[seq] = waiter
+        try:
+            assert self._session is not None
+            frame = proto.seal_request(self._session, seq, request)
+            with trio.move_on_after(timeout) as scope:
+                await ws.send(frame)
+                await waiter.event.wait()
+            if scope.cancelled_caught:
+                raise CoordinatorUnavailable(f"{self.base}: no answer to {kind} in {timeout:g} s")
+        except WebSocketClosed as exc:
+            raise CoordinatorUnavailable(f"{self.base}: {exc}") from None
+        finally:
+            self._waiters.pop(seq, None)
+        if waiter.answer is None:
+            raise CoordinatorUnavailable(f"{self.base}: connection lost")
+        return waiter.answer
