@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from p2pupdate import __version__
-from p2pupdate.cliutil import (
+from p2pupdate.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     Parser,
@@ -142,8 +142,9 @@ def _load_network(d: Path) -> TrustStore:
     path = d / ROOT_FILE
     if not path.exists():
         raise UsageError(f"{path}: no such file (run `p2pupdate-coordinator init {d}` first)")
+    data = read_input(path)  # outside the try: a UsageError is a P2PUpdateError too
     try:
-        return TrustStore.from_root(read_input(path), wall_clock())
+        return TrustStore.from_root(data, wall_clock())
     except P2PUpdateError as exc:
         raise Rejected(f"{path}: {exc.rule}: {exc}") from None
 
@@ -176,8 +177,9 @@ def cmd_allow(args: argparse.Namespace) -> int:
     now = wall_clock()
     artifacts: list[str] = []
     for path in args.releases:
+        data = read_input(path)  # outside the try: a UsageError is a P2PUpdateError too
         try:
-            signed = store.verify(docs.Release, read_input(path), now)
+            signed = store.verify(docs.Release, data, now)
         except P2PUpdateError as exc:
             raise Rejected(f"{path}: {exc.rule}: {exc}") from None
         if signed.doc.artifact not in artifacts:

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core import documents as docs
-from .core.crypto import Envelope
-from .core.errors import P2PUpdateError
-from .core.gates import Target, choose_target
-from .core.trust import TrustStore
+from . import documents as docs
+from .crypto import Envelope
+from .errors import P2PUpdateError
+from .gates import Target, choose_target
+from .trust import TrustStore
 
 _ORDER = {
     "root": 0,
