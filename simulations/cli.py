@@ -59,7 +59,7 @@ def progress_bar(
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm  # type: ignore[import-untyped]  # [sim] extra, only on a terminal
 
     bar = tqdm(
         total=round(total_days, 3),
