@@ -264,7 +264,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def default_state_dir() -> Path:
-    """``/var/lib/p2pupdate`` for root, else ``$XDG_STATE_HOME/p2pupdate`` (README "Node life cycle")."""
+    """``/var/lib/p2pupdate`` for root, else ``$XDG_STATE_HOME/p2pupdate``.
+
+    Where a node keeps its slots, records and keys: README "Node life cycle".
+    """
     if os.geteuid() == 0:
         return Path("/var/lib/p2pupdate")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")

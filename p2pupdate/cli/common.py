@@ -36,11 +36,11 @@ class UsageError(UsageFault):
 
 
 class Rejected(UsageFault):
-    """What the user asked for was refused (a document that does not verify, a replica
-    that says no): exit 1.
+    """What the user asked for was refused: exit 1.
 
-    Nothing on this machine is broken and the command did what it was told; the person at
-    the keyboard has to act on the refusal, so it is a :class:`~p2pupdate.errors.UsageFault`.
+    A document that does not verify, a replica that says no.  Nothing on this machine is
+    broken and the command did what it was told; the person at the keyboard has to act on
+    the refusal, so it is a :class:`~p2pupdate.errors.UsageFault`.
     """
 
     rule = "rejected"
