@@ -1,14 +1,14 @@
 """``p2pupdate-coordinator bench``: asks per second through a real replica on loopback.
 
-A throwaway network (``init`` in a temp dir: keys, root) gets a release, an allowlist and
-an everyone-scope; a replica of it runs as a child process (``serve --listen
-127.0.0.1:0``), so server and client do not share an interpreter (and a GIL).  ``C``
-nodes, each with its own key, connect over the real node channel (challenge, signed
-requests), report a status with a large aggregate estimate, and then loop: propose a
-token and ask (timed), and -- granted -- report "rejoined", which ends the lease, so the
-pool never holds more than ``C`` leases, as in a real fleet.  The server's work per ask
-is the issue's floor and more: verify the signed request, parse and check the proposed
-token, gates 1-3, sign the token, audit, answer.
+A throwaway network (keys, root: :func:`coordinator.network.init_network`, as ``init``
+makes one, in a temp dir) gets a release, an allowlist and an everyone-scope; a replica of
+it runs as a child process (``serve --listen 127.0.0.1:0``), so server and client do not
+share an interpreter (and a GIL).  ``C`` nodes, each with its own key, connect over the
+real node channel (challenge, signed requests), report a status with a large aggregate
+estimate, and then loop: propose a token and ask (timed), and -- granted -- report
+"rejoined", which ends the lease, so the pool never holds more than ``C`` leases, as in a
+real fleet.  The server's work per ask is the issue's floor and more: verify the signed
+request, parse and check the proposed token, gates 1-3, sign the token, audit, answer.
 
 The clients check a sample of the grants (each node's first: signature by the replica's
 key over exactly the proposed payload) instead of all: a real node verifies every token
@@ -20,8 +20,6 @@ token-sized message, measured in this run before the asks start.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import shutil
@@ -42,7 +40,11 @@ from p2pupdate.core import crypto, departure
 from p2pupdate.core import documents as docs
 from p2pupdate.net.replica_link import ReplicaLink
 
+from .network import ROOT_FILE, SMALLEST, init_network
+
 FLOOR_SECONDS = 1.0
+#: The throwaway network's root lifetime (``init``'s default): a year.
+NETWORK_LIFETIME = 365 * 86400
 
 
 def sign_verify_floor(seconds: float = FLOOR_SECONDS) -> float:
@@ -61,24 +63,16 @@ def sign_verify_floor(seconds: float = FLOOR_SECONDS) -> float:
             return count / elapsed
 
 
-def _quiet(fn: Any, *args: Any) -> Any:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return fn(*args)
-
-
 def make_network(d: Path) -> tuple[list[bytes], str, str]:
     """A network in ``d`` with a release, allowlist and scope: (documents, from, to)."""
-    from .cli import main as coordinator_main
-
-    if _quiet(coordinator_main, ["init", str(d), "--network", "bench"]) != 0:
-        raise RuntimeError("bench: init failed")
-    root_bytes = (d / "root.msgpack").read_bytes()
+    now = int(time.time())
+    init_network(d, SMALLEST, network="bench", expires=NETWORK_LIFETIME, now=now)
+    root_bytes = (d / ROOT_FILE).read_bytes()
     root = docs.open_root(root_bytes).doc
 
     def key(role: str) -> crypto.SigningKey:
         return crypto.private_key_from_pem((d / "keys" / f"{role}-1.pem").read_bytes())
 
-    now = int(time.time())
     data = os.urandom(4096)
     release = docs.Release.for_bytes(
         data, name="bench", counter=2, chunk_size=1024, issued=now, expires=now + 86400
@@ -250,7 +244,7 @@ def run_bench(*, asks: int, concurrency: int, profile: str | None = None) -> dic
     proc: subprocess.Popen[str] | None = None
     try:
         documents, from_a, to_a = make_network(d / "net")
-        root_bytes = (d / "net" / "root.msgpack").read_bytes()
+        root_bytes = (d / "net" / ROOT_FILE).read_bytes()
         proc, url = start_server(d / "net", profile)
         publish(url, documents)
         server_before, client_before = _cpu(proc.pid), _own_cpu()

@@ -34,7 +34,7 @@ from typing import Any, Final
 import trio
 
 from p2pupdate import __version__
-from p2pupdate.cliutil import (
+from p2pupdate.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
     Parser,
@@ -54,9 +54,11 @@ from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
-from p2pupdate.fsutil import atomic_write, create_exclusive, fsync_dir
+from p2pupdate.fsutil import atomic_write
 from p2pupdate.net.websocket import parse_url
 
+from .bench import run_bench
+from .network import ROOT_FILE, NetworkPlan, init_network
 from .policy import PolicyConfig
 from .service import ConfigError, Replica, ServiceConfig
 
@@ -64,83 +66,24 @@ from .service import ConfigError, Replica, ServiceConfig
 POLICY_DEFAULTS: Final = PolicyConfig()
 SERVE_DEFAULTS: Final = ServiceConfig(network_dir=Path("."))
 
-ROOT_FILE = "root.msgpack"
 _ALLOW_RE = re.compile(r"^v(\d+)\.msgpack$")
 
 
-def _check_counts(args: argparse.Namespace) -> None:
-    for n, t, what in (
-        (args.replicas, args.quorum, "--quorum"),
-        (args.operators, args.operator_threshold, "--operator-threshold"),
-        (args.root_keys, args.root_threshold, "--root-threshold"),
-        (args.release_keys, args.release_threshold, "--release-threshold"),
-    ):
-        if t > n:
-            raise UsageError(f"{what} {t} is larger than the number of keys ({n})")
-    total = args.replicas + args.operators + args.root_keys + args.release_keys
-    if total > docs.MAX_KEYS:
-        raise UsageError(f"{total} keys in all; a root lists at most {docs.MAX_KEYS}")
-
-
 def cmd_init(args: argparse.Namespace) -> int:
-    _check_counts(args)
-    d = Path(args.dir)
-    if (d / ROOT_FILE).exists():
-        raise UsageError(f"{d / ROOT_FILE} already exists; refusing to overwrite a network")
-    keys_dir = d / "keys"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        keys_dir.mkdir(mode=0o700, exist_ok=True)
-        (d / "allowlists").mkdir(exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {d}: {exc.strerror or exc}") from None
-    existing = sorted(keys_dir.glob("*.pem"))
-    if existing:
-        raise UsageError(f"{keys_dir} already holds keys ({existing[0].name}); use an empty DIR")
-
-    plan = {
-        "root": (args.root_keys, args.root_threshold),
-        "release": (args.release_keys, args.release_threshold),
-        "coordinator": (args.replicas, args.quorum),
-        "operator": (args.operators, args.operator_threshold),
-    }
-    all_keys: dict[str, bytes] = {}
-    roles: dict[str, docs.Role] = {}
-    root_signers: list[crypto.SigningKey] = []
-    for role, (count, threshold) in plan.items():
-        ids = []
-        for i in range(1, count + 1):
-            key = crypto.SigningKey.from_seed(os.urandom(32))
-            create_exclusive(
-                keys_dir / f"{role}-{i}.pem", crypto.private_key_to_pem(key), mode=0o600
-            )
-            create_exclusive(
-                keys_dir / f"{role}-{i}.pub.pem",
-                crypto.public_key_to_pem(key.public_key),
-                mode=0o644,
-            )
-            all_keys[key.keyid] = key.public_key
-            ids.append(key.keyid)
-            if role == "root":
-                root_signers.append(key)
-        roles[role] = docs.Role(keys=tuple(ids), threshold=threshold)
-    fsync_dir(keys_dir)
-    now = wall_clock()
-    root = docs.Root(
-        version=1,
-        issued=now,
-        expires=now + args.expires,
-        network=args.network or d.resolve().name,
-        keys=all_keys,
-        roles=roles,
+    plan = NetworkPlan(
+        replicas=args.replicas,
+        quorum=args.quorum,
+        operators=args.operators,
+        operator_threshold=args.operator_threshold,
+        root_keys=args.root_keys,
+        root_threshold=args.root_threshold,
+        release_keys=args.release_keys,
+        release_threshold=args.release_threshold,
     )
-    try:
-        root = root.checked()
-    except P2PUpdateError as exc:
-        raise UsageError(str(exc)) from None
-    atomic_write(d / ROOT_FILE, root.sign(root_signers).to_wire())
+    d = Path(args.dir)
+    root = init_network(d, plan, network=args.network, expires=args.expires, now=wall_clock())
     print(root.describe())
-    print(f"wrote {d / ROOT_FILE} and {len(all_keys) * 2} key files in {keys_dir}")
+    print(f"wrote {d / ROOT_FILE} and {len(root.keys) * 2} key files in {d / 'keys'}")
     print("keep root-*, release-* and operator-* keys offline; give root.msgpack to every node")
     return EXIT_OK
 
@@ -149,8 +92,9 @@ def _load_network(d: Path) -> TrustStore:
     path = d / ROOT_FILE
     if not path.exists():
         raise UsageError(f"{path}: no such file (run `p2pupdate-coordinator init {d}` first)")
+    data = read_input(path)  # outside the try: a UsageError is a P2PUpdateError too
     try:
-        return TrustStore.from_root(read_input(path), wall_clock())
+        return TrustStore.from_root(data, wall_clock())
     except P2PUpdateError as exc:
         raise Rejected(f"{path}: {exc.rule}: {exc}") from None
 
@@ -183,8 +127,9 @@ def cmd_allow(args: argparse.Namespace) -> int:
     now = wall_clock()
     artifacts: list[str] = []
     for path in args.releases:
+        data = read_input(path)  # outside the try: a UsageError is a P2PUpdateError too
         try:
-            signed = store.verify(docs.Release, read_input(path), now)
+            signed = store.verify(docs.Release, data, now)
         except P2PUpdateError as exc:
             raise Rejected(f"{path}: {exc.rule}: {exc}") from None
         if signed.doc.artifact not in artifacts:
@@ -481,8 +426,6 @@ def cmd_nudge(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
-
     result = run_bench(asks=args.asks, concurrency=args.concurrency, profile=args.profile)
     if args.json:
         print(json.dumps(result, sort_keys=True))

@@ -3,7 +3,7 @@
     python -m simulations run SCENARIO.toml [--seed N] [--out DIR] [--set table.key=VALUE]...
     python -m simulations sweep SWEEP.toml [--jobs 2] [--scheduler ADDRESS] [--out DIR]
     python -m simulations check SCENARIO.toml          (validate; print the resolved config)
-    python -m simulations gossip ...                   (simulations.gossip, when it exists)
+    python -m simulations gossip ...                   (simulations.gossip)
 
 Every user error (bad file, unknown key, wrong type, value out of range, bad flag) is one
 line on stderr and exit status 2, never a traceback.  A progress bar goes to stderr on
@@ -13,7 +13,6 @@ long runs when stderr is a terminal (``--quiet`` turns it off).
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import gossip
 from .config import ScenarioError, load, resolve, to_toml
+from .runner import command_line, run_scenario, write_run
+from .sweep import run_sweep
 
 EXIT_USAGE = 2
 
@@ -57,7 +59,7 @@ def progress_bar(
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    from tqdm import tqdm  # type: ignore[import-untyped]
+    from tqdm import tqdm  # type: ignore[import-untyped]  # [sim] extra, only on a terminal
 
     bar = tqdm(
         total=round(total_days, 3),
@@ -77,8 +79,6 @@ def progress_bar(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import command_line, run_scenario, write_run
-
     overrides = _parse_set(args.set)
     if args.engine:
         overrides["run.engine"] = args.engine
@@ -127,8 +127,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
-
     return run_sweep(
         Path(args.sweep),
         jobs=args.jobs,
@@ -139,17 +137,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _gossip(argv: list[str]) -> int:
-    try:
-        module = importlib.import_module("simulations.gossip")
-    except ModuleNotFoundError as exc:
-        if exc.name != "simulations.gossip":
-            raise
-        sys.stderr.write(
-            "simulations: error: the gossip simulator (simulations/gossip.py) is not there yet\n"
-        )
-        return EXIT_USAGE
-    main: Callable[[list[str]], int] = module.main
-    return main(argv)
+    """``gossip ...``: the gossip simulator parses its own arguments."""
+    return gossip.main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,7 +158,7 @@ def write_run(result: RunResult, out: Path, *, command: str = "", plots: bool = 
     write_rows(path, [result.summary])
     written.append(path)
     if plots:
-        from .plots import plot_run
+        from .plots import plot_run  # matplotlib (the [sim] extra) only when plots are asked for
 
         label = f"{result.scenario.name} ({result.scenario.policy.kind}, seed {result.seed})"
         written.extend(plot_run(out, result.series, result.summary, label))

@@ -137,7 +137,7 @@ def _execute(job: Job) -> tuple[str, RunResult]:
 
 
 def _local(jobs: Sequence[Job], n_jobs: int) -> Iterator[tuple[str, RunResult]]:
-    from joblib import Parallel, delayed  # type: ignore[import-untyped]
+    from joblib import Parallel, delayed  # type: ignore[import-untyped]  # [sim] extra, on use
 
     if n_jobs == 1:
         for job in jobs:
@@ -194,7 +194,7 @@ def run_sweep(
     ]
     write_rows(out / "comparison.csv", rows)
     (out / "comparison.md").write_text(_markdown(rows, metrics))
-    from .plots import plot_comparison
+    from .plots import plot_comparison  # matplotlib (the [sim] extra), on use
 
     plot_comparison(
         out / "comparison.png",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from ..cliutil import Parser, sha256_hex
+from ..cli.common import Parser, sha256_hex
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP

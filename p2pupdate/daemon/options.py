@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ..cliutil import int_range
+from ..cli.common import int_range
 
 WORKLOADS: Final = ("kv", "none")
 

@@ -1,4 +1,7 @@
-"""``p2pupdate``: the node and operator command line.
+"""``p2pupdate``: the node and operator command line (keys, release, scope, verify, node).
+
+The console script ``p2pupdate`` enters through :func:`p2pupdate.cli.main`, which loads
+this module; what it shares with ``p2pupdate-coordinator`` is in :mod:`p2pupdate.cli.common`.
 
 Exit codes: 0 ok, 1 rejected or verification failed, 2 usage or input mistake.
 """
@@ -15,8 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .cliutil import (
+from .. import __version__
+from ..core import crypto
+from ..core import documents as docs
+from ..core.errors import P2PUpdateError
+from ..core.verify import verify_set
+from ..daemon.options import add_daemon_arguments, forward_args, seconds
+from ..fsutil import create_exclusive
+from ..launcher.codes import EXIT_CODES_HELP
+from ..launcher.supervisor import Launcher, LauncherConfig
+from .common import (
     EXIT_OK,
     EXIT_REJECTED,
     Parser,
@@ -32,14 +43,6 @@ from .cliutil import (
     wall_clock,
     write_output,
 )
-from .core import crypto
-from .core import documents as docs
-from .core.errors import P2PUpdateError
-from .daemon.options import add_daemon_arguments, forward_args, seconds
-from .fsutil import create_exclusive
-from .launcher.codes import EXIT_CODES_HELP
-from .launcher.supervisor import Launcher, LauncherConfig
-from .verify import verify_set
 
 DEFAULT_CHUNK = 256 * 1024
 
@@ -261,7 +264,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def default_state_dir() -> Path:
-    """``/var/lib/p2pupdate`` for root, else ``$XDG_STATE_HOME/p2pupdate`` (DESIGN.md 6)."""
+    """``/var/lib/p2pupdate`` for root, else ``$XDG_STATE_HOME/p2pupdate``.
+
+    Where a node keeps its slots, records and keys: README "Node life cycle".
+    """
     if os.geteuid() == 0:
         return Path("/var/lib/p2pupdate")
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -465,7 +471,3 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run("p2pupdate", build_parser, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

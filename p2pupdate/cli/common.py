@@ -1,4 +1,9 @@
-"""What both command-line tools share: exit codes, one-line errors, argument parsing.
+"""What the command-line tools share: exit codes, one-line errors, argument parsing.
+
+``p2pupdate`` (:mod:`p2pupdate.cli.commands`), ``p2pupdate-coordinator``
+(:mod:`coordinator.cli`) and the daemon's own parser (:mod:`p2pupdate.daemon.main`) import
+these from here, and only from here: this module imports nothing but the core, the file
+helpers and the error hierarchy, so the coordinator can use it without loading the node.
 
 Exit codes (every command): 0 ok, 1 rejected / verification failed, 2 usage or input
 mistake.  A user mistake is never a traceback: it is one line on stderr.
@@ -14,21 +19,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .core import crypto
-from .core.errors import KeyFileError, P2PUpdateError
-from .fsutil import FileTooLargeError, read_limited
+from ..core import crypto
+from ..core.errors import KeyFileError, P2PUpdateError
+from ..errors import UsageFault
+from ..fsutil import FileTooLargeError, atomic_write, read_limited
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+class UsageError(UsageFault):
     """A mistake in what the user asked for (bad path, bad value): exit 2."""
 
+    rule = "usage"
 
-class Rejected(Exception):
-    """A document or request that was refused: exit 1."""
+
+class Rejected(UsageFault):
+    """What the user asked for was refused: exit 1.
+
+    A document that does not verify, a replica that says no.  Nothing on this machine is
+    broken and the command did what it was told; the person at the keyboard has to act on
+    the refusal, so it is a :class:`~p2pupdate.errors.UsageFault`.
+    """
+
+    rule = "rejected"
 
 
 class Parser(argparse.ArgumentParser):
@@ -171,8 +186,6 @@ def load_signing_key(path: str | Path) -> crypto.SigningKey:
 
 
 def write_output(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
-    from .fsutil import atomic_write
-
     p = Path(path)
     if not p.parent.exists():
         raise UsageError(f"{p.parent}: directory does not exist")

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core import documents as docs
-from .core.crypto import Envelope
-from .core.errors import P2PUpdateError
-from .core.gates import Target, choose_target
-from .core.trust import TrustStore
+from . import documents as docs
+from .crypto import Envelope
+from .errors import P2PUpdateError
+from .gates import Target, choose_target
+from .trust import TrustStore
 
 _ORDER = {
     "root": 0,
@@ -29,8 +29,14 @@ _ORDER = {
 }
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True, slots=True)
 class DocResult:
+    """What became of one file: accepted (with a summary and its fields) or refused.
+
+    A refusal carries the core error's ``rule`` (a stable code people and tests match on)
+    and its sentence; an acceptance carries neither.  Checked on construction.
+    """
+
     name: str
     type: str
     ok: bool
@@ -38,6 +44,17 @@ class DocResult:
     rule: str = ""
     error: str = ""
     fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.ok and (self.rule or self.error):
+            raise ValueError(f"{self.name}: an accepted document has no rule or error")
+        if not self.ok and not self.rule:
+            raise ValueError(f"{self.name}: a refused document needs the rule it broke")
+
+    @classmethod
+    def refused(cls, name: str, kind: str, exc: P2PUpdateError) -> DocResult:
+        """``name`` (of type ``kind``) refused by the core with ``exc``."""
+        return cls(name=name, type=kind, ok=False, rule=exc.rule, error=str(exc))
 
     def line(self) -> str:
         if self.ok:
@@ -55,10 +72,17 @@ class DocResult:
         return out
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Report:
+    """The root's result, each file's result (in the order given), and what they imply.
+
+    ``store`` is the trust state after every accepted document (``None`` when the root
+    itself is refused).  With ``as_node``, ``node`` and ``target`` say which artifact that
+    node's gates 1-2 let it move to.
+    """
+
     root: DocResult
-    documents: list[DocResult]
+    documents: tuple[DocResult, ...]
     store: TrustStore | None
     target: Target | None = None
     node: str | None = None
@@ -84,6 +108,10 @@ def _jsonable(doc: docs.Document) -> dict[str, Any]:
     return out
 
 
+def _accepted(name: str, kind: str, doc: docs.Document) -> DocResult:
+    return DocResult(name=name, type=kind, ok=True, summary=doc.describe(), fields=_jsonable(doc))
+
+
 def verify_set(
     root_name: str,
     root_bytes: bytes,
@@ -94,52 +122,51 @@ def verify_set(
 ) -> Report:
     try:
         store = TrustStore.from_root(root_bytes, now)
-        root_res = DocResult(
-            root_name, "root", True, store.root.describe(), fields=_jsonable(store.root)
-        )
     except P2PUpdateError as exc:
-        return Report(
-            root=DocResult(root_name, "root", False, rule=exc.rule, error=str(exc)),
-            documents=[],
-            store=None,
-        )
+        return Report(root=DocResult.refused(root_name, "root", exc), documents=(), store=None)
+    root_res = _accepted(root_name, "root", store.root)
 
-    typed: list[tuple[int, int, str, bytes, str]] = []
-    results: dict[str, DocResult] = {}
+    results: list[DocResult | None] = [None] * len(files)  # filled in trust order below
+    typed: list[tuple[int, int, int, str, bytes]] = []  # (kind order, floor, index, type, bytes)
     for idx, (name, data) in enumerate(files):
         try:
             env = Envelope.from_wire(data)
         except P2PUpdateError as exc:
-            results[f"{idx}"] = DocResult(name, "?", False, rule=exc.rule, error=str(exc))
+            results[idx] = DocResult.refused(name, "?", exc)
             continue
-        typed.append((_ORDER.get(env.type, 99), _order_key(env), name, data, f"{idx}"))
-        results[f"{idx}"] = DocResult(name, env.type, False)
+        typed.append((_ORDER.get(env.type, 99), _order_key(env), idx, env.type, data))
 
     latest_allow: docs.Allowlist | None = None
     latest_scope: docs.Scope | None = None
     releases: dict[str, docs.Release] = {}
-    tokens: list[tuple[DocResult, docs.DepartureToken]] = []
-    for _, _, _name, data, key in sorted(typed, key=lambda t: (t[0], t[1])):
-        res = results[key]
+    tokens: list[tuple[int, str, docs.DepartureToken]] = []
+    for _, _, idx, kind, data in sorted(typed, key=lambda t: (t[0], t[1])):
+        name = files[idx][0]
         try:
-            if res.type == "root":
+            if kind == "root":
                 signed_root, store = store.update_root(data, now)
                 doc: docs.Document = signed_root.doc
-            elif res.type == "heartbeat":
+            elif kind == "heartbeat":
                 hb = docs.open_heartbeat(data)
                 docs.check_fresh(hb.doc, store.effective_now(now))
                 doc = hb.doc
-            elif res.type in docs.DOCUMENT_TYPES:
-                cls = docs.DOCUMENT_TYPES[res.type]
+            elif kind in docs.DOCUMENT_TYPES:
+                cls = docs.DOCUMENT_TYPES[kind]
                 signed, store = store.accept(cls, data, now)
                 doc = signed.doc
             else:
-                res.rule, res.error = "unknown-type", f"unknown document type {res.type!r}"
+                results[idx] = DocResult(
+                    name=name,
+                    type=kind,
+                    ok=False,
+                    rule="unknown-type",
+                    error=f"unknown document type {kind!r}",
+                )
                 continue
         except P2PUpdateError as exc:
-            res.rule, res.error = exc.rule, str(exc)
+            results[idx] = DocResult.refused(name, kind, exc)
             continue
-        res.ok, res.summary, res.fields = True, doc.describe(), _jsonable(doc)
+        results[idx] = _accepted(name, kind, doc)
         if isinstance(doc, docs.Release):
             releases[doc.artifact] = doc
         elif isinstance(doc, docs.Allowlist):
@@ -147,18 +174,11 @@ def verify_set(
         elif isinstance(doc, docs.Scope):
             latest_scope = doc
         elif isinstance(doc, docs.DepartureToken):
-            tokens.append((res, doc))
+            tokens.append((idx, kind, doc))
 
-    report = Report(
-        root=root_res,
-        documents=[results[f"{i}"] for i in range(len(files))],
-        store=store,
-        allowlist=latest_allow,
-        scope=latest_scope,
-    )
+    target: Target | None = None
     if as_node is not None:
-        report.node = as_node
-        report.target = choose_target(
+        target = choose_target(
             as_node,
             installed=None,
             allowlist=latest_allow,
@@ -166,19 +186,29 @@ def verify_set(
             scope=latest_scope,
             now=store.effective_now(now),
         )
-        for res, token in tokens:  # a token only counts for the move it was granted for
+        for idx, kind, token in tokens:  # a token only counts for the move it was granted for
             try:
                 docs.check_binding(
                     token,
                     node=as_node,
                     from_artifact=token.from_artifact,
-                    to_artifact=report.target.artifact or "",
+                    to_artifact=target.artifact or "",
                     allowlist_version=latest_allow.version if latest_allow else -1,
                     scope_serial=latest_scope.serial if latest_scope else -1,
                 )
             except P2PUpdateError as exc:
-                res.ok, res.rule, res.error = False, exc.rule, str(exc)
-    return report
+                results[idx] = DocResult.refused(files[idx][0], kind, exc)
+    documents = tuple(r for r in results if r is not None)
+    assert len(documents) == len(files)  # every file got exactly one result
+    return Report(
+        root=root_res,
+        documents=documents,
+        store=store,
+        target=target,
+        node=as_node,
+        allowlist=latest_allow,
+        scope=latest_scope,
+    )
 
 
 def _order_key(env: Envelope) -> int:
