@@ -41,8 +41,8 @@ from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError
 from ..core.gates import GATE_ALLOWLIST, GateResult, choose_target
 from ..fsutil import create_exclusive, read_limited
-from ..truststate import TrustFile
 from .gossip import parse_link_address
+from .truststate import TrustFile
 
 IDENTITY = "identity.pem"
 #: How long a report waits for a replica to (re)connect before it counts as failed.

@@ -48,7 +48,7 @@ from ..core.errors import SchemaError
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import LinkBrokenError, LinkError, LinkTimeoutError
 from ..net.tcp import connect_tcp, serve_tcp
-from ..truststate import TrustFile
+from .truststate import TrustFile
 
 #: Frames waiting per link before new ones are dropped.
 SEND_QUEUE = 64

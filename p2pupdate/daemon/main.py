@@ -21,7 +21,6 @@ from ..cliutil import Parser, sha256_hex
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
-from ..truststate import TrustFile
 from ..work.base import Workload
 from .coordinator import CoordinatorLink, load_identity, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
@@ -29,6 +28,7 @@ from .node import Node, NodeConfig, NodeError, _log_to_stderr
 from .nullwork import NullWorkload
 from .offers import OfferSource
 from .options import DaemonOptions, add_daemon_arguments
+from .truststate import TrustFile
 
 EXIT_FATAL = 1
 EXIT_USAGE = 2

@@ -74,13 +74,13 @@ from ..launcher.state import (
     Verdict,
     new_id,
 )
-from ..truststate import TrustFile
 from ..work.base import Workload
 from .coordinator import CoordinatorLink
 from .gossip import GossipService
 from .health import self_test
 from .offers import OfferError, OfferSource
 from .options import DaemonOptions
+from .truststate import TrustFile
 
 #: A checkpoint larger than this is refused (the workload's own state should be on disk).
 MAX_CHECKPOINT = 512 * 1024 * 1024

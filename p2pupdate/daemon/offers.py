@@ -32,7 +32,7 @@ from ..core.gates import GATE_ALLOWLIST, GateResult
 from ..core.updater import Candidate, GatesEvaluated
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
-from ..truststate import TrustFile
+from .truststate import TrustFile
 
 MAX_OFFER_RECORD = 1024 * 1024 + 4096
 #: Gates 1 and 2 are stubbed: the candidate binds to these (the departure token would).

@@ -15,7 +15,7 @@ Layout (``D`` is ``--state-dir``)::
     D/store/<sha>.tar.gz      artifacts fetched (offered) but not yet unpacked
     D/work/checkpoint         the workload's state handed from one process to the next
     D/work/<name>/            the workload's own durable state
-    D/trust/                  the trust store (``truststate.TrustFile``)
+    D/trust/                  the trust store (``daemon.truststate.TrustFile``)
 
 Crash safety: every record is written with ``fsutil.atomic_write`` (temp file, fsync,
 ``os.replace``, fsync of the directory); a link is replaced by creating it under a temp

@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 from p2pupdate.core import crypto  # noqa: E402
 from p2pupdate.core import gossip as g  # noqa: E402
 from p2pupdate.daemon.gossip import GossipService, parse_link_address, trust_verifier  # noqa: E402
+from p2pupdate.daemon.truststate import TrustFile  # noqa: E402
 from p2pupdate.launcher.artifact import build_artifact  # noqa: E402
 from p2pupdate.launcher.state import StateDir, StateError  # noqa: E402
-from p2pupdate.truststate import TrustFile  # noqa: E402
 
 
 def proc_figures(pid: int) -> tuple[int, int, float]:

@@ -29,7 +29,7 @@ import trio
 from p2pupdate.core import crypto
 from p2pupdate.core import gossip as g
 from p2pupdate.daemon.gossip import GossipService, parse_link_address, trust_verifier
-from p2pupdate.truststate import TrustFile
+from p2pupdate.daemon.truststate import TrustFile
 from tests.coordinator.service_helpers import Network, ReplicaProcesses, replicas
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import FAST, NodeProcess, Nodes

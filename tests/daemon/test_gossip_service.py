@@ -27,8 +27,8 @@ from p2pupdate.daemon.gossip import (
     parse_link_address,
     trust_verifier,
 )
+from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.net.tcp import connect_tcp
-from p2pupdate.truststate import TrustFile
 from tests.coordinator.service_helpers import Network
 
 ART = "ab" * 32
