@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from p2pupdate.clock import SYSTEM
 from p2pupdate.core import crypto
 from p2pupdate.core import gossip as g
 from p2pupdate.daemon.gossip import GossipService, parse_link_address, trust_verifier
@@ -108,7 +109,8 @@ async def _inject(
         status=lambda: g.Status(
             version="injector", artifact="00" * 32, state="serving", pool="x", load=0, capacity=0
         ),
-        verify=trust_verifier(trust),
+        clock=SYSTEM,
+        verify=trust_verifier(trust, SYSTEM),
         listen=("127.0.0.254", 0),
         peers=[bootstrap],
         rng=random.Random(),
