@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from ..errors import LocalStateFault
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
 from .artifact import DEFAULT_LIMITS, UnpackLimits, check_artifact, read_version, unpack_into
 
@@ -66,8 +67,10 @@ _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 _ID: Final = re.compile(r"^[0-9a-f]{32}$")
 
 
-class StateError(Exception):
+class StateError(LocalStateFault):
     """A state file that cannot be used as it is: the local state's fault."""
+
+    rule = "state"
 
 
 def new_id() -> str:
