@@ -1,6 +1,6 @@
 """Client of the example KV service: spreads requests over nodes and hides their updates.
 
-A rolling update must show **zero failed requests** to the caller (DESIGN.md 9).  Nodes
+A rolling update must show **zero failed requests** to the caller (README "The work a node serves").  Nodes
 leave in two ways and the client handles both without giving up on the request:
 
 - politely: a draining node answers ``going-away``; the client sets that node aside for

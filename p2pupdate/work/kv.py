@@ -1,5 +1,5 @@
 """The built-in example workload: a small key/value service whose acknowledged writes survive
-anything short of losing the disk (DESIGN.md 9).
+anything short of losing the disk (README "The work a node serves").
 
 **Durable before acknowledged.**  A put or delete is appended to a write-ahead log and
 ``fdatasync``-ed before its answer is sent; only then is it visible to reads.  Concurrent

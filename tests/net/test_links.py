@@ -1,6 +1,6 @@
 """Links: the ``Link`` contract, the handshake, memory links and real loopback TCP.
 
-Attack tests use scripted raw peers (STYLE.md 12): a plain TCP stream whose every byte the
+Attack tests use scripted raw peers (as python-tuf's repository simulator does): a plain TCP stream whose every byte the
 test chooses (a proof by the wrong key, a node id that is not its key, a replayed hello, a
 reflected nonce, a 16 MiB frame header, silence), and assert the exact error type.
 """
