@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from p2pupdate.clock import SYSTEM
@@ -34,6 +35,9 @@ from p2pupdate.daemon.truststate import TrustFile
 from tests.coordinator.service_helpers import Network, ReplicaProcesses, replicas
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import FAST, NodeProcess, Nodes
+
+#: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 __all__ = ["replicas"]  # the fixture
 

@@ -22,6 +22,9 @@ import pytest
 from .conftest import Builds
 from .harness import PROBATION, Nodes, base_args, launched_versions, offer
 
+#: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("kind", ["import", "health"])
 def test_bad_build_is_rolled_back_and_never_retried(
