@@ -390,7 +390,8 @@ async def test_a_frame_right_behind_the_proof_is_kept() -> None:
         await link.send(big)
 
     async def dialer() -> None:
-        await trio.sleep(0.1)  # let the acceptor's proof and frame pile up unread
+        # let the acceptor run until it blocks: what it sent piles up unread
+        await trio.testing.wait_all_tasks_blocked()
         link = await establish(a_stream, key=CLIENT, dialer=True, host="m", config=FAST)
         out["got"] = await link.receive()
 
