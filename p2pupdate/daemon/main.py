@@ -18,6 +18,7 @@ import trio
 
 from .. import clock
 from ..cliutil import Parser, sha256_hex
+from ..clock import SYSTEM
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
                 report_interval=opts.report_interval,
                 log=log,
+                clock=SYSTEM,
             )
         except (OSError, ValueError, P2PUpdateError) as exc:
             log(f"fatal: coordinator: {exc}")

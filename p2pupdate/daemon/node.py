@@ -60,7 +60,7 @@ from ..coordclient import CoordinatorUnavailable
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
-from ..core.gates import GATE_ALLOWLIST, GateResult
+from ..core.gates import GateResult
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
 from ..launcher.artifact import ArtifactError, read_artifact
 from ..launcher.codes import EXIT_ROLLBACK, EXIT_STOP, EXIT_SWAP
@@ -170,7 +170,6 @@ class Node:
         self.trust = trust
         #: The newest allowlist version seen (gossip or coordinator), for the status file.
         self._allowlist_seen: int | None = None
-        self._notice_pending = False
         if gossip is not None:
             gossip.status = self._gossip_status
             gossip.on_deliver = self._gossip_delivered
@@ -235,6 +234,7 @@ class Node:
                 drain_timeout=opts.drain_timeout,
                 swap_margin=opts.swap_margin,
                 probation_timeout=max(1.0, left),
+                notice_spread=opts.gossip_notice_spread,
             )
             swap = up.PendingSwap(
                 from_artifact=pending.previous,
@@ -247,6 +247,7 @@ class Node:
             check_interval=opts.check_interval,
             drain_timeout=opts.drain_timeout,
             swap_margin=opts.swap_margin,
+            notice_spread=opts.gossip_notice_spread,
         )
         try:
             unreported = [e for e in self.state.read_rollbacks() if e.reported is None]
@@ -479,14 +480,8 @@ class Node:
         if self.coord is not None:
             return self.coord.evaluate(installed=self.slot, installed_counter=self.manifest.counter)
         if self.offers is None:
-            return up.GatesEvaluated(
-                candidate=None,
-                refusal=GateResult(
-                    ok=False,
-                    gate=GATE_ALLOWLIST,
-                    reason="no-source",
-                    detail="no --offer-dir (peer-to-peer discovery arrives later)",
-                ),
+            return up.GatesEvaluated.no_candidate(
+                reason="no-source", detail="no --offer-dir (peer-to-peer discovery arrives later)"
             )
         offers = self.offers
         return await trio.to_thread.run_sync(
@@ -709,6 +704,14 @@ class Node:
         except trio.WouldBlock:
             self.log("nudge dropped: the updater is busy")
 
+    def _allowlist_learned(self, allow: docs.Allowlist) -> None:
+        """A newer allowlist from a peer: fed to the updater, which decides when to check."""
+        event = up.AllowlistLearned(version=allow.version, artifacts=allow.artifacts)
+        try:
+            self._send.send_nowait((ANY_GENERATION, event))
+        except trio.WouldBlock:
+            self.log("allowlist notice dropped: the updater is busy")
+
     # -- gossip's hooks -------------------------------------------------------------------------
 
     def _gossip_status(self) -> g.Status:
@@ -747,11 +750,8 @@ class Node:
 
         Releases, allowlists and scopes go where the coordinator's go (gates 1-2 read them
         there).  A nudge is acted on at once, as from the coordinator.  A newer allowlist
-        starts an update check ("noticed") -- but after a random delay in
-        ``[0, --gossip-notice-spread]``: the allowlist reaches the whole fleet within
-        seconds, and if every node checked the moment it arrived the fleet would ask the
-        coordinator in the same second (the updater's docstring: only a timer or a nudge
-        starts a check; this is a nudge the node gives itself, spread out).
+        goes to the updater as ``AllowlistLearned``: it brings its check forward by a random
+        delay within ``--gossip-notice-spread`` (``UpdaterConfig.notice_spread``).
         """
         kind = slot.partition(":")[0]
         held = self.coord.allowlist if self.coord is not None else None
@@ -772,12 +772,7 @@ class Node:
             self._allowlist_seen = allow.version
             self.log(f"gossip: allowlist v{allow.version} learned from a peer")
             self.write_status()
-            denied = {d.artifact for d in self._denied()}
-            targets = [a for a in allow.artifacts if a != self.slot and a not in denied]
-            if targets and not self._notice_pending and self._nursery is not None:
-                self._notice_pending = True
-                delay = self.rng.uniform(0.0, self.opts.gossip_notice_spread)
-                self._nursery.start_soon(self._notice_later, targets[0], delay)
+            self._allowlist_learned(allow)
         elif kind == "root":
             self.log("gossip: a new trusted root was learned from a peer")
 
@@ -807,11 +802,6 @@ class Node:
             if now != last:
                 last = now
                 self.write_status()
-
-    async def _notice_later(self, artifact: str, delay: float) -> None:
-        await trio.sleep(delay)
-        self._notice_pending = False
-        self._nudged(artifact)
 
     def _lift_deny(self, effect: up.LiftDeny) -> None:
         try:

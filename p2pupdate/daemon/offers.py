@@ -10,8 +10,9 @@ demo or an operator drops a build into ``--offer-dir``:
   ``--trust-root`` (tests), with a warning at start.
 
 ``evaluate`` is what the daemon answers to ``EvaluateGates`` meanwhile: the offer with the
-highest release counter above the installed one is the candidate (gates 1 and 2 stubbed:
-allowlist version and scope serial 1).  A sticky deny is the updater's business, not this
+highest release counter above the installed one is the candidate (``gates.newest_upgrade``:
+gate 1's counter rule, the rest of gates 1 and 2 stubbed: allowlist version and scope
+serial 1).  A sticky deny is the updater's business, not this
 module's.  ``fetch`` is ``Prefetch``: the artifact is verified (sha256, and length and every
 chunk hash against a signed release) and copied into the store, so the swap never reads
 from the drop directory.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
-from ..core.gates import GATE_ALLOWLIST, GateResult
+from ..core.gates import newest_upgrade
 from ..core.updater import Candidate, GatesEvaluated
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
@@ -130,24 +131,17 @@ class OfferSource:
 
     def evaluate(self, *, installed: str, installed_counter: int) -> GatesEvaluated:
         """The answer to ``EvaluateGates``: the newest offer above the installed counter."""
-        newer = [
-            o for o in self.scan() if o.counter > installed_counter and o.artifact != installed
-        ]
-        if not newer:
-            return GatesEvaluated(
-                candidate=None,
-                refusal=GateResult(
-                    ok=False,
-                    gate=GATE_ALLOWLIST,
-                    reason="no-newer-offer",
-                    detail=f"nothing above release counter {installed_counter} in {self.directory}",
-                ),
+        counters = {o.artifact: o.counter for o in self.scan()}
+        best = newest_upgrade(counters, installed=installed, installed_counter=installed_counter)
+        if best is None:
+            return GatesEvaluated.no_candidate(
+                reason="no-newer-offer",
+                detail=f"nothing above release counter {installed_counter} in {self.directory}",
             )
-        best = max(newer, key=lambda o: (o.counter, o.artifact))
         return GatesEvaluated(
             candidate=Candidate(
-                artifact=best.artifact,
-                counter=best.counter,
+                artifact=best,
+                counter=counters[best],
                 allowlist_version=STUB_ALLOWLIST_VERSION,
                 scope_serial=STUB_SCOPE_SERIAL,
             )

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2pupdate.clock import Clock
+from p2pupdate.core.gates import GateResult
 from p2pupdate.core.updater import State
+from p2pupdate.daemon.coordinator import CoordinatorLink
 from p2pupdate.daemon.node import Node, NodeConfig
 from p2pupdate.daemon.nullwork import NullWorkload
 from p2pupdate.daemon.offers import OfferSource
@@ -22,6 +25,8 @@ from p2pupdate.daemon.options import DaemonOptions
 from p2pupdate.launcher.codes import EXIT_ROLLBACK, EXIT_STOP
 from p2pupdate.launcher.state import Pending, StateDir, new_id
 from p2pupdate.launcher.supervisor import Launcher, LauncherConfig
+from p2pupdate.truststate import TrustFile
+from tests.core.harness import NOW, Network, key_for
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import Build, offer
 
@@ -193,3 +198,48 @@ async def test_without_grant_all_the_node_backs_off(rig: Rig) -> None:
         assert status is not None and status["state"] == "backing_off"
         node.finish(EXIT_STOP)
     assert rig.state.read_pending() is None
+
+
+# -- gates 1-2 over the coordinator's documents (CoordinatorLink.evaluate) ----------------------
+
+
+def _link(tmp: Path, net: Network) -> CoordinatorLink:
+    trust = TrustFile.open(tmp / "trust", initial_root=net.roots[1], now=NOW)
+    return CoordinatorLink(
+        ["http://127.0.0.1:9"],
+        key_for("node"),
+        trust,
+        pool="p",
+        estimate=None,
+        report_interval=30.0,
+        log=lambda _m: None,
+        clock=Clock(wall=lambda: float(NOW), monotonic=lambda: 0.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("counter", "force", "reason"),
+    [(2, False, "downgrade"), (1, False, "downgrade"), (1, True, None), (3, False, None)],
+    ids=["equal", "lower", "forced", "newer"],
+)
+def test_link_applies_the_downgrade_rule_without_the_installed_record(
+    tmp_path: Path, counter: int, force: bool, reason: str | None
+) -> None:
+    """The running build (counter 2) came from an offer: no release record of it is held,
+    so the gate's counter rule works from the slot's counter (one rule, in ``gates``)."""
+    net = Network()
+    link = _link(tmp_path, net)
+    assert link.evaluate(installed="0" * 64, installed_counter=2).refusal == GateResult(
+        ok=False, gate="allowlist", reason="no-documents", detail="nothing from the coordinator yet"
+    )
+    release, data = net.release(f"app-{counter}", counter=counter)
+    assert link.take(data, source="test")
+    assert link.take(net.allowlist(1, [release.artifact]), source="test")
+    assert link.take(net.scope(release.artifact, force=force), source="test")
+    answer = link.evaluate(installed="0" * 64, installed_counter=2)
+    if reason is None:
+        assert answer.candidate is not None and answer.candidate.artifact == release.artifact
+    else:
+        assert answer.candidate is None and answer.refusal is not None
+        assert (answer.refusal.gate, answer.refusal.reason) == ("allowlist", reason)
+        assert answer.refusal.detail == f"release counter {counter} is not above installed 2"
