@@ -18,14 +18,14 @@ import trio
 
 from .. import clock
 from ..cliutil import Parser, sha256_hex
-from ..clock import SYSTEM
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
 from ..work.base import Workload
+from .boot import NodeError
 from .coordinator import CoordinatorLink, load_identity, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
-from .node import Node, NodeConfig, NodeError, _log_to_stderr
+from .node import Node, NodeConfig, _log_to_stderr
 from .nullwork import NullWorkload
 from .offers import OfferSource
 from .options import DaemonOptions, add_daemon_arguments
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
                 report_interval=opts.report_interval,
                 log=log,
-                clock=SYSTEM,
+                clock=clk,
             )
         except (OSError, ValueError, P2PUpdateError) as exc:
             log(f"fatal: coordinator: {exc}")
@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
             ),
             make_workload=workload_factory(opts, state_dir),
             offers=offers,
+            clock=clk,
             rng=random.Random(),
             log=log,
             coordinator=coordinator,

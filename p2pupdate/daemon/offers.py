@@ -31,6 +31,7 @@ from ..core.documents import Release
 from ..core.errors import P2PUpdateError
 from ..core.gates import newest_upgrade
 from ..core.updater import Candidate, GatesEvaluated
+from ..errors import PeerFault
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
 from .truststate import TrustFile
@@ -41,8 +42,11 @@ STUB_ALLOWLIST_VERSION = 1
 STUB_SCOPE_SERIAL = 1
 
 
-class OfferError(Exception):
-    """An offered build that cannot be used (whoever dropped it is at fault)."""
+class OfferError(PeerFault):
+    """An offered build that cannot be used (whoever dropped it is at fault: the file drop
+    stands in for the peers a build will come from)."""
+
+    rule = "bad-offer"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,12 +22,18 @@ FAULTS = (PeerFault, CoordinatorFault, LocalStateFault, UsageFault)
 PACKAGES = ("p2pupdate.net", "p2pupdate.launcher", "p2pupdate.work")
 MODULES = (
     "p2pupdate.fsutil",
+    "p2pupdate.daemon.boot",
     "p2pupdate.daemon.gossip",
     "p2pupdate.daemon.health",
+    "p2pupdate.daemon.hooks",
     "p2pupdate.daemon.main",
+    "p2pupdate.daemon.node",
     "p2pupdate.daemon.nullwork",
+    "p2pupdate.daemon.offers",
     "p2pupdate.daemon.options",
+    "p2pupdate.daemon.status",
     "p2pupdate.daemon.truststate",
+    "p2pupdate.daemon.workhost",
 )
 
 
