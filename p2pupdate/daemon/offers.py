@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clock import SYSTEM
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
 from ..core.gates import newest_upgrade
@@ -72,7 +72,7 @@ class OfferSource:
         trust: TrustFile | None,
         limits: UnpackLimits = DEFAULT_LIMITS,
         log: Callable[[str], None] = lambda _m: None,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = SYSTEM.wall,
     ) -> None:
         self.directory = directory
         self.trust = trust
