@@ -11,9 +11,17 @@ import os
 import secrets
 from pathlib import Path
 
+from .errors import LocalStateFault
 
-class FileTooLargeError(OSError):
-    """A file larger than the reader's limit (raised before reading it)."""
+
+class FileTooLargeError(LocalStateFault, OSError):
+    """A file larger than the reader's limit (raised before reading it).
+
+    The local state's fault (a file on this machine grew past its cap), and an ``OSError``
+    too, so every ``except OSError`` around a read keeps catching it.
+    """
+
+    rule = "file-too-large"
 
 
 def fsync_dir(path: Path) -> None:

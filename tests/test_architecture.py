@@ -56,10 +56,8 @@ MAX_CORE_LINES = 900
 #: Reading these is reading the clock; the shells take a ``Clock`` instead.
 CLOCK_READS = frozenset({"time", "monotonic", "time_ns", "monotonic_ns"})
 #: Where the clock is read only through the injected ``Clock``: the daemon (with the
-#: coordinator client's replica links), the links, and the coordinator client while it
-#: still has a module of its own.
-CLOCK_INJECTED = ("p2pupdate/daemon", "p2pupdate/net", "p2pupdate/daemon/replica.py")
-CLOCK_INJECTED_FILES = ("p2pupdate/coordclient.py",)
+#: coordinator client, ``daemon/replica.py``) and the links (with ``net/replica_link.py``).
+CLOCK_INJECTED = ("p2pupdate/daemon", "p2pupdate/net")
 
 
 # -- the import graph -------------------------------------------------------------------------
@@ -507,7 +505,6 @@ def _clock_injected_sources() -> list[Path]:
             paths.update(target.rglob("*.py"))
         elif target.exists():
             paths.add(target)
-    paths.update(REPO / rel for rel in CLOCK_INJECTED_FILES if (REPO / rel).exists())
     return sorted(paths)
 
 

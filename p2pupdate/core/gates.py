@@ -74,6 +74,31 @@ def in_fraction(seed: bytes, node_id: str, fraction: float) -> bool:
 # -- gate 1 -----------------------------------------------------------------------------
 
 
+def is_upgrade(counter: int, installed_counter: int | None) -> bool:
+    """The counter rule: a release moves a node forward only if its counter is above the
+    installed one (``None``: nothing is known to be installed, so anything is forward).
+
+    The one home of "a lower or equal release counter is a downgrade" (README "Trust
+    model"): gate 1 applies it (with the ``force`` exception), and so does the file-drop
+    stand-in for gossip (``newest_upgrade``).
+    """
+    return installed_counter is None or counter > installed_counter
+
+
+def installed_floor(installed: Release | None, installed_counter: int | None) -> int | None:
+    """The counter a candidate must be above: the higher of what is known of the install.
+
+    ``installed`` is the release record of the running build when the node holds it;
+    ``installed_counter`` is the counter the node's own slot records (a build installed
+    from an offer drop, or one whose record the coordinator has not sent).  When both are
+    known the higher wins: a node never moves below what it runs.
+    """
+    known = [installed_counter] if installed_counter is not None else []
+    if installed is not None:
+        known.append(installed.counter)
+    return max(known) if known else None
+
+
 def allowlisted(
     artifact: str,
     *,
@@ -81,12 +106,14 @@ def allowlisted(
     releases: Mapping[str, Release],
     now: int,
     installed: Release | None = None,
+    installed_counter: int | None = None,
     scope: Scope | None = None,
 ) -> GateResult:
     """Gate 1: the exact artifact is on an unexpired allowlist and has a release record.
 
-    A release with a counter not above the installed one is a downgrade and passes only
-    when ``scope`` is a ``force`` scope naming exactly this artifact.
+    A release with a counter not above the installed one (``installed_floor``) is a
+    downgrade and passes only when ``scope`` is a ``force`` scope naming exactly this
+    artifact.
     """
     g = GATE_ALLOWLIST
     if allowlist is None:
@@ -102,16 +129,35 @@ def allowlisted(
         return _no(g, "no-release-record", f"{artifact[:16]}... has no signed release record")
     if now > release.expires + SKEW:
         return _no(g, "release-expired", f"release {release.name!r} record expired")
-    if installed is not None and release.counter <= installed.counter:
+    floor = installed_floor(installed, installed_counter)
+    if not is_upgrade(release.counter, floor):
         forced = scope is not None and scope.force and scope.artifact == artifact
         if not forced:
             return _no(
                 g,
                 "downgrade",
-                f"release counter {release.counter} is not above installed {installed.counter}",
+                f"release counter {release.counter} is not above installed {floor}",
             )
         return _yes(g, "forced-downgrade", f"force scope {scope.serial if scope else '?'}")
     return _yes(g, "allowlisted", f"release {release.name!r} counter {release.counter}")
+
+
+def newest_upgrade(
+    counters: Mapping[str, int], *, installed: str, installed_counter: int
+) -> str | None:
+    """Of artifacts offered without documents (``counters``: artifact -> release counter),
+    the one with the highest counter that ``is_upgrade``; ties go to the larger artifact id
+    so every node given the same offers picks the same one.  None when nothing is newer.
+
+    This is gate 1 for the file-drop stand-in for gossip (``daemon/offers.py``), where no
+    allowlist or scope exists yet: only the counter rule applies.
+    """
+    newer = [
+        (counter, artifact)
+        for artifact, counter in counters.items()
+        if artifact != installed and is_upgrade(counter, installed_counter)
+    ]
+    return max(newer)[1] if newer else None
 
 
 # -- gate 2 -----------------------------------------------------------------------------
@@ -170,10 +216,13 @@ def choose_target(
     releases: Mapping[str, Release],
     scope: Scope | None,
     now: int,
+    installed_counter: int | None = None,
 ) -> Target:
     """The candidate is the artifact the current scope names; both gates must pass.
 
     Gate 2 is evaluated even when gate 1 fails, so an operator sees every reason at once.
+    ``installed`` is the running build's release record if the node holds it, and
+    ``installed_counter`` the counter its slot records (see ``installed_floor``).
     """
     if scope is None:
         res = in_scope(node_id, "", scope=None, now=now)
@@ -183,7 +232,13 @@ def choose_target(
         res = _yes(GATE_ALLOWLIST, "already-running", f"release {installed.name!r}")
         return Target(artifact=None, release=installed, results=(res,))
     r1 = allowlisted(
-        artifact, allowlist=allowlist, releases=releases, now=now, installed=installed, scope=scope
+        artifact,
+        allowlist=allowlist,
+        releases=releases,
+        now=now,
+        installed=installed,
+        installed_counter=installed_counter,
+        scope=scope,
     )
     r2 = in_scope(node_id, artifact, scope=scope, now=now)
     ok = r1.ok and r2.ok

@@ -1,20 +1,21 @@
 """The update state machine of one node: events in, effects out, every transition in one table.
 
-Modelled on h11's ``_state.py`` (STYLE.md 4): ``TRANSITIONS`` maps ``(State, event type)``
+Modelled on h11's ``_state.py`` (README "Architecture"): ``TRANSITIONS`` maps ``(State, event type)``
 to the one handler allowed to run there and the states it may lead to.  A pair that is not
 in the table raises ``InvalidTransitionError``: an event the machine does not expect is a
 bug in whoever fed it, never something to drop silently.  The table is data, so
 ``render_table()`` / ``render_dot()`` draw the documentation from it and the tests check
 that every row is exercised.
 
-Sans-IO (STYLE.md 1, 2): nothing here reads a clock, draws randomness or touches the disk
+Sans-IO (README "Architecture"): nothing here reads a clock, draws randomness or touches the disk
 or the network.  ``now`` is monotonic seconds (a float) passed to every call; randomness
 comes from an ``Rng`` handed to the constructor (a ``random.Random`` in the daemon, a seeded
 one in tests and simulations).  The shell (daemon + launcher) performs the returned effects
 and reports back with events; it asks ``get_timer()`` when to call ``handle_timer(now)``.
 
-The life cycle (DESIGN.md 6)::
+The life cycle (README "Node life cycle")::
 
+    sleeping --allowlist learned--> sleeping (timer within notice_spread)
     sleeping --timer/nudge--> noticed --gates ok--> prefetching --done--> noticed --> asking
     asking --refused--> refused --retry_after (jittered)--> noticed --> asking ...
     asking --coordinator error--> backing_off --exponential backoff--> noticed --> asking ...
@@ -27,11 +28,19 @@ Design choices, and why:
 
 * **Noticing is local.**  On its jittered timer (or a nudge) the node emits
   ``EvaluateGates``; the shell runs ``gates.choose_target`` over the documents it holds
-  (allowlists and scopes arrive by gossip or from the coordinator at any time and only
-  update the shell's ``TrustStore``) and answers ``GatesEvaluated``.  A newly gossiped
-  allowlist does *not* wake the node: if it did, a whole fleet would move in the same
-  second, which is exactly what the jittered interval exists to prevent.  Only a timer or a
-  nudge starts a check.
+  (allowlists and scopes arrive by gossip or from the coordinator at any time and update
+  the shell's ``TrustStore``) and answers ``GatesEvaluated``.  Only the timer or a nudge
+  starts a check.
+* **A learned allowlist brings the timer forward, spread out.**  A newer allowlist a peer
+  gossiped (``AllowlistLearned``) reaches the whole fleet within seconds; if every node
+  checked on arrival the fleet would ask the coordinator in the same second, which is
+  exactly what the jittered interval exists to prevent.  So in ``sleeping`` the updater
+  moves its timer to ``now + uniform(0, notice_spread)`` -- unless a check is already due
+  within ``notice_spread`` (it comes soon enough, spread by its own jitter), the version is
+  not newer than one already learned, or the allowlist names nothing but the running and
+  sticky-denied artifacts.  Anywhere else it is remembered like a nudge: the next check
+  covers it, and a node that falls asleep with one remembered sleeps at most
+  ``notice_spread`` (drawn the same way).
 * **Every ask follows a fresh gate check.**  Prefetching can take minutes and a refusal can
   hold a node for longer; meanwhile the scope may be narrowed or the allowlist may expire.
   So ``prefetching``, ``refused`` and ``backing_off`` all lead back to ``noticed`` (a local,
@@ -91,12 +100,13 @@ from typing import Final, Protocol, TypeVar, cast
 
 from .documents import NODE_STATES, Allowlist, Scope
 from .errors import P2PUpdateError
-from .gates import GateResult, Target
+from .gates import GATE_ALLOWLIST, GateResult, Target
 
 __all__ = [
     "INITIAL_STATES",
     "TIMED_STATES",
     "TRANSITIONS",
+    "AllowlistLearned",
     "AskCoordinator",
     "Candidate",
     "Confirm",
@@ -244,6 +254,9 @@ class UpdaterConfig:
     probation_timeout: float = 180.0
     #: Tries for a rejoined / failure report before giving up (heartbeats still tell).
     report_attempts: int = 6
+    #: A newer allowlist learned by gossip starts a check within this long (uniform), so a
+    #: fleet that learns it in the same second does not check in the same second.
+    notice_spread: float = 60.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -260,6 +273,7 @@ class UpdaterConfig:
         for name, value in {
             "drain_grace": self.drain_grace,
             "swap_margin": self.swap_margin,
+            "notice_spread": self.notice_spread,
         }.items():
             if not 0.0 <= value < float("inf"):
                 raise ValueError(f"UpdaterConfig.{name} must be >= 0 and finite")
@@ -302,7 +316,7 @@ class Candidate:
     """The artifact gates 1 and 2 allow this node to ask for, and what the ask binds to.
 
     ``allowlist_version`` and ``scope_serial`` go into the ask because the departure token is
-    bound to them (DESIGN.md 4); ``counter`` decides whether a sticky deny is lifted.
+    bound to them (README "Trust model"); ``counter`` decides whether a sticky deny is lifted.
     """
 
     artifact: str
@@ -382,7 +396,8 @@ class RollbackRecord:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Event:
-    """Something the shell tells the updater.  One frozen class per kind (STYLE.md 3)."""
+    """Something the shell tells the updater.  One frozen class per kind, keyword-only and
+    validated on construction (README "Architecture")."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -406,6 +421,24 @@ class Nudged(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class AllowlistLearned(Event):
+    """A verified allowlist, newer than any the node held, that a peer gossiped.
+
+    The shell delivers it and nothing else; the updater decides whether and when it starts
+    a check (the module docstring: spread over ``notice_spread``).
+    """
+
+    version: int
+    artifacts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise ValueError("AllowlistLearned: allowlist versions start at 1")
+        for artifact in self.artifacts:
+            _check_artifact(artifact, "AllowlistLearned")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class GatesEvaluated(Event):
     """The answer to ``EvaluateGates``: a candidate, or none (and the refusal, for status)."""
 
@@ -423,6 +456,15 @@ class GatesEvaluated(Event):
         """Wrap ``gates.choose_target``'s answer (the shell's one-liner)."""
         candidate = Candidate.from_target(target, allowlist=allowlist, scope=scope)
         return cls(candidate=candidate, refusal=target.refusal if candidate is None else None)
+
+    @classmethod
+    def no_candidate(cls, *, reason: str, detail: str) -> GatesEvaluated:
+        """No candidate, because gate 1 has nothing to pass: no documents yet, no source of
+        builds, no offer above the installed counter.  ``reason`` is the code an operator
+        sees in the status report, ``detail`` what it means here."""
+        _check_reason(reason, "GatesEvaluated.no_candidate")
+        refusal = GateResult(ok=False, gate=GATE_ALLOWLIST, reason=reason, detail=detail)
+        return cls(candidate=None, refusal=refusal)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -695,6 +737,10 @@ class Updater:
         self._timer: float | None = None
         self._timer_set = False
         self._nudge_pending = False
+        #: A learned allowlist not yet covered by a check (brings the next sleep forward).
+        self._notice_pending = False
+        #: The newest allowlist version ``AllowlistLearned`` brought.
+        self._allowlist_version = 0
         self._attempts = 0
         self._candidate: Candidate | None = None
         self._prefetched: str | None = None
@@ -844,17 +890,38 @@ class Updater:
         ceiling = min(c.backoff_cap, c.backoff_base * 2.0**exponent)
         return self._rng.uniform(ceiling / 2.0, ceiling)
 
+    def _takes_allowlist(self, event: AllowlistLearned) -> bool:
+        """Whether a learned allowlist is news that may move this node: a version above
+        every one learned before, naming an artifact that is neither running nor denied."""
+        if event.version <= self._allowlist_version:
+            return False
+        self._allowlist_version = event.version
+        return any(a != self._installed and not self._is_denied(a) for a in event.artifacts)
+
+    def _notice_soon(self, now: float) -> None:
+        """Bring the check forward to a uniform point in ``[now, now + notice_spread]``,
+        unless one is already due by then (it is spread by its own jitter)."""
+        spread = self._config.notice_spread
+        if self._timer is not None and self._timer <= now + spread:
+            return
+        self._set_timer(now + self._rng.uniform(0.0, spread))
+
     def _check(self) -> Step:
-        """Start a local gate check; it covers any nudge received until now."""
+        """Start a local gate check; it covers any nudge or allowlist received until now."""
         self._nudge_pending = False
+        self._notice_pending = False
         return State.NOTICED, [EvaluateGates()]
 
     def _sleep(self, now: float) -> State:
-        """Back to serving-and-waiting; a nudge that came while busy makes it a short sleep."""
+        """Back to serving-and-waiting; a nudge that came while busy makes it a short sleep,
+        an allowlist learned while busy one of at most ``notice_spread``."""
         self._attempts = 0
         self._candidate = None
         self._token = None
         self._set_timer(now if self._nudge_pending else now + self._jittered_interval())
+        if self._notice_pending:
+            self._notice_pending = False
+            self._notice_soon(now)
         return State.SLEEPING
 
     def _unexpected(self, what: str, event: str = "") -> InvalidTransitionError:
@@ -914,6 +981,16 @@ class Updater:
     def _remember_nudge(self, event: Nudged, now: float) -> Step:
         if not self._ignores_nudge(event):
             self._nudge_pending = True
+        return self._state, []
+
+    def _allowlist_learned_while_sleeping(self, event: AllowlistLearned, now: float) -> Step:
+        if self._takes_allowlist(event):
+            self._notice_soon(now)
+        return State.SLEEPING, []
+
+    def _remember_allowlist(self, event: AllowlistLearned, now: float) -> Step:
+        if self._takes_allowlist(event):
+            self._notice_pending = True
         return self._state, []
 
     def _gates_evaluated(self, event: GatesEvaluated, now: float) -> Step:
@@ -1077,6 +1154,9 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
              "jittered check: EvaluateGates"),
         _row(S.SLEEPING, Nudged, Updater._nudged_while_sleeping, [S.NOTICED, S.SLEEPING],
              "skip the wait: EvaluateGates (ignored for the running or a denied artifact)"),
+        _row(S.SLEEPING, AllowlistLearned, Updater._allowlist_learned_while_sleeping,
+             [S.SLEEPING],
+             "timer to now + uniform(0, notice_spread), unless due by then or nothing new"),
         _row(S.NOTICED, GatesEvaluated, Updater._gates_evaluated,
              [S.SLEEPING, S.PREFETCHING, S.ASKING],
              "none / denied: sleep; new: Prefetch; prefetched: AskCoordinator"),
@@ -1127,6 +1207,12 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
         *(
             _row(state, Nudged, Updater._remember_nudge, [state],
                  "remembered: the next check covers it (immediate on the next sleep)")
+            for state in _BUSY_WITH_NUDGE_MEMORY
+        ),
+        # a learned allowlist anywhere else: remembered like a nudge, spread on the next sleep
+        *(
+            _row(state, AllowlistLearned, Updater._remember_allowlist, [state],
+                 "remembered: the next check covers it (within notice_spread on the next sleep)")
             for state in _BUSY_WITH_NUDGE_MEMORY
         ),
     ]

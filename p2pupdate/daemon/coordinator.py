@@ -26,23 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from ..clock import Clock
 from ..core import crypto, departure
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError
-from ..core.gates import GATE_ALLOWLIST, GateResult, choose_target
+from ..core.gates import choose_target
 from ..fsutil import create_exclusive, read_limited
-from ..truststate import TrustFile
 from .gossip import parse_link_address
 from .replica import CoordinatorUnavailable, QuorumClient, ReplicaLink
+from .truststate import TrustFile
 
 IDENTITY = "identity.pem"
 #: How long a report waits for a replica to (re)connect before it counts as failed.
@@ -99,7 +99,10 @@ class CoordinatorLink:
         estimate: tuple[float, float, int] | None,
         report_interval: float,
         log: Callable[[str], None],
+        clock: Clock,
     ) -> None:
+        #: Wall time for document expiry (the node's owner injects it).
+        self.clock = clock
         self.key = key
         self.node = key.keyid
         self.trust = trust
@@ -125,6 +128,7 @@ class CoordinatorLink:
             on_push=self._on_push,
             on_connect=self._on_connect,
             log=log,
+            clock=clock,
         )
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -187,7 +191,7 @@ class CoordinatorLink:
             self.accept(data)
         elif kind == "nudge" and isinstance(data, bytes):
             try:
-                signed = self.trust.accept(docs.Nudge, data, int(time.time()))
+                signed = self.trust.accept(docs.Nudge, data, self.clock.utc_now())
             except (RollbackError, EquivocationError):
                 return  # an old nudge again: already acted on
             except P2PUpdateError as exc:
@@ -206,7 +210,7 @@ class CoordinatorLink:
         """Verify and keep a release, allowlist or scope (from a replica or from gossip).
 
         True if it was kept (authentic, and not older than what is held)."""
-        now = int(time.time())
+        now = self.clock.utc_now()
         try:
             kind = docs.peek_type(data)
             if kind == "release":
@@ -244,42 +248,24 @@ class CoordinatorLink:
     # -- effects ----------------------------------------------------------------------------
 
     def evaluate(self, *, installed: str, installed_counter: int) -> up.GatesEvaluated:
-        """Gates 1 and 2 over the documents held now."""
+        """Gates 1 and 2 over the documents held now.
+
+        ``installed_counter`` is the slot's own record of the running build's counter: the
+        downgrade rule needs it when no release record of that build is held.
+        """
         if self.allowlist is None and self.scope is None:
-            return up.GatesEvaluated(
-                candidate=None,
-                refusal=GateResult(
-                    ok=False,
-                    gate=GATE_ALLOWLIST,
-                    reason="no-documents",
-                    detail="nothing from the coordinator yet",
-                ),
+            return up.GatesEvaluated.no_candidate(
+                reason="no-documents", detail="nothing from the coordinator yet"
             )
-        now = int(time.time())
         target = choose_target(
             self.node,
             installed=self.releases.get(installed),
+            installed_counter=installed_counter,
             allowlist=self.allowlist,
             releases=self.releases,
             scope=self.scope,
-            now=now,
+            now=self.clock.utc_now(),
         )
-        if (
-            target.artifact is not None
-            and target.release is not None
-            and target.release.counter <= installed_counter
-            and not (self.scope is not None and self.scope.force)
-        ):
-            return up.GatesEvaluated(
-                candidate=None,
-                refusal=GateResult(
-                    ok=False,
-                    gate=GATE_ALLOWLIST,
-                    reason="downgrade",
-                    detail=f"release counter {target.release.counter} is not above "
-                    f"installed {installed_counter}",
-                ),
-            )
         return up.GatesEvaluated.from_target(target, allowlist=self.allowlist, scope=self.scope)
 
     def has_release(self, artifact: str) -> bool:

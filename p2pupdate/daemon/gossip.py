@@ -2,7 +2,7 @@
 
 ``GossipService`` owns one ``core.gossip.Gossip`` and is the only code that touches it.  The
 core decides everything (who to link to, what to send, whom to punish); this module carries
-out its effects and reports back (STYLE.md 5):
+out its effects and reports back (README "Architecture"):
 
 =============  ============================================================================
 ``Send``       queued on the peer's link (a bounded queue per link, one writer task each;
@@ -25,8 +25,10 @@ and hands the contact to the core as ``Introduced``), the coordinator's introduc
 (``peers``), and whatever ``add_contacts`` is given (zeroconf).  Both sources are asked
 again every few seconds while the active view is short, every minute otherwise.
 
-The clock: ``now`` is ``trio.current_time()`` and ``utc_now`` is ``int(time.time())``; the
-RNG is the node's.  Heartbeats carry ``status()`` (refreshed every round, cheap).
+The clock is the node's :class:`~p2pupdate.clock.Clock`: the core's ``now`` is
+``clock.monotonic()`` (trio's clock, so a test on ``MockClock`` moves every round and timer)
+and its ``utc_now`` is ``clock.utc_now()``.  The RNG is the node's.  Heartbeats carry
+``status()`` (refreshed every round, cheap).
 """
 
 from __future__ import annotations
@@ -35,12 +37,12 @@ import contextlib
 import math
 import random
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from ..clock import Clock
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core.crypto import SigningKey
@@ -48,7 +50,7 @@ from ..core.errors import SchemaError
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import LinkBrokenError, LinkError, LinkTimeoutError
 from ..net.tcp import connect_tcp, serve_tcp
-from ..truststate import TrustFile
+from .truststate import TrustFile
 
 #: Frames waiting per link before new ones are dropped.
 SEND_QUEUE = 64
@@ -135,6 +137,7 @@ class GossipService:
         self,
         *,
         key: SigningKey,
+        clock: Clock,
         status: Callable[[], g.Status] | None = None,
         verify: g.Verifier,
         listen: tuple[str, int],
@@ -149,6 +152,8 @@ class GossipService:
     ) -> None:
         self.key = key
         self.node = key.keyid
+        #: The owner's clock: ``monotonic`` for the core's ``now``, ``wall`` for expiry.
+        self.clock = clock
         #: What heartbeats say about this node; the ``Node`` sets it when it is not given.
         self.status: Callable[[], g.Status] = status if status is not None else _no_status
         self.verify = verify
@@ -216,7 +221,7 @@ class GossipService:
         totals = est.pools.get(pool)
         if totals is None:
             return None
-        return totals, max(0.0, trio.current_time() - self._epoch_seen[1])
+        return totals, max(0.0, self.clock.monotonic() - self._epoch_seen[1])
 
     def summary(self) -> dict[str, object]:
         core = self.core
@@ -249,7 +254,7 @@ class GossipService:
                 status=self.status(),
                 rng=self.rng,
                 verify=self.verify,
-                now=trio.current_time(),
+                now=self.clock.monotonic(),
                 config=self.config,
             )
             for doc in self._unpublished:
@@ -292,10 +297,10 @@ class GossipService:
                 self.log(f"gossip: status unavailable: {type(exc).__name__}: {exc}")
             else:
                 self._handle(g.StatusChanged(status=status))
-            self._perform(core.handle_timer(trio.current_time(), int(time.time())))
+            self._perform(core.handle_timer(self.clock.monotonic(), self.clock.utc_now()))
             est = core.estimate
             if est is not None and (self._epoch_seen is None or self._epoch_seen[0] != est.epoch):
-                self._epoch_seen = (est.epoch, trio.current_time())
+                self._epoch_seen = (est.epoch, self.clock.monotonic())
 
     async def _seek(self) -> None:
         """Static peers and introductions, often while the active view is short.
@@ -348,7 +353,7 @@ class GossipService:
     def _handle(self, event: g.Event) -> None:
         core = self.core
         assert core is not None
-        self._perform(core.handle(event, trio.current_time(), int(time.time())))
+        self._perform(core.handle(event, self.clock.monotonic(), self.clock.utc_now()))
 
     def _perform(self, effects: list[g.Effect]) -> None:
         for effect in effects:
@@ -371,7 +376,7 @@ class GossipService:
 
     def _penalised(self, p: g.Penalised) -> None:
         self.stats.penalties += 1
-        now = trio.current_time()
+        now = self.clock.monotonic()
         key = (p.peer, p.rule)
         if now - self._penalty_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
             self._penalty_logged[key] = now
@@ -502,10 +507,10 @@ class GossipService:
         await link.aclose()
 
 
-def trust_verifier(
-    trust: TrustFile, now: Callable[[], int] = lambda: int(time.time())
-) -> g.Verifier:
+def trust_verifier(trust: TrustFile, clock: Clock) -> g.Verifier:
     """The daemon's ``Verifier``: type routing, then the node's ``TrustFile``.
+
+    Expiry is checked against ``clock.utc_now()`` at the moment each rumor arrives.
 
     Allowlists, scopes and nudges are *accepted* (their floors rise, on disk, so a replay of
     an older one is refused from then on); releases are verified (they have no floor); a
@@ -515,7 +520,7 @@ def trust_verifier(
 
     def verify(data: bytes) -> g.Accepted:
         kind = docs.peek_type(data)
-        at = now()
+        at = clock.utc_now()
         if kind == "allowlist":
             trust.accept(docs.Allowlist, data, at)
             return g.Accepted(slot="allowlist")

@@ -11,24 +11,25 @@ import argparse
 import random
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
 
+from .. import clock
 from ..cli.common import Parser, sha256_hex
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
-from ..truststate import TrustFile
 from ..work.base import Workload
+from .boot import NodeError
 from .coordinator import CoordinatorLink, load_identity, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
-from .node import Node, NodeConfig, NodeError, _log_to_stderr
+from .node import Node, NodeConfig, _log_to_stderr
 from .nullwork import NullWorkload
 from .offers import OfferSource
 from .options import DaemonOptions, add_daemon_arguments
+from .truststate import TrustFile
 
 EXIT_FATAL = 1
 EXIT_USAGE = 2
@@ -66,7 +67,8 @@ def workload_factory(opts: DaemonOptions, state_dir: Path) -> Callable[[], Workl
     return make
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) -> int:
+    """Parse, build the node's parts and run it; ``clk`` is the one clock they all read."""
     args = build_parser().parse_args(argv)
     opts = DaemonOptions.from_namespace(args)
     log = _log_to_stderr
@@ -83,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trust = TrustFile.open(
                 state_dir / "trust",
                 initial_root=opts.trust_root.read_bytes(),
-                now=int(time.time()),
+                now=clk.utc_now(),
             )
         except (OSError, P2PUpdateError) as exc:
             log(f"fatal: trust root {opts.trust_root}: {exc}")
@@ -102,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
                 report_interval=opts.report_interval,
                 log=log,
+                clock=clk,
             )
         except (OSError, ValueError, P2PUpdateError) as exc:
             log(f"fatal: coordinator: {exc}")
@@ -115,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             gossip = GossipService(
                 key=load_identity(state_dir),
-                verify=trust_verifier(trust),
+                clock=clk,
+                verify=trust_verifier(trust, clk),
                 listen=parse_hostport(opts.gossip_listen or "127.0.0.1:0"),
                 advertise=opts.gossip_advertise,
                 peers=[parse_hostport(p) for p in opts.peer],
@@ -131,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"WARNING: --offer-dir without --trust-root: UNSIGNED builds in "
                 f"{opts.offer_dir} are accepted. Test use only."
             )
-        offers = OfferSource(opts.offer_dir, trust=trust, log=log)
+        offers = OfferSource(opts.offer_dir, trust=trust, log=log, wall_clock=clk.wall)
     # A signal outside trio's receiver (before it is installed, after it is gone) must not
     # kill us mid-write: the receiver handles the first one, the launcher escalates.
     signal.signal(signal.SIGTERM, lambda _s, _f: None)
@@ -146,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             make_workload=workload_factory(opts, state_dir),
             offers=offers,
+            clock=clk,
             rng=random.Random(),
             log=log,
             coordinator=coordinator,

@@ -1,8 +1,15 @@
 """The trio shell around ``core.updater``: the daemon's one place of clock, RNG and effects.
 
-The updater decides; this module only carries out its effects and reports back (STYLE.md
-5).  It owns the nursery the work runs in, reads ``trio.current_time()`` as the updater's
-``now``, draws from one ``random.Random``, and is the only module that executes ``Swap``.
+The updater decides; this module only carries out its effects and reports back (README
+"Architecture").  It owns the nursery the work runs in, reads ``clock.monotonic()`` (trio's
+clock) as the updater's ``now``, draws from one ``random.Random``, and is the only module
+that executes ``Swap``.  What it starts from, the work it serves, the status it writes and
+what gossip and the coordinator ask of it each have a module of their own:
+
+* ``boot``     -- the updater built from the launcher's records (probation, rollback log)
+* ``workhost`` -- serving, draining, the checkpoint handoff between processes
+* ``status``   -- ``D/status`` and the fields of a coordinator report
+* ``hooks``    -- what gossip and the coordinator link ask of the node, and tell it
 
 How the effects are carried out (the updater's module docstring lists the duties):
 
@@ -32,11 +39,9 @@ whatever was still running for the old state, so a result that arrives late (a d
 finished after the drain deadline fired) is dropped instead of being fed to a state that
 never asked for it.
 
-The checkpoint is a handoff from one process to the next: written by a drain (before a
-swap, on stop, before a rollback) and consumed -- renamed to ``checkpoint.restored`` --
-right after the next process restored it, before it serves.  From then on the workload's own
-durable state is newer, so an old checkpoint is never restored twice.  A process whose
-restore failed never writes one (it would overwrite the state it could not read).
+Time: ``clock.monotonic()`` for the updater, timers and drain deadlines; ``clock.wall()``
+for what is written for the launcher and people (``pending``, ``verdict``, the rollback
+log's ``reported``, ``D/status``'s ``time``) and for the probation deadline it compares with.
 """
 
 from __future__ import annotations
@@ -56,62 +61,42 @@ import trio
 
 import p2pupdate
 
-from ..core import documents as docs
-from ..core import gossip as g
+from ..clock import Clock
 from ..core import updater as up
-from ..core.gates import GATE_ALLOWLIST, GateResult
-from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
 from ..launcher.artifact import ArtifactError, read_artifact
 from ..launcher.codes import EXIT_ROLLBACK, EXIT_STOP, EXIT_SWAP
 from ..launcher.faults import crash_point
-from ..launcher.state import (
-    Pending,
-    RollbackEntry,
-    SlotManifest,
-    StateDir,
-    StateError,
-    Verdict,
-    new_id,
-)
-from ..truststate import TrustFile
+from ..launcher.state import Pending, SlotManifest, StateDir, StateError, Verdict, new_id
 from ..work.base import Workload
+from . import status
+from .boot import NodeError, build_updater
 from .coordinator import CoordinatorLink
 from .gossip import GossipService
 from .health import self_test
+from .hooks import NodeHooks
 from .offers import OfferError, OfferSource
 from .options import DaemonOptions
 from .replica import CoordinatorUnavailable
+from .truststate import TrustFile
+from .workhost import RestoreError, RunBlocking, WorkHost, in_worker_thread
 
-#: A checkpoint larger than this is refused (the workload's own state should be on disk).
-MAX_CHECKPOINT = 512 * 1024 * 1024
+__all__ = ["Node", "NodeConfig", "NodeError", "RestoreError"]
+
 #: The lease a ``--grant-all`` grant pretends to have (seconds).
 GRANT_ALL_LEASE = 3600.0
 #: How long a stop or a rollback may spend draining (the launcher waits 15 s).
 STOP_DRAIN = 10.0
-#: Bounds on slow effects (the updater has no timer in these states: DESIGN 3).
+#: Bounds on slow effects (the updater has no timer in these states).
 PREFETCH_TIMEOUT = 600.0
-SERVE_START_TIMEOUT = 60.0
-#: Keep this much of the launcher's probation window for our own clean rollback.
-PROBATION_MARGIN = 1.0
 POLL = 0.05
 #: Largest artifact fetched from the coordinator's origin.
 MAX_ARTIFACT = 1 << 30
-#: How often the status file's gossip view is refreshed (if it changed).
-GOSSIP_STATUS_INTERVAL = 2.0
 #: Events tagged with this are due in whatever state the updater is (nudges).
 ANY_GENERATION = -1
 
 
 #: Transitions of every routine check that found nothing: not logged (one line per check).
 _QUIET = frozenset({(up.State.SLEEPING, up.State.NOTICED), (up.State.NOTICED, up.State.SLEEPING)})
-
-
-class NodeError(Exception):
-    """The daemon cannot start here (missing slot, no pending record on probation)."""
-
-
-class RestoreError(Exception):
-    """The checkpoint could not be restored."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,133 +127,87 @@ class Node:
         *,
         make_workload: Callable[[], Workload],
         offers: OfferSource | None,
+        clock: Clock,
         rng: random.Random | None = None,
         log: Callable[[str], None] = _log_to_stderr,
         self_test: Callable[..., list[str]] = self_test,
         coordinator: CoordinatorLink | None = None,
         gossip: GossipService | None = None,
         trust: TrustFile | None = None,
+        run_blocking: RunBlocking = in_worker_thread,
     ) -> None:
         self.config = config
+        #: How blocking file work runs: a worker thread; inline in fake-clock tests.
+        self.run_blocking = run_blocking
         self.opts = config.options
-        #: Makes the work; called again to serve after an undone drain (a drained workload
-        #: may not serve twice: ``KVWorkload`` closes its store when ``serve`` returns).
-        self.make_workload = make_workload
-        self.workload = make_workload()
         self.offers = offers
+        #: The process's one clock (``daemon.main`` passes ``clock.SYSTEM``).
+        self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self.log = log
         #: ``health.self_test``; in-process tests (where the code is not the slot's) swap it.
         self.self_test = self_test
         self.coord = coordinator
-        #: Why gates 1-2 hold this node back now (reported to the coordinator).
-        self._held: GateResult | None = None
-        if coordinator is not None:
-            coordinator.status_fields = self._status_fields
-            coordinator.on_nudge = self._nudged
         self.gossip = gossip
-        self.trust = trust
-        #: The newest allowlist version seen (gossip or coordinator), for the status file.
-        self._allowlist_seen: int | None = None
-        self._notice_pending = False
-        if gossip is not None:
-            gossip.status = self._gossip_status
-            gossip.on_deliver = self._gossip_delivered
-            if coordinator is not None:
-                gossip.introducer = coordinator.introductions
-                coordinator.estimate_source = self._gossip_estimate
-                coordinator.on_document = gossip.publish
         self.state = StateDir(config.state_dir)
         self.slot = config.slot
         manifest = self.state.slot_manifest(config.slot)
         if manifest is None:
             raise NodeError(f"slot {config.slot[:16]}... is missing or incomplete")
         self.manifest: SlotManifest = manifest
+        self.work = WorkHost(make_workload, state=self.state, log=log, run_blocking=run_blocking)
         self.mode = config.mode
         self.pending: Pending | None = None
         self.exit_code: int | None = None
         self.updater: up.Updater | None = None
+        #: Gate evaluations answered by this process (``D/status``'s ``gate_checks``): lets
+        #: a test see that checks happened without watching the clock.
+        self.gate_checks = 0
         self._reporting: set[str] = set()
         self._send, self._recv = trio.open_memory_channel[tuple[int, up.Event]](32)
         self._gen = 0
         self._gen_scopes: list[trio.CancelScope] = []
         self._nursery: trio.Nursery | None = None
-        self._serve_scope: trio.CancelScope | None = None
-        self._serve_done: trio.Event | None = None
         self._stopping = False
         self._last_refusal = ""
-        self._serving = False
-        self._drained = False
-        #: True once the checkpoint (if any) was restored: only then is our state the node's
-        #: state, fit to hand on.  A failed or not yet attempted restore never writes one.
-        self._may_checkpoint = False
-        self._restored = False
-
-    # -- building the updater from the launcher's records -------------------------------------
-
-    def _denied(self) -> list[up.StickyDeny]:
-        try:
-            return [
-                up.StickyDeny(artifact=d.artifact, counter=d.counter)
-                for d in self.state.read_denied()
-            ]
-        except StateError as exc:
-            self.log(f"warning: sticky-deny list unreadable ({exc}); the launcher will repair it")
-            return []
-
-    def build_updater(self, now_wall: float) -> up.Updater:
-        opts = self.opts
-        denied = self._denied()
-        if self.mode == "probation":
-            try:
-                pending = self.state.read_pending()
-            except StateError as exc:
-                raise NodeError(
-                    f"on probation, but the pending record is unusable: {exc}"
-                ) from None
-            if pending is None or pending.artifact != self.slot:
-                raise NodeError("on probation, but no pending record names this slot")
-            self.pending = pending
-            left = (pending.deadline or now_wall + 120.0) - now_wall - PROBATION_MARGIN
-            config = up.UpdaterConfig(
-                check_interval=opts.check_interval,
-                drain_timeout=opts.drain_timeout,
-                swap_margin=opts.swap_margin,
-                probation_timeout=max(1.0, left),
-            )
-            swap = up.PendingSwap(
-                from_artifact=pending.previous,
-                to_artifact=pending.artifact,
-                to_counter=pending.counter,
-                token=pending.token,
-            )
-            return up.Updater.on_probation(swap, rng=self.rng, config=config, denied=denied)
-        config = up.UpdaterConfig(
-            check_interval=opts.check_interval,
-            drain_timeout=opts.drain_timeout,
-            swap_margin=opts.swap_margin,
+        self.hooks = NodeHooks(
+            slot=self.slot,
+            manifest=manifest,
+            opts=self.opts,
+            work=self.work,
+            updater_state=lambda: self.updater.state if self.updater is not None else None,
+            feed=self._feed_any_state,
+            write_status=self.write_status,
+            clock=clock,
+            log=log,
+            coordinator=coordinator,
+            gossip=gossip,
+            trust=trust,
         )
-        try:
-            unreported = [e for e in self.state.read_rollbacks() if e.reported is None]
-        except StateError as exc:
-            self.log(f"warning: rollback log unreadable ({exc}); nothing to report")
-            unreported = []
-        if unreported:
-            last: RollbackEntry = unreported[-1]
-            self._reporting = {e.id for e in unreported}
-            record = up.RollbackRecord(
-                artifact=last.artifact, counter=last.counter, reason=last.reason, token=last.token
-            )
-            return up.Updater.after_rollback(
-                record, installed=self.slot, rng=self.rng, config=config, denied=denied
-            )
-        return up.Updater(installed=self.slot, rng=self.rng, config=config, denied=denied)
+        self.hooks.attach()
+
+    @property
+    def workload(self) -> Workload:
+        """The workload being served now (a new one after an undone drain)."""
+        return self.work.workload
 
     # -- running --------------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Serve and update until told to stop or to swap; the process exit code."""
-        self.updater = self.build_updater(time.time())
+        boot = build_updater(
+            state=self.state,
+            slot=self.slot,
+            mode=self.mode,
+            opts=self.opts,
+            rng=self.rng,
+            now_wall=self.clock.wall(),
+            log=self.log,
+        )
+        self.updater = boot.updater
+        if boot.pending is not None:
+            self.pending = boot.pending
+        self._reporting = set(boot.reporting)
         self.log(
             f"running {self.manifest.version} from slot {self.slot[:16]}... ({self.mode}; "
             f"package at {Path(p2pupdate.__file__).parent})"
@@ -285,13 +224,13 @@ class Node:
                 )
                 if self.coord is not None:
                     self.coord.addrs = [self.gossip.advertised]
-                nursery.start_soon(self._gossip_status_file)
+                nursery.start_soon(status.refresh_on_gossip_change, self.gossip, self.write_status)
                 if self.opts.zeroconf:
-                    await self._start_zeroconf(nursery, self.gossip)
+                    await self.hooks.start_zeroconf(nursery)
             if self.coord is not None:
                 await nursery.start(self.coord.run)
             if self.mode == "normal":
-                self.restore_checkpoint(strict=False)
+                self.work.restore_checkpoint(strict=False)
                 await self._start_serving()
             self.write_status()
             await self._drive()
@@ -305,6 +244,14 @@ class Node:
             self.exit_code = code
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _feed_any_state(self, event: up.Event) -> bool:
+        """Queue an event due in whatever state the updater is (False: the queue is full)."""
+        try:
+            self._send.send_nowait((ANY_GENERATION, event))
+        except trio.WouldBlock:
+            return False
+        return True
 
     async def _drive(self) -> None:
         self._handle(up.Started())
@@ -325,8 +272,10 @@ class Node:
         u = self.updater
         assert u is not None
         before = u.state
-        now = trio.current_time()
+        now = self.clock.monotonic()
         effects = u.handle_timer(now) if event is None else u.handle(event, now)
+        if isinstance(event, up.GatesEvaluated):
+            self.gate_checks += 1
         if u.state is not before:
             self._gen += 1
             for scope in self._gen_scopes:
@@ -339,7 +288,7 @@ class Node:
             if self.coord is not None:
                 self.coord.status_changed()
         if isinstance(event, up.GatesEvaluated):
-            self._held = event.refusal
+            self.hooks.held = event.refusal
         if isinstance(event, up.GatesEvaluated) and event.refusal is not None:
             said = str(event.refusal)
             if said != self._last_refusal:  # once per change, not once per check
@@ -395,83 +344,15 @@ class Node:
         else:  # pragma: no cover - a new effect type must be handled here first
             raise TypeError(f"unknown effect {effect!r}")
 
-    # -- the work ---------------------------------------------------------------------------------
-
-    async def _serve_task(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        done = self._serve_done = trio.Event()
-        try:
-            with trio.CancelScope() as scope:
-                self._serve_scope = scope
-                self._serving, self._drained = True, False
-                await self.workload.serve(task_status=task_status)
-        finally:
-            self._serving = False
-            done.set()
-
-    async def _stop_serving(self) -> None:
-        if self._serve_scope is not None and self._serve_done is not None:
-            self._serve_scope.cancel()
-            await self._serve_done.wait()
+    # -- the work (``workhost``) -------------------------------------------------------------
 
     async def _start_serving(self) -> None:
         assert self._nursery is not None
-        with trio.fail_after(SERVE_START_TIMEOUT):
-            await self._nursery.start(self._serve_task)
+        await self.work.start_serving(self._nursery)
         self.write_status()
 
-    def restore_checkpoint(self, *, strict: bool) -> None:
-        """Restore ``work/checkpoint`` if there is one, then consume it.
-
-        ``strict`` (probation): a failure raises ``RestoreError`` and this process will not
-        write a checkpoint.  Otherwise the unreadable checkpoint is moved aside (loudly) and
-        the work starts from its own durable state.
-        """
-        path = self.state.checkpoint
-        error: str | None = None
-        data = b""
-        try:
-            data = read_limited(path, MAX_CHECKPOINT)
-        except FileNotFoundError:
-            self._may_checkpoint = True
-            return
-        except (OSError, FileTooLargeError) as exc:
-            error = f"unreadable: {exc}"
-        if error is None:
-            try:
-                self.workload.restore(data)
-            except Exception as exc:  # not just ValueError: a checkpoint that cannot be
-                error = f"{type(exc).__name__}: {exc}"  # restored must never stop the node
-        if error is not None:
-            if strict:
-                raise RestoreError(error)
-            aside = self.state.quarantine(path, error)
-            self.log(f"WARNING: checkpoint not restored ({error}); moved to {aside.name}")
-            self._may_checkpoint = True  # the work's own durable state is all there is now
-            return
-        os.replace(path, path.with_name("checkpoint.restored"))
-        fsync_dir(path.parent)
-        self._restored = self._may_checkpoint = True
-        self.log(f"restored the work checkpoint ({len(data)} bytes)")
-
-    async def _write_checkpoint(self) -> None:
-        data = self.workload.checkpoint()
-        await trio.to_thread.run_sync(atomic_write, self.state.checkpoint, data)
-
-    def _withdraw_checkpoint(self) -> None:
-        """A drain was undone: its checkpoint is older than what we will serve now."""
-        path = self.state.checkpoint
-        if path.exists():
-            os.replace(path, path.with_name("checkpoint.withdrawn"))
-            fsync_dir(path.parent)
-
     async def _drain_and_checkpoint(self, deadline: float) -> None:
-        if self._serving and not self._drained:
-            await self.workload.drain(deadline)
-            self._drained = True
-        if self._may_checkpoint:
-            await self._write_checkpoint()
+        await self.work.drain_and_checkpoint(deadline)
 
     # -- effects ----------------------------------------------------------------------------------
 
@@ -479,17 +360,11 @@ class Node:
         if self.coord is not None:
             return self.coord.evaluate(installed=self.slot, installed_counter=self.manifest.counter)
         if self.offers is None:
-            return up.GatesEvaluated(
-                candidate=None,
-                refusal=GateResult(
-                    ok=False,
-                    gate=GATE_ALLOWLIST,
-                    reason="no-source",
-                    detail="no --offer-dir (peer-to-peer discovery arrives later)",
-                ),
+            return up.GatesEvaluated.no_candidate(
+                reason="no-source", detail="no --offer-dir (peer-to-peer discovery arrives later)"
             )
         offers = self.offers
-        return await trio.to_thread.run_sync(
+        return await self.run_blocking(
             lambda: offers.evaluate(installed=self.slot, installed_counter=self.manifest.counter)
         )
 
@@ -501,7 +376,7 @@ class Node:
                 if offers is not None and (
                     self.coord is None or (offers.directory / f"{effect.artifact}.tar.gz").exists()
                 ):
-                    await trio.to_thread.run_sync(offers.fetch, effect.artifact, dest)
+                    await self.run_blocking(offers.fetch, effect.artifact, dest)
                 elif self.coord is not None:
                     await self.coord.prefetch(effect.artifact, dest, MAX_ARTIFACT)
                 else:  # pragma: no cover - no candidate without a source
@@ -537,7 +412,7 @@ class Node:
         try:
             if any(d.artifact == p.to_artifact for d in st.read_denied()):
                 return up.SwapFailed(reason="sticky-denied on this node")
-            data = await trio.to_thread.run_sync(
+            data = await self.run_blocking(
                 read_artifact, st.store_path(p.to_artifact), p.to_artifact
             )
 
@@ -549,7 +424,7 @@ class Node:
                     on_entry=lambda n: crash_point("unpack") if n == 8 else None,
                 )
 
-            manifest = await trio.to_thread.run_sync(stage)
+            manifest = await self.run_blocking(stage)
             crash_point("staged")
             record = Pending(
                 id=new_id(),
@@ -557,9 +432,9 @@ class Node:
                 previous=self.slot,
                 counter=p.to_counter,
                 token=p.token,
-                created=time.time(),
+                created=self.clock.wall(),
             )
-            await trio.to_thread.run_sync(st.write_pending, record)
+            await self.run_blocking(st.write_pending, record)
             crash_point("pending")
         except (ArtifactError, OSError, StateError) as exc:
             self.log(f"swap failed before leaving: {exc}")
@@ -574,18 +449,18 @@ class Node:
     def _resume_serving(self, effect: up.ResumeServing) -> None:
         """Not tied to a generation: serving again must finish whatever happens next."""
         self.log(f"resuming service on this version: {effect.reason}")
-        self._withdraw_checkpoint()
+        self.work.withdraw_checkpoint()
         assert self._nursery is not None
         self._nursery.start_soon(self._serve_again)
 
     async def _serve_again(self) -> None:
-        await self._stop_serving()
-        self.workload = self.make_workload()
-        await self._start_serving()
+        assert self._nursery is not None
+        await self.work.serve_again(self._nursery)
+        self.write_status()
 
     async def _restore_work(self) -> up.Event:
         try:
-            self.restore_checkpoint(strict=True)
+            self.work.restore_checkpoint(strict=True)
         except RestoreError as exc:
             return up.ProbationFailed(reason=f"checkpoint restore failed: {exc}")
         try:
@@ -595,7 +470,7 @@ class Node:
         passes = 0
         checked = False
         while True:
-            problems = await trio.to_thread.run_sync(
+            problems = await self.run_blocking(
                 lambda: self.self_test(
                     slot_dir=self.state.slot_dir(self.slot),
                     slot_version=self.manifest.version,
@@ -621,10 +496,10 @@ class Node:
             artifact=pending.artifact,
             verdict="confirm",
             reason="healthy",
-            time=time.time(),
+            time=self.clock.wall(),
             pid=os.getpid(),
         )
-        await trio.to_thread.run_sync(self.state.write_verdict, verdict)
+        await self.run_blocking(self.state.write_verdict, verdict)
         crash_point("confirmed")
         while not self._promoted():
             await trio.sleep(POLL)
@@ -646,7 +521,7 @@ class Node:
         self.log(f"probation FAILED: {effect.reason}; handing back to the launcher")
         with trio.move_on_after(STOP_DRAIN):
             try:
-                await self._drain_and_checkpoint(trio.current_time() + STOP_DRAIN / 2)
+                await self._drain_and_checkpoint(self.clock.monotonic() + STOP_DRAIN / 2)
             except Exception as exc:
                 self.log(f"checkpoint before rollback failed: {type(exc).__name__}: {exc}")
         pending = self.pending
@@ -656,10 +531,10 @@ class Node:
                 artifact=pending.artifact,
                 verdict="rollback",
                 reason=effect.reason,
-                time=time.time(),
+                time=self.clock.wall(),
                 pid=os.getpid(),
             )
-            await trio.to_thread.run_sync(self.state.write_verdict, verdict)
+            await self.run_blocking(self.state.write_verdict, verdict)
         self.finish(EXIT_ROLLBACK)
 
     async def _report_rejoined(self, effect: up.ReportRejoined) -> up.Event:
@@ -684,134 +559,11 @@ class Node:
         if self._reporting:
             ids = set(self._reporting)
             try:
-                await trio.to_thread.run_sync(self.state.mark_reported, ids, time.time())
+                await self.run_blocking(self.state.mark_reported, ids, self.clock.wall())
             except (StateError, OSError) as exc:
                 self.log(f"cannot mark the rollback reported: {exc}")
             self._reporting.clear()
         return up.Reported()
-
-    # -- the coordinator's hooks ----------------------------------------------------------------
-
-    def _status_fields(self) -> dict[str, Any]:
-        u = self.updater
-        held = self._held
-        return {
-            "version": self.manifest.version[:64],
-            "artifact": self.slot,
-            "state": u.state.heartbeat_state if u is not None else "serving",
-            "held": None if held is None else {"gate": held.gate[:32], "reason": held.reason[:64]},
-        }
-
-    def _nudged(self, artifact: str) -> None:
-        """A verified nudge: fed to the updater whatever state it is in now."""
-        try:
-            self._send.send_nowait((ANY_GENERATION, up.Nudged(artifact=artifact)))
-        except trio.WouldBlock:
-            self.log("nudge dropped: the updater is busy")
-
-    # -- gossip's hooks -------------------------------------------------------------------------
-
-    def _gossip_status(self) -> g.Status:
-        """What our heartbeats and push-sum contributions say (refreshed every round)."""
-        u = self.updater
-        w = self.workload
-        try:
-            load, capacity = float(w.load()), float(w.capacity())
-        except Exception:
-            load, capacity = 0.0, 0.0
-        return g.Status(
-            version=self.manifest.version[:64],
-            artifact=self.slot,
-            state=u.state.heartbeat_state if u is not None else "serving",
-            pool=self.opts.pool,
-            load=min(max(load, 0.0), 1e18) if math.isfinite(load) else 0.0,
-            capacity=min(max(capacity, 0.0), 1e18) if math.isfinite(capacity) else 0.0,
-        )
-
-    def _gossip_estimate(self) -> dict[str, float] | None:
-        """The pool's push-sum totals for the coordinator's status report."""
-        assert self.gossip is not None
-        got = self.gossip.estimate(self.opts.pool)
-        if got is None:
-            return None
-        totals, age = got
-        return {
-            "capacity": totals.capacity,
-            "load": totals.load,
-            "serving": max(0, round(totals.serving)),
-            "age": min(age, 1e9),
-        }
-
-    def _gossip_delivered(self, doc: bytes, slot: str) -> None:
-        """A verified document that was news here, learned from a peer.
-
-        Releases, allowlists and scopes go where the coordinator's go (gates 1-2 read them
-        there).  A nudge is acted on at once, as from the coordinator.  A newer allowlist
-        starts an update check ("noticed") -- but after a random delay in
-        ``[0, --gossip-notice-spread]``: the allowlist reaches the whole fleet within
-        seconds, and if every node checked the moment it arrived the fleet would ask the
-        coordinator in the same second (the updater's docstring: only a timer or a nudge
-        starts a check; this is a nudge the node gives itself, spread out).
-        """
-        kind = slot.partition(":")[0]
-        held = self.coord.allowlist if self.coord is not None else None
-        known = max(self._allowlist_seen or 0, held.version if held is not None else 0)
-        if self.coord is not None and kind in ("release", "allowlist", "scope"):
-            self.coord.take(doc, source="gossip")
-        if self.trust is None:
-            return
-        now = int(time.time())
-        if kind == "nudge":
-            nudge = self.trust.store.verify(docs.Nudge, doc, now).doc
-            self.log(f"gossip: nudged by a peer: {nudge.describe()}")
-            self._nudged(nudge.artifact)
-        elif kind == "allowlist":
-            allow = self.trust.store.verify(docs.Allowlist, doc, now).doc
-            if allow.version <= known:
-                return  # the coordinator (or another peer) brought it first
-            self._allowlist_seen = allow.version
-            self.log(f"gossip: allowlist v{allow.version} learned from a peer")
-            self.write_status()
-            denied = {d.artifact for d in self._denied()}
-            targets = [a for a in allow.artifacts if a != self.slot and a not in denied]
-            if targets and not self._notice_pending and self._nursery is not None:
-                self._notice_pending = True
-                delay = self.rng.uniform(0.0, self.opts.gossip_notice_spread)
-                self._nursery.start_soon(self._notice_later, targets[0], delay)
-        elif kind == "root":
-            self.log("gossip: a new trusted root was learned from a peer")
-
-    async def _start_zeroconf(self, nursery: trio.Nursery, gossip: GossipService) -> None:
-        from ..net.discovery import ZeroconfDiscovery
-
-        me = gossip.contact
-        disc = ZeroconfDiscovery(
-            node=gossip.node,
-            host=me.host,
-            port=me.port,
-            interfaces=self.opts.zeroconf,
-            on_found=lambda c: gossip.add_contacts([c]),
-            log=self.log,
-        )
-        await nursery.start(disc.run)
-        self.log(f"zeroconf: announcing {me.host}:{me.port} on {', '.join(self.opts.zeroconf)}")
-
-    async def _gossip_status_file(self) -> None:
-        """Keep the status file's gossip view current (only when the view changed)."""
-        assert self.gossip is not None
-        last: tuple[object, ...] = ()
-        while True:
-            await trio.sleep(GOSSIP_STATUS_INTERVAL)
-            s = self.gossip.summary()
-            now = (s["active"], s["passive"], s["links"])
-            if now != last:
-                last = now
-                self.write_status()
-
-    async def _notice_later(self, artifact: str, delay: float) -> None:
-        await trio.sleep(delay)
-        self._notice_pending = False
-        self._nudged(artifact)
 
     def _lift_deny(self, effect: up.LiftDeny) -> None:
         try:
@@ -852,47 +604,25 @@ class Node:
         if u is None or u.state is not up.State.SWAPPING:
             with trio.move_on_after(STOP_DRAIN):
                 try:
-                    await self._drain_and_checkpoint(trio.current_time() + STOP_DRAIN / 2)
+                    await self._drain_and_checkpoint(self.clock.monotonic() + STOP_DRAIN / 2)
                 except Exception as exc:
                     self.log(f"checkpoint on stop failed: {type(exc).__name__}: {exc}")
         self.finish(EXIT_STOP)
 
-    # -- status -------------------------------------------------------------------------------------
+    # -- status (``status``) ------------------------------------------------------------------------
 
     def write_status(self) -> None:
         """``D/status``: what runs, from where, in which state (operators and tests)."""
-        w = self.workload
-        try:
-            healthy = w.healthy()
-        except Exception:
-            healthy = False
-        status = {
-            "pid": os.getpid(),
-            "version": p2pupdate.__version__,
-            "package_dir": str(Path(p2pupdate.__file__).resolve().parent),
-            "slot": self.slot,
-            "slot_version": self.manifest.version,
-            "counter": self.manifest.counter,
-            "mode": self.mode,
-            "state": self.updater.state.value if self.updater is not None else "starting",
-            "exit_code": self.exit_code,
-            "work": {
-                "name": w.name,
-                "serving": self._serving,
-                "healthy": healthy,
-                "restored": self._restored,
-                "port": getattr(w, "port", None),
-                "handoffs": getattr(w, "handoffs", None),
-            },
-            "time": time.time(),
-        }
+        doc = status.daemon_status(
+            slot=self.slot,
+            manifest=self.manifest,
+            mode=self.mode,
+            state=self.updater.state if self.updater is not None else None,
+            exit_code=self.exit_code,
+            work=self.work,
+            wall=self.clock.wall(),
+        )
+        doc["gate_checks"] = self.gate_checks
         if self.gossip is not None:
-            allow = self._allowlist_seen
-            held = self.coord.allowlist if self.coord is not None else None
-            if held is not None and (allow is None or held.version > allow):
-                allow = held.version
-            status["gossip"] = {**self.gossip.summary(), "allowlist": allow}
-        try:
-            self.state.write_status(status)
-        except OSError as exc:
-            self.log(f"cannot write status: {exc}")
+            doc["gossip"] = status.gossip_view(self.gossip, allowlist=self.hooks.newest_allowlist())
+        status.write_status(self.state, doc, self.log)

@@ -10,8 +10,9 @@ demo or an operator drops a build into ``--offer-dir``:
   ``--trust-root`` (tests), with a warning at start.
 
 ``evaluate`` is what the daemon answers to ``EvaluateGates`` meanwhile: the offer with the
-highest release counter above the installed one is the candidate (gates 1 and 2 stubbed:
-allowlist version and scope serial 1).  A sticky deny is the updater's business, not this
+highest release counter above the installed one is the candidate (``gates.newest_upgrade``:
+gate 1's counter rule, the rest of gates 1 and 2 stubbed: allowlist version and scope
+serial 1).  A sticky deny is the updater's business, not this
 module's.  ``fetch`` is ``Prefetch``: the artifact is verified (sha256, and length and every
 chunk hash against a signed release) and copied into the store, so the swap never reads
 from the drop directory.
@@ -21,18 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clock import SYSTEM
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
-from ..core.gates import GATE_ALLOWLIST, GateResult
+from ..core.gates import newest_upgrade
 from ..core.updater import Candidate, GatesEvaluated
+from ..errors import PeerFault
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
-from ..truststate import TrustFile
+from .truststate import TrustFile
 
 MAX_OFFER_RECORD = 1024 * 1024 + 4096
 #: Gates 1 and 2 are stubbed: the candidate binds to these (the departure token would).
@@ -40,8 +42,11 @@ STUB_ALLOWLIST_VERSION = 1
 STUB_SCOPE_SERIAL = 1
 
 
-class OfferError(Exception):
-    """An offered build that cannot be used (whoever dropped it is at fault)."""
+class OfferError(PeerFault):
+    """An offered build that cannot be used (whoever dropped it is at fault: the file drop
+    stands in for the peers a build will come from)."""
+
+    rule = "bad-offer"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +72,7 @@ class OfferSource:
         trust: TrustFile | None,
         limits: UnpackLimits = DEFAULT_LIMITS,
         log: Callable[[str], None] = lambda _m: None,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = SYSTEM.wall,
     ) -> None:
         self.directory = directory
         self.trust = trust
@@ -130,24 +135,17 @@ class OfferSource:
 
     def evaluate(self, *, installed: str, installed_counter: int) -> GatesEvaluated:
         """The answer to ``EvaluateGates``: the newest offer above the installed counter."""
-        newer = [
-            o for o in self.scan() if o.counter > installed_counter and o.artifact != installed
-        ]
-        if not newer:
-            return GatesEvaluated(
-                candidate=None,
-                refusal=GateResult(
-                    ok=False,
-                    gate=GATE_ALLOWLIST,
-                    reason="no-newer-offer",
-                    detail=f"nothing above release counter {installed_counter} in {self.directory}",
-                ),
+        counters = {o.artifact: o.counter for o in self.scan()}
+        best = newest_upgrade(counters, installed=installed, installed_counter=installed_counter)
+        if best is None:
+            return GatesEvaluated.no_candidate(
+                reason="no-newer-offer",
+                detail=f"nothing above release counter {installed_counter} in {self.directory}",
             )
-        best = max(newer, key=lambda o: (o.counter, o.artifact))
         return GatesEvaluated(
             candidate=Candidate(
-                artifact=best.artifact,
-                counter=best.counter,
+                artifact=best,
+                counter=counters[best],
                 allowlist_version=STUB_ALLOWLIST_VERSION,
                 scope_serial=STUB_SCOPE_SERIAL,
             )

@@ -1,4 +1,4 @@
-"""The launcher: slots on disk, probation, rollback, sticky denies (DESIGN.md 6).
+"""The launcher: slots on disk, probation, rollback, sticky denies (README "Node life cycle").
 
 * ``codes``      -- the exit codes between launcher and daemon (the whole contract)
 * ``artifact``   -- deterministic builds of ourselves; verified, capped, path-checked unpack

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..errors import LocalStateFault, PeerFault
 from ..fsutil import FileTooLargeError, fsync_dir, read_limited
 
 #: The top-level directories an artifact may contain (the two packages of this project).
@@ -50,15 +51,20 @@ _SKIP_DIRS: Final = frozenset({"__pycache__"})
 _SKIP_SUFFIXES: Final = (".pyc", ".pyo", ".tmp", ".swp")
 
 
-class ArtifactError(Exception):
+class ArtifactError(PeerFault):
     """An artifact that must not be installed: wrong hash, unsafe entry, over a cap.
 
-    Whose fault: whoever produced or delivered the artifact (never the local state).
+    Whose fault: whoever produced or delivered the artifact (a peer, the origin, a file
+    drop), never the local state -- hence ``PeerFault``.
     """
 
+    rule = "bad-artifact"
 
-class BuildError(Exception):
+
+class BuildError(LocalStateFault):
     """The source tree cannot be built into an artifact (a local mistake)."""
+
+    rule = "build"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -15,7 +15,7 @@ Layout (``D`` is ``--state-dir``)::
     D/store/<sha>.tar.gz      artifacts fetched (offered) but not yet unpacked
     D/work/checkpoint         the workload's state handed from one process to the next
     D/work/<name>/            the workload's own durable state
-    D/trust/                  the trust store (``truststate.TrustFile``)
+    D/trust/                  the trust store (``daemon.truststate.TrustFile``)
 
 Crash safety: every record is written with ``fsutil.atomic_write`` (temp file, fsync,
 ``os.replace``, fsync of the directory); a link is replaced by creating it under a temp
@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+from ..errors import LocalStateFault
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
 from .artifact import DEFAULT_LIMITS, UnpackLimits, check_artifact, read_version, unpack_into
 
@@ -66,8 +67,10 @@ _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 _ID: Final = re.compile(r"^[0-9a-f]{32}$")
 
 
-class StateError(Exception):
+class StateError(LocalStateFault):
     """A state file that cannot be used as it is: the local state's fault."""
+
+    rule = "state"
 
 
 def new_id() -> str:

@@ -45,6 +45,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ..errors import LocalStateFault
 from .artifact import (
     DEFAULT_LIMITS,
     ArtifactError,
@@ -65,8 +66,10 @@ from .faults import crash_point
 from .state import Deny, Pending, RollbackEntry, StateDir, StateError, Verdict
 
 
-class LauncherError(Exception):
+class LauncherError(LocalStateFault):
     """The launcher cannot run at all (no runnable slot, unreadable initial artifact)."""
+
+    rule = "launcher"
 
 
 @dataclass(frozen=True, kw_only=True)

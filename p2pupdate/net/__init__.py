@@ -1,5 +1,5 @@
 """Links between nodes: ``Link`` (framed, authenticated, errors normalised), ``tcp`` and
-``memory`` implementations, and the node-key handshake they share.  DESIGN.md 7."""
+``memory`` implementations, and the node-key handshake they share.  README "Gossip and links"."""
 
 from .base import Link, LinkConfig, StreamLink, establish
 from .errors import (

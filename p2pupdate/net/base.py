@@ -1,9 +1,9 @@
 """The ``Link`` abstraction: framed send/receive to one authenticated peer.
 
-Shaped like python-tuf's ``FetcherInterface`` (STYLE.md 7): the public methods
+Shaped like python-tuf's ``FetcherInterface`` (README "Architecture"): the public methods
 (``send``, ``receive``, ``aclose``) are fixed here and normalise every failure of the
 subclass's ``_send`` / ``_receive`` into the ``LinkError`` family; subclasses only move
-bytes.  Every read has a byte limit (``LinkConfig.max_frame``, STYLE.md 8).
+bytes.  Every read has a byte limit (``LinkConfig.max_frame``, README "Protocol").
 
 ``StreamLink`` is the one implementation today: u32-length-prefixed frames
 (``wire.frame`` / ``wire.FrameDecoder``) over any trio byte stream, after the handshake of
@@ -121,7 +121,7 @@ class Link(abc.ABC):
 
 
 def _normalise(exc: Exception, what: str) -> LinkError:
-    """Map anything a transport raises into the family (STYLE.md 7)."""
+    """Map anything a transport raises into the family (the one ``except`` per link)."""
     if isinstance(exc, LinkError):
         return exc
     if isinstance(exc, OversizeError):

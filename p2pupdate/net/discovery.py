@@ -1,4 +1,4 @@
-"""LAN discovery by zeroconf (mDNS/DNS-SD): ``_p2pupdate._udp.local.``.  DESIGN.md 7.
+"""LAN discovery by zeroconf (mDNS/DNS-SD): ``_p2pupdate._udp.local.``.  README "Gossip and links".
 
 Each node registers one service instance whose TXT record carries its node id (``node``,
 64 hex digits) and its link address (``link``, ``tcp:HOST:PORT``), and browses for the
@@ -6,7 +6,7 @@ others.  Found records become ``core.gossip.Contact``\\ s, handed to the gossip 
 introductions: the core dials them like any other contact and the link's handshake proves
 the node id, so a forged record can waste a dial but never impersonate a node.
 
-python-zeroconf is asyncio.  As DESIGN.md 7 says, it runs in **one dedicated asyncio
+python-zeroconf is asyncio.  As README "Gossip and links" says, it runs in **one dedicated asyncio
 thread** (``AsyncZeroconf`` on explicitly given interface addresses -- never "all
 interfaces": a node must not announce itself on networks it was not told about).
 Results cross into trio with ``TrioToken.run_sync_soon`` into a memory channel; stopping

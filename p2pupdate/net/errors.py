@@ -1,31 +1,35 @@
-"""Link errors: one family, normalised at each ``Link`` method (STYLE.md 7).
+"""Link errors: one family, normalised at each ``Link`` method (README "Architecture").
 
 Whatever goes wrong below a link (an ``OSError``, a trio ``BrokenResourceError``, a frame
 header announcing 4 GiB, a handshake signature that does not verify) reaches the shell as
 one of these, so the shell has exactly one ``except LinkError`` per link.  Like the core's
-errors they say whose fault it was (STYLE.md 6)::
+errors they say whose fault it was: the peer's, or the path to it, so the family hangs
+under :class:`p2pupdate.errors.PeerFault`::
 
-    LinkError                     the link is unusable; close it
-      LinkClosedError             closed, by either side (end of stream)
-      LinkBrokenError             the transport failed (reset, unreachable, refused)
-      LinkTimeoutError            an operation overran its deadline (a stalled peer)
-      LinkProtocolError           the remote broke the framing: its fault
-        FrameTooLargeError        a frame header announced more than the limit
-      HandshakeError              the remote did not prove the node key it claims
-        HandshakeKeyError         bad proof, or a key that is not its node id
-        HandshakeReplayError      a nonce seen before, or our own nonce reflected back
-        HandshakeOversizeError    a handshake frame over its (small) limit
-        PeerMismatchError         a valid key, but not the node that was dialed
+    PeerFault                     (p2pupdate.errors)
+      LinkError                   the link is unusable; close it
+        LinkClosedError           closed, by either side (end of stream)
+        LinkBrokenError           the transport failed (reset, unreachable, refused)
+        LinkTimeoutError          an operation overran its deadline (a stalled peer)
+        LinkProtocolError         the remote broke the framing: its fault
+          FrameTooLargeError      a frame header announced more than the limit
+        HandshakeError            the remote did not prove the node key it claims
+          HandshakeKeyError       bad proof, or a key that is not its node id
+          HandshakeReplayError    a nonce seen before, or our own nonce reflected back
+          HandshakeOversizeError  a handshake frame over its (small) limit
+          PeerMismatchError       a valid key, but not the node that was dialed
 
 A frame too large to *send* is the local caller's bug and raises ``ValueError``.
 """
 
 from __future__ import annotations
 
-from ..core.errors import P2PUpdateError
+from ..errors import PeerFault
 
 
-class LinkError(P2PUpdateError):
+class LinkError(PeerFault):
+    """The link to a peer is unusable; close it (a ``P2PUpdateError`` through ``PeerFault``)."""
+
     rule = "link"
 
 

@@ -11,7 +11,7 @@ No IO here (the links run it over their streams).  Two frames each way, sent con
 role is ``b"dial"`` for the side that opened the connection and ``b"accept"`` for the
 other.  The signed bytes start with the document prefix and the type ``link-proof``, which
 no document has, so a proof can never pass for a document nor a document for a proof
-(DESIGN.md 4's domain separation).  Binding both ids, both nonces and the role means a
+(the domain separation of README "Trust model").  Binding both ids, both nonces and the role means a
 proof is good for this one connection, in this one direction: a recorded proof fails
 against a fresh nonce, a proof reflected back at its signer names the wrong role.
 

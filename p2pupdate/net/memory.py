@@ -2,7 +2,7 @@
 
 ``memory_link_pair`` gives two ``StreamLink``s joined back to back, each having proven its
 node key to the other exactly as over TCP.  Only the transport differs, so a shell test
-(STYLE.md 11: trio's fake clock and memory streams) exercises the same code paths as a
+(on trio's fake clock and memory streams) exercises the same code paths as a
 real network, minus sockets.  (The gossip *simulation* runs in synchronous rounds and
 needs no trio at all: it moves the bytes of ``Send`` effects itself.)
 """

@@ -4,7 +4,7 @@ The daemon never looks inside the work.  It needs to know how much the node can 
 (``capacity``) and carries now (``load``) for the capacity gate; to run it (``serve``); to
 stop it gracefully before a swap (``drain``); to carry its state across the process
 boundary (``checkpoint`` / ``restore``); and to know the new version actually works
-before confirming it (``healthy``).  DESIGN.md 9.
+before confirming it (``healthy``).  README "The work a node serves".
 
 A drain is: stop accepting new work, answer "going away" to new requests (so clients
 move to another node at once instead of timing out), finish what is in flight within the

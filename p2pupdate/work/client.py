@@ -1,6 +1,6 @@
 """Client of the example KV service: spreads requests over nodes and hides their updates.
 
-A rolling update must show **zero failed requests** to the caller (DESIGN.md 9).  Nodes
+A rolling update must show **zero failed requests** to the caller (README "The work a node serves").  Nodes
 leave in two ways and the client handles both without giving up on the request:
 
 - politely: a draining node answers ``going-away``; the client sets that node aside for
@@ -40,7 +40,8 @@ from typing import Final
 import trio
 
 from ..core import wire
-from ..core.errors import P2PUpdateError, WireError
+from ..core.errors import WireError
+from ..errors import PeerFault
 from .protocol import MAX_FRAME_BYTES, Op, Request, Response
 
 Endpoint = tuple[str, int]
@@ -48,8 +49,9 @@ Endpoint = tuple[str, int]
 RECV_BYTES: Final = 64 * 1024
 
 
-class KVClientError(P2PUpdateError):
-    """A request that could not be completed."""
+class KVClientError(PeerFault):
+    """A request that could not be completed: the serving nodes' fault (down, silent,
+    or refusing), never the caller's."""
 
     rule = "kv-client"
 
@@ -80,7 +82,7 @@ class RequestRejectedError(KVClientError):
         self.endpoint = endpoint
 
 
-class _ConnectionLost(Exception):
+class _ConnectionLost(PeerFault):
     """Internal: this attempt's connection failed; the request may go elsewhere."""
 
 

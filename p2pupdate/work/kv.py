@@ -1,5 +1,5 @@
 """The built-in example workload: a small key/value service whose acknowledged writes survive
-anything short of losing the disk (DESIGN.md 9).
+anything short of losing the disk (README "The work a node serves").
 
 **Durable before acknowledged.**  A put or delete is appended to a write-ahead log and
 ``fdatasync``-ed before its answer is sent; only then is it visible to reads.  Concurrent
@@ -60,6 +60,7 @@ import trio
 
 from ..core import wire
 from ..core.errors import P2PUpdateError, WireError
+from ..errors import LocalStateFault
 from ..fsutil import atomic_write, fsync_dir, read_limited
 from .base import Workload
 from .protocol import (
@@ -91,7 +92,7 @@ MAX_SEGMENT_READ: Final = 512 * 1024 * 1024
 RECV_BYTES: Final = 64 * 1024
 
 
-class StoreBusyError(P2PUpdateError):
+class StoreBusyError(LocalStateFault):
     """Another KVWorkload (in this or another process) owns the state directory."""
 
     rule = "store-busy"

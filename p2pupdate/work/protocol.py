@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ..core import wire
-from ..core.errors import P2PUpdateError, SchemaError, WireError
+from ..core.errors import SchemaError, WireError
+from ..errors import LocalStateFault, PeerFault
 
 MAX_KEY_BYTES: Final = 256
 MAX_VALUE_BYTES: Final = 64 * 1024
@@ -79,8 +80,9 @@ RETRYABLE_ERRORS: Final = frozenset(
 )
 
 
-class BadRequestError(WireError):
-    """A request frame the server cannot act on.  ``request_id`` is ``None`` when even the
+class BadRequestError(PeerFault, WireError):
+    """A request frame the server cannot act on: the client's fault (a ``PeerFault``), and a
+    ``WireError`` like every malformed message.  ``request_id`` is ``None`` when even the
     ``id`` could not be read (then the answer cannot be matched to a call)."""
 
     rule = "bad-request"
@@ -272,7 +274,7 @@ RECORD_LIMITS: Final = wire.Limits(
 )
 
 
-class CorruptStateError(P2PUpdateError, ValueError):
+class CorruptStateError(LocalStateFault, ValueError):
     """Local state (a log, a snapshot or a checkpoint) that cannot be trusted.
 
     Whose fault: local storage or whoever handed us the bytes; never a remote client's.  A

@@ -33,12 +33,13 @@ import trio
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from p2pupdate.clock import SYSTEM  # noqa: E402
 from p2pupdate.core import crypto  # noqa: E402
 from p2pupdate.core import gossip as g  # noqa: E402
 from p2pupdate.daemon.gossip import GossipService, parse_link_address, trust_verifier  # noqa: E402
+from p2pupdate.daemon.truststate import TrustFile  # noqa: E402
 from p2pupdate.launcher.artifact import build_artifact  # noqa: E402
 from p2pupdate.launcher.state import StateDir, StateError  # noqa: E402
-from p2pupdate.truststate import TrustFile  # noqa: E402
 
 
 def proc_figures(pid: int) -> tuple[int, int, float]:
@@ -89,7 +90,8 @@ async def run_peers(
             GossipService(
                 key=crypto.SigningKey.from_seed(os.urandom(32)),
                 status=status,
-                verify=trust_verifier(trust),
+                clock=SYSTEM,
+                verify=trust_verifier(trust, SYSTEM),
                 listen=(f"127.0.0.{10 + k}", 0),
                 peers=[bootstrap],
                 rng=random.Random(k),

@@ -16,11 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from p2pupdate.core import crypto
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import FAST, Nodes
 
 from .service_helpers import Network, ReplicaProcesses, http
+
+#: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 WAIT = 60.0
 

@@ -206,6 +206,93 @@ def test_choose_downgrade(fleet: Fleet) -> None:
     ]
 
 
+# -- the counter rule: one home (gates.is_upgrade), whatever the node knows of its install ---
+
+
+def test_counter_rule() -> None:
+    assert gates.is_upgrade(6, 5)
+    assert not gates.is_upgrade(5, 5)  # equal: not forward
+    assert not gates.is_upgrade(4, 5)
+    assert gates.is_upgrade(1, None)  # nothing known to be installed
+
+
+def test_installed_floor_takes_the_higher_of_record_and_slot(fleet: Fleet) -> None:
+    assert gates.installed_floor(None, None) is None
+    assert gates.installed_floor(fleet.r5, None) == 5
+    assert gates.installed_floor(None, 5) == 5
+    assert gates.installed_floor(fleet.r5, 3) == 5
+    assert gates.installed_floor(fleet.r3, 5) == 5
+    assert gates.installed_floor(None, 0) == 0
+
+
+@pytest.mark.parametrize(
+    ("release", "force", "expected"),
+    [
+        ("r6", False, ("allowlist", True, "allowlisted")),
+        ("r5", False, ("allowlist", False, "downgrade")),  # counter equal
+        ("r3", False, ("allowlist", False, "downgrade")),  # counter lower
+        ("r5", True, ("allowlist", True, "forced-downgrade")),
+        ("r3", True, ("allowlist", True, "forced-downgrade")),
+    ],
+)
+def test_downgrade_rule_with_only_the_slot_counter(
+    fleet: Fleet, release: str, force: bool, expected: tuple[str, bool, str]
+) -> None:
+    """No release record of the running build is held (installed from an offer, or the
+    coordinator has not sent it): the slot's counter is the floor, with the same rule."""
+    target = getattr(fleet, release)
+    t = fleet.choose(
+        installed=None,
+        installed_counter=5,
+        scope=fleet.net.scope_doc(target.artifact, force=force),
+    )
+    assert reasons(t) == [expected, ("scope", True, "everyone")]
+    assert t.ok is expected[1]
+    if not expected[1]:
+        assert t.refusal is not None and t.refusal.reason == "downgrade"
+        assert t.refusal.detail == f"release counter {target.counter} is not above installed 5"
+
+
+def test_downgrade_rule_uses_the_higher_floor(fleet: Fleet) -> None:
+    """A record that says 5 and a slot that says 6: a release 6 is not forward."""
+    t = fleet.choose(installed_counter=6, scope=fleet.net.scope_doc(fleet.r6.artifact))
+    assert reasons(t)[0] == ("allowlist", False, "downgrade")
+    t = fleet.choose(installed_counter=4, scope=fleet.net.scope_doc(fleet.r6.artifact))
+    assert reasons(t)[0] == ("allowlist", True, "allowlisted")
+
+
+def test_allowlisted_direct_counter_cases(fleet: Fleet) -> None:
+    def gate(artifact: str, **kw: object) -> str:
+        return gates.allowlisted(
+            artifact,
+            allowlist=fleet.allowlist,
+            releases=fleet.releases,
+            now=NOW,
+            **kw,  # type: ignore[arg-type]
+        ).reason
+
+    assert gate(fleet.r6.artifact, installed_counter=5) == "allowlisted"
+    assert gate(fleet.r5.artifact, installed_counter=5) == "downgrade"
+    assert gate(fleet.r3.artifact, installed=fleet.r5) == "downgrade"
+    forced = fleet.net.scope_doc(fleet.r3.artifact, force=True)
+    assert gate(fleet.r3.artifact, installed_counter=5, scope=forced) == "forced-downgrade"
+    # a force scope for another artifact does not lift the rule for this one
+    assert gate(fleet.r5.artifact, installed_counter=5, scope=forced) == "downgrade"
+
+
+def test_newest_upgrade() -> None:
+    a, b, c, d = ("a" * 64, "b" * 64, "c" * 64, "d" * 64)
+    assert gates.newest_upgrade({}, installed=a, installed_counter=1) is None
+    offered = {a: 1, b: 2, c: 3}
+    assert gates.newest_upgrade(offered, installed=a, installed_counter=1) == c
+    assert gates.newest_upgrade(offered, installed=c, installed_counter=3) is None  # equal
+    assert gates.newest_upgrade(offered, installed=d, installed_counter=5) is None  # lower
+    # the running artifact is never a candidate, whatever counter it is offered with
+    assert gates.newest_upgrade({a: 9, b: 2}, installed=a, installed_counter=1) == b
+    # ties go to the larger artifact id: every node picks the same
+    assert gates.newest_upgrade({b: 4, c: 4, a: 4}, installed=d, installed_counter=0) == c
+
+
 def test_choose_force_does_not_skip_the_scope_gate(fleet: Fleet) -> None:
     scope = fleet.net.scope_doc(fleet.r3.artifact, force=True, kind="nodes", nodes=[node_id(9)])
     t = fleet.choose(scope=scope)

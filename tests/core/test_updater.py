@@ -29,6 +29,7 @@ from p2pupdate.core.updater import (
     INITIAL_STATES,
     TIMED_STATES,
     TRANSITIONS,
+    AllowlistLearned,
     AskCoordinator,
     Candidate,
     Confirm,
@@ -376,6 +377,140 @@ def test_nudge_during_check_is_covered_by_the_next_check() -> None:
     assert d.wait() >= 0.8 * HOUR
 
 
+# -- allowlists learned by gossip -------------------------------------------------------------
+
+SPREAD = CFG.notice_spread
+
+
+def learned(version: int = 8, *artifacts: str) -> AllowlistLearned:
+    return AllowlistLearned(version=version, artifacts=artifacts or (OLD, NEW))
+
+
+def test_learned_allowlist_brings_the_check_forward_within_the_spread() -> None:
+    d = fresh()
+    assert d.wait() > SPREAD
+    d.now += 10.0
+    assert d.send(learned()) == []
+    assert d.state() is State.SLEEPING
+    assert 0.0 <= d.wait() <= SPREAD
+    assert d.fire() == [EvaluateGates()]  # the gates still decide
+    d.send(GatesEvaluated(candidate=None))
+    assert 0.8 * HOUR <= d.wait() <= 1.2 * HOUR
+
+
+def test_learned_allowlist_spreads_a_fleet_over_the_spread() -> None:
+    waits = []
+    for seed in range(200):
+        d = fresh(seed)
+        d.now += 1.0
+        if d.wait() <= SPREAD:
+            continue  # due soon anyway
+        d.send(learned())
+        waits.append(d.wait())
+    assert all(0.0 <= w <= SPREAD for w in waits)
+    assert min(waits) < 0.05 * SPREAD and max(waits) > 0.95 * SPREAD
+
+
+def test_learned_allowlist_leaves_a_check_due_within_the_spread() -> None:
+    d = fresh()
+    d.now = d.u.get_timer() - SPREAD / 2  # type: ignore[operator]
+    timer = d.u.get_timer()
+    assert d.send(learned()) == []
+    assert d.u.get_timer() == timer
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        learned(8, OLD),  # only the running build
+        learned(8, NEW),  # only a sticky-denied build
+        learned(8, OLD, NEW),
+    ],
+    ids=["running", "denied", "both"],
+)
+def test_learned_allowlist_naming_nothing_new_is_ignored(event: AllowlistLearned) -> None:
+    d = rolled_back()
+    d.send(Reported())
+    timer = d.u.get_timer()
+    assert d.send(event) == []
+    assert d.state() is State.SLEEPING and d.u.get_timer() == timer
+
+
+def test_learned_allowlist_of_an_old_version_is_ignored() -> None:
+    d = fresh()
+    d.send(learned(8))
+    d.fire()
+    d.send(GatesEvaluated(candidate=None))
+    timer = d.u.get_timer()
+    for version in (8, 7):
+        assert d.send(learned(version, NEWER)) == []
+        assert d.u.get_timer() == timer
+    d.send(learned(9, NEWER))
+    assert d.wait() <= SPREAD
+
+
+def test_learned_allowlist_spread_is_configurable() -> None:
+    d = fresh(config=UpdaterConfig(notice_spread=0.0))
+    d.send(learned())
+    assert d.wait() == 0.0
+
+
+BUSY_LEARNING = sorted(
+    {s for (s, e) in TRANSITIONS if e is AllowlistLearned} - {State.SLEEPING},
+    key=lambda s: s.value,
+)
+
+
+def test_learned_allowlist_has_a_row_in_every_state() -> None:
+    assert {s for (s, e) in TRANSITIONS if e is AllowlistLearned} == set(State)
+
+
+@pytest.mark.parametrize("state", BUSY_LEARNING, ids=lambda s: s.value)
+def test_learned_allowlist_while_busy_is_remembered_not_acted_on(state: State) -> None:
+    d = reach(state)
+    timer = d.u.get_timer()
+    assert d.send(learned(8, NEWER)) == []
+    assert d.state() is state
+    assert d.u.get_timer() == timer  # a refusal's retry_after, a drain deadline: untouched
+
+
+def test_remembered_allowlist_makes_the_next_sleep_at_most_the_spread() -> None:
+    d = reach(State.PREFETCHING)
+    d.send(learned(8, NEWER))
+    assert d.send(PrefetchFailed(artifact=NEW, reason="no-peers")) == []
+    assert d.state() is State.SLEEPING
+    assert 0.0 <= d.wait() <= SPREAD
+    assert d.fire() == [EvaluateGates()]
+    d.send(GatesEvaluated(candidate=None))
+    assert 0.8 * HOUR <= d.wait() <= 1.2 * HOUR  # used up by that check
+
+
+def test_remembered_allowlist_is_covered_by_the_next_check() -> None:
+    d = reach(State.REFUSED)
+    d.send(learned(8, NEWER))
+    d.fire()  # the retry's gate check covers it
+    assert d.send(GatesEvaluated(candidate=None)) == []
+    assert d.wait() >= 0.8 * HOUR
+
+
+def test_remembered_nudge_wins_over_a_remembered_allowlist() -> None:
+    d = reach(State.PREFETCHING)
+    d.send(learned(8, NEWER))
+    d.send(Nudged(artifact=NEWER))
+    d.send(PrefetchFailed(artifact=NEW, reason="no-peers"))
+    assert d.wait() == 0.0
+
+
+def test_no_candidate_answer_says_why() -> None:
+    answer = GatesEvaluated.no_candidate(reason="no-source", detail="no --offer-dir")
+    assert answer.candidate is None
+    assert answer.refusal == GateResult(
+        ok=False, gate="allowlist", reason="no-source", detail="no --offer-dir"
+    )
+    with pytest.raises(ValueError):
+        GatesEvaluated.no_candidate(reason="", detail="x")
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
@@ -569,6 +704,7 @@ def test_result_for_another_artifact_raises() -> None:
 SAMPLES: dict[type[Event], Event] = {
     Started: Started(),
     Nudged: Nudged(artifact=NEWER),
+    AllowlistLearned: AllowlistLearned(version=1, artifacts=(NEWER,)),
     GatesEvaluated: GatesEvaluated(candidate=C),
     PrefetchDone: PrefetchDone(artifact=NEW),
     PrefetchFailed: PrefetchFailed(artifact=NEW, reason="x"),
@@ -731,6 +867,10 @@ def test_candidate_from_real_gates() -> None:
     [
         lambda: Nudged(artifact="ABC"),
         lambda: Nudged(artifact=NEW.upper()),
+        lambda: AllowlistLearned(version=0, artifacts=(NEW,)),
+        lambda: AllowlistLearned(version=1, artifacts=("ABC",)),
+        lambda: UpdaterConfig(notice_spread=-1.0),
+        lambda: UpdaterConfig(notice_spread=float("inf")),
         lambda: Candidate(artifact=NEW, counter=0, allowlist_version=1, scope_serial=1),
         lambda: Refused(gate="capacity", reason="x", retry_after=-1.0),
         lambda: Refused(gate="capacity", reason="", retry_after=1.0),
@@ -773,6 +913,11 @@ SCENARIOS: list[Callable[[], None]] = [
     test_nudge_for_the_running_artifact_is_ignored,
     *(lambda s=s: test_nudge_while_busy_is_remembered_not_acted_on(s) for s in BUSY),
     test_remembered_nudge_makes_the_next_sleep_short,
+    test_learned_allowlist_brings_the_check_forward_within_the_spread,
+    *(
+        lambda s=s: test_learned_allowlist_while_busy_is_remembered_not_acted_on(s)
+        for s in BUSY_LEARNING
+    ),
     test_refused_waits_retry_after_then_asks_again,
     test_coordinator_errors_back_off_exponentially_and_reset_after_success,
     test_lease_too_short_to_swap_is_returned,

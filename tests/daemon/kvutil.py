@@ -1,14 +1,13 @@
-"""Talking to the example KV service of a node under test (skipped when it is absent)."""
+"""Talking to the example KV service of a node under test."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-HAVE_KV = importlib.util.find_spec("p2pupdate.work.kv") is not None
+from p2pupdate.work.client import ClientConfig, KVClient, KVClientError
 
 
 @dataclass
@@ -29,8 +28,6 @@ async def write_until(
     minimum: int = 0,
 ) -> Writes:
     """Put keys one after another until ``done()`` (and at least ``minimum`` were acked)."""
-    from p2pupdate.work.client import ClientConfig, KVClient, KVClientError
-
     config = (
         ClientConfig(attempt_timeout=1.0, request_timeout=2.0, connect_timeout=0.5)
         if fast_fail
@@ -55,8 +52,6 @@ async def write_until(
 
 
 async def read_all(endpoint: tuple[str, int], keys: list[str]) -> dict[str, bytes | None]:
-    from p2pupdate.work.client import KVClient
-
     async with KVClient([endpoint]) as kv:
         return {k: await kv.get(k) for k in keys}
 

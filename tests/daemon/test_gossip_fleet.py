@@ -24,15 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
+from p2pupdate.clock import SYSTEM
 from p2pupdate.core import crypto
 from p2pupdate.core import gossip as g
 from p2pupdate.daemon.gossip import GossipService, parse_link_address, trust_verifier
-from p2pupdate.truststate import TrustFile
+from p2pupdate.daemon.truststate import TrustFile
 from tests.coordinator.service_helpers import Network, ReplicaProcesses, replicas
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import FAST, NodeProcess, Nodes
+
+#: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 __all__ = ["replicas"]  # the fixture
 
@@ -108,7 +113,8 @@ async def _inject(
         status=lambda: g.Status(
             version="injector", artifact="00" * 32, state="serving", pool="x", load=0, capacity=0
         ),
-        verify=trust_verifier(trust),
+        clock=SYSTEM,
+        verify=trust_verifier(trust, SYSTEM),
         listen=("127.0.0.254", 0),
         peers=[bootstrap],
         rng=random.Random(),

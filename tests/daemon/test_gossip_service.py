@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2pupdate.clock import SYSTEM
 from p2pupdate.core import crypto
 from p2pupdate.core import gossip as g
 from p2pupdate.core.crypto import Envelope
@@ -27,8 +28,8 @@ from p2pupdate.daemon.gossip import (
     parse_link_address,
     trust_verifier,
 )
+from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.net.tcp import connect_tcp
-from p2pupdate.truststate import TrustFile
 from tests.coordinator.service_helpers import Network
 
 ART = "ab" * 32
@@ -52,7 +53,8 @@ def _service(
     return GossipService(
         key=crypto.SigningKey.from_seed(bytes([i + 1]) * 32),
         status=_status,
-        verify=trust_verifier(trust),
+        clock=SYSTEM,
+        verify=trust_verifier(trust, SYSTEM),
         # distinct loopback addresses: gossip caps identities per source address
         listen=(f"127.0.0.{i + 1}", 0),
         peers=peers,
@@ -81,7 +83,7 @@ def test_addresses() -> None:
 
 def test_verifier(network: Network, tmp_path: Path) -> None:
     trust = TrustFile.open(tmp_path / "t", initial_root=network.root_bytes, now=int(time.time()))
-    verify = trust_verifier(trust)
+    verify = trust_verifier(trust, SYSTEM)
     assert verify(network.allowlist(5, [ART])).slot == "allowlist"
     with pytest.raises(RollbackError):
         verify(network.allowlist(4, [ART]))

@@ -3,27 +3,46 @@
 Each test builds a state directory by hand (a staged slot, ``current``, and where needed a
 ``pending`` record and a checkpoint), runs ``Node.run()`` in this trio run with a
 scripted workload, and plays the launcher's part itself where one is needed.
+
+The node runs on trio's fake clock (``autojump_clock``: time jumps to the next timer as soon
+as every task waits) with ``clock.following_trio()`` as its clock and its blocking file work
+run inline, so a test that waits out a 5 s drain grace takes no real time and can assert
+the exact virtual time it took.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trio
+import trio.testing
 
+from p2pupdate.clock import Clock, following_trio
+from p2pupdate.core.gates import GateResult
 from p2pupdate.core.updater import State
+from p2pupdate.daemon.coordinator import CoordinatorLink
 from p2pupdate.daemon.node import Node, NodeConfig
 from p2pupdate.daemon.nullwork import NullWorkload
 from p2pupdate.daemon.offers import OfferSource
 from p2pupdate.daemon.options import DaemonOptions
+from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.launcher.codes import EXIT_ROLLBACK, EXIT_STOP
 from p2pupdate.launcher.state import Pending, StateDir, new_id
 from p2pupdate.launcher.supervisor import Launcher, LauncherConfig
+from tests.core.harness import NOW, Network, key_for
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import Build, offer
+
+T = TypeVar("T")
+
+
+async def inline(fn: Callable[..., T], /, *args: Any) -> T:
+    """Blocking file work run in the event loop: the fake clock cannot jump during it."""
+    return fn(*args)
 
 
 class Rig:
@@ -36,6 +55,17 @@ class Rig:
         self.offers = tmp / "offers"
         self.offers.mkdir()
         self.lines: list[str] = []
+        #: (virtual time, line) of every log line
+        self.timed: list[tuple[float, str]] = []
+        self.clock = following_trio()
+
+    def _log(self, line: str) -> None:
+        self.lines.append(line)
+        self.timed.append((trio.current_time(), line))
+
+    def when(self, text: str) -> float:
+        """The virtual time of the first log line containing ``text``."""
+        return next(t for t, line in self.timed if text in line)
 
     def node(self, slot: str, mode: str, workload: type = NullWorkload, **opts: object) -> Node:
         settings: dict[str, object] = {
@@ -51,8 +81,10 @@ class Rig:
                 state_dir=self.state.root, slot=slot, mode=mode, parent_pid=None, options=options
             ),
             make_workload=workload,
-            offers=OfferSource(self.offers, trust=None),
-            log=self.lines.append,
+            offers=OfferSource(self.offers, trust=None, wall_clock=self.clock.wall),
+            clock=self.clock,
+            run_blocking=inline,
+            log=self._log,
             # in-process, the code is this checkout, not the slot's: skip "am I the slot?"
             self_test=lambda **kw: [],
         )
@@ -65,11 +97,11 @@ class Rig:
             previous=self.v1.sha,
             counter=2,
             token=b"lease",
-            created=time.time(),
+            created=self.clock.wall(),
             attempts=1,
             max_attempts=3,
             window=20.0,
-            deadline=time.time() + 20.0,
+            deadline=self.clock.wall() + 20.0,
         )
         self.state.write_pending(pending)
         return pending
@@ -83,7 +115,9 @@ def rig(tmp_path: Path, builds: Builds) -> Rig:
     return Rig(tmp_path, builds)
 
 
-async def test_probation_confirms_once_the_launcher_promotes(rig: Rig) -> None:
+async def test_probation_confirms_once_the_launcher_promotes(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
     pending = rig.on_probation()
     rig.state.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     rig.state.checkpoint.write_bytes(json.dumps({"handoffs": 4}).encode())
@@ -116,7 +150,9 @@ async def test_probation_confirms_once_the_launcher_promotes(rig: Rig) -> None:
     assert (rig.state.root / "work" / "checkpoint.restored").exists()
 
 
-async def test_unreadable_checkpoint_fails_probation_and_is_left_alone(rig: Rig) -> None:
+async def test_unreadable_checkpoint_fails_probation_and_is_left_alone(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
     pending = rig.on_probation()
     rig.state.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     rig.state.checkpoint.write_bytes(b"not a checkpoint")
@@ -131,14 +167,16 @@ async def test_unreadable_checkpoint_fails_probation_and_is_left_alone(rig: Rig)
     assert rig.state.checkpoint.read_bytes() == b"not a checkpoint"
 
 
-async def test_an_unreadable_checkpoint_never_keeps_a_node_down(rig: Rig) -> None:
+async def test_an_unreadable_checkpoint_never_keeps_a_node_down(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
     rig.state.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     rig.state.checkpoint.write_bytes(b"garbage")
     node = rig.node(rig.v1.sha, "normal")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(node.run)
         with trio.fail_after(10):
-            while not node._serving:
+            while not node.work.serving:
                 await trio.sleep(0.02)
         await node.stop()
     assert "checkpoint not restored" in rig.log()
@@ -159,7 +197,9 @@ class StuckDrain(NullWorkload):
         await trio.sleep_forever()
 
 
-async def test_a_drain_that_overruns_resumes_service_on_the_old_version(rig: Rig) -> None:
+async def test_a_drain_that_overruns_resumes_service_on_the_old_version(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
     StuckDrain.made = 0
     offer(rig.offers, rig.v2)
     node = rig.node(rig.v1.sha, "normal", workload=StuckDrain, drain_timeout=0.2)
@@ -177,11 +217,16 @@ async def test_a_drain_that_overruns_resumes_service_on_the_old_version(rig: Rig
         node.finish(EXIT_STOP)
     assert "resuming service on this version: drain-timeout" in rig.log()
     assert "lease returned unused: drain-timeout" in rig.log()
+    # the updater gave up exactly drain_timeout + drain_grace after the drain started
+    gave_up = rig.when("resuming service") - rig.when("-> draining")
+    assert gave_up == pytest.approx(0.2 + 5.0)
     assert rig.state.read_pending() is None
     assert not rig.state.checkpoint.exists()
 
 
-async def test_without_grant_all_the_node_backs_off(rig: Rig) -> None:
+async def test_without_grant_all_the_node_backs_off(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
     offer(rig.offers, rig.v2)
     node = rig.node(rig.v1.sha, "normal", grant_all=False)
     async with trio.open_nursery() as nursery:
@@ -193,3 +238,48 @@ async def test_without_grant_all_the_node_backs_off(rig: Rig) -> None:
         assert status is not None and status["state"] == "backing_off"
         node.finish(EXIT_STOP)
     assert rig.state.read_pending() is None
+
+
+# -- gates 1-2 over the coordinator's documents (CoordinatorLink.evaluate) ----------------------
+
+
+def _link(tmp: Path, net: Network) -> CoordinatorLink:
+    trust = TrustFile.open(tmp / "trust", initial_root=net.roots[1], now=NOW)
+    return CoordinatorLink(
+        ["http://127.0.0.1:9"],
+        key_for("node"),
+        trust,
+        pool="p",
+        estimate=None,
+        report_interval=30.0,
+        log=lambda _m: None,
+        clock=Clock(wall=lambda: float(NOW), monotonic=lambda: 0.0),
+    )
+
+
+@pytest.mark.parametrize(
+    ("counter", "force", "reason"),
+    [(2, False, "downgrade"), (1, False, "downgrade"), (1, True, None), (3, False, None)],
+    ids=["equal", "lower", "forced", "newer"],
+)
+def test_link_applies_the_downgrade_rule_without_the_installed_record(
+    tmp_path: Path, counter: int, force: bool, reason: str | None
+) -> None:
+    """The running build (counter 2) came from an offer: no release record of it is held,
+    so the gate's counter rule works from the slot's counter (one rule, in ``gates``)."""
+    net = Network()
+    link = _link(tmp_path, net)
+    assert link.evaluate(installed="0" * 64, installed_counter=2).refusal == GateResult(
+        ok=False, gate="allowlist", reason="no-documents", detail="nothing from the coordinator yet"
+    )
+    release, data = net.release(f"app-{counter}", counter=counter)
+    assert link.take(data, source="test")
+    assert link.take(net.allowlist(1, [release.artifact]), source="test")
+    assert link.take(net.scope(release.artifact, force=force), source="test")
+    answer = link.evaluate(installed="0" * 64, installed_counter=2)
+    if reason is None:
+        assert answer.candidate is not None and answer.candidate.artifact == release.artifact
+    else:
+        assert answer.candidate is None and answer.refusal is not None
+        assert (answer.refusal.gate, answer.refusal.reason) == ("allowlist", reason)
+        assert answer.refusal.detail == f"release counter {counter} is not above installed 2"

@@ -14,8 +14,8 @@ import pytest
 
 from p2pupdate.core.documents import Release
 from p2pupdate.daemon.offers import OfferError, OfferSource
+from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.launcher.artifact import build_artifact, sha256_hex
-from p2pupdate.truststate import TrustFile
 from tests.core.harness import NOW, YEAR, Network, key_for
 from tests.launcher.harness import REPO
 

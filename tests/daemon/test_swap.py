@@ -31,7 +31,10 @@ from tests.launcher.harness import (
     offer,
 )
 
-from .kvutil import HAVE_KV, lost, write_until
+from .kvutil import lost, write_until
+
+#: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 
 def _assert_swapped(node, v1, v2, before) -> dict:  # type: ignore[no-untyped-def]
@@ -66,7 +69,6 @@ def test_swap_v1_to_v2_with_null_work(tmp_path: Path, nodes: Nodes, builds: Buil
     assert time.monotonic() - t0 < 15
 
 
-@pytest.mark.skipif(not HAVE_KV, reason="p2pupdate.work.kv not in this tree yet")
 def test_swap_v1_to_v2_with_kv_keeps_every_acknowledged_write(
     tmp_path: Path, nodes: Nodes, builds: Builds
 ) -> None:
@@ -120,7 +122,9 @@ def test_signed_offers_under_a_trust_root(tmp_path: Path, nodes: Nodes, builds: 
     )
     node.wait_running("v1")
     node.wait_for("the forged record to be refused", lambda: "offer ignored" in node.log())
-    time.sleep(1.0)
+    # three more gate checks (the status file counts them) see the forgery and move nowhere
+    checks = node.gate_checks()
+    node.wait_for("three more gate checks", lambda: node.gate_checks() >= checks + 3)
     assert node.state.read_pending() is None
     assert launched_versions(node.log()) == ["v1"]
 

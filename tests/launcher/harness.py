@@ -159,6 +159,12 @@ class NodeProcess:
         except StateError:
             return None
 
+    def gate_checks(self) -> int:
+        """How many gate checks the running daemon has answered (``status["gate_checks"]``):
+        the observable event to wait for instead of sleeping to show nothing happened."""
+        st = self.status() or {}
+        return int(st.get("gate_checks", 0))
+
     def wait_for(self, what: str, check: Callable[[], T | None], timeout: float = WAIT) -> T:
         """Poll ``check`` until it returns a truthy value; fail with the log tail."""
         deadline = time.monotonic() + timeout

@@ -8,11 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import p2pupdate
 from p2pupdate.launcher.artifact import sha256_hex
 
 from .conftest import Builds
 from .harness import FAST, Nodes, launched_versions, pid_alive
+
+#: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 
 def test_the_daemon_runs_the_slot_code_not_the_installed_package(

@@ -1,6 +1,6 @@
 """Links: the ``Link`` contract, the handshake, memory links and real loopback TCP.
 
-Attack tests use scripted raw peers (STYLE.md 12): a plain TCP stream whose every byte the
+Attack tests use scripted raw peers (as python-tuf's repository simulator does): a plain TCP stream whose every byte the
 test chooses (a proof by the wrong key, a node id that is not its key, a replayed hello, a
 reflected nonce, a 16 MiB frame header, silence), and assert the exact error type.
 """
@@ -390,7 +390,8 @@ async def test_a_frame_right_behind_the_proof_is_kept() -> None:
         await link.send(big)
 
     async def dialer() -> None:
-        await trio.sleep(0.1)  # let the acceptor's proof and frame pile up unread
+        # let the acceptor run until it blocks: what it sent piles up unread
+        await trio.testing.wait_all_tasks_blocked()
         link = await establish(a_stream, key=CLIENT, dialer=True, host="m", config=FAST)
         out["got"] = await link.receive()
 

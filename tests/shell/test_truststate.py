@@ -11,8 +11,8 @@ import pytest
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import RollbackError, SignatureError
+from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.fsutil import atomic_write
-from p2pupdate.truststate import TrustFile
 
 NOW = 1_800_000_000
 

@@ -73,6 +73,7 @@ class NodeProcess:
         assert self.proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow  # a real kv process killed and restarted again and again (~15 s)
 async def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -> None:
     state_dir = tmp_path / "kv"
     node = NodeProcess(state_dir, tmp_path / "node.log")

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TypeVar
 
-from .core.documents import Document, Root, Signed
-from .core.trust import STATE_LIMITS, TrustStore
-from .fsutil import atomic_write, read_limited
+from ..core.documents import Document, Root, Signed
+from ..core.trust import STATE_LIMITS, TrustStore
+from ..fsutil import atomic_write, read_limited
 
 D = TypeVar("D", bound=Document)
 

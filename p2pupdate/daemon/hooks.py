@@ -1,0 +1,193 @@
+"""What the gossip service and the coordinator link ask of the node, and what they tell it.
+
+``GossipService`` and ``CoordinatorLink`` are built before the ``Node`` (``daemon.main``) and
+know nothing of it; ``NodeHooks.attach`` plugs them in:
+
+=============================  =================================================================
+gossip ``status``              our heartbeat / push-sum contribution (``gossip_status``)
+gossip ``on_deliver``          a verified document that was news here (``gossip_delivered``)
+gossip ``introducer``          the coordinator's introductions (``--coordinator`` only)
+coordinator ``status_fields``  version, artifact, state, why gates 1-2 hold us back
+coordinator ``on_nudge``       a verified nudge: ``Nudged`` for the updater
+coordinator ``estimate_source``  the pool's push-sum totals (``gossip_estimate``)
+coordinator ``on_document``    a document a replica sent: spread by gossip
+=============================  =================================================================
+
+Events for the updater go through ``feed`` (the node's event channel, due in whatever state
+the updater is in); a full channel drops the event with a log line rather than block gossip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..clock import Clock
+from ..core import documents as docs
+from ..core import gossip as g
+from ..core import updater as up
+from ..core.gates import GateResult
+from ..launcher.state import SlotManifest
+from .coordinator import CoordinatorLink
+from .gossip import GossipService
+from .options import DaemonOptions
+from .status import newest_allowlist, report_fields
+from .truststate import TrustFile
+from .workhost import WorkHost
+
+__all__ = ["NodeHooks"]
+
+
+class NodeHooks:
+    """The node's side of gossip and the coordinator link."""
+
+    def __init__(
+        self,
+        *,
+        slot: str,
+        manifest: SlotManifest,
+        opts: DaemonOptions,
+        work: WorkHost,
+        updater_state: Callable[[], up.State | None],
+        feed: Callable[[up.Event], bool],
+        write_status: Callable[[], None],
+        clock: Clock,
+        log: Callable[[str], None],
+        coordinator: CoordinatorLink | None,
+        gossip: GossipService | None,
+        trust: TrustFile | None,
+    ) -> None:
+        self.slot = slot
+        self.manifest = manifest
+        self.opts = opts
+        self.work = work
+        self.updater_state = updater_state
+        self.feed = feed
+        self.write_status = write_status
+        self.clock = clock
+        self.log = log
+        self.coord = coordinator
+        self.gossip = gossip
+        self.trust = trust
+        #: Why gates 1-2 hold this node back now (reported to the coordinator).
+        self.held: GateResult | None = None
+        #: The newest allowlist version learned by gossip, for the status file.
+        self.allowlist_seen: int | None = None
+
+    def attach(self) -> None:
+        """Plug the hooks into the gossip service and the coordinator link (if any)."""
+        coordinator, gossip = self.coord, self.gossip
+        if coordinator is not None:
+            coordinator.status_fields = self.status_fields
+            coordinator.on_nudge = self.nudged
+        if gossip is not None:
+            gossip.status = self.gossip_status
+            gossip.on_deliver = self.gossip_delivered
+            if coordinator is not None:
+                gossip.introducer = coordinator.introductions
+                coordinator.estimate_source = self.gossip_estimate
+                coordinator.on_document = gossip.publish
+
+    def newest_allowlist(self) -> int | None:
+        """The newest allowlist version known here (gossip or coordinator)."""
+        return newest_allowlist(
+            self.allowlist_seen, self.coord.allowlist if self.coord is not None else None
+        )
+
+    # -- the coordinator's hooks ----------------------------------------------------------------
+
+    def status_fields(self) -> dict[str, Any]:
+        return report_fields(
+            manifest=self.manifest, slot=self.slot, state=self.updater_state(), held=self.held
+        )
+
+    def nudged(self, artifact: str) -> None:
+        """A verified nudge: fed to the updater whatever state it is in now."""
+        if not self.feed(up.Nudged(artifact=artifact)):
+            self.log("nudge dropped: the updater is busy")
+
+    def allowlist_learned(self, allow: docs.Allowlist) -> None:
+        """A newer allowlist from a peer: fed to the updater, which decides when to check."""
+        event = up.AllowlistLearned(version=allow.version, artifacts=allow.artifacts)
+        if not self.feed(event):
+            self.log("allowlist notice dropped: the updater is busy")
+
+    # -- gossip's hooks -------------------------------------------------------------------------
+
+    def gossip_status(self) -> g.Status:
+        """What our heartbeats and push-sum contributions say (refreshed every round)."""
+        state = self.updater_state()
+        load, capacity = self.work.load_and_capacity()
+        return g.Status(
+            version=self.manifest.version[:64],
+            artifact=self.slot,
+            state=state.heartbeat_state if state is not None else "serving",
+            pool=self.opts.pool,
+            load=min(max(load, 0.0), 1e18) if math.isfinite(load) else 0.0,
+            capacity=min(max(capacity, 0.0), 1e18) if math.isfinite(capacity) else 0.0,
+        )
+
+    def gossip_estimate(self) -> dict[str, float] | None:
+        """The pool's push-sum totals for the coordinator's status report."""
+        assert self.gossip is not None
+        got = self.gossip.estimate(self.opts.pool)
+        if got is None:
+            return None
+        totals, age = got
+        return {
+            "capacity": totals.capacity,
+            "load": totals.load,
+            "serving": max(0, round(totals.serving)),
+            "age": min(age, 1e9),
+        }
+
+    def gossip_delivered(self, doc: bytes, slot: str) -> None:
+        """A verified document that was news here, learned from a peer.
+
+        Releases, allowlists and scopes go where the coordinator's go (gates 1-2 read them
+        there).  A nudge is acted on at once, as from the coordinator.  A newer allowlist
+        goes to the updater as ``AllowlistLearned``: it brings its check forward by a random
+        delay within ``--gossip-notice-spread`` (``UpdaterConfig.notice_spread``).
+        """
+        kind = slot.partition(":")[0]
+        known = self.newest_allowlist() or 0
+        if self.coord is not None and kind in ("release", "allowlist", "scope"):
+            self.coord.take(doc, source="gossip")
+        if self.trust is None:
+            return
+        now = self.clock.utc_now()
+        if kind == "nudge":
+            nudge = self.trust.store.verify(docs.Nudge, doc, now).doc
+            self.log(f"gossip: nudged by a peer: {nudge.describe()}")
+            self.nudged(nudge.artifact)
+        elif kind == "allowlist":
+            allow = self.trust.store.verify(docs.Allowlist, doc, now).doc
+            if allow.version <= known:
+                return  # the coordinator (or another peer) brought it first
+            self.allowlist_seen = allow.version
+            self.log(f"gossip: allowlist v{allow.version} learned from a peer")
+            self.write_status()
+            self.allowlist_learned(allow)
+        elif kind == "root":
+            self.log("gossip: a new trusted root was learned from a peer")
+
+    async def start_zeroconf(self, nursery: trio.Nursery) -> None:
+        """Announce our gossip contact on ``--zeroconf`` interfaces; found peers go to gossip."""
+        from ..net.discovery import ZeroconfDiscovery  # zeroconf is imported only if asked for
+
+        gossip = self.gossip
+        assert gossip is not None
+        me = gossip.contact
+        disc = ZeroconfDiscovery(
+            node=gossip.node,
+            host=me.host,
+            port=me.port,
+            interfaces=self.opts.zeroconf,
+            on_found=lambda c: gossip.add_contacts([c]),
+            log=self.log,
+        )
+        await nursery.start(disc.run)
+        self.log(f"zeroconf: announcing {me.host}:{me.port} on {', '.join(self.opts.zeroconf)}")

@@ -1,0 +1,122 @@
+"""The status the daemon reports: ``D/status`` on disk, and the fields of a coordinator report.
+
+``D/status`` is for operators and tests: what runs, from where, in which state, and how its
+work and gossip are doing.  It is rewritten atomically on every state change of the updater,
+whenever the work starts serving, and -- with gossip -- when the gossip view changed
+(checked every ``GOSSIP_STATUS_INTERVAL``).  Its ``time`` is the wall clock of the write.
+
+The coordinator sees much less (``report_fields``): version, artifact, the heartbeat form
+of the state, and why gates 1-2 hold the node back (gate + reason, never the detail).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import p2pupdate
+
+from ..core import documents as docs
+from ..core import updater as up
+from ..core.gates import GateResult
+from ..launcher.state import SlotManifest, StateDir
+from .gossip import GossipService
+from .workhost import WorkHost
+
+__all__ = [
+    "GOSSIP_STATUS_INTERVAL",
+    "daemon_status",
+    "gossip_view",
+    "newest_allowlist",
+    "refresh_on_gossip_change",
+    "report_fields",
+    "write_status",
+]
+
+#: How often the status file's gossip view is refreshed (if it changed).
+GOSSIP_STATUS_INTERVAL = 2.0
+
+
+def report_fields(
+    *, manifest: SlotManifest, slot: str, state: up.State | None, held: GateResult | None
+) -> dict[str, Any]:
+    """What a status report to the coordinator says about this node."""
+    return {
+        "version": manifest.version[:64],
+        "artifact": slot,
+        "state": state.heartbeat_state if state is not None else "serving",
+        "held": None if held is None else {"gate": held.gate[:32], "reason": held.reason[:64]},
+    }
+
+
+def newest_allowlist(seen: int | None, held: docs.Allowlist | None) -> int | None:
+    """The newest allowlist version this node knows: learned by gossip (``seen``) or held
+    from the coordinator (``held``); None if neither."""
+    if held is not None and (seen is None or held.version > seen):
+        return held.version
+    return seen
+
+
+def gossip_view(gossip: GossipService, *, allowlist: int | None) -> dict[str, Any]:
+    """The status file's ``gossip`` entry."""
+    return {**gossip.summary(), "allowlist": allowlist}
+
+
+def daemon_status(
+    *,
+    slot: str,
+    manifest: SlotManifest,
+    mode: str,
+    state: up.State | None,
+    exit_code: int | None,
+    work: WorkHost,
+    wall: float,
+) -> dict[str, Any]:
+    """``D/status`` without its gossip entry (``wall``: unix seconds of this write)."""
+    w = work.workload
+    return {
+        "pid": os.getpid(),
+        "version": p2pupdate.__version__,
+        "package_dir": str(Path(p2pupdate.__file__).resolve().parent),
+        "slot": slot,
+        "slot_version": manifest.version,
+        "counter": manifest.counter,
+        "mode": mode,
+        "state": state.value if state is not None else "starting",
+        "exit_code": exit_code,
+        "work": {
+            "name": w.name,
+            "serving": work.serving,
+            "healthy": work.healthy(),
+            "restored": work.restored,
+            "port": getattr(w, "port", None),
+            "handoffs": getattr(w, "handoffs", None),
+        },
+        "time": wall,
+    }
+
+
+def write_status(state: StateDir, status: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Write ``D/status`` atomically; a failure is logged (the node keeps running)."""
+    try:
+        state.write_status(status)
+    except OSError as exc:
+        log(f"cannot write status: {exc}")
+
+
+async def refresh_on_gossip_change(
+    gossip: GossipService, write: Callable[[], None], interval: float = GOSSIP_STATUS_INTERVAL
+) -> None:
+    """Keep the status file's gossip view current (rewritten only when the view changed)."""
+    last: tuple[object, ...] = ()
+    while True:
+        await trio.sleep(interval)
+        s = gossip.summary()
+        now = (s["active"], s["passive"], s["links"])
+        if now != last:
+            last = now
+            write()
