@@ -89,6 +89,9 @@ Design choices, and why:
   ``SwapFailed``).  The states in ``TIMED_STATES`` always have a timer.
 * The first check after start is uniform in ``[0, check_interval]``, so a fleet that boots
   together (a power cut) does not check in lockstep.
+* **Every wait is computed in ``core.timing``** (with ``UpdaterConfig``, re-exported here):
+  the updater passes it one ``rng.random()`` draw at a time, the simulations pass arrays of
+  draws, so the simulated fleet waits exactly as the real one does.
 """
 
 from __future__ import annotations
@@ -98,9 +101,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar, cast
 
+from . import timing
 from .documents import NODE_STATES, Allowlist, Scope
 from .errors import P2PUpdateError
 from .gates import GATE_ALLOWLIST, GateResult, Target
+from .timing import UpdaterConfig
 
 __all__ = [
     "INITIAL_STATES",
@@ -170,11 +175,13 @@ class InvalidTransitionError(P2PUpdateError):
 
 
 class Rng(Protocol):
-    """The randomness the updater draws from: ``random.Random`` fits; so does a stub."""
+    """The randomness the updater draws from: ``random.Random`` fits; so does a stub.
+
+    Only uniform draws in ``[0, 1)``: ``core.timing`` turns each into a wait, with the same
+    arithmetic the simulations apply to arrays of draws.
+    """
 
     def random(self) -> float: ...
-
-    def uniform(self, a: float, b: float) -> float: ...
 
 
 # -- states -------------------------------------------------------------------------------
@@ -225,68 +232,6 @@ TIMED_STATES: Final = frozenset(
 
 #: States an updater can be constructed in (and so the only ones that accept ``Started``).
 INITIAL_STATES: Final = (State.SLEEPING, State.PROBATION, State.ROLLED_BACK)
-
-
-# -- configuration ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class UpdaterConfig:
-    """Timings, in seconds.  Defaults are for a real fleet; tests shrink them to seconds."""
-
-    #: Mean time between checks, and the relative jitter around it (1 h +-20%).
-    check_interval: float = 3600.0
-    check_jitter: float = 0.2
-    #: A refusal's ``retry_after`` is stretched by up to this fraction, never shortened.
-    retry_jitter: float = 0.2
-    #: Floor for a refusal's wait (a ``retry_after`` of 0 must not become a busy loop).
-    min_retry: float = 1.0
-    #: Exponential backoff on coordinator errors: 5 s, 10 s, ... up to 15 min (equal jitter).
-    backoff_base: float = 5.0
-    backoff_cap: float = 900.0
-    #: Longest drain; also bounded by the lease minus ``swap_margin``.
-    drain_timeout: float = 120.0
-    #: How long after the drain deadline the shell may still report ``Drained``.
-    drain_grace: float = 5.0
-    #: Lease time kept for staging the slot, restarting and probation.
-    swap_margin: float = 60.0
-    #: The new version must be confirmed within this long or it is rolled back.
-    probation_timeout: float = 180.0
-    #: Tries for a rejoined / failure report before giving up (heartbeats still tell).
-    report_attempts: int = 6
-    #: A newer allowlist learned by gossip starts a check within this long (uniform), so a
-    #: fleet that learns it in the same second does not check in the same second.
-    notice_spread: float = 60.0
-
-    def __post_init__(self) -> None:
-        positive = {
-            "check_interval": self.check_interval,
-            "min_retry": self.min_retry,
-            "backoff_base": self.backoff_base,
-            "backoff_cap": self.backoff_cap,
-            "drain_timeout": self.drain_timeout,
-            "probation_timeout": self.probation_timeout,
-        }
-        for name, value in positive.items():
-            if not value > 0.0 or value == float("inf"):
-                raise ValueError(f"UpdaterConfig.{name} must be a positive finite number")
-        for name, value in {
-            "drain_grace": self.drain_grace,
-            "swap_margin": self.swap_margin,
-            "notice_spread": self.notice_spread,
-        }.items():
-            if not 0.0 <= value < float("inf"):
-                raise ValueError(f"UpdaterConfig.{name} must be >= 0 and finite")
-        for name, value in {
-            "check_jitter": self.check_jitter,
-            "retry_jitter": self.retry_jitter,
-        }.items():
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"UpdaterConfig.{name} must be in [0, 1)")
-        if self.backoff_cap < self.backoff_base:
-            raise ValueError("UpdaterConfig.backoff_cap must be >= backoff_base")
-        if self.report_attempts < 1:
-            raise ValueError("UpdaterConfig.report_attempts must be >= 1")
 
 
 # -- validation helpers -------------------------------------------------------------------
@@ -880,15 +825,11 @@ class Updater:
         return nudge.artifact == self._installed or self._is_denied(nudge.artifact)
 
     def _jittered_interval(self) -> float:
-        c = self._config
-        return c.check_interval * self._rng.uniform(1.0 - c.check_jitter, 1.0 + c.check_jitter)
+        return timing.check_interval(self._config, self._rng.random())
 
     def _backoff(self) -> float:
-        """Equal jitter: uniform in [d/2, d], d = min(cap, base * 2**(attempts-1))."""
-        c = self._config
-        exponent = min(self._attempts - 1, 64)  # 2**64 * base is past any cap; no overflow
-        ceiling = min(c.backoff_cap, c.backoff_base * 2.0**exponent)
-        return self._rng.uniform(ceiling / 2.0, ceiling)
+        """Equal jitter over the consecutive errors so far (``timing.backoff``)."""
+        return timing.backoff(self._config, self._attempts, self._rng.random())
 
     def _takes_allowlist(self, event: AllowlistLearned) -> bool:
         """Whether a learned allowlist is news that may move this node: a version above
@@ -901,10 +842,10 @@ class Updater:
     def _notice_soon(self, now: float) -> None:
         """Bring the check forward to a uniform point in ``[now, now + notice_spread]``,
         unless one is already due by then (it is spread by its own jitter)."""
-        spread = self._config.notice_spread
-        if self._timer is not None and self._timer <= now + spread:
+        c = self._config
+        if self._timer is not None and self._timer <= now + c.notice_spread:
             return
-        self._set_timer(now + self._rng.uniform(0.0, spread))
+        self._set_timer(now + timing.notice_delay(c, self._rng.random()))
 
     def _check(self) -> Step:
         """Start a local gate check; it covers any nudge or allowlist received until now."""
@@ -960,7 +901,7 @@ class Updater:
     # -- handlers (one per table row or group of rows) --------------------------------------
 
     def _start_sleeping(self, event: Started, now: float) -> Step:
-        self._set_timer(now + self._rng.uniform(0.0, self._config.check_interval))
+        self._set_timer(now + timing.first_check(self._config, self._rng.random()))
         return State.SLEEPING, []
 
     def _start_probation(self, event: Started, now: float) -> Step:
@@ -1032,7 +973,7 @@ class Updater:
 
     def _granted(self, event: Granted, now: float) -> Step:
         c = self._config
-        budget = min(c.drain_timeout, event.lease_ttl - c.swap_margin)
+        budget = timing.drain_budget(c, event.lease_ttl)
         if budget <= 0.0:
             # Too short to drain and swap inside the lease: the coordinator is misconfigured
             # or our clocks disagree; do not leave on a lease that will lapse mid-swap.
@@ -1046,11 +987,9 @@ class Updater:
         return State.DRAINING, [Drain(deadline=deadline)]
 
     def _refused(self, event: Refused, now: float) -> Step:
-        c = self._config
         self._attempts = 0
-        wait = c.check_interval if event.retry_after is None else event.retry_after
-        wait = max(wait, c.min_retry)
-        self._set_timer(now + self._rng.uniform(wait, wait * (1.0 + c.retry_jitter)))
+        wait = timing.refusal_wait(self._config, event.retry_after, self._rng.random())
+        self._set_timer(now + wait)
         return State.REFUSED, []
 
     def _ask_failed(self, event: CoordinatorError, now: float) -> Step:
