@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..clock import Clock
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
 from ..core.gates import newest_upgrade
 from ..core.updater import Candidate, GatesEvaluated
+from ..errors import PeerFault
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
 from ..truststate import TrustFile
@@ -41,8 +42,13 @@ STUB_ALLOWLIST_VERSION = 1
 STUB_SCOPE_SERIAL = 1
 
 
-class OfferError(Exception):
-    """An offered build that cannot be used (whoever dropped it is at fault)."""
+class OfferError(PeerFault):
+    """An offered build that cannot be used.
+
+    The drop directory stands in for gossip and the swarm, so whoever dropped the build is
+    at fault as a peer that sent it would be (``PeerFault``)."""
+
+    rule = "bad-offer"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,13 +74,14 @@ class OfferSource:
         trust: TrustFile | None,
         limits: UnpackLimits = DEFAULT_LIMITS,
         log: Callable[[str], None] = lambda _m: None,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Clock,
     ) -> None:
         self.directory = directory
         self.trust = trust
         self.limits = limits
         self.log = log
-        self.wall_clock = wall_clock
+        #: Wall time for release-record expiry (the node's owner injects it).
+        self.clock = clock
         self._reported: set[str] = set()
 
     def _problem(self, key: str, message: str) -> None:
@@ -109,7 +116,7 @@ class OfferSource:
             raise OfferError(str(exc)) from None
         if self.trust is not None:
             try:
-                signed = self.trust.store.verify(Release, data, int(self.wall_clock()))
+                signed = self.trust.store.verify(Release, data, self.clock.utc_now())
             except P2PUpdateError as exc:
                 raise OfferError(f"release record rejected: {exc.rule}: {exc}") from None
             rel = signed.doc
