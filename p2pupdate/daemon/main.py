@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"WARNING: --offer-dir without --trust-root: UNSIGNED builds in "
                 f"{opts.offer_dir} are accepted. Test use only."
             )
-        offers = OfferSource(opts.offer_dir, trust=trust, log=log, clock=SYSTEM)
+        offers = OfferSource(opts.offer_dir, trust=trust, log=log)
     # A signal outside trio's receiver (before it is installed, after it is gone) must not
     # kill us mid-write: the receiver handles the first one, the launcher escalates.
     signal.signal(signal.SIGTERM, lambda _s, _f: None)

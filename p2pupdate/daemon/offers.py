@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..clock import Clock
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
 from ..core.gates import newest_upgrade
 from ..core.updater import Candidate, GatesEvaluated
-from ..errors import PeerFault
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
 from ..truststate import TrustFile
@@ -42,13 +41,8 @@ STUB_ALLOWLIST_VERSION = 1
 STUB_SCOPE_SERIAL = 1
 
 
-class OfferError(PeerFault):
-    """An offered build that cannot be used.
-
-    The drop directory stands in for gossip and the swarm, so whoever dropped the build is
-    at fault as a peer that sent it would be (``PeerFault``)."""
-
-    rule = "bad-offer"
+class OfferError(Exception):
+    """An offered build that cannot be used (whoever dropped it is at fault)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,14 +68,13 @@ class OfferSource:
         trust: TrustFile | None,
         limits: UnpackLimits = DEFAULT_LIMITS,
         log: Callable[[str], None] = lambda _m: None,
-        clock: Clock,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
         self.trust = trust
         self.limits = limits
         self.log = log
-        #: Wall time for release-record expiry (the node's owner injects it).
-        self.clock = clock
+        self.wall_clock = wall_clock
         self._reported: set[str] = set()
 
     def _problem(self, key: str, message: str) -> None:
@@ -116,7 +109,7 @@ class OfferSource:
             raise OfferError(str(exc)) from None
         if self.trust is not None:
             try:
-                signed = self.trust.store.verify(Release, data, self.clock.utc_now())
+                signed = self.trust.store.verify(Release, data, int(self.wall_clock()))
             except P2PUpdateError as exc:
                 raise OfferError(f"release record rejected: {exc.rule}: {exc}") from None
             rel = signed.doc

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from p2pupdate.clock import SYSTEM, Clock
-from p2pupdate.core import updater as up
+from p2pupdate.clock import Clock
 from p2pupdate.core.gates import GateResult
 from p2pupdate.core.updater import State
 from p2pupdate.daemon.coordinator import CoordinatorLink
@@ -57,7 +56,7 @@ class Rig:
                 state_dir=self.state.root, slot=slot, mode=mode, parent_pid=None, options=options
             ),
             make_workload=workload,
-            offers=OfferSource(self.offers, trust=None, clock=SYSTEM),
+            offers=OfferSource(self.offers, trust=None),
             log=self.lines.append,
             # in-process, the code is this checkout, not the slot's: skip "am I the slot?"
             self_test=lambda **kw: [],
@@ -244,38 +243,3 @@ def test_link_applies_the_downgrade_rule_without_the_installed_record(
         assert answer.candidate is None and answer.refusal is not None
         assert (answer.refusal.gate, answer.refusal.reason) == ("allowlist", reason)
         assert answer.refusal.detail == f"release counter {counter} is not above installed 2"
-
-
-# -- gossip's allowlists go to the updater as events ------------------------------------------
-
-
-async def test_a_gossiped_allowlist_is_delivered_to_the_updater(rig: Rig, tmp_path: Path) -> None:
-    """The shell does not decide when a learned allowlist starts a check: it delivers
-    ``AllowlistLearned`` (the updater spreads it over ``notice_spread``), once per version."""
-    now = int(time.time())
-    net = Network(now=now)
-    trust = TrustFile.open(tmp_path / "trust", initial_root=net.roots[1], now=now)
-    options = DaemonOptions(work="none", gossip_notice_spread=7.0)
-    node = Node(
-        NodeConfig(
-            state_dir=rig.state.root,
-            slot=rig.v1.sha,
-            mode="normal",
-            parent_pid=None,
-            options=options,
-        ),
-        make_workload=NullWorkload,
-        offers=None,
-        log=rig.lines.append,
-        self_test=lambda **kw: [],
-        trust=trust,
-    )
-    assert node.build_updater(time.time()).config.notice_spread == 7.0
-    allowlist = net.allowlist(3, [rig.v1.sha, rig.v2.sha])
-    node._gossip_delivered(allowlist, "allowlist:3")
-    _, event = node._recv.receive_nowait()
-    assert event == up.AllowlistLearned(version=3, artifacts=(rig.v1.sha, rig.v2.sha))
-    node._gossip_delivered(allowlist, "allowlist:3")  # not news: nothing more
-    with pytest.raises(trio.WouldBlock):
-        node._recv.receive_nowait()
-    assert "allowlist v3 learned from a peer" in rig.log()

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from p2pupdate.clock import Clock
 from p2pupdate.core.documents import Release
 from p2pupdate.daemon.offers import OfferError, OfferSource
-from p2pupdate.errors import CoordinatorFault, LocalStateFault, PeerFault, UsageFault
 from p2pupdate.launcher.artifact import build_artifact, sha256_hex
 from p2pupdate.truststate import TrustFile
 from tests.core.harness import NOW, YEAR, Network, key_for
@@ -42,8 +40,7 @@ def _source(tmp: Path, net: Network | None) -> OfferSource:
         trust = TrustFile.open(tmp / "trust", initial_root=net.roots[1], now=NOW)
     offers = tmp / "offers"
     offers.mkdir(exist_ok=True)
-    clock = Clock(wall=lambda: float(NOW), monotonic=lambda: 0.0)
-    return OfferSource(offers, trust=trust, clock=clock)
+    return OfferSource(offers, trust=trust, wall_clock=lambda: NOW)
 
 
 def test_signed_offers(tmp_path: Path, artifacts: dict[str, bytes]) -> None:
@@ -103,12 +100,3 @@ def test_unsigned_offers_for_tests(tmp_path: Path, artifacts: dict[str, bytes]) 
     none = src.evaluate(installed="0" * 64, installed_counter=2)
     assert none.candidate is None and none.refusal is not None
     assert none.refusal.reason == "no-newer-offer"
-
-
-def test_a_bad_offer_is_the_droppers_fault() -> None:
-    """The drop directory stands in for peers: a bad offer is a ``PeerFault``."""
-    assert issubclass(OfferError, PeerFault)
-    assert [c for c in OfferError.__mro__ if c in FAULTS] == [PeerFault]
-
-
-FAULTS = (PeerFault, CoordinatorFault, LocalStateFault, UsageFault)
