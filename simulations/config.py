@@ -12,7 +12,7 @@ A scenario file has up to seven tables (all optional; every key has a default):
 ``[rollout]``   start_hours, stages, nudge, nudge_on_boot, failure_probability, scope_seed
 ``[policy]``    kind (ours | fleetlock | push | max-unavailable), the real
                 ``coordinator.policy.PolicyConfig`` knobs (its defaults, its validation),
-                slots, max_unavailable, retry_seconds
+                slots, max_unavailable, retry_seconds, error_probability
 ``[output]``    plots
 
 Durations are written with their unit in the key (``median_hours``, ``median_minutes``,
@@ -198,6 +198,9 @@ class PolicySettings:
     max_unavailable: float = 0.25
     #: Baselines: wait before asking again after a refusal; default ``base_retry``.
     retry_seconds: float = 0.0
+    #: An ask gets no usable answer (replica unreachable, timeout) with this probability;
+    #: the node backs off exponentially (``p2pupdate.core.timing.backoff``).
+    error_probability: float = 0.0
 
     @property
     def fleetlock_slots(self) -> int:
@@ -518,7 +521,7 @@ def _read_rollout(r: _Reader) -> RolloutConfig:
     )
 
 
-_POLICY_OWN: Final = ("kind", "slots", "max_unavailable", "retry_seconds")
+_POLICY_OWN: Final = ("kind", "slots", "max_unavailable", "retry_seconds", "error_probability")
 
 
 def _read_policy(r: _Reader) -> PolicySettings:
@@ -544,6 +547,9 @@ def _read_policy(r: _Reader) -> PolicySettings:
             "max_unavailable", d.max_unavailable, low=0.0, high=1.0, low_open=True
         ),
         retry_seconds=r.number("retry_seconds", d.retry_seconds, low=0.0),
+        error_probability=r.number(
+            "error_probability", d.error_probability, low=0.0, high=1.0, high_open=True
+        ),
     )
 
 
@@ -700,6 +706,7 @@ def resolve(s: Scenario) -> dict[str, Any]:
             "slots": s.policy.fleetlock_slots,
             "max_unavailable": s.policy.max_unavailable,
             "retry_seconds": s.policy.baseline_retry,
+            "error_probability": s.policy.error_probability,
         },
         "output": {"plots": s.output.plots},
     }

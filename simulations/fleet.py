@@ -33,14 +33,20 @@ from .rng import FloatArray, IntArray
 
 BoolArray = NDArray[np.bool_]
 #: Asked, answer pending (the tick engine answers at the tick's end).
-ASKING: Final = 6
+ASKING: Final = len(Phase)
 
 _CHECKING: Final = np.array(
-    [p in (Phase.IDLE, Phase.PREFETCH, Phase.REFUSED, ASKING) for p in range(7)],
+    [
+        p in (Phase.IDLE, Phase.PREFETCH, Phase.REFUSED, Phase.BACKOFF, ASKING)
+        for p in range(ASKING + 1)
+    ],
     dtype=np.bool_,
 )
 _TIMED: Final = np.array(
-    [p in (Phase.IDLE, Phase.PREFETCH, Phase.REFUSED, Phase.AWAY) for p in range(7)],
+    [
+        p in (Phase.IDLE, Phase.PREFETCH, Phase.REFUSED, Phase.BACKOFF, Phase.AWAY)
+        for p in range(ASKING + 1)
+    ],
     dtype=np.bool_,
 )
 
@@ -71,6 +77,10 @@ class Fleet:
         self.churn_n = np.zeros(n, dtype=np.int64)
         self.jitter_n = np.zeros(n, dtype=np.int64)
         self.attempt = np.zeros(n, dtype=np.int64)
+        #: Asks made (the coordinator-error draw's counter) and consecutive coordinator
+        #: errors (the updater's ``attempts``: drives the backoff; any answer resets it).
+        self.ask_n = np.zeros(n, dtype=np.int64)
+        self.errors = np.zeros(n, dtype=np.int64)
         self.phase = np.zeros(n, dtype=np.int8)
         self.next_t = np.full(n, math.inf)
         self.version = np.zeros(n, dtype=np.int8)
@@ -235,6 +245,7 @@ class Fleet:
         self._add(nodes[~away], -1, online=True, serving=True, away=False)
         checking = _CHECKING[self.phase[nodes]]
         self.phase[nodes[checking]] = Phase.IDLE
+        self.errors[nodes] = 0  # a restarted updater starts counting afresh
         self.online[nodes] = False
         self.next_t[nodes] = math.inf
         self.departed[nodes[leaving]] = True
@@ -291,7 +302,8 @@ class Fleet:
             self._check(nodes, t)
 
     def _check(self, nodes: IntArray, t: FloatArray) -> None:
-        """A sleeping, prefetching or refused node's timer: gates 1 and 2, then ask."""
+        """A sleeping, prefetching, refused or backing-off node's timer: gates 1 and 2, then
+        ask."""
         m = self.m
         self.activity["checks"] += len(nodes)
         self.prefetched[nodes[self.phase[nodes] == Phase.PREFETCH]] = True
@@ -309,6 +321,7 @@ class Fleet:
         if not bool(ok.all()):
             no = nodes[~ok]
             self.phase[no] = Phase.IDLE
+            self.errors[no] = 0  # Updater._sleep
             self._schedule(no, t[~ok] + m.check_interval(no, self.jitter_n[no]))
             self.jitter_n[no] += 1
             nodes, t = nodes[ok], t[ok]
@@ -353,6 +366,7 @@ class Fleet:
         if bool(abort.any()):  # Updater._abort: resume serving, sleep a jittered interval
             ab = nodes[abort]
             self.phase[ab] = Phase.IDLE
+            self.errors[ab] = 0
             self._schedule(ab, t[abort] + self.m.check_interval(ab, self.jitter_n[ab]))
             self.jitter_n[ab] += 1
         if bool(back.any()):
@@ -382,6 +396,14 @@ class Fleet:
         """Decide asks (sorted by time) at ``now``; one policy call per pool."""
         m = self.m
         self.activity["asks"] += len(nodes)
+        if m.s.policy.error_probability > 0.0:
+            failed = m.ask_fails(nodes, self.ask_n[nodes])
+            self.ask_n[nodes] += 1
+            if bool(failed.any()):
+                self._coordinator_error(nodes[failed], now)
+                nodes, times = nodes[~failed], times[~failed]
+                if len(nodes) == 0:
+                    return
         cap_agg, serving_agg, load_agg, as_of = agg
         force_stage = m.gates.force_at(now)
         policy = self.policy
@@ -410,6 +432,7 @@ class Fleet:
             force = np.full(len(g_nodes), force_stage, dtype=np.bool_)
             granted, codes, retry = policy.decide(p, g_nodes, cap, load, force, g_times, now, view)
             self.rec.count_codes(codes, policy.label)
+            self.errors[g_nodes] = 0  # an answer, either way
             if bool(granted.any()):
                 self._grant(g_nodes[granted], now)
             refused = ~granted
@@ -419,6 +442,14 @@ class Fleet:
                 wait = m.retry_wait(r_nodes, self.jitter_n[r_nodes], retry[refused])
                 self.jitter_n[r_nodes] += 1
                 self._schedule(r_nodes, now + wait)
+
+    def _coordinator_error(self, nodes: IntArray, now: float) -> None:
+        """Asks with no usable answer: ``Updater._ask_failed`` (exponential backoff)."""
+        self.errors[nodes] += 1
+        self.phase[nodes] = Phase.BACKOFF
+        wait = self.m.backoff_wait(nodes, self.jitter_n[nodes], self.errors[nodes])
+        self.jitter_n[nodes] += 1
+        self._schedule(nodes, now + wait)
 
     def _grant(self, nodes: IntArray, now: float) -> None:
         self.activity["grants"] += len(nodes)

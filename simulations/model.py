@@ -5,20 +5,27 @@ so the numpy tick engine calls it with thousands of nodes at once and the heapq 
 engine with one; both get the same numbers (``rng``: counter-based draws), so the two
 engines differ only in *when* they act, which is what the cross-check measures.
 
-A node, as the simulations see it (``Phase``), follows ``p2pupdate.core.updater``:
+A node, as the simulations see it (``Phase``), follows ``p2pupdate.core.updater``, and
+every wait it draws is computed by the updater's own rules in ``p2pupdate.core.timing``
+(applied to arrays of uniform draws; ``tests/simulations/test_updater_equivalence.py``
+checks the schedules agree exactly):
 
-* **IDLE** (``sleeping``): a timer at a jittered interval (1 h +-20% by default; the first
-  check after boot is uniform in [0, interval]).  On the timer the node evaluates gates 1
-  and 2 with the *real* ``gates.allowlisted`` / ``gates.in_scope`` and real signed-document
-  dataclasses; if they pass it prefetches (once) and asks.
+* **IDLE** (``sleeping``): a timer at a jittered interval (``timing.check_interval``; the
+  first check after boot is ``timing.first_check``).  On the timer the node evaluates gates
+  1 and 2 with the *real* ``gates.allowlisted`` / ``gates.in_scope`` and real
+  signed-document dataclasses; if they pass it prefetches (once) and asks.
 * **PREFETCH** (``prefetching``): downloading; then gates again, then ask.
-* **REFUSED**: waiting out ``retry_after`` stretched by up to ``retry_jitter``, then gates
-  again, then ask.
+* **REFUSED**: waiting out the refusal (``timing.refusal_wait``: ``retry_after``, or one
+  check interval when the refusal gave none), then gates again, then ask.
+* **BACKOFF** (``backing_off``): the ask got no usable answer (``[policy]
+  error_probability``); waiting ``timing.backoff`` over the consecutive errors, then gates
+  again, then ask.  Any answer resets the count.
 * **AWAY** (``draining`` .. ``rejoined``): granted; not serving.  The drain gets
-  ``min(drain_timeout, lease_ttl - swap_margin)`` and is abandoned past that plus
-  ``drain_grace`` (the lease is handed back); then restart, then probation: the health
-  check must pass within ``probation_timeout`` or the launcher rolls back (restart
-  again).  A bad build fails the health check on the nodes its failure draw picks.
+  ``timing.drain_budget`` (``min(drain_timeout, lease_ttl - swap_margin)``) and is
+  abandoned past that plus ``drain_grace`` (the lease is handed back); then restart, then
+  probation: the health check must pass within ``probation_timeout`` or the launcher rolls
+  back (restart again).  A bad build fails the health check on the nodes its failure draw
+  picks.
 * **PENDING**: went offline after the drain, so the new slot was staged; it runs its
   probation when the node next boots.
 * **DONE**: on the new build, or sticky-denied after a rollback; nothing left to check.
@@ -41,6 +48,7 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from p2pupdate.core import timing
 from p2pupdate.core.documents import Allowlist, Release, Scope
 from p2pupdate.core.gates import (
     GATE_SCOPE,
@@ -69,6 +77,7 @@ class Phase(enum.IntEnum):
     AWAY = 3
     PENDING = 4
     DONE = 5
+    BACKOFF = 6
 
 
 class Outcome(enum.IntEnum):
@@ -220,26 +229,37 @@ class Model:
 
     # -- the updater's schedule -----------------------------------------------------------------
 
+    def jitter(self, nodes: IntArray, counter: IntArray | int) -> FloatArray:
+        """The uniform draws of the updater's schedule (one per wait, as ``rng.random()``)."""
+        return self.streams.uniform("jitter", nodes, counter)
+
     def check_interval(self, nodes: IntArray, counter: IntArray) -> FloatArray:
-        """``Updater._jittered_interval``: interval * U[1 - jitter, 1 + jitter]."""
-        u = self.updater
-        x = self.streams.uniform("jitter", nodes, counter)
-        out: FloatArray = u.check_interval * ((1.0 - u.check_jitter) + 2.0 * u.check_jitter * x)
-        return out
+        """``timing.check_interval``: interval * U[1 - jitter, 1 + jitter]."""
+        return timing.check_interval(self.updater, self.jitter(nodes, counter))
 
     def first_check(self, nodes: IntArray, counter: IntArray) -> FloatArray:
-        """``Updater._start_sleeping``: the first check after boot is U[0, interval]."""
-        out: FloatArray = self.updater.check_interval * self.streams.uniform(
-            "jitter", nodes, counter
-        )
-        return out
+        """``timing.first_check``: the first check after boot is U[0, interval]."""
+        return timing.first_check(self.updater, self.jitter(nodes, counter))
 
     def retry_wait(self, nodes: IntArray, counter: IntArray, retry_after: FloatArray) -> FloatArray:
-        """``Updater._refused``: max(retry_after, min_retry) * U[1, 1 + retry_jitter]."""
-        u = self.updater
-        wait = np.maximum(retry_after, u.min_retry)
-        x = self.streams.uniform("jitter", nodes, counter)
-        out: FloatArray = wait * (1.0 + u.retry_jitter * x)
+        """``timing.refusal_wait``; a NaN ``retry_after`` is a refusal that gave none."""
+        u, x = self.updater, self.jitter(nodes, counter)
+        given = timing.refusal_wait(u, retry_after, x, maximum=np.maximum)
+        if not bool(np.isnan(retry_after).any()):
+            return given
+        none = timing.refusal_wait(u, None, x, maximum=np.maximum)
+        out: FloatArray = np.where(np.isnan(retry_after), none, given)
+        return out
+
+    def backoff_wait(self, nodes: IntArray, counter: IntArray, errors: IntArray) -> FloatArray:
+        """``timing.backoff`` after the ``errors``-th consecutive coordinator error."""
+        return timing.backoff(self.updater, errors, self.jitter(nodes, counter), minimum=np.minimum)
+
+    def ask_fails(self, nodes: IntArray, counter: IntArray) -> BoolArray:
+        """Which asks get no usable answer (unreachable, timeout): ``error_probability``."""
+        out: BoolArray = (
+            self.streams.uniform("coordinator", nodes, counter) < self.s.policy.error_probability
+        )
         return out
 
     def prefetch_time(self, nodes: IntArray, counter: IntArray) -> FloatArray:
@@ -259,12 +279,13 @@ class Model:
         drain = self._draw(nd.drain, "drain", nodes, attempt)
         restart = self._draw(nd.restart, "restart", nodes, attempt)
         health = self._draw(nd.health, "health", nodes, attempt)
-        budget = min(u.drain_timeout, lease_ttl - u.swap_margin)
+        budget = timing.drain_budget(u, lease_ttl)
         abort = drain > budget + u.drain_grace
         rollback = self.population.fails[nodes] | (health > u.probation_timeout)
         probation = np.minimum(health, u.probation_timeout)
         t = np.asarray(t, dtype=np.float64)
-        drain_end = t + np.where(abort, budget + u.drain_grace, drain)
+        deadline = t + budget  # Updater._granted: Drain(deadline); gives up drain_grace later
+        drain_end = np.where(abort, deadline + u.drain_grace, t + drain)
         away_end = np.where(
             abort, drain_end, drain_end + restart + probation + np.where(rollback, restart, 0.0)
         )

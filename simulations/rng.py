@@ -42,6 +42,7 @@ COMPONENTS: Final = (
     "restart",  # staging + restart duration
     "health",  # time to pass the health check on probation
     "failure",  # whether a bad build fails probation on this node
+    "coordinator",  # whether an ask gets no usable answer (a coordinator error)
 )
 
 _MASK: Final = (1 << 64) - 1

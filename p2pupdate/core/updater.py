@@ -1,14 +1,17 @@
 """The update state machine of one node: events in, effects out, every transition in one table.
 
-Modelled on h11's ``_state.py`` (README "Architecture"): ``TRANSITIONS`` maps ``(State, event type)``
-to the one handler allowed to run there and the states it may lead to.  A pair that is not
-in the table raises ``InvalidTransitionError``: an event the machine does not expect is a
-bug in whoever fed it, never something to drop silently.  The table is data, so
-``render_table()`` / ``render_dot()`` draw the documentation from it and the tests check
-that every row is exercised.
+Modelled on h11's ``_state.py`` (README "Architecture"): ``TRANSITIONS`` maps ``(State,
+event type)`` to the one handler allowed to run there and the states it may lead to.  A
+pair that is not in the table raises ``InvalidTransitionError``: an event the machine does
+not expect is a bug in whoever fed it, never something to drop silently.  The table is
+data, so ``render_table()`` / ``render_dot()`` draw the documentation from it and the tests
+check that every row is exercised.  The values that cross the boundary (events, effects and
+the records they carry) live in ``core.updater_events``, the timings and the waits they
+give in ``core.timing``; both are re-exported here, so ``up.Nudged`` and
+``up.UpdaterConfig`` are where a shell looks for them.
 
-Sans-IO (README "Architecture"): nothing here reads a clock, draws randomness or touches the disk
-or the network.  ``now`` is monotonic seconds (a float) passed to every call; randomness
+Sans-IO (README "Architecture"): nothing here reads a clock, draws randomness or touches
+the disk or the network.  ``now`` is monotonic seconds (a float) passed to every call; randomness
 comes from an ``Rng`` handed to the constructor (a ``random.Random`` in the daemon, a seeded
 one in tests and simulations).  The shell (daemon + launcher) performs the returned effects
 and reports back with events; it asks ``get_timer()`` when to call ``handle_timer(now)``.
@@ -69,8 +72,8 @@ Design choices, and why:
   counted as a coordinator error.  If the drain overruns, or the swap fails before the
   process exits, the node resumes serving on the old version and hands the lease back.
 * **The process boundary.**  ``Swap`` carries the ``PendingSwap`` record the daemon's shell
-  writes (with the launcher's state module) before the process exits with the swap code.  The new process builds its updater with
-  ``Updater.on_probation(pending, ...)``; if probation fails (``ProbationFailed`` or no
+  writes (with the launcher's state module) before the process exits with the swap code.
+  The new process builds its updater with ``Updater.on_probation(pending, ...)``; if probation fails (``ProbationFailed`` or no
   ``Confirmed`` within ``probation_timeout``) it emits ``RollBack`` and exits, and the
   launcher restores the previous slot (it does the same, with no updater involved, when the
   new version crashes).  The old version then starts with
@@ -89,6 +92,9 @@ Design choices, and why:
   ``SwapFailed``).  The states in ``TIMED_STATES`` always have a timer.
 * The first check after start is uniform in ``[0, check_interval]``, so a fleet that boots
   together (a power cut) does not check in lockstep.
+* **Every wait is computed in ``core.timing``** (with ``UpdaterConfig``, re-exported here):
+  the updater passes it one ``rng.random()`` draw at a time, the simulations pass arrays of
+  draws, so the simulated fleet waits exactly as the real one does.
 """
 
 from __future__ import annotations
@@ -98,9 +104,48 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar, cast
 
-from .documents import NODE_STATES, Allowlist, Scope
+from . import timing
+from .documents import NODE_STATES
 from .errors import P2PUpdateError
-from .gates import GATE_ALLOWLIST, GateResult, Target
+from .timing import UpdaterConfig
+from .updater_events import (
+    AllowlistLearned,
+    AskCoordinator,
+    Candidate,
+    Confirm,
+    Confirmed,
+    CoordinatorError,
+    Drain,
+    Drained,
+    Effect,
+    EvaluateGates,
+    Event,
+    GatesEvaluated,
+    Granted,
+    HealthOk,
+    LiftDeny,
+    Nudged,
+    PendingSwap,
+    Prefetch,
+    PrefetchDone,
+    PrefetchFailed,
+    ProbationFailed,
+    Refused,
+    Reported,
+    ReportFailure,
+    ReportRejoined,
+    RestoreWork,
+    ResumeServing,
+    ReturnLease,
+    RollBack,
+    RollbackRecord,
+    Started,
+    StickyDeny,
+    Swap,
+    SwapFailed,
+    Timer,
+    _check_artifact,
+)
 
 __all__ = [
     "INITIAL_STATES",
@@ -170,11 +215,13 @@ class InvalidTransitionError(P2PUpdateError):
 
 
 class Rng(Protocol):
-    """The randomness the updater draws from: ``random.Random`` fits; so does a stub."""
+    """The randomness the updater draws from: ``random.Random`` fits; so does a stub.
+
+    Only uniform draws in ``[0, 1)``: ``core.timing`` turns each into a wait, with the same
+    arithmetic the simulations apply to arrays of draws.
+    """
 
     def random(self) -> float: ...
-
-    def uniform(self, a: float, b: float) -> float: ...
 
 
 # -- states -------------------------------------------------------------------------------
@@ -225,474 +272,6 @@ TIMED_STATES: Final = frozenset(
 
 #: States an updater can be constructed in (and so the only ones that accept ``Started``).
 INITIAL_STATES: Final = (State.SLEEPING, State.PROBATION, State.ROLLED_BACK)
-
-
-# -- configuration ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class UpdaterConfig:
-    """Timings, in seconds.  Defaults are for a real fleet; tests shrink them to seconds."""
-
-    #: Mean time between checks, and the relative jitter around it (1 h +-20%).
-    check_interval: float = 3600.0
-    check_jitter: float = 0.2
-    #: A refusal's ``retry_after`` is stretched by up to this fraction, never shortened.
-    retry_jitter: float = 0.2
-    #: Floor for a refusal's wait (a ``retry_after`` of 0 must not become a busy loop).
-    min_retry: float = 1.0
-    #: Exponential backoff on coordinator errors: 5 s, 10 s, ... up to 15 min (equal jitter).
-    backoff_base: float = 5.0
-    backoff_cap: float = 900.0
-    #: Longest drain; also bounded by the lease minus ``swap_margin``.
-    drain_timeout: float = 120.0
-    #: How long after the drain deadline the shell may still report ``Drained``.
-    drain_grace: float = 5.0
-    #: Lease time kept for staging the slot, restarting and probation.
-    swap_margin: float = 60.0
-    #: The new version must be confirmed within this long or it is rolled back.
-    probation_timeout: float = 180.0
-    #: Tries for a rejoined / failure report before giving up (heartbeats still tell).
-    report_attempts: int = 6
-    #: A newer allowlist learned by gossip starts a check within this long (uniform), so a
-    #: fleet that learns it in the same second does not check in the same second.
-    notice_spread: float = 60.0
-
-    def __post_init__(self) -> None:
-        positive = {
-            "check_interval": self.check_interval,
-            "min_retry": self.min_retry,
-            "backoff_base": self.backoff_base,
-            "backoff_cap": self.backoff_cap,
-            "drain_timeout": self.drain_timeout,
-            "probation_timeout": self.probation_timeout,
-        }
-        for name, value in positive.items():
-            if not value > 0.0 or value == float("inf"):
-                raise ValueError(f"UpdaterConfig.{name} must be a positive finite number")
-        for name, value in {
-            "drain_grace": self.drain_grace,
-            "swap_margin": self.swap_margin,
-            "notice_spread": self.notice_spread,
-        }.items():
-            if not 0.0 <= value < float("inf"):
-                raise ValueError(f"UpdaterConfig.{name} must be >= 0 and finite")
-        for name, value in {
-            "check_jitter": self.check_jitter,
-            "retry_jitter": self.retry_jitter,
-        }.items():
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"UpdaterConfig.{name} must be in [0, 1)")
-        if self.backoff_cap < self.backoff_base:
-            raise ValueError("UpdaterConfig.backoff_cap must be >= backoff_base")
-        if self.report_attempts < 1:
-            raise ValueError("UpdaterConfig.report_attempts must be >= 1")
-
-
-# -- validation helpers -------------------------------------------------------------------
-
-
-def _check_artifact(value: str, where: str) -> None:
-    """Artifacts are named by lowercase hex sha256, as in every signed document."""
-    if len(value) != 64 or value.strip("0123456789abcdef"):
-        raise ValueError(f"{where}: artifact must be 64 lowercase hex digits, got {value!r}")
-
-
-def _check_reason(value: str, where: str) -> None:
-    if not value:
-        raise ValueError(f"{where}: a reason is required (operators act on it)")
-
-
-def _check_seconds(value: float, where: str) -> None:
-    if not 0.0 <= value < float("inf"):
-        raise ValueError(f"{where}: must be >= 0 and finite, got {value!r}")
-
-
-# -- records ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Candidate:
-    """The artifact gates 1 and 2 allow this node to ask for, and what the ask binds to.
-
-    ``allowlist_version`` and ``scope_serial`` go into the ask because the departure token is
-    bound to them (README "Trust model"); ``counter`` decides whether a sticky deny is lifted.
-    """
-
-    artifact: str
-    counter: int
-    allowlist_version: int
-    scope_serial: int
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.artifact, "Candidate")
-        if self.counter < 1 or self.allowlist_version < 1 or self.scope_serial < 1:
-            raise ValueError("Candidate: counter, allowlist_version and scope_serial start at 1")
-
-    @classmethod
-    def from_target(
-        cls, target: Target, *, allowlist: Allowlist | None, scope: Scope | None
-    ) -> Candidate | None:
-        """The candidate ``gates.choose_target`` found, or None when it found none.
-
-        ``allowlist`` and ``scope`` are the documents the target was chosen from.
-        """
-        if target.artifact is None:
-            return None
-        if target.release is None or allowlist is None or scope is None:
-            raise ValueError("a passing target needs its release, allowlist and scope")
-        return cls(
-            artifact=target.artifact,
-            counter=target.release.counter,
-            allowlist_version=allowlist.version,
-            scope_serial=scope.serial,
-            force=scope.force,
-        )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class StickyDeny:
-    """An artifact that failed probation on this node; lifted only by a higher counter."""
-
-    artifact: str
-    counter: int
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.artifact, "StickyDeny")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PendingSwap:
-    """What the launcher's ``pending`` record must hold across the process boundary."""
-
-    from_artifact: str
-    to_artifact: str
-    to_counter: int
-    #: The departure token (signed envelope bytes): the rejoin report ends this lease.
-    token: bytes
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.from_artifact, "PendingSwap.from_artifact")
-        _check_artifact(self.to_artifact, "PendingSwap.to_artifact")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RollbackRecord:
-    """What the launcher records after rolling back (from ``RollBack`` or after a crash)."""
-
-    artifact: str
-    counter: int
-    reason: str
-    token: bytes | None = None
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.artifact, "RollbackRecord")
-        _check_reason(self.reason, "RollbackRecord")
-
-
-# -- events (shell -> updater) --------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Event:
-    """Something the shell tells the updater.  One frozen class per kind, keyword-only and
-    validated on construction (README "Architecture")."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Started(Event):
-    """Fed exactly once, right after construction: arms the first timer / first effects."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Timer(Event):
-    """The timer from ``get_timer()`` expired.  Only ``handle_timer(now)`` creates it."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Nudged(Event):
-    """A verified nudge ("look now") for ``artifact``.  Skips the sleep, never a gate."""
-
-    artifact: str
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.artifact, "Nudged")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AllowlistLearned(Event):
-    """A verified allowlist, newer than any the node held, that a peer gossiped.
-
-    The shell delivers it and nothing else; the updater decides whether and when it starts
-    a check (the module docstring: spread over ``notice_spread``).
-    """
-
-    version: int
-    artifacts: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if self.version < 1:
-            raise ValueError("AllowlistLearned: allowlist versions start at 1")
-        for artifact in self.artifacts:
-            _check_artifact(artifact, "AllowlistLearned")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class GatesEvaluated(Event):
-    """The answer to ``EvaluateGates``: a candidate, or none (and the refusal, for status)."""
-
-    candidate: Candidate | None
-    refusal: GateResult | None = None
-
-    def __post_init__(self) -> None:
-        if self.candidate is not None and self.refusal is not None:
-            raise ValueError("GatesEvaluated: a candidate passed every gate; no refusal")
-
-    @classmethod
-    def from_target(
-        cls, target: Target, *, allowlist: Allowlist | None, scope: Scope | None
-    ) -> GatesEvaluated:
-        """Wrap ``gates.choose_target``'s answer (the shell's one-liner)."""
-        candidate = Candidate.from_target(target, allowlist=allowlist, scope=scope)
-        return cls(candidate=candidate, refusal=target.refusal if candidate is None else None)
-
-    @classmethod
-    def no_candidate(cls, *, reason: str, detail: str) -> GatesEvaluated:
-        """No candidate, because gate 1 has nothing to pass: no documents yet, no source of
-        builds, no offer above the installed counter.  ``reason`` is the code an operator
-        sees in the status report, ``detail`` what it means here."""
-        _check_reason(reason, "GatesEvaluated.no_candidate")
-        refusal = GateResult(ok=False, gate=GATE_ALLOWLIST, reason=reason, detail=detail)
-        return cls(candidate=None, refusal=refusal)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PrefetchDone(Event):
-    """Every chunk of ``artifact`` is in the store, verified against the release record."""
-
-    artifact: str
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.artifact, "PrefetchDone")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PrefetchFailed(Event):
-    """The swarm (and the origin) could not deliver ``artifact`` in the shell's time."""
-
-    artifact: str
-    reason: str
-
-    def __post_init__(self) -> None:
-        _check_artifact(self.artifact, "PrefetchFailed")
-        _check_reason(self.reason, "PrefetchFailed")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Granted(Event):
-    """A departure token the shell has verified (signature threshold, binding, expiry).
-
-    ``lease_ttl`` is the time left on the lease when it arrived, in seconds (the shell turns
-    the token's wall-clock ``expires`` into it).  A token that fails verification is fed as
-    ``CoordinatorError`` instead.
-    """
-
-    token: bytes
-    lease_ttl: float
-
-    def __post_init__(self) -> None:
-        if not self.token:
-            raise ValueError("Granted: empty token")
-        _check_seconds(self.lease_ttl, "Granted.lease_ttl")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Refused(Event):
-    """The coordinator said no, with the gate, a reason code and when to ask again."""
-
-    gate: str
-    reason: str
-    retry_after: float | None = None
-    #: Place in the coordinator's queue, where it knows one (for status only).
-    position: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason, "Refused")
-        if self.retry_after is not None:
-            _check_seconds(self.retry_after, "Refused.retry_after")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class CoordinatorError(Event):
-    """No usable answer: unreachable, timeout, 5xx, or a token that did not verify."""
-
-    reason: str
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason, "CoordinatorError")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Drained(Event):
-    """No new work taken, in-flight work finished, state checkpointed."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SwapFailed(Event):
-    """Staging the new slot failed before the process exited (disk full, bad unpack...)."""
-
-    reason: str
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason, "SwapFailed")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class HealthOk(Event):
-    """The new version restored its work, rejoined gossip and passed its health check."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ProbationFailed(Event):
-    """The new version is unhealthy (restore failed, health check failed for good)."""
-
-    reason: str
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason, "ProbationFailed")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Confirmed(Event):
-    """The launcher promoted the new slot to ``current``."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Reported(Event):
-    """The coordinator acknowledged a ``ReportRejoined`` / ``ReportFailure``."""
-
-
-# -- effects (updater -> shell) -------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Effect:
-    """Something the shell must do and, where it says so, answer with an event."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class EvaluateGates(Effect):
-    """Run gates 1 and 2 (``gates.choose_target``) now; answer ``GatesEvaluated``."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Prefetch(Effect):
-    """Pull ``artifact`` into the store; answer ``PrefetchDone`` / ``PrefetchFailed``."""
-
-    artifact: str
-    counter: int
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class AskCoordinator(Effect):
-    """Ask for a departure; answer ``Granted`` / ``Refused`` / ``CoordinatorError``."""
-
-    from_artifact: str
-    candidate: Candidate
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Drain(Effect):
-    """Stop taking work, finish in-flight, checkpoint, by ``deadline`` (monotonic seconds).
-
-    Answer ``Drained``; the updater gives up ``drain_grace`` after the deadline.
-    """
-
-    deadline: float
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Swap(Effect):
-    """Unpack to ``slots/<sha>/``, fsync, write ``pending``, exit with the swap code.
-
-    Answer ``SwapFailed`` only if that fails before the process exits.
-    """
-
-    pending: PendingSwap
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ResumeServing(Effect):
-    """Undo a drain: take work again on the running version."""
-
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ReturnLease(Effect):
-    """Hand a lease back unused (best effort; it lapses at expiry anyway)."""
-
-    token: bytes
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RestoreWork(Effect):
-    """On probation: restore the checkpoint, serve, rejoin gossip, run health checks.
-
-    Answer ``HealthOk`` or ``ProbationFailed``.
-    """
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Confirm(Effect):
-    """Ask the launcher to promote ``artifact``'s slot to ``current``; answer ``Confirmed``.
-
-    Idempotent: emitted on every ``HealthOk``.
-    """
-
-    artifact: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RollBack(Effect):
-    """Exit with the rollback code; the launcher restores ``previous`` and sticky-denies."""
-
-    artifact: str
-    counter: int
-    reason: str
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ReportRejoined(Effect):
-    """Tell the coordinator the node runs ``artifact`` and is healthy (ends the lease).
-
-    Answer ``Reported`` / ``CoordinatorError``.
-    """
-
-    artifact: str
-    token: bytes
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ReportFailure(Effect):
-    """Tell the coordinator ``artifact`` failed probation here (feeds the circuit breaker).
-
-    Answer ``Reported`` / ``CoordinatorError``.
-    """
-
-    artifact: str
-    counter: int
-    reason: str
-    token: bytes | None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class LiftDeny(Effect):
-    """Tell the launcher to forget the sticky deny of ``artifact`` (a higher counter came)."""
-
-    artifact: str
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -880,15 +459,11 @@ class Updater:
         return nudge.artifact == self._installed or self._is_denied(nudge.artifact)
 
     def _jittered_interval(self) -> float:
-        c = self._config
-        return c.check_interval * self._rng.uniform(1.0 - c.check_jitter, 1.0 + c.check_jitter)
+        return timing.check_interval(self._config, self._rng.random())
 
     def _backoff(self) -> float:
-        """Equal jitter: uniform in [d/2, d], d = min(cap, base * 2**(attempts-1))."""
-        c = self._config
-        exponent = min(self._attempts - 1, 64)  # 2**64 * base is past any cap; no overflow
-        ceiling = min(c.backoff_cap, c.backoff_base * 2.0**exponent)
-        return self._rng.uniform(ceiling / 2.0, ceiling)
+        """Equal jitter over the consecutive errors so far (``timing.backoff``)."""
+        return timing.backoff(self._config, self._attempts, self._rng.random())
 
     def _takes_allowlist(self, event: AllowlistLearned) -> bool:
         """Whether a learned allowlist is news that may move this node: a version above
@@ -901,10 +476,10 @@ class Updater:
     def _notice_soon(self, now: float) -> None:
         """Bring the check forward to a uniform point in ``[now, now + notice_spread]``,
         unless one is already due by then (it is spread by its own jitter)."""
-        spread = self._config.notice_spread
-        if self._timer is not None and self._timer <= now + spread:
+        c = self._config
+        if self._timer is not None and self._timer <= now + c.notice_spread:
             return
-        self._set_timer(now + self._rng.uniform(0.0, spread))
+        self._set_timer(now + timing.notice_delay(c, self._rng.random()))
 
     def _check(self) -> Step:
         """Start a local gate check; it covers any nudge or allowlist received until now."""
@@ -960,7 +535,7 @@ class Updater:
     # -- handlers (one per table row or group of rows) --------------------------------------
 
     def _start_sleeping(self, event: Started, now: float) -> Step:
-        self._set_timer(now + self._rng.uniform(0.0, self._config.check_interval))
+        self._set_timer(now + timing.first_check(self._config, self._rng.random()))
         return State.SLEEPING, []
 
     def _start_probation(self, event: Started, now: float) -> Step:
@@ -1032,7 +607,7 @@ class Updater:
 
     def _granted(self, event: Granted, now: float) -> Step:
         c = self._config
-        budget = min(c.drain_timeout, event.lease_ttl - c.swap_margin)
+        budget = timing.drain_budget(c, event.lease_ttl)
         if budget <= 0.0:
             # Too short to drain and swap inside the lease: the coordinator is misconfigured
             # or our clocks disagree; do not leave on a lease that will lapse mid-swap.
@@ -1046,11 +621,9 @@ class Updater:
         return State.DRAINING, [Drain(deadline=deadline)]
 
     def _refused(self, event: Refused, now: float) -> Step:
-        c = self._config
         self._attempts = 0
-        wait = c.check_interval if event.retry_after is None else event.retry_after
-        wait = max(wait, c.min_retry)
-        self._set_timer(now + self._rng.uniform(wait, wait * (1.0 + c.retry_jitter)))
+        wait = timing.refusal_wait(self._config, event.retry_after, self._rng.random())
+        self._set_timer(now + wait)
         return State.REFUSED, []
 
     def _ask_failed(self, event: CoordinatorError, now: float) -> Step:

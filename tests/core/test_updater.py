@@ -5,7 +5,7 @@ monotonic clock and records which table rows ran) and asserts the exact effects,
 and the timer.  ``test_every_table_row_is_exercised`` runs every scenario in this file again
 and checks that together they used every row of ``TRANSITIONS``: a row nobody exercises is a
 row nobody knows works.  The fleet test at the end wires a dozen updaters to a fake
-coordinator in memory (STYLE.md 10) to check that the pieces compose: nudged together, they
+coordinator in memory (README "Architecture") to check that the pieces compose: nudged together, they
 all move, never more than the coordinator's budget at once.
 """
 
@@ -18,9 +18,11 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from p2pupdate.core import timing, updater_events
 from p2pupdate.core import updater as updater_module
 from p2pupdate.core.documents import NODE_STATES, Allowlist, Release, Scope
 from p2pupdate.core.errors import P2PUpdateError
@@ -810,10 +812,16 @@ def test_heartbeat_states_are_node_states() -> None:
     assert {s.heartbeat_state for s in State} <= set(NODE_STATES)
 
 
-def test_updater_module_is_pure() -> None:
-    """The core imports no IO, no clock, no randomness (DESIGN.md 3)."""
+@pytest.mark.parametrize(
+    "module", [updater_module, updater_events, timing], ids=lambda m: m.__name__
+)
+def test_updater_modules_are_pure(module: ModuleType) -> None:
+    """The core imports no IO, no clock, no randomness (README "Architecture"); nor numpy:
+    the timing rules work on the simulator's arrays without knowing them."""
     forbidden = {"trio", "asyncio", "socket", "os", "time", "random", "threading", "subprocess"}
-    tree = ast.parse(Path(updater_module.__file__).read_text())
+    forbidden |= {"numpy"}
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -822,6 +830,26 @@ def test_updater_module_is_pure() -> None:
             imported.add(node.module.split(".")[0])
     assert imported
     assert not imported & forbidden
+
+
+def test_updater_re_exports_every_value() -> None:
+    """``up.X`` works for every event, effect and record, and for the config."""
+    public = {
+        name
+        for name, obj in vars(updater_events).items()
+        if isinstance(obj, type) and obj.__module__ == updater_events.__name__
+    }
+    assert {"Candidate", "Nudged", "Swap", "Event", "Effect"} <= public
+    exported = set(updater_module.__all__)
+    assert not public - exported
+    assert updater_module.UpdaterConfig is timing.UpdaterConfig
+    assert all(getattr(updater_module, n) is getattr(updater_events, n) for n in public & exported)
+
+
+def test_updater_module_stays_under_900_lines() -> None:
+    for module in (updater_module, updater_events, timing):
+        assert module.__file__ is not None
+        assert len(Path(module.__file__).read_text().splitlines()) < 900, module.__name__
 
 
 # -- construction and validation --------------------------------------------------------------
