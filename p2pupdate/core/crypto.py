@@ -1,6 +1,6 @@
 """Ed25519 signatures, the signing envelope, key ids and key-file encodings.
 
-DESIGN.md 4, exactly:
+The rules of README "Trust model", exactly:
 
 * Envelope = msgpack map ``{"t": type, "p": payload bytes, "s": [[keyid, sig], ...]}``.
 * Signed bytes = ``b"p2pupdate/v1\\x00" + t.encode() + b"\\x00" + p``.  The type is inside the

@@ -39,7 +39,7 @@ from .errors import (
     WrongTypeError,
 )
 
-#: Clock skew allowance for ``expires`` (DESIGN.md 4).
+#: Clock skew allowance for ``expires`` (README "Trust model").
 SKEW: Final = 60
 #: Unix seconds must fit comfortably; year ~2^35.
 MAX_TIME: Final = 2**40

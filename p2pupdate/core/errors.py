@@ -1,6 +1,6 @@
 """Typed errors of the core.
 
-Errors say *whose fault* it was (STYLE.md 6).  Bytes that arrive from anywhere are
+Errors say *whose fault* it was (README "Architecture").  Bytes that arrive from anywhere are
 untrusted, so every parse or verification failure is an exception of a specific type
 carrying a short, stable ``rule`` code that tests and operators can match on, and a
 human sentence.  A gate that says "no" is *not* an error: it returns a ``GateResult``.

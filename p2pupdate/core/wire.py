@@ -56,7 +56,7 @@ class Limits:
 DOCUMENT_LIMITS: Final = Limits(
     max_bytes=1024 * 1024, max_bin_len=1024 * 1024, max_container_len=65_536, max_items=200_000
 )
-#: Gossip and other small messages (DESIGN.md 7: <= 1,200 B on the wire).
+#: Gossip and other small messages (README "Gossip and links": <= 1,200 B on the wire).
 MESSAGE_LIMITS: Final = Limits(max_bytes=16 * 1024, max_container_len=1024, max_items=4096)
 
 

@@ -1,4 +1,4 @@
-"""A repository simulator for the trust core (STYLE.md 12).
+"""A repository simulator for the trust core.
 
 Modelled on python-tuf's ``tests/repository_simulator.py``: one ``Network`` object holds
 every signing key of every role in memory and builds the documents a fleet would see.

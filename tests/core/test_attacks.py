@@ -1,4 +1,4 @@
-"""Attacks on the trust core, one test per attack (DESIGN.md 4, STYLE.md 12).
+"""Attacks on the trust core, one test per attack (README "Trust model").
 
 Each test stages one attack with the ``Network`` simulator, asserts the *exact* exception
 class (the class says whose fault it was) and that the trust state did not move: the store

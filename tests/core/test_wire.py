@@ -1,4 +1,4 @@
-"""Framing, decode limits and msgpack bombs (DESIGN.md 4: "size caps before parsing").
+"""Framing, decode limits and msgpack bombs (README "Protocol": a byte cap before parsing).
 
 Each bomb asserts the *exact* ``WireError`` subclass: the class is the stable code an
 operator or a peer-scoring rule matches on.  The property tests check the promise in

@@ -1,7 +1,7 @@
 """The engines: determinism, common random numbers, the cross-check, breaker, policies.
 
 ``decide_batch == decide_sequence`` itself is held by the property tests in
-``tests/coordinator/test_policy.py``; here the two engines (which call one and the other)
+``tests/coordinator/test_policy_batch.py``; here the two engines (which call one and the other)
 are held to each other.
 """
 

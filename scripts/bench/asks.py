@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Asks per second through a real coordinator replica over loopback (one JSON object).
 
-    .venv/bin/python scripts/bench/coordinator.py [--asks 20000] [--concurrency 64]
+    .venv/bin/python scripts/bench/asks.py [--asks 20000] [--concurrency 64]
 
 The same as ``p2pupdate-coordinator bench --json`` (``coordinator/bench.py`` documents what
 is measured); kept here next to the other benchmarks.
