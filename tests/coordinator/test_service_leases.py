@@ -39,7 +39,9 @@ async def publish_all(net: Network, urls: list[str]) -> None:
 
 async def test_a_node_killed_holding_a_lease_frees_it_at_ttl(tmp_path: Path) -> None:
     net = Network(tmp_path / "net")
-    ttl = 3
+    # Long enough that the holder's kill and the second node's connect fit inside it on a
+    # loaded machine (at 3 s the lease had sometimes lapsed before the first ask).
+    ttl = 8
     async with in_process(net, token_ttl=ttl, max_skew=0, max_concurrent=1, min_serving=0) as (
         replica,
         url,
