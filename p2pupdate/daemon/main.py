@@ -25,7 +25,7 @@ from ..work.base import Workload
 from .boot import NodeError
 from .coordinator import CoordinatorLink, load_identity, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
-from .node import Node, NodeConfig, _log_to_stderr
+from .node import Node, NodeConfig, stderr_log
 from .nullwork import NullWorkload
 from .offers import OfferSource
 from .options import DaemonOptions, add_daemon_arguments
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
     """Parse, build the node's parts and run it; ``clk`` is the one clock they all read."""
     args = build_parser().parse_args(argv)
     opts = DaemonOptions.from_namespace(args)
-    log = _log_to_stderr
+    log = stderr_log(clk)
     state_dir: Path = args.state_dir.absolute()
     if opts.grant_all:
         log(

@@ -108,14 +108,19 @@ class NodeConfig:
     options: DaemonOptions
 
 
-def _log_to_stderr(message: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    version = p2pupdate.__version__
-    print(
-        f"{stamp} p2pupdate-daemon[{os.getpid()}] {version}: {message}",
-        file=sys.stderr,
-        flush=True,
-    )
+def stderr_log(clock: Clock) -> Callable[[str], None]:
+    """The daemon's log: one line on stderr per message, stamped from ``clock``'s wall time."""
+
+    def log(message: str) -> None:
+        stamp = time.strftime("%H:%M:%S", time.localtime(clock.wall()))
+        version = p2pupdate.__version__
+        print(
+            f"{stamp} p2pupdate-daemon[{os.getpid()}] {version}: {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return log
 
 
 class Node:
@@ -129,7 +134,7 @@ class Node:
         offers: OfferSource | None,
         clock: Clock,
         rng: random.Random | None = None,
-        log: Callable[[str], None] = _log_to_stderr,
+        log: Callable[[str], None] | None = None,
         self_test: Callable[..., list[str]] = self_test,
         coordinator: CoordinatorLink | None = None,
         gossip: GossipService | None = None,
@@ -144,7 +149,7 @@ class Node:
         #: The process's one clock (``daemon.main`` passes ``clock.SYSTEM``).
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
-        self.log = log
+        self.log = log if log is not None else stderr_log(clock)
         #: ``health.self_test``; in-process tests (where the code is not the slot's) swap it.
         self.self_test = self_test
         self.coord = coordinator
@@ -155,7 +160,9 @@ class Node:
         if manifest is None:
             raise NodeError(f"slot {config.slot[:16]}... is missing or incomplete")
         self.manifest: SlotManifest = manifest
-        self.work = WorkHost(make_workload, state=self.state, log=log, run_blocking=run_blocking)
+        self.work = WorkHost(
+            make_workload, state=self.state, log=self.log, run_blocking=run_blocking
+        )
         self.mode = config.mode
         self.pending: Pending | None = None
         self.exit_code: int | None = None
@@ -179,7 +186,7 @@ class Node:
             feed=self._feed_any_state,
             write_status=self.write_status,
             clock=clock,
-            log=log,
+            log=self.log,
             coordinator=coordinator,
             gossip=gossip,
             trust=trust,
