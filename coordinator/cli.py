@@ -59,7 +59,7 @@ from p2pupdate.net.websocket import parse_url
 
 from .bench import run_bench
 from .network import ROOT_FILE, NetworkPlan, init_network
-from .policy import PolicyConfig
+from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .service import ConfigError, Replica, ServiceConfig
 
 #: ``serve``'s defaults are the dataclasses' own (written once, in policy.py / service.py).
@@ -202,10 +202,40 @@ def _log(message: str) -> None:
     print(f"{stamp} p2pupdate-coordinator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
+def _network_dir(d: Path) -> Path:
+    """``--dir``: an existing directory holding a root (checked before anything is made)."""
+    if not d.is_dir():
+        what = "not a directory" if d.exists() else "no such directory"
+        raise UsageError(f"--dir {d}: {what} (run `p2pupdate-coordinator init {d}` first)")
+    if not (d / ROOT_FILE).is_file():
+        raise UsageError(f"{d / ROOT_FILE}: no such file (run `p2pupdate-coordinator init {d}`)")
+    return d
+
+
+async def _bind(host: str, port: int) -> list[trio.SocketListener]:
+    """The replica's listening sockets; an address that cannot be had is a usage mistake."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _open_replica(config: ServiceConfig) -> Replica:
+    state_dir = config.replica_dir
+    if state_dir.exists() and not state_dir.is_dir():
+        raise UsageError(f"state directory {state_dir}: not a directory")
+    try:
+        return Replica(config)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"state directory {state_dir}: {exc.strerror or exc}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server
 
-    d = Path(args.dir)
+    d = _network_dir(Path(args.dir))
     config = ServiceConfig(
         network_dir=d,
         replica=args.replica,
@@ -221,16 +251,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         first_start=args.first_start,
     )
-    try:
-        replica = Replica(config)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
     host, port = args.listen
 
     async def main() -> None:
+        # Bind first: an address in use or not on this machine is refused before the
+        # replica's state directory and database are made.
+        listeners = await _bind(host, port)
+        try:
+            replica = _open_replica(config)
+        except BaseException:
+            for listener in listeners:
+                await listener.aclose()
+            raise
+        try:
+            await _serve(replica, listeners)
+        finally:
+            replica.store.close()
+
+    async def _serve(replica: Replica, listeners: list[trio.SocketListener]) -> None:
         server = Server(replica, log=_log)
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(server.serve, host, port)
+            bound = await nursery.start(server.serve_on, listeners)
             p = replica.policy
             warm = max(0.0, replica.warm_until_wall - time.time())
             print(
@@ -246,10 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
                     break
 
-    try:
-        trio.run(main)
-    finally:
-        replica.store.close()
+    trio.run(main)
     return EXIT_OK
 
 
@@ -534,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     se.add_argument(
         "--max-concurrent",
-        type=positive_int,
+        type=int_range(1, MAX_CONCURRENT_LIMIT),
         default=POLICY_DEFAULTS.max_concurrent,
         metavar="N",
         help="global budget of concurrent departures per pool "

@@ -132,6 +132,12 @@ def gate_of(code: int) -> str:
 
 # -- configuration ----------------------------------------------------------------------
 
+#: Largest global budget of concurrent departures per pool (``max_concurrent``).  No
+#: pool of a real fleet lets a million nodes leave at once, and a bound keeps the
+#: per-replica share and the batch policy's integer arrays far from overflow; a larger
+#: number is a typo, refused rather than silently meaning "no limit".
+MAX_CONCURRENT_LIMIT: Final = 1_000_000
+
 
 def is_plain_int(value: object) -> bool:
     """An ``int`` that is not a ``bool`` (``True`` is not a node count)."""
@@ -225,8 +231,8 @@ class PolicyConfig:
             raise ValueError("policy: churn_margin must be in [0, 1)")
         if self.min_serving < 0:
             raise ValueError("policy: min_serving must be >= 0")
-        if self.max_concurrent < 1:
-            raise ValueError("policy: max_concurrent must be >= 1")
+        if not 1 <= self.max_concurrent <= MAX_CONCURRENT_LIMIT:
+            raise ValueError(f"policy: max_concurrent must be in [1, {MAX_CONCURRENT_LIMIT}]")
         if self.replicas < 1:
             raise ValueError("policy: replicas must be >= 1")
         if not 1 <= self.quorum <= self.replicas:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,80 @@ def test_serve_refuses_a_key_that_is_not_a_replica(tmp_path: Path) -> None:
     r = cli("serve", "--dir", str(net.dir), "--replica", "2", "--listen", "127.0.0.1:0")
     assert r.returncode == 2
     assert "coordinator-2.pem" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- serve refuses what it cannot run with: one line, exit 2, nothing written ------------
+
+
+def assert_one_line_usage_error(r: subprocess.CompletedProcess[str]) -> None:
+    shown = f"exit {r.returncode}\n--- stdout ---\n{r.stdout}--- stderr ---\n{r.stderr}"
+    assert "Traceback" not in r.stderr, shown
+    assert r.returncode == 2, shown
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, shown
+    assert lines[0].startswith("p2pupdate-coordinator") and ": error: " in lines[0], shown
+
+
+def serve_refused(*args: str) -> subprocess.CompletedProcess[str]:
+    """``serve`` that must refuse at once (a short timeout: the old code served forever)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = serve_refused("--dir", str(net.dir), "--listen", f"127.0.0.1:{port}")
+    assert_one_line_usage_error(r)
+    assert str(port) in r.stderr
+    assert not (net.dir / "replica-1").exists(), "refused, yet it made the replica's state"
+
+
+def test_serve_on_an_address_that_is_not_one_is_one_line(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    r = serve_refused("--dir", str(net.dir), "--listen", "256.1.1.1:80")
+    assert_one_line_usage_error(r)
+    assert "256.1.1.1" in r.stderr
+    assert not (net.dir / "replica-1").exists()
+
+
+def test_serve_with_a_file_as_dir_is_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a network\n")
+    r = serve_refused("--dir", str(afile), "--listen", "127.0.0.1:0")
+    assert_one_line_usage_error(r)
+    assert afile.read_text() == "not a network\n"
+
+
+def test_serve_with_a_missing_dir_writes_nothing(tmp_path: Path) -> None:
+    r = serve_refused("--dir", str(tmp_path / "nope"), "--listen", "127.0.0.1:0")
+    assert_one_line_usage_error(r)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_serve_with_a_file_as_state_dir_is_one_line(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    afile = tmp_path / "afile"
+    afile.write_text("not a state dir\n")
+    r = serve_refused("--dir", str(net.dir), "--state-dir", str(afile), "--listen", "127.0.0.1:0")
+    assert_one_line_usage_error(r)
+    assert afile.read_text() == "not a state dir\n"
+
+
+def test_serve_refuses_an_absurd_max_concurrent(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    r = serve_refused(
+        "--dir", str(net.dir), "--listen", "127.0.0.1:0", "--max-concurrent", "999999999999"
+    )
+    assert_one_line_usage_error(r)
+    assert "--max-concurrent" in r.stderr
+    assert not (net.dir / "replica-1").exists()
