@@ -231,8 +231,10 @@ class PolicyConfig:
             raise ValueError("policy: churn_margin must be in [0, 1)")
         if self.min_serving < 0:
             raise ValueError("policy: min_serving must be >= 0")
-        if not 1 <= self.max_concurrent <= MAX_CONCURRENT_LIMIT:
-            raise ValueError(f"policy: max_concurrent must be in [1, {MAX_CONCURRENT_LIMIT}]")
+        if self.max_concurrent < 1:
+            raise ValueError("policy: max_concurrent must be >= 1")
+        if self.max_concurrent > MAX_CONCURRENT_LIMIT:
+            raise ValueError(f"policy: max_concurrent must be <= {MAX_CONCURRENT_LIMIT}")
         if self.replicas < 1:
             raise ValueError("policy: replicas must be >= 1")
         if not 1 <= self.quorum <= self.replicas:

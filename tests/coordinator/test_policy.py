@@ -476,6 +476,7 @@ def test_a_restarted_replica_cannot_grant_twice() -> None:
         ({"quorum": 0}, "quorum"),
         ({"replicas": 3, "quorum": 1, "max_concurrent": 2}, "no replica could grant"),
         ({"max_concurrent": 0}, "max_concurrent"),
+        ({"max_concurrent": 999_999_999_999}, "max_concurrent must be <= "),
         ({"min_serving": -1}, "min_serving"),
         ({"lease_ttl": 0.0}, "lease_ttl"),
         ({"lease_ttl": math.inf}, "lease_ttl"),
