@@ -46,6 +46,7 @@ from p2pupdate.cli.common import (
     positive_int,
     read_input,
     run,
+    safe_output,
     sha256_hex,
     wall_clock,
     write_output,
@@ -122,6 +123,7 @@ def next_allowlist_version(d: Path) -> int:
 
 
 def cmd_allow(args: argparse.Namespace) -> int:
+    safe_output(args.output)  # before a version is signed and recorded in the network dir
     d = Path(args.dir)
     store = _load_network(d)
     now = wall_clock()

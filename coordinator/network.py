@@ -96,6 +96,11 @@ def init_network(
     """
     if (d / ROOT_FILE).exists():
         raise UsageError(f"{d / ROOT_FILE} already exists; refusing to overwrite a network")
+    name = d.resolve().name if network is None else network
+    try:  # the root's own rule for the name, before any key is written
+        docs.Root.FIELDS["network"]("network", name)
+    except P2PUpdateError as exc:
+        raise UsageError(f"network name {name!r}: {exc}") from None
     keys_dir = d / "keys"
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -132,7 +137,7 @@ def init_network(
         version=1,
         issued=now,
         expires=now + expires,
-        network=network or d.resolve().name,
+        network=name,
         keys=all_keys,
         roles=roles,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import LocalStateFault
 
@@ -32,10 +33,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: Path | str) -> Path:
+    """Where :func:`atomic_write` stages ``path``'s new bytes: a hidden sibling whose name
+    is 18 bytes longer than ``path``'s (so a name near the file system's limit is refused
+    by the temporary file, not by the final rename)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
 def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
@@ -66,10 +75,16 @@ def read_limited(path: Path | str, limit: int) -> bytes:
     """Read a whole file, refusing one larger than ``limit`` bytes before reading it."""
     path = Path(path)
     with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > limit:
-            raise FileTooLargeError(f"{path} is {size} bytes; the limit is {limit}")
-        data = f.read(limit + 1)
+        return read_open_limited(f, path, limit)
+
+
+def read_open_limited(f: BinaryIO, path: Path | str, limit: int) -> bytes:
+    """Read the whole of the open file ``f`` (named ``path`` in errors), refusing one
+    larger than ``limit`` bytes before reading it."""
+    size = os.fstat(f.fileno()).st_size
+    if size > limit:
+        raise FileTooLargeError(f"{path} is {size} bytes; the limit is {limit}")
+    data = f.read(limit + 1)
     if len(data) > limit:
         raise FileTooLargeError(f"{path} is larger than the limit of {limit} bytes")
     return data

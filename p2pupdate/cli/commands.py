@@ -9,6 +9,7 @@ Exit codes: 0 ok, 1 rejected or verification failed, 2 usage or input mistake.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -21,8 +22,8 @@ from typing import Any
 from .. import __version__
 from ..core import crypto
 from ..core import documents as docs
-from ..core.errors import P2PUpdateError
-from ..core.verify import verify_set
+from ..core.errors import OversizeError, P2PUpdateError
+from ..core.verify import DocResult, Report, verify_set
 from ..daemon.options import add_daemon_arguments, forward_args, seconds
 from ..fsutil import create_exclusive
 from ..launcher.codes import EXIT_CODES_HELP
@@ -36,8 +37,11 @@ from .common import (
     load_signing_key,
     now_arg,
     positive_int,
+    read_document,
     read_input,
+    regular_input,
     run,
+    safe_output,
     sha256_hex,
     size,
     wall_clock,
@@ -53,12 +57,8 @@ def cmd_keys_new(args: argparse.Namespace) -> int:
     out = Path(args.output)
     pub_out = out.with_name(out.name.removesuffix(".pem") + ".pub.pem") if args.public else None
     for path in (out, pub_out):  # check everything before writing anything
-        if path is None:
-            continue
-        if not path.parent.is_dir():
-            raise UsageError(f"{path.parent}: not a directory")
-        if path.exists():
-            raise UsageError(f"{path} already exists; refusing to overwrite it")
+        if path is not None:
+            safe_output(path, exclusive=True)
     key = crypto.SigningKey.from_seed(os.urandom(32))
     try:
         create_exclusive(out, crypto.private_key_to_pem(key), mode=0o600)
@@ -92,15 +92,11 @@ def hash_file(path: Path, chunk_size: int) -> tuple[str, int, tuple[bytes, ...]]
     chunks: list[bytes] = []
     length = 0
     try:
-        with path.open("rb") as f:
+        with regular_input(path) as f:
             while block := f.read(chunk_size):
                 whole.update(block)
                 chunks.append(hashlib.sha256(block).digest())
                 length += len(block)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory") from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
     return whole.hexdigest(), length, tuple(chunks)
@@ -111,6 +107,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--chunk-size must be between {docs.MIN_CHUNK} and {docs.MAX_CHUNK} bytes"
         )
+    safe_output(args.output)
     keys = [load_signing_key(k) for k in args.key]
     artifact, length, chunks = hash_file(Path(args.file), args.chunk_size)
     if length == 0:
@@ -173,6 +170,7 @@ def _seed(text: str) -> bytes:
 
 
 def cmd_scope(args: argparse.Namespace) -> int:
+    safe_output(args.output)
     keys = [load_signing_key(k) for k in args.key]
     now = wall_clock()
     if args.nodes is not None:
@@ -207,11 +205,31 @@ def cmd_scope(args: argparse.Namespace) -> int:
 # -- verify -----------------------------------------------------------------------------
 
 
+def _verify_files(root: str, files: list[str], *, now: int, as_node: str | None) -> Report:
+    """:func:`~p2pupdate.core.verify.verify_set` over files, where a file too large to be
+    a document is a refused document (rule ``oversize``) and is never read."""
+    try:
+        root_bytes = read_document(root)
+    except OversizeError as exc:
+        return Report(root=DocResult.refused(root, "root", exc), documents=(), store=None)
+    readable: list[tuple[str, bytes]] = []
+    too_large: dict[int, DocResult] = {}
+    for i, name in enumerate(files):
+        try:
+            readable.append((name, read_document(name)))
+        except OversizeError as exc:
+            too_large[i] = DocResult.refused(name, "?", exc)
+    report = verify_set(root, root_bytes, readable, now=now, as_node=as_node)
+    if not too_large or report.store is None:  # a refused root judges no file
+        return report
+    judged = iter(report.documents)
+    documents = tuple(too_large[i] if i in too_large else next(judged) for i in range(len(files)))
+    return dataclasses.replace(report, documents=documents)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     now = args.now if args.now is not None else wall_clock()
-    root = read_input(args.root)
-    files = [(f, read_input(f)) for f in args.files]
-    report = verify_set(args.root, root, files, now=now, as_node=args.as_node)
+    report = _verify_files(args.root, args.files, now=now, as_node=args.as_node)
     if args.json:
         out: dict[str, Any] = {
             "ok": report.ok,

@@ -12,17 +12,20 @@ mistake.  A user mistake is never a traceback: it is one line on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
-from ..core import crypto
-from ..core.errors import KeyFileError, P2PUpdateError
+from ..core import crypto, wire
+from ..core import documents as docs
+from ..core.errors import KeyFileError, OversizeError, P2PUpdateError
 from ..errors import UsageFault
-from ..fsutil import FileTooLargeError, atomic_write, read_limited
+from ..fsutil import FileTooLargeError, atomic_write, read_open_limited, temp_path
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -145,14 +148,8 @@ def sha256_hex(text: str) -> str:
     return t
 
 
-def now_arg(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not unix seconds") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("time must be >= 0")
-    return v
+#: ``--now``: unix seconds, in the range every document's times are (``documents.MAX_TIME``).
+now_arg = int_range(0, docs.MAX_TIME, "unix seconds")
 
 
 def wall_clock() -> int:
@@ -163,18 +160,78 @@ def wall_clock() -> int:
 
 MAX_INPUT_DOC = 1024 * 1024 + 4096
 
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
-def read_input(path: str | Path, limit: int = MAX_INPUT_DOC) -> bytes:
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def regular_input(path: str | Path) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file (or a link to one).
+
+    Anything else is a usage mistake, refused before a byte is read: a directory, and a
+    FIFO or a device, which could block or never end (``release /dev/zero``).  The file
+    is opened without blocking (a FIFO with no writer opens at once) and judged by what
+    was opened, so a rename between a check and the open cannot slip a device in.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        return read_limited(path, limit)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory") from None
-    except FileTooLargeError as exc:
-        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise UsageError(f"{path}: is a directory")
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"{path}: {_kind(mode)}, not a regular file; refusing to read it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_input(path: str | Path, limit: int = MAX_INPUT_DOC) -> bytes:
+    """The bytes of the regular file ``path``; larger than ``limit`` is a usage mistake."""
+    with regular_input(path) as f:
+        try:
+            return read_open_limited(f, path, limit)
+        except FileTooLargeError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
+def read_document(path: str | Path) -> bytes:
+    """The bytes of a signed document, for the core to judge.
+
+    A file larger than any document may be (``wire.DOCUMENT_LIMITS``) is the document's
+    fault, not the user's: it raises the core's :class:`~p2pupdate.core.errors.OversizeError`
+    (``verify`` shows it as a rejected document) without being read.
+    """
+    limit = wire.DOCUMENT_LIMITS.max_bytes
+    with regular_input(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise OversizeError(f"{size} bytes exceeds the limit of {limit}")
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > limit:  # it grew while we looked
+        raise OversizeError(f"more than {limit} bytes")
+    return data
 
 
 def load_signing_key(path: str | Path) -> crypto.SigningKey:
@@ -185,10 +242,49 @@ def load_signing_key(path: str | Path) -> crypto.SigningKey:
         raise UsageError(f"{path}: {exc}") from None
 
 
-def write_output(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+def safe_output(path: str | Path, *, exclusive: bool = False) -> Path:
+    """``path`` checked as a place to write a new file (before anything is made or signed).
+
+    Its directory must exist.  Whatever is there must be a regular file (or a link to
+    one): writing replaces the path by a new regular file, which must never happen to a
+    FIFO, a socket or a device (as root, ``-o /dev/null`` would replace ``/dev/null``).
+    With ``exclusive``, nothing may be there at all (keys are never overwritten).  A name
+    too long for the file system, counting the temporary name the write goes through, is
+    refused here rather than half-way through writing several files.
+    """
     p = Path(path)
-    if not p.parent.exists():
-        raise UsageError(f"{p.parent}: directory does not exist")
+    parent = p.parent
+    try:
+        if not parent.is_dir():
+            what = "not a directory" if parent.exists() else "directory does not exist"
+            raise UsageError(f"{parent}: {what}")
+        st = os.stat(p)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {p}: {exc.strerror or exc}") from None
+    else:
+        if exclusive:
+            raise UsageError(f"{p} already exists; refusing to overwrite it")
+        if stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"cannot write {p}: is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(
+                f"{p}: {_kind(st.st_mode)}, not a regular file; refusing to replace it"
+            )
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    staged = len(os.fsencode(temp_path(p).name))
+    if staged > name_max:
+        longest = name_max - (staged - len(os.fsencode(p.name)))
+        raise UsageError(f"cannot write {p}: file name too long (at most {longest} bytes here)")
+    return p
+
+
+def write_output(path: str | Path, data: bytes, *, mode: int = 0o644) -> None:
+    p = safe_output(path)
     try:
         atomic_write(p, data, mode=mode)
     except OSError as exc:

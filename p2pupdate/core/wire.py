@@ -316,7 +316,8 @@ def uint(max_value: int = 2**63 - 1) -> Check:
 def text(max_len: int = 256, *, nonempty: bool = False) -> Check:
     def check(name: str, v: Any) -> str:
         if not isinstance(v, str) or len(v) > max_len or (nonempty and not v):
-            raise _fail(name, f"string of at most {max_len} chars", v)
+            what = "non-empty string" if nonempty else "string"
+            raise _fail(name, f"{what} of at most {max_len} chars", v)
         return v
 
     return check

@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -61,7 +62,9 @@ Arg = str | Path | int
 # -- running the tools ------------------------------------------------------------------
 
 
-def run(tool: Sequence[str], *args: Arg, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    tool: Sequence[str], *args: Arg, cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.pop("PYTHONWARNINGS", None)
@@ -71,7 +74,7 @@ def run(tool: Sequence[str], *args: Arg, cwd: Path) -> subprocess.CompletedProce
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -653,6 +656,14 @@ USAGE_CASES: dict[str, UsageCase] = {
         ["verify", "--root", n.root, n.allow, "--as-node", "x"],
     ),
     "verify-bad-now": lambda n, t: (P2P, ["verify", "--root", n.root, n.allow, "--now", "soon"]),
+    "verify-as-node-too-short": lambda n, t: (
+        P2P,
+        ["verify", "--root", n.root, n.allow, "--as-node", "AAAAAA"],
+    ),
+    "verify-now-past-any-document": lambda n, t: (
+        P2P,
+        ["verify", "--root", n.root, n.allow, "--now", str(2**70)],
+    ),
     "scope-bad-duration": lambda n, t: (P2P, _scope(n, "--everyone", "--expires", "3x")),
     "scope-zero-duration": lambda n, t: (P2P, _scope(n, "--everyone", "--expires", "0d")),
     "allow-bad-duration": lambda n, t: (
@@ -711,6 +722,8 @@ USAGE_CASES: dict[str, UsageCase] = {
     ),
     "init-replicas-zero": lambda n, t: (COORD, ["init", t / "new", "--replicas", "0"]),
     "init-dir-is-a-file": lambda n, t: (COORD, ["init", t / "notes.txt"]),
+    "init-network-empty": lambda n, t: (COORD, ["init", t / "new", "--network", ""]),
+    "init-network-too-long": lambda n, t: (COORD, ["init", t / "new", "--network", "n" * 129]),
     # commands
     "p2pupdate-unknown-command": lambda n, t: (P2P, ["frobnicate"]),
     "p2pupdate-unknown-option": lambda n, t: (P2P, ["verify", "--root", n.root, n.allow, "--nope"]),
@@ -842,6 +855,102 @@ def test_init_refused_for_too_many_keys_can_be_retried(tmp_path: Path) -> None:
     res = run(COORD, "init", d, "--replicas", "60", "--operators", "5", cwd=tmp_path)
     assert_usage_error(res, "p2pupdate-coordinator")
     assert_ok(run(COORD, "init", d, "--replicas", "3", "--quorum", "2", cwd=tmp_path))
+
+
+# -- what is not a regular file, names too long, documents too big ---------------------
+
+
+def test_verify_oversize_document_is_a_rejected_document(net: Net, tmp_path: Path) -> None:
+    """Too big to be a document is the document's fault (a FAIL line, exit 1), whatever its
+    size: the file is not read, and the genuine documents beside it still verify."""
+    just_over = tmp_path / "just-over.msgpack"
+    just_over.write_bytes(b"\x00" * (1024 * 1024 + 1))
+    huge = tmp_path / "huge.msgpack"
+    with huge.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: costs no disk
+    res = verify(net, just_over, *net.docs(), huge, cwd=tmp_path)
+    assert_rejected(res, {just_over.name: {"oversize"}, huge.name: {"oversize"}})
+    assert res.stdout.count("OK    ") == 1 + len(net.docs()), show(res)
+
+
+def test_verify_oversize_root_is_a_rejected_root(net: Net, tmp_path: Path) -> None:
+    huge = tmp_path / "root-huge.msgpack"
+    with huge.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    res = run(P2P, "verify", "--root", huge, net.allow, cwd=tmp_path)
+    assert_rejected(res, {huge.name: {"oversize"}})
+
+
+def _fifo(tmp_path: Path, name: str = "pipe") -> Path:
+    path = tmp_path / name
+    os.mkfifo(path)
+    return path
+
+
+def _outputs(net: Net, d: Path, out: Path) -> dict[str, tuple[Sequence[str], list[Arg]]]:
+    """The commands that write ``-o``; ``allow`` signs with (and records in) network ``d``."""
+    return {
+        "release": (P2P, _release(net, out=out)),
+        "scope": (P2P, _scope(net, "--everyone", out=out)),
+        "allow": (COORD, ["allow", net.release, "--dir", d, "-o", out]),
+    }
+
+
+@pytest.mark.parametrize("command", ["release", "scope", "allow"])
+def test_output_onto_a_fifo_is_refused_and_kept(
+    net: Net, net_copy: Path, tmp_path: Path, command: str
+) -> None:
+    out = _fifo(tmp_path)
+    tool, args = _outputs(net, net_copy, out)[command]
+    res = run(tool, *args, cwd=tmp_path, timeout=60)
+    assert_usage_error(res, "p2pupdate-coordinator" if tool is COORD else "p2pupdate")
+    assert stat.S_ISFIFO(os.lstat(out).st_mode), "the FIFO was replaced by a regular file"
+    # refused before anything was signed: the network's next allowlist version is unused
+    assert sorted(p.name for p in (net_copy / "allowlists").iterdir()) == ["v1.msgpack"]
+
+
+@pytest.mark.parametrize("command", ["release", "allow"])
+def test_output_through_a_link_to_a_device_is_refused(
+    net: Net, net_copy: Path, tmp_path: Path, command: str
+) -> None:
+    """As root, ``-o /dev/null`` would replace /dev/null; a link to it shows the same
+    without touching the real one (the link would be replaced, the device never)."""
+    out = tmp_path / "null"
+    out.symlink_to(os.devnull)
+    tool, args = _outputs(net, net_copy, out)[command]
+    res = run(tool, *args, cwd=tmp_path, timeout=60)
+    assert_usage_error(res, "p2pupdate-coordinator" if tool is COORD else "p2pupdate")
+    assert out.is_symlink() and os.readlink(out) == os.devnull
+
+
+def test_release_of_a_fifo_is_refused_without_reading_it(net: Net, tmp_path: Path) -> None:
+    """Like ``release /dev/zero`` (which reads forever): only a regular file is an artifact."""
+    src = _fifo(tmp_path, "build.fifo")
+    res = run(P2P, *_release(net, file=src), cwd=tmp_path, timeout=30)
+    assert_usage_error(res, "p2pupdate")
+    assert not (tmp_path / "out.msgpack").exists()
+
+
+@pytest.mark.parametrize("tool", ["verify", "keys-show", "release-key"])
+def test_a_fifo_given_as_an_input_is_refused(net: Net, tmp_path: Path, tool: str) -> None:
+    src = _fifo(tmp_path, "in.fifo")
+    args: dict[str, list[Arg]] = {
+        "verify": ["verify", "--root", net.root, src],
+        "keys-show": ["keys", "show", src],
+        "release-key": _release(net, key=src),
+    }
+    res = run(P2P, *args[tool], cwd=tmp_path, timeout=30)
+    assert_usage_error(res, "p2pupdate")
+
+
+@pytest.mark.parametrize("length", [300, 236])
+def test_keys_new_with_a_name_too_long_is_one_line(tmp_path: Path, length: int) -> None:
+    """300: longer than any file name; 236: the key would fit, its temporary name (and the
+    public key's) would not, and a refusal must not leave a private key behind."""
+    out = tmp_path / ("k" * (length - 4) + ".pem")
+    res = run(P2P, "keys", "new", "-o", out, "--public", cwd=tmp_path)
+    assert_usage_error(res, "p2pupdate")
+    assert list(tmp_path.iterdir()) == []
 
 
 # == 4. --help everywhere ================================================================
