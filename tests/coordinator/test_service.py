@@ -188,10 +188,10 @@ async def test_token_is_bound_and_rejoin_ends_the_lease_early(tmp_path: Path) ->
                 now_wall=time.time(),
                 nonce=bytes(16),
             )
-            answer = await two.client.links[0].request(
-                "ask", {"token": evil.to_payload(), "capacity": 1.0, "load": 0.0}
+            answer = await two.client.links[0].send(
+                coordproto.AskRequest(token=evil.to_payload(), capacity=1.0, load=0.0)
             )
-            assert answer["ok"] is False and answer["error"] == "binding"
+            assert isinstance(answer, coordproto.ErrorAnswer) and answer.error == "binding"
             nursery.cancel_scope.cancel()
         events = [r.event for r in replica.store.audit_rows()]
         assert events.count("grant") == 2 and "rejoined" in events
@@ -314,10 +314,13 @@ async def test_origin_metrics_docs_nudges_peers_and_signals(tmp_path: Path) -> N
             await two.status()
             got = await one.client.fetch_docs()
             assert {docs.peek_type(d) for d in got} == {"allowlist", "scope", "release"}
-            answer = await one.client.links[0].request("peers", {"count": 5})
-            assert [p["node"] for p in answer["peers"]] == [two.node]
-            answer = await one.client.links[0].request("signal", {"to": two.node, "data": b"sdp"})
-            assert answer["ok"] is True
+            answer = await one.client.links[0].send(coordproto.PeersRequest(count=5))
+            assert isinstance(answer, coordproto.PeersAnswer)
+            assert [p.node for p in answer.peers] == [two.node]
+            answer = await one.client.links[0].send(
+                coordproto.SignalRequest(to=two.node, data=b"sdp")
+            )
+            assert answer == coordproto.Ack()
             nudge = (
                 docs.Nudge(
                     serial=1, issued=int(time.time()), expires=int(time.time()) + 60, artifact=A
@@ -327,9 +330,11 @@ async def test_origin_metrics_docs_nudges_peers_and_signals(tmp_path: Path) -> N
             )
             await publish(url, nudge)
             with trio.fail_after(5):
-                while not any(p.get("push") == "nudge" for p in two.pushes):
+                while not any(
+                    isinstance(p, coordproto.DocumentPush) and p.nudge for p in two.pushes
+                ):
                     await trio.sleep(0.01)
-            assert {"push": "signal", "from": one.node, "data": b"sdp"} in two.pushes
+            assert coordproto.SignalPush(sender=one.node, data=b"sdp") in two.pushes
             await one.ask(A)
             nursery.cancel_scope.cancel()
         code, text = await ahttp("GET", f"{url}/metrics")
