@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from coordinator.cli import render_status
+from coordinator.server import NodeConn, Server
 from coordinator.service import Replica, ServiceConfig
 from p2pupdate.core import coordproto, crypto, departure
 from p2pupdate.core import documents as docs
+from p2pupdate.net.replica_link import CoordinatorUnavailable
 
 from .service_helpers import ZERO, LightNode, Network, ahttp, artifact_of, in_process
 
@@ -395,3 +399,50 @@ def test_the_aggregate_is_a_median_a_lying_minority_cannot_move(tmp_path: Path) 
         assert "load" not in columns and "capacity" not in columns
     finally:
         replica.store.close()
+
+
+async def test_a_malformed_answer_is_the_replicas_fault_and_the_link_reconnects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link decodes each answer with the classes for its request kind; one that does
+    not decode never reaches the caller: ``CoordinatorUnavailable``, and a new connection."""
+    real = Server._dispatch
+
+    class Garbled:
+        def to_wire(self) -> dict[str, object]:
+            return {"ok": True, "docs": "not a list"}
+
+    class GarbledPush:
+        def to_wire(self) -> dict[str, object]:
+            return {"push": "doc", "doc": "not bytes"}
+
+    async def dispatch(self: Server, conn: NodeConn, request: coordproto.Request) -> Any:
+        if isinstance(request, coordproto.DocsRequest):
+            return Garbled()
+        return await real(self, conn, request)
+
+    monkeypatch.setattr(Server, "_dispatch", dispatch)
+    net = Network(tmp_path / "net")
+    async with in_process(net) as (replica, url):
+        await setup(net, url)
+        node = LightNode(net, [url])
+        async with trio.open_nursery() as nursery:
+            await node.start(nursery)
+            link = node.client.links[0]
+            ws = link._ws
+            with pytest.raises(CoordinatorUnavailable, match="malformed docs answer"):
+                await link.send(coordproto.DocsRequest())
+            with trio.fail_after(5):
+                while not (link.is_connected and link._ws is not ws):
+                    await trio.sleep(0.01)
+            assert await node.client.fetch_docs() == []  # garbled again: nothing taken
+            with trio.fail_after(5):
+                await node.client.wait_connected()
+            assert await node.status() == 1  # the other answers still decode
+            ws = link._ws
+            replica.push_all(GarbledPush())  # type: ignore[arg-type]
+            with trio.fail_after(5):
+                while not (link.is_connected and link._ws is not ws):
+                    await trio.sleep(0.01)
+            assert node.pushes == []  # a push that does not decode reaches no one
+            nursery.cancel_scope.cancel()
