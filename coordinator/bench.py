@@ -149,18 +149,17 @@ async def drive(
     async def node(link: ReplicaLink, ready: trio.Event, go: trio.Event) -> None:
         nonlocal remaining, granted, checked
         await link.connected.wait()
-        estimate = {"capacity": 1e12, "load": 0.0, "serving": 1_000_000, "age": 0.0}
-        await link.request(
-            "status",
-            {
-                "version": "bench",
-                "artifact": from_a,
-                "state": "serving",
-                "pool": "bench",
-                "estimate": estimate,
-                "held": None,
-                "addrs": [],
-            },
+        estimate = proto.Estimate(capacity=1e12, load=0.0, serving=1_000_000, age=0.0)
+        await link.send(
+            proto.StatusReport(
+                version="bench",
+                artifact=from_a,
+                state="serving",
+                pool="bench",
+                estimate=estimate,
+                held=None,
+                addrs=(),
+            )
         )
         ready.set()
         await go.wait()
@@ -182,20 +181,20 @@ async def drive(
             )
             payload = token.to_payload()
             t0 = time.perf_counter()
-            answer = await link.request("ask", {"token": payload, "capacity": 1.0, "load": 0.0})
+            answer = await link.send(proto.AskRequest(token=payload, capacity=1.0, load=0.0))
             latencies.append(time.perf_counter() - t0)
-            if answer.get("granted") is not True:
+            if not isinstance(answer, proto.AskGrant):
                 continue
             granted += 1
             if first:
                 first = False
-                pub = pubs.get(answer["replica"])
+                pub = pubs.get(answer.replica)
                 if pub is None or not crypto.verify_signature(
-                    pub, "departure", payload, answer["sig"]
+                    pub, "departure", payload, answer.sig
                 ):
                     raise RuntimeError("bench: a grant whose signature does not verify")
                 checked += 1
-            await link.request("rejoined", {"artifact": to_a, "nonce": token.nonce})
+            await link.send(proto.RejoinedReport(artifact=to_a, nonce=token.nonce))
 
     pubs: dict[str, bytes] = coordinators
     async with trio.open_nursery() as links_nursery:

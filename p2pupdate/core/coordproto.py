@@ -21,9 +21,12 @@ Each request kind is one frozen keyword-only dataclass, validated on constructio
 same checks whether the node builds it or the server decodes it), with ``to_wire`` /
 ``from_wire``; the server decodes with :func:`open_request`, the node seals with
 :func:`seal_request`.  Each answer is one frozen class too (:data:`Answer`); the server
-sends ``to_wire()`` with the request's ``id``.  The node reads the ask answers back with
-``AskRefusal.from_wire`` (leniently: a replica is trusted to refuse, not to be well
-formed) and checks a grant's signature itself.
+sends ``to_wire()`` with the request's ``id``.  The node decodes each answer with
+:func:`answer_of`, which picks the class from :data:`ANSWERS` (the answers each request
+kind can get), and each push with :func:`push_of`: what crosses into the node is typed.
+Every answer is strict except a refusal, read leniently (``AskRefusal.from_wire``: a
+replica is trusted to refuse, not to be well formed); the node checks a grant's
+signature itself.
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from .errors import SchemaError, VerificationError
 from .session import HANDSHAKE_LIMITS, Session
 
 __all__ = [
+    "ANSWERS",
     "ANSWER_LIMITS",
     "MAX_PEERS",
     "MAX_SIGNAL",
     "NODE_PATH",
+    "PUSHES",
     "REQUESTS",
     "REQUEST_LIMITS",
     "TOKEN_NONCE_LEN",
@@ -70,8 +75,10 @@ __all__ = [
     "SignalPush",
     "SignalRequest",
     "StatusReport",
+    "answer_of",
     "fast_hex_digest",
     "open_request",
+    "push_of",
     "request_of",
     "seal_request",
 ]
@@ -106,6 +113,16 @@ _reason = wire.text(512)
 _nonce = wire.blob(max_len=TOKEN_NONCE_LEN)
 
 
+def _array(item: wire.Check, max_len: int) -> wire.Check:
+    """``wire.array`` that also takes the tuple a value holds (built in code, not decoded)."""
+    check = wire.array(item, max_len)
+
+    def array(name: str, v: Any) -> Any:
+        return check(name, list(v) if isinstance(v, tuple) else v)
+
+    return array
+
+
 def _exact_keys(obj: Any, names: tuple[str, ...], *, where: str) -> dict[str, Any]:
     """``obj`` as a map with exactly ``names`` as keys (values checked by the class)."""
     return wire.check_fields(obj, dict.fromkeys(names, lambda _n, v: v), where=where)
@@ -136,7 +153,7 @@ def _out(value: Any) -> Any:
     if isinstance(value, _Value):
         return value.to_wire()
     if isinstance(value, tuple):
-        return list(value)
+        return [_out(v) for v in value]
     return value
 
 
@@ -182,7 +199,7 @@ class StatusReport(Request):
         "artifact": fast_hex_digest,
         "state": wire.one_of(*docs.NODE_STATES),
         "pool": wire.text(64),
-        "addrs": wire.array(wire.text(128), 8),
+        "addrs": _array(wire.text(128), 8),
     }
     WHERE: ClassVar[str] = "status"
     version: str
@@ -339,55 +356,107 @@ def open_request(frame: bytes, *, session: Session, last_seq: int) -> tuple[int,
     return seq, request
 
 
-# -- ask answers ------------------------------------------------------------------------
+# -- answers ---------------------------------------------------------------------------
+
+
+def _optional(check: wire.Check) -> wire.Check:
+    def optional(name: str, v: Any) -> Any:
+        return None if v is None else check(name, v)
+
+    return optional
+
+
+def _string(name: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise SchemaError(f"field {name!r}: expected a string")
+    return v
+
+
+def _finite(name: str, v: Any) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise SchemaError(f"field {name!r}: expected a finite number")
+    return float(v)
+
+
+def _integer(name: str, v: Any) -> int:
+    if not isinstance(v, int):
+        raise SchemaError(f"field {name!r}: expected an integer")
+    return v
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class AskGrant:
-    """A replica's yes: its signature over the proposed payload."""
+class _Answer(_Value):
+    """One answer a replica sends; ``HEAD`` are the fixed keys that say which it is."""
 
+    HEAD: ClassVar[Mapping[str, bool]] = {"ok": True}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.HEAD, **_Value.to_wire(self)}
+
+    @classmethod
+    def fits(cls, obj: Mapping[str, Any]) -> bool:
+        """Whether ``obj`` (an answer map) is this class's (its ``HEAD`` keys match)."""
+        return all(obj.get(k) is v for k, v in cls.HEAD.items())
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        """Decode an answer map (its ``HEAD`` keys included, ``id`` not); raises
+        ``SchemaError`` (not this class's, missing, unknown or bad fields)."""
+        if not isinstance(obj, dict) or not cls.fits(obj):
+            raise SchemaError(f"{cls.WHERE}: not this kind of answer")
+        rest = {k: v for k, v in obj.items() if k not in cls.HEAD}
+        names = tuple(f.name for f in fields(cls))
+        return cls(**_exact_keys(rest, names, where=cls.WHERE))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AskGrant(_Answer):
+    """A replica's yes: its signature over the proposed payload (the node checks it)."""
+
+    HEAD: ClassVar[Mapping[str, bool]] = {"ok": True, "granted": True}
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "replica": wire.text(128),
+        "sig": wire.blob(max_len=512),
+        "reason": wire.text(256),
+        "lease_expires": _finite,
+    }
+    WHERE: ClassVar[str] = "grant"
     replica: str
     sig: bytes
     reason: str
     lease_expires: float
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "granted": True,
-            "replica": self.replica,
-            "sig": self.sig,
-            "reason": self.reason,
-            "lease_expires": self.lease_expires,
-        }
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class AskRefusal:
+class AskRefusal(_Answer):
     """A replica's no, with the gate, the reason, and when to ask again."""
 
+    HEAD: ClassVar[Mapping[str, bool]] = {"ok": True, "granted": False}
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "gate": _string,
+        "reason": _string,
+        "detail": _string,
+        "retry_after": _optional(_finite),
+        "position": _optional(_integer),
+    }
+    WHERE: ClassVar[str] = "refusal"
     gate: str
     reason: str
     detail: str = ""
     retry_after: float | None = None
     position: int | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "ok": True,
-            "granted": False,
-            "gate": self.gate,
-            "reason": self.reason,
-            "detail": self.detail,
-            "retry_after": self.retry_after,
-            "position": self.position,
-        }
+    @classmethod
+    def fits(cls, obj: Mapping[str, Any]) -> bool:
+        """Any ask answer that is not a grant reads as a refusal."""
+        return obj.get("ok") is True and obj.get("granted") is not True
 
     @classmethod
-    def from_wire(cls, answer: Mapping[str, Any]) -> AskRefusal:
+    def from_wire(cls, obj: Any) -> Self:
         """A refusal as a replica sent it.  A replica is trusted to refuse, not to be well
         formed: a missing gate reads as capacity, a missing reason as "refused", a wait
         that is not a finite number as none."""
+        answer: Mapping[str, Any] = obj if isinstance(obj, dict) else {}
         retry = answer.get("retry_after")
         position = answer.get("position")
         wait = float(retry) if isinstance(retry, int | float) else None
@@ -400,103 +469,172 @@ class AskRefusal:
         )
 
 
-# -- the other answers ------------------------------------------------------------------
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Ack:
+class Ack(_Answer):
     """A report taken (``status``, ``rejoined``, ``return``, ``signal``)."""
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"ok": True}
+    WHERE: ClassVar[str] = "ack"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class FailedAck:
+class FailedAck(_Answer):
     """A failure report taken; ``paused``: the artifact's rollout is paused now."""
 
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {"paused": wire.boolean()}
+    WHERE: ClassVar[str] = "failed-ack"
     paused: bool
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "paused": self.paused}
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class DocsAnswer:
+class DocsAnswer(_Answer):
     """The replica's current documents, as signed envelopes."""
 
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "docs": _array(
+            wire.blob(max_len=ANSWER_LIMITS.max_bin_len), ANSWER_LIMITS.max_container_len
+        )
+    }
+    WHERE: ClassVar[str] = "docs-answer"
     docs: tuple[bytes, ...]
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "docs": list(self.docs)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Peer:
+class Peer(_Value):
     """One introduction: a connected node, its pool, its link addresses, and the address
     the replica saw it connect from (``host:port``)."""
 
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "node": fast_hex_digest,
+        "pool": wire.text(64),
+        "addrs": _array(wire.text(128), 8),
+        "observed": wire.text(256),
+    }
+    WHERE: ClassVar[str] = "peer"
     node: str
     pool: str
     addrs: tuple[str, ...]
     observed: str
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "pool": self.pool,
-            "addrs": list(self.addrs),
-            "observed": self.observed,
-        }
+
+def _peers(name: str, v: Any) -> tuple[Peer, ...]:
+    items = _array(lambda _n, p: p, MAX_PEERS)(name, v)
+    return tuple(p if isinstance(p, Peer) else Peer.from_wire(p) for p in items)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class PeersAnswer:
+class PeersAnswer(_Answer):
+    """Introductions: other connected nodes, this node's pool first."""
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {"peers": _peers}
+    WHERE: ClassVar[str] = "peers-answer"
     peers: tuple[Peer, ...]
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "peers": [p.to_wire() for p in self.peers]}
-
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class ErrorAnswer:
+class ErrorAnswer(_Answer):
     """A request the replica could not serve: ``error`` is a stable code."""
 
+    HEAD: ClassVar[Mapping[str, bool]] = {"ok": False}
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {"error": _string, "detail": _string}
+    WHERE: ClassVar[str] = "error-answer"
     error: str
     detail: str
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ok": False, "error": self.error, "detail": self.detail}
 
 
 #: Every answer a replica sends to a request.
 Answer = AskGrant | AskRefusal | Ack | FailedAck | DocsAnswer | PeersAnswer | ErrorAnswer
+
+#: The answers each request kind can get, the first that ``fits`` decoding it; any kind
+#: can get an :class:`ErrorAnswer` instead.
+ANSWERS: Final[Mapping[str, tuple[type[Answer], ...]]] = {
+    StatusReport.KIND: (Ack,),
+    AskRequest.KIND: (AskGrant, AskRefusal),
+    RejoinedReport.KIND: (Ack,),
+    FailedReport.KIND: (FailedAck,),
+    ReturnReport.KIND: (Ack,),
+    DocsRequest.KIND: (DocsAnswer,),
+    PeersRequest.KIND: (PeersAnswer,),
+    SignalRequest.KIND: (Ack,),
+}
+assert ANSWERS.keys() == REQUESTS.keys()
+
+
+def answer_of(kind: str, msg: Mapping[str, Any]) -> Answer:
+    """The answer to a request of ``kind`` from the map a replica sent (its ``id`` is
+    ignored: the caller matched it); ``SchemaError`` if it is no answer to ``kind``."""
+    body = {k: v for k, v in msg.items() if k != "id"}
+    classes = ANSWERS.get(kind)
+    if classes is None:
+        raise SchemaError(f"answer: unknown request kind {kind!r}")
+    for cls in (ErrorAnswer, *classes):
+        if cls.fits(body):
+            return cls.from_wire(body)
+    raise SchemaError(f"answer to {kind}: neither ok nor an error")
 
 
 # -- pushes (server -> node, any time) -------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class DocumentPush:
+class DocumentPush(_Value):
     """A document just published: ``nudge`` for a nudge, ``doc`` for anything else."""
 
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "doc": wire.blob(max_len=ANSWER_LIMITS.max_bin_len),
+        "nudge": wire.boolean(),
+    }
+    WHERE: ClassVar[str] = "document-push"
     doc: bytes
     nudge: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {"push": "nudge" if self.nudge else "doc", "doc": self.doc}
 
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        got = _exact_keys(obj, ("push", "doc"), where=cls.WHERE)
+        if got["push"] not in ("nudge", "doc"):
+            raise SchemaError(f"{cls.WHERE}: not a document push")
+        return cls(doc=got["doc"], nudge=got["push"] == "nudge")
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SignalPush:
+class SignalPush(_Value):
     """Opaque bytes another connected node sent this one (WebRTC signaling)."""
 
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "sender": fast_hex_digest,
+        "data": wire.blob(max_len=MAX_SIGNAL),
+    }
+    WHERE: ClassVar[str] = "signal-push"
     sender: str
     data: bytes
 
     def to_wire(self) -> dict[str, Any]:
         return {"push": "signal", "from": self.sender, "data": self.data}
 
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        got = _exact_keys(obj, ("push", "from", "data"), where=cls.WHERE)
+        if got["push"] != "signal":
+            raise SchemaError(f"{cls.WHERE}: not a signal push")
+        return cls(sender=got["from"], data=got["data"])
+
 
 #: Every message a replica pushes unasked (the challenge is ``session.Challenge``).
 Push = DocumentPush | SignalPush
+#: The push classes, by the ``push`` key's value.
+PUSHES: Final[Mapping[str, type[DocumentPush] | type[SignalPush]]] = {
+    "nudge": DocumentPush,
+    "doc": DocumentPush,
+    "signal": SignalPush,
+}
+
+
+def push_of(msg: Mapping[str, Any]) -> Push:
+    """The push a replica sent (``SchemaError`` if it is none this node knows)."""
+    kind = msg.get("push")
+    cls = PUSHES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise SchemaError(f"push: unknown kind {kind!r}")
+    return cls.from_wire(dict(msg))

@@ -33,6 +33,7 @@ from typing import Any
 import trio
 
 from ..clock import Clock
+from ..core import coordproto as proto
 from ..core import crypto, departure
 from ..core import documents as docs
 from ..core import gossip as g
@@ -70,21 +71,16 @@ def parse_stub(text: str) -> tuple[float, float, int]:
     return c, load, s
 
 
-def _contacts_of(peer: Any) -> list[g.Contact]:
-    """One ``peers`` entry -> gossip contacts (its ``tcp:HOST:PORT`` addresses)."""
-    if not isinstance(peer, dict):
-        return []
-    node, addrs, observed = peer.get("node"), peer.get("addrs"), peer.get("observed")
-    if not isinstance(node, str) or not isinstance(addrs, list):
-        return []
-    seen = observed.rpartition(":")[0].strip("[]") if isinstance(observed, str) else ""
+def _contacts_of(peer: proto.Peer) -> list[g.Contact]:
+    """One introduction -> gossip contacts (its ``tcp:HOST:PORT`` addresses)."""
+    seen = peer.observed.rpartition(":")[0].strip("[]")
     out = []
-    for addr in addrs[:8]:
-        hostport = parse_link_address(addr, seen) if isinstance(addr, str) else None
+    for addr in peer.addrs[:8]:
+        hostport = parse_link_address(addr, seen)
         if hostport is None:
             continue
         with contextlib.suppress(ValueError):
-            out.append(g.Contact(node=node, host=hostport[0], port=hostport[1]))
+            out.append(g.Contact(node=peer.node, host=hostport[0], port=hostport[1]))
     return out
 
 
@@ -158,14 +154,16 @@ class CoordinatorLink:
         fields = self.status_fields()
         if not fields:
             return
-        estimate: dict[str, float] | None = None
+        estimate: proto.Estimate | None = None
         if self.estimate is not None:
             c, load, s = self.estimate
-            estimate = {"capacity": c, "load": load, "serving": s, "age": 0.0}
-        else:
-            estimate = self.estimate_source()
-        fields = {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
-        await self.client.report("status", fields)
+            estimate = proto.Estimate(capacity=c, load=load, serving=s, age=0.0)
+        elif (live := self.estimate_source()) is not None:
+            estimate = proto.Estimate.from_wire(live)
+        report = proto.StatusReport.from_wire(
+            {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
+        )
+        await self.client.send(report)
 
     async def _on_connect(self, link: ReplicaLink) -> None:
         """A (re)connected replica: take its documents, tell it where we are.
@@ -176,20 +174,22 @@ class CoordinatorLink:
 
         async def later() -> None:
             with contextlib.suppress(CoordinatorUnavailable):
-                answer = await link.request("docs", {})
-                for data in answer.get("docs", []) if answer.get("ok") else []:
-                    if isinstance(data, bytes):
-                        self.accept(data)
+                answer = await link.send(proto.DocsRequest())
+                for data in answer.docs if isinstance(answer, proto.DocsAnswer) else ():
+                    self.accept(data)
             self.status_changed()
 
         if self._nursery is not None:
             self._nursery.start_soon(later)
 
-    async def _on_push(self, link: ReplicaLink, msg: dict[str, Any]) -> None:
-        kind, data = msg.get("push"), msg.get("doc")
-        if kind == "doc" and isinstance(data, bytes):
+    async def _on_push(self, link: ReplicaLink, push: proto.Push) -> None:
+        """A document a replica just published (a signal push is not the daemon's yet)."""
+        if not isinstance(push, proto.DocumentPush):
+            return
+        data = push.doc
+        if not push.nudge:
             self.accept(data)
-        elif kind == "nudge" and isinstance(data, bytes):
+        else:
             try:
                 signed = self.trust.accept(docs.Nudge, data, self.clock.utc_now())
             except (RollbackError, EquivocationError):
@@ -238,10 +238,10 @@ class CoordinatorLink:
         out: list[g.Contact] = []
         for link in self.client.connected()[:1]:
             try:
-                answer = await link.request("peers", {"count": count})
+                answer = await link.send(proto.PeersRequest(count=count))
             except CoordinatorUnavailable:
                 continue
-            for peer in answer.get("peers", []) if answer.get("ok") else []:
+            for peer in answer.peers if isinstance(answer, proto.PeersAnswer) else ():
                 out.extend(_contacts_of(peer))
         return out
 
@@ -311,33 +311,35 @@ class CoordinatorLink:
             position=outcome.position,
         )
 
-    async def report(self, kind: str, fields: dict[str, Any]) -> up.Event:
+    async def report(self, request: proto.Request) -> up.Event:
+        """Send a lease-ending report (waiting a little for a replica to connect)."""
         if not self.client.connected():
             with trio.move_on_after(REPORT_CONNECT_WAIT):
                 await self.client.wait_connected(1, REPORT_CONNECT_WAIT)
-        acked = await self.client.report(kind, fields)
+        acked = await self.client.send(request)
         if acked == 0:
-            return up.CoordinatorError(reason=f"no replica acknowledged the {kind} report")
+            return up.CoordinatorError(reason=f"no replica acknowledged the {request.KIND} report")
         return up.Reported()
 
     async def report_rejoined(self, effect: up.ReportRejoined) -> up.Event:
         return await self.report(
-            "rejoined", {"artifact": effect.artifact, "nonce": departure.token_nonce(effect.token)}
+            proto.RejoinedReport(
+                artifact=effect.artifact, nonce=departure.token_nonce(effect.token)
+            )
         )
 
     async def report_failure(self, effect: up.ReportFailure) -> up.Event:
         return await self.report(
-            "failed",
-            {
-                "artifact": effect.artifact,
-                "counter": effect.counter,
-                "reason": effect.reason[:500],
-                "nonce": departure.token_nonce(effect.token),
-            },
+            proto.FailedReport(
+                artifact=effect.artifact,
+                counter=effect.counter,
+                reason=effect.reason[:500],
+                nonce=departure.token_nonce(effect.token),
+            )
         )
 
     async def return_lease(self, token: bytes, reason: str) -> None:
         with contextlib.suppress(CoordinatorUnavailable):
-            await self.client.report(
-                "return", {"nonce": departure.token_nonce(token), "reason": reason[:500]}
+            await self.client.send(
+                proto.ReturnReport(nonce=departure.token_nonce(token), reason=reason[:500])
             )

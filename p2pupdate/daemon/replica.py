@@ -14,9 +14,8 @@ import contextlib
 import os
 import random
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -98,8 +97,8 @@ class QuorumClient:
 
     async def _each(
         self, request: proto.Request, timeout: float
-    ) -> list[tuple[ReplicaLink, dict[str, Any] | CoordinatorUnavailable]]:
-        results: list[tuple[ReplicaLink, dict[str, Any] | CoordinatorUnavailable]] = []
+    ) -> list[tuple[ReplicaLink, proto.Answer | CoordinatorUnavailable]]:
+        results: list[tuple[ReplicaLink, proto.Answer | CoordinatorUnavailable]] = []
 
         async def one(link: ReplicaLink) -> None:
             try:
@@ -112,14 +111,15 @@ class QuorumClient:
                 nursery.start_soon(one, link)
         return results
 
-    async def report(self, kind: str, fields: Mapping[str, Any], timeout: float = 10.0) -> int:
-        """Send the report of ``kind`` built from ``fields`` to every replica (``send``)."""
-        return await self.send(proto.request_of(kind, fields), timeout)
-
     async def send(self, request: proto.Request, timeout: float = 10.0) -> int:
-        """Send a report to every replica; how many acknowledged it."""
+        """Send a report to every replica; how many acknowledged it (any answer but an
+        ``ErrorAnswer``)."""
         results = await self._each(request, timeout)
-        return sum(1 for _link, r in results if isinstance(r, dict) and r.get("ok") is True)
+        return sum(
+            1
+            for _link, r in results
+            if not isinstance(r, CoordinatorUnavailable | proto.ErrorAnswer)
+        )
 
     async def ask(
         self,
@@ -160,24 +160,24 @@ class QuorumClient:
             if isinstance(answer, CoordinatorUnavailable):
                 errors.append(str(answer))
                 continue
-            if answer.get("ok") is not True:
-                errors.append(f"{link.base}: {answer.get('error')}: {answer.get('detail')}")
-                continue
-            if answer.get("granted") is True:
-                kid, sig = answer.get("replica"), answer.get("sig")
-                pub = store.root.keys.get(kid) if isinstance(kid, str) else None
+            if isinstance(answer, proto.ErrorAnswer):
+                errors.append(f"{link.base}: {answer.error}: {answer.detail}")
+            elif isinstance(answer, proto.AskGrant):
+                kid, sig = answer.replica, answer.sig
+                pub = store.root.keys.get(kid)
                 if (
                     pub is not None
                     and kid in role.keys
-                    and isinstance(sig, bytes)
                     and crypto.verify_signature(pub, docs.DepartureToken.TYPE, payload, sig)
                 ):
                     sigs[kid] = sig
                     granted_on.append(link)
                 else:
                     errors.append(f"{link.base}: a grant whose signature does not verify")
-            else:
-                refusals.append(proto.AskRefusal.from_wire(answer))
+            elif isinstance(answer, proto.AskRefusal):
+                refusals.append(answer)
+            else:  # pragma: no cover - proto.ANSWERS: an ask gets a grant or a refusal
+                errors.append(f"{link.base}: not an answer to an ask: {answer!r}"[:300])
         if len(sigs) >= threshold:
             data = departure.combine(payload, sigs)
             try:
@@ -205,12 +205,10 @@ class QuorumClient:
         """Every document the connected replicas hold now (allowlist, scope, releases)."""
         out: list[bytes] = []
         for link, answer in await self._each(proto.DocsRequest(), timeout):
-            if isinstance(answer, dict) and answer.get("ok") is True:
-                for doc in answer.get("docs", []):
-                    if isinstance(doc, bytes):
-                        out.append(doc)
-            elif isinstance(answer, dict):
-                self.log(f"coordinator {link.base}: docs refused: {answer.get('detail')}")
+            if isinstance(answer, proto.DocsAnswer):
+                out.extend(answer.docs)
+            elif isinstance(answer, proto.ErrorAnswer):
+                self.log(f"coordinator {link.base}: docs refused: {answer.detail}")
         return out
 
     def fetch_artifact(self, artifact: str, dest: Path, release: docs.Release, limit: int) -> None:

@@ -4,7 +4,9 @@ The node's side of README "Protocol": the handshake and the MAC are
 :mod:`p2pupdate.core.session`, the requests :mod:`p2pupdate.core.coordproto`, the framing
 :mod:`p2pupdate.net.websocket`.  A link reads no clock (its backoff sleeps on trio's);
 ``p2pupdate.daemon.replica.QuorumClient`` runs one per replica, and the coordinator's load
-generator (``coordinator.bench``) drives many directly.
+generator (``coordinator.bench``) drives many directly.  Every answer and push is decoded
+into its :mod:`~p2pupdate.core.coordproto` class before it leaves the link; one that does
+not decode is the replica's fault (``ProtocolError``: the link reconnects).
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from ..core import coordproto as proto
 from ..core import crypto, departure, wire
 from ..core import session as sess
-from ..core.errors import VerificationError, WireError
+from ..core.errors import SchemaError, VerificationError, WireError
 from ..errors import CoordinatorFault
 from .websocket import WebSocket, WebSocketClosed, parse_url
 
@@ -45,11 +46,17 @@ class ProtocolError(CoordinatorFault):
 
 @dataclass
 class _Waiter:
+    """One request in flight: its kind (which answers fit it) and, once set, its answer or
+    why there is none."""
+
+    kind: str
     event: trio.Event = field(default_factory=trio.Event)
-    answer: dict[str, Any] | None = None
+    answer: proto.Answer | None = None
+    problem: str = "connection lost"
 
 
-Push = Callable[["ReplicaLink", dict[str, Any]], Awaitable[None]]
+#: What a link hands its owner for each message a replica pushes unasked.
+Push = Callable[["ReplicaLink", proto.Push], Awaitable[None]]
 
 
 class ReplicaLink:
@@ -168,14 +175,23 @@ class ReplicaLink:
             if not isinstance(msg, dict):
                 raise ProtocolError("expected a map")
             if "push" in msg:
+                try:
+                    push = proto.push_of(msg)
+                except SchemaError as exc:
+                    raise ProtocolError(f"a malformed push: {exc}") from None
                 if self.on_push is not None:
-                    await self.on_push(self, msg)
+                    await self.on_push(self, push)
                 continue
             rid = msg.get("id")
             waiter = self._waiters.pop(rid, None) if isinstance(rid, int) else None
             if waiter is not None:
-                waiter.answer = msg
-                waiter.event.set()
+                try:
+                    waiter.answer = proto.answer_of(waiter.kind, msg)
+                except SchemaError as exc:
+                    waiter.problem = f"a malformed {waiter.kind} answer: {exc}"
+                    raise ProtocolError(waiter.problem) from None
+                finally:
+                    waiter.event.set()
 
     def _disconnected(self) -> None:
         ws, self._ws = self._ws, None
@@ -190,22 +206,18 @@ class ReplicaLink:
         if self._ws is not None:
             await self._ws.close()
 
-    async def request(
-        self, kind: str, fields: Mapping[str, Any], timeout: float = 10.0
-    ) -> dict[str, Any]:
-        """``send`` the request of ``kind`` built from ``fields`` (``SchemaError`` if they
-        do not fit its schema)."""
-        return await self.send(proto.request_of(kind, fields), timeout)
-
-    async def send(self, request: proto.Request, timeout: float = 10.0) -> dict[str, Any]:
-        """Send one request and wait for its answer (``ok`` false is returned too)."""
+    async def send(self, request: proto.Request, timeout: float = 10.0) -> proto.Answer:
+        """Send one request and wait for its answer, decoded with the classes that answer
+        its kind (``proto.ANSWERS``); an ``ErrorAnswer`` is returned too.  A malformed
+        answer is the replica's fault: the link drops the connection (and reconnects) and
+        this raises ``CoordinatorUnavailable``, as for a lost connection."""
         kind = request.KIND
         ws = self._ws
         if ws is None or ws.closed:
             raise CoordinatorUnavailable(f"{self.base}: not connected")
         self._seq += 1
         seq = self._seq
-        waiter = _Waiter()
+        waiter = _Waiter(kind=kind)
         self._waiters[seq] = waiter
         try:
             assert self._session is not None
@@ -220,5 +232,5 @@ class ReplicaLink:
         finally:
             self._waiters.pop(seq, None)
         if waiter.answer is None:
-            raise CoordinatorUnavailable(f"{self.base}: connection lost")
+            raise CoordinatorUnavailable(f"{self.base}: {waiter.problem}")
         return waiter.answer

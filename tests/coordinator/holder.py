@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trio
 
+from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.daemon.replica import QuorumClient
@@ -25,17 +26,17 @@ async def main(url: str, root: str, to: str) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(client.run)
         await client.wait_connected()
-        estimate = {"capacity": 1000.0, "load": 10.0, "serving": 50, "age": 0.0}
-        fields = {
-            "version": "v1",
-            "artifact": "0" * 64,
-            "state": "serving",
-            "pool": "default",
-            "estimate": estimate,
-            "held": None,
-            "addrs": [],
-        }
-        await client.report("status", fields)
+        estimate = proto.Estimate(capacity=1000.0, load=10.0, serving=50, age=0.0)
+        report = proto.StatusReport(
+            version="v1",
+            artifact="0" * 64,
+            state="serving",
+            pool="default",
+            estimate=estimate,
+            held=None,
+            addrs=(),
+        )
+        await client.send(report)
         outcome = await client.ask(
             pool="default",
             from_artifact="0" * 64,

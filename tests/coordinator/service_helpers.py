@@ -34,6 +34,7 @@ from coordinator.cli import main as coordinator_main
 from coordinator.policy import PolicyConfig
 from coordinator.server import Server
 from coordinator.service import Replica, ServiceConfig
+from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto, departure
 from p2pupdate.core import documents as docs
 from p2pupdate.core.trust import TrustStore
@@ -252,11 +253,11 @@ class LightNode:
         self.key = key or crypto.SigningKey.from_seed(os.urandom(32))
         self.node = self.key.keyid
         self.pool = pool
-        self.pushes: list[dict[str, Any]] = []
+        self.pushes: list[proto.Push] = []
         self.store = net.trust()
 
-        async def on_push(_link: ReplicaLink, msg: dict[str, Any]) -> None:
-            self.pushes.append(msg)
+        async def on_push(_link: ReplicaLink, push: proto.Push) -> None:
+            self.pushes.append(push)
 
         self.client = QuorumClient(urls, self.key, lambda: self.store, on_push=on_push)
 
@@ -273,18 +274,20 @@ class LightNode:
         estimate: tuple[float, float, int] | None = (1000.0, 100.0, 50),
         held: tuple[str, str] | None = None,
     ) -> int:
-        fields = {
-            "version": version,
-            "artifact": artifact,
-            "state": state,
-            "pool": self.pool,
-            "estimate": None
+        report = proto.StatusReport(
+            version=version,
+            artifact=artifact,
+            state=state,
+            pool=self.pool,
+            estimate=None
             if estimate is None
-            else {"capacity": estimate[0], "load": estimate[1], "serving": estimate[2], "age": 0.0},
-            "held": None if held is None else {"gate": held[0], "reason": held[1]},
-            "addrs": ["127.0.0.1:9"],
-        }
-        return await self.client.report("status", fields)
+            else proto.Estimate(
+                capacity=estimate[0], load=estimate[1], serving=estimate[2], age=0.0
+            ),
+            held=None if held is None else proto.Held(gate=held[0], reason=held[1]),
+            addrs=("127.0.0.1:9",),
+        )
+        return await self.client.send(report)
 
     async def ask(
         self,
@@ -307,17 +310,13 @@ class LightNode:
         )
 
     async def rejoined(self, artifact: str, token: bytes | None) -> int:
-        return await self.client.report(
-            "rejoined", {"artifact": artifact, "nonce": departure.token_nonce(token)}
+        return await self.client.send(
+            proto.RejoinedReport(artifact=artifact, nonce=departure.token_nonce(token))
         )
 
     async def failed(self, artifact: str, reason: str, token: bytes | None = None) -> int:
-        return await self.client.report(
-            "failed",
-            {
-                "artifact": artifact,
-                "counter": 2,
-                "reason": reason,
-                "nonce": departure.token_nonce(token),
-            },
+        return await self.client.send(
+            proto.FailedReport(
+                artifact=artifact, counter=2, reason=reason, nonce=departure.token_nonce(token)
+            )
         )

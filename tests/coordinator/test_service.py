@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 from coordinator.cli import render_status
+from coordinator.server import NodeConn, Server
 from coordinator.service import Replica, ServiceConfig
 from p2pupdate.core import coordproto, crypto, departure
 from p2pupdate.core import documents as docs
+from p2pupdate.net.replica_link import CoordinatorUnavailable
 
 from .service_helpers import ZERO, LightNode, Network, ahttp, artifact_of, in_process
 
@@ -188,10 +192,10 @@ async def test_token_is_bound_and_rejoin_ends_the_lease_early(tmp_path: Path) ->
                 now_wall=time.time(),
                 nonce=bytes(16),
             )
-            answer = await two.client.links[0].request(
-                "ask", {"token": evil.to_payload(), "capacity": 1.0, "load": 0.0}
+            answer = await two.client.links[0].send(
+                coordproto.AskRequest(token=evil.to_payload(), capacity=1.0, load=0.0)
             )
-            assert answer["ok"] is False and answer["error"] == "binding"
+            assert isinstance(answer, coordproto.ErrorAnswer) and answer.error == "binding"
             nursery.cancel_scope.cancel()
         events = [r.event for r in replica.store.audit_rows()]
         assert events.count("grant") == 2 and "rejoined" in events
@@ -314,10 +318,13 @@ async def test_origin_metrics_docs_nudges_peers_and_signals(tmp_path: Path) -> N
             await two.status()
             got = await one.client.fetch_docs()
             assert {docs.peek_type(d) for d in got} == {"allowlist", "scope", "release"}
-            answer = await one.client.links[0].request("peers", {"count": 5})
-            assert [p["node"] for p in answer["peers"]] == [two.node]
-            answer = await one.client.links[0].request("signal", {"to": two.node, "data": b"sdp"})
-            assert answer["ok"] is True
+            answer = await one.client.links[0].send(coordproto.PeersRequest(count=5))
+            assert isinstance(answer, coordproto.PeersAnswer)
+            assert [p.node for p in answer.peers] == [two.node]
+            answer = await one.client.links[0].send(
+                coordproto.SignalRequest(to=two.node, data=b"sdp")
+            )
+            assert answer == coordproto.Ack()
             nudge = (
                 docs.Nudge(
                     serial=1, issued=int(time.time()), expires=int(time.time()) + 60, artifact=A
@@ -327,9 +334,11 @@ async def test_origin_metrics_docs_nudges_peers_and_signals(tmp_path: Path) -> N
             )
             await publish(url, nudge)
             with trio.fail_after(5):
-                while not any(p.get("push") == "nudge" for p in two.pushes):
+                while not any(
+                    isinstance(p, coordproto.DocumentPush) and p.nudge for p in two.pushes
+                ):
                     await trio.sleep(0.01)
-            assert {"push": "signal", "from": one.node, "data": b"sdp"} in two.pushes
+            assert coordproto.SignalPush(sender=one.node, data=b"sdp") in two.pushes
             await one.ask(A)
             nursery.cancel_scope.cancel()
         code, text = await ahttp("GET", f"{url}/metrics")
@@ -390,3 +399,50 @@ def test_the_aggregate_is_a_median_a_lying_minority_cannot_move(tmp_path: Path) 
         assert "load" not in columns and "capacity" not in columns
     finally:
         replica.store.close()
+
+
+async def test_a_malformed_answer_is_the_replicas_fault_and_the_link_reconnects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link decodes each answer with the classes for its request kind; one that does
+    not decode never reaches the caller: ``CoordinatorUnavailable``, and a new connection."""
+    real = Server._dispatch
+
+    class Garbled:
+        def to_wire(self) -> dict[str, object]:
+            return {"ok": True, "docs": "not a list"}
+
+    class GarbledPush:
+        def to_wire(self) -> dict[str, object]:
+            return {"push": "doc", "doc": "not bytes"}
+
+    async def dispatch(self: Server, conn: NodeConn, request: coordproto.Request) -> Any:
+        if isinstance(request, coordproto.DocsRequest):
+            return Garbled()
+        return await real(self, conn, request)
+
+    monkeypatch.setattr(Server, "_dispatch", dispatch)
+    net = Network(tmp_path / "net")
+    async with in_process(net) as (replica, url):
+        await setup(net, url)
+        node = LightNode(net, [url])
+        async with trio.open_nursery() as nursery:
+            await node.start(nursery)
+            link = node.client.links[0]
+            ws = link._ws
+            with pytest.raises(CoordinatorUnavailable, match="malformed docs answer"):
+                await link.send(coordproto.DocsRequest())
+            with trio.fail_after(5):
+                while not (link.is_connected and link._ws is not ws):
+                    await trio.sleep(0.01)
+            assert await node.client.fetch_docs() == []  # garbled again: nothing taken
+            with trio.fail_after(5):
+                await node.client.wait_connected()
+            assert await node.status() == 1  # the other answers still decode
+            ws = link._ws
+            replica.push_all(GarbledPush())  # type: ignore[arg-type]
+            with trio.fail_after(5):
+                while not (link.is_connected and link._ws is not ws):
+                    await trio.sleep(0.01)
+            assert node.pushes == []  # a push that does not decode reaches no one
+            nursery.cancel_scope.cancel()

@@ -284,3 +284,78 @@ def test_pushes_have_one_wire_form_each() -> None:
         "from": A,
         "data": b"x",
     }
+
+
+def test_each_answer_decodes_back_for_the_kind_it_answers() -> None:
+    peer = proto.Peer(node=A, pool="p", addrs=("tcp:h:1",), observed="1.2.3.4:5")
+    grant = proto.AskGrant(replica=A, sig=bytes(64), reason="granted", lease_expires=1.0)
+    refusal = proto.AskRefusal(gate="capacity", reason="full", retry_after=2.0, position=3)
+    cases: list[tuple[str, proto.Answer]] = [
+        ("status", proto.Ack()),
+        ("ask", grant),
+        ("ask", refusal),
+        ("rejoined", proto.Ack()),
+        ("failed", proto.FailedAck(paused=False)),
+        ("return", proto.Ack()),
+        ("docs", proto.DocsAnswer(docs=(b"d", b"e"))),
+        ("peers", proto.PeersAnswer(peers=(peer,))),
+        ("signal", proto.Ack()),
+    ]
+    assert {kind for kind, _ in cases} == set(proto.REQUESTS) == set(proto.ANSWERS)
+    for kind, answer in cases:
+        on_the_wire = wire.decode(wire.encode({**answer.to_wire(), "id": 7}))
+        assert proto.answer_of(kind, on_the_wire) == answer, kind
+        error = proto.ErrorAnswer(error="binding", detail="no")
+        assert proto.answer_of(kind, {**error.to_wire(), "id": 7}) == error, kind
+
+
+def test_a_malformed_answer_is_a_schema_error() -> None:
+    bad: list[tuple[str, dict[str, object]]] = [
+        ("status", {"id": 1}),  # neither ok nor an error
+        ("status", {"id": 1, "ok": True, "extra": 1}),
+        ("failed", {"id": 1, "ok": True}),  # no ``paused``
+        ("docs", {"id": 1, "ok": True, "docs": ["text"]}),
+        ("peers", {"id": 1, "ok": True, "peers": [{"node": "zz"}]}),
+        ("ask", {"id": 1, "ok": True, "granted": True, "replica": A, "sig": "not bytes"}),
+        ("ask", {"id": 1, "ok": False, "error": 3, "detail": ""}),
+        ("nope", {"id": 1, "ok": True}),
+    ]
+    for kind, msg in bad:
+        with pytest.raises(SchemaError):
+            proto.answer_of(kind, msg)
+    # the answer of one kind is not another's: a docs answer does not pass for an ack
+    with pytest.raises(SchemaError):
+        proto.answer_of("status", proto.DocsAnswer(docs=()).to_wire())
+    # a refusal stays lenient: any ask answer that is ok and not a grant
+    assert proto.answer_of("ask", {"id": 1, "ok": True}) == proto.AskRefusal(
+        gate="capacity", reason="refused"
+    )
+
+
+def test_answers_and_pushes_are_validated_on_construction() -> None:
+    with pytest.raises(SchemaError):
+        proto.FailedAck(paused=1)  # type: ignore[arg-type]
+    with pytest.raises(SchemaError):
+        proto.Peer(node="zz", pool="p", addrs=(), observed="")
+    with pytest.raises(SchemaError):
+        proto.SignalPush(sender=A, data=bytes(proto.MAX_SIGNAL + 1))
+    with pytest.raises(SchemaError):
+        proto.AskRefusal(gate="g", reason="r", retry_after=float("nan"))
+
+
+def test_each_push_decodes_back() -> None:
+    pushes: list[proto.Push] = [
+        proto.DocumentPush(doc=b"n", nudge=True),
+        proto.DocumentPush(doc=b"d"),
+        proto.SignalPush(sender=A, data=b"x"),
+    ]
+    for push in pushes:
+        assert proto.push_of(wire.decode(wire.encode(push.to_wire()))) == push
+    for bad in (
+        {"push": "other", "doc": b"d"},
+        {"push": "doc", "doc": "text"},
+        {"push": "doc", "doc": b"d", "extra": 1},
+        {"push": "signal", "from": "zz", "data": b"x"},
+    ):
+        with pytest.raises(SchemaError):
+            proto.push_of(bad)

@@ -16,10 +16,11 @@ import pytest
 import trio
 
 from p2pupdate.clock import SYSTEM
+from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core import gossip as g
 from p2pupdate.core.crypto import Envelope
-from p2pupdate.core.errors import RollbackError, VerificationError
+from p2pupdate.core.errors import RollbackError, SchemaError, VerificationError
 from p2pupdate.daemon.coordinator import _contacts_of
 from p2pupdate.daemon.gossip import (
     GossipService,
@@ -76,9 +77,14 @@ def test_addresses() -> None:
     assert parse_link_address("rtc:abc") is None
     node = "cd" * 32
     peer = {"node": node, "pool": "p", "addrs": ["tcp:0.0.0.0:9", "junk"], "observed": "1.2.3.4:55"}
-    assert _contacts_of(peer) == [g.Contact(node=node, host="1.2.3.4", port=9)]
-    assert _contacts_of({"node": "zz", "addrs": ["tcp:1.2.3.4:9"]}) == []
-    assert _contacts_of("nonsense") == []
+    assert _contacts_of(proto.Peer.from_wire(peer)) == [
+        g.Contact(node=node, host="1.2.3.4", port=9)
+    ]
+    # A malformed introduction never reaches the daemon: the link cannot decode it.
+    with pytest.raises(SchemaError):
+        proto.Peer.from_wire({**peer, "node": "zz"})
+    with pytest.raises(SchemaError):
+        proto.PeersAnswer.from_wire({"ok": True, "peers": ["nonsense"]})
 
 
 def test_verifier(network: Network, tmp_path: Path) -> None:
