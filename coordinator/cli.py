@@ -61,6 +61,7 @@ from .bench import run_bench
 from .network import ROOT_FILE, NetworkPlan, init_network
 from .policy import PolicyConfig
 from .service import ConfigError, Replica, ServiceConfig
+from .statelock import StateDirLock
 
 #: ``serve``'s defaults are the dataclasses' own (written once, in policy.py / service.py).
 POLICY_DEFAULTS: Final = PolicyConfig()
@@ -221,9 +222,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         first_start=args.first_start,
     )
+    # before anything in the state dir is opened: a second process on it stops here
+    # (StateDirInUse: one line, exit 1); held until this process ends
+    try:
+        lock = StateDirLock(args.replica, config.replica_dir)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     try:
         replica = Replica(config)
     except ConfigError as exc:
+        lock.release()
         raise UsageError(str(exc)) from None
     host, port = args.listen
 
@@ -250,6 +258,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trio.run(main)
     finally:
         replica.store.close()
+        lock.release()
     return EXIT_OK
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of
+from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of, http
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -72,3 +72,40 @@ def test_serve_refuses_a_key_that_is_not_a_replica(tmp_path: Path) -> None:
     r = cli("serve", "--dir", str(net.dir), "--replica", "2", "--listen", "127.0.0.1:0")
     assert r.returncode == 2
     assert "coordinator-2.pem" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_process_per_replica_state_dir(tmp_path: Path, replicas: ReplicaProcesses) -> None:
+    """A second ``serve`` of replica 1 on its state dir exits at once, and says why."""
+    net = Network(tmp_path / "net")
+    first = replicas.start(net, 1)
+    state_dir = net.dir / "replica-1"
+    for extra in ([], ["--state-dir", str(state_dir)]):
+        r = cli("serve", "--dir", str(net.dir), "--listen", "127.0.0.1:0", "--first-start", *extra)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert f"replica 1's state dir {state_dir} is in use by another process" in lines[0]
+        assert f"(pid {first.proc.pid})" in lines[0]
+        assert r.stdout == ""
+    # the first one was not disturbed
+    code, st = http("GET", f"{first.url}/status")
+    assert code == 200 and st["replica"]["index"] == 1
+    # the kernel drops the lock with its holder, however it died: the lock file stays behind
+    # and does not keep the replica from starting again
+    first.kill()
+    assert (state_dir / "lock").exists()
+    again = replicas.start(net, 1)
+    code, _ = http("GET", f"{again.url}/status")
+    assert code == 200
+
+
+def test_serve_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    r = cli(
+        "serve", "--dir", str(net.dir), "--state-dir", str(not_a_dir), "--listen", "127.0.0.1:0"
+    )
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert str(not_a_dir) in r.stderr
