@@ -50,7 +50,7 @@ from p2pupdate.cli.common import (
     wall_clock,
     write_output,
 )
-from p2pupdate.core import crypto
+from p2pupdate.core import crypto, timing
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
@@ -203,6 +203,27 @@ def _log(message: str) -> None:
     print(f"{stamp} p2pupdate-coordinator[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
+def lease_ttl_warning(token_ttl: int) -> str | None:
+    """The start-up warning for a lease TTL no node with default settings can use, or None.
+
+    A granted node keeps ``swap_margin`` of its lease for the swap and restart and drains
+    in the rest (``timing.drain_budget``); with nothing left it hands the grant back
+    (``lease-too-short``), asks again after a backoff, and is granted and hands it back
+    again, forever.  The nodes' default margin is the updater's own
+    (``UpdaterConfig().swap_margin``).
+    """
+    nodes = timing.UpdaterConfig()
+    if timing.drain_budget(nodes, float(token_ttl)) > 0.0:
+        return None
+    return (
+        f"warning: --lease-ttl {token_ttl}s is not longer than the nodes' default "
+        f"--swap-margin {nodes.swap_margin:g}s: nodes hand every grant back (lease-too-short, "
+        f"counted under 'returned' in /status); serve with --lease-ttl above "
+        f"{nodes.swap_margin:g}s (default {SERVE_DEFAULTS.token_ttl}s) or start the nodes "
+        "with a smaller --swap-margin"
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server
 
@@ -233,6 +254,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         lock.release()
         raise UsageError(str(exc)) from None
+    warning = lease_ttl_warning(config.token_ttl)
+    if warning is not None:
+        _log(warning)
     host, port = args.listen
 
     async def main() -> None:

@@ -311,6 +311,12 @@ class LightNode:
             "rejoined", {"artifact": artifact, "nonce": departure.token_nonce(token)}
         )
 
+    async def returned(self, token: bytes | None, reason: str) -> int:
+        """Hand a granted lease back unused (what a node does with one too short to use)."""
+        return await self.client.report(
+            "return", {"nonce": departure.token_nonce(token), "reason": reason}
+        )
+
     async def failed(self, artifact: str, reason: str, token: bytes | None = None) -> int:
         return await self.client.report(
             "failed",

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from coordinator.cli import SERVE_DEFAULTS, lease_ttl_warning
+from p2pupdate.core.timing import UpdaterConfig
+
 from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of, http
 
 
@@ -109,3 +112,27 @@ def test_serve_state_dir_that_is_a_file(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert str(not_a_dir) in r.stderr
+
+
+def test_serve_warns_of_a_lease_ttl_inside_the_nodes_swap_margin(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    """``--lease-ttl 60s`` against the nodes' default ``--swap-margin 60s``: every grant would
+    come back ``lease-too-short``.  ``serve`` says so in one line at start, and still runs."""
+    margin = UpdaterConfig().swap_margin
+    net = Network(tmp_path / "net")
+    short = replicas.start(net, 1, "--lease-ttl", f"{margin:g}s")
+    warnings = [line for line in short.log.read_text().splitlines() if "warning:" in line]
+    assert len(warnings) == 1, short.log.read_text()
+    assert f"--lease-ttl {margin:g}s" in warnings[0]
+    assert f"--swap-margin {margin:g}s" in warnings[0]
+    assert "lease-too-short" in warnings[0] and f"above {margin:g}s" in warnings[0]
+    code, st = http("GET", f"{short.url}/status")
+    assert code == 200 and st["replica"]["token_ttl"] == margin
+    short.kill()
+    # one second more leaves the nodes something to drain in: no warning
+    net2 = Network(tmp_path / "net2")
+    fine = replicas.start(net2, 1, "--lease-ttl", f"{margin + 1:g}s")
+    assert "warning:" not in fine.log.read_text()
+    assert lease_ttl_warning(SERVE_DEFAULTS.token_ttl) is None
+    assert lease_ttl_warning(1) is not None
