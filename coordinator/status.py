@@ -1,8 +1,9 @@
 """``GET /status``: what operators see of one replica, in one JSON-ready map.
 
 Rollout progress per artifact (nodes, probation, failures, pauses, refusals by gate and
-reason, leases handed back by the node's reason, why gates 1-2 hold nodes back), leases and aggregates per pool, the documents in
-force, and the replica's own settings and warm-up.  Built from the replica's parts on
+reason, leases handed back by the node's reason, why gates 1-2 hold nodes back), leases
+and aggregates per pool, the documents in force, and the replica's own settings and
+warm-up.  Built from the replica's parts on
 each request (``/metrics`` gauges are set from the same map); it changes nothing, except
 that leases past their expiry are dropped on the way (``Asks.active_leases``).
 """
