@@ -112,6 +112,12 @@ class Asks:
         self.refusals: Counter[tuple[str, str, str]] = Counter()
         for artifact, gate, reason, count in store.refusal_counts():
             self.refusals[(artifact, gate, reason)] += count
+        #: Leases handed back unused, by (artifact, reason): a grant every node returns
+        #: (``lease-too-short``: a TTL inside the nodes' swap margin) shows here, not only
+        #: in ``/metrics``.
+        self.returns: Counter[tuple[str, str]] = Counter()
+        for artifact, reason, count in store.return_counts():
+            self.returns[(artifact, reason)] += count
 
     def aggregate_changed(self, pool: str) -> None:
         """New estimates for ``pool``: its state takes the new median at the next ask."""
@@ -149,6 +155,8 @@ class Asks:
                 reason=reason,
             )
         )
+        if event == "return":
+            self.returns[(info.artifact, reason)] += 1
         return True
 
     def _refuse(

@@ -51,7 +51,7 @@ from p2pupdate.cli.common import (
     wall_clock,
     write_output,
 )
-from p2pupdate.core import crypto
+from p2pupdate.core import crypto, timing
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
@@ -62,6 +62,7 @@ from .bench import run_bench
 from .network import ROOT_FILE, NetworkPlan, init_network
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .service import ConfigError, Replica, ServiceConfig
+from .statelock import StateDirLock
 
 #: ``serve``'s defaults are the dataclasses' own (written once, in policy.py / service.py).
 POLICY_DEFAULTS: Final = PolicyConfig()
@@ -222,16 +223,47 @@ async def _bind(host: str, port: int) -> list[trio.SocketListener]:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _open_replica(config: ServiceConfig) -> Replica:
+def _lock_state_dir(replica: int, config: ServiceConfig) -> StateDirLock:
+    """One process per replica: the state dir's lock, taken before anything in it is opened
+    (a second process on it stops here: ``StateDirInUse``, one line, exit 1)."""
     state_dir = config.replica_dir
     if state_dir.exists() and not state_dir.is_dir():
         raise UsageError(f"state directory {state_dir}: not a directory")
+    try:
+        return StateDirLock(replica, state_dir)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _open_replica(config: ServiceConfig) -> Replica:
+    state_dir = config.replica_dir
     try:
         return Replica(config)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"state directory {state_dir}: {exc.strerror or exc}") from None
+
+
+def lease_ttl_warning(token_ttl: int) -> str | None:
+    """The start-up warning for a lease TTL no node with default settings can use, or None.
+
+    A granted node keeps ``swap_margin`` of its lease for the swap and restart and drains
+    in the rest (``timing.drain_budget``); with nothing left it hands the grant back
+    (``lease-too-short``), asks again after a backoff, and is granted and hands it back
+    again, forever.  The nodes' default margin is the updater's own
+    (``UpdaterConfig().swap_margin``).
+    """
+    nodes = timing.UpdaterConfig()
+    if timing.drain_budget(nodes, float(token_ttl)) > 0.0:
+        return None
+    return (
+        f"warning: --lease-ttl {token_ttl}s is not longer than the nodes' default "
+        f"--swap-margin {nodes.swap_margin:g}s: nodes hand every grant back (lease-too-short, "
+        f"counted under 'returned' in /status); serve with --lease-ttl above "
+        f"{nodes.swap_margin:g}s (default {SERVE_DEFAULTS.token_ttl}s) or start the nodes "
+        "with a smaller --swap-margin"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -260,15 +292,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # replica's state directory and database are made.
         listeners = await _bind(host, port)
         try:
-            replica = _open_replica(config)
+            lock = _lock_state_dir(args.replica, config)
+            try:
+                replica = _open_replica(config)
+            except BaseException:
+                lock.release()
+                raise
         except BaseException:
             for listener in listeners:
                 await listener.aclose()
             raise
+        warning = lease_ttl_warning(config.token_ttl)
+        if warning is not None:
+            _log(warning)
         try:
             await _serve(replica, listeners)
         finally:
             replica.store.close()
+            lock.release()
 
     async def _serve(replica: Replica, listeners: list[trio.SocketListener]) -> None:
         server = Server(replica, log=_log)

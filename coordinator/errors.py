@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from p2pupdate.errors import LocalStateFault, PeerFault
 
-__all__ = ["ConfigError", "RequestError"]
+__all__ = ["ConfigError", "RequestError", "StateDirInUse"]
 
 
 class ConfigError(LocalStateFault):
     """The replica cannot start with this network directory or these settings."""
 
     rule = "config"
+
+
+class StateDirInUse(LocalStateFault):
+    """Another process already runs this replica on this state dir (``statelock``)."""
+
+    rule = "state-dir-in-use"
 
 
 class RequestError(PeerFault):

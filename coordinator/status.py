@@ -1,8 +1,9 @@
 """``GET /status``: what operators see of one replica, in one JSON-ready map.
 
 Rollout progress per artifact (nodes, probation, failures, pauses, refusals by gate and
-reason, why gates 1-2 hold nodes back), leases and aggregates per pool, the documents in
-force, and the replica's own settings and warm-up.  Built from the replica's parts on
+reason, leases handed back by the node's reason, why gates 1-2 hold nodes back), leases
+and aggregates per pool, the documents in force, and the replica's own settings and
+warm-up.  Built from the replica's parts on
 each request (``/metrics`` gauges are set from the same map); it changes nothing, except
 that leases past their expiry are dropped on the way (``Asks.active_leases``).
 """
@@ -54,6 +55,7 @@ def replica_status(
                 "paused_reason": None,
                 "leases": 0,
                 "refusals": {},
+                "returned": {},
                 "held": {},
             }
         return artifacts[artifact]
@@ -84,6 +86,10 @@ def replica_status(
         e["paused_reason"] = b.reason or None
     for (artifact, gate, reason), count in asks.refusals.items():
         entry(artifact)["refusals"][f"{gate}/{reason}"] = count
+    returned: Counter[str] = Counter()
+    for (artifact, reason), count in asks.returns.items():
+        entry(artifact)["returned"][reason or "unspecified"] = count
+        returned[reason or "unspecified"] += count
     pools: dict[str, Any] = {}
     for pool, leases in asks.active_leases().items():
         pools[pool] = {"leases": []}
@@ -157,6 +163,7 @@ def replica_status(
         "artifacts": artifacts,
         "pools": pools,
         "refusals": dict(refusals),
+        "returned": dict(returned),
         "held": dict(held_all),
         "paused": {a: b.reason for a, b in breakers.breakers.items() if b.paused},
     }

@@ -275,6 +275,14 @@ class Store:
         )
         return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
+    def return_counts(self) -> list[tuple[str, str, int]]:
+        """Leases handed back unused, by artifact and the node's reason (all time)."""
+        rows = self.db.execute(
+            "SELECT artifact, reason, COUNT(*) FROM audit WHERE event = 'return' "
+            "GROUP BY artifact, reason"
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
     def audit_rows(self, event: str | None = None) -> list[AuditRow]:
         self.flush()
         query = "SELECT time, event, node, pool, artifact, gate, reason, detail FROM audit"

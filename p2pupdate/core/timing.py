@@ -21,9 +21,14 @@ The rules (README "Node life cycle"):
 * ``refusal_wait``: ``retry_after`` (one check interval when the refusal gave none), never
   below ``min_retry``, stretched by up to ``retry_jitter`` and never shortened: the
   coordinator said "not before".
+* ``capped_exponential``: ``min(cap, base * 2**n)`` with the exponent bounded, so no
+  overflow however large ``n`` grows.  The one home of every exponential backoff in the
+  project: the updater's ``backoff`` below, the daemon's gossip seek interval, the
+  launcher's restart delay after a crash, the work client's retry of a failed node.  A
+  counter of failures has no upper bound (a fleet of three never fills a gossip view of
+  six, and keeps counting), and ``2.0 ** 1024`` raises ``OverflowError``.
 * ``backoff``: after the n-th consecutive coordinator error, "equal jitter": uniform in
-  ``[d/2, d]`` with ``d = min(backoff_cap, backoff_base * 2**(n-1))`` (the exponent is
-  bounded, so no overflow however many errors).
+  ``[d/2, d]`` with ``d = capped_exponential(backoff_base, backoff_cap, n - 1)``.
 * ``drain_budget``: the drain gets ``min(drain_timeout, lease_ttl - swap_margin)``; a budget
   of zero or less means the lease is too short to swap inside.
 * ``notice_delay``: a learned allowlist starts a check within ``U[0, notice_spread]``.
@@ -38,6 +43,7 @@ from typing import Any, Final, TypeVar, overload
 __all__ = [
     "UpdaterConfig",
     "backoff",
+    "capped_exponential",
     "check_interval",
     "drain_budget",
     "first_check",
@@ -48,7 +54,8 @@ __all__ = [
 #: Numbers the rules work on elementwise: a float, or (in the simulations) a numpy array.
 X = TypeVar("X")
 
-#: ``2.0 ** 64 * backoff_base`` is past any cap: the exponent stops there (no overflow).
+#: ``base * 2.0 ** 64`` is far past every cap a caller has (each cap here is under ``2**10``
+#: times its base): the exponent stops there, so no overflow.
 MAX_BACKOFF_EXPONENT: Final = 64
 
 
@@ -194,9 +201,36 @@ def backoff(
     2**(attempts-1))``.  Half fixed, half random: never the near-zero retries full jitter can
     draw, and a crowd that failed together spreads out.
     """
-    exponent = minimum(attempts - 1, MAX_BACKOFF_EXPONENT)
-    ceiling = minimum(config.backoff_cap, config.backoff_base * 2.0**exponent)
+    ceiling = capped_exponential(
+        config.backoff_base, config.backoff_cap, attempts - 1, minimum=minimum
+    )
     return _uniform(ceiling / 2.0, ceiling, u)
+
+
+@overload
+def capped_exponential(
+    base: float,
+    cap: float,
+    n: int,
+    *,
+    minimum: Callable[[float, float], float] = ...,
+) -> float: ...
+@overload
+def capped_exponential(
+    base: float, cap: float, n: Any, *, minimum: Callable[[Any, Any], X]
+) -> X: ...
+def capped_exponential(
+    base: float, cap: float, n: Any, *, minimum: Callable[[Any, Any], Any] = min
+) -> Any:
+    """``min(cap, base * 2**n)`` for ``n >= 0`` failures in a row, whatever ``n`` is.
+
+    The exponent stops at ``MAX_BACKOFF_EXPONENT``: past it every caller is at its cap
+    anyway, and ``2.0 ** n`` for ``n >= 1024`` would raise ``OverflowError`` (a node that
+    crashed on that took a good build's probation down with it).  For ``base, cap >= 0``
+    the result is finite, in ``[0, cap]`` and never decreases as ``n`` grows.
+    """
+    exponent = minimum(n, MAX_BACKOFF_EXPONENT)
+    return minimum(cap, base * 2.0**exponent)
 
 
 @overload

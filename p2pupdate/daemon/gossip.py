@@ -45,6 +45,7 @@ import trio
 from ..clock import Clock
 from ..core import documents as docs
 from ..core import gossip as g
+from ..core import timing
 from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
 from ..net.base import Link, LinkConfig, establish
@@ -63,6 +64,16 @@ INTRODUCTIONS = 16
 PENALTY_LOG_INTERVAL = 60.0
 
 Introducer = Callable[[int], Awaitable[list[g.Contact]]]
+
+
+def seek_interval(*, short: bool, fruitless: int) -> float:
+    """Seconds between seeks for contacts (before jitter): ``SEEK_FULL`` when the active view
+    is full, else ``SEEK_SHORT`` doubled per seek in a row that brought nobody new, up to
+    ``SEEK_FULL``.  ``fruitless`` has no upper bound (a fleet of three never fills a view of
+    six), so the doubling is ``timing.capped_exponential``'s, whose exponent is bounded."""
+    if not short:
+        return SEEK_FULL
+    return timing.capped_exponential(SEEK_SHORT, SEEK_FULL, fruitless)
 
 
 def _no_status() -> g.Status:
@@ -321,7 +332,7 @@ class GossipService:
                             nursery.start_soon(self._probe, host, port)
                     if self.introducer is not None:
                         nursery.start_soon(self._introductions)
-            delay = min(SEEK_FULL, SEEK_SHORT * 2.0**fruitless) if short else SEEK_FULL
+            delay = seek_interval(short=short, fruitless=fruitless)
             with trio.move_on_after(delay * self.rng.uniform(0.8, 1.2)):
                 await self._wake.wait()
             self._wake = trio.Event()

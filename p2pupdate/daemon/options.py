@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..cli.common import int_range
+from ..core.timing import UpdaterConfig
 
 WORKLOADS: Final = ("kv", "none")
+#: The updater's timings' one home; options that set one of them default to its value.
+UPDATER_DEFAULTS: Final = UpdaterConfig()
 
 _SECONDS = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$")
 _SECOND_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
@@ -223,9 +226,10 @@ OPTIONS: Final = (
     _Opt(
         flag="--swap-margin",
         kind=seconds,
-        default=60.0,
+        default=UPDATER_DEFAULTS.swap_margin,
         metavar="DUR",
-        help="lease time kept for the swap and restart after draining (default 60s)",
+        help="lease time kept for the swap and restart after draining "
+        f"(default {UPDATER_DEFAULTS.swap_margin:g}s)",
     ),
     _Opt(
         flag="--grant-all",
@@ -285,7 +289,7 @@ class DaemonOptions:
     gossip_round: float = 1.0
     gossip_notice_spread: float = 60.0
     report_interval: float = 30.0
-    swap_margin: float = 60.0
+    swap_margin: float = UPDATER_DEFAULTS.swap_margin
     grant_all: bool = False
     check_interval: float = 3600.0
     drain_timeout: float = 120.0

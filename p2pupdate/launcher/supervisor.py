@@ -45,6 +45,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ..core import timing
 from ..errors import LocalStateFault
 from .artifact import (
     DEFAULT_LIMITS,
@@ -101,6 +102,12 @@ class LauncherConfig:
     def __post_init__(self) -> None:
         if not self.probation > 0 or self.max_attempts < 1:
             raise ValueError("probation must be > 0 and max_attempts >= 1")
+
+    def restart_delay(self, crashes: int) -> float:
+        """Seconds before restarting a confirmed slot after its ``crashes``-th crash in a row
+        (``>= 1``): ``backoff_base * 2**(crashes-1)`` up to ``backoff_cap``, through
+        ``timing.capped_exponential`` so a slot crashing for days never overflows it."""
+        return timing.capped_exponential(self.backoff_base, self.backoff_cap, crashes - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -452,7 +459,7 @@ class Launcher:
         if outcome.runtime >= self.config.stable_after:
             self._crashes = 0
         self._crashes += 1
-        delay = min(self.config.backoff_cap, self.config.backoff_base * 2 ** (self._crashes - 1))
+        delay = self.config.restart_delay(self._crashes)
         self.log(f"restarting in {delay:g} s (crash {self._crashes} in a row)")
         self._sleep(delay)
         return not self._stop_requested

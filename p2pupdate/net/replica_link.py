@@ -19,11 +19,21 @@ from dataclasses import dataclass, field
 import trio
 
 from ..core import coordproto as proto
-from ..core import crypto, departure, wire
+from ..core import crypto, departure, timing, wire
 from ..core import session as sess
 from ..core.errors import SchemaError, VerificationError, WireError
 from ..errors import CoordinatorFault
 from .websocket import WebSocket, WebSocketClosed, parse_url
+
+#: Reconnect backoff after a lost or failed connection: 0.2 s doubling to 10 s (equal jitter).
+RECONNECT_BASE = 0.2
+RECONNECT_CAP = 10.0
+
+
+def reconnect_delay(failures: int) -> float:
+    """The ceiling of the wait before reconnecting after ``failures`` failures in a row."""
+    return timing.capped_exponential(RECONNECT_BASE, RECONNECT_CAP, failures)
+
 
 __all__ = ["CoordinatorUnavailable", "ProtocolError", "Push", "ReplicaLink"]
 
@@ -103,11 +113,11 @@ class ReplicaLink:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve the channel, reconnect after a loss; forever."""
         task_status.started()
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 await self.connect_once()
-                delay = 0.2
+                failures = 0
                 await self._read_loop()
             except (
                 OSError,
@@ -122,8 +132,9 @@ class ReplicaLink:
                     self._was_connected = False
             finally:
                 self._disconnected()
-            await trio.sleep(self.rng.uniform(delay / 2, delay))
-            delay = min(delay * 2, 10.0)
+            delay = reconnect_delay(failures)
+            await trio.sleep(self.rng.uniform(delay / 2, delay))  # equal jitter
+            failures += 1
 
     async def connect_once(self, timeout: float = 10.0) -> None:
         """Open the socket and run the handshake (raises on failure)."""

@@ -39,7 +39,7 @@ from typing import Final
 
 import trio
 
-from ..core import wire
+from ..core import timing, wire
 from ..core.errors import WireError
 from ..errors import PeerFault
 from .protocol import MAX_FRAME_BYTES, Op, Request, Response
@@ -100,6 +100,12 @@ class ClientConfig:
     backoff_max: float = 1.0
     #: Calls in progress at once; more wait their turn.
     max_outstanding: int = 1024
+
+    def retry_delay(self, failures: int) -> float:
+        """How long a node is set aside after its ``failures``-th outage in a row (``>= 1``),
+        before jitter: ``backoff_initial * 2**(failures-1)`` up to ``backoff_max``
+        (``timing.capped_exponential``)."""
+        return timing.capped_exponential(self.backoff_initial, self.backoff_max, failures - 1)
 
 
 @dataclass(frozen=True)
@@ -398,8 +404,7 @@ class KVClient:
         if node.retry_at > now:
             return
         node.failures += 1
-        cfg = self.config
-        delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** min(node.failures - 1, 30))
+        delay = self.config.retry_delay(node.failures)
         node.retry_at = now + delay * (0.5 + 0.5 * self._rng.random())
 
     async def _send(self, node: _Node, req: Request) -> Response:

@@ -314,6 +314,12 @@ class LightNode:
             proto.RejoinedReport(artifact=artifact, nonce=departure.token_nonce(token))
         )
 
+    async def returned(self, token: bytes | None, reason: str) -> int:
+        """Hand a granted lease back unused (what a node does with one too short to use)."""
+        return await self.client.send(
+            proto.ReturnReport(nonce=departure.token_nonce(token), reason=reason)
+        )
+
     async def failed(self, artifact: str, reason: str, token: bytes | None = None) -> int:
         return await self.client.send(
             proto.FailedReport(

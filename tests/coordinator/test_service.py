@@ -201,6 +201,42 @@ async def test_token_is_bound_and_rejoin_ends_the_lease_early(tmp_path: Path) ->
         assert events.count("grant") == 2 and "rejoined" in events
 
 
+async def test_returned_leases_show_in_status_with_their_reason(tmp_path: Path) -> None:
+    """A grant handed back (``lease-too-short``: a TTL inside the nodes' swap margin) is
+    counted per artifact and reason in ``/status``, and still after a restart."""
+    net = Network(tmp_path / "net")
+    async with in_process(net, max_concurrent=1, min_serving=0) as (replica, url):
+        await setup(net, url)
+        one, two = LightNode(net, [url]), LightNode(net, [url])
+        async with trio.open_nursery() as nursery:
+            await one.start(nursery)
+            await two.start(nursery)
+            await one.status()
+            for _ in range(2):
+                granted = await one.ask(A)
+                assert granted.token is not None
+                assert await one.returned(granted.token, "lease-too-short") == 1
+            # the returned lease is free again for another node
+            granted = await two.ask(A)
+            assert granted.token is not None
+            assert await two.returned(granted.token, "token-invalid") == 1
+            nursery.cancel_scope.cancel()
+        code, st = await ahttp("GET", f"{url}/status")
+        assert code == 200
+        assert st["artifacts"][A]["returned"] == {"lease-too-short": 2, "token-invalid": 1}
+        assert st["returned"] == {"lease-too-short": 2, "token-invalid": 1}
+        assert st["pools"]["default"]["leases"] == []
+        replica.store.flush()
+    again = Replica(ServiceConfig(network_dir=net.dir, replica=1))
+    try:
+        assert again.status()["artifacts"][A]["returned"] == {
+            "lease-too-short": 2,
+            "token-invalid": 1,
+        }
+    finally:
+        again.store.close()
+
+
 async def test_two_failures_pause_the_rollout_until_a_new_scope(tmp_path: Path) -> None:
     net = Network(tmp_path / "net")
     async with in_process(net, max_concurrent=10, min_serving=0) as (_replica, url):

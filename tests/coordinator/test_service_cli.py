@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of
+from coordinator.cli import SERVE_DEFAULTS, lease_ttl_warning
+from p2pupdate.core.timing import UpdaterConfig
+
+from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of, http
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -150,3 +153,64 @@ def test_serve_refuses_an_absurd_max_concurrent(tmp_path: Path) -> None:
     assert_one_line_usage_error(r)
     assert "--max-concurrent" in r.stderr
     assert not (net.dir / "replica-1").exists()
+
+
+def test_one_process_per_replica_state_dir(tmp_path: Path, replicas: ReplicaProcesses) -> None:
+    """A second ``serve`` of replica 1 on its state dir exits at once, and says why."""
+    net = Network(tmp_path / "net")
+    first = replicas.start(net, 1)
+    state_dir = net.dir / "replica-1"
+    for extra in ([], ["--state-dir", str(state_dir)]):
+        r = cli("serve", "--dir", str(net.dir), "--listen", "127.0.0.1:0", "--first-start", *extra)
+        assert r.returncode == 1, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1, r.stderr
+        assert f"replica 1's state dir {state_dir} is in use by another process" in lines[0]
+        assert f"(pid {first.proc.pid})" in lines[0]
+        assert r.stdout == ""
+    # the first one was not disturbed
+    code, st = http("GET", f"{first.url}/status")
+    assert code == 200 and st["replica"]["index"] == 1
+    # the kernel drops the lock with its holder, however it died: the lock file stays behind
+    # and does not keep the replica from starting again
+    first.kill()
+    assert (state_dir / "lock").exists()
+    again = replicas.start(net, 1)
+    code, _ = http("GET", f"{again.url}/status")
+    assert code == 200
+
+
+def test_serve_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    r = cli(
+        "serve", "--dir", str(net.dir), "--state-dir", str(not_a_dir), "--listen", "127.0.0.1:0"
+    )
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert str(not_a_dir) in r.stderr
+
+
+def test_serve_warns_of_a_lease_ttl_inside_the_nodes_swap_margin(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    """``--lease-ttl 60s`` against the nodes' default ``--swap-margin 60s``: every grant would
+    come back ``lease-too-short``.  ``serve`` says so in one line at start, and still runs."""
+    margin = UpdaterConfig().swap_margin
+    net = Network(tmp_path / "net")
+    short = replicas.start(net, 1, "--lease-ttl", f"{margin:g}s")
+    warnings = [line for line in short.log.read_text().splitlines() if "warning:" in line]
+    assert len(warnings) == 1, short.log.read_text()
+    assert f"--lease-ttl {margin:g}s" in warnings[0]
+    assert f"--swap-margin {margin:g}s" in warnings[0]
+    assert "lease-too-short" in warnings[0] and f"above {margin:g}s" in warnings[0]
+    code, st = http("GET", f"{short.url}/status")
+    assert code == 200 and st["replica"]["token_ttl"] == margin
+    short.kill()
+    # one second more leaves the nodes something to drain in: no warning
+    net2 = Network(tmp_path / "net2")
+    fine = replicas.start(net2, 1, "--lease-ttl", f"{margin + 1:g}s")
+    assert "warning:" not in fine.log.read_text()
+    assert lease_ttl_warning(SERVE_DEFAULTS.token_ttl) is None
+    assert lease_ttl_warning(1) is not None

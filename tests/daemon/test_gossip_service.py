@@ -8,14 +8,16 @@ real coordinator) are in ``test_gossip_fleet.py``.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from p2pupdate.clock import SYSTEM
+from p2pupdate.clock import SYSTEM, following_trio
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core import gossip as g
@@ -23,6 +25,8 @@ from p2pupdate.core.crypto import Envelope
 from p2pupdate.core.errors import RollbackError, SchemaError, VerificationError
 from p2pupdate.daemon.coordinator import _contacts_of
 from p2pupdate.daemon.gossip import (
+    SEEK_FULL,
+    SEEK_SHORT,
     GossipService,
     link_address,
     parse_hostport,
@@ -139,3 +143,45 @@ async def test_services_link_and_spread(network: Network, tmp_path: Path) -> Non
             await link.aclose()
             assert not any(slot == "allowlist" and i == 0 for i, slot in delivered)
             nursery.cancel_scope.cancel()
+
+
+async def test_seek_backs_off_without_bound_on_fruitless_seeks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node alone with an introducer that never finds anybody seeks for (virtual) days.
+
+    The active view never reaches its minimum, so the count of fruitless seeks grows
+    without bound; the daemon crashed with ``OverflowError`` at the 1024th
+    (``2.0 ** fruitless``).  Now the interval doubles from ``SEEK_SHORT`` up to
+    ``SEEK_FULL`` and stays there.
+    """
+    asked: list[float] = []
+
+    async def introducer(_count: int) -> list[g.Contact]:
+        asked.append(trio.current_time())
+        return []
+
+    def refuse(_doc: bytes) -> g.Accepted:
+        raise VerificationError("no documents in this test")
+
+    svc = GossipService(
+        key=crypto.SigningKey.from_seed(b"\x07" * 32),
+        status=_status,
+        clock=following_trio(),
+        verify=refuse,
+        listen=("127.0.0.1", 0),
+        introducer=introducer,
+        rng=random.Random(7),
+        config=g.GossipConfig(round_interval=3600.0, heartbeat_interval=0.0),
+    )
+    seeks = 1500
+    async with trio.open_nursery() as nursery:
+        await nursery.start(svc.run)
+        while len(asked) < seeks:
+            await trio.sleep(600.0)
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in itertools.pairwise(asked)]
+    low, high = 0.8 - 1e-9, 1.2 + 1e-9
+    for n, gap in enumerate(gaps[:5]):
+        assert low * SEEK_SHORT * 2**n <= gap <= high * SEEK_SHORT * 2**n
+    assert all(low * SEEK_FULL <= gap <= high * SEEK_FULL for gap in gaps[5:])
