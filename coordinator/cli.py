@@ -37,6 +37,7 @@ from p2pupdate import __version__
 from p2pupdate.cli.common import (
     EXIT_OK,
     EXIT_REJECTED,
+    EXIT_USAGE,
     Parser,
     Rejected,
     UsageError,
@@ -189,8 +190,41 @@ def _http(
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UsageError(f"{url}: cannot reach the coordinator ({reason})") from None
+        raise Unreachable(url, getattr(exc, "reason", exc)) from None
+
+
+class Unreachable(UsageError):
+    """A replica URL that did not answer at all (refused, timed out, no such host)."""
+
+    def __init__(self, url: str, reason: object) -> None:
+        self.url = url
+        self.why = f"cannot reach the coordinator ({reason})"
+        super().__init__(f"{url}: {self.why}")
+
+
+class NotAReplica(Rejected):
+    """A URL that answered, but not as a coordinator replica does (a JSON object with ``ok``)."""
+
+    def __init__(self, url: str, why: str) -> None:
+        self.url = url
+        self.why = f"not a coordinator replica ({why})"
+        super().__init__(f"{url}: {self.why}")
+
+
+def _replica_answer(url: str, code: int, body: bytes) -> dict[str, Any]:
+    """A replica's JSON answer to a request, or ``NotAReplica`` (a web server that is not
+    one: an HTML 404, or a 200 that is not a replica's answer is never taken for a publish)."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("ok"), bool):
+        return obj
+    if code in (200, 404, 405):  # no replica answers a publish so: another kind of server
+        raise NotAReplica(url, f"HTTP {code}, not a replica's answer")
+    # a replica's plain-text refusal (413: the body is over its limit), or a proxy's error
+    first = body.decode(errors="replace").strip().splitlines()[:1]
+    return {"ok": False, "error": f"http-{code}", "reason": first[0][:200] if first else ""}
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -337,26 +371,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _fetch_status(url: str) -> dict[str, Any]:
     code, body = _http("GET", f"{url}/status")
     if code != 200:
-        raise Rejected(f"{url}/status: HTTP {code}")
+        raise NotAReplica(url, f"GET /status: HTTP {code}")
     try:
         obj = json.loads(body)
     except ValueError:
-        raise Rejected(f"{url}/status: not JSON") from None
-    if not isinstance(obj, dict):
-        raise Rejected(f"{url}/status: not a JSON object")
+        raise NotAReplica(url, "GET /status: not JSON") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("replica"), dict):
+        raise NotAReplica(url, "GET /status: not a replica's status")
     return obj
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = [(url, _fetch_status(url)) for url in _urls(args)]
+    """Every replica's status; one that is down is marked, the others still shown.
+
+    Exit 0 when every replica answered, 1 when some did not (or a URL is not a replica),
+    2 when a single URL, or every URL, cannot be reached at all."""
+    urls = _urls(args)
+    answers: list[tuple[str, dict[str, Any] | Unreachable | NotAReplica]] = []
+    for url in urls:
+        try:
+            answers.append((url, _fetch_status(url)))
+        except (Unreachable, NotAReplica) as exc:
+            if len(urls) == 1:
+                raise
+            answers.append((url, exc))
+    missing = [exc for _url, exc in answers if not isinstance(exc, dict)]
     if args.json:
-        obj: Any = statuses[0][1] if len(statuses) == 1 else {u: s for u, s in statuses}
+        obj: Any = (
+            answers[0][1]
+            if len(answers) == 1
+            else {u: (a if isinstance(a, dict) else {"error": a.why}) for u, a in answers}
+        )
         json.dump(obj, sys.stdout, indent=2, sort_keys=True)
         print()
+    else:
+        for url, answer in answers:
+            print(
+                render_status(url, answer)
+                if isinstance(answer, dict)
+                else f"{url}: DOWN: {answer.why}"
+            )
+    if not missing:
         return EXIT_OK
-    for url, st in statuses:
-        print(render_status(url, st))
-    return EXIT_OK
+    print(f"{len(missing)} of {len(answers)} replicas did not answer", file=sys.stderr)
+    if len(missing) == len(answers) and all(isinstance(m, Unreachable) for m in missing):
+        return EXIT_USAGE
+    return EXIT_REJECTED
 
 
 def render_status(url: str, st: dict[str, Any]) -> str:
@@ -446,19 +506,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
     items.sort(key=lambda item: item[0])
     failed = 0
     for url in _urls(args):
-        for _order, path, data, kind in items:
-            if kind is None:
-                sha = hashlib.sha256(data).hexdigest()
-                code, body = _http("PUT", f"{url}/v1/artifacts/{sha}", data, timeout=600)
-                what = f"artifact {sha[:16]}... ({len(data)} bytes)"
-            else:
-                code, body = _http("POST", f"{url}/v1/publish", data)
-                what = kind
+        for i, (_order, path, data, kind) in enumerate(items):
             try:
-                answer = json.loads(body)
-            except ValueError:
-                answer = {"reason": body[:200].decode(errors="replace")}
-            if code == 200:
+                if kind is None:
+                    sha = hashlib.sha256(data).hexdigest()
+                    code, body = _http("PUT", f"{url}/v1/artifacts/{sha}", data, timeout=600)
+                    what = f"artifact {sha[:16]}... ({len(data)} bytes)"
+                else:
+                    code, body = _http("POST", f"{url}/v1/publish", data)
+                    what = kind
+                answer = _replica_answer(url, code, body)
+            except (Unreachable, NotAReplica) as exc:
+                # this replica misses the rest too; say so once, and go on with the others
+                missed = ", ".join(item[1] for item in items[i:])
+                print(f"{url}: {missed}: NOT PUBLISHED: {exc.why}", file=sys.stderr)
+                failed += 1
+                break
+            if code == 200 and answer["ok"]:
                 print(f"{url}: {path}: published {answer.get('describe') or what}")
                 for sha in answer.get("resumed", []):
                     print(f"{url}:   rollout of {sha[:16]}... RESUMED (the breaker had paused it)")
@@ -662,7 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser(
         "status",
         help="rollout progress, leases, pauses and refusal reasons of running replicas",
-        description="Fetch GET /status from each replica and print a table (or the JSON).",
+        description="Fetch GET /status from each replica and print a table (or the JSON). "
+        "A replica that does not answer is marked DOWN and the others are still shown. "
+        "Exit 0 when every replica answered, 1 when some did not (or a URL is not a replica), "
+        "2 when none could be reached.",
     )
     st.add_argument(
         "--url", action="append", metavar="URL", help=f"replica (repeatable; default {DEFAULT_URL})"
@@ -677,7 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
         "nudge), sent to POST /v1/publish, or artifact bytes, sent to PUT /v1/artifacts/<sha256> "
         "(its release record must be published). Documents go first, in trust order. "
         "A replica refuses anything that does not verify (HTTP 400 with the reason) and keeps "
-        "what it had. Exit 1 if anything was refused.",
+        "what it had. A replica that cannot be reached, or a URL that is not a replica, is "
+        "named in one line and the others still get everything. Exit 1 if anything was "
+        "refused or missed.",
     )
     pu.add_argument("files", nargs="+", metavar="FILE")
     pu.add_argument(

@@ -214,3 +214,113 @@ def test_serve_warns_of_a_lease_ttl_inside_the_nodes_swap_margin(
     assert "warning:" not in fine.log.read_text()
     assert lease_ttl_warning(SERVE_DEFAULTS.token_ttl) is None
     assert lease_ttl_warning(1) is not None
+
+
+# -- status and publish when a replica is down, or the URL is not a replica -----------------
+
+
+def _free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _NotAReplica:
+    """A plain web server on loopback that answers every request with ``code`` and ``body``."""
+
+    def __init__(self, code: int, body: bytes) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                self.rfile.read(length)
+                self.send_response(outer.code)
+                self.send_header("content-type", "text/html")
+                self.send_header("content-length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            do_GET = do_POST = do_PUT = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.code, self.body = code, body
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_status_with_one_replica_down_shows_the_live_ones(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    net = Network(tmp_path / "net", replicas=3, quorum=2)
+    live = [replicas.start(net, 1), replicas.start(net, 3)]
+    down = f"http://127.0.0.1:{_free_port()}"
+    urls = ["--url", live[0].url, "--url", down, "--url", live[1].url]
+    r = cli("status", *urls)
+    assert "Traceback" not in r.stderr
+    assert r.returncode == 1, r.stderr  # partial: one replica did not answer
+    assert f"{live[0].url}: replica 1 of 3" in r.stdout
+    assert f"{live[1].url}: replica 3 of 3" in r.stdout
+    assert f"{down}: DOWN: cannot reach the coordinator" in r.stdout
+    assert "1 of 3 replicas did not answer" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("status", "--json", *urls)
+    assert r.returncode == 1, r.stderr
+    st = json.loads(r.stdout)
+    assert st[live[0].url]["replica"]["index"] == 1
+    assert st[live[1].url]["replica"]["index"] == 3
+    assert "cannot reach the coordinator" in st[down]["error"]
+
+
+def test_publish_with_one_replica_down_uses_the_others_and_names_the_one(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    net = Network(tmp_path / "net", replicas=2, quorum=1)
+    live = replicas.start(net, 1)
+    down = f"http://127.0.0.1:{_free_port()}"
+    doc = tmp_path / "allow"
+    doc.write_bytes(net.allowlist(1, [artifact_of(b"x" * 100)]))
+    r = cli("publish", "--url", down, "--url", live.url, str(doc))
+    assert "Traceback" not in r.stderr
+    assert r.returncode == 1, r.stderr
+    assert f"{live.url}: {doc}: published" in r.stdout
+    missed = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(missed) == 1, r.stderr
+    assert missed[0].startswith(f"{down}: {doc}: NOT PUBLISHED: cannot reach the coordinator")
+    code, st = http("GET", f"{live.url}/status")
+    assert code == 200 and st["documents"]["allowlist"]["version"] == 1
+
+
+def test_publish_and_status_against_a_server_that_is_not_a_replica(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    doc = tmp_path / "allow"
+    doc.write_bytes(net.allowlist(1, [artifact_of(b"x" * 100)]))
+    for code, body in ((404, b"<html>\n<h1>Not Found</h1>\n</html>\n"), (200, b"hello\nworld\n")):
+        web = _NotAReplica(code, body)
+        try:
+            r = cli("publish", "--url", web.url, str(doc))
+            assert "Traceback" not in r.stderr
+            assert r.returncode == 1, (code, r.stdout, r.stderr)
+            assert "published" not in r.stdout, r.stdout  # a 200 from a stranger is no publish
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1, r.stderr
+            assert "not a coordinator replica" in lines[0], lines[0]
+            r = cli("status", "--url", web.url)
+            assert "Traceback" not in r.stderr
+            assert r.returncode == 1, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert "not a coordinator replica" in r.stderr
+        finally:
+            web.close()
