@@ -211,10 +211,11 @@ OPTIONS: Final = (
     _Opt(
         flag="--gossip-notice-spread",
         kind=seconds,
-        default=60.0,
+        default=UPDATER_DEFAULTS.notice_spread,
         metavar="DUR",
         help="a newer allowlist learned by gossip starts an update check after a random "
-        "delay in [0, DUR], so a fleet does not check in one second (default 60s)",
+        "delay in [0, DUR], so a fleet does not check in one second "
+        f"(default {UPDATER_DEFAULTS.notice_spread:g}s)",
     ),
     _Opt(
         flag="--report-interval",
@@ -241,16 +242,17 @@ OPTIONS: Final = (
     _Opt(
         flag="--check-interval",
         kind=seconds,
-        default=3600.0,
+        default=UPDATER_DEFAULTS.check_interval,
         metavar="DUR",
-        help="mean time between update checks, jittered +-20%% (default 1h)",
+        help=f"mean time between update checks, jittered +-{UPDATER_DEFAULTS.check_jitter * 100:g}%% "
+        f"(default {UPDATER_DEFAULTS.check_interval:g}s)",
     ),
     _Opt(
         flag="--drain-timeout",
         kind=seconds,
-        default=120.0,
+        default=UPDATER_DEFAULTS.drain_timeout,
         metavar="DUR",
-        help="longest drain before a swap (default 120s)",
+        help=f"longest drain before a swap (default {UPDATER_DEFAULTS.drain_timeout:g}s)",
     ),
     _Opt(
         flag="--health-checks",
@@ -287,12 +289,12 @@ class DaemonOptions:
     peer: tuple[str, ...] = ()
     zeroconf: tuple[str, ...] = ()
     gossip_round: float = 1.0
-    gossip_notice_spread: float = 60.0
+    gossip_notice_spread: float = UPDATER_DEFAULTS.notice_spread
     report_interval: float = 30.0
     swap_margin: float = UPDATER_DEFAULTS.swap_margin
     grant_all: bool = False
-    check_interval: float = 3600.0
-    drain_timeout: float = 120.0
+    check_interval: float = UPDATER_DEFAULTS.check_interval
+    drain_timeout: float = UPDATER_DEFAULTS.drain_timeout
     health_checks: int = 5
     health_interval: float = 1.0
 
