@@ -119,8 +119,10 @@ class Replica:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        #: Hooks the shell sets: push a message to every connected node; how many are.
+        #: Hooks the shell sets: push a message to every connected node, or to one; how
+        #: many are connected.
         self.push_all: Callable[[proto.Push], None] = lambda _msg: None
+        self.push_to: Callable[[str, proto.Push], None] = lambda _node, _msg: None
         self.connected: Callable[[], int] = lambda: 0
         self.metrics = Metrics(self)
         self.breakers = Breakers(store=self.store, wall=wall, config=self.policy)
@@ -148,6 +150,7 @@ class Replica:
             registry=self.registry,
             breakers=self.breakers,
         )
+        self.asks.push_to = lambda node, msg: self.push_to(node, msg)
 
     @property
     def index(self) -> int:
