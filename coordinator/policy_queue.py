@@ -39,7 +39,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Final
 
-from . import policy
+from .policy import (
+    EMERGENCY_BUDGET,
+    LEASE_BUDGET,
+    MIN_SERVING,
+    NO_SPARE_CAPACITY,
+    Lease,
+    NodeId,
+    PolicyConfig,
+    retry_until,
+)
 
 __all__ = [
     "MAX_WAITING",
@@ -53,9 +62,7 @@ __all__ = [
 ]
 
 #: Refusals a freed slot may end (the rest: a pause, warm-up, a stale aggregate).
-QUEUED: Final = frozenset(
-    {policy.LEASE_BUDGET, policy.MIN_SERVING, policy.NO_SPARE_CAPACITY, policy.EMERGENCY_BUDGET}
-)
+QUEUED: Final = frozenset({LEASE_BUDGET, MIN_SERVING, NO_SPARE_CAPACITY, EMERGENCY_BUDGET})
 #: Most nodes one replica queues per pool (each entry is a few dozen bytes).
 MAX_WAITING: Final = 4096
 #: A nudged node is not nudged again for this long (seconds): it asks within a second or
@@ -63,12 +70,12 @@ MAX_WAITING: Final = 4096
 NUDGE_HOLD: Final = 10.0
 
 
-def forget_after(config: policy.PolicyConfig) -> float:
+def forget_after(config: PolicyConfig) -> float:
     """How long a queued node keeps its place without asking again (seconds)."""
     return 2.0 * config.base_retry + config.min_retry
 
 
-def blocking_ends(leases: Iterable[policy.Lease], *, forced: bool, now: float) -> list[float]:
+def blocking_ends(leases: Iterable[Lease], *, forced: bool, now: float) -> list[float]:
     """When the leases that block an ask lapse, earliest first: the forced ones for the
     emergency budget, every active one for the rest."""
     return sorted(
@@ -77,20 +84,20 @@ def blocking_ends(leases: Iterable[policy.Lease], *, forced: bool, now: float) -
 
 
 def queued_retry(
-    ends: list[float], position: int | None, now: float, config: policy.PolicyConfig
+    ends: list[float], position: int | None, now: float, config: PolicyConfig
 ) -> float:
     """``retry_after`` for the node at ``position``: the ``position``-th earliest blocking
-    lease end (none known: ``base_retry``), clamped by ``policy.retry_until``."""
+    lease end (none known: ``base_retry``), clamped by ``retry_until``."""
     index = (position or 1) - 1
     end = ends[index] if index < len(ends) else math.inf
-    return policy.retry_until(end, now, config)
+    return retry_until(end, now, config)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Waiting:
     """One refused node in the queue."""
 
-    node: policy.NodeId
+    node: NodeId
     #: Forgotten at this time unless it asks again.
     until: float
     #: When the replica last told it a slot freed (``-inf``: never).
@@ -114,16 +121,14 @@ class WaitQueue:
         kept = tuple(w for w in self.waiting if now < w.until)
         return self if len(kept) == len(self.waiting) else replace(self, waiting=kept)
 
-    def position(self, node: policy.NodeId) -> int | None:
+    def position(self, node: NodeId) -> int | None:
         """1-based place of ``node``, or None."""
         for i, w in enumerate(self.waiting):
             if w.node == node:
                 return i + 1
         return None
 
-    def join(
-        self, node: policy.NodeId, now: float, config: policy.PolicyConfig
-    ) -> tuple[WaitQueue, int | None]:
+    def join(self, node: NodeId, now: float, config: PolicyConfig) -> tuple[WaitQueue, int | None]:
         """``node`` was refused by a full pool at ``now``: it keeps its place (or takes the
         last one) for ``forget_after`` more.  Its position, or None when the queue is full."""
         queue = self.live(now)
@@ -139,12 +144,12 @@ class WaitQueue:
             queue.waiting
         ) + 1
 
-    def leave(self, node: policy.NodeId) -> WaitQueue:
+    def leave(self, node: NodeId) -> WaitQueue:
         """Without ``node`` (it was granted)."""
         kept = tuple(w for w in self.waiting if w.node != node)
         return self if len(kept) == len(self.waiting) else replace(self, waiting=kept)
 
-    def next_to_nudge(self, now: float) -> tuple[WaitQueue, policy.NodeId | None]:
+    def next_to_nudge(self, now: float) -> tuple[WaitQueue, NodeId | None]:
         """A slot freed at ``now``: the first live node not nudged within ``NUDGE_HOLD``
         (marked nudged), or None."""
         queue = self.live(now)
