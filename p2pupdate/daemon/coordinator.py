@@ -21,7 +21,9 @@ also carry ``addrs`` (the node's gossip link address), which is what the coordin
 introductions (``introductions``, the ``peers`` request) hand to other nodes.  Documents
 taken from a replica go to ``on_document`` too, so the node can spread them by gossip; an
 allowlist or scope newer than the one held goes to ``on_learned`` (the updater ends a
-refusal's wait bound to the older one).  A replica's ``SlotPush`` (a slot freed and this
+refusal's wait bound to the older one); the first ones after start do not (nothing waited
+on an older one, and a fleet that boots together must keep its first checks spread over
+the check interval).  A replica's ``SlotPush`` (a slot freed and this
 node heads its queue) is verified -- signed by a coordinator key of the root, addressed to
 this node -- and goes to ``on_slot``.
 """
@@ -245,14 +247,14 @@ class CoordinatorLink:
                 held = self.allowlist
                 if held is None or allow.version >= held.version:
                     self.allowlist = allow
-                if held is None or allow.version > held.version:
+                if held is not None and allow.version > held.version:
                     self.on_learned(allow)
             elif kind == "scope":
                 scope = self.trust.accept(docs.Scope, data, now).doc
                 was = self.scope
                 if was is None or scope.serial >= was.serial:
                     self.scope = scope
-                if was is None or scope.serial > was.serial:
+                if was is not None and scope.serial > was.serial:
                     self.on_learned(scope)
             else:
                 return False
