@@ -236,6 +236,9 @@ class PolicyConfig:
 
     lease_share: int = field(init=False, compare=False)
     emergency_share: int = field(init=False, compare=False)
+    #: ``share_units`` of ``max_concurrent`` and of ``emergency_budget``, dealt per pool.
+    lease_units: int = field(init=False, compare=False)
+    emergency_units: int = field(init=False, compare=False)
     capacity_share: float = field(init=False, compare=False)
     #: ``u * (1 - churn_margin)``: the utilization grants are computed against.
     grant_utilization: float = field(init=False, compare=False)
@@ -299,8 +302,10 @@ class PolicyConfig:
         if not 0.0 < self.breaker_failure_share <= 1.0:
             raise ValueError("policy: breaker_failure_share must be in (0, 1]")
         n, q = self.replicas, self.quorum
-        object.__setattr__(self, "lease_share", share_units(self.max_concurrent, q) // n)
-        object.__setattr__(self, "emergency_share", share_units(self.emergency_budget, q) // n)
+        object.__setattr__(self, "lease_units", share_units(self.max_concurrent, q))
+        object.__setattr__(self, "emergency_units", share_units(self.emergency_budget, q))
+        object.__setattr__(self, "lease_share", self.lease_units // n)
+        object.__setattr__(self, "emergency_share", self.emergency_units // n)
         object.__setattr__(self, "capacity_share", q / n)
         object.__setattr__(self, "grant_utilization", self.utilization * (1.0 - self.churn_margin))
 
@@ -334,8 +339,13 @@ def replica_share(budget: int, slot: int, config: PolicyConfig) -> int:
     of the ``n`` ranks sum to ``U`` (module docstring); with ``n = 1`` it is ``budget``.
     """
     n = config.replicas
-    units = share_units(budget, config.quorum)
-    return (units - (config.rank - slot) % n + n - 1) // n
+    return _dealt(share_units(budget, config.quorum), (config.rank - slot) % n, n)
+
+
+def _dealt(units: int, distance: int, n: int) -> int:
+    """Of ``units`` dealt round-robin to ``n`` ranks, those of the rank ``distance`` after
+    the first: ``ceil((units - distance) / n)`` (0 when ``units <= distance``)."""
+    return (units - distance + n - 1) // n
 
 
 def headroom_share(departures: int, config: PolicyConfig) -> float:
@@ -816,19 +826,21 @@ def decide(pool: PoolState, ask: Ask, now: float, config: PolicyConfig) -> Decis
     if now < warm_until:
         return _refuse(REPLICA_WARMUP, warm_until - now)
     used = pool.usage(now)
+    n = config.replicas
+    distance = (config.rank - pool.slot) % n  # replica_share's, for all three budgets
     if ask.force:
-        if used.forced >= replica_share(config.emergency_budget, pool.slot, config):
+        if used.forced >= _dealt(config.emergency_units, distance, n):
             return _refuse(EMERGENCY_BUDGET, retry_until(used.earliest_forced, now, config))
         code = FORCED
     else:
         aggregate = pool.aggregate
         if now - aggregate.as_of > config.aggregate_max_age:
             return _refuse(AGGREGATE_STALE, config.base_retry)
-        lease_share = replica_share(config.max_concurrent, pool.slot, config)
+        lease_share = _dealt(config.lease_units, distance, n)
         if 0 < lease_share <= used.count:
             return _refuse(LEASE_BUDGET, retry_until(used.earliest, now, config))
         spare_nodes = aggregate.serving - config.min_serving
-        node_share = replica_share(spare_nodes, pool.slot, config)
+        node_share = _dealt(share_units(spare_nodes, config.quorum), distance, n)
         if spare_nodes <= 0 or 0 < node_share <= used.count:
             return _refuse(MIN_SERVING, retry_until(used.earliest, now, config))
         if node_share == 0:
