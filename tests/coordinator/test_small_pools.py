@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from coordinator import policy
 from coordinator.policy import Aggregate, Ask, PolicyConfig, PoolState, decide
+from p2pupdate.daemon.replica import AskOutcome
 
 from .service_helpers import LightNode, Network, ReplicaProcesses, in_process
 from .test_policy import FAST, ranked
@@ -34,6 +35,8 @@ PAIR = (20.0, 5.0, 2)
 async def test_a_two_node_pool_gets_a_token_from_three_real_replicas(
     tmp_path: Path, replicas: ReplicaProcesses
 ) -> None:
+    """Refused ``min-serving`` on every ask before the fix; now one node goes at a time,
+    one after the other and when both ask at once."""
     net = Network(tmp_path / "net", replicas=3, quorum=2)
     procs = [replicas.start(net, i + 1, "--min-serving", "1") for i in range(3)]
     urls = [p.url for p in procs]
@@ -53,6 +56,24 @@ async def test_a_two_node_pool_gets_a_token_from_three_real_replicas(
         assert await one.rejoined(TO, first.token) == 3
         third = await two.ask(TO, capacity=10.0, load=2.5)
         assert third.token is not None, (third.gate, third.reason, third.detail)
+        assert await two.rejoined(TO, third.token) == 3
+        # Both at once: each replica grants whoever comes first, 3 grants for 2 nodes, so
+        # exactly one holds 2 (a token; never both: one departure); the other hands its
+        # grant back (no-quorum) and goes once the first is back.
+        outcomes: dict[int, AskOutcome] = {}
+
+        async def ask(i: int, n: LightNode) -> None:
+            outcomes[i] = await n.ask(TO, capacity=10.0, load=2.5)
+
+        async with trio.open_nursery() as both:
+            for i, n in enumerate((one, two)):
+                both.start_soon(ask, i, n)
+        tokens = [i for i, o in outcomes.items() if o.token is not None]
+        assert len(tokens) == 1, outcomes
+        winner, loser = (one, two) if tokens == [0] else (two, one)
+        assert await winner.rejoined(TO, outcomes[tokens[0]].token) == 3
+        last = await loser.ask(TO, capacity=10.0, load=2.5)
+        assert last.token is not None, (last.gate, last.reason, last.detail)
         nursery.cancel_scope.cancel()
 
 
