@@ -23,8 +23,9 @@ from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
 from ..work.base import Workload
 from .boot import NodeError
-from .coordinator import CoordinatorLink, load_identity, parse_stub
+from .coordinator import CoordinatorLink, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
+from .identity import load_identity
 from .node import Node, NodeConfig, stderr_log
 from .nullwork import NullWorkload
 from .offers import OfferSource
@@ -85,6 +86,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
             trust = TrustFile.open(
                 state_dir / "trust",
                 initial_root=opts.trust_root.read_bytes(),
+                log=log,
                 now=clk.utc_now(),
             )
         except (OSError, P2PUpdateError) as exc:
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         try:
             coordinator = CoordinatorLink(
                 list(opts.coordinator),
-                load_identity(state_dir),
+                load_identity(state_dir, log),
                 trust,
                 pool=opts.pool,
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
             return EXIT_USAGE
         try:
             gossip = GossipService(
-                key=load_identity(state_dir),
+                key=load_identity(state_dir, log),
                 clock=clk,
                 verify=trust_verifier(trust, clk),
                 listen=parse_hostport(opts.gossip_listen or "127.0.0.1:0"),

@@ -61,7 +61,7 @@ import trio
 from ..core import wire
 from ..core.errors import P2PUpdateError, WireError
 from ..errors import LocalStateFault
-from ..fsutil import atomic_write, fsync_dir, read_limited
+from ..fsutil import atomic_write, fsync_dir, quarantine, quarantine_name, read_limited
 from .base import Workload
 from .protocol import (
     MAX_FRAME_BYTES,
@@ -168,20 +168,17 @@ class _Log:
         return found
 
     def recover(self) -> Snapshot:
-        """Load the snapshot, replay the log after it, truncate a torn final append."""
+        """Load the snapshot, replay the log after it, truncate a torn final append.
+
+        Damage never stops the store (README "The work a node serves"): a damaged record
+        ends the log there -- the records before it are replayed, the bytes from it on are
+        moved to ``NAME.bad-N`` beside the segment (later segments too), one warning says
+        so.  An unusable snapshot is moved aside and rebuilt from the log when the log
+        reaches back to the store's first write; otherwise the store starts empty.
+        """
         for stale in self.directory.glob(".*.tmp"):  # atomic_write leftovers of a crash
             stale.unlink(missing_ok=True)
-        snap_path = self.directory / SNAPSHOT_NAME
-        if not snap_path.exists():
-            if self.segments():
-                raise CorruptStateError(
-                    f"{self.directory}: log segments without a snapshot", rule="corrupt-log"
-                )
-            fresh = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
-            atomic_write(snap_path, fresh.encode(), mode=0o600)
-            self.store_id = fresh.store_id
-            return fresh
-        snap = Snapshot.decode(read_limited(snap_path, self.limits.max_snapshot_bytes), self.limits)
+        snap = self._load_snapshot()
         data = dict(snap.data)
         lsn = snap.lsn
         mine = []
@@ -192,28 +189,37 @@ class _Log:
                 path.unlink(missing_ok=True)
         for i, (start, path) in enumerate(mine):
             last = i == len(mine) - 1
-            scan = scan_segment(read_limited(path, MAX_SEGMENT_READ), last=last, name=path.name)
-            expected = start
-            for rec in scan.records:
-                if rec.lsn != expected:
-                    raise CorruptStateError(
-                        f"{path.name}: record {rec.lsn} where {expected} was expected",
-                        rule="corrupt-log",
-                    )
-                expected += 1
-                if rec.lsn <= lsn:
-                    continue  # already in the snapshot
-                if rec.lsn != lsn + 1:
-                    raise CorruptStateError(
-                        f"{path.name}: log jumps from {lsn} to {rec.lsn}", rule="corrupt-log"
-                    )
-                _apply(data, rec)
-                lsn = rec.lsn
-            if last and start > lsn + 1:
-                raise CorruptStateError(
-                    f"{path.name}: log starts at {start} but the store ends at {lsn}",
-                    rule="corrupt-log",
-                )
+            try:
+                raw = read_limited(path, MAX_SEGMENT_READ)
+            except OSError as exc:
+                self._cut(mine[i:], 0, b"", lsn, f"unreadable: {exc}")
+                break
+            try:
+                scan = scan_segment(raw, last=last, name=path.name)
+                damage = None
+            except CorruptStateError as exc:
+                scan = scan_segment(raw, last=last, name=path.name, salvage=True)
+                damage = exc.message
+            expected, cut, kept = start, len(SEGMENT_MAGIC), 0
+            if start > lsn + 1:
+                damage, cut = damage or f"log starts at {start} but the store ends at {lsn}", 0
+            else:
+                for rec in scan.records:
+                    if rec.lsn != expected:
+                        damage = f"record {rec.lsn} where {expected} was expected"
+                        break
+                    encoded = rec.encode()
+                    if raw[cut : cut + len(encoded)] != encoded:  # pragma: no cover - defensive
+                        damage, cut = "a record that does not re-encode", 0
+                        break
+                    expected, cut, kept = expected + 1, cut + len(encoded), kept + 1
+                    if rec.lsn > lsn:
+                        _apply(data, rec)
+                        lsn = rec.lsn
+            if damage is not None:
+                self._tail = (path, expected) if cut >= len(SEGMENT_MAGIC) else None
+                self._cut(mine[i:], cut, raw, lsn, damage)
+                break
             if last:
                 self._tail = (path, expected)
             if scan.torn_bytes:
@@ -225,6 +231,68 @@ class _Log:
                     os.fsync(f.fileno())
         self.store_id = snap.store_id
         return Snapshot(store_id=snap.store_id, lsn=lsn, data=data)
+
+    def _load_snapshot(self) -> Snapshot:
+        """The snapshot; a missing or unusable one is rebuilt (from the log if it can be)."""
+        snap_path = self.directory / SNAPSHOT_NAME
+        if snap_path.exists():
+            try:
+                return Snapshot.decode(
+                    read_limited(snap_path, self.limits.max_snapshot_bytes), self.limits
+                )
+            except (OSError, P2PUpdateError) as exc:
+                why = getattr(exc, "message", None) or str(exc)
+                aside = quarantine(snap_path).name
+        elif self.segments():
+            why, aside = "missing", ""
+        else:
+            fresh = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
+            atomic_write(snap_path, fresh.encode(), mode=0o600)
+            self.store_id = fresh.store_id
+            return fresh
+        segments = self.segments()
+        stores = {store_id for store_id, _, _ in segments}
+        moved = f": moved to {aside}" if aside else ""
+        if len(stores) == 1 and segments[0][1] == 1:  # the log holds every write
+            snap = Snapshot(store_id=stores.pop(), lsn=0, data={})
+            how = f"rebuilt from the log ({len(segments)} segments from lsn 1)"
+        else:
+            for _, _, path in segments:
+                quarantine(path)
+            snap = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
+            how = (
+                f"the log does not reach back to the first write, so the store starts empty "
+                f"({len(segments)} segments moved aside as NAME.bad-N)"
+            )
+        atomic_write(snap_path, snap.encode(), mode=0o600)
+        logger.warning("kv: %s unusable (%s)%s; %s", SNAPSHOT_NAME, why, moved, how)
+        return snap
+
+    def _cut(
+        self, segments: list[tuple[int, Path]], cut: int, raw: bytes, lsn: int, why: str
+    ) -> None:
+        """End the log at byte ``cut`` of ``segments[0]``: the rest of it goes to
+        ``NAME.bad-N``, the later segments are moved aside whole."""
+        path = segments[0][1]
+        if cut < len(SEGMENT_MAGIC):
+            aside = quarantine(path)
+            self._tail = None
+        else:
+            aside = quarantine_name(path)
+            atomic_write(aside, raw[cut:], mode=0o600)
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+        later = [quarantine(p).name for _, p in segments[1:]]
+        also = f", and {len(later)} later segments moved aside" if later else ""
+        logger.warning(
+            "kv: %s damaged (%s): the log ends at lsn %d; the rest is in %s%s",
+            path.name,
+            why,
+            lsn,
+            aside.name,
+            also,
+        )
 
     def open_append(self, next_lsn: int) -> None:
         """Open the newest segment for appending, or start one at ``next_lsn``."""

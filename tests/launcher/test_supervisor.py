@@ -226,7 +226,7 @@ def test_a_missing_slot_rolls_back_without_deny(rig: Rig) -> None:
     rig.state.remove_slot(rig.v2.sha)
     assert rig.launcher.decide() == Plan(slot=rig.v1.sha)
     assert rig.state.read_denied() == []
-    assert rig.state.read_rollbacks()[0].reason == "slot missing or incomplete"
+    assert rig.state.read_rollbacks()[0].reason == "slot missing, incomplete or damaged"
 
 
 def test_corrupt_records_are_moved_aside(rig: Rig) -> None:
