@@ -61,7 +61,14 @@ import trio
 from ..core import wire
 from ..core.errors import P2PUpdateError, WireError
 from ..errors import LocalStateFault
-from ..fsutil import atomic_write, fsync_dir, quarantine, quarantine_name, read_limited
+from ..fsutil import (
+    atomic_write,
+    fsync_dir,
+    is_disk_full,
+    quarantine,
+    quarantine_name,
+    read_limited,
+)
 from .base import Workload
 from .protocol import (
     MAX_FRAME_BYTES,
@@ -90,6 +97,12 @@ _SEGMENT_RE: Final = re.compile(r"^wal-([0-9a-f]{32})-([0-9a-f]{16})\.log$")
 #: that is not ours (or a configuration far larger than the defaults).
 MAX_SEGMENT_READ: Final = 512 * 1024 * 1024
 RECV_BYTES: Final = 64 * 1024
+
+
+class DiskFullError(LocalStateFault, OSError):
+    """The disk has no room for a write: it was refused whole (the log is unchanged)."""
+
+    rule = "disk-full"
 
 
 class StoreBusyError(LocalStateFault):
@@ -144,6 +157,9 @@ class _Log:
         #: The newest segment and the lsn its next record must have, if appending may
         #: continue there (set by ``recover``); otherwise a new segment is started.
         self._tail: tuple[Path, int] | None = None
+        #: The lsn a segment could not be started at (the disk was full); the next append
+        #: starts it.
+        self._unborn: int | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -155,7 +171,8 @@ class _Log:
 
     @property
     def is_open(self) -> bool:
-        return self._fd is not None
+        """Appending is possible: a segment is open, or one waits for disk space."""
+        return self._fd is not None or self._unborn is not None
 
     def segments(self) -> list[tuple[bytes, int, Path]]:
         """All segment files as (store id, first lsn, path), oldest first."""
@@ -301,7 +318,12 @@ class _Log:
                 self._fd = os.open(self._tail[0], os.O_WRONLY | os.O_APPEND)
                 self.segment_size = os.fstat(self._fd).st_size
             else:  # fresh store, adopted checkpoint, or a tail that does not end at next_lsn
-                self._fd, self.segment_size = self._create_segment(next_lsn)
+                try:
+                    self._fd, self.segment_size = self._create_segment(next_lsn)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    self._unborn = next_lsn  # serve reads; the first write tries again
             self._tail = None
 
     def _create_segment(self, start: int) -> tuple[int, int]:
@@ -313,8 +335,24 @@ class _Log:
 
     def append(self, blob: bytes) -> None:
         """Write whole records and make them durable.  On failure, cut the segment back so
-        no partial record is left in front of later ones, and re-raise."""
+        no partial record is left in front of later ones, and re-raise.
+
+        A disk that is full (``ENOSPC`` from the write itself, and the cut back done) raises
+        ``DiskFullError``: nothing of the batch is in the log, so the store stays sound and
+        later writes may succeed once space is freed.  Anything else -- above all a failed
+        fsync, after which the page cache cannot be trusted -- is re-raised as it is.
+        """
         with self._lock:
+            if self._fd is None and self._unborn is not None:
+                try:
+                    self._fd, self.segment_size = self._create_segment(self._unborn)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise DiskFullError(
+                            f"disk full ({exc.strerror}): the write was not made"
+                        ) from None
+                    raise
+                self._unborn = None
             if self._fd is None:
                 raise OSError("the log is closed")
             fd = self._fd
@@ -322,6 +360,17 @@ class _Log:
                 view = memoryview(blob)
                 while view:
                     view = view[os.write(fd, view) :]
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, self.segment_size)
+                except OSError:
+                    raise exc from None
+                if is_disk_full(exc):
+                    raise DiskFullError(
+                        f"disk full ({exc.strerror}): the write was not made"
+                    ) from None
+                raise
+            try:
                 os.fdatasync(fd)
             except OSError:
                 with contextlib.suppress(OSError):
@@ -459,14 +508,16 @@ class KVStats:
     bad_requests: int = 0
     going_away: int = 0
     connections_refused: int = 0
+    #: Writes refused because the disk was full (each answered ``unavailable``).
+    disk_full: int = 0
 
 
 class KVWorkload(Workload):
     """The example key/value service (see the module docstring).
 
     One instance owns ``state_dir`` from construction until ``serve()`` returns or
-    ``close()`` is called; recovery from the log happens in the constructor, so a damaged
-    store fails loudly before anything is served.  Call ``restore()`` (if at all) before
+    ``close()`` is called; recovery from the log happens in the constructor (a damaged
+    log or snapshot is repaired there, see ``_Log.recover``).  Call ``restore()`` (if at all) before
     ``serve()``.  ``port`` holds the bound port once ``serve()`` has started.
     """
 
@@ -792,6 +843,13 @@ class KVWorkload(Workload):
             blob = b"".join(rec.encode() for _, rec in accepted)
             try:
                 await trio.to_thread.run_sync(self._log.append, blob)
+            except DiskFullError as exc:  # refused, not broken: reads go on, writes retry
+                self.stats.disk_full += 1
+                if self.stats.disk_full == 1 or self.stats.disk_full % 1000 == 0:
+                    logger.warning("kv: %s (%d writes refused so far)", exc, self.stats.disk_full)
+                for write, _ in accepted:
+                    write.fail(ErrorCode.UNAVAILABLE, str(exc))
+                return
             except OSError as exc:
                 self._fail(f"log write failed: {exc}")
                 for write, _ in accepted:
