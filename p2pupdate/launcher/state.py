@@ -249,11 +249,14 @@ def _hash_file(path: Path) -> str | None:
         return None
 
 
-def _purge_bytecode(slot: Path) -> None:
-    """Drop the slot's ``__pycache__`` (Python rebuilds it): a cache written from a damaged
-    source, or damaged itself, must not outlive the repair."""
-    for cache in list(slot.rglob("__pycache__")):
+def purge_bytecode(slot: Path) -> int:
+    """Drop the slot's ``__pycache__`` directories (Python rebuilds them at the next start):
+    a cache written from a damaged source, or damaged itself -- which no manifest covers,
+    as Python writes it -- must not outlive a repair or a crash.  The number removed."""
+    caches = list(slot.rglob("__pycache__"))
+    for cache in caches:
         shutil.rmtree(cache, ignore_errors=True)
+    return len(caches)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -783,7 +786,7 @@ class StateDir:
             path.parent.mkdir(parents=True, exist_ok=True)
             data, mode = found[rel]
             atomic_write(path, data, mode=mode)
-        _purge_bytecode(d)
+        purge_bytecode(d)
         kept = f" (moved aside as {', '.join(asides[:3])})" if asides else ""
         log(f"{name}: {listed} damaged{kept}; restored from the verified artifact in the store")
         return True

@@ -110,6 +110,13 @@ NODE_STATE_FILES: Final[tuple[StateFile, ...]] = (
         recovery="moved aside, rebuilt from the verified artifact in store/",
     ),
     StateFile(
+        name="slot-bytecode",
+        pattern=f"slots/{_SHA}/.+/__pycache__/[^/]+\\.pyc",
+        writer="python",
+        recovery="Python's own cache, not in FILES.json: a damaged one costs one crash, "
+        "after which the launcher drops the slot's caches and Python rebuilds them",
+    ),
+    StateFile(
         name="slot-source",
         pattern=f"slots/{_SHA}/(p2pupdate|coordinator)/.+",
         writer="daemon",

@@ -65,7 +65,15 @@ from .codes import (
     describe_exit,
 )
 from .faults import crash_point
-from .state import Deny, Pending, RollbackEntry, StateDir, StateError, Verdict
+from .state import (
+    Deny,
+    Pending,
+    RollbackEntry,
+    StateDir,
+    StateError,
+    Verdict,
+    purge_bytecode,
+)
 
 
 class LauncherError(LocalStateFault):
@@ -465,6 +473,7 @@ class Launcher:
         if outcome.runtime >= self.config.stable_after:
             self._crashes = 0
         self._crashes += 1
+        self._drop_bytecode(plan.slot)
         delay = self.config.restart_delay(self._crashes)
         self.log(f"restarting in {delay:g} s (crash {self._crashes} in a row)")
         self._sleep(delay)
@@ -491,6 +500,7 @@ class Launcher:
         if outcome.code == EXIT_STOP:
             self.log("daemon on probation stopped; pending kept for the next start")
             return False
+        self._drop_bytecode(pending.artifact)
         self.state.write_pending(current.with_(last_failure=what))
         return True
 
@@ -516,6 +526,13 @@ class Launcher:
             aside = self.state.quarantine(self.state.verdict_path, str(exc))
             self.log(f"verdict unusable ({exc}); moved to {aside.name}, ignored")
             return None
+
+    def _drop_bytecode(self, artifact: str) -> None:
+        """After a crash: the slot's files were checked before it started, its bytecode
+        cache was not (Python writes it) -- drop it, so a damaged one crashes once only."""
+        removed = purge_bytecode(self.state.slot_dir(artifact))
+        if removed:
+            self.log(f"dropped the bytecode cache of {self._name(artifact)} after the crash")
 
     def _slot_ok(self, artifact: str) -> bool:
         """Whether ``artifact``'s slot may be started: its files checked against its

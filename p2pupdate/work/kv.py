@@ -264,7 +264,12 @@ class _Log:
             why, aside = "missing", ""
         else:
             fresh = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
-            atomic_write(snap_path, fresh.encode(), mode=0o600)
+            try:
+                atomic_write(snap_path, fresh.encode(), mode=0o600)
+            except OSError as exc:  # the log, once it can be written, rebuilds it
+                if not is_disk_full(exc):
+                    raise
+                logger.warning("kv: cannot write a first snapshot (%s); serving empty", exc)
             self.store_id = fresh.store_id
             return fresh
         segments = self.segments()

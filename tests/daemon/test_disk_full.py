@@ -12,12 +12,14 @@ import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests.core.harness import Network
 from tests.launcher.conftest import Builds
 from tests.launcher.harness import FAST, Nodes, free_port, launched_versions
 from tests.work.helpers import RawConnection
@@ -93,12 +95,24 @@ def _reads(port: int) -> list[dict[str, object] | None]:
     )
 
 
-def test_restart_on_a_full_disk(small_fs: Path, nodes: Nodes, builds: Builds) -> None:
+@pytest.mark.parametrize("new_files", [False, True], ids=["same-flags", "trust-and-gossip-added"])
+def test_restart_on_a_full_disk(
+    small_fs: Path, nodes: Nodes, builds: Builds, new_files: bool
+) -> None:
+    """``new_files``: the restart adds ``--trust-root`` and gossip, so the trust store and
+    the identity key are due to be written on the full disk for the first time."""
     v1 = builds.get("v1", 1)
     state = small_fs / "state"
     port = free_port()
-    args = ["--initial-artifact", str(v1.path), "--work", "kv", "--port", str(port), *FAST]
-    first = nodes.start(state, args)
+    root = small_fs.parent / "root.doc"
+    root.write_bytes(Network(now=int(time.time())).roots[1])
+    trusted = ("--trust-root", str(root), "--gossip-listen", "127.0.0.1:0")
+    args = [
+        *("--initial-artifact", str(v1.path), "--work", "kv", "--port", str(port)),
+        *FAST,
+    ]
+    first = nodes.start(state, args if new_files else [*args, *trusted])
+    args = [*args, *trusted]
     first.wait_running("v1")
     puts = ({"op": "put", "id": i, "key": f"k{i}", "value": b"v%d" % i} for i in range(KEYS))
     assert all(a and a["ok"] for a in trio.run(lambda: _ask(port, *puts)))

@@ -32,7 +32,7 @@ from p2pupdate.launcher.state import (
     new_id,
 )
 from p2pupdate.launcher.statefiles import NODE_STATE_FILES
-from p2pupdate.launcher.supervisor import Launcher, LauncherConfig, Plan
+from p2pupdate.launcher.supervisor import Launcher, LauncherConfig, Outcome, Plan
 from p2pupdate.work.kv import KVWorkload
 from tests.core.harness import Network
 from tests.work.helpers import Node, RawConnection
@@ -59,7 +59,8 @@ def test_every_read_row_is_in_the_matrix() -> None:
 def _launcher(tmp: Path, builds: Builds, lines: list[str]) -> Launcher:
     v1 = builds.get("v1", 1)
     launcher = Launcher(
-        LauncherConfig(state_dir=tmp / "state", initial_artifact=v1.path), log=lines.append
+        LauncherConfig(state_dir=tmp / "state", initial_artifact=v1.path, backoff_base=0.01),
+        log=lines.append,
     )
     assert launcher.decide() == Plan(slot=v1.sha)
     return launcher
@@ -142,6 +143,22 @@ def _slot(tmp: Path, builds: Builds, kind: str, which: str) -> None:
     assert st.slot_manifest(v1.sha) is not None and st.verify_slot(v1.sha, lines.append)
     assert (target.parent / f"{target.name}.bad-1").exists(), lines
     assert any(target.name in line for line in lines)
+
+
+def _bytecode(tmp: Path, builds: Builds, kind: str) -> None:
+    """Python's cache is not in the manifest: after a crash of the slot it is dropped."""
+    lines: list[str] = []
+    launcher = _launcher(tmp, builds, lines)
+    v1 = builds.get("v1", 1)
+    cache = launcher.state.slot_dir(v1.sha) / "p2pupdate" / "daemon" / "__pycache__"
+    cache.mkdir()
+    pyc = cache / "node.cpython-311.pyc"
+    pyc.write_bytes(b"\xa7\r\r\n" + bytes(12) + b"\xe3" * 64)
+    damage(pyc, kind, _rng("pyc", kind))
+    plan = launcher.decide()
+    assert launcher.after_exit(plan, Outcome(code=1, runtime=0.1))
+    assert not cache.exists()
+    assert any("dropped the bytecode cache" in line for line in lines)
 
 
 def _store(tmp: Path, builds: Builds, kind: str) -> None:
@@ -258,6 +275,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "slot-files": lambda t, b, k: _slot(t, b, k, "slot-files"),
     "slot-source": lambda t, b, k: _slot(t, b, k, "slot-source"),
     "store": _store,
+    "slot-bytecode": _bytecode,
     "checkpoint": _checkpoint,
     "kv-snapshot": lambda t, b, k, c: _kv(t, b, k, "kv-snapshot", c),
     "kv-wal": lambda t, b, k, c: _kv(t, b, k, "kv-wal", c),
