@@ -17,9 +17,16 @@ The log is the truth and the snapshot the fast path.  When the current segment p
 ``segment_bytes`` the log moves to a new segment, the map as of that point is written as
 the new snapshot, and the older segments are deleted; a crash between any two of those
 steps leaves a snapshot plus segments that replay to the same map.  Recovery replays the
-segments after the snapshot, truncates a torn final append, and refuses (``CorruptStateError``)
-a damaged record anywhere else, a gap in the log positions or a log without its snapshot:
-guessing there could silently drop acknowledged writes.
+segments after the snapshot and truncates a torn final append.  Damage is never a reason
+not to serve (a node must come back by itself): a damaged record anywhere else or a gap in
+the log positions ends the log there -- the records before it are served, the bytes from it
+on are kept in ``NAME.bad-N`` beside the segment for a person, and one warning says so; a
+missing or unusable snapshot is moved aside and rebuilt from the log when the log reaches
+back to the first write (else the store starts empty, loudly).
+
+**A full disk** refuses a write whole (``DiskFullError``, answered ``unavailable``: "disk
+full"), leaves the log as it was and takes writes again once there is room; a failed fsync
+still stops the store's writes for good (after it, the page cache cannot be trusted).
 
 **Checkpoints** are the same bytes as a snapshot, tagged with the store's random id.
 ``restore`` never moves a store backwards: a checkpoint of this very store that is not
