@@ -565,12 +565,16 @@ class Launcher:
 
     def _guess_current(self) -> str | None:
         """``current`` was damaged: the slot it most likely named -- the newest usable slot
-        that is not ``previous`` (None: fall back to ``previous`` or bootstrap)."""
+        that is not ``previous``, a swap still on probation or a denied build (None: fall
+        back to ``previous`` or bootstrap)."""
         previous = self._read_link("previous")
+        pending = self._read_pending()
+        skip = {previous, pending.artifact if pending is not None else None}
+        skip |= {d.artifact for d in self._read_denied()}
         found = []
         for artifact in self.state.list_slots():
             manifest = self.state.slot_manifest(artifact)
-            if artifact != previous and manifest is not None:
+            if artifact not in skip and manifest is not None:
                 found.append((manifest.counter, manifest.unpacked, artifact))
         if not found:
             return None

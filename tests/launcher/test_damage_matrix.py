@@ -322,3 +322,21 @@ def test_an_old_node_gets_its_second_copy(tmp_path: Path) -> None:
     assert load_identity(tmp_path, lines.append).keyid == key.keyid
     assert (tmp_path / COPY).read_bytes().startswith(f"# node {key.keyid}\n".encode())
     assert lines == [f"wrote {COPY}: the second copy of this node's key"]
+
+
+def test_a_damaged_current_link_never_names_a_slot_on_probation(
+    tmp_path: Path, builds: Builds
+) -> None:
+    lines: list[str] = []
+    launcher = _launcher(tmp_path, builds, lines)
+    st = launcher.state
+    v1, v2 = builds.get("v1", 1), builds.get("v2", 2)
+    st.stage_slot(v2.path.read_bytes(), v2.sha, counter=2)
+    st.write_pending(
+        Pending(id=new_id(), artifact=v2.sha, previous=v1.sha, counter=2, token=b"t", created=1.0)
+    )
+    damage(st.root / "current", "random", _rng("current-probation"))
+    plan = launcher.decide()
+    assert plan.slot == v2.sha and plan.pending is not None  # v2 still only on probation
+    assert st.read_link("current") == v1.sha
+    assert (st.root / "current.bad-1").exists()
