@@ -18,6 +18,7 @@ import trio
 
 from .. import clock
 from ..cli.common import Parser, sha256_hex
+from ..core import crypto
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
@@ -92,6 +93,14 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         except (OSError, P2PUpdateError) as exc:
             log(f"fatal: trust root {opts.trust_root}: {exc}")
             return EXIT_USAGE
+    identity: list[crypto.SigningKey] = []
+
+    def key() -> crypto.SigningKey:
+        """The node's key, read (and repaired) once: coordinator and gossip share it."""
+        if not identity:
+            identity.append(load_identity(state_dir, log))
+        return identity[0]
+
     coordinator = None
     if opts.coordinator:
         if trust is None:
@@ -100,7 +109,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         try:
             coordinator = CoordinatorLink(
                 list(opts.coordinator),
-                load_identity(state_dir, log),
+                key(),
                 trust,
                 pool=opts.pool,
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
@@ -119,7 +128,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
             return EXIT_USAGE
         try:
             gossip = GossipService(
-                key=load_identity(state_dir, log),
+                key=key(),
                 clock=clk,
                 verify=trust_verifier(trust, clk),
                 listen=parse_hostport(opts.gossip_listen or "127.0.0.1:0"),

@@ -47,7 +47,7 @@ from typing import Any
 
 from ..core import timing
 from ..errors import LocalStateFault
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, is_disk_full
 from .artifact import (
     DEFAULT_LIMITS,
     ArtifactError,
@@ -266,7 +266,18 @@ class Launcher:
                 window=window,
                 deadline=time.time() + window,
             )
-            st.write_pending(pending)
+            try:
+                st.write_pending(pending)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # an attempt that cannot be counted must not be made: serve on the old
+                # build; its daemon asks for the swap again once there is room
+                self.log(
+                    f"disk full ({exc.strerror}): cannot record probation attempt "
+                    f"{pending.attempts} of {limit}; running current until there is room"
+                )
+                return Plan(slot=self.ensure_current())
             crash_point("attempt")
             self.log(
                 f"starting {self._name(pending.artifact)} on probation "

@@ -340,3 +340,44 @@ def test_a_damaged_current_link_never_names_a_slot_on_probation(
     assert plan.slot == v2.sha and plan.pending is not None  # v2 still only on probation
     assert st.read_link("current") == v1.sha
     assert (st.root / "current.bad-1").exists()
+
+
+def test_a_slot_staged_before_file_manifests_gets_one_from_the_stored_build(
+    tmp_path: Path, builds: Builds
+) -> None:
+    """A slot from an older version has no FILES.json: it is computed from the verified copy
+    in the store (so a file damaged meanwhile is still found and restored)."""
+    lines: list[str] = []
+    launcher = _launcher(tmp_path, builds, lines)
+    st = launcher.state
+    v1 = builds.get("v1", 1)
+    slot = st.slot_dir(v1.sha)
+    (slot / "FILES.json").unlink()
+    source = slot / "p2pupdate" / "launcher" / "codes.py"
+    good = source.read_bytes()
+    damage(source, "half", _rng("old-slot"))
+    assert launcher.decide() == Plan(slot=v1.sha)
+    assert source.read_bytes() == good
+    assert (source.parent / "codes.py.bad-1").exists()
+    assert any("from the verified artifact in the store" in line for line in lines)
+    assert (slot / "FILES.json").exists()
+
+
+def test_a_slot_without_manifest_or_stored_build_records_its_files(
+    tmp_path: Path, builds: Builds
+) -> None:
+    """Nothing to check against: the files as they are become the manifest (said once), so
+    damage from then on is found."""
+    lines: list[str] = []
+    launcher = _launcher(tmp_path, builds, lines)
+    st = launcher.state
+    v1 = builds.get("v1", 1)
+    (st.slot_dir(v1.sha) / "FILES.json").unlink()
+    st.store_path(v1.sha).unlink()
+    assert launcher.decide() == Plan(slot=v1.sha)
+    assert sum("from its files as they are" in line for line in lines) == 1
+    assert launcher.decide() == Plan(slot=v1.sha)
+    assert sum("file manifest" in line for line in lines) == 1  # once
+    damage(st.slot_dir(v1.sha) / "p2pupdate" / "cli" / "common.py", "random", _rng("x"))
+    assert not st.verify_slot(v1.sha, lines.append)  # found, and nothing to restore from
+    assert "no verified artifact in the store" in lines[-1]

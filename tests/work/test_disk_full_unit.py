@@ -94,3 +94,45 @@ async def test_a_failed_fsync_still_stops_writes(
     await conn.aclose()
     monkeypatch.undo()
     await node.stop()
+
+
+def test_launcher_on_a_full_disk_serves_current_instead_of_an_uncounted_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probation start must be counted first; when the disk refuses the count, the node
+    serves on ``current`` (never a traceback, never an attempt that is not counted)."""
+    import time
+
+    from p2pupdate.launcher.artifact import build_artifact, sha256_hex
+    from p2pupdate.launcher.state import Pending, new_id
+    from p2pupdate.launcher.supervisor import Launcher, LauncherConfig, Plan
+
+    repo = Path(__file__).resolve().parents[2]
+    v1, v2 = build_artifact(repo, "v1"), build_artifact(repo, "v2")
+    (tmp_path / "v1.tar.gz").write_bytes(v1)
+    lines: list[str] = []
+    launcher = Launcher(
+        LauncherConfig(state_dir=tmp_path / "s", initial_artifact=tmp_path / "v1.tar.gz"),
+        log=lines.append,
+    )
+    assert launcher.decide() == Plan(slot=sha256_hex(v1))
+    st = launcher.state
+    st.stage_slot(v2, sha256_hex(v2), counter=2)
+    pending = Pending(
+        id=new_id(),
+        artifact=sha256_hex(v2),
+        previous=sha256_hex(v1),
+        counter=2,
+        token=b"t",
+        created=time.time(),
+    )
+    st.write_pending(pending)
+    before = st.pending_path.read_bytes()
+    monkeypatch.setattr(os, "write", _no_space)
+    assert launcher.decide() == Plan(slot=sha256_hex(v1))
+    monkeypatch.undo()
+    assert st.pending_path.read_bytes() == before  # intact, attempts not raised
+    assert "disk full" in lines[-1] and "running current" in lines[-1]
+    plan = launcher.decide()  # room again: the attempt is counted and made
+    assert plan.slot == sha256_hex(v2) and plan.pending is not None
+    assert plan.pending.attempts == 1
