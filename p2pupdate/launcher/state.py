@@ -743,8 +743,9 @@ class StateDir:
                         and rel.split("/")[0] in ("p2pupdate", "coordinator")
                         and "__pycache__" not in rel
                         and ".bad-" not in path.name
+                        and (digest := _hash_file(path)) is not None
                     ):
-                        hashes[rel] = _hash_file(path) or ""
+                        hashes[rel] = digest
                 record = SlotFiles(
                     artifact=artifact,
                     version=manifest.version,
