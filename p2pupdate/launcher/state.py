@@ -683,6 +683,11 @@ class StateDir:
         name = f"slot {artifact[:12]}..."
         members: dict[str, tuple[bytes, int]] | None = None
         looked = False
+        notes: list[str] = []  # said with the outcome, in its one line
+
+        def say(message: str) -> None:
+            log("; ".join([message, *notes]))
+            notes.clear()
 
         def stored() -> dict[str, tuple[bytes, int]] | None:
             nonlocal members, looked
@@ -697,7 +702,7 @@ class StateDir:
                     pass
                 except (ArtifactError, OSError) as exc:
                     aside = quarantine(path)
-                    log(f"{name}: stored artifact unusable ({exc}); moved to {aside.name}")
+                    notes.append(f"its stored artifact is unusable ({exc}): moved to {aside.name}")
             return members
 
         manifest: SlotManifest | None = None
@@ -720,11 +725,10 @@ class StateDir:
                 record = SlotFiles.parse(raw, f"{name}/{FILES_FILE}")
                 if record.artifact != artifact:
                     raise StateError(f"{name}/{FILES_FILE}: names another artifact")
-            damaged_record = False
+            damaged_record = ""
         except StateError as exc:
             aside = quarantine(files_path)
-            log(f"{name}: {FILES_FILE} unusable ({exc}); moved to {aside.name}")
-            damaged_record = True
+            damaged_record = f"{FILES_FILE} unusable ({exc}): moved to {aside.name}"
         if record is None:
             found = stored()
             if found is not None:
@@ -754,10 +758,16 @@ class StateDir:
                 )
                 how = "from its files as they are (no verified artifact to check them against)"
             else:
-                log(f"{name}: nothing says what its files must be; not started")
+                say(
+                    f"{name}: {damaged_record or 'no ' + FILES_FILE}; nothing else says what its "
+                    "files must be: not started"
+                )
                 return False
             atomic_write(files_path, record.to_bytes())
-            log(f"{name}: wrote its file manifest {how}")
+            if damaged_record:
+                say(f"{name}: {damaged_record}, rebuilt {how}")
+            else:
+                say(f"{name}: wrote its file manifest {how}")
         if manifest is None:
             manifest = SlotManifest(
                 artifact=artifact,
@@ -770,14 +780,14 @@ class StateDir:
             if slot_path.exists() or slot_path.is_symlink():
                 moved = f": moved to {quarantine(slot_path).name}"
             atomic_write(slot_path, manifest.to_bytes())
-            log(f"{name}: {SLOT_FILE} unusable ({slot_error}){moved}, rewritten from {FILES_FILE}")
+            say(f"{name}: {SLOT_FILE} unusable ({slot_error}){moved}, rewritten from {FILES_FILE}")
         bad = [rel for rel, digest in record.files.items() if _hash_file(d / rel) != digest]
         if not bad:
             return True
         found = stored()
         listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         if found is None or any(rel not in found for rel in bad):
-            log(f"{name}: {listed} damaged and no verified artifact in the store to restore from")
+            say(f"{name}: {listed} damaged, and no verified artifact in the store to restore from")
             return False
         asides = []
         for rel in bad:
@@ -789,7 +799,7 @@ class StateDir:
             atomic_write(path, data, mode=mode)
         purge_bytecode(d)
         kept = f" (moved aside as {', '.join(asides[:3])})" if asides else ""
-        log(f"{name}: {listed} damaged{kept}; restored from the verified artifact in the store")
+        say(f"{name}: {listed} damaged{kept}; restored from the verified artifact in the store")
         return True
 
     # pending

@@ -172,7 +172,7 @@ def _store(tmp: Path, builds: Builds, kind: str) -> None:
     damage(st.slot_dir(v1.sha) / "p2pupdate" / "daemon" / "node.py", "random", _rng("src"))
     assert not st.verify_slot(v1.sha, lines.append)
     assert (st.store / f"{v1.sha}.tar.gz.bad-1").exists()
-    assert any("stored artifact unusable" in line for line in lines)
+    assert any("stored artifact is unusable" in line for line in lines)
 
 
 def _checkpoint(tmp: Path, builds: Builds, kind: str) -> None:
