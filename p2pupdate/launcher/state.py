@@ -525,7 +525,7 @@ class StateDir:
     def clean_temp(self) -> list[str]:
         """Remove what a crash can leave half-done: temp files, half-unpacked slots."""
         removed: list[str] = []
-        for d in (self.root, self.store, self.work):
+        for d in (self.root, self.store, self.work, self.trust):
             if not d.is_dir():
                 continue
             for p in d.iterdir():
@@ -537,7 +537,7 @@ class StateDir:
                 if p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(str(p.relative_to(self.root)))
-        for d in (self.root, self.store, self.work, self.slots):
+        for d in (self.root, self.store, self.work, self.trust, self.slots):
             if removed and d.is_dir():
                 fsync_dir(d)
         return removed

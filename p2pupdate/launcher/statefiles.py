@@ -49,7 +49,8 @@ NODE_STATE_FILES: Final[tuple[StateFile, ...]] = (
         name="temporary",
         pattern="(.*/)?\\.[^/]+\\.tmp|slots/\\.tmp-[^/]+(/.*)?",
         writer="any",
-        recovery="half-done writes of a crash; removed at the next start",
+        recovery="half-done writes of a crash; removed at the next start (by the launcher, "
+        "and in work/kv by the store; one inside a slot is never imported)",
         read=False,
     ),
     StateFile(

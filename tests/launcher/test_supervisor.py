@@ -267,8 +267,14 @@ def test_leftovers_are_cleaned(rig: Rig) -> None:
     (st.root / ".pending.abc.tmp").write_text("half")
     (st.slots / ".tmp-0123-abcd").mkdir()
     (st.slots / ".tmp-0123-abcd" / "p2pupdate").mkdir()
+    st.trust.mkdir()
+    (st.trust / ".store.msgpack.abc.tmp").write_text("half")
     removed = st.clean_temp()
-    assert sorted(removed) == [".pending.abc.tmp", "slots/.tmp-0123-abcd"]
+    assert sorted(removed) == [
+        ".pending.abc.tmp",
+        "slots/.tmp-0123-abcd",
+        "trust/.store.msgpack.abc.tmp",
+    ]
     assert st.list_slots() == [rig.v1.sha]
 
 
