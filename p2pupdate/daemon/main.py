@@ -8,6 +8,7 @@ errors and exit 2 on a usage mistake -- which the launcher counts as a crash of 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import signal
 import sys
@@ -69,11 +70,31 @@ def workload_factory(opts: DaemonOptions, state_dir: Path) -> Callable[[], Workl
     return make
 
 
+class _ToDaemonLog(logging.Handler):
+    """Warnings of the libraries the daemon runs (the KV store's "log damaged: ..." lines)
+    go to the daemon's own log, stamped like every other line."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                message = f"{message} ({type(exc).__name__}: {exc})"
+            self._log(message)
+        except Exception:  # pragma: no cover - a log line must never stop the node
+            self.handleError(record)
+
+
 def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) -> int:
     """Parse, build the node's parts and run it; ``clk`` is the one clock they all read."""
     args = build_parser().parse_args(argv)
     opts = DaemonOptions.from_namespace(args)
     log = stderr_log(clk)
+    logging.getLogger().addHandler(_ToDaemonLog(log))
     state_dir: Path = args.state_dir.absolute()
     if opts.grant_all:
         log(
