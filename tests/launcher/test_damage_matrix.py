@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from p2pupdate.core import crypto
+from p2pupdate.core.documents import Allowlist
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.daemon.identity import COPY, IDENTITY, load_identity
 from p2pupdate.daemon.truststate import TrustFile
@@ -248,6 +249,9 @@ def _trust(tmp: Path, builds: Builds, kind: str) -> None:
     assert TrustStore.from_bytes(path.read_bytes()) == tf.store
     assert (tmp / "trust" / "store.msgpack.bad-1").exists()
     assert len(lines) == 1 and "rebuilt from the pinned root" in lines[0]
+    # and it refills as documents arrive again (here: an allowlist), on disk at once
+    tf.accept(Allowlist, net.allowlist(5, ["ab" * 32]), NOW)
+    assert TrustStore.from_bytes(path.read_bytes()).floors["allowlist"].value == 5
 
 
 def _identity(tmp: Path, builds: Builds, kind: str) -> None:
