@@ -316,8 +316,9 @@ class GossipService:
     async def _seek(self) -> None:
         """Static peers and introductions, often while the active view is short.
 
-        "Often" backs off (3 s, 6 s, ... up to a minute) while asking brings nobody new: a
-        fleet of three can never fill a view of six, and must not dial all day trying.
+        "Often" backs off (3 s, 6 s, ... up to a minute, +-20% jitter) while asking brings
+        nobody new: a fleet of three can never fill a view of six, and must not dial all day
+        trying.  A lost link brings the next seek forward, but no sooner than the backoff.
         """
         core = self.core
         assert core is not None
@@ -332,8 +333,14 @@ class GossipService:
                             nursery.start_soon(self._probe, host, port)
                     if self.introducer is not None:
                         nursery.start_soon(self._introductions)
-            delay = seek_interval(short=short, fruitless=fruitless)
-            with trio.move_on_after(delay * self.rng.uniform(0.8, 1.2)):
+            jitter = self.rng.uniform(0.8, 1.2)
+            # A lost link (``_wake``) ends the wait early, but never the backoff itself: a
+            # peer that takes every link and drops it at once would otherwise be sought
+            # (probed, and the coordinator asked for introductions) after every drop.
+            floor = seek_interval(short=True, fruitless=fruitless) * jitter
+            ceiling = seek_interval(short=short, fruitless=fruitless) * jitter
+            await trio.sleep(min(floor, ceiling))
+            with trio.move_on_after(max(0.0, ceiling - floor)):
                 await self._wake.wait()
             self._wake = trio.Event()
             fruitless = fruitless + 1 if short and len(core.active) <= before else 0
