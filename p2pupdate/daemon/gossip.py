@@ -48,6 +48,7 @@ from ..core import gossip as g
 from ..core import timing
 from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
+from ..net.addresses import split_hostport
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import LinkBrokenError, LinkError, LinkTimeoutError
 from ..net.tcp import connect_tcp, serve_tcp
@@ -80,16 +81,9 @@ def _no_status() -> g.Status:
     raise RuntimeError("GossipService.status was never set")
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); raises ``ValueError``."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host.removeprefix("[").removesuffix("]")
-    value = int(port)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text!r}: port out of range")
-    return host, value
+#: ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); raises ``ValueError`` (one home, shared
+#: with the command line's checks).
+parse_hostport = split_hostport
 
 
 def link_address(host: str, port: int) -> str:
