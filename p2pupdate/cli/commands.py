@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ..core.verify import DocResult, Report, verify_set
 from ..daemon.boot import PROBATION_MARGIN
 from ..daemon.options import add_daemon_arguments, check_node_options, forward_args, seconds
 from ..fsutil import create_exclusive
+from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, unpack_into
 from ..launcher.codes import EXIT_CODES_HELP
 from ..launcher.supervisor import Launcher, LauncherConfig
 from .common import (
@@ -317,7 +319,8 @@ def _check_state_dir(state_dir: Path) -> None:
 def check_node(args: argparse.Namespace, state_dir: Path) -> None:
     """Every ``node`` option, before anything starts (README "CLI"): a mistake is one line
     naming the option and exit 2, not a launcher whose daemon fails at every start.
-    Writes nothing; nothing is started."""
+    Nothing is written in the state dir (a build is test-unpacked in a scratch directory)
+    and nothing is started."""
     # the daemon's default work is kv: refuse now rather than crash-loop in every slot
     if args.work in (None, "kv") and importlib.util.find_spec("p2pupdate.work.kv") is None:
         raise UsageError("--work kv is not available in this build; use --work none")
@@ -327,8 +330,17 @@ def check_node(args: argparse.Namespace, state_dir: Path) -> None:
         if not artifact.is_file():
             what = "not a regular file" if artifact.exists() else "no such file"
             raise UsageError(f"--initial-artifact {artifact}: {what}")
-        if not os.access(artifact, os.R_OK):
-            raise UsageError(f"--initial-artifact {artifact}: not readable")
+        try:
+            data = read_input(artifact, DEFAULT_LIMITS.max_total_bytes)
+        except UsageError as exc:
+            raise UsageError(f"--initial-artifact {exc}") from None
+        with tempfile.TemporaryDirectory(prefix="p2pupdate-check-") as scratch:
+            try:  # the launcher's own unpacking, into a scratch directory (not the state dir)
+                unpack_into(data, Path(scratch))
+            except ArtifactError as exc:
+                raise UsageError(
+                    f"--initial-artifact {artifact}: not a p2pupdate build ({exc})"
+                ) from None
     check_node_options(args, probation=args.probation, confirm_margin=PROBATION_MARGIN)
 
 

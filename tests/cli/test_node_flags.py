@@ -114,6 +114,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("offer-dir-missing", "--offer-dir", ["--offer-dir", "{missing}"]),
     ("initial-artifact-dir", "--initial-artifact", ["--initial-artifact", "{dir}"]),
     ("initial-artifact-missing", "--initial-artifact", ["--initial-artifact", "{missing}"]),
+    ("initial-artifact-garbage", "--initial-artifact", ["--initial-artifact", "{garbage}"]),
     ("state-dir-a-file", "--state-dir", ["--state-dir", "{file}"]),
 ]
 
