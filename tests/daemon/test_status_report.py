@@ -20,6 +20,7 @@ import trio
 from p2pupdate import clock
 from p2pupdate.core import crypto
 from p2pupdate.daemon.coordinator import CoordinatorLink
+from p2pupdate.daemon.replica import QuorumClient
 from p2pupdate.daemon.truststate import TrustFile
 
 from ..coordinator.service_helpers import ZERO, Network, in_process
@@ -72,3 +73,33 @@ async def test_an_estimate_the_replica_would_refuse_is_left_out_and_the_channel_
     assert "field 'capacity'" in said[0] or "field 'load'" in said[0]
     assert said[0].endswith(shown), said[0]
     assert not [line for line in lines if "connection lost" in line]
+
+
+async def test_an_ask_the_replica_would_refuse_is_not_sent(tmp_path: Path) -> None:
+    """The same for an ask: a capacity the schema refuses is an error outcome (the updater
+    backs off), one log line naming the value, and the channel stays up."""
+    net = Network(tmp_path / "net")
+    lines: list[str] = []
+    async with in_process(net) as (_replica, url):
+        store = net.trust()
+        client = QuorumClient(
+            [url], crypto.SigningKey.from_seed(b"\x06" * 32), lambda: store, log=lines.append
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client.run)
+            await client.wait_connected(1, 10.0)
+            with trio.fail_after(10):
+                outcome = await client.ask(
+                    pool="default",
+                    from_artifact=ZERO,
+                    to_artifact="ab" * 32,
+                    allowlist_version=1,
+                    scope_serial=1,
+                    capacity=math.nan,
+                    load=0.0,
+                )
+            (link,) = client.links
+            assert link.is_connected and link.connects == 1
+            nursery.cancel_scope.cancel()
+    assert outcome.token is None and outcome.error.endswith("got nan"), outcome
+    assert lines == [f"ask not sent: schema: {outcome.error.split('schema: ', 1)[1]}"], lines
