@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from ..core import crypto
 from ..core import documents as docs
 from ..core.errors import OversizeError, P2PUpdateError
 from ..core.verify import DocResult, Report, verify_set
-from ..daemon.options import add_daemon_arguments, forward_args, seconds
+from ..daemon.boot import PROBATION_MARGIN
+from ..daemon.options import add_daemon_arguments, check_node_options, forward_args, seconds
 from ..fsutil import create_exclusive
+from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, unpack_into
 from ..launcher.codes import EXIT_CODES_HELP
 from ..launcher.supervisor import Launcher, LauncherConfig
 from .common import (
@@ -34,6 +37,7 @@ from .common import (
     Parser,
     UsageError,
     duration,
+    int_range,
     load_signing_key,
     now_arg,
     positive_int,
@@ -281,6 +285,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 # -- node -------------------------------------------------------------------------------
 
 
+#: Most starts a new build gets on probation.  Each start of a build that crashes is a
+#: crash loop on the node, out of service and holding its departure lease; a build that
+#: failed ten starts in a row is broken, and more only keeps the node away from the good
+#: build it came from (1,000,000,000 would never roll back).
+MAX_ATTEMPTS = 10
+
+
 def default_state_dir() -> Path:
     """``/var/lib/p2pupdate`` for root, else ``$XDG_STATE_HOME/p2pupdate``.
 
@@ -292,21 +303,56 @@ def default_state_dir() -> Path:
     return Path(base) / "p2pupdate"
 
 
-def cmd_node(args: argparse.Namespace) -> int:
-    state_dir = (args.state_dir or default_state_dir()).absolute()
+def _check_state_dir(state_dir: Path) -> None:
+    """``--state-dir`` is a directory we may write in, or can be made in one."""
+    probe = state_dir
+    while not probe.exists():  # the nearest part of the path that is there
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--state-dir {state_dir}: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--state-dir {state_dir}: {probe} is not writable")
+
+
+def check_node(args: argparse.Namespace, state_dir: Path) -> None:
+    """Every ``node`` option, before anything starts (README "CLI"): a mistake is one line
+    naming the option and exit 2, not a launcher whose daemon fails at every start.
+    Nothing is written in the state dir (a build is test-unpacked in a scratch directory)
+    and nothing is started."""
     # the daemon's default work is kv: refuse now rather than crash-loop in every slot
     if args.work in (None, "kv") and importlib.util.find_spec("p2pupdate.work.kv") is None:
         raise UsageError("--work kv is not available in this build; use --work none")
-    if args.initial_artifact is not None and not args.initial_artifact.is_file():
-        raise UsageError(f"{args.initial_artifact}: no such file")
-    for name in ("offer_dir", "trust_root"):
-        path = getattr(args, name)
-        if path is not None and not path.exists():
-            raise UsageError(f"{path}: no such file or directory")
+    _check_state_dir(state_dir)
+    if args.initial_artifact is not None:
+        artifact: Path = args.initial_artifact
+        if not artifact.is_file():
+            what = "not a regular file" if artifact.exists() else "no such file"
+            raise UsageError(f"--initial-artifact {artifact}: {what}")
+        try:
+            data = read_input(artifact, DEFAULT_LIMITS.max_total_bytes)
+        except UsageError as exc:
+            raise UsageError(f"--initial-artifact {exc}") from None
+        with tempfile.TemporaryDirectory(prefix="p2pupdate-check-") as scratch:
+            try:  # the launcher's own unpacking, into a scratch directory (not the state dir)
+                unpack_into(data, Path(scratch))
+            except ArtifactError as exc:
+                raise UsageError(
+                    f"--initial-artifact {artifact}: not a p2pupdate build ({exc})"
+                ) from None
+    check_node_options(args, probation=args.probation, confirm_margin=PROBATION_MARGIN)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    state_dir = (args.state_dir or default_state_dir()).absolute()
+    check_node(args, state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create {state_dir}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"--state-dir {state_dir}: cannot create it: {exc.strerror or exc}"
+        ) from None
     config = LauncherConfig(
         state_dir=state_dir,
         daemon_args=tuple(forward_args(args)),
@@ -471,10 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     no.add_argument(
         "--max-attempts",
-        type=positive_int,
+        type=int_range(1, MAX_ATTEMPTS),
         default=3,
         metavar="N",
-        help="starts a new build gets before it is rolled back (default 3)",
+        help=f"starts a new build gets before it is rolled back (default 3, at most "
+        f"{MAX_ATTEMPTS})",
     )
     no.add_argument(
         "--initial-artifact",

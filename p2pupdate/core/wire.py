@@ -297,9 +297,35 @@ class FrameDecoder:
 
 Check = Callable[[str, Any], Any]
 
+#: A bad value named in an error message is cut to this many characters.
+MAX_SHOWN: Final = 40
+
+
+def shown(value: Any) -> str:
+    """The bad value, for an error message: short enough for one log line, whatever it is.
+
+    Numbers, booleans and None as Python writes them (``nan``, ``-1.5``, ``True``): an
+    operator reading "expected finite number, got nan" knows what to look for, where "got
+    float" says nothing.  Strings and bytes are cut to ``MAX_SHOWN`` characters (the
+    message is from a stranger), containers are named with their length.
+    """
+    if value is None or isinstance(value, bool | float):
+        text = repr(value)
+    elif isinstance(value, int):
+        text = (
+            repr(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        )
+    elif isinstance(value, str | bytes | bytearray):
+        text = repr(value[: MAX_SHOWN + 1])
+    elif isinstance(value, list | tuple | dict):
+        text = f"a {type(value).__name__} of {len(value)} entries"
+    else:
+        text = f"a value of type {type(value).__name__}"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
 
 def _fail(name: str, want: str, value: Any) -> SchemaError:
-    return SchemaError(f"field {name!r}: expected {want}, got {type(value).__name__}")
+    return SchemaError(f"field {name!r}: expected {want}, got {shown(value)}")
 
 
 def uint(max_value: int = 2**63 - 1) -> Check:
@@ -377,7 +403,7 @@ def hex_digest() -> Check:
 
     def check(name: str, v: Any) -> str:
         if not isinstance(v, str) or _HEX64.fullmatch(v) is None:
-            raise SchemaError(f"field {name!r}: expected 64 lowercase hex chars")
+            raise _fail(name, "64 lowercase hex chars", v)
         return v
 
     return check
@@ -385,8 +411,8 @@ def hex_digest() -> Check:
 
 def one_of(*choices: str) -> Check:
     def check(name: str, v: Any) -> str:
-        if v not in choices or not isinstance(v, str):
-            raise SchemaError(f"field {name!r}: expected one of {', '.join(choices)}")
+        if not isinstance(v, str) or v not in choices:
+            raise _fail(name, f"one of {', '.join(choices)}", v)
         return v
 
     return check

@@ -43,7 +43,7 @@ from ..core import crypto, departure
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
-from ..core.errors import EquivocationError, P2PUpdateError, RollbackError
+from ..core.errors import EquivocationError, P2PUpdateError, RollbackError, SchemaError
 from ..core.gates import choose_target
 from .gossip import parse_link_address
 from .replica import CoordinatorUnavailable, QuorumClient, ReplicaLink
@@ -152,14 +152,21 @@ class CoordinatorLink:
         if not fields:
             return
         estimate: proto.Estimate | None = None
-        if self.estimate is not None:
-            c, load, s = self.estimate
-            estimate = proto.Estimate(capacity=c, load=load, serving=s, age=0.0)
-        elif (live := self.estimate_source()) is not None:
-            estimate = proto.Estimate.from_wire(live)
-        report = proto.StatusReport.from_wire(
-            {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
-        )
+        try:  # the replica's own schema: an estimate it would refuse is left out, not sent
+            if self.estimate is not None:
+                c, load, s = self.estimate
+                estimate = proto.Estimate(capacity=c, load=load, serving=s, age=0.0)
+            elif (live := self.estimate_source()) is not None:
+                estimate = proto.Estimate.from_wire(live)
+        except SchemaError as exc:
+            self.log(f"status report: aggregate estimate left out: schema: {exc}")
+        try:
+            report = proto.StatusReport.from_wire(
+                {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
+            )
+        except SchemaError as exc:  # not sent: a replica would close the channel over it
+            self.log(f"status report not sent: schema: {exc}")
+            return
         await self.client.send(report)
 
     async def _on_connect(self, link: ReplicaLink) -> None:

@@ -48,6 +48,7 @@ from ..core import gossip as g
 from ..core import timing
 from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
+from ..net.addresses import split_hostport
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import LinkBrokenError, LinkError, LinkTimeoutError
 from ..net.tcp import connect_tcp, serve_tcp
@@ -80,16 +81,9 @@ def _no_status() -> g.Status:
     raise RuntimeError("GossipService.status was never set")
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); raises ``ValueError``."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host.removeprefix("[").removesuffix("]")
-    value = int(port)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text!r}: port out of range")
-    return host, value
+#: ``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); raises ``ValueError`` (one home, shared
+#: with the command line's checks).
+parse_hostport = split_hostport
 
 
 def link_address(host: str, port: int) -> str:
@@ -316,8 +310,9 @@ class GossipService:
     async def _seek(self) -> None:
         """Static peers and introductions, often while the active view is short.
 
-        "Often" backs off (3 s, 6 s, ... up to a minute) while asking brings nobody new: a
-        fleet of three can never fill a view of six, and must not dial all day trying.
+        "Often" backs off (3 s, 6 s, ... up to a minute, +-20% jitter) while asking brings
+        nobody new: a fleet of three can never fill a view of six, and must not dial all day
+        trying.  A lost link brings the next seek forward, but no sooner than the backoff.
         """
         core = self.core
         assert core is not None
@@ -332,8 +327,14 @@ class GossipService:
                             nursery.start_soon(self._probe, host, port)
                     if self.introducer is not None:
                         nursery.start_soon(self._introductions)
-            delay = seek_interval(short=short, fruitless=fruitless)
-            with trio.move_on_after(delay * self.rng.uniform(0.8, 1.2)):
+            jitter = self.rng.uniform(0.8, 1.2)
+            # A lost link (``_wake``) ends the wait early, but never the backoff itself: a
+            # peer that takes every link and drops it at once would otherwise be sought
+            # (probed, and the coordinator asked for introductions) after every drop.
+            floor = seek_interval(short=True, fruitless=fruitless) * jitter
+            ceiling = seek_interval(short=short, fruitless=fruitless) * jitter
+            await trio.sleep(min(floor, ceiling))
+            with trio.move_on_after(max(0.0, ceiling - floor)):
                 await self._wake.wait()
             self._wake = trio.Event()
             fruitless = fruitless + 1 if short and len(core.active) <= before else 0

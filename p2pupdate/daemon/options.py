@@ -4,6 +4,13 @@
 The launcher is the installed code and the daemon is whatever slot runs, so the launcher
 forwards only options that were given explicitly: a daemon of another version then applies
 its own defaults to the rest.
+
+Each option's type checks the value alone (its syntax, and its range against the schema
+the coordinator applies to it); :func:`check_node_options` checks what needs the machine
+or several options at once (a root that parses, an address this machine has, a port not
+in use, an option that needs another).  ``p2pupdate node`` runs both before anything
+starts: a mistake there is one line and exit 2, never a launcher whose daemon crashes
+over it at every start.
 """
 
 from __future__ import annotations
@@ -16,8 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ..cli.common import int_range
+from ..cli.common import UsageError, int_range, read_document
+from ..core import coordproto as proto
+from ..core.documents import open_root
+from ..core.errors import P2PUpdateError
 from ..core.timing import UpdaterConfig
+from ..net.addresses import bind_problem, is_host, is_ip, split_hostport
+from ..net.websocket import parse_url
 
 WORKLOADS: Final = ("kv", "none")
 #: The updater's timings' one home; options that set one of them default to its value.
@@ -27,14 +39,31 @@ _SECONDS = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?$")
 _SECOND_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
 
 
+#: The shortest duration an option takes: the launcher forwards durations in microseconds
+#: (``forward_args``), and a shorter one would reach the daemon as 0, which it refuses.
+MIN_SECONDS: Final = 0.001
+
+
 def seconds(text: str) -> float:
-    """'0.5', '2s', '250ms', '15m', '1h' -> seconds (> 0, finite, at most a week)."""
+    """'0.5', '2s', '250ms', '15m', '1h' -> seconds (at least 1 ms, at most a week)."""
     m = _SECONDS.match(text.strip())
     if not m:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 0.5, 2s, 250ms, 15m")
     value = float(m.group(1)) * _SECOND_UNITS[m.group(2)]
-    if not 0.0 < value <= 7 * 86400.0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0 and at most a week")
+    if not MIN_SECONDS <= value <= 7 * 86400.0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1ms and at most a week")
+    return value
+
+
+#: Longest gossip round: an active link silent for ``GossipConfig.silence_timeout`` (60 s)
+#: is dropped, so rounds far longer than a few seconds would cut every link as silent.
+MAX_GOSSIP_ROUND: Final = 10.0
+
+
+def _gossip_round(text: str) -> float:
+    value = seconds(text)
+    if value > MAX_GOSSIP_ROUND:
+        raise argparse.ArgumentTypeError(f"{text!r}: a gossip round is at most 10s")
     return value
 
 
@@ -43,13 +72,16 @@ _port = int_range(0, 65535, "a port number")
 
 
 def _capacity(text: str) -> float:
+    """A capacity the coordinator accepts in an ask: its schema's own check decides."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
+    try:
+        checked: float = proto.AskRequest.CHECKS["capacity"]("capacity", v)
+    except P2PUpdateError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range ({exc})") from None
+    return checked
 
 
 def _pool(text: str) -> str:
@@ -59,28 +91,64 @@ def _pool(text: str) -> str:
 
 
 def _stub(text: str) -> str:
+    """``C:L:S``, checked as the estimate a status report carries (``coordproto.Estimate``)."""
     parts = text.split(":")
     try:
-        ok = (
-            len(parts) == 3 and float(parts[0]) >= 0 and float(parts[1]) >= 0 and int(parts[2]) >= 0
+        if len(parts) != 3:
+            raise ValueError
+        proto.Estimate(
+            capacity=float(parts[0]), load=float(parts[1]), serving=int(parts[2]), age=0.0
         )
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"{text!r} is not CAPACITY:LOAD:SERVING (numbers >= 0)")
+    except (ValueError, P2PUpdateError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not CAPACITY:LOAD:SERVING (finite numbers >= 0)"
+        ) from None
     return text
 
 
-def _hostport(text: str) -> str:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+def _host(text: str) -> str:
+    if not is_host(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or IP address")
+    return text
+
+
+def _hostport(text: str, *, lowest_port: int) -> str:
+    try:
+        host, port = split_hostport(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT") from None
+    if not is_host(host):
+        raise argparse.ArgumentTypeError(f"{text!r}: {host!r} is not a host name or IP address")
+    if port < lowest_port:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port} cannot be dialed")
     return text.strip()
 
 
-def _host(text: str) -> str:
-    if not 1 <= len(text) <= 64 or not text.isprintable() or " " in text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+def _listen(text: str) -> str:
+    """Where to listen: ``HOST:PORT``, port 0 for any free one."""
+    return _hostport(text, lowest_port=0)
+
+
+def _peer(text: str) -> str:
+    """A peer to dial: ``HOST:PORT`` with a real port."""
+    return _hostport(text, lowest_port=1)
+
+
+def _interface(text: str) -> str:
+    """A zeroconf interface, by its address (zeroconf takes addresses, never names)."""
+    if not is_ip(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address")
+    return text
+
+
+def _coordinator(text: str) -> str:
+    """A replica's URL, spelled out: ``http://HOST:PORT`` (``ws://`` too)."""
+    if "://" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL like http://HOST:PORT")
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -110,7 +178,9 @@ OPTIONS: Final = (
         choices=WORKLOADS,
         help="the work this node serves: the example key/value service, or none",
     ),
-    _Opt(flag="--host", kind=str, default="127.0.0.1", metavar="ADDR", help="work listen address"),
+    _Opt(
+        flag="--host", kind=_host, default="127.0.0.1", metavar="ADDR", help="work listen address"
+    ),
     _Opt(
         flag="--port",
         kind=_port,
@@ -143,7 +213,7 @@ OPTIONS: Final = (
     ),
     _Opt(
         flag="--coordinator",
-        kind=str,
+        kind=_coordinator,
         default=None,
         metavar="URL",
         repeat=True,
@@ -167,7 +237,7 @@ OPTIONS: Final = (
     ),
     _Opt(
         flag="--gossip-listen",
-        kind=_hostport,
+        kind=_listen,
         default=None,
         metavar="HOST:PORT",
         help="run gossip: listen for peer links on HOST:PORT (port 0: any free port; "
@@ -184,7 +254,7 @@ OPTIONS: Final = (
     ),
     _Opt(
         flag="--peer",
-        kind=_hostport,
+        kind=_peer,
         default=None,
         metavar="HOST:PORT",
         repeat=True,
@@ -193,7 +263,7 @@ OPTIONS: Final = (
     ),
     _Opt(
         flag="--zeroconf",
-        kind=_host,
+        kind=_interface,
         default=None,
         metavar="ADDR",
         repeat=True,
@@ -203,10 +273,10 @@ OPTIONS: Final = (
     ),
     _Opt(
         flag="--gossip-round",
-        kind=seconds,
+        kind=_gossip_round,
         default=1.0,
         metavar="DUR",
-        help="time between gossip rounds (default 1s)",
+        help="time between gossip rounds (default 1s, at most 10s)",
     ),
     _Opt(
         flag="--gossip-notice-spread",
@@ -358,3 +428,73 @@ def forward_args(ns: argparse.Namespace) -> list[str]:
         else:
             out += [o.flag, str(value)]
     return out
+
+
+def _given(ns: argparse.Namespace, dest: str) -> Any:
+    """The value of an option, its default when it was not given (the launcher's
+    namespace holds None for options it does not forward)."""
+    value = getattr(ns, dest, None)
+    if value is None:
+        value = next(o.default for o in OPTIONS if o.dest == dest)
+    return value
+
+
+def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_margin: float) -> None:
+    """Everything about the daemon options that needs this machine or several options at
+    once, checked before anything starts.  Raises ``UsageError`` (one line, naming the
+    option) at the first problem; reads files and binds test sockets, writes nothing.
+
+    ``probation`` is the launcher's window for a new build to confirm in, and
+    ``confirm_margin`` what the daemon keeps of it for its own rollback
+    (``daemon.boot.PROBATION_MARGIN``).
+    """
+    trust_root: Path | None = ns.trust_root
+    if trust_root is not None:
+        try:
+            open_root(read_document(trust_root))
+        except UsageError as exc:
+            raise UsageError(f"--trust-root {exc}") from None
+        except P2PUpdateError as exc:
+            raise UsageError(
+                f"--trust-root {trust_root}: not a root document ({exc.rule}: {exc})"
+            ) from None
+    offer_dir: Path | None = ns.offer_dir
+    if offer_dir is not None and not offer_dir.is_dir():
+        what = "not a directory" if offer_dir.exists() else "no such directory"
+        raise UsageError(f"--offer-dir {offer_dir}: {what}")
+    if ns.coordinator and trust_root is None:
+        raise UsageError("--coordinator needs --trust-root (tokens are verified against it)")
+    gossip = ns.gossip_listen is not None or bool(ns.peer) or bool(ns.zeroconf)
+    if gossip and trust_root is None:
+        flag = "--gossip-listen" if ns.gossip_listen else "--peer" if ns.peer else "--zeroconf"
+        raise UsageError(f"{flag} needs --trust-root (gossiped documents are verified)")
+    listen_host = None
+    if ns.gossip_listen is not None:
+        listen_host, port = split_hostport(ns.gossip_listen)
+        problem = bind_problem(listen_host, port)
+        if problem:
+            raise UsageError(f"--gossip-listen {ns.gossip_listen}: cannot listen there ({problem})")
+    for address in ns.zeroconf or ():
+        problem = bind_problem(address, udp=True)
+        if problem:
+            raise UsageError(f"--zeroconf {address}: not an address of this machine ({problem})")
+    if ns.zeroconf:
+        announced = ns.gossip_advertise or listen_host
+        if announced is None or announced in ("0.0.0.0", "::") or not is_ip(announced):
+            raise UsageError(
+                "--zeroconf announces the gossip address: it needs --gossip-listen or "
+                "--gossip-advertise with a specific IP address"
+            )
+    if _given(ns, "work") == "kv":
+        host, port = _given(ns, "host"), _given(ns, "port")
+        problem = bind_problem(host, port)
+        if problem:
+            raise UsageError(
+                f"--host {host} --port {port}: the work cannot listen there ({problem})"
+            )
+    checks, interval = _given(ns, "health_checks"), _given(ns, "health_interval")
+    if (checks - 1) * interval + confirm_margin >= probation:
+        raise UsageError(
+            f"--health-checks {checks} every --health-interval {interval:g}s cannot pass "
+            f"inside --probation {probation:g}s: a new build could never confirm"
+        )

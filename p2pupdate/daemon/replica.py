@@ -23,7 +23,7 @@ from .. import clock as clocks
 from ..core import coordproto as proto
 from ..core import crypto, departure
 from ..core import documents as docs
-from ..core.errors import P2PUpdateError
+from ..core.errors import P2PUpdateError, SchemaError
 from ..core.origin import check_artifact
 from ..core.trust import TrustStore
 from ..fsutil import atomic_write
@@ -150,7 +150,11 @@ class QuorumClient:
             nonce=os.urandom(proto.TOKEN_NONCE_LEN),
         )
         payload = token.to_payload()
-        request = proto.AskRequest(token=payload, capacity=capacity, load=load)
+        try:  # the replica's own schema: an ask it would refuse is not sent at all
+            request = proto.AskRequest(token=payload, capacity=capacity, load=load)
+        except SchemaError as exc:
+            self.log(f"ask not sent: schema: {exc}")
+            return AskOutcome(error=f"ask not sent: schema: {exc}")
         results = await self._each(request, self.ask_timeout)
         sigs: dict[str, bytes] = {}
         granted_on: list[ReplicaLink] = []

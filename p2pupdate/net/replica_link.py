@@ -28,11 +28,24 @@ from .websocket import WebSocket, WebSocketClosed, parse_url
 #: Reconnect backoff after a lost or failed connection: 0.2 s doubling to 10 s (equal jitter).
 RECONNECT_BASE = 0.2
 RECONNECT_CAP = 10.0
+#: A connection counts as healthy (the next loss starts the backoff over) only once it has
+#: stayed up this long.  A handshake that succeeds is not enough: a replica that closes
+#: every connection right after it (a request it refuses, a newer connection of the same
+#: node id replacing this one) would otherwise be redialled every 0.1-0.2 s, forever.
+STABLE_AFTER = 30.0
 
 
 def reconnect_delay(failures: int) -> float:
     """The ceiling of the wait before reconnecting after ``failures`` failures in a row."""
     return timing.capped_exponential(RECONNECT_BASE, RECONNECT_CAP, failures)
+
+
+def reconnect_wait(failures: int, u: float) -> float:
+    """The wait before reconnecting, equal jitter: uniform in ``[d/2, d]`` with ``d =
+    reconnect_delay(failures)``, for a uniform draw ``u`` in ``[0, 1)``.  Half fixed, half
+    random: links to a replica that went away together do not come back together."""
+    ceiling = reconnect_delay(failures)
+    return ceiling / 2.0 + (ceiling / 2.0) * u
 
 
 __all__ = ["CoordinatorUnavailable", "ProtocolError", "Push", "ReplicaLink"]
@@ -105,19 +118,29 @@ class ReplicaLink:
         self._waiters: dict[int, _Waiter] = {}
         self.connected = trio.Event()
         self._was_connected = False
+        #: Handshakes completed so far (status, tests, the bench).
+        self.connects = 0
 
     @property
     def is_connected(self) -> bool:
         return self._ws is not None and not self._ws.closed
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, serve the channel, reconnect after a loss; forever."""
+        """Connect, serve the channel, reconnect after a loss; forever.
+
+        Every reconnect waits ``reconnect_wait(failures)``; ``failures`` counts the
+        connections in a row that failed or were lost within ``STABLE_AFTER`` of their
+        handshake, so only a connection that stayed up that long starts the backoff over.
+        The time is trio's (a test's ``MockClock`` moves it).
+        """
         task_status.started()
         failures = 0
         while True:
+            up_since: float | None = None
             try:
                 await self.connect_once()
-                failures = 0
+                self.connects += 1
+                up_since = trio.current_time()
                 await self._read_loop()
             except (
                 OSError,
@@ -132,8 +155,9 @@ class ReplicaLink:
                     self._was_connected = False
             finally:
                 self._disconnected()
-            delay = reconnect_delay(failures)
-            await trio.sleep(self.rng.uniform(delay / 2, delay))  # equal jitter
+            if up_since is not None and trio.current_time() - up_since >= STABLE_AFTER:
+                failures = 0
+            await trio.sleep(reconnect_wait(failures, self.rng.random()))
             failures += 1
 
     async def connect_once(self, timeout: float = 10.0) -> None:

@@ -20,6 +20,7 @@ import wsproto.events as wse
 import wsproto.utilities
 
 from ..errors import PeerFault
+from .addresses import is_host
 
 __all__ = ["DEFAULT_PORT", "WebSocket", "WebSocketClosed", "parse_url"]
 
@@ -224,9 +225,30 @@ class WebSocket:
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
-    """``http://host:port`` or ``ws://host:port`` -> (host, port, http base URL)."""
-    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme not in ("http", "ws") or not parts.hostname:
-        raise ValueError(f"{url!r}: expected http://HOST:PORT (TLS is not built in yet)")
-    port = parts.port or DEFAULT_PORT
-    return parts.hostname, port, f"http://{parts.hostname}:{port}"
+    """``http://host:port`` or ``ws://host:port`` -> (host, port, http base URL).
+
+    Raises ``ValueError`` for anything else: another scheme, no host or one that is not a
+    host name or address, a port that is not one, a path, query, fragment or user part
+    (a replica URL names a server, nothing on it).
+    """
+    bad = f"{url!r}: expected http://HOST:PORT (TLS is not built in yet)"
+    try:
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        port = parts.port
+    except ValueError:
+        raise ValueError(bad) from None
+    host = parts.hostname
+    if (
+        parts.scheme not in ("http", "ws")
+        or not host
+        or not is_host(host)
+        or port == 0
+        or parts.username is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(bad)
+    port = port or DEFAULT_PORT
+    shown = f"[{host}]" if ":" in host else host
+    return host, port, f"http://{shown}:{port}"

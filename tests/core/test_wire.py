@@ -597,3 +597,43 @@ def test_signed_examples_open() -> None:
             assert open_heartbeat(raw).doc == VALID["heartbeat"]
         else:
             assert store.verify(DOCUMENT_TYPES[kind], raw, NOW).doc == VALID[kind]
+
+
+# -- a schema error names the bad value ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [
+        (float("nan"), "got nan"),
+        (float("inf"), "got inf"),
+        (-1.5, "got -1.5"),
+        (True, "got True"),
+        (None, "got None"),
+        ("12", "got '12'"),
+        ([1.0], "got a list of 1 entries"),
+    ],
+)
+def test_a_schema_error_names_the_bad_value(value: Any, got: str) -> None:
+    with pytest.raises(SchemaError) as caught:
+        wire.nonneg_float()("capacity", value)
+    assert str(caught.value) == f"field 'capacity': expected finite number in [0, 1e+18], {got}"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 100_000, b"\xff" * 100_000, 2**4000, list(range(10_000)), object()],
+    ids=["str", "bytes", "int", "list", "object"],
+)
+def test_the_value_named_is_bounded(value: Any) -> None:
+    with pytest.raises(SchemaError) as caught:
+        wire.uint()("n", value)
+    shown = str(caught.value).partition(", got ")[2]
+    assert shown and len(shown) <= wire.MAX_SHOWN
+
+
+def test_hex_and_choice_checks_name_the_value_too() -> None:
+    with pytest.raises(SchemaError, match=r"got 'ABC'"):
+        wire.hex_digest()("artifact", "ABC")
+    with pytest.raises(SchemaError, match=r"expected one of serving, draining, got 'x'"):
+        wire.one_of("serving", "draining")("state", "x")

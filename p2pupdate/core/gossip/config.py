@@ -74,6 +74,12 @@ class GossipConfig:
     request_timeout: float = 10.0
     #: A linked peer in no view, with nothing pending, is let go after this long.
     idle_timeout: float = 30.0
+    #: A contact whose dial failed, or whose link went down within ``stable_link`` of
+    #: coming up, is not dialed again for ``redial_base`` doubling per failure in a row up
+    #: to ``redial_cap`` (equal jitter); a link that stayed up ``stable_link`` clears it.
+    redial_base: float = 2.0
+    redial_cap: float = 120.0
+    stable_link: float = 30.0
     #: An active peer silent this long is dropped (heartbeats and push-sum keep links busy).
     silence_timeout: float = 60.0
     max_messages_per_round: int = 200
@@ -106,6 +112,10 @@ class GossipConfig:
             raise ValueError("GossipConfig.shuffle_interval must be (low, high), 0 < low <= high")
         if self.epoch_rounds < 2:
             raise ValueError("GossipConfig.epoch_rounds must be >= 2")
+        if not 0.0 < self.redial_base <= self.redial_cap < float("inf"):
+            raise ValueError("GossipConfig: need 0 < redial_base <= redial_cap (finite)")
+        if not 0.0 <= self.stable_link < float("inf"):
+            raise ValueError("GossipConfig.stable_link must be >= 0 and finite")
         if not 0.0 < self.disconnect_score <= self.ban_score:
             raise ValueError("GossipConfig: need 0 < disconnect_score <= ban_score")
         if min(self.max_links_per_host, self.max_active_per_host, self.max_passive_per_host) < 1:

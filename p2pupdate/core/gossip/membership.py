@@ -12,6 +12,10 @@ over links that exist) and a *passive view* of ~5x as many contacts to repair it
   does so only for an empty view, which leaves nodes whose few contacts are all full stuck
   short).  A refusal suggests other contacts (peer exchange).
 * A lost link is repaired from the passive view at the next round.
+* A contact whose dial failed, or whose link was lost soon after it came up, is not dialed
+  again before its backoff (``GossipConfig.redial_base`` doubling per failure in a row, up
+  to ``redial_cap``, equal jitter; ``timing.capped_exponential``): a peer that takes
+  every link and drops it at once was redialled every round.
 * Every 30-60 s (or at once, when it runs out of contacts) a node *shuffles* a sample of
   its views with one active neighbour.  Unlike HyParView the shuffle is one hop, not a
   random walk: the walk's end would have to open a temporary connection back to the
@@ -31,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .. import timing
 from .context import NodeContext, Out, send
 from .events import Dial, DialFailed, Disconnect, Introduced, LinkDown, LinkUp
 from .messages import (
@@ -92,6 +97,8 @@ class Membership:
         self._dialing: dict[str, tuple[str, float]] = {}  # node -> (purpose, since)
         self._asking: dict[str, float] = {}  # Neighbor/Join sent, reply pending
         self._shuffling: dict[str, tuple[tuple[Contact, ...], float]] = {}
+        #: Contacts backing off: node -> (failures in a row, not dialed before this time).
+        self._redial: dict[str, tuple[int, float]] = {}
 
     # -- events -------------------------------------------------------------------------------
 
@@ -135,12 +142,32 @@ class Membership:
             self._ask_neighbor(peer, now, out, high=purpose == "neighbor-high")
 
     def on_link_down(self, ev: LinkDown, now: float, utc_now: int, out: Out) -> None:
+        link = self.links.get(ev.peer)
+        if link is not None:
+            if now - link.since < self._ctx.config.stable_link:
+                self._failed(ev.peer, now)
+            else:
+                self._redial.pop(ev.peer, None)
         self.forget_link(ev.peer)
         # HyParView: a failed active peer is dropped; the next round repairs from passive.
 
     def on_dial_failed(self, ev: DialFailed, now: float, utc_now: int, out: Out) -> None:
         if self._dialing.pop(ev.node, None) is not None:
             self.passive.pop(ev.node, None)
+            self._failed(ev.node, now)
+
+    def _failed(self, node: str, now: float) -> None:
+        """One more failure in a row for ``node``: no dial before its backoff has passed."""
+        cfg = self._ctx.config
+        failures = self._redial.get(node, (0, now))[0]
+        ceiling = timing.capped_exponential(cfg.redial_base, cfg.redial_cap, failures)
+        wait = ceiling / 2.0 + (ceiling / 2.0) * self._ctx.rng.random()
+        self._redial[node] = (failures + 1, now + wait)
+
+    def backing_off(self, node: str, now: float) -> bool:
+        """Whether ``node`` may not be dialed yet (its last dial or link failed)."""
+        entry = self._redial.get(node)
+        return entry is not None and now < entry[1]
 
     def heard_from(self, peer: str, now: float) -> int | None:
         """Note a frame from ``peer``; its frames this round, or None without a link
@@ -380,7 +407,10 @@ class Membership:
         candidates = [
             c
             for n, c in self.passive.items()
-            if n not in self._dialing and n not in self._asking and not banned(n, now)
+            if n not in self._dialing
+            and n not in self._asking
+            and not banned(n, now)
+            and not self.backing_off(n, now)
         ]
         if not candidates:
             if self.active and not self._shuffling:
@@ -458,6 +488,10 @@ class Membership:
         if self._shuffling:
             for peer in [p for p, (_, t) in self._shuffling.items() if now - t > timeout]:
                 del self._shuffling[peer]
+        if self._redial:  # a failure long past is forgotten (and the table stays bounded)
+            cap = self._ctx.config.redial_cap
+            for node in [n for n, (_, t) in self._redial.items() if now - t > cap]:
+                del self._redial[node]
 
     def expire_links(self, now: float, out: Out) -> None:
         """Close silent active links and idle links that serve no view."""

@@ -197,6 +197,14 @@ class PushSum:
         flow = ep.flows.get(peer)
         if flow is None:
             flow = ep.flows[peer] = _Flow()
+        elif _went_back(flow, msg):
+            # A running sum only grows, so the sender started its side of this edge over:
+            # a restarted process (a swap, a crash) in the same epoch, same node id.  Its
+            # new sums carry only its new mass; crediting them against the old ones
+            # subtracted mass this node had long passed on, and the estimate went negative
+            # (-500 capacity for a pool of 100; a status report no replica accepts).
+            flow.got_weight = 0.0
+            flow.got = {}
         ep.weight += msg.weight - flow.got_weight
         flow.got_weight = msg.weight
         mass, got = ep.mass, flow.got
@@ -218,3 +226,17 @@ class PushSum:
     def _clock_epoch(self, utc_now: int) -> int:
         cfg = self._ctx.config
         return int(utc_now // (cfg.epoch_rounds * cfg.round_interval))
+
+
+def _went_back(flow: _Flow, msg: Aggregate) -> bool:
+    """Whether ``msg``'s running sums are below what the same sender said before."""
+    if msg.weight < flow.got_weight:
+        return True
+    got = flow.got
+    for pool, sums in msg.sums.items():
+        old = got.get(pool)
+        if old is not None and (
+            sums[0] < old[0] or sums[1] < old[1] or sums[2] < old[2] or sums[3] < old[3]
+        ):
+            return True
+    return False
