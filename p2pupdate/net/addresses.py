@@ -59,7 +59,11 @@ def bind_problem(host: str, port: int = 0, *, udp: bool = False) -> str | None:
     """Why a socket cannot listen on ``host:port`` on this machine, or None if it can.
 
     Binds and closes at once (``SO_REUSEADDR``, as trio's listeners set it, so a port in
-    ``TIME_WAIT`` is not taken for one in use).  A literal is not looked up at all
+    ``TIME_WAIT`` is not taken for one in use).  A port another process holds is *not* a
+    problem here: that is a passing condition (an old instance still stopping, a client's
+    ephemeral port), and refusing to start with exit 2 would need a person; the daemon's
+    listener retries it with the launcher's backoff.  An address this machine does not
+    have, or a name that does not resolve, is a mistake in the flags.  A literal is not looked up at all
     (``AI_NUMERICHOST``); a name like ``localhost`` goes through the system resolver.
     """
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
@@ -81,6 +85,9 @@ def bind_problem(host: str, port: int = 0, *, udp: bool = False) -> str | None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(addr)
             except OSError as exc:  # every address the name has must bind, as in trio
+                if exc.errno == errno.EADDRINUSE:
+                    bound += 1
+                    continue
                 return exc.strerror or str(exc)
         bound += 1
     return None if bound else "no address to bind"
