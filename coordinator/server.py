@@ -111,7 +111,10 @@ class Server:
                 await nursery.start(trio.serve_listeners, self._handle, listeners)
                 task_status.started(self.port)
         finally:
-            self.replica.store.flush()
+            try:
+                self.replica.store.flush()
+            except LocalStateFault as exc:
+                self.log(f"audit and registry not written at stop: {exc}")
 
     async def _flusher(self) -> None:
         said = ""

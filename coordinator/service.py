@@ -111,7 +111,7 @@ class Replica:
         except StateDamaged as exc:
             self.store.quarantine(str(exc))
             self._open_parts()
-        self.store.on_rebuilt = self._persist_memory
+        self.store.serving(self._persist_memory)
         if self.documents.retired:
             log(
                 f"{self.documents.retired} stored documents are signed by keys the current "

@@ -197,8 +197,8 @@ class Store:
         self.damage: list[Damage] = []
         #: The database was quarantined: what it held (the grant horizon) is unknown.
         self.emptied = False
-        #: Set by the replica: write what it holds in memory into a new, empty database.
-        self.on_rebuilt: Callable[[], None] = lambda: None
+        #: Set by ``serving``: write what the replica holds into a new, empty database.
+        self.on_rebuilt: Callable[[], None] | None = None
         self._audit: list[AuditRow] = []
         self._nodes: dict[str, NodeRow] = {}
         self._rebuilding = False
@@ -245,6 +245,12 @@ class Store:
         self.emptied = True
         self.db = self._connect()
 
+    def serving(self, on_rebuilt: Callable[[], None]) -> None:
+        """The replica has loaded everything: from now on damage met by a query is
+        quarantined and ``on_rebuilt`` writes the replica's memory into the new database.
+        Before this, damage is ``StateDamaged`` (the loader quarantines and starts empty)."""
+        self.on_rebuilt = on_rebuilt
+
     def damaged(self, reason: str, moved_to: str, then: str) -> None:
         """Another state file was found damaged and quarantined: kept with the rest."""
         damage = Damage(time=self.wall(), reason=reason, moved_to=moved_to, then=then)
@@ -266,13 +272,14 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if not _is_damage(exc):
                 raise StateUnwritable(f"{self.path.name}: {what}: {exc}") from None
-            if self._rebuilding:
+            on_rebuilt = self.on_rebuilt
+            if self._rebuilding or on_rebuilt is None:
                 raise StateDamaged(f"{self.path.name}: {what}: {exc}") from None
             reason = f"{what}: {exc}"
         self._quarantine(reason, "rebuilt from memory")
         self._rebuilding = True
         try:
-            self.on_rebuilt()
+            on_rebuilt()
             return fn(self.db)
         except sqlite3.DatabaseError as exc:
             raise StateDamaged(f"{self.path.name}: {what}: {exc}") from None

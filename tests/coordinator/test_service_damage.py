@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli import render_status
+from coordinator.errors import StateDamaged, StateUnwritable
 from coordinator.service import Replica, ServiceConfig
 from coordinator.statefiles import DB_FILE, STATE_FILES
-from coordinator.store import BreakerRow
+from coordinator.store import AuditRow, BreakerRow, Store
 
 from .service_helpers import REPO, Network, ReplicaProcesses, artifact_of, http
 
@@ -372,3 +373,68 @@ def test_damage_found_while_serving_is_quarantined_and_rebuilt_from_memory(
     assert st["documents"]["allowlist"]["version"] == 1
     assert [r["artifact"] for r in st["documents"]["releases"]] == [SHA]
     assert st["replica"]["warming_up_for"] == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"nan", b"inf", b"-inf", b"1e999", b"", b"12.5 0000000000000000", b"12.5 x y", b"\xff"],
+)
+def test_a_grant_horizon_that_is_not_a_finite_checked_time_is_damage(
+    raw: bytes, tmp_path: Path
+) -> None:
+    """``nan`` would make the warm-up ``max(0, nan) == 0``: no wait at all.  Anything but a
+    finite time with its check (or a plain finite time from before the check) is damage,
+    and damage means the full wait."""
+    store = Store(tmp_path / DB_FILE)
+    try:
+        store.put("grant_horizon", raw)
+        with pytest.raises(StateDamaged):
+            store.grant_horizon()
+    finally:
+        store.close()
+
+
+def test_a_grant_horizon_round_trips_and_an_older_plain_one_is_read(tmp_path: Path) -> None:
+    store = Store(tmp_path / DB_FILE)
+    try:
+        store.set_grant_horizon(1_800_000_123.25)
+        assert store.grant_horizon() == 1_800_000_123.25
+        store.put("grant_horizon", b"1800000000.5")  # as written before it carried a check
+        assert store.grant_horizon() == 1_800_000_000.5
+    finally:
+        store.close()
+
+
+class _FullDisk:
+    """A connection whose batch writes fail as SQLite's do on a full disk (the fault)."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+
+    def execute(self, *args: object) -> sqlite3.Cursor:
+        return self.real.execute(*args)  # type: ignore[arg-type]
+
+    def executemany(self, *_args: object) -> sqlite3.Cursor:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_a_full_disk_is_not_damage_and_the_batch_is_kept(tmp_path: Path) -> None:
+    """SQLITE_FULL is no reason to move a good database aside: the write fails with
+    ``StateUnwritable``, nothing is quarantined, and the batch is written once it can be."""
+    store = Store(tmp_path / DB_FILE)
+    store.serving(lambda: None)
+    real = store.db
+    row = AuditRow(time=1.0, event="refuse", node="n", pool="p", artifact="a", reason="r")
+    try:
+        store.audit(row)
+        store.db = _FullDisk(real)  # type: ignore[assignment]
+        with pytest.raises(StateUnwritable):
+            store.flush()
+        assert store.pending() == 1 and store.damage == []
+        assert not list(tmp_path.glob("*.bad-*"))
+        store.db = real
+        store.flush()
+        assert store.audit_rows() == [row]
+    finally:
+        store.db = real
+        store.close()
