@@ -42,6 +42,18 @@ def populated(tmp_path: Path) -> tuple[Network, Path]:
     replica.store.save_breaker(
         BreakerRow(artifact=SHA, paused=False, reason="", since=1.0, scope_serial=1)
     )
+    replica.store.add_failure(SHA, "cd" * 32, "probation failed", 2.0)
+    replica.store.audit(
+        AuditRow(
+            time=3.0,
+            event="refuse",
+            node="cd" * 32,
+            pool="default",
+            artifact=SHA,
+            gate="capacity",
+            reason="lease-budget",
+        )
+    )
     replica.store.close()
     return net, net.dir / "replica-1"
 
@@ -113,6 +125,18 @@ def breaker_row(db: Path) -> None:
     _sql(db, "UPDATE breaker SET paused = 7")
 
 
+def documents_type(db: Path) -> None:
+    _sql(db, "UPDATE documents SET type = 'sc?pe' WHERE type = 'scope'")
+
+
+def failures_row(db: Path) -> None:
+    _sql(db, "UPDATE failures SET reason = x'00ff'")
+
+
+def audit_row(db: Path) -> None:
+    _sql(db, "UPDATE audit SET gate = x'00ff' WHERE event = 'refuse'")
+
+
 def wal_header(db: Path) -> None:
     wal = db.with_name(db.name + "-wal")
     with wal.open("r+b") as f:
@@ -139,6 +163,9 @@ QUARANTINED: dict[str, tuple[str, Callable[[Path], None]]] = {
     "page": (DB_FILE, page),
     "directory": (DB_FILE, directory),
     "documents-row": (DB_FILE, documents_row),
+    "documents-type": (DB_FILE, documents_type),
+    "failures-row": (DB_FILE, failures_row),
+    "audit-row": (DB_FILE, audit_row),
     "grant-horizon": (DB_FILE, grant_horizon),
     "trust": (DB_FILE, trust),
     "nodes-row": (DB_FILE, nodes_row),
