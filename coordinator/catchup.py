@@ -110,14 +110,15 @@ class PeerView:
 
 def summarize(held: list[bytes], root: docs.Root) -> dict[str, Any]:
     """What a list of documents amounts to, for comparing replicas: the highest root
-    version, allowlist version, scope and nudge serials, and the set of releases."""
-    out: dict[str, Any] = {"root": root.version, "releases": set()}
+    version published (None: only the network's first), allowlist version, scope and
+    nudge serials, and the set of releases."""
+    out: dict[str, Any] = {"root": None, "releases": set()}
     for data in held:
         try:
             env = crypto.Envelope.from_wire(data)
             if env.type == "root":
                 version = docs.open_root(data).doc.version
-                out["root"] = max(out["root"], version)
+                out["root"] = max(out["root"] or 0, version)
                 continue
             cls = PUBLISHABLE.get(env.type)
             if cls is None:
@@ -257,7 +258,14 @@ class CatchUp:
     def view(self) -> dict[str, Any]:
         """``/status``'s ``replicas``: per peer URL, whether it agrees with this replica,
         and where not, which kinds differ (``here`` / ``there``)."""
-        here = summarize(self.documents.held(), self.documents.trust.root)
+        d = self.documents
+        here: dict[str, Any] = {
+            "root": d.trust.root.version if d.roots else None,
+            "releases": set(d.releases),
+        }
+        for kind, signed in (("allowlist", d.allowlist), ("scope", d.scope), ("nudge", d.nudge)):
+            if signed is not None:
+                here[kind] = signed.doc.floor_value
         now = self.wall()
         out: dict[str, Any] = {}
         for url, peer in self.peers.items():
