@@ -9,7 +9,11 @@ alike):
 2. gate 1 (``allowlisted``) against this replica's current allowlist, whose version the
    token must name; gate 2 (``in_scope``) against the current scope, same for the serial;
 3. gate 3: ``policy.decide`` -- breaker pause, warm-up, stale aggregate, lease budget,
-   min-serving, headroom, force budget.
+   min-serving, headroom, force budget.  A refusal that a freed slot ends joins the pool's
+   ``policy_queue.WaitQueue``: its answer carries the node's queue position and a
+   ``retry_after`` derived from the blocking leases' ends, and when a lease ends the
+   replica pushes a signed ``SlotPush`` to the node the queue names (``push_to``), which
+   asks again at once.
 
 A grant is a signature over the node's proposed payload; the lease it records lasts
 ``token_ttl + max_skew`` (``PolicyConfig.lease_ttl``), so it outlives the token on any
@@ -32,7 +36,7 @@ from p2pupdate.core.departure import parse_token
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.session import Signer
 
-from . import policy
+from . import policy, policy_queue
 from .breakers import Breakers
 from .errors import RequestError
 from .publishing import Documents
@@ -110,6 +114,10 @@ class Asks:
         self._agg_dirty: set[str] = set()
         self.leases: dict[str, LeaseInfo] = {}
         self.refusals: Counter[tuple[str, str, str]] = Counter()
+        #: Per pool, the nodes a full pool refused, in order (``policy_queue``).
+        self.queues: dict[str, policy_queue.WaitQueue] = {}
+        #: Set by the replica: push a message to one connected node (by key id).
+        self.push_to: Callable[[str, proto.Push], None] = lambda _node, _msg: None
         for artifact, gate, reason, count in store.refusal_counts():
             self.refusals[(artifact, gate, reason)] += count
         #: Leases handed back unused, by (artifact, reason): a grant every node returns
@@ -157,7 +165,34 @@ class Asks:
         )
         if event == "return":
             self.returns[(info.artifact, reason)] += 1
+        self._slot_freed(info.pool)
         return True
+
+    def _slot_freed(self, pool: str) -> None:
+        """A lease of ``pool`` ended: tell the node the queue names, with a signed push."""
+        queue = self.queues.get(pool)
+        if queue is None:
+            return
+        queue, head = queue.next_to_nudge(self.clock())
+        self.queues[pool] = queue
+        if head is not None:
+            freed = proto.SlotFreed(replica=self.keyid, node=str(head), pool=pool, time=self.wall())
+            self.push_to(str(head), proto.SlotPush.sign(self.signer, freed))
+
+    def _queued(
+        self, decision: policy.Decision, state: policy.PoolState, node: str, now: float
+    ) -> policy.Decision:
+        """A refusal a freed slot ends: the node's place in the queue, and the wait that
+        place gives (``policy_queue``)."""
+        pool = state.pool
+        queue, position = self.queues.get(pool, policy_queue.WaitQueue()).join(
+            node, now, self.policy
+        )
+        self.queues[pool] = queue
+        forced = decision.code == policy.EMERGENCY_BUDGET
+        ends = policy_queue.blocking_ends(state.leases, forced=forced, now=now)
+        retry = policy_queue.queued_retry(ends, position, now, self.policy)
+        return replace(decision, retry_after=retry, queue_position=position)
 
     def _refuse(
         self,
@@ -271,6 +306,8 @@ class Asks:
             replace(state, paused=True) if paused else state, ask, now, self.policy
         )
         if not decision.granted:
+            if decision.code in policy_queue.QUEUED:
+                decision = self._queued(decision, state, node, now)
             detail = decision.to_gate_result().detail
             if paused and breaker is not None:
                 detail = breaker.reason
@@ -304,6 +341,8 @@ class Asks:
             self.store.set_grant_horizon(horizon)  # raises if not written: no grant then
             self._horizon = horizon
         self.pools[token.pool] = state.add(lease)
+        if token.pool in self.queues:
+            self.queues[token.pool] = self.queues[token.pool].leave(node)
         sig = self.signer.sign(docs.DepartureToken.TYPE, payload)
         info = LeaseInfo(
             nonce=token.nonce,

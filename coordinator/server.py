@@ -84,6 +84,7 @@ class Server:
         self.conns: dict[str, NodeConn] = {}
         self._nursery: trio.Nursery | None = None
         replica.push_all = self.push_all
+        replica.push_to = self.push_to
         replica.connected = lambda: len(self.conns)
         self.port = 0
 
@@ -135,6 +136,11 @@ class Server:
         data = wire.encode(msg.to_wire())
         for conn in list(self.conns.values()):
             self._nursery.start_soon(self._push, conn, data)
+
+    def push_to(self, node: str, msg: proto.Push) -> None:
+        conn = self.conns.get(node)
+        if self._nursery is not None and conn is not None:
+            self._nursery.start_soon(self._push, conn, wire.encode(msg.to_wire()))
 
     async def _push(self, conn: NodeConn, data: bytes) -> None:
         with trio.move_on_after(PUSH_TIMEOUT), contextlib.suppress(WebSocketClosed):

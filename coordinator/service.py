@@ -143,8 +143,10 @@ class Replica:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        #: Hooks the shell sets: push a message to every connected node; how many are.
+        #: Hooks the shell sets: push a message to every connected node, or to one; how
+        #: many are connected.
         self.push_all: Callable[[proto.Push], None] = lambda _msg: None
+        self.push_to: Callable[[str, proto.Push], None] = lambda _node, _msg: None
         self.connected: Callable[[], int] = lambda: 0
         #: Set by the shell (``coordinator.catchup``): what the other replicas hold.
         self.peers: Callable[[], dict[str, Any]] = dict
@@ -176,6 +178,7 @@ class Replica:
             registry=self.registry,
             breakers=self.breakers,
         )
+        self.asks.push_to = lambda node, msg: self.push_to(node, msg)
 
     def _persist_memory(self) -> None:
         """The database was found damaged while serving and replaced by an empty one:

@@ -6,7 +6,7 @@ After the handshake (:mod:`p2pupdate.core.session`) every message is ``mac || pa
     node:   payload = msgpack {"t": kind, "seq": n, ...kind's fields}
     server: payload = msgpack {"id": n, "ok": true, ...answer}
                     | msgpack {"id": n, "ok": false, "error", "detail"}
-                    | msgpack {"push": "nudge" | "doc" | "signal", ...}   (any time)
+                    | msgpack {"push": "nudge" | "doc" | "signal" | "slot", ...}   (any time)
 
 ``seq`` strictly increases per connection (replays are refused) and is the answer's
 ``id``; the kind is inside what is MACed, so one kind's request cannot pass for another's.
@@ -37,10 +37,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final, Self
 
+from . import crypto, wire
 from . import documents as docs
-from . import wire
 from .errors import SchemaError, VerificationError
-from .session import HANDSHAKE_LIMITS, Session
+from .session import HANDSHAKE_LIMITS, Session, Signer
 
 __all__ = [
     "ANSWERS",
@@ -74,6 +74,8 @@ __all__ = [
     "ReturnReport",
     "SignalPush",
     "SignalRequest",
+    "SlotFreed",
+    "SlotPush",
     "StatusReport",
     "answer_of",
     "fast_hex_digest",
@@ -621,13 +623,79 @@ class SignalPush(_Value):
         return cls(sender=got["from"], data=got["data"])
 
 
+#: What a ``SlotPush`` signs (the signature's type: it cannot pass for another message).
+SLOT_TYPE: Final = "slot-freed"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlotFreed(_Value):
+    """What a ``SlotPush`` says: a departure slot of ``pool`` freed on ``replica`` and
+    ``node`` heads that replica's queue (README "Capacity gate and departure tokens")."""
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "replica": fast_hex_digest,
+        "node": fast_hex_digest,
+        "pool": wire.text(64, nonempty=True),
+        "time": wire.nonneg_float(),
+    }
+    WHERE: ClassVar[str] = "slot"
+    replica: str
+    node: str
+    pool: str
+    time: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlotPush(_Value):
+    """A replica's signed nudge to the head of its queue: ask again now, a slot freed.
+
+    Signed by the replica's coordinator key (not only MACed by the session) so the node
+    checks, as for a grant, that a coordinator of its root said it, to it.
+    """
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "payload": wire.blob(max_len=512),
+        "sig": wire.blob(crypto.SIG_LEN),
+    }
+    WHERE: ClassVar[str] = "slot-push"
+    payload: bytes
+    sig: bytes
+
+    @classmethod
+    def sign(cls, signer: Signer, freed: SlotFreed) -> Self:
+        payload = wire.encode(freed.to_wire())
+        return cls(payload=payload, sig=signer.sign(SLOT_TYPE, payload))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"push": "slot", "p": self.payload, "s": self.sig}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        got = _exact_keys(obj, ("push", "p", "s"), where=cls.WHERE)
+        if got["push"] != "slot":
+            raise SchemaError(f"{cls.WHERE}: not a slot push")
+        return cls(payload=got["p"], sig=got["s"])
+
+    def open(self, *, coordinators: Mapping[str, bytes], node: str) -> SlotFreed:
+        """What it says, if a key in ``coordinators`` (key id -> public key: the root's
+        coordinator role) signed it for ``node``; else ``VerificationError``."""
+        freed = SlotFreed.from_wire(wire.decode(self.payload, HANDSHAKE_LIMITS))
+        pub = coordinators.get(freed.replica)
+        if pub is None or not crypto.verify_signature(pub, SLOT_TYPE, self.payload, self.sig):
+            raise VerificationError("slot push: not signed by a coordinator of this root")
+        if freed.node != node:
+            raise VerificationError("slot push: addressed to another node")
+        return freed
+
+
 #: Every message a replica pushes unasked (the challenge is ``session.Challenge``).
-Push = DocumentPush | SignalPush
+Push = DocumentPush | SignalPush | SlotPush
 #: The push classes, by the ``push`` key's value.
-PUSHES: Final[Mapping[str, type[DocumentPush] | type[SignalPush]]] = {
+PUSHES: Final[Mapping[str, type[DocumentPush] | type[SignalPush] | type[SlotPush]]] = {
     "nudge": DocumentPush,
     "doc": DocumentPush,
     "signal": SignalPush,
+    "slot": SlotPush,
 }
 
 

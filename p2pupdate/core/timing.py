@@ -32,6 +32,9 @@ The rules (README "Node life cycle"):
 * ``drain_budget``: the drain gets ``min(drain_timeout, lease_ttl - swap_margin)``; a budget
   of zero or less means the lease is too short to swap inside.
 * ``notice_delay``: a learned allowlist starts a check within ``U[0, notice_spread]``.
+* ``wake_delay``: a refusal whose cause changed (a newer scope or allowlist, a nudge, the
+  replica's word that a slot freed) ends its wait within ``U[0, wake_spread]``, instead of
+  sleeping out a ``retry_after`` that no longer says anything.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ __all__ = [
     "first_check",
     "notice_delay",
     "refusal_wait",
+    "wake_delay",
 ]
 
 #: Numbers the rules work on elementwise: a float, or (in the simulations) a numpy array.
@@ -86,6 +90,9 @@ class UpdaterConfig:
     #: A newer allowlist learned by gossip starts a check within this long (uniform), so a
     #: fleet that learns it in the same second does not check in the same second.
     notice_spread: float = 60.0
+    #: A refusal whose cause changed asks again within this long (uniform): short, since
+    #: what held the node is gone, but spread, so the nodes it held do not ask in one instant.
+    wake_spread: float = 1.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -103,6 +110,7 @@ class UpdaterConfig:
             "drain_grace": self.drain_grace,
             "swap_margin": self.swap_margin,
             "notice_spread": self.notice_spread,
+            "wake_spread": self.wake_spread,
         }.items():
             if not 0.0 <= value < float("inf"):
                 raise ValueError(f"UpdaterConfig.{name} must be >= 0 and finite")
@@ -149,6 +157,15 @@ def notice_delay(config: UpdaterConfig, u: X) -> X: ...
 def notice_delay(config: UpdaterConfig, u: Any) -> Any:
     """Time from a learned allowlist to the check it brings forward: ``U[0, notice_spread]``."""
     return _uniform(0.0, config.notice_spread, u)
+
+
+@overload
+def wake_delay(config: UpdaterConfig, u: float) -> float: ...
+@overload
+def wake_delay(config: UpdaterConfig, u: X) -> X: ...
+def wake_delay(config: UpdaterConfig, u: Any) -> Any:
+    """Time from a refusal's cause changing to the check that asks again: ``U[0, wake_spread]``."""
+    return _uniform(0.0, config.wake_spread, u)
 
 
 @overload

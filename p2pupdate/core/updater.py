@@ -21,6 +21,7 @@ The life cycle (README "Node life cycle")::
     sleeping --allowlist learned--> sleeping (timer within notice_spread)
     sleeping --timer/nudge--> noticed --gates ok--> prefetching --done--> noticed --> asking
     asking --refused--> refused --retry_after (jittered)--> noticed --> asking ...
+    refused --its cause changed--> refused (timer within wake_spread) --> noticed ...
     asking --coordinator error--> backing_off --exponential backoff--> noticed --> asking ...
     asking --granted--> draining --drained--> swapping ==[process boundary]==>
     probation --health ok, confirmed--> rejoined --reported--> sleeping
@@ -55,10 +56,13 @@ Design choices, and why:
   and a node that is draining or on probation has better things to do.  When the node next
   falls asleep with a nudge remembered, it checks immediately.  A nudge naming the running
   or a sticky-denied artifact is ignored outright.
-* **Refused means wait and keep serving.**  A refusal (any gate, with a reason) waits
-  ``retry_after`` (or one check interval when none is given, at least ``min_retry``),
-  stretched by up to ``retry_jitter`` (default +20%) and never shortened: the coordinator said
-  "not before".
+* **Refused means wait and keep serving, bound to the cause.**  A refusal waits
+  ``retry_after`` (one check interval if none, at least ``min_retry``), stretched by up to
+  ``retry_jitter``, and keeps a ``RefusalCause`` (gate; allowlist version and scope serial
+  the ask was bound to).  When the cause changes the wait ends within ``wake_spread``: a
+  newer scope (what resumes a paused breaker) or allowlist, or a nudge, for a breaker or
+  document refusal; the replica's ``SlotFreed`` (head of its queue) for a capacity one,
+  which only remembers the rest: a document frees no capacity, ``retry_after`` paces herds.
 * **Coordinator errors back off exponentially with "equal jitter"**: after the n-th
   consecutive error the wait is uniform in ``[d/2, d]`` with
   ``d = min(backoff_cap, backoff_base * 2**(n-1))`` (5 s .. 15 min by default).  Half fixed,
@@ -99,14 +103,11 @@ Design choices, and why:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar, cast
+from typing import Final, TypeVar, cast
 
 from . import timing
-from .documents import NODE_STATES
-from .errors import P2PUpdateError
 from .timing import UpdaterConfig
 from .updater_events import (
     AllowlistLearned,
@@ -130,6 +131,7 @@ from .updater_events import (
     PrefetchDone,
     PrefetchFailed,
     ProbationFailed,
+    RefusalCause,
     Refused,
     Reported,
     ReportFailure,
@@ -137,8 +139,11 @@ from .updater_events import (
     RestoreWork,
     ResumeServing,
     ReturnLease,
+    Rng,
     RollBack,
     RollbackRecord,
+    ScopeLearned,
+    SlotFreed,
     Started,
     StickyDeny,
     Swap,
@@ -146,6 +151,7 @@ from .updater_events import (
     Timer,
     _check_artifact,
 )
+from .updater_states import INITIAL_STATES, TIMED_STATES, InvalidTransitionError, State
 
 __all__ = [
     "INITIAL_STATES",
@@ -173,6 +179,7 @@ __all__ = [
     "PrefetchDone",
     "PrefetchFailed",
     "ProbationFailed",
+    "RefusalCause",
     "Refused",
     "ReportFailure",
     "ReportRejoined",
@@ -183,6 +190,8 @@ __all__ = [
     "Rng",
     "RollBack",
     "RollbackRecord",
+    "ScopeLearned",
+    "SlotFreed",
     "Started",
     "State",
     "StickyDeny",
@@ -196,82 +205,6 @@ __all__ = [
     "render_table",
     "table_rows",
 ]
-
-
-class InvalidTransitionError(P2PUpdateError):
-    """An event arrived in a state whose row of the table does not accept it.
-
-    Always the local shell's fault (it fed a result for something the updater did not ask
-    for, or fed events out of order), so it is raised, never swallowed.
-    """
-
-    rule = "invalid-transition"
-
-    def __init__(self, message: str, *, state: State, event: str) -> None:
-        super().__init__(message)
-        #: Where the machine was and what arrived (the row that is missing).
-        self.state = state
-        self.event = event
-
-
-class Rng(Protocol):
-    """The randomness the updater draws from: ``random.Random`` fits; so does a stub.
-
-    Only uniform draws in ``[0, 1)``: ``core.timing`` turns each into a wait, with the same
-    arithmetic the simulations apply to arrays of draws.
-    """
-
-    def random(self) -> float: ...
-
-
-# -- states -------------------------------------------------------------------------------
-
-
-class State(enum.Enum):
-    """Where the node is in its update cycle.  The value is the name operators see."""
-
-    SLEEPING = "sleeping"  # serving; waiting for the jittered check (or a nudge)
-    NOTICED = "noticed"  # serving; the shell is evaluating gates 1 and 2 locally
-    PREFETCHING = "prefetching"  # serving; pulling the artifact peer-to-peer before asking
-    ASKING = "asking"  # serving; a departure request is with the coordinator
-    REFUSED = "refused"  # serving; waiting out the coordinator's retry_after
-    BACKING_OFF = "backing_off"  # serving; the coordinator failed, waiting exponentially
-    DRAINING = "draining"  # lease held; no new work, finishing in-flight, checkpointing
-    SWAPPING = "swapping"  # staging the new slot; the process exits with the swap code
-    PROBATION = "probation"  # new version running, not yet confirmed by the launcher
-    ROLLING_BACK = "rolling_back"  # probation failed; the process exits with the rollback code
-    REJOINED = "rejoined"  # confirmed; telling the coordinator (ends the lease)
-    ROLLED_BACK = "rolled_back"  # old version again after a failed probation; reporting it
-
-    @property
-    def heartbeat_state(self) -> str:
-        """The coarser state gossiped in heartbeats (``documents.NODE_STATES``)."""
-        return _HEARTBEAT_STATE[self]
-
-
-_HEARTBEAT_STATE: Final[Mapping[State, str]] = {
-    State.SLEEPING: "serving",
-    State.NOTICED: "serving",
-    State.PREFETCHING: "serving",
-    State.ASKING: "asking",
-    State.REFUSED: "serving",
-    State.BACKING_OFF: "serving",
-    State.DRAINING: "draining",
-    State.SWAPPING: "swapping",
-    State.PROBATION: "probation",
-    State.ROLLING_BACK: "failed",
-    State.REJOINED: "serving",
-    State.ROLLED_BACK: "serving",
-}
-assert set(_HEARTBEAT_STATE.values()) <= set(NODE_STATES)
-
-#: States that are always left by a timer (among other ways); ``get_timer()`` is set there.
-TIMED_STATES: Final = frozenset(
-    {State.SLEEPING, State.REFUSED, State.BACKING_OFF, State.DRAINING, State.PROBATION}
-)
-
-#: States an updater can be constructed in (and so the only ones that accept ``Started``).
-INITIAL_STATES: Final = (State.SLEEPING, State.PROBATION, State.ROLLED_BACK)
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -320,6 +253,10 @@ class Updater:
         self._notice_pending = False
         #: The newest allowlist version ``AllowlistLearned`` brought.
         self._allowlist_version = 0
+        #: The newest scope serial ``ScopeLearned`` brought.
+        self._scope_serial = 0
+        #: Why the node is refused, and what it saw then (set in ``refused`` only).
+        self._refusal: RefusalCause | None = None
         self._attempts = 0
         self._candidate: Candidate | None = None
         self._prefetched: str | None = None
@@ -382,6 +319,11 @@ class Updater:
     def candidate(self) -> Candidate | None:
         """The artifact being worked towards (from ``noticed`` until the swap or a sleep)."""
         return self._candidate
+
+    @property
+    def refusal(self) -> RefusalCause | None:
+        """What a refused node waits on (None in every other state)."""
+        return self._refusal
 
     @property
     def denied(self) -> tuple[StickyDeny, ...]:
@@ -473,6 +415,13 @@ class Updater:
         self._allowlist_version = event.version
         return any(a != self._installed and not self._is_denied(a) for a in event.artifacts)
 
+    def _takes_scope(self, event: ScopeLearned) -> bool:
+        """Whether a learned scope is news: a serial above every one learned before."""
+        if event.serial <= self._scope_serial:
+            return False
+        self._scope_serial = event.serial
+        return True
+
     def _notice_soon(self, now: float) -> None:
         """Bring the check forward to a uniform point in ``[now, now + notice_spread]``,
         unless one is already due by then (it is spread by its own jitter)."""
@@ -485,6 +434,7 @@ class Updater:
         """Start a local gate check; it covers any nudge or allowlist received until now."""
         self._nudge_pending = False
         self._notice_pending = False
+        self._refusal = None
         return State.NOTICED, [EvaluateGates()]
 
     def _sleep(self, now: float) -> State:
@@ -508,6 +458,11 @@ class Updater:
         if self._candidate is None:  # pragma: no cover - the table makes this unreachable
             raise self._unexpected("no candidate")
         return self._candidate
+
+    def _need_refusal(self) -> RefusalCause:
+        if self._refusal is None:  # pragma: no cover - set on entry to refused
+            raise self._unexpected("no refusal")
+        return self._refusal
 
     def _need_token(self) -> bytes:
         if self._token is None:  # pragma: no cover - the table makes this unreachable
@@ -568,6 +523,47 @@ class Updater:
             self._notice_pending = True
         return self._state, []
 
+    def _scope_learned_while_sleeping(self, event: ScopeLearned, now: float) -> Step:
+        if self._takes_scope(event):
+            self._notice_soon(now)
+        return State.SLEEPING, []
+
+    def _remember_scope(self, event: ScopeLearned, now: float) -> Step:
+        if self._takes_scope(event):
+            self._notice_pending = True
+        return self._state, []
+
+    def _moot(self, event: SlotFreed, now: float) -> Step:
+        return self._state, []
+
+    def _wake(self, now: float) -> Step:
+        """End the refusal's wait within ``wake_spread`` (never later than it was due)."""
+        due = now + timing.wake_delay(self._config, self._rng.random())
+        self._set_timer(min(due, self._timer if self._timer is not None else due))
+        return State.REFUSED, []
+
+    def _nudged_while_refused(self, event: Nudged, now: float) -> Step:
+        if self._need_refusal().capacity:
+            return self._remember_nudge(event, now)
+        return (State.REFUSED, []) if self._ignores_nudge(event) else self._wake(now)
+
+    def _allowlist_learned_while_refused(self, event: AllowlistLearned, now: float) -> Step:
+        cause = self._need_refusal()
+        if not cause.capacity and event.version > cause.allowlist_version:
+            self._takes_allowlist(event)
+            return self._wake(now)
+        return self._remember_allowlist(event, now)
+
+    def _scope_learned_while_refused(self, event: ScopeLearned, now: float) -> Step:
+        cause = self._need_refusal()
+        if not cause.capacity and event.serial > cause.scope_serial:
+            self._takes_scope(event)
+            return self._wake(now)
+        return self._remember_scope(event, now)
+
+    def _slot_freed_while_refused(self, event: SlotFreed, now: float) -> Step:
+        return self._wake(now) if self._need_refusal().capacity else (State.REFUSED, [])
+
     def _gates_evaluated(self, event: GatesEvaluated, now: float) -> Step:
         effects: list[Effect] = []
         candidate = event.candidate
@@ -622,6 +618,15 @@ class Updater:
 
     def _refused(self, event: Refused, now: float) -> Step:
         self._attempts = 0
+        c = self._need_candidate()
+        self._refusal = RefusalCause(
+            gate=event.gate,
+            reason=event.reason,
+            artifact=c.artifact,
+            allowlist_version=c.allowlist_version,
+            scope_serial=c.scope_serial,
+            position=event.position,
+        )
         wait = timing.refusal_wait(self._config, event.retry_after, self._rng.random())
         self._set_timer(now + wait)
         return State.REFUSED, []
@@ -701,7 +706,6 @@ _BUSY_WITH_NUDGE_MEMORY: Final = (
     S.NOTICED,
     S.PREFETCHING,
     S.ASKING,
-    S.REFUSED,
     S.BACKING_OFF,
     S.DRAINING,
     S.SWAPPING,
@@ -730,6 +734,9 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
         _row(S.SLEEPING, AllowlistLearned, Updater._allowlist_learned_while_sleeping,
              [S.SLEEPING],
              "timer to now + uniform(0, notice_spread), unless due by then or nothing new"),
+        _row(S.SLEEPING, ScopeLearned, Updater._scope_learned_while_sleeping, [S.SLEEPING],
+             "as a learned allowlist: within notice_spread, unless due by then or not newer"),
+        _row(S.SLEEPING, SlotFreed, Updater._moot, [S.SLEEPING], "moot: not refused"),
         _row(S.NOTICED, GatesEvaluated, Updater._gates_evaluated,
              [S.SLEEPING, S.PREFETCHING, S.ASKING],
              "none / denied: sleep; new: Prefetch; prefetched: AskCoordinator"),
@@ -747,6 +754,15 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
              "exponential backoff, equal jitter"),
         _row(S.REFUSED, Timer, Updater._check_on_timer, [S.NOTICED],
              "re-check gates, then ask again"),
+        # the refusal's cause changed: ask again within wake_spread (module docstring)
+        _row(S.REFUSED, Nudged, Updater._nudged_while_refused, [S.REFUSED],
+             "wake within wake_spread; remembered by a capacity refusal"),
+        _row(S.REFUSED, AllowlistLearned, Updater._allowlist_learned_while_refused,
+             [S.REFUSED], "newer than the refused ask's: wake (not capacity); else remembered"),
+        _row(S.REFUSED, ScopeLearned, Updater._scope_learned_while_refused, [S.REFUSED],
+             "newer serial (resumes a breaker): wake (not capacity); else remembered"),
+        _row(S.REFUSED, SlotFreed, Updater._slot_freed_while_refused, [S.REFUSED],
+             "a capacity refusal heads the replica's queue: wake within wake_spread"),
         _row(S.BACKING_OFF, Timer, Updater._check_on_timer, [S.NOTICED],
              "re-check gates, then ask again"),
         # leaving
@@ -776,17 +792,21 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
              "retry the report after a backoff"),
         _row(S.ROLLED_BACK, Timer, Updater._report_retry, [S.ROLLED_BACK, S.SLEEPING],
              "ReportFailure again, or give up after report_attempts"),
-        # nudges anywhere else: remembered, never acted on mid-flight
+        # anywhere else: a nudge is remembered, never acted on mid-flight; a learned allowlist
+        # or scope is remembered like it, spread on the next sleep; a freed slot is moot
         *(
-            _row(state, Nudged, Updater._remember_nudge, [state],
-                 "remembered: the next check covers it (immediate on the next sleep)")
+            row
             for state in _BUSY_WITH_NUDGE_MEMORY
-        ),
-        # a learned allowlist anywhere else: remembered like a nudge, spread on the next sleep
-        *(
-            _row(state, AllowlistLearned, Updater._remember_allowlist, [state],
-                 "remembered: the next check covers it (within notice_spread on the next sleep)")
-            for state in _BUSY_WITH_NUDGE_MEMORY
+            for row in (
+                _row(state, Nudged, Updater._remember_nudge, [state],
+                     "remembered: the next check covers it (immediate on the next sleep)"),
+                _row(state, AllowlistLearned, Updater._remember_allowlist, [state],
+                     "remembered: the next check covers it (within notice_spread on the next "
+                     "sleep)"),
+                _row(state, ScopeLearned, Updater._remember_scope, [state],
+                     "remembered like a learned allowlist"),
+                _row(state, SlotFreed, Updater._moot, [state], "moot: not refused"),
+            )
         ),
     ]
 )

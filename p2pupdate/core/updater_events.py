@@ -14,9 +14,21 @@ Import them from ``core.updater`` (which re-exports every name here): ``up.Nudge
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from .documents import Allowlist, Scope
-from .gates import GATE_ALLOWLIST, GateResult, Target
+from .gates import GATE_ALLOWLIST, GATE_CAPACITY, GateResult, Target
+
+
+class Rng(Protocol):
+    """The randomness the updater draws from: ``random.Random`` fits; so does a stub.
+
+    Only uniform draws in ``[0, 1)``: ``core.timing`` turns each into a wait, with the same
+    arithmetic the simulations apply to arrays of draws.
+    """
+
+    def random(self) -> float: ...
+
 
 # -- validation helpers -------------------------------------------------------------------
 
@@ -120,6 +132,37 @@ class RollbackRecord:
         _check_reason(self.reason, "RollbackRecord")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RefusalCause:
+    """What a refused node waits on, and what it saw when it was refused.
+
+    The wait is bound to this cause (README "Node life cycle"): a scope serial or allowlist
+    version above the ones the refused ask was bound to, a nudge, or (for a capacity
+    refusal) the replica's word that a slot freed ends it early.  ``gate`` is the gate that
+    said no (``capacity``, ``breaker``, ``allowlist``, ``scope``); a breaker pause lasts
+    until an operator publishes a newer scope, so ``scope_serial`` is the breaker state the
+    node saw.
+    """
+
+    gate: str
+    reason: str
+    artifact: str
+    allowlist_version: int
+    scope_serial: int
+    #: Place in the replica's queue (capacity refusals), for status only.
+    position: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "RefusalCause")
+        _check_reason(self.reason, "RefusalCause")
+
+    @property
+    def capacity(self) -> bool:
+        """A capacity refusal: only a freed slot (or its ``retry_after``) ends the wait;
+        a new document does not free capacity, and waking on one would be a stampede."""
+        return self.gate == GATE_CAPACITY
+
+
 # -- events (shell -> updater) --------------------------------------------------------------
 
 
@@ -165,6 +208,28 @@ class AllowlistLearned(Event):
             raise ValueError("AllowlistLearned: allowlist versions start at 1")
         for artifact in self.artifacts:
             _check_artifact(artifact, "AllowlistLearned")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScopeLearned(Event):
+    """A verified scope with a serial above any the node held (from a replica or gossip).
+
+    A newer scope may let a node in, and it is what resumes a rollout the breaker paused:
+    it ends a refusal's wait bound to an older serial, and brings a sleeping node's check
+    forward like a learned allowlist.
+    """
+
+    serial: int
+
+    def __post_init__(self) -> None:
+        if self.serial < 1:
+            raise ValueError("ScopeLearned: scope serials start at 1")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlotFreed(Event):
+    """A replica's signed word that a departure slot freed and this node heads its queue
+    (verified by the shell).  Ends a capacity refusal's wait; anywhere else it is moot."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -19,7 +19,13 @@ and with neither the node reports none, so the coordinator's aggregate goes stal
 grants nothing but forced departures: the capacity gate never guesses.  Status reports
 also carry ``addrs`` (the node's gossip link address), which is what the coordinator's
 introductions (``introductions``, the ``peers`` request) hand to other nodes.  Documents
-taken from a replica go to ``on_document`` too, so the node can spread them by gossip.
+taken from a replica go to ``on_document`` too, so the node can spread them by gossip; an
+allowlist or scope newer than the one held goes to ``on_learned`` (the updater ends a
+refusal's wait bound to the older one); the first ones after start do not (nothing waited
+on an older one, and a fleet that boots together must keep its first checks spread over
+the check interval).  A replica's ``SlotPush`` (a slot freed and this
+node heads its queue) is verified -- signed by a coordinator key of the root, addressed to
+this node -- and goes to ``on_slot``.
 """
 
 from __future__ import annotations
@@ -112,6 +118,10 @@ class CoordinatorLink:
         #: Set by the node: what to report, and where nudges go.
         self.status_fields: Callable[[], dict[str, Any]] = lambda: {}
         self.on_nudge: Callable[[str], None] = lambda _artifact: None
+        #: Set by the node: a newer allowlist or scope than the one held; a replica's
+        #: verified word that a slot of our pool freed for us.
+        self.on_learned: Callable[[docs.Allowlist | docs.Scope], None] = lambda _doc: None
+        self.on_slot: Callable[[proto.SlotFreed], None] = lambda _freed: None
         #: Set by the node when gossip runs: the live estimate, the link addresses, and
         #: where verified documents go to be spread.
         self.estimate_source: Callable[[], dict[str, float] | None] = lambda: None
@@ -183,7 +193,11 @@ class CoordinatorLink:
             self._nursery.start_soon(later)
 
     async def _on_push(self, link: ReplicaLink, push: proto.Push) -> None:
-        """A document a replica just published (a signal push is not the daemon's yet)."""
+        """A document a replica just published, or its signed word that a slot freed for us
+        (a signal push is not the daemon's yet)."""
+        if isinstance(push, proto.SlotPush):
+            self._slot_pushed(link, push)
+            return
         if not isinstance(push, proto.DocumentPush):
             return
         data = push.doc
@@ -200,6 +214,18 @@ class CoordinatorLink:
             self.log(f"nudged: {signed.doc.describe()}")
             self.on_nudge(signed.doc.artifact)
             self.on_document(data)
+
+    def _slot_pushed(self, link: ReplicaLink, push: proto.SlotPush) -> None:
+        root = self.trust.store.root
+        role = root.roles["coordinator"]
+        keys = {kid: root.keys[kid] for kid in role.keys if kid in root.keys}
+        try:
+            freed = push.open(coordinators=keys, node=self.node)
+        except P2PUpdateError as exc:
+            self.log(f"slot push from {link.base} rejected: {exc.rule}: {exc}")
+            return
+        self.log(f"{link.base}: a departure slot of pool {freed.pool!r} freed; asking again")
+        self.on_slot(freed)
 
     def accept(self, data: bytes) -> None:
         """A document from a replica: verified, floors raised (on disk), kept."""
@@ -218,12 +244,18 @@ class CoordinatorLink:
                 self.releases[rel.artifact] = rel
             elif kind == "allowlist":
                 allow = self.trust.accept(docs.Allowlist, data, now).doc
-                if self.allowlist is None or allow.version >= self.allowlist.version:
+                held = self.allowlist
+                if held is None or allow.version >= held.version:
                     self.allowlist = allow
+                if held is not None and allow.version > held.version:
+                    self.on_learned(allow)
             elif kind == "scope":
                 scope = self.trust.accept(docs.Scope, data, now).doc
-                if self.scope is None or scope.serial >= self.scope.serial:
+                was = self.scope
+                if was is None or scope.serial >= was.serial:
                     self.scope = scope
+                if was is not None and scope.serial > was.serial:
+                    self.on_learned(scope)
             else:
                 return False
         except (RollbackError, EquivocationError):

@@ -9,6 +9,8 @@ gossip ``on_deliver``          a verified document that was news here (``gossip_
 gossip ``introducer``          the coordinator's introductions (``--coordinator`` only)
 coordinator ``status_fields``  version, artifact, state, why gates 1-2 hold us back
 coordinator ``on_nudge``       a verified nudge: ``Nudged`` for the updater
+coordinator ``on_learned``     a newer allowlist / scope: ``AllowlistLearned`` / ``ScopeLearned``
+coordinator ``on_slot``        a replica's signed word a slot freed for us: ``SlotFreed``
 coordinator ``estimate_source``  the pool's push-sum totals (``gossip_estimate``)
 coordinator ``on_document``    a document a replica sent: spread by gossip
 =============================  =================================================================
@@ -26,6 +28,7 @@ from typing import Any
 import trio
 
 from ..clock import Clock
+from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
@@ -83,6 +86,8 @@ class NodeHooks:
         if coordinator is not None:
             coordinator.status_fields = self.status_fields
             coordinator.on_nudge = self.nudged
+            coordinator.on_learned = self.document_learned
+            coordinator.on_slot = self.slot_freed
         if gossip is not None:
             gossip.status = self.gossip_status
             gossip.on_deliver = self.gossip_delivered
@@ -108,6 +113,19 @@ class NodeHooks:
         """A verified nudge: fed to the updater whatever state it is in now."""
         if not self.feed(up.Nudged(artifact=artifact)):
             self.log("nudge dropped: the updater is busy")
+
+    def document_learned(self, doc: docs.Allowlist | docs.Scope) -> None:
+        """A newer allowlist or scope than the one held (a replica's, or a peer's): the
+        updater decides whether it ends a refusal's wait or brings a check forward."""
+        if isinstance(doc, docs.Allowlist):
+            self.allowlist_learned(doc)
+        elif not self.feed(up.ScopeLearned(serial=doc.serial)):
+            self.log("scope notice dropped: the updater is busy")
+
+    def slot_freed(self, freed: proto.SlotFreed) -> None:
+        """A replica's verified word that a departure slot freed and we head its queue."""
+        if not self.feed(up.SlotFreed()):
+            self.log("slot notice dropped: the updater is busy")
 
     def allowlist_learned(self, allow: docs.Allowlist) -> None:
         """A newer allowlist from a peer: fed to the updater, which decides when to check."""

@@ -348,6 +348,7 @@ def test_each_push_decodes_back() -> None:
         proto.DocumentPush(doc=b"n", nudge=True),
         proto.DocumentPush(doc=b"d"),
         proto.SignalPush(sender=A, data=b"x"),
+        proto.SlotPush(payload=b"p", sig=bytes(64)),
     ]
     for push in pushes:
         assert proto.push_of(wire.decode(wire.encode(push.to_wire()))) == push
@@ -356,6 +357,37 @@ def test_each_push_decodes_back() -> None:
         {"push": "doc", "doc": "text"},
         {"push": "doc", "doc": b"d", "extra": 1},
         {"push": "signal", "from": "zz", "data": b"x"},
+        {"push": "slot", "p": b"p", "s": bytes(63)},  # not a signature's length
+        {"push": "slot", "p": bytes(513), "s": bytes(64)},  # over the payload's limit
+        {"push": "slot", "p": b"p"},
     ):
         with pytest.raises(SchemaError):
             proto.push_of(bad)
+
+
+def test_a_slot_push_names_a_replica_a_node_and_a_pool_and_is_signed() -> None:
+    """The replica's nudge to the head of its queue (P7 item 3): opened only with a key of
+    the root's coordinator role, only by the node it names; what it says is checked."""
+    key = key_for("coordinator-1")
+    freed = proto.SlotFreed(replica=key.keyid, node=A, pool="p", time=NOW)
+    push = proto.SlotPush.sign(sess.Signer(key), freed)
+    assert push.to_wire()["push"] == "slot"
+    assert push.open(coordinators={key.keyid: key.public_key}, node=A) == freed
+    other = key_for("coordinator-2")
+    for coordinators, node in (
+        ({other.keyid: other.public_key}, A),  # not the signer's key
+        ({key.keyid: other.public_key}, A),  # a key id with someone else's key
+        ({key.keyid: key.public_key}, B),  # addressed to another node
+    ):
+        with pytest.raises(VerificationError):
+            push.open(coordinators=coordinators, node=node)
+    garbled = proto.SlotPush(payload=b"\xc1", sig=push.sig)
+    with pytest.raises(WireError):  # the sender's bytes
+        garbled.open(coordinators={key.keyid: key.public_key}, node=A)
+    for bad in (
+        {"replica": "zz", "node": A, "pool": "p", "time": 1.0},
+        {"replica": A, "node": A, "pool": "", "time": 1.0},
+        {"replica": A, "node": A, "pool": "p", "time": -1.0},
+    ):
+        with pytest.raises(SchemaError):
+            proto.SlotFreed(**bad)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ from types import ModuleType
 
 import pytest
 
-from p2pupdate.core import timing, updater_events
+from p2pupdate.core import timing, updater_events, updater_states
 from p2pupdate.core import updater as updater_module
 from p2pupdate.core.documents import NODE_STATES, Allowlist, Release, Scope
 from p2pupdate.core.errors import P2PUpdateError
@@ -62,6 +62,8 @@ from p2pupdate.core.updater import (
     ReturnLease,
     RollBack,
     RollbackRecord,
+    ScopeLearned,
+    SlotFreed,
     Started,
     State,
     StickyDeny,
@@ -534,6 +536,144 @@ def test_refused_waits_retry_after_then_asks_again() -> None:
     ]
 
 
+# -- a refusal's wait, bound to its cause (P7 item 3) -----------------------------------------
+
+WAKE = CFG.wake_spread
+#: The breaker's refusal as a replica sends it: an hour, until an operator acts.
+BREAKER = Refused(gate="breaker", reason="paused", retry_after=HOUR)
+CAPACITY = Refused(gate="capacity", reason="lease-budget", retry_after=60.0, position=1)
+
+
+def refused(refusal: Refused = BREAKER, seed: int = 1) -> Driver:
+    d = reach(State.ASKING, seed)
+    d.send(refusal)
+    assert d.state() is State.REFUSED
+    return d
+
+
+def asks_within_the_wake_spread(d: Driver) -> None:
+    """The wait ended within ``wake_spread``; the check it starts leads to a new ask."""
+    assert d.state() is State.REFUSED and 0.0 <= d.wait() <= WAKE
+    assert d.fire() == [EvaluateGates()]
+    assert d.send(GatesEvaluated(candidate=C)) == [AskCoordinator(from_artifact=OLD, candidate=C)]
+
+
+CAUSE_CHANGES: dict[str, Event] = {
+    "new-scope-serial": ScopeLearned(serial=C.scope_serial + 1),  # also what resumes a breaker
+    "new-allowlist": AllowlistLearned(version=C.allowlist_version + 1, artifacts=(NEWER,)),
+    "nudge": Nudged(artifact=NEW),
+}
+
+
+@pytest.mark.parametrize("change", CAUSE_CHANGES, ids=str)
+def test_breaker_refusal_of_an_hour_ends_when_its_cause_changes(change: str) -> None:
+    d = refused(BREAKER)
+    assert d.wait() >= HOUR  # what a node slept before: until restarted, in practice
+    cause = d.u.refusal
+    assert cause is not None and (cause.gate, cause.scope_serial) == ("breaker", C.scope_serial)
+    d.now += 30.0
+    assert d.send(CAUSE_CHANGES[change]) == []
+    asks_within_the_wake_spread(d)
+    assert d.u.refusal is None  # the next answer binds the next wait
+
+
+@pytest.mark.parametrize("gate", ["scope", "allowlist"])
+def test_document_refusal_ends_on_a_newer_document(gate: str) -> None:
+    d = refused(Refused(gate=gate, reason="held", retry_after=300.0))
+    assert d.send(ScopeLearned(serial=C.scope_serial + 1)) == []
+    asks_within_the_wake_spread(d)
+
+
+def test_a_wake_never_postpones_a_wait_due_sooner() -> None:
+    d = refused(Refused(gate="breaker", reason="paused", retry_after=0.0))
+    due = d.u.get_timer()
+    assert due is not None
+    d.now = due - 0.001  # due in a millisecond; a wake would draw up to wake_spread
+    d.send(Nudged(artifact=NEW))
+    assert d.u.get_timer() == due
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ScopeLearned(serial=C.scope_serial),  # the serial the refused ask was bound to
+        AllowlistLearned(version=C.allowlist_version, artifacts=(NEWER,)),
+        Nudged(artifact=OLD),  # the running artifact
+        SlotFreed(),  # a breaker pause is not a full pool
+    ],
+    ids=["same-scope", "same-allowlist", "nudge-for-the-running", "slot-freed"],
+)
+def test_breaker_refusal_is_not_woken_by_what_did_not_change(event: Event) -> None:
+    d = refused(BREAKER)
+    timer = d.u.get_timer()
+    assert d.send(event) == []
+    assert d.state() is State.REFUSED and d.u.get_timer() == timer
+
+
+def test_capacity_refusal_asks_again_when_the_replica_says_a_slot_freed() -> None:
+    d = refused(CAPACITY)
+    assert 60.0 <= d.wait() and d.u.refusal is not None and d.u.refusal.position == 1
+    d.now += 5.0  # the lease that blocked it ended after 5 s, not 60
+    assert d.send(SlotFreed()) == []
+    asks_within_the_wake_spread(d)
+
+
+@pytest.mark.parametrize("change", CAUSE_CHANGES, ids=str)
+def test_capacity_refusal_only_remembers_new_documents_and_nudges(change: str) -> None:
+    d = refused(CAPACITY)
+    timer = d.u.get_timer()
+    assert d.send(CAUSE_CHANGES[change]) == []
+    assert d.u.get_timer() == timer  # a new document frees no capacity: no stampede
+    assert d.fire() == [EvaluateGates()]  # the retry's gate check covers what it remembered
+
+
+def test_wake_spread_spreads_the_woken_over_it() -> None:
+    waits = []
+    for seed in range(100):
+        d = refused(BREAKER, seed)
+        d.send(ScopeLearned(serial=9))
+        waits.append(d.wait())
+    assert all(0.0 <= w <= WAKE for w in waits) and len(set(waits)) > 90
+
+
+def test_learned_scope_brings_a_sleeping_check_forward_within_the_spread() -> None:
+    d = fresh()
+    d.now += 120.0
+    assert d.wait() > SPREAD
+    assert d.send(ScopeLearned(serial=5)) == []
+    assert 0.0 <= d.wait() <= SPREAD
+    timer = d.u.get_timer()
+    d.send(ScopeLearned(serial=5))  # not newer: nothing moves
+    d.send(SlotFreed())  # moot when not refused
+    assert d.u.get_timer() == timer and d.state() is State.SLEEPING
+
+
+BUSY_SCOPE = sorted(
+    {s for (s, e) in TRANSITIONS if e is ScopeLearned} - {State.SLEEPING, State.REFUSED},
+    key=lambda s: s.value,
+)
+
+
+def test_scope_and_slot_have_a_row_in_every_state() -> None:
+    for kind in (ScopeLearned, SlotFreed):
+        assert {s for (s, e) in TRANSITIONS if e is kind} == set(State)
+
+
+@pytest.mark.parametrize("state", BUSY_SCOPE, ids=lambda s: s.value)
+def test_learned_scope_and_freed_slot_while_busy_change_nothing_now(state: State) -> None:
+    d = reach(state)
+    timer = d.u.get_timer()
+    assert d.send(ScopeLearned(serial=9)) == []
+    assert d.send(SlotFreed()) == []
+    assert d.state() is state and d.u.get_timer() == timer
+
+
+def test_wake_spread_is_checked() -> None:
+    with pytest.raises(ValueError):
+        UpdaterConfig(wake_spread=-1.0)
+    assert timing.wake_delay(UpdaterConfig(wake_spread=2.0), 0.5) == 1.0
+
+
 def test_refusal_jitter_stays_within_bounds_and_varies() -> None:
     waits = []
     for seed in range(200):
@@ -719,6 +859,8 @@ SAMPLES: dict[type[Event], Event] = {
     ProbationFailed: ProbationFailed(reason="x"),
     Confirmed: Confirmed(),
     Reported: Reported(),
+    ScopeLearned: ScopeLearned(serial=1),
+    SlotFreed: SlotFreed(),
 }
 
 
@@ -813,7 +955,7 @@ def test_heartbeat_states_are_node_states() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [updater_module, updater_events, timing], ids=lambda m: m.__name__
+    "module", [updater_module, updater_events, updater_states, timing], ids=lambda m: m.__name__
 )
 def test_updater_modules_are_pure(module: ModuleType) -> None:
     """The core imports no IO, no clock, no randomness (README "Architecture"); nor numpy:
@@ -847,7 +989,7 @@ def test_updater_re_exports_every_value() -> None:
 
 
 def test_updater_module_stays_under_900_lines() -> None:
-    for module in (updater_module, updater_events, timing):
+    for module in (updater_module, updater_events, updater_states, timing):
         assert module.__file__ is not None
         assert len(Path(module.__file__).read_text().splitlines()) < 900, module.__name__
 
@@ -947,6 +1089,20 @@ SCENARIOS: list[Callable[[], None]] = [
         for s in BUSY_LEARNING
     ),
     test_refused_waits_retry_after_then_asks_again,
+    *(
+        lambda c=c: test_breaker_refusal_of_an_hour_ends_when_its_cause_changes(c)
+        for c in CAUSE_CHANGES
+    ),
+    test_capacity_refusal_asks_again_when_the_replica_says_a_slot_freed,
+    *(
+        lambda c=c: test_capacity_refusal_only_remembers_new_documents_and_nudges(c)
+        for c in CAUSE_CHANGES
+    ),
+    test_learned_scope_brings_a_sleeping_check_forward_within_the_spread,
+    *(
+        lambda s=s: test_learned_scope_and_freed_slot_while_busy_change_nothing_now(s)
+        for s in BUSY_SCOPE
+    ),
     test_coordinator_errors_back_off_exponentially_and_reset_after_success,
     test_lease_too_short_to_swap_is_returned,
     test_drain_overrun_resumes_serving_and_returns_the_lease,
