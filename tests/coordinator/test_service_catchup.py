@@ -87,6 +87,8 @@ def test_a_restarted_replica_catches_up_and_status_shows_who_disagrees(
     )
     assert "unreachable" in st["replicas"][urls[2]]["error"]
     assert f"{urls[2]}: DOWN: unreachable" in render_status(urls[0], st)
+    _code, metrics = http("GET", f"{urls[0]}/metrics")
+    assert b'p2pupdate_coordinator_peer_replicas{state="down"} 1.0' in metrics
     assert any(urls[2] in w for w in st["warnings"])
 
     # replica 3 back, but following nobody: it is behind, and replica 1 shows how

@@ -214,6 +214,8 @@ def test_a_damaged_database_is_quarantined_and_the_replica_starts_empty_and_says
     assert "WARNING: state damaged" in render_status(rp.url, st)
     assert st["documents"]["allowlist"] is None and st["documents"]["scope"] is None
     assert st["replica"]["warming_up_for"] > st["replica"]["lease_ttl"] - 30
+    _code, metrics = http("GET", f"{rp.url}/metrics")
+    assert b"p2pupdate_coordinator_state_damaged 1.0" in metrics
     # the copy is the evidence; the new database is a working one (a restart is quiet)
     rp.kill()
     again = replicas.start(net, 1, "--state-dir", str(state), first=True)
