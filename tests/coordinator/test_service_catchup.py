@@ -231,3 +231,33 @@ async def test_catchup_runs_under_trio(tmp_path: Path) -> None:
         assert sorted(set(asked)) == ["http://a", "http://b"]
     finally:
         replica.store.close()
+
+
+def test_a_replica_emptied_by_damage_gets_its_documents_back_from_a_peer(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    """Items 6 and 7 together: the database is quarantined, the replica starts empty and
+    says so, and serves the documents again as soon as it has asked its peer."""
+    net = Network(tmp_path / "net", replicas=2, quorum=1)
+    ports = [_free_port() for _ in range(2)]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    peer = replicas.start(net, 1, port=ports[0])
+    second = replicas.start(net, 2, port=ports[1])
+    docs = (net.release(DATA, "v2", 2), net.allowlist(1, [SHA]), net.scope(SHA, serial=3))
+    _publish(peer.url, *docs)
+    _publish(second.url, *docs)
+    second.kill()
+    with (net.dir / "replica-2" / "state.sqlite").open("r+b") as f:
+        f.write(b"\x00" * 100)  # the header
+    again = replicas.start(net, 2, "--peer", urls[0], port=ports[1])
+    st, took = _wait_for(
+        urls[1],
+        "serving scope 3 again",
+        lambda s: (s["documents"]["scope"] or {}).get("serial") == 3,
+    )
+    print(f"emptied replica served its scope again {took:.2f} s after its start")
+    assert st["documents"]["allowlist"]["version"] == 1
+    assert [r["artifact"] for r in st["documents"]["releases"]] == [SHA]
+    assert any("state damaged" in w and "started empty" in w for w in st["warnings"])
+    assert st["replicas"][urls[0]]["state"] == "agrees"
+    assert "Traceback" not in again.log.read_text()
