@@ -198,18 +198,22 @@ class CatchUp:
     async def check(self, peer: PeerView) -> None:
         """Ask one replica once; take what it holds that verifies here."""
         try:
-            body = await trio.to_thread.run_sync(
-                self.fetch, peer.url, self.config.timeout, abandon_on_cancel=True
-            )
+            # the socket timeout bounds each read; this bounds a peer that trickles
+            with trio.fail_after(2 * self.config.timeout):
+                body = await trio.to_thread.run_sync(
+                    self.fetch, peer.url, self.config.timeout, abandon_on_cancel=True
+                )
             replica, keyid, held = parse_documents_answer(body)
-        except PeerReplicaFault as exc:
-            peer.failures += 1
-            if str(exc) != peer.error:
-                c = self.config
-                wait = timing.capped_exponential(c.retry_base, c.interval, peer.failures - 1)
-                self.log(f"replica {peer.url}: {exc}; asking again in up to {wait:.0f} s")
-            peer.error = str(exc)
+            if keyid != self.keyid and keyid not in self.coordinator_keys():
+                raise PeerReplicaFault(f"answers as {keyid[:16]}..., not a replica of this root")
+        except trio.TooSlowError:
+            exc = PeerReplicaFault(f"no whole answer in {2 * self.config.timeout:g} s")
+            self._failed(peer, exc)
             return
+        except PeerReplicaFault as exc:
+            self._failed(peer, exc)
+            return
+
         if keyid == self.keyid:
             peer.itself = True
             self.log(f"--peer {peer.url} is this replica itself: not followed")
@@ -223,6 +227,18 @@ class CatchUp:
         except LocalStateFault as exc:  # this replica's database: said, and tried next time
             self.log(f"catching up from replica {peer.url}: {exc}")
         peer.holds = summarize(held, self.documents.trust.root)
+
+    def coordinator_keys(self) -> tuple[str, ...]:
+        return self.documents.trust.root.roles["coordinator"].keys
+
+    def _failed(self, peer: PeerView, exc: PeerReplicaFault) -> None:
+        """One line when the error changes (not one per retry), and the next wait grows."""
+        peer.failures += 1
+        if str(exc) != peer.error:
+            c = self.config
+            wait = timing.capped_exponential(c.retry_base, c.interval, peer.failures - 1)
+            self.log(f"replica {peer.url}: {exc}; asking again in up to {wait:.0f} s")
+        peer.error = str(exc)
 
     def take(self, peer: PeerView, held: list[bytes]) -> None:
         """Each document this replica does not hold, in publish order, through ``publish``."""

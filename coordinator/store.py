@@ -238,12 +238,21 @@ class Store:
     def _quarantine(self, reason: str, then: str) -> None:
         with contextlib.suppress(Exception):
             self.db.close()
-        moved = quarantine(self.path, companions=_COMPANIONS)
+        try:
+            moved = quarantine(self.path, companions=_COMPANIONS)
+        except OSError as exc:
+            raise StateUnwritable(
+                f"{self.path.name} is damaged ({reason}) and cannot be moved aside: "
+                f"{exc.strerror or exc}"
+            ) from None
         damage = Damage(time=self.wall(), reason=reason, moved_to=moved.name, then=then)
         self.damage.append(damage)
         self.log(damage.message())
         self.emptied = True
-        self.db = self._connect()
+        try:
+            self.db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            raise StateUnwritable(f"{self.path.name}: cannot make a new one: {exc}") from None
 
     def serving(self, on_rebuilt: Callable[[], None]) -> None:
         """The replica has loaded everything: from now on damage met by a query is
@@ -276,6 +285,8 @@ class Store:
             if self._rebuilding or on_rebuilt is None:
                 raise StateDamaged(f"{self.path.name}: {what}: {exc}") from None
             reason = f"{what}: {exc}"
+        except sqlite3.Error as exc:  # a closed connection (a failed rebuild), a misuse
+            raise StateUnwritable(f"{self.path.name}: {what}: {exc}") from None
         self._quarantine(reason, "rebuilt from memory")
         self._rebuilding = True
         try:

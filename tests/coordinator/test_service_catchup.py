@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from coordinator.catchup import CatchUp, CatchUpConfig, PeerView
+from coordinator.catchup import CatchUp, CatchUpConfig, PeerView, documents_answer
 from coordinator.cli import render_status
 from coordinator.service import Replica, ServiceConfig
 from p2pupdate.core import timing
@@ -261,3 +261,26 @@ def test_a_replica_emptied_by_damage_gets_its_documents_back_from_a_peer(
     assert any("state damaged" in w and "started empty" in w for w in st["warnings"])
     assert st["replicas"][urls[0]]["state"] == "agrees"
     assert "Traceback" not in again.log.read_text()
+
+
+async def test_a_replica_of_another_network_is_not_taken_for_a_peer(tmp_path: Path) -> None:
+    net = Network(tmp_path / "net")
+    replica = Replica(ServiceConfig(network_dir=net.dir, first_start=True))
+    lines: list[str] = []
+    stranger = "ab" * 32
+    catchup = CatchUp(
+        documents=replica.documents,
+        peers=["http://other"],
+        index=1,
+        keyid=replica.keyid,
+        wall=time.time,
+        rng=random.Random(1),
+        log=lines.append,
+        fetch=lambda _url, _timeout: documents_answer(1, stranger, [net.scope(SHA, serial=9)]),
+    )
+    try:
+        await catchup.check(catchup.peers["http://other"])
+        assert len(lines) == 1 and "not a replica of this root" in lines[0], lines
+        assert replica.scope is None  # nothing taken from it
+    finally:
+        replica.store.close()
