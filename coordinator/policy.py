@@ -12,8 +12,10 @@ that this one, and the service that calls it, never import numpy.
 
 The rule, for one replica and one pool, with ``A`` = this replica's leases active at
 ``now`` (``now < expires``), ``C``/``L``/``S`` = the pool's aggregate serving capacity,
-load and serving count, ``c``/``l`` = the asking node's capacity and load, and the
-quorum share ``q/n``:
+load and serving count, ``c``/``l`` = the asking node's capacity and load, ``B = S -
+min_serving`` the pool's spare nodes, ``M = max_concurrent``, ``share(K)`` this replica's
+share of ``K`` departures (``replica_share``) and ``w`` its share of the headroom
+(``headroom_share``):
 
 ========================  ==========================================================
 refused with              when
@@ -23,28 +25,60 @@ refused with              when
                           not know what it granted before, so it grants nothing for
                           one TTL and needs no durable lease state
 ``aggregate-stale``       ``now - as_of > aggregate_max_age``
-``lease-budget``          ``|A| >= lease_share = floor(max_concurrent * q / n)``
-``min-serving``           ``(|A| + 1) * n > q * (S - min_serving)``
-``no-spare-capacity``     ``cap(A) + c > (q/n) * (C - max(L, l) / u)``
-``emergency-budget``      (force asks) ``|forced A| >= emergency_share``
+``lease-budget``          ``|A| >= share(M) > 0``
+``min-serving``           ``B <= 0``, or ``|A| >= share(B) > 0``
+``replica-share``         ``share(M) = 0`` or ``share(B) = 0`` (with ``B >= 1``): this
+                          replica holds none of the pool's departures, the others do
+``no-spare-capacity``     ``cap(A) + c > w * (C - max(L, l) / u)``
+``emergency-budget``      (force asks) ``|forced A| >= share(emergency_budget)``
 ========================  ==========================================================
 
 checked in that order (the first that fails is the reason).  A node that already holds
 an active lease on this replica gets the same lease back ("existing-lease"): its answer
 was lost, and a second lease would count it twice.
 
-Why the ``q/n`` share makes the *global* limits safe, however each node picks its ``q``
-replicas: a departure token needs ``q`` replica signatures, so each node away holds a
-lease on at least ``q`` replicas.  If every replica keeps ``|A_r| <= s``, the ``n``
-replicas hold at most ``n * s`` leases, so ``T`` tokens need ``T * q <= n * s`` and
-``T <= n * s / q``.  With ``s = floor(M * q / n)`` that is ``T <= M``.  The same sum over
-capacities: each replica keeps ``cap(A_r) <= (q/n) * (C - L/u)``, so
-``q * cap(away) <= sum_r cap(A_r) <= q * (C - L/u)``, i.e. ``L <= u * (C - cap(away))``:
-the headroom rule of README "Capacity gate and departure tokens" for the whole
-pool.  ``min-serving`` is the same argument over the
-spare node count ``S - min_serving``.  With the default ``n = q = 1`` the three rules are
-exactly that section's ``L <= u * (C - cap(A) - c)``, ``S - |A| - 1 >= min_serving`` and
-``|A| < max_concurrent`` (the capacity rule is written divided through by ``u``).
+Why the shares make the *global* limits safe, however each node picks its ``q``
+replicas (all replicas seeing the same aggregate; each lagging view is its own
+snapshot): a departure token needs ``q`` signatures of distinct replicas, so each node
+away holds a lease on at least ``q`` replicas.
+
+*Counts.*  For a budget ``K >= 1`` (``M``, ``B`` or the emergency budget) the fleet has
+``U = q * (K + 1) - 1`` lease units, dealt round-robin to the ``n`` replicas starting at
+a place fixed by the pool's name (``pool_slot``): unit ``k`` goes to the replica of rank
+``(slot + k) mod n``, so ``share_r(K) = ceil((U - d_r) / n)`` with ``d_r = (rank_r -
+slot) mod n``, and ``sum_r share_r(K) = U``.  A replica keeps ``|A_r| <= share_r`` (it
+refuses at ``|A_r| >= share_r``; an unforced grant happens only below it), so ``T``
+tokens hold ``T * q <= sum_r |A_r| <= U < q * (K + 1)`` leases: ``T <= K``.  No replica
+needs to know another's share, only its own rank (``PolicyConfig.rank``, its place among
+the root's coordinator keys) and ``n``, ``q``.  *Progress*: the replicas with a unit are
+those with ``d_r < U``; there are ``min(n, U) >= q`` of them as soon as ``K >= 1`` (``U
+>= 2q - 1 >= q``), the same ones for every budget of the pool (the deal starts at the
+same place), so a node that asks every replica of an idle pool collects ``q`` grants.
+The old uniform ``floor(K * q / n)`` gave 0 everywhere for ``K = 1, n = 3, q = 2`` (a
+2-node pool with ``min_serving = 1`` was refused forever); the deal gives every replica
+1 there, and is never below it (``floor(U / n) >= floor(K * q / n)``).  A share can still
+be 0 (``n > U``: ``n = 3, q = 1, K = 1`` gives one replica the unit): that replica says
+``replica-share``, which is true, and the node's token comes from the others.  With ``B
+<= 0`` every share is 0 and the reason is ``min-serving``.
+
+*Capacity.*  With ``H = C - L/u`` and ``T = min(M, B)`` the most unforced tokens the
+counts allow at once, each replica keeps ``cap(A_r) <= w * H`` (its own ask's ``max(L,
+l)`` only lowers ``H``), with ``w`` one of three safe values, the largest that applies:
+
+* ``q/n`` always: ``q * cap(away) <= sum_r cap(A_r) <= n * (q/n) * H``;
+* ``1/T``: each of the at most ``T`` nodes away passed ``c <= w * H`` on its replicas,
+  so ``cap(away) <= T * H / T``;
+* ``1`` when ``T * (n - q) < n``: then the ``k <= T`` tokens away share a replica (if
+  each replica held at most ``k - 1`` of them, ``q * k <= n * (k - 1)``, i.e. ``k * (n -
+  q) >= n``), and that replica holds all of them: ``cap(away) <= cap(A_r) <= H``.
+
+So ``cap(away) <= H``, i.e. ``L <= u * (C - cap(away))``: the headroom rule of README
+"Capacity gate and departure tokens" for the whole pool.  When one departure is all the
+pool allows (``T = 1``) the replica's check is exactly that global rule.
+
+With the default ``n = q = 1`` the three rules are exactly that section's ``L <= u * (C
+- cap(A) - c)``, ``S - |A| - 1 >= min_serving`` and ``|A| < max_concurrent`` (the
+capacity rule is written divided through by ``u``).
 
 Two deliberate choices about the inputs:
 
@@ -80,6 +114,7 @@ same answers with array passes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -106,6 +141,7 @@ LEASE_BUDGET: Final = 6
 MIN_SERVING: Final = 7
 NO_SPARE_CAPACITY: Final = 8
 EMERGENCY_BUDGET: Final = 9
+REPLICA_SHARE: Final = 10
 
 #: ``REASONS[code]`` is the stable reason string an operator or a test matches on.
 REASONS: Final[tuple[str, ...]] = (
@@ -119,6 +155,7 @@ REASONS: Final[tuple[str, ...]] = (
     "min-serving",
     "no-spare-capacity",
     "emergency-budget",
+    "replica-share",
 )
 REASON_CODES: Final[dict[str, int]] = {name: code for code, name in enumerate(REASONS)}
 #: Codes at or below this are grants; the rest are refusals.
@@ -148,13 +185,12 @@ def is_plain_int(value: object) -> bool:
 class PolicyConfig:
     """The operator's knobs, validated on construction (``ValueError`` names the knob).
 
-    ``lease_share``, ``emergency_share`` and ``capacity_share`` are derived: what *this*
-    replica may hand out so that ``n`` replicas together stay within the global budgets
-    (module docstring).  ``emergency_share`` uses the largest share the counting argument
-    allows, ``ceil((E + 1) * q / n) - 1``, because ``floor(E * q / n)`` would round the
-    default budget of 1 down to 0 with ``n = 3, q = 2`` and make force impossible.
-    ``lease_share`` keeps the issue's ``floor(M * q / n)``, which is never larger, so
-    also safe.
+    What *this* replica may hand out of a pool's budgets depends on the pool
+    (``replica_share``, ``headroom_share``; the module docstring proves that ``n``
+    replicas together stay within the global budgets).  ``lease_share`` and
+    ``emergency_share`` are derived for display: the share every pool gets at least,
+    ``floor((q * (K + 1) - 1) / n)``; some pools get one more.  ``capacity_share`` is
+    ``q/n``, the headroom share of a pool that may lose many nodes.
     """
 
     #: ``u``: the share of the remaining capacity the load may use.
@@ -172,6 +208,10 @@ class PolicyConfig:
     replicas: int = 1
     #: ``q``: replica signatures a departure token needs (root's coordinator threshold).
     quorum: int = 1
+    #: This replica's place, ``0 .. n - 1``, among the root's coordinator keys (sorted):
+    #: which replicas hold the extra units of a pool's budgets (``replica_share``).
+    #: Every replica has its own; the service takes it from the root.
+    rank: int = 0
     #: Seconds a lease lasts unless the node reports "rejoined" first; also warm-up.
     lease_ttl: float = 300.0
     #: Concurrent forced departures per pool, over all replicas.
@@ -196,6 +236,9 @@ class PolicyConfig:
 
     lease_share: int = field(init=False, compare=False)
     emergency_share: int = field(init=False, compare=False)
+    #: ``share_units`` of ``max_concurrent`` and of ``emergency_budget``, dealt per pool.
+    lease_units: int = field(init=False, compare=False)
+    emergency_units: int = field(init=False, compare=False)
     capacity_share: float = field(init=False, compare=False)
     #: ``u * (1 - churn_margin)``: the utilization grants are computed against.
     grant_utilization: float = field(init=False, compare=False)
@@ -206,6 +249,7 @@ class PolicyConfig:
             "max_concurrent",
             "replicas",
             "quorum",
+            "rank",
             "emergency_budget",
             "breaker_min_failures",
         ):
@@ -239,6 +283,8 @@ class PolicyConfig:
             raise ValueError("policy: replicas must be >= 1")
         if not 1 <= self.quorum <= self.replicas:
             raise ValueError("policy: quorum must be in [1, replicas]")
+        if not 0 <= self.rank < self.replicas:
+            raise ValueError("policy: rank must be in [0, replicas)")
         if not 0.0 < self.lease_ttl < math.inf:
             raise ValueError("policy: lease_ttl must be positive and finite")
         if self.emergency_budget < 0:
@@ -256,17 +302,75 @@ class PolicyConfig:
         if not 0.0 < self.breaker_failure_share <= 1.0:
             raise ValueError("policy: breaker_failure_share must be in (0, 1]")
         n, q = self.replicas, self.quorum
-        lease_share = self.max_concurrent * q // n
-        if lease_share < 1:
-            raise ValueError(
-                f"policy: floor(max_concurrent * quorum / replicas) = 0 "
-                f"(max_concurrent {self.max_concurrent}, q {q}, n {n}): no replica could grant"
-            )
-        object.__setattr__(self, "lease_share", lease_share)
-        # Largest s with floor(n * s / q) <= E: s = ceil((E + 1) * q / n) - 1.
-        object.__setattr__(self, "emergency_share", -(-(self.emergency_budget + 1) * q // n) - 1)
+        object.__setattr__(self, "lease_units", share_units(self.max_concurrent, q))
+        object.__setattr__(self, "emergency_units", share_units(self.emergency_budget, q))
+        object.__setattr__(self, "lease_share", self.lease_units // n)
+        object.__setattr__(self, "emergency_share", self.emergency_units // n)
         object.__setattr__(self, "capacity_share", q / n)
         object.__setattr__(self, "grant_utilization", self.utilization * (1.0 - self.churn_margin))
+
+
+# -- the replicas' shares of a pool's budgets ---------------------------------------------
+
+
+def share_units(budget: int, quorum: int) -> int:
+    """Lease units the fleet may hold for ``budget`` departures: ``q * (K + 1) - 1``.
+
+    The most that still cannot make ``K + 1`` tokens of ``q`` leases each (module
+    docstring); none for a budget of 0 or less.
+    """
+    return quorum * (budget + 1) - 1 if budget > 0 else 0
+
+
+def pool_slot(pool: str) -> int:
+    """Where the deal of ``pool``'s units starts: the first 8 bytes of SHA-256 of its name.
+
+    The same on every replica (unlike ``hash``), and different pools start at different
+    replicas, so the extra units of many small pools spread over the replicas.
+    """
+    return int.from_bytes(hashlib.sha256(pool.encode()).digest()[:8], "big")
+
+
+def replica_share(budget: int, slot: int, config: PolicyConfig) -> int:
+    """This replica's share of ``budget`` departures of the pool at ``slot``.
+
+    The fleet's ``share_units`` dealt round-robin from the replica of rank ``slot mod n``:
+    ``ceil((U - d) / n)`` with ``d`` this replica's distance from the start.  The shares
+    of the ``n`` ranks sum to ``U`` (module docstring); with ``n = 1`` it is ``budget``.
+    """
+    n = config.replicas
+    return _dealt(share_units(budget, config.quorum), (config.rank - slot) % n, n)
+
+
+def _dealt(units: int, distance: int, n: int) -> int:
+    """Of ``units`` dealt round-robin to ``n`` ranks, those of the rank ``distance`` after
+    the first: ``ceil((units - distance) / n)`` (0 when ``units <= distance``)."""
+    return (units - distance + n - 1) // n
+
+
+def headroom_share(departures: int, config: PolicyConfig) -> float:
+    """``w``: the share of the pool's headroom this replica may hand out, when at most
+    ``departures`` unforced nodes can be away at once fleet-wide (``min(M, B)``).
+
+    The largest of the three safe values of the module docstring: ``1`` when any
+    ``departures`` tokens must share a replica, else ``max(q/n, 1/departures)``.
+    ``decide_batch`` uses the same value.
+    """
+    n, q = config.replicas, config.quorum
+    if departures <= 0:
+        return config.capacity_share
+    if departures * (n - q) < n:
+        return 1.0
+    return max(config.capacity_share, 1.0 / departures)
+
+
+def share_detail(budget: int, what: str, config: PolicyConfig) -> str:
+    """The detail of a ``replica-share`` refusal: whose share is 0, of what."""
+    plural = "" if budget == 1 else "s"
+    return (
+        f"this replica's share of {budget} {what} departure{plural} is 0 "
+        f"({config.replicas} replicas, quorum {config.quorum}): the others grant it"
+    )
 
 
 # -- circuit breaker --------------------------------------------------------------------
@@ -553,6 +657,8 @@ class PoolState:
     #: The circuit breaker holds the rollout this pool is asking for.
     paused: bool = False
 
+    #: ``pool_slot(pool)``, computed once: where the deal of the pool's units starts.
+    slot: int = field(init=False, repr=False, compare=False)
     _usage: Usage = field(init=False, repr=False, compare=False)
     _by_node: dict[NodeId, Lease] = field(init=False, repr=False, compare=False)
 
@@ -568,6 +674,7 @@ class PoolState:
             by_node[lease.node] = lease
         object.__setattr__(self, "_by_node", by_node)
         object.__setattr__(self, "_usage", Usage.of(self.leases))
+        object.__setattr__(self, "slot", pool_slot(self.pool))
 
     def usage(self, now: float) -> Usage:
         """``A`` at ``now``: the leases not yet expired (cached when none has)."""
@@ -634,6 +741,8 @@ class Decision:
     #: 1-based place among the refused asks of a batch (``decide_sequence``/batch only).
     queue_position: int | None = None
     lease: Lease | None = None
+    #: What the reason code alone does not say (``replica-share``: whose share, of what).
+    detail: str = ""
 
     def __post_init__(self) -> None:
         if self.reason not in REASON_CODES:
@@ -654,7 +763,8 @@ class Decision:
             detail = f"lease until {self.lease.expires:g}{forced}"
         else:
             place = f", queue position {self.queue_position}" if self.queue_position else ""
-            detail = f"retry after {self.retry_after:g} s{place}"
+            why = f"{self.detail}; " if self.detail else ""
+            detail = f"{why}retry after {self.retry_after:g} s{place}"
         return GateResult(
             ok=self.granted,
             gate=self.gate,
@@ -678,15 +788,27 @@ def _refuse(code: int, retry_after: float) -> Decision:
     )
 
 
-def headroom(aggregate: Aggregate, load: float, config: PolicyConfig) -> float:
-    """This replica's share of the capacity that may leave: ``(q/n) * (C - max(L, l)/u')``
+def _refuse_share(detail: str, config: PolicyConfig) -> Decision:
+    """``replica-share``: no lease of this replica's lapsing changes a share of 0, only
+    a new aggregate does, so ``base_retry`` (the node's token comes from the others)."""
+    return Decision(
+        granted=False,
+        reason=REASONS[REPLICA_SHARE],
+        gate=gate_of(REPLICA_SHARE),
+        retry_after=config.base_retry,
+        detail=detail,
+    )
 
-    with ``u' = u * (1 - churn_margin)``.
+
+def headroom(aggregate: Aggregate, load: float, share: float, config: PolicyConfig) -> float:
+    """This replica's share of the capacity that may leave: ``w * (C - max(L, l)/u')``
+
+    with ``u' = u * (1 - churn_margin)`` and ``w = share`` (``headroom_share``).
 
     ``decide_batch`` evaluates the same expression elementwise, operation for operation.
     """
     worst_load = max(aggregate.load, load)
-    return config.capacity_share * (aggregate.capacity - worst_load / config.grant_utilization)
+    return share * (aggregate.capacity - worst_load / config.grant_utilization)
 
 
 def decide(pool: PoolState, ask: Ask, now: float, config: PolicyConfig) -> Decision:
@@ -704,20 +826,30 @@ def decide(pool: PoolState, ask: Ask, now: float, config: PolicyConfig) -> Decis
     if now < warm_until:
         return _refuse(REPLICA_WARMUP, warm_until - now)
     used = pool.usage(now)
+    n = config.replicas
+    distance = (config.rank - pool.slot) % n  # replica_share's, for all three budgets
     if ask.force:
-        if used.forced >= config.emergency_share:
+        if used.forced >= _dealt(config.emergency_units, distance, n):
             return _refuse(EMERGENCY_BUDGET, retry_until(used.earliest_forced, now, config))
         code = FORCED
     else:
         aggregate = pool.aggregate
         if now - aggregate.as_of > config.aggregate_max_age:
             return _refuse(AGGREGATE_STALE, config.base_retry)
-        if used.count >= config.lease_share:
+        lease_share = _dealt(config.lease_units, distance, n)
+        if 0 < lease_share <= used.count:
             return _refuse(LEASE_BUDGET, retry_until(used.earliest, now, config))
         spare_nodes = aggregate.serving - config.min_serving
-        if (used.count + 1) * config.replicas > config.quorum * spare_nodes:
+        node_share = _dealt(share_units(spare_nodes, config.quorum), distance, n)
+        if spare_nodes <= 0 or 0 < node_share <= used.count:
             return _refuse(MIN_SERVING, retry_until(used.earliest, now, config))
-        if used.capacity + ask.capacity > headroom(aggregate, ask.load, config):
+        if node_share == 0:
+            return _refuse_share(share_detail(spare_nodes, "spare", config), config)
+        if lease_share == 0:
+            return _refuse_share(share_detail(config.max_concurrent, "concurrent", config), config)
+        departures = min(config.max_concurrent, spare_nodes)
+        room = headroom(aggregate, ask.load, headroom_share(departures, config), config)
+        if used.capacity + ask.capacity > room:
             return _refuse(NO_SPARE_CAPACITY, retry_until(used.earliest, now, config))
         code = GRANTED
     lease = Lease(

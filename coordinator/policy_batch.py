@@ -41,13 +41,17 @@ from .policy import (
     NO_SPARE_CAPACITY,
     PAUSED,
     REASONS,
+    REPLICA_SHARE,
     REPLICA_WARMUP,
     Aggregate,
     Ask,
     Lease,
     PolicyConfig,
     PoolState,
+    headroom_share,
     is_plain_int,
+    pool_slot,
+    replica_share,
     retry_until,
 )
 
@@ -417,16 +421,24 @@ def decide_batch(
     existing = _member(node, leases.node)
     fresh = np.zeros(m, dtype=np.bool_) if pool.paused or warm else ~existing
 
+    # The pool's shares, as decide() computes them (one deal per batch).
+    slot = pool_slot(pool.pool)
+    spare_nodes = aggregate.serving - config.min_serving
+    lease_share = replica_share(config.max_concurrent, slot, config)
+    node_share = replica_share(spare_nodes, slot, config)
+    emergency_share = replica_share(config.emergency_budget, slot, config)
+    share = headroom_share(min(config.max_concurrent, spare_nodes), config)
+
     # Forced asks depend only on earlier forced grants: the first few fit.
     forced_at = np.flatnonzero(fresh & force)
-    forced_granted_at = forced_at[: max(0, config.emergency_share - forced0)]
+    forced_granted_at = forced_at[: max(0, emergency_share - forced0)]
     forced_grant = np.zeros(m, dtype=np.bool_)
     forced_grant[forced_granted_at] = True
 
-    # Unforced asks: the lease budget and min-serving are both a cap on |A| before.
-    spare_nodes = aggregate.serving - config.min_serving
-    count_limit = min(config.lease_share - 1, config.quorum * spare_nodes // config.replicas - 1)
-    room: FloatArray = config.capacity_share * (
+    # Unforced asks: the lease budget and min-serving are both a cap on |A| before (a
+    # share of 0, or no spare node at all, grants nothing: node_share is 0 then).
+    count_limit = min(lease_share, node_share) - 1
+    room: FloatArray = share * (
         aggregate.capacity - np.maximum(aggregate.load, load) / config.grant_utilization
     )
     normal_ask = fresh & ~force if not stale else np.zeros(m, dtype=np.bool_)
@@ -441,10 +453,14 @@ def decide_batch(
     unforced = ~force
     code = np.full(m, GRANTED, dtype=np.int8)
     code[unforced & (cap_before + cap > room)] = NO_SPARE_CAPACITY
-    code[unforced & ((count_before + 1) * config.replicas > config.quorum * spare_nodes)] = (
-        MIN_SERVING
-    )
-    code[unforced & (count_before >= config.lease_share)] = LEASE_BUDGET
+    if lease_share == 0 or node_share == 0:
+        code[unforced] = REPLICA_SHARE
+    if spare_nodes <= 0:
+        code[unforced] = MIN_SERVING
+    elif node_share > 0:
+        code[unforced & (count_before >= node_share)] = MIN_SERVING
+    if lease_share > 0:
+        code[unforced & (count_before >= lease_share)] = LEASE_BUDGET
     if stale:
         code[unforced] = AGGREGATE_STALE
     any_force = bool(force.any())
@@ -470,6 +486,7 @@ def decide_batch(
         if len(forced_granted_at):
             earliest_forced0 = min(earliest_forced0, new_expiry)
         retry[code == EMERGENCY_BUDGET] = retry_until(earliest_forced0, now, config)
+    retry[code == REPLICA_SHARE] = config.base_retry
     if stale:
         retry[code == AGGREGATE_STALE] = config.base_retry
     if warm:

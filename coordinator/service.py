@@ -69,8 +69,8 @@ class ServiceConfig:
     token_ttl: int = DEFAULT_TOKEN_TTL
     #: Clock difference tolerated between a node and this replica (seconds).
     max_skew: int = DEFAULT_MAX_SKEW
-    #: Gate 3's knobs.  ``replicas``, ``quorum`` and ``lease_ttl`` are not read from here:
-    #: the replica takes them from the root and ``token_ttl + max_skew``.
+    #: Gate 3's knobs.  ``replicas``, ``quorum``, ``rank`` and ``lease_ttl`` are not read
+    #: from here: the replica takes them from the root and ``token_ttl + max_skew``.
     policy: policy.PolicyConfig = field(default_factory=policy.PolicyConfig)
     max_artifact: int = 1 << 30
     #: This replica is new and never granted anything: no warm-up on its first start.
@@ -139,6 +139,7 @@ class Replica:
                 config.policy,
                 replicas=len(role.keys),
                 quorum=role.threshold,
+                rank=sorted(role.keys).index(self.keyid),
                 lease_ttl=float(config.token_ttl + config.max_skew),
             )
         except ValueError as exc:

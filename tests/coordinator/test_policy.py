@@ -329,17 +329,40 @@ QUORUM = PolicyConfig(replicas=3, quorum=2, max_concurrent=4, min_serving=0)
 PAIRS = list(itertools.combinations(range(3), 2))
 
 
+def ranked(config: PolicyConfig) -> list[PolicyConfig]:
+    """The ``n`` replicas' configurations: the same knobs, each its own rank."""
+    return [replace(config, rank=r) for r in range(config.replicas)]
+
+
 def test_quorum_shares() -> None:
-    assert (QUORUM.lease_share, QUORUM.emergency_share, QUORUM.capacity_share) == (2, 1, 2 / 3)
+    """The least share of any pool (``floor((q(K+1)-1)/n)``) and the deal's extra units."""
+    assert (QUORUM.lease_share, QUORUM.emergency_share, QUORUM.capacity_share) == (3, 1, 2 / 3)
     assert PolicyConfig().lease_share == 10 and PolicyConfig().emergency_share == 1
     assert PolicyConfig(replicas=3, quorum=2, emergency_budget=2).emergency_share == 1
     assert PolicyConfig(replicas=3, quorum=2, emergency_budget=0).emergency_share == 0
     assert PolicyConfig(replicas=5, quorum=3, emergency_budget=1).emergency_share == 1
+    # (n, q, K) -> the shares by distance from the pool's start: U = q(K+1)-1 units.
+    for (n, q, k), shares in {
+        (3, 2, 1): [1, 1, 1],  # was floor(2/3) = 0 everywhere
+        (3, 1, 1): [1, 0, 0],
+        (5, 2, 1): [1, 1, 1, 0, 0],
+        (3, 2, 4): [3, 3, 3],
+        (2, 2, 1): [2, 1],
+        (1, 1, 7): [7],
+        (3, 2, 0): [0, 0, 0],
+        (3, 2, -2): [0, 0, 0],
+    }.items():
+        configs = ranked(PolicyConfig(replicas=n, quorum=q))
+        assert [policy.replica_share(k, 0, c) for c in configs] == shares, (n, q, k)
+        # Another pool starts the deal elsewhere: the same shares, rotated.
+        assert [policy.replica_share(k, 1, c) for c in configs] == shares[-1:] + shares[:-1]
 
 
 def test_quorum_never_exceeds_the_global_budget_for_any_choice_of_replicas() -> None:
-    """Every way 7 nodes can each pick 2 of 3 replicas: at most 4 tokens, ever."""
+    """Every way 7 nodes can each pick 2 of 3 replicas: at most 4 tokens, ever -- and
+    the budget is usable: 3 leases per replica (9 units), 4 tokens."""
     agg = aggregate(capacity=1e6, load=0.0, serving=100)
+    configs = ranked(QUORUM)
     most = 0
     for choice in itertools.product(PAIRS, repeat=7):
         replicas = [pool(agg=agg) for _ in range(3)]
@@ -347,14 +370,14 @@ def test_quorum_never_exceeds_the_global_budget_for_any_choice_of_replicas() -> 
         for node, pair in enumerate(choice):
             grants = []
             for r in pair:
-                d = decide(replicas[r], ask(node), NOW, QUORUM)
+                d = decide(replicas[r], ask(node), NOW, configs[r])
                 if d.lease is not None:
                     replicas[r] = replicas[r].add(d.lease)
                     grants.append(r)
             tokens += len(grants) == QUORUM.quorum
         assert tokens <= QUORUM.max_concurrent
         most = max(most, tokens)
-    assert most == 3  # floor(4*2/3) = 2 leases per replica: 6 signatures, 3 tokens
+    assert most == 4
 
 
 Event = tuple[str, int, int, float, bool]
@@ -362,34 +385,35 @@ Event = tuple[str, int, int, float, bool]
 
 @st.composite
 def quorum_runs(draw: st.DrawFn) -> tuple[PolicyConfig, Aggregate, list[Event]]:
-    n = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 4))
     q = draw(st.integers(1, n))
     config = PolicyConfig(
         replicas=n,
         quorum=q,
-        max_concurrent=draw(st.integers(-(-n // q), 5)),
-        min_serving=draw(st.sampled_from([0, 4])),
+        max_concurrent=draw(st.integers(1, 5)),
+        min_serving=draw(st.sampled_from([0, 4, 5, 6])),
         emergency_budget=draw(st.integers(0, 2)),
         aggregate_max_age=math.inf,
     )
+    # Small pools too (S - min_serving of 1 or 2), where one node is most of the headroom.
     agg = Aggregate(
         capacity=draw(st.sampled_from([10.0, 6.0, 100.0])),
         load=draw(st.sampled_from([0.0, 4.0])),
-        serving=draw(st.sampled_from([7, 12, 50])),
+        serving=draw(st.sampled_from([6, 7, 12, 50])),
         as_of=0.0,
     )
     event = st.one_of(
         st.tuples(
             st.just("ask"),
             st.integers(0, 7),
-            st.integers(0, 2),
+            st.integers(0, 5),
             st.sampled_from([1.0, 2.0, 3.0]),
             st.sampled_from([False] * 4 + [True]),
         ),
         st.tuples(
             st.just("ask"),
             st.integers(0, 7),
-            st.integers(0, 2),
+            st.integers(0, 5),
             st.sampled_from([1.0, 2.0, 3.0]),
             st.just(False),
         ),
@@ -397,7 +421,7 @@ def quorum_runs(draw: st.DrawFn) -> tuple[PolicyConfig, Aggregate, list[Event]]:
         st.tuples(
             st.just("tick"), st.just(0), st.just(0), st.sampled_from([1.0, 150.0]), st.just(False)
         ),
-        st.tuples(st.just("restart"), st.just(0), st.integers(0, 2), st.just(0.0), st.just(False)),
+        st.tuples(st.just("restart"), st.just(0), st.integers(0, 3), st.just(0.0), st.just(False)),
     )
     return config, agg, draw(st.lists(event, max_size=50))
 
@@ -409,13 +433,14 @@ def test_quorum_tokens_stay_within_every_global_limit(
 ) -> None:
     """Any n, q; replicas that restart, nodes that rejoin or lapse: tokens stay in bounds.
 
-    A token exists once a node holds grants from q replicas; it lives until the node
+    Each replica has its own rank (``ranked``), as the service gives it.  A token exists once a node holds grants from q replicas; it lives until the node
     rejoins or the earliest of its leases lapses, even if a replica that signed it
     restarts and forgets (warm-up covers that).  Tokens made of unforced leases stay
     within ``max_concurrent``, ``S - min_serving`` and ``L <= u * (C - cap)``; tokens made
     of forced leases within ``emergency_budget``.
     """
     config, agg, events = run
+    configs = ranked(config)
     subsets = list(itertools.combinations(range(config.replicas), config.quorum))
     now = config.lease_ttl * 10
     replicas = [
@@ -433,7 +458,7 @@ def test_quorum_tokens_stay_within_every_global_limit(
         elif node not in tokens or not all(le.active(now) for le in tokens[node]):
             grants = []
             for r in subsets[which % len(subsets)]:
-                d = decide(replicas[r], ask(node, amount, force=force), now, config)
+                d = decide(replicas[r], ask(node, amount, force=force), now, configs[r])
                 if d.lease is not None:
                     if d.reason != "existing-lease":
                         replicas[r] = replicas[r].add(d.lease)
@@ -474,7 +499,9 @@ def test_a_restarted_replica_cannot_grant_twice() -> None:
         ({"utilization": 1.5}, "utilization"),
         ({"quorum": 2}, "quorum"),
         ({"quorum": 0}, "quorum"),
-        ({"replicas": 3, "quorum": 1, "max_concurrent": 2}, "no replica could grant"),
+        ({"replicas": 3, "rank": 3}, "rank"),
+        ({"rank": -1}, "rank"),
+        ({"rank": True}, "int"),
         ({"max_concurrent": 0}, "max_concurrent"),
         ({"max_concurrent": 999_999_999_999}, "max_concurrent must be <= "),
         ({"min_serving": -1}, "min_serving"),
@@ -547,7 +574,15 @@ def test_decisions_are_consistent_and_read_like_gate_results() -> None:
 
 #: What a pure policy module must never import: clocks, randomness, sockets, the OS.
 IO_MODULES = {"trio", "asyncio", "socket", "sqlite3", "time", "random", "os"}
-PURE_STDLIB = {"__future__", "math", "collections", "dataclasses", "fractions", "typing"}
+PURE_STDLIB = {
+    "__future__",
+    "math",
+    "collections",
+    "dataclasses",
+    "fractions",
+    "hashlib",
+    "typing",
+}
 
 
 def imported_top_levels(path: Path) -> set[str]:

@@ -163,15 +163,16 @@ def amounts(high: float) -> st.SearchStrategy[float]:
 
 @st.composite
 def configs(draw: st.DrawFn) -> PolicyConfig:
-    n = draw(st.integers(1, 3))
+    n = draw(st.integers(1, 4))
     q = draw(st.integers(1, n))
     return PolicyConfig(
         utilization=draw(st.sampled_from([0.8, 1.0, 0.5, 0.3])),
         churn_margin=draw(st.sampled_from([0.0, 0.01, 0.25])),
         min_serving=draw(st.integers(0, 6)),
-        max_concurrent=draw(st.integers(-(-n // q), 40)),
+        max_concurrent=draw(st.one_of(st.integers(1, 3), st.integers(1, 40))),
         replicas=n,
         quorum=q,
+        rank=draw(st.integers(0, n - 1)),
         lease_ttl=draw(st.sampled_from([300.0, 1.0, 0.5])),
         emergency_budget=draw(st.integers(0, 2)),
     )
