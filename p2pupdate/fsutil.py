@@ -7,10 +7,12 @@ new bytes, never a mix, and a half-written temp file is never mistaken for state
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
 from .errors import LocalStateFault
 
@@ -23,6 +25,16 @@ class FileTooLargeError(LocalStateFault, OSError):
     """
 
     rule = "file-too-large"
+
+
+#: ``errno`` values that mean "no room on this disk" (not a broken disk): a write refused
+#: with one of these changed nothing and may be retried once space is freed.
+NO_SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
 
 
 def fsync_dir(path: Path) -> None:
@@ -88,3 +100,31 @@ def read_open_limited(f: BinaryIO, path: Path | str, limit: int) -> bytes:
     if len(data) > limit:
         raise FileTooLargeError(f"{path} is larger than the limit of {limit} bytes")
     return data
+
+
+def quarantine_name(path: Path | str) -> Path:
+    """Where :func:`quarantine` moves ``path``: ``NAME.bad-N`` beside it, ``N`` one more
+    than the highest already there (1 for the first), so an earlier copy kept for a person
+    is never overwritten."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r"\.bad-([0-9]{1,9})$")
+    taken = [0]
+    if path.parent.is_dir():
+        for sibling in path.parent.iterdir():
+            m = pattern.match(sibling.name)
+            if m:
+                taken.append(int(m.group(1)))
+    return path.with_name(f"{path.name}.bad-{max(taken) + 1}")
+
+
+def quarantine(path: Path | str) -> Path:
+    """Move an unusable state file (or directory) aside as ``NAME.bad-N`` and return where.
+
+    A rename, not a copy: it needs no free space, so it works on a full disk too; the
+    bytes stay for a person to look at, and the name is free for a rebuilt file.
+    """
+    path = Path(path)
+    aside = quarantine_name(path)
+    os.rename(path, aside)
+    fsync_dir(path.parent)
+    return aside

@@ -31,7 +31,6 @@ this node -- and goes to ``on_slot``.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,24 +45,12 @@ from ..core import gossip as g
 from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError
 from ..core.gates import choose_target
-from ..fsutil import create_exclusive, read_limited
 from .gossip import parse_link_address
 from .replica import CoordinatorUnavailable, QuorumClient, ReplicaLink
 from .truststate import TrustFile
 
-IDENTITY = "identity.pem"
 #: How long a report waits for a replica to (re)connect before it counts as failed.
 REPORT_CONNECT_WAIT = 5.0
-
-
-def load_identity(state_dir: Path) -> crypto.SigningKey:
-    """``STATE_DIR/identity.pem`` (created, mode 0600, on first use): the node's key."""
-    path = state_dir / IDENTITY
-    if not path.exists():
-        key = crypto.SigningKey.from_seed(os.urandom(32))
-        with contextlib.suppress(FileExistsError):
-            create_exclusive(path, crypto.private_key_to_pem(key), mode=0o600)
-    return crypto.private_key_from_pem(read_limited(path, crypto.MAX_PEM_BYTES))
 
 
 def parse_stub(text: str) -> tuple[float, float, int]:

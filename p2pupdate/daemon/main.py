@@ -8,6 +8,7 @@ errors and exit 2 on a usage mistake -- which the launcher counts as a crash of 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import signal
 import sys
@@ -18,13 +19,15 @@ import trio
 
 from .. import clock
 from ..cli.common import Parser, sha256_hex
+from ..core import crypto
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
 from ..launcher.codes import EXIT_CODES_HELP
 from ..work.base import Workload
 from .boot import NodeError
-from .coordinator import CoordinatorLink, load_identity, parse_stub
+from .coordinator import CoordinatorLink, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
+from .identity import load_identity
 from .node import Node, NodeConfig, stderr_log
 from .nullwork import NullWorkload
 from .offers import OfferSource
@@ -67,11 +70,31 @@ def workload_factory(opts: DaemonOptions, state_dir: Path) -> Callable[[], Workl
     return make
 
 
+class _ToDaemonLog(logging.Handler):
+    """Warnings of the libraries the daemon runs (the KV store's "log damaged: ..." lines)
+    go to the daemon's own log, stamped like every other line."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                message = f"{message} ({type(exc).__name__}: {exc})"
+            self._log(message)
+        except Exception:  # pragma: no cover - a log line must never stop the node
+            self.handleError(record)
+
+
 def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) -> int:
     """Parse, build the node's parts and run it; ``clk`` is the one clock they all read."""
     args = build_parser().parse_args(argv)
     opts = DaemonOptions.from_namespace(args)
     log = stderr_log(clk)
+    logging.getLogger().addHandler(_ToDaemonLog(log))
     state_dir: Path = args.state_dir.absolute()
     if opts.grant_all:
         log(
@@ -85,11 +108,20 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
             trust = TrustFile.open(
                 state_dir / "trust",
                 initial_root=opts.trust_root.read_bytes(),
+                log=log,
                 now=clk.utc_now(),
             )
         except (OSError, P2PUpdateError) as exc:
             log(f"fatal: trust root {opts.trust_root}: {exc}")
             return EXIT_USAGE
+    identity: list[crypto.SigningKey] = []
+
+    def key() -> crypto.SigningKey:
+        """The node's key, read (and repaired) once: coordinator and gossip share it."""
+        if not identity:
+            identity.append(load_identity(state_dir, log))
+        return identity[0]
+
     coordinator = None
     if opts.coordinator:
         if trust is None:
@@ -98,7 +130,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         try:
             coordinator = CoordinatorLink(
                 list(opts.coordinator),
-                load_identity(state_dir),
+                key(),
                 trust,
                 pool=opts.pool,
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
@@ -117,7 +149,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
             return EXIT_USAGE
         try:
             gossip = GossipService(
-                key=load_identity(state_dir),
+                key=key(),
                 clock=clk,
                 verify=trust_verifier(trust, clk),
                 listen=parse_hostport(opts.gossip_listen or "127.0.0.1:0"),

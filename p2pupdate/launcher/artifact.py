@@ -102,10 +102,14 @@ def version_file_text(version: str) -> bytes:
 def read_version(package_dir: Path) -> str | None:
     """The ``__version__`` of an unpacked tree, without importing it (None if unreadable)."""
     try:
-        text = read_limited(package_dir / "_version.py", 4096).decode("utf-8", "replace")
+        return version_in(read_limited(package_dir / "_version.py", 4096))
     except (OSError, FileTooLargeError):
         return None
-    m = _VERSION_IN_FILE.search(text)
+
+
+def version_in(version_file: bytes) -> str | None:
+    """The ``__version__`` a ``_version.py``'s bytes set (None if they set none)."""
+    m = _VERSION_IN_FILE.search(version_file[:4096].decode("utf-8", "replace"))
     return m.group(1) if m else None
 
 
@@ -321,6 +325,37 @@ def gunzip_limited(data: bytes, cap: int) -> bytes:
     if d.unused_data or pos < len(data):
         raise ArtifactError("bytes after the gzip stream")
     return bytes(out)
+
+
+def artifact_files(
+    data: bytes, *, limits: UnpackLimits = DEFAULT_LIMITS, allowed_top: tuple[str, ...] = PACKAGES
+) -> dict[str, tuple[bytes, int]]:
+    """Every regular file of a verified artifact: ``{path: (bytes, mode)}``, read in memory
+    under the same caps as ``unpack_into`` (what a slot's files must be, and where a
+    damaged one is restored from)."""
+    raw = gunzip_limited(data, limits.max_total_bytes + (limits.max_entries + 2) * 3 * 512)
+    out: dict[str, tuple[bytes, int]] = {}
+    total = 0
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+            for count, member in enumerate(tar, 1):
+                if count > limits.max_entries:
+                    raise ArtifactError(f"more than {limits.max_entries} entries")
+                parts = _safe_parts(member.name, limits, allowed_top)
+                if member.isdir():
+                    continue
+                if not member.isreg() or member.size > limits.max_file_bytes:
+                    raise ArtifactError(f"entry {member.name!r}: not a file within the caps")
+                total += member.size
+                if total > limits.max_total_bytes:
+                    raise ArtifactError(f"unpacked size over the cap {limits.max_total_bytes}")
+                source = tar.extractfile(member)
+                if source is None:  # pragma: no cover - isreg() members have a file object
+                    raise ArtifactError(f"entry {member.name!r}: no data")
+                out["/".join(parts)] = (source.read(), 0o755 if member.mode & 0o111 else 0o644)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ArtifactError(f"corrupt archive: {exc}") from None
+    return out
 
 
 def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:

@@ -3,7 +3,8 @@
 Layout (``D`` is ``--state-dir``)::
 
     D/launcher.lock           flock: one launcher per state dir
-    D/slots/<sha256>/         one unpacked artifact: p2pupdate/, coordinator/, SLOT.json
+    D/slots/<sha256>/         one unpacked artifact: p2pupdate/, coordinator/, SLOT.json,
+                              FILES.json (the sha256 of each file, checked before each start)
     D/slots/.tmp-*            a slot being unpacked (deleted at launcher start)
     D/current -> slots/<sha>  the slot that runs; changes only when a new slot is confirmed
     D/previous -> slots/<sha> the slot that ran before it (kept for a manual rollback)
@@ -12,7 +13,9 @@ Layout (``D`` is ``--state-dir``)::
     D/denied                  sticky denies: artifacts that failed probation here (JSON)
     D/rollbacks               the rollback log, newest last, capped (JSON)
     D/status                  what the running daemon says about itself (JSON)
-    D/store/<sha>.tar.gz      artifacts fetched (offered) but not yet unpacked
+    D/store/<sha>.tar.gz      artifacts fetched (offered) but not yet unpacked, and the
+                              verified copies of ``current`` and ``previous`` (a damaged
+                              slot file is restored from them)
     D/work/checkpoint         the workload's state handed from one process to the next
     D/work/<name>/            the workload's own durable state
     D/trust/                  the trust store (``daemon.truststate.TrustFile``)
@@ -52,14 +55,29 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import LocalStateFault
-from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, read_limited
-from .artifact import DEFAULT_LIMITS, UnpackLimits, check_artifact, read_version, unpack_into
+from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, quarantine, read_limited
+from .artifact import (
+    DEFAULT_LIMITS,
+    VERSION_FILE,
+    ArtifactError,
+    UnpackLimits,
+    artifact_files,
+    check_artifact,
+    read_artifact,
+    read_version,
+    sha256_hex,
+    unpack_into,
+    version_in,
+)
 
 FORMAT: Final = 1
 MAX_RECORD_BYTES: Final = 256 * 1024
 MAX_ROLLBACK_RECORDS: Final = 100
 MAX_DENIES: Final = 1000
 SLOT_FILE: Final = "SLOT.json"
+#: The slot's file manifest: the sha256 of every file its artifact holds.
+FILES_FILE: Final = "FILES.json"
+MAX_FILES_BYTES: Final = 8 * 1024 * 1024
 LINK_NAMES: Final = ("current", "previous")
 OUTCOME_ROLLBACK: Final = "rollback"
 VERDICTS: Final = ("confirm", "rollback")
@@ -172,6 +190,73 @@ class SlotManifest:
         if v["counter"] < 0:
             raise StateError(f"{where}.counter: negative")
         return cls(**v)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SlotFiles:
+    """``slots/<sha>/FILES.json``: what every file of the slot must be, from the artifact.
+
+    Written at stage time from the verified artifact (not from what landed on disk), so a
+    file damaged later -- or even while unpacking -- is found before the slot is started.
+    It repeats ``version`` and ``counter``, so a damaged ``SLOT.json`` can be rewritten.
+    """
+
+    artifact: str
+    version: str
+    counter: int
+    #: ``{path inside the slot: sha256 hex}``.
+    files: Mapping[str, str]
+
+    def to_bytes(self) -> bytes:
+        return dump({**asdict(self), "files": dict(sorted(self.files.items()))})
+
+    @classmethod
+    def parse(cls, raw: Any, where: str = FILES_FILE) -> SlotFiles:
+        v = _obj(
+            raw,
+            where,
+            {"artifact": (str,), "version": (str,), "counter": (int,), "files": (dict,)},
+        )
+        _sha(v["artifact"], f"{where}.artifact")
+        files: dict[str, Any] = v["files"]
+        if not files or len(files) > DEFAULT_LIMITS.max_entries:
+            raise StateError(f"{where}.files: empty or too many entries")
+        for name, digest in files.items():
+            parts = name.split("/")
+            if parts[0] not in ("p2pupdate", "coordinator") or any(
+                part in ("", ".", "..") for part in parts
+            ):
+                raise StateError(f"{where}.files: {name[:80]!r} is not a path inside the slot")
+            _sha(digest, f"{where}.files[{name[:80]!r}]")
+        return cls(**v)
+
+
+def file_hashes(members: Mapping[str, tuple[bytes, int]]) -> dict[str, str]:
+    """``artifact_files`` output -> ``{path: sha256}``."""
+    return {name: sha256_hex(data) for name, (data, _mode) in members.items()}
+
+
+def read_version_of(members: Mapping[str, tuple[bytes, int]]) -> str | None:
+    """The ``__version__`` in an artifact's ``p2pupdate/_version.py`` (None if absent)."""
+    entry = members.get(VERSION_FILE)
+    return None if entry is None else version_in(entry[0])
+
+
+def _hash_file(path: Path) -> str | None:
+    try:
+        return sha256_hex(read_limited(path, DEFAULT_LIMITS.max_file_bytes))
+    except OSError:
+        return None
+
+
+def purge_bytecode(slot: Path) -> int:
+    """Drop the slot's ``__pycache__`` directories (Python rebuilds them at the next start):
+    a cache written from a damaged source, or damaged itself -- which no manifest covers,
+    as Python writes it -- must not outlive a repair or a crash.  The number removed."""
+    caches = list(slot.rglob("__pycache__"))
+    for cache in caches:
+        shutil.rmtree(cache, ignore_errors=True)
+    return len(caches)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -440,7 +525,7 @@ class StateDir:
     def clean_temp(self) -> list[str]:
         """Remove what a crash can leave half-done: temp files, half-unpacked slots."""
         removed: list[str] = []
-        for d in (self.root, self.store, self.work):
+        for d in (self.root, self.store, self.work, self.trust):
             if not d.is_dir():
                 continue
             for p in d.iterdir():
@@ -452,7 +537,7 @@ class StateDir:
                 if p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(str(p.relative_to(self.root)))
-        for d in (self.root, self.store, self.work, self.slots):
+        for d in (self.root, self.store, self.work, self.trust, self.slots):
             if removed and d.is_dir():
                 fsync_dir(d)
         return removed
@@ -555,6 +640,13 @@ class StateDir:
                 counter=counter,
                 unpacked=time.time(),
             )
+            files = SlotFiles(
+                artifact=artifact,
+                version=manifest.version,
+                counter=counter,
+                files=file_hashes(artifact_files(data, limits=self.limits)),
+            )
+            atomic_write(tmp / FILES_FILE, files.to_bytes())
             atomic_write(tmp / SLOT_FILE, manifest.to_bytes())
             os.rename(tmp, final)
         except BaseException:
@@ -572,6 +664,143 @@ class StateDir:
         os.rename(d, gone)
         fsync_dir(self.slots)
         shutil.rmtree(gone, ignore_errors=True)
+
+    def verify_slot(self, artifact: str, log: Callable[[str], None]) -> bool:
+        """Check the slot's files against ``FILES.json`` and repair what can be repaired;
+        False when the slot must not be started (a damaged file and no verified artifact to
+        restore it from, or nothing left to say what the slot is).
+
+        * a damaged file: moved aside as ``NAME.bad-N``, rewritten from the verified
+          artifact in ``store/`` (one log line);
+        * a damaged ``FILES.json``: moved aside, rebuilt from the stored artifact;
+        * no ``FILES.json`` (a slot staged by a version before it existed): built from the
+          stored artifact if there is one, else recorded from the files as they are;
+        * a damaged ``SLOT.json``: moved aside, rewritten from ``FILES.json``.
+        """
+        d = self.slot_dir(artifact)
+        if not d.is_dir():
+            return False
+        name = f"slot {artifact[:12]}..."
+        members: dict[str, tuple[bytes, int]] | None = None
+        looked = False
+        notes: list[str] = []  # said with the outcome, in its one line
+
+        def say(message: str) -> None:
+            log("; ".join([message, *notes]))
+            notes.clear()
+
+        def stored() -> dict[str, tuple[bytes, int]] | None:
+            nonlocal members, looked
+            if not looked:
+                looked = True
+                path = self.store_path(artifact)
+                try:
+                    members = artifact_files(
+                        read_artifact(path, artifact, self.limits), limits=self.limits
+                    )
+                except FileNotFoundError:
+                    pass
+                except (ArtifactError, OSError) as exc:
+                    aside = quarantine(path)
+                    notes.append(f"its stored artifact is unusable ({exc}): moved to {aside.name}")
+            return members
+
+        manifest: SlotManifest | None = None
+        slot_error = ""
+        try:
+            raw = load(d / SLOT_FILE)
+            if raw is None:
+                slot_error = "missing"
+            else:
+                manifest = SlotManifest.parse(raw, f"{name}/{SLOT_FILE}")
+                if manifest.artifact != artifact:
+                    manifest, slot_error = None, "names another artifact"
+        except StateError as exc:
+            slot_error = str(exc)
+        record: SlotFiles | None = None
+        files_path = d / FILES_FILE
+        try:
+            raw = load(files_path, MAX_FILES_BYTES)
+            if raw is not None:
+                record = SlotFiles.parse(raw, f"{name}/{FILES_FILE}")
+                if record.artifact != artifact:
+                    raise StateError(f"{name}/{FILES_FILE}: names another artifact")
+            damaged_record = ""
+        except StateError as exc:
+            aside = quarantine(files_path)
+            damaged_record = f"{FILES_FILE} unusable ({exc}): moved to {aside.name}"
+        if record is None:
+            found = stored()
+            if found is not None:
+                version = read_version_of(found) or (manifest.version if manifest else "unknown")
+                counter = manifest.counter if manifest is not None else 0
+                record = SlotFiles(
+                    artifact=artifact, version=version, counter=counter, files=file_hashes(found)
+                )
+                how = "from the verified artifact in the store"
+            elif manifest is not None and not damaged_record:
+                hashes = {}
+                for path in sorted(d.rglob("*")):
+                    rel = path.relative_to(d).as_posix()
+                    if (
+                        path.is_file()
+                        and rel.split("/")[0] in ("p2pupdate", "coordinator")
+                        and "__pycache__" not in rel
+                        and ".bad-" not in path.name
+                        and (digest := _hash_file(path)) is not None
+                    ):
+                        hashes[rel] = digest
+                record = SlotFiles(
+                    artifact=artifact,
+                    version=manifest.version,
+                    counter=manifest.counter,
+                    files=hashes,
+                )
+                how = "from its files as they are (no verified artifact to check them against)"
+            else:
+                say(
+                    f"{name}: {damaged_record or 'no ' + FILES_FILE}; nothing else says what its "
+                    "files must be: not started"
+                )
+                return False
+            atomic_write(files_path, record.to_bytes())
+            if damaged_record:
+                say(f"{name}: {damaged_record}, rebuilt {how}")
+            else:
+                say(f"{name}: wrote its file manifest {how}")
+        if manifest is None:
+            manifest = SlotManifest(
+                artifact=artifact,
+                version=record.version,
+                counter=record.counter,
+                unpacked=time.time(),
+            )
+            slot_path = d / SLOT_FILE
+            moved = ""
+            if slot_path.exists() or slot_path.is_symlink():
+                moved = f": moved to {quarantine(slot_path).name}"
+            atomic_write(slot_path, manifest.to_bytes())
+            say(f"{name}: {SLOT_FILE} unusable ({slot_error}){moved}, rewritten from {FILES_FILE}")
+        bad = [rel for rel, digest in record.files.items() if _hash_file(d / rel) != digest]
+        if not bad:
+            return True
+        found = stored()
+        listed = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        if found is None or any(rel not in found for rel in bad):
+            say(f"{name}: {listed} damaged, and no verified artifact in the store to restore from")
+            return False
+        asides = []
+        for rel in bad:
+            path = d / rel
+            if path.exists() or path.is_symlink():
+                asides.append(quarantine(path).name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data, mode = found[rel]
+            atomic_write(path, data, mode=mode)
+        purge_bytecode(d)
+        kept = f" (moved aside as {', '.join(asides[:3])})" if asides else ""
+        say(f"{name}: {listed} damaged{kept}; restored from the verified artifact in the store")
+        return True
 
     # pending
     def read_pending(self) -> Pending | None:
@@ -663,8 +892,6 @@ class StateDir:
         return raw
 
     def quarantine(self, path: Path, why: str) -> Path:
-        """Move an unusable file aside (kept for a human) so it stops blocking the node."""
-        aside = path.with_name(f"{path.name}.bad-{int(time.time())}-{secrets.token_hex(3)}")
-        os.replace(path, aside)
-        fsync_dir(path.parent)
-        return aside
+        """Move an unusable file aside as ``NAME.bad-N`` (kept for a human) so it stops
+        blocking the node; ``why`` is for the caller's log line."""
+        return quarantine(path)

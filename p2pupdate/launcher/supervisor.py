@@ -47,6 +47,7 @@ from typing import Any
 
 from ..core import timing
 from ..errors import LocalStateFault
+from ..fsutil import atomic_write, is_disk_full
 from .artifact import (
     DEFAULT_LIMITS,
     ArtifactError,
@@ -64,7 +65,15 @@ from .codes import (
     describe_exit,
 )
 from .faults import crash_point
-from .state import Deny, Pending, RollbackEntry, StateDir, StateError, Verdict
+from .state import (
+    Deny,
+    Pending,
+    RollbackEntry,
+    StateDir,
+    StateError,
+    Verdict,
+    purge_bytecode,
+)
 
 
 class LauncherError(LocalStateFault):
@@ -184,6 +193,7 @@ class Launcher:
                 removed = self.state.clean_temp()
                 if removed:
                     self.log(f"removed leftovers of an interrupted write: {', '.join(removed)}")
+                self._check_records()
                 while not self._stop_requested:
                     plan = self.decide()
                     outcome = self.supervise(plan)
@@ -240,8 +250,8 @@ class Launcher:
             if any(d.artifact == pending.artifact for d in self._read_denied()):
                 self.mark_rollback(pending, "sticky-denied on this node")
                 continue
-            if st.slot_manifest(pending.artifact) is None:
-                self.mark_rollback(pending, "slot missing or incomplete", deny=False)
+            if not self._slot_ok(pending.artifact):
+                self.mark_rollback(pending, "slot missing, incomplete or damaged", deny=False)
                 continue
             self.ensure_current()
             limit = pending.max_attempts or self.config.max_attempts
@@ -256,7 +266,18 @@ class Launcher:
                 window=window,
                 deadline=time.time() + window,
             )
-            st.write_pending(pending)
+            try:
+                st.write_pending(pending)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                # an attempt that cannot be counted must not be made: serve on the old
+                # build; its daemon asks for the swap again once there is room
+                self.log(
+                    f"disk full ({exc.strerror}): cannot record probation attempt "
+                    f"{pending.attempts} of {limit}; running current until there is room"
+                )
+                return Plan(slot=self.ensure_current())
             crash_point("attempt")
             self.log(
                 f"starting {self._name(pending.artifact)} on probation "
@@ -268,10 +289,10 @@ class Launcher:
         """The slot ``current`` points at, repaired or bootstrapped if it is unusable."""
         st = self.state
         current = self._read_link("current")
-        if current is not None and st.slot_manifest(current) is not None:
+        if current is not None and self._slot_ok(current):
             return current
         previous = self._read_link("previous")
-        if previous is not None and st.slot_manifest(previous) is not None:
+        if previous is not None and previous != current and self._slot_ok(previous):
             self.log(f"current slot unusable; falling back to previous {previous[:16]}...")
             st.set_link("current", previous)
             return previous
@@ -292,6 +313,8 @@ class Launcher:
         artifact = sha256_hex(data)
         try:
             manifest = self.state.stage_slot(data, artifact, counter=0)
+            # the verified copy a damaged file of the slot is restored from
+            atomic_write(self.state.store_path(artifact), data)
         except ArtifactError as exc:
             raise LauncherError(f"cannot bootstrap from {origin}: {exc}") from None
         self.state.set_link("current", artifact)
@@ -347,14 +370,16 @@ class Launcher:
 
     def collect_garbage(self) -> None:
         """Delete slots that are neither ``current`` nor ``previous``, and stored artifacts
-        that are unpacked or denied (never mid-swap: only called with no ``pending``)."""
+        that are denied or unpacked into another slot (never mid-swap: only called with no
+        ``pending``).  The stored artifacts of ``current`` and ``previous`` are kept: they
+        are the verified copies a damaged slot file is restored from."""
         st = self.state
         keep = {self._read_link("current"), self._read_link("previous")}
         for artifact in st.list_slots():
             if artifact not in keep:
                 st.remove_slot(artifact)
         done = set(st.list_slots()) | {d.artifact for d in self._read_denied()}
-        for artifact in done:
+        for artifact in done - keep:
             path = st.store_path(artifact)
             if path.exists():
                 path.unlink()
@@ -459,6 +484,7 @@ class Launcher:
         if outcome.runtime >= self.config.stable_after:
             self._crashes = 0
         self._crashes += 1
+        self._drop_bytecode(plan.slot)
         delay = self.config.restart_delay(self._crashes)
         self.log(f"restarting in {delay:g} s (crash {self._crashes} in a row)")
         self._sleep(delay)
@@ -485,6 +511,7 @@ class Launcher:
         if outcome.code == EXIT_STOP:
             self.log("daemon on probation stopped; pending kept for the next start")
             return False
+        self._drop_bytecode(pending.artifact)
         self.state.write_pending(current.with_(last_failure=what))
         return True
 
@@ -507,8 +534,23 @@ class Launcher:
         try:
             return self.state.read_verdict()
         except StateError as exc:
-            self.log(f"verdict unusable ({exc}); ignored")
+            aside = self.state.quarantine(self.state.verdict_path, str(exc))
+            self.log(f"verdict unusable ({exc}); moved to {aside.name}, ignored")
             return None
+
+    def _drop_bytecode(self, artifact: str) -> None:
+        """After a crash: the slot's files were checked before it started, its bytecode
+        cache was not (Python writes it) -- drop it, so a damaged one crashes once only."""
+        removed = purge_bytecode(self.state.slot_dir(artifact))
+        if removed:
+            self.log(f"dropped the bytecode cache of {self._name(artifact)} after the crash")
+
+    def _slot_ok(self, artifact: str) -> bool:
+        """Whether ``artifact``'s slot may be started: its files checked against its
+        manifest (and repaired from the stored artifact where they can be)."""
+        return self.state.verify_slot(artifact, self.log) and (
+            self.state.slot_manifest(artifact) is not None
+        )
 
     def _read_denied(self) -> list[Deny]:
         try:
@@ -526,8 +568,43 @@ class Launcher:
         try:
             return self.state.read_link(name)
         except StateError as exc:
-            self.log(f"{name} link unusable ({exc}); ignored")
+            aside = self.state.quarantine(self.state.root / name, str(exc))
+            self.log(f"{name} link unusable ({exc}); moved to {aside.name}")
+            if name == "current":
+                return self._guess_current()
             return None
+
+    def _guess_current(self) -> str | None:
+        """``current`` was damaged: the slot it most likely named -- the newest usable slot
+        that is not ``previous``, a swap still on probation or a denied build (None: fall
+        back to ``previous`` or bootstrap)."""
+        previous = self._read_link("previous")
+        pending = self._read_pending()
+        skip = {previous, pending.artifact if pending is not None else None}
+        skip |= {d.artifact for d in self._read_denied()}
+        found = []
+        for artifact in self.state.list_slots():
+            manifest = self.state.slot_manifest(artifact)
+            if artifact not in skip and manifest is not None:
+                found.append((manifest.counter, manifest.unpacked, artifact))
+        if not found:
+            return None
+        artifact = max(found)[2]
+        self.state.set_link("current", artifact)
+        self.log(f"current link rebuilt: {self._name(artifact)}, the newest slot")
+        return artifact
+
+    def _check_records(self) -> None:
+        """Read every launcher record once at start; an unusable one is quarantined here,
+        so no later step trips over it."""
+        self._read_pending()
+        self._read_verdict()
+        self._read_denied()
+        try:
+            self.state.read_rollbacks()
+        except StateError as exc:
+            aside = self.state.quarantine(self.state.rollbacks_path, str(exc))
+            self.log(f"rollback log unusable ({exc}); moved to {aside.name}, started anew")
 
     def _name(self, artifact: str) -> str:
         manifest = self.state.slot_manifest(artifact)

@@ -17,9 +17,16 @@ The log is the truth and the snapshot the fast path.  When the current segment p
 ``segment_bytes`` the log moves to a new segment, the map as of that point is written as
 the new snapshot, and the older segments are deleted; a crash between any two of those
 steps leaves a snapshot plus segments that replay to the same map.  Recovery replays the
-segments after the snapshot, truncates a torn final append, and refuses (``CorruptStateError``)
-a damaged record anywhere else, a gap in the log positions or a log without its snapshot:
-guessing there could silently drop acknowledged writes.
+segments after the snapshot and truncates a torn final append.  Damage is never a reason
+not to serve (a node must come back by itself): a damaged record anywhere else or a gap in
+the log positions ends the log there -- the records before it are served, the bytes from it
+on are kept in ``NAME.bad-N`` beside the segment for a person, and one warning says so; a
+missing or unusable snapshot is moved aside and rebuilt from the log when the log reaches
+back to the first write (else the store starts empty, loudly).
+
+**A full disk** refuses a write whole (``DiskFullError``, answered ``unavailable``: "disk
+full"), leaves the log as it was and takes writes again once there is room; a failed fsync
+still stops the store's writes for good (after it, the page cache cannot be trusted).
 
 **Checkpoints** are the same bytes as a snapshot, tagged with the store's random id.
 ``restore`` never moves a store backwards: a checkpoint of this very store that is not
@@ -61,7 +68,14 @@ import trio
 from ..core import wire
 from ..core.errors import P2PUpdateError, WireError
 from ..errors import LocalStateFault
-from ..fsutil import atomic_write, fsync_dir, read_limited
+from ..fsutil import (
+    atomic_write,
+    fsync_dir,
+    is_disk_full,
+    quarantine,
+    quarantine_name,
+    read_limited,
+)
 from .base import Workload
 from .protocol import (
     MAX_FRAME_BYTES,
@@ -90,6 +104,12 @@ _SEGMENT_RE: Final = re.compile(r"^wal-([0-9a-f]{32})-([0-9a-f]{16})\.log$")
 #: that is not ours (or a configuration far larger than the defaults).
 MAX_SEGMENT_READ: Final = 512 * 1024 * 1024
 RECV_BYTES: Final = 64 * 1024
+
+
+class DiskFullError(LocalStateFault, OSError):
+    """The disk has no room for a write: it was refused whole (the log is unchanged)."""
+
+    rule = "disk-full"
 
 
 class StoreBusyError(LocalStateFault):
@@ -144,6 +164,9 @@ class _Log:
         #: The newest segment and the lsn its next record must have, if appending may
         #: continue there (set by ``recover``); otherwise a new segment is started.
         self._tail: tuple[Path, int] | None = None
+        #: The lsn a segment could not be started at (the disk was full); the next append
+        #: starts it.
+        self._unborn: int | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self._lock_fd: int | None = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -155,7 +178,8 @@ class _Log:
 
     @property
     def is_open(self) -> bool:
-        return self._fd is not None
+        """Appending is possible: a segment is open, or one waits for disk space."""
+        return self._fd is not None or self._unborn is not None
 
     def segments(self) -> list[tuple[bytes, int, Path]]:
         """All segment files as (store id, first lsn, path), oldest first."""
@@ -168,20 +192,17 @@ class _Log:
         return found
 
     def recover(self) -> Snapshot:
-        """Load the snapshot, replay the log after it, truncate a torn final append."""
+        """Load the snapshot, replay the log after it, truncate a torn final append.
+
+        Damage never stops the store (README "The work a node serves"): a damaged record
+        ends the log there -- the records before it are replayed, the bytes from it on are
+        moved to ``NAME.bad-N`` beside the segment (later segments too), one warning says
+        so.  An unusable snapshot is moved aside and rebuilt from the log when the log
+        reaches back to the store's first write; otherwise the store starts empty.
+        """
         for stale in self.directory.glob(".*.tmp"):  # atomic_write leftovers of a crash
             stale.unlink(missing_ok=True)
-        snap_path = self.directory / SNAPSHOT_NAME
-        if not snap_path.exists():
-            if self.segments():
-                raise CorruptStateError(
-                    f"{self.directory}: log segments without a snapshot", rule="corrupt-log"
-                )
-            fresh = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
-            atomic_write(snap_path, fresh.encode(), mode=0o600)
-            self.store_id = fresh.store_id
-            return fresh
-        snap = Snapshot.decode(read_limited(snap_path, self.limits.max_snapshot_bytes), self.limits)
+        snap = self._load_snapshot()
         data = dict(snap.data)
         lsn = snap.lsn
         mine = []
@@ -192,28 +213,37 @@ class _Log:
                 path.unlink(missing_ok=True)
         for i, (start, path) in enumerate(mine):
             last = i == len(mine) - 1
-            scan = scan_segment(read_limited(path, MAX_SEGMENT_READ), last=last, name=path.name)
-            expected = start
-            for rec in scan.records:
-                if rec.lsn != expected:
-                    raise CorruptStateError(
-                        f"{path.name}: record {rec.lsn} where {expected} was expected",
-                        rule="corrupt-log",
-                    )
-                expected += 1
-                if rec.lsn <= lsn:
-                    continue  # already in the snapshot
-                if rec.lsn != lsn + 1:
-                    raise CorruptStateError(
-                        f"{path.name}: log jumps from {lsn} to {rec.lsn}", rule="corrupt-log"
-                    )
-                _apply(data, rec)
-                lsn = rec.lsn
-            if last and start > lsn + 1:
-                raise CorruptStateError(
-                    f"{path.name}: log starts at {start} but the store ends at {lsn}",
-                    rule="corrupt-log",
-                )
+            try:
+                raw = read_limited(path, MAX_SEGMENT_READ)
+            except OSError as exc:
+                self._cut(mine[i:], 0, b"", lsn, f"unreadable: {exc}")
+                break
+            try:
+                scan = scan_segment(raw, last=last, name=path.name)
+                damage = None
+            except CorruptStateError as exc:
+                scan = scan_segment(raw, last=last, name=path.name, salvage=True)
+                damage = exc.message
+            expected, cut, kept = start, len(SEGMENT_MAGIC), 0
+            if start > lsn + 1:
+                damage, cut = damage or f"log starts at {start} but the store ends at {lsn}", 0
+            else:
+                for rec in scan.records:
+                    if rec.lsn != expected:
+                        damage = f"record {rec.lsn} where {expected} was expected"
+                        break
+                    encoded = rec.encode()
+                    if raw[cut : cut + len(encoded)] != encoded:  # pragma: no cover - defensive
+                        damage, cut = "a record that does not re-encode", 0
+                        break
+                    expected, cut, kept = expected + 1, cut + len(encoded), kept + 1
+                    if rec.lsn > lsn:
+                        _apply(data, rec)
+                        lsn = rec.lsn
+            if damage is not None:
+                self._tail = (path, expected) if cut >= len(SEGMENT_MAGIC) else None
+                self._cut(mine[i:], cut, raw, lsn, damage)
+                break
             if last:
                 self._tail = (path, expected)
             if scan.torn_bytes:
@@ -226,6 +256,73 @@ class _Log:
         self.store_id = snap.store_id
         return Snapshot(store_id=snap.store_id, lsn=lsn, data=data)
 
+    def _load_snapshot(self) -> Snapshot:
+        """The snapshot; a missing or unusable one is rebuilt (from the log if it can be)."""
+        snap_path = self.directory / SNAPSHOT_NAME
+        if snap_path.exists():
+            try:
+                return Snapshot.decode(
+                    read_limited(snap_path, self.limits.max_snapshot_bytes), self.limits
+                )
+            except (OSError, P2PUpdateError) as exc:
+                why = getattr(exc, "message", None) or str(exc)
+                aside = quarantine(snap_path).name
+        elif self.segments():
+            why, aside = "missing", ""
+        else:
+            fresh = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
+            try:
+                atomic_write(snap_path, fresh.encode(), mode=0o600)
+            except OSError as exc:  # the log, once it can be written, rebuilds it
+                if not is_disk_full(exc):
+                    raise
+                logger.warning("kv: cannot write a first snapshot (%s); serving empty", exc)
+            self.store_id = fresh.store_id
+            return fresh
+        segments = self.segments()
+        stores = {store_id for store_id, _, _ in segments}
+        moved = f": moved to {aside}" if aside else ""
+        if len(stores) == 1 and segments[0][1] == 1:  # the log holds every write
+            snap = Snapshot(store_id=stores.pop(), lsn=0, data={})
+            how = f"rebuilt from the log ({len(segments)} segments from lsn 1)"
+        else:
+            for _, _, path in segments:
+                quarantine(path)
+            snap = Snapshot(store_id=secrets.token_bytes(16), lsn=0, data={})
+            how = (
+                f"the log does not reach back to the first write, so the store starts empty "
+                f"({len(segments)} segments moved aside as NAME.bad-N)"
+            )
+        atomic_write(snap_path, snap.encode(), mode=0o600)
+        logger.warning("kv: %s unusable (%s)%s; %s", SNAPSHOT_NAME, why, moved, how)
+        return snap
+
+    def _cut(
+        self, segments: list[tuple[int, Path]], cut: int, raw: bytes, lsn: int, why: str
+    ) -> None:
+        """End the log at byte ``cut`` of ``segments[0]``: the rest of it goes to
+        ``NAME.bad-N``, the later segments are moved aside whole."""
+        path = segments[0][1]
+        if cut < len(SEGMENT_MAGIC):
+            aside = quarantine(path)
+            self._tail = None
+        else:
+            aside = quarantine_name(path)
+            atomic_write(aside, raw[cut:], mode=0o600)
+            with open(path, "r+b") as f:
+                f.truncate(cut)
+                os.fsync(f.fileno())
+        later = [quarantine(p).name for _, p in segments[1:]]
+        also = f", and {len(later)} later segments moved aside" if later else ""
+        logger.warning(
+            "kv: %s damaged (%s): the log ends at lsn %d; the rest is in %s%s",
+            path.name,
+            why,
+            lsn,
+            aside.name,
+            also,
+        )
+
     def open_append(self, next_lsn: int) -> None:
         """Open the newest segment for appending, or start one at ``next_lsn``."""
         with self._lock:
@@ -233,7 +330,12 @@ class _Log:
                 self._fd = os.open(self._tail[0], os.O_WRONLY | os.O_APPEND)
                 self.segment_size = os.fstat(self._fd).st_size
             else:  # fresh store, adopted checkpoint, or a tail that does not end at next_lsn
-                self._fd, self.segment_size = self._create_segment(next_lsn)
+                try:
+                    self._fd, self.segment_size = self._create_segment(next_lsn)
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    self._unborn = next_lsn  # serve reads; the first write tries again
             self._tail = None
 
     def _create_segment(self, start: int) -> tuple[int, int]:
@@ -245,8 +347,24 @@ class _Log:
 
     def append(self, blob: bytes) -> None:
         """Write whole records and make them durable.  On failure, cut the segment back so
-        no partial record is left in front of later ones, and re-raise."""
+        no partial record is left in front of later ones, and re-raise.
+
+        A disk that is full (``ENOSPC`` from the write itself, and the cut back done) raises
+        ``DiskFullError``: nothing of the batch is in the log, so the store stays sound and
+        later writes may succeed once space is freed.  Anything else -- above all a failed
+        fsync, after which the page cache cannot be trusted -- is re-raised as it is.
+        """
         with self._lock:
+            if self._fd is None and self._unborn is not None:
+                try:
+                    self._fd, self.segment_size = self._create_segment(self._unborn)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise DiskFullError(
+                            f"disk full ({exc.strerror}): the write was not made"
+                        ) from None
+                    raise
+                self._unborn = None
             if self._fd is None:
                 raise OSError("the log is closed")
             fd = self._fd
@@ -254,6 +372,17 @@ class _Log:
                 view = memoryview(blob)
                 while view:
                     view = view[os.write(fd, view) :]
+            except OSError as exc:
+                try:
+                    os.ftruncate(fd, self.segment_size)
+                except OSError:
+                    raise exc from None
+                if is_disk_full(exc):
+                    raise DiskFullError(
+                        f"disk full ({exc.strerror}): the write was not made"
+                    ) from None
+                raise
+            try:
                 os.fdatasync(fd)
             except OSError:
                 with contextlib.suppress(OSError):
@@ -391,14 +520,16 @@ class KVStats:
     bad_requests: int = 0
     going_away: int = 0
     connections_refused: int = 0
+    #: Writes refused because the disk was full (each answered ``unavailable``).
+    disk_full: int = 0
 
 
 class KVWorkload(Workload):
     """The example key/value service (see the module docstring).
 
     One instance owns ``state_dir`` from construction until ``serve()`` returns or
-    ``close()`` is called; recovery from the log happens in the constructor, so a damaged
-    store fails loudly before anything is served.  Call ``restore()`` (if at all) before
+    ``close()`` is called; recovery from the log happens in the constructor (a damaged
+    log or snapshot is repaired there, see ``_Log.recover``).  Call ``restore()`` (if at all) before
     ``serve()``.  ``port`` holds the bound port once ``serve()`` has started.
     """
 
@@ -724,6 +855,13 @@ class KVWorkload(Workload):
             blob = b"".join(rec.encode() for _, rec in accepted)
             try:
                 await trio.to_thread.run_sync(self._log.append, blob)
+            except DiskFullError as exc:  # refused, not broken: reads go on, writes retry
+                self.stats.disk_full += 1
+                if self.stats.disk_full == 1 or self.stats.disk_full % 1000 == 0:
+                    logger.warning("kv: %s (%d writes refused so far)", exc, self.stats.disk_full)
+                for write, _ in accepted:
+                    write.fail(ErrorCode.UNAVAILABLE, str(exc))
+                return
             except OSError as exc:
                 self._fail(f"log write failed: {exc}")
                 for write, _ in accepted:

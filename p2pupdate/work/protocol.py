@@ -351,7 +351,9 @@ def _is_zeros(data: bytes, start: int) -> bool:
     return data.count(0, start) == len(data) - start
 
 
-def scan_segment(data: bytes, *, last: bool, name: str = "segment") -> SegmentScan:
+def scan_segment(
+    data: bytes, *, last: bool, name: str = "segment", salvage: bool = False
+) -> SegmentScan:
     """Parse a whole segment file.
 
     A torn tail is tolerated only in the ``last`` segment (older ones were fsynced before
@@ -361,15 +363,20 @@ def scan_segment(data: bytes, *, last: bool, name: str = "segment") -> SegmentSc
     the file size was extended but its blocks were not written).  Anything else, such as a
     bad record with good records after it, raises ``CorruptStateError``: truncating there
     would throw away writes that were acknowledged.
+
+    ``salvage`` (recovering a damaged log): never raise; the records up to the first bad
+    one are returned, ``torn_bytes`` counts the rest (``good_end`` 0: not a segment at all).
     """
     if not data.startswith(SEGMENT_MAGIC):
+        if salvage:
+            return SegmentScan(records=[], good_end=0, torn_bytes=len(data))
         raise CorruptStateError(f"{name}: not a log segment (bad magic)", rule="corrupt-log")
     records: list[Record] = []
     pos = len(SEGMENT_MAGIC)
     end = len(data)
 
     def torn_or_corrupt(why: str) -> SegmentScan:
-        if last:
+        if last or salvage:
             return SegmentScan(records=records, good_end=pos, torn_bytes=end - pos)
         raise CorruptStateError(f"{name}: {why} at offset {pos}", rule="corrupt-log")
 
@@ -378,7 +385,7 @@ def scan_segment(data: bytes, *, last: bool, name: str = "segment") -> SegmentSc
             return torn_or_corrupt("record header cut short")
         length, payload_crc, header_crc = RECORD_HEADER.unpack_from(data, pos)
         if zlib.crc32(data[pos : pos + 8]) != header_crc or not 0 < length <= MAX_RECORD_BYTES:
-            if _is_zeros(data, pos):
+            if _is_zeros(data, pos) or salvage:
                 return torn_or_corrupt("zero-filled tail")
             raise CorruptStateError(
                 f"{name}: corrupt record header at offset {pos}", rule="corrupt-log"
@@ -388,7 +395,7 @@ def scan_segment(data: bytes, *, last: bool, name: str = "segment") -> SegmentSc
             return torn_or_corrupt("record cut short")
         payload = data[body : body + length]
         if zlib.crc32(payload) != payload_crc:
-            if body + length == end or _is_zeros(data, body + length):
+            if body + length == end or _is_zeros(data, body + length) or salvage:
                 return torn_or_corrupt("final record checksum mismatch")
             raise CorruptStateError(
                 f"{name}: record checksum mismatch at offset {pos} with records after it",
@@ -397,6 +404,8 @@ def scan_segment(data: bytes, *, last: bool, name: str = "segment") -> SegmentSc
         try:
             records.append(Record.decode_payload(payload))
         except WireError as exc:  # the checksum held: this is not a torn write
+            if salvage:
+                return torn_or_corrupt("unreadable record")
             raise CorruptStateError(
                 f"{name}: unreadable record at offset {pos}: {exc}", rule="corrupt-log"
             ) from exc

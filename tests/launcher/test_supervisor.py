@@ -226,7 +226,7 @@ def test_a_missing_slot_rolls_back_without_deny(rig: Rig) -> None:
     rig.state.remove_slot(rig.v2.sha)
     assert rig.launcher.decide() == Plan(slot=rig.v1.sha)
     assert rig.state.read_denied() == []
-    assert rig.state.read_rollbacks()[0].reason == "slot missing or incomplete"
+    assert rig.state.read_rollbacks()[0].reason == "slot missing, incomplete or damaged"
 
 
 def test_corrupt_records_are_moved_aside(rig: Rig) -> None:
@@ -267,8 +267,14 @@ def test_leftovers_are_cleaned(rig: Rig) -> None:
     (st.root / ".pending.abc.tmp").write_text("half")
     (st.slots / ".tmp-0123-abcd").mkdir()
     (st.slots / ".tmp-0123-abcd" / "p2pupdate").mkdir()
+    st.trust.mkdir()
+    (st.trust / ".store.msgpack.abc.tmp").write_text("half")
     removed = st.clean_temp()
-    assert sorted(removed) == [".pending.abc.tmp", "slots/.tmp-0123-abcd"]
+    assert sorted(removed) == [
+        ".pending.abc.tmp",
+        "slots/.tmp-0123-abcd",
+        "trust/.store.msgpack.abc.tmp",
+    ]
     assert st.list_slots() == [rig.v1.sha]
 
 

@@ -192,12 +192,23 @@ def test_cli_usage_errors(args: list[str]) -> None:
     assert result.returncode == 2 and "usage" in result.stderr
 
 
-def test_cli_refuses_a_corrupt_store(tmp_path: Path) -> None:
+def test_cli_serves_on_a_corrupt_snapshot_moved_aside(tmp_path: Path) -> None:
+    """P7 item 4: a garbled snapshot is quarantined (one warning), never a refusal to start."""
     (tmp_path / SNAPSHOT_NAME).write_bytes(b"not a snapshot")
-    result = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "p2pupdate.work.kv", "--state-dir", str(tmp_path)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
     )
-    assert result.returncode == 2 and "snapshot" in result.stderr
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("listening ")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"{SNAPSHOT_NAME} unusable" in err and f"{SNAPSHOT_NAME}.bad-1" in err
+    assert "Traceback" not in err
+    assert (tmp_path / f"{SNAPSHOT_NAME}.bad-1").read_bytes() == b"not a snapshot"

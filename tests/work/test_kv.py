@@ -16,7 +16,6 @@ from p2pupdate.core import wire
 from p2pupdate.work import Workload
 from p2pupdate.work.kv import (
     SNAPSHOT_NAME,
-    CorruptStateError,
     KVConfig,
     KVWorkload,
     StoreBusyError,
@@ -223,26 +222,35 @@ def test_writes_after_a_torn_tail_recover_too(tmp_path: Path) -> None:
     w.close()
 
 
-def test_a_corrupt_record_in_the_middle_is_an_error(tmp_path: Path) -> None:
+def test_a_corrupt_record_in_the_middle_ends_the_log_there(tmp_path: Path) -> None:
+    """P7 item 4: the records before the damage are served, the rest is kept aside."""
     _write_log(tmp_path, 5)
     (seg,) = segments(tmp_path)
     data = bytearray(seg.read_bytes())
-    data[len(data) // 3] ^= 0x55
+    at = len(data) // 3
+    data[at] ^= 0x55
     seg.write_bytes(bytes(data))
-    with pytest.raises(CorruptStateError):
-        KVWorkload(tmp_path)
-    with pytest.raises(CorruptStateError):  # not StoreBusyError: the failed open let go
-        KVWorkload(tmp_path)
+    w = KVWorkload(tmp_path)
+    kept = w.lsn
+    assert 0 < kept < 5
+    assert [w.get(f"k{i}") for i in range(kept)] == [b"v%d" % i for i in range(kept)]
+    (bad,) = tmp_path.glob(f"{seg.name}.bad-*")
+    assert seg.read_bytes() + bad.read_bytes() == bytes(data)  # nothing thrown away
+    w.close()
+    again = KVWorkload(tmp_path)  # the next start is clean (and the failed one let go)
+    assert again.lsn == kept
+    again.close()
 
 
-def test_a_log_without_its_snapshot_is_an_error(tmp_path: Path) -> None:
+def test_a_log_without_its_snapshot_is_rebuilt_from_the_log(tmp_path: Path) -> None:
     _write_log(tmp_path, 2)
     (tmp_path / SNAPSHOT_NAME).unlink()
-    with pytest.raises(CorruptStateError, match="without a snapshot"):
-        KVWorkload(tmp_path)
+    w = KVWorkload(tmp_path)
+    assert w.lsn == 2 and w.get("k1") == b"v1"
+    w.close()
 
 
-def test_a_gap_in_the_log_is_an_error(tmp_path: Path) -> None:
+def test_a_gap_in_the_log_ends_it_before_the_gap(tmp_path: Path) -> None:
     config = KVConfig(segment_bytes=300)
 
     async def run() -> None:
@@ -260,11 +268,13 @@ def test_a_gap_in_the_log_is_an_error(tmp_path: Path) -> None:
     assert len(segs) >= 1
     snap = Snapshot.decode((tmp_path / SNAPSHOT_NAME).read_bytes(), StoreLimits())
     assert snap.lsn > 0  # compaction ran
-    # the surviving segments start after the snapshot; deleting the first leaves a gap
+    # the surviving segments start after the snapshot: the log cannot bridge the gap
     old = Snapshot(store_id=snap.store_id, lsn=0, data={})
     (tmp_path / SNAPSHOT_NAME).write_bytes(old.encode())
-    with pytest.raises(CorruptStateError, match=r"jumps|starts at"):
-        KVWorkload(tmp_path)
+    w = KVWorkload(tmp_path)
+    assert w.lsn == 0 and segments(tmp_path) == []
+    assert len(list(tmp_path.glob("wal-*.log.bad-*"))) == len(segs)
+    w.close()
 
 
 async def test_compaction_keeps_the_log_short_and_loses_nothing(
