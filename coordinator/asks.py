@@ -337,8 +337,9 @@ class Asks:
         # The lease may outlive a crash of this replica: the horizon is on disk first.
         expires_wall = now_wall + (lease.expires - now)
         if self._horizon < expires_wall:
-            self._horizon = now_wall + 2 * self.policy.lease_ttl
-            self.store.set_grant_horizon(self._horizon)
+            horizon = now_wall + 2 * self.policy.lease_ttl
+            self.store.set_grant_horizon(horizon)  # raises if not written: no grant then
+            self._horizon = horizon
         self.pools[token.pool] = state.add(lease)
         if token.pool in self.queues:
             self.queues[token.pool] = self.queues[token.pool].leave(node)

@@ -21,8 +21,10 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import re
 import signal
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -56,14 +58,17 @@ from p2pupdate.core import crypto, timing
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
+from p2pupdate.errors import LocalStateFault
 from p2pupdate.fsutil import atomic_write
 from p2pupdate.net.websocket import parse_url
 
 from .bench import run_bench
+from .catchup import CatchUp, CatchUpConfig
 from .network import ROOT_FILE, NetworkPlan, init_network
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
+from .publishing import PUBLISH_ORDER
 from .service import ConfigError, Replica, ServiceConfig
-from .statelock import StateDirLock
+from .statelock import LOCK_FILE, StateDirLock
 
 #: ``serve``'s defaults are the dataclasses' own (written once, in policy.py / service.py).
 POLICY_DEFAULTS: Final = PolicyConfig()
@@ -272,11 +277,13 @@ def _lock_state_dir(replica: int, config: ServiceConfig) -> StateDirLock:
 def _open_replica(config: ServiceConfig) -> Replica:
     state_dir = config.replica_dir
     try:
-        return Replica(config)
+        return Replica(config, log=_log)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"state directory {state_dir}: {exc.strerror or exc}") from None
+    except (sqlite3.Error, LocalStateFault) as exc:  # an empty database cannot be made
+        raise UsageError(f"state directory {state_dir}: {exc}") from None
 
 
 def lease_ttl_warning(token_ttl: int) -> str | None:
@@ -320,6 +327,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         first_start=args.first_start,
     )
     host, port = args.listen
+    peers = [_peer_url(u) for u in args.peer or ()]
+    try:
+        catch_config = CatchUpConfig(interval=args.peer_interval)
+    except ValueError as exc:
+        raise UsageError(f"--peer-interval: {exc}") from None
 
     async def main() -> None:
         # Bind first: an address in use or not on this machine is refused before the
@@ -336,6 +348,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for listener in listeners:
                 await listener.aclose()
             raise
+        if lock.quarantined is not None:
+            replica.store.damaged(
+                f"{LOCK_FILE} is not a regular file", lock.quarantined.name, "made again"
+            )
         warning = lease_ttl_warning(config.token_ttl)
         if warning is not None:
             _log(warning)
@@ -347,8 +363,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def _serve(replica: Replica, listeners: list[trio.SocketListener]) -> None:
         server = Server(replica, log=_log)
+        catchup = CatchUp(
+            documents=replica.documents,
+            peers=peers,
+            index=replica.index,
+            keyid=replica.keyid,
+            wall=time.time,
+            rng=random.Random(),
+            config=catch_config,
+            log=_log,
+        )
+        replica.peers = catchup.view
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(server.serve_on, listeners)
+            nursery.start_soon(catchup.run)
             p = replica.policy
             warm = max(0.0, replica.warm_until_wall - time.time())
             print(
@@ -366,6 +394,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     trio.run(main)
     return EXIT_OK
+
+
+def _peer_url(text: str) -> str:
+    try:
+        return parse_url(text)[2]
+    except ValueError as exc:
+        raise UsageError(f"--peer {text!r}: {exc}") from None
 
 
 def _fetch_status(url: str) -> dict[str, Any]:
@@ -427,6 +462,8 @@ def render_status(url: str, st: dict[str, Any]) -> str:
         f"{r['network']!r}, {r['connected_nodes']} nodes connected"
         + (f", WARMING UP {r['warming_up_for']:.0f} s" if r["warming_up_for"] > 0 else "")
     ]
+    for warning in st.get("warnings", ()):
+        lines.append(f"  WARNING: {warning}")
     d = st["documents"]
     allow = d["allowlist"]
     lines.append(
@@ -483,14 +520,27 @@ def render_status(url: str, st: dict[str, Any]) -> str:
         lines.append("  refusals (coordinator, all time):")
         for reason, count in sorted(st["refusals"].items(), key=lambda kv: -kv[1]):
             lines.append(f"    {count:6d}  {reason}")
+    if st.get("returned"):
+        lines.append("  leases handed back unused (by the node's reason, all time):")
+        for reason, count in sorted(st["returned"].items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(f"    {count:6d}  {reason}")
+    for url, peer in sorted(st.get("replicas", {}).items()):
+        which = f"replica {peer['replica']} " if peer.get("replica") else ""
+        if peer["state"] == "differs":
+            what = "; ".join(
+                f"{kind} here {v['here']}, there {v['there']}"
+                for kind, v in sorted(peer["differs"].items())
+            )
+            lines.append(f"  peer {which}{url}: DIFFERS: {what}")
+        elif peer["state"] == "down":
+            lines.append(f"  peer {which}{url}: DOWN: {peer['error']}")
+        else:
+            lines.append(f"  peer {which}{url}: {peer['state']}")
     if st["held"]:
         lines.append("  held back by their own gates (nodes now):")
         for reason, count in sorted(st["held"].items(), key=lambda kv: -kv[1]):
             lines.append(f"    {count:6d}  {reason}")
     return "\n".join(lines)
-
-
-_PUBLISH_ORDER = {"root": 0, "release": 1, "allowlist": 2, "scope": 3, "nudge": 4}
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -501,7 +551,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             kind = crypto.Envelope.from_wire(data).type
         except P2PUpdateError:
             kind = None
-        order = _PUBLISH_ORDER.get(kind, 4) if kind else 9
+        order = PUBLISH_ORDER.get(kind, 4) if kind else 9
         items.append((order, path, data, kind))
     items.sort(key=lambda item: item[0])
     failed = 0
@@ -720,6 +770,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="this replica is new and never granted a lease: skip the warm-up (a restarted "
         "replica otherwise grants nothing for one lease TTL; ignored once it has granted)",
+    )
+    se.add_argument(
+        "--peer",
+        action="append",
+        metavar="URL",
+        help="another replica of the network (repeatable): its documents are fetched at "
+        "start and every --peer-interval, verified like a publish, and /status says where "
+        "the replicas disagree",
+    )
+    se.add_argument(
+        "--peer-interval",
+        type=duration,
+        default=CatchUpConfig().interval,
+        metavar="DUR",
+        help=f"mean time between two fetches from a peer, +-20%% "
+        f"(default {CatchUpConfig().interval:g}s)",
     )
     se.set_defaults(handler=cmd_serve)
 

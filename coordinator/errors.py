@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from p2pupdate.errors import LocalStateFault, PeerFault
 
-__all__ = ["ConfigError", "RequestError", "StateDirInUse"]
+__all__ = ["ConfigError", "RequestError", "StateDamaged", "StateDirInUse", "StateUnwritable"]
 
 
 class ConfigError(LocalStateFault):
@@ -28,3 +28,15 @@ class RequestError(PeerFault):
         super().__init__(detail, rule=error)
         self.error = error
         self.detail = detail
+
+
+class StateDamaged(LocalStateFault):
+    """A file in the replica's state dir is damaged (``coordinator.statefiles``)."""
+
+    rule = "state-damaged"
+
+
+class StateUnwritable(LocalStateFault):
+    """The state database refused a write that is not damage (disk full, I/O error)."""
+
+    rule = "state-unwritable"

@@ -79,6 +79,17 @@ class Metrics:
         self.warming = Gauge(
             f"{_PREFIX}_warmup_seconds", "Seconds until this replica may grant again", registry=r
         )
+        self.damage = Gauge(
+            f"{_PREFIX}_state_damaged",
+            "State files found damaged and quarantined since start (status 'warnings')",
+            registry=r,
+        )
+        self.peers = Gauge(
+            f"{_PREFIX}_peer_replicas",
+            "Other replicas (serve --peer), by what they hold compared with this one",
+            ["state"],
+            registry=r,
+        )
 
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -113,4 +124,8 @@ class Metrics:
         self.connected.set(rep.connected())
         self.paused.set(len(status["paused"]))
         self.warming.set(status["replica"]["warming_up_for"])
+        self.damage.set(len(status["state"]["damage"]))
+        self.peers.clear()
+        for peer in status["replicas"].values():
+            self.peers.labels(peer["state"]).inc()
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ they are that release (``core.origin.check_artifact``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -20,12 +21,14 @@ from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
 from p2pupdate.core.origin import check_artifact
 from p2pupdate.core.trust import TrustStore
+from p2pupdate.errors import LocalStateFault
 from p2pupdate.fsutil import atomic_write, read_limited
 
-from .errors import ConfigError
+from .errors import ConfigError, StateDamaged
+from .statefiles import quarantine
 from .store import Store
 
-__all__ = ["PUBLISHABLE", "ROOT_FILE", "Documents", "load_root", "open_trust"]
+__all__ = ["PUBLISHABLE", "PUBLISH_ORDER", "ROOT_FILE", "Documents", "load_root", "open_trust"]
 
 ROOT_FILE: Final = "root.msgpack"
 PUBLISHABLE: Final[dict[str, type[docs.Document]]] = {
@@ -33,6 +36,15 @@ PUBLISHABLE: Final[dict[str, type[docs.Document]]] = {
     "allowlist": docs.Allowlist,
     "scope": docs.Scope,
     "nudge": docs.Nudge,
+}
+#: The order documents are published in, so each one's signers are known when it arrives:
+#: roots first (a rotation), then release records, the allowlist naming them, the scope.
+PUBLISH_ORDER: Final[dict[str, int]] = {
+    "root": 0,
+    "release": 1,
+    "allowlist": 2,
+    "scope": 3,
+    "nudge": 4,
 }
 
 
@@ -51,14 +63,20 @@ def load_root(network_dir: Path) -> bytes:
 
 
 def open_trust(store: Store, network_dir: Path, now_wall: float) -> TrustStore:
-    """The trust state saved in the database, or a fresh one from the network's root."""
+    """The trust state saved in the database, or a fresh one from the network's root.
+
+    A saved state that does not parse is damage (``StateDamaged``: the database is
+    quarantined); a root that does not is the operator's (``ConfigError``)."""
     saved = store.get("trust")
-    try:
-        if saved is not None:
+    if saved is not None:
+        try:
             return TrustStore.from_bytes(saved)
+        except P2PUpdateError as exc:
+            raise StateDamaged(f"kv trust does not parse ({exc.rule})") from None
+    try:
         trust = TrustStore.from_root(load_root(network_dir), int(now_wall))
     except P2PUpdateError as exc:
-        raise ConfigError(f"root: {exc.rule}: {exc}") from None
+        raise ConfigError(f"{network_dir / ROOT_FILE}: {exc.rule}: {exc}") from None
     store.put("trust", trust.to_bytes())
     return trust
 
@@ -77,6 +95,7 @@ class Documents:
         metrics: PublishCounter,
         push: Callable[[proto.Push], None],
         on_scope: Callable[[docs.Scope], list[str]],
+        damaged: Callable[[str, str], None] = lambda _why, _moved: None,
     ) -> None:
         self.store = store
         self.trust = trust
@@ -88,21 +107,81 @@ class Documents:
         self.push = push
         #: A newer scope was published: the artifacts whose paused rollout it resumes.
         self.on_scope = on_scope
+        #: A state file was found damaged and quarantined: ``(what, where it went)``.
+        self.damaged = damaged
         self.allowlist: docs.Signed[docs.Allowlist] | None = None
         self.scope: docs.Signed[docs.Scope] | None = None
         self.nudge: docs.Signed[docs.Nudge] | None = None
         self.releases: dict[str, docs.Signed[docs.Release]] = {}
-        self._load_documents()
+        #: Every root published here, oldest first (the chain a replica catching up needs).
+        self.roots: list[bytes] = self.store.documents("root")
+        #: Stored documents no longer signed by keys of the current root (rotated out).
+        self.retired = self._load_documents()
 
-    def _load_documents(self) -> None:
+    def _load_documents(self) -> int:
+        """Every stored document, verified again; how many were signed by retired keys.
+
+        A row that is not what was stored (its sha256), does not parse, or is of no known
+        kind is damage (``StateDamaged``), never skipped: skipping is how documents were
+        lost silently."""
         root = self.trust.root
+        unknown = self.store.document_types() - set(PUBLISH_ORDER)
+        if unknown:
+            raise StateDamaged(f"documents rows of unknown type {sorted(unknown)[0][:32]!r}")
+        retired = 0
         for kind, cls in PUBLISHABLE.items():
             for data in self.store.documents(kind):
                 try:
                     signed: docs.Signed[Any] = docs.open_signed(cls, data, root)
+                except WireError as exc:
+                    raise StateDamaged(f"a stored {kind} does not parse ({exc.rule})") from None
                 except P2PUpdateError:
-                    continue  # signed by keys a newer root rotated out
+                    retired += 1  # signed by keys a newer root rotated out
+                    continue
                 self._install(kind, signed)
+        return retired
+
+    def held(self) -> list[bytes]:
+        """Every document this replica holds, in ``PUBLISH_ORDER``: the published roots,
+        every release record, the newest allowlist, scope and nudge.  What a replica
+        catching up fetches (``GET /v1/documents``) and what a rebuilt database gets."""
+        out = list(self.roots)
+        out += [s.envelope.to_wire() for _a, s in sorted(self.releases.items())]
+        for signed in (self.allowlist, self.scope, self.nudge):
+            if signed is not None:
+                out.append(signed.envelope.to_wire())
+        return out
+
+    def persist(self) -> None:
+        """Write the trust store and every document held into a new, empty database."""
+        self.store.put("trust", self.trust.to_bytes())
+        for data in self.held():
+            env = crypto.Envelope.from_wire(data)
+            kind = env.type
+            signed: docs.Signed[Any] | None = None
+            if kind in PUBLISHABLE:
+                signed = docs.open_signed(PUBLISHABLE[kind], env, self.trust.root)
+            self.store.add_document(
+                type_=kind,
+                floor=signed.doc.floor_value if signed else None,
+                artifact=getattr(signed.doc, "artifact", None) if signed else None,
+                digest=hashlib.sha256(env.payload).hexdigest(),
+                data=data,
+                trust=self.trust.to_bytes(),
+            )
+
+    def catch_up(self, data: bytes) -> tuple[str, int, dict[str, Any]] | None:
+        """One document fetched from another replica, verified exactly as a publish is
+        (``publish``: the floors decide).  None when this replica already holds it;
+        else ``(kind, HTTP-like status, answer)``."""
+        try:
+            env = crypto.Envelope.from_wire(data)
+        except WireError as exc:
+            return "?", 400, {"ok": False, "error": exc.rule, "reason": str(exc)}
+        if self.store.has_document(hashlib.sha256(env.payload).hexdigest()):
+            return None
+        status, answer = self.publish(data)
+        return env.type, status, answer
 
     def _install(self, kind: str, signed: docs.Signed[Any]) -> None:
         doc = signed.doc
@@ -141,6 +220,7 @@ class Documents:
                     trust=store.to_bytes(),
                 )
                 self.trust = store
+                self.roots.append(data)
                 self.metrics.published("root", "ok")
                 return 200, {"ok": True, "type": kind, "describe": signed_root.doc.describe()}
             cls = PUBLISHABLE.get(kind)
@@ -155,17 +235,24 @@ class Documents:
                 signed, store = accepted
             except SignatureError as exc:
                 raise self._explain_signers(kind, cls.ROLE, data, exc) from None
+        except LocalStateFault as exc:  # storing a root: damage rebuilt once, or a full disk
+            self.metrics.published(kind, "failed")
+            return 503, {"ok": False, "error": exc.rule, "reason": str(exc)}
         except P2PUpdateError as exc:
             return self._bad(kind, exc.rule, str(exc))
         doc = signed.doc
-        self.store.add_document(
-            type_=kind,
-            floor=doc.floor_value,
-            artifact=getattr(doc, "artifact", None),
-            digest=signed.digest,
-            data=data,
-            trust=store.to_bytes(),
-        )
+        try:
+            self.store.add_document(
+                type_=kind,
+                floor=doc.floor_value,
+                artifact=getattr(doc, "artifact", None),
+                digest=signed.digest,
+                data=data,
+                trust=store.to_bytes(),
+            )
+        except LocalStateFault as exc:  # damage already rebuilt once, or a full disk
+            self.metrics.published(kind, "failed")
+            return 503, {"ok": False, "error": exc.rule, "reason": str(exc)}
         self.trust = store
         self._install(kind, signed)
         answer: dict[str, Any] = {"ok": True, "type": kind, "describe": doc.describe()}
@@ -225,6 +312,33 @@ class Documents:
             return None
         path = self.dir / "artifacts" / artifact
         return path if path.is_file() else None
+
+    def origin_bytes(self, artifact: str, chunk: int | None) -> bytes | None:
+        """What the origin serves of a published artifact: all of it, or one chunk; None
+        if it is not here (or no such chunk).  The bytes are checked against the release
+        record first (the chunk's hash, or every chunk's): a file that changed on disk is
+        quarantined (``statefiles``), said in the log and ``/status``, and not served --
+        nodes verify every chunk anyway and would only blame the origin."""
+        path = self.artifact_path(artifact)
+        release = self.releases.get(artifact)
+        if path is None or release is None:
+            return None
+        rel = release.doc
+        data = read_limited(path, self.max_artifact)
+        if chunk is None:
+            problem = check_artifact(data, rel, self.max_artifact)
+            out = data
+        elif chunk >= len(rel.chunks):
+            return None
+        else:
+            out = data[chunk * rel.chunk_size : (chunk + 1) * rel.chunk_size]
+            ok = len(data) == rel.length and hashlib.sha256(out).digest() == rel.chunks[chunk]
+            problem = "" if ok else f"chunk {chunk} does not match the release record"
+        if not problem:
+            return out
+        moved = quarantine(path)
+        self.damaged(f"artifacts/{artifact[:16]}...: {problem}", f"artifacts/{moved.name}")
+        return None
 
     def current_documents(self) -> list[bytes]:
         out: list[bytes] = []

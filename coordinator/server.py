@@ -20,6 +20,7 @@ Routes::
     PUT  /v1/artifacts/<sha256>          artifact bytes (a published release must name them)
     GET  /v1/artifacts/<sha256>          the origin: the whole artifact
     GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them
+    GET  /v1/documents                   every document held (msgpack), for replicas catching up
     GET  /status                         JSON: documents, progress, leases, refusals, pauses
     GET  /metrics                        Prometheus text format
     GET  /healthz                        "ok"
@@ -46,9 +47,10 @@ from p2pupdate.core import coordproto as proto
 from p2pupdate.core import session as sess
 from p2pupdate.core import wire
 from p2pupdate.core.errors import P2PUpdateError, VerificationError, WireError
-from p2pupdate.fsutil import read_limited
+from p2pupdate.errors import LocalStateFault
 from p2pupdate.net.websocket import WebSocket, WebSocketClosed
 
+from .catchup import DOCUMENTS_PATH, documents_answer
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .service import Replica, RequestError
 
@@ -110,12 +112,23 @@ class Server:
                 await nursery.start(trio.serve_listeners, self._handle, listeners)
                 task_status.started(self.port)
         finally:
-            self.replica.store.flush()
+            try:
+                self.replica.store.flush()
+            except LocalStateFault as exc:
+                self.log(f"audit and registry not written at stop: {exc}")
 
     async def _flusher(self) -> None:
+        said = ""
         while True:
             await trio.sleep(0.1)
-            self.replica.store.flush()
+            try:
+                self.replica.store.flush()
+            except LocalStateFault as exc:  # kept for the next flush; said once
+                if str(exc) != said:
+                    self.log(f"audit and registry not written: {exc}")
+                said = str(exc)
+            else:
+                said = ""
 
     def push_all(self, msg: proto.Push) -> None:
         if self._nursery is None:
@@ -179,7 +192,13 @@ class Server:
                 return
             if request is None:
                 return
-            status, ctype, payload = self._route(request, body)
+            try:
+                status, ctype, payload = self._route(request, body)
+            except LocalStateFault as exc:
+                self.log(
+                    f"{request.method.decode()} {request.target.decode(errors='replace')}: {exc}"
+                )
+                status, ctype, payload = 503, "text/plain", f"{exc.rule}: {exc}\n".encode()
             await self._send(conn, stream, status, ctype, payload)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
@@ -250,6 +269,9 @@ class Server:
             return 200, METRICS_TYPE, rep.metrics.render()
         if path == "/healthz" and method == "GET":
             return 200, "text/plain", b"ok\n"
+        if path == DOCUMENTS_PATH and method == "GET":
+            held = rep.documents.held()
+            return 200, "application/octet-stream", documents_answer(rep.index, rep.keyid, held)
         if path == "/v1/publish":
             if method != "POST":
                 return 405, "text/plain", b"POST a signed document\n"
@@ -273,17 +295,9 @@ class Server:
     def _origin(
         self, artifact: str, chunk: int | None, request: h11.Request
     ) -> tuple[int, str, bytes]:
-        rep = self.replica
-        path = rep.artifact_path(artifact)
-        release = rep.releases.get(artifact)
-        if path is None or release is None:
-            return 404, "text/plain", b"no such artifact here\n"
-        data = read_limited(path, rep.config.max_artifact)
-        if chunk is not None:
-            size = release.doc.chunk_size
-            if chunk >= len(release.doc.chunks):
-                return 404, "text/plain", b"no such chunk\n"
-            return 200, "application/octet-stream", data[chunk * size : (chunk + 1) * size]
+        data = self.replica.documents.origin_bytes(artifact, chunk)
+        if data is None:
+            return 404, "text/plain", b"no such artifact or chunk here\n"
         return 200, "application/octet-stream", data
 
     # -- the node channel -----------------------------------------------------------------------

@@ -38,12 +38,13 @@ from p2pupdate.fsutil import read_limited
 from . import policy
 from .asks import Answer, Asks, LeaseInfo
 from .breakers import Breaker, Breakers
-from .errors import ConfigError, RequestError
+from .errors import ConfigError, RequestError, StateDamaged
 from .metrics import Metrics
 from .publishing import PUBLISHABLE, ROOT_FILE, Documents, load_root, open_trust
 from .registry import Registry
+from .statefiles import DB_FILE, quarantine
 from .status import replica_status
-from .store import NodeRow, Store
+from .store import BreakerRow, NodeRow, Store
 
 __all__ = [
     "PUBLISHABLE",
@@ -88,15 +89,38 @@ class Replica:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        log: Callable[[str], None] = lambda _m: None,
     ) -> None:
         self.config = config
         self.clock = clock
         self.wall = wall
+        self.log = log
         d = config.replica_dir
         d.mkdir(parents=True, exist_ok=True)
-        (d / "artifacts").mkdir(exist_ok=True)
         self.dir = d
-        self.store = Store(d / "state.sqlite")
+        # A database that does not open or check is quarantined here (``store.damage``);
+        # a row that fails its check on load is found by the part that reads it.
+        self.store = Store(d / DB_FILE, wall=wall, log=log)
+        artifacts = d / "artifacts"
+        if artifacts.is_symlink() or (artifacts.exists() and not artifacts.is_dir()):
+            moved = quarantine(artifacts)
+            self.store.damaged(f"{artifacts.name} is not a directory", moved.name, "made again")
+        artifacts.mkdir(exist_ok=True)
+        try:
+            self._open_parts()
+        except StateDamaged as exc:
+            self.store.quarantine(str(exc))
+            self._open_parts()
+        self.store.serving(self._persist_memory)
+        if self.documents.retired:
+            log(
+                f"{self.documents.retired} stored documents are signed by keys the current "
+                "root no longer lists: not served"
+            )
+
+    def _open_parts(self) -> None:
+        """Build the parts from the database (each reads its own rows)."""
+        config, clock, wall = self.config, self.clock, self.wall
         trust = open_trust(self.store, config.network_dir, wall())
         key_path = config.network_dir / "keys" / f"coordinator-{config.replica}.pem"
         try:
@@ -125,23 +149,27 @@ class Replica:
         self.push_all: Callable[[proto.Push], None] = lambda _msg: None
         self.push_to: Callable[[str, proto.Push], None] = lambda _node, _msg: None
         self.connected: Callable[[], int] = lambda: 0
+        #: Set by the shell (``coordinator.catchup``): what the other replicas hold.
+        self.peers: Callable[[], dict[str, Any]] = dict
         self.metrics = Metrics(self)
         self.breakers = Breakers(store=self.store, wall=wall, config=self.policy)
         self.documents = Documents(
             store=self.store,
             trust=trust,
-            directory=d,
+            directory=self.dir,
             max_artifact=config.max_artifact,
             wall=wall,
             metrics=self.metrics,
             push=lambda msg: self.push_all(msg),
             on_scope=self.breakers.resume_for,
+            damaged=lambda why, moved: self.store.damaged(why, moved, "not served"),
         )
         self.registry = Registry(store=self.store, clock=clock, wall=wall, config=self.policy)
         self.asks = Asks(
             token_ttl=config.token_ttl,
             max_skew=config.max_skew,
-            first_start=config.first_start,
+            # a quarantined database may have granted: its horizon is unknown, so wait
+            first_start=config.first_start and not self.store.emptied,
             config=self.policy,
             store=self.store,
             clock=clock,
@@ -152,6 +180,30 @@ class Replica:
             breakers=self.breakers,
         )
         self.asks.push_to = lambda node, msg: self.push_to(node, msg)
+
+    def _persist_memory(self) -> None:
+        """The database was found damaged while serving and replaced by an empty one:
+        write back what this replica holds.  The grant horizon is the one in memory (the
+        exact value: nothing is forgotten, so no warm-up); the audit log is lost (its
+        copy is in the quarantined file)."""
+        if self.store.last_horizon is not None:
+            self.store.set_grant_horizon(self.store.last_horizon)
+        self.documents.persist()
+        for b in self.breakers.breakers.values():
+            if b.paused or b.failures:
+                self.store.save_breaker(
+                    BreakerRow(
+                        artifact=b.artifact,
+                        paused=b.paused,
+                        reason=b.reason,
+                        since=b.since,
+                        scope_serial=b.scope_serial,
+                    )
+                )
+            for node, reason in b.failures.items():
+                self.store.add_failure(b.artifact, node, reason, b.since)
+        for row in self.registry.nodes.values():
+            self.store.save_node(row)
 
     @property
     def index(self) -> int:
@@ -267,4 +319,6 @@ class Replica:
             registry=self.registry,
             asks=self.asks,
             breakers=self.breakers,
+            damage=[d.to_json() for d in self.store.damage],
+            peers=self.peers(),
         )

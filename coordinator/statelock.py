@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import ConfigError, StateDirInUse
+from .statefiles import quarantine
 
 __all__ = ["LOCK_FILE", "StateDirLock"]
 
@@ -39,8 +40,12 @@ class StateDirLock:
         self.replica = replica
         self.directory = directory
         self.path = directory / LOCK_FILE
+        #: Where a lock "file" that was not a file was moved (``statefiles``), if one was.
+        self.quarantined: Path | None = None
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+                self.quarantined = quarantine(self.path)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise ConfigError(

@@ -30,7 +30,12 @@ def replica_status(
     registry: Registry,
     asks: Asks,
     breakers: Breakers,
+    damage: list[dict[str, Any]] | None = None,
+    peers: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``damage``: the database's quarantines (``Store.damage``); ``peers``: what the other
+    replicas hold (``CatchUp.view``).  Both also give lines of ``warnings``, so nobody
+    who reads the status misses a replica that started empty or disagrees."""
     now, now_wall = asks.clock(), asks.wall()
     root = documents.trust.root
     role = root.roles["coordinator"]
@@ -121,7 +126,19 @@ def replica_status(
     for (_a, gate, reason), count in asks.refusals.items():
         refusals[f"{gate}/{reason}"] += count
     held_all: Counter[str] = Counter(r.held for r in registry.nodes.values() if r.held)
+    warnings = [d["message"] for d in damage or ()]
+    for url, peer in (peers or {}).items():
+        if peer["state"] == "down":
+            warnings.append(f"replica {url} cannot be asked for its documents: {peer['error']}")
+        elif peer["state"] == "differs":
+            kinds = ", ".join(
+                f"{kind} here {v['here']} there {v['there']}" for kind, v in peer["differs"].items()
+            )
+            warnings.append(f"replica {url} disagrees: {kinds}")
     return {
+        "warnings": warnings,
+        "state": {"damage": list(damage or ())},
+        "replicas": dict(peers or {}),
         "replica": {
             "index": index,
             "keyid": asks.keyid,

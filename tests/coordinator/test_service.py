@@ -226,6 +226,13 @@ async def test_returned_leases_show_in_status_with_their_reason(tmp_path: Path) 
         assert st["artifacts"][A]["returned"] == {"lease-too-short": 2, "token-invalid": 1}
         assert st["returned"] == {"lease-too-short": 2, "token-invalid": 1}
         assert st["pools"]["default"]["leases"] == []
+        # and the table an operator reads shows them, with their reason
+        table = render_status(url, st).splitlines()
+        at = table.index("  leases handed back unused (by the node's reason, all time):")
+        assert table[at + 1 : at + 3] == [
+            "         2  lease-too-short",
+            "         1  token-invalid",
+        ]
         replica.store.flush()
     again = Replica(ServiceConfig(network_dir=net.dir, replica=1))
     try:
