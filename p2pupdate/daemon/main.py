@@ -31,7 +31,7 @@ from .identity import load_identity
 from .node import Node, NodeConfig, stderr_log
 from .nullwork import NullWorkload
 from .offers import OfferSource
-from .options import DaemonOptions, add_daemon_arguments
+from .options import DaemonOptions, add_daemon_arguments, trust_root_missing
 from .truststate import TrustFile
 
 EXIT_FATAL = 1
@@ -103,6 +103,10 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         )
     offers = None
     trust = None
+    missing = trust_root_missing(args)
+    if missing:
+        log(f"fatal: {missing}")
+        return EXIT_USAGE
     if opts.trust_root is not None:
         try:
             trust = TrustFile.open(
@@ -124,9 +128,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
 
     coordinator = None
     if opts.coordinator:
-        if trust is None:
-            log("fatal: --coordinator needs --trust-root (tokens are verified against it)")
-            return EXIT_USAGE
+        assert trust is not None  # trust_root_missing said so above
         try:
             coordinator = CoordinatorLink(
                 list(opts.coordinator),
@@ -144,9 +146,7 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         log(f"node {coordinator.node} asks {len(opts.coordinator)} coordinator replica(s)")
     gossip = None
     if opts.gossip:
-        if trust is None:
-            log("fatal: gossip (--gossip-listen / --peer) needs --trust-root (rumors are verified)")
-            return EXIT_USAGE
+        assert trust is not None  # trust_root_missing said so above
         try:
             gossip = GossipService(
                 key=key(),

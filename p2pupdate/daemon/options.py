@@ -439,6 +439,20 @@ def _given(ns: argparse.Namespace, dest: str) -> Any:
     return value
 
 
+def trust_root_missing(ns: argparse.Namespace) -> str | None:
+    """Why these options cannot run without ``--trust-root`` (one line naming the option),
+    or None.  The one home of the rule: ``check_node_options`` refuses it before anything
+    starts, and the daemon, which can be started on its own, says the same."""
+    if ns.trust_root is not None:
+        return None
+    if ns.coordinator:
+        return "--coordinator needs --trust-root (tokens are verified against it)"
+    if ns.gossip_listen is not None or ns.peer or getattr(ns, "zeroconf", None):
+        flag = "--gossip-listen" if ns.gossip_listen else "--peer" if ns.peer else "--zeroconf"
+        return f"{flag} needs --trust-root (gossiped documents are verified)"
+    return None
+
+
 def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_margin: float) -> None:
     """Everything about the daemon options that needs this machine or several options at
     once, checked before anything starts.  Raises ``UsageError`` (one line, naming the
@@ -462,12 +476,9 @@ def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_marg
     if offer_dir is not None and not offer_dir.is_dir():
         what = "not a directory" if offer_dir.exists() else "no such directory"
         raise UsageError(f"--offer-dir {offer_dir}: {what}")
-    if ns.coordinator and trust_root is None:
-        raise UsageError("--coordinator needs --trust-root (tokens are verified against it)")
-    gossip = ns.gossip_listen is not None or bool(ns.peer) or bool(ns.zeroconf)
-    if gossip and trust_root is None:
-        flag = "--gossip-listen" if ns.gossip_listen else "--peer" if ns.peer else "--zeroconf"
-        raise UsageError(f"{flag} needs --trust-root (gossiped documents are verified)")
+    missing = trust_root_missing(ns)
+    if missing:
+        raise UsageError(missing)
     listen_host = None
     if ns.gossip_listen is not None:
         listen_host, port = split_hostport(ns.gossip_listen)

@@ -213,3 +213,52 @@ def test_a_port_in_use_is_not_a_flag_mistake(busy_port: int) -> None:
 
     assert bind_problem("127.0.0.1", busy_port) is None
     assert bind_problem(ABSENT, 0) is not None
+
+
+@pytest.mark.parametrize(
+    ("flag", "args"),
+    [
+        ("--coordinator", ["--coordinator", "ws://127.0.0.1:9/"]),
+        ("--peer", ["--peer", "127.0.0.1:7946"]),
+    ],
+)
+def test_the_daemon_on_its_own_says_the_same_as_the_node_command(
+    tmp_path: Path, flag: str, args: list[str]
+) -> None:
+    """The daemon can be started without the launcher: it refuses the same options with the
+    same line (one rule, ``options.trust_root_missing``), before it reads or writes state."""
+    from argparse import Namespace
+
+    from p2pupdate.daemon.options import trust_root_missing
+
+    state = tmp_path / "state"
+    state.mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2pupdate.daemon",
+            "--state-dir",
+            str(state),
+            "--slot",
+            "0" * 64,
+            *args,
+        ],
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    text = proc.stderr.decode(errors="replace")
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    expected = trust_root_missing(
+        Namespace(
+            trust_root=None,
+            coordinator=args[1:] if flag == "--coordinator" else [],
+            gossip_listen=None,
+            peer=args[1:] if flag == "--peer" else [],
+            zeroconf=(),
+        )
+    )
+    assert expected and expected in text and flag in text
+    assert list(state.iterdir()) == []
