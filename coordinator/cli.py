@@ -62,6 +62,7 @@ from p2pupdate.errors import LocalStateFault
 from p2pupdate.fsutil import atomic_write
 from p2pupdate.net.websocket import parse_url
 
+from . import policy
 from .bench import run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .network import ROOT_FILE, NetworkPlan, init_network
@@ -382,7 +383,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(
                 f"replica {args.replica} ({replica.keyid[:16]}...) of network "
                 f"{replica.trust.root.network!r} listening on http://{host}:{bound} "
-                f"(n={p.replicas} q={p.quorum} share {p.lease_share}/{p.max_concurrent}, "
+                f"(n={p.replicas} q={p.quorum} share of pool 'default' "
+                f"{policy.replica_share(p.max_concurrent, policy.pool_slot('default'), p)}"
+                f"/{p.max_concurrent}, "
                 f"token ttl {config.token_ttl} s, warm-up {warm:.0f} s)",
                 flush=True,
             )
