@@ -628,6 +628,7 @@ class Node:
             exit_code=self.exit_code,
             work=self.work,
             wall=self.clock.wall(),
+            refusal=self.updater.refusal if self.updater is not None else None,
         )
         doc["gate_checks"] = self.gate_checks
         if self.gossip is not None:

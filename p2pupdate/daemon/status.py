@@ -75,9 +75,23 @@ def daemon_status(
     exit_code: int | None,
     work: WorkHost,
     wall: float,
+    refusal: up.RefusalCause | None = None,
 ) -> dict[str, Any]:
-    """``D/status`` without its gossip entry (``wall``: unix seconds of this write)."""
+    """``D/status`` without its gossip entry (``wall``: unix seconds of this write).
+
+    ``waiting_on`` says what a refused node waits for (its gate and reason, its place in
+    the replica's queue for a capacity refusal, and the allowlist version and scope serial
+    a newer one of which ends the wait), so an operator sees why it has not moved."""
     w = work.workload
+    waiting = None
+    if refusal is not None and state is up.State.REFUSED:
+        waiting = {
+            "gate": refusal.gate,
+            "reason": refusal.reason,
+            "queue_position": refusal.position,
+            "allowlist_version": refusal.allowlist_version,
+            "scope_serial": refusal.scope_serial,
+        }
     return {
         "pid": os.getpid(),
         "version": p2pupdate.__version__,
@@ -88,6 +102,7 @@ def daemon_status(
         "mode": mode,
         "state": state.value if state is not None else "starting",
         "exit_code": exit_code,
+        "waiting_on": waiting,
         "work": {
             "name": w.name,
             "serving": work.serving,

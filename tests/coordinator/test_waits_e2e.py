@@ -108,6 +108,12 @@ def test_capacity_refused_node_asks_again_when_the_slot_frees(
     assert "queue position 1" in said.group(1)
     assert float(said.group(2)) > 20.0  # the blocking lease's end: what it slept before
     assert "GRANTED" in first.log()
+    # The operator sees why it waits, in the node's status file.
+    waiting = _wait(
+        "the refused node's status to say what it waits on",
+        lambda: ((late.status() or {}).get("waiting_on") or None),
+    )
+    assert waiting["gate"] == "capacity" and waiting["queue_position"] == 1, waiting
 
     _wait("the first node's lease to end", lambda: "lease ended" in first.log())
     freed = time.monotonic()
