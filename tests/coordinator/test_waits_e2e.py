@@ -111,7 +111,7 @@ def test_capacity_refused_node_asks_again_when_the_slot_frees(
     # The operator sees why it waits, in the node's status file.
     waiting = _wait(
         "the refused node's status to say what it waits on",
-        lambda: ((late.status() or {}).get("waiting_on") or None),
+        lambda: (late.status() or {}).get("waiting_on") or None,
     )
     assert waiting["gate"] == "capacity" and waiting["queue_position"] == 1, waiting
 
