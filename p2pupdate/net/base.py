@@ -221,12 +221,19 @@ async def establish(
     expected_peer: str | None = None,
     nonces: hs.NonceCache | None = None,
     nonce: bytes | None = None,
+    certs: tuple[bytes, bytes] | None = None,
 ) -> StreamLink:
     """Run the handshake on ``stream`` and return the link, or raise a ``LinkError``.
 
     The whole exchange is bounded by ``config.handshake_timeout``; on any failure the
     stream is closed.  ``nonce`` is for tests (default: 32 bytes from ``secrets``).
+    ``certs`` = (local, remote) certificate fingerprints of the channel underneath, bound
+    into both proofs (``handshake.channel_binding``; rtc links).
     """
+    my_binding = their_binding = b""
+    if certs is not None:
+        my_binding = hs.channel_binding(certs[0], certs[1])
+        their_binding = hs.channel_binding(certs[1], certs[0])
     framed = _Framed(stream)
     limit = hs.MAX_HANDSHAKE_FRAME
     mine = hs.hello_for(key, nonce if nonce is not None else secrets.token_bytes(hs.NONCE_LEN))
@@ -238,9 +245,9 @@ async def establish(
             await framed.send(mine.to_wire())
             theirs = hs.Hello.from_wire(await framed.receive_one(limit))
             hs.check_hello(theirs, mine, expected_peer=expected_peer, nonces=nonces)
-            await framed.send(hs.prove(key, my_role, mine, theirs).to_wire())
+            await framed.send(hs.prove(key, my_role, mine, theirs, my_binding).to_wire())
             proof = hs.Proof.from_wire(await framed.receive_one(limit))
-            hs.check_proof(proof, role=their_role, theirs=theirs, mine=mine)
+            hs.check_proof(proof, role=their_role, theirs=theirs, mine=mine, binding=their_binding)
     except BaseException as exc:
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
             await stream.aclose()

@@ -18,6 +18,8 @@ under :class:`p2pupdate.errors.PeerFault`::
           HandshakeReplayError    a nonce seen before, or our own nonce reflected back
           HandshakeOversizeError  a handshake frame over its (small) limit
           PeerMismatchError       a valid key, but not the node that was dialed
+          SignalError             an rtc offer/answer whose node signature fails (altered
+                                  by a relay), or not from/for the nodes it must be
 
 A frame too large to *send* is the local caller's bug and raises ``ValueError``.
 """
@@ -74,3 +76,10 @@ class HandshakeOversizeError(HandshakeError):
 
 class PeerMismatchError(HandshakeError):
     rule = "wrong-peer"
+
+
+class SignalError(HandshakeError):
+    """An rtc signaling blob that does not verify: a relay altered it, or it names the
+    wrong nodes.  Nothing is dialed for it."""
+
+    rule = "bad-signal"

@@ -7,9 +7,14 @@ No IO here (the links run it over their streams).  Two frames each way, sent con
     -> Proof {sig}   sig = Ed25519 over signing_input("link-proof", transcript)
     <- Proof {sig}
 
-``transcript`` = role || signer id || verifier id || signer nonce || verifier nonce, where
-role is ``b"dial"`` for the side that opened the connection and ``b"accept"`` for the
-other.  The signed bytes start with the document prefix and the type ``link-proof``, which
+``transcript`` = role || signer id || verifier id || signer nonce || verifier nonce
+[|| signer cert || verifier cert], where role is ``b"dial"`` for the side that opened the
+connection and ``b"accept"`` for the other.  The bracketed part is the *channel binding*
+of ``rtc`` links: the SHA-256 fingerprints of both DTLS certificates of the channel the
+handshake runs in, each side's own first.  Whoever relays the WebRTC signaling could, if it
+could alter the SDP, put its own certificate on both legs and sit in the middle; with the
+binding each side signs the certificates *it* sees, so a proof made on one leg does not
+verify on the other (tcp and memory links have no certificate and bind nothing).  The signed bytes start with the document prefix and the type ``link-proof``, which
 no document has, so a proof can never pass for a document nor a document for a proof
 (the domain separation of README "Trust model").  Binding both ids, both nonces and the role means a
 proof is good for this one connection, in this one direction: a recorded proof fails
@@ -36,6 +41,8 @@ from .errors import HandshakeError, HandshakeKeyError, HandshakeReplayError, Pee
 VERSION: Final = 1
 PROOF_TYPE: Final = "link-proof"
 NONCE_LEN: Final = 32
+#: One certificate in a channel binding: a SHA-256 fingerprint.
+CERT_FINGERPRINT_LEN: Final = 32
 #: Handshake frames are tiny; anything bigger is refused before it is buffered.
 MAX_HANDSHAKE_FRAME: Final = 256
 _LIMITS: Final = wire.Limits(
@@ -104,12 +111,20 @@ def hello_for(key: SigningKey, nonce: bytes) -> Hello:
     return Hello(node=bytes.fromhex(key.keyid), pub=key.public_key, nonce=nonce)
 
 
-def transcript(role: bytes, signer: Hello, verifier: Hello) -> bytes:
-    return role + signer.node + verifier.node + signer.nonce + verifier.nonce
+def channel_binding(signer_cert: bytes, verifier_cert: bytes) -> bytes:
+    """The certificates of the channel, the signer's first (see the module docstring)."""
+    if len(signer_cert) != CERT_FINGERPRINT_LEN or len(verifier_cert) != CERT_FINGERPRINT_LEN:
+        raise ValueError(f"a channel binding is two {CERT_FINGERPRINT_LEN}-byte fingerprints")
+    return signer_cert + verifier_cert
 
 
-def prove(key: SigningKey, role: bytes, mine: Hello, theirs: Hello) -> Proof:
-    _, sig = key.sign(PROOF_TYPE, transcript(role, mine, theirs))
+def transcript(role: bytes, signer: Hello, verifier: Hello, binding: bytes = b"") -> bytes:
+    return role + signer.node + verifier.node + signer.nonce + verifier.nonce + binding
+
+
+def prove(key: SigningKey, role: bytes, mine: Hello, theirs: Hello, binding: bytes = b"") -> Proof:
+    """``binding``: ``channel_binding(my cert, their cert)`` on an rtc link, else empty."""
+    _, sig = key.sign(PROOF_TYPE, transcript(role, mine, theirs, binding))
     return Proof(sig=sig)
 
 
@@ -151,13 +166,19 @@ def check_hello(
         nonces.check_and_add(theirs.nonce)
 
 
-def check_proof(proof: Proof, *, role: bytes, theirs: Hello, mine: Hello) -> None:
-    """Their signature over (their role, their id, our id, their nonce, our nonce)."""
-    if not verify_signature(theirs.pub, PROOF_TYPE, transcript(role, theirs, mine), proof.sig):
-        raise HandshakeKeyError("peer's proof does not verify under the key it presented")
+def check_proof(
+    proof: Proof, *, role: bytes, theirs: Hello, mine: Hello, binding: bytes = b""
+) -> None:
+    """Their signature over (their role, their id, our id, their nonce, our nonce), and on an
+    rtc link ``binding`` = ``channel_binding(their cert, my cert)`` as *this* side sees them."""
+    signed = transcript(role, theirs, mine, binding)
+    if not verify_signature(theirs.pub, PROOF_TYPE, signed, proof.sig):
+        what = "the certificates of this channel" if binding else "the key it presented"
+        raise HandshakeKeyError(f"peer's proof does not verify under {what}")
 
 
 __all__ = [
+    "CERT_FINGERPRINT_LEN",
     "MAX_HANDSHAKE_FRAME",
     "NONCE_LEN",
     "PROOF_TYPE",
@@ -166,6 +187,7 @@ __all__ = [
     "Hello",
     "NonceCache",
     "Proof",
+    "channel_binding",
     "check_hello",
     "check_proof",
     "hello_for",

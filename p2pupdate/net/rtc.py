@@ -1,0 +1,570 @@
+"""WebRTC links: the ``Link`` of ``tcp`` and ``memory`` over one aiortc data channel.
+
+README "Gossip and links".  Three layers, bottom up:
+
+* ``RtcChannel``: one ``RTCPeerConnection`` with one reliable, ordered data channel
+  (negotiated, id 0, so neither side waits for a ``datachannel`` event), seen from trio as a
+  ``trio.abc.Stream`` of bytes.  aiortc lives in the process's one asyncio thread
+  (``asyncio_bridge``); messages cross into trio with ``TrioToken.run_sync_soon`` into a
+  memory channel, calls cross back with ``asyncio.run_coroutine_threadsafe``.  A message is
+  at most ``CHUNK`` bytes (16 KiB: what every WebRTC stack delivers whole).  Two things
+  bound memory: sends wait while the channel's ``bufferedAmount`` is over ``HIGH_WATER``
+  until ``bufferedamountlow`` (``LOW_WATER``) fires, and a credit window (``WINDOW``): the
+  receiver grants bytes as *trio* consumes them, so a slow reader stops the sender instead
+  of piling messages up in the inbox -- and a sender that overruns its credit is cut off.
+* The same u32-length-prefixed frames, size limits and key-proving handshake as every
+  link (``base.establish``), run inside the channel, with both DTLS certificate
+  fingerprints bound into the proofs (``handshake.channel_binding``): the certificate the
+  remote presented to aiortc must be the one in the SDP, and the SDP's fingerprints are
+  what each side signs, so whoever relays the signaling cannot sit in the middle.
+* Signaling: the offer and the answer are opaque, node-signed blobs (``sign_signal`` /
+  ``open_signal``), so any relay (the coordinator's ``signal`` relay, a common peer) can
+  carry them and one that alters a blob is caught before anything is dialed.
+
+Offer/answer is **non-trickle**: aioice gathers every candidate (host, and srflx/relay
+when STUN/TURN servers are given) inside ``setLocalDescription`` before the SDP exists, so
+the one blob each way already carries all candidates and trickling would buy nothing but a
+second relay protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import trio
+
+from ..core import wire
+from ..core.crypto import KEY_LEN, SIG_LEN, SigningKey, verify_signature
+from ..core.errors import WireError
+from .asyncio_bridge import Sidecar, sidecar
+from .base import LinkConfig, StreamLink, _normalise, establish
+from .errors import (
+    LinkBrokenError,
+    LinkClosedError,
+    LinkProtocolError,
+    LinkTimeoutError,
+    SignalError,
+)
+from .handshake import CERT_FINGERPRINT_LEN, NonceCache
+
+#: One data channel message, header byte included.
+CHUNK: Final = 16 * 1024
+#: Sends pause while aiortc has more than this queued for the channel ...
+HIGH_WATER: Final = 1024 * 1024
+#: ... and resume when its ``bufferedamountlow`` event says it fell below this.
+LOW_WATER: Final = 256 * 1024
+#: Bytes a sender may have on the way beyond what the receiving trio side has consumed.
+WINDOW: Final = 2 * 1024 * 1024
+LABEL: Final = "p2pupdate"
+_DATA: Final = 0
+_CREDIT: Final = 1
+
+SIGNAL_TYPE: Final = "rtc-signal"
+SIGNAL_VERSION: Final = 1
+SESSION_LEN: Final = 16
+MAX_SDP: Final = 12 * 1024
+#: A whole signaling blob: SDP plus ids, key and signature.
+MAX_SIGNAL: Final = MAX_SDP + 512
+_SIGNAL_LIMITS: Final = wire.Limits(
+    max_bytes=MAX_SIGNAL, max_depth=1, max_container_len=8, max_str_len=MAX_SDP,
+    max_bin_len=MAX_SIGNAL, max_items=16,
+)  # fmt: skip
+#: Path kinds, best first: the selected ICE candidate pair's worst side names the path.
+PATH_KINDS: Final = ("host", "srflx", "prflx", "relay")
+
+IceServer = dict[str, Any]  # {"urls": ..., "username": ..., "credential": ...}
+
+
+# -- signaling blobs --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Signal:
+    """One verified offer or answer."""
+
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "v": wire.uint(255),
+        "kind": wire.one_of("offer", "answer"),
+        "from": wire.blob(32),
+        "to": wire.blob(32),
+        "session": wire.blob(SESSION_LEN),
+        "sdp": wire.text(MAX_SDP, nonempty=True),
+    }
+    kind: str
+    sender: str
+    recipient: str
+    session: bytes
+    sdp: str
+
+
+def sign_signal(key: SigningKey, *, kind: str, to: str, session: bytes, sdp: str) -> bytes:
+    """The blob a relay carries: ``{body, pub, sig}``, ``sig`` over ``body`` by the node key
+    under type ``rtc-signal`` (a type no document or link proof has)."""
+    if len(sdp) > MAX_SDP:
+        raise ValueError(f"SDP of {len(sdp)} characters exceeds {MAX_SDP}")
+    body = wire.encode(
+        {
+            "v": SIGNAL_VERSION,
+            "kind": kind,
+            "from": bytes.fromhex(key.keyid),
+            "to": bytes.fromhex(to),
+            "session": session,
+            "sdp": sdp,
+        }
+    )
+    _, sig = key.sign(SIGNAL_TYPE, body)
+    return wire.encode({"body": body, "pub": key.public_key, "sig": sig})
+
+
+def open_signal(
+    blob: bytes,
+    *,
+    me: str,
+    kind: str,
+    sender: str | None = None,
+    session: bytes | None = None,
+) -> Signal:
+    """Verify ``blob`` and return it, or raise ``SignalError`` (nothing else is touched).
+
+    It must be signed by the key whose id is its ``from`` (and that must be ``sender`` when
+    the caller knows whom it expects), be addressed to ``me``, be of ``kind``, and an answer
+    must echo the offer's ``session``.
+    """
+    try:
+        outer = wire.check_fields(
+            wire.decode(blob, _SIGNAL_LIMITS),
+            {"body": wire.blob(max_len=MAX_SIGNAL), "pub": wire.blob(KEY_LEN),
+             "sig": wire.blob(SIG_LEN)},
+            where="rtc signal",
+        )  # fmt: skip
+        f = wire.check_fields(
+            wire.decode(outer["body"], _SIGNAL_LIMITS), Signal.FIELDS, where="rtc signal body"
+        )
+    except WireError as exc:
+        raise SignalError(f"malformed rtc signal: {exc.message}") from exc
+    if hashlib.sha256(outer["pub"]).digest() != f["from"]:
+        raise SignalError("rtc signal: sender id is not sha256 of the key it carries")
+    if not verify_signature(outer["pub"], SIGNAL_TYPE, outer["body"], outer["sig"]):
+        raise SignalError("rtc signal: signature does not verify (altered in transit?)")
+    if f["v"] != SIGNAL_VERSION:
+        raise SignalError(f"rtc signal version {f['v']}; this node speaks {SIGNAL_VERSION}")
+    got = Signal(
+        kind=f["kind"],
+        sender=f["from"].hex(),
+        recipient=f["to"].hex(),
+        session=f["session"],
+        sdp=f["sdp"],
+    )
+    if got.kind != kind:
+        raise SignalError(f"rtc signal: expected an {kind}, got an {got.kind}")
+    if got.recipient != me:
+        raise SignalError(f"rtc signal addressed to {got.recipient[:16]}..., not this node")
+    if sender is not None and got.sender != sender:
+        raise SignalError(f"rtc signal from {got.sender[:16]}..., expected {sender[:16]}...")
+    if session is not None and got.session != session:
+        raise SignalError("rtc answer does not answer this offer (session differs)")
+    return got
+
+
+def sdp_fingerprint(sdp: str) -> bytes:
+    """The SHA-256 DTLS certificate fingerprint an SDP announces (``a=fingerprint:``)."""
+    for line in sdp.splitlines():
+        algo, _, value = line.removeprefix("a=fingerprint:").partition(" ")
+        if line.startswith("a=fingerprint:") and algo.lower() == "sha-256":
+            try:
+                digest = bytes.fromhex(value.strip().replace(":", ""))
+            except ValueError:
+                break
+            if len(digest) == CERT_FINGERPRINT_LEN:
+                return digest
+    raise SignalError("SDP announces no sha-256 DTLS fingerprint")
+
+
+# -- the data channel as a trio stream ------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChannelStats:
+    """High-water marks of the two buffers pacing bounds (what the tests check)."""
+
+    max_buffered: int  # largest bufferedAmount seen after a send
+    max_unread: int  # most bytes received and not yet consumed by trio
+
+
+class RtcChannel(trio.abc.Stream):
+    """One peer connection and its one data channel, as a byte stream (see module doc).
+
+    Made by ``offer`` / ``answer``; ``complete`` (offerer) and ``opened`` finish it.  Methods
+    named ``_a_*`` run on the asyncio loop; everything else on trio.
+    """
+
+    def __init__(self, car: Sidecar) -> None:
+        self._car = car
+        self._token = trio.lowlevel.current_trio_token()
+        send, recv = trio.open_memory_channel[bytes | BaseException | None](math.inf)
+        self._inbox_send, self._inbox = send, recv
+        self._rest = b""
+        self._consumed = 0
+        self._credited = 0
+        self._eof = False
+        # asyncio side
+        self._pc: Any = None
+        self._ch: Any = None
+        self._open = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._failed: str | None = None
+        self._closed = False
+        self._sent = 0
+        self._granted = 0
+        self._received = 0
+        self._given = 0
+        self._max_buffered = 0
+        self._max_unread = 0
+        #: filled by ``opened``
+        self.certs: tuple[bytes, bytes] = (b"", b"")
+        self.path = "unknown"
+        self.remote_host = "unknown"
+
+    # -- set-up ----------------------------------------------------------------------
+
+    @classmethod
+    async def offer(cls, ice_servers: Sequence[IceServer] = ()) -> tuple[RtcChannel, str]:
+        """A new channel and its offer SDP (all candidates gathered)."""
+        chan = cls(sidecar())
+        try:
+            return chan, await chan._car.run(chan._a_offer(ice_servers))
+        except BaseException:
+            await chan._abort()
+            raise
+
+    @classmethod
+    async def answer(
+        cls, offer_sdp: str, ice_servers: Sequence[IceServer] = ()
+    ) -> tuple[RtcChannel, str]:
+        """A new channel answering ``offer_sdp``, and its answer SDP."""
+        chan = cls(sidecar())
+        try:
+            return chan, await chan._car.run(chan._a_answer(offer_sdp, ice_servers))
+        except BaseException:
+            await chan._abort()
+            raise
+
+    async def complete(self, answer_sdp: str) -> None:
+        await self._car.run(self._a_complete(answer_sdp))
+
+    async def opened(self) -> None:
+        """Wait until ICE, DTLS and SCTP are up and the channel is open; fill ``certs``,
+        ``path`` and ``remote_host``.  Raises ``LinkBrokenError`` when ICE fails."""
+        await self._car.run(self._a_opened())
+
+    def _new_pc(self, ice_servers: Sequence[IceServer]) -> None:
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+        servers = [RTCIceServer(**s) for s in ice_servers]
+        self._pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        ch = pc.createDataChannel(LABEL, negotiated=True, id=0, ordered=True)
+        ch.bufferedAmountLowThreshold = LOW_WATER
+        self._ch = ch
+        ch.on("open", self._open.set)
+        ch.on("message", self._a_on_message)
+        ch.on("bufferedamountlow", self._wake.set)
+        ch.on("close", lambda: self._a_fail(None))
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            if pc.connectionState == "failed":
+                self._a_fail("connection failed")
+            elif pc.connectionState == "closed":
+                self._a_fail(None)
+
+    async def _a_offer(self, ice_servers: Sequence[IceServer]) -> str:
+        self._new_pc(ice_servers)
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        return str(self._pc.localDescription.sdp)
+
+    async def _a_answer(self, offer_sdp: str, ice_servers: Sequence[IceServer]) -> str:
+        from aiortc import RTCSessionDescription
+
+        self._new_pc(ice_servers)
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        return str(self._pc.localDescription.sdp)
+
+    async def _a_complete(self, answer_sdp: str) -> None:
+        from aiortc import RTCSessionDescription
+
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+
+    async def _a_opened(self) -> None:
+        await self._open.wait()
+        if self._failed is not None or self._ch.readyState != "open":
+            raise LinkBrokenError(f"rtc channel did not open: {self._failed or 'closed'}")
+        dtls = self._pc.sctp.transport
+        local = next(
+            f.value for f in dtls.getLocalParameters().fingerprints if f.algorithm == "sha-256"
+        )
+        self.certs = (
+            bytes.fromhex(local.replace(":", "")),
+            sdp_fingerprint(self._pc.remoteDescription.sdp),
+        )
+        with contextlib.suppress(Exception):  # aioice keeps the pair private
+            pair = dtls.transport._connection._nominated[1]
+            kinds = {pair.local_candidate.type, pair.remote_candidate.type}
+            self.path = max(kinds, key=lambda k: PATH_KINDS.index(k) if k in PATH_KINDS else 9)
+            self.remote_host = str(pair.remote_candidate.host)
+
+    # -- asyncio side of the byte stream -------------------------------------------------
+
+    def _post(self, item: bytes | BaseException | None) -> None:
+        """From the asyncio thread into the trio inbox."""
+
+        def put() -> None:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+                self._inbox_send.send_nowait(item)
+
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(put)
+
+    def _a_fail(self, why: str | None) -> None:
+        """The channel ended: ``why`` None is an orderly close (EOF), else a failure."""
+        if self._closed:
+            return
+        self._closed = True
+        self._failed = why
+        self._open.set()
+        self._wake.set()
+        self._post(None if why is None else LinkBrokenError(f"rtc link: {why}"))
+
+    def _a_on_message(self, msg: bytes | str) -> None:
+        if self._closed:
+            return
+        if not isinstance(msg, bytes) or not msg:
+            return self._a_violation("a text or empty message on the link channel")
+        if msg[0] == _CREDIT and len(msg) == 9:
+            self._granted = max(self._granted, int.from_bytes(msg[1:], "big"))
+            self._wake.set()
+        elif msg[0] == _DATA:
+            self._received += len(msg) - 1
+            unread = self._received - self._given
+            if unread > WINDOW:
+                return self._a_violation(f"peer sent {unread} bytes over a {WINDOW}-byte window")
+            self._max_unread = max(self._max_unread, unread)
+            self._post(msg[1:])
+        else:
+            self._a_violation(f"unknown message kind {msg[0]}")
+
+    def _a_violation(self, what: str) -> None:
+        self._post(LinkProtocolError(f"rtc link: {what}"))
+        self._closed = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            self._ch.close()
+
+    def _a_give(self, total: int) -> None:
+        """Grant the peer credit up to ``total`` bytes consumed."""
+        self._given = total
+        if not self._closed and self._ch.readyState == "open":
+            self._ch.send(bytes([_CREDIT]) + total.to_bytes(8, "big"))
+
+    async def _a_send(self, data: bytes) -> None:
+        view = memoryview(data)
+        step = CHUNK - 1
+        for at in range(0, len(view), step):
+            piece = view[at : at + step]
+            while not self._closed and (
+                self._ch.bufferedAmount > HIGH_WATER
+                or self._sent - self._granted + len(piece) > WINDOW
+            ):
+                self._wake.clear()
+                await self._wake.wait()
+            if self._closed:
+                raise LinkClosedError("rtc link closed")
+            self._ch.send(bytes([_DATA]) + piece)
+            self._sent += len(piece)
+            self._max_buffered = max(self._max_buffered, self._ch.bufferedAmount)
+
+    async def _a_close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._ch is not None:
+            with contextlib.suppress(Exception):
+                self._ch.close()
+        if self._pc is not None:
+            await self._pc.close()
+
+    # -- trio.abc.Stream ----------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof:
+            raise trio.ClosedResourceError("rtc channel closed")
+        await self._car.run(self._a_send(bytes(data)))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self._rest:
+            if self._eof:
+                return b""
+            try:
+                item = await self._inbox.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                item = None
+            if item is None:
+                self._eof = True
+                return b""
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._rest = item
+        n = len(self._rest) if max_bytes is None else max_bytes
+        out, self._rest = self._rest[:n], self._rest[n:]
+        self._consumed += len(out)
+        if self._consumed - self._credited >= WINDOW // 4:
+            self._credited = self._consumed
+            self._car.call_soon(self._a_give, self._consumed)
+        return out
+
+    async def aclose(self) -> None:
+        self._eof = True
+        await self._abort()
+
+    async def _abort(self) -> None:
+        with trio.CancelScope(shield=True):
+            self._inbox_send.close()
+            with contextlib.suppress(Exception):
+                with trio.move_on_after(5):
+                    await self._car.run(self._a_close())
+
+    def stats(self) -> ChannelStats:
+        return ChannelStats(max_buffered=self._max_buffered, max_unread=self._max_unread)
+
+
+# -- links ----------------------------------------------------------------------------
+
+
+class RtcLink(StreamLink):
+    """A ``StreamLink`` whose stream is an ``RtcChannel``; ``path`` is the selected ICE
+    candidate pair's kind (``host``/``srflx``/``prflx``/``relay``: relay is a cost)."""
+
+    def __init__(self, link: StreamLink, channel: RtcChannel) -> None:
+        super().__init__(link._framed, peer=link.peer, host=link.host, config=link.config)
+        self.channel = channel
+        self.path = channel.path
+
+    def stats(self) -> ChannelStats:
+        return self.channel.stats()
+
+
+Exchange = Callable[[bytes], Awaitable[bytes]]
+Reply = Callable[[bytes], Awaitable[None]]
+
+
+async def _finish(
+    chan: RtcChannel,
+    *,
+    key: SigningKey,
+    dialer: bool,
+    peer: str,
+    cfg: LinkConfig,
+    nonces: NonceCache | None,
+) -> RtcLink:
+    try:
+        with trio.fail_after(cfg.handshake_timeout):
+            await chan.opened()
+    except BaseException as exc:
+        await chan.aclose()
+        if isinstance(exc, trio.TooSlowError):
+            raise LinkTimeoutError(f"rtc channel to {peer[:12]} did not open in time") from exc
+        raise
+    link = await establish(
+        chan,
+        key=key,
+        dialer=dialer,
+        host=chan.remote_host,
+        config=cfg,
+        expected_peer=peer,
+        nonces=nonces,
+        certs=chan.certs,
+    )
+    return RtcLink(link, chan)
+
+
+async def dial_rtc(
+    *,
+    key: SigningKey,
+    peer: str,
+    exchange: Exchange,
+    config: LinkConfig | None = None,
+    ice_servers: Sequence[IceServer] = (),
+    nonces: NonceCache | None = None,
+) -> RtcLink:
+    """Offer a link to ``peer``: ``exchange(offer blob)`` relays it and returns the answer
+    blob.  Raises ``LinkError`` (``SignalError`` for an answer that does not verify)."""
+    cfg = config if config is not None else LinkConfig()
+    session = secrets.token_bytes(SESSION_LEN)
+    chan, sdp = await RtcChannel.offer(ice_servers)
+    try:
+        offer = sign_signal(key, kind="offer", to=peer, session=session, sdp=sdp)
+        with trio.fail_after(cfg.handshake_timeout):
+            blob = await exchange(offer)
+        answer = open_signal(blob, me=key.keyid, kind="answer", sender=peer, session=session)
+        await chan.complete(answer.sdp)
+    except BaseException as exc:
+        await chan.aclose()
+        if isinstance(exc, trio.TooSlowError):
+            raise LinkTimeoutError(f"no rtc answer from {peer[:12]} in time") from exc
+        if isinstance(exc, Exception):
+            raise _normalise(exc, "rtc offer") from exc
+        raise
+    return await _finish(chan, key=key, dialer=True, peer=peer, cfg=cfg, nonces=nonces)
+
+
+async def accept_rtc(
+    offer: bytes,
+    *,
+    key: SigningKey,
+    reply: Reply,
+    expected_peer: str | None = None,
+    config: LinkConfig | None = None,
+    ice_servers: Sequence[IceServer] = (),
+    nonces: NonceCache | None = None,
+) -> RtcLink:
+    """Answer an offer blob (``reply`` relays the answer back).  The offer is verified
+    before any peer connection exists; the handshake must then prove its sender."""
+    cfg = config if config is not None else LinkConfig()
+    got = open_signal(offer, me=key.keyid, kind="offer", sender=expected_peer)
+    chan, sdp = await RtcChannel.answer(got.sdp, ice_servers)
+    try:
+        await reply(sign_signal(key, kind="answer", to=got.sender, session=got.session, sdp=sdp))
+    except BaseException as exc:
+        await chan.aclose()
+        if isinstance(exc, Exception):
+            raise _normalise(exc, "rtc answer") from exc
+        raise
+    return await _finish(chan, key=key, dialer=False, peer=got.sender, cfg=cfg, nonces=nonces)
+
+
+__all__ = [
+    "CHUNK",
+    "HIGH_WATER",
+    "LOW_WATER",
+    "PATH_KINDS",
+    "WINDOW",
+    "ChannelStats",
+    "RtcChannel",
+    "RtcLink",
+    "Signal",
+    "accept_rtc",
+    "dial_rtc",
+    "open_signal",
+    "sdp_fingerprint",
+    "sign_signal",
+]

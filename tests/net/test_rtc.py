@@ -1,0 +1,341 @@
+"""RtcLink over real aiortc, in a network namespace the test makes.
+
+aioice never offers 127.0.0.1 as a host candidate, so two ends in a plain test process
+would have nothing to connect over.  The fixture makes a namespace ``p2pR<pid>`` whose only
+non-loopback address is 10.77.0.1/24 (on one end of a veth pair inside it); each scenario runs in a child
+``ip netns exec`` process where both link ends (one asyncio sidecar, as in a node) gather
+that one host candidate and connect over it.  Signaling goes through a trio memory
+channel standing in for the relay, which is where the tests tamper with it.  The namespace
+is removed in teardown whatever happens; without root (or ``ip``) the namespace tests are
+skipped with the reason.  The signal-blob tests need no network and always run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from p2pupdate.core import wire
+from p2pupdate.core.crypto import SigningKey
+from p2pupdate.net import rtc
+from p2pupdate.net.base import LinkConfig, establish
+from p2pupdate.net.errors import (
+    FrameTooLargeError,
+    HandshakeKeyError,
+    LinkClosedError,
+    SignalError,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+HAS_IP = shutil.which("ip") is not None
+needs_netns = pytest.mark.skipif(
+    not (IS_ROOT and HAS_IP),
+    reason=f"needs root and iproute2 to make a network namespace (aioice never offers "
+    f"127.0.0.1) (root: {IS_ROOT}, `ip` found: {HAS_IP})",
+)
+
+A = SigningKey.from_seed(b"a" * 32)
+B = SigningKey.from_seed(b"b" * 32)
+M = SigningKey.from_seed(b"m" * 32)
+SDP = "v=0\r\na=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\r\n"
+
+
+# -- signal blobs (pure; no network) ---------------------------------------------------
+
+
+def test_signal_round_trip_and_refusals() -> None:
+    s = b"s" * rtc.SESSION_LEN
+    blob = rtc.sign_signal(A, kind="offer", to=B.keyid, session=s, sdp=SDP)
+    got = rtc.open_signal(blob, me=B.keyid, kind="offer", sender=A.keyid)
+    assert (got.sender, got.recipient, got.session, got.sdp) == (A.keyid, B.keyid, s, SDP)
+    assert rtc.sdp_fingerprint(got.sdp) == b"\xab" * 32
+    refusals = {
+        "not for me": lambda: rtc.open_signal(blob, me=M.keyid, kind="offer"),
+        "other sender": lambda: rtc.open_signal(blob, me=B.keyid, kind="offer", sender=M.keyid),
+        "wrong kind": lambda: rtc.open_signal(blob, me=B.keyid, kind="answer"),
+        "wrong session": lambda: rtc.open_signal(
+            blob, me=B.keyid, kind="offer", session=b"x" * rtc.SESSION_LEN
+        ),
+        "garbage": lambda: rtc.open_signal(b"\x93\x01", me=B.keyid, kind="offer"),
+        "oversize": lambda: rtc.open_signal(
+            b"\x00" * (rtc.MAX_SIGNAL + 1), me=B.keyid, kind="offer"
+        ),
+    }
+    for what, call in refusals.items():
+        with pytest.raises(SignalError):
+            call()
+        print("refused:", what)
+
+
+def _swap_fingerprint(blob: bytes, new: bytes) -> bytes:
+    """What a relay would do to sit in the middle: put its own DTLS cert in the SDP.  It
+    cannot re-sign, so it keeps the sender's key and signature."""
+    outer = wire.decode(blob, rtc._SIGNAL_LIMITS)
+    body = wire.decode(outer["body"], rtc._SIGNAL_LIMITS)
+    old = rtc.sdp_fingerprint(body["sdp"]).hex(":").upper()
+    body["sdp"] = body["sdp"].replace(old, new.hex(":").upper())
+    assert body["sdp"] != wire.decode(outer["body"], rtc._SIGNAL_LIMITS)["sdp"]
+    return wire.encode({**outer, "body": wire.encode(body)})
+
+
+def test_relay_swapping_the_fingerprint_is_caught() -> None:
+    blob = rtc.sign_signal(A, kind="offer", to=B.keyid, session=b"s" * 16, sdp=SDP)
+    bad = _swap_fingerprint(blob, hashlib.sha256(b"mallory's cert").digest())
+    with pytest.raises(SignalError, match="signature does not verify"):
+        rtc.open_signal(bad, me=B.keyid, kind="offer", sender=A.keyid)
+
+
+async def _bound_pair(a_certs: tuple[bytes, bytes], b_certs: tuple[bytes, bytes]) -> None:
+    sa, sb = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as n:
+        for stream, key, peer, certs, dialer in (
+            (sa, A, B.keyid, a_certs, True),
+            (sb, B, A.keyid, b_certs, False),
+        ):
+            n.start_soon(
+                lambda s=stream, k=key, p=peer, c=certs, d=dialer: establish(
+                    s, key=k, dialer=d, host="m", config=LinkConfig(), expected_peer=p, certs=c
+                )
+            )
+
+
+async def test_channel_binding_in_the_handshake() -> None:
+    """Both sides see the same two certificates: linked.  One side sees another remote
+    certificate (a different DTLS leg): both proofs fail."""
+    ca, cb, cm = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
+    await _bound_pair((ca, cb), (cb, ca))
+    with pytest.raises(ExceptionGroup) as info:
+        await _bound_pair((ca, cm), (cb, ca))
+    assert info.value.subgroup(HandshakeKeyError) is not None, info.value
+
+
+# -- scenarios: run inside the namespace by the tests below ----------------------------
+
+
+async def _linked(
+    relay: Callable[[bytes], bytes] = lambda b: b,
+    *,
+    dial_cfg: LinkConfig | None = None,
+    accept_cfg: LinkConfig | None = None,
+) -> tuple[rtc.RtcLink, rtc.RtcLink]:
+    """A dials B through a relay (a memory channel) that may rewrite each blob."""
+    to_b_send, to_b = trio.open_memory_channel[bytes](1)
+    to_a_send, to_a = trio.open_memory_channel[bytes](1)
+    out: dict[str, rtc.RtcLink] = {}
+
+    async def exchange(offer: bytes) -> bytes:
+        await to_b_send.send(relay(offer))
+        return relay(await to_a.receive())
+
+    async def dialer() -> None:
+        out["a"] = await rtc.dial_rtc(key=A, peer=B.keyid, exchange=exchange, config=dial_cfg)
+
+    async def acceptor() -> None:
+        offer = await to_b.receive()
+        out["b"] = await rtc.accept_rtc(offer, key=B, reply=to_a_send.send, config=accept_cfg)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(dialer)
+        n.start_soon(acceptor)
+    return out["a"], out["b"]
+
+
+async def scenario_frames() -> None:
+    """Frames both ways, a max-size frame, an oversize one refused, close seen as EOF."""
+    big = LinkConfig(max_frame=2 * LinkConfig().max_frame)
+    with trio.fail_after(25):
+        a, b = await _linked(dial_cfg=big)
+        assert (a.peer, b.peer) == (B.keyid, A.keyid)
+        assert a.path == b.path == "host" and a.host == b.host == "10.77.0.1", (a.path, a.host)
+        await a.send(b"hello")
+        assert await b.receive() == b"hello"
+        await b.send(b"")
+        await b.send(b"back")
+        assert [await a.receive(), await a.receive()] == [b"", b"back"]
+        top = os.urandom(b.config.max_frame)  # the largest frame either side accepts
+        async with trio.open_nursery() as n:
+            n.start_soon(a.send, top)
+            assert await b.receive() == top
+        await b.send(top)
+        assert await a.receive() == top
+        with pytest.raises(ValueError):  # too large to send: the caller's bug
+            await b.send(top + b"x")
+        await a.send(top + b"x")  # a is allowed more than b: b must refuse it
+        with pytest.raises(FrameTooLargeError):
+            await b.receive()
+        await b.aclose()
+        with pytest.raises(LinkClosedError):
+            await a.receive()
+        await a.aclose()
+    print("ok frames")
+
+
+async def scenario_tampered_answer() -> None:
+    """An answer whose fingerprint a relay swapped is refused; nothing links."""
+
+    def relay(blob: bytes) -> bytes:
+        outer = wire.decode(blob, rtc._SIGNAL_LIMITS)
+        kind = wire.decode(outer["body"], rtc._SIGNAL_LIMITS)["kind"]
+        return _swap_fingerprint(blob, b"\x11" * 32) if kind == "answer" else blob
+
+    with trio.fail_after(20), pytest.raises(ExceptionGroup) as info:
+        await _linked(relay)  # the dialer refuses; the acceptor is cancelled with it
+    refused = info.value.subgroup(SignalError)
+    assert refused is not None and "altered" in str(refused.exceptions[0]), info.value
+    print("ok tampered")
+
+
+async def _pump(src: rtc.RtcChannel, dst: rtc.RtcChannel) -> None:
+    while chunk := await src.receive_some(65536):
+        await dst.send_all(chunk)
+
+
+async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]:
+    """Mallory answers A's offer herself and offers to B (as a relay that could rewrite the
+    SDP would: the signature layer is skipped here), then copies bytes between the legs."""
+    a, sdp_a = await rtc.RtcChannel.offer()
+    ma, sdp_ma = await rtc.RtcChannel.answer(sdp_a)
+    mb, sdp_mb = await rtc.RtcChannel.offer()
+    b, sdp_b = await rtc.RtcChannel.answer(sdp_mb)
+    await a.complete(sdp_ma)
+    await mb.complete(sdp_b)
+    for chan in (a, ma, mb, b):
+        await chan.opened()
+    assert a.certs[1] == ma.certs[0] != mb.certs[0] == b.certs[1]  # two legs, two certs
+    results: dict[str, BaseException | None] = {}
+
+    async def side(name: str, chan: rtc.RtcChannel, key: SigningKey, peer: str) -> None:
+        try:
+            await establish(
+                chan,
+                key=key,
+                dialer=name == "a",
+                host="x",
+                config=LinkConfig(),
+                expected_peer=peer,
+                certs=chan.certs if bind else None,
+            )
+            results[name] = None
+        except HandshakeKeyError as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as n:
+        n.start_soon(_pump, ma, mb)
+        n.start_soon(_pump, mb, ma)
+        async with trio.open_nursery() as hs:
+            hs.start_soon(side, "a", a, A, B.keyid)
+            hs.start_soon(side, "b", b, B, A.keyid)
+        n.cancel_scope.cancel()
+    for chan in (a, ma, mb, b):
+        await chan.aclose()
+    return results["a"], results["b"]
+
+
+async def scenario_mitm() -> None:
+    """A man in the middle with its own DTLS certificates: without the channel binding the
+    handshake would pass (the proofs are relayed intact); with it both sides refuse."""
+    with trio.fail_after(25):
+        assert await _mitm(bind=False) == (None, None)
+        ra, rb = await _mitm(bind=True)
+    assert isinstance(ra, HandshakeKeyError) and isinstance(rb, HandshakeKeyError), (ra, rb)
+    assert "certificates of this channel" in str(ra)
+    print("ok mitm")
+
+
+async def scenario_slow_reader() -> None:
+    """8 MiB to a reader that stalls: the credit window stops the sender once the reader's
+    inbox holds ``WINDOW`` bytes (it cannot get further, whatever the speeds), neither
+    aiortc's send buffer nor the inbox ever grows past its mark, and once the reader reads
+    again every frame arrives, in order."""
+    frame, count = 64 * 1024, 128
+    done = 0
+    with trio.fail_after(25):
+        a, b = await _linked()
+
+        async def write() -> None:
+            nonlocal done
+            for i in range(count):
+                await a.send(i.to_bytes(4, "big") * (frame // 4))
+                done += 1
+
+        async with trio.open_nursery() as n:
+            n.start_soon(write)
+            while b.stats().max_unread < rtc.WINDOW - rtc.CHUNK:  # wait for the window to fill
+                await trio.sleep(0.01)
+            stalled_at = done
+            assert stalled_at <= rtc.WINDOW // frame < count, stalled_at
+            for i in range(count):
+                assert await b.receive() == i.to_bytes(4, "big") * (frame // 4)
+    sent, got = a.stats(), b.stats()
+    print("stalled after", stalled_at, "frames;", sent, got)
+    assert sent.max_buffered <= rtc.HIGH_WATER + rtc.CHUNK, sent
+    assert got.max_unread <= rtc.WINDOW, got
+    await a.aclose()
+    await b.aclose()
+    print("ok slow reader")
+
+
+# -- the namespace and the tests ---------------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[str]:
+    ns = f"p2pR{os.getpid() % 100000}"
+    _ip("netns", "add", ns)
+    try:
+        _ip("-n", ns, "link", "set", "lo", "up")
+        # a veth pair with both ends inside (no dummy module needed); only d0 is addressed
+        _ip("-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+        _ip("-n", ns, "addr", "add", "10.77.0.1/24", "dev", "d0")
+        _ip("-n", ns, "link", "set", "d0", "up")
+        _ip("-n", ns, "link", "set", "d1", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+def _run(ns: str, scenario: Callable[[], Awaitable[None]]) -> str:
+    code = f"import trio, tests.net.test_rtc as t; trio.run(t.{scenario.__name__})"
+    proc = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@needs_netns
+def test_frames_limits_and_close(netns: str) -> None:
+    assert "ok frames" in _run(netns, scenario_frames)
+
+
+@needs_netns
+def test_altered_answer_is_refused(netns: str) -> None:
+    assert "ok tampered" in _run(netns, scenario_tampered_answer)
+
+
+@needs_netns
+def test_mitm_with_own_dtls_cert_fails_the_handshake(netns: str) -> None:
+    assert "ok mitm" in _run(netns, scenario_mitm)
+
+
+@needs_netns
+def test_slow_reader_keeps_memory_bounded(netns: str) -> None:
+    assert "ok slow reader" in _run(netns, scenario_slow_reader)
