@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import math
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -62,6 +63,10 @@ HIGH_WATER: Final = 1024 * 1024
 LOW_WATER: Final = 256 * 1024
 #: Bytes a sender may have on the way beyond what the receiving trio side has consumed.
 WINDOW: Final = 2 * 1024 * 1024
+#: Receive buffer asked for on each ICE socket (the kernel caps it at ``rmem_max``): aiortc's
+#: SCTP runs in Python, so a burst arrives while it is busy, and at the 208 KiB default the
+#: kernel drops datagrams, which SCTP answers by halving its window.
+SOCKET_RCVBUF: Final = 4 * 1024 * 1024
 LABEL: Final = "p2pupdate"
 _DATA: Final = 0
 _CREDIT: Final = 1
@@ -287,7 +292,15 @@ class RtcChannel(trio.abc.Stream):
     async def _a_offer(self, ice_servers: Sequence[IceServer]) -> str:
         self._new_pc(ice_servers)
         await self._pc.setLocalDescription(await self._pc.createOffer())
+        self._a_tune_sockets()
         return str(self._pc.localDescription.sdp)
+
+    def _a_tune_sockets(self) -> None:
+        """Larger receive buffers on the gathered sockets (see ``SOCKET_RCVBUF``)."""
+        with contextlib.suppress(Exception):  # aioice keeps its sockets private
+            for protocol in self._pc.sctp.transport.transport._connection._protocols:
+                sock = protocol.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
 
     async def _a_answer(self, offer_sdp: str, ice_servers: Sequence[IceServer]) -> str:
         from aiortc import RTCSessionDescription
@@ -295,6 +308,7 @@ class RtcChannel(trio.abc.Stream):
         self._new_pc(ice_servers)
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         await self._pc.setLocalDescription(await self._pc.createAnswer())
+        self._a_tune_sockets()
         return str(self._pc.localDescription.sdp)
 
     async def _a_complete(self, answer_sdp: str) -> None:

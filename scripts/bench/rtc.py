@@ -1,0 +1,313 @@
+"""Measure rtc links between two network namespaces; prints one JSON object.
+
+    .venv/bin/python scripts/bench/rtc.py [--setups 20] [--mib 64]     (as root)
+
+Makes namespaces ``p2pbA<pid>`` (10.77.0.1/24) and ``p2pbB<pid>`` (10.77.0.2/24) joined by
+a veth pair, and runs one child process in each (``ip netns exec``): A dials, B accepts.
+The signed offer and answer blobs travel through this process (each child's stdout is
+copied to the other's stdin), as they would through a relay.  A link is set up and torn
+down ``--setups`` times (direct: host candidates over the veth), then ``--mib`` MiB go
+over one link in 1 MiB frames, the time taken from the first frame to B's "got it all".
+
+Figures: ``setup_p50_s`` / ``setup_p95_s`` (``dial_rtc`` called .. handshake done) split
+into ``gather_p50_s`` (the offer's candidates gathered), ``answer_p50_s`` (offer relayed,
+answer gathered and relayed back) and ``connect_p50_s`` (ICE, DTLS, SCTP, channel, link
+handshake); ``throughput_mbit_s``; ``cpu_s_per_gbit`` (user+system CPU of both children
+during the transfer, per 10^9 bits).  ``relay_*`` (strict NAT via TURN) needs netlab's
+homes and coturn, not built yet: null.  The namespaces are removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from p2pupdate.core.crypto import SigningKey  # noqa: E402
+from p2pupdate.net import rtc  # noqa: E402
+
+A = SigningKey.from_seed(b"A" * 32)
+B = SigningKey.from_seed(b"B" * 32)
+FRAME = 1024 * 1024
+
+
+# -- children ---------------------------------------------------------------------------
+
+
+class Lines:
+    """Line-oriented stdin/stdout for trio (the relay's two pipes)."""
+
+    def __init__(self) -> None:
+        self.inp = trio.lowlevel.FdStream(os.dup(0))
+        self.out = trio.lowlevel.FdStream(os.dup(1))
+        self.buf = b""
+
+    async def send(self, kind: str, payload: bytes) -> None:
+        await self.out.send_all(kind.encode() + b" " + payload.hex().encode() + b"\n")
+
+    async def receive(self) -> bytes:
+        while b"\n" not in self.buf:
+            chunk = await self.inp.receive_some(65536)
+            if not chunk:
+                raise EOFError("relay closed")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return bytes.fromhex(line.split(b" ", 1)[1].decode())
+
+
+def udp_drops() -> int:
+    """UDP datagrams this namespace's kernel dropped for a full socket buffer."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(dict(zip(rows[0], rows[1], strict=True))["RcvbufErrors"])
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def dialer(setups: int, mib: int) -> dict[str, Any]:
+    io = Lines()
+    marks: dict[str, float] = {}
+
+    async def exchange(offer: bytes) -> bytes:
+        marks["gathered"] = time.perf_counter()
+        await io.send("blob", offer)
+        answer = await io.receive()
+        marks["answered"] = time.perf_counter()
+        return answer
+
+    async def dial() -> tuple[rtc.RtcLink, dict[str, float]]:
+        t0 = time.perf_counter()
+        link = await rtc.dial_rtc(key=A, peer=B.keyid, exchange=exchange)
+        t1 = time.perf_counter()
+        return link, {
+            "setup": t1 - t0,
+            "gather": marks["gathered"] - t0,
+            "answer": marks["answered"] - marks["gathered"],
+            "connect": t1 - marks["answered"],
+        }
+
+    phases: list[dict[str, float]] = []
+    path = ""
+    for _ in range(setups):
+        link, took = await dial()
+        phases.append(took)
+        path = link.path
+        await link.send(b"bye")
+        assert await link.receive() == b"bye"
+        await link.aclose()
+    link, _took = await dial()
+    payload = os.urandom(FRAME)
+    c0, t0 = cpu(), time.perf_counter()
+    for _ in range(mib):
+        await link.send(payload)
+    assert await link.receive() == b"got it all"
+    t1, c1 = time.perf_counter(), cpu()
+    stats = link.stats()
+    await link.aclose()
+    return {
+        "phases": phases,
+        "path": path,
+        "transfer_s": t1 - t0,
+        "cpu_s": c1 - c0,
+        "max_buffered": stats.max_buffered,
+        "udp_drops": udp_drops(),
+    }
+
+
+async def acceptor(setups: int, mib: int) -> dict[str, Any]:
+    io = Lines()
+
+    async def accept() -> rtc.RtcLink:
+        offer = await io.receive()
+        return await rtc.accept_rtc(
+            offer, key=B, reply=lambda b: io.send("blob", b), expected_peer=A.keyid
+        )
+
+    for _ in range(setups):
+        link = await accept()
+        assert await link.receive() == b"bye"
+        await link.send(b"bye")
+        with trio.move_on_after(5):
+            await _drain(link)
+    link = await accept()
+    c0 = None
+    got = 0
+    while got < mib * FRAME:
+        frame = await link.receive()
+        if c0 is None:
+            c0 = cpu()
+        got += len(frame)
+    c1 = cpu()
+    await link.send(b"got it all")
+    stats = link.stats()
+    with trio.move_on_after(5):
+        await _drain(link)
+    return {"cpu_s": c1 - (c0 or c1), "max_unread": stats.max_unread, "udp_drops": udp_drops()}
+
+
+async def _drain(link: rtc.RtcLink) -> None:
+    """Until the dialer closes (so the next setup does not race this one's teardown)."""
+    try:
+        while True:
+            await link.receive()
+    except Exception:  # LinkClosedError: the other side closed
+        await link.aclose()
+
+
+async def _call(fn: Any) -> None:
+    fn()
+
+
+def child(role: str, setups: int, mib: int) -> None:
+    fn = dialer if role == "dial" else acceptor
+    prof_dir = os.environ.get("P2P_RTC_PROFILE")  # where the time goes: cProfile per child
+    if prof_dir:
+        import cProfile
+
+        from p2pupdate.net.asyncio_bridge import sidecar
+
+        prof, car_prof = cProfile.Profile(), cProfile.Profile()
+        sidecar().submit(_call(car_prof.enable)).result()  # the asyncio thread's own profile
+        result = prof.runcall(trio.run, fn, setups, mib)
+        sidecar().submit(_call(car_prof.disable)).result()
+        prof.dump_stats(os.path.join(prof_dir, f"{role}.prof"))
+        car_prof.dump_stats(os.path.join(prof_dir, f"{role}-asyncio.prof"))
+    else:
+        result = trio.run(fn, setups, mib)
+    sys.stdout.write("result " + json.dumps(result).encode().hex() + "\n")
+    sys.stdout.flush()
+
+
+# -- parent -------------------------------------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", type=int, default=20)
+    ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--json", action="store_true", help="(the output is always JSON)")
+    ap.add_argument("--child", choices=("dial", "accept"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.setups, args.mib)
+        return 0
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        print("rtc bench: needs root and iproute2 to make network namespaces", file=sys.stderr)
+        return 2
+    tag = str(os.getpid() % 100000)
+    spaces = {"dial": f"p2pbA{tag}", "accept": f"p2pbB{tag}"}
+    made: list[str] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for ns in spaces.values():
+            _ip("netns", "add", ns)
+            made.append(ns)
+        _ip("-n", spaces["dial"], "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        _ip("-n", spaces["dial"], "link", "set", "eth1", "netns", spaces["accept"])
+        _ip("-n", spaces["accept"], "link", "set", "eth1", "name", "eth0")
+        for i, ns in enumerate(spaces.values(), start=1):
+            _ip("-n", ns, "addr", "add", f"10.77.0.{i}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        for role, ns in spaces.items():
+            procs[role] = subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, __file__, "--child", role,
+                 "--setups", str(args.setups), "--mib", str(args.mib)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+            )  # fmt: skip
+
+        def relay(src: str, dst: str) -> None:
+            out, inp = procs[src].stdout, procs[dst].stdin
+            assert out is not None and inp is not None
+            for line in out:
+                if line.startswith(b"result "):
+                    results[src] = json.loads(bytes.fromhex(line.split()[1].decode()))
+                    continue
+                try:
+                    inp.write(line)
+                    inp.flush()
+                except BrokenPipeError:
+                    return
+
+        threads = [
+            threading.Thread(target=relay, args=("dial", "accept"), daemon=True),
+            threading.Thread(target=relay, args=("accept", "dial"), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        for role, proc in procs.items():
+            if proc.wait(timeout=600) != 0:
+                print(f"rtc bench: the {role} child failed", file=sys.stderr)
+                return 1
+        for t in threads:
+            t.join(5)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    d, a = results["dial"], results["accept"]
+    phases = d["phases"]
+
+    def p50(name: str) -> float:
+        return round(float(statistics.median(p[name] for p in phases)), 3)
+
+    bits = args.mib * FRAME * 8
+    print(
+        json.dumps(
+            {
+                "setups": len(phases),
+                "path": d["path"],
+                "setup_p50_s": p50("setup"),
+                "setup_p95_s": round(pct([p["setup"] for p in phases], 0.95), 3),
+                "gather_p50_s": p50("gather"),
+                "answer_p50_s": p50("answer"),
+                "connect_p50_s": p50("connect"),
+                "throughput_mib": args.mib,
+                "throughput_mbit_s": round(bits / d["transfer_s"] / 1e6, 1),
+                "cpu_s_per_gbit": round((d["cpu_s"] + a["cpu_s"]) / (bits / 1e9), 2),
+                "max_buffered_bytes": d["max_buffered"],
+                "max_unread_bytes": a["max_unread"],
+                "udp_rcvbuf_drops": d["udp_drops"] + a["udp_drops"],
+                "relay_setup_p50_s": None,
+                "relay_throughput_mbit_s": None,
+                "relay_note": "strict NAT via TURN needs netlab homes and coturn (later slice)",
+                "machine": f"{platform.machine()}, {os.cpu_count()} cpus, shared",
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
