@@ -6,26 +6,28 @@ others.  Found records become ``core.gossip.Contact``\\ s, handed to the gossip 
 introductions: the core dials them like any other contact and the link's handshake proves
 the node id, so a forged record can waste a dial but never impersonate a node.
 
-python-zeroconf is asyncio.  As README "Gossip and links" says, it runs in **one dedicated asyncio
-thread** (``AsyncZeroconf`` on explicitly given interface addresses -- never "all
+python-zeroconf is asyncio.  As README "Gossip and links" says, it runs in **the one
+asyncio thread** of the process (``asyncio_bridge.sidecar``, shared with rtc links;
+``AsyncZeroconf`` on explicitly given interface addresses -- never "all
 interfaces": a node must not announce itself on networks it was not told about).
 Results cross into trio with ``TrioToken.run_sync_soon`` into a memory channel; stopping
-crosses back with ``asyncio.run_coroutine_threadsafe`` (goodbye packets, then the loop
+crosses back with ``loop.call_soon_threadsafe`` (goodbye packets, then the coroutine
 ends).  Only this module touches zeroconf.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import trio
 
 from ..core.gossip import Contact
+from .asyncio_bridge import sidecar
 
 SERVICE_TYPE: Final = "_p2pupdate._udp.local."
 #: How long resolving one found instance may take (milliseconds, zeroconf's unit).
@@ -78,27 +80,27 @@ class ZeroconfDiscovery:
         """Run the sidecar thread until cancelled; ``started()`` once announced."""
         send, recv = trio.open_memory_channel[Contact | BaseException | None](FOUND_QUEUE)
         token = trio.lowlevel.current_trio_token()
-        loop_box: list[asyncio.AbstractEventLoop] = []
         stop_box: list[asyncio.Event] = []
 
         def post(item: Contact | BaseException | None) -> None:
             """From the sidecar thread: a contact, its failure, or None for "announced"."""
 
             def put() -> None:
-                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                with contextlib.suppress(
+                    trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+                ):
                     send.send_nowait(item)
 
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(put)
 
-        def thread_main() -> None:
-            try:
-                asyncio.run(self._sidecar(post, loop_box, stop_box))
-            except BaseException as exc:  # report it to trio, do not die silently
-                post(exc)
+        def ended(fut: concurrent.futures.Future[None]) -> None:
+            if not fut.cancelled() and fut.exception() is not None:
+                post(fut.exception())  # report it to trio, do not die silently
 
-        thread = threading.Thread(target=thread_main, name="p2pupdate-zeroconf", daemon=True)
-        thread.start()
+        car = sidecar()  # the process's one asyncio thread, shared with rtc links
+        fut = car.submit(self._sidecar(post, stop_box))
+        fut.add_done_callback(ended)
         try:
             async with recv:
                 async for item in recv:
@@ -111,23 +113,25 @@ class ZeroconfDiscovery:
                         self.on_found(item)
         finally:
             with trio.CancelScope(shield=True):
-                if loop_box and stop_box:
-                    loop, stop = loop_box[0], stop_box[0]
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(stop.set)
-                await trio.to_thread.run_sync(thread.join, 5.0)
+
+                def stop() -> None:  # on the loop: goodbye packets, then the coroutine ends
+                    if stop_box:
+                        stop_box[0].set()
+                    else:
+                        fut.cancel()
+
+                car.call_soon(stop)
+                await trio.to_thread.run_sync(concurrent.futures.wait, [fut], 5.0)
 
     async def _sidecar(
         self,
         post: Callable[[Contact | BaseException | None], None],
-        loop_box: list[asyncio.AbstractEventLoop],
         stop_box: list[asyncio.Event],
     ) -> None:
         from zeroconf import ServiceStateChange
         from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
         stop = asyncio.Event()
-        loop_box.append(asyncio.get_running_loop())
         stop_box.append(stop)
         zc = AsyncZeroconf(interfaces=self.interfaces)
         me = self.me
