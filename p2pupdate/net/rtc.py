@@ -74,6 +74,8 @@ _CREDIT: Final = 1
 SIGNAL_TYPE: Final = "rtc-signal"
 SIGNAL_VERSION: Final = 1
 SESSION_LEN: Final = 16
+#: Offer sessions share the node's ``NonceCache`` with handshake nonces, tagged apart.
+_SESSION_TAG: Final = b"rtc-offer:"
 MAX_SDP: Final = 12 * 1024
 #: A whole signaling blob: SDP plus ids, key and signature.
 MAX_SIGNAL: Final = MAX_SDP + 512
@@ -530,7 +532,10 @@ async def dial_rtc(
         with trio.fail_after(cfg.handshake_timeout):
             blob = await exchange(offer)
         answer = open_signal(blob, me=key.keyid, kind="answer", sender=peer, session=session)
-        await chan.complete(answer.sdp)
+        try:
+            await chan.complete(answer.sdp)
+        except Exception as exc:  # signed, so the answerer's own fault
+            raise SignalError(f"rtc answer's SDP refused: {type(exc).__name__}: {exc}") from exc
     except BaseException as exc:
         await chan.aclose()
         if isinstance(exc, trio.TooSlowError):
@@ -552,10 +557,16 @@ async def accept_rtc(
     nonces: NonceCache | None = None,
 ) -> RtcLink:
     """Answer an offer blob (``reply`` relays the answer back).  The offer is verified
-    before any peer connection exists; the handshake must then prove its sender."""
+    before any peer connection exists (and refused as a replay when ``nonces`` has seen its
+    session); the handshake must then prove its sender."""
     cfg = config if config is not None else LinkConfig()
     got = open_signal(offer, me=key.keyid, kind="offer", sender=expected_peer)
-    chan, sdp = await RtcChannel.answer(got.sdp, ice_servers)
+    if nonces is not None:  # a replayed offer would cost a peer connection for nothing
+        nonces.check_and_add(_SESSION_TAG + got.session)
+    try:
+        chan, sdp = await RtcChannel.answer(got.sdp, ice_servers)
+    except Exception as exc:  # signed, so the sender's own fault
+        raise SignalError(f"rtc offer's SDP refused: {type(exc).__name__}: {exc}") from exc
     try:
         await reply(sign_signal(key, kind="answer", to=got.sender, session=got.session, sdp=sdp))
     except BaseException as exc:

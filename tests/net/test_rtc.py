@@ -31,9 +31,12 @@ from p2pupdate.net.base import LinkConfig, establish
 from p2pupdate.net.errors import (
     FrameTooLargeError,
     HandshakeKeyError,
+    HandshakeReplayError,
+    LinkBrokenError,
     LinkClosedError,
     SignalError,
 )
+from p2pupdate.net.handshake import NonceCache
 
 REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -195,6 +198,28 @@ async def scenario_tampered_answer() -> None:
     print("ok tampered")
 
 
+async def scenario_replayed_offer() -> None:
+    """An offer seen before is refused before a peer connection is made for it; a signed
+    offer whose SDP aiortc cannot use is refused in the error family."""
+    nonces = NonceCache()
+    offer = rtc.sign_signal(A, kind="offer", to=B.keyid, session=b"r" * 16, sdp=SDP)
+
+    async def lost(_answer: bytes) -> None:
+        raise OSError("the relay is gone")
+
+    with trio.fail_after(10):
+        with pytest.raises(LinkBrokenError, match="relay is gone"):  # answered, into the void
+            await rtc.accept_rtc(offer, key=B, reply=lost, nonces=nonces)
+        with pytest.raises(HandshakeReplayError):
+            await rtc.accept_rtc(offer, key=B, reply=lost, nonces=nonces)
+        m = "v=0\r\nm=application {} UDP/DTLS/SCTP webrtc-datachannel\r\n"
+        for sdp in (m.format("x"), m.format(9)):  # aiortc: AssertionError, ValueError
+            bad = rtc.sign_signal(A, kind="offer", to=B.keyid, session=os.urandom(16), sdp=sdp)
+            with pytest.raises(SignalError, match="SDP refused"):  # signed, but nonsense
+                await rtc.accept_rtc(bad, key=B, reply=lost, nonces=nonces)
+    print("ok replay")
+
+
 async def _pump(src: rtc.RtcChannel, dst: rtc.RtcChannel) -> None:
     while chunk := await src.receive_some(65536):
         await dst.send_all(chunk)
@@ -340,3 +365,8 @@ def test_mitm_with_own_dtls_cert_fails_the_handshake(netns: str) -> None:
 @needs_netns
 def test_slow_reader_keeps_memory_bounded(netns: str) -> None:
     assert "ok slow reader" in _run(netns, scenario_slow_reader)
+
+
+@needs_netns
+def test_replayed_offer_is_refused(netns: str) -> None:
+    assert "ok replay" in _run(netns, scenario_replayed_offer)
