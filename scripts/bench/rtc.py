@@ -20,6 +20,7 @@ homes and coturn, not built yet: null.  The namespaces are removed whatever happ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -256,6 +257,8 @@ def main() -> int:
                     inp.flush()
                 except BrokenPipeError:
                     return
+            with contextlib.suppress(OSError):  # src ended: so does dst's input (no hang)
+                inp.close()
 
         threads = [
             threading.Thread(target=relay, args=("dial", "accept"), daemon=True),
