@@ -215,6 +215,8 @@ class RtcChannel(trio.abc.Stream):
     def __init__(self, car: Sidecar) -> None:
         self._car = car
         self._token = trio.lowlevel.current_trio_token()
+        # unbounded here because the credit window bounds it: a peer that sends more than
+        # WINDOW bytes the trio side has not consumed is cut off (``_a_on_message``)
         send, recv = trio.open_memory_channel[bytes | BaseException | None](math.inf)
         self._inbox_send, self._inbox = send, recv
         self._rest = b""
