@@ -528,7 +528,10 @@ async def dial_rtc(
     blob.  Raises ``LinkError`` (``SignalError`` for an answer that does not verify)."""
     cfg = config if config is not None else LinkConfig()
     session = secrets.token_bytes(SESSION_LEN)
-    chan, sdp = await RtcChannel.offer(ice_servers)
+    try:
+        chan, sdp = await RtcChannel.offer(ice_servers)
+    except Exception as exc:  # gathering failed (or an ICE server URL aiortc refuses)
+        raise _normalise(exc, "rtc offer") from exc
     try:
         offer = sign_signal(key, kind="offer", to=peer, session=session, sdp=sdp)
         with trio.fail_after(cfg.handshake_timeout):

@@ -34,6 +34,7 @@ from p2pupdate.net.errors import (
     HandshakeReplayError,
     LinkBrokenError,
     LinkClosedError,
+    LinkError,
     SignalError,
 )
 from p2pupdate.net.handshake import NonceCache
@@ -198,13 +199,17 @@ async def scenario_tampered_answer() -> None:
     print("ok tampered")
 
 
-async def scenario_replayed_offer() -> None:
+async def scenario_bad_input() -> None:
     """An offer seen before is refused before a peer connection is made for it; a signed
-    offer whose SDP aiortc cannot use is refused in the error family."""
+    offer whose SDP aiortc cannot use, and an ICE server URL it refuses, come out in the
+    link error family (not as aiortc's bare AssertionError / ValueError)."""
     nonces = NonceCache()
     offer = rtc.sign_signal(A, kind="offer", to=B.keyid, session=b"r" * 16, sdp=SDP)
 
     async def lost(_answer: bytes) -> None:
+        raise OSError("the relay is gone")
+
+    async def lost_offer(_offer: bytes) -> bytes:
         raise OSError("the relay is gone")
 
     with trio.fail_after(10):
@@ -217,7 +222,11 @@ async def scenario_replayed_offer() -> None:
             bad = rtc.sign_signal(A, kind="offer", to=B.keyid, session=os.urandom(16), sdp=sdp)
             with pytest.raises(SignalError, match="SDP refused"):  # signed, but nonsense
                 await rtc.accept_rtc(bad, key=B, reply=lost, nonces=nonces)
-    print("ok replay")
+        with pytest.raises(LinkError, match="malformed uri"):  # one `except` per link
+            await rtc.dial_rtc(
+                key=A, peer=B.keyid, exchange=lost_offer, ice_servers=[{"urls": "bogus:x"}]
+            )
+    print("ok bad input")
 
 
 async def _pump(src: rtc.RtcChannel, dst: rtc.RtcChannel) -> None:
@@ -368,5 +377,5 @@ def test_slow_reader_keeps_memory_bounded(netns: str) -> None:
 
 
 @needs_netns
-def test_replayed_offer_is_refused(netns: str) -> None:
-    assert "ok replay" in _run(netns, scenario_replayed_offer)
+def test_replayed_or_unusable_offers_are_refused(netns: str) -> None:
+    assert "ok bad input" in _run(netns, scenario_bad_input)
