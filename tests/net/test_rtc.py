@@ -35,6 +35,7 @@ from p2pupdate.net.errors import (
     LinkBrokenError,
     LinkClosedError,
     LinkError,
+    LinkTimeoutError,
     SignalError,
 )
 from p2pupdate.net.handshake import NonceCache
@@ -229,6 +230,22 @@ async def scenario_bad_input() -> None:
     print("ok bad input")
 
 
+async def scenario_peer_vanishes() -> None:
+    """The acceptor answers and is gone before ICE connects: the dialer gets a link error
+    within its handshake deadline, not a hang."""
+
+    async def exchange(offer: bytes) -> bytes:
+        got = rtc.open_signal(offer, me=B.keyid, kind="offer")
+        chan, sdp = await rtc.RtcChannel.answer(got.sdp)
+        await chan.aclose()
+        return rtc.sign_signal(B, kind="answer", to=A.keyid, session=got.session, sdp=sdp)
+
+    cfg = LinkConfig(handshake_timeout=3)
+    with trio.fail_after(10), pytest.raises((LinkBrokenError, LinkTimeoutError)) as info:
+        await rtc.dial_rtc(key=A, peer=B.keyid, exchange=exchange, config=cfg)
+    print("ok vanished:", info.value)
+
+
 async def _pump(src: rtc.RtcChannel, dst: rtc.RtcChannel) -> None:
     while chunk := await src.receive_some(65536):
         await dst.send_all(chunk)
@@ -379,3 +396,8 @@ def test_slow_reader_keeps_memory_bounded(netns: str) -> None:
 @needs_netns
 def test_replayed_or_unusable_offers_are_refused(netns: str) -> None:
     assert "ok bad input" in _run(netns, scenario_bad_input)
+
+
+@needs_netns
+def test_peer_gone_before_ice_connects(netns: str) -> None:
+    assert "ok vanished" in _run(netns, scenario_peer_vanishes)
