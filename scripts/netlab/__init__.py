@@ -4,7 +4,7 @@
 fixture in ``tests/netlab/conftest.py``), which always tears the lab down.
 """
 
-from scripts.netlab.lab import Lab, NetlabError, down, lab_up, leftovers, status
+from scripts.netlab.lab import Lab, NetlabError, down, lab_up, leftovers, namespaces, status
 from scripts.netlab.topology import Home, Shaping, Topology, TopologyError, load_topology
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "lab_up",
     "leftovers",
     "load_topology",
+    "namespaces",
     "status",
 ]
