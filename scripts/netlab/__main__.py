@@ -12,20 +12,35 @@ import secrets
 import sys
 from pathlib import Path
 
+if not __package__:  # run as `python scripts/netlab ...`: import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
 from p2pupdate.errors import UsageFault
 from scripts.netlab.lab import Lab, NetlabError, down, namespaces, status
 from scripts.netlab.topology import check_prefix, load_topology
 
 EPILOG = """\
-examples (as root, from the repository root):
+examples (as root, from the repository root; `python scripts/netlab` works too):
   python -m scripts.netlab up scripts/netlab/topologies/two-cone.toml --prefix nl1
-  python -m scripts.netlab exec nl1 a1 -- ping -c1 198.18.0.1
+  python -m scripts.netlab exec nl1 a1 -- ip -br addr
   python -m scripts.netlab status
   python -m scripts.netlab down --prefix nl1
 
 Namespaces are named PREFIX-inet (the inet bridge, 198.18.0.1/24), PREFIX-h-HOST (inet
 hosts, .200 up), PREFIX-r-HOME (routers; WAN .10 up, LAN 10.N.0.1/24), PREFIX-n-NODE (nodes,
 10.N.0.10 up).  `down` finds them by the prefix alone, also after a crashed `up`.
+
+topology file (TOML):
+  [inet]
+  hosts = ["coord", "turn"]            # namespaces on the inet bridge
+  [[homes]]
+  name = "a"                           # names: 1-6 of [a-z0-9], unique
+  nat = "cone"                         # cone: DMZ DNAT of inbound UDP to the first node;
+                                       # strict: masquerade, established/related only
+  nodes = ["a1", "a2"]                 # 1-3 nodes on the home's LAN bridge (mDNS works)
+  uplink = { rate_kbit = 1000, delay_ms = 20, loss_pct = 1.0 }    # optional, also downlink
+Rate is a tbf qdisc, loss an nftables rule in the router, delay a userspace delay line
+(python -m scripts.netlab.wire, in its own namespace): this kernel has no netem.
 """
 
 

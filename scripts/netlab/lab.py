@@ -160,6 +160,9 @@ class Lab:
         self._addr: dict[str, str] = {"inet": f"{INET_NET}.1"}
         self._wan: dict[str, str] = {}
         self._inet_hosts = 0
+        # Set once build() has claimed the prefix: a refused build must not remove the lab
+        # that already holds it.
+        self._claimed = False
 
     # -- names and addresses ----------------------------------------------------------
 
@@ -250,6 +253,7 @@ class Lab:
                 f"a lab with prefix {self.prefix} exists already (netlab down --prefix "
                 f"{self.prefix})"
             )
+        self._claimed = True
         inet = self._ns["inet"]
         self._netns(inet)
         self._bridge(inet, self._ifname("b", "inet"))
@@ -422,7 +426,8 @@ class Lab:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        down(self.prefix)
+        if self._claimed:
+            down(self.prefix)
 
     def __enter__(self) -> Lab:
         return self

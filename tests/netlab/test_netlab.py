@@ -8,12 +8,14 @@ first thing received is the solicited one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 
 from scripts.netlab import Lab, TopologyError, leftovers, load_topology, namespaces
 from scripts.netlab.topology import parse_topology
-from tests.netlab.conftest import fresh_prefix, needs_netlab
+from tests.netlab.conftest import LabFactory, fresh_prefix, needs_netlab
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,6 +142,8 @@ def test_down_removes_a_lab_and_a_lab_whose_up_was_killed() -> None:
         assert up.returncode == 0, up.stderr
         assert f"{prefix}-x-e" in namespaces(prefix)  # the delay line's namespace (a process)
         assert _cli("up", topo, "--prefix", prefix).returncode == 1  # never built twice
+        shown = _cli("exec", prefix, "a2", "--", "ip", "-4", "-br", "addr")
+        assert shown.returncode == 0 and "10.1.0.11/24" in shown.stdout, shown.stderr
         down = _cli("down", "--prefix", prefix)
         assert down.returncode == 0, down.stderr
         assert leftovers(prefix) == []
@@ -167,3 +171,74 @@ def test_cli_errors_are_one_line() -> None:
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1, bad.stderr
     missing = _cli("up", "/nonexistent.toml", "--prefix", "zz")
     assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1, missing.stderr
+
+
+def _tcp_upload_mbit_s(lab: Lab, node: str, size: int) -> float:
+    """Send ``size`` bytes by TCP from ``node`` to the inet host; the receiver's rate."""
+    listener = lab.socket("peer", type=socket.SOCK_STREAM)
+    listener.bind((lab.inet_addr("peer"), 0))
+    listener.listen()
+    result: dict[str, float] = {}
+
+    def receive() -> None:
+        conn, _ = listener.accept()
+        got, first = 0, 0.0
+        while chunk := conn.recv(65536):
+            first = first or time.monotonic()
+            got += len(chunk)
+        result["mbit_s"] = got * 8 / (time.monotonic() - first) / 1e6
+        conn.close()
+
+    receiver = threading.Thread(target=receive)
+    receiver.start()
+    client = lab.socket(node, type=socket.SOCK_STREAM)
+    client.settimeout(20)
+    client.connect(listener.getsockname())
+    client.sendall(b"x" * size)
+    client.close()
+    receiver.join(20)
+    listener.close()
+    return result["mbit_s"]
+
+
+def _loss_fraction(lab: Lab, node: str, echoes: int) -> float:
+    """Stop-and-wait over the node's uplink until ``echoes`` came back: 1 - echoed/sent.
+
+    Every echo counts, late ones too, so the 20 ms wait only decides when to send again.
+    """
+    echo = udp(lab, "peer", lab.inet_addr("peer"))
+    client = udp(lab, node, lab.addr(node))
+    client.settimeout(0.02)
+    echo.settimeout(0.02)
+    sent = got = 0
+    while got < echoes:
+        client.sendto(b"probe", echo.getsockname())
+        sent += 1
+        with contextlib.suppress(TimeoutError):
+            data, src = echo.recvfrom(100)
+            echo.sendto(data, src)
+            client.recvfrom(100)
+            got += 1
+    return 1 - got / sent
+
+
+@needs_netlab
+def test_uplink_rate_and_loss(make_lab: LabFactory) -> None:
+    lab = make_lab(
+        {
+            "inet": {"hosts": ["peer"]},
+            "homes": [
+                {"name": "d", "nodes": ["d1"], "uplink": {"rate_kbit": 2000}},
+                {"name": "e", "nodes": ["e1"]},
+                {"name": "f", "nodes": ["f1"], "uplink": {"loss_pct": 30}},
+            ],
+        }
+    )
+    capped = _tcp_upload_mbit_s(lab, "d1", 256 * 1024)
+    free = _tcp_upload_mbit_s(lab, "e1", 256 * 1024)
+    assert capped < 2.4, f"2000 kbit uplink, measured {capped:.2f} Mbit/s"
+    assert free > 10 * capped
+    # 30 % loss over ~140 tries: 0.1..0.5 is five standard deviations either side.
+    lost = _loss_fraction(lab, "f1", 100)
+    assert 0.1 < lost < 0.5, f"30 % uplink loss, measured {lost:.0%}"
+    assert _loss_fraction(lab, "e1", 20) < 0.1  # a late echo still counts; only the last can miss
