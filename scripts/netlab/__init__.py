@@ -4,7 +4,17 @@
 fixture in ``tests/netlab/conftest.py``), which always tears the lab down.
 """
 
-from scripts.netlab.lab import Lab, NetlabError, down, lab_up, leftovers, namespaces, status
+from scripts.netlab.lab import (
+    Lab,
+    NetlabError,
+    down,
+    enter_netns,
+    in_netns,
+    lab_up,
+    leftovers,
+    namespaces,
+    status,
+)
 from scripts.netlab.topology import Home, Shaping, Topology, TopologyError, load_topology
 
 __all__ = [
@@ -15,6 +25,8 @@ __all__ = [
     "Topology",
     "TopologyError",
     "down",
+    "enter_netns",
+    "in_netns",
     "lab_up",
     "leftovers",
     "load_topology",

@@ -22,6 +22,7 @@ import ctypes
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -105,31 +106,37 @@ def status() -> dict[str, list[str]]:
     return {p: sorted(n for n in names if n.startswith(f"{p}-")) for p in labs}
 
 
+def enter_netns(ns: str) -> None:
+    """Move the calling thread (only it) into namespace ``ns``.
+
+    For a thread that lives in the lab, e.g. a dedicated asyncio thread running aiortc for
+    one node: every socket it opens, and the interfaces it enumerates, are the node's.
+    """
+    try:
+        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    except OSError as e:
+        raise NetlabError(f"no namespace {ns}: {e.strerror}") from e
+    try:
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            raise NetlabError(f"setns({ns}): {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+
+
 def in_netns(ns: str, fn: Callable[[], T]) -> T:
     """Call ``fn`` in a short-lived thread that has entered namespace ``ns``.
 
     A socket keeps the namespace it was created in, so ``in_netns(ns, socket.socket)``
     gives the caller (a test, a benchmark) a socket inside the lab without a subprocess.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        except OSError as e:
-            box["e"] = NetlabError(f"no namespace {ns}: {e.strerror}")
-            return
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                box["e"] = NetlabError(f"setns({ns}): {os.strerror(err)}")
-                return
+            enter_netns(ns)
             box["v"] = fn()
         except BaseException as e:
             box["e"] = e
-        finally:
-            os.close(fd)
 
     t = threading.Thread(target=target, name=f"netns-{ns}")
     t.start()
@@ -137,6 +144,28 @@ def in_netns(ns: str, fn: Callable[[], T]) -> T:
     if "e" in box:
         raise box["e"]
     return box["v"]  # type: ignore[no-any-return]
+
+
+def _flush_conntrack() -> None:
+    """Delete every conntrack entry of the calling thread's namespace (ctnetlink flush).
+
+    The netlink message conntrack -F sends: IPCTNL_MSG_CT_DELETE with no tuple, here so
+    the lab needs no conntrack-tools.  Waits for the kernel's acknowledgement.
+    """
+    nfnl_subsys_ctnetlink, ipctnl_msg_ct_delete = 1, 2
+    nlm_f_request, nlm_f_ack, nlmsg_error = 0x1, 0x4, 2
+    body = struct.pack("BBH", socket.AF_INET, 0, 0)  # nfgenmsg: family, version, res_id
+    msg_type = (nfnl_subsys_ctnetlink << 8) | ipctnl_msg_ct_delete
+    header = struct.pack("=IHHII", 16 + len(body), msg_type, nlm_f_request | nlm_f_ack, 1, 0)
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as nl:  # NETLINK_NETFILTER
+        nl.settimeout(5)
+        nl.bind((0, 0))
+        nl.send(header + body)
+        reply = nl.recv(4096)
+    if len(reply) >= 20 and struct.unpack("=H", reply[4:6])[0] == nlmsg_error:
+        err = -struct.unpack("=i", reply[16:20])[0]
+        if err:
+            raise NetlabError(f"conntrack flush: {os.strerror(err)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,6 +254,16 @@ class Lab:
     ) -> socket.socket:
         """A socket created inside ``name``'s namespace (it stays there)."""
         return in_netns(self.ns(name), lambda: socket.socket(family, type))
+
+    def flush_conntrack(self, home: str) -> None:
+        """Forget every flow the home's router tracks, as a router reboot does.
+
+        Existing NAT mappings vanish: a reply on an old flow is unsolicited from then on,
+        and the LAN host's next packet out makes a new mapping.
+        """
+        if home not in self._wan:
+            raise TopologyError(f"no home {home!r} in lab {self.prefix}")
+        in_netns(self.ns(home), _flush_conntrack)
 
     # -- building -------------------------------------------------------------------------
 

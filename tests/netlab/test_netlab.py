@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.netlab import Lab, TopologyError, leftovers, load_topology, namespaces
+from scripts.netlab import Lab, TopologyError, enter_netns, leftovers, load_topology, namespaces
 from scripts.netlab.topology import parse_topology
 from tests.netlab.conftest import LabFactory, fresh_prefix, needs_netlab
 
@@ -242,3 +242,35 @@ def test_uplink_rate_and_loss(make_lab: LabFactory) -> None:
     lost = _loss_fraction(lab, "f1", 100)
     assert 0.1 < lost < 0.5, f"30 % uplink loss, measured {lost:.0%}"
     assert _loss_fraction(lab, "e1", 20) < 0.1  # a late echo still counts; only the last can miss
+
+
+@needs_netlab
+def test_a_conntrack_flush_forgets_the_mapping(lab: Lab) -> None:
+    node = udp(lab, "b1", lab.addr("b1"))
+    server = udp(lab, "peer", lab.inet_addr("peer"), 4030)
+    node.sendto(b"hello", server.getsockname())
+    _, mapped = server.recvfrom(100)
+    server.sendto(b"before", mapped)
+    assert node.recvfrom(100)[0] == b"before"  # the flow is tracked: replies pass
+    lab.flush_conntrack("b")
+    server.sendto(b"stale", mapped)  # the old flow is forgotten: now unsolicited
+    node.sendto(b"again", server.getsockname())
+    data, mapped = server.recvfrom(100)
+    assert data == b"again" and mapped[0] == lab.wan("b")
+    server.sendto(b"fresh", mapped)
+    assert node.recvfrom(100)[0] == b"fresh"
+
+
+@needs_netlab
+def test_a_thread_entered_into_a_node_sees_only_its_interfaces(lab: Lab) -> None:
+    seen: list[list[str]] = []
+
+    def body() -> None:
+        enter_netns(lab.ns("a1"))  # e.g. the asyncio thread that runs aiortc for one node
+        seen.append(sorted(name for _, name in socket.if_nameindex()))
+
+    worker = threading.Thread(target=body)
+    worker.start()
+    worker.join()
+    assert seen == [["lo", f"{lab.prefix}-e-a1"]]
+    assert f"{lab.prefix}-e-a1" not in {name for _, name in socket.if_nameindex()}
