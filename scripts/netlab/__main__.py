@@ -36,7 +36,8 @@ topology file (TOML):
   [[homes]]
   name = "a"                           # names: 1-6 of [a-z0-9], unique
   nat = "cone"                         # cone: DMZ DNAT of inbound UDP to the first node;
-                                       # strict: masquerade, established/related only
+                                       # strict: symmetric (a random port per flow),
+                                       # inbound established/related only
   nodes = ["a1", "a2"]                 # 1-3 nodes on the home's LAN bridge (mDNS works)
   uplink = { rate_kbit = 1000, delay_ms = 20, loss_pct = 1.0 }    # optional, also downlink
 Rate is a tbf qdisc, loss an nftables rule in the router, delay a userspace delay line

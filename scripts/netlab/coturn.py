@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +51,18 @@ class Turn:
 
 @contextlib.contextmanager
 def turn_server(
-    lab: Lab, host: str, *, secret: str, realm: str = "netlab", port: int = TURN_PORT
+    lab: Lab,
+    host: str,
+    *,
+    secret: str,
+    realm: str = "netlab",
+    port: int = TURN_PORT,
+    extra: Sequence[str] = (),
 ) -> Iterator[Turn]:
-    """Run coturn on inet host ``host`` until the block ends; wait until it answers STUN."""
+    """Run coturn on inet host ``host`` until the block ends; wait until it answers STUN.
+
+    ``extra`` lines go into the config as they are (e.g. ``verbose`` to see sessions).
+    """
     if not have_turnserver():
         raise NetlabError("turnserver (coturn) is not installed")
     addr = lab.inet_addr(host)
@@ -78,6 +87,7 @@ def turn_server(
                 f"userdb={tmp / 'turndb'}",
                 f"log-file={tmp / 'turn.log'}",
                 "simple-log",
+                *extra,
                 "",
             ]
         )

@@ -11,6 +11,11 @@ Addresses (nothing leaves the machine): the inet bridge is 198.18.0.0/24 (the be
 range; the inet namespace itself is .1, routers' WAN .10 up, inet hosts .200 up); home i's
 LAN is 10.(i+1).0.0/24 with the router at .1 and the nodes at .10, .11, .12.
 
+The inet namespace (198.18.0.1) is the default gateway of every router and inet host and
+forwards nothing, so a packet to an address nobody has (a node's LAN address sent to by a
+relay) is dropped silently, as on the internet.  Without it the sender got ENETUNREACH at
+once, and coturn closed any allocation that relayed to a host candidate.
+
 What the kernel shares with the root namespace, unavoidably: the conntrack and nf_tables
 code (built in or loaded as modules on first use); no root sysctl is changed.
 """
@@ -320,6 +325,7 @@ class Lab:
         self._port(inet, port, self._ifname("b", "inet"))
         self._ip(ns, "addr", "add", f"{addr}/24", "dev", eth)
         self._ip(ns, "link", "set", eth, "up")
+        self._ip(ns, "route", "add", "default", "via", f"{INET_NET}.1")
         return addr
 
     def _build_home(self, i: int, home: Home) -> None:
@@ -350,6 +356,7 @@ class Lab:
         self._port(inet, uplink_port.name, self._ifname("b", "inet"))
         self._ip(router, "addr", "add", f"{wan_addr}/24", "dev", wan.name)
         self._ip(router, "link", "set", wan.name, "up")
+        self._ip(router, "route", "add", "default", "via", f"{INET_NET}.1")
         lan = self._ifname("l", home.name)
         self._bridge(router, lan)
         net = f"10.{i + 1}.0"
@@ -388,6 +395,11 @@ class Lab:
             pre.append(f'iifname "{wan}" meta l4proto udp dnat to {dmz}')
             fwd.append(f'iifname "{wan}" ct status dnat accept')
         fwd.append(f'iifname "{wan}" drop')
+        # strict is a symmetric NAT: every new flow gets a random source port, so the address
+        # a STUN server saw is not the one a peer would have to hit, and two strict homes
+        # never punch through, however the packets are timed (port-preserving masquerade
+        # did, whenever one side's packet left its router first).
+        masquerade = "masquerade" if home.nat == "cone" else "masquerade fully-random"
         rules = "\n".join(
             [
                 "table ip netlab {",
@@ -395,15 +407,10 @@ class Lab:
                 *(f"    {r}" for r in pre),
                 "  }",
                 "  chain nat_post { type nat hook postrouting priority srcnat; policy accept;",
-                f'    oifname "{wan}" masquerade',
+                f'    oifname "{wan}" {masquerade}',
                 "  }",
                 "  chain filter_fwd { type filter hook forward priority filter; policy accept;",
                 *(f"    {r}" for r in fwd),
-                "  }",
-                "  chain filter_in { type filter hook input priority filter; policy accept;",
-                f'    iifname "{wan}" ct state established,related accept',
-                f'    iifname "{wan}" meta l4proto icmp accept',
-                f'    iifname "{wan}" drop',
                 "  }",
                 "}",
             ]

@@ -7,6 +7,9 @@ the root namespace): a lab that leaks would break the next run's ``up``.  Labs n
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import os
 import shutil
@@ -16,6 +19,7 @@ from typing import Any
 import pytest
 
 from scripts.netlab import Lab, lab_up, leftovers
+from scripts.netlab.coturn import Turn, have_turnserver, turn_server
 from scripts.netlab.topology import parse_topology
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -59,13 +63,15 @@ def make_lab() -> Iterator[LabFactory]:
 
 
 # One lab for most tests (building one takes ~1 s): a cone home with two nodes on its LAN,
-# a strict home, a strict home with a 50 ms uplink delay, and two hosts on the inet bridge.
+# a strict home, a strict home with a 50 ms uplink delay, a second cone home, and two hosts
+# on the inet bridge (coturn runs on `turn` for the tests that ask for the `turn` fixture).
 SHARED = {
     "inet": {"hosts": ["peer", "turn"]},
     "homes": [
         {"name": "a", "nat": "cone", "nodes": ["a1", "a2"]},
         {"name": "b", "nat": "strict", "nodes": ["b1"]},
         {"name": "c", "nat": "strict", "nodes": ["c1"], "uplink": {"delay_ms": 50}},
+        {"name": "d", "nat": "cone", "nodes": ["d1"]},
     ],
 }
 
@@ -80,3 +86,21 @@ def lab() -> Iterator[Lab]:
             yield built
     finally:
         assert leftovers(prefix) == [], f"lab {prefix} left {leftovers(prefix)}"
+
+
+TURN_SECRET = "netlab-test-secret"
+
+
+def turn_credentials(secret: str, node: str, expiry: int) -> tuple[str, str]:
+    """coturn's documented time-limited credentials: ``expiry:node``, base64(HMAC-SHA1)."""
+    username = f"{expiry}:{node}"
+    mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return username, base64.b64encode(mac).decode()
+
+
+@pytest.fixture(scope="module")
+def turn(lab: Lab) -> Iterator[Turn]:
+    if not have_turnserver():
+        pytest.skip("coturn (turnserver) is not installed")
+    with turn_server(lab, "turn", secret=TURN_SECRET) as running:
+        yield running

@@ -7,37 +7,20 @@ password ``base64(HMAC-SHA1(secret, username))``); the test checks coturn agains
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from scripts.netlab import Lab
-from scripts.netlab.coturn import Turn, have_turnserver, turn_server
+from scripts.netlab.coturn import Turn, have_turnserver
 from scripts.netlab.stun import A_XOR_RELAYED, allocate, binding
-from tests.netlab.conftest import needs_netlab
+from tests.netlab.conftest import TURN_SECRET, needs_netlab, turn_credentials
 
 pytestmark = [
     needs_netlab,
     pytest.mark.skipif(not have_turnserver(), reason="coturn (turnserver) is not installed"),
 ]
-SECRET = "netlab-test-secret"
-
-
-def credentials(secret: str, node: str, expiry: int) -> tuple[str, str]:
-    username = f"{expiry}:{node}"
-    mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    return username, base64.b64encode(mac).decode()
-
-
-@pytest.fixture(scope="module")
-def turn(lab: Lab) -> Iterator[Turn]:
-    with turn_server(lab, "turn", secret=SECRET) as running:
-        yield running
 
 
 @pytest.mark.parametrize(("node", "home"), [("a1", "a"), ("b1", "b")])
@@ -56,10 +39,12 @@ def test_turn_allocate_with_time_limited_credentials(lab: Lab, turn: Turn) -> No
         sock.bind((lab.addr("b1"), 0))
         return sock
 
-    username, password = credentials(SECRET, "b1", int(time.time()) + 600)
+    username, password = turn_credentials(TURN_SECRET, "b1", int(time.time()) + 600)
     refused = allocate(fresh(), turn.server, username, password + "x")
     assert not refused.ok and refused.code == 401
-    expired = allocate(fresh(), turn.server, *credentials(SECRET, "b1", int(time.time()) - 60))
+    expired = allocate(
+        fresh(), turn.server, *turn_credentials(TURN_SECRET, "b1", int(time.time()) - 60)
+    )
     assert not expired.ok and expired.code == 401
     granted = allocate(fresh(), turn.server, username, password)
     assert granted.ok, f"Allocate refused with {granted.code}"

@@ -274,3 +274,17 @@ def test_a_thread_entered_into_a_node_sees_only_its_interfaces(lab: Lab) -> None
     worker.join()
     assert seen == [["lo", f"{lab.prefix}-e-a1"]]
     assert f"{lab.prefix}-e-a1" not in {name for _, name in socket.if_nameindex()}
+
+
+@needs_netlab
+def test_cone_mapping_is_endpoint_independent_and_strict_is_not(lab: Lab) -> None:
+    first = udp(lab, "peer", lab.inet_addr("peer"), 4040)
+    second = udp(lab, "peer", lab.inet_addr("peer"), 4041)
+    ports = {}
+    for node in ("a1", "b1"):
+        sock = udp(lab, node, lab.addr(node))
+        sock.sendto(b"1", first.getsockname())
+        sock.sendto(b"2", second.getsockname())
+        ports[node] = (first.recvfrom(10)[1][1], second.recvfrom(10)[1][1])
+    assert ports["a1"][0] == ports["a1"][1]  # cone: one mapping for every destination
+    assert ports["b1"][0] != ports["b1"][1]  # strict: a new random port per destination
