@@ -301,6 +301,8 @@ class Lab:
         inet = self._ns["inet"]
         self._netns(inet)
         self._bridge(inet, self._ifname("b", "inet"))
+        # The internet's edge: it routes nothing, so no ICMP either (see the module doc).
+        sh(["ip", "netns", "exec", inet, "sysctl", "-qw", "net.ipv4.ip_forward=0"])
         self._ip(inet, "addr", "add", f"{INET_NET}.1/24", "dev", self._ifname("b", "inet"))
         for host in self.topology.inet_hosts:
             self.add_inet_host(host)
