@@ -32,8 +32,17 @@ _counter = itertools.count()
 
 
 def fresh_prefix() -> str:
-    """A prefix no other test process uses now: a letter, this pid, a per-process counter."""
-    return f"t{os.getpid() % 1000:03d}{next(_counter) % 10}"
+    """A prefix no other test process uses now: 't' and 4 base-36 digits of pid and counter.
+
+    A clash with a concurrent run is still possible (36**4 values); then ``up`` refuses the
+    taken prefix and leaves the other run's lab alone.
+    """
+    n = (os.getpid() * 64 + next(_counter)) % 36**4
+    digits = ""
+    for _ in range(4):
+        n, d = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[d] + digits
+    return f"t{digits}"
 
 
 LabFactory = Callable[[dict[str, Any]], Lab]

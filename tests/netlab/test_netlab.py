@@ -288,3 +288,18 @@ def test_cone_mapping_is_endpoint_independent_and_strict_is_not(lab: Lab) -> Non
         ports[node] = (first.recvfrom(10)[1][1], second.recvfrom(10)[1][1])
     assert ports["a1"][0] == ports["a1"][1]  # cone: one mapping for every destination
     assert ports["b1"][0] != ports["b1"][1]  # strict: a new random port per destination
+
+
+@needs_netlab
+def test_a_host_added_to_inet_runs_commands_and_reaches_a_cone_node(lab: Lab) -> None:
+    addr = lab.add_inet_host("coord")
+    assert lab.inet_addr("coord") == addr
+    shown = lab.run("coord", ["ip", "-4", "-br", "addr"])
+    assert f"{addr}/24" in shown.stdout
+    coord = udp(lab, "coord", addr, 4050)
+    node = udp(lab, "d1", lab.addr("d1"))
+    node.sendto(b"hi", coord.getsockname())
+    data, mapped = coord.recvfrom(100)
+    assert (data, mapped[0]) == (b"hi", lab.wan("d"))
+    coord.sendto(b"back", mapped)
+    assert node.recvfrom(100) == (b"back", (addr, 4050))
