@@ -193,7 +193,7 @@ class Lab:
         self._ns: dict[str, str] = {"inet": f"{prefix}-inet"}
         self._addr: dict[str, str] = {"inet": f"{INET_NET}.1"}
         self._wan: dict[str, str] = {}
-        self._inet_hosts = 0
+        self._inet_hosts: list[str] = []
         # Set once build() has claimed the prefix: a refused build must not remove the lab
         # that already holds it.
         self._claimed = False
@@ -222,7 +222,7 @@ class Lab:
 
     def inet_addr(self, name: str) -> str:
         """The address of a host on the inet bridge (``inet`` is the bridge's namespace)."""
-        if name != "inet" and name not in self.topology.inet_hosts and name not in self._addr:
+        if name != "inet" and name not in self._inet_hosts:
             raise TopologyError(f"no inet host {name!r} in lab {self.prefix}")
         return self._addr[name]
 
@@ -313,10 +313,10 @@ class Lab:
         """Add a namespace on the inet bridge (a coordinator, coturn); return its address."""
         if name in self._ns:
             raise TopologyError(f"name {name!r} is taken in lab {self.prefix}")
-        if self._inet_hosts >= 50:
+        if len(self._inet_hosts) >= 50:
             raise TopologyError("at most 50 inet hosts")
-        addr = f"{INET_NET}.{200 + self._inet_hosts}"
-        self._inet_hosts += 1
+        addr = f"{INET_NET}.{200 + len(self._inet_hosts)}"
+        self._inet_hosts.append(name)
         ns = f"{self.prefix}-h-{name}"
         inet = self._ns["inet"]
         self._netns(ns)

@@ -294,6 +294,8 @@ def test_cone_mapping_is_endpoint_independent_and_strict_is_not(lab: Lab) -> Non
 def test_a_host_added_to_inet_runs_commands_and_reaches_a_cone_node(lab: Lab) -> None:
     addr = lab.add_inet_host("coord")
     assert lab.inet_addr("coord") == addr
+    with pytest.raises(TopologyError):
+        lab.inet_addr("a1")  # a node is not on the inet bridge
     shown = lab.run("coord", ["ip", "-4", "-br", "addr"])
     assert f"{addr}/24" in shown.stdout
     coord = udp(lab, "coord", addr, 4050)
