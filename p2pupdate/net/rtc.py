@@ -301,9 +301,18 @@ class RtcChannel(trio.abc.Stream):
 
     def _a_tune_sockets(self) -> None:
         """Larger receive buffers on the gathered sockets (see ``SOCKET_RCVBUF``)."""
-        with contextlib.suppress(Exception):  # aioice keeps its sockets private
-            for protocol in self._pc.sctp.transport.transport._connection._protocols:
-                sock = protocol.transport.get_extra_info("socket")
+        try:  # aioice keeps its sockets private
+            protocols = list(self._pc.sctp.transport.transport._connection._protocols)
+        except AttributeError:
+            return
+        for protocol in protocols:
+            with contextlib.suppress(Exception):
+                transport = protocol.transport
+                sock = transport.get_extra_info("socket")
+                if sock is None:  # a TURN allocation: the socket to the TURN server
+                    sock = transport._TurnTransport__inner_protocol.transport.get_extra_info(
+                        "socket"
+                    )
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
 
     async def _a_answer(self, offer_sdp: str, ice_servers: Sequence[IceServer]) -> str:

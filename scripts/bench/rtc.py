@@ -1,20 +1,25 @@
 """Measure rtc links between two network namespaces; prints one JSON object.
 
-    .venv/bin/python scripts/bench/rtc.py [--setups 20] [--mib 64]     (as root)
+    .venv/bin/python scripts/bench/rtc.py [--setups 20] [--mib 64] [--lab]     (as root)
 
-Makes namespaces ``p2pbA<pid>`` (10.77.0.1/24) and ``p2pbB<pid>`` (10.77.0.2/24) joined by
-a veth pair, and runs one child process in each (``ip netns exec``): A dials, B accepts.
-The signed offer and answer blobs travel through this process (each child's stdout is
-copied to the other's stdin), as they would through a relay.  A link is set up and torn
-down ``--setups`` times (direct: host candidates over the veth), then ``--mib`` MiB go
-over one link in 1 MiB frames, the time taken from the first frame to B's "got it all".
+Default: namespaces ``p2pbA<pid>`` (10.77.0.1/24) and ``p2pbB<pid>`` (10.77.0.2/24) joined
+by a veth pair (direct, host candidates).  ``--lab``: a netlab topology instead (two cone
+homes, two strict homes, coturn on an inet host): the ``setup_*`` / ``throughput_*``
+figures are then cone-cone (a direct srflx/prflx pair through the NATs), the ``relay_*``
+ones strict-strict through TURN, with coturn's time-limited credentials minted here as a
+replica will.  Either way one child process per end runs in its namespace (``ip netns
+exec``): A dials, B accepts, and the signed offer and answer blobs travel through this
+process (each child's stdout is copied to the other's stdin), as through a relay.  A link
+is set up and torn down ``--setups`` times, then ``--mib`` MiB go over one link in 1 MiB
+frames, timed from the first frame to B's "got it all".
 
 Figures: ``setup_p50_s`` / ``setup_p95_s`` (``dial_rtc`` called .. handshake done) split
 into ``gather_p50_s`` (the offer's candidates gathered), ``answer_p50_s`` (offer relayed,
 answer gathered and relayed back) and ``connect_p50_s`` (ICE, DTLS, SCTP, channel, link
 handshake); ``throughput_mbit_s``; ``cpu_s_per_gbit`` (user+system CPU of both children
-during the transfer, per 10^9 bits).  ``relay_*`` (strict NAT via TURN) needs netlab's
-homes and coturn, not built yet: null.  The namespaces are removed whatever happens.
+during the transfer, per 10^9 bits); ``udp_rcvbuf_drops`` (datagrams the kernels of the
+two namespaces dropped for full socket buffers).  Namespaces are removed whatever happens.
+``P2P_RTC_PROFILE=DIR`` writes cProfile files per child (trio and asyncio threads apart).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +89,7 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def dialer(setups: int, mib: int) -> dict[str, Any]:
+async def dialer(setups: int, mib: int, ice: list[dict[str, Any]]) -> dict[str, Any]:
     io = Lines()
     marks: dict[str, float] = {}
 
@@ -96,7 +102,7 @@ async def dialer(setups: int, mib: int) -> dict[str, Any]:
 
     async def dial() -> tuple[rtc.RtcLink, dict[str, float]]:
         t0 = time.perf_counter()
-        link = await rtc.dial_rtc(key=A, peer=B.keyid, exchange=exchange)
+        link = await rtc.dial_rtc(key=A, peer=B.keyid, exchange=exchange, ice_servers=ice)
         t1 = time.perf_counter()
         return link, {
             "setup": t1 - t0,
@@ -133,14 +139,15 @@ async def dialer(setups: int, mib: int) -> dict[str, Any]:
     }
 
 
-async def acceptor(setups: int, mib: int) -> dict[str, Any]:
+async def acceptor(setups: int, mib: int, ice: list[dict[str, Any]]) -> dict[str, Any]:
     io = Lines()
 
     async def accept() -> rtc.RtcLink:
         offer = await io.receive()
         return await rtc.accept_rtc(
-            offer, key=B, reply=lambda b: io.send("blob", b), expected_peer=A.keyid
-        )
+            offer, key=B, reply=lambda b: io.send("blob", b), expected_peer=A.keyid,
+            ice_servers=ice,
+        )  # fmt: skip
 
     for _ in range(setups):
         link = await accept()
@@ -177,7 +184,7 @@ async def _call(fn: Any) -> None:
     fn()
 
 
-def child(role: str, setups: int, mib: int) -> None:
+def child(role: str, setups: int, mib: int, ice: list[dict[str, Any]]) -> None:
     fn = dialer if role == "dial" else acceptor
     prof_dir = os.environ.get("P2P_RTC_PROFILE")  # where the time goes: cProfile per child
     if prof_dir:
@@ -187,12 +194,12 @@ def child(role: str, setups: int, mib: int) -> None:
 
         prof, car_prof = cProfile.Profile(), cProfile.Profile()
         sidecar().submit(_call(car_prof.enable)).result()  # the asyncio thread's own profile
-        result = prof.runcall(trio.run, fn, setups, mib)
+        result = prof.runcall(trio.run, fn, setups, mib, ice)
         sidecar().submit(_call(car_prof.disable)).result()
         prof.dump_stats(os.path.join(prof_dir, f"{role}.prof"))
         car_prof.dump_stats(os.path.join(prof_dir, f"{role}-asyncio.prof"))
     else:
-        result = trio.run(fn, setups, mib)
+        result = trio.run(fn, setups, mib, ice)
     sys.stdout.write("result " + json.dumps(result).encode().hex() + "\n")
     sys.stdout.flush()
 
@@ -209,41 +216,19 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--setups", type=int, default=20)
-    ap.add_argument("--mib", type=int, default=64)
-    ap.add_argument("--json", action="store_true", help="(the output is always JSON)")
-    ap.add_argument("--child", choices=("dial", "accept"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        child(args.child, args.setups, args.mib)
-        return 0
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        print("rtc bench: needs root and iproute2 to make network namespaces", file=sys.stderr)
-        return 2
-    tag = str(os.getpid() % 100000)
-    spaces = {"dial": f"p2pbA{tag}", "accept": f"p2pbB{tag}"}
-    made: list[str] = []
+Start = Callable[[str, list[str]], "subprocess.Popen[bytes]"]
+
+
+def run_pair(start: Start, setups: int, mib: int, ice: dict[str, list[Any]]) -> dict[str, Any]:
+    """Run the dialer and the acceptor (``start(role, argv)`` puts each in its namespace),
+    relay their blobs, and return both results, or raise RuntimeError."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     results: dict[str, dict[str, Any]] = {}
     try:
-        for ns in spaces.values():
-            _ip("netns", "add", ns)
-            made.append(ns)
-        _ip("-n", spaces["dial"], "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
-        _ip("-n", spaces["dial"], "link", "set", "eth1", "netns", spaces["accept"])
-        _ip("-n", spaces["accept"], "link", "set", "eth1", "name", "eth0")
-        for i, ns in enumerate(spaces.values(), start=1):
-            _ip("-n", ns, "addr", "add", f"10.77.0.{i}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        for role, ns in spaces.items():
-            procs[role] = subprocess.Popen(
-                ["ip", "netns", "exec", ns, sys.executable, __file__, "--child", role,
-                 "--setups", str(args.setups), "--mib", str(args.mib)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
-            )  # fmt: skip
+        for role in ("dial", "accept"):
+            argv = [sys.executable, __file__, "--child", role, "--setups", str(setups),
+                    "--mib", str(mib), "--ice", json.dumps(ice[role])]  # fmt: skip
+            procs[role] = start(role, argv)
 
         def relay(src: str, dst: str) -> None:
             out, inp = procs[src].stdout, procs[dst].stdin
@@ -268,8 +253,7 @@ def main() -> int:
             t.start()
         for role, proc in procs.items():
             if proc.wait(timeout=600) != 0:
-                print(f"rtc bench: the {role} child failed", file=sys.stderr)
-                return 1
+                raise RuntimeError(f"the {role} child failed")
         for t in threads:
             t.join(5)
     finally:
@@ -277,38 +261,145 @@ def main() -> int:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for ns in made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    return results
+
+
+def figures(results: dict[str, Any], mib: int, prefix: str = "") -> dict[str, Any]:
     d, a = results["dial"], results["accept"]
     phases = d["phases"]
 
     def p50(name: str) -> float:
         return round(float(statistics.median(p[name] for p in phases)), 3)
 
-    bits = args.mib * FRAME * 8
-    print(
-        json.dumps(
-            {
-                "setups": len(phases),
-                "path": d["path"],
-                "setup_p50_s": p50("setup"),
-                "setup_p95_s": round(pct([p["setup"] for p in phases], 0.95), 3),
-                "gather_p50_s": p50("gather"),
-                "answer_p50_s": p50("answer"),
-                "connect_p50_s": p50("connect"),
-                "throughput_mib": args.mib,
-                "throughput_mbit_s": round(bits / d["transfer_s"] / 1e6, 1),
-                "cpu_s_per_gbit": round((d["cpu_s"] + a["cpu_s"]) / (bits / 1e9), 2),
-                "max_buffered_bytes": d["max_buffered"],
-                "max_unread_bytes": a["max_unread"],
-                "udp_rcvbuf_drops": d["udp_drops"] + a["udp_drops"],
-                "relay_setup_p50_s": None,
-                "relay_throughput_mbit_s": None,
-                "relay_note": "strict NAT via TURN needs netlab homes and coturn (later slice)",
-                "machine": f"{platform.machine()}, {os.cpu_count()} cpus, shared",
-            }
-        )
-    )
+    bits = mib * FRAME * 8
+    out = {
+        "path": d["path"],
+        "setup_p50_s": p50("setup"),
+        "setup_p95_s": round(pct([p["setup"] for p in phases], 0.95), 3),
+        "gather_p50_s": p50("gather"),
+        "answer_p50_s": p50("answer"),
+        "connect_p50_s": p50("connect"),
+        "throughput_mbit_s": round(bits / d["transfer_s"] / 1e6, 1),
+        "cpu_s_per_gbit": round((d["cpu_s"] + a["cpu_s"]) / (bits / 1e9), 2),
+        "max_buffered_bytes": d["max_buffered"],
+        "max_unread_bytes": a["max_unread"],
+        "udp_rcvbuf_drops": d["udp_drops"] + a["udp_drops"],
+    }
+    return {prefix + k: v for k, v in out.items()}
+
+
+def veth(args: argparse.Namespace) -> dict[str, Any]:
+    """Direct, host candidates: two namespaces joined by a veth pair."""
+    tag = str(os.getpid() % 100000)
+    spaces = {"dial": f"p2pbA{tag}", "accept": f"p2pbB{tag}"}
+    made: list[str] = []
+    try:
+        for ns in spaces.values():
+            _ip("netns", "add", ns)
+            made.append(ns)
+        _ip("-n", spaces["dial"], "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+        _ip("-n", spaces["dial"], "link", "set", "eth1", "netns", spaces["accept"])
+        _ip("-n", spaces["accept"], "link", "set", "eth1", "name", "eth0")
+        for i, ns in enumerate(spaces.values(), start=1):
+            _ip("-n", ns, "addr", "add", f"10.77.0.{i}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+        def start(role: str, argv: list[str]) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                ["ip", "netns", "exec", spaces[role], *argv],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO,
+            )  # fmt: skip
+
+        results = run_pair(start, args.setups, args.mib, {"dial": [], "accept": []})
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+    out = {"mode": "veth", "setups": len(results["dial"]["phases"])}
+    out.update(figures(results, args.mib))
+    out.update(relay_setup_p50_s=None, relay_throughput_mbit_s=None,
+               relay_note="--lab measures strict-strict via TURN")  # fmt: skip
+    return out
+
+
+LAB = {
+    "inet": {"hosts": ["turn"]},
+    "homes": [
+        {"name": "a", "nat": "cone", "nodes": ["a1"]},
+        {"name": "b", "nat": "cone", "nodes": ["b1"]},
+        {"name": "c", "nat": "strict", "nodes": ["c1"]},
+        {"name": "d", "nat": "strict", "nodes": ["d1"]},
+    ],
+}
+
+
+def lab(args: argparse.Namespace) -> dict[str, Any]:
+    """Two cone homes (direct) and two strict homes (through coturn) from netlab."""
+    import base64
+    import hashlib
+    import hmac
+
+    from scripts.netlab import lab_up
+    from scripts.netlab.coturn import turn_server
+    from scripts.netlab.topology import parse_topology
+
+    secret = os.urandom(16).hex()
+    prefix = f"rb{os.getpid() % 4096:03x}"  # netlab: at most 5 characters
+    out: dict[str, Any] = {"mode": "netlab"}
+    with (
+        lab_up(parse_topology(LAB), prefix) as built,
+        turn_server(built, "turn", secret=secret) as turn,
+    ):
+        stun_url, turn_url = turn.urls()
+
+        def ice_for(node: str) -> list[dict[str, Any]]:
+            """coturn's time-limited credentials, as a replica will mint them."""
+            user = f"{int(time.time()) + 3600}:{node}"
+            password = base64.b64encode(
+                hmac.new(secret.encode(), user.encode(), hashlib.sha1).digest()
+            ).decode()
+            return [{"urls": stun_url},
+                    {"urls": turn_url, "username": user, "credential": password}]  # fmt: skip
+
+        for dial_node, accept_node, key in (("a1", "b1", ""), ("c1", "d1", "relay_")):
+            nodes = {"dial": dial_node, "accept": accept_node}
+
+            def start(
+                role: str, argv: list[str], nodes: dict[str, str] = nodes
+            ) -> subprocess.Popen[bytes]:
+                return built.popen(
+                    nodes[role], argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO
+                )
+
+            ice = {role: ice_for(node) for role, node in nodes.items()}
+            results = run_pair(start, args.setups, args.mib, ice)
+            out.update(figures(results, args.mib, key))
+            out[f"{key}setups"] = len(results["dial"]["phases"])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--setups", type=int, default=20)
+    ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--lab", action="store_true", help="cone-cone and strict-strict via TURN")
+    ap.add_argument("--json", action="store_true", help="(the output is always JSON)")
+    ap.add_argument("--child", choices=("dial", "accept"), help=argparse.SUPPRESS)
+    ap.add_argument("--ice", default="[]", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.setups, args.mib, json.loads(args.ice))
+        return 0
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        print("rtc bench: needs root and iproute2 to make network namespaces", file=sys.stderr)
+        return 2
+    try:
+        out = lab(args) if args.lab else veth(args)
+    except RuntimeError as exc:
+        print(f"rtc bench: {exc}", file=sys.stderr)
+        return 1
+    out["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus, shared"
+    print(json.dumps(out))
     return 0
 
 
