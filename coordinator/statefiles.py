@@ -20,13 +20,10 @@ replica: a damaged one refuses the start in one line (exit 2) and names the file
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
-from p2pupdate.fsutil import fsync_dir
+from p2pupdate.fsutil import quarantine  # the one home of NAME.bad-N, node and replica
 
 __all__ = ["DB_FILE", "STATE_FILES", "StateFile", "quarantine"]
 
@@ -109,25 +106,3 @@ STATE_FILES: Final[tuple[StateFile, ...]] = (
         on_damage="refused at start in one line (exit 2): a new key would not be the root's",
     ),
 )
-
-
-def quarantine(path: Path, *, companions: tuple[str, ...] = ()) -> Path:
-    """Rename ``path`` (and ``path`` + each suffix in ``companions``) to ``NAME.bad-N``.
-
-    ``N`` is the first number for which none of the new names exists, so an earlier
-    quarantine is never overwritten.  Returns the new path of ``path`` itself.  Works for
-    a directory standing where a file should be, too.
-    """
-    n = 1
-    while any(
-        path.with_name(f"{path.name}.bad-{n}{suffix}").exists() for suffix in ("", *companions)
-    ):
-        n += 1
-    target = path.with_name(f"{path.name}.bad-{n}")
-    for suffix in ("", *companions):
-        src = path.with_name(path.name + suffix)
-        if src.exists() or src.is_symlink():
-            os.replace(src, path.with_name(f"{target.name}{suffix}"))
-    with contextlib.suppress(OSError):
-        fsync_dir(path.parent)
-    return target

@@ -7,6 +7,7 @@ new bytes, never a mix, and a half-written temp file is never mistaken for state
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -102,12 +103,16 @@ def read_open_limited(f: BinaryIO, path: Path | str, limit: int) -> bytes:
     return data
 
 
-def quarantine_name(path: Path | str) -> Path:
+def quarantine_name(path: Path | str, companions: tuple[str, ...] = ()) -> Path:
     """Where :func:`quarantine` moves ``path``: ``NAME.bad-N`` beside it, ``N`` one more
     than the highest already there (1 for the first), so an earlier copy kept for a person
-    is never overwritten."""
+    is never overwritten.  ``companions`` are suffixes of files that go with it (SQLite's
+    ``-wal``, ``-shm``): they move to ``NAME.bad-N`` + suffix, and count as taken too."""
     path = Path(path)
-    pattern = re.compile(re.escape(path.name) + r"\.bad-([0-9]{1,9})$")
+    tails = "|".join(re.escape(c) for c in companions)
+    pattern = re.compile(
+        re.escape(path.name) + r"\.bad-([0-9]{1,9})" + (f"(?:{tails})?" if tails else "") + "$"
+    )
     taken = [0]
     if path.parent.is_dir():
         for sibling in path.parent.iterdir():
@@ -117,14 +122,22 @@ def quarantine_name(path: Path | str) -> Path:
     return path.with_name(f"{path.name}.bad-{max(taken) + 1}")
 
 
-def quarantine(path: Path | str) -> Path:
-    """Move an unusable state file (or directory) aside as ``NAME.bad-N`` and return where.
+def quarantine(path: Path | str, *, companions: tuple[str, ...] = ()) -> Path:
+    """Move an unusable state file (or directory, or link) aside as ``NAME.bad-N`` and
+    return where; each existing companion (``path`` + suffix) moves with it, to
+    ``NAME.bad-N`` + suffix.  The one home of the quarantine rule, for node and replica.
 
     A rename, not a copy: it needs no free space, so it works on a full disk too; the
     bytes stay for a person to look at, and the name is free for a rebuilt file.
     """
     path = Path(path)
-    aside = quarantine_name(path)
-    os.rename(path, aside)
-    fsync_dir(path.parent)
+    aside = quarantine_name(path, companions)
+    for suffix in ("", *companions):
+        src = path.with_name(path.name + suffix)
+        if suffix == "" or src.exists() or src.is_symlink():
+            os.rename(src, aside.with_name(aside.name + suffix))
+    # Best effort: the move is done; if it is lost in a crash, the damaged file is found
+    # and moved aside again at the next start.
+    with contextlib.suppress(OSError):
+        fsync_dir(path.parent)
     return aside
