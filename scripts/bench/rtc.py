@@ -6,8 +6,8 @@ Default: namespaces ``p2pbA<pid>`` (10.77.0.1/24) and ``p2pbB<pid>`` (10.77.0.2/
 by a veth pair (direct, host candidates).  ``--lab``: a netlab topology instead (two cone
 homes, two strict homes, coturn on an inet host): the ``setup_*`` / ``throughput_*``
 figures are then cone-cone (a direct srflx/prflx pair through the NATs), the ``relay_*``
-ones strict-strict through TURN, with coturn's time-limited credentials minted here as a
-replica will.  Either way one child process per end runs in its namespace (``ip netns
+ones strict-strict through TURN, with coturn's time-limited credentials minted by
+``core/turn.py`` as a replica will.  Either way one child process per end runs in its namespace (``ip netns
 exec``): A dials, B accepts, and the signed offer and answer blobs travel through this
 process (each child's stdout is copied to the other's stdin), as through a relay.  A link
 is set up and torn down ``--setups`` times, then ``--mib`` MiB go over one link in 1 MiB
@@ -335,10 +335,7 @@ LAB = {
 
 def lab(args: argparse.Namespace) -> dict[str, Any]:
     """Two cone homes (direct) and two strict homes (through coturn) from netlab."""
-    import base64
-    import hashlib
-    import hmac
-
+    from p2pupdate.core import turn as turncred
     from scripts.netlab import lab_up
     from scripts.netlab.coturn import turn_server
     from scripts.netlab.topology import parse_topology
@@ -354,12 +351,8 @@ def lab(args: argparse.Namespace) -> dict[str, Any]:
 
         def ice_for(node: str) -> list[dict[str, Any]]:
             """coturn's time-limited credentials, as a replica will mint them."""
-            user = f"{int(time.time()) + 3600}:{node}"
-            password = base64.b64encode(
-                hmac.new(secret.encode(), user.encode(), hashlib.sha1).digest()
-            ).decode()
-            return [{"urls": stun_url},
-                    {"urls": turn_url, "username": user, "credential": password}]  # fmt: skip
+            cred = turncred.mint(secret=secret.encode(), node=node, expires=int(time.time()) + 3600)
+            return turncred.ice_servers(stun_url, turn_url, cred)
 
         for dial_node, accept_node, key in (("a1", "b1", ""), ("c1", "d1", "relay_")):
             nodes = {"dial": dial_node, "accept": accept_node}

@@ -7,9 +7,6 @@ the root namespace): a lab that leaks would break the next run's ``up``.  Labs n
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import itertools
 import os
 import shutil
@@ -18,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from p2pupdate.core import turn as turncred
 from scripts.netlab import Lab, lab_up, leftovers
 from scripts.netlab.coturn import Turn, have_turnserver, turn_server
 from scripts.netlab.topology import parse_topology
@@ -101,10 +99,9 @@ TURN_SECRET = "netlab-test-secret"
 
 
 def turn_credentials(secret: str, node: str, expiry: int) -> tuple[str, str]:
-    """coturn's documented time-limited credentials: ``expiry:node``, base64(HMAC-SHA1)."""
-    username = f"{expiry}:{node}"
-    mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
-    return username, base64.b64encode(mac).decode()
+    """coturn's time-limited credentials, minted by the replicas' own function."""
+    cred = turncred.mint(secret=secret.encode(), node=node, expires=expiry)
+    return cred.username, cred.password
 
 
 @pytest.fixture(scope="module")

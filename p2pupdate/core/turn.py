@@ -1,0 +1,69 @@
+"""TURN credentials a replica mints for a node it authenticated (README "Gossip and links").
+
+coturn's time-limited credentials (``use-auth-secret`` with a ``static-auth-secret`` that
+only the TURN server and the replicas know): the username is ``EXPIRES:NODE`` and the
+password ``base64(HMAC-SHA1(secret, username))``.  coturn recomputes the password from the
+username and refuses it after ``EXPIRES`` (unix seconds), so no static password ever lives
+on a node, and a leaked credential dies by itself.  This is the one home of the formula: the
+coordinator, netlab's tests and the rtc bench all call :func:`mint`.
+
+Pure: the time is an argument (``expires``), the secret is bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["MAX_NODE_LEN", "MAX_SECRET_LEN", "TurnCredential", "ice_servers", "mint"]
+
+#: Longest node name in a username (a node id is 64 hex characters).
+MAX_NODE_LEN: Final = 128
+#: Longest shared secret accepted (coturn's own limit is far above any sane secret).
+MAX_SECRET_LEN: Final = 1024
+#: Latest expiry accepted: year ~36812, far past any real one; keeps the username short.
+MAX_EXPIRES: Final = 2**40
+_NODE: Final = re.compile(r"[0-9A-Za-z._-]+")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TurnCredential:
+    """A username and password coturn accepts until ``expires`` (unix seconds)."""
+
+    username: str
+    password: str
+    expires: int
+
+
+def mint(*, secret: bytes, node: str, expires: int) -> TurnCredential:
+    """The credential for ``node`` that coturn accepts until ``expires``.
+
+    ``ValueError`` (naming the argument) for an empty or oversize secret, a node name that is
+    empty, too long or not ``[0-9A-Za-z._-]`` (a ``:`` would change what coturn reads as the
+    expiry), or an expiry that is not a positive integer.
+    """
+    if not isinstance(secret, bytes) or not 0 < len(secret) <= MAX_SECRET_LEN:
+        raise ValueError(f"turn: secret must be 1..{MAX_SECRET_LEN} bytes")
+    if not isinstance(node, str) or len(node) > MAX_NODE_LEN or not _NODE.fullmatch(node):
+        raise ValueError(
+            f"turn: node must be 1..{MAX_NODE_LEN} of [0-9A-Za-z._-], got {node!r:.40}"
+        )
+    if isinstance(expires, bool) or not isinstance(expires, int) or not 0 < expires < MAX_EXPIRES:
+        raise ValueError(f"turn: expires must be a positive unix time, got {expires!r:.40}")
+    username = f"{expires}:{node}"
+    mac = hmac.new(secret, username.encode("ascii"), hashlib.sha1).digest()
+    return TurnCredential(
+        username=username, password=base64.b64encode(mac).decode("ascii"), expires=expires
+    )
+
+
+def ice_servers(stun_url: str, turn_url: str, credential: TurnCredential) -> list[dict[str, str]]:
+    """The ICE server list a node gives aiortc: STUN, then TURN with ``credential``."""
+    return [
+        {"urls": stun_url},
+        {"urls": turn_url, "username": credential.username, "credential": credential.password},
+    ]
