@@ -12,7 +12,6 @@ allowlist holds everyone back with ``allowlist/not-allowlisted``.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import pytest
 
 from p2pupdate.core import crypto
 from tests.launcher.conftest import Builds
-from tests.launcher.harness import FAST, Nodes
+from tests.launcher.harness import FAST, Nodes, wait_until
 
 from .service_helpers import Network, ReplicaProcesses, http
 
@@ -31,14 +30,7 @@ WAIT = 60.0
 
 
 def _wait(what: str, check: Any, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return wait_until(what, check, timeout)
 
 
 def _identity(state_dir: Path) -> str:

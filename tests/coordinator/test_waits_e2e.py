@@ -20,7 +20,7 @@ import pytest
 import trio
 
 from tests.launcher.conftest import Builds
-from tests.launcher.harness import FAST, NodeProcess, Nodes
+from tests.launcher.harness import FAST, NodeProcess, Nodes, wait_until
 
 from .service_helpers import LightNode, Network, ReplicaProcesses, http
 
@@ -35,14 +35,7 @@ PROMPT = 8.0
 
 
 def _wait(what: str, check: Any, timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(what, check, timeout)
 
 
 def _status(url: str) -> dict[str, Any]:

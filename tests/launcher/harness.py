@@ -51,6 +51,20 @@ FAST: tuple[str, ...] = (
 WAIT = 30.0
 
 
+def wait_until(what: str, check: Callable[[], T | None], timeout: float = WAIT) -> T:
+    """Poll ``check`` until it returns a truthy value and return it; after ``timeout``
+    seconds fail naming ``what``.  The one poll loop of the real-process tests that watch
+    no single node (``NodeProcess.wait_for`` adds a node's log tail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 @dataclass(frozen=True)
 class Build:
     version: str
