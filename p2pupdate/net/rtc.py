@@ -32,9 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
@@ -87,6 +89,165 @@ _SIGNAL_LIMITS: Final = wire.Limits(
 PATH_KINDS: Final = ("host", "srflx", "prflx", "relay")
 
 IceServer = dict[str, Any]  # {"urls": ..., "username": ..., "credential": ...}
+
+logger = logging.getLogger(__name__)
+
+
+# -- aiortc's SCTP, tuned ---------------------------------------------------------------
+#
+# aiortc's SCTP runs in Python, one DATA chunk (<= 1160 B) per packet, so a bulk transfer is
+# CPU-bound on per-packet work (README "Gossip and links" has the profile).  Two costs in
+# aiortc 1.16.0 grow with no benefit, and this is the one place that changes them, only on
+# the release it was read against (any other runs unchanged, just slower):
+#
+# * ``_transmit`` (called for every SACK) walks the whole in-flight queue looking for
+#   chunks marked for retransmission, ~1000 chunks at a full window, although chunks are
+#   only ever marked by a SACK with gap reports or a T3 expiry.  The walk now runs only
+#   after one of those, until every marked chunk went out again.
+# * The receiver sends a SACK for every DATA packet, doubling the packets both ends handle.
+#   RFC 9260 section 6.2 asks for a SACK for at least every second DATA packet and within
+#   200 ms of the first unacknowledged one, and an immediate SACK for anything out of
+#   order or duplicated: ``SACK_EVERY`` and ``SACK_DELAY`` below, gaps and duplicates still
+#   answered at once (fast retransmit is unchanged).
+
+#: The aiortc release the tuning was written against.
+AIORTC_TUNED_FOR: Final = "1.16.0"
+#: A SACK at least every this many DATA packets ...
+SACK_EVERY: Final = 2
+#: ... and at most this long after the first one it acknowledges (RFC 9260: <= 200 ms).
+SACK_DELAY: Final = 0.02
+_tuned: bool | None = None
+
+
+def tune_aiortc() -> bool:
+    """Apply the SCTP tuning above once per process (on the asyncio thread, before the first
+    peer connection); False when the installed aiortc is not ``AIORTC_TUNED_FOR``."""
+    global _tuned
+    if _tuned is not None:
+        return _tuned
+    import aiortc
+    from aiortc import rtcsctptransport as sctp
+
+    if aiortc.__version__ != AIORTC_TUNED_FOR:
+        logger.warning(
+            "aiortc %s is not %s: its SCTP runs untuned (slower bulk transfers)",
+            aiortc.__version__,
+            AIORTC_TUNED_FOR,
+        )
+        _tuned = False
+        return False
+    _patch_sctp(sctp)
+    _tuned = True
+    return True
+
+
+def _patch_sctp(sctp: Any) -> None:
+    transport = sctp.RTCSctpTransport
+    established = transport.State.ESTABLISHED
+    receive_sack_chunk = transport._receive_sack_chunk
+    t3_expired = transport._t3_expired
+    transport._p2p_rtx = False  # a chunk may be marked for retransmission
+    transport._p2p_unacked = 0  # DATA packets received since the last SACK
+    transport._p2p_sack_timer = None
+
+    async def _receive_sack_chunk(self: Any, chunk: Any) -> None:
+        if chunk.gaps:  # the only SACKs that mark chunks (missing reports)
+            self._p2p_rtx = True
+        await receive_sack_chunk(self, chunk)
+
+    def _t3_expired(self: Any) -> None:
+        self._p2p_rtx = True  # marks every outstanding chunk
+        t3_expired(self)
+
+    async def _transmit(self: Any) -> None:
+        # aiortc 1.16.0's ``_transmit``, with the retransmit walk behind ``_p2p_rtx``
+        if self._forward_tsn_chunk is not None:
+            await self._send_chunk(self._forward_tsn_chunk)
+            self._forward_tsn_chunk = None
+            if not self._t3_handle:
+                self._t3_start()
+        if self._fast_recovery_exit is not None:
+            burst_size = 2 * sctp.USERDATA_MAX_LENGTH
+        else:
+            burst_size = 4 * sctp.USERDATA_MAX_LENGTH
+        cwnd = min(self._flight_size + burst_size, self._cwnd)
+        if self._p2p_rtx:
+            self._p2p_rtx = False
+            retransmit_earliest = True
+            for chunk in self._sent_queue:
+                if chunk._retransmit:
+                    if self._fast_recovery_transmit:
+                        self._fast_recovery_transmit = False
+                    elif self._flight_size >= cwnd:
+                        self._p2p_rtx = True  # still marked ones: walk again next time
+                        return
+                    self._flight_size_increase(chunk)
+                    chunk._misses = 0
+                    chunk._retransmit = False
+                    chunk._sent_count += 1
+                    await self._send_chunk(chunk)
+                    if retransmit_earliest:
+                        self._t3_restart()
+                retransmit_earliest = False
+        while self._outbound_queue and self._flight_size < cwnd:
+            chunk = self._outbound_queue.popleft()
+            self._sent_queue.append(chunk)
+            self._flight_size_increase(chunk)
+            chunk._sent_count += 1
+            chunk._sent_time = time.time()
+            await self._send_chunk(chunk)
+            if not self._t3_handle:
+                self._t3_start()
+
+    async def _sack_now(self: Any) -> None:
+        if self._p2p_sack_timer is not None:
+            self._p2p_sack_timer.cancel()
+            self._p2p_sack_timer = None
+        self._p2p_unacked = 0
+        await self._send_sack()
+
+    async def _sack_late(self: Any) -> None:
+        with contextlib.suppress(ConnectionError):  # DTLS closed under us: nothing to ack
+            if self._sack_needed and self._association_state == established:
+                await _sack_now(self)
+
+    def _sack_timer(self: Any) -> None:
+        self._p2p_sack_timer = None
+        self._p2p_sack_task = asyncio.ensure_future(_sack_late(self))  # held: not collected
+
+    async def _handle_data(self: Any, data: bytes) -> None:
+        # aiortc 1.16.0's ``_handle_data``, with the SACK delayed as RFC 9260 6.2 allows
+        try:
+            _, _, verification_tag, chunks = sctp.parse_packet(data)
+        except ValueError:
+            return
+        init_chunk = len([x for x in chunks if isinstance(x, sctp.InitChunk)])
+        if init_chunk:
+            assert len(chunks) == 1
+            expected_tag = 0
+        else:
+            expected_tag = self._local_verification_tag
+        if verification_tag != expected_tag:
+            return
+        for chunk in chunks:
+            await self._receive_chunk(chunk)
+        if not self._sack_needed:
+            return
+        self._p2p_unacked += 1
+        if (
+            self._p2p_unacked >= SACK_EVERY
+            or self._sack_misordered
+            or self._sack_duplicates
+            or any(type(c) is not sctp.DataChunk for c in chunks)
+        ):
+            await _sack_now(self)
+        elif self._p2p_sack_timer is None:
+            self._p2p_sack_timer = self._loop.call_later(SACK_DELAY, _sack_timer, self)
+
+    transport._receive_sack_chunk = _receive_sack_chunk
+    transport._t3_expired = _t3_expired
+    transport._transmit = _transmit
+    transport._handle_data = _handle_data
 
 
 # -- signaling blobs --------------------------------------------------------------------
@@ -276,6 +437,7 @@ class RtcChannel(trio.abc.Stream):
     def _new_pc(self, ice_servers: Sequence[IceServer]) -> None:
         from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
+        tune_aiortc()
         servers = [RTCIceServer(**s) for s in ice_servers]
         self._pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         ch = pc.createDataChannel(LABEL, negotiated=True, id=0, ordered=True)
