@@ -130,11 +130,13 @@ logger = logging.getLogger(__name__)
 # contended, so a busy link could be closed for being busy.  RFC 7675 allows 30 s without
 # an answer; each check now retransmits ``CONSENT_RETRANSMISSIONS`` times (an answer within
 # 0.5 + 1 + 2 = 3.5 s counts), so a dead path still expires after six failed checks, ~50 s
-# (the links' own keepalive finds a silent peer sooner).
+# (the links' own keepalive finds a silent peer sooner).  And every datagram, data
+# included, first goes through a STUN parse that fails with an exception; a first byte of
+# 20-63 is DTLS and never STUN (RFC 7983), so those now go straight to the connection.
 
 #: The aiortc release the tuning was written against.
 AIORTC_TUNED_FOR: Final = "1.16.0"
-#: The aioice release the consent change was written against.
+#: The aioice release the two aioice changes were written against.
 AIOICE_TUNED_FOR: Final = "0.13.0"
 CONSENT_RETRANSMISSIONS: Final = 2
 #: A SACK at least every this many DATA packets (at most aiortc's burst limit: a SACK lets
@@ -158,7 +160,7 @@ def tune_aiortc() -> bool:
     from aiortc import rtcsctptransport as sctp
 
     if aioice.__version__ == AIOICE_TUNED_FOR:
-        _patch_consent(ice)
+        _patch_aioice(ice)
     else:
         logger.warning(
             "aioice %s is not %s: its consent checks may close a link busy with a transfer",
@@ -178,9 +180,16 @@ def tune_aiortc() -> bool:
     return True
 
 
-def _patch_consent(ice: Any) -> None:
+def _patch_aioice(ice: Any) -> None:
     connection = ice.Connection
     stun = ice.stun
+    datagram_received = ice.StunProtocol.datagram_received
+
+    def _datagram_received(self: Any, data: bytes, addr: Any) -> None:
+        if data and 19 < data[0] < 64:  # DTLS (RFC 7983): not worth a STUN parse
+            self.receiver.data_received(data, self.local_candidate.component)
+            return
+        datagram_received(self, data, addr)
 
     async def query_consent(self: Any) -> None:
         # aioice 0.13.0's ``Connection.query_consent``, each check with retransmissions
@@ -207,6 +216,7 @@ def _patch_consent(ice: Any) -> None:
                     return
 
     connection.query_consent = query_consent
+    ice.StunProtocol.datagram_received = _datagram_received
 
 
 def _patch_sctp(sctp: Any) -> None:
