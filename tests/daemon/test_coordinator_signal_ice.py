@@ -344,3 +344,31 @@ async def test_signals_over_the_rate_are_refused_naming_the_limit_until_tokens_r
             text = replica.metrics.render()
             assert b'p2pupdate_coordinator_signals_total{result="rate-limited"} 3.0' in text
             nursery.cancel_scope.cancel()
+
+
+async def test_a_credential_still_valid_is_used_while_no_replica_answers_then_none(
+    tmp_path: Path,
+) -> None:
+    """The replica goes away: the cached answer serves until its credential's end on the
+    node's clock (a link can still form through a peer's signaling relay), then ``[]``."""
+    net = Network(tmp_path / "net")
+    node_mono = Dial(0.0)
+    lines: list[str] = []
+    ice = IceConfig(stun=(STUN,), turn=(TURN,), secret=SECRET, ttl=600)
+    node_clock = clock.Clock(wall=time.time, monotonic=node_mono)
+    async with trio.open_nursery() as nursery:
+        async with replica_at(net, ice=ice) as (_replica, url):
+            a = node_link(tmp_path, net, [url], 1, lines=lines, node_clock=node_clock)
+            await connected(nursery, a)
+            with trio.fail_after(10):
+                first = await a.ice_servers()
+            assert len(first) == 2
+        with trio.fail_after(10):  # the replica stopped: the link sees its socket close
+            while a.client.connected():
+                await trio.sleep(0.01)
+        node_mono.now = 401.0  # past the refresh point, nobody to ask
+        assert await a.ice_servers() == first
+        node_mono.now = 600.0  # the credential's end
+        assert await a.ice_servers() == []
+        nursery.cancel_scope.cancel()
+    assert [line for line in lines if "ice" in line] == []
