@@ -46,9 +46,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Network:
     [
         (["--stun", "http://198.18.0.9"], "argument --stun: 'http://198.18.0.9' is not stun:"),
         (["--stun", "stun:h?transport=udp"], "takes no ?transport"),
-        (["--turn", "turn:h:99999", "--turn-secret-file", "x"], "port must be 1..65535"),
+        (["--turn", "turn:h:99999", "--turn-secret-file", "SECRET"], "port must be 1..65535"),
         (["--stun", "turn:h"], "--stun 'turn:h': expected a stun: URL"),
-        (["--turn", "stun:h", "--turn-secret-file", "x"], "expected a turn: or turns: URL"),
+        (["--turn", "stun:h", "--turn-secret-file", "SECRET"], "expected a turn: or turns: URL"),
         (["--turn", TURN], "--turn needs --turn-secret-file"),
         (["--turn-secret-file", "SECRET"], "--turn-secret-file without --turn"),
         (["--turn", TURN, "--turn-secret-file", "EMPTY"], "empty"),
