@@ -550,6 +550,15 @@ def render_status(url: str, st: dict[str, Any]) -> str:
     n = st["nodes"]
     versions = ", ".join(f"{v} {c}" for v, c in sorted(n["versions"].items())) or "-"
     lines.append(f"  nodes:     {n['total']} ({versions})")
+    ice = st.get("ice") or {}  # an older replica's status has none
+    if ice.get("configured"):
+        turn_part = (
+            f", {len(ice['turn'])} TURN (credentials {ice['turn_ttl']} s, "
+            f"{ice['credentials_minted']} minted)"
+            if ice["turn"]
+            else ", no TURN"
+        )
+        lines.append(f"  ice:       {len(ice['stun'])} STUN{turn_part}")
     rows = [("ARTIFACT", "RELEASE", "NODES", "PROBATION", "FAILED", "LEASES", "STATE")]
     for sha, a in sorted(st["artifacts"].items(), key=lambda kv: (kv[1]["counter"] or 0, kv[0])):
         name = f"{a['name']} #{a['counter']}" if a["name"] else "(no release)"

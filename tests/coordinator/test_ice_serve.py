@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from coordinator.cli import render_status
 from p2pupdate import clock
 from p2pupdate.core import crypto, turn
 from p2pupdate.daemon.coordinator import CoordinatorLink
@@ -138,6 +139,9 @@ async def test_a_replica_process_hands_a_node_stun_turn_and_its_own_credential(
         "turn_ttl": 600,
         "credentials_minted": 1,
     }
+    assert "  ice:       1 STUN, 2 TURN (credentials 600 s, 1 minted)" in (
+        render_status(rp.url, status).splitlines()
+    )
     code, metrics = await ahttp("GET", f"{rp.url}/metrics")
     assert b"p2pupdate_coordinator_turn_credentials_minted_total 1.0" in metrics
     assert b"p2pupdate_coordinator_ice_configured 1.0" in metrics
