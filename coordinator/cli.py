@@ -18,6 +18,7 @@ is a usage mistake: the URL is wrong or the service is down).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ from p2pupdate.cli.common import (
     wall_clock,
     write_output,
 )
-from p2pupdate.core import crypto, timing
+from p2pupdate.core import crypto, timing, turn
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
@@ -65,6 +66,7 @@ from p2pupdate.net.websocket import parse_url
 from . import policy
 from .bench import run_bench
 from .catchup import CatchUp, CatchUpConfig
+from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
 from .network import ROOT_FILE, NetworkPlan, init_network
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .publishing import PUBLISH_ORDER
@@ -308,10 +310,77 @@ def lease_ttl_warning(token_ttl: int) -> str | None:
     )
 
 
+def _ice_url(text: str) -> str:
+    """``--stun`` / ``--turn``: the URL rule of ``core/turn.py`` (one home)."""
+    try:
+        return turn.check_ice_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _turn_ttl(text: str) -> int:
+    seconds = duration(text)
+    if not MIN_TURN_TTL <= seconds <= MAX_TURN_TTL:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be {MIN_TURN_TTL}s .. {MAX_TURN_TTL // 3600}h"
+        )
+    return seconds
+
+
+def read_turn_secret(path: str) -> bytes:
+    """coturn's ``static-auth-secret`` from ``--turn-secret-file``: a regular file of one
+    line (surrounding whitespace and the final newline dropped), 1..``turn.MAX_SECRET_LEN``
+    bytes; a missing, empty or oversize file is a usage mistake."""
+    data = read_input(path, turn.MAX_SECRET_LEN + 2)
+    secret = data.strip()
+    if not secret:
+        raise UsageError(
+            f"--turn-secret-file {path}: empty (put coturn's static-auth-secret in it)"
+        )
+    if len(secret) > turn.MAX_SECRET_LEN:
+        raise UsageError(f"--turn-secret-file {path}: more than {turn.MAX_SECRET_LEN} bytes")
+    if b"\n" in secret or b"\r" in secret:
+        raise UsageError(f"--turn-secret-file {path}: more than one line")
+    return secret
+
+
+def secret_file_warning(path: str) -> str | None:
+    """The start-up warning for a secret file other users can read, or None: allowed (an
+    operator's choice), but said."""
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            return (
+                f"warning: --turn-secret-file {path} is readable by other users "
+                f"(mode {mode:o}); chmod 600 it"
+            )
+    return None
+
+
+def _ice_config(args: argparse.Namespace) -> IceConfig:
+    """``--stun/--turn/--turn-secret-file/--turn-ttl`` as the replica's settings; what fits
+    together is ``IceConfig``'s rule (a usage mistake here, before anything is bound)."""
+    secret = read_turn_secret(args.turn_secret_file) if args.turn_secret_file else b""
+    try:
+        config = IceConfig(
+            stun=tuple(args.stun or ()),
+            turn=tuple(args.turn or ()),
+            secret=secret,
+            ttl=args.turn_ttl,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    warning = secret_file_warning(args.turn_secret_file) if args.turn_secret_file else None
+    if warning is not None:
+        _log(warning)
+    return config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server
 
     d = _network_dir(Path(args.dir))
+    ice = _ice_config(args)
     config = ServiceConfig(
         network_dir=d,
         replica=args.replica,
@@ -326,6 +395,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             aggregate_max_age=args.aggregate_max_age,
         ),
         first_start=args.first_start,
+        ice=ice,
     )
     host, port = args.listen
     peers = [_peer_url(u) for u in args.peer or ()]
@@ -480,6 +550,15 @@ def render_status(url: str, st: dict[str, Any]) -> str:
     n = st["nodes"]
     versions = ", ".join(f"{v} {c}" for v, c in sorted(n["versions"].items())) or "-"
     lines.append(f"  nodes:     {n['total']} ({versions})")
+    ice = st.get("ice") or {}  # an older replica's status has none
+    if ice.get("configured"):
+        turn_part = (
+            f", {len(ice['turn'])} TURN (credentials {ice['turn_ttl']} s, "
+            f"{ice['credentials_minted']} minted)"
+            if ice["turn"]
+            else ", no TURN"
+        )
+        lines.append(f"  ice:       {len(ice['stun'])} STUN{turn_part}")
     rows = [("ARTIFACT", "RELEASE", "NODES", "PROBATION", "FAILED", "LEASES", "STATE")]
     for sha, a in sorted(st["artifacts"].items(), key=lambda kv: (kv[1]["counter"] or 0, kv[0])):
         name = f"{a['name']} #{a['counter']}" if a["name"] else "(no release)"
@@ -789,6 +868,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DUR",
         help=f"mean time between two fetches from a peer, +-20%% "
         f"(default {CatchUpConfig().interval:g}s)",
+    )
+    se.add_argument(
+        "--stun",
+        action="append",
+        type=_ice_url,
+        metavar="URL",
+        help="a STUN server nodes use for WebRTC links (repeatable): stun:HOST[:PORT]",
+    )
+    se.add_argument(
+        "--turn",
+        action="append",
+        type=_ice_url,
+        metavar="URL",
+        help="a TURN server (coturn, use-auth-secret) nodes may relay through (repeatable): "
+        "turn:HOST[:PORT][?transport=udp|tcp] or turns:...; needs --turn-secret-file",
+    )
+    se.add_argument(
+        "--turn-secret-file",
+        metavar="FILE",
+        help="coturn's static-auth-secret (one line; keep it mode 0600): the replica mints "
+        "each authenticated node a time-limited credential (username EXPIRY:NODE-ID)",
+    )
+    se.add_argument(
+        "--turn-ttl",
+        type=_turn_ttl,
+        default=DEFAULT_TURN_TTL,
+        metavar="DUR",
+        help=f"lifetime of a minted TURN credential, {MIN_TURN_TTL}s .. {MAX_TURN_TTL // 3600}h "
+        f"(default {DEFAULT_TURN_TTL // 3600}h)",
     )
     se.set_defaults(handler=cmd_serve)
 
