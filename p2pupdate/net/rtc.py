@@ -101,7 +101,7 @@ logger = logging.getLogger(__name__)
 # -- aiortc's SCTP, tuned ---------------------------------------------------------------
 #
 # aiortc's SCTP runs in Python, one DATA chunk (<= 1160 B) per packet, so a bulk transfer is
-# CPU-bound on per-packet work (README "Gossip and links" has the profile).  Three costs in
+# CPU-bound on per-packet work (README "Links across NAT" has the figures).  Four costs in
 # aiortc 1.16.0 grow with no benefit, and this is the one place that changes them, only on
 # the release it was read against (any other runs unchanged, just slower):
 #
