@@ -38,7 +38,6 @@ import math
 import random
 import secrets
 import socket
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -287,7 +286,9 @@ def _patch_sctp(sctp: Any) -> None:
             self._sent_queue.append(chunk)
             self._flight_size_increase(chunk)
             chunk._sent_count += 1
-            chunk._sent_time = time.time()
+            # aiortc's own clock, which its SACK handling subtracts this from (RTT estimate):
+            # a time base inside aiortc, not a time this module decides anything by
+            chunk._sent_time = sctp.time.time()
             await self._send_chunk(chunk)
             if not self._t3_handle:
                 self._t3_start()

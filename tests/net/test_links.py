@@ -782,3 +782,15 @@ async def test_the_session_key_differs_per_connection_and_agrees_per_end() -> No
         assert a._framed.mac._key == b._framed.mac._key
         keys.append(a._framed.mac._key)
     assert keys[0] != keys[1]
+
+
+def test_one_mac_formula_for_links_and_the_coordinator_session() -> None:
+    """The link's MAC is ``core.session.mac`` over (sender role, u64 sequence, payload), and
+    the coordinator session's is the same function over the payload alone (one home)."""
+    key, payload = b"\x07" * 32, b"gossip"
+    mac = hs.FrameMac(key, role=hs.ROLE_DIAL, peer=SERVER.keyid)
+    for seq in range(2):
+        expected = sess.mac(key, hs.ROLE_DIAL, seq.to_bytes(8, "big"), payload)
+        assert mac.tag(payload) == expected
+    assert sess.Session(key).mac(payload) == sess.mac(key, payload)
+    assert sess.mac(key, b"ab", b"c") == sess.mac(key, b"abc")  # parts are concatenated
