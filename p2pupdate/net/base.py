@@ -167,6 +167,7 @@ class _Framed:
         self.mac: hs.FrameMac | None = None
         self.frames: deque[bytes] = deque()
         self.send_lock = trio.Lock()
+        self.send_interrupted = False
 
     async def send_plain(self, data: bytes) -> None:
         """A handshake frame (no MAC: there is no key yet)."""
@@ -177,9 +178,18 @@ class _Framed:
         assert self.mac is not None, "send before the handshake finished"
         async with self.send_lock:  # frames from concurrent senders must not interleave
             # (and the MAC's sequence number is the order frames go on the wire)
+            if self.send_interrupted:
+                raise LinkBrokenError("an earlier send was interrupted: the framing is lost")
             tag = self.mac.tag(data)
             head = wire.FRAME_HEADER.pack(sess.MAC_LEN + len(data))
-            await self.stream.send_all(head + tag + data)
+            try:
+                await self.stream.send_all(head + tag + data)
+            except BaseException:
+                # cancelled or failed after its sequence number was taken: part or none of
+                # the frame went out, so any later frame would fail the peer's MAC check
+                # (and blame the path); refuse to send one instead
+                self.send_interrupted = True
+                raise
 
     async def _fill(self) -> None:
         chunk = await self.stream.receive_some(_RECEIVE_CHUNK)

@@ -794,3 +794,52 @@ def test_one_mac_formula_for_links_and_the_coordinator_session() -> None:
         assert mac.tag(payload) == expected
     assert sess.Session(key).mac(payload) == sess.mac(key, payload)
     assert sess.mac(key, b"ab", b"c") == sess.mac(key, b"abc")  # parts are concatenated
+
+
+class _StallOnce(trio.abc.Stream):
+    """A stream whose ``n``-th ``send_all`` blocks (a peer that stops reading for a while)."""
+
+    def __init__(self, inner: trio.abc.Stream, n: int) -> None:
+        self.inner, self.n = inner, n
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.n -= 1
+        if self.n == 0:
+            await trio.sleep_forever()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_send_cut_short_breaks_the_link_here_not_at_the_peer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A send that times out (or is cancelled) took a sequence number and sent none or part
+    of its frame: the next send must fail here as a broken link, not go out and fail the
+    peer's MAC check as if the path had altered it."""
+    a_raw, b_raw = trio.testing.memory_stream_pair()
+    a_stream = _StallOnce(a_raw, n=3)  # hello, proof, then the first frame stalls
+    cfg = LinkConfig(send_timeout=5.0)
+    out: dict[str, StreamLink] = {}
+
+    async def side(name: str, stream: trio.abc.Stream, k: SigningKey, dialer: bool) -> None:
+        out[name] = await establish(stream, key=k, dialer=dialer, host=name, config=cfg)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(side, "a", a_stream, CLIENT, True)
+        n.start_soon(side, "b", b_raw, SERVER, False)
+    a, b = out["a"], out["b"]
+    with pytest.raises(LinkTimeoutError):
+        await a.send(b"stuck")
+    with pytest.raises(LinkBrokenError, match="interrupted"):
+        await a.send(b"next")
+    with trio.move_on_after(1):  # nothing reached the peer, altered or not
+        await b.receive()
+        raise AssertionError("a frame went out after the interrupted send")
