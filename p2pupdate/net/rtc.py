@@ -13,11 +13,12 @@ README "Gossip and links".  Three layers, bottom up:
   until ``bufferedamountlow`` (``LOW_WATER``) fires, and a credit window (``WINDOW``): the
   receiver grants bytes as *trio* consumes them, so a slow reader stops the sender instead
   of piling messages up in the inbox -- and a sender that overruns its credit is cut off.
-* The same u32-length-prefixed frames, size limits and key-proving handshake as every
-  link (``base.establish``), run inside the channel, with both DTLS certificate
-  fingerprints bound into the proofs (``handshake.channel_binding``): the certificate the
-  remote presented to aiortc must be the one in the SDP, and the SDP's fingerprints are
-  what each side signs, so whoever relays the signaling cannot sit in the middle.
+* The same u32-length-prefixed frames, size limits, key-proving handshake, session key and
+  per-frame MAC as every link (``base.establish``), run inside the channel, with both DTLS
+  certificate fingerprints bound into the proofs and the key (``handshake.channel_binding``):
+  the certificate the remote presented to aiortc must be the one in the SDP, and the SDP's
+  fingerprints are what each side signs, so whoever relays the signaling cannot sit in the
+  middle.
 * Signaling: the offer and the answer are opaque, node-signed blobs (``sign_signal`` /
   ``open_signal``), so any relay (the coordinator's ``signal`` relay, a common peer) can
   carry them and one that alters a blob is caught before anything is dialed.
