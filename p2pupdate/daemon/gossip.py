@@ -623,9 +623,11 @@ class GossipService:
         self._perform(effects)
         return sent
 
-    async def _signal(self, to: str, data: bytes, recv: trio.MemoryReceiveChannel[bytes]) -> bytes:
+    async def _signal(
+        self, to: str, data: bytes, recv: trio.MemoryReceiveChannel[bytes], sent: list[bool]
+    ) -> bytes:
         """Send an offer to ``to`` (a replica first, then linked peers) and wait for the
-        answer ``recv`` gets."""
+        answer ``recv`` gets; ``sent`` gets a True once some path took the offer."""
         coordinated = False
         if self.signals is not None:
             try:
@@ -633,9 +635,12 @@ class GossipService:
             except Exception as exc:  # C2 says never; count it as "not taken"
                 self.log(f"gossip: the coordinator's signal relay failed: {exc!r}")
         if coordinated:
+            sent.append(True)
             with trio.move_on_after(RELAY_GRACE):
                 return await recv.receive()
-        if not self._relay(to, data) and not coordinated:
+        if self._relay(to, data):
+            sent.append(True)
+        elif not coordinated:
             raise LinkBrokenError(f"no signaling path to {to[:12]}")
         return await recv.receive()
 
@@ -643,6 +648,7 @@ class GossipService:
         """Offer an rtc link to ``peer``; the answer comes back through ``_signal_in``."""
         self.stats.rtc_dials += 1
         answered = False
+        sent: list[bool] = []
 
         async def exchange(offer: bytes) -> bytes:
             nonlocal answered
@@ -650,7 +656,7 @@ class GossipService:
             send, recv = trio.open_memory_channel[bytes](1)
             self._answers[peer] = (session, send)
             try:
-                answer = await self._signal(peer, offer, recv)
+                answer = await self._signal(peer, offer, recv, sent)
             finally:
                 if self._answers.get(peer, (b"", None))[1] is send:
                     del self._answers[peer]
@@ -670,11 +676,11 @@ class GossipService:
                 )
         except (LinkError, trio.TooSlowError) as exc:
             self.stats.rtc_failures += 1
-            if not answered:
+            if sent and not answered:  # offered, and the peer said nothing
                 self._unanswered[peer] = self.clock.monotonic()
                 if len(self._unanswered) > 4096:
                     del self._unanswered[next(iter(self._unanswered))]
-            what = "no answer" if not answered else f"{type(exc).__name__}: {exc}"
+            what = "no answer" if sent and not answered else f"{type(exc).__name__}: {exc}"
             self._rtc_note(peer, f"gossip: rtc to {peer[:12]} failed ({what}); trying tcp")
             if isinstance(exc, trio.TooSlowError):
                 raise LinkTimeoutError(f"rtc to {peer[:12]}: no link in time") from exc
