@@ -14,7 +14,9 @@ sidecar, as in a node).  Scenarios:
   by the keepalive and comes back by rtc (measured: seconds from the drop);
 * two services that dial each other at once end with one link, the same one at both ends;
 * a peer with rtc off leaves the offer unanswered: the dial falls back to tcp and the peer
-  is dialed by tcp only from then on.
+  is dialed by tcp only from then on;
+* with every direct UDP pair dropped (nft) and a real coturn whose credential the replica
+  minted, the link's path is ``relay`` and its bytes are counted as relayed.
 
 The namespace is removed in teardown whatever happens; without root (or ``ip``/``nft``) the
 tests are skipped with the reason.
@@ -273,6 +275,102 @@ async def scenario_rtc_off(tmp: str) -> None:
             n.cancel_scope.cancel()
 
 
+TURN_SECRET = "the lab's coturn static-auth-secret"
+#: coturn's relay ports; host candidates get ephemeral ports from another range, so nft
+#: can refuse every direct pair while relayed ones pass.
+RELAY_PORTS = "40000-40999"
+
+
+async def _turnserver(tmp: str) -> trio.Process:
+    d = Path(tmp) / "turn"
+    d.mkdir()
+    conf = d / "turnserver.conf"
+    conf.touch(mode=0o600)
+    lo, hi = RELAY_PORTS.split("-")
+    conf.write_text(
+        "\n".join(
+            [
+                f"listening-ip={ADDRS[2]}",
+                f"relay-ip={ADDRS[2]}",
+                "listening-port=3478",
+                f"min-port={lo}",
+                f"max-port={hi}",
+                "use-auth-secret",
+                f"static-auth-secret={TURN_SECRET}",
+                "realm=p2pupdate-test",
+                "no-cli",
+                "no-tls",
+                "no-dtls",
+                f"pidfile={d / 'pid'}",
+                f"userdb={d / 'db'}",
+                f"log-file={d / 'log'}",
+                "simple-log",
+                "",
+            ]
+        )
+    )
+    return await trio.lowlevel.open_process(
+        ["turnserver", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def scenario_turn(tmp: str) -> None:
+    """Only relayed candidate pairs can connect (nft drops every direct UDP pair): the
+    link's path is ``relay`` at both ends, with a TURN credential the replica minted, and
+    the bytes over it are counted as relayed."""
+    from coordinator.ice import IceConfig
+    from tests.coordinator.service_helpers import Network
+    from tests.daemon.test_coordinator_signal_ice import connected, node_link, replica_at
+
+    Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("20000 29999\n")
+    hook = "{ type filter hook output priority 0 ; }"
+    await _nft("add", "table", "inet", "p2pturn")
+    await _nft("add", "chain", "inet", "p2pturn", "out", hook)
+    for rule in (
+        "udp dport 3478 accept",
+        "udp sport 3478 accept",
+        f"udp dport {RELAY_PORTS} accept",
+        f"udp sport {RELAY_PORTS} accept",
+        "meta l4proto udp drop",
+    ):
+        await _nft("add", "rule", "inet", "p2pturn", "out", *rule.split())
+    turnserver = await _turnserver(tmp)
+    try:
+        await trio.sleep(0.5)  # coturn binds its port
+        net = Network(Path(tmp) / "net")
+        ice = IceConfig(
+            turn=(f"turn:{ADDRS[2]}:3478?transport=udp",), secret=TURN_SECRET.encode(), ttl=600
+        )
+        async with replica_at(net, ice=ice) as (_replica, url):
+            ca = node_link(Path(tmp), net, [url], 1)
+            cb = node_link(Path(tmp), net, [url], 2)
+            a = service(1, ADDRS[0], signals=ca)
+            b = service(2, ADDRS[1], signals=cb)
+            ca.on_signal, cb.on_signal = a.on_signal, b.on_signal
+            async with trio.open_nursery() as n:
+                await connected(n, ca, cb)
+                servers = await ca.ice_servers()
+                assert servers and servers[0]["username"].endswith(":" + a.node), servers
+                await n.start(a.run)
+                await n.start(b.run)
+                a.add_contacts([b.contact])
+                took = await until(lambda: linked(a, b, "relay"), 25, "a relayed rtc link")
+                await until(
+                    lambda: a.stats.relayed_bytes > 1000 and b.stats.relayed_bytes > 1000,
+                    10,
+                    "gossip over the relay",
+                )
+                s = a.summary()
+                assert s["paths"] == {b.node: "relay"} and s["relayed_bytes"] > 1000, s
+                assert a.core is not None and a.core.paths == {b.node: "relay"}
+                print(f"ok turn: relayed link in {took:.2f}s, {s['relayed_bytes']} B relayed")
+                n.cancel_scope.cancel()
+    finally:
+        turnserver.terminate()
+        await turnserver.wait()
+        await _nft("delete", "table", "inet", "p2pturn")
+
+
 # -- the namespace and the tests ---------------------------------------------------------
 
 
@@ -341,3 +439,13 @@ def test_crossed_rtc_dials_end_with_one_link(netns: str) -> None:
 def test_a_peer_without_rtc_is_linked_by_tcp(netns: str) -> None:
     out = _run(netns, scenario_rtc_off)
     assert "ok rtc off" in out, out
+
+
+@needs_netns
+@pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed")
+def test_a_link_only_turn_can_carry_is_a_relay_path_and_its_bytes_are_counted(
+    netns: str,
+) -> None:
+    out = _run(netns, scenario_turn)
+    assert "ok turn" in out, out
+    print(out)
