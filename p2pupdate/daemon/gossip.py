@@ -66,6 +66,7 @@ from typing import Any, Protocol
 import trio
 
 from ..clock import Clock
+from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import timing
@@ -572,6 +573,8 @@ class GossipService:
         )
         failures = []
         for transport in plan:
+            if peer in self._peers:
+                return  # the peer linked to us meanwhile (crossed): reuse it, open no second
             try:
                 if transport == "rtc":
                     link: Link = await self._dial_rtc(peer)
@@ -614,8 +617,8 @@ class GossipService:
     def _relay(self, to: str, data: bytes, *, via: str | None = None) -> bool:
         """Send a blob through linked peers (the core picks them); False: no path."""
         core = self.core
-        if core is None:
-            return False
+        if core is None or len(data) > proto.MAX_SIGNAL:
+            return False  # (an offer over the relays' bound: the coordinator refuses it too)
         effects = core.handle(
             g.SendSignal(to=to, data=data, via=via), self.clock.monotonic(), self.clock.utc_now()
         )
