@@ -214,6 +214,8 @@ class GossipStats:
     rtc_failures: int = 0
     offers_answered: int = 0
     offers_refused: int = 0
+    #: Offers whose session the node's nonce cache had seen (a replay, or a second path).
+    offers_replayed: int = 0
     last_penalty: dict[str, str] = field(default_factory=dict)
 
 
@@ -760,7 +762,8 @@ class GossipService:
             finally:
                 self._accepting -= 1
         except HandshakeReplayError:
-            return  # the same offer through a second path: answered once already
+            self.stats.offers_replayed += 1
+            return  # the same offer again (a replay, or through a second path): answered once
         except (LinkError, trio.TooSlowError) as exc:
             self.stats.offers_refused += 1
             what = f"{type(exc).__name__}: {exc}" if isinstance(exc, LinkError) else "timeout"

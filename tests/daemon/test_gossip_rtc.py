@@ -126,8 +126,16 @@ async def scenario_coordinator(tmp: str) -> None:
     async with replica_at(net) as (_replica, url):
         ca = node_link(Path(tmp), net, [url], 1)
         cb = node_link(Path(tmp), net, [url], 2)
+        offers: list[bytes] = []
+        send_signal = ca.send_signal
+
+        async def recording(to: str, data: bytes) -> bool:
+            offers.append(data)
+            return await send_signal(to, data)
+
         a = service(1, ADDRS[0], signals=ca)
         b = service(2, ADDRS[1], signals=cb)
+        ca.send_signal = recording  # type: ignore[method-assign]
         ca.on_signal, cb.on_signal = a.on_signal, b.on_signal
         async with trio.open_nursery() as n:
             await connected(n, ca, cb)
@@ -135,6 +143,11 @@ async def scenario_coordinator(tmp: str) -> None:
             await n.start(b.run)
             a.add_contacts([b.contact])
             took = await until(lambda: linked(a, b, "host"), 20, "an rtc link a-b")
+            # the same offer again (a relay replaying it): refused by b's nonce cache before
+            # any peer connection is made, and the link stays the one it was
+            b.on_signal(a.node, offers[0])
+            await until(lambda: b.stats.offers_replayed == 1, 5, "the replay refused")
+            assert b.stats.offers_answered == 1 and b.stats.links_up == 1
             assert a.core is not None and a.core.paths == {b.node: "host"}
             assert a.summary()["transports"] == {"tcp": 0, "rtc": 1}
             assert a.summary()["relayed_bytes"] == 0  # host candidates: no TURN
