@@ -61,7 +61,7 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -72,7 +72,6 @@ from ..core import gossip as g
 from ..core import timing
 from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
-from ..net import rtc
 from ..net.addresses import split_hostport
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import (
@@ -86,6 +85,10 @@ from ..net.errors import (
 from ..net.handshake import NonceCache
 from ..net.tcp import connect_tcp, serve_tcp
 from .truststate import TrustFile
+
+if TYPE_CHECKING:
+    from ..net.rtc import RtcLink
+
 
 #: Frames waiting per link before new ones are dropped.
 SEND_QUEUE = 64
@@ -188,7 +191,7 @@ class _Peer:
 
 def path_of(link: Link) -> str:
     """A link's path kind: ``tcp`` for a stream link, an rtc link's selected pair kind."""
-    path = getattr(link, "path", "tcp") if isinstance(link, rtc.RtcLink) else "tcp"
+    path = getattr(link, "path", "tcp")  # only an ``RtcLink`` has one
     return path if path in g.PATH_KINDS else "unknown"
 
 
@@ -649,8 +652,10 @@ class GossipService:
             raise LinkBrokenError(f"no signaling path to {to[:12]}")
         return await recv.receive()
 
-    async def _dial_rtc(self, peer: str) -> rtc.RtcLink:
+    async def _dial_rtc(self, peer: str) -> RtcLink:
         """Offer an rtc link to ``peer``; the answer comes back through ``_signal_in``."""
+        from ..net import rtc  # at first use (see ``_accept_rtc``)
+
         self.stats.rtc_dials += 1
         answered = False
         sent: list[bool] = []
@@ -706,6 +711,8 @@ class GossipService:
         ours waits for.  Anything else is dropped (the signatures decide, not the relay)."""
         if sender == self.node:
             return
+        from ..net import rtc  # at first use (see ``_accept_rtc``)
+
         try:
             rtc.open_signal(data, me=self.node, kind="offer", sender=sender)
         except SignalError:
@@ -737,6 +744,10 @@ class GossipService:
         nursery.start_soon(self._accept_rtc, sender, offer, via)
 
     async def _accept_rtc(self, sender: str, offer: bytes, via: str | None) -> None:
+        # ``net.rtc`` is imported where it is used: a node that never links by rtc does not
+        # carry asyncio and its bridge (about 2 MB of an idle daemon's RSS).
+        from ..net import rtc
+
         async def reply(answer: bytes) -> None:
             """The answer goes back the way the offer came."""
             if via is None:
