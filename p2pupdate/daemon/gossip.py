@@ -696,11 +696,12 @@ class GossipService:
                 raise LinkTimeoutError(f"rtc to {peer[:12]}: no link in time") from exc
             raise
 
-    def _rtc_note(self, peer: str, line: str) -> None:
-        """Log ``line`` at most once per peer per ``PENALTY_LOG_INTERVAL``."""
+    def _rtc_note(self, peer: str, line: str, *, what: str = "failed") -> None:
+        """Log ``line`` at most once per (peer, ``what``) per ``PENALTY_LOG_INTERVAL``."""
         now = self.clock.monotonic()
-        if now - self._rtc_logged.get(peer, -math.inf) >= PENALTY_LOG_INTERVAL:
-            self._rtc_logged[peer] = now
+        key = f"{what}:{peer}"
+        if now - self._rtc_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
+            self._rtc_logged[key] = now
             if len(self._rtc_logged) > 1024:
                 del self._rtc_logged[next(iter(self._rtc_logged))]
             self.log(line)
@@ -815,6 +816,10 @@ class GossipService:
         if existing is None or existing.path != path:  # a replacement is silent but its path
             if existing is None:
                 self.stats.links_up += 1
+            if path != "tcp":
+                how = "offered" if outbound else "answered"
+                line = f"gossip: rtc link with {peer[:12]} ({how}; path {path})"
+                self._rtc_note(peer, line, what="up")
             self._handle(
                 g.LinkUp(
                     peer=peer, host=link.host, inbound=not outbound, contact=contact, path=path
