@@ -27,8 +27,9 @@ import trio.testing
 from p2pupdate.core import wire
 from p2pupdate.core.crypto import SigningKey
 from p2pupdate.net import rtc
-from p2pupdate.net.base import LinkConfig, establish
+from p2pupdate.net.base import LinkConfig, StreamLink, establish
 from p2pupdate.net.errors import (
+    FrameAlteredError,
     FrameTooLargeError,
     HandshakeKeyError,
     HandshakeReplayError,
@@ -246,14 +247,16 @@ async def scenario_peer_vanishes() -> None:
     print("ok vanished:", info.value)
 
 
-async def _pump(src: rtc.RtcChannel, dst: rtc.RtcChannel) -> None:
+async def _pump(
+    src: rtc.RtcChannel, dst: rtc.RtcChannel, alter: Callable[[bytes], bytes] = lambda b: b
+) -> None:
     while chunk := await src.receive_some(65536):
-        await dst.send_all(chunk)
+        await dst.send_all(alter(chunk))
 
 
-async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]:
+async def _legs() -> tuple[rtc.RtcChannel, rtc.RtcChannel, rtc.RtcChannel, rtc.RtcChannel]:
     """Mallory answers A's offer herself and offers to B (as a relay that could rewrite the
-    SDP would: the signature layer is skipped here), then copies bytes between the legs."""
+    SDP would: the signature layer is skipped here): channels A-MA and MB-B."""
     a, sdp_a = await rtc.RtcChannel.offer()
     ma, sdp_ma = await rtc.RtcChannel.answer(sdp_a)
     mb, sdp_mb = await rtc.RtcChannel.offer()
@@ -263,6 +266,12 @@ async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]
     for chan in (a, ma, mb, b):
         await chan.opened()
     assert a.certs[1] == ma.certs[0] != mb.certs[0] == b.certs[1]  # two legs, two certs
+    return a, ma, mb, b
+
+
+async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]:
+    """Mallory sits between two legs (``_legs``) and copies bytes between them."""
+    a, ma, mb, b = await _legs()
     results: dict[str, BaseException | None] = {}
 
     async def side(name: str, chan: rtc.RtcChannel, key: SigningKey, peer: str) -> None:
@@ -301,6 +310,44 @@ async def scenario_mitm() -> None:
     assert isinstance(ra, HandshakeKeyError) and isinstance(rb, HandshakeKeyError), (ra, rb)
     assert "certificates of this channel" in str(ra)
     print("ok mitm")
+
+
+async def scenario_altered_frame() -> None:
+    """Without the channel binding Mallory's legs carry the handshake intact, but the link's
+    session key is the two ends' alone: a byte she flips in a frame after the handshake is
+    caught by the receiver's MAC check, which closes the link."""
+    flip = False
+
+    def alter(chunk: bytes) -> bytes:
+        return chunk[:-1] + bytes([chunk[-1] ^ 1]) if flip else chunk
+
+    with trio.fail_after(25):
+        a, ma, mb, b = await _legs()
+        async with trio.open_nursery() as n:
+            n.start_soon(_pump, ma, mb, alter)
+            n.start_soon(_pump, mb, ma)
+            links: dict[str, StreamLink] = {}
+
+            async def side(name: str, chan: rtc.RtcChannel, key: SigningKey, peer: str) -> None:
+                links[name] = await establish(
+                    chan, key=key, dialer=name == "a", host="x", config=LinkConfig(),
+                    expected_peer=peer,
+                )  # fmt: skip
+
+            async with trio.open_nursery() as hs:
+                hs.start_soon(side, "a", a, A, B.keyid)
+                hs.start_soon(side, "b", b, B, A.keyid)
+            await links["a"].send(b"intact")
+            assert await links["b"].receive() == b"intact"
+            flip = True
+            await links["a"].send(b"one coin")
+            with pytest.raises(FrameAlteredError, match="altered a frame"):
+                await links["b"].receive()
+            assert links["b"].closed
+            n.cancel_scope.cancel()
+    for chan in (a, ma, mb, b):
+        await chan.aclose()
+    print("ok altered frame")
 
 
 async def scenario_slow_reader() -> None:
@@ -386,6 +433,11 @@ def test_altered_answer_is_refused(netns: str) -> None:
 @needs_netns
 def test_mitm_with_own_dtls_cert_fails_the_handshake(netns: str) -> None:
     assert "ok mitm" in _run(netns, scenario_mitm)
+
+
+@needs_netns
+def test_a_frame_altered_on_the_path_is_caught(netns: str) -> None:
+    assert "ok altered frame" in _run(netns, scenario_altered_frame)
 
 
 @needs_netns
