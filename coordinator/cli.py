@@ -18,6 +18,7 @@ is a usage mistake: the URL is wrong or the service is down).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ from p2pupdate.cli.common import (
     wall_clock,
     write_output,
 )
-from p2pupdate.core import crypto, timing
+from p2pupdate.core import crypto, timing, turn
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
@@ -65,6 +66,7 @@ from p2pupdate.net.websocket import parse_url
 from . import policy
 from .bench import run_bench
 from .catchup import CatchUp, CatchUpConfig
+from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
 from .network import ROOT_FILE, NetworkPlan, init_network
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .publishing import PUBLISH_ORDER
@@ -308,10 +310,76 @@ def lease_ttl_warning(token_ttl: int) -> str | None:
     )
 
 
+def _ice_url(text: str) -> str:
+    """``--stun`` / ``--turn``: the URL rule of ``core/turn.py`` (one home)."""
+    try:
+        return turn.check_ice_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _turn_ttl(text: str) -> int:
+    seconds = duration(text)
+    if not MIN_TURN_TTL <= seconds <= MAX_TURN_TTL:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be {MIN_TURN_TTL}s .. {MAX_TURN_TTL // 3600}h"
+        )
+    return seconds
+
+
+def read_turn_secret(path: str) -> bytes:
+    """coturn's ``static-auth-secret`` from ``--turn-secret-file``: a regular file of one
+    line (surrounding whitespace and the final newline dropped), 1..``turn.MAX_SECRET_LEN``
+    bytes; a missing, empty or oversize file is a usage mistake.  Readable by other users
+    is allowed (an operator's choice) but said once at start."""
+    data = read_input(path, turn.MAX_SECRET_LEN + 2)
+    secret = data.strip()
+    if not secret:
+        raise UsageError(
+            f"--turn-secret-file {path}: empty (put coturn's static-auth-secret in it)"
+        )
+    if len(secret) > turn.MAX_SECRET_LEN:
+        raise UsageError(f"--turn-secret-file {path}: more than {turn.MAX_SECRET_LEN} bytes")
+    if b"\n" in secret or b"\r" in secret:
+        raise UsageError(f"--turn-secret-file {path}: more than one line")
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            _log(
+                f"warning: --turn-secret-file {path} is readable by other users "
+                f"(mode {mode:o}); chmod 600 it"
+            )
+    return secret
+
+
+def _ice_config(args: argparse.Namespace) -> IceConfig:
+    if args.turn and not args.turn_secret_file:
+        raise UsageError("--turn needs --turn-secret-file (coturn's static-auth-secret)")
+    if args.turn_secret_file and not args.turn:
+        raise UsageError("--turn-secret-file without --turn: no TURN server to use it for")
+    for url in args.stun or ():
+        if not url.startswith("stun:"):
+            raise UsageError(f"--stun {url!r}: expected a stun: URL (turn: ones go to --turn)")
+    for url in args.turn or ():
+        if not url.startswith(("turn:", "turns:")):
+            raise UsageError(f"--turn {url!r}: expected a turn: or turns: URL")
+    secret = read_turn_secret(args.turn_secret_file) if args.turn_secret_file else b""
+    try:
+        return IceConfig(
+            stun=tuple(args.stun or ()),
+            turn=tuple(args.turn or ()),
+            secret=secret,
+            ttl=args.turn_ttl,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import Server
 
     d = _network_dir(Path(args.dir))
+    ice = _ice_config(args)
     config = ServiceConfig(
         network_dir=d,
         replica=args.replica,
@@ -326,6 +394,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             aggregate_max_age=args.aggregate_max_age,
         ),
         first_start=args.first_start,
+        ice=ice,
     )
     host, port = args.listen
     peers = [_peer_url(u) for u in args.peer or ()]
@@ -789,6 +858,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DUR",
         help=f"mean time between two fetches from a peer, +-20%% "
         f"(default {CatchUpConfig().interval:g}s)",
+    )
+    se.add_argument(
+        "--stun",
+        action="append",
+        type=_ice_url,
+        metavar="URL",
+        help="a STUN server nodes use for WebRTC links (repeatable): stun:HOST[:PORT]",
+    )
+    se.add_argument(
+        "--turn",
+        action="append",
+        type=_ice_url,
+        metavar="URL",
+        help="a TURN server (coturn, use-auth-secret) nodes may relay through (repeatable): "
+        "turn:HOST[:PORT][?transport=udp|tcp] or turns:...; needs --turn-secret-file",
+    )
+    se.add_argument(
+        "--turn-secret-file",
+        metavar="FILE",
+        help="coturn's static-auth-secret (one line; keep it mode 0600): the replica mints "
+        "each authenticated node a time-limited credential (username EXPIRY:NODE-ID)",
+    )
+    se.add_argument(
+        "--turn-ttl",
+        type=_turn_ttl,
+        default=DEFAULT_TURN_TTL,
+        metavar="DUR",
+        help=f"lifetime of a minted TURN credential, {MIN_TURN_TTL}s .. {MAX_TURN_TTL // 3600}h "
+        f"(default {DEFAULT_TURN_TTL // 3600}h)",
     )
     se.set_defaults(handler=cmd_serve)
 

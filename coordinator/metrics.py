@@ -91,6 +91,23 @@ class Metrics:
             registry=r,
         )
 
+        self.turn_credentials = Counter(
+            f"{_PREFIX}_turn_credentials_minted",
+            "TURN credentials minted for authenticated nodes (ice requests answered)",
+            registry=r,
+        )
+        self.signals = Counter(
+            f"{_PREFIX}_signals",
+            "Signal relay requests, by result (relayed, not-connected, rate-limited, timeout)",
+            ["result"],
+            registry=r,
+        )
+        self.ice_configured = Gauge(
+            f"{_PREFIX}_ice_configured",
+            "1 when serve was given STUN or TURN servers to hand to nodes",
+            registry=r,
+        )
+
         self._children: dict[tuple[str, ...], Any] = {}
 
     def count_ask(self, granted: bool, gate: str, reason: str) -> None:
@@ -125,6 +142,7 @@ class Metrics:
         self.paused.set(len(status["paused"]))
         self.warming.set(status["replica"]["warming_up_for"])
         self.damage.set(len(status["state"]["damage"]))
+        self.ice_configured.set(1 if status["ice"]["configured"] else 0)
         self.peers.clear()
         for peer in status["replicas"].values():
             self.peers.labels(peer["state"]).inc()

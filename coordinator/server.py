@@ -11,7 +11,9 @@ task and no extra queue between the socket and ``Replica.ask`` (measured: see th
 bench figures).  What we give up is what an operator-facing server needs and we do not:
 HTTP/2, TLS termination (put a TLS proxy in front), worker processes.  Limits are ours
 and explicit: request heads 16 KiB, bodies per route, WebSocket messages 16 KiB, idle
-HTTP connections closed after 60 s, a hello within 10 s.
+HTTP connections closed after 60 s, a hello within 10 s, ``signal`` requests at most
+``SIGNAL_RATE`` a second per connection (bursts of ``SIGNAL_BURST``), each blob at most
+``coordproto.MAX_SIGNAL`` bytes (the schema).
 
 Routes::
 
@@ -52,6 +54,7 @@ from p2pupdate.net.websocket import WebSocket, WebSocketClosed
 
 from .catchup import DOCUMENTS_PATH, documents_answer
 from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .ratelimit import Bucket
 from .service import Replica, RequestError
 
 MAX_HEAD: Final = 16 * 1024
@@ -59,6 +62,9 @@ MAX_DOCUMENT_BODY: Final = 2 * 1024 * 1024
 IDLE_TIMEOUT: Final = 60.0
 HELLO_TIMEOUT: Final = 10.0
 PUSH_TIMEOUT: Final = 5.0
+#: Signals a node may relay per second, and in one burst (a WebRTC setup takes two).
+SIGNAL_RATE: Final = 20.0
+SIGNAL_BURST: Final = 40.0
 _UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket", re.IGNORECASE)
 _ARTIFACT = re.compile(r"^/v1/artifacts/([0-9a-f]{64})(?:/chunks/(\d{1,6}))?$")
 
@@ -73,6 +79,8 @@ class NodeConn:
     last_seq: int = 0
     addrs: tuple[str, ...] = ()
     pool: str = "default"
+    #: The connection's ``signal`` allowance (None until its first signal).
+    signals: Bucket | None = None
 
 
 class Server:
@@ -438,19 +446,39 @@ class Server:
                 )
             )
         if isinstance(request, proto.SignalRequest):
-            target = self.conns.get(request.to)
-            if target is None:
-                return proto.ErrorAnswer(error="not-connected", detail="that node is not here")
-            data = wire.encode(proto.SignalPush(sender=node, data=request.data).to_wire())
-            with trio.move_on_after(PUSH_TIMEOUT) as scope:
-                try:
-                    await target.sock.send(target.session.seal(data))
-                except WebSocketClosed:
-                    return proto.ErrorAnswer(error="not-connected", detail="that node just left")
-            if scope.cancelled_caught:
-                return proto.ErrorAnswer(error="timeout", detail="the other node is not reading")
-            return proto.Ack()
+            relayed = await self._signal(conn, request)
+            rep.metrics.signals.labels(
+                "relayed" if isinstance(relayed, proto.Ack) else relayed.error
+            ).inc()
+            return relayed
+        if isinstance(request, proto.IceRequest):
+            return rep.ice(node)
         raise RequestError("unknown-kind", request.KIND)  # pragma: no cover - REQUESTS
+
+    async def _signal(
+        self, conn: NodeConn, request: proto.SignalRequest
+    ) -> proto.Ack | proto.ErrorAnswer:
+        """Relay one blob to another connected node, within the sender's allowance."""
+        now = self.replica.clock()
+        bucket = conn.signals or Bucket.full(rate=SIGNAL_RATE, burst=SIGNAL_BURST, now=now)
+        allowed, conn.signals = bucket.take(now)
+        if not allowed:
+            return proto.ErrorAnswer(
+                error="rate-limited",
+                detail=f"signal requests over {SIGNAL_RATE:g}/s (burst {SIGNAL_BURST:g})",
+            )
+        target = self.conns.get(request.to)
+        if target is None:
+            return proto.ErrorAnswer(error="not-connected", detail="that node is not here")
+        data = wire.encode(proto.SignalPush(sender=conn.node, data=request.data).to_wire())
+        with trio.move_on_after(PUSH_TIMEOUT) as scope:
+            try:
+                await target.sock.send(target.session.seal(data))
+            except WebSocketClosed:
+                return proto.ErrorAnswer(error="not-connected", detail="that node just left")
+        if scope.cancelled_caught:
+            return proto.ErrorAnswer(error="timeout", detail="the other node is not reading")
+        return proto.Ack()
 
 
 class _TooLarge(Exception):

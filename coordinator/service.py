@@ -11,6 +11,7 @@ performs the pushes it asks for.
                             that module's docstring); gate 3 itself is
                             ``coordinator.policy.decide``;
 * ``breakers.Breakers``     failed moves counted, rollouts paused and resumed;
+* ``ice.IceServers``        the STUN/TURN servers handed to nodes, TURN credentials minted;
 * ``status.replica_status`` the operators' ``/status`` view.
 
 Time: ``clock()`` (monotonic) for leases, ``wall()`` for documents and tokens; both are
@@ -39,6 +40,7 @@ from . import policy
 from .asks import Answer, Asks, LeaseInfo
 from .breakers import Breaker, Breakers
 from .errors import ConfigError, RequestError, StateDamaged
+from .ice import IceConfig, IceServers
 from .metrics import Metrics
 from .publishing import PUBLISHABLE, ROOT_FILE, Documents, load_root, open_trust
 from .registry import Registry
@@ -76,6 +78,8 @@ class ServiceConfig:
     #: This replica is new and never granted anything: no warm-up on its first start.
     #: Ignored once the database holds a grant horizon (then that decides).
     first_start: bool = False
+    #: STUN/TURN servers and coturn's secret (``serve --stun/--turn/--turn-secret-file``).
+    ice: IceConfig = field(default_factory=IceConfig)
 
     @property
     def replica_dir(self) -> Path:
@@ -152,6 +156,7 @@ class Replica:
         #: Set by the shell (``coordinator.catchup``): what the other replicas hold.
         self.peers: Callable[[], dict[str, Any]] = dict
         self.metrics = Metrics(self)
+        self.ice_servers = IceServers(config.ice, wall=wall)
         self.breakers = Breakers(store=self.store, wall=wall, config=self.policy)
         self.documents = Documents(
             store=self.store,
@@ -301,6 +306,14 @@ class Replica:
             node, report.artifact, reason, scope_serial=scope.doc.serial if scope else 0
         )
 
+    def ice(self, node: str) -> proto.IceAnswer:
+        """The ICE servers for ``node``, the id its session proved (README "Gossip and
+        links"): only an authenticated node's request reaches here."""
+        answer = self.ice_servers.answer(node)
+        if answer.ttl:
+            self.metrics.turn_credentials.inc()
+        return answer
+
     # -- asks and status --------------------------------------------------------------------
 
     def ask(self, node: str, request: proto.AskRequest) -> Answer:
@@ -321,4 +334,5 @@ class Replica:
             breakers=self.breakers,
             damage=[d.to_json() for d in self.store.damage],
             peers=self.peers(),
+            ice=self.ice_servers.status(),
         )

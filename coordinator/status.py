@@ -32,6 +32,7 @@ def replica_status(
     breakers: Breakers,
     damage: list[dict[str, Any]] | None = None,
     peers: dict[str, Any] | None = None,
+    ice: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``damage``: the database's quarantines (``Store.damage``); ``peers``: what the other
     replicas hold (``CatchUp.view``).  Both also give lines of ``warnings``, so nobody
@@ -183,4 +184,5 @@ def replica_status(
         "returned": dict(returned),
         "held": dict(held_all),
         "paused": {a: b.reason for a, b in breakers.breakers.items() if b.paused},
+        "ice": dict(ice or {"configured": False}),
     }

@@ -15,7 +15,8 @@ gates 1-2 hold it), ``ask`` (a proposed departure token payload + the node's cap
 load), ``rejoined`` / ``failed`` / ``return`` (end a lease; failures feed the circuit
 breaker), ``docs`` (current allowlist, scope, release records), ``peers``
 (introductions), ``signal`` (relay opaque bytes to another connected node: WebRTC
-signaling).
+signaling), ``ice`` (the STUN and TURN servers the network configured, with a TURN
+credential the replica mints for the node it authenticated: :mod:`p2pupdate.core.turn`).
 
 Each request kind is one frozen keyword-only dataclass, validated on construction (the
 same checks whether the node builds it or the server decodes it), with ``to_wire`` /
@@ -37,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final, Self
 
-from . import crypto, wire
+from . import crypto, turn, wire
 from . import documents as docs
 from .errors import SchemaError, VerificationError
 from .session import HANDSHAKE_LIMITS, Session, Signer
@@ -45,6 +46,8 @@ from .session import HANDSHAKE_LIMITS, Session, Signer
 __all__ = [
     "ANSWERS",
     "ANSWER_LIMITS",
+    "MAX_ICE_SERVERS",
+    "MAX_ICE_TTL",
     "MAX_PEERS",
     "MAX_SIGNAL",
     "NODE_PATH",
@@ -65,6 +68,9 @@ __all__ = [
     "FailedAck",
     "FailedReport",
     "Held",
+    "IceAnswer",
+    "IceRequest",
+    "IceServer",
     "Peer",
     "PeersAnswer",
     "PeersRequest",
@@ -98,6 +104,10 @@ ANSWER_LIMITS: Final = wire.Limits(
 )
 MAX_SIGNAL: Final = 8 * 1024
 MAX_PEERS: Final = 32
+#: Most STUN + TURN servers one ``ice`` answer lists (``serve --stun/--turn`` in all).
+MAX_ICE_SERVERS: Final = 8
+#: Longest TURN credential lifetime a replica hands out (seconds): one day.
+MAX_ICE_TTL: Final = 86400
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -308,6 +318,14 @@ class SignalRequest(Request):
     data: bytes
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IceRequest(Request):
+    """The ICE servers to give aiortc, with a TURN credential minted for this node."""
+
+    KIND: ClassVar[str] = "ice"
+    WHERE: ClassVar[str] = "ice"
+
+
 #: Every request kind, by its ``t``.
 REQUESTS: Final[Mapping[str, type[Request]]] = {
     cls.KIND: cls
@@ -320,6 +338,7 @@ REQUESTS: Final[Mapping[str, type[Request]]] = {
         DocsRequest,
         PeersRequest,
         SignalRequest,
+        IceRequest,
     )
 }
 _SEQ = wire.uint(2**62)
@@ -532,6 +551,63 @@ class PeersAnswer(_Answer):
     peers: tuple[Peer, ...]
 
 
+def _ice_url(name: str, v: Any) -> str:
+    try:
+        return turn.check_ice_url(v)
+    except ValueError as exc:
+        raise SchemaError(f"field {name!r}: {exc}") from None
+
+
+_credential_text = _optional(wire.text(turn.MAX_NODE_LEN + 32, nonempty=True))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IceServer(_Value):
+    """One STUN or TURN server; a TURN one carries the credential minted for the node."""
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "urls": _ice_url,
+        "username": _credential_text,
+        "credential": _credential_text,
+    }
+    WHERE: ClassVar[str] = "ice-server"
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        _Value.__post_init__(self)
+        if (self.username is None) != (self.credential is None):
+            raise SchemaError(f"{self.WHERE}: a username and a credential, or neither")
+
+    def as_aiortc(self) -> dict[str, str]:
+        """The shape ``aiortc.RTCIceServer(**server)`` takes (no empty credential keys)."""
+        out = {"urls": self.urls}
+        if self.username is not None and self.credential is not None:
+            out["username"], out["credential"] = self.username, self.credential
+        return out
+
+
+def _ice_servers(name: str, v: Any) -> tuple[IceServer, ...]:
+    items = _array(lambda _n, s: s, MAX_ICE_SERVERS)(name, v)
+    return tuple(s if isinstance(s, IceServer) else IceServer.from_wire(s) for s in items)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IceAnswer(_Answer):
+    """The servers (STUN first, then TURN), and ``ttl``: the seconds the TURN credential
+    stays valid from now, on the replica's clock (0: none in the list).  A node caches the
+    answer by its own monotonic clock from ``ttl``, never by comparing clocks."""
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "servers": _ice_servers,
+        "ttl": wire.uint(MAX_ICE_TTL),
+    }
+    WHERE: ClassVar[str] = "ice-answer"
+    servers: tuple[IceServer, ...]
+    ttl: int
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ErrorAnswer(_Answer):
     """A request the replica could not serve: ``error`` is a stable code."""
@@ -544,7 +620,9 @@ class ErrorAnswer(_Answer):
 
 
 #: Every answer a replica sends to a request.
-Answer = AskGrant | AskRefusal | Ack | FailedAck | DocsAnswer | PeersAnswer | ErrorAnswer
+Answer = (
+    AskGrant | AskRefusal | Ack | FailedAck | DocsAnswer | PeersAnswer | IceAnswer | ErrorAnswer
+)
 
 #: The answers each request kind can get, the first that ``fits`` decoding it; any kind
 #: can get an :class:`ErrorAnswer` instead.
@@ -557,6 +635,7 @@ ANSWERS: Final[Mapping[str, tuple[type[Answer], ...]]] = {
     DocsRequest.KIND: (DocsAnswer,),
     PeersRequest.KIND: (PeersAnswer,),
     SignalRequest.KIND: (Ack,),
+    IceRequest.KIND: (IceAnswer,),
 }
 assert ANSWERS.keys() == REQUESTS.keys()
 

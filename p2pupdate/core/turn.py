@@ -19,7 +19,15 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MAX_NODE_LEN", "MAX_SECRET_LEN", "TurnCredential", "ice_servers", "mint"]
+__all__ = [
+    "MAX_ICE_URL_LEN",
+    "MAX_NODE_LEN",
+    "MAX_SECRET_LEN",
+    "TurnCredential",
+    "check_ice_url",
+    "ice_servers",
+    "mint",
+]
 
 #: Longest node name in a username (a node id is 64 hex characters).
 MAX_NODE_LEN: Final = 128
@@ -28,6 +36,14 @@ MAX_SECRET_LEN: Final = 1024
 #: Latest expiry accepted: year ~36812, far past any real one; keeps the username short.
 MAX_EXPIRES: Final = 2**40
 _NODE: Final = re.compile(r"[0-9A-Za-z._-]+")
+#: Longest STUN or TURN URL accepted (a host name is at most 253 characters).
+MAX_ICE_URL_LEN: Final = 300
+_LABEL = r"[0-9A-Za-z](?:[0-9A-Za-z-]{0,61}[0-9A-Za-z])?"
+_HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]{{2,45}}\])"
+_ICE_URL: Final = re.compile(
+    rf"(?P<scheme>stun|turns?):(?P<host>{_HOST})(?::(?P<port>[0-9]{{1,5}}))?"
+    r"(?:\?transport=(?P<transport>udp|tcp))?"
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -59,6 +75,29 @@ def mint(*, secret: bytes, node: str, expires: int) -> TurnCredential:
     return TurnCredential(
         username=username, password=base64.b64encode(mac).decode("ascii"), expires=expires
     )
+
+
+def check_ice_url(url: str) -> str:
+    """``url`` if it is a STUN or TURN URL an ICE agent takes (RFC 7064 / 7065), else
+    ``ValueError`` saying what is wrong.
+
+    ``stun:HOST[:PORT]``, ``turn:`` or ``turns:HOST[:PORT][?transport=udp|tcp]``; HOST a
+    DNS name, an IPv4 address or a bracketed IPv6 one; PORT 1..65535; at most
+    ``MAX_ICE_URL_LEN`` characters.  The replica checks its ``--stun`` / ``--turn`` flags
+    with it and a node every URL a replica hands it: one rule, both ends.
+    """
+    if not isinstance(url, str) or not 0 < len(url) <= MAX_ICE_URL_LEN:
+        raise ValueError(f"ice url: expected 1..{MAX_ICE_URL_LEN} characters, got {url!r:.60}")
+    m = _ICE_URL.fullmatch(url)
+    if m is None:
+        raise ValueError(
+            f"{url!r:.80} is not stun:HOST[:PORT] or turn[s]:HOST[:PORT][?transport=udp|tcp]"
+        )
+    if m["port"] is not None and not 0 < int(m["port"]) <= 65535:
+        raise ValueError(f"{url!r:.80}: port must be 1..65535")
+    if m["scheme"] == "stun" and m["transport"] is not None:
+        raise ValueError(f"{url!r:.80}: a stun: URL takes no ?transport")
+    return url
 
 
 def ice_servers(stun_url: str, turn_url: str, credential: TurnCredential) -> list[dict[str, str]]:

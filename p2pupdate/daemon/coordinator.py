@@ -26,12 +26,20 @@ on an older one, and a fleet that boots together must keep its first checks spre
 the check interval).  A replica's ``SlotPush`` (a slot freed and this
 node heads its queue) is verified -- signed by a coordinator key of the root, addressed to
 this node -- and goes to ``on_slot``.
+
+WebRTC needs two more things from the replicas (README "Gossip and links"):
+``ice_servers`` (the STUN and TURN servers the network configured, with a TURN credential
+a replica minted for this node; cached until two thirds of its lifetime have passed, on the
+node's own monotonic clock) and ``send_signal`` / ``on_signal`` (opaque signaling blobs
+relayed to and from other nodes through every connected replica: the target may be
+connected to only some).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +59,21 @@ from .truststate import TrustFile
 
 #: How long a report waits for a replica to (re)connect before it counts as failed.
 REPORT_CONNECT_WAIT = 5.0
+#: How long one replica gets to answer an ``ice`` or a ``signal`` request.
+ICE_TIMEOUT = 5.0
+SIGNAL_TIMEOUT = 3.0
+#: How long an answer without a TURN credential (STUN only, or nothing configured) is kept.
+ICE_PLAIN_CACHE = 300.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _IceCache:
+    """One ``ice`` answer as aiortc takes it, and when (node monotonic seconds) to ask
+    again and to stop using it (its credential's end, as the replica counted it)."""
+
+    servers: tuple[proto.IceServer, ...]
+    refresh_at: float
+    valid_until: float
 
 
 def parse_stub(text: str) -> tuple[float, float, int]:
@@ -89,6 +112,7 @@ class CoordinatorLink:
         report_interval: float,
         log: Callable[[str], None],
         clock: Clock,
+        on_signal: Callable[[str, bytes], None] = lambda _sender, _data: None,
     ) -> None:
         #: Wall time for document expiry (the node's owner injects it).
         self.clock = clock
@@ -114,6 +138,11 @@ class CoordinatorLink:
         self.estimate_source: Callable[[], dict[str, float] | None] = lambda: None
         self.addrs: list[str] = []
         self.on_document: Callable[[bytes], object] = lambda _doc: None
+        #: Called with (sender node id, data) for every signal another node relayed to
+        #: this one through a replica (settable; exceptions are logged, not raised).
+        self.on_signal = on_signal
+        self._ice: _IceCache | None = None
+        self._ice_lock = trio.Lock()
         self.client = QuorumClient(
             urls,
             key,
@@ -187,10 +216,18 @@ class CoordinatorLink:
             self._nursery.start_soon(later)
 
     async def _on_push(self, link: ReplicaLink, push: proto.Push) -> None:
-        """A document a replica just published, or its signed word that a slot freed for us
-        (a signal push is not the daemon's yet)."""
+        """A document a replica just published, its signed word that a slot freed for us,
+        or a signal another node relayed (the link checked its schema)."""
         if isinstance(push, proto.SlotPush):
             self._slot_pushed(link, push)
+            return
+        if isinstance(push, proto.SignalPush):
+            try:
+                self.on_signal(push.sender, push.data)
+            except Exception as exc:  # the channel outlives a callback's bug
+                self.log(
+                    f"signal from {push.sender[:16]}... via {link.base}: handler failed: {exc!r}"
+                )
             return
         if not isinstance(push, proto.DocumentPush):
             return
@@ -270,6 +307,76 @@ class CoordinatorLink:
             for peer in answer.peers if isinstance(answer, proto.PeersAnswer) else ():
                 out.extend(_contacts_of(peer))
         return out
+
+    async def ice_servers(self) -> list[dict[str, Any]]:
+        """The ICE servers for aiortc (``RTCIceServer(**s)`` for each), STUN then TURN with
+        a credential a replica minted for this node; never raises.
+
+        Cached until a third of the credential's lifetime is left, then asked again of one
+        connected replica (the first that answers).  ``[]`` when no replica is connected
+        (or none answers) and nothing valid is cached, or none is configured; a cached
+        answer still valid is returned while no replica can be asked (a link can then form
+        with a peer's signaling relay)."""
+        async with self._ice_lock:
+            now = self.clock.monotonic()
+            cache = self._ice
+            if cache is None or now >= cache.refresh_at:
+                fresh = await self._ask_ice(now)
+                if fresh is not None:
+                    cache = self._ice = fresh
+            if cache is None or self.clock.monotonic() >= cache.valid_until:
+                return []
+            return [s.as_aiortc() for s in cache.servers]
+
+    async def _ask_ice(self, now: float) -> _IceCache | None:
+        problems: list[str] = []
+        for link in self.client.connected():
+            try:
+                answer = await link.send(proto.IceRequest(), ICE_TIMEOUT)
+            except CoordinatorUnavailable as exc:
+                problems.append(str(exc))
+                continue
+            if isinstance(answer, proto.IceAnswer):
+                ttl = float(answer.ttl) if answer.ttl else ICE_PLAIN_CACHE
+                return _IceCache(
+                    servers=answer.servers, refresh_at=now + ttl * 2.0 / 3.0, valid_until=now + ttl
+                )
+            if isinstance(answer, proto.ErrorAnswer):
+                problems.append(f"{link.base}: {answer.error}: {answer.detail}")
+        if problems:
+            self.log(f"ice servers: no replica answered: {'; '.join(problems)}"[:500])
+        return None
+
+    async def send_signal(self, to: str, data: bytes) -> bool:
+        """Relay ``data`` (at most ``coordproto.MAX_SIGNAL`` bytes) to node ``to`` through
+        every connected replica at once: True when at least one took it (``Ack``).  A
+        replica the target is not connected to says so; that is no error, and nothing
+        here raises (a blob the schema refuses is logged and not sent)."""
+        try:
+            request = proto.SignalRequest(to=to, data=data)
+        except SchemaError as exc:
+            self.log(f"signal to {to[:16]!r} not sent: schema: {exc}")
+            return False
+        took: list[bool] = []
+        problems: list[str] = []
+
+        async def one(link: ReplicaLink) -> None:
+            try:
+                answer = await link.send(request, SIGNAL_TIMEOUT)
+            except CoordinatorUnavailable as exc:
+                problems.append(str(exc))
+                return
+            if isinstance(answer, proto.Ack):
+                took.append(True)
+            elif isinstance(answer, proto.ErrorAnswer) and answer.error != "not-connected":
+                problems.append(f"{link.base}: {answer.error}: {answer.detail}")
+
+        async with trio.open_nursery() as nursery:
+            for link in self.client.connected():
+                nursery.start_soon(one, link)
+        if not took and problems:
+            self.log(f"signal to {to[:16]}... not relayed: {'; '.join(problems)}"[:500])
+        return bool(took)
 
     # -- effects ----------------------------------------------------------------------------
 

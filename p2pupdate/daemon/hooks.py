@@ -7,6 +7,9 @@ know nothing of it; ``NodeHooks.attach`` plugs them in:
 gossip ``status``              our heartbeat / push-sum contribution (``gossip_status``)
 gossip ``on_deliver``          a verified document that was news here (``gossip_delivered``)
 gossip ``introducer``          the coordinator's introductions (``--coordinator`` only)
+gossip ``rtc``                 ``--rtc`` (``core.gossip.rtc_enabled`` decides ``auto``)
+gossip ``signals``             the coordinator's ICE servers and signal relay (C2)
+coordinator ``on_signal``      a relayed rtc offer or answer: to gossip
 coordinator ``status_fields``  version, artifact, state, why gates 1-2 hold us back
 coordinator ``on_nudge``       a verified nudge: ``Nudged`` for the updater
 coordinator ``on_learned``     a newer allowlist / scope: ``AllowlistLearned`` / ``ScopeLearned``
@@ -91,8 +94,11 @@ class NodeHooks:
         if gossip is not None:
             gossip.status = self.gossip_status
             gossip.on_deliver = self.gossip_delivered
+            gossip.rtc = g.rtc_enabled(self.opts.rtc, [gossip.listen_host, gossip.advertise_host])
             if coordinator is not None:
                 gossip.introducer = coordinator.introductions
+                gossip.signals = coordinator
+                coordinator.on_signal = gossip.on_signal
                 coordinator.estimate_source = self.gossip_estimate
                 coordinator.on_document = gossip.publish
 

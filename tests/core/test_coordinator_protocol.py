@@ -300,6 +300,7 @@ def test_each_answer_decodes_back_for_the_kind_it_answers() -> None:
         ("docs", proto.DocsAnswer(docs=(b"d", b"e"))),
         ("peers", proto.PeersAnswer(peers=(peer,))),
         ("signal", proto.Ack()),
+        ("ice", proto.IceAnswer(servers=(proto.IceServer(urls="stun:h:1"),), ttl=0)),
     ]
     assert {kind for kind, _ in cases} == set(proto.REQUESTS) == set(proto.ANSWERS)
     for kind, answer in cases:
