@@ -68,15 +68,6 @@ def _kill_group(proc: subprocess.Popen[Any]) -> None:
         proc.wait(timeout=10)
 
 
-def serve_has_ice() -> bool:
-    """Whether ``serve`` takes ``--turn-secret-file`` (contract C2)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", "serve", "--help"],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
-    ).stdout  # fmt: skip
-    return "--turn-secret-file" in out
-
-
 class FleetNode:
     """One ``p2pupdate node`` process group (launcher + daemon) inside a node namespace."""
 
@@ -161,8 +152,6 @@ class Fleet:
         secret_file.write_text(self.turn.secret)
         stun_url, turn_url = self.turn.urls()
         ice = ["--stun", stun_url, "--turn", turn_url, "--turn-secret-file", str(secret_file)]
-        if not serve_has_ice():
-            ice = []  # TEMPORARY until p8-coord (contract C2) is merged
         proc: subprocess.Popen[str] = subprocess.Popen(
             [
                 "ip",

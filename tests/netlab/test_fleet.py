@@ -8,17 +8,24 @@ it needs and stops them at its end, so one test's links never help the next.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.netlab.conftest import needs_netlab
-from tests.netlab.fleet import Fleet
+from tests.netlab.fleet import Fleet, FleetNode
 
 pytestmark = [needs_netlab, pytest.mark.slow]
 
 #: Daemon start (launcher, slot unpack, daemon) on 2 loaded cores, plus the first links.
 START = 45.0
+#: Path kinds of a link that does not go through a relay (contract C3).
+DIRECT = {"host", "srflx", "prflx"}
+KINDS = DIRECT | {"relay", "tcp"}
+STRICT_HOMES = {"c", "d", "e"}
+#: The nodes a cone home's DMZ rule forwards inbound UDP to (its first node).
+CONE_HOSTS = {"a1", "b1", "f1"}
 
 
 @pytest.fixture
@@ -54,6 +61,50 @@ def test_two_nodes_on_one_lan_find_each_other_by_zeroconf(nodes: Fleet) -> None:
         lambda: a2.id in a1.linked() and a1.id in a2.linked(),
         START,
     )
+    # no replica and no linked peer to carry an offer: tcp is the only way (contract C3)
+    assert a1.paths() == {a2.id: "tcp"} and a2.paths() == {a1.id: "tcp"}
+
+
+def test_two_nodes_on_one_lan_link_by_host_candidates(nodes: Fleet) -> None:
+    """With a replica to carry the offer, LAN peers link by rtc over host candidates."""
+    a1 = nodes.node("a1", zeroconf=True)
+    a2 = nodes.node("a2", zeroconf=True)
+    nodes.wait(
+        "a1 and a2 linked by host candidates",
+        lambda: a1.paths().get(a2.id) == "host" and a2.paths().get(a1.id) == "host",
+        START,
+    )
+    assert a1.gossip()["relayed_bytes"] == 0 and a2.gossip()["relayed_bytes"] == 0
+
+
+def test_two_nodes_in_two_cone_homes_link_directly(nodes: Fleet) -> None:
+    """Cone homes b and f: hole punching works, so the pair is not a relay pair."""
+    b1, f1 = nodes.node("b1"), nodes.node("f1")
+    nodes.wait("b1 and f1 linked", lambda: f1.id in b1.paths() and b1.id in f1.paths(), START)
+    kinds = {b1.paths()[f1.id], f1.paths()[b1.id]}
+    assert kinds <= DIRECT, kinds
+    assert b1.gossip()["relayed_bytes"] == 0 and f1.gossip()["relayed_bytes"] == 0
+
+
+def test_two_nodes_in_two_strict_homes_link_through_turn_and_gossip_flows(nodes: Fleet) -> None:
+    """Strict homes c and d defeat hole punching: the link is a relay pair through coturn,
+    and gossip frames keep crossing it (relayed bytes grow on both sides)."""
+    c1, d1 = nodes.node("c1"), nodes.node("d1")
+    nodes.wait(
+        "c1 and d1 linked through TURN",
+        lambda: c1.paths().get(d1.id) == "relay" and d1.paths().get(c1.id) == "relay",
+        START,
+    )
+    first = {n.name: (n.gossip()["relayed_bytes"], n.gossip()["frames_in"]) for n in (c1, d1)}
+    nodes.wait(
+        "gossip frames crossing the relay both ways",
+        lambda: all(
+            n.gossip()["relayed_bytes"] > first[n.name][0]
+            and n.gossip()["frames_in"] > first[n.name][1]
+            for n in (c1, d1)
+        ),
+        15,
+    )
 
 
 def test_an_allowlist_published_at_the_replica_reaches_every_node(nodes: Fleet) -> None:
@@ -71,6 +122,36 @@ def test_an_allowlist_published_at_the_replica_reaches_every_node(nodes: Fleet) 
         30,
     )
     assert f"gossip: allowlist v{version} learned from a peer" in a2.log()
+    # Every link a node has is in its status with its path kind.  Across homes never tcp
+    # (a LAN address is unreachable from another home); between two strict homes only a
+    # relay pair; between the cone homes' DMZ hosts (a1, b1, f1) never a relay.
+    name_of = {n.id: n.name for n in everyone}
+
+    def kind_fits(me: str, peer: str, kind: str) -> bool:
+        if kind not in KINDS or (peer[0] != me[0] and kind == "tcp"):
+            return False
+        if {me[0], peer[0]} <= STRICT_HOMES and me[0] != peer[0]:
+            return kind == "relay"
+        if {me, peer} <= CONE_HOSTS:
+            return kind in DIRECT
+        return True
+
+    def kinds_ok(n: FleetNode) -> bool:
+        paths = n.paths()
+        return (
+            bool(paths)
+            and set(paths) == n.linked()
+            and all(kind_fits(n.name, name_of.get(p, "?"), k) for p, k in paths.items())
+        )
+
+    def views() -> str:
+        return "; ".join(f"{n.name}: {n.paths()} linked {sorted(n.linked())}" for n in everyone)
+
+    try:
+        nodes.wait("every node linked, each link's path kind in status",
+                   lambda: all(kinds_ok(n) for n in everyone), 30)  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(f"{views()}\n{exc}") from None
 
 
 def _replica_flows(fleet: Fleet, home: str) -> set[int]:
@@ -101,3 +182,29 @@ def test_a_router_reboot_breaks_the_replica_connection_and_it_comes_back(nodes: 
     )
     version = nodes.publish_allowlist()
     nodes.wait(f"allowlist v{version} at c1", lambda: c1.held_allowlist() == version, 30)
+
+
+def test_a_router_reboot_drops_a_relayed_link_and_it_comes_back_within_30_s(nodes: Fleet) -> None:
+    """Home c forgets every flow: c1's packets to coturn leave from a new port, which its
+    TURN allocation does not know, so the c1-d1 link goes silent; it is closed as lost
+    and redialed (a new allocation), and is a relay pair again within 30 s."""
+    c1, d1 = nodes.node("c1"), nodes.node("d1")
+    nodes.wait(
+        "c1 and d1 linked through TURN",
+        lambda: c1.paths().get(d1.id) == "relay" and d1.paths().get(c1.id) == "relay",
+        START,
+    )
+    lost = {n.name: n.gossip()["links_lost"] for n in (c1, d1)}
+    nodes.lab.flush_conntrack("c")
+    flushed = time.monotonic()
+    nodes.wait(
+        "the link lost and back as a relay pair",
+        lambda: (
+            c1.gossip()["links_lost"] > lost["c1"]
+            and c1.paths().get(d1.id) == "relay"
+            and d1.paths().get(c1.id) == "relay"
+        ),
+        30,
+    )
+    back = time.monotonic() - flushed
+    print(f"relayed link back {back:.1f} s after the flush")
