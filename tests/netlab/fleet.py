@@ -284,10 +284,18 @@ class Fleet:
 
     def wait(self, what: str, check: Callable[[], T | None], timeout: float,
              nodes: list[FleetNode] | None = None) -> T:  # fmt: skip
-        """:func:`wait_until` that fails with the nodes' and the replica's log tails."""
+        """:func:`wait_until` that fails with each node's gossip view (links, path kinds,
+        links lost) and the nodes' and the replica's log tails."""
 
         def tail() -> str:
-            return f"{self.tails(nodes)}\n{self.replica_tail()}"
+            views = "\n".join(
+                f"{n.name} {n.id[:12]}: linked {[p[:12] for p in sorted(n.linked())]} "
+                f"paths { {p[:12]: k for p, k in n.paths().items()} } "
+                f"links_lost {n.gossip().get('links_lost')} "
+                f"relayed_bytes {n.gossip().get('relayed_bytes')}"
+                for n in (self.nodes if nodes is None else nodes)
+            )
+            return f"{views}\n{self.tails(nodes)}\n{self.replica_tail()}"
 
         deadline = time.monotonic() + timeout
         while True:

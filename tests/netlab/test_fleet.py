@@ -121,7 +121,9 @@ def test_an_allowlist_published_at_the_replica_reaches_every_node(nodes: Fleet) 
         lambda: all(n.held_allowlist() == version for n in everyone),
         30,
     )
-    assert f"gossip: allowlist v{version} learned from a peer" in a2.log()
+    # a2 logs it just after its trust store took it
+    line = f"gossip: allowlist v{version} learned from a peer"
+    nodes.wait("a2 to say it learned the allowlist by gossip", lambda: line in a2.log(), 5)
     # Every link a node has is in its status with its path kind.  Across homes never tcp
     # (a LAN address is unreachable from another home); between two strict homes only a
     # relay pair; between the cone homes' DMZ hosts (a1, b1, f1) never a relay.
@@ -184,27 +186,66 @@ def test_a_router_reboot_breaks_the_replica_connection_and_it_comes_back(nodes: 
     nodes.wait(f"allowlist v{version} at c1", lambda: c1.held_allowlist() == version, 30)
 
 
-def test_a_router_reboot_drops_a_relayed_link_and_it_comes_back_within_30_s(nodes: Fleet) -> None:
-    """Home c forgets every flow: c1's packets to coturn leave from a new port, which its
-    TURN allocation does not know, so the c1-d1 link goes silent; it is closed as lost
-    and redialed (a new allocation), and is a relay pair again within 30 s."""
+def test_a_router_reboot_and_the_relayed_link_comes_back_within_30_s(nodes: Fleet) -> None:
+    """Home c's router forgets every flow; the c1-d1 relay pair carries gossip again within
+    30 s.  Then both strict routers forget theirs at once: whichever node holds the TURN
+    allocation now sends from a port coturn does not know, so the link goes silent, is
+    closed as lost, redialed (a new allocation) and a relay pair again within 30 s."""
     c1, d1 = nodes.node("c1"), nodes.node("d1")
+    pair = [c1, d1]
+
+    def relay_pair() -> bool:
+        return c1.paths().get(d1.id) == "relay" and d1.paths().get(c1.id) == "relay"
+
+    def back_after(homes: list[str], *, lost: bool) -> float:
+        frames = {n.name: n.gossip()["frames_in"] for n in pair}
+        was_lost = sum(n.gossip()["links_lost"] for n in pair)
+        for home in homes:
+            nodes.lab.flush_conntrack(home)
+        flushed = time.monotonic()
+        nodes.wait(
+            f"the link {'lost and ' if lost else ''}back after {homes} flushed",
+            lambda: (
+                relay_pair()
+                and (not lost or sum(n.gossip()["links_lost"] for n in pair) > was_lost)
+                and all(n.gossip()["frames_in"] >= frames[n.name] + 3 for n in pair)
+            ),
+            30,
+        )
+        return time.monotonic() - flushed
+
+    nodes.wait("c1 and d1 linked through TURN", relay_pair, START)
+    one = back_after(["c"], lost=False)
+    both = back_after(["c", "d"], lost=True)
+    print(f"relay pair carrying gossip {one:.1f} s after one flush, {both:.1f} s after two")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node bug (p2pupdate/daemon, not LAB's): the status file is not rewritten when "
+    "an allowlist arrives from the replica, so a node without gossip peers keeps reporting "
+    "the old gossip.allowlist",
+)
+def test_the_status_file_shows_an_allowlist_the_replica_sent(nodes: Fleet) -> None:
+    """A lone node (no gossip peer to change its view) takes an allowlist from the replica:
+    its trust store has it at once, and its status file should say so."""
+    c1 = nodes.node("c1")
+    nodes.wait("c1 connected", lambda: nodes.connected() == 1, START)
+    # settled: the updater sleeps and the start's status writes are 3 s behind us
     nodes.wait(
-        "c1 and d1 linked through TURN",
-        lambda: c1.paths().get(d1.id) == "relay" and d1.paths().get(c1.id) == "relay",
+        "c1 sleeping, its status file 3 s old",
+        lambda: (
+            (st := c1.status())
+            and st["state"] == "sleeping"
+            and "gossip" in st
+            and time.time() - st["time"] >= 3
+        ),
         START,
     )
-    lost = {n.name: n.gossip()["links_lost"] for n in (c1, d1)}
-    nodes.lab.flush_conntrack("c")
-    flushed = time.monotonic()
+    version = nodes.publish_allowlist()
+    nodes.wait(f"allowlist v{version} in c1's trust store", lambda: c1.held_allowlist(), 10)
     nodes.wait(
-        "the link lost and back as a relay pair",
-        lambda: (
-            c1.gossip()["links_lost"] > lost["c1"]
-            and c1.paths().get(d1.id) == "relay"
-            and d1.paths().get(c1.id) == "relay"
-        ),
-        30,
+        f"allowlist v{version} in c1's status file",
+        lambda: c1.gossip().get("allowlist") == version,
+        5,
     )
-    back = time.monotonic() - flushed
-    print(f"relayed link back {back:.1f} s after the flush")
