@@ -330,8 +330,7 @@ def _turn_ttl(text: str) -> int:
 def read_turn_secret(path: str) -> bytes:
     """coturn's ``static-auth-secret`` from ``--turn-secret-file``: a regular file of one
     line (surrounding whitespace and the final newline dropped), 1..``turn.MAX_SECRET_LEN``
-    bytes; a missing, empty or oversize file is a usage mistake.  Readable by other users
-    is allowed (an operator's choice) but said once at start."""
+    bytes; a missing, empty or oversize file is a usage mistake."""
     data = read_input(path, turn.MAX_SECRET_LEN + 2)
     secret = data.strip()
     if not secret:
@@ -342,30 +341,28 @@ def read_turn_secret(path: str) -> bytes:
         raise UsageError(f"--turn-secret-file {path}: more than {turn.MAX_SECRET_LEN} bytes")
     if b"\n" in secret or b"\r" in secret:
         raise UsageError(f"--turn-secret-file {path}: more than one line")
-    with contextlib.suppress(OSError):
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
-            _log(
-                f"warning: --turn-secret-file {path} is readable by other users "
-                f"(mode {mode:o}); chmod 600 it"
-            )
     return secret
 
 
+def secret_file_warning(path: str) -> str | None:
+    """The start-up warning for a secret file other users can read, or None: allowed (an
+    operator's choice), but said."""
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            return (
+                f"warning: --turn-secret-file {path} is readable by other users "
+                f"(mode {mode:o}); chmod 600 it"
+            )
+    return None
+
+
 def _ice_config(args: argparse.Namespace) -> IceConfig:
-    if args.turn and not args.turn_secret_file:
-        raise UsageError("--turn needs --turn-secret-file (coturn's static-auth-secret)")
-    if args.turn_secret_file and not args.turn:
-        raise UsageError("--turn-secret-file without --turn: no TURN server to use it for")
-    for url in args.stun or ():
-        if not url.startswith("stun:"):
-            raise UsageError(f"--stun {url!r}: expected a stun: URL (turn: ones go to --turn)")
-    for url in args.turn or ():
-        if not url.startswith(("turn:", "turns:")):
-            raise UsageError(f"--turn {url!r}: expected a turn: or turns: URL")
+    """``--stun/--turn/--turn-secret-file/--turn-ttl`` as the replica's settings; what fits
+    together is ``IceConfig``'s rule (a usage mistake here, before anything is bound)."""
     secret = read_turn_secret(args.turn_secret_file) if args.turn_secret_file else b""
     try:
-        return IceConfig(
+        config = IceConfig(
             stun=tuple(args.stun or ()),
             turn=tuple(args.turn or ()),
             secret=secret,
@@ -373,6 +370,10 @@ def _ice_config(args: argparse.Namespace) -> IceConfig:
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    warning = secret_file_warning(args.turn_secret_file) if args.turn_secret_file else None
+    if warning is not None:
+        _log(warning)
+    return config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -549,6 +550,15 @@ def render_status(url: str, st: dict[str, Any]) -> str:
     n = st["nodes"]
     versions = ", ".join(f"{v} {c}" for v, c in sorted(n["versions"].items())) or "-"
     lines.append(f"  nodes:     {n['total']} ({versions})")
+    ice = st.get("ice") or {}  # an older replica's status has none
+    if ice.get("configured"):
+        turn_part = (
+            f", {len(ice['turn'])} TURN (credentials {ice['turn_ttl']} s, "
+            f"{ice['credentials_minted']} minted)"
+            if ice["turn"]
+            else ", no TURN"
+        )
+        lines.append(f"  ice:       {len(ice['stun'])} STUN{turn_part}")
     rows = [("ARTIFACT", "RELEASE", "NODES", "PROBATION", "FAILED", "LEASES", "STATE")]
     for sha, a in sorted(st["artifacts"].items(), key=lambda kv: (kv[1]["counter"] or 0, kv[0])):
         name = f"{a['name']} #{a['counter']}" if a["name"] else "(no release)"

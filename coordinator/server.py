@@ -79,8 +79,10 @@ class NodeConn:
     last_seq: int = 0
     addrs: tuple[str, ...] = ()
     pool: str = "default"
-    #: The connection's ``signal`` allowance (None until its first signal).
+    #: The connection's ``signal`` allowance (None until its first signal), and whether
+    #: the log said it ran out (once per connection: a flood is one line, not thousands).
     signals: Bucket | None = None
+    signals_limited: bool = False
 
 
 class Server:
@@ -463,6 +465,12 @@ class Server:
         bucket = conn.signals or Bucket.full(rate=SIGNAL_RATE, burst=SIGNAL_BURST, now=now)
         allowed, conn.signals = bucket.take(now)
         if not allowed:
+            if not conn.signals_limited:
+                conn.signals_limited = True
+                self.log(
+                    f"node {conn.node[:16]}... sends signals over {SIGNAL_RATE:g}/s "
+                    f"(burst {SIGNAL_BURST:g}): refused until it slows (said once)"
+                )
             return proto.ErrorAnswer(
                 error="rate-limited",
                 detail=f"signal requests over {SIGNAL_RATE:g}/s (burst {SIGNAL_BURST:g})",

@@ -20,7 +20,8 @@ the node's id is the hash of the key that signed.  The session key is
 fresh per connection.
 
 After that every message in both directions is ``mac (32 B) || payload``, the MAC a keyed
-BLAKE2b over the payload, checked before the payload is decoded.  Why MACs and not a
+BLAKE2b over the payload (``mac``: the one MAC formula, which the gossip links' frames use
+too, README "Gossip and links"), checked before the payload is decoded.  Why MACs and not a
 signature per request: the handshake already proves the node's key; a MAC costs ~1 us where
 an Ed25519 verify costs ~75 us, and the ask path is the coordinator's hot path.  What a MAC
 cannot give -- proof to a third party -- nothing here needs: the audit log is the replica's
@@ -60,7 +61,9 @@ __all__ = [
     "KeyExchange",
     "Session",
     "Signer",
+    "derive_key",
     "hello_payload",
+    "mac",
     "open_hello",
 ]
 
@@ -75,6 +78,24 @@ _SESSION_PERSON: Final = b"p2pupd-session1"
 HANDSHAKE_LIMITS: Final = wire.Limits(max_bytes=16 * 1024, max_container_len=256, max_items=2048)
 
 _digest = wire.hex_digest()
+
+
+def mac(key: bytes, *parts: bytes | bytearray | memoryview) -> bytes:
+    """The MAC of every authenticated frame in the project: keyed BLAKE2b-256 over the
+    concatenation of ``parts`` (the coordinator session MACs the payload alone, a link
+    its direction, sequence number and payload).  One home, so the two never drift."""
+    h = hashlib.blake2b(key=key, digest_size=MAC_LEN)
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def derive_key(shared: bytes, context: bytes, *, person: bytes) -> bytes:
+    """A 32-byte session key from an X25519 ``shared`` secret and the ``context`` both ends
+    agree on (nonces, both public keys, ...); ``person`` keeps each protocol's keys apart."""
+    return hashlib.blake2b(context, key=shared, digest_size=32, person=person).digest()
+
+
 _nonce = wire.blob(NONCE_LEN)
 
 HELLO_FIELDS: Final[dict[str, wire.Check]] = {
@@ -250,7 +271,9 @@ class KeyExchange:
         self._private = private
         self.public: bytes = nacl.bindings.crypto_scalarmult_base(private)
 
-    def session(self, peer: bytes, *, nonce: bytes, node_kx: bytes, server_kx: bytes) -> Session:
+    def shared(self, peer: bytes) -> bytes:
+        """X25519 with the peer's public key; a malformed or low-order key (an all-zero
+        result) raises ``VerificationError`` (rule ``kx``)."""
         if len(peer) != KX_LEN:
             raise VerificationError("key exchange: bad public key", rule="kx")
         try:
@@ -259,10 +282,11 @@ class KeyExchange:
             raise VerificationError("key exchange: degenerate key", rule="kx") from None
         if shared == bytes(32):
             raise VerificationError("key exchange: degenerate key", rule="kx")
-        key = hashlib.blake2b(
-            nonce + node_kx + server_kx, key=shared, digest_size=32, person=_SESSION_PERSON
-        ).digest()
-        return Session(key)
+        return shared
+
+    def session(self, peer: bytes, *, nonce: bytes, node_kx: bytes, server_kx: bytes) -> Session:
+        context = nonce + node_kx + server_kx
+        return Session(derive_key(self.shared(peer), context, person=_SESSION_PERSON))
 
 
 class Session:
@@ -272,7 +296,7 @@ class Session:
         self._key = key
 
     def mac(self, payload: bytes) -> bytes:
-        return hashlib.blake2b(payload, key=self._key, digest_size=MAC_LEN).digest()
+        return mac(self._key, payload)
 
     def seal(self, payload: bytes) -> bytes:
         return self.mac(payload) + payload

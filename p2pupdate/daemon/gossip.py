@@ -66,6 +66,7 @@ from typing import Any, Protocol
 import trio
 
 from ..clock import Clock
+from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import timing
@@ -213,6 +214,8 @@ class GossipStats:
     rtc_failures: int = 0
     offers_answered: int = 0
     offers_refused: int = 0
+    #: Offers whose session the node's nonce cache had seen (a replay, or a second path).
+    offers_replayed: int = 0
     last_penalty: dict[str, str] = field(default_factory=dict)
 
 
@@ -572,6 +575,8 @@ class GossipService:
         )
         failures = []
         for transport in plan:
+            if peer in self._peers:
+                return  # the peer linked to us meanwhile (crossed): reuse it, open no second
             try:
                 if transport == "rtc":
                     link: Link = await self._dial_rtc(peer)
@@ -614,8 +619,8 @@ class GossipService:
     def _relay(self, to: str, data: bytes, *, via: str | None = None) -> bool:
         """Send a blob through linked peers (the core picks them); False: no path."""
         core = self.core
-        if core is None:
-            return False
+        if core is None or len(data) > proto.MAX_SIGNAL:
+            return False  # (an offer over the relays' bound: the coordinator refuses it too)
         effects = core.handle(
             g.SendSignal(to=to, data=data, via=via), self.clock.monotonic(), self.clock.utc_now()
         )
@@ -623,9 +628,11 @@ class GossipService:
         self._perform(effects)
         return sent
 
-    async def _signal(self, to: str, data: bytes, recv: trio.MemoryReceiveChannel[bytes]) -> bytes:
+    async def _signal(
+        self, to: str, data: bytes, recv: trio.MemoryReceiveChannel[bytes], sent: list[bool]
+    ) -> bytes:
         """Send an offer to ``to`` (a replica first, then linked peers) and wait for the
-        answer ``recv`` gets."""
+        answer ``recv`` gets; ``sent`` gets a True once some path took the offer."""
         coordinated = False
         if self.signals is not None:
             try:
@@ -633,9 +640,12 @@ class GossipService:
             except Exception as exc:  # C2 says never; count it as "not taken"
                 self.log(f"gossip: the coordinator's signal relay failed: {exc!r}")
         if coordinated:
+            sent.append(True)
             with trio.move_on_after(RELAY_GRACE):
                 return await recv.receive()
-        if not self._relay(to, data) and not coordinated:
+        if self._relay(to, data):
+            sent.append(True)
+        elif not coordinated:
             raise LinkBrokenError(f"no signaling path to {to[:12]}")
         return await recv.receive()
 
@@ -643,6 +653,7 @@ class GossipService:
         """Offer an rtc link to ``peer``; the answer comes back through ``_signal_in``."""
         self.stats.rtc_dials += 1
         answered = False
+        sent: list[bool] = []
 
         async def exchange(offer: bytes) -> bytes:
             nonlocal answered
@@ -650,7 +661,7 @@ class GossipService:
             send, recv = trio.open_memory_channel[bytes](1)
             self._answers[peer] = (session, send)
             try:
-                answer = await self._signal(peer, offer, recv)
+                answer = await self._signal(peer, offer, recv, sent)
             finally:
                 if self._answers.get(peer, (b"", None))[1] is send:
                     del self._answers[peer]
@@ -670,11 +681,11 @@ class GossipService:
                 )
         except (LinkError, trio.TooSlowError) as exc:
             self.stats.rtc_failures += 1
-            if not answered:
+            if sent and not answered:  # offered, and the peer said nothing
                 self._unanswered[peer] = self.clock.monotonic()
                 if len(self._unanswered) > 4096:
                     del self._unanswered[next(iter(self._unanswered))]
-            what = "no answer" if not answered else f"{type(exc).__name__}: {exc}"
+            what = "no answer" if sent and not answered else f"{type(exc).__name__}: {exc}"
             self._rtc_note(peer, f"gossip: rtc to {peer[:12]} failed ({what}); trying tcp")
             if isinstance(exc, trio.TooSlowError):
                 raise LinkTimeoutError(f"rtc to {peer[:12]}: no link in time") from exc
@@ -751,7 +762,8 @@ class GossipService:
             finally:
                 self._accepting -= 1
         except HandshakeReplayError:
-            return  # the same offer through a second path: answered once already
+            self.stats.offers_replayed += 1
+            return  # the same offer again (a replay, or through a second path): answered once
         except (LinkError, trio.TooSlowError) as exc:
             self.stats.offers_refused += 1
             what = f"{type(exc).__name__}: {exc}" if isinstance(exc, LinkError) else "timeout"

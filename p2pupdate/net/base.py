@@ -7,7 +7,11 @@ bytes.  Every read has a byte limit (``LinkConfig.max_frame``, README "Protocol"
 
 ``StreamLink`` is the one implementation today: u32-length-prefixed frames
 (``wire.frame`` / ``wire.FrameDecoder``) over any trio byte stream, after the handshake of
-``handshake.py``.  ``tcp`` runs it over sockets, ``memory`` over in-memory streams.
+``handshake.py``.  ``tcp`` runs it over sockets, ``memory`` over in-memory streams, ``rtc``
+over a data channel.  After the handshake each frame's body is ``mac (32 B) || payload``
+under the link's session key (``handshake.FrameMac``), checked before the payload is handed
+up; ``max_frame`` still bounds the payload.  A frame that fails its MAC, like any framing
+violation, closes the link (``LinkProtocolError``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 import trio
 
+from ..core import session as sess
 from ..core import wire
 from ..core.crypto import SigningKey
 from ..core.errors import OversizeError, P2PUpdateError, WireError
@@ -86,13 +91,17 @@ class Link(abc.ABC):
             raise _normalise(exc, "send") from exc
 
     async def receive(self) -> bytes:
-        """The next frame (at most ``max_frame`` bytes).  Raises ``LinkError``."""
+        """The next frame (at most ``max_frame`` bytes).  Raises ``LinkError``; after a
+        ``LinkProtocolError`` (a broken frame, a bad MAC) the link is closed."""
         if self._closed:
             raise LinkClosedError("receive on a closed link")
         try:
             return await self._receive()
         except Exception as exc:
-            raise _normalise(exc, "receive") from exc
+            err = _normalise(exc, "receive")
+            if isinstance(err, LinkProtocolError):  # the framing is lost for good
+                await self.aclose()
+            raise err from exc
 
     async def aclose(self) -> None:
         """Close (idempotent, never raises a ``LinkError``)."""
@@ -143,22 +152,34 @@ def _normalise(exc: Exception, what: str) -> LinkError:
 class _Framed:
     """A byte stream cut into frames.
 
-    During the handshake frames are read one at a time under the small handshake limit
-    (``receive_one``), leaving whatever follows in ``pending``: a peer may send its first
-    large gossip frame right behind its proof.  ``start`` then hands those bytes to a
-    ``FrameDecoder`` with the link's real limit.
+    During the handshake frames are plain and read one at a time under the small
+    handshake limit (``send_plain`` / ``receive_one``), leaving whatever follows in
+    ``pending``: a peer may send its first large gossip frame right behind its proof.
+    ``start`` then hands those bytes to a ``FrameDecoder`` with the link's real limit (plus
+    the MAC), and from then on ``send`` / ``receive`` seal and open every frame with the
+    link's ``FrameMac``.
     """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.pending = bytearray()
         self.decoder: wire.FrameDecoder | None = None
+        self.mac: hs.FrameMac | None = None
         self.frames: deque[bytes] = deque()
         self.send_lock = trio.Lock()
 
-    async def send(self, data: bytes) -> None:
-        async with self.send_lock:  # frames from concurrent senders must not interleave
+    async def send_plain(self, data: bytes) -> None:
+        """A handshake frame (no MAC: there is no key yet)."""
+        async with self.send_lock:
             await self.stream.send_all(wire.frame(data, max_frame=len(data)))
+
+    async def send(self, data: bytes) -> None:
+        assert self.mac is not None, "send before the handshake finished"
+        async with self.send_lock:  # frames from concurrent senders must not interleave
+            # (and the MAC's sequence number is the order frames go on the wire)
+            tag = self.mac.tag(data)
+            head = wire.FRAME_HEADER.pack(sess.MAC_LEN + len(data))
+            await self.stream.send_all(head + tag + data)
 
     async def _fill(self) -> None:
         chunk = await self.stream.receive_some(_RECEIVE_CHUNK)
@@ -179,19 +200,21 @@ class _Framed:
         del self.pending[: head + length]
         return frame
 
-    def start(self, max_frame: int) -> None:
-        self.decoder = wire.FrameDecoder(max_frame)
+    def start(self, max_frame: int, mac: hs.FrameMac) -> None:
+        """``max_frame``: the payload limit (the MAC comes on top)."""
+        self.mac = mac
+        self.decoder = wire.FrameDecoder(max_frame + sess.MAC_LEN)
         self.frames.extend(self.decoder.feed(bytes(self.pending)))
         self.pending.clear()
 
     async def receive(self) -> bytes:
-        assert self.decoder is not None, "receive before the handshake finished"
+        assert self.decoder is not None and self.mac is not None, "receive before handshake"
         while not self.frames:
             chunk = await self.stream.receive_some(_RECEIVE_CHUNK)
             if not chunk:
                 raise LinkClosedError("the peer closed the link")
             self.frames.extend(self.decoder.feed(bytes(chunk)))
-        return self.frames.popleft()
+        return self.mac.open(self.frames.popleft())
 
 
 class StreamLink(Link):
@@ -226,9 +249,10 @@ async def establish(
     """Run the handshake on ``stream`` and return the link, or raise a ``LinkError``.
 
     The whole exchange is bounded by ``config.handshake_timeout``; on any failure the
-    stream is closed.  ``nonce`` is for tests (default: 32 bytes from ``secrets``).
-    ``certs`` = (local, remote) certificate fingerprints of the channel underneath, bound
-    into both proofs (``handshake.channel_binding``; rtc links).
+    stream is closed.  ``nonce`` is for tests (default: 32 bytes from ``secrets``); the
+    ephemeral kx key is always fresh.  ``certs`` = (local, remote) certificate fingerprints
+    of the channel underneath, bound into both proofs and the session key
+    (``handshake.channel_binding``; rtc links).
     """
     my_binding = their_binding = b""
     if certs is not None:
@@ -236,18 +260,29 @@ async def establish(
         their_binding = hs.channel_binding(certs[1], certs[0])
     framed = _Framed(stream)
     limit = hs.MAX_HANDSHAKE_FRAME
-    mine = hs.hello_for(key, nonce if nonce is not None else secrets.token_bytes(hs.NONCE_LEN))
+    kx = sess.KeyExchange(secrets.token_bytes(hs.KX_LEN))
+    mine = hs.hello_for(
+        key, nonce if nonce is not None else secrets.token_bytes(hs.NONCE_LEN), kx.public
+    )
     my_role, their_role = (
         (hs.ROLE_DIAL, hs.ROLE_ACCEPT) if dialer else (hs.ROLE_ACCEPT, hs.ROLE_DIAL)
     )
     try:
         with trio.fail_after(config.handshake_timeout):
-            await framed.send(mine.to_wire())
+            await framed.send_plain(mine.to_wire())
             theirs = hs.Hello.from_wire(await framed.receive_one(limit))
             hs.check_hello(theirs, mine, expected_peer=expected_peer, nonces=nonces)
-            await framed.send(hs.prove(key, my_role, mine, theirs, my_binding).to_wire())
+            await framed.send_plain(hs.prove(key, my_role, mine, theirs, my_binding).to_wire())
             proof = hs.Proof.from_wire(await framed.receive_one(limit))
             hs.check_proof(proof, role=their_role, theirs=theirs, mine=mine, binding=their_binding)
+            dial, accept = (mine, theirs) if dialer else (theirs, mine)
+            session_key = hs.session_key(
+                kx,
+                dial=dial,
+                accept=accept,
+                dialer=dialer,
+                binding=my_binding if dialer else their_binding,
+            )
     except BaseException as exc:
         with trio.CancelScope(shield=True), contextlib.suppress(Exception):
             await stream.aclose()
@@ -261,7 +296,7 @@ async def establish(
             raise _normalise(exc, "handshake") from exc
         raise
     try:
-        framed.start(config.max_frame)
+        framed.start(config.max_frame, hs.FrameMac(session_key, role=my_role, peer=theirs.node_id))
     except OversizeError as exc:  # the first frame after the proof was already too large
         await stream.aclose()
         raise FrameTooLargeError(exc.message) from exc

@@ -13,6 +13,8 @@ under :class:`p2pupdate.errors.PeerFault`::
         LinkTimeoutError          an operation overran its deadline (a stalled peer)
         LinkProtocolError         the remote broke the framing: its fault
           FrameTooLargeError      a frame header announced more than the limit
+          FrameAlteredError       a frame whose MAC fails: the peer or the path changed,
+                                  dropped, reordered or replayed a frame
         HandshakeError            the remote did not prove the node key it claims
           HandshakeKeyError       bad proof, or a key that is not its node id
           HandshakeReplayError    a nonce seen before, or our own nonce reflected back
@@ -56,6 +58,14 @@ class LinkProtocolError(LinkError):
 
 class FrameTooLargeError(LinkProtocolError):
     rule = "oversize"
+
+
+class FrameAlteredError(LinkProtocolError):
+    """A frame after the handshake whose MAC under the link's session key does not verify
+    for the next sequence number: the frame was changed, or one was dropped, reordered or
+    replayed.  Either the peer or something on the path to it did it; the link closes."""
+
+    rule = "altered"
 
 
 class HandshakeError(LinkError):

@@ -10,10 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+from coordinator.cli import render_status
 from p2pupdate import clock
 from p2pupdate.core import crypto, turn
 from p2pupdate.daemon.coordinator import CoordinatorLink
@@ -46,9 +48,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Network:
     [
         (["--stun", "http://198.18.0.9"], "argument --stun: 'http://198.18.0.9' is not stun:"),
         (["--stun", "stun:h?transport=udp"], "takes no ?transport"),
-        (["--turn", "turn:h:99999", "--turn-secret-file", "x"], "port must be 1..65535"),
+        (["--turn", "turn:h:99999", "--turn-secret-file", "SECRET"], "port must be 1..65535"),
         (["--stun", "turn:h"], "--stun 'turn:h': expected a stun: URL"),
-        (["--turn", "stun:h", "--turn-secret-file", "x"], "expected a turn: or turns: URL"),
+        (["--turn", "stun:h", "--turn-secret-file", "SECRET"], "expected a turn: or turns: URL"),
         (["--turn", TURN], "--turn needs --turn-secret-file"),
         (["--turn-secret-file", "SECRET"], "--turn-secret-file without --turn"),
         (["--turn", TURN, "--turn-secret-file", "EMPTY"], "empty"),
@@ -86,6 +88,7 @@ def test_a_flag_that_does_not_fit_is_one_line_and_exit_2(
 async def test_a_replica_process_hands_a_node_stun_turn_and_its_own_credential(
     tmp_path: Path, replicas: ReplicaProcesses
 ) -> None:
+    """And relays a signal from that node to another one (both over the real channel)."""
     net = Network(tmp_path / "net")
     secret_file = tmp_path / "turn.secret"
     secret_file.write_bytes(b"  north-secret\n")
@@ -104,25 +107,43 @@ async def test_a_replica_process_hands_a_node_stun_turn_and_its_own_credential(
         "--turn-ttl",
         "10m",
     )
-    trust = TrustFile.open(tmp_path / "trust", initial_root=net.root_bytes, now=int(time.time()))
-    link = CoordinatorLink(
-        [rp.url],
-        crypto.SigningKey.from_seed(b"\x09" * 32),
-        trust,
-        pool="default",
-        estimate=None,
-        report_interval=3600.0,
-        log=lambda _m: None,
-        clock=clock.SYSTEM,
-    )
+    got: list[tuple[str, bytes]] = []
+    arrived = trio.Event()
+
+    def on_signal(sender: str, data: bytes) -> None:
+        got.append((sender, data))
+        arrived.set()
+
+    def node(seed: int, **kw: Any) -> CoordinatorLink:
+        trust = TrustFile.open(
+            tmp_path / f"trust-{seed}", initial_root=net.root_bytes, now=int(time.time())
+        )
+        return CoordinatorLink(
+            [rp.url],
+            crypto.SigningKey.from_seed(bytes([seed]) * 32),
+            trust,
+            pool="default",
+            estimate=None,
+            report_interval=3600.0,
+            log=lambda _m: None,
+            clock=clock.SYSTEM,
+            **kw,
+        )
+
+    link, other = node(9), node(10, on_signal=on_signal)
     async with trio.open_nursery() as nursery:
         await nursery.start(link.run)
+        await nursery.start(other.run)
         with trio.fail_after(20):
             await link.client.wait_connected(1, 20.0)
+            await other.client.wait_connected(1, 20.0)
             before = int(time.time())
             servers = await link.ice_servers()
             after = int(time.time())
+            assert await link.send_signal(other.node, b"offer")
+            await arrived.wait()
         nursery.cancel_scope.cancel()
+    assert got == [(link.node, b"offer")]
     assert servers[0] == {"urls": STUN}
     assert [s["urls"] for s in servers[1:]] == [TURN, "turns:127.0.0.1:5349"]
     expires_text, node = servers[1]["username"].split(":")
@@ -138,6 +159,9 @@ async def test_a_replica_process_hands_a_node_stun_turn_and_its_own_credential(
         "turn_ttl": 600,
         "credentials_minted": 1,
     }
+    assert "  ice:       1 STUN, 2 TURN (credentials 600 s, 1 minted)" in (
+        render_status(rp.url, status).splitlines()
+    )
     code, metrics = await ahttp("GET", f"{rp.url}/metrics")
     assert b"p2pupdate_coordinator_turn_credentials_minted_total 1.0" in metrics
     assert b"p2pupdate_coordinator_ice_configured 1.0" in metrics

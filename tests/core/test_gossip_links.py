@@ -179,6 +179,9 @@ def test_link_path_kinds_are_in_the_view() -> None:
     g.handle(LinkUp(peer=PEER.keyid, host="192.0.2.7", inbound=True, path="relay"), 0.0, NOW)
     g.handle(LinkUp(peer=TARGET.keyid, host="192.0.2.8", inbound=True), 0.0, NOW)
     assert g.paths == {PEER.keyid: "relay", TARGET.keyid: "tcp"}
+    # the shell replaced the relayed link with a direct one: the view follows
+    g.handle(LinkUp(peer=PEER.keyid, host="192.0.2.7", inbound=True, path="srflx"), 1.0, NOW)
+    assert g.paths == {PEER.keyid: "srflx", TARGET.keyid: "tcp"} and len(g.linked) == 2
     with pytest.raises(ValueError):
         LinkUp(peer=PEER.keyid, host="x", inbound=True, path="carrier-pigeon")
 

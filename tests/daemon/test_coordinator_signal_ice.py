@@ -55,13 +55,14 @@ async def replica_at(
     ice: IceConfig | None = None,
     wall: Callable[[], float] = time.time,
     mono: Callable[[], float] = time.monotonic,
+    log: Callable[[str], None] = lambda _m: None,
 ) -> AsyncIterator[tuple[Replica, str]]:
     """A real replica (``Server`` on a loopback port) with injectable clocks."""
     config = ServiceConfig(
         network_dir=net.dir, replica=index, first_start=True, ice=ice or IceConfig()
     )
     replica = Replica(config, clock=mono, wall=wall)
-    server = Server(replica)
+    server = Server(replica, log=log)
     try:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
@@ -311,7 +312,8 @@ async def test_signals_over_the_rate_are_refused_naming_the_limit_until_tokens_r
     net = Network(tmp_path / "net")
     mono = Dial(100.0)
     lines: list[str] = []
-    async with replica_at(net, mono=mono) as (replica, url):
+    said: list[str] = []
+    async with replica_at(net, mono=mono, log=said.append) as (replica, url):
         a = node_link(tmp_path, net, [url], 1, lines=lines)
         async with trio.open_nursery() as nursery:
             await connected(nursery, a)
@@ -341,6 +343,8 @@ async def test_signals_over_the_rate_are_refused_naming_the_limit_until_tokens_r
                 rate = int(SIGNAL_RATE)
                 assert await errors(rate + 1) == ["not-connected"] * rate + ["rate-limited"]
             assert link.is_connected and link.connects == 1
+            (over,) = [line for line in said if "signals over" in line]  # once, not 3 times
+            assert a.node[:16] in over and "20/s (burst 40)" in over
             text = replica.metrics.render()
             assert b'p2pupdate_coordinator_signals_total{result="rate-limited"} 3.0' in text
             nursery.cancel_scope.cancel()

@@ -27,8 +27,9 @@ import trio.testing
 from p2pupdate.core import wire
 from p2pupdate.core.crypto import SigningKey
 from p2pupdate.net import rtc
-from p2pupdate.net.base import LinkConfig, establish
+from p2pupdate.net.base import LinkConfig, StreamLink, establish
 from p2pupdate.net.errors import (
+    FrameAlteredError,
     FrameTooLargeError,
     HandshakeKeyError,
     HandshakeReplayError,
@@ -246,14 +247,16 @@ async def scenario_peer_vanishes() -> None:
     print("ok vanished:", info.value)
 
 
-async def _pump(src: rtc.RtcChannel, dst: rtc.RtcChannel) -> None:
+async def _pump(
+    src: rtc.RtcChannel, dst: rtc.RtcChannel, alter: Callable[[bytes], bytes] = lambda b: b
+) -> None:
     while chunk := await src.receive_some(65536):
-        await dst.send_all(chunk)
+        await dst.send_all(alter(chunk))
 
 
-async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]:
+async def _legs() -> tuple[rtc.RtcChannel, rtc.RtcChannel, rtc.RtcChannel, rtc.RtcChannel]:
     """Mallory answers A's offer herself and offers to B (as a relay that could rewrite the
-    SDP would: the signature layer is skipped here), then copies bytes between the legs."""
+    SDP would: the signature layer is skipped here): channels A-MA and MB-B."""
     a, sdp_a = await rtc.RtcChannel.offer()
     ma, sdp_ma = await rtc.RtcChannel.answer(sdp_a)
     mb, sdp_mb = await rtc.RtcChannel.offer()
@@ -263,6 +266,12 @@ async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]
     for chan in (a, ma, mb, b):
         await chan.opened()
     assert a.certs[1] == ma.certs[0] != mb.certs[0] == b.certs[1]  # two legs, two certs
+    return a, ma, mb, b
+
+
+async def _mitm(bind: bool) -> tuple[BaseException | None, BaseException | None]:
+    """Mallory sits between two legs (``_legs``) and copies bytes between them."""
+    a, ma, mb, b = await _legs()
     results: dict[str, BaseException | None] = {}
 
     async def side(name: str, chan: rtc.RtcChannel, key: SigningKey, peer: str) -> None:
@@ -303,6 +312,44 @@ async def scenario_mitm() -> None:
     print("ok mitm")
 
 
+async def scenario_altered_frame() -> None:
+    """Without the channel binding Mallory's legs carry the handshake intact, but the link's
+    session key is the two ends' alone: a byte she flips in a frame after the handshake is
+    caught by the receiver's MAC check, which closes the link."""
+    flip = False
+
+    def alter(chunk: bytes) -> bytes:
+        return chunk[:-1] + bytes([chunk[-1] ^ 1]) if flip else chunk
+
+    with trio.fail_after(25):
+        a, ma, mb, b = await _legs()
+        async with trio.open_nursery() as n:
+            n.start_soon(_pump, ma, mb, alter)
+            n.start_soon(_pump, mb, ma)
+            links: dict[str, StreamLink] = {}
+
+            async def side(name: str, chan: rtc.RtcChannel, key: SigningKey, peer: str) -> None:
+                links[name] = await establish(
+                    chan, key=key, dialer=name == "a", host="x", config=LinkConfig(),
+                    expected_peer=peer,
+                )  # fmt: skip
+
+            async with trio.open_nursery() as hs:
+                hs.start_soon(side, "a", a, A, B.keyid)
+                hs.start_soon(side, "b", b, B, A.keyid)
+            await links["a"].send(b"intact")
+            assert await links["b"].receive() == b"intact"
+            flip = True
+            await links["a"].send(b"one coin")
+            with pytest.raises(FrameAlteredError, match="altered a frame"):
+                await links["b"].receive()
+            assert links["b"].closed
+            n.cancel_scope.cancel()
+    for chan in (a, ma, mb, b):
+        await chan.aclose()
+    print("ok altered frame")
+
+
 async def scenario_slow_reader() -> None:
     """8 MiB to a reader that stalls: the credit window stops the sender once the reader's
     inbox holds ``WINDOW`` bytes (it cannot get further, whatever the speeds), neither
@@ -334,6 +381,48 @@ async def scenario_slow_reader() -> None:
     await a.aclose()
     await b.aclose()
     print("ok slow reader")
+
+
+async def scenario_lossy_path() -> None:
+    """The tuned SCTP (``rtc.tune_aiortc``: delayed SACKs, the retransmit walk only after a
+    loss signal, the reassembly shortcut) over a path that drops 3 % of UDP packets at
+    random (an nftables rule in the namespace; this kernel has no netem): gaps, fast
+    retransmits, T3 expiries and fragments that arrive after later ones, and still every
+    frame arrives whole and in order, both ways."""
+    import aiortc
+
+    assert rtc.tune_aiortc() == (aiortc.__version__ == rtc.AIORTC_TUNED_FOR)
+    rules = (
+        "table inet p2plossy {\n chain out {\n type filter hook output priority 0;\n"
+        " meta l4proto udp numgen random mod 100 < 3 counter drop\n }\n}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+    try:
+        with trio.fail_after(40):
+            a, b = await _linked()
+            frames = [i.to_bytes(4, "big") * 9000 for i in range(64)]  # 36 KB each
+            async with trio.open_nursery() as n:
+
+                async def write() -> None:
+                    for f in frames:
+                        await a.send(f)
+
+                n.start_soon(write)
+                for i, f in enumerate(frames):
+                    assert await b.receive() == f, i
+            for f in (b"", b"back", frames[0]):
+                await b.send(f)
+                assert await a.receive() == f
+            await a.aclose()
+            await b.aclose()
+        shown = subprocess.run(
+            ["nft", "list", "table", "inet", "p2plossy"], capture_output=True, text=True
+        ).stdout
+        dropped = int(shown.split("counter packets ")[1].split()[0])
+        assert dropped > 10, shown  # the path did lose packets
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "p2plossy"], check=False)
+    print("ok lossy, dropped", dropped)
 
 
 # -- the namespace and the tests ---------------------------------------------------------
@@ -386,6 +475,16 @@ def test_altered_answer_is_refused(netns: str) -> None:
 @needs_netns
 def test_mitm_with_own_dtls_cert_fails_the_handshake(netns: str) -> None:
     assert "ok mitm" in _run(netns, scenario_mitm)
+
+
+@needs_netns
+def test_a_frame_altered_on_the_path_is_caught(netns: str) -> None:
+    assert "ok altered frame" in _run(netns, scenario_altered_frame)
+
+
+@needs_netns
+def test_frames_survive_a_lossy_reordering_path(netns: str) -> None:
+    assert "ok lossy" in _run(netns, scenario_lossy_path)
 
 
 @needs_netns

@@ -143,8 +143,10 @@ class Membership:
                 path=ev.path,
             )
             self.links[peer] = link
-        elif ev.contact is not None and link.contact is None:
-            link.contact = ev.contact
+        else:  # the shell replaced the link (say, rtc for tcp): it reports the new path
+            link.path = ev.path
+            if ev.contact is not None and link.contact is None:
+                link.contact = ev.contact
         self._lost.pop(peer, None)
         dial = self._dialing.pop(peer, None)
         if dial is None:
