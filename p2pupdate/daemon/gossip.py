@@ -61,7 +61,7 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -72,7 +72,6 @@ from ..core import gossip as g
 from ..core import timing
 from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
-from ..net import rtc
 from ..net.addresses import split_hostport
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import (
@@ -86,6 +85,10 @@ from ..net.errors import (
 from ..net.handshake import NonceCache
 from ..net.tcp import connect_tcp, serve_tcp
 from .truststate import TrustFile
+
+if TYPE_CHECKING:
+    from ..net.rtc import RtcLink
+
 
 #: Frames waiting per link before new ones are dropped.
 SEND_QUEUE = 64
@@ -188,7 +191,7 @@ class _Peer:
 
 def path_of(link: Link) -> str:
     """A link's path kind: ``tcp`` for a stream link, an rtc link's selected pair kind."""
-    path = getattr(link, "path", "tcp") if isinstance(link, rtc.RtcLink) else "tcp"
+    path = getattr(link, "path", "tcp")  # only an ``RtcLink`` has one
     return path if path in g.PATH_KINDS else "unknown"
 
 
@@ -649,8 +652,10 @@ class GossipService:
             raise LinkBrokenError(f"no signaling path to {to[:12]}")
         return await recv.receive()
 
-    async def _dial_rtc(self, peer: str) -> rtc.RtcLink:
+    async def _dial_rtc(self, peer: str) -> RtcLink:
         """Offer an rtc link to ``peer``; the answer comes back through ``_signal_in``."""
+        from ..net import rtc  # at first use (see ``_accept_rtc``)
+
         self.stats.rtc_dials += 1
         answered = False
         sent: list[bool] = []
@@ -691,11 +696,12 @@ class GossipService:
                 raise LinkTimeoutError(f"rtc to {peer[:12]}: no link in time") from exc
             raise
 
-    def _rtc_note(self, peer: str, line: str) -> None:
-        """Log ``line`` at most once per peer per ``PENALTY_LOG_INTERVAL``."""
+    def _rtc_note(self, peer: str, line: str, *, what: str = "failed") -> None:
+        """Log ``line`` at most once per (peer, ``what``) per ``PENALTY_LOG_INTERVAL``."""
         now = self.clock.monotonic()
-        if now - self._rtc_logged.get(peer, -math.inf) >= PENALTY_LOG_INTERVAL:
-            self._rtc_logged[peer] = now
+        key = f"{what}:{peer}"
+        if now - self._rtc_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
+            self._rtc_logged[key] = now
             if len(self._rtc_logged) > 1024:
                 del self._rtc_logged[next(iter(self._rtc_logged))]
             self.log(line)
@@ -706,6 +712,8 @@ class GossipService:
         ours waits for.  Anything else is dropped (the signatures decide, not the relay)."""
         if sender == self.node:
             return
+        from ..net import rtc  # at first use (see ``_accept_rtc``)
+
         try:
             rtc.open_signal(data, me=self.node, kind="offer", sender=sender)
         except SignalError:
@@ -737,6 +745,10 @@ class GossipService:
         nursery.start_soon(self._accept_rtc, sender, offer, via)
 
     async def _accept_rtc(self, sender: str, offer: bytes, via: str | None) -> None:
+        # ``net.rtc`` is imported where it is used: a node that never links by rtc does not
+        # carry asyncio and its bridge (about 2 MB of an idle daemon's RSS).
+        from ..net import rtc
+
         async def reply(answer: bytes) -> None:
             """The answer goes back the way the offer came."""
             if via is None:
@@ -804,6 +816,10 @@ class GossipService:
         if existing is None or existing.path != path:  # a replacement is silent but its path
             if existing is None:
                 self.stats.links_up += 1
+            if path != "tcp":
+                how = "offered" if outbound else "answered"
+                line = f"gossip: rtc link with {peer[:12]} ({how}; path {path})"
+                self._rtc_note(peer, line, what="up")
             self._handle(
                 g.LinkUp(
                     peer=peer, host=link.host, inbound=not outbound, contact=contact, path=path

@@ -15,7 +15,8 @@ coordinator ``on_nudge``       a verified nudge: ``Nudged`` for the updater
 coordinator ``on_learned``     a newer allowlist / scope: ``AllowlistLearned`` / ``ScopeLearned``
 coordinator ``on_slot``        a replica's signed word a slot freed for us: ``SlotFreed``
 coordinator ``estimate_source``  the pool's push-sum totals (``gossip_estimate``)
-coordinator ``on_document``    a document a replica sent: spread by gossip
+coordinator ``on_document``    a document a replica sent: spread by gossip (an allowlist also
+                               rewrites the status file: ``replica_document``)
 =============================  =================================================================
 
 Events for the updater go through ``feed`` (the node's event channel, due in whatever state
@@ -35,6 +36,7 @@ from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
+from ..core.errors import P2PUpdateError
 from ..core.gates import GateResult
 from ..launcher.state import SlotManifest
 from .coordinator import CoordinatorLink
@@ -100,7 +102,7 @@ class NodeHooks:
                 gossip.signals = coordinator
                 coordinator.on_signal = gossip.on_signal
                 coordinator.estimate_source = self.gossip_estimate
-                coordinator.on_document = gossip.publish
+                coordinator.on_document = self.replica_document
 
     def newest_allowlist(self) -> int | None:
         """The newest allowlist version known here (gossip or coordinator)."""
@@ -138,6 +140,20 @@ class NodeHooks:
         event = up.AllowlistLearned(version=allow.version, artifacts=allow.artifacts)
         if not self.feed(event):
             self.log("allowlist notice dropped: the updater is busy")
+
+    def replica_document(self, data: bytes) -> None:
+        """A document a replica sent (verified and kept by the coordinator link): spread by
+        gossip.  An allowlist also rewrites the status file, whose ``gossip.allowlist``
+        says the newest one known: on a node whose gossip view is not changing nothing
+        else would rewrite it soon (the first allowlist a node gets is no "newer" one)."""
+        assert self.gossip is not None
+        self.gossip.publish(data)
+        try:
+            kind = docs.peek_type(data)
+        except P2PUpdateError:
+            return
+        if kind == "allowlist":
+            self.write_status()
 
     # -- gossip's hooks -------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ skipped with the reason.  The signal-blob tests need no network and always run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -123,6 +126,85 @@ async def test_channel_binding_in_the_handshake() -> None:
     with pytest.raises(ExceptionGroup) as info:
         await _bound_pair((ca, cm), (cb, ca))
     assert info.value.subgroup(HandshakeKeyError) is not None, info.value
+
+
+class _LateAnswers:
+    """A nominated ICE pair whose peer answers each STUN check ``delay`` s late (or never):
+    what a consent answer stuck behind a bulk transfer looks like.  The transaction is
+    aioice's own; only the network is replaced."""
+
+    def __init__(self, delay: float | None) -> None:
+        from aioice import stun
+
+        self.stun, self.delay, self.checks = stun, delay, 0
+        self.remote_addr = ("10.77.0.2", 9)
+        self.protocol = self
+
+    async def request(self, request: Any, addr: Any, **kw: Any) -> Any:
+        self.checks += 1
+        tx = self.stun.Transaction(request, addr, self, retransmissions=kw["retransmissions"])
+        if self.delay is not None:
+            answer = self.stun.Message(
+                message_method=request.message_method,
+                message_class=self.stun.Class.RESPONSE,
+                transaction_id=request.transaction_id,
+            )
+            asyncio.get_running_loop().call_later(self.delay, tx.response_received, answer, addr)
+        return await tx.run()
+
+    def send_stun(self, message: Any, addr: Any) -> None:
+        pass
+
+
+def _consent(delay: float | None, checks: int) -> tuple[bool, int]:
+    """Run aioice's consent loop against ``_LateAnswers`` until the connection closes or
+    ``checks`` checks were made; (closed, checks made)."""
+    from aioice import ice, stun
+
+    pair = _LateAnswers(delay)
+    conn = ice.Connection(ice_controlling=True)
+    conn.remote_password = "pw"
+    conn._nominated = {1: pair}  # type: ignore[dict-item]
+    conn.build_request = lambda p, nominate: stun.Message(  # type: ignore[method-assign]
+        message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST
+    )
+    closed: list[bool] = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    conn.close = close  # type: ignore[method-assign]
+
+    async def main() -> None:
+        task = asyncio.ensure_future(conn.query_consent())
+        while not closed and pair.checks < checks:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return bool(closed), pair.checks
+
+
+def test_consent_survives_late_answers_and_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice counted a consent check failed when its answer came after 0.5 s (one STUN
+    RTO), and closed the link after six: a link whose answers wait behind a transfer died
+    of being busy.  Tuned, an answer within three RTOs counts; none at all still expires.
+    (Time is scaled down: the RTO is 10 ms here, the check interval 1 ms.)"""
+    import aioice
+    from aioice import ice, stun
+
+    if aioice.__version__ != rtc.AIOICE_TUNED_FOR:
+        pytest.skip(
+            f"aioice {aioice.__version__}: the consent tuning is for {rtc.AIOICE_TUNED_FOR}"
+        )
+    rtc.tune_aiortc()
+    monkeypatch.setattr(stun, "RETRY_RTO", 0.01)
+    monkeypatch.setattr(ice, "CONSENT_INTERVAL", 0.001)
+    assert _consent(delay=0.02, checks=10) == (False, 10)  # twice the RTO late: kept
+    closed, checks = _consent(delay=None, checks=50)
+    assert closed and checks == ice.CONSENT_FAILURES
 
 
 # -- scenarios: run inside the namespace by the tests below ----------------------------
