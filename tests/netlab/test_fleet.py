@@ -227,15 +227,10 @@ def test_both_routers_reboot_the_relayed_link_is_lost_and_back_within_30_s(nodes
     print(f"relay pair lost and back {back:.1f} s after homes c and d flushed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug (p2pupdate/daemon, not LAB's): the status file is not rewritten when "
-    "an allowlist arrives from the replica, so a node without gossip peers keeps reporting "
-    "the old gossip.allowlist",
-)
 def test_the_status_file_shows_an_allowlist_the_replica_sent(nodes: Fleet) -> None:
     """A lone node (no gossip peer to change its view) takes an allowlist from the replica:
-    its trust store has it at once, and its status file should say so."""
+    its trust store has it at once, and its status file says so (it kept the old version
+    until p8-gossip's e084353: only a gossip view change rewrote the file)."""
     c1 = nodes.node("c1")
     nodes.wait("c1 connected", lambda: nodes.connected() == 1, START)
     # settled: the updater sleeps and the start's status writes are 3 s behind us
