@@ -19,7 +19,12 @@ answer gathered and relayed back) and ``connect_p50_s`` (ICE, DTLS, SCTP, channe
 handshake); ``throughput_mbit_s``; ``cpu_s_per_gbit`` (user+system CPU of both children
 during the transfer, per 10^9 bits); ``udp_rcvbuf_drops`` (datagrams the kernels of the
 two namespaces dropped for full socket buffers).  Namespaces are removed whatever happens.
-``P2P_RTC_PROFILE=DIR`` writes cProfile files per child (trio and asyncio threads apart).
+``P2P_RTC_PROFILE=DIR`` writes cProfile files per child (trio and asyncio threads apart);
+``P2P_RTC_SAMPLE=DIR`` instead samples both threads' stacks every millisecond and writes
+``DIR/<role>.folded`` (one ``thread;frame;frame... count`` line per stack, the flame-graph
+input format).  A sample is taken when the sampler gets the GIL, so a thread is seen at the
+points where it releases it (C calls, syscalls): good for "which path", not for "how much".
+``cpu_split_s_per_gbit`` is the honest split: each end's trio and asyncio threads' CPU.
 """
 
 from __future__ import annotations
@@ -89,6 +94,17 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+async def _thread_time() -> float:
+    return time.thread_time()
+
+
+def split_cpu() -> tuple[float, float]:
+    """CPU seconds of (the trio thread, the asyncio thread) so far."""
+    from p2pupdate.net.asyncio_bridge import sidecar
+
+    return time.thread_time(), sidecar().submit(_thread_time()).result()
+
+
 async def dialer(setups: int, mib: int, ice: list[dict[str, Any]]) -> dict[str, Any]:
     io = Lines()
     marks: dict[str, float] = {}
@@ -122,11 +138,11 @@ async def dialer(setups: int, mib: int, ice: list[dict[str, Any]]) -> dict[str, 
         await link.aclose()
     link, _took = await dial()
     payload = os.urandom(FRAME)
-    c0, t0 = cpu(), time.perf_counter()
+    c0, t0, s0 = cpu(), time.perf_counter(), split_cpu()
     for _ in range(mib):
         await link.send(payload)
     assert await link.receive() == b"got it all"
-    t1, c1 = time.perf_counter(), cpu()
+    t1, c1, s1 = time.perf_counter(), cpu(), split_cpu()
     stats = link.stats()
     await link.aclose()
     return {
@@ -134,6 +150,8 @@ async def dialer(setups: int, mib: int, ice: list[dict[str, Any]]) -> dict[str, 
         "path": path,
         "transfer_s": t1 - t0,
         "cpu_s": c1 - c0,
+        "trio_cpu_s": s1[0] - s0[0],
+        "asyncio_cpu_s": s1[1] - s0[1],
         "max_buffered": stats.max_buffered,
         "udp_drops": udp_drops(),
     }
@@ -157,18 +175,25 @@ async def acceptor(setups: int, mib: int, ice: list[dict[str, Any]]) -> dict[str
             await _drain(link)
     link = await accept()
     c0 = None
+    s0 = (0.0, 0.0)
     got = 0
     while got < mib * FRAME:
         frame = await link.receive()
         if c0 is None:
-            c0 = cpu()
+            c0, s0 = cpu(), split_cpu()
         got += len(frame)
-    c1 = cpu()
+    c1, s1 = cpu(), split_cpu()
     await link.send(b"got it all")
     stats = link.stats()
     with trio.move_on_after(5):
         await _drain(link)
-    return {"cpu_s": c1 - (c0 or c1), "max_unread": stats.max_unread, "udp_drops": udp_drops()}
+    return {
+        "cpu_s": c1 - (c0 or c1),
+        "trio_cpu_s": s1[0] - s0[0],
+        "asyncio_cpu_s": s1[1] - s0[1],
+        "max_unread": stats.max_unread,
+        "udp_drops": udp_drops(),
+    }
 
 
 async def _drain(link: rtc.RtcLink) -> None:
@@ -184,10 +209,51 @@ async def _call(fn: Any) -> None:
     fn()
 
 
+class Sampler:
+    """Every ``interval`` s, the stacks of the trio (main) and asyncio threads, counted."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        from p2pupdate.net.asyncio_bridge import sidecar
+
+        self.threads = {threading.main_thread().ident: "trio", sidecar().thread.ident: "asyncio"}
+        self.counts: dict[str, int] = {}
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            for ident, frame in sys._current_frames().items():
+                name = self.threads.get(ident)
+                if name is None:
+                    continue
+                stack = []
+                f: Any = frame
+                while f is not None:
+                    code = f.f_code
+                    stack.append(f"{Path(code.co_filename).name}:{code.co_name}")
+                    f = f.f_back
+                key = ";".join([name, *reversed(stack)])
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def dump(self, path: str) -> None:
+        with open(path, "w") as out:
+            for key, n in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+                out.write(f"{key} {n}\n")
+
+
 def child(role: str, setups: int, mib: int, ice: list[dict[str, Any]]) -> None:
     fn = dialer if role == "dial" else acceptor
     prof_dir = os.environ.get("P2P_RTC_PROFILE")  # where the time goes: cProfile per child
-    if prof_dir:
+    sample_dir = os.environ.get("P2P_RTC_SAMPLE")
+    if sample_dir:
+        sampler = Sampler()
+        sampler.thread.start()
+        result = trio.run(fn, setups, mib, ice)
+        sampler.stop.set()
+        sampler.thread.join()
+        sampler.dump(os.path.join(sample_dir, f"{role}.folded"))
+    elif prof_dir:
         import cProfile
 
         from p2pupdate.net.asyncio_bridge import sidecar
@@ -281,6 +347,12 @@ def figures(results: dict[str, Any], mib: int, prefix: str = "") -> dict[str, An
         "connect_p50_s": p50("connect"),
         "throughput_mbit_s": round(bits / d["transfer_s"] / 1e6, 1),
         "cpu_s_per_gbit": round((d["cpu_s"] + a["cpu_s"]) / (bits / 1e9), 2),
+        # where it goes: per Gbit, each end's trio thread and asyncio (aiortc) thread
+        "cpu_split_s_per_gbit": {
+            f"{end}_{thread}": round(r[f"{thread}_cpu_s"] / (bits / 1e9), 2)
+            for end, r in (("dial", d), ("accept", a))
+            for thread in ("trio", "asyncio")
+        },
         "max_buffered_bytes": d["max_buffered"],
         "max_unread_bytes": a["max_unread"],
         "udp_rcvbuf_drops": d["udp_drops"] + a["udp_drops"],

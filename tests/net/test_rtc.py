@@ -12,6 +12,8 @@ skipped with the reason.  The signal-blob tests need no network and always run.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -123,6 +126,85 @@ async def test_channel_binding_in_the_handshake() -> None:
     with pytest.raises(ExceptionGroup) as info:
         await _bound_pair((ca, cm), (cb, ca))
     assert info.value.subgroup(HandshakeKeyError) is not None, info.value
+
+
+class _LateAnswers:
+    """A nominated ICE pair whose peer answers each STUN check ``delay`` s late (or never):
+    what a consent answer stuck behind a bulk transfer looks like.  The transaction is
+    aioice's own; only the network is replaced."""
+
+    def __init__(self, delay: float | None) -> None:
+        from aioice import stun
+
+        self.stun, self.delay, self.checks = stun, delay, 0
+        self.remote_addr = ("10.77.0.2", 9)
+        self.protocol = self
+
+    async def request(self, request: Any, addr: Any, **kw: Any) -> Any:
+        self.checks += 1
+        tx = self.stun.Transaction(request, addr, self, retransmissions=kw["retransmissions"])
+        if self.delay is not None:
+            answer = self.stun.Message(
+                message_method=request.message_method,
+                message_class=self.stun.Class.RESPONSE,
+                transaction_id=request.transaction_id,
+            )
+            asyncio.get_running_loop().call_later(self.delay, tx.response_received, answer, addr)
+        return await tx.run()
+
+    def send_stun(self, message: Any, addr: Any) -> None:
+        pass
+
+
+def _consent(delay: float | None, checks: int) -> tuple[bool, int]:
+    """Run aioice's consent loop against ``_LateAnswers`` until the connection closes or
+    ``checks`` checks were made; (closed, checks made)."""
+    from aioice import ice, stun
+
+    pair = _LateAnswers(delay)
+    conn = ice.Connection(ice_controlling=True)
+    conn.remote_password = "pw"
+    conn._nominated = {1: pair}  # type: ignore[dict-item]
+    conn.build_request = lambda p, nominate: stun.Message(  # type: ignore[method-assign]
+        message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST
+    )
+    closed: list[bool] = []
+
+    async def close() -> None:
+        closed.append(True)
+
+    conn.close = close  # type: ignore[method-assign]
+
+    async def main() -> None:
+        task = asyncio.ensure_future(conn.query_consent())
+        while not closed and pair.checks < checks:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    return bool(closed), pair.checks
+
+
+def test_consent_survives_late_answers_and_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice counted a consent check failed when its answer came after 0.5 s (one STUN
+    RTO), and closed the link after six: a link whose answers wait behind a transfer died
+    of being busy.  Tuned, an answer within three RTOs counts; none at all still expires.
+    (Time is scaled down: the RTO is 10 ms here, the check interval 1 ms.)"""
+    import aioice
+    from aioice import ice, stun
+
+    if aioice.__version__ != rtc.AIOICE_TUNED_FOR:
+        pytest.skip(
+            f"aioice {aioice.__version__}: the consent tuning is for {rtc.AIOICE_TUNED_FOR}"
+        )
+    rtc.tune_aiortc()
+    monkeypatch.setattr(stun, "RETRY_RTO", 0.01)
+    monkeypatch.setattr(ice, "CONSENT_INTERVAL", 0.001)
+    assert _consent(delay=0.02, checks=10) == (False, 10)  # twice the RTO late: kept
+    closed, checks = _consent(delay=None, checks=50)
+    assert closed and checks == ice.CONSENT_FAILURES
 
 
 # -- scenarios: run inside the namespace by the tests below ----------------------------
@@ -383,6 +465,48 @@ async def scenario_slow_reader() -> None:
     print("ok slow reader")
 
 
+async def scenario_lossy_path() -> None:
+    """The tuned SCTP (``rtc.tune_aiortc``: delayed SACKs, the retransmit walk only after a
+    loss signal, the reassembly shortcut) over a path that drops 3 % of UDP packets at
+    random (an nftables rule in the namespace; this kernel has no netem): gaps, fast
+    retransmits, T3 expiries and fragments that arrive after later ones, and still every
+    frame arrives whole and in order, both ways."""
+    import aiortc
+
+    assert rtc.tune_aiortc() == (aiortc.__version__ == rtc.AIORTC_TUNED_FOR)
+    rules = (
+        "table inet p2plossy {\n chain out {\n type filter hook output priority 0;\n"
+        " meta l4proto udp numgen random mod 100 < 3 counter drop\n }\n}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+    try:
+        with trio.fail_after(40):
+            a, b = await _linked()
+            frames = [i.to_bytes(4, "big") * 9000 for i in range(64)]  # 36 KB each
+            async with trio.open_nursery() as n:
+
+                async def write() -> None:
+                    for f in frames:
+                        await a.send(f)
+
+                n.start_soon(write)
+                for i, f in enumerate(frames):
+                    assert await b.receive() == f, i
+            for f in (b"", b"back", frames[0]):
+                await b.send(f)
+                assert await a.receive() == f
+            await a.aclose()
+            await b.aclose()
+        shown = subprocess.run(
+            ["nft", "list", "table", "inet", "p2plossy"], capture_output=True, text=True
+        ).stdout
+        dropped = int(shown.split("counter packets ")[1].split()[0])
+        assert dropped > 10, shown  # the path did lose packets
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "p2plossy"], check=False)
+    print("ok lossy, dropped", dropped)
+
+
 # -- the namespace and the tests ---------------------------------------------------------
 
 
@@ -438,6 +562,11 @@ def test_mitm_with_own_dtls_cert_fails_the_handshake(netns: str) -> None:
 @needs_netns
 def test_a_frame_altered_on_the_path_is_caught(netns: str) -> None:
     assert "ok altered frame" in _run(netns, scenario_altered_frame)
+
+
+@needs_netns
+def test_frames_survive_a_lossy_reordering_path(netns: str) -> None:
+    assert "ok lossy" in _run(netns, scenario_lossy_path)
 
 
 @needs_netns
