@@ -8,16 +8,38 @@ out its effects and reports back (README "Architecture"):
 ``Send``       queued on the peer's link (a bounded queue per link, one writer task each;
                a full queue drops the frame -- gossip repairs loss, a stalled peer must not
                stall the core)
-``Dial``       ``net.tcp.connect_tcp`` proving ``contact.node``; ``LinkUp`` or ``DialFailed``
+``Dial``       the transports ``core.gossip.link_plan`` lists, in order: ``net.rtc.dial_rtc``
+               (the offer through the coordinator's ``signal`` relay, else through linked
+               peers), then ``net.tcp``; the link must prove ``contact.node``; ``LinkUp``
+               (with the link's path kind) or ``DialFailed``
+``Signaled``   an rtc blob a linked peer relayed to us: an offer is answered
+               (``accept_rtc``), an answer goes to the dial that waits for it
 ``Disconnect`` the link's queue is closed, the writer flushes it and closes the link
 ``Deliver``    ``on_deliver(doc, slot)`` (the node verifies nothing again: the verifier did)
 ``Penalised``  logged (at most one line per peer and rule per minute)
 =============  ============================================================================
 
-**One link per peer id.**  Two nodes that dial each other at once end up with two links;
-both sides keep the one *dialed by the lower node id* and close the other, so they agree
-without talking.  A new link in the same direction as the one held replaces it (the dialer
+**One link per peer id.**  Two nodes that dial each other at once end up with two links
+(tcp, rtc, or one of each: the offerer of an rtc link is its dialer); both sides keep the
+one *dialed by the lower node id* and close the other, so they agree without talking.  A new link in the same direction as the one held replaces it (the dialer
 gave the old one up).  The core is told ``LinkUp`` once per peer; a replacement is silent.
+
+**rtc links and signaling** (README "Gossip and links").  With ``rtc`` on, a dial to a
+non-loopback contact offers a WebRTC data channel first.  The offer blob (node-signed, so
+no relay can alter it) goes through the coordinator (``signals.send_signal``, contract C2)
+when a replica takes it, and through every linked peer as well when no answer came within
+``RELAY_GRACE`` or no replica took it; the answer comes back the same ways (``on_signal``,
+or the core's ``Signaled``).  An offer that arrives is verified, refused as a replay when
+the node's ``NonceCache`` saw its session, and answered the way it came.  ICE servers (STUN,
+and TURN with a credential the replica minted) come from ``signals.ice_servers()`` at each
+dial and answer.  A peer that leaves an offer unanswered is dialed by tcp only for
+``UNANSWERED_TTL``.  Bytes over links whose path is ``relay`` (a TURN server) are counted:
+relay is a cost.
+
+**Keepalive.**  A link that sent nothing for ``KEEPALIVE`` sends an empty frame (never
+handed to the core); one that received nothing for ``LINK_DEAD`` is closed as *lost*, like
+one that broke, and the core redials its peer with backoff.  A link the peer closed in
+order is not lost.
 
 **Where contacts come from.**  ``--peer HOST:PORT`` (static bootstrap: the node id is not
 known in advance, so the shell opens a link once to learn it from the handshake, closes it
@@ -39,10 +61,12 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from ..clock import Clock
+from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import timing
@@ -50,9 +74,21 @@ from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
 from ..net.addresses import split_hostport
 from ..net.base import Link, LinkConfig, establish
-from ..net.errors import LinkBrokenError, LinkError, LinkTimeoutError
+from ..net.errors import (
+    HandshakeReplayError,
+    LinkBrokenError,
+    LinkClosedError,
+    LinkError,
+    LinkTimeoutError,
+    SignalError,
+)
+from ..net.handshake import NonceCache
 from ..net.tcp import connect_tcp, serve_tcp
 from .truststate import TrustFile
+
+if TYPE_CHECKING:
+    from ..net.rtc import RtcLink
+
 
 #: Frames waiting per link before new ones are dropped.
 SEND_QUEUE = 64
@@ -63,8 +99,33 @@ SEEK_FULL = 60.0
 INTRODUCTIONS = 16
 #: One log line per (peer, rule) per this many seconds.
 PENALTY_LOG_INTERVAL = 60.0
+#: A link that has sent nothing for this long sends an empty frame ...
+KEEPALIVE = 2.0
+#: ... and one that has received nothing for this long is closed as lost.
+LINK_DEAD = 8.0
+#: The longest an rtc attempt (offer, answer, ICE, DTLS, the handshake) may take before
+#: the dial falls back to tcp (``GossipConfig.dial_timeout`` leaves tcp its time after it).
+RTC_DIAL_TIMEOUT = 15.0
+#: After a replica took an offer, how long its answer may take before the offer also goes
+#: through linked peers (the peer may be connected to no replica at all).
+RELAY_GRACE = 3.0
+#: A peer that left an offer unanswered (rtc off, or a node without rtc) is dialed by tcp
+#: only, for this long.
+UNANSWERED_TTL = 600.0
+#: Offers answered at once (each costs a peer connection until ICE settles).
+MAX_ACCEPTS = 8
 
 Introducer = Callable[[int], Awaitable[list[g.Contact]]]
+
+
+class Signals(Protocol):
+    """The coordinator's side of rtc signaling (``daemon.coordinator.CoordinatorLink``,
+    contract C2): ICE servers for this node, and a relay of opaque blobs to another node
+    (its pushes come back through ``GossipService.on_signal``)."""
+
+    async def ice_servers(self) -> list[dict[str, Any]]: ...
+
+    async def send_signal(self, to: str, data: bytes) -> bool: ...
 
 
 def seek_interval(*, short: bool, fruitless: int) -> float:
@@ -115,7 +176,23 @@ class _Peer:
     outbound: bool
     send: trio.MemorySendChannel[bytes]
     recv: trio.MemoryReceiveChannel[bytes]
+    #: ``core.gossip.PATH_KINDS``: ``tcp``, or the rtc link's candidate pair kind.
+    path: str
+    #: Monotonic times of the last frame sent and received (the keepalive's clock).
+    sent: float
+    heard: float
+    bytes_in: int = 0
+    bytes_out: int = 0
     closing: bool = False
+    #: Closed because it broke or went silent (not in order): the core redials the peer.
+    lost: bool = False
+    why: str = "closed"
+
+
+def path_of(link: Link) -> str:
+    """A link's path kind: ``tcp`` for a stream link, an rtc link's selected pair kind."""
+    path = getattr(link, "path", "tcp")  # only an ``RtcLink`` has one
+    return path if path in g.PATH_KINDS else "unknown"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -132,11 +209,24 @@ class GossipStats:
     delivered: int = 0
     penalties: int = 0
     rejected_handshakes: int = 0
+    #: Bytes sent and received over links whose path is ``relay`` (TURN): relay is a cost.
+    relayed_bytes: int = 0
+    keepalives_out: int = 0
+    links_lost: int = 0
+    rtc_dials: int = 0
+    rtc_failures: int = 0
+    offers_answered: int = 0
+    offers_refused: int = 0
+    #: Offers whose session the node's nonce cache had seen (a replay, or a second path).
+    offers_replayed: int = 0
     last_penalty: dict[str, str] = field(default_factory=dict)
 
 
 class GossipService:
-    """One node's gossip over tcp links.  ``run`` it in the daemon's nursery."""
+    """One node's gossip over tcp and rtc links.  ``run`` it in the daemon's nursery.
+
+    ``rtc``: dial rtc first where ``link_plan`` says so, and answer offers (the node sets it
+    from ``--rtc``).  ``signals``: the coordinator's signaling and ICE servers, if any."""
 
     def __init__(
         self,
@@ -154,6 +244,10 @@ class GossipService:
         config: g.GossipConfig | None = None,
         link_config: LinkConfig | None = None,
         log: Callable[[str], None] = lambda _m: None,
+        rtc: bool = False,
+        signals: Signals | None = None,
+        keepalive: float = KEEPALIVE,
+        link_dead: float = LINK_DEAD,
     ) -> None:
         self.key = key
         self.node = key.keyid
@@ -171,6 +265,12 @@ class GossipService:
         self.config = config if config is not None else g.GossipConfig()
         self.link_config = link_config if link_config is not None else LinkConfig()
         self.log = log
+        self.rtc = rtc
+        self.signals = signals
+        self.keepalive = keepalive
+        self.link_dead = link_dead
+        #: The node's one cache of handshake nonces and offer sessions (replays refused).
+        self.nonces = NonceCache()
         self.stats = GossipStats()
         self.core: g.Gossip | None = None
         self.port = 0
@@ -181,6 +281,11 @@ class GossipService:
         self._unpublished: list[bytes] = []
         self._static_ids: dict[tuple[str, int], str] = {}
         self._epoch_seen: tuple[int, float] | None = None
+        #: Dials waiting for an rtc answer: peer -> (the offer's session, where it goes).
+        self._answers: dict[str, tuple[bytes, trio.MemorySendChannel[bytes]]] = {}
+        self._unanswered: dict[str, float] = {}
+        self._accepting = 0
+        self._rtc_logged: dict[str, float] = {}
 
     # -- public ------------------------------------------------------------------------------
 
@@ -228,21 +333,38 @@ class GossipService:
             return None
         return totals, max(0.0, self.clock.monotonic() - self._epoch_seen[1])
 
+    def paths(self) -> dict[str, str]:
+        """Each linked peer's path kind (``tcp``, ``host``, ``srflx``, ``prflx``, ``relay``)."""
+        return {peer: entry.path for peer, entry in self._peers.items()}
+
     def summary(self) -> dict[str, object]:
         core = self.core
+        paths = self.paths()
+        transports = {"tcp": 0, "rtc": 0}
+        for path in paths.values():
+            transports["tcp" if path == "tcp" else "rtc"] += 1
         return {
             "node": self.node,
             "port": self.port,
             "address": self.advertised,
+            "rtc": self.rtc,
             "active": len(core.active) if core else 0,
             "passive": len(core.passive) if core else 0,
             "links": len(self._peers),
             "linked": sorted(self._peers)[:16],
+            "paths": dict(sorted(paths.items())[:64]),
+            "transports": transports,
+            "relayed_bytes": self.stats.relayed_bytes,
             "rounds": core.rounds if core else 0,
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
+            "links_lost": self.stats.links_lost,
             "penalties": self.stats.penalties,
         }
+
+    def on_signal(self, sender: str, data: bytes) -> None:
+        """A blob the coordinator relayed from ``sender`` (``CoordinatorLink.on_signal``)."""
+        self._signal_in(sender, data, via=None)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -284,6 +406,7 @@ class GossipService:
             port=self.listen_port,
             config=self.link_config,
             on_reject=self._rejected,
+            nonces=self.nonces,
             task_status=task_status,
         )
 
@@ -385,6 +508,8 @@ class GossipService:
                     self.log(f"gossip: acting on a {effect.slot} failed: {exc!r}")
             elif isinstance(effect, g.Penalised):
                 self._penalised(effect)
+            elif isinstance(effect, g.Signaled):
+                self._signal_in(effect.sender, effect.data, via=effect.via)
 
     def _penalised(self, p: g.Penalised) -> None:
         self.stats.penalties += 1
@@ -443,14 +568,223 @@ class GossipService:
         )
 
     async def _dial(self, contact: g.Contact) -> None:
-        try:
-            link = await self._connect(contact.host, contact.port, contact.node)
-        except LinkError as exc:
-            self.stats.dial_failures += 1
-            if contact.node not in self._peers:
-                self._handle(g.DialFailed(node=contact.node, reason=str(exc)[:200]))
+        """Carry out a ``Dial``: each transport ``link_plan`` names, until one links."""
+        peer = contact.node
+        plan = g.link_plan(
+            contact,
+            rtc=self.rtc,
+            signaling=self._can_signal(peer),
+            unanswered=self._was_unanswered(peer),
+        )
+        failures = []
+        for transport in plan:
+            if peer in self._peers:
+                return  # the peer linked to us meanwhile (crossed): reuse it, open no second
+            try:
+                if transport == "rtc":
+                    link: Link = await self._dial_rtc(peer)
+                else:
+                    link = await self._connect(contact.host, contact.port, peer)
+            except LinkError as exc:
+                failures.append(f"{transport}: {exc}")
+                continue
+            await self._adopt(link, outbound=True, contact=contact)
             return
-        await self._adopt(link, outbound=True, contact=contact)
+        self.stats.dial_failures += 1
+        if peer not in self._peers:
+            self._handle(g.DialFailed(node=peer, reason="; ".join(failures)[:200]))
+
+    # -- rtc ---------------------------------------------------------------------------------
+
+    def _can_signal(self, peer: str) -> bool:
+        """Whether an offer could reach ``peer``: a coordinator, or a linked peer to relay."""
+        core = self.core
+        return self.signals is not None or (core is not None and core.can_relay(peer))
+
+    def _was_unanswered(self, peer: str) -> bool:
+        at = self._unanswered.get(peer)
+        if at is None:
+            return False
+        if self.clock.monotonic() - at < UNANSWERED_TTL:
+            return True
+        del self._unanswered[peer]
+        return False
+
+    async def _ice_servers(self) -> list[dict[str, Any]]:
+        if self.signals is None:
+            return []
+        try:
+            return list(await self.signals.ice_servers())
+        except Exception as exc:  # C2 says never; a node without ICE servers still has host
+            self.log(f"gossip: no ICE servers: {type(exc).__name__}: {exc}")
+            return []
+
+    def _relay(self, to: str, data: bytes, *, via: str | None = None) -> bool:
+        """Send a blob through linked peers (the core picks them); False: no path."""
+        core = self.core
+        if core is None or len(data) > proto.MAX_SIGNAL:
+            return False  # (an offer over the relays' bound: the coordinator refuses it too)
+        effects = core.handle(
+            g.SendSignal(to=to, data=data, via=via), self.clock.monotonic(), self.clock.utc_now()
+        )
+        sent = any(isinstance(e, g.Send) for e in effects)
+        self._perform(effects)
+        return sent
+
+    async def _signal(
+        self, to: str, data: bytes, recv: trio.MemoryReceiveChannel[bytes], sent: list[bool]
+    ) -> bytes:
+        """Send an offer to ``to`` (a replica first, then linked peers) and wait for the
+        answer ``recv`` gets; ``sent`` gets a True once some path took the offer."""
+        coordinated = False
+        if self.signals is not None:
+            try:
+                coordinated = await self.signals.send_signal(to, data)
+            except Exception as exc:  # C2 says never; count it as "not taken"
+                self.log(f"gossip: the coordinator's signal relay failed: {exc!r}")
+        if coordinated:
+            sent.append(True)
+            with trio.move_on_after(RELAY_GRACE):
+                return await recv.receive()
+        if self._relay(to, data):
+            sent.append(True)
+        elif not coordinated:
+            raise LinkBrokenError(f"no signaling path to {to[:12]}")
+        return await recv.receive()
+
+    async def _dial_rtc(self, peer: str) -> RtcLink:
+        """Offer an rtc link to ``peer``; the answer comes back through ``_signal_in``."""
+        from ..net import rtc  # at first use (see ``_accept_rtc``)
+
+        self.stats.rtc_dials += 1
+        answered = False
+        sent: list[bool] = []
+
+        async def exchange(offer: bytes) -> bytes:
+            nonlocal answered
+            session = rtc.open_signal(offer, me=peer, kind="offer").session  # our own blob
+            send, recv = trio.open_memory_channel[bytes](1)
+            self._answers[peer] = (session, send)
+            try:
+                answer = await self._signal(peer, offer, recv, sent)
+            finally:
+                if self._answers.get(peer, (b"", None))[1] is send:
+                    del self._answers[peer]
+            answered = True
+            return answer
+
+        try:
+            ice = await self._ice_servers()
+            with trio.fail_after(RTC_DIAL_TIMEOUT):
+                return await rtc.dial_rtc(
+                    key=self.key,
+                    peer=peer,
+                    exchange=exchange,
+                    config=self.link_config,
+                    ice_servers=ice,
+                    nonces=self.nonces,
+                )
+        except (LinkError, trio.TooSlowError) as exc:
+            self.stats.rtc_failures += 1
+            if sent and not answered:  # offered, and the peer said nothing
+                self._unanswered[peer] = self.clock.monotonic()
+                if len(self._unanswered) > 4096:
+                    del self._unanswered[next(iter(self._unanswered))]
+            what = "no answer" if sent and not answered else f"{type(exc).__name__}: {exc}"
+            self._rtc_note(peer, f"gossip: rtc to {peer[:12]} failed ({what}); trying tcp")
+            if isinstance(exc, trio.TooSlowError):
+                raise LinkTimeoutError(f"rtc to {peer[:12]}: no link in time") from exc
+            raise
+
+    def _rtc_note(self, peer: str, line: str, *, what: str = "failed") -> None:
+        """Log ``line`` at most once per (peer, ``what``) per ``PENALTY_LOG_INTERVAL``."""
+        now = self.clock.monotonic()
+        key = f"{what}:{peer}"
+        if now - self._rtc_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
+            self._rtc_logged[key] = now
+            if len(self._rtc_logged) > 1024:
+                del self._rtc_logged[next(iter(self._rtc_logged))]
+            self.log(line)
+
+    def _signal_in(self, sender: str, data: bytes, *, via: str | None) -> None:
+        """A signaling blob from ``sender`` (via the coordinator when ``via`` is None, else
+        relayed by the linked peer ``via``): an offer to answer, or the answer a dial of
+        ours waits for.  Anything else is dropped (the signatures decide, not the relay)."""
+        if sender == self.node:
+            return
+        from ..net import rtc  # at first use (see ``_accept_rtc``)
+
+        try:
+            rtc.open_signal(data, me=self.node, kind="offer", sender=sender)
+        except SignalError:
+            pass
+        else:
+            self._offer_in(sender, data, via)
+            return
+        waiting = self._answers.get(sender)
+        if waiting is None:
+            return  # an answer nobody waits for (late, or a copy through another path)
+        session, send = waiting
+        try:
+            rtc.open_signal(data, me=self.node, kind="answer", sender=sender, session=session)
+        except SignalError as exc:
+            self._rtc_note(sender, f"gossip: rtc answer from {sender[:12]} refused: {exc}")
+            return
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            send.send_nowait(data)
+
+    def _offer_in(self, sender: str, offer: bytes, via: str | None) -> None:
+        core, nursery = self.core, self._nursery
+        if not self.rtc or core is None or nursery is None:
+            self.stats.offers_refused += 1
+            return  # rtc off: the offer goes unanswered, the dialer falls back to tcp
+        if self._accepting >= MAX_ACCEPTS or core.is_banned(sender, self.clock.monotonic()):
+            self.stats.offers_refused += 1
+            return
+        self._accepting += 1
+        nursery.start_soon(self._accept_rtc, sender, offer, via)
+
+    async def _accept_rtc(self, sender: str, offer: bytes, via: str | None) -> None:
+        # ``net.rtc`` is imported where it is used: a node that never links by rtc does not
+        # carry asyncio and its bridge (about 2 MB of an idle daemon's RSS).
+        from ..net import rtc
+
+        async def reply(answer: bytes) -> None:
+            """The answer goes back the way the offer came."""
+            if via is None:
+                taken = self.signals is not None and await self.signals.send_signal(sender, answer)
+                if not taken:
+                    raise LinkBrokenError("no replica took the rtc answer")
+            elif not self._relay(sender, answer, via=via):
+                raise LinkBrokenError(f"the relaying peer {via[:12]} is gone")
+
+        try:
+            try:
+                ice = await self._ice_servers()
+                with trio.fail_after(RTC_DIAL_TIMEOUT):
+                    link = await rtc.accept_rtc(
+                        offer,
+                        key=self.key,
+                        reply=reply,
+                        expected_peer=sender,
+                        config=self.link_config,
+                        ice_servers=ice,
+                        nonces=self.nonces,
+                    )
+            finally:
+                self._accepting -= 1
+        except HandshakeReplayError:
+            self.stats.offers_replayed += 1
+            return  # the same offer again (a replay, or through a second path): answered once
+        except (LinkError, trio.TooSlowError) as exc:
+            self.stats.offers_refused += 1
+            what = f"{type(exc).__name__}: {exc}" if isinstance(exc, LinkError) else "timeout"
+            self._rtc_note(sender, f"gossip: rtc offer from {sender[:12]} failed: {what}")
+            return
+        self.stats.offers_answered += 1
+        await self._adopt(link, outbound=False, contact=None)
+
+    # -- running links -----------------------------------------------------------------------
 
     async def _inbound(self, link: Link) -> None:
         await self._adopt(link, outbound=False, contact=None)
@@ -473,14 +807,28 @@ class GossipService:
             existing.closing = True
             existing.send.close()
         send, recv = trio.open_memory_channel[bytes](SEND_QUEUE)
-        entry = _Peer(link=link, outbound=outbound, send=send, recv=recv)
+        now = self.clock.monotonic()
+        path = path_of(link)
+        entry = _Peer(
+            link=link, outbound=outbound, send=send, recv=recv, path=path, sent=now, heard=now
+        )
         self._peers[peer] = entry
-        if existing is None:
-            self.stats.links_up += 1
-            self._handle(g.LinkUp(peer=peer, host=link.host, inbound=not outbound, contact=contact))
+        if existing is None or existing.path != path:  # a replacement is silent but its path
+            if existing is None:
+                self.stats.links_up += 1
+            if path != "tcp":
+                how = "offered" if outbound else "answered"
+                line = f"gossip: rtc link with {peer[:12]} ({how}; path {path})"
+                self._rtc_note(peer, line, what="up")
+            self._handle(
+                g.LinkUp(
+                    peer=peer, host=link.host, inbound=not outbound, contact=contact, path=path
+                )
+            )
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, entry)
+                nursery.start_soon(self._keepalive, entry)
                 await self._reader(entry)
                 nursery.cancel_scope.cancel()
         finally:
@@ -489,9 +837,10 @@ class GossipService:
             if self._peers.get(peer) is entry:
                 del self._peers[peer]
                 self.stats.links_down += 1
+                self.stats.links_lost += entry.lost
                 if self.core is not None:
                     with contextlib.suppress(Exception):
-                        self._handle(g.LinkDown(peer=peer, reason="closed"))
+                        self._handle(g.LinkDown(peer=peer, reason=entry.why, lost=entry.lost))
                 self._wake.set()
 
     async def _reader(self, entry: _Peer) -> None:
@@ -499,10 +848,20 @@ class GossipService:
         while not entry.closing:
             try:
                 data = await link.receive()
-            except LinkError:
+            except LinkClosedError:
+                return  # closed in order (or by us: then ``lost``/``why`` say why)
+            except LinkError as exc:
+                if not entry.closing:
+                    entry.lost, entry.why = True, f"broken: {exc}"[:200]
                 return
             if entry.closing or self._peers.get(link.peer) is not entry:
                 return
+            entry.heard = self.clock.monotonic()
+            entry.bytes_in += len(data)
+            if entry.path == "relay":
+                self.stats.relayed_bytes += len(data)
+            if not data:
+                continue  # a keepalive: for this shell only, never for the core
             self.stats.frames_in += 1
             self._handle(g.Received(peer=link.peer, data=data))
 
@@ -511,12 +870,38 @@ class GossipService:
         async for data in entry.recv:
             try:
                 await link.send(data)
-            except (LinkError, ValueError):
+            except (LinkError, ValueError) as exc:
+                if not entry.closing and isinstance(exc, LinkError):
+                    entry.lost, entry.why = True, f"broken: {exc}"[:200]
                 break
-            self.stats.frames_out += 1
+            entry.sent = self.clock.monotonic()
+            entry.bytes_out += len(data)
+            if entry.path == "relay":
+                self.stats.relayed_bytes += len(data)
+            if data:
+                self.stats.frames_out += 1
+            else:
+                self.stats.keepalives_out += 1
         # queue closed (Disconnect, or replaced by a better duplicate) or the link broke
         entry.closing = True
         await link.aclose()
+
+    async def _keepalive(self, entry: _Peer) -> None:
+        """An empty frame after ``keepalive`` of sending nothing; the link closed as lost
+        after ``link_dead`` of hearing nothing (NAT rebinding, a router gone)."""
+        while not entry.closing:
+            now = self.clock.monotonic()
+            if now - entry.heard >= self.link_dead:
+                entry.lost, entry.why = True, f"silent for {self.link_dead:g}s"
+                entry.closing = True
+                with trio.CancelScope(shield=True):
+                    await entry.link.aclose()  # the reader sees it and ends the link
+                return
+            if now - entry.sent >= self.keepalive:
+                entry.sent = now  # one keepalive per interval, even if the queue is full
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                    entry.send.send_nowait(b"")
+            await trio.sleep_until(min(entry.heard + self.link_dead, entry.sent + self.keepalive))
 
 
 def trust_verifier(trust: TrustFile, clock: Clock) -> g.Verifier:

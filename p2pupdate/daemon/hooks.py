@@ -7,12 +7,16 @@ know nothing of it; ``NodeHooks.attach`` plugs them in:
 gossip ``status``              our heartbeat / push-sum contribution (``gossip_status``)
 gossip ``on_deliver``          a verified document that was news here (``gossip_delivered``)
 gossip ``introducer``          the coordinator's introductions (``--coordinator`` only)
+gossip ``rtc``                 ``--rtc`` (``core.gossip.rtc_enabled`` decides ``auto``)
+gossip ``signals``             the coordinator's ICE servers and signal relay (C2)
+coordinator ``on_signal``      a relayed rtc offer or answer: to gossip
 coordinator ``status_fields``  version, artifact, state, why gates 1-2 hold us back
 coordinator ``on_nudge``       a verified nudge: ``Nudged`` for the updater
 coordinator ``on_learned``     a newer allowlist / scope: ``AllowlistLearned`` / ``ScopeLearned``
 coordinator ``on_slot``        a replica's signed word a slot freed for us: ``SlotFreed``
 coordinator ``estimate_source``  the pool's push-sum totals (``gossip_estimate``)
-coordinator ``on_document``    a document a replica sent: spread by gossip
+coordinator ``on_document``    a document a replica sent: spread by gossip (an allowlist also
+                               rewrites the status file: ``replica_document``)
 =============================  =================================================================
 
 Events for the updater go through ``feed`` (the node's event channel, due in whatever state
@@ -32,6 +36,7 @@ from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
+from ..core.errors import P2PUpdateError
 from ..core.gates import GateResult
 from ..launcher.state import SlotManifest
 from .coordinator import CoordinatorLink
@@ -91,10 +96,13 @@ class NodeHooks:
         if gossip is not None:
             gossip.status = self.gossip_status
             gossip.on_deliver = self.gossip_delivered
+            gossip.rtc = g.rtc_enabled(self.opts.rtc, [gossip.listen_host, gossip.advertise_host])
             if coordinator is not None:
                 gossip.introducer = coordinator.introductions
+                gossip.signals = coordinator
+                coordinator.on_signal = gossip.on_signal
                 coordinator.estimate_source = self.gossip_estimate
-                coordinator.on_document = gossip.publish
+                coordinator.on_document = self.replica_document
 
     def newest_allowlist(self) -> int | None:
         """The newest allowlist version known here (gossip or coordinator)."""
@@ -132,6 +140,20 @@ class NodeHooks:
         event = up.AllowlistLearned(version=allow.version, artifacts=allow.artifacts)
         if not self.feed(event):
             self.log("allowlist notice dropped: the updater is busy")
+
+    def replica_document(self, data: bytes) -> None:
+        """A document a replica sent (verified and kept by the coordinator link): spread by
+        gossip.  An allowlist also rewrites the status file, whose ``gossip.allowlist``
+        says the newest one known: on a node whose gossip view is not changing nothing
+        else would rewrite it soon (the first allowlist a node gets is no "newer" one)."""
+        assert self.gossip is not None
+        self.gossip.publish(data)
+        try:
+            kind = docs.peek_type(data)
+        except P2PUpdateError:
+            return
+        if kind == "allowlist":
+            self.write_status()
 
     # -- gossip's hooks -------------------------------------------------------------------------
 

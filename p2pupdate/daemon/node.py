@@ -228,6 +228,7 @@ class Node:
                 await nursery.start(self.gossip.run)
                 self.log(
                     f"gossip: node {self.gossip.node[:16]}... links at {self.gossip.advertised}"
+                    f" (rtc {'on' if self.gossip.rtc else 'off'})"
                 )
                 if self.coord is not None:
                     self.coord.addrs = [self.gossip.advertised]

@@ -27,6 +27,7 @@ from ..cli.common import UsageError, int_range, read_document
 from ..core import coordproto as proto
 from ..core.documents import open_root
 from ..core.errors import P2PUpdateError
+from ..core.gossip import RTC_MODES, rtc_enabled
 from ..core.timing import UpdaterConfig
 from ..net.addresses import bind_problem, is_host, is_ip, split_hostport
 from ..net.websocket import parse_url
@@ -272,6 +273,16 @@ OPTIONS: Final = (
         "--gossip-listen or --gossip-advertise address)",
     ),
     _Opt(
+        flag="--rtc",
+        kind=str,
+        default="auto",
+        metavar=None,
+        choices=RTC_MODES,
+        help="link to peers by WebRTC data channels (ICE: host candidates on a LAN, STUN "
+        "and TURN from the coordinator across NATs), tcp as the fallback; auto (default): "
+        "on when the gossip listen or advertise host is not a loopback address",
+    ),
+    _Opt(
         flag="--gossip-round",
         kind=_gossip_round,
         default=1.0,
@@ -358,6 +369,7 @@ class DaemonOptions:
     gossip_advertise: str | None = None
     peer: tuple[str, ...] = ()
     zeroconf: tuple[str, ...] = ()
+    rtc: str = "auto"
     gossip_round: float = 1.0
     gossip_notice_spread: float = UPDATER_DEFAULTS.notice_spread
     report_interval: float = 30.0
@@ -495,6 +507,16 @@ def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_marg
             raise UsageError(
                 "--zeroconf announces the gossip address: it needs --gossip-listen or "
                 "--gossip-advertise with a specific IP address"
+            )
+    if _given(ns, "rtc") == "on":
+        gossip = ns.gossip_listen is not None or ns.peer or getattr(ns, "zeroconf", None)
+        hosts = [listen_host or "127.0.0.1", ns.gossip_advertise]
+        if not gossip:
+            raise UsageError("--rtc on needs gossip (--gossip-listen, --peer or --zeroconf)")
+        if not rtc_enabled("auto", hosts):
+            raise UsageError(
+                "--rtc on needs a gossip address beyond this machine (--gossip-listen or "
+                "--gossip-advertise not loopback): ICE never offers a loopback candidate"
             )
     if _given(ns, "work") == "kv":
         host, port = _given(ns, "host"), _given(ns, "port")

@@ -62,7 +62,9 @@ def newest_allowlist(seen: int | None, held: docs.Allowlist | None) -> int | Non
 
 
 def gossip_view(gossip: GossipService, *, allowlist: int | None) -> dict[str, Any]:
-    """The status file's ``gossip`` entry."""
+    """The status file's ``gossip`` entry: the views, each link's path kind (``paths``:
+    ``tcp`` / ``host`` / ``srflx`` / ``prflx`` / ``relay``), links per transport, and the
+    bytes moved over TURN relays (``relayed_bytes``: relay is a cost)."""
     return {**gossip.summary(), "allowlist": allowlist}
 
 
@@ -131,7 +133,7 @@ async def refresh_on_gossip_change(
     while True:
         await trio.sleep(interval)
         s = gossip.summary()
-        now = (s["active"], s["passive"], s["links"])
+        now = (s["active"], s["passive"], s["links"], s["paths"], s["relayed_bytes"])
         if now != last:
             last = now
             write()

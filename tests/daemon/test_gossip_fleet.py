@@ -170,6 +170,11 @@ def test_fleet_spreads_an_allowlist_by_gossip(
         60,
     )
     formed = time.monotonic() - started
+    # loopback addresses: --rtc auto leaves rtc off, every link is tcp, nothing relayed
+    views = [_gossip(n) or {} for n in fleet]
+    for v in views:
+        assert v.get("rtc") is False and v.get("relayed_bytes") == 0, v
+        assert set(v["paths"].values()) == {"tcp"} and v["transports"]["rtc"] == 0, v
     pids = [p for n in fleet for p in _group_pids(n.pgid)]
     rss, cpu0 = _rss_and_cpu(pids)
     time.sleep(5.0)

@@ -18,7 +18,9 @@ import pytest
 from p2pupdate.core import turn as turncred
 from scripts.netlab import Lab, lab_up, leftovers
 from scripts.netlab.coturn import Turn, have_turnserver, turn_server
-from scripts.netlab.topology import parse_topology
+from scripts.netlab.lab import REPO
+from scripts.netlab.topology import load_topology, parse_topology
+from tests.netlab.fleet import Fleet, fleet_up
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 MISSING = [tool for tool in ("ip", "nft", "tc") if shutil.which(tool) is None]
@@ -110,3 +112,23 @@ def turn(lab: Lab) -> Iterator[Turn]:
         pytest.skip("coturn (turnserver) is not installed")
     with turn_server(lab, "turn", secret=TURN_SECRET) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The six homes of ``mixed.toml`` with a replica and coturn in inet, for a module's
+    daemon tests (tests start their nodes with ``fleet.node`` and stop them when done)."""
+    if not IS_ROOT or MISSING:
+        pytest.skip(f"netlab needs root and ip, nft, tc (root: {IS_ROOT}, missing: {MISSING})")
+    if not have_turnserver():
+        pytest.skip("coturn (turnserver) is not installed")
+    prefix = fresh_prefix()
+    topology = load_topology(REPO / "scripts" / "netlab" / "topologies" / "mixed.toml")
+    try:
+        with (
+            lab_up(topology, prefix) as built,
+            fleet_up(built, tmp_path_factory.mktemp("fleet")) as running,
+        ):
+            yield running
+    finally:
+        assert leftovers(prefix) == [], f"lab {prefix} left {leftovers(prefix)}"

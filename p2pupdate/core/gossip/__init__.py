@@ -24,6 +24,8 @@ One module per concern; each module's docstring holds its protocol's detail:
 ``rumors``          signed documents pushed, pulled when large, repaired by anti-entropy
 ``pushsum``         per-pool aggregates by push-sum, restarted every epoch
 ``reputation``      penalties, scores and bans, the Sybil caps per source host
+``relay``           signaling blobs (rtc offers, answers) passed through a common peer
+``links``           which transport a dial tries (``link_plan``), the path kinds, ``--rtc``
 ``front``           ``Gossip``, composing the parts, and the dispatch tables
 ==================  ========================================================================
 
@@ -40,6 +42,7 @@ from .config import (
     MAX_INLINE_DOC,
     MAX_MESSAGE_BYTES,
     MAX_POOLS,
+    MAX_RELAY_MESSAGE_BYTES,
     MAX_TTL,
     GossipConfig,
 )
@@ -58,9 +61,12 @@ from .events import (
     Publish,
     Received,
     Send,
+    SendSignal,
+    Signaled,
     StatusChanged,
 )
 from .front import EVENT_HANDLERS, MESSAGE_HANDLERS, EventHandler, Gossip, MessageHandler
+from .links import PATH_KINDS, RTC_MODES, TRANSPORTS, is_loopback, link_plan, rtc_enabled
 from .messages import (
     MESSAGE_TYPES,
     Aggregate,
@@ -75,6 +81,8 @@ from .messages import (
     Neighbor,
     NeighborReply,
     Prune,
+    Relay,
+    Relayed,
     Rumor,
     Shuffle,
     ShuffleReply,
@@ -102,11 +110,15 @@ __all__ = [
     "MAX_INLINE_DOC",
     "MAX_MESSAGE_BYTES",
     "MAX_POOLS",
+    "MAX_RELAY_MESSAGE_BYTES",
     "MAX_TTL",
     "MESSAGE_HANDLERS",
     "MESSAGE_TYPES",
+    "PATH_KINDS",
     "PENALTIES",
+    "RTC_MODES",
     "RUMOR_TYPES",
+    "TRANSPORTS",
     "Accepted",
     "Aggregate",
     "AggregateEstimate",
@@ -140,16 +152,23 @@ __all__ = [
     "Prune",
     "Publish",
     "Received",
+    "Relay",
+    "Relayed",
     "Rng",
     "Rumor",
     "Send",
+    "SendSignal",
     "Shuffle",
     "ShuffleReply",
+    "Signaled",
     "Status",
     "StatusChanged",
     "Verifier",
     "decode_message",
+    "is_loopback",
     "leader_priority",
+    "link_plan",
     "retransmit_limit",
+    "rtc_enabled",
     "rumor_id",
 ]

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from typing import Final
 
 from .. import wire
+from ..coordproto import MAX_SIGNAL
 
 #: Gossip messages fit one unfragmented UDP/DTLS datagram (README "Gossip and links").
 MAX_MESSAGE_BYTES: Final = 1200
 #: A ``Doc`` (the answer to our ``IWant``) may carry any signed document.
 MAX_DOC_MESSAGE_BYTES: Final = wire.DOCUMENT_LIMITS.max_bytes + 64
+#: A ``Relay`` / ``Relayed`` carries one signaling blob of up to ``MAX_SIGNAL`` bytes (the
+#: coordinator relay's own bound, so a blob fits either path).
+MAX_RELAY_MESSAGE_BYTES: Final = MAX_SIGNAL + 64
 #: Envelopes up to this size ride inside a ``Rumor``; larger ones are announced and pulled.
 MAX_INLINE_DOC: Final = MAX_MESSAGE_BYTES - 32
 #: Contacts per shuffle, shuffle reply or refusal.
@@ -83,6 +87,21 @@ class GossipConfig:
     #: An active peer silent this long is dropped (heartbeats and push-sum keep links busy).
     silence_timeout: float = 60.0
     max_messages_per_round: int = 200
+    #: Signaling relays (``Relay`` and ``Relayed``, counted together) a peer may send per
+    #: ``relay_window`` seconds; the first one over costs it ``flood``, the rest are dropped.
+    #: A forwarder holds itself to the same budget per destination, so an honest relay
+    #: never trips the limit of the node it forwards to.
+    relay_budget: int = 16
+    relay_window: float = 10.0
+    #: Blobs remembered as relayed or delivered (a second copy is dropped: no loops, and one
+    #: ``Signaled`` per blob however many peers carried it).
+    relay_seen_max: int = 1024
+    #: A lost link's contact is redialed (with the backoff above) this many times in a row
+    #: before it is forgotten: a router that reboots is back in under a minute.
+    lost_redials: int = 6
+    #: A pending ``Dial`` is forgotten after this long (an rtc attempt, then tcp, may take
+    #: this long; a dial answered later would come up as an inbound-looking link).
+    dial_timeout: float = 30.0
     disconnect_score: float = 50.0
     ban_score: float = 100.0
     ban_seconds: float = 3600.0
@@ -118,5 +137,11 @@ class GossipConfig:
             raise ValueError("GossipConfig.stable_link must be >= 0 and finite")
         if not 0.0 < self.disconnect_score <= self.ban_score:
             raise ValueError("GossipConfig: need 0 < disconnect_score <= ban_score")
+        if self.relay_budget < 1 or not 0.0 < self.relay_window < float("inf"):
+            raise ValueError("GossipConfig: need relay_budget >= 1 and a finite relay_window > 0")
+        if self.relay_seen_max < 1 or self.lost_redials < 0:
+            raise ValueError("GossipConfig: need relay_seen_max >= 1 and lost_redials >= 0")
+        if not 0.0 < self.dial_timeout < float("inf"):
+            raise ValueError("GossipConfig.dial_timeout must be positive and finite")
         if min(self.max_links_per_host, self.max_active_per_host, self.max_passive_per_host) < 1:
             raise ValueError("GossipConfig: per-host caps must be >= 1")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..coordproto import MAX_SIGNAL
+from .links import PATH_KINDS
 from .values import Contact, Status, check_node
 
 # -- events (shell -> gossip) -------------------------------------------------------------
@@ -33,25 +35,36 @@ class LinkUp(Event):
     """A link to ``peer`` is open and its node key proven (by the link's handshake).
 
     ``host``: the remote address as observed (the Sybil-cap unit).  ``contact``: the
-    address dialed, for an outbound link; None for an inbound one.  The shell keeps one
-    link per peer id and reports it once.
+    address dialed, for an outbound link; None for an inbound one.  ``path``: what the
+    link runs over (``links.PATH_KINDS``: ``tcp``, or the selected ICE candidate pair's
+    kind of an rtc link; ``relay`` is a cost).  The shell keeps one link per peer id and
+    reports it once.
     """
 
     peer: str
     host: str
     inbound: bool
     contact: Contact | None = None
+    path: str = "tcp"
 
     def __post_init__(self) -> None:
         check_node(self.peer, "LinkUp.peer")
+        if self.path not in PATH_KINDS:
+            raise ValueError(f"LinkUp.path must be one of {', '.join(PATH_KINDS)}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LinkDown(Event):
-    """The link to ``peer`` closed (either side, any reason)."""
+    """The link to ``peer`` closed (either side, any reason).
+
+    ``lost``: it was not closed in order but broke or went silent (NAT rebinding, a router
+    reboot, a peer gone without a word): the peer is redialed, with backoff.  A link the
+    peer closed in order (after its ``Prune``, or as it stopped) is not.
+    """
 
     peer: str
     reason: str = "closed"
+    lost: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -78,6 +91,25 @@ class Publish(Event):
     """
 
     doc: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendSignal(Event):
+    """Relay a signaling blob (an rtc offer or answer) to node ``to`` through linked peers:
+    through ``via`` only when given (an answer goes back the way its offer came), else
+    through every linked peer but ``to`` (whichever links to ``to`` forwards it).  No
+    ``Send`` comes back when there is no such peer: no path."""
+
+    to: str
+    data: bytes
+    via: str | None = None
+
+    def __post_init__(self) -> None:
+        check_node(self.to, "SendSignal.to")
+        if self.via is not None:
+            check_node(self.via, "SendSignal.via")
+        if not 0 < len(self.data) <= MAX_SIGNAL:
+            raise ValueError(f"SendSignal.data must be 1-{MAX_SIGNAL} bytes")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +159,17 @@ class Deliver(Effect):
 
     doc: bytes
     slot: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Signaled(Effect):
+    """A signaling blob ``sender`` addressed to this node, relayed by the linked peer
+    ``via`` (opaque here: the shell verifies its signature).  Each blob comes out once,
+    however many peers relayed it."""
+
+    sender: str
+    data: bytes
+    via: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

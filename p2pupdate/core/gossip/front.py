@@ -1,7 +1,7 @@
 """``Gossip``: one node's gossip, a thin front over the protocol parts, and the dispatch tables.
 
 The front owns nothing of the protocols' state.  It builds the parts around one
-``NodeContext`` (membership, heartbeats, rumors, push-sum, reputation), runs a round in a
+``NodeContext`` (membership, heartbeats, rumors, push-sum, reputation, relays), runs a round in a
 fixed order (``handle_timer``), and routes every event and every decoded message to the
 one handler ``EVENT_HANDLERS`` / ``MESSAGE_HANDLERS`` names for it.  It is also where a
 message's fault becomes a penalty: a frame that does not decode, a handler that raises
@@ -28,6 +28,7 @@ from .events import (
     LinkUp,
     Publish,
     Received,
+    SendSignal,
     StatusChanged,
 )
 from .heartbeats import Heartbeats
@@ -46,12 +47,15 @@ from .messages import (
     Neighbor,
     NeighborReply,
     Prune,
+    Relay,
+    Relayed,
     Rumor,
     Shuffle,
     ShuffleReply,
     decode_message,
 )
 from .pushsum import PushSum
+from .relay import Relays
 from .reputation import Penalty, Reputation, rule_for
 from .rumors import Rumors
 from .values import AggregateEstimate, Contact, Rng, Status, Verifier
@@ -107,6 +111,7 @@ class Gossip:
         )
         self._heartbeats = Heartbeats(ctx, self._membership, now=now)
         self._push_sum = PushSum(ctx, self._membership)
+        self._relays = Relays(ctx, self._membership)
 
     # -- read-only views ----------------------------------------------------------------------
 
@@ -138,6 +143,17 @@ class Gossip:
     @property
     def linked(self) -> tuple[str, ...]:
         return tuple(self._membership.links)
+
+    @property
+    def paths(self) -> Mapping[str, str]:
+        """Each linked peer's path (``links.PATH_KINDS``: ``tcp``, or an rtc link's selected
+        candidate pair kind, ``relay`` being a TURN server's)."""
+        return {p: link.path for p, link in self._membership.links.items()}
+
+    def can_relay(self, to: str) -> bool:
+        """Whether a linked peer could relay a signaling blob to ``to`` (a ``SendSignal``
+        would go somewhere): one of the signaling paths ``links.link_plan`` asks about."""
+        return self._relays.paths(to)
 
     @property
     def heartbeats(self) -> Mapping[str, Heartbeat]:
@@ -285,6 +301,7 @@ class Gossip:
     def _link_forgotten(self, peer: str) -> None:
         self._rumors.forget(peer)
         self._heartbeats.forget(peer)
+        self._relays.forget(peer)
 
 
 # -- dispatch -----------------------------------------------------------------------------------
@@ -304,6 +321,10 @@ def _rumors(g: Gossip) -> Rumors:
 
 def _push_sum(g: Gossip) -> PushSum:
     return g._push_sum
+
+
+def _relays(g: Gossip) -> Relays:
+    return g._relays
 
 
 def _mrow(
@@ -353,6 +374,8 @@ MESSAGE_HANDLERS: Final[Mapping[type[Message], MessageHandler]] = dict(
         _mrow(Digest, _rumors, Rumors.on_digest),
         _mrow(Doc, _rumors, Rumors.on_doc),
         _mrow(Aggregate, _push_sum, PushSum.on_aggregate),
+        _mrow(Relay, _relays, Relays.on_relay),
+        _mrow(Relayed, _relays, Relays.on_relayed),
     ]
 )
 assert set(MESSAGE_HANDLERS) == set(MESSAGE_TYPES.values())
@@ -369,6 +392,7 @@ EVENT_HANDLERS: Final[Mapping[type[Event], EventHandler]] = dict(
         _erow(DialFailed, _membership, Membership.on_dial_failed),
         _erow(Received, _front, Gossip._on_received),
         _erow(Publish, _rumors, Rumors.on_publish),
+        _erow(SendSignal, _relays, Relays.on_send_signal),
         _erow(StatusChanged, _front, Gossip._on_status),
     ]
 )

@@ -11,7 +11,11 @@ over links that exist) and a *passive view* of ~5x as many contacts to repair it
 * Below ``active_min`` it asks with high priority (the receiver must make room; HyParView
   does so only for an empty view, which leaves nodes whose few contacts are all full stuck
   short).  A refusal suggests other contacts (peer exchange).
-* A lost link is repaired from the passive view at the next round.
+* A lost link is repaired from the passive view at the next round, and when it broke or
+  went silent (``LinkDown.lost``) rather than closed in order, the active peer's contact
+  goes back into it, to be redialed with the backoff below
+  (``lost_redials`` times in a row at most): NAT rebinding or a router reboot cuts a
+  link without either node leaving.
 * A contact whose dial failed, or whose link was lost soon after it came up, is not dialed
   again before its backoff (``GossipConfig.redial_base`` doubling per failure in a row, up
   to ``redial_cap``, equal jitter; ``timing.capped_exponential``): a peer that takes
@@ -67,6 +71,7 @@ class Link:
     since: float
     heard: float
     contact: Contact | None
+    path: str = "tcp"  # ``links.PATH_KINDS``
     messages: int = 0  # this round
 
 
@@ -99,6 +104,8 @@ class Membership:
         self._shuffling: dict[str, tuple[tuple[Contact, ...], float]] = {}
         #: Contacts backing off: node -> (failures in a row, not dialed before this time).
         self._redial: dict[str, tuple[int, float]] = {}
+        #: Peers whose active link was lost: node -> redials that failed since.
+        self._lost: dict[str, int] = {}
 
     # -- events -------------------------------------------------------------------------------
 
@@ -127,10 +134,20 @@ class Membership:
                     )
                 )
                 return
-            link = Link(host=ev.host, inbound=ev.inbound, since=now, heard=now, contact=ev.contact)
+            link = Link(
+                host=ev.host,
+                inbound=ev.inbound,
+                since=now,
+                heard=now,
+                contact=ev.contact,
+                path=ev.path,
+            )
             self.links[peer] = link
-        elif ev.contact is not None and link.contact is None:
-            link.contact = ev.contact
+        else:  # the shell replaced the link (say, rtc for tcp): it reports the new path
+            link.path = ev.path
+            if ev.contact is not None and link.contact is None:
+                link.contact = ev.contact
+        self._lost.pop(peer, None)
         dial = self._dialing.pop(peer, None)
         if dial is None:
             return  # inbound: the peer speaks first (Join / Neighbor)
@@ -142,19 +159,35 @@ class Membership:
             self._ask_neighbor(peer, now, out, high=purpose == "neighbor-high")
 
     def on_link_down(self, ev: LinkDown, now: float, utc_now: int, out: Out) -> None:
-        link = self.links.get(ev.peer)
+        peer = ev.peer
+        link = self.links.get(peer)
+        contact = self.active.get(peer)
         if link is not None:
             if now - link.since < self._ctx.config.stable_link:
-                self._failed(ev.peer, now)
+                self._failed(peer, now)
             else:
-                self._redial.pop(ev.peer, None)
-        self.forget_link(ev.peer)
-        # HyParView: a failed active peer is dropped; the next round repairs from passive.
+                self._redial.pop(peer, None)
+        self.forget_link(peer)
+        # HyParView drops a failed active peer and repairs from the passive view.  A lost
+        # (not closed) link's contact goes back into it, so the peer itself is redialed too (with the
+        # backoff, ``lost_redials`` times): a link cut by NAT rebinding or a router reboot
+        # comes back, where a fleet of two would otherwise stay apart for good.
+        if ev.lost and contact is not None and self._ctx.config.lost_redials > 0:
+            self._lost[peer] = 0
+            self.add_passive(contact, now)
 
     def on_dial_failed(self, ev: DialFailed, now: float, utc_now: int, out: Out) -> None:
-        if self._dialing.pop(ev.node, None) is not None:
-            self.passive.pop(ev.node, None)
-            self._failed(ev.node, now)
+        node = ev.node
+        dial = self._dialing.pop(node, None)
+        if dial is None:
+            return
+        self._failed(node, now)
+        tries = self._lost.get(node)
+        if tries is not None and tries + 1 < self._ctx.config.lost_redials:
+            self._lost[node] = tries + 1  # a lost peer: kept, and redialed after the backoff
+        else:
+            self._lost.pop(node, None)
+            self.passive.pop(node, None)
 
     def _failed(self, node: str, now: float) -> None:
         """One more failure in a row for ``node``: no dial before its backoff has passed."""
@@ -479,8 +512,10 @@ class Membership:
         """Forget dials, neighbour requests and shuffles that got no answer in time."""
         timeout = self._ctx.config.request_timeout
         if self._dialing:
-            for node in [n for n, (_, t) in self._dialing.items() if now - t > timeout]:
+            dial_timeout = self._ctx.config.dial_timeout
+            for node in [n for n, (_, t) in self._dialing.items() if now - t > dial_timeout]:
                 del self._dialing[node]
+                self._lost.pop(node, None)
                 self.passive.pop(node, None)
         if self._asking:
             for peer in [p for p, t in self._asking.items() if now - t > timeout]:
@@ -488,6 +523,9 @@ class Membership:
         if self._shuffling:
             for peer in [p for p, (_, t) in self._shuffling.items() if now - t > timeout]:
                 del self._shuffling[peer]
+        if self._lost:  # a lost peer evicted from the passive view is no longer redialed
+            for node in [n for n in self._lost if n not in self.passive and n not in self._dialing]:
+                del self._lost[node]
         if self._redial:  # a failure long past is forgotten (and the table stays bounded)
             cap = self._ctx.config.redial_cap
             for node in [n for n, (_, t) in self._redial.items() if now - t > cap]:

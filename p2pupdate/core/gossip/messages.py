@@ -2,7 +2,9 @@
 
 Every message is ``{"k": KIND, ...FIELDS}`` and at most ``MAX_MESSAGE_BYTES`` (1,200) long,
 except a ``Doc``, which only ever answers our own ``IWant`` and may carry any signed
-document.  ``decode_message`` checks the size first, then scans the bytes under wire
+document, and the two that carry a signaling blob (``Relay``, ``Relayed``: at most
+``coordproto.MAX_SIGNAL`` bytes of it, the bound of the coordinator's own relay).
+``decode_message`` checks the size first, then scans the bytes under wire
 limits, then looks the kind up in ``MESSAGE_TYPES`` (an unknown kind is a ``SchemaError``
 with rule ``unknown-message``), then applies that kind's size cap and exact schema.  A
 message that fails any step is the sender's fault: the front charges it the penalty
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Self, cast
 
 from .. import wire
+from ..coordproto import MAX_SIGNAL
 from ..errors import OversizeError, SchemaError
 from .config import (
     HEARTBEAT_HOPS_MAX,
@@ -26,9 +29,10 @@ from .config import (
     MAX_INLINE_DOC,
     MAX_MESSAGE_BYTES,
     MAX_POOLS,
+    MAX_RELAY_MESSAGE_BYTES,
     MAX_TTL,
 )
-from .values import Contact
+from .values import Contact, check_node
 
 _CONTACT_FIELDS: Final[Mapping[str, wire.Check]] = {
     "n": wire.blob(ID_LEN),
@@ -299,6 +303,62 @@ class Doc(Message):
         return cls(doc=f["doc"])
 
 
+def _check_blob(node: str, data: bytes, where: str) -> None:
+    check_node(node, where)
+    if len(data) > MAX_SIGNAL:
+        raise ValueError(f"{where}: a signaling blob is at most {MAX_SIGNAL} bytes")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Relay(Message):
+    """ "Pass this signaling blob to node ``to``": to a linked peer, which forwards it (as
+    ``Relayed``) only if it links to ``to`` -- so two nodes can set up an rtc link through a
+    peer both link to while no replica is reachable (see ``relay``)."""
+
+    KIND: ClassVar[str] = "relay"
+    FIELDS: ClassVar[Mapping[str, wire.Check]] = {
+        "to": wire.blob(ID_LEN),
+        "data": wire.blob(max_len=MAX_SIGNAL),
+    }
+    MAX_BYTES: ClassVar[int] = MAX_RELAY_MESSAGE_BYTES
+    to: str
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_blob(self.to, self.data, "Relay")
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"to": bytes.fromhex(self.to), "data": self.data}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> Self:
+        return cls(to=f["to"].hex(), data=f["data"])
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Relayed(Message):
+    """A blob node ``sender`` asked the sending peer to pass to us; never forwarded again."""
+
+    KIND: ClassVar[str] = "relayed"
+    FIELDS: ClassVar[Mapping[str, wire.Check]] = {
+        "from": wire.blob(ID_LEN),
+        "data": wire.blob(max_len=MAX_SIGNAL),
+    }
+    MAX_BYTES: ClassVar[int] = MAX_RELAY_MESSAGE_BYTES
+    sender: str
+    data: bytes
+
+    def __post_init__(self) -> None:
+        _check_blob(self.sender, self.data, "Relayed")
+
+    def to_obj(self) -> dict[str, Any]:
+        return {"from": bytes.fromhex(self.sender), "data": self.data}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, Any]) -> Self:
+        return cls(sender=f["from"].hex(), data=f["data"])
+
+
 _MAX_SUM: Final = 1e18
 _MAX_FLOW_WEIGHT: Final = 1e6
 
@@ -398,6 +458,8 @@ MESSAGE_TYPES: Final[Mapping[str, type[Message]]] = {
         Digest,
         Doc,
         Aggregate,
+        Relay,
+        Relayed,
     )
 }
 
@@ -406,9 +468,10 @@ _SMALL_LIMITS: Final = wire.Limits(
     max_bytes=MAX_MESSAGE_BYTES, max_depth=4, max_container_len=64, max_str_len=128,
     max_bin_len=MAX_INLINE_DOC, max_items=512,
 )  # fmt: skip
-#: The one large message (``Doc``): a map of two entries, one of them a big bin.
-_DOC_LIMITS: Final = wire.Limits(
-    max_bytes=MAX_DOC_MESSAGE_BYTES, max_depth=1, max_container_len=2, max_str_len=16,
+#: The large messages (``Doc``, ``Relay``, ``Relayed``): a map of two or three entries, one
+#: of them a big bin.
+_LARGE_LIMITS: Final = wire.Limits(
+    max_bytes=MAX_DOC_MESSAGE_BYTES, max_depth=1, max_container_len=3, max_str_len=16,
     max_bin_len=wire.DOCUMENT_LIMITS.max_bytes, max_items=8,
 )  # fmt: skip
 
@@ -422,7 +485,7 @@ def decode_message(data: bytes) -> Message:
     size = len(data)
     if size > MAX_DOC_MESSAGE_BYTES:
         raise OversizeError(f"message of {size} bytes exceeds {MAX_DOC_MESSAGE_BYTES}")
-    obj = wire.decode(data, _SMALL_LIMITS if size <= MAX_MESSAGE_BYTES else _DOC_LIMITS)
+    obj = wire.decode(data, _SMALL_LIMITS if size <= MAX_MESSAGE_BYTES else _LARGE_LIMITS)
     if not isinstance(obj, dict):
         raise SchemaError(f"message: expected a map, got {type(obj).__name__}")
     kind = obj.pop("k", None)
