@@ -219,6 +219,9 @@ class GossipStats:
     offers_refused: int = 0
     #: Offers whose session the node's nonce cache had seen (a replay, or a second path).
     offers_replayed: int = 0
+    #: Signaling blobs that verify as neither an offer nor an awaited answer (altered or
+    #: forged in transit): dropped before anything is dialed.
+    signals_refused: int = 0
     last_penalty: dict[str, str] = field(default_factory=dict)
 
 
@@ -359,6 +362,7 @@ class GossipService:
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
             "links_lost": self.stats.links_lost,
+            "signals_refused": self.stats.signals_refused,
             "penalties": self.stats.penalties,
         }
 
@@ -721,15 +725,23 @@ class GossipService:
         else:
             self._offer_in(sender, data, via)
             return
-        waiting = self._answers.get(sender)
-        if waiting is None:
-            return  # an answer nobody waits for (late, or a copy through another path)
-        session, send = waiting
         try:
-            rtc.open_signal(data, me=self.node, kind="answer", sender=sender, session=session)
+            answer = rtc.open_signal(data, me=self.node, kind="answer", sender=sender)
         except SignalError as exc:
-            self._rtc_note(sender, f"gossip: rtc answer from {sender[:12]} refused: {exc}")
+            # neither an offer nor the answer we wait for, signed by ``sender`` for us:
+            # altered or forged on the way (the relay's doing, or the sender's)
+            self.stats.signals_refused += 1
+            relay = "the coordinator" if via is None else f"peer {via[:12]}"
+            self._rtc_note(
+                sender,
+                f"gossip: a signaling blob from {sender[:12]} (relayed by {relay}) refused: {exc}",
+                what="signal",
+            )
             return
+        waiting = self._answers.get(sender)
+        if waiting is None or waiting[0] != answer.session:
+            return  # an answer nobody waits for (late, or a copy through another path)
+        send = waiting[1]
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             send.send_nowait(data)
 

@@ -157,6 +157,47 @@ async def scenario_coordinator(tmp: str) -> None:
             n.cancel_scope.cancel()
 
 
+async def scenario_altered(tmp: str) -> None:
+    """A relay that alters every offer it carries (one byte of the SDP: say, the DTLS
+    fingerprint): the signature catches it, the blob is refused and counted at b before any
+    peer connection exists, no rtc link forms, and the dial falls back to tcp."""
+    from tests.coordinator.service_helpers import Network
+    from tests.daemon.test_coordinator_signal_ice import connected, node_link, replica_at
+
+    net = Network(Path(tmp) / "net")
+    async with replica_at(net) as (_replica, url):
+        ca = node_link(Path(tmp), net, [url], 1)
+        cb = node_link(Path(tmp), net, [url], 2)
+        send_signal = ca.send_signal
+        altered: list[bytes] = []
+
+        async def altering(to: str, data: bytes) -> bool:
+            at = data.find(b"fingerprint:sha-256 ")
+            assert at > 0, "an offer carries its DTLS fingerprint"
+            at += len(b"fingerprint:sha-256 ")
+            bad = data[:at] + (b"0" if data[at : at + 1] != b"0" else b"1") + data[at + 1 :]
+            altered.append(bad)
+            return await send_signal(to, bad)
+
+        lines: list[str] = []
+        a = service(1, ADDRS[0], signals=ca)
+        b = service(2, ADDRS[1], signals=cb, lines=lines)
+        ca.send_signal = altering  # type: ignore[method-assign]
+        ca.on_signal, cb.on_signal = a.on_signal, b.on_signal
+        async with trio.open_nursery() as n:
+            await connected(n, ca, cb)
+            await n.start(a.run)
+            await n.start(b.run)
+            a.add_contacts([b.contact])
+            await until(lambda: linked(a, b, "tcp"), 30, "the tcp fallback a-b")
+            assert altered, "the offer went through the altering relay"
+            assert b.stats.signals_refused >= 1 and b.stats.offers_answered == 0, b.stats
+            assert any("refused" in line and "signature" in line for line in lines), lines
+            assert b.summary()["signals_refused"] == b.stats.signals_refused
+            print(f"ok altered: {b.stats.signals_refused} refused, linked by tcp instead")
+            n.cancel_scope.cancel()
+
+
 async def scenario_relay(tmp: str) -> None:
     """No replica: a and b link by rtc through p, to which both have tcp links."""
     async with trio.open_nursery() as n:
@@ -432,6 +473,13 @@ def test_links_by_rtc_with_signaling_through_a_replica(netns: str) -> None:
 def test_links_by_rtc_through_a_common_peer_without_any_replica(netns: str) -> None:
     out = _run(netns, scenario_relay)
     assert "ok relay" in out, out
+    print(out)
+
+
+@needs_netns
+def test_an_offer_altered_by_the_relay_is_refused_and_counted(netns: str) -> None:
+    out = _run(netns, scenario_altered)
+    assert "ok altered" in out, out
     print(out)
 
 
