@@ -4,8 +4,10 @@ coturn's time-limited credentials (``use-auth-secret`` with a ``static-auth-secr
 only the TURN server and the replicas know): the username is ``EXPIRES:NODE`` and the
 password ``base64(HMAC-SHA1(secret, username))``.  coturn recomputes the password from the
 username and refuses it after ``EXPIRES`` (unix seconds), so no static password ever lives
-on a node, and a leaked credential dies by itself.  This is the one home of the formula: the
-coordinator, netlab's tests and the rtc bench all call :func:`mint`.
+on a node, and a leaked credential dies by itself.  This is the one home of the formula (and of the
+ICE URL rule, :func:`check_ice_url`): the replica's ``coordinator/ice.py``, netlab's tests and
+the rtc bench (through the replica's code) all call :func:`mint`; the aiortc shape of a server
+is ``coordproto.IceServer.as_aiortc``.
 
 Pure: the time is an argument (``expires``), the secret is bytes.
 """
@@ -25,7 +27,6 @@ __all__ = [
     "MAX_SECRET_LEN",
     "TurnCredential",
     "check_ice_url",
-    "ice_servers",
     "mint",
 ]
 
@@ -98,11 +99,3 @@ def check_ice_url(url: str) -> str:
     if m["scheme"] == "stun" and m["transport"] is not None:
         raise ValueError(f"{url!r:.80}: a stun: URL takes no ?transport")
     return url
-
-
-def ice_servers(stun_url: str, turn_url: str, credential: TurnCredential) -> list[dict[str, str]]:
-    """The ICE server list a node gives aiortc: STUN, then TURN with ``credential``."""
-    return [
-        {"urls": stun_url},
-        {"urls": turn_url, "username": credential.username, "credential": credential.password},
-    ]

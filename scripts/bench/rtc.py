@@ -407,7 +407,7 @@ LAB = {
 
 def lab(args: argparse.Namespace) -> dict[str, Any]:
     """Two cone homes (direct) and two strict homes (through coturn) from netlab."""
-    from p2pupdate.core import turn as turncred
+    from coordinator.ice import IceConfig, IceServers
     from scripts.netlab import lab_up
     from scripts.netlab.coturn import turn_server
     from scripts.netlab.topology import parse_topology
@@ -421,10 +421,14 @@ def lab(args: argparse.Namespace) -> dict[str, Any]:
     ):
         stun_url, turn_url = turn.urls()
 
+        replica = IceServers(
+            IceConfig(stun=(stun_url,), turn=(turn_url,), secret=secret.encode(), ttl=3600),
+            wall=time.time,
+        )
+
         def ice_for(node: str) -> list[dict[str, Any]]:
-            """coturn's time-limited credentials, as a replica will mint them."""
-            cred = turncred.mint(secret=secret.encode(), node=node, expires=int(time.time()) + 3600)
-            return turncred.ice_servers(stun_url, turn_url, cred)
+            """What a replica hands ``node``: STUN, then TURN with a credential it minted."""
+            return [server.as_aiortc() for server in replica.answer(node).servers]
 
         for dial_node, accept_node, key in (("a1", "b1", ""), ("c1", "d1", "relay_")):
             nodes = {"dial": dial_node, "accept": accept_node}

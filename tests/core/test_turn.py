@@ -28,14 +28,6 @@ def test_the_username_is_expiry_colon_node_and_the_password_its_hmac_sha1() -> N
     assert turn.mint(secret=b"north", node="ab" * 32, expires=1_800_000_001) != cred
 
 
-def test_ice_servers_list_stun_then_turn_with_the_credential() -> None:
-    cred = turn.mint(secret=b"s", node="n1", expires=10)
-    assert turn.ice_servers("stun:198.18.0.9:3478", "turn:198.18.0.9:3478", cred) == [
-        {"urls": "stun:198.18.0.9:3478"},
-        {"urls": "turn:198.18.0.9:3478", "username": "10:n1", "credential": cred.password},
-    ]
-
-
 @pytest.mark.parametrize(
     ("kwargs", "names"),
     [
