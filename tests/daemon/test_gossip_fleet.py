@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -34,7 +33,7 @@ from p2pupdate.daemon.gossip import GossipService, parse_link_address, trust_ver
 from p2pupdate.daemon.truststate import TrustFile
 from tests.coordinator.service_helpers import Network, ReplicaProcesses, replicas
 from tests.launcher.conftest import Builds
-from tests.launcher.harness import FAST, NodeProcess, Nodes
+from tests.launcher.harness import Nodes, gossip_view, wait_until, watcher_args
 
 #: Real processes (launcher + daemon groups): run by scripts/test, deselect with -m 'not slow'.
 pytestmark = pytest.mark.slow
@@ -43,28 +42,6 @@ __all__ = ["replicas"]  # the fixture
 
 FLEET = int(os.environ.get("P2PUPDATE_GOSSIP_FLEET", "30"))
 SPREAD_DEADLINE = 10.0
-
-
-def _wait(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _gossip(node: NodeProcess) -> dict[str, Any] | None:
-    try:
-        st = node.status()
-    except (OSError, ValueError):
-        return None
-    if not st or not isinstance(st.get("gossip"), dict):
-        return None
-    gossip: dict[str, Any] = st["gossip"]
-    return gossip
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -132,27 +109,13 @@ async def _inject(
         nursery.cancel_scope.cancel()
 
 
-def test_fleet_spreads_an_allowlist_by_gossip(
+def test_fleet_spreads_an_allowlist_bygossip_view(
     tmp_path: Path, nodes: Nodes, builds: Builds, replicas: ReplicaProcesses
 ) -> None:
     net = Network(tmp_path / "net")
     v1 = builds.get("v1", 1)
     rp = replicas.start(net, 1)
-    common = [
-        "--initial-artifact",
-        str(v1.path),
-        "--work",
-        "none",
-        *FAST,
-        "--check-interval",
-        "1h",
-        "--coordinator",
-        rp.url,
-        "--trust-root",
-        str(net.dir / "root.msgpack"),
-        "--gossip-round",
-        "1s",
-    ]
+    common = watcher_args(v1, trust_root=net.dir / "root.msgpack", coordinator=rp.url)
     started = time.monotonic()
     fleet = [
         nodes.start(
@@ -162,16 +125,16 @@ def test_fleet_spreads_an_allowlist_by_gossip(
         )
         for i in range(FLEET)
     ]
-    _wait("every daemon gossiping", lambda: all(_gossip(n) for n in fleet), 90)
+    wait_until("every daemon gossiping", lambda: all(gossip_view(n) for n in fleet), 90)
     up = time.monotonic() - started
-    _wait(
+    wait_until(
         "the overlay to form (>= 3 active neighbours each)",
-        lambda: all((_gossip(n) or {}).get("active", 0) >= 3 for n in fleet),
+        lambda: all(gossip_view(n).get("active", 0) >= 3 for n in fleet),
         60,
     )
     formed = time.monotonic() - started
     # loopback addresses: --rtc auto leaves rtc off, every link is tcp, nothing relayed
-    views = [_gossip(n) or {} for n in fleet]
+    views = [gossip_view(n) for n in fleet]
     for v in views:
         assert v.get("rtc") is False and v.get("relayed_bytes") == 0, v
         assert set(v["paths"].values()) == {"tcp"} and v["transports"]["rtc"] == 0, v
@@ -180,7 +143,7 @@ def test_fleet_spreads_an_allowlist_by_gossip(
     time.sleep(5.0)
     _, cpu1 = _rss_and_cpu(pids)
 
-    first = _gossip(fleet[0])
+    first = gossip_view(fleet[0])
     assert first is not None
     bootstrap = parse_link_address(first["address"])
     assert bootstrap is not None
@@ -189,7 +152,7 @@ def test_fleet_spreads_an_allowlist_by_gossip(
 
     def everyone(published: float) -> bool:
         for i, n in enumerate(fleet):
-            if i not in seen and (_gossip(n) or {}).get("allowlist") == 7:
+            if i not in seen and gossip_view(n).get("allowlist") == 7:
                 seen[i] = time.monotonic() - published
         return len(seen) == len(fleet)
 

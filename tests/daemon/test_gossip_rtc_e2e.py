@@ -23,7 +23,7 @@ import pytest
 
 from tests.coordinator.service_helpers import Network, ReplicaProcesses, replicas
 from tests.launcher.conftest import Builds
-from tests.launcher.harness import FAST, Nodes
+from tests.launcher.harness import Nodes, gossip_view, watcher_args
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 INSIDE = "P2PUPDATE_RTC_E2E_NETNS"
 ADDRS = ("10.77.2.1", "10.77.2.2")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def _gossip(node: Any) -> dict[str, Any]:
-    try:
-        st = node.status()
-    except (OSError, ValueError):
-        return {}
-    return st.get("gossip") or {} if isinstance(st, dict) else {}
 
 
 def _linked_by_host(view: dict[str, Any], other: dict[str, Any]) -> bool:
@@ -55,19 +47,9 @@ def test_inner_two_daemons_link_by_rtc(
     v1 = builds.get("v1", 1)
     rp = replicas.start(net, 1)
     common = [
-        "--initial-artifact",
-        str(v1.path),
-        "--work",
-        "none",
-        *FAST,
-        "--check-interval",
-        "1h",
-        "--coordinator",
-        rp.url,
-        "--trust-root",
-        str(net.dir / "root.msgpack"),
-        "--gossip-round",
-        "0.5s",
+        *watcher_args(
+            v1, trust_root=net.dir / "root.msgpack", coordinator=rp.url, gossip_round="0.5s"
+        ),
         "--report-interval",
         "1s",
     ]
@@ -78,12 +60,14 @@ def test_inner_two_daemons_link_by_rtc(
     )
     deadline = started + 60
     while time.monotonic() < deadline:
-        ga, gb = _gossip(a), _gossip(b)
+        ga, gb = gossip_view(a), gossip_view(b)
         if _linked_by_host(ga, gb) and _linked_by_host(gb, ga):
             break
         time.sleep(0.2)
     else:
-        raise AssertionError(f"no rtc link: {_gossip(a)} / {_gossip(b)}\n{a.log()}\n{b.log()}")
+        raise AssertionError(
+            f"no rtc link: {gossip_view(a)} / {gossip_view(b)}\n{a.log()}\n{b.log()}"
+        )
     took = time.monotonic() - started
     for view in (ga, gb):
         assert view["rtc"] is True and view["transports"] == {"tcp": 0, "rtc": 1}, view

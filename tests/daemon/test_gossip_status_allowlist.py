@@ -16,7 +16,7 @@ import pytest
 
 from tests.coordinator.service_helpers import Network, ReplicaProcesses, http, replicas
 from tests.launcher.conftest import Builds
-from tests.launcher.harness import FAST, NodeProcess, Nodes
+from tests.launcher.harness import NodeProcess, Nodes, watcher_args
 
 pytestmark = pytest.mark.slow
 
@@ -24,22 +24,7 @@ __all__ = ["replicas"]  # the fixture
 
 
 def _status(node: NodeProcess) -> dict[str, Any]:
-    try:
-        st = node.status()
-    except (OSError, ValueError):
-        return {}
-    return st if isinstance(st, dict) else {}
-
-
-def _wait(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return node.status() or {}
 
 
 def test_the_status_file_shows_an_allowlist_the_replica_pushed(
@@ -51,17 +36,7 @@ def test_the_status_file_shows_an_allowlist_the_replica_pushed(
     node = nodes.start(
         tmp_path / "n",
         [
-            "--initial-artifact",
-            str(v1.path),
-            "--work",
-            "none",
-            *FAST,
-            "--check-interval",
-            "1h",
-            "--coordinator",
-            rp.url,
-            "--trust-root",
-            str(net.dir / "root.msgpack"),
+            *watcher_args(v1, trust_root=net.dir / "root.msgpack", coordinator=rp.url),
             "--gossip-listen",
             "127.0.0.1:0",
             "--report-interval",
@@ -69,7 +44,7 @@ def test_the_status_file_shows_an_allowlist_the_replica_pushed(
         ],
     )
     # settled: sleeping, connected, and its status file written 2 s ago or more
-    _wait(
+    node.wait_for(
         "the node settled",
         lambda: (
             (st := _status(node)).get("state") == "sleeping"
@@ -81,7 +56,7 @@ def test_the_status_file_shows_an_allowlist_the_replica_pushed(
     )
     code, answer = http("POST", f"{rp.url}/v1/publish", net.allowlist(3, [v1.sha]))
     assert code == 200, answer
-    _wait(
+    node.wait_for(
         "allowlist v3 in the status file",
         lambda: _status(node).get("gossip", {}).get("allowlist") == 3,
         5,

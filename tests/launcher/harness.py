@@ -65,6 +65,35 @@ def wait_until(what: str, check: Callable[[], T | None], timeout: float = WAIT) 
         time.sleep(0.05)
 
 
+def gossip_view(node: NodeProcess) -> dict[str, Any]:
+    """The ``gossip`` section of a node's status file ({} until the daemon wrote one)."""
+    st = node.status() or {}
+    view = st.get("gossip")
+    return view if isinstance(view, dict) else {}
+
+
+def watcher_args(
+    build: Build, *, trust_root: Path, coordinator: str, gossip_round: str = "1s"
+) -> list[str]:
+    """The flags of a gossiping node that runs ``build`` and only watches: no work, no
+    update check for an hour, one replica, documents verified against ``trust_root``."""
+    return [
+        "--initial-artifact",
+        str(build.path),
+        "--work",
+        "none",
+        *FAST,
+        "--check-interval",
+        "1h",
+        "--coordinator",
+        coordinator,
+        "--trust-root",
+        str(trust_root),
+        "--gossip-round",
+        gossip_round,
+    ]
+
+
 @dataclass(frozen=True)
 class Build:
     version: str
