@@ -8,6 +8,7 @@ byte on disk does, and what cleanup keeps.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import random
 import time
@@ -35,7 +36,7 @@ def _uneven(data: bytes, cuts: list[int]) -> ChunkMap:
     bounds = [0, *cuts, len(data)]
     chunks = tuple(
         Chunk(index=i, offset=a, length=b - a, digest=hashlib.sha256(data[a:b]).digest())
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
+        for i, (a, b) in enumerate(itertools.pairwise(bounds))
     )
     return ChunkMap(artifact=hashlib.sha256(data).hexdigest(), length=len(data), chunks=chunks)
 
