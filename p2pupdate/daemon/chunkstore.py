@@ -241,6 +241,12 @@ class ChunkStore:
             d = self._open.get(artifact)
             return frozenset(d.have) if d is not None else frozenset()
 
+    def summary(self) -> dict[str, tuple[int, int]]:
+        """Every opened artifact -> (chunks held verified, chunks in all): what a node can
+        tell its peers it holds or is fetching, without a bitfield."""
+        with self._lock:
+            return {a: (len(d.have), len(d.cmap.chunks)) for a, d in sorted(self._open.items())}
+
     def complete(self, artifact: str) -> bool:
         with self._lock:
             d = self._open.get(artifact)

@@ -219,6 +219,7 @@ class Node:
         if boot.pending is not None:
             self.pending = boot.pending
         self._reporting = set(boot.reporting)
+        await self.run_blocking(self._clean_store, None)  # the cap (no allowlist held yet)
         self.log(
             f"running {self.manifest.version} from slot {self.slot[:16]}... ({self.mode}; "
             f"package at {Path(p2pupdate.__file__).parent})"

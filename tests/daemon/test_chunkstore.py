@@ -62,6 +62,7 @@ def test_partial_survives_reopen_and_a_bad_chunk_is_refused(tmp_path: Path) -> N
     again = ChunkStore(tmp_path, log=lines.append)  # a restart
     assert again.open(cmap) == {0, 3, 5}
     assert again.missing(cmap.artifact) == [1, 2, 4]
+    assert again.summary() == {cmap.artifact: (3, 6)}
     for i in again.missing(cmap.artifact):
         assert again.put_chunk(cmap.artifact, i, cmap.slice(data, i))
     assert again.complete(cmap.artifact)
