@@ -183,3 +183,38 @@ def test_cleanup_without_an_allowlist_removes_only_for_the_cap(tmp_path: Path) -
     b = _complete(store, _data(4 * CHUNK, seed=31))
     assert store.cleanup(named=None, protected={a}).removed == ()
     assert store.cleanup(named=None, protected={a}, cap=0).removed == (b,)
+
+
+@pytest.mark.parametrize("where", ["chunk", "record"])
+def test_a_full_disk_mid_chunk_loses_only_that_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """ENOSPC (injected) while a chunk's bytes or its record are written: the write fails
+    loudly, nothing unverified is recorded, and a reopened store resumes from the rest."""
+    import errno
+
+    from p2pupdate.daemon import chunkstore
+
+    data = _data(6 * CHUNK, seed=40)
+    cmap = _map(data)
+    store = ChunkStore(tmp_path)
+    store.open(cmap)
+    for i in (0, 1):
+        assert store.put_chunk(cmap.artifact, i, cmap.slice(data, i))
+
+    def full(*_args: object, **_kw: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "chunk":
+        monkeypatch.setattr(chunkstore.os, "pwrite", full)
+    else:
+        monkeypatch.setattr(chunkstore, "atomic_write", full)
+    with pytest.raises(OSError, match="No space"):
+        store.put_chunk(cmap.artifact, 2, cmap.slice(data, 2))
+    monkeypatch.undo()
+
+    again = ChunkStore(tmp_path)
+    assert again.open(cmap) == {0, 1}  # chunk 2 is fetched again, 0 and 1 are not
+    for i in again.missing(cmap.artifact):
+        assert again.put_chunk(cmap.artifact, i, cmap.slice(data, i))
+    assert again.path(cmap.artifact).read_bytes() == data
