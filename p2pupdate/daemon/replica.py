@@ -258,12 +258,15 @@ class QuorumClient:
         time; the waits are trio sleeps (the node's clock)."""
         artifact = chunk_map.artifact
         todo = list(chunks) if chunks is not None else store.missing(artifact)
-        held = store.have(artifact)
+        if any(not 0 <= i < chunk_map.count for i in todo):
+            raise ValueError(f"not chunks of {artifact[:16]}...: {sorted(set(todo))[:8]}")
+        held = set(store.have(artifact))
         fetched = 0
         for index in todo:
             if index in held:
-                continue  # nothing verified is fetched twice
+                continue  # nothing verified is fetched twice (nor asked for twice)
             await self._fetch_chunk(store, chunk_map, index, timing)
+            held.add(index)
             fetched += 1
         return fetched
 

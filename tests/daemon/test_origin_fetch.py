@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 import trio
 
 from coordinator.origin import NODE_HEADER, OriginConfig
@@ -275,3 +276,22 @@ def test_try_peers_answers_parse_strictly() -> None:
         assert rep._try_peers("u", body) is None
     assert rep._try_peers("u", b'{"error": "try-peers", "retry_after": true}') is None
     assert NODE_HEADER == rep.ORIGIN_NODE_HEADER  # one header name on both ends
+
+
+async def test_only_the_chunks_asked_for_come_from_the_origin(tmp_path: Path) -> None:
+    """The swarm hands the origin fetch the chunks no reachable peer has: only those."""
+    net = Network(tmp_path / "net")
+    async with in_process(net) as (replica, url):
+        release = await trio.to_thread.run_sync(_publish, net, url, tmp_path)
+        cmap = _chunk_map(net, release)
+        store = ChunkStore(tmp_path / "store")
+        store.open(cmap)
+        client = _client(net, [url], [])
+        assert await client.fetch_artifact(store, cmap, chunks=[3, 150, 3]) == 2
+        assert store.have(ART) == {3, 150}
+        assert await client.fetch_artifact(store, cmap, chunks=[3]) == 0  # held: not again
+        with pytest.raises(ValueError, match="not chunks"):
+            await client.fetch_artifact(store, cmap, chunks=[CHUNKS])
+        served = replica.status()["origin"]["artifacts"][ART]
+        assert served["requests"] == 2
+        assert served["bytes"] == cmap.chunks[3].length + cmap.chunks[150].length
