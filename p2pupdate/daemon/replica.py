@@ -11,6 +11,7 @@ comes from the owner's :class:`~p2pupdate.clock.Clock` (wall seconds for tokens)
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -337,8 +338,8 @@ def get_chunk(base: str, artifact: str, index: int, node: str, length: int) -> b
         if refusal is not None:
             return refusal
         raise CoordinatorUnavailable(f"{url}: HTTP {exc.code}") from None
-    except OSError as exc:
-        raise CoordinatorUnavailable(f"{url}: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:  # IncompleteRead is no OSError
+        raise CoordinatorUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
 
 
 def _try_peers(base: str, body: bytes) -> TryPeers | None:

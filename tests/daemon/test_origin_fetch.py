@@ -8,6 +8,7 @@ What the replica served is counted by the replica itself (``/status`` ``origin``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -295,3 +296,28 @@ async def test_only_the_chunks_asked_for_come_from_the_origin(tmp_path: Path) ->
         served = replica.status()["origin"]["artifacts"][ART]
         assert served["requests"] == 2
         assert served["bytes"] == cmap.chunks[3].length + cmap.chunks[150].length
+
+
+async def test_a_replica_that_hangs_up_mid_chunk_is_skipped_for_the_next(tmp_path: Path) -> None:
+    """A replica that promises a chunk and closes half-way (``IncompleteRead``, which is no
+    ``OSError``) is one replica unavailable, not a crashed prefetch."""
+    net = Network(tmp_path / "net")
+
+    async def truncating(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n400\r\n"
+        await stream.send_all(head + b"x" * 10)
+        await stream.aclose()
+
+    async with in_process(net) as (_replica, url), trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, truncating, 0, host="127.0.0.1")
+        )
+        liar = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        release = await trio.to_thread.run_sync(_publish, net, url, tmp_path)
+        cmap = _chunk_map(net, release)
+        store = ChunkStore(tmp_path / "store")
+        store.open(cmap)
+        assert await _client(net, [liar, url], []).fetch_artifact(store, cmap, chunks=[0]) == 1
+        assert store.have(ART) == {0}
+        nursery.cancel_scope.cancel()
