@@ -68,6 +68,7 @@ from .bench import run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
 from .network import ROOT_FILE, NetworkPlan, init_network
+from .origin import DEFAULT_MAX_DOWNLOADERS, DEFAULT_WINDOW, OriginConfig
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .publishing import PUBLISH_ORDER
 from .service import ConfigError, Replica, ServiceConfig
@@ -396,6 +397,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         first_start=args.first_start,
         ice=ice,
+        origin=OriginConfig(max_downloaders=args.origin_max_downloaders),
     )
     host, port = args.listen
     peers = [_peer_url(u) for u in args.peer or ()]
@@ -897,6 +899,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DUR",
         help=f"lifetime of a minted TURN credential, {MIN_TURN_TTL}s .. {MAX_TURN_TTL // 3600}h "
         f"(default {DEFAULT_TURN_TTL // 3600}h)",
+    )
+    se.add_argument(
+        "--origin-max-downloaders",
+        type=int_range(1, 100_000),
+        default=DEFAULT_MAX_DOWNLOADERS,
+        metavar="N",
+        help="nodes that may download one artifact from this origin at once (one that asked "
+        f"in the last {DEFAULT_WINDOW:g}s counts); the rest are told to try peers and when to "
+        f"come back (default {DEFAULT_MAX_DOWNLOADERS})",
     )
     se.set_defaults(handler=cmd_serve)
 

@@ -7,7 +7,7 @@ paused artifacts) are set when scraped, from the same values ``/status`` shows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from prometheus_client import (
@@ -18,6 +18,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _PREFIX = "p2pupdate_coordinator"
@@ -109,6 +111,9 @@ class Metrics:
         )
 
         self._children: dict[tuple[str, ...], Any] = {}
+        #: The status map of the scrape under way (the origin's counters are read from it).
+        self._status: dict[str, Any] | None = None
+        r.register(_OriginCollector(self))
 
     def count_ask(self, granted: bool, gate: str, reason: str) -> None:
         key = ("ask", gate, reason)
@@ -131,7 +136,7 @@ class Metrics:
 
     def render(self) -> bytes:
         rep = self.replica
-        status = rep.status()
+        status = self._status = rep.status()
         self.leases.clear()
         for pool, info in status["pools"].items():
             self.leases.labels(pool).set(len(info["leases"]))
@@ -146,4 +151,45 @@ class Metrics:
         self.peers.clear()
         for peer in status["replicas"].values():
             self.peers.labels(peer["state"]).inc()
-        return generate_latest(self.registry)
+        try:
+            return generate_latest(self.registry)
+        finally:
+            self._status = None
+
+
+class _OriginCollector(Collector):
+    """``origin_bytes_total`` / ``origin_refused_total`` / ``origin_downloaders`` per artifact,
+    from ``/status``'s ``origin`` (``coordinator.origin``): counted there once, and bounded
+    by what the replica holds, since only held artifacts are listed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []  # no samples at registration: collect() reads the scrape's status
+
+    def collect(self) -> Iterator[Any]:
+        status = self.metrics._status
+        per: dict[str, dict[str, int]] = (status or {}).get("origin", {}).get("artifacts", {})
+        sent = CounterMetricFamily(
+            f"{_PREFIX}_origin_bytes",
+            "Artifact bytes the origin served, by artifact (only artifacts held)",
+            labels=["artifact"],
+        )
+        refused = CounterMetricFamily(
+            f"{_PREFIX}_origin_refused",
+            "Origin requests answered try-peers (over the downloader cap), by artifact",
+            labels=["artifact"],
+        )
+        now = GaugeMetricFamily(
+            f"{_PREFIX}_origin_downloaders",
+            "Downloaders the origin counts now, by artifact",
+            labels=["artifact"],
+        )
+        for artifact, e in per.items():
+            sent.add_metric([artifact], e["bytes"])
+            refused.add_metric([artifact], e["refused"])
+            now.add_metric([artifact], e["downloaders"])
+        yield sent
+        yield refused
+        yield now

@@ -11,6 +11,7 @@ they are that release (``core.origin.check_artifact``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -20,6 +21,7 @@ from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
 from p2pupdate.core.origin import check_artifact
+from p2pupdate.core.swarm.chunks import ChunkMap
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.errors import LocalStateFault
 from p2pupdate.fsutil import atomic_write, read_limited
@@ -324,15 +326,18 @@ class Documents:
         if path is None or release is None:
             return None
         rel = release.doc
-        data = read_limited(path, self.max_artifact)
         if chunk is None:
-            problem = check_artifact(data, rel, self.max_artifact)
-            out = data
+            out = read_limited(path, self.max_artifact)
+            problem = check_artifact(out, rel, self.max_artifact)
         elif chunk >= len(rel.chunks):
             return None
-        else:
-            out = data[chunk * rel.chunk_size : (chunk + 1) * rel.chunk_size]
-            ok = len(data) == rel.length and hashlib.sha256(out).digest() == rel.chunks[chunk]
+        else:  # one chunk read where the chunk map puts it, not the whole file per chunk
+            piece = ChunkMap.of_release(rel).chunks[chunk]
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(piece.offset)
+                out = f.read(piece.length)
+            ok = size == rel.length and piece.check(out)
             problem = "" if ok else f"chunk {chunk} does not match the release record"
         if not problem:
             return out

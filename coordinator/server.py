@@ -21,7 +21,9 @@ Routes::
     POST /v1/publish                     a signed document (octet-stream): 200 or 400 + reason
     PUT  /v1/artifacts/<sha256>          artifact bytes (a published release must name them)
     GET  /v1/artifacts/<sha256>          the origin: the whole artifact
-    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them
+    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them;
+                                         beyond the downloader cap (``coordinator.origin``)
+                                         503 {"error": "try-peers", "retry_after": S}
     GET  /v1/documents                   every document held (msgpack), for replicas catching up
     GET  /status                         JSON: documents, progress, leases, refusals, pauses
     GET  /metrics                        Prometheus text format
@@ -54,6 +56,7 @@ from p2pupdate.net.websocket import WebSocket, WebSocketClosed
 
 from .catchup import DOCUMENTS_PATH, documents_answer
 from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .origin import NODE_HEADER, downloader
 from .ratelimit import Bucket
 from .service import Replica, RequestError
 
@@ -202,14 +205,20 @@ class Server:
                 return
             if request is None:
                 return
+            extra: tuple[tuple[str, str], ...] = ()
             try:
-                status, ctype, payload = self._route(request, body)
+                answer = self._route(request, body, _peer(stream))
+                if isinstance(answer, _TryPeers):
+                    status, ctype, payload = 503, "application/json", answer.body()
+                    extra = (("retry-after", str(answer.retry_after)),)
+                else:
+                    status, ctype, payload = answer
             except LocalStateFault as exc:
                 self.log(
                     f"{request.method.decode()} {request.target.decode(errors='replace')}: {exc}"
                 )
                 status, ctype, payload = 503, "text/plain", f"{exc.rule}: {exc}\n".encode()
-            await self._send(conn, stream, status, ctype, payload)
+            await self._send(conn, stream, status, ctype, payload, extra)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -255,8 +264,9 @@ class Server:
         status: int,
         ctype: str,
         payload: bytes,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        headers = [("content-type", ctype), ("content-length", str(len(payload)))]
+        headers = [("content-type", ctype), ("content-length", str(len(payload))), *extra]
         out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
         out += conn.send(h11.Data(data=payload)) or b""
         out += conn.send(h11.EndOfMessage()) or b""
@@ -268,7 +278,9 @@ class Server:
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send(conn, stream, status, "text/plain", text)
 
-    def _route(self, request: h11.Request, body: bytes) -> tuple[int, str, bytes]:
+    def _route(
+        self, request: h11.Request, body: bytes, peer: str
+    ) -> tuple[int, str, bytes] | _TryPeers:
         method = request.method.decode()
         target = request.target.decode("ascii", "replace")
         path = target.split("?", 1)[0]
@@ -298,16 +310,27 @@ class Server:
                 status, answer = rep.put_artifact(artifact, body)
                 return status, "application/json", _json(answer)
             if method == "GET":
-                return self._origin(artifact, None if chunk is None else int(chunk), request)
+                return self._origin(artifact, None if chunk is None else int(chunk), request, peer)
             return 405, "text/plain", b"GET or PUT\n"
         return 404, "text/plain", b"not found\n"
 
     def _origin(
-        self, artifact: str, chunk: int | None, request: h11.Request
-    ) -> tuple[int, str, bytes]:
-        data = self.replica.documents.origin_bytes(artifact, chunk)
+        self, artifact: str, chunk: int | None, request: h11.Request, peer: str
+    ) -> tuple[int, str, bytes] | _TryPeers:
+        """Serve the artifact or one chunk, within the downloader cap; count what was sent."""
+        rep = self.replica
+        missing = (404, "text/plain", b"no such artifact or chunk here\n")
+        if rep.documents.artifact_path(artifact) is None or artifact not in rep.documents.releases:
+            return missing
+        named = next((v for k, v in request.headers if k == NODE_HEADER.encode()), None)
+        who = downloader(named.decode("ascii", "replace") if named else None, peer)
+        wait = rep.origin.admit(artifact, who)
+        if wait is not None:
+            return _TryPeers(retry_after=wait)
+        data = rep.documents.origin_bytes(artifact, chunk)
         if data is None:
-            return 404, "text/plain", b"no such artifact or chunk here\n"
+            return missing
+        rep.origin.served(artifact, len(data))
         return 200, "application/octet-stream", data
 
     # -- the node channel -----------------------------------------------------------------------
@@ -491,6 +514,17 @@ class Server:
 
 class _TooLarge(Exception):
     pass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _TryPeers:
+    """The origin's "no" to a downloader beyond its cap: a 503 with a ``retry_after``
+    (seconds) in the JSON body and the ``Retry-After`` header."""
+
+    retry_after: int
+
+    def body(self) -> bytes:
+        return _json({"error": "try-peers", "retry_after": self.retry_after})
 
 
 def _json(obj: Any) -> bytes:

@@ -42,6 +42,7 @@ from .breakers import Breaker, Breakers
 from .errors import ConfigError, RequestError, StateDamaged
 from .ice import IceConfig, IceServers
 from .metrics import Metrics
+from .origin import OriginConfig, OriginGate
 from .publishing import PUBLISHABLE, ROOT_FILE, Documents, load_root, open_trust
 from .registry import Registry
 from .statefiles import DB_FILE, quarantine
@@ -80,6 +81,8 @@ class ServiceConfig:
     first_start: bool = False
     #: STUN/TURN servers and coturn's secret (``serve --stun/--turn/--turn-secret-file``).
     ice: IceConfig = field(default_factory=IceConfig)
+    #: The origin's downloader cap (``serve --origin-max-downloaders``).
+    origin: OriginConfig = field(default_factory=OriginConfig)
 
     @property
     def replica_dir(self) -> Path:
@@ -102,6 +105,7 @@ class Replica:
         d = config.replica_dir
         d.mkdir(parents=True, exist_ok=True)
         self.dir = d
+        self.origin = OriginGate(config.origin, clock=clock)
         # A database that does not open or check is quarantined here (``store.damage``);
         # a row that fails its check on load is found by the part that reads it.
         self.store = Store(d / DB_FILE, wall=wall, log=log)
@@ -335,4 +339,5 @@ class Replica:
             damage=[d.to_json() for d in self.store.damage],
             peers=self.peers(),
             ice=self.ice_servers.status(),
+            origin=self.origin.status(lambda a: self.documents.artifact_path(a) is not None),
         )

@@ -33,10 +33,12 @@ def replica_status(
     damage: list[dict[str, Any]] | None = None,
     peers: dict[str, Any] | None = None,
     ice: dict[str, Any] | None = None,
+    origin: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``damage``: the database's quarantines (``Store.damage``); ``peers``: what the other
     replicas hold (``CatchUp.view``).  Both also give lines of ``warnings``, so nobody
-    who reads the status misses a replica that started empty or disagrees."""
+    who reads the status misses a replica that started empty or disagrees.  ``origin``:
+    bytes served and downloaders refused per artifact held (``origin.OriginGate``)."""
     now, now_wall = asks.clock(), asks.wall()
     root = documents.trust.root
     role = root.roles["coordinator"]
@@ -185,4 +187,5 @@ def replica_status(
         "held": dict(held_all),
         "paused": {a: b.reason for a, b in breakers.breakers.items() if b.paused},
         "ice": dict(ice or {"configured": False}),
+        "origin": dict(origin or {"bytes": 0, "refused": 0, "artifacts": {}}),
     }

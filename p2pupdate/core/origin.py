@@ -2,14 +2,15 @@
 
 Both ends use the one check: a replica refuses to store bytes that are not the release it
 holds, and a node refuses to install bytes a replica served that are not it.  The release
-record lists the chunk hashes, so the first wrong chunk is named.
+record lists the chunk hashes, so the first wrong chunk is named; where the chunks lie is
+``core.swarm.chunks.ChunkMap``'s to say (the one home of the cut).
 """
 
 from __future__ import annotations
 
-import hashlib
-
 from . import documents as docs
+from .errors import SchemaError
+from .swarm.chunks import ChunkMap
 
 __all__ = ["check_artifact"]
 
@@ -20,8 +21,11 @@ def check_artifact(data: bytes, release: docs.Release, limit: int) -> str:
         return f"more than {limit} bytes"
     if len(data) != release.length:
         return f"{len(data)} bytes, the release says {release.length}"
-    for i, digest in enumerate(release.chunks):
-        chunk = data[i * release.chunk_size : (i + 1) * release.chunk_size]
-        if hashlib.sha256(chunk).digest() != digest:
-            return f"chunk {i} does not match the release record"
+    try:
+        chunk_map = ChunkMap.of_release(release)
+    except SchemaError as e:
+        return e.message
+    bad = chunk_map.first_bad(data)
+    if bad is not None:
+        return f"chunk {bad} does not match the release record"
     return ""

@@ -6,7 +6,8 @@ the release records it was sent, its identity key, and its pool.  The ``Node`` c
 for the effects that involve the coordinator; it never decides anything itself:
 
 * ``evaluate``   gates 1-2 over the documents held (``gates.choose_target``), locally;
-* ``prefetch``   the artifact from a replica's origin, verified chunk by chunk;
+* ``prefetch``   the artifact from a replica's origin, chunk by chunk into the node's
+                 ``chunkstore`` (each verified on arrival; a partial download resumes);
 * ``ask``        every replica in parallel; ``q`` signatures combined and the token
                  verified (threshold, binding, strict expiry) before ``Granted``;
 * ``report``     rejoined / failed / return (each ends this node's lease), and a
@@ -40,7 +41,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -53,6 +53,8 @@ from ..core import gossip as g
 from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError, SchemaError
 from ..core.gates import choose_target
+from ..core.swarm.chunks import ChunkMap
+from .chunkstore import ChunkStore
 from .gossip import parse_link_address
 from .replica import CoordinatorUnavailable, QuorumClient, ReplicaLink
 from .truststate import TrustFile
@@ -404,11 +406,20 @@ class CoordinatorLink:
     def has_release(self, artifact: str) -> bool:
         return artifact in self.releases
 
-    async def prefetch(self, artifact: str, dest: Path, limit: int) -> None:
+    async def prefetch(self, artifact: str, store: ChunkStore, limit: int) -> tuple[int, int]:
+        """The artifact into ``store`` (``store.path(artifact)`` once complete), resuming
+        from the verified chunks it holds; (chunks held before, chunks fetched now)."""
         release = self.releases.get(artifact)
         if release is None:
             raise CoordinatorUnavailable(f"no release record for {artifact[:16]}...")
-        await trio.to_thread.run_sync(self.client.fetch_artifact, artifact, dest, release, limit)
+        if release.length > limit:
+            raise CoordinatorUnavailable(
+                f"{artifact[:16]}... is {release.length} bytes, over the limit of {limit}"
+            )
+        chunk_map = ChunkMap.of_release(release)
+        held = await trio.to_thread.run_sync(store.open, chunk_map)
+        fetched = await self.client.fetch_artifact(store, chunk_map)
+        return len(held), fetched
 
     async def ask(self, effect: up.AskCoordinator, *, capacity: float, load: float) -> up.Event:
         candidate = effect.candidate

@@ -17,7 +17,8 @@ How the effects are carried out (the updater's module docstring lists the duties
 ``EvaluateGates``  ``--coordinator``: gates 1-2 over the allowlist, scope and releases the
                    replicas sent; else stubbed: the newest build in ``--offer-dir``
 ``Prefetch``       the offered artifact if ``--offer-dir`` has it, else the coordinator's
-                   origin; verified, copied to ``store/<sha>.tar.gz``
+                   origin chunk by chunk (``chunkstore``: verified, resumed after a kill);
+                   ends as ``store/<sha>.tar.gz``; then the store is cleaned up
 ``AskCoordinator`` ``--coordinator``: every replica asked, ``q`` signatures combined, the
                    token verified (``coordinator.CoordinatorLink``); ``--grant-all``:
                    granted at once (test only); neither: a coordinator error
@@ -70,6 +71,7 @@ from ..launcher.state import Pending, SlotManifest, StateDir, StateError, Verdic
 from ..work.base import Workload
 from . import status
 from .boot import NodeError, build_updater
+from .chunkstore import ChunkStore
 from .coordinator import CoordinatorLink
 from .gossip import GossipService
 from .health import self_test
@@ -155,6 +157,8 @@ class Node:
         self.coord = coordinator
         self.gossip = gossip
         self.state = StateDir(config.state_dir)
+        #: ``D/store/``: artifacts whole and in part, resumed chunk by chunk (``chunkstore``).
+        self.store = ChunkStore(self.state.store, log=self.log)
         self.slot = config.slot
         manifest = self.state.slot_manifest(config.slot)
         if manifest is None:
@@ -215,6 +219,7 @@ class Node:
         if boot.pending is not None:
             self.pending = boot.pending
         self._reporting = set(boot.reporting)
+        await self.run_blocking(self._clean_store, None)  # the cap (no allowlist held yet)
         self.log(
             f"running {self.manifest.version} from slot {self.slot[:16]}... ({self.mode}; "
             f"package at {Path(p2pupdate.__file__).parent})"
@@ -385,15 +390,45 @@ class Node:
                     self.coord is None or (offers.directory / f"{effect.artifact}.tar.gz").exists()
                 ):
                     await self.run_blocking(offers.fetch, effect.artifact, dest)
+                    how = "offered"
                 elif self.coord is not None:
-                    await self.coord.prefetch(effect.artifact, dest, MAX_ARTIFACT)
+                    held, fetched = await self.coord.prefetch(
+                        effect.artifact, self.store, MAX_ARTIFACT
+                    )
+                    how = f"{fetched} chunk(s) from the origin" + (
+                        f", {held} held already" if held else ""
+                    )
                 else:  # pragma: no cover - no candidate without a source
                     return up.PrefetchFailed(artifact=effect.artifact, reason="no source")
         except (OfferError, OSError, trio.TooSlowError, CoordinatorUnavailable) as exc:
             self.log(f"prefetch of {effect.artifact[:16]}... failed: {exc}")
             return up.PrefetchFailed(artifact=effect.artifact, reason=str(exc) or "timeout")
-        self.log(f"prefetched {effect.artifact[:16]}... (release counter {effect.counter})")
+        self.log(f"prefetched {effect.artifact[:16]}... (release counter {effect.counter}; {how})")
+        await self.run_blocking(self._clean_store, effect.artifact)
         return up.PrefetchDone(artifact=effect.artifact)
+
+    def _clean_store(self, rolling_out: str | None) -> None:
+        """Drop from the store what no held allowlist names and what is over its cap;
+        never the running build, the previous one, or the one being rolled out."""
+        protected = {self.slot}
+        if rolling_out is not None:
+            protected.add(rolling_out)
+        if self.pending is not None:
+            protected |= {self.pending.artifact, self.pending.previous}
+        for name in ("current", "previous"):
+            try:
+                linked = self.state.read_link(name)
+            except StateError:
+                linked = None
+            if linked is not None:
+                protected.add(linked)
+        allow = self.coord.allowlist if self.coord is not None else None
+        try:
+            self.store.cleanup(
+                named=set(allow.artifacts) if allow is not None else None, protected=protected
+            )
+        except OSError as exc:
+            self.log(f"store cleanup failed: {exc}")
 
     async def _ask(self, effect: up.AskCoordinator) -> up.Event:
         if self.opts.grant_all:

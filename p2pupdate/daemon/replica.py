@@ -11,11 +11,16 @@ comes from the owner's :class:`~p2pupdate.clock.Clock` (wall seconds for tokens)
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
+import math
 import os
 import random
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Final
 
 import trio
 
@@ -24,18 +29,35 @@ from ..core import coordproto as proto
 from ..core import crypto, departure
 from ..core import documents as docs
 from ..core.errors import P2PUpdateError, SchemaError
-from ..core.origin import check_artifact
+from ..core.swarm.chunks import ChunkMap
+from ..core.timing import UpdaterConfig, refusal_wait
 from ..core.trust import TrustStore
-from ..fsutil import atomic_write
+from ..errors import CoordinatorFault
 from ..net.replica_link import CoordinatorUnavailable, ProtocolError, Push, ReplicaLink
+from .chunkstore import ChunkStore
 
 __all__ = [
     "AskOutcome",
+    "BadChunk",
     "CoordinatorUnavailable",
     "ProtocolError",
     "QuorumClient",
     "ReplicaLink",
+    "TryPeers",
 ]
+
+#: One chunk GET from the origin may take this long (seconds).
+CHUNK_TIMEOUT: Final = 60.0
+#: The node names itself to the origin in this header (``coordinator.origin``'s
+#: ``NODE_HEADER``: the downloader it counts against its cap).
+ORIGIN_NODE_HEADER: Final = "x-p2pupdate-node"
+MAX_REFUSAL_BODY: Final = 4096
+#: A "try-peers" ``retry_after`` above this is taken as this (a replica cannot park a node).
+MAX_RETRY_AFTER: Final = 300.0
+#: Waits for one chunk before the fetch gives up (the prefetch's own deadline is first).
+MAX_TRY_PEERS_WAITS: Final = 50
+#: The waits' floor and jitter: ``timing.refusal_wait`` of the updater's defaults.
+ORIGIN_TIMING: Final = UpdaterConfig()
 
 AskOutcome = departure.AskOutcome
 
@@ -64,6 +86,7 @@ class QuorumClient:
         self.log = log
         self.ask_timeout = ask_timeout
         self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
         self.links = [
             ReplicaLink(
                 u,
@@ -215,22 +238,118 @@ class QuorumClient:
                 self.log(f"coordinator {link.base}: docs refused: {answer.detail}")
         return out
 
-    def fetch_artifact(self, artifact: str, dest: Path, release: docs.Release, limit: int) -> None:
-        """Blocking (run in a thread): the artifact from a replica's origin, verified
-        against its release record chunk by chunk, written atomically to ``dest``."""
-        errors: list[str] = []
-        for link in self.links:
-            url = f"{link.base}/v1/artifacts/{artifact}"
-            try:
-                with urllib.request.urlopen(url, timeout=60) as resp:
-                    data = resp.read(limit + 1)
-            except OSError as exc:
-                errors.append(f"{url}: {exc}")
-                continue
-            problem = check_artifact(data, release, limit)
-            if problem:
-                errors.append(f"{url}: {problem}")
-                continue
-            atomic_write(dest, data)
-            return
-        raise CoordinatorUnavailable("; ".join(errors) or "no replica")
+    async def fetch_artifact(
+        self,
+        store: ChunkStore,
+        chunk_map: ChunkMap,
+        *,
+        chunks: Sequence[int] | None = None,
+        timing: UpdaterConfig = ORIGIN_TIMING,
+    ) -> int:
+        """Fetch chunks of an artifact from the replicas' origin into ``store`` (opened on
+        ``chunk_map``), chunk by chunk; how many chunks came.
+
+        ``chunks``: which (default: every chunk the store lacks); the swarm hands over only
+        those no reachable peer has.  Each chunk is verified on arrival: a replica that
+        serves a bad one is at fault (``BadChunk``, logged) and the next replica is asked
+        for it.  When every replica answers "try-peers" (its downloader cap), the node
+        waits that ``retry_after``, stretched by jitter (``timing.refusal_wait``), and asks
+        again; one log line per wait.  Raises ``CoordinatorUnavailable`` when a chunk could
+        be had from no replica.  Blocking urllib runs in a worker thread, one chunk at a
+        time; the waits are trio sleeps (the node's clock)."""
+        artifact = chunk_map.artifact
+        todo = list(chunks) if chunks is not None else store.missing(artifact)
+        if any(not 0 <= i < chunk_map.count for i in todo):
+            raise ValueError(f"not chunks of {artifact[:16]}...: {sorted(set(todo))[:8]}")
+        held = set(store.have(artifact))
+        fetched = 0
+        for index in todo:
+            if index in held:
+                continue  # nothing verified is fetched twice (nor asked for twice)
+            await self._fetch_chunk(store, chunk_map, index, timing)
+            held.add(index)
+            fetched += 1
+        return fetched
+
+    async def _fetch_chunk(
+        self, store: ChunkStore, chunk_map: ChunkMap, index: int, timing: UpdaterConfig
+    ) -> None:
+        artifact = chunk_map.artifact
+        length = chunk_map.chunks[index].length
+        for _wait in range(MAX_TRY_PEERS_WAITS + 1):
+            errors: list[str] = []
+            refused: list[TryPeers] = []
+            for link in self.links:
+                try:
+                    got = await trio.to_thread.run_sync(
+                        get_chunk, link.base, artifact, index, self.node, length
+                    )
+                except CoordinatorUnavailable as exc:
+                    errors.append(str(exc))
+                    continue
+                if isinstance(got, TryPeers):
+                    refused.append(got)
+                    continue
+                if await trio.to_thread.run_sync(store.put_chunk, artifact, index, got):
+                    return
+                bad = BadChunk(f"{link.base} served chunk {index} of {artifact[:16]}... wrong")
+                self.log(f"origin: {bad}: asking the next replica for it")
+                errors.append(str(bad))
+            if not refused:
+                raise CoordinatorUnavailable("; ".join(errors) or "no replica")
+            wait = refusal_wait(timing, min(r.retry_after for r in refused), self.rng.random())
+            self.log(
+                f"origin: {refused[0].base} says try-peers for {artifact[:16]}... (over its "
+                f"downloader cap): waiting {wait:.1f} s before chunk {index}"
+            )
+            await trio.sleep(wait)
+        raise CoordinatorUnavailable(
+            f"origin: still try-peers after {MAX_TRY_PEERS_WAITS} waits for {artifact[:16]}..."
+        )
+
+
+class BadChunk(CoordinatorFault):
+    """A replica served bytes that are not the chunk its release record lists."""
+
+    rule = "origin-bad-chunk"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TryPeers:
+    """A replica's origin is over its downloader cap for this artifact: come back after
+    ``retry_after`` seconds (or get the chunks from peers meanwhile)."""
+
+    base: str
+    retry_after: float
+
+
+def get_chunk(base: str, artifact: str, index: int, node: str, length: int) -> bytes | TryPeers:
+    """Blocking (run in a thread): chunk ``index`` from one replica's origin (at most
+    ``length`` + 1 bytes read), or its "try-peers" answer."""
+    url = f"{base}/v1/artifacts/{artifact}/chunks/{index}"
+    request = urllib.request.Request(url, headers={ORIGIN_NODE_HEADER: node})
+    try:
+        with urllib.request.urlopen(request, timeout=CHUNK_TIMEOUT) as resp:
+            return bytes(resp.read(length + 1))
+    except urllib.error.HTTPError as exc:
+        with exc:
+            body = exc.read(MAX_REFUSAL_BODY) if exc.code == 503 else b""
+        refusal = _try_peers(base, body)
+        if refusal is not None:
+            return refusal
+        raise CoordinatorUnavailable(f"{url}: HTTP {exc.code}") from None
+    except (OSError, http.client.HTTPException) as exc:  # IncompleteRead is no OSError
+        raise CoordinatorUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+
+
+def _try_peers(base: str, body: bytes) -> TryPeers | None:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("error") != "try-peers":
+        return None
+    after = obj.get("retry_after")
+    if isinstance(after, bool) or not isinstance(after, int | float) or not math.isfinite(after):
+        return None
+    return TryPeers(base=base, retry_after=min(max(float(after), 0.0), MAX_RETRY_AFTER))

@@ -1,0 +1,398 @@
+"""The node's artifact store: whole artifacts, partial downloads, and the chunks it serves.
+
+Layout (in ``D/store/``, ``launcher.state``'s store directory)::
+
+    <sha>.tar.gz    a complete artifact, every chunk verified: what the swap installs
+                    (``StateDir.store_path``) and what the launcher restores a damaged slot
+                    file from; it appears only by one rename, so it is never partial
+    <sha>.part      a download in progress: the artifact's length, chunks written in place
+                    at their ``Chunk.offset`` (the rest is a hole)
+    <sha>.chunks    which chunks of ``<sha>.part`` are verified (JSON, atomic), and of which
+                    chunk map (its digest: a release cut differently is another download)
+
+Why this order of writes: a chunk is verified against the release's chunk map first
+(``ChunkMap.check``), written into ``.part`` and fsynced, and only then added to
+``.chunks`` (``fsutil.atomic_write``).  A kill at any moment loses at most the chunk being
+written (its bytes may be there, unrecorded) and never records a chunk whose bytes are
+not on disk.  Opening a download re-verifies every recorded chunk against its digest (one
+whose bytes changed is dropped, one log line), so a resumed download fetches exactly the
+chunks it lacks, and nothing verified is fetched twice.  Chunks are never assumed to be
+of one size: every read and write goes through ``Chunk.offset`` and ``Chunk.length``.
+
+The store keeps serving what it holds: :meth:`ChunkStore.read_chunk` gives the swarm's
+uploader a verified chunk (checked again on the way out: a chunk that rotted on disk is
+dropped, not sent to a peer that would rightly ban us).  :meth:`ChunkStore.cleanup`
+removes what no held allowlist names (except what is protected: the running and previous
+builds, which the slots hold and the launcher restores from, and the one being rolled
+out), then enforces a size cap, oldest first, never touching the protected ones.
+
+Blocking file work: the node calls it from a worker thread; one lock keeps the uploader's
+reads and a download's writes apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..core.swarm.chunks import ChunkMap
+from ..errors import LocalStateFault
+from ..fsutil import atomic_write, fsync_dir, read_limited
+
+__all__ = ["DEFAULT_CAP", "ChunkStore", "CleanupResult", "StoreError", "map_digest"]
+
+#: The store's size cap (bytes) when the node sets none: room for a handful of builds.
+DEFAULT_CAP: Final = 4 << 30
+#: Largest ``.chunks`` record read (16,384 chunk indices as JSON, and the header).
+MAX_RECORD: Final = 256 * 1024
+RECORD_FORMAT: Final = 1
+_COMPLETE = ".tar.gz"
+_PART = ".part"
+_RECORD = ".chunks"
+
+
+class StoreError(LocalStateFault):
+    """The store's files cannot be written or read (the disk, this machine's fault)."""
+
+    rule = "store"
+
+
+def map_digest(cmap: ChunkMap) -> str:
+    """What identifies how ``cmap`` cuts its artifact: a record of another cut is void."""
+    h = hashlib.sha256(f"{cmap.artifact}:{cmap.length}:".encode())
+    for c in cmap.chunks:
+        h.update(f"{c.index}:{c.offset}:{c.length}:".encode() + c.digest)
+    return h.hexdigest()
+
+
+def _is_sha(name: str) -> bool:
+    return len(name) == 64 and not name.strip("0123456789abcdef")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CleanupResult:
+    """What one :meth:`ChunkStore.cleanup` removed, and the store's bytes after it."""
+
+    removed: tuple[str, ...]
+    kept_bytes: int
+
+
+class _Download:
+    """One artifact's chunk map and which of its chunks this node holds verified."""
+
+    def __init__(self, cmap: ChunkMap, have: set[int], complete: bool) -> None:
+        self.cmap = cmap
+        self.have = have
+        self.complete = complete
+
+
+class ChunkStore:
+    """``D/store/``: complete artifacts and downloads in progress, chunk by chunk."""
+
+    def __init__(self, directory: Path, *, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.dir = directory
+        self.log = log
+        self._lock = threading.Lock()
+        self._open: dict[str, _Download] = {}
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def path(self, artifact: str) -> Path:
+        """Where the complete artifact is (``StateDir.store_path``: what the swap reads)."""
+        return self.dir / f"{artifact}{_COMPLETE}"
+
+    def _part(self, artifact: str) -> Path:
+        return self.dir / f"{artifact}{_PART}"
+
+    def _record(self, artifact: str) -> Path:
+        return self.dir / f"{artifact}{_RECORD}"
+
+    # -- opening ----------------------------------------------------------------------------
+
+    def open(self, cmap: ChunkMap) -> frozenset[int]:
+        """Start or resume the download of ``cmap.artifact``: the verified chunks held.
+
+        Every chunk held is verified against ``cmap`` first (a complete file's too): a
+        chunk whose bytes no longer match is dropped (one log line), and a complete file
+        with a bad chunk goes back to being a partial one that lacks only that chunk."""
+        with self._lock:
+            return frozenset(self._open_locked(cmap).have)
+
+    def _open_locked(self, cmap: ChunkMap) -> _Download:
+        artifact = cmap.artifact
+        held = self._open.get(artifact)
+        if held is not None and held.cmap == cmap:
+            return held
+        self.dir.mkdir(parents=True, exist_ok=True)
+        complete, part = self.path(artifact), self._part(artifact)
+        if complete.is_file():
+            bad = self._verify_file(complete, cmap, range(len(cmap.chunks)))
+            if not bad:
+                self._record(artifact).unlink(missing_ok=True)
+                part.unlink(missing_ok=True)
+                d = _Download(cmap, set(range(len(cmap.chunks))), True)
+                self._open[artifact] = d
+                return d
+            self.log(
+                f"store: {artifact[:16]}... has {len(bad)} chunk(s) that no longer match "
+                f"the release ({_few(bad)}): dropped, fetched again"
+            )
+            os.replace(complete, part)
+            good = set(range(len(cmap.chunks))) - bad
+            self._write_record(cmap, good)
+            d = _Download(cmap, good, False)
+            self._open[artifact] = d
+            return d
+        have: set[int] = set()
+        if part.is_file() and os.stat(part).st_size == cmap.length:
+            recorded = self._read_record(cmap)
+            # No record (a kill before the first one): every chunk's digest is its proof.
+            candidates = recorded if recorded is not None else range(len(cmap.chunks))
+            bad = self._verify_file(part, cmap, candidates)
+            have = set(candidates) - bad
+            if recorded is not None and bad:
+                self.log(
+                    f"store: {artifact[:16]}... partial: {len(bad)} recorded chunk(s) no "
+                    f"longer match the release ({_few(bad)}): dropped, fetched again"
+                )
+            if recorded is None or bad:
+                self._write_record(cmap, have)
+        else:
+            if part.exists():
+                self.log(
+                    f"store: {artifact[:16]}... partial is not the release's length: restarted"
+                )
+            self._new_part(cmap)
+            self._write_record(cmap, have)
+        d = _Download(cmap, have, False)
+        self._open[artifact] = d
+        if len(have) == len(cmap.chunks):
+            self._finish(d)
+        return d
+
+    def _new_part(self, cmap: ChunkMap) -> None:
+        part = self._part(cmap.artifact)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, cmap.length)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(self.dir)
+
+    def _verify_file(self, path: Path, cmap: ChunkMap, indices: Iterable[int]) -> set[int]:
+        """The chunks among ``indices`` whose bytes in ``path`` are not the map's."""
+        bad: set[int] = set()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != cmap.length:
+                return set(indices)
+            for i in indices:
+                c = cmap.chunks[i]
+                f.seek(c.offset)
+                if not cmap.check(i, f.read(c.length)):
+                    bad.add(i)
+        return bad
+
+    def _read_record(self, cmap: ChunkMap) -> set[int] | None:
+        """The verified chunks recorded for this map (None: no usable record)."""
+        path = self._record(cmap.artifact)
+        try:
+            obj = json.loads(read_limited(path, MAX_RECORD))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self.log(f"store: {path.name} unreadable ({exc}): its chunks are checked one by one")
+            return None
+        n = len(cmap.chunks)
+        if (
+            not isinstance(obj, dict)
+            or obj.get("format") != RECORD_FORMAT
+            or obj.get("map") != map_digest(cmap)
+            or not isinstance(obj.get("have"), list)
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in obj["have"])
+            or not all(0 <= i < n for i in obj["have"])
+        ):
+            self.log(f"store: {path.name} is not a record of this chunk map: checked one by one")
+            return None
+        return set(obj["have"])
+
+    def _write_record(self, cmap: ChunkMap, have: set[int]) -> None:
+        body = {"format": RECORD_FORMAT, "map": map_digest(cmap), "have": sorted(have)}
+        atomic_write(self._record(cmap.artifact), json.dumps(body).encode())
+
+    # -- a download ---------------------------------------------------------------------------
+
+    def missing(self, artifact: str) -> list[int]:
+        """The chunks of an opened download not yet held, in order ([] when complete)."""
+        with self._lock:
+            d = self._open[artifact]
+            return [c.index for c in d.cmap.chunks if c.index not in d.have]
+
+    def have(self, artifact: str) -> frozenset[int]:
+        """The verified chunks held of an opened artifact (empty if never opened)."""
+        with self._lock:
+            d = self._open.get(artifact)
+            return frozenset(d.have) if d is not None else frozenset()
+
+    def summary(self) -> dict[str, tuple[int, int]]:
+        """Every opened artifact -> (chunks held verified, chunks in all): what a node can
+        tell its peers it holds or is fetching, without a bitfield."""
+        with self._lock:
+            return {a: (len(d.have), len(d.cmap.chunks)) for a, d in sorted(self._open.items())}
+
+    def complete(self, artifact: str) -> bool:
+        with self._lock:
+            d = self._open.get(artifact)
+            return d is not None and d.complete
+
+    def put_chunk(self, artifact: str, index: int, data: bytes) -> bool:
+        """Keep chunk ``index`` if ``data`` is it (length and digest): False (nothing
+        written) if not.  The last chunk held completes the artifact (one rename)."""
+        with self._lock:
+            d = self._open[artifact]
+            if not 0 <= index < len(d.cmap.chunks) or not d.cmap.check(index, data):
+                return False
+            if index in d.have:
+                return True
+            chunk = d.cmap.chunks[index]
+            fd = os.open(self._part(artifact), os.O_WRONLY)
+            try:
+                view = memoryview(data)
+                offset = chunk.offset
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset = view[n:], offset + n
+                os.fsync(fd)  # the bytes are on disk before the record says so
+            finally:
+                os.close(fd)
+            d.have.add(index)
+            if len(d.have) == len(d.cmap.chunks):
+                self._finish(d)
+            else:
+                self._write_record(d.cmap, d.have)
+            return True
+
+    def _finish(self, d: _Download) -> None:
+        artifact = d.cmap.artifact
+        os.replace(self._part(artifact), self.path(artifact))
+        fsync_dir(self.dir)
+        self._record(artifact).unlink(missing_ok=True)
+        d.complete = True
+        self.log(f"store: {artifact[:16]}... complete ({len(d.cmap.chunks)} chunks verified)")
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def read_chunk(self, artifact: str, index: int) -> bytes | None:
+        """A verified chunk for the swarm's uploader, or None (not held, or not opened).
+
+        Checked again on the way out: bytes that changed on disk are dropped from what
+        the store holds (one log line) instead of being sent."""
+        with self._lock:
+            d = self._open.get(artifact)
+            if d is None or index not in d.have:
+                return None
+            chunk = d.cmap.chunks[index]
+            path = self.path(artifact) if d.complete else self._part(artifact)
+            try:
+                with path.open("rb") as f:
+                    f.seek(chunk.offset)
+                    data = f.read(chunk.length)
+            except OSError as exc:
+                self.log(f"store: {artifact[:16]}... chunk {index} unreadable: {exc}")
+                return None
+            if d.cmap.check(index, data):
+                return data
+            self.log(
+                f"store: {artifact[:16]}... chunk {index} no longer matches the release: "
+                "dropped (not served; fetched again when needed)"
+            )
+            if d.complete:
+                os.replace(self.path(artifact), self._part(artifact))
+                d.complete = False
+            d.have.discard(index)
+            self._write_record(d.cmap, d.have)
+            return None
+
+    # -- cleanup --------------------------------------------------------------------------------
+
+    def held(self) -> dict[str, int]:
+        """Every artifact with files here (complete or partial) -> the bytes they take."""
+        sizes: dict[str, int] = {}
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return {}
+        for e in entries:
+            for suffix in (_COMPLETE, _PART, _RECORD):
+                stem = e.name.removesuffix(suffix)
+                if stem != e.name and _is_sha(stem):
+                    try:
+                        size = e.stat().st_blocks * 512  # a partial's hole takes no room
+                    except OSError:
+                        continue
+                    sizes[stem] = sizes.get(stem, 0) + size
+        return sizes
+
+    def cleanup(
+        self,
+        *,
+        named: Collection[str] | None,
+        protected: Collection[str],
+        cap: int = DEFAULT_CAP,
+    ) -> CleanupResult:
+        """Remove what no held allowlist names (``named``; None: no allowlist is held, so
+        nothing goes for that reason), except ``protected`` (the running build, the
+        previous one, the one being rolled out); then, while the store takes more than
+        ``cap`` bytes, the oldest unprotected artifact (by its files' change time)."""
+        with self._lock:
+            sizes = self.held()
+            removed: list[str] = []
+            for artifact in sorted(sizes):
+                if artifact in protected or named is None or artifact in named:
+                    continue
+                self._remove(artifact)
+                removed.append(artifact)
+                del sizes[artifact]
+            total = sum(sizes.values())
+            if total > cap:
+                for artifact in sorted((a for a in sizes if a not in protected), key=self._age_key):
+                    if total <= cap:
+                        break
+                    self._remove(artifact)
+                    removed.append(artifact)
+                    total -= sizes.pop(artifact)
+            if removed:
+                self.log(
+                    f"store: removed {len(removed)} artifact(s) no allowlist names or over the "
+                    f"cap of {cap} bytes ({', '.join(a[:16] + '...' for a in removed)}); "
+                    f"{total} bytes kept"
+                )
+            return CleanupResult(removed=tuple(removed), kept_bytes=total)
+
+    def _age_key(self, artifact: str) -> float:
+        times = []
+        for suffix in (_COMPLETE, _PART, _RECORD):
+            try:
+                times.append(os.stat(self.dir / f"{artifact}{suffix}").st_mtime)
+            except OSError:
+                continue
+        return max(times, default=0.0)
+
+    def _remove(self, artifact: str) -> None:
+        for suffix in (_COMPLETE, _PART, _RECORD):
+            (self.dir / f"{artifact}{suffix}").unlink(missing_ok=True)
+        self._open.pop(artifact, None)
+        fsync_dir(self.dir)
+
+
+def _few(indices: Collection[int], shown: int = 8) -> str:
+    ordered = sorted(indices)
+    more = f", ... {len(ordered) - shown} more" if len(ordered) > shown else ""
+    return ", ".join(str(i) for i in ordered[:shown]) + more
