@@ -27,12 +27,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from p2pupdate.core import coordproto as proto
+
 __all__ = ["DEFAULT_MAX_DOWNLOADERS", "NODE_HEADER", "OriginConfig", "OriginGate", "downloader"]
 
 DEFAULT_MAX_DOWNLOADERS: Final = 8
 #: A downloader counts this long after its last request (seconds).
 DEFAULT_WINDOW: Final = 5.0
-NODE_HEADER: Final = "x-p2pupdate-node"
+NODE_HEADER: Final = proto.ORIGIN_NODE_HEADER
 _NODE = re.compile(r"^[0-9a-f]{16,64}$")
 
 

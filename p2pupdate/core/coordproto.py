@@ -51,6 +51,7 @@ __all__ = [
     "MAX_PEERS",
     "MAX_SIGNAL",
     "NODE_PATH",
+    "ORIGIN_NODE_HEADER",
     "PUSHES",
     "REQUESTS",
     "REQUEST_LIMITS",
@@ -103,6 +104,9 @@ ANSWER_LIMITS: Final = wire.Limits(
     max_items=20_000,
 )
 MAX_SIGNAL: Final = 8 * 1024
+#: HTTP header in which a node names itself on an origin chunk GET: the downloader the
+#: origin counts against its cap (not authenticated: the cap is a courtesy, not a defence).
+ORIGIN_NODE_HEADER: Final = "x-p2pupdate-node"
 MAX_PEERS: Final = 32
 #: Most STUN + TURN servers one ``ice`` answer lists (``serve --stun/--turn`` in all).
 MAX_ICE_SERVERS: Final = 8

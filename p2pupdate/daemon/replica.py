@@ -48,9 +48,8 @@ __all__ = [
 
 #: One chunk GET from the origin may take this long (seconds).
 CHUNK_TIMEOUT: Final = 60.0
-#: The node names itself to the origin in this header (``coordinator.origin``'s
-#: ``NODE_HEADER``: the downloader it counts against its cap).
-ORIGIN_NODE_HEADER: Final = "x-p2pupdate-node"
+#: The node names itself to the origin in this header (one home: ``coordproto``).
+ORIGIN_NODE_HEADER: Final = proto.ORIGIN_NODE_HEADER
 MAX_REFUSAL_BODY: Final = 4096
 #: A "try-peers" ``retry_after`` above this is taken as this (a replica cannot park a node).
 MAX_RETRY_AFTER: Final = 300.0

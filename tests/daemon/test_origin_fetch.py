@@ -24,6 +24,7 @@ import pytest
 import trio
 
 from coordinator.origin import NODE_HEADER, OriginConfig
+from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.swarm.chunks import ChunkMap
@@ -276,7 +277,7 @@ def test_try_peers_answers_parse_strictly() -> None:
     for body in (b"", b"[]", b'{"error": "x", "retry_after": 1}', b'{"error": "try-peers"}'):
         assert rep._try_peers("u", body) is None
     assert rep._try_peers("u", b'{"error": "try-peers", "retry_after": true}') is None
-    assert NODE_HEADER == rep.ORIGIN_NODE_HEADER  # one header name on both ends
+    assert NODE_HEADER == rep.ORIGIN_NODE_HEADER == proto.ORIGIN_NODE_HEADER  # one home
 
 
 async def test_only_the_chunks_asked_for_come_from_the_origin(tmp_path: Path) -> None:
