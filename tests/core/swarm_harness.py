@@ -50,6 +50,8 @@ NOW: Final = 1_800_000_000
 LATENCY: Final = 0.01
 #: What the origin takes per chunk (virtual seconds).
 ORIGIN_DELAY: Final = 0.05
+#: A run that takes more steps than this is a bug (a timer that does not move), not a test.
+MAX_STEPS: Final = 200_000
 
 
 def artifact_bytes(size: int, seed: str = "artifact") -> bytes:
@@ -116,23 +118,25 @@ class Net:
 
     def run(self, until: float, stop: Callable[[], bool] = lambda: False) -> None:
         """Deliver frames and fire timers in time order up to ``until`` (or ``stop()``)."""
-        while not stop():
+        for _ in range(MAX_STEPS):
+            if stop():
+                return
             timers = [(t, n) for n in self.nodes.values() if (t := n.timer()) is not None]
             t_timer, node = min(timers, key=lambda x: x[0]) if timers else (None, None)
             t_next = self._queue[0][0] if self._queue else None
             if t_next is not None and (t_timer is None or t_next <= t_timer):
                 if t_next > until:
-                    break
+                    return
                 self.now, _, action = heapq.heappop(self._queue)
                 action()
             elif t_timer is not None and node is not None:
                 if t_timer > until:
-                    break
+                    return
                 self.now = max(self.now, t_timer)
                 node.fire()
             else:
-                break
-        self.now = max(self.now, min(until, self.now))
+                return
+        raise AssertionError(f"no quiet after {MAX_STEPS} steps: a timer that never advances?")
 
 
 @dataclass(kw_only=True, eq=False)

@@ -10,7 +10,9 @@ chunk is started by one peer (its *owner*), which gets all its blocks, up to ``p
 requests in flight; a chunk's blocks come from several peers only when a request moved
 (its deadline passed, the peer rejected it or left) or in endgame.
 
-Deadlines.  Every request has ``request_timeout``; a late request goes back to the pool,
+Deadlines.  Every request has ``request_timeout``, counted from when it was sent or the
+peer's last block, whichever is later (a peer serves in turn: one that keeps delivering is
+slow, not stuck, and the overall deadline deals with slow); a late request goes back to the pool,
 another peer holding the chunk takes it, and the late answer is still welcome if it comes
 first.  ``max_misses`` passes in a row with a missed deadline drop the peer.
 
@@ -84,6 +86,7 @@ class _Part:
     single: bool  # a suspect chunk: every block from the owner alone
     blocks: dict[int, tuple[bytes, str]] = field(default_factory=dict)
     asked: dict[int, set[str]] = field(default_factory=dict)
+    shunned: set[str] = field(default_factory=set)  # missed or refused a block of it
 
 
 class Download:
@@ -164,6 +167,7 @@ class Download:
         if part is None:
             return
         part.asked.get(key[1], set()).discard(peer)
+        part.shunned.add(peer)
         if part.owner == peer:
             part.owner = None
             if part.single:  # a suspect chunk starts over with another single peer
@@ -254,6 +258,13 @@ class Download:
             return
         p.misses = 0
         self.received.append((now, len(msg.data)))
+        # Progress resets the clock of what is still in flight there: a peer serves its
+        # requests in turn, so a slow honest link (a full pipeline at a modest rate) is
+        # not a trickler while a block keeps coming every ``request_timeout``.
+        again = now + self.config.request_timeout
+        for k, r in p.inflight.items():
+            if r.deadline < again:
+                p.inflight[k] = _Req(length=r.length, deadline=again)
         part = self.parts.get(msg.chunk)
         fresh = part is not None and msg.offset not in part.blocks
         if part is not None and fresh and (not part.single or part.owner == peer):
@@ -381,6 +392,12 @@ class Download:
         self.origin_chunks += len(chunks)
         out.append(FetchFromOrigin(artifact=self.artifact, chunks=tuple(chunks), reason=reason))
 
+    def _shuns(self, part: _Part, peer: str) -> bool:
+        """Whether ``peer`` failed this chunk before and another holder could take it."""
+        if peer not in part.shunned:
+            return False
+        return any(part.index in p.has for q, p in self.peers.items() if q not in part.shunned)
+
     def _holders(self, i: int) -> int:
         return sum(1 for p in self.peers.values() if i in p.has)
 
@@ -418,7 +435,7 @@ class Download:
                 for o in self._unasked(part):
                     return (part.index, o)
         for part in parts:  # 2. orphaned blocks of chunks whose request moved
-            if part.owner is None and not part.single:
+            if part.owner is None and not part.single and not self._shuns(part, peer):
                 for o in self._unasked(part):
                     part.owner = peer
                     return (part.index, o)

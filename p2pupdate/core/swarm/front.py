@@ -70,6 +70,9 @@ class Swarm:
         self.artifacts: dict[str, _Artifact] = {}
         self.scores = Scores(config)
         self.banned: dict[str, float] = {}
+        #: Peers dropped: whatever they sent before their link closed is ignored, until the
+        #: shell opens a session with them again.
+        self.dropped: set[str] = set()
         self.uploader = Uploader(
             config=config, rate=upload_rate(config, uplink), held=self.holds, now=now
         )
@@ -132,8 +135,7 @@ class Swarm:
                 if timer is not None and timer <= now:
                     for peer in dl.on_timer(now, out):
                         reason = f"missed {self.config.max_misses} request deadlines in a row"
-                        self._end_peer(peer, out)
-                        out.append(Drop(peer=peer, reason=reason))
+                        self._drop(peer, reason, out)
         self.uploader.pump(now, out)
         for peer in [p for p, until in self.banned.items() if now >= until]:
             del self.banned[peer]
@@ -152,6 +154,7 @@ class Swarm:
     def _opened(self, ev: Opened, now: float, out: list[Effect]) -> None:
         art = self.artifacts.get(ev.artifact)
         if art is not None and not self._is_banned(ev.peer, now):
+            self.dropped.discard(ev.peer)
             self._session(art, ev.peer, out)
 
     def _session(self, art: _Artifact, peer: str, out: list[Effect]) -> None:
@@ -174,7 +177,7 @@ class Swarm:
         self.uploader.peer_gone(peer)
 
     def _received(self, ev: Received, now: float, out: list[Effect]) -> None:
-        if self._is_banned(ev.peer, now):
+        if self._is_banned(ev.peer, now) or ev.peer in self.dropped:
             return
         try:
             msg = decode_message(ev.data)
@@ -259,6 +262,7 @@ class Swarm:
     # -- faults, and what follows a handler ----------------------------------------------
 
     def _is_banned(self, peer: str, now: float) -> bool:
+        """Banned (its messages are ignored; the shell refuses its links until ``until``)."""
         until = self.banned.get(peer)
         return until is not None and now < until
 
@@ -277,8 +281,13 @@ class Swarm:
             self._end_peer(peer, out)
             out.append(Ban(peer=peer, reason=f"{rule}: {detail}", until=until))
         elif verdict.drop:
+            self._drop(peer, f"{rule}: {detail}", out)
+
+    def _drop(self, peer: str, reason: str, out: list[Effect]) -> None:
+        if peer not in self.dropped:
+            self.dropped.add(peer)
             self._end_peer(peer, out)
-            out.append(Drop(peer=peer, reason=f"{rule}: {detail}"))
+            out.append(Drop(peer=peer, reason=reason))
 
     def _settle(self, now: float, out: list[Effect]) -> list[Effect]:
         """Charge the faults the parts reported, announce new chunks, finish downloads."""

@@ -8,9 +8,9 @@ far fewer).  A peer whose queue empties gives its slot back.
 
 The bucket holds bytes: it fills at the upload rate (``config.upload_rate``: a fraction of
 the measured uplink, at most the cap) up to a burst of a quarter second (at least one
-block); a block is sent while the bucket is positive and its length taken out, so the
-bucket may owe one block at most and the rate holds over any window longer than the burst.
-Queued requests are served round-robin, one block per peer in turn.
+block); a block is sent once the bucket holds its bytes, so over any window uploads stay
+within the burst plus the rate times the window.  Queued requests are served round-robin,
+one block per peer in turn.
 
 The uploader never decides what is held: the front asks ``held`` (verified chunks only)
 before a request is queued and again before it is served.
@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 from .config import SwarmConfig
 from .events import Effect, Send, Serve
 from .messages import Cancel, Reject, Request
 
 Held = Callable[[str, int], bool]
+#: Bytes of float rounding forgiven: the timer names the instant the bucket is full enough.
+_EPSILON: Final = 1e-6
 
 
 class Uploader:
@@ -87,17 +90,19 @@ class Uploader:
         self.queues.pop(peer, None)
 
     def pump(self, now: float, out: list[Effect]) -> None:
-        """Serve queued requests, round-robin, while the bucket allows."""
+        """Serve queued requests, round-robin, while the bucket holds their bytes."""
         self._refill(now)
-        while self.queues and self.tokens > 0:
+        while self.queues:
             for peer in list(self.queues):
-                if self.tokens <= 0:
-                    break
                 q = self.queues[peer]
-                req = q.popleft()
+                req = q[0]
+                held = self.held(req.artifact, req.chunk)
+                if held and self.tokens < req.length - _EPSILON:
+                    return  # this peer's turn waits for the bucket (get_timer)
+                q.popleft()
                 if not q:
                     del self.queues[peer]
-                if not self.held(req.artifact, req.chunk):  # removed since it was queued
+                if not held:  # removed since it was queued
                     out.append(Send(peer=peer, data=_reject(req, "missing")))
                     continue
                 self.tokens -= req.length
@@ -111,15 +116,15 @@ class Uploader:
                         length=req.length,
                     )
                 )
-            if self.queues:  # rotate: the next round starts with the peer after the last
-                first = next(iter(self.queues))
-                self.queues[first] = self.queues.pop(first)
+                if peer in self.queues:  # its next request goes to the back of the line
+                    self.queues[peer] = self.queues.pop(peer)
 
     def get_timer(self) -> float | None:
-        """When the bucket is positive again, if anything waits for it."""
+        """When the bucket holds the next request's bytes, if one waits for it."""
         if not self.queues:
             return None
-        return self.last + max(0.0, 1.0 - self.tokens) / self.rate
+        head = next(iter(self.queues.values()))[0]
+        return self.last + max(0.0, head.length - self.tokens) / self.rate
 
 
 def _reject(req: Request, reason: str) -> bytes:
