@@ -208,3 +208,26 @@ def test_peers_too_slow_for_the_deadline_hand_the_rest_to_the_origin() -> None:
     assert f.completed_at[ART] <= 20.0
     assert 0 < len(f.origin_asked) < MAP.count  # peers did part of it
     assert f.penalised(seed.id) == []
+
+
+def test_a_fleet_with_several_attackers_at_once_blames_only_them() -> None:
+    """Four fetchers, two slow honest seeds, and a corrupter, a trickler and a liar among
+    them: deadlines, moved requests and endgame mix blocks of several peers into chunks,
+    so this is where blame by evidence matters.  Every fetcher ends with the right bytes;
+    no honest node is penalised by anyone; the origin is not needed."""
+    net, seeds, fetchers = fleet(n_seeds=2, n_fetchers=4, seed_cfg=SLOW_SEED)
+    bad = [
+        attach(net, Corrupt(name="corrupt", data=DATA, cmap=MAP), fetchers),
+        attach(net, Trickler(name="trickle", data=DATA, cmap=MAP), fetchers),
+        attach(net, Liar(name="liar", data=DATA, cmap=MAP), fetchers),
+    ]
+    net.run(600, stop=lambda: done(fetchers))
+    for f in fetchers:
+        assert f.bytes_of(ART) == DATA
+        assert_clean(f, seeds + fetchers)
+        assert f.origin_asked == []
+        for b in bad:
+            assert f.penalised(b.id), f"{b.name} got away with it at {f.name}"
+    for s in seeds:
+        assert_clean(s, fetchers)
+    assert all(f.banned(bad[0].id) for f in fetchers)  # corrupt chunks: proof, a ban
