@@ -388,3 +388,68 @@ class Vanisher(Scripted):
             return
         self.answered += 1
         super().answer(peer, req)
+
+
+# -- a fleet, for figures -----------------------------------------------------------------
+
+
+def fleet_run(
+    *,
+    nodes: int,
+    artifact_mib: float,
+    chunk_size: int = 256 * 1024,
+    seed_up: float = 2.0 * (1 << 20),
+    peer_up: float = 0.5 * (1 << 20),
+    degree: int = 6,
+    seed: int = 7,
+) -> dict[str, object]:
+    """One seed and ``nodes`` fetchers (each linked to the seed and ~``degree`` others):
+    the time the last one verified against the bound ``max(F/u_s, N*F/(u_s + N*u_i))``,
+    and what the seed and the origin sent."""
+    data = artifact_bytes(int(artifact_mib * (1 << 20)))
+    cmap = chunk_map_of(data, chunk_size=chunk_size)
+    art = cmap.artifact
+    net = Net()
+    seeder = net.add(
+        CoreNode(name="seed", config=SwarmConfig(upload_cap=seed_up), origin={art: data})
+    ).start(cmap, held=data)
+    fetchers = [
+        net.add(
+            CoreNode(
+                name=f"n{i}", config=SwarmConfig(upload_cap=peer_up), origin={art: data}, seed=i + 1
+            )
+        ).start(cmap)
+        for i in range(nodes)
+    ]
+    rng = random.Random(seed)
+    for f in fetchers:
+        net.link(seeder, f, art)
+    for f in fetchers:
+        for g in rng.sample(fetchers, min(degree, nodes)):
+            if g is not f and frozenset((f.id, g.id)) not in net.links:
+                net.link(f, g, art)
+    net.run(3600, stop=lambda: all(art in f.completed_at for f in fetchers))
+    size = len(data)
+    t_all = max(f.completed_at.get(art, float("inf")) for f in fetchers)
+    t_min = max(size / seed_up, nodes * size / (seed_up + nodes * peer_up))
+    return {
+        "nodes": nodes,
+        "artifact_bytes": size,
+        "seed_copies": round(seeder.served_bytes / size, 2),
+        "origin_chunks": sum(len(f.origin_asked) for f in fetchers),
+        "t_all_s": round(t_all, 2),
+        "t_min_s": round(t_min, 2),
+        "bound_ratio": round(t_all / t_min, 2),
+        "all_verified": all(f.bytes_of(art) == data for f in fetchers),
+        "penalties": sum(
+            1 for n in [seeder, *fetchers] for e in n.effects if isinstance(e, Penalised)
+        ),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    n, mib = (int(sys.argv[1]), float(sys.argv[2])) if len(sys.argv) > 2 else (24, 4.0)
+    print(json.dumps(fleet_run(nodes=n, artifact_mib=mib)))

@@ -22,6 +22,7 @@ from tests.core.swarm_harness import (
     Vanisher,
     artifact_bytes,
     chunk_map_of,
+    fleet_run,
 )
 
 DATA = artifact_bytes(64 * 1024)  # 16 chunks of 4 KiB, 4 blocks each
@@ -231,3 +232,10 @@ def test_a_fleet_with_several_attackers_at_once_blames_only_them() -> None:
     for s in seeds:
         assert_clean(s, fetchers)
     assert all(f.banned(bad[0].id) for f in fetchers)  # corrupt chunks: proof, a ban
+
+
+def test_a_small_fleet_runs_to_the_end_without_the_origin_or_penalties() -> None:
+    got = fleet_run(nodes=8, artifact_mib=1.0, chunk_size=64 * 1024)
+    assert got["all_verified"] is True
+    assert got["origin_chunks"] == 0 and got["penalties"] == 0
+    assert float(str(got["seed_copies"])) < 8  # the fetchers traded among themselves
