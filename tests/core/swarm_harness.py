@@ -393,6 +393,11 @@ class Vanisher(Scripted):
 # -- a fleet, for figures -----------------------------------------------------------------
 
 
+def _capped(rate: float) -> SwarmConfig:
+    """Uploads at exactly ``rate`` (as if the shell measured an uplink of twice that)."""
+    return SwarmConfig(upload_cap=rate, default_uplink=2 * rate)
+
+
 def fleet_run(
     *,
     nodes: int,
@@ -410,14 +415,12 @@ def fleet_run(
     cmap = chunk_map_of(data, chunk_size=chunk_size)
     art = cmap.artifact
     net = Net()
-    seeder = net.add(
-        CoreNode(name="seed", config=SwarmConfig(upload_cap=seed_up), origin={art: data})
-    ).start(cmap, held=data)
+    seeder = net.add(CoreNode(name="seed", config=_capped(seed_up), origin={art: data})).start(
+        cmap, held=data
+    )
     fetchers = [
         net.add(
-            CoreNode(
-                name=f"n{i}", config=SwarmConfig(upload_cap=peer_up), origin={art: data}, seed=i + 1
-            )
+            CoreNode(name=f"n{i}", config=_capped(peer_up), origin={art: data}, seed=i + 1)
         ).start(cmap)
         for i in range(nodes)
     ]
@@ -447,9 +450,10 @@ def fleet_run(
     }
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m tests.core.swarm_harness [NODES [MIB [CHUNK_KIB]]]
     import json
     import sys
 
-    n, mib = (int(sys.argv[1]), float(sys.argv[2])) if len(sys.argv) > 2 else (24, 4.0)
-    print(json.dumps(fleet_run(nodes=n, artifact_mib=mib)))
+    args = [float(a) for a in sys.argv[1:4]] + [24, 4.0, 256][len(sys.argv) - 1 :]
+    n, mib, chunk_kib = args[:3]
+    print(json.dumps(fleet_run(nodes=int(n), artifact_mib=mib, chunk_size=int(chunk_kib * 1024))))
