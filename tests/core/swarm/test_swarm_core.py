@@ -335,3 +335,36 @@ def test_upload_slots_choke_the_extra_peers_and_unheld_chunks_are_never_served()
     assert [x.reason for x in sends(out, C) if isinstance(x, m.Reject)] == ["missing"]
     assert not [e for e in out if isinstance(e, Serve)]
     assert upload_rate(SwarmConfig(), 2_000_000.0) == 1_000_000.0  # half the uplink
+
+
+def test_a_block_of_the_wrong_length_costs_wrong_length_and_is_asked_again() -> None:
+    sw, _ = fetcher()
+    join(sw, B, range(16))
+    reqs = requests(join(sw, A, range(16)), A)
+    short = m.Block(artifact=ART, chunk=reqs[0].chunk, offset=0, data=b"x" * 10)
+    out = sw.handle(Received(peer=A, data=short.to_wire()), 0.1)
+    assert [(p.peer, p.rule) for p in out if isinstance(p, Penalised)] == [(A, "wrong_length")]
+
+
+def test_a_queued_request_for_an_artifact_removed_meanwhile_is_not_served() -> None:
+    cfg = SwarmConfig(max_block=1024, upload_cap=1024.0)
+    sw = seeder(cfg)
+    sw.handle(Received(peer=A, data=req(0)), 0.0)  # served from the burst
+    sw.handle(Received(peer=A, data=req(1)), 0.0)  # queued behind the bucket
+    sw.remove(ART)
+    out = sw.handle_timer(5.0)
+    assert not [e for e in out if isinstance(e, Serve)]
+    assert [x.reason for x in sends(out, A) if isinstance(x, m.Reject)] == ["missing"]
+
+
+def test_serve_builds_the_block_frame_only_from_exactly_the_asked_bytes() -> None:
+    sw = seeder(SwarmConfig(max_block=1024))
+    (serve,) = [
+        e for e in sw.handle(Received(peer=A, data=req(2, 1024)), 0.0) if isinstance(e, Serve)
+    ]
+    frame = serve.message(DATA[2 * 4096 + 1024 : 2 * 4096 + 2048])
+    assert m.decode_message(frame) == m.Block(
+        artifact=ART, chunk=2, offset=1024, data=DATA[2 * 4096 + 1024 : 2 * 4096 + 2048]
+    )
+    with pytest.raises(ValueError):
+        serve.message(b"short")
