@@ -4,7 +4,7 @@ README "Artifacts peer to peer".  Pure (sans-IO) like ``core.gossip``: one ``Swa
 node's side of the swarm over every artifact it holds or fetches.  The shell feeds it
 events (``Opened``, ``Received``, ``PeerGone``, ``OriginChunk``, ...) with a monotonic
 ``now``, calls ``handle_timer`` when ``get_timer()`` says so, and performs the effects it
-returns (``Send``, ``Serve``, ``ChunkVerified``, ``FetchFromOrigin``, ``Completed``,
+returns (``Send``, ``Serve``, ``ChunkVerified``, ``FetchFromOrigin``, ``OriginRefused``, ``Completed``,
 ``Penalised``, ``Drop``, ``Ban``).  Randomness comes from an ``Rng`` given to the
 constructor.  Every message names its artifact; every chunk is checked against the
 release record's hash before it is stored or served.
@@ -41,6 +41,7 @@ from .events import (
     Opened,
     OriginChunk,
     OriginFailed,
+    OriginRefused,
     PeerGone,
     Penalised,
     Received,
@@ -85,6 +86,7 @@ __all__ = [
     "Opened",
     "OriginChunk",
     "OriginFailed",
+    "OriginRefused",
     "PeerGone",
     "Penalised",
     "Received",

@@ -127,6 +127,16 @@ class FetchFromOrigin(Effect):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class OriginRefused(Effect):
+    """The origin's bytes for chunk ``index`` do not match the release (log and count it;
+    the chunk is wanted again, from peers or, after ``origin_grace``, the origin)."""
+
+    artifact: str
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Completed(Effect):
     """Every chunk of ``artifact`` is verified and stored."""
 

@@ -31,6 +31,7 @@ from .events import (
     Opened,
     OriginChunk,
     OriginFailed,
+    OriginRefused,
     PeerGone,
     Penalised,
     Received,
@@ -192,6 +193,8 @@ class Swarm:
             return
         if not art.download.on_origin_chunk(ev.index, ev.data, out):
             art.download.on_origin_failed(ev.index)  # wanted again: peers, or the origin
+            reason = "does not match the release record"
+            out.append(OriginRefused(artifact=ev.artifact, index=ev.index, reason=reason))
         art.download.fill_all(now, out)
 
     def _origin_failed(self, ev: OriginFailed, now: float, out: list[Effect]) -> None:

@@ -368,3 +368,19 @@ def test_serve_builds_the_block_frame_only_from_exactly_the_asked_bytes() -> Non
     )
     with pytest.raises(ValueError):
         serve.message(b"short")
+
+
+def test_bad_bytes_from_the_origin_are_refused_and_the_chunk_wanted_again() -> None:
+    from p2pupdate.core.swarm.events import OriginChunk, OriginRefused
+
+    sw, _ = fetcher()
+    out: list[Effect] = []
+    for t in range(1, 8):
+        out += sw.handle_timer(float(t))
+    asked = [e for e in out if isinstance(e, FetchFromOrigin)]
+    assert asked and asked[0].chunks == tuple(range(16))  # no peers at all
+    bad = sw.handle(OriginChunk(artifact=ART, index=3, data=b"\0" * 4096), 8.0)
+    assert [(e.index) for e in bad if isinstance(e, OriginRefused)] == [3]
+    assert not [e for e in bad if isinstance(e, ChunkVerified)]
+    good = sw.handle(OriginChunk(artifact=ART, index=3, data=MAP.slice(DATA, 3)), 8.1)
+    assert [e.source for e in good if isinstance(e, ChunkVerified)] == ["origin"]
