@@ -179,6 +179,8 @@ class CoreNode(Node):
     origin_asked: list[int] = field(default_factory=list)
     completed_at: dict[str, float] = field(default_factory=dict)
     served_bytes: int = 0
+    _timer: float | None = None
+    _timer_stale: bool = True
 
     def start(self, cmap: ChunkMap, *, held: bytes | None = None, deadline: float | None = None):
         """Track ``cmap``: seed it (``held``: the whole artifact) or fetch it."""
@@ -207,7 +209,10 @@ class CoreNode(Node):
         self._handle(PeerGone(peer=peer))
 
     def timer(self) -> float | None:
-        return None if self.swarm is None else self.swarm.get_timer()
+        if self._timer_stale:  # asked after every step of the run: only after a change
+            self._timer = None if self.swarm is None else self.swarm.get_timer()
+            self._timer_stale = False
+        return self._timer
 
     def fire(self) -> None:
         assert self.swarm is not None and self.net is not None
@@ -220,6 +225,7 @@ class CoreNode(Node):
 
     def _do(self, effects: list[Effect]) -> None:
         assert self.net is not None
+        self._timer_stale = True
         net = self.net
         for eff in effects:
             self.effects.append(eff)

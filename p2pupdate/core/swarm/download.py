@@ -206,14 +206,14 @@ class Download:
             )  # fmt: skip
             return
         self.peers.setdefault(peer, _Peer()).has = set(msg.held())
-        self.fill_all(now, out)
+        self.fill(peer, now, out)  # only this peer has something new to offer
 
     def on_have(self, peer: str, msg: Have, now: float, out: list[Effect]) -> None:
         if msg.chunk >= self.map.count:
             self.faults.append((peer, "malformed", f"have {msg.chunk} of {self.map.count}"))
             return
         self.peers.setdefault(peer, _Peer()).has.add(msg.chunk)
-        self.fill_all(now, out)
+        self.fill(peer, now, out)
 
     def on_reject(self, peer: str, msg: Reject, now: float, out: list[Effect]) -> None:
         p = self.peers.get(peer)
