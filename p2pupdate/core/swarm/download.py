@@ -354,8 +354,8 @@ class Download:
         if self.complete:
             return
         wanted = [i for i in range(self.map.count) if i not in self.held and i not in self.origin]
-        for i in wanted:
-            if i not in self.parts and not any(i in p.has for p in self.peers.values()):
+        for i in wanted:  # a half-fetched chunk whose holders all left counts too
+            if not any(i in p.has for p in self.peers.values()):
                 self.unavailable.setdefault(i, now)
             else:
                 self.unavailable.pop(i, None)

@@ -239,3 +239,15 @@ def test_a_small_fleet_runs_to_the_end_without_the_origin_or_penalties() -> None
     assert got["all_verified"] is True
     assert got["origin_chunks"] == 0 and got["penalties"] == 0
     assert float(str(got["seed_copies"])) < 8  # the fetchers traded among themselves
+
+
+def test_when_the_only_peer_vanishes_mid_chunk_the_origin_brings_the_rest() -> None:
+    """Even the half-fetched chunk: its part must not keep it from the origin."""
+    net = Net()
+    only = net.add(Vanisher(name="only", data=DATA, cmap=MAP, blocks=2))
+    f = net.add(CoreNode(name="fetch", config=CFG, origin={ART: DATA}, seed=5)).start(MAP)
+    net.link(only, f, ART)
+    net.run(120, stop=lambda: ART in f.completed_at)
+    assert ART in f.completed_at and f.bytes_of(ART) == DATA
+    assert sorted(f.origin_asked) == list(range(MAP.count))  # no whole chunk came from it
+    assert f.penalised(only.id) == []
