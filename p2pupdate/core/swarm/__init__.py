@@ -49,7 +49,7 @@ from .events import (
     Serve,
     UplinkMeasured,
 )
-from .front import EVENT_HANDLERS, MESSAGE_HANDLERS, Swarm
+from .front import EVENT_HANDLERS, MESSAGE_HANDLERS, ArtifactStatus, Swarm
 from .messages import (
     MESSAGE_TYPES,
     Bitfield,
@@ -69,6 +69,7 @@ __all__ = [
     "MESSAGE_HANDLERS",
     "MESSAGE_TYPES",
     "PENALTIES",
+    "ArtifactStatus",
     "Ban",
     "Bitfield",
     "Block",

@@ -52,6 +52,18 @@ from .penalties import Scores, rule_for
 from .upload import Uploader
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ArtifactStatus:
+    """One artifact as the swarm sees it (for the node's status file and metrics)."""
+
+    artifact: str
+    chunks: int
+    held: int
+    sessions: int
+    fetching_from: int  # peers with requests of ours in flight
+    origin_chunks: int  # chunks handed to the origin so far
+
+
 @dataclass(kw_only=True, slots=True)
 class _Artifact:
     map: ChunkMap
@@ -316,6 +328,25 @@ class Swarm:
                     out.extend(Send(peer=p, data=have) for p in sorted(got.sessions))
         return out
 
+    def status(self) -> tuple[ArtifactStatus, ...]:
+        """Every tracked artifact, in the order added."""
+        out = []
+        for a in self.artifacts.values():
+            dl = a.download
+            out.append(
+                ArtifactStatus(
+                    artifact=a.map.artifact,
+                    chunks=a.map.count,
+                    held=len(a.held),
+                    sessions=len(a.sessions),
+                    fetching_from=0
+                    if dl is None
+                    else sum(1 for p in dl.peers.values() if p.inflight),
+                    origin_chunks=0 if dl is None else dl.origin_chunks,
+                )
+            )
+        return tuple(out)
+
     def origin_chunks(self, artifact: str) -> int:
         """How many chunks of ``artifact`` went to the origin (for status and tests)."""
         art = self.artifacts.get(artifact)
@@ -345,4 +376,4 @@ MESSAGE_HANDLERS: Final[Mapping[type[Message], MessageHandler]] = {
     Reject: Swarm._on_reject,
 }
 
-__all__ = ["EVENT_HANDLERS", "MESSAGE_HANDLERS", "Swarm"]
+__all__ = ["EVENT_HANDLERS", "MESSAGE_HANDLERS", "ArtifactStatus", "Swarm"]

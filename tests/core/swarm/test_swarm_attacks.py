@@ -251,3 +251,16 @@ def test_when_the_only_peer_vanishes_mid_chunk_the_origin_brings_the_rest() -> N
     assert ART in f.completed_at and f.bytes_of(ART) == DATA
     assert sorted(f.origin_asked) == list(range(MAP.count))  # no whole chunk came from it
     assert f.penalised(only.id) == []
+
+
+def test_status_says_what_is_held_and_what_the_origin_was_asked() -> None:
+    net = Net()
+    partial = net.add(Scripted(name="p", data=DATA, cmap=MAP, claims=frozenset(range(12))))
+    f = net.add(CoreNode(name="fetch", config=CFG, origin={ART: DATA}, seed=5)).start(MAP)
+    net.link(partial, f, ART)
+    assert f.swarm is not None
+    (before,) = f.swarm.status()
+    assert (before.held, before.chunks, before.sessions) == (0, 16, 1)
+    net.run(120, stop=lambda: ART in f.completed_at)
+    (after,) = f.swarm.status()
+    assert (after.held, after.origin_chunks, after.fetching_from) == (16, 4, 0)
