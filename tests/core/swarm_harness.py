@@ -284,7 +284,7 @@ class Scripted(Node):
 
     def opened(self, peer: str, artifact: str) -> None:
         held = self.claims if self.claims is not None else frozenset(range(self.cmap.count))
-        self.send(peer, m.Bitfield.of(self.cmap.artifact, held, self.cmap.count).to_wire())
+        self.send(peer, m.Bitfield.of(self.cmap, held).to_wire())
 
     def received(self, peer: str, data: bytes) -> None:
         msg = m.decode_message(data)
@@ -364,7 +364,7 @@ class Flooder(Scripted):
     count: int = 200
 
     def opened(self, peer: str, artifact: str) -> None:
-        self.send(peer, m.Bitfield.of(self.cmap.artifact, frozenset(), self.cmap.count).to_wire())
+        self.send(peer, m.Bitfield.of(self.cmap, ()).to_wire())
         for n in range(self.count):
             i = n % self.cmap.count
             req = m.Request(

@@ -69,7 +69,9 @@ class _Artifact:
     map: ChunkMap
     held: set[int]
     download: Download | None
-    sessions: set[str] = field(default_factory=set)
+    layout: bytes
+    sessions: set[str] = field(default_factory=set)  # our bitfield went out
+    matched: set[str] = field(default_factory=set)  # theirs came in, with our layout
 
 
 class Swarm:
@@ -115,7 +117,9 @@ class Swarm:
                 now=now,
                 deadline=deadline,
             )
-        self.artifacts[chunk_map.artifact] = _Artifact(map=chunk_map, held=have, download=dl)
+        self.artifacts[chunk_map.artifact] = _Artifact(
+            map=chunk_map, held=have, download=dl, layout=chunk_map.layout
+        )
         out: list[Effect] = []
         if dl is not None:
             dl.on_timer(now, out)  # no peers yet: starts the origin's grace clock
@@ -176,7 +180,7 @@ class Swarm:
         art.sessions.add(peer)
         if art.download is not None:
             art.download.peer_opened(peer)
-        bf = Bitfield.of(art.map.artifact, art.held, art.map.count)
+        bf = Bitfield.of(art.map, art.held)
         out.append(Send(peer=peer, data=bf.to_wire()))
 
     def _gone(self, ev: PeerGone, now: float, out: list[Effect]) -> None:
@@ -185,6 +189,7 @@ class Swarm:
     def _end_peer(self, peer: str, out: list[Effect]) -> None:
         for art in self.artifacts.values():
             art.sessions.discard(peer)
+            art.matched.discard(peer)
             if art.download is not None:
                 art.download.peer_gone(peer)
         self.uploader.peer_gone(peer)
@@ -226,19 +231,27 @@ class Swarm:
         if art is None:
             return
         self._session(art, peer, out)
+        if msg.layout != art.layout:  # the same build cut another way: no trade, no fault
+            art.matched.discard(peer)
+            if art.download is not None:
+                art.download.peer_gone(peer)
+            return
+        art.matched.add(peer)
         if art.download is not None:
             art.download.on_bitfield(peer, msg, now, out)
 
     def _on_have(self, peer: str, msg: Message, now: float, out: list[Effect]) -> None:
         assert isinstance(msg, Have)
         art = self.artifacts.get(msg.artifact)
-        if art is not None and art.download is not None and peer in art.sessions:
+        if art is not None and art.download is not None and peer in art.matched:
             art.download.on_have(peer, msg, now, out)
 
     def _on_request(self, peer: str, msg: Message, now: float, out: list[Effect]) -> None:
         assert isinstance(msg, Request)
         art = self.artifacts.get(msg.artifact)
-        if art is None or msg.chunk >= art.map.count or msg.chunk not in art.held:
+        # Served only to a peer whose bitfield showed our layout: with another cut, our
+        # right bytes would fail its hash.  (An honest peer's bitfield comes first.)
+        if art is None or peer not in art.matched or msg.chunk not in art.held:
             reject = Reject(
                 artifact=msg.artifact,
                 chunk=msg.chunk,

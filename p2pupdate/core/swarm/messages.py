@@ -8,7 +8,8 @@ gossip can tell the two apart by the kind alone (``is_swarm_kind``).
 
 ============  =============================================================================
 ``sw_bf``     ``Bitfield``: the chunks the sender holds verified, sent once at session start
-              (``ceil(count / 8)`` bytes, bit ``i`` is chunk ``i``, most significant first)
+              (``ceil(count / 8)`` bytes, bit ``i`` is chunk ``i``, most significant first),
+              and the layout of its chunk map (trading needs the same cut)
 ``sw_have``   ``Have``: one more chunk verified (sent to every session of the artifact)
 ``sw_req``    ``Request``: bytes ``[offset, offset + length)`` of one chunk, at most
               ``MAX_BLOCK`` (and at most what the receiver's ``SwarmConfig.max_block`` says)
@@ -24,13 +25,14 @@ and exact schema.  A message that fails is the sender's fault (``penalties.rule_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Self
 
 from .. import wire
 from ..documents import MAX_CHUNK, MAX_CHUNKS
 from ..errors import OversizeError, SchemaError
+from .chunks import ChunkMap
 
 #: The largest block any peer may ask for or send (a block is one link frame).
 MAX_BLOCK: Final = 256 * 1024
@@ -57,7 +59,7 @@ def bitfield_len(count: int) -> int:
     return (count + 7) // 8
 
 
-def pack_bits(held: frozenset[int] | set[int], count: int) -> bytes:
+def pack_bits(held: Iterable[int], count: int) -> bytes:
     """The bitfield of ``held`` among ``count`` chunks."""
     out = bytearray(bitfield_len(count))
     for i in held:
@@ -117,42 +119,50 @@ class Message:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Bitfield(Message):
-    """What the sender holds verified, at session start.  ``count`` is the artifact's chunk
-    count as the sender's release record says (a mismatch: not the same artifact map)."""
+    """What the sender holds verified, at session start, and how its release cuts the
+    artifact (``layout``: ``ChunkMap.layout``; peers whose layouts differ do not trade).
+    ``count`` is the number of chunks of that cut."""
 
     KIND: ClassVar[str] = "sw_bf"
     FIELDS: ClassVar[Mapping[str, wire.Check]] = {
+        "m": wire.blob(32),
         "n": wire.uint(MAX_CHUNKS),
         "b": wire.blob(max_len=bitfield_len(MAX_CHUNKS)),
     }
+    layout: bytes
     count: int
     bits: bytes
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
-        if not 1 <= self.count <= MAX_CHUNKS:
-            raise ValueError(f"Bitfield.count must be in [1, {MAX_CHUNKS}]")
+        if not 1 <= self.count <= MAX_CHUNKS or len(self.layout) != 32:
+            raise ValueError(f"Bitfield: count in [1, {MAX_CHUNKS}], a 32-byte layout")
         try:
             unpack_bits(self.bits, self.count)
         except SchemaError as exc:
             raise ValueError(f"Bitfield: {exc}") from exc
 
     @classmethod
-    def of(cls, artifact: str, held: frozenset[int] | set[int], count: int) -> Bitfield:
-        return cls(artifact=artifact, count=count, bits=pack_bits(held, count))
+    def of(cls, chunk_map: ChunkMap, held: Iterable[int]) -> Bitfield:
+        return cls(
+            artifact=chunk_map.artifact,
+            layout=chunk_map.layout,
+            count=chunk_map.count,
+            bits=pack_bits(set(held), chunk_map.count),
+        )
 
     def held(self) -> frozenset[int]:
         return unpack_bits(self.bits, self.count)
 
     def to_obj(self) -> dict[str, Any]:
-        return {"n": self.count, "b": self.bits}
+        return {"m": self.layout, "n": self.count, "b": self.bits}
 
     @classmethod
     def from_fields(cls, artifact: str, f: dict[str, Any]) -> Self:
         if f["n"] < 1:
             raise SchemaError("sw_bf: no chunks")
         unpack_bits(f["b"], f["n"])  # a SchemaError names the misfit
-        return cls(artifact=artifact, count=f["n"], bits=f["b"])
+        return cls(artifact=artifact, layout=f["m"], count=f["n"], bits=f["b"])
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

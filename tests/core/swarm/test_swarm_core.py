@@ -47,7 +47,7 @@ def requests(effects: list[Effect], peer: str | None = None) -> list[m.Request]:
 
 
 def bitfield(held: set[int] | range) -> bytes:
-    return m.Bitfield.of(ART, frozenset(held), MAP.count).to_wire()
+    return m.Bitfield.of(MAP, held).to_wire()
 
 
 def block(req: m.Request, data: bytes = DATA) -> bytes:
@@ -74,7 +74,7 @@ def join(sw: Swarm, peer: str, held: set[int] | range, now: float = 0.0) -> list
 
 def test_every_message_kind_round_trips_and_names_its_artifact() -> None:
     msgs: list[m.Message] = [
-        m.Bitfield.of(ART, {0, 5, 15}, 16),
+        m.Bitfield.of(MAP, {0, 5, 15}),
         m.Have(artifact=ART, chunk=3),
         m.Request(artifact=ART, chunk=3, offset=1024, length=1024),
         m.Cancel(artifact=ART, chunk=3, offset=1024, length=1024),
@@ -84,15 +84,21 @@ def test_every_message_kind_round_trips_and_names_its_artifact() -> None:
     for msg in msgs:
         assert m.decode_message(msg.to_wire()) == msg
         assert m.is_swarm_kind(msg.KIND) and msg.artifact == ART
-    assert m.Bitfield.of(ART, {0, 5, 15}, 16).held() == {0, 5, 15}
+    assert m.Bitfield.of(MAP, {0, 5, 15}).held() == {0, 5, 15}
 
 
 @pytest.mark.parametrize(
     "obj, error",
     [
         ({"k": "sw_blk", "a": bytes(32), "c": 0, "o": 0, "d": b"x" * (m.MAX_BLOCK + 1)}, WireError),
-        ({"k": "sw_bf", "a": bytes(32), "n": 9, "b": b"\xff\xff"}, SchemaError),  # spare bits
-        ({"k": "sw_bf", "a": bytes(32), "n": 9, "b": b"\xff"}, SchemaError),  # too short
+        (
+            {"k": "sw_bf", "a": bytes(32), "m": bytes(32), "n": 9, "b": b"\xff\xff"},
+            SchemaError,
+        ),  # spare bits
+        (
+            {"k": "sw_bf", "a": bytes(32), "m": bytes(32), "n": 9, "b": b"\xff"},
+            SchemaError,
+        ),  # too short
         ({"k": "sw_req", "a": bytes(31), "c": 0, "o": 0, "l": 1}, SchemaError),  # artifact
         ({"k": "sw_req", "a": bytes(32), "c": 0, "o": 0, "l": 0}, SchemaError),  # empty
         ({"k": "sw_req", "a": bytes(32), "c": 0, "o": 0, "l": m.MAX_BLOCK + 1}, SchemaError),
@@ -292,8 +298,11 @@ def test_no_peer_with_a_chunk_means_the_origin_after_the_grace() -> None:
 
 
 def seeder(cfg: SwarmConfig) -> Swarm:
+    """Holds chunks 0-7; peers A, B, C have each sent their (empty) bitfield."""
     sw = Swarm(config=cfg, rng=random.Random(0), now=0.0)
-    sw.add(MAP, held=range(8), now=0.0)  # chunks 0-7 only
+    sw.add(MAP, held=range(8), now=0.0)
+    for peer in (A, B, C):
+        sw.handle(Received(peer=peer, data=bitfield(set())), 0.0)
     return sw
 
 
@@ -384,3 +393,24 @@ def test_bad_bytes_from_the_origin_are_refused_and_the_chunk_wanted_again() -> N
     assert not [e for e in bad if isinstance(e, ChunkVerified)]
     good = sw.handle(OriginChunk(artifact=ART, index=3, data=MAP.slice(DATA, 3)), 8.1)
     assert [e.source for e in good if isinstance(e, ChunkVerified)] == ["origin"]
+
+
+def test_no_trade_with_a_peer_whose_release_cuts_the_artifact_another_way() -> None:
+    """Same artifact, other chunk size: neither side asks or serves, nobody is blamed."""
+    other_cut = chunk_map_of(DATA, chunk_size=8192)
+    assert other_cut.artifact == ART and other_cut.layout != MAP.layout
+    sw, _ = fetcher()
+    theirs = m.Bitfield.of(other_cut, range(other_cut.count)).to_wire()
+    out = sw.handle(Received(peer=A, data=theirs), 0.0)
+    assert requests(out) == [] and not [e for e in out if isinstance(e, Penalised)]
+    out = sw.handle(Received(peer=A, data=req(0)), 0.1)  # and it gets nothing from us
+    assert not [e for e in out if isinstance(e, Serve)]
+
+
+def test_a_request_before_any_bitfield_is_not_served() -> None:
+    sw = Swarm(config=SwarmConfig(max_block=1024), rng=random.Random(0), now=0.0)
+    sw.add(MAP, held=range(16), now=0.0)
+    out = sw.handle(Received(peer=A, data=req(0)), 0.0)
+    assert [x.reason for x in sends(out, A) if isinstance(x, m.Reject)] == ["missing"]
+    sw.handle(Received(peer=A, data=bitfield(set())), 0.0)
+    assert [e for e in sw.handle(Received(peer=A, data=req(0)), 0.0) if isinstance(e, Serve)]
