@@ -264,3 +264,25 @@ def test_status_says_what_is_held_and_what_the_origin_was_asked() -> None:
     net.run(120, stop=lambda: ART in f.completed_at)
     (after,) = f.swarm.status()
     assert (after.held, after.origin_chunks, after.fetching_from) == (16, 4, 0)
+
+
+def test_honest_peers_with_two_cuts_of_one_build_never_blame_each_other() -> None:
+    """Two release records of the same bytes at 4096 and 4000 bytes per chunk (16 chunks
+    each): a fetcher of one cut must not take the other cut's chunks for lies."""
+    data = artifact_bytes(62_000)
+    cut_a, cut_b = chunk_map_of(data, 4096), chunk_map_of(data, 4000)
+    assert cut_a.artifact == cut_b.artifact and cut_a.count == cut_b.count == 16
+    art = cut_a.artifact
+    net = Net()
+    seed_a = net.add(CoreNode(name="sa", config=CFG, origin={art: data}, seed=1))
+    seed_b = net.add(CoreNode(name="sb", config=CFG, origin={art: data}, seed=2))
+    f = net.add(CoreNode(name="f", config=CFG, origin={art: data}, seed=3))
+    seed_a.start(cut_a, held=data)
+    seed_b.start(cut_b, held=data)
+    f.start(cut_a)
+    net.link(seed_a, f, art)
+    net.link(seed_b, f, art)
+    net.run(120, stop=lambda: art in f.completed_at)
+    assert f.bytes_of(art) == data
+    for node, other in ((f, seed_a), (f, seed_b), (seed_b, f), (seed_a, f)):
+        assert node.penalised(other.id) == [] and node.banned(other.id) == []
