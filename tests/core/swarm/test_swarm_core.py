@@ -414,3 +414,18 @@ def test_a_request_before_any_bitfield_is_not_served() -> None:
     assert [x.reason for x in sends(out, A) if isinstance(x, m.Reject)] == ["missing"]
     sw.handle(Received(peer=A, data=bitfield(set())), 0.0)
     assert [e for e in sw.handle(Received(peer=A, data=req(0)), 0.0) if isinstance(e, Serve)]
+
+
+def test_a_peer_asking_larger_blocks_than_ours_is_served_within_the_rate() -> None:
+    """Its links carry larger frames (say 4 KiB blocks against our 1 KiB): no fault, and a
+    block bigger than our burst goes once the bucket is full."""
+    cfg = SwarmConfig(max_block=1024, upload_cap=1024.0)  # burst: one 1 KiB block
+    sw = seeder(cfg)
+    big = m.Request(artifact=ART, chunk=0, offset=0, length=4096).to_wire()
+    out = sw.handle(Received(peer=A, data=big), 0.0)
+    assert [e.length for e in out if isinstance(e, Serve)] == [4096]
+    out = sw.handle(Received(peer=A, data=big), 0.0)
+    assert not [e for e in out if isinstance(e, Serve | Penalised)]
+    timer = sw.uploader.get_timer()
+    assert timer == pytest.approx(4.0)  # the 3 KiB owed, then one burst's worth
+    assert [e.length for e in sw.handle_timer(timer) if isinstance(e, Serve)] == [4096]
