@@ -429,3 +429,13 @@ def test_a_peer_asking_larger_blocks_than_ours_is_served_within_the_rate() -> No
     timer = sw.uploader.get_timer()
     assert timer == pytest.approx(4.0)  # the 3 KiB owed, then one burst's worth
     assert [e.length for e in sw.handle_timer(timer) if isinstance(e, Serve)] == [4096]
+
+
+def test_the_largest_messages_fit_their_caps() -> None:
+    """A full bitfield of MAX_CHUNKS and a block of MAX_BLOCK at the largest offsets."""
+    top = m.MAX_BLOCK
+    bf = m.Bitfield(artifact=ART, layout=b"x" * 32, count=16384, bits=b"\xff" * 2048)
+    assert len(bf.to_wire()) <= m.MAX_SMALL_BYTES
+    blk = m.Block(artifact=ART, chunk=16383, offset=16 * 1024 * 1024, data=b"x" * top)
+    assert len(blk.to_wire()) - top <= m.BLOCK_OVERHEAD
+    assert m.decode_message(blk.to_wire()) == blk
