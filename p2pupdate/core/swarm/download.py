@@ -212,7 +212,11 @@ class Download:
         if msg.chunk >= self.map.count:
             self.faults.append((peer, "malformed", f"have {msg.chunk} of {self.map.count}"))
             return
-        self.peers.setdefault(peer, _Peer()).has.add(msg.chunk)
+        has = self.peers.setdefault(peer, _Peer()).has
+        if msg.chunk in has:  # an honest peer announces a chunk once (bitfield or have)
+            self.faults.append((peer, "unsolicited", f"have {msg.chunk} again"))
+            return
+        has.add(msg.chunk)
         self.fill(peer, now, out)
 
     def on_reject(self, peer: str, msg: Reject, now: float, out: list[Effect]) -> None:

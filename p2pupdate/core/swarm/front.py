@@ -230,6 +230,9 @@ class Swarm:
         art = self.artifacts.get(msg.artifact)
         if art is None:
             return
+        if peer in art.matched:  # one per session: a second is noise to be paid for
+            self._charge(peer, "unsolicited", "a second bitfield", now, out)
+            return
         self._session(art, peer, out)
         if msg.layout != art.layout:  # the same build cut another way: no trade, no fault
             art.matched.discard(peer)

@@ -439,3 +439,17 @@ def test_the_largest_messages_fit_their_caps() -> None:
     blk = m.Block(artifact=ART, chunk=16383, offset=16 * 1024 * 1024, data=b"x" * top)
     assert len(blk.to_wire()) - top <= m.BLOCK_OVERHEAD
     assert m.decode_message(blk.to_wire()) == blk
+
+
+def test_repeated_haves_or_bitfields_are_paid_for() -> None:
+    """Each costs a fill of the pipeline: an honest peer sends a chunk's news once and one
+    bitfield per session, so repeats are unsolicited and a stream of them drops the peer."""
+    sw, _ = fetcher()
+    join(sw, A, {1})
+    have = m.Have(artifact=ART, chunk=1).to_wire()
+    out: list[Effect] = []
+    for _ in range(4):
+        out += sw.handle(Received(peer=A, data=have), 0.1)
+    out += sw.handle(Received(peer=A, data=bitfield({1})), 0.1)
+    assert [p.rule for p in out if isinstance(p, Penalised)] == ["unsolicited"] * 5
+    assert [d.peer for d in out if isinstance(d, Drop)] == [A]
