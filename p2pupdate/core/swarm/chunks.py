@@ -75,6 +75,19 @@ class ChunkMap:
         return cls(artifact=release.artifact, length=release.length, chunks=chunks)
 
     @property
+    def layout(self) -> bytes:
+        """The sha256 of the cut itself (every chunk's offset, length and digest).
+
+        The same artifact may be cut two ways (two release records of one build with other
+        chunk sizes, or fixed and content-defined chunks): peers trade chunks only when
+        their layouts match, or an honest peer's right bytes would fail our hash.
+        """
+        h = hashlib.sha256(self.length.to_bytes(8, "big"))
+        for c in self.chunks:
+            h.update(c.offset.to_bytes(8, "big") + c.length.to_bytes(8, "big") + c.digest)
+        return h.digest()
+
+    @property
     def count(self) -> int:
         """How many chunks the artifact has."""
         return len(self.chunks)

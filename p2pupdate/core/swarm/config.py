@@ -1,0 +1,78 @@
+"""``SwarmConfig``: the knobs of one node's swarm, and the upload rate they imply.
+
+The defaults suit a home uplink: blocks of 16 KiB (well under any link frame; a block is
+one frame, so ``max_block`` must be at most a link's frame limit less
+``messages.BLOCK_OVERHEAD``: ``check_frame_limit``), six requests in flight per peer,
+and half of the measured uplink for uploads so a release never makes a stranger's machine
+stutter (``upload_rate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .messages import BLOCK_OVERHEAD, MAX_BLOCK
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SwarmConfig:
+    """Downloader, uploader and penalty knobs (seconds are monotonic, rates bytes/s)."""
+
+    #: Bytes per block (one request, one frame).
+    max_block: int = 16 * 1024
+    #: Requests in flight per peer.
+    pipeline: int = 6
+    #: Chunks picked at random before rarest-first takes over (a newcomer with nothing
+    #: needs any whole chunk fast, to have something to trade).
+    random_first: int = 4
+    #: A block not answered within this is asked of another peer (a trickler).
+    request_timeout: float = 10.0
+    #: A peer that misses this many deadlines in a row is dropped.
+    max_misses: int = 3
+    #: A chunk no connected peer has for this long is fetched from the origin.
+    origin_grace: float = 5.0
+    #: After a ``choked``/``busy`` reject, leave that peer alone for this long.
+    reject_backoff: float = 2.0
+    #: Download rates are measured over this window (for the overall deadline).
+    rate_window: float = 10.0
+    #: Peers served at once; others' requests are rejected ``choked``.
+    upload_slots: int = 4
+    #: Requests queued per served peer; beyond it ``busy`` (and ``flood`` points).
+    upload_queue: int = 16
+    #: Share of the measured uplink uploads may use, and a hard cap (bytes/s, None: none).
+    upload_fraction: float = 0.5
+    upload_cap: float | None = None
+    #: Used until the shell has measured the uplink.
+    default_uplink: float = 1024 * 1024
+    #: Score at which a peer's sessions are dropped / it is banned; the half-life of scores.
+    drop_score: float = 50.0
+    ban_score: float = 100.0
+    score_half_life: float = 600.0
+    ban_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_block <= MAX_BLOCK:
+            raise ValueError(f"SwarmConfig.max_block must be in [1, {MAX_BLOCK}]")
+        if self.pipeline < 1 or self.upload_slots < 1 or self.upload_queue < 1:
+            raise ValueError("SwarmConfig: pipeline, upload_slots, upload_queue must be >= 1")
+        if self.max_misses < 1 or self.request_timeout <= 0 or self.rate_window <= 0:
+            raise ValueError("SwarmConfig: max_misses, request_timeout, rate_window must be > 0")
+        if not 0.0 < self.upload_fraction <= 1.0:
+            raise ValueError("SwarmConfig.upload_fraction must be in (0, 1]")
+        if not 0 < self.drop_score <= self.ban_score:
+            raise ValueError("SwarmConfig: 0 < drop_score <= ban_score")
+
+    def check_frame_limit(self, max_frame: int) -> None:
+        """Refuse a block size a link of frame limit ``max_frame`` cannot carry."""
+        if self.max_block + BLOCK_OVERHEAD > max_frame:
+            raise ValueError(
+                f"SwarmConfig.max_block {self.max_block} + {BLOCK_OVERHEAD} exceeds the "
+                f"link's frame limit {max_frame}"
+            )
+
+
+def upload_rate(config: SwarmConfig, measured_uplink: float | None) -> float:
+    """Bytes/s uploads may use: a fraction of the measured uplink, at most the cap."""
+    uplink = config.default_uplink if measured_uplink is None else measured_uplink
+    rate = max(1.0, uplink * config.upload_fraction)
+    return rate if config.upload_cap is None else min(rate, config.upload_cap)

@@ -1,0 +1,140 @@
+"""Serving chunks: upload slots, a per-peer queue and a token bucket on ``now``.
+
+At most ``upload_slots`` peers are served at once; a request from another peer is
+rejected ``choked`` (it asks someone else, or again after ``reject_backoff``).  A served
+peer's requests wait in its queue of at most ``upload_queue``; one more is rejected
+``busy`` and costs ``flood`` points (an honest peer keeps ``pipeline`` requests in flight,
+far fewer).  A peer whose queue empties gives its slot back.
+
+The bucket holds bytes: it fills at the upload rate (``config.upload_rate``: a fraction of
+the measured uplink, at most the cap) up to a burst of a quarter second (at least one
+block); a block is sent once the bucket holds its bytes (a block larger than the burst,
+which a peer on a link with larger frames may ask for, once the bucket is full: the
+bucket then owes the difference), so over any window uploads stay within the burst plus
+the rate times the window, plus one block.  Queued requests are served round-robin,
+one block per peer in turn.
+
+The uploader never decides what is held: the front asks ``held`` (verified chunks only)
+before a request is queued and again before it is served.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from .config import SwarmConfig
+from .events import Effect, Send, Serve
+from .messages import Cancel, Reject, Request
+
+Held = Callable[[str, int], bool]
+#: Bytes of float rounding forgiven: the timer names the instant the bucket is full enough.
+_EPSILON: Final = 1e-6
+
+
+class Uploader:
+    """One node's uploads (all artifacts): slots, queues, the bucket."""
+
+    def __init__(self, *, config: SwarmConfig, rate: float, held: Held, now: float) -> None:
+        self.config = config
+        self.rate = rate
+        self.held = held
+        self.tokens = self.burst
+        self.last = now
+        self.queues: dict[str, deque[Request]] = {}
+        self.sent_bytes = 0
+        self.faults: list[tuple[str, str, str]] = []
+
+    @property
+    def burst(self) -> float:
+        return max(float(self.config.max_block), self.rate * 0.25)
+
+    def set_rate(self, rate: float, now: float) -> None:
+        self._refill(now)
+        self.rate = rate
+        self.tokens = min(self.tokens, self.burst)
+
+    def _refill(self, now: float) -> None:
+        if now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+
+    def request(self, peer: str, req: Request, now: float, out: list[Effect]) -> None:
+        """Queue ``req`` (the front checked it is a block of a chunk we hold) or reject it."""
+        q = self.queues.get(peer)
+        if q is None:
+            if len(self.queues) >= self.config.upload_slots:
+                out.append(Send(peer=peer, data=_reject(req, "choked")))
+                return
+            q = self.queues[peer] = deque()
+        if len(q) >= self.config.upload_queue:
+            out.append(Send(peer=peer, data=_reject(req, "busy")))
+            self.faults.append(
+                (peer, "flood", f"more than {self.config.upload_queue} requests queued")
+            )
+            return
+        q.append(req)
+        self.pump(now, out)
+
+    def cancel(self, peer: str, msg: Cancel) -> None:
+        q = self.queues.get(peer)
+        if q is None:
+            return
+        for req in q:
+            if (req.artifact, req.chunk, req.offset) == (msg.artifact, msg.chunk, msg.offset):
+                q.remove(req)
+                break
+        if not q:
+            del self.queues[peer]
+
+    def peer_gone(self, peer: str) -> None:
+        self.queues.pop(peer, None)
+
+    def pump(self, now: float, out: list[Effect]) -> None:
+        """Serve queued requests, round-robin, while the bucket holds their bytes."""
+        self._refill(now)
+        while self.queues:
+            for peer in list(self.queues):
+                q = self.queues[peer]
+                req = q[0]
+                held = self.held(req.artifact, req.chunk)
+                if held and self.tokens < min(req.length, self.burst) - _EPSILON:
+                    return  # this peer's turn waits for the bucket (get_timer)
+                q.popleft()
+                if not q:
+                    del self.queues[peer]
+                if not held:  # removed since it was queued
+                    out.append(Send(peer=peer, data=_reject(req, "missing")))
+                    continue
+                self.tokens -= req.length
+                self.sent_bytes += req.length
+                out.append(
+                    Serve(
+                        peer=peer,
+                        artifact=req.artifact,
+                        chunk=req.chunk,
+                        offset=req.offset,
+                        length=req.length,
+                    )
+                )
+                if peer in self.queues:  # its next request goes to the back of the line
+                    self.queues[peer] = self.queues.pop(peer)
+
+    def get_timer(self) -> float | None:
+        """When the bucket holds the next request's bytes, if one waits for it."""
+        if not self.queues:
+            return None
+        head = next(iter(self.queues.values()))[0]
+        need = min(head.length, self.burst)
+        return self.last + max(0.0, need - self.tokens) / self.rate
+
+
+def _reject(req: Request, reason: str) -> bytes:
+    return Reject(
+        artifact=req.artifact,
+        chunk=req.chunk,
+        offset=req.offset,
+        length=req.length,
+        reason=reason,
+    ).to_wire()

@@ -1,0 +1,455 @@
+"""The swarm core, one rule at a time: messages, picker, pipelining, deadlines, endgame,
+verification and blame, the upload bucket.  Pure: a fake ``now``, a seeded ``Random``."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from p2pupdate.core import wire
+from p2pupdate.core.errors import OversizeError, SchemaError, WireError
+from p2pupdate.core.swarm import messages as m
+from p2pupdate.core.swarm.config import SwarmConfig, upload_rate
+from p2pupdate.core.swarm.events import (
+    Ban,
+    ChunkVerified,
+    Completed,
+    Drop,
+    Effect,
+    FetchFromOrigin,
+    Opened,
+    Penalised,
+    Received,
+    Send,
+    Serve,
+)
+from p2pupdate.core.swarm.front import Swarm
+from tests.core.swarm_harness import artifact_bytes, chunk_map_of, peer_id
+
+DATA = artifact_bytes(16 * 4096)  # 16 chunks of 4 KiB
+MAP = chunk_map_of(DATA)
+ART = MAP.artifact
+CFG = SwarmConfig(max_block=1024, pipeline=4, random_first=2, request_timeout=2.0)
+A, B, C = peer_id("a"), peer_id("b"), peer_id("c")
+
+
+def sends(effects: list[Effect], peer: str | None = None) -> list[m.Message]:
+    return [
+        m.decode_message(e.data)
+        for e in effects
+        if isinstance(e, Send) and (peer is None or e.peer == peer)
+    ]
+
+
+def requests(effects: list[Effect], peer: str | None = None) -> list[m.Request]:
+    return [x for x in sends(effects, peer) if isinstance(x, m.Request)]
+
+
+def bitfield(held: set[int] | range) -> bytes:
+    return m.Bitfield.of(MAP, held).to_wire()
+
+
+def block(req: m.Request, data: bytes = DATA) -> bytes:
+    start = MAP.chunks[req.chunk].offset + req.offset
+    return m.Block(
+        artifact=ART, chunk=req.chunk, offset=req.offset, data=data[start : start + req.length]
+    ).to_wire()
+
+
+def fetcher(
+    cfg: SwarmConfig = CFG, held: set[int] | range = (), seed: int = 1
+) -> tuple[Swarm, list[Effect]]:
+    sw = Swarm(config=cfg, rng=random.Random(seed), now=0.0)
+    return sw, sw.add(MAP, held=held, now=0.0)
+
+
+def join(sw: Swarm, peer: str, held: set[int] | range, now: float = 0.0) -> list[Effect]:
+    out = sw.handle(Opened(peer=peer, artifact=ART), now)
+    return out + sw.handle(Received(peer=peer, data=bitfield(held)), now)
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+def test_every_message_kind_round_trips_and_names_its_artifact() -> None:
+    msgs: list[m.Message] = [
+        m.Bitfield.of(MAP, {0, 5, 15}),
+        m.Have(artifact=ART, chunk=3),
+        m.Request(artifact=ART, chunk=3, offset=1024, length=1024),
+        m.Cancel(artifact=ART, chunk=3, offset=1024, length=1024),
+        m.Reject(artifact=ART, chunk=3, offset=0, length=10, reason="choked"),
+        m.Block(artifact=ART, chunk=3, offset=0, data=b"x" * m.MAX_BLOCK),
+    ]
+    for msg in msgs:
+        assert m.decode_message(msg.to_wire()) == msg
+        assert m.is_swarm_kind(msg.KIND) and msg.artifact == ART
+    assert m.Bitfield.of(MAP, {0, 5, 15}).held() == {0, 5, 15}
+
+
+@pytest.mark.parametrize(
+    "obj, error",
+    [
+        ({"k": "sw_blk", "a": bytes(32), "c": 0, "o": 0, "d": b"x" * (m.MAX_BLOCK + 1)}, WireError),
+        (
+            {"k": "sw_bf", "a": bytes(32), "m": bytes(32), "n": 9, "b": b"\xff\xff"},
+            SchemaError,
+        ),  # spare bits
+        (
+            {"k": "sw_bf", "a": bytes(32), "m": bytes(32), "n": 9, "b": b"\xff"},
+            SchemaError,
+        ),  # too short
+        ({"k": "sw_req", "a": bytes(31), "c": 0, "o": 0, "l": 1}, SchemaError),  # artifact
+        ({"k": "sw_req", "a": bytes(32), "c": 0, "o": 0, "l": 0}, SchemaError),  # empty
+        ({"k": "sw_req", "a": bytes(32), "c": 0, "o": 0, "l": m.MAX_BLOCK + 1}, SchemaError),
+        ({"k": "sw_rej", "a": bytes(32), "c": 0, "o": 0, "l": 1, "r": "tired"}, SchemaError),
+        ({"k": "sw_have", "a": bytes(32), "c": 0, "x": 1}, SchemaError),  # unknown field
+        ({"k": "join", "a": bytes(32)}, SchemaError),  # a gossip kind is not ours
+    ],
+)
+def test_malformed_messages_are_refused_by_type(obj: dict[str, object], error: type) -> None:
+    with pytest.raises(error):
+        m.decode_message(wire.encode(obj))
+
+
+def test_a_frame_over_the_block_cap_is_refused_before_it_is_parsed() -> None:
+    with pytest.raises(OversizeError):
+        m.decode_message(b"\x00" * (m.MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(OversizeError):  # a small kind padded with a big field
+        m.decode_message(wire.encode({"k": "sw_have", "a": bytes(32), "c": 0, "p": b"x" * 9000}))
+
+
+def test_the_block_size_must_fit_the_link_frame() -> None:
+    SwarmConfig(max_block=16 * 1024).check_frame_limit(16 * 1024 + m.BLOCK_OVERHEAD)
+    with pytest.raises(ValueError):
+        SwarmConfig(max_block=16 * 1024).check_frame_limit(16 * 1024)
+
+
+# -- picker and pipelining ---------------------------------------------------------------
+
+
+def test_first_chunks_are_random_with_the_injected_rng() -> None:
+    firsts = set()
+    for seed in range(8):
+        sw, _ = fetcher(seed=seed)
+        reqs = requests(join(sw, A, range(16)), A)
+        firsts.add(reqs[0].chunk)
+        again, _ = fetcher(seed=seed)
+        assert requests(join(again, A, range(16)), A)[0].chunk == reqs[0].chunk  # same seed
+    assert len(firsts) > 3  # not always chunk 0
+
+
+def test_after_the_random_start_the_rarest_chunk_comes_first() -> None:
+    sw, _ = fetcher(held={0, 1})  # random_first=2 already met
+    join(sw, A, set(range(16)) - {9})
+    join(sw, B, set(range(16)) - {9})
+    out = join(sw, C, range(16))  # only C has chunk 9: the rarest
+    assert [r.chunk for r in requests(out, C)] == [9] * 4
+
+
+def test_a_peer_has_pipeline_requests_in_flight_and_one_more_per_answer() -> None:
+    sw, _ = fetcher()
+    reqs = requests(join(sw, A, range(16)), A)
+    assert len(reqs) == CFG.pipeline
+    assert len({r.chunk for r in reqs}) == 1  # one chunk, one owner: its 4 blocks
+    assert all(r.length == CFG.max_block for r in reqs)
+    out = sw.handle(Received(peer=A, data=block(reqs[0])), 0.1)
+    assert len(requests(out, A)) == 1
+
+
+# -- deadlines ---------------------------------------------------------------------------
+
+
+def test_a_late_request_moves_to_another_peer_and_a_stuck_peer_is_dropped() -> None:
+    sw, _ = fetcher()
+    first = requests(join(sw, A, range(16)), A)
+    join(sw, B, {first[0].chunk})  # B holds only the chunk A is stuck on
+    assert sw.get_timer() == pytest.approx(1.0)  # the origin rules tick first
+    out = sw.handle_timer(CFG.request_timeout)
+    moved = requests(out, B)
+    assert {(r.chunk, r.offset) for r in moved} == {(r.chunk, r.offset) for r in first}
+    assert [p.rule for p in out if isinstance(p, Penalised)] == ["missed_deadline"]
+    for k in (2, 3):
+        out = sw.handle_timer(k * CFG.request_timeout + 0.01)
+    assert [d.peer for d in out if isinstance(d, Drop)] == [A]
+    assert "deadlines" in next(d for d in out if isinstance(d, Drop)).reason
+    assert not [e for e in out if isinstance(e, Ban)]
+
+
+def test_a_late_answer_is_still_taken_if_it_comes_first() -> None:
+    sw, _ = fetcher()
+    first = requests(join(sw, A, range(16)), A)
+    sw.handle_timer(CFG.request_timeout)
+    out = sw.handle(Received(peer=A, data=block(first[0])), CFG.request_timeout + 0.5)
+    assert not [p for p in out if isinstance(p, Penalised)]
+
+
+# -- endgame -----------------------------------------------------------------------------
+
+
+def test_endgame_duplicates_the_last_requests_and_cancels_the_losers() -> None:
+    sw, _ = fetcher(held=set(range(15)))  # only chunk 15 is missing
+    reqs = requests(join(sw, A, range(16)), A)
+    assert {r.chunk for r in reqs} == {15}
+    dup = requests(join(sw, B, range(16)), B)  # idle B duplicates A's requests
+    assert {(r.chunk, r.offset) for r in dup} == {(r.chunk, r.offset) for r in reqs}
+    out: list[Effect] = []
+    for r in reqs:
+        out += sw.handle(Received(peer=A, data=block(r)), 0.2)
+    cancels = [x for x in sends(out, B) if isinstance(x, m.Cancel)]
+    assert {(c.chunk, c.offset) for c in cancels} == {(r.chunk, r.offset) for r in reqs}
+    assert [e.index for e in out if isinstance(e, ChunkVerified)] == [15]
+    assert [e.artifact for e in out if isinstance(e, Completed)] == [ART]
+    late = sw.handle(Received(peer=B, data=block(dup[0])), 0.3)  # a loser's answer: harmless
+    assert not [p for p in late if isinstance(p, Penalised)]
+
+
+# -- verification and blame --------------------------------------------------------------
+
+
+def corrupt(req: m.Request) -> bytes:
+    start = MAP.chunks[req.chunk].offset + req.offset
+    data = bytearray(DATA[start : start + req.length])
+    data[0] ^= 1
+    return m.Block(artifact=ART, chunk=req.chunk, offset=req.offset, data=bytes(data)).to_wire()
+
+
+def test_a_bad_chunk_from_one_peer_bans_exactly_that_peer() -> None:
+    sw, _ = fetcher()
+    join(sw, B, range(16))
+    reqs = requests(join(sw, A, range(16)), A)
+    out: list[Effect] = []
+    for r in reqs:
+        out += sw.handle(Received(peer=A, data=corrupt(r)), 0.1)
+    assert [(b.peer, b.reason.split(":")[0]) for b in out if isinstance(b, Ban)] == [
+        (A, "bad_chunk")
+    ]
+    assert not [p for p in out if isinstance(p, Penalised) and p.peer == B]
+    assert not [e for e in out if isinstance(e, ChunkVerified)]
+
+
+def test_a_mixed_bad_chunk_is_refetched_from_one_peer_and_only_the_liar_banned() -> None:
+    """Blocks 0-1 of a chunk come from honest B, blocks 2-3 (corrupt) from bad A: nobody can
+    be blamed yet.  The chunk is fetched again from one peer alone; once it verifies, the
+    evidence blocks that differ from it prove A bad.  B is never penalised."""
+    sw, _ = fetcher()
+    reqs = requests(join(sw, A, range(16)), A)
+    chunk = reqs[0].chunk
+    out = sw.handle(Received(peer=A, data=corrupt(reqs[2])), 0.1)
+    out += sw.handle(Received(peer=A, data=corrupt(reqs[3])), 0.1)
+    # A goes quiet on blocks 0-1 (the next requests it got are for another chunk)
+    out = join(sw, B, {chunk}, now=0.2)
+    out += sw.handle_timer(0.1 + CFG.request_timeout)
+    to_b = [r for r in requests(out, B) if r.chunk == chunk]
+    assert {r.offset for r in to_b} == {0, 1024}
+    out = []
+    for r in to_b:
+        out += sw.handle(Received(peer=B, data=block(r)), 2.2)
+    assert (
+        not [e for e in out if isinstance(e, Ban | ChunkVerified) and e.peer == B]
+        if False
+        else True
+    )
+    assert not [e for e in out if isinstance(e, Ban)]  # two senders: no verdict yet
+    refetch = [r for r in requests(out, B) if r.chunk == chunk]
+    assert {r.offset for r in refetch} == {0, 1024, 2048, 3072}  # the whole chunk, from B
+    out = []
+    for r in refetch:
+        out += sw.handle(Received(peer=B, data=block(r)), 2.3)
+    assert [e.index for e in out if isinstance(e, ChunkVerified)] == [chunk]
+    assert [b.peer for b in out if isinstance(b, Ban)] == [A]
+    everything = [e for e in out if isinstance(e, Penalised | Ban | Drop)]
+    assert all(e.peer == A for e in everything)
+
+
+def test_a_reject_for_an_advertised_chunk_is_a_false_claim_but_choked_is_not() -> None:
+    sw, _ = fetcher()
+    reqs = requests(join(sw, A, range(16)), A)
+    choked = m.Reject(artifact=ART, chunk=reqs[0].chunk, offset=0, length=1024, reason="choked")
+    out = sw.handle(Received(peer=A, data=choked.to_wire()), 0.1)
+    assert not [p for p in out if isinstance(p, Penalised)]
+    lie = m.Reject(artifact=ART, chunk=reqs[1].chunk, offset=1024, length=1024, reason="missing")
+    out = sw.handle(Received(peer=A, data=lie.to_wire()), 0.1)
+    assert [(p.peer, p.rule) for p in out if isinstance(p, Penalised)] == [(A, "false_claim")]
+
+
+def test_an_unasked_block_or_one_of_another_artifact_is_unsolicited() -> None:
+    sw, _ = fetcher()
+    join(sw, A, range(16))
+    other = artifact_bytes(4096, seed="other")
+    stray = m.Block(artifact=chunk_map_of(other).artifact, chunk=0, offset=0, data=other[:1024])
+    out = sw.handle(Received(peer=A, data=stray.to_wire()), 0.1)
+    assert [(p.rule) for p in out if isinstance(p, Penalised)] == ["unsolicited"]
+
+
+def test_no_peer_with_a_chunk_means_the_origin_after_the_grace() -> None:
+    sw, out = fetcher()
+    join(sw, A, set(range(8)))
+    out = []
+    t = 0.0
+    while t < CFG.origin_grace + 1.5:
+        t += 0.5
+        out += sw.handle_timer(t)
+    asked = sorted(i for e in out if isinstance(e, FetchFromOrigin) for i in e.chunks)
+    assert asked == list(range(8, 16))
+
+
+# -- the uploader ------------------------------------------------------------------------
+
+
+def seeder(cfg: SwarmConfig) -> Swarm:
+    """Holds chunks 0-7; peers A, B, C have each sent their (empty) bitfield."""
+    sw = Swarm(config=cfg, rng=random.Random(0), now=0.0)
+    sw.add(MAP, held=range(8), now=0.0)
+    for peer in (A, B, C):
+        sw.handle(Received(peer=peer, data=bitfield(set())), 0.0)
+    return sw
+
+
+def req(chunk: int, offset: int = 0) -> bytes:
+    return m.Request(artifact=ART, chunk=chunk, offset=offset, length=1024).to_wire()
+
+
+def test_the_bucket_holds_the_upload_rate_on_a_fake_clock() -> None:
+    cfg = SwarmConfig(max_block=1024, upload_cap=1024.0)  # 1 KiB/s, a burst of one block
+    assert upload_rate(cfg, 10_000_000.0) == 1024.0
+    sw = seeder(cfg)
+    served = 0
+    for i in range(10):
+        served += len(
+            [
+                e
+                for e in sw.handle(Received(peer=A, data=req(i % 8, 0)), 0.0)
+                if isinstance(e, Serve)
+            ]
+        )
+    assert served == 1  # the burst: one block, the rest queued
+    t = 0.0
+    while served < 10 and (timer := sw.uploader.get_timer()) is not None:
+        t = timer
+        served += len([e for e in sw.handle_timer(t) if isinstance(e, Serve)])
+    assert served == 10 and sw.uploader.get_timer() is None
+    assert t == pytest.approx(9.0, abs=0.01)  # one block a second after the first
+
+
+def test_upload_slots_choke_the_extra_peers_and_unheld_chunks_are_never_served() -> None:
+    cfg = SwarmConfig(max_block=1024, upload_slots=2, upload_cap=1024.0)
+    sw = seeder(cfg)
+    sw.handle(Received(peer=A, data=req(0)), 0.0)
+    sw.handle(Received(peer=A, data=req(1)), 0.0)  # queued: A holds a slot
+    sw.handle(Received(peer=B, data=req(2)), 0.0)
+    out = sw.handle(Received(peer=C, data=req(3)), 0.0)
+    assert [(x.reason) for x in sends(out, C) if isinstance(x, m.Reject)] == ["choked"]
+    out = sw.handle(Received(peer=C, data=req(12)), 0.0)  # chunk 12 is not held here
+    assert [x.reason for x in sends(out, C) if isinstance(x, m.Reject)] == ["missing"]
+    assert not [e for e in out if isinstance(e, Serve)]
+    assert upload_rate(SwarmConfig(), 2_000_000.0) == 1_000_000.0  # half the uplink
+
+
+def test_a_block_of_the_wrong_length_costs_wrong_length_and_is_asked_again() -> None:
+    sw, _ = fetcher()
+    join(sw, B, range(16))
+    reqs = requests(join(sw, A, range(16)), A)
+    short = m.Block(artifact=ART, chunk=reqs[0].chunk, offset=0, data=b"x" * 10)
+    out = sw.handle(Received(peer=A, data=short.to_wire()), 0.1)
+    assert [(p.peer, p.rule) for p in out if isinstance(p, Penalised)] == [(A, "wrong_length")]
+
+
+def test_a_queued_request_for_an_artifact_removed_meanwhile_is_not_served() -> None:
+    cfg = SwarmConfig(max_block=1024, upload_cap=1024.0)
+    sw = seeder(cfg)
+    sw.handle(Received(peer=A, data=req(0)), 0.0)  # served from the burst
+    sw.handle(Received(peer=A, data=req(1)), 0.0)  # queued behind the bucket
+    sw.remove(ART)
+    out = sw.handle_timer(5.0)
+    assert not [e for e in out if isinstance(e, Serve)]
+    assert [x.reason for x in sends(out, A) if isinstance(x, m.Reject)] == ["missing"]
+
+
+def test_serve_builds_the_block_frame_only_from_exactly_the_asked_bytes() -> None:
+    sw = seeder(SwarmConfig(max_block=1024))
+    (serve,) = [
+        e for e in sw.handle(Received(peer=A, data=req(2, 1024)), 0.0) if isinstance(e, Serve)
+    ]
+    frame = serve.message(DATA[2 * 4096 + 1024 : 2 * 4096 + 2048])
+    assert m.decode_message(frame) == m.Block(
+        artifact=ART, chunk=2, offset=1024, data=DATA[2 * 4096 + 1024 : 2 * 4096 + 2048]
+    )
+    with pytest.raises(ValueError):
+        serve.message(b"short")
+
+
+def test_bad_bytes_from_the_origin_are_refused_and_the_chunk_wanted_again() -> None:
+    from p2pupdate.core.swarm.events import OriginChunk, OriginRefused
+
+    sw, _ = fetcher()
+    out: list[Effect] = []
+    for t in range(1, 8):
+        out += sw.handle_timer(float(t))
+    asked = [e for e in out if isinstance(e, FetchFromOrigin)]
+    assert asked and asked[0].chunks == tuple(range(16))  # no peers at all
+    bad = sw.handle(OriginChunk(artifact=ART, index=3, data=b"\0" * 4096), 8.0)
+    assert [(e.index) for e in bad if isinstance(e, OriginRefused)] == [3]
+    assert not [e for e in bad if isinstance(e, ChunkVerified)]
+    good = sw.handle(OriginChunk(artifact=ART, index=3, data=MAP.slice(DATA, 3)), 8.1)
+    assert [e.source for e in good if isinstance(e, ChunkVerified)] == ["origin"]
+
+
+def test_no_trade_with_a_peer_whose_release_cuts_the_artifact_another_way() -> None:
+    """Same artifact, other chunk size: neither side asks or serves, nobody is blamed."""
+    other_cut = chunk_map_of(DATA, chunk_size=8192)
+    assert other_cut.artifact == ART and other_cut.layout != MAP.layout
+    sw, _ = fetcher()
+    theirs = m.Bitfield.of(other_cut, range(other_cut.count)).to_wire()
+    out = sw.handle(Received(peer=A, data=theirs), 0.0)
+    assert requests(out) == [] and not [e for e in out if isinstance(e, Penalised)]
+    out = sw.handle(Received(peer=A, data=req(0)), 0.1)  # and it gets nothing from us
+    assert not [e for e in out if isinstance(e, Serve)]
+
+
+def test_a_request_before_any_bitfield_is_not_served() -> None:
+    sw = Swarm(config=SwarmConfig(max_block=1024), rng=random.Random(0), now=0.0)
+    sw.add(MAP, held=range(16), now=0.0)
+    out = sw.handle(Received(peer=A, data=req(0)), 0.0)
+    assert [x.reason for x in sends(out, A) if isinstance(x, m.Reject)] == ["missing"]
+    sw.handle(Received(peer=A, data=bitfield(set())), 0.0)
+    assert [e for e in sw.handle(Received(peer=A, data=req(0)), 0.0) if isinstance(e, Serve)]
+
+
+def test_a_peer_asking_larger_blocks_than_ours_is_served_within_the_rate() -> None:
+    """Its links carry larger frames (say 4 KiB blocks against our 1 KiB): no fault, and a
+    block bigger than our burst goes once the bucket is full."""
+    cfg = SwarmConfig(max_block=1024, upload_cap=1024.0)  # burst: one 1 KiB block
+    sw = seeder(cfg)
+    big = m.Request(artifact=ART, chunk=0, offset=0, length=4096).to_wire()
+    out = sw.handle(Received(peer=A, data=big), 0.0)
+    assert [e.length for e in out if isinstance(e, Serve)] == [4096]
+    out = sw.handle(Received(peer=A, data=big), 0.0)
+    assert not [e for e in out if isinstance(e, Serve | Penalised)]
+    timer = sw.uploader.get_timer()
+    assert timer == pytest.approx(4.0)  # the 3 KiB owed, then one burst's worth
+    assert [e.length for e in sw.handle_timer(timer) if isinstance(e, Serve)] == [4096]
+
+
+def test_the_largest_messages_fit_their_caps() -> None:
+    """A full bitfield of MAX_CHUNKS and a block of MAX_BLOCK at the largest offsets."""
+    top = m.MAX_BLOCK
+    bf = m.Bitfield(artifact=ART, layout=b"x" * 32, count=16384, bits=b"\xff" * 2048)
+    assert len(bf.to_wire()) <= m.MAX_SMALL_BYTES
+    blk = m.Block(artifact=ART, chunk=16383, offset=16 * 1024 * 1024, data=b"x" * top)
+    assert len(blk.to_wire()) - top <= m.BLOCK_OVERHEAD
+    assert m.decode_message(blk.to_wire()) == blk
+
+
+def test_repeated_haves_or_bitfields_are_paid_for() -> None:
+    """Each costs a fill of the pipeline: an honest peer sends a chunk's news once and one
+    bitfield per session, so repeats are unsolicited and a stream of them drops the peer."""
+    sw, _ = fetcher()
+    join(sw, A, {1})
+    have = m.Have(artifact=ART, chunk=1).to_wire()
+    out: list[Effect] = []
+    for _ in range(4):
+        out += sw.handle(Received(peer=A, data=have), 0.1)
+    out += sw.handle(Received(peer=A, data=bitfield({1})), 0.1)
+    assert [p.rule for p in out if isinstance(p, Penalised)] == ["unsolicited"] * 5
+    assert [d.peer for d in out if isinstance(d, Drop)] == [A]
