@@ -416,6 +416,47 @@ class Nudge(Document):
 # -- heartbeat --------------------------------------------------------------------------
 
 NODE_STATES: Final = ("serving", "asking", "draining", "swapping", "probation", "failed")
+#: What a heartbeat may say of an artifact (README "Artifacts peer to peer"): the node holds
+#: it whole, or is fetching it and holds ``fraction``/255 of its chunks.
+HOLDING_STATES: Final = ("held", "fetching")
+#: A heartbeat names at most this many artifacts: a summary, not a bitfield, so a heartbeat
+#: stays a few hundred bytes however many artifacts a node keeps.
+MAX_HOLDINGS: Final = 4
+FRACTION_WHOLE: Final = 255
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Holding:
+    """One artifact a heartbeat says its node holds or is fetching: which peers to ask."""
+
+    artifact: str
+    state: str
+    fraction: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.artifact, str) or len(self.artifact) != 64:
+            raise SchemaError("holding: artifact must be 64 lowercase hex digits")
+        if self.artifact.strip("0123456789abcdef"):
+            raise SchemaError("holding: artifact must be 64 lowercase hex digits")
+        if self.state not in HOLDING_STATES:
+            raise SchemaError(f"holding: state must be one of {', '.join(HOLDING_STATES)}")
+        if not isinstance(self.fraction, int) or not 0 <= self.fraction <= FRACTION_WHOLE:
+            raise SchemaError(f"holding: fraction must be 0..{FRACTION_WHOLE}")
+        if self.state == "held" and self.fraction != FRACTION_WHOLE:
+            raise SchemaError(f"holding: a held artifact has fraction {FRACTION_WHOLE}")
+
+    def to_wire(self) -> list[Any]:
+        """``[sha256 (32 bytes), state, fraction]``: about 45 bytes."""
+        return [bytes.fromhex(self.artifact), self.state, self.fraction]
+
+
+def _holding(name: str, v: Any) -> Holding:
+    if not isinstance(v, list) or len(v) != 3:
+        raise SchemaError(f"field {name!r}: expected [artifact, state, fraction]")
+    sha = wire.blob(32)(f"{name}[0]", v[0])
+    state = wire.one_of(*HOLDING_STATES)(f"{name}[1]", v[1])
+    fraction = wire.uint(FRACTION_WHOLE)(f"{name}[2]", v[2])
+    return Holding(artifact=sha.hex(), state=state, fraction=fraction)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -435,6 +476,7 @@ class Heartbeat(Document):
         "pool": wire.text(64),
         "load": wire.nonneg_float(),
         "capacity": wire.nonneg_float(),
+        "holdings": wire.array(_holding, MAX_HOLDINGS),
         "issued": _time,
         "expires": _time,
     }
@@ -449,11 +491,31 @@ class Heartbeat(Document):
     pool: str
     load: float
     capacity: float
+    holdings: tuple[Holding, ...] = ()
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Any:
+        """A heartbeat without ``holdings`` (a node from before they existed) holds none."""
+        if isinstance(obj, dict) and "holdings" not in obj:
+            obj = {**obj, "holdings": []}
+        return super().from_obj(obj)
+
+    def to_obj(self) -> dict[str, Any]:
+        """No holdings: no key, so a node from before them still accepts this heartbeat."""
+        obj = {f.name: _to_plain(getattr(self, f.name)) for f in fields(self)}
+        del obj["holdings"]
+        if self.holdings:
+            obj["holdings"] = [h.to_wire() for h in self.holdings]
+        return obj
 
     def validate(self) -> None:
         super().validate()
         if keyid(self.pub) != self.node:
             raise KeyIdMismatchError("heartbeat: node id is not sha256 of the enclosed key")
+        if len(self.holdings) > MAX_HOLDINGS:
+            raise SchemaError(f"heartbeat: more than {MAX_HOLDINGS} holdings")
+        if len({h.artifact for h in self.holdings}) != len(self.holdings):
+            raise SchemaError("heartbeat: an artifact named twice in holdings")
 
 
 DOCUMENT_TYPES: Final[dict[str, type[Document]]] = {

@@ -15,7 +15,8 @@ One module per concern; each module's docstring holds its protocol's detail:
 
 ==================  ========================================================================
 ``config``          the wire caps (``MAX_MESSAGE_BYTES``, ...) and ``GossipConfig``
-``values``          ``Contact``, ``Status``, the estimates, ``Rng``, ``Verifier``, ``rumor_id``
+``values``          ``Contact``, ``Status`` (with its ``Holding``s), the estimates, ``Rng``,
+                    ``Verifier``, ``rumor_id``
 ``messages``        one frozen class per message kind, ``MESSAGE_TYPES``, ``decode_message``
 ``events``          events in (shell -> gossip) and effects out (gossip -> shell)
 ``context``         ``NodeContext``: identity, config, status and randomness the parts share
@@ -35,6 +36,7 @@ hand over at most one link per peer id.
 
 from __future__ import annotations
 
+from ..documents import MAX_HOLDINGS, Holding
 from .config import (
     MAX_CONTACTS,
     MAX_DOC_MESSAGE_BYTES,
@@ -99,6 +101,7 @@ from .values import (
     Rng,
     Status,
     Verifier,
+    holdings_from_summary,
     rumor_id,
 )
 
@@ -106,6 +109,7 @@ __all__ = [
     "EVENT_HANDLERS",
     "MAX_CONTACTS",
     "MAX_DOC_MESSAGE_BYTES",
+    "MAX_HOLDINGS",
     "MAX_IDS",
     "MAX_INLINE_DOC",
     "MAX_MESSAGE_BYTES",
@@ -136,6 +140,7 @@ __all__ = [
     "Gossip",
     "GossipConfig",
     "HeartbeatMessage",
+    "Holding",
     "IHave",
     "IWant",
     "Introduced",
@@ -165,6 +170,7 @@ __all__ = [
     "StatusChanged",
     "Verifier",
     "decode_message",
+    "holdings_from_summary",
     "is_loopback",
     "leader_priority",
     "link_plan",

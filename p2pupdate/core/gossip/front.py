@@ -160,6 +160,12 @@ class Gossip:
         """The newest verified heartbeat of each node known (this one excluded)."""
         return self._heartbeats.known
 
+    def holders(self, artifact: str) -> list[tuple[str, str, int]]:
+        """``(node, state, fraction)`` of the known nodes that say they hold or are fetching
+        ``artifact`` (``state`` "held" or "fetching", ``fraction`` chunks held of 255):
+        whom a swarm session for it may ask.  This node is not among them."""
+        return self._heartbeats.holders(artifact)
+
     @property
     def held(self) -> Mapping[str, bytes]:
         """The newest document per slot: what anti-entropy advertises."""

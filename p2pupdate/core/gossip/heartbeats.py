@@ -1,7 +1,8 @@
 """Heartbeats: each node's signed status, spread a few hops through the active views.
 
 README "Gossip and links".  Every ``heartbeat_interval`` a node signs a
-``documents.Heartbeat`` (version, artifact, state, pool, load, capacity) with its node key
+``documents.Heartbeat`` (version, artifact, state, pool, load, capacity, and up to four
+artifacts it holds or is fetching: ``holders`` answers from them) with its node key
 and sends it to its active view, which forwards it ``heartbeat_hops`` more hops to
 ``fanout`` peers.  A new active neighbour gets the current one at the next round instead of
 waiting for the interval.  ``seq`` is per sender and only ever grows (it starts from
@@ -55,6 +56,18 @@ class Heartbeats:
     @property
     def known_count(self) -> int:
         return len(self._known)
+
+    def holders(self, artifact: str) -> list[tuple[str, str, int]]:
+        """``(node, state, fraction)`` of every known node whose newest heartbeat says it
+        holds or is fetching ``artifact``: whole holders first, then by fraction held."""
+        found = [
+            (node, h.state, h.fraction)
+            for node, k in self._known.items()
+            for h in k.heartbeat.holdings
+            if h.artifact == artifact
+        ]
+        found.sort(key=lambda x: (-x[2], x[0]))
+        return found
 
     def owe(self, peer: str) -> None:
         """``peer`` just became an active neighbour: it gets a heartbeat next round."""
@@ -138,6 +151,7 @@ class Heartbeats:
             pool=st.pool,
             load=st.load,
             capacity=st.capacity,
+            holdings=st.holdings,
             issued=utc_now,
             expires=utc_now + cfg.heartbeat_ttl,
         )

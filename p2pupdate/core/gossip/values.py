@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..documents import NODE_STATES
+from ..documents import FRACTION_WHOLE, MAX_HOLDINGS, NODE_STATES, Holding
+from ..errors import SchemaError
 
 
 def check_node(value: str, where: str) -> None:
@@ -90,10 +91,17 @@ class Status:
     pool: str
     load: float
     capacity: float
+    #: The artifacts this node holds or is fetching (at most ``MAX_HOLDINGS``): what peers
+    #: learn from its heartbeats to find holders (``Gossip.holders``).
+    holdings: tuple[Holding, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.version) > 64 or len(self.pool) > 64:
             raise ValueError("Status: version and pool are at most 64 characters")
+        if len(self.holdings) > MAX_HOLDINGS:
+            raise ValueError(f"Status.holdings: at most {MAX_HOLDINGS}")
+        if len({h.artifact for h in self.holdings}) != len(self.holdings):
+            raise ValueError("Status.holdings: an artifact named twice")
         check_node(self.artifact, "Status.artifact")
         if self.state not in NODE_STATES:
             raise ValueError(f"Status.state must be one of {', '.join(NODE_STATES)}")
@@ -129,3 +137,39 @@ class AggregateEstimate:
     @property
     def nodes(self) -> float:
         return sum(p.nodes for p in self.pools.values())
+
+
+def holdings_from_summary(
+    summary: Mapping[str, tuple[int, int]], running: str | None = None
+) -> tuple[Holding, ...]:
+    """What a heartbeat says from a chunk store's ``{artifact: (held, total)}``.
+
+    At most ``MAX_HOLDINGS``: the running artifact first (peers roll out to it), then the
+    artifacts being fetched (a fetching node is a holder of what it has, and the swarm
+    needs them found early), then other whole ones; ties by artifact, so the summary is
+    the same every round.  A whole artifact is ``held``; a partial one ``fetching`` with
+    the share of its chunks held, rounded down so 255 means every chunk.  An entry that is
+    not a sha256 or has a nonsense count is left out, not raised: the store is ours.
+    """
+
+    def rank(item: tuple[str, tuple[int, int]]) -> tuple[int, str]:
+        artifact, (have, total) = item
+        if artifact == running:
+            return (0, artifact)
+        return (1 if have < total else 2, artifact)
+
+    out: list[Holding] = []
+    for artifact, (have, total) in sorted(summary.items(), key=rank):
+        if len(out) == MAX_HOLDINGS:
+            break
+        if total <= 0 or not 0 <= have <= total:
+            continue
+        whole = have == total
+        fraction = FRACTION_WHOLE if whole else min(have * FRACTION_WHOLE // total, 254)
+        try:
+            out.append(
+                Holding(artifact=artifact, state="held" if whole else "fetching", fraction=fraction)
+            )
+        except SchemaError:
+            continue
+    return tuple(out)
