@@ -26,7 +26,7 @@ the updater is in); a full channel drops the event with a log line rather than b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -67,8 +67,11 @@ class NodeHooks:
         coordinator: CoordinatorLink | None,
         gossip: GossipService | None,
         trust: TrustFile | None,
+        store_summary: Callable[[], Mapping[str, tuple[int, int]]] = dict,
     ) -> None:
         self.slot = slot
+        #: ``ChunkStore.summary``: what our heartbeats say we hold or are fetching.
+        self.store_summary = store_summary
         self.manifest = manifest
         self.opts = opts
         self.work = work
@@ -158,7 +161,8 @@ class NodeHooks:
     # -- gossip's hooks -------------------------------------------------------------------------
 
     def gossip_status(self) -> g.Status:
-        """What our heartbeats and push-sum contributions say (refreshed every round)."""
+        """What our heartbeats and push-sum contributions say (refreshed every round), with
+        the artifacts our chunk store holds or is fetching (README "Artifacts peer to peer")."""
         state = self.updater_state()
         load, capacity = self.work.load_and_capacity()
         return g.Status(
@@ -168,6 +172,7 @@ class NodeHooks:
             pool=self.opts.pool,
             load=min(max(load, 0.0), 1e18) if math.isfinite(load) else 0.0,
             capacity=min(max(capacity, 0.0), 1e18) if math.isfinite(capacity) else 0.0,
+            holdings=g.holdings_from_summary(self.store_summary(), running=self.slot),
         )
 
     def gossip_estimate(self) -> dict[str, float] | None:

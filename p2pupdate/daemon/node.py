@@ -194,6 +194,7 @@ class Node:
             coordinator=coordinator,
             gossip=gossip,
             trust=trust,
+            store_summary=self.store.summary,
         )
         self.hooks.attach()
 
