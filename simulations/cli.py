@@ -4,6 +4,7 @@
     python -m simulations sweep SWEEP.toml [--jobs 2] [--scheduler ADDRESS] [--out DIR]
     python -m simulations check SCENARIO.toml          (validate; print the resolved config)
     python -m simulations gossip ...                   (simulations.gossip)
+    python -m simulations swarm ...                    (simulations.swarm)
 
 Every user error (bad file, unknown key, wrong type, value out of range, bad flag) is one
 line on stderr and exit status 2, never a traceback.  A progress bar goes to stderr on
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import gossip
+from . import gossip, swarm
 from .config import ScenarioError, load, resolve, to_toml
 from .runner import command_line, run_scenario, write_run
 from .sweep import run_sweep
@@ -175,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(handler=_check)
 
     sub.add_parser("gossip", help="the gossip simulator (simulations/gossip.py)", add_help=False)
+    sub.add_parser("swarm", help="the chunk-swarm simulator (simulations/swarm.py)", add_help=False)
     return p
 
 
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "gossip":
         return _gossip(argv[1:])
+    if argv and argv[0] == "swarm":
+        return swarm.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         result: int = args.handler(args)

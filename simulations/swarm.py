@@ -1,0 +1,478 @@
+"""The chunk swarm in memory: real ``Swarm`` cores over virtual links, for figures.
+
+``python -m simulations swarm --nodes N --artifact-mib S --json`` runs one seed (the origin,
+as in the bench of README "Artifacts peer to peer") and N fetchers, each a real
+``p2pupdate.core.swarm`` core, over in-memory frames on a virtual clock, and prints one JSON
+object with the bench's field names (``origin_copies``, ``origin_share``, ``t_all_s``,
+``t_min_s``, ``bound_ratio``).  The capacity model per node: its upload rate is the core's
+own cap (the token bucket the daemon uses), its download rate a FIFO pipe in the ``Net``
+(a frame to a node arrives after ``latency`` and then waits for its downlink), and churn:
+a fetcher leaves (every link closed, its core gone) and comes back after ``away`` seconds
+with a fresh core that holds what it had verified, as the daemon's store resumes.
+
+``tests/core/swarm_harness.py`` stages attacks on the same ``Net`` with scripted peers.
+Nothing here reads a clock (but ``wall_s``), sleeps or opens a socket; randomness is a
+seeded ``random.Random`` per core and one for the fleet, so a seed gives one result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import heapq
+import itertools
+import json
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from p2pupdate.core import documents as docs
+from p2pupdate.core.swarm.chunks import ChunkMap
+from p2pupdate.core.swarm.config import SwarmConfig
+from p2pupdate.core.swarm.events import (
+    Ban,
+    ChunkVerified,
+    Completed,
+    Drop,
+    Effect,
+    Event,
+    FetchFromOrigin,
+    Opened,
+    OriginChunk,
+    PeerGone,
+    Penalised,
+    Received,
+    Send,
+    Serve,
+)
+from p2pupdate.core.swarm.front import Swarm
+
+NOW: Final = 1_800_000_000
+LATENCY: Final = 0.01
+#: What the origin takes per chunk (virtual seconds).
+ORIGIN_DELAY: Final = 0.05
+#: A run that takes more steps than this is a bug (a timer that does not move), not a test.
+MAX_STEPS: Final = 200_000
+MIB: Final = 1 << 20
+
+
+def artifact_bytes(size: int, seed: str = "artifact") -> bytes:
+    """Deterministic bytes (sha256 in counter mode): no two chunks alike."""
+    out = bytearray()
+    for i in itertools.count():
+        if len(out) >= size:
+            break
+        out += hashlib.sha256(f"{seed}-{i}".encode()).digest()
+    return bytes(out[:size])
+
+
+def chunk_map_of(data: bytes, chunk_size: int = 4096) -> ChunkMap:
+    release = docs.Release.for_bytes(
+        data, name="app", counter=1, chunk_size=chunk_size, issued=NOW, expires=NOW + 3600
+    )
+    return ChunkMap.of_release(release)
+
+
+def peer_id(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+class Net:
+    """Frames between nodes, delivered after ``latency`` (and through the receiver's
+    downlink, if it has a rate in ``down``), and the virtual clock.
+
+    Every pending thing -- a frame, an origin chunk, a core's timer -- is one entry of a
+    heap, so a step costs log(entries), not a scan of every node: a timer entry is pushed
+    when a node's timer changes and skipped when popped if it is no longer that node's.
+    """
+
+    def __init__(self, *, latency: float = LATENCY) -> None:
+        self.now = 0.0
+        self.latency = latency
+        self.nodes: dict[str, Node] = {}
+        self.links: set[frozenset[str]] = set()
+        #: Download rate per node id (bytes/s); a node not named has no limit.
+        self.down: dict[str, float] = {}
+        #: Nodes that finished an artifact (a ``stop`` that does not scan the fleet).
+        self.completions = 0
+        self._down_busy: dict[str, float] = {}
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._timer_gen: dict[str, int] = {}
+        self._timer_at: dict[str, float | None] = {}
+
+    def add(self, node: Node) -> Node:
+        self.nodes[node.id] = node
+        node.net = self
+        return node
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (when, next(self._seq), action))
+
+    def arrival(self, dst: str, size: int, when: float) -> float:
+        """When ``size`` bytes that reach ``dst`` at ``when`` are through its downlink."""
+        rate = self.down.get(dst)
+        if rate is None:
+            return when
+        done = max(when, self._down_busy.get(dst, 0.0)) + size / rate
+        self._down_busy[dst] = done
+        return done
+
+    def retime(self, node: Node) -> None:
+        """``node``'s timer may have changed: schedule it (the old entry goes stale)."""
+        t = node.timer()
+        if t == self._timer_at.get(node.id):
+            return
+        gen = self._timer_gen.get(node.id, 0) + 1
+        self._timer_gen[node.id] = gen
+        self._timer_at[node.id] = t
+        if t is None:
+            return
+
+        def fire() -> None:
+            if self._timer_gen.get(node.id) == gen:
+                self._timer_at[node.id] = None
+                node.fire()
+
+        self.at(t, fire)
+
+    def link(self, a: Node, b: Node, artifact: str) -> None:
+        """Link ``a`` and ``b`` and open a session about ``artifact`` on both sides."""
+        self.links.add(frozenset((a.id, b.id)))
+        a.opened(b.id, artifact)
+        b.opened(a.id, artifact)
+
+    def send(self, src: str, dst: str, data: bytes) -> None:
+        if frozenset((src, dst)) not in self.links:
+            return  # the link is gone: the frame is dropped, as a shell would
+
+        def deliver() -> None:
+            if frozenset((src, dst)) in self.links:
+                self.nodes[dst].received(src, data)
+
+        self.at(self.arrival(dst, len(data), self.now + self.latency), deliver)
+
+    def unlink(self, a: str, b: str) -> None:
+        if frozenset((a, b)) in self.links:
+            self.links.discard(frozenset((a, b)))
+            self.nodes[a].gone(b)
+            self.nodes[b].gone(a)
+
+    def run(
+        self, until: float, stop: Callable[[], bool] = lambda: False, max_steps: int = MAX_STEPS
+    ) -> None:
+        """Deliver frames and fire timers in time order up to ``until`` (or ``stop()``)."""
+        for _ in range(max_steps):
+            if stop() or not self._queue or self._queue[0][0] > until:
+                return
+            when, _, action = heapq.heappop(self._queue)
+            self.now = max(self.now, when)
+            action()
+        raise AssertionError(f"no quiet after {max_steps} steps: a timer that never advances?")
+
+
+@dataclass(kw_only=True, eq=False)
+class Node:
+    """A participant: a real core or a scripted peer."""
+
+    name: str
+    net: Net | None = None
+
+    @property
+    def id(self) -> str:
+        return peer_id(self.name)
+
+    def opened(self, peer: str, artifact: str) -> None: ...
+
+    def received(self, peer: str, data: bytes) -> None: ...
+
+    def gone(self, peer: str) -> None: ...
+
+    def timer(self) -> float | None:
+        return None
+
+    def fire(self) -> None: ...
+
+    def send(self, peer: str, data: bytes) -> None:
+        assert self.net is not None
+        self.net.send(self.id, peer, data)
+
+
+@dataclass(kw_only=True, eq=False)
+class CoreNode(Node):
+    """A real ``Swarm`` with the shell's chores done in memory."""
+
+    config: SwarmConfig
+    origin: dict[str, bytes]  # what the origin serves: artifact -> bytes
+    seed: int = 0
+    swarm: Swarm | None = None
+    store: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    maps: dict[str, ChunkMap] = field(default_factory=dict)
+    effects: list[Effect] = field(default_factory=list)
+    origin_asked: list[int] = field(default_factory=list)
+    completed_at: dict[str, float] = field(default_factory=dict)
+    served_bytes: int = 0
+    restarts: int = 0
+
+    def start(
+        self, cmap: ChunkMap, *, held: bytes | None = None, deadline: float | None = None
+    ) -> CoreNode:
+        """Track ``cmap``: seed it (``held``: the whole artifact) or fetch it."""
+        assert self.net is not None
+        if self.swarm is None:
+            self.swarm = Swarm(config=self.config, rng=random.Random(self.seed), now=self.net.now)
+        chunks = {}
+        if held is not None:
+            chunks = {c.index: cmap.slice(held, c.index) for c in cmap.chunks}
+        self.store[cmap.artifact] = chunks
+        self.maps[cmap.artifact] = cmap
+        self._do(self.swarm.add(cmap, held=chunks, now=self.net.now, deadline=deadline))
+        return self
+
+    def stop(self) -> None:
+        """The process ends: the core is gone, the store (verified chunks only) stays."""
+        self.swarm = None
+        if self.net is not None:
+            self.net.retime(self)
+
+    def restart(self) -> None:
+        """A new process: a fresh core that serves and resumes from the store."""
+        assert self.net is not None and self.swarm is None
+        self.restarts += 1
+        rng = random.Random(self.seed * 1_000_003 + self.restarts)
+        self.swarm = Swarm(config=self.config, rng=rng, now=self.net.now)
+        for art, cmap in self.maps.items():
+            held = list(self.store[art])
+            self._do(self.swarm.add(cmap, held=held, now=self.net.now))
+
+    def bytes_of(self, artifact: str) -> bytes:
+        chunks = self.store[artifact]
+        return b"".join(chunks[i] for i in sorted(chunks))
+
+    # the shell's side
+    def opened(self, peer: str, artifact: str) -> None:
+        self._handle(Opened(peer=peer, artifact=artifact))
+
+    def received(self, peer: str, data: bytes) -> None:
+        self._handle(Received(peer=peer, data=data))
+
+    def gone(self, peer: str) -> None:
+        self._handle(PeerGone(peer=peer))
+
+    def timer(self) -> float | None:
+        return None if self.swarm is None else self.swarm.get_timer()
+
+    def fire(self) -> None:
+        assert self.net is not None
+        if self.swarm is not None:
+            self._do(self.swarm.handle_timer(self.net.now))
+
+    def _handle(self, event: Event) -> None:
+        if self.swarm is not None:
+            assert self.net is not None
+            self._do(self.swarm.handle(event, self.net.now))
+
+    def _do(self, effects: list[Effect]) -> None:
+        assert self.net is not None
+        net = self.net
+        for eff in effects:
+            self.effects.append(eff)
+            if isinstance(eff, Send):
+                self.send(eff.peer, eff.data)
+            elif isinstance(eff, Serve):
+                chunk = self.store[eff.artifact][eff.chunk]
+                self.served_bytes += eff.length
+                self.send(eff.peer, eff.message(chunk[eff.offset : eff.offset + eff.length]))
+            elif isinstance(eff, ChunkVerified):
+                self.store[eff.artifact][eff.index] = eff.data
+            elif isinstance(eff, FetchFromOrigin):
+                self.origin_asked.extend(eff.chunks)
+                for n, i in enumerate(eff.chunks):
+                    self._from_origin(eff.artifact, i, net.now + ORIGIN_DELAY * (n + 1))
+            elif isinstance(eff, Completed):
+                if eff.artifact not in self.completed_at:
+                    self.completed_at[eff.artifact] = net.now
+                    net.completions += 1
+            elif isinstance(eff, Drop | Ban):
+                net.at(net.now, functools.partial(net.unlink, self.id, eff.peer))
+        net.retime(self)
+
+    def _from_origin(self, artifact: str, index: int, when: float) -> None:
+        """The origin's chunk, cut by this artifact's own map, through our downlink."""
+        assert self.net is not None
+        chunk = self.maps[artifact].slice(self.origin[artifact], index)
+        when = self.net.arrival(self.id, len(chunk), when)
+        self.net.at(
+            when, lambda: self._handle(OriginChunk(artifact=artifact, index=index, data=chunk))
+        )
+
+    # what a test asks
+    def penalised(self, peer: str) -> list[Penalised]:
+        return [e for e in self.effects if isinstance(e, Penalised) and e.peer == peer]
+
+    def banned(self, peer: str) -> list[Ban]:
+        return [e for e in self.effects if isinstance(e, Ban) and e.peer == peer]
+
+    def dropped(self, peer: str) -> list[Drop]:
+        return [e for e in self.effects if isinstance(e, Drop) and e.peer == peer]
+
+
+# -- a fleet ------------------------------------------------------------------------------
+
+
+def _capped(rate: float) -> SwarmConfig:
+    """Uploads at exactly ``rate`` (as if the shell measured an uplink of twice that)."""
+    return SwarmConfig(upload_cap=rate, default_uplink=2 * rate)
+
+
+def fleet_run(
+    *,
+    nodes: int,
+    artifact_mib: float,
+    chunk_size: int = 256 * 1024,
+    seed_up: float = 2.0 * MIB,
+    peer_up: float = 0.5 * MIB,
+    peer_down: float | None = None,
+    degree: int = 6,
+    churn_per_min: float = 0.0,
+    away_s: float = 10.0,
+    seed: int = 7,
+    until: float = 3600.0,
+) -> dict[str, object]:
+    """One seed (the origin) and ``nodes`` fetchers, each linked to the seed and ~``degree``
+    others: the time the last one verified against the bound
+    ``max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``, and what the origin sent.
+
+    Churn: each fetcher leaves at ``churn_per_min`` times a minute on average (Poisson),
+    stays away ``away_s`` and comes back to the same neighbours with what it had verified.
+    """
+    t0 = time.perf_counter()
+    data = artifact_bytes(int(artifact_mib * MIB))
+    cmap = chunk_map_of(data, chunk_size=chunk_size)
+    art = cmap.artifact
+    net = Net()
+    seeder = CoreNode(name="seed", config=_capped(seed_up), origin={art: data}, seed=seed)
+    net.add(seeder)
+    seeder.start(cmap, held=data)
+    fetchers = [
+        CoreNode(name=f"n{i}", config=_capped(peer_up), origin={art: data}, seed=seed + i + 1)
+        for i in range(nodes)
+    ]
+    for f in fetchers:
+        net.add(f)
+        if peer_down is not None:
+            net.down[f.id] = peer_down
+        f.start(cmap)
+    rng = random.Random(seed)
+    neighbours: dict[str, list[CoreNode]] = {f.id: [seeder] for f in fetchers}
+    for f in fetchers:
+        net.link(seeder, f, art)
+    for f in fetchers:
+        for g in rng.sample(fetchers, min(degree, nodes)):
+            if g is not f and frozenset((f.id, g.id)) not in net.links:
+                net.link(f, g, art)
+                neighbours[f.id].append(g)
+                neighbours[g.id].append(f)
+    leaves = 0
+
+    def leave(f: CoreNode) -> None:
+        nonlocal leaves
+        leaves += 1
+        for g in neighbours[f.id]:
+            net.unlink(f.id, g.id)
+        f.stop()
+        net.at(net.now + away_s, lambda: back(f))
+
+    def back(f: CoreNode) -> None:
+        f.restart()
+        for g in neighbours[f.id]:
+            if g.swarm is not None:
+                net.link(f, g, art)
+        net.at(net.now + rng.expovariate(churn_per_min / 60.0), lambda: leave(f))
+
+    if churn_per_min > 0:
+        for f in fetchers:
+            net.at(rng.expovariate(churn_per_min / 60.0), functools.partial(leave, f))
+    net.run(until, stop=lambda: net.completions >= nodes, max_steps=10**9)
+    size = len(data)
+    t_all = max(f.completed_at.get(art, float("inf")) for f in fetchers)
+    bounds = [size / seed_up, nodes * size / (seed_up + nodes * peer_up)]
+    if peer_down is not None:
+        bounds.append(size / peer_down)
+    t_min = max(bounds)
+    origin_fetched = sum(cmap.chunks[i].length for f in fetchers for i in f.origin_asked)
+    origin_bytes = seeder.served_bytes + origin_fetched
+    return {
+        "nodes": nodes,
+        "artifact_bytes": size,
+        "origin_bytes": origin_bytes,
+        "origin_copies": round(origin_bytes / size, 2),
+        "origin_share": round(origin_bytes / (nodes * size), 4),
+        "t_all_s": round(t_all, 2),
+        "t_min_s": round(t_min, 2),
+        "bound_ratio": round(t_all / t_min, 2),
+        "seed_copies": round(seeder.served_bytes / size, 2),
+        "origin_chunks": sum(len(f.origin_asked) for f in fetchers),
+        "all_verified": all(f.bytes_of(art) == data for f in fetchers),
+        "penalties": sum(
+            1 for n in [seeder, *fetchers] for e in n.effects if isinstance(e, Penalised)
+        ),
+        "leaves": leaves,
+        "refetched_chunks": sum(
+            max(0, sum(isinstance(e, ChunkVerified) for e in f.effects) - cmap.count)
+            for f in fetchers
+        ),
+        "seed": seed,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+
+
+def main(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m simulations swarm",
+        description="Real chunk-swarm cores over memory links with per-node rates and churn.",
+    )
+    ap.add_argument("--nodes", type=int, default=24)
+    ap.add_argument("--artifact-mib", type=float, default=4.0)
+    ap.add_argument("--chunk-kib", type=int, default=64)
+    ap.add_argument("--seed-up-mib", type=float, default=2.0, help="the origin's upload MiB/s")
+    ap.add_argument("--peer-up-mib", type=float, default=0.5, help="each fetcher's upload")
+    ap.add_argument("--peer-down-mib", type=float, default=2.5, help="0: no download limit")
+    ap.add_argument("--degree", type=int, default=6, help="links each fetcher opens")
+    ap.add_argument("--churn-per-min", type=float, default=0.0, help="leaves/node/minute")
+    ap.add_argument("--away-s", type=float, default=10.0, help="how long a leaver is gone")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(list(argv))
+    if args.nodes < 1 or args.artifact_mib <= 0 or args.chunk_kib < 1 or args.degree < 0:
+        ap.error("need --nodes >= 1, --artifact-mib > 0, --chunk-kib >= 1, --degree >= 0")
+    if args.seed_up_mib <= 0 or args.peer_up_mib <= 0 or args.peer_down_mib < 0:
+        ap.error("need rates > 0 (--peer-down-mib 0: no limit)")
+    if args.churn_per_min < 0 or args.away_s <= 0:
+        ap.error("need --churn-per-min >= 0, --away-s > 0")
+    out = fleet_run(
+        nodes=args.nodes,
+        artifact_mib=args.artifact_mib,
+        chunk_size=args.chunk_kib * 1024,
+        seed_up=args.seed_up_mib * MIB,
+        peer_up=args.peer_up_mib * MIB,
+        peer_down=args.peer_down_mib * MIB if args.peer_down_mib > 0 else None,
+        degree=args.degree,
+        churn_per_min=args.churn_per_min,
+        away_s=args.away_s,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:16} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""The swarm simulator (simulations/swarm.py): real swarm cores over memory links with
+per-node up/down rates and churn, one JSON object with the bench's field names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simulations import cli
+from simulations.swarm import CoreNode, Net, _capped, artifact_bytes, chunk_map_of, fleet_run
+
+FIELDS = {
+    "nodes",
+    "artifact_bytes",
+    "origin_bytes",
+    "origin_copies",
+    "origin_share",
+    "t_all_s",
+    "t_min_s",
+    "bound_ratio",
+    "wall_s",
+}
+TINY = ["--nodes", "12", "--artifact-mib", "0.5", "--chunk-kib", "32", "--seed", "3"]
+TINY += ["--peer-down-mib", "0.5"]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    assert cli.main(["swarm", *argv, "--json"]) == 0
+    out: dict[str, object] = json.loads(capsys.readouterr().out)
+    return out
+
+
+def test_a_tiny_run_prints_the_bench_fields_and_every_node_ends_with_the_bytes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    got = run_cli(TINY, capsys)
+    assert FIELDS <= got.keys()
+    assert got["nodes"] == 12 and got["artifact_bytes"] == 512 * 1024
+    assert got["all_verified"] is True and got["penalties"] == 0
+    # the fetchers traded among themselves: the origin sent far fewer than N copies
+    assert float(str(got["origin_share"])) < 0.5
+    assert float(str(got["origin_copies"])) < 6
+    assert float(str(got["bound_ratio"])) >= 1.0
+    # F/d_min (0.5 MiB down at 0.5 MiB/s) is the bound here: 1 s (N*F/(u_s + sum u_i): 0.75)
+    assert float(str(got["t_min_s"])) == 1.0
+
+
+def test_the_same_seed_gives_the_same_result(capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = run_cli(TINY, capsys), run_cli(TINY, capsys)
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+def test_churn_nodes_leave_and_come_back_and_lose_nothing_verified() -> None:
+    got = fleet_run(
+        nodes=10,
+        artifact_mib=0.5,
+        chunk_size=32 * 1024,
+        peer_down=1.0 * (1 << 20),
+        churn_per_min=60.0,
+        away_s=0.5,
+        seed=5,
+    )
+    assert int(str(got["leaves"])) > 0
+    assert got["all_verified"] is True
+    assert got["refetched_chunks"] == 0  # a returning node resumes from what it verified
+    assert float(str(got["bound_ratio"])) >= 1.0
+
+
+def test_the_origin_cuts_a_chunk_by_the_artifacts_own_map() -> None:
+    """A lone fetcher of 64 KiB chunks gets every chunk from the origin, and it verifies:
+    the origin used to cut by a 4 KiB map whatever the artifact's chunk size was."""
+    data = artifact_bytes(256 * 1024)
+    cmap = chunk_map_of(data, chunk_size=64 * 1024)
+    net = Net()
+    f = CoreNode(name="alone", config=_capped(1 << 20), origin={cmap.artifact: data}, seed=1)
+    net.add(f)
+    f.start(cmap)
+    net.run(120, stop=lambda: net.completions == 1)
+    assert f.bytes_of(cmap.artifact) == data
+    assert sorted(f.origin_asked) == list(range(cmap.count))
+
+
+def test_a_bad_flag_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["swarm", "--nodes", "0"])
+    assert exc.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("need --nodes >= 1, --artifact-mib > 0, --chunk-kib >= 1, --degree >= 0")
+    )
