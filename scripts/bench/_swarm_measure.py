@@ -1,0 +1,79 @@
+"""The swarm bench's figures, from what the nodes and the origin counted (pure: no I/O).
+
+One home for the fields both columns print, so ours and libtorrent's are computed alike:
+``t_min_s`` is the issue's bound ``max(F/u_s, F/d_min, N*F/(u_s + sum u_i))`` from the rates
+set, and ``upload_cap_respected`` says whether any node's payload upload, over any window of
+at least ``CAP_WINDOW_S`` between two of its own counter readings, went over its cap (with
+``CAP_SLACK`` for the readings' timing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CAP_WINDOW_S = 6.0
+CAP_SLACK = 1.05
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    """What one run of the job measured."""
+
+    nodes: int
+    artifact_bytes: int
+    origin_bytes: int
+    t0: float  # wall clock: the release published
+    completed_at: Mapping[str, float | None]  # node -> wall clock it held the verified artifact
+    samples: Mapping[str, Sequence[tuple[float, int]]]  # node -> (wall clock, bytes_up)
+
+
+def t_min(n: int, size: int, origin_up: float, peer_up: float, peer_down: float) -> float:
+    """The lower bound on the time to give ``n`` nodes ``size`` bytes from one origin."""
+    return max(size / origin_up, size / peer_down, n * size / (origin_up + n * peer_up))
+
+
+def peak_upload(samples: Sequence[tuple[float, int]], window: float = CAP_WINDOW_S) -> float:
+    """The highest upload rate (bytes/s) over any window of at least ``window`` seconds."""
+    pts = sorted(samples)
+    peak = 0.0
+    j = 0
+    for i, (t, b) in enumerate(pts):
+        j = max(j, i + 1)
+        while j < len(pts) and pts[j][0] - t < window:
+            j += 1
+        if j >= len(pts):
+            break
+        dt = pts[j][0] - t
+        peak = max(peak, (pts[j][1] - b) / dt)
+    return peak
+
+
+def figures(run: Run, *, origin_up: float, peer_up: float, peer_down: float,
+            upload_cap: float) -> dict[str, Any]:  # fmt: skip
+    """The bench's fields for one run (``t_all_s`` None when a node never completed)."""
+    done = [t for t in run.completed_at.values() if t is not None]
+    complete = len(done) == run.nodes
+    t_all = round(max(done) - run.t0, 2) if complete else None
+    bound = t_min(run.nodes, run.artifact_bytes, origin_up, peer_up, peer_down)
+    peaks = {node: peak_upload(s) for node, s in run.samples.items()}
+    peak = max(peaks.values(), default=0.0)
+    return {
+        "nodes": run.nodes,
+        "artifact_bytes": run.artifact_bytes,
+        "origin_bytes": run.origin_bytes,
+        "origin_copies": round(run.origin_bytes / run.artifact_bytes, 3),
+        "origin_share": round(run.origin_bytes / (run.nodes * run.artifact_bytes), 4),
+        "t_all_s": t_all,
+        "t_min_s": round(bound, 2),
+        "bound_ratio": None if t_all is None else round(t_all / bound, 3),
+        # None: no node reported an upload counter (a node without the swarm has none).
+        "upload_cap_respected": (
+            peak <= upload_cap * CAP_SLACK if any(run.samples.values()) else None
+        ),
+        "completed": len(done),
+        "t_first_s": round(min(done) - run.t0, 2) if done else None,
+        "upload_peak_bytes_s": round(peak),
+        "upload_cap_bytes_s": round(upload_cap),
+    }
