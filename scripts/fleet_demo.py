@@ -6,11 +6,14 @@
 Steps, narrated on stdout: init a network; build v1 and v2 of this tree
 (``scripts/build-artifact``); sign their release records; allowlist both; start one real
 coordinator replica on 127.0.0.1 and publish the documents and the v2 artifact; start four
-real ``p2pupdate node`` processes from v1 serving the example KV service; run a KV client
-load over the four nodes in the background; publish an ``--everyone`` scope for v2 and a
-nudge; follow the rollout (versions per node, leases, refusals) until every node runs v2;
-check the client saw 0 failed requests and that every acknowledged write is still readable
-on the node that acknowledged it; print the replica's status table; stop everything.
+real ``p2pupdate node`` processes from v1 serving the example KV service, gossiping with
+each other (each on its own loopback address, 127.0.0.2-5, introduced by the replica), so
+v2 moves between them peer to peer and the origin serves only what no peer has; run a KV
+client load over the four nodes in the background; publish an ``--everyone`` scope for v2
+and a nudge; follow the rollout (versions per node, leases, refusals) until every node runs
+v2; check the client saw 0 failed requests and that every acknowledged write is still
+readable on the node that acknowledged it; print the replica's status table and the origin
+share (the replica's origin bytes for v2 / (nodes x v2's size)); stop everything.
 
 Every child runs in its own process group and is stopped on exit, Ctrl-C, SIGTERM or
 failure.  Servers bind to 127.0.0.1 only.  Exit codes: 0 the rollout completed with 0 failed
@@ -336,10 +339,18 @@ class Node:
     name: str
     state: Path
     port: int
+    gossip_host: str
     child: Child | None = None
 
     def status(self) -> dict[str, Any] | None:
         return read_json(self.state / "status")
+
+
+def origin_share(status: dict[str, Any], artifact: str, size: int) -> float:
+    """The replica's origin bytes for ``artifact`` over what the fleet fetched (nodes x size):
+    1.0 when every node took it whole from the origin, 0 when peers brought all of it."""
+    sent = int(status["origin"]["artifacts"].get(artifact, {}).get("bytes", 0))
+    return sent / (NODES * size)
 
 
 def describe(node: Node) -> str:
@@ -471,7 +482,8 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
 
     step(f"5. Start {NODES} real nodes from v1, each serving the example KV service")
     nodes = [
-        Node(f"node{i}", work / "nodes" / f"node{i}", free_port()) for i in range(1, NODES + 1)
+        Node(f"node{i}", work / "nodes" / f"node{i}", free_port(), f"127.0.0.{i + 1}")
+        for i in range(1, NODES + 1)
     ]
     (work / "nodes").mkdir(exist_ok=True)
     for node in nodes:
@@ -493,6 +505,10 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
             "net/root.msgpack",
             "--aggregate-stub",
             AGGREGATE,
+            # Gossip, and with it the chunk swarm: nodes on one machine need distinct
+            # addresses (peers cap identities per source address).
+            "--gossip-listen",
+            f"{node.gossip_host}:0",
             *NODE_TIMINGS,
         ]
         say(f"$ p2pupdate {shlex.join(args)} &   # log: nodes/{node.name}.log")
@@ -551,10 +567,11 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
         f"(timeout {timeout:g} s)"
     )
     say(
-        "  Each node notices v2, checks gates 1-2 itself, fetches v2 from the replica's origin and\n"
-        "  asks for a departure token. Refused nodes keep serving and retry when the replica says\n"
-        "  (when the blocking lease would lapse). Polling GET /status (what\n"
-        "  `p2pupdate-coordinator status` prints) and each node's state-dir/status:"
+        "  Each node notices v2, checks gates 1-2 itself, fetches v2's chunks from its peers (the\n"
+        "  replica's origin only for what no peer has) and asks for a departure token. Refused\n"
+        "  nodes keep serving and retry when the replica says (when the blocking lease would\n"
+        "  lapse). Polling GET /status (what `p2pupdate-coordinator status` prints) and each\n"
+        "  node's state-dir/status:"
     )
     t0 = time.monotonic()
     last = ""
@@ -618,6 +635,11 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
 
     step("10. The replica's view")
     run(f"p2pupdate-coordinator status --url {url}", [*COORDINATOR, "status", "--url", url], work)
+    share = origin_share(http_json(f"{url}/status"), v2, (work / "v2.tar.gz").stat().st_size)
+    say(
+        f"  origin share {share:.0%}: the replica's origin sent {share * NODES:.2f} copies of v2 "
+        f"for {NODES} nodes; the rest came from peers"
+    )
 
     if load.failed or load.errors:
         raise DemoFailed(f"the client saw {load.failed or len(load.errors)} failed request(s)")
@@ -631,8 +653,8 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
     say(f"  -> stopped {len(children.started)} processes")
     say(
         f"\nFleet demo OK: {NODES} nodes moved v1 -> v2 in {rollout_s:.0f} s under load, "
-        f"{load.requests} requests, 0 failed, 0 acknowledged writes lost "
-        f"(total {time.monotonic() - t_start:.0f} s)."
+        f"{load.requests} requests, 0 failed, 0 acknowledged writes lost, "
+        f"origin share {share:.0%} (total {time.monotonic() - t_start:.0f} s)."
     )
 
 

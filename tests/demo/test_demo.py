@@ -85,6 +85,9 @@ def test_fleet_demo_rolls_four_nodes_to_v2_with_zero_failed_requests(tmp_path: P
     m = re.search(r"^  durable:\s+(\d+) of (\d+) acknowledged writes", out, re.M)
     assert m and m.group(1) == m.group(2) and int(m.group(2)) > 0, out[-3000:]
     assert "nodes:     4 (v2 4)" in out  # the replica's own status table agrees
+    # v2 moved peer to peer: the summary gives the share the replica's origin counted.
+    m = re.search(r"^Fleet demo OK: .* origin share (\d+)%", out, re.M)
+    assert m and 0 <= int(m.group(1)) <= 100, out[-3000:]
     for i in range(1, 5):
         status = json.loads((work / "nodes" / f"node{i}" / "status").read_text())
         assert status["version"] == "v2" and status["mode"] == "normal"
