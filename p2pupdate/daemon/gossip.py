@@ -19,6 +19,19 @@ out its effects and reports back (README "Architecture"):
 ``Penalised``  logged (at most one line per peer and rule per minute)
 =============  ============================================================================
 
+**The chunk swarm shares the links** (README "The swarm in the daemon").  A frame whose
+kind is a swarm kind (``core.swarm.is_swarm_kind``; the kind is the first key of every
+frame both cores write) goes to ``swarm`` (``daemon.swarm.SwarmService``), never to the
+gossip core; every link up and down is told to it too.  Swarm frames have their own bounded
+queue per link (``SwarmQueue``), drained by a second writer that shares the link with the
+gossip writer (one send at a time): a block waits for room there (``send_block``) instead
+of being dropped like a gossip frame, since a dropped block costs its requester a
+``request_timeout``; small swarm frames (bitfields, requests, haves) have a reserve of
+their own in that queue.  The swarm may open a few extra links to holders (``open_extra``):
+the core is told ``LinkUp`` as for a link the peer dialed, and ``LinkPinned`` so it does not
+close it as idle; ``close_extra`` ends it (an active neighbour's link is only unpinned).
+A swarm ban reaches gossip's reputation (``ban``: ``PeerBanned``), which closes the link.
+
 **One link per peer id.**  Two nodes that dial each other at once end up with two links
 (tcp, rtc, or one of each: the offerer of an rtc link is its dialer); both sides keep the
 one *dialed by the lower node id* and close the other, so they agree without talking.  A new link in the same direction as the one held replaces it (the dialer
@@ -59,6 +72,7 @@ import contextlib
 import math
 import random
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,6 +86,7 @@ from ..core import gossip as g
 from ..core import timing
 from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
+from ..core.swarm import is_swarm_kind
 from ..net.addresses import split_hostport
 from ..net.base import Link, LinkConfig, establish
 from ..net.errors import (
@@ -92,6 +107,10 @@ if TYPE_CHECKING:
 
 #: Frames waiting per link before new ones are dropped.
 SEND_QUEUE = 64
+#: Swarm frames waiting per link: blocks (``send_block`` waits beyond it), and all frames
+#: (small ones are dropped beyond it: they are few, and the swarm's deadlines repair loss).
+SWARM_BLOCKS = 8
+SWARM_FRAMES = 72
 #: How often contacts are sought while the active view is short / full (seconds).
 SEEK_SHORT = 3.0
 SEEK_FULL = 60.0
@@ -136,6 +155,91 @@ def seek_interval(*, short: bool, fruitless: int) -> float:
     if not short:
         return SEEK_FULL
     return timing.capped_exponential(SEEK_SHORT, SEEK_FULL, fruitless)
+
+
+class SwarmSink(Protocol):
+    """What the links tell the chunk swarm (``daemon.swarm.SwarmService``)."""
+
+    def frame(self, peer: str, data: bytes) -> None: ...
+
+    def link_up(self, peer: str) -> None: ...
+
+    def link_down(self, peer: str) -> None: ...
+
+
+def frame_kind(data: bytes) -> str | None:
+    """The kind of a frame, read from its first map key without decoding it (every message
+    of both cores starts ``{"k": KIND, ...``); None when it does not start that way (the
+    gossip core then decodes it and judges it)."""
+    if len(data) < 4 or not 0x81 <= data[0] <= 0x8F or data[1:3] != b"\xa1k":
+        return None
+    head = data[3]
+    if not 0xA0 <= head <= 0xBF:
+        return None
+    raw = data[4 : 4 + (head - 0xA0)]
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def is_swarm_frame(data: bytes) -> bool:
+    """Whether a frame is the chunk swarm's (``core.swarm.is_swarm_kind`` of its kind)."""
+    return is_swarm_kind(frame_kind(data))
+
+
+class SwarmQueue:
+    """One link's queue of swarm frames: at most ``blocks`` blocks (``put_block`` waits for
+    room) and ``frames`` frames in all (``put_nowait`` refuses beyond it)."""
+
+    def __init__(self, *, blocks: int = SWARM_BLOCKS, frames: int = SWARM_FRAMES) -> None:
+        self.max_blocks = blocks
+        self.max_frames = frames
+        self._queue: deque[tuple[bytes, bool]] = deque()
+        self._blocks = 0
+        self.closed = False
+        self._readers = trio.lowlevel.ParkingLot()
+        self._writers = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def put_nowait(self, data: bytes) -> bool:
+        if self.closed or len(self._queue) >= self.max_frames:
+            return False
+        self._queue.append((data, False))
+        self._readers.unpark()
+        return True
+
+    async def put_block(self, data: bytes) -> bool:
+        """Queue a block once there is room; False if the link closed first."""
+        while not self.closed and (
+            self._blocks >= self.max_blocks or len(self._queue) >= self.max_frames
+        ):
+            await self._writers.park()
+        if self.closed:
+            return False
+        self._queue.append((data, True))
+        self._blocks += 1
+        self._readers.unpark()
+        return True
+
+    async def get(self) -> bytes | None:
+        """The next frame; None once closed and empty."""
+        while not self._queue and not self.closed:
+            await self._readers.park()
+        if not self._queue:
+            return None
+        data, block = self._queue.popleft()
+        if block:
+            self._blocks -= 1
+        self._writers.unpark()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self._readers.unpark_all()
+        self._writers.unpark_all()
 
 
 def _no_status() -> g.Status:
@@ -187,6 +291,11 @@ class _Peer:
     #: Closed because it broke or went silent (not in order): the core redials the peer.
     lost: bool = False
     why: str = "closed"
+    #: Swarm frames (their own queue and writer) and the one-send-at-a-time lock.
+    swarm: SwarmQueue = field(default_factory=SwarmQueue)
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    #: Opened by the swarm (``open_extra``), not by the core.
+    extra: bool = False
 
 
 def path_of(link: Link) -> str:
@@ -222,6 +331,8 @@ class GossipStats:
     #: Signaling blobs that verify as neither an offer nor an awaited answer (altered or
     #: forged in transit): dropped before anything is dialed.
     signals_refused: int = 0
+    #: Frames handed to the swarm instead of the gossip core.
+    swarm_frames_in: int = 0
     last_penalty: dict[str, str] = field(default_factory=dict)
 
 
@@ -289,6 +400,9 @@ class GossipService:
         self._unanswered: dict[str, float] = {}
         self._accepting = 0
         self._rtc_logged: dict[str, float] = {}
+        #: The chunk swarm sharing these links (the node sets it; None: no swarm).
+        self.swarm: SwarmSink | None = None
+        self._extra_dials: set[str] = set()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -541,6 +655,115 @@ class GossipService:
             return
         entry.closing = True
         entry.send.close()  # the writer flushes what is queued, then closes the link
+        entry.swarm.close()
+        if self.swarm is not None:
+            self.swarm.link_down(peer)
+
+    def _link_gone(self, peer: str, entry: _Peer) -> None:
+        """``entry``, the link of ``peer``, is gone (not replaced): tell the cores."""
+        self.stats.links_down += 1
+        self.stats.links_lost += entry.lost
+        if self.core is not None:
+            with contextlib.suppress(Exception):
+                self._handle(g.LinkDown(peer=peer, reason=entry.why, lost=entry.lost))
+        if self.swarm is not None:
+            self.swarm.link_down(peer)
+        self._wake.set()
+
+    # -- the swarm's side of the links ---------------------------------------------------------
+
+    def send_swarm(self, peer: str, data: bytes) -> bool:
+        """Queue a small swarm frame on ``peer``'s link; False if gone or its queue is full."""
+        entry = self._peers.get(peer)
+        if entry is None or entry.closing:
+            return False
+        if entry.swarm.put_nowait(data):
+            return True
+        self.stats.frames_dropped += 1
+        return False
+
+    async def send_block(self, peer: str, data: bytes) -> bool:
+        """Queue a block on ``peer``'s link, waiting for room; False if the link went."""
+        entry = self._peers.get(peer)
+        if entry is None or entry.closing:
+            return False
+        return await entry.swarm.put_block(data)
+
+    def contact_of(self, node: str) -> g.Contact | None:
+        """Where ``node`` can be dialed, from what the core knows (its views and links)."""
+        return self.core.contact_of(node) if self.core is not None else None
+
+    def holders(self, artifact: str) -> list[tuple[str, str, int]]:
+        """``Gossip.holders``: nodes whose heartbeats say they hold or fetch ``artifact``."""
+        return self.core.holders(artifact) if self.core is not None else []
+
+    def is_banned(self, peer: str) -> bool:
+        core = self.core
+        return core is not None and core.is_banned(peer, self.clock.monotonic())
+
+    def extra_links(self) -> list[str]:
+        """Peers linked by ``open_extra`` (still linked)."""
+        return [p for p, e in self._peers.items() if e.extra]
+
+    def open_extra(self, contact: g.Contact) -> bool:
+        """Dial ``contact`` (tcp) for the swarm: a link in no view, pinned; False if one is
+        there or being dialed already, the peer is banned, or gossip is not running."""
+        node, nursery = contact.node, self._nursery
+        if (
+            nursery is None
+            or node == self.node
+            or node in self._peers
+            or node in self._extra_dials
+            or self.is_banned(node)
+        ):
+            return False
+        self._extra_dials.add(node)
+        nursery.start_soon(self._dial_extra, contact)
+        return True
+
+    async def _dial_extra(self, contact: g.Contact) -> None:
+        node = contact.node
+        try:
+            try:
+                link = await self._connect(contact.host, contact.port, node)
+            except LinkError as exc:
+                self.log(f"swarm: extra link to {node[:12]} failed: {exc}")
+                return
+        finally:
+            self._extra_dials.discard(node)
+        if node in self._peers:  # it linked to us meanwhile: that link serves
+            await link.aclose()
+            return
+        await self._adopt(link, outbound=True, contact=contact, extra=True)
+
+    def close_extra(self, peer: str) -> None:
+        """The swarm is done with ``peer``'s extra link: closed, unless gossip made it an
+        active neighbour meanwhile (then only unpinned)."""
+        entry = self._peers.get(peer)
+        core = self.core
+        if entry is None or core is None:
+            return
+        if peer in core.active:
+            entry.extra = False
+            self._handle(g.LinkPinned(peer=peer, pinned=False))
+            return
+        self._disconnect(peer)
+        self._handle(g.LinkDown(peer=peer, reason="swarm done"))
+        self.stats.links_down += 1
+        self._wake.set()
+
+    def pin(self, peer: str, pinned: bool) -> None:
+        """Tell the core the swarm uses (or stopped using) ``peer``'s link."""
+        if peer in self._peers and self.core is not None:
+            self._handle(g.LinkPinned(peer=peer, pinned=pinned))
+
+    def ban(self, peer: str, reason: str, until: float) -> None:
+        """A swarm ban (proven bad data): gossip bans the node too and closes its link."""
+        if self.core is None:
+            return
+        self._handle(g.PeerBanned(peer=peer, reason=reason, until=until))
+        if peer in self._peers:  # (the core knew no link of it: close it all the same)
+            self._disconnect(peer)
 
     # -- links -------------------------------------------------------------------------------
 
@@ -801,7 +1024,9 @@ class GossipService:
     async def _inbound(self, link: Link) -> None:
         await self._adopt(link, outbound=False, contact=None)
 
-    async def _adopt(self, link: Link, *, outbound: bool, contact: g.Contact | None) -> None:
+    async def _adopt(
+        self, link: Link, *, outbound: bool, contact: g.Contact | None, extra: bool = False
+    ) -> None:
         """Run one link until it closes (this task is its reader)."""
         peer = link.peer
         if peer == self.node:
@@ -818,11 +1043,20 @@ class GossipService:
                 return
             existing.closing = True
             existing.send.close()
+            existing.swarm.close()
+            extra = extra or existing.extra
         send, recv = trio.open_memory_channel[bytes](SEND_QUEUE)
         now = self.clock.monotonic()
         path = path_of(link)
         entry = _Peer(
-            link=link, outbound=outbound, send=send, recv=recv, path=path, sent=now, heard=now
+            link=link,
+            outbound=outbound,
+            send=send,
+            recv=recv,
+            path=path,
+            sent=now,
+            heard=now,
+            extra=extra,
         )
         self._peers[peer] = entry
         if existing is None or existing.path != path:  # a replacement is silent but its path
@@ -837,23 +1071,24 @@ class GossipService:
                     peer=peer, host=link.host, inbound=not outbound, contact=contact, path=path
                 )
             )
+            if extra and self._peers.get(peer) is entry:
+                self._handle(g.LinkPinned(peer=peer))
+            if self.swarm is not None and self._peers.get(peer) is entry:
+                self.swarm.link_up(peer)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, entry)
+                nursery.start_soon(self._swarm_writer, entry)
                 nursery.start_soon(self._keepalive, entry)
                 await self._reader(entry)
                 nursery.cancel_scope.cancel()
         finally:
+            entry.swarm.close()
             with trio.CancelScope(shield=True):
                 await link.aclose()
             if self._peers.get(peer) is entry:
                 del self._peers[peer]
-                self.stats.links_down += 1
-                self.stats.links_lost += entry.lost
-                if self.core is not None:
-                    with contextlib.suppress(Exception):
-                        self._handle(g.LinkDown(peer=peer, reason=entry.why, lost=entry.lost))
-                self._wake.set()
+                self._link_gone(peer, entry)
 
     async def _reader(self, entry: _Peer) -> None:
         link = entry.link
@@ -875,13 +1110,38 @@ class GossipService:
             if not data:
                 continue  # a keepalive: for this shell only, never for the core
             self.stats.frames_in += 1
+            if self.swarm is not None and is_swarm_frame(data):
+                self.stats.swarm_frames_in += 1
+                self.swarm.frame(link.peer, data)
+                continue
             self._handle(g.Received(peer=link.peer, data=data))
+
+    async def _swarm_writer(self, entry: _Peer) -> None:
+        """Drain the link's swarm queue, one send at a time with the gossip writer."""
+        link = entry.link
+        while (data := await entry.swarm.get()) is not None:
+            try:
+                async with entry.lock:
+                    await link.send(data)
+            except (LinkError, ValueError) as exc:
+                if not entry.closing and isinstance(exc, LinkError):
+                    entry.lost, entry.why = True, f"broken: {exc}"[:200]
+                    entry.closing = True
+                    with trio.CancelScope(shield=True):
+                        await link.aclose()  # the reader sees it and ends the link
+                return
+            entry.sent = self.clock.monotonic()
+            entry.bytes_out += len(data)
+            if entry.path == "relay":
+                self.stats.relayed_bytes += len(data)
+            self.stats.frames_out += 1
 
     async def _writer(self, entry: _Peer) -> None:
         link = entry.link
         async for data in entry.recv:
             try:
-                await link.send(data)
+                async with entry.lock:
+                    await link.send(data)
             except (LinkError, ValueError) as exc:
                 if not entry.closing and isinstance(exc, LinkError):
                     entry.lost, entry.why = True, f"broken: {exc}"[:200]

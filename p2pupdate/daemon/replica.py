@@ -265,14 +265,25 @@ class QuorumClient:
         for index in todo:
             if index in held:
                 continue  # nothing verified is fetched twice (nor asked for twice)
-            await self._fetch_chunk(store, chunk_map, index, timing)
+            data = await self.fetch_chunk(chunk_map, index, timing)
+            if not await trio.to_thread.run_sync(store.put_chunk, artifact, index, data):
+                raise CoordinatorUnavailable(f"chunk {index} of {artifact[:16]}... not stored")
             held.add(index)
             fetched += 1
         return fetched
 
-    async def _fetch_chunk(
-        self, store: ChunkStore, chunk_map: ChunkMap, index: int, timing: UpdaterConfig
-    ) -> None:
+    async def fetch_chunk(
+        self, chunk_map: ChunkMap, index: int, timing: UpdaterConfig = ORIGIN_TIMING
+    ) -> bytes:
+        """Chunk ``index`` of ``chunk_map``'s artifact from the replicas' origin, verified:
+        the one home of the origin's rules for one chunk (``fetch_artifact`` and the swarm's
+        ``FetchFromOrigin`` both come here).
+
+        Replicas are asked in turn; one that serves bytes that are not the chunk is at fault
+        (``BadChunk``, logged) and the next is asked.  When every replica that answered said
+        "try-peers", the node waits the smallest ``retry_after`` with jitter
+        (``timing.refusal_wait``; one log line per wait) and asks again, at most
+        ``MAX_TRY_PEERS_WAITS`` times.  ``CoordinatorUnavailable`` when no replica has it."""
         artifact = chunk_map.artifact
         length = chunk_map.chunks[index].length
         for _wait in range(MAX_TRY_PEERS_WAITS + 1):
@@ -289,8 +300,8 @@ class QuorumClient:
                 if isinstance(got, TryPeers):
                     refused.append(got)
                     continue
-                if await trio.to_thread.run_sync(store.put_chunk, artifact, index, got):
-                    return
+                if await trio.to_thread.run_sync(chunk_map.check, index, got):
+                    return got
                 bad = BadChunk(f"{link.base} served chunk {index} of {artifact[:16]}... wrong")
                 self.log(f"origin: {bad}: asking the next replica for it")
                 errors.append(str(bad))

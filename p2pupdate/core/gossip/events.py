@@ -113,6 +113,29 @@ class SendSignal(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LinkPinned(Event):
+    """The chunk swarm uses the link to ``peer`` (``pinned``) or stopped using it.
+
+    A pinned link in no view is not closed as idle (a holder the swarm dialed for an
+    artifact, or a fetcher that dialed us): the swarm closes it itself when done.  Such a
+    link going down soon after it came up is no failure of the peer (no redial backoff).
+    Pinning changes no view: the link may still become an active one the usual way."""
+
+    peer: str
+    pinned: bool = True
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PeerBanned(Event):
+    """Another protocol over the node's links (the chunk swarm) proved ``peer`` bad: gossip
+    bans it too until ``until`` (monotonic), drops it from its views and closes its link."""
+
+    peer: str
+    reason: str
+    until: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StatusChanged(Event):
     """New version/state/load; goes into the next heartbeat and the next epoch."""
 

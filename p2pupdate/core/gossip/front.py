@@ -25,7 +25,9 @@ from .events import (
     Event,
     Introduced,
     LinkDown,
+    LinkPinned,
     LinkUp,
+    PeerBanned,
     Publish,
     Received,
     SendSignal,
@@ -149,6 +151,15 @@ class Gossip:
         """Each linked peer's path (``links.PATH_KINDS``: ``tcp``, or an rtc link's selected
         candidate pair kind, ``relay`` being a TURN server's)."""
         return {p: link.path for p, link in self._membership.links.items()}
+
+    def contact_of(self, node: str) -> Contact | None:
+        """Where ``node`` can be dialed, as far as this node knows: its active-view entry,
+        its link's contact, or its passive-view entry (introductions land there)."""
+        m = self._membership
+        got = m.active.get(node)
+        if got is None and node in m.links:
+            got = m.links[node].contact
+        return got if got is not None else m.passive.get(node)
 
     def can_relay(self, to: str) -> bool:
         """Whether a linked peer could relay a signaling blob to ``to`` (a ``SendSignal``
@@ -301,6 +312,12 @@ class Gossip:
         if sanction is not None:
             self._membership.drop(peer, sanction.reason, out, ban_until=sanction.ban_until)
 
+    def _on_banned(self, ev: PeerBanned, now: float, utc_now: int, out: Out) -> None:
+        """A ban the swarm proved: refused here too, out of the views, its link closed."""
+        self._reputation.ban(ev.peer, ev.until)
+        if ev.peer in self._membership.links or ev.peer in self._membership.passive:
+            self._membership.drop(ev.peer, f"banned: {ev.reason}", out, ban_until=ev.until)
+
     def _activated(self, peer: str) -> None:
         self._heartbeats.owe(peer)
 
@@ -395,6 +412,8 @@ EVENT_HANDLERS: Final[Mapping[type[Event], EventHandler]] = dict(
         _erow(Introduced, _membership, Membership.on_introduced),
         _erow(LinkUp, _membership, Membership.on_link_up),
         _erow(LinkDown, _membership, Membership.on_link_down),
+        _erow(LinkPinned, _membership, Membership.on_link_pinned),
+        _erow(PeerBanned, _front, Gossip._on_banned),
         _erow(DialFailed, _membership, Membership.on_dial_failed),
         _erow(Received, _front, Gossip._on_received),
         _erow(Publish, _rumors, Rumors.on_publish),

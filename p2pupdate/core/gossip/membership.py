@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from .. import timing
 from .context import NodeContext, Out, send
-from .events import Dial, DialFailed, Disconnect, Introduced, LinkDown, LinkUp
+from .events import Dial, DialFailed, Disconnect, Introduced, LinkDown, LinkPinned, LinkUp
 from .messages import (
     ForwardJoin,
     Join,
@@ -73,6 +73,9 @@ class Link:
     contact: Contact | None
     path: str = "tcp"  # ``links.PATH_KINDS``
     messages: int = 0  # this round
+    #: The chunk swarm uses (or used) it: not idle while ``pinned``, its end no failure.
+    pinned: bool = False
+    swarm: bool = False
 
 
 class Membership:
@@ -162,7 +165,7 @@ class Membership:
         peer = ev.peer
         link = self.links.get(peer)
         contact = self.active.get(peer)
-        if link is not None:
+        if link is not None and not link.swarm:
             if now - link.since < self._ctx.config.stable_link:
                 self._failed(peer, now)
             else:
@@ -175,6 +178,14 @@ class Membership:
         if ev.lost and contact is not None and self._ctx.config.lost_redials > 0:
             self._lost[peer] = 0
             self.add_passive(contact, now)
+
+    def on_link_pinned(self, ev: LinkPinned, now: float, utc_now: int, out: Out) -> None:
+        link = self.links.get(ev.peer)
+        if link is not None:
+            link.pinned = ev.pinned
+            link.swarm = True
+            if not ev.pinned:
+                link.since = max(link.since, now)  # idle from now, not from when it came up
 
     def on_dial_failed(self, ev: DialFailed, now: float, utc_now: int, out: Out) -> None:
         node = ev.node
@@ -541,6 +552,7 @@ class Membership:
             elif (
                 peer not in self._asking
                 and peer not in self._shuffling
+                and not link.pinned
                 and now - link.since > cfg.idle_timeout
             ):
                 self.close(peer, "idle", out)

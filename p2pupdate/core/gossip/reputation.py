@@ -159,6 +159,10 @@ class Reputation:
             return Sanction(reason=f"misbehaving: {rule}")
         return None
 
+    def ban(self, peer: str, until: float) -> None:
+        """Refuse ``peer`` until ``until`` (a ban proven elsewhere: the chunk swarm's)."""
+        self._banned[peer] = max(until, self._banned.get(peer, until))
+
     def expire_bans(self, now: float) -> None:
         if self._banned:
             for peer in [p for p, until in self._banned.items() if now >= until]:

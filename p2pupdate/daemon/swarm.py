@@ -1,0 +1,566 @@
+"""The trio shell around ``core.swarm``: chunks over the node's links, the origin as last resort.
+
+``SwarmService`` owns one ``core.swarm.Swarm`` and is the only code that touches it, as
+``GossipService`` is for the gossip core (README "The swarm in the daemon").  The core
+decides everything (what to ask whom, whom to serve, whom to punish, when to go to the
+origin); this module carries out its effects and reports back:
+
+===================  ========================================================================
+``Send``             a small frame onto the peer's link (``GossipService.send_swarm``: the
+                     link's swarm queue; dropped when full -- the core's deadlines repair it)
+``Serve``            the chunk read from the ``ChunkStore`` in a worker thread (verified
+                     there; a few recent chunks cached, since a chunk goes out block by
+                     block), then the ``Block`` frame, *waiting* for room in the link's
+                     swarm queue (``send_block``): a dropped block would cost its
+                     requester a ``request_timeout``
+``ChunkVerified``    ``ChunkStore.put_chunk`` in a worker thread, one at a time, in order
+``FetchFromOrigin``  each chunk from the replicas' origin (``QuorumClient.fetch_chunk``, the
+                     one home of the try-peers wait and the next-replica rule), fed back
+                     as ``OriginChunk`` / ``OriginFailed``
+``Completed``        the fetch waiting for it returns once the store has the whole artifact
+                     (one log line: chunks from peers, from the origin, seconds)
+``Penalised``        logged (one line per peer and rule per minute)
+``Drop``             the peer's extra link (if we opened one) closed; a gossip link stays
+``Ban``              gossip bans the node too (``GossipService.ban``: its reputation and
+                     link table), which closes the link
+===================  ========================================================================
+
+**Sessions.**  ``fetch`` adds an artifact with the chunks the store holds verified and an
+overall deadline, and opens a session (``Opened``) with every linked peer; a link that
+comes up while it runs gets one too.  Every second the service also opens extra links
+(at most ``extra_links``, default ``core.swarm.holders.EXTRA_LINKS``) to holders learned
+from heartbeats (``Gossip.holders``), chosen by ``core.swarm.holders.pick_holders`` among
+those with a known contact.  An extra link is pinned in gossip (not closed as idle, not in
+any view) and closed once no download of ours needs it and the peer sent no swarm frame
+for ``EXTRA_LINGER`` (nothing is being served over it).  A link a peer opened to us
+carries swarm frames too: it is pinned while swarm frames flow on it, unpinned after
+``PIN_IDLE`` without one (gossip's idle rule then applies).
+
+**Seeding.**  ``seed`` adds an artifact the store holds whole (verified on open) as held:
+the node serves it to whoever opens a session.  The node seeds what it holds at start
+(once it knows the release records) and what it has just fetched.  ``remove`` forgets one
+(the store's cleanup removed it).
+
+The clock is the node's :class:`~p2pupdate.clock.Clock`: the core's ``now`` is
+``clock.monotonic()`` (trio's clock, so a test on ``MockClock`` moves every deadline);
+``completed_at`` in the status is ``clock.wall()``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, TypeVar
+
+import trio
+
+from ..clock import Clock
+from ..core import gossip as g
+from ..core import swarm as sw
+from ..core.swarm.chunks import ChunkMap
+from ..core.swarm.holders import EXTRA_LINKS, pick_holders
+from ..errors import CoordinatorFault
+from .chunkstore import ChunkStore
+
+__all__ = ["FetchResult", "SwarmLinks", "SwarmService"]
+
+#: How often extra links are sought and idle ones closed (seconds).
+SWEEP: Final = 1.0
+#: An extra link no download needs is closed after the peer sent no swarm frame this long.
+EXTRA_LINGER: Final = 2.0
+#: A link swarm frames flowed on stays pinned in gossip until this long without one.
+PIN_IDLE: Final = 30.0
+#: Origin chunk fetches at once (each one chunk at a time, in a worker thread).
+ORIGIN_PARALLEL: Final = 2
+#: After the origin could not serve a chunk, wait this long before saying so (the core
+#: asks again at once: a replica that is down must not be asked in a loop).
+ORIGIN_RETRY: Final = 1.0
+#: Recently read chunks kept for serving their next blocks (bytes).
+CACHE_BYTES: Final = 8 << 20
+#: One log line per (peer, rule) per this many seconds.
+PENALTY_LOG_INTERVAL: Final = 60.0
+
+OriginFetch = Callable[[ChunkMap, int], Awaitable[bytes]]
+T = TypeVar("T")
+RunBlocking = Callable[..., Awaitable[Any]]
+
+
+class SwarmLinks(Protocol):
+    """What the swarm needs of the node's links (``daemon.gossip.GossipService``)."""
+
+    node: str
+
+    def linked(self) -> list[str]: ...
+
+    def send_swarm(self, peer: str, data: bytes) -> bool: ...
+
+    async def send_block(self, peer: str, data: bytes) -> bool: ...
+
+    def contact_of(self, node: str) -> g.Contact | None: ...
+
+    def holders(self, artifact: str) -> list[tuple[str, str, int]]: ...
+
+    def is_banned(self, peer: str) -> bool: ...
+
+    def open_extra(self, contact: g.Contact) -> bool: ...
+
+    def close_extra(self, peer: str) -> None: ...
+
+    def extra_links(self) -> list[str]: ...
+
+    def pin(self, peer: str, pinned: bool) -> None: ...
+
+    def ban(self, peer: str, reason: str, until: float) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FetchResult:
+    """How one artifact came: chunks held before, from peers, from the origin; seconds."""
+
+    artifact: str
+    held: int
+    peers: int
+    origin: int
+    seconds: float
+
+
+@dataclass(kw_only=True, slots=True)
+class _Track:
+    """The shell's side of one artifact: counts, the fetch waiting, the extra links."""
+
+    cmap: ChunkMap
+    started: float
+    held: int
+    done: trio.Event = field(default_factory=trio.Event)
+    fetching: bool = False
+    core_complete: bool = False
+    puts: int = 0  # ChunkVerified not yet stored
+    from_peers: int = 0
+    from_origin: int = 0
+    completed_at: float | None = None  # wall clock
+    finished: float | None = None  # monotonic
+    error: str | None = None
+    extras: set[str] = field(default_factory=set)
+
+
+def _seconds(track: _Track) -> float:
+    return 0.0 if track.finished is None else max(0.0, track.finished - track.started)
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+class SwarmService:
+    """One node's chunk swarm over its gossip links.  ``run`` it in the node's nursery."""
+
+    def __init__(
+        self,
+        *,
+        links: SwarmLinks,
+        store: ChunkStore,
+        clock: Clock,
+        config: sw.SwarmConfig | None = None,
+        origin: OriginFetch | None = None,
+        uplink: float | None = None,
+        rng: random.Random | None = None,
+        log: Callable[[str], None] = lambda _m: None,
+        extra_links: int = EXTRA_LINKS,
+        run_blocking: RunBlocking = _in_thread,
+    ) -> None:
+        self.links = links
+        self.store = store
+        self.clock = clock
+        self.config = config if config is not None else sw.SwarmConfig()
+        self.origin = origin
+        self.uplink = uplink
+        self.rng = rng if rng is not None else random.Random()
+        self.log = log
+        self.extra_links = extra_links
+        self.run_blocking = run_blocking
+        self.core: sw.Swarm | None = None
+        self.bytes_up = 0
+        self.bytes_down_peers = 0
+        self.bytes_down_origin = 0
+        self.frames_dropped = 0
+        self._tracks: dict[str, _Track] = {}
+        self._heard: dict[str, float] = {}  # peer -> last swarm frame from it
+        self._pinned: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._started = trio.Event()
+        self._puts_send, self._puts_recv = trio.open_memory_channel[sw.ChunkVerified](math.inf)
+        self._origin_slots = trio.Semaphore(ORIGIN_PARALLEL)
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._cache_bytes = 0
+        self._reading: dict[tuple[str, int], trio.Event] = {}
+        self._penalty_logged: dict[tuple[str, str], float] = {}
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the core's timer and the store writer until cancelled."""
+        now = self.clock.monotonic()
+        self.core = sw.Swarm(config=self.config, rng=self.rng, now=now)
+        if self.uplink is not None:
+            self._handle(sw.UplinkMeasured(rate=self.uplink))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._writer)
+            self._started.set()
+            task_status.started()
+            await self._loop()
+
+    async def _loop(self) -> None:
+        core = self.core
+        assert core is not None
+        next_sweep = self.clock.monotonic()
+        while True:
+            when = core.get_timer()
+            at = next_sweep if when is None else min(when, next_sweep)
+            with trio.move_on_at(at):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = self.clock.monotonic()
+            timer = core.get_timer()
+            if timer is not None and timer <= now:
+                self._perform(core.handle_timer(now))
+            if now >= next_sweep:
+                next_sweep = now + SWEEP
+                self._sweep(now)
+
+    def _handle(self, event: sw.Event) -> None:
+        core = self.core
+        if core is None:
+            return
+        self._perform(core.handle(event, self.clock.monotonic()))
+        self._wake.set()
+
+    # -- what the node asks ----------------------------------------------------------------
+
+    async def fetch(self, cmap: ChunkMap, *, deadline: float | None = None) -> FetchResult:
+        """``cmap``'s artifact into the store, from peers first, the origin for the rest;
+        resumes from what the store holds verified.  A second call for an artifact being
+        fetched waits for the same download.  Raises ``OSError`` if the store failed."""
+        await self._started.wait()
+        core = self.core
+        assert core is not None
+        artifact = cmap.artifact
+        track = self._tracks.get(artifact)
+        if track is None or (track.done.is_set() and track.error is not None):
+            held = await self.run_blocking(self.store.open, cmap)
+            track = _Track(cmap=cmap, started=self.clock.monotonic(), held=len(held))
+            self._tracks[artifact] = track
+            core.remove(artifact)  # (a failed one: its core state starts over)
+            if len(held) == cmap.count:
+                self._perform(core.add(cmap, held=held, now=self.clock.monotonic()))
+                track.completed_at = self.clock.wall()
+                track.done.set()
+            else:
+                track.fetching = True
+                now = self.clock.monotonic()
+                self._perform(core.add(cmap, held=held, now=now, deadline=deadline))
+                for peer in self.links.linked():
+                    self._perform(core.handle(sw.Opened(peer=peer, artifact=artifact), now))
+                self._sweep(now)
+                self._wake.set()
+        await track.done.wait()
+        if track.error is not None:
+            raise OSError(track.error)
+        return FetchResult(
+            artifact=artifact,
+            held=track.held,
+            peers=track.from_peers,
+            origin=track.from_origin,
+            seconds=_seconds(track),
+        )
+
+    async def seed(self, cmap: ChunkMap) -> bool:
+        """Serve ``cmap``'s artifact if the store holds it whole (verified as it opens);
+        False if it does not (a partial one resumes when the node fetches it)."""
+        await self._started.wait()
+        core = self.core
+        assert core is not None
+        artifact = cmap.artifact
+        if artifact in self._tracks:
+            return self._tracks[artifact].done.is_set()
+        if not self.store.path(artifact).is_file():
+            return False
+        held = await self.run_blocking(self.store.open, cmap)
+        if len(held) < cmap.count or artifact in self._tracks:
+            return artifact in self._tracks
+        track = _Track(cmap=cmap, started=self.clock.monotonic(), held=len(held))
+        track.done.set()
+        self._tracks[artifact] = track
+        self._perform(core.add(cmap, held=held, now=self.clock.monotonic()))
+        self.log(f"swarm: seeding {artifact[:16]}... ({cmap.count} chunks)")
+        return True
+
+    def remove(self, artifact: str) -> None:
+        """Stop serving and fetching ``artifact`` (the store removed it)."""
+        if self.core is not None:
+            self.core.remove(artifact)
+        track = self._tracks.pop(artifact, None)
+        if track is not None and not track.done.is_set():
+            track.error = f"{artifact[:16]}... was removed from the store"
+            track.done.set()
+        for key in [k for k in self._cache if k[0] == artifact]:
+            self._cache_bytes -= len(self._cache.pop(key))
+
+    def holds(self, artifact: str) -> bool:
+        """Whether ``artifact`` is served whole here."""
+        track = self._tracks.get(artifact)
+        return track is not None and track.done.is_set() and track.error is None
+
+    # -- what the links tell us ------------------------------------------------------------
+
+    def frame(self, peer: str, data: bytes) -> None:
+        """A swarm frame from ``peer`` (``GossipService``'s reader)."""
+        now = self.clock.monotonic()
+        self._heard[peer] = now
+        if peer not in self._pinned:
+            self._pinned.add(peer)
+            self.links.pin(peer, True)
+        self._handle(sw.Received(peer=peer, data=data))
+
+    def link_up(self, peer: str) -> None:
+        """A new link: a session for every artifact being fetched."""
+        core = self.core
+        if core is None:
+            return
+        now = self.clock.monotonic()
+        for artifact, track in self._tracks.items():
+            if track.fetching and not track.done.is_set():
+                self._perform(core.handle(sw.Opened(peer=peer, artifact=artifact), now))
+        self._wake.set()
+
+    def link_down(self, peer: str) -> None:
+        self._heard.pop(peer, None)
+        self._pinned.discard(peer)
+        for track in self._tracks.values():
+            track.extras.discard(peer)
+        self._handle(sw.PeerGone(peer=peer))
+
+    # -- effects ---------------------------------------------------------------------------
+
+    def _perform(self, effects: Iterable[sw.Effect]) -> None:
+        nursery = self._nursery
+        for eff in effects:
+            if isinstance(eff, sw.Send):
+                if not self.links.send_swarm(eff.peer, eff.data):
+                    self.frames_dropped += 1
+            elif isinstance(eff, sw.Serve):
+                assert nursery is not None
+                nursery.start_soon(self._serve, eff)
+            elif isinstance(eff, sw.ChunkVerified):
+                self._verified(eff)
+            elif isinstance(eff, sw.FetchFromOrigin):
+                assert nursery is not None
+                nursery.start_soon(self._from_origin, eff)
+            elif isinstance(eff, sw.OriginRefused):
+                self.log(f"swarm: the origin's chunk {eff.index} of {eff.artifact[:16]}... "
+                         f"refused: {eff.reason}")  # fmt: skip
+            elif isinstance(eff, sw.Completed):
+                track = self._tracks.get(eff.artifact)
+                if track is not None:
+                    track.core_complete = True
+                    self._maybe_done(track)
+            elif isinstance(eff, sw.Penalised):
+                self._penalised(eff)
+            elif isinstance(eff, sw.Drop):
+                self.log(f"swarm: dropped peer {eff.peer[:12]}: {eff.reason}")
+                if eff.peer in self.links.extra_links():
+                    self.links.close_extra(eff.peer)
+            elif isinstance(eff, sw.Ban):
+                self.log(f"swarm: banned peer {eff.peer[:12]}: {eff.reason}")
+                self.links.ban(eff.peer, eff.reason, eff.until)
+
+    def _penalised(self, p: sw.Penalised) -> None:
+        now = self.clock.monotonic()
+        key = (p.peer, p.rule)
+        if now - self._penalty_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
+            self._penalty_logged[key] = now
+            if len(self._penalty_logged) > 1024:
+                del self._penalty_logged[next(iter(self._penalty_logged))]
+            self.log(
+                f"swarm: peer {p.peer[:12]} penalised {p.points:g} for {p.rule} "
+                f"(score {p.score:g}): {p.detail}"
+            )
+
+    def _verified(self, eff: sw.ChunkVerified) -> None:
+        track = self._tracks.get(eff.artifact)
+        if track is None:
+            return
+        if eff.source == "origin":
+            track.from_origin += 1
+            self.bytes_down_origin += len(eff.data)
+        else:
+            track.from_peers += 1
+            self.bytes_down_peers += len(eff.data)
+        track.puts += 1
+        self._puts_send.send_nowait(eff)
+
+    async def _writer(self) -> None:
+        """Store verified chunks one at a time (the store fsyncs each)."""
+        async for eff in self._puts_recv:
+            track = self._tracks.get(eff.artifact)
+            try:
+                ok = await self.run_blocking(
+                    self.store.put_chunk, eff.artifact, eff.index, eff.data
+                )
+                if not ok:
+                    raise OSError(f"the store refused chunk {eff.index} of {eff.artifact[:16]}...")
+            except (OSError, KeyError) as exc:
+                self.log(
+                    f"swarm: storing chunk {eff.index} of {eff.artifact[:16]}... failed: {exc}"
+                )
+                if track is not None and self._tracks.get(eff.artifact) is track:
+                    track.error = f"store: {exc}"
+                    track.done.set()
+            if track is not None:
+                track.puts -= 1
+                self._maybe_done(track)
+
+    def _maybe_done(self, track: _Track) -> None:
+        if track.done.is_set() or not track.core_complete or track.puts:
+            return
+        artifact = track.cmap.artifact
+        if not self.store.complete(artifact):
+            track.error = f"{artifact[:16]}... complete in the swarm but not in the store"
+            track.done.set()
+            return
+        track.finished = self.clock.monotonic()
+        track.completed_at = self.clock.wall()
+        track.fetching = False
+        track.done.set()
+        self.log(
+            f"swarm: {artifact[:16]}... complete: {track.from_peers} chunks from peers, "
+            f"{track.from_origin} from the origin in {_seconds(track):.1f} s"
+        )
+        self._wake.set()  # the sweep closes extra links no longer needed
+
+    async def _serve(self, eff: sw.Serve) -> None:
+        data = await self._chunk(eff.artifact, eff.chunk)
+        if data is None:
+            return  # the store dropped it (changed on disk): the requester asks elsewhere
+        frame = eff.message(data[eff.offset : eff.offset + eff.length])
+        if await self.links.send_block(eff.peer, frame):
+            self.bytes_up += eff.length
+
+    async def _chunk(self, artifact: str, index: int) -> bytes | None:
+        """A verified chunk, from the cache or the store (one read per chunk at a time)."""
+        key = (artifact, index)
+        while True:
+            got = self._cache.get(key)
+            if got is not None:
+                self._cache.move_to_end(key)
+                return got
+            reading = self._reading.get(key)
+            if reading is None:
+                break
+            await reading.wait()
+            if key not in self._cache:
+                return None
+        done = self._reading[key] = trio.Event()
+        try:
+            data: bytes | None = await self.run_blocking(self.store.read_chunk, artifact, index)
+        finally:
+            del self._reading[key]
+            done.set()
+        if data is not None:
+            self._cache[key] = data
+            self._cache_bytes += len(data)
+            while self._cache_bytes > CACHE_BYTES and len(self._cache) > 1:
+                self._cache_bytes -= len(self._cache.popitem(last=False)[1])
+        return data
+
+    async def _from_origin(self, eff: sw.FetchFromOrigin) -> None:
+        track = self._tracks.get(eff.artifact)
+        if track is None:
+            return
+        cmap = track.cmap
+        for index in eff.chunks:
+            if self._tracks.get(eff.artifact) is not track:
+                return
+            async with self._origin_slots:
+                try:
+                    if self.origin is None:
+                        raise CoordinatorFault("no coordinator: no origin to ask")
+                    data = await self.origin(cmap, index)
+                except (CoordinatorFault, OSError) as exc:
+                    self.log(f"swarm: origin chunk {index} of {eff.artifact[:16]}...: {exc}")
+                    await trio.sleep(ORIGIN_RETRY)
+                    event: sw.Event = sw.OriginFailed(
+                        artifact=eff.artifact, index=index, reason=str(exc)[:200]
+                    )
+                else:
+                    event = sw.OriginChunk(artifact=eff.artifact, index=index, data=data)
+            self._handle(event)
+
+    # -- links: extra ones, pins -----------------------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        """Open extra links to holders of what is being fetched; close the ones no longer
+        needed; unpin links the swarm stopped using."""
+        links = self.links
+        linked = set(links.linked())
+        extras_up = set(links.extra_links())
+        needed: set[str] = set()
+        banned = self.core.banned if self.core is not None else {}
+        for artifact, track in self._tracks.items():
+            if not track.fetching or track.done.is_set():
+                continue
+            needed |= track.extras
+            room = self.extra_links - len(track.extras)
+            if room <= 0:
+                continue
+            holders = links.holders(artifact)
+            contacts = {n: links.contact_of(n) for n, _s, _f in holders}
+            picks = pick_holders(
+                holders,
+                me=links.node,
+                linked=linked,
+                reachable={n for n, c in contacts.items() if c is not None},
+                banned={n for n in contacts if n in banned or links.is_banned(n)},
+                limit=room,
+            )
+            for node in picks:
+                contact = contacts[node]
+                if contact is not None and links.open_extra(contact):
+                    track.extras.add(node)
+                    needed.add(node)
+        for peer in extras_up - needed:
+            if now - self._heard.get(peer, -math.inf) >= EXTRA_LINGER:
+                links.close_extra(peer)
+        for peer in [p for p in self._pinned if now - self._heard.get(p, now) >= PIN_IDLE]:
+            self._pinned.discard(peer)
+            links.pin(peer, False)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """The status file's ``swarm`` object."""
+        core = self.core
+        now = self.clock.monotonic()
+        artifacts: dict[str, Any] = {}
+        for st in core.status() if core is not None else ():
+            track = self._tracks.get(st.artifact)
+            artifacts[st.artifact] = {
+                "chunks": st.chunks,
+                "held": st.held,
+                "sessions": st.sessions,
+                "origin_chunks": track.from_origin if track is not None else st.origin_chunks,
+                "completed_at": track.completed_at if track is not None else None,
+            }
+        banned = core.banned if core is not None else {}
+        return {
+            "bytes_up": self.bytes_up,
+            "bytes_down_peers": self.bytes_down_peers,
+            "bytes_down_origin": self.bytes_down_origin,
+            "peers": len(self._heard),
+            "banned": sum(1 for until in banned.values() if until > now),
+            "artifacts": artifacts,
+        }
