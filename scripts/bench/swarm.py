@@ -172,7 +172,9 @@ def _node_help_has(flag: str) -> bool:
 
 
 def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates,
-             timeout: float, procs: Procs) -> Run:  # fmt: skip
+             timeout: float, procs: Procs) -> tuple[Run, dict[str, Any]]:  # fmt: skip
+    """Our job; returns the run and what the nodes' status files add (``swarm``: whether
+    the nodes ran the swarm; the chunks they say came from the origin and from peers)."""
     work.mkdir(parents=True)
     n = len(net.nodes)
 
@@ -297,8 +299,18 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
     time.sleep(2.5)  # one more status file from each node: the last bytes_up
     poll()
     origin_bytes = int(status()["origin"]["artifacts"].get(sha, {}).get("bytes", 0))
-    return Run(nodes=n, artifact_bytes=artifact.stat().st_size, origin_bytes=origin_bytes,
-               t0=t0, completed_at=completed, samples=samples)  # fmt: skip
+    extra: dict[str, Any] = {"swarm": False}
+    arts = [st[1]["swarm"].get("artifacts", {}).get(sha, {})
+            for st in map(node_status, net.nodes) if st is not None and _has_swarm(st)]  # fmt: skip
+    if arts:
+        extra = {
+            "swarm": True,
+            "node_origin_chunks": sum(int(a.get("origin_chunks", 0)) for a in arts),
+            "node_chunks": sum(int(a.get("chunks", 0)) for a in arts),
+        }
+    run = Run(nodes=n, artifact_bytes=artifact.stat().st_size, origin_bytes=origin_bytes,
+              t0=t0, completed_at=completed, samples=samples)  # fmt: skip
+    return run, extra
 
 
 def _has_swarm(st: tuple[float, dict[str, Any]] | None) -> bool:
@@ -475,10 +487,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"netlab up: prefix {PREFIX}, {args.nodes} public homes")
             if not args.only_libtorrent:
                 try:
-                    ours = run_ours(net, work / "ours", artifact, chunk, rates, timeout, procs)
+                    ours, extra = run_ours(net, work / "ours", artifact, chunk, rates, timeout,
+                                           procs)  # fmt: skip
                 finally:
                     procs.close()
-                out = figures(ours, upload_cap=rates.peer_up, **shape)
+                out = {**figures(ours, upload_cap=rates.peer_up, **shape), **extra}
                 log(f"ours: {json.dumps(out)}")
             if lt is not None and not args.no_libtorrent:
                 try:
