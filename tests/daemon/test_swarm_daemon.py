@@ -34,9 +34,15 @@ RUNNING = "ab" * 32
 GRACE = 0.5
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Network:
-    return Network(tmp_path_factory.mktemp("net") / "network")
+@pytest.fixture
+def network(tmp_path: Path) -> Network:
+    """A network of its own per test: each test's replica publishes its first allowlist."""
+    return Network(tmp_path / "network")
+
+
+def _release(net: Network) -> docs.Release:
+    now = int(time.time())
+    return net.trust().verify(docs.Release, net.release(DATA, "v2", 2), now).doc
 
 
 def _publish(net: Network, url: str) -> ChunkMap:
@@ -93,6 +99,7 @@ async def _start(
     d: Path,
     i: int,
     *,
+    host: str | None = None,
     peers: list[tuple[str, int]] = (),  # type: ignore[assignment]
     url: str | None = None,
     store: ChunkStore | None = None,
@@ -109,7 +116,7 @@ async def _start(
         status=_status_of(store),
         clock=SYSTEM,
         verify=trust_verifier(trust, SYSTEM),
-        listen=(f"127.0.0.{i + 1}", 0),
+        listen=(host or f"127.0.0.{i + 1}", 0),
         peers=list(peers),
         rng=random.Random(i),
         config=gossip_config or g.GossipConfig(round_interval=0.1, heartbeat_interval=0.5),
@@ -169,4 +176,113 @@ async def test_a_fetcher_gets_the_whole_artifact_from_a_seed_with_no_origin_byte
             # the link was gossip's own: the frames went to the swarm, not the gossip core
             assert fetcher.gossip.stats.swarm_frames_in > 0
             assert fetcher.gossip.stats.penalties == 0 and seed.gossip.stats.penalties == 0
+            nursery.cancel_scope.cancel()
+
+
+def _origin_requests(replica: object) -> int:
+    entry = replica.status()["origin"]["artifacts"].get(ART, {})  # type: ignore[attr-defined]
+    return int(entry.get("requests", 0))
+
+
+async def test_only_the_chunks_no_peer_has_come_from_the_origin(
+    network: Network, tmp_path: Path
+) -> None:
+    """Two peers with partial downloads hold chunks 0-19 and 20-35; nobody but the origin
+    has 36-47: exactly those twelve are fetched from it."""
+    with trio.fail_after(20):
+        async with in_process(network) as (replica, url), trio.open_nursery() as nursery:
+            cmap = await trio.to_thread.run_sync(_publish, network, url)
+            one = await _start(nursery, network, tmp_path, 0)  # no origin: peers only
+            _fill(one.store, cmap, range(0, 20))
+            two = await _start(
+                nursery, network, tmp_path, 1, peers=[("127.0.0.1", one.gossip.port)]
+            )
+            _fill(two.store, cmap, range(20, 36))
+            for peer in (one, two):  # both are fetching it (they serve what they hold)
+                nursery.start_soon(peer.swarm.fetch, cmap)
+            fetcher = await _start(
+                nursery,
+                network,
+                tmp_path,
+                2,
+                peers=[("127.0.0.1", one.gossip.port), ("127.0.0.2", two.gossip.port)],
+                url=url,
+            )
+            await _linked((one, fetcher), (two, fetcher))
+            got = await fetcher.swarm.fetch(cmap)  # no deadline: peers are never "too slow"
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (36, 12)
+            assert _origin_requests(replica) == 12
+            assert _origin_bytes(replica) == sum(c.length for c in cmap.chunks[36:])
+            down = fetcher.swarm.summary()
+            assert down["bytes_down_origin"] == _origin_bytes(replica)
+            assert down["artifacts"][ART]["origin_chunks"] == 12
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_extra_link_to_a_holder_outside_the_active_view_is_used_then_closed(
+    network: Network, tmp_path: Path
+) -> None:
+    """The holder shares its host with the fetcher's one neighbour, and the fetcher admits
+    one active neighbour per host: the holder stays out of its view, known only by its
+    heartbeat (through the neighbour) and its contact.  The swarm dials it, fetches
+    everything over that link, and closes it; the views are as they were."""
+    one_per_host = g.GossipConfig(
+        round_interval=0.1, heartbeat_interval=0.5, heartbeat_hops=2, max_active_per_host=1
+    )
+    small = g.GossipConfig(
+        round_interval=0.1,
+        heartbeat_interval=0.5,
+        heartbeat_hops=2,
+        active_min=1,
+        active_target=1,
+        active_max=2,
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            middle = await _start(
+                nursery, network, tmp_path, 6, host="127.0.0.7", gossip_config=small
+            )
+            holder = await _start(
+                nursery,
+                network,
+                tmp_path,
+                7,
+                host="127.0.0.7",  # the neighbour's host: one active neighbour from it
+                peers=[("127.0.0.7", middle.gossip.port)],
+                gossip_config=small,
+            )
+            cmap = ChunkMap.of_release(_release(network))
+            _fill(holder.store, cmap, range(CHUNKS))
+            assert await holder.swarm.seed(cmap)
+            await _linked((middle, holder))
+            fetcher = await _start(
+                nursery,
+                network,
+                tmp_path,
+                8,
+                peers=[("127.0.0.7", middle.gossip.port)],
+                gossip_config=one_per_host,
+            )
+            await _linked((middle, fetcher))
+            core = fetcher.gossip.core
+            assert core is not None
+            # its heartbeat came through the neighbour; its contact with its refused join
+            while not core.holders(ART) or fetcher.gossip.contact_of(holder.id) is None:
+                await trio.sleep(0.02)
+            while holder.id in fetcher.gossip.linked():  # (its refused link, closing)
+                await trio.sleep(0.02)
+            views = (core.active, core.passive)
+            assert holder.id not in core.active and holder.id in core.passive
+            got = await fetcher.swarm.fetch(cmap, deadline=trio.current_time() + 30)
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (CHUNKS, 0)
+            assert fetcher.gossip.stats.extra_links_opened == 1
+            assert holder.swarm.summary()["bytes_up"] == len(DATA)
+            while holder.id in fetcher.gossip.linked():  # closed once nothing flows on it
+                await trio.sleep(0.05)
+            assert fetcher.gossip.stats.extra_links_closed == 1
+            assert (core.active, core.passive) == views
+            assert holder.id not in core.linked
+            assert fetcher.gossip.stats.penalties == holder.gossip.stats.penalties == 0
             nursery.cancel_scope.cancel()
