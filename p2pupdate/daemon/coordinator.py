@@ -135,6 +135,9 @@ class CoordinatorLink:
         #: verified word that a slot of our pool freed for us.
         self.on_learned: Callable[[docs.Allowlist | docs.Scope], None] = lambda _doc: None
         self.on_slot: Callable[[proto.SlotFreed], None] = lambda _freed: None
+        #: Set by the node: a release record newly held (the swarm seeds the artifact if
+        #: the store holds it whole).
+        self.on_release: Callable[[docs.Release], None] = lambda _rel: None
         #: Set by the node when gossip runs: the live estimate, the link addresses, and
         #: where verified documents go to be spread.
         self.estimate_source: Callable[[], dict[str, float] | None] = lambda: None
@@ -274,7 +277,10 @@ class CoordinatorLink:
             kind = docs.peek_type(data)
             if kind == "release":
                 rel = self.trust.store.verify(docs.Release, data, now).doc
+                new = rel.artifact not in self.releases
                 self.releases[rel.artifact] = rel
+                if new:
+                    self.on_release(rel)
             elif kind == "allowlist":
                 allow = self.trust.accept(docs.Allowlist, data, now).doc
                 held = self.allowlist
@@ -406,9 +412,10 @@ class CoordinatorLink:
     def has_release(self, artifact: str) -> bool:
         return artifact in self.releases
 
-    async def prefetch(self, artifact: str, store: ChunkStore, limit: int) -> tuple[int, int]:
-        """The artifact into ``store`` (``store.path(artifact)`` once complete), resuming
-        from the verified chunks it holds; (chunks held before, chunks fetched now)."""
+    def chunk_map(self, artifact: str, limit: int) -> ChunkMap:
+        """How the release record held for ``artifact`` cuts it (``CoordinatorUnavailable``
+        without one, or when it is over ``limit`` bytes): what a fetch, from the origin or
+        the swarm, verifies each chunk against."""
         release = self.releases.get(artifact)
         if release is None:
             raise CoordinatorUnavailable(f"no release record for {artifact[:16]}...")
@@ -416,7 +423,13 @@ class CoordinatorLink:
             raise CoordinatorUnavailable(
                 f"{artifact[:16]}... is {release.length} bytes, over the limit of {limit}"
             )
-        chunk_map = ChunkMap.of_release(release)
+        return ChunkMap.of_release(release)
+
+    async def prefetch(self, artifact: str, store: ChunkStore, limit: int) -> tuple[int, int]:
+        """The artifact into ``store`` (``store.path(artifact)`` once complete), resuming
+        from the verified chunks it holds, from the origin only (``--swarm off``); (chunks
+        held before, chunks fetched now)."""
+        chunk_map = self.chunk_map(artifact, limit)
         held = await trio.to_thread.run_sync(store.open, chunk_map)
         fetched = await self.client.fetch_artifact(store, chunk_map)
         return len(held), fetched

@@ -331,8 +331,10 @@ class GossipStats:
     #: Signaling blobs that verify as neither an offer nor an awaited answer (altered or
     #: forged in transit): dropped before anything is dialed.
     signals_refused: int = 0
-    #: Frames handed to the swarm instead of the gossip core.
+    #: Frames handed to the swarm instead of the gossip core; its extra links.
     swarm_frames_in: int = 0
+    extra_links_opened: int = 0
+    extra_links_closed: int = 0
     last_penalty: dict[str, str] = field(default_factory=dict)
 
 
@@ -734,6 +736,7 @@ class GossipService:
         if node in self._peers:  # it linked to us meanwhile: that link serves
             await link.aclose()
             return
+        self.stats.extra_links_opened += 1
         await self._adopt(link, outbound=True, contact=contact, extra=True)
 
     def close_extra(self, peer: str) -> None:
@@ -750,6 +753,7 @@ class GossipService:
         self._disconnect(peer)
         self._handle(g.LinkDown(peer=peer, reason="swarm done"))
         self.stats.links_down += 1
+        self.stats.extra_links_closed += 1
         self._wake.set()
 
     def pin(self, peer: str, pinned: bool) -> None:

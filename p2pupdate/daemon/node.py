@@ -16,9 +16,12 @@ How the effects are carried out (the updater's module docstring lists the duties
 =================  ==========================================================================
 ``EvaluateGates``  ``--coordinator``: gates 1-2 over the allowlist, scope and releases the
                    replicas sent; else stubbed: the newest build in ``--offer-dir``
-``Prefetch``       the offered artifact if ``--offer-dir`` has it, else the coordinator's
-                   origin chunk by chunk (``chunkstore``: verified, resumed after a kill);
-                   ends as ``store/<sha>.tar.gz``; then the store is cleaned up
+``Prefetch``       the offered artifact if ``--offer-dir`` has it, else through the chunk
+                   swarm when gossip runs (``swarm``: peers first, the coordinator's origin
+                   only for what no peer has), else the origin chunk by chunk
+                   (``chunkstore``: verified, resumed after a kill); ends as
+                   ``store/<sha>.tar.gz``; then the store is cleaned up (what it removes
+                   the swarm stops serving)
 ``AskCoordinator`` ``--coordinator``: every replica asked, ``q`` signatures combined, the
                    token verified (``coordinator.CoordinatorLink``); ``--grant-all``:
                    granted at once (test only); neither: a coordinator error
@@ -63,7 +66,10 @@ import trio
 import p2pupdate
 
 from ..clock import Clock
+from ..core import documents as docs
+from ..core import swarm as sw
 from ..core import updater as up
+from ..core.swarm.chunks import ChunkMap
 from ..launcher.artifact import ArtifactError, read_artifact
 from ..launcher.codes import EXIT_ROLLBACK, EXIT_STOP, EXIT_SWAP
 from ..launcher.faults import crash_point
@@ -79,6 +85,7 @@ from .hooks import NodeHooks
 from .offers import OfferError, OfferSource
 from .options import DaemonOptions
 from .replica import CoordinatorUnavailable
+from .swarm import SwarmService
 from .truststate import TrustFile
 from .workhost import RestoreError, RunBlocking, WorkHost, in_worker_thread
 
@@ -93,6 +100,9 @@ PREFETCH_TIMEOUT = 600.0
 POLL = 0.05
 #: Largest artifact fetched from the coordinator's origin.
 MAX_ARTIFACT = 1 << 30
+#: The swarm's overall deadline for a prefetch: chunks peers cannot bring by then (at the
+#: rate measured) go to the origin, well before the prefetch itself times out.
+SWARM_DEADLINE = PREFETCH_TIMEOUT / 2
 #: Events tagged with this are due in whatever state the updater is (nudges).
 ANY_GENERATION = -1
 
@@ -197,6 +207,25 @@ class Node:
             store_summary=self.store.summary,
         )
         self.hooks.attach()
+        #: The chunk swarm over gossip's links (``--swarm on``, the default, with gossip).
+        self.swarm: SwarmService | None = None
+        if gossip is not None and self.opts.swarm == "on":
+            swarm_config = sw.SwarmConfig(upload_cap=self.opts.swarm_upload_cap)
+            swarm_config.check_frame_limit(gossip.link_config.max_frame)
+            self.swarm = SwarmService(
+                links=gossip,
+                store=self.store,
+                clock=clock,
+                config=swarm_config,
+                origin=coordinator.client.fetch_chunk if coordinator is not None else None,
+                uplink=self.opts.swarm_uplink,
+                rng=random.Random(self.rng.getrandbits(64)),
+                log=self.log,
+                run_blocking=run_blocking,
+            )
+            gossip.swarm = self.swarm
+            if coordinator is not None:
+                coordinator.on_release = self._release_known
 
     @property
     def workload(self) -> Workload:
@@ -238,7 +267,15 @@ class Node:
                 )
                 if self.coord is not None:
                     self.coord.addrs = [self.gossip.advertised]
-                nursery.start_soon(status.refresh_on_gossip_change, self.gossip, self.write_status)
+                if self.swarm is not None:
+                    await nursery.start(self.swarm.run)
+                    self._seed_known()
+                nursery.start_soon(
+                    status.refresh_on_gossip_change,
+                    self.gossip,
+                    self.write_status,
+                    self.swarm.summary if self.swarm is not None else dict,
+                )
                 if self.opts.zeroconf:
                     await self.hooks.start_zeroconf(nursery)
             if self.coord is not None:
@@ -392,6 +429,13 @@ class Node:
                 ):
                     await self.run_blocking(offers.fetch, effect.artifact, dest)
                     how = "offered"
+                elif self.coord is not None and self.swarm is not None:
+                    cmap = self.coord.chunk_map(effect.artifact, MAX_ARTIFACT)
+                    deadline = self.clock.monotonic() + SWARM_DEADLINE
+                    got = await self.swarm.fetch(cmap, deadline=deadline)
+                    how = f"{got.peers} chunk(s) from peers, {got.origin} from the origin" + (
+                        f", {got.held} held already" if got.held else ""
+                    )
                 elif self.coord is not None:
                     held, fetched = await self.coord.prefetch(
                         effect.artifact, self.store, MAX_ARTIFACT
@@ -405,10 +449,41 @@ class Node:
             self.log(f"prefetch of {effect.artifact[:16]}... failed: {exc}")
             return up.PrefetchFailed(artifact=effect.artifact, reason=str(exc) or "timeout")
         self.log(f"prefetched {effect.artifact[:16]}... (release counter {effect.counter}; {how})")
-        await self.run_blocking(self._clean_store, effect.artifact)
+        self._forget(await self.run_blocking(self._clean_store, effect.artifact))
         return up.PrefetchDone(artifact=effect.artifact)
 
-    def _clean_store(self, rolling_out: str | None) -> None:
+    # -- the swarm's seeds -----------------------------------------------------------------------
+
+    def _seed_known(self) -> None:
+        """Seed every artifact whose release record is held already (at start)."""
+        if self.coord is not None:
+            for rel in list(self.coord.releases.values()):
+                self._release_known(rel)
+
+    def _release_known(self, rel: docs.Release) -> None:
+        """A release record newly held: if the store holds its artifact whole, the swarm
+        serves it (the running build, the previous one, one rolled out or fetched)."""
+        swarm, nursery = self.swarm, self._nursery
+        if swarm is None or nursery is None or swarm.holds(rel.artifact):
+            return
+        if not self.store.path(rel.artifact).is_file():
+            return
+        nursery.start_soon(self._seed, ChunkMap.of_release(rel))
+
+    async def _seed(self, cmap: ChunkMap) -> None:
+        assert self.swarm is not None
+        try:
+            await self.swarm.seed(cmap)
+        except OSError as exc:
+            self.log(f"swarm: cannot seed {cmap.artifact[:16]}...: {exc}")
+
+    def _forget(self, removed: tuple[str, ...]) -> None:
+        """What the store's cleanup removed is no longer served."""
+        if self.swarm is not None:
+            for artifact in removed:
+                self.swarm.remove(artifact)
+
+    def _clean_store(self, rolling_out: str | None) -> tuple[str, ...]:
         """Drop from the store what no held allowlist names and what is over its cap;
         never the running build, the previous one, or the one being rolled out."""
         protected = {self.slot}
@@ -425,11 +500,12 @@ class Node:
                 protected.add(linked)
         allow = self.coord.allowlist if self.coord is not None else None
         try:
-            self.store.cleanup(
+            return self.store.cleanup(
                 named=set(allow.artifacts) if allow is not None else None, protected=protected
-            )
+            ).removed
         except OSError as exc:
             self.log(f"store cleanup failed: {exc}")
+            return ()
 
     async def _ask(self, effect: up.AskCoordinator) -> up.Event:
         if self.opts.grant_all:
@@ -670,4 +746,6 @@ class Node:
         doc["gate_checks"] = self.gate_checks
         if self.gossip is not None:
             doc["gossip"] = status.gossip_view(self.gossip, allowlist=self.hooks.newest_allowlist())
+        if self.swarm is not None:
+            doc["swarm"] = self.swarm.summary()
         status.write_status(self.state, doc, self.log)

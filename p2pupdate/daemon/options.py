@@ -153,6 +153,25 @@ def _coordinator(text: str) -> str:
     return text
 
 
+_RATE = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)\s*([kKmMgG])?$")
+_RATE_UNITS = {None: 1.0, "k": 1024.0, "m": 1024.0**2, "g": 1024.0**3}
+#: Swarm modes (``--swarm``).
+SWARM_MODES: Final = ("on", "off")
+
+
+def rate(text: str) -> float:
+    """'512k', '2M', '1.5M', '65536' -> bytes per second (k, M, G: powers of 1024), at
+    least 1 B/s and at most 1 TiB/s."""
+    m = _RATE.match(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 512k, 2M, 1.5M, 65536")
+    unit = m.group(2).lower() if m.group(2) else None
+    value = float(m.group(1)) * _RATE_UNITS[unit]
+    if not 1.0 <= value <= 1024.0**4:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1 byte/s and at most 1T")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Opt:
     flag: str
@@ -299,6 +318,32 @@ OPTIONS: Final = (
         f"(default {UPDATER_DEFAULTS.notice_spread:g}s)",
     ),
     _Opt(
+        flag="--swarm",
+        kind=str,
+        default="on",
+        metavar=None,
+        choices=SWARM_MODES,
+        help="fetch builds from peers over the gossip links (the chunk swarm; the "
+        "coordinator's origin only for chunks no peer has) and serve what this node holds; "
+        "on (default) whenever gossip runs, off: the origin only",
+    ),
+    _Opt(
+        flag="--swarm-upload-cap",
+        kind=rate,
+        default=None,
+        metavar="RATE",
+        help="the most this node uploads to swarm peers, bytes/s (512k, 2M, 1.5M; default: "
+        "no cap beyond half the uplink)",
+    ),
+    _Opt(
+        flag="--swarm-uplink",
+        kind=rate,
+        default=None,
+        metavar="RATE",
+        help="the uplink this node assumes (bytes/s, like --swarm-upload-cap) until it has "
+        "measured one; uploads use half of it (default 1M)",
+    ),
+    _Opt(
         flag="--report-interval",
         kind=seconds,
         default=30.0,
@@ -372,6 +417,9 @@ class DaemonOptions:
     rtc: str = "auto"
     gossip_round: float = 1.0
     gossip_notice_spread: float = UPDATER_DEFAULTS.notice_spread
+    swarm: str = "on"
+    swarm_upload_cap: float | None = None
+    swarm_uplink: float | None = None
     report_interval: float = 30.0
     swap_margin: float = UPDATER_DEFAULTS.swap_margin
     grant_all: bool = False

@@ -126,14 +126,18 @@ def write_status(state: StateDir, status: dict[str, Any], log: Callable[[str], N
 
 
 async def refresh_on_gossip_change(
-    gossip: GossipService, write: Callable[[], None], interval: float = GOSSIP_STATUS_INTERVAL
+    gossip: GossipService,
+    write: Callable[[], None],
+    swarm: Callable[[], object] = dict,
+    interval: float = GOSSIP_STATUS_INTERVAL,
 ) -> None:
-    """Keep the status file's gossip view current (rewritten only when the view changed)."""
+    """Keep the status file's gossip view and ``swarm`` object (``SwarmService.summary``)
+    current (rewritten only when one changed)."""
     last: tuple[object, ...] = ()
     while True:
         await trio.sleep(interval)
         s = gossip.summary()
-        now = (s["active"], s["passive"], s["links"], s["paths"], s["relayed_bytes"])
+        now = (s["active"], s["passive"], s["links"], s["paths"], s["relayed_bytes"], swarm())
         if now != last:
             last = now
             write()

@@ -26,8 +26,12 @@ origin); this module carries out its effects and reports back:
 ===================  ========================================================================
 
 **Sessions.**  ``fetch`` adds an artifact with the chunks the store holds verified and an
-overall deadline, and opens a session (``Opened``) with every linked peer; a link that
-comes up while it runs gets one too.  Every second the service also opens extra links
+overall deadline, and opens a session (``Opened``) with every linked peer whose heartbeat
+says it holds or fetches the artifact (checked again every ``SWEEP`` and when a link comes
+up).  Not with every linked peer: a session starts with our bitfield, and a peer that did
+not track the artifact when it came would not send its own later, once it does (the core
+sends ours once per session), so the two would never trade.  A seed opens nothing: the
+fetcher's bitfield opens its side.  Every second the service also opens extra links
 (at most ``extra_links``, default ``core.swarm.holders.EXTRA_LINKS``) to holders learned
 from heartbeats (``Gossip.holders``), chosen by ``core.swarm.holders.pick_holders`` among
 those with a known contact.  An extra link is pinned in gossip (not closed as idle, not in
@@ -144,6 +148,7 @@ class _Track:
     finished: float | None = None  # monotonic
     error: str | None = None
     extras: set[str] = field(default_factory=set)
+    opened: set[str] = field(default_factory=set)  # peers told ``Opened`` for it
 
 
 def _seconds(track: _Track) -> float:
@@ -263,8 +268,6 @@ class SwarmService:
                 track.fetching = True
                 now = self.clock.monotonic()
                 self._perform(core.add(cmap, held=held, now=now, deadline=deadline))
-                for peer in self.links.linked():
-                    self._perform(core.handle(sw.Opened(peer=peer, artifact=artifact), now))
                 self._sweep(now)
                 self._wake.set()
         await track.done.wait()
@@ -327,22 +330,36 @@ class SwarmService:
         self._handle(sw.Received(peer=peer, data=data))
 
     def link_up(self, peer: str) -> None:
-        """A new link: a session for every artifact being fetched."""
-        core = self.core
-        if core is None:
-            return
-        now = self.clock.monotonic()
-        for artifact, track in self._tracks.items():
-            if track.fetching and not track.done.is_set():
-                self._perform(core.handle(sw.Opened(peer=peer, artifact=artifact), now))
-        self._wake.set()
+        """A new link: sessions for what is being fetched, if it holds any of it."""
+        if self.core is not None:
+            self._open_sessions(self.clock.monotonic(), only={peer})
+            self._wake.set()
 
     def link_down(self, peer: str) -> None:
         self._heard.pop(peer, None)
         self._pinned.discard(peer)
         for track in self._tracks.values():
             track.extras.discard(peer)
+            track.opened.discard(peer)
         self._handle(sw.PeerGone(peer=peer))
+
+    def _open_sessions(self, now: float, only: set[str] | None = None) -> None:
+        """``Opened`` for each artifact being fetched with each linked peer whose heartbeat
+        says it holds or fetches it, once per link.
+
+        Only those: a session starts with our bitfield, and a peer that did not track the
+        artifact when ours came would never send its own once it does (the core answers a
+        bitfield with ours only when it opens the session), leaving half a session."""
+        core = self.core
+        assert core is not None
+        linked = set(self.links.linked()) if only is None else only
+        for artifact, track in self._tracks.items():
+            if not track.fetching or track.done.is_set():
+                continue
+            holders = {n for n, _s, _f in self.links.holders(artifact)}
+            for peer in sorted((linked & holders) - track.opened):
+                track.opened.add(peer)
+                self._perform(core.handle(sw.Opened(peer=peer, artifact=artifact), now))
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -506,6 +523,7 @@ class SwarmService:
         """Open extra links to holders of what is being fetched; close the ones no longer
         needed; unpin links the swarm stopped using."""
         links = self.links
+        self._open_sessions(now)
         linked = set(links.linked())
         extras_up = set(links.extra_links())
         needed: set[str] = set()

@@ -4,6 +4,7 @@ origin, whose own ``/status`` counts the bytes it served (README "The swarm in t
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from p2pupdate.clock import SYSTEM
 from p2pupdate.core import crypto
@@ -20,7 +22,14 @@ from p2pupdate.core import gossip as g
 from p2pupdate.core import swarm as sw
 from p2pupdate.core.swarm.chunks import ChunkMap
 from p2pupdate.daemon.chunkstore import ChunkStore
-from p2pupdate.daemon.gossip import GossipService, trust_verifier
+from p2pupdate.daemon.gossip import (
+    GossipService,
+    SwarmQueue,
+    frame_kind,
+    is_swarm_frame,
+    trust_verifier,
+)
+from p2pupdate.daemon.options import rate
 from p2pupdate.daemon.replica import QuorumClient
 from p2pupdate.daemon.swarm import SwarmService
 from p2pupdate.daemon.truststate import TrustFile
@@ -34,9 +43,15 @@ RUNNING = "ab" * 32
 GRACE = 0.5
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Network:
-    return Network(tmp_path_factory.mktemp("net") / "network")
+@pytest.fixture
+def network(tmp_path: Path) -> Network:
+    """A network of its own per test: each test's replica publishes its first allowlist."""
+    return Network(tmp_path / "network")
+
+
+def _release(net: Network) -> docs.Release:
+    now = int(time.time())
+    return net.trust().verify(docs.Release, net.release(DATA, "v2", 2), now).doc
 
 
 def _publish(net: Network, url: str) -> ChunkMap:
@@ -93,11 +108,13 @@ async def _start(
     d: Path,
     i: int,
     *,
+    host: str | None = None,
     peers: list[tuple[str, int]] = (),  # type: ignore[assignment]
     url: str | None = None,
     store: ChunkStore | None = None,
     config: sw.SwarmConfig | None = None,
     gossip_config: g.GossipConfig | None = None,
+    service: type[SwarmService] = SwarmService,
 ) -> Node:
     """One node's gossip and swarm services on 127.0.0.(i+1), started in ``nursery``."""
     lines: list[str] = []
@@ -109,7 +126,7 @@ async def _start(
         status=_status_of(store),
         clock=SYSTEM,
         verify=trust_verifier(trust, SYSTEM),
-        listen=(f"127.0.0.{i + 1}", 0),
+        listen=(host or f"127.0.0.{i + 1}", 0),
         peers=list(peers),
         rng=random.Random(i),
         config=gossip_config or g.GossipConfig(round_interval=0.1, heartbeat_interval=0.5),
@@ -119,7 +136,7 @@ async def _start(
     if url is not None:
         client = QuorumClient([url], key, net.trust, log=lines.append, rng=random.Random(i))
         origin = client.fetch_chunk
-    swarm = SwarmService(
+    swarm = service(
         links=gossip,
         store=store,
         clock=SYSTEM,
@@ -170,3 +187,278 @@ async def test_a_fetcher_gets_the_whole_artifact_from_a_seed_with_no_origin_byte
             assert fetcher.gossip.stats.swarm_frames_in > 0
             assert fetcher.gossip.stats.penalties == 0 and seed.gossip.stats.penalties == 0
             nursery.cancel_scope.cancel()
+
+
+def _origin_requests(replica: object) -> int:
+    entry = replica.status()["origin"]["artifacts"].get(ART, {})  # type: ignore[attr-defined]
+    return int(entry.get("requests", 0))
+
+
+async def test_only_the_chunks_no_peer_has_come_from_the_origin(
+    network: Network, tmp_path: Path
+) -> None:
+    """Two peers with partial downloads hold chunks 0-19 and 20-35; nobody but the origin
+    has 36-47: exactly those twelve are fetched from it."""
+    with trio.fail_after(20):
+        async with in_process(network) as (replica, url), trio.open_nursery() as nursery:
+            cmap = await trio.to_thread.run_sync(_publish, network, url)
+            one = await _start(nursery, network, tmp_path, 0)  # no origin: peers only
+            _fill(one.store, cmap, range(0, 20))
+            two = await _start(
+                nursery, network, tmp_path, 1, peers=[("127.0.0.1", one.gossip.port)]
+            )
+            _fill(two.store, cmap, range(20, 36))
+            for peer in (one, two):  # both are fetching it (they serve what they hold)
+                nursery.start_soon(peer.swarm.fetch, cmap)
+            fetcher = await _start(
+                nursery,
+                network,
+                tmp_path,
+                2,
+                peers=[("127.0.0.1", one.gossip.port), ("127.0.0.2", two.gossip.port)],
+                url=url,
+            )
+            await _linked((one, fetcher), (two, fetcher))
+            got = await fetcher.swarm.fetch(cmap)  # no deadline: peers are never "too slow"
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (36, 12)
+            assert _origin_requests(replica) == 12
+            assert _origin_bytes(replica) == sum(c.length for c in cmap.chunks[36:])
+            down = fetcher.swarm.summary()
+            assert down["bytes_down_origin"] == _origin_bytes(replica)
+            assert down["artifacts"][ART]["origin_chunks"] == 12
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_extra_link_to_a_holder_outside_the_active_view_is_used_then_closed(
+    network: Network, tmp_path: Path
+) -> None:
+    """The holder shares its host with the fetcher's one neighbour, and the fetcher admits
+    one active neighbour per host: the holder stays out of its view, known only by its
+    heartbeat (through the neighbour) and its contact.  The swarm dials it, fetches
+    everything over that link, and closes it; the views are as they were."""
+    one_per_host = g.GossipConfig(
+        round_interval=0.1, heartbeat_interval=0.5, heartbeat_hops=2, max_active_per_host=1
+    )
+    small = g.GossipConfig(
+        round_interval=0.1,
+        heartbeat_interval=0.5,
+        heartbeat_hops=2,
+        active_min=1,
+        active_target=1,
+        active_max=2,
+    )
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            middle = await _start(
+                nursery, network, tmp_path, 6, host="127.0.0.7", gossip_config=small
+            )
+            holder = await _start(
+                nursery,
+                network,
+                tmp_path,
+                7,
+                host="127.0.0.7",  # the neighbour's host: one active neighbour from it
+                peers=[("127.0.0.7", middle.gossip.port)],
+                gossip_config=small,
+            )
+            cmap = ChunkMap.of_release(_release(network))
+            _fill(holder.store, cmap, range(CHUNKS))
+            assert await holder.swarm.seed(cmap)
+            await _linked((middle, holder))
+            fetcher = await _start(
+                nursery,
+                network,
+                tmp_path,
+                8,
+                peers=[("127.0.0.7", middle.gossip.port)],
+                gossip_config=one_per_host,
+            )
+            await _linked((middle, fetcher))
+            core = fetcher.gossip.core
+            assert core is not None
+            # its heartbeat came through the neighbour; its contact with its refused join
+            while not core.holders(ART) or fetcher.gossip.contact_of(holder.id) is None:
+                await trio.sleep(0.02)
+            while holder.id in fetcher.gossip.linked():  # (its refused link, closing)
+                await trio.sleep(0.02)
+            views = (core.active, core.passive)
+            assert holder.id not in core.active and holder.id in core.passive
+            got = await fetcher.swarm.fetch(cmap, deadline=trio.current_time() + 30)
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (CHUNKS, 0)
+            assert fetcher.gossip.stats.extra_links_opened == 1
+            assert holder.swarm.summary()["bytes_up"] == len(DATA)
+            while holder.id in fetcher.gossip.linked():  # closed once nothing flows on it
+                await trio.sleep(0.05)
+            assert fetcher.gossip.stats.extra_links_closed == 1
+            assert (core.active, core.passive) == views
+            assert holder.id not in core.linked
+            assert fetcher.gossip.stats.penalties == holder.gossip.stats.penalties == 0
+            nursery.cancel_scope.cancel()
+
+
+class Corrupting(SwarmService):
+    """A peer whose served chunks are wrong (the fault injected: its store's bytes are
+    right, what it sends is not)."""
+
+    async def _chunk(self, artifact: str, index: int) -> bytes | None:
+        data = await super()._chunk(artifact, index)
+        return None if data is None else bytes([data[0] ^ 0xFF]) + data[1:]
+
+
+async def test_a_peer_sending_corrupt_blocks_is_banned_and_its_link_closed(
+    network: Network, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            cmap = ChunkMap.of_release(_release(network))
+            honest = await _start(nursery, network, tmp_path, 0)
+            _fill(honest.store, cmap, range(CHUNKS))
+            assert await honest.swarm.seed(cmap)
+            liar = await _start(nursery, network, tmp_path, 1, service=Corrupting)
+            _fill(liar.store, cmap, range(CHUNKS))
+            assert await liar.swarm.seed(cmap)
+            fetcher = await _start(
+                nursery,
+                network,
+                tmp_path,
+                2,
+                peers=[("127.0.0.1", honest.gossip.port), ("127.0.0.2", liar.gossip.port)],
+            )
+            await _linked((honest, fetcher), (liar, fetcher))
+            while len(fetcher.gossip.holders(ART)) < 2:  # both will be asked
+                await trio.sleep(0.02)
+            got = await fetcher.swarm.fetch(cmap)
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (CHUNKS, 0)
+            assert fetcher.swarm.summary()["banned"] == 1
+            assert fetcher.gossip.is_banned(liar.id)  # gossip's reputation has it too
+            assert not fetcher.gossip.is_banned(honest.id)
+            while liar.id in fetcher.gossip.linked():
+                await trio.sleep(0.02)
+            bans = [m for m in fetcher.lines if m.startswith("swarm: banned peer")]
+            assert len(bans) == 1 and liar.id[:12] in bans[0] and "bad_chunk" in bans[0]
+            penalised = [m for m in fetcher.lines if "penalised" in m]
+            assert all(liar.id[:12] in m for m in penalised)  # the honest peer: never
+            assert honest.id in fetcher.gossip.linked()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_node_seeds_what_its_store_holds(
+    network: Network, tmp_path: Path
+) -> None:
+    """A node fetches the artifact (from the origin: no peer has it), stops; started again
+    on the same store it seeds it, and a second node fetches it from it, not the origin."""
+    with trio.fail_after(20):
+        async with in_process(network) as (replica, url):
+            cmap = await trio.to_thread.run_sync(_publish, network, url)
+            async with trio.open_nursery() as nursery:
+                first = await _start(nursery, network, tmp_path, 0, url=url)
+                got = await first.swarm.fetch(cmap)
+                assert got.origin == CHUNKS
+                nursery.cancel_scope.cancel()  # the node stops
+            served = _origin_bytes(replica)
+            assert served == len(DATA)
+            async with trio.open_nursery() as nursery:
+                lines: list[str] = []
+                again = ChunkStore(tmp_path / "store-0", log=lines.append)  # the restart
+                seed = await _start(nursery, network, tmp_path, 0, url=url, store=again)
+                assert await seed.swarm.seed(cmap)  # verified as it opens
+                assert seed.swarm.summary()["artifacts"][ART]["held"] == CHUNKS
+                fetcher = await _start(
+                    nursery, network, tmp_path, 1, peers=[("127.0.0.1", seed.gossip.port)], url=url
+                )
+                await _linked((seed, fetcher))
+                got = await fetcher.swarm.fetch(cmap)
+                assert (got.peers, got.origin) == (CHUNKS, 0)
+                assert fetcher.store.path(ART).read_bytes() == DATA
+                assert _origin_bytes(replica) == served  # not one byte more
+                assert seed.swarm.summary()["bytes_up"] == len(DATA)
+                nursery.cancel_scope.cancel()
+
+
+# -- the parts the services rely on -------------------------------------------------------------
+
+
+def _core() -> g.Gossip:
+    key = crypto.SigningKey.from_seed(bytes([77]) * 32)
+
+    def refuse(_data: bytes) -> g.Accepted:
+        raise AssertionError("no rumor in this test")
+
+    return g.Gossip(
+        key=key,
+        contact=g.Contact(node=key.keyid, host="10.0.0.1", port=1),
+        status=_status_of(ChunkStore(Path("/nonexistent")))(),
+        rng=random.Random(1),
+        verify=refuse,
+        now=0.0,
+        config=g.GossipConfig(heartbeat_interval=0),
+    )
+
+
+def test_a_pinned_link_is_not_closed_as_idle_and_a_swarm_ban_closes_it() -> None:
+    core = _core()
+    peer, other = "1" * 64, "2" * 64
+    for p, host in ((peer, "10.0.0.2"), (other, "10.0.0.3")):
+        core.handle(g.LinkUp(peer=p, host=host, inbound=True), 0.0, 0)
+    core.handle(g.LinkPinned(peer=peer), 0.0, 0)
+    idle = core.config.idle_timeout
+    closed = []
+    t = 0.0
+    while t < 3 * idle:
+        t += core.config.round_interval
+        closed += [e.peer for e in core.handle_timer(t, 0) if isinstance(e, g.Disconnect)]
+    assert closed == [other] and core.linked == (peer,)  # idle: only the unpinned one
+    assert core.active == () and core.passive == ()  # pinning changed no view
+    effects = core.handle(g.PeerBanned(peer=peer, reason="bad_chunk", until=t + 60), t, 0)
+    assert [(e.peer, e.ban_until) for e in effects if isinstance(e, g.Disconnect)] == [
+        (peer, t + 60)
+    ]
+    assert core.is_banned(peer, t + 1) and core.linked == ()
+    refused = core.handle(g.LinkUp(peer=peer, host="10.0.0.2", inbound=True), t + 1, 0)
+    assert [e.reason for e in refused if isinstance(e, g.Disconnect)] == ["banned"]
+
+
+async def test_blocks_wait_for_room_in_a_links_swarm_queue_small_frames_do_not() -> None:
+    q = SwarmQueue(blocks=2, frames=4)
+    assert await q.put_block(b"b1") and await q.put_block(b"b2")
+    waited: list[bool] = []
+
+    async def third() -> None:
+        waited.append(await q.put_block(b"b3"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(third)
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited == []  # no room for a third block: it waits, it is not dropped
+        assert q.put_nowait(b"have")  # a small frame still goes in
+        assert await q.get() == b"b1"
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited == [True]
+    assert q.put_nowait(b"req") and not q.put_nowait(b"over")  # frames: at most 4
+    assert [await q.get() for _ in range(4)] == [b"b2", b"have", b"b3", b"req"]
+    q.close()
+    assert await q.get() is None and not await q.put_block(b"late")
+
+
+def test_swarm_frames_are_told_from_gossip_frames_by_their_kind() -> None:
+    have = sw.Have(artifact=ART, chunk=1).to_wire()
+    assert is_swarm_frame(have) and frame_kind(have) == "sw_have"
+    ping = g.Prune().to_wire()
+    assert not is_swarm_frame(ping) and frame_kind(ping) == "prune"
+    assert not is_swarm_frame(b"") and not is_swarm_frame(b"\x81\xa1k\xc0")
+
+
+def test_rates_on_the_command_line() -> None:
+    assert [rate(t) for t in ("512k", "2M", "1.5M", "65536", "524288.000000")] == [
+        512 * 1024,
+        2 * 1024 * 1024,
+        1.5 * 1024 * 1024,
+        65536,
+        524288,
+    ]
+    for bad in ("", "0", "fast", "2X", "-1k"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rate(bad)
