@@ -3,7 +3,7 @@
 One home for the fields both columns print, so ours and libtorrent's are computed alike:
 ``t_min_s`` is the issue's bound ``max(F/u_s, F/d_min, N*F/(u_s + sum u_i))`` from the rates
 set, and ``upload_cap_respected`` says whether any node's payload upload, over any window of
-at least ``CAP_WINDOW_S`` between two of its own counter readings, went over its cap (with
+at least ``CAP_WINDOW_S`` (10 s) between two of its own counter readings, went over its cap (with
 ``CAP_SLACK`` for the readings' timing).
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-CAP_WINDOW_S = 6.0
+CAP_WINDOW_S = 10.0
 CAP_SLACK = 1.05
 
 
