@@ -482,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {}
     shape = dict(origin_up=rates.origin_up, peer_up=rates.peer_up, peer_down=rates.peer_down)
     code = 0
+    keep = args.keep
     try:
         with stopped_by_signals(), swarm_net(args.nodes, rates, origin_hosts=(ORIGIN, SEED)) as net:
             log(f"netlab up: prefix {PREFIX}, {args.nodes} public homes")
@@ -505,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 log(f"libtorrent: {json.dumps(out['libtorrent'])}")
     except BenchError as exc:
+        keep = True
         print(f"swarm.py: {exc} (files kept in {work})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -512,10 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         procs.close()
-    if args.keep:
-        log(f"kept {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+        if keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     out.update(
         net="netlab",
         homes="public (netlab inet hosts, no NAT), tbf up/down per home, origin host tbf up",
