@@ -708,8 +708,9 @@ class GossipService:
         return [p for p, e in self._peers.items() if e.extra]
 
     def open_extra(self, contact: g.Contact) -> bool:
-        """Dial ``contact`` (tcp) for the swarm: a link in no view, pinned; False if one is
-        there or being dialed already, the peer is banned, or gossip is not running."""
+        """Dial ``contact`` for the swarm (rtc first where ``link_plan`` says so, then tcp): a
+        link in no view, pinned; False if one is there or being dialed already, the peer
+        is banned, or gossip is not running."""
         node, nursery = contact.node, self._nursery
         if (
             nursery is None
@@ -724,20 +725,10 @@ class GossipService:
         return True
 
     async def _dial_extra(self, contact: g.Contact) -> None:
-        node = contact.node
         try:
-            try:
-                link = await self._connect(contact.host, contact.port, node)
-            except LinkError as exc:
-                self.log(f"swarm: extra link to {node[:12]} failed: {exc}")
-                return
+            await self._dial(contact, extra=True)  # the transports a core dial would try
         finally:
-            self._extra_dials.discard(node)
-        if node in self._peers:  # it linked to us meanwhile: that link serves
-            await link.aclose()
-            return
-        self.stats.extra_links_opened += 1
-        await self._adopt(link, outbound=True, contact=contact, extra=True)
+            self._extra_dials.discard(contact.node)
 
     def close_extra(self, peer: str) -> None:
         """The swarm is done with ``peer``'s extra link: closed, unless gossip made it an
@@ -798,8 +789,11 @@ class GossipService:
             stream, key=self.key, dialer=True, host=host, config=cfg, expected_peer=expected
         )
 
-    async def _dial(self, contact: g.Contact) -> None:
-        """Carry out a ``Dial``: each transport ``link_plan`` names, until one links."""
+    async def _dial(self, contact: g.Contact, *, extra: bool = False) -> None:
+        """Carry out a ``Dial``: each transport ``link_plan`` names, until one links.
+
+        ``extra``: the swarm's dial (``open_extra``), not the core's: the link is pinned,
+        and a failure is only logged (the core asked for nothing)."""
         peer = contact.node
         plan = g.link_plan(
             contact,
@@ -819,7 +813,12 @@ class GossipService:
             except LinkError as exc:
                 failures.append(f"{transport}: {exc}")
                 continue
-            await self._adopt(link, outbound=True, contact=contact)
+            if extra:
+                self.stats.extra_links_opened += 1
+            await self._adopt(link, outbound=True, contact=contact, extra=extra)
+            return
+        if extra:
+            self.log(f"swarm: extra link to {peer[:12]} failed: {'; '.join(failures)}"[:300])
             return
         self.stats.dial_failures += 1
         if peer not in self._peers:

@@ -48,7 +48,14 @@ def _publish(net: Network, url: str, running: str) -> ChunkMap:
 
 
 def _node(
-    tmp: Path, i: int, net: Network, url: str, build: Path, sha: str, peers: list[tuple[str, int]]
+    tmp: Path,
+    i: int,
+    net: Network,
+    url: str,
+    build: Path,
+    sha: str,
+    peers: list[tuple[str, int]],
+    swarm: str = "on",
 ) -> tuple[Node, list[str]]:
     state = StateDir(tmp / f"state-{i}")
     state.stage_slot(build.read_bytes(), sha, counter=1)
@@ -77,7 +84,11 @@ def _node(
         log=lines.append,
     )
     options = DaemonOptions(
-        work="none", check_interval=3600.0, coordinator=(url,), gossip_listen=f"{host}:0"
+        work="none",
+        check_interval=3600.0,
+        coordinator=(url,),
+        gossip_listen=f"{host}:0",
+        swarm=swarm,
     )
     node = Node(
         NodeConfig(state_dir=state.root, slot=sha, mode="normal", parent_pid=None, options=options),
@@ -134,4 +145,25 @@ async def test_a_node_prefetches_from_a_restarted_seed_not_the_origin(
             assert isinstance(swarm["artifacts"][ART]["completed_at"], float)
             seed.write_status()
             assert json.loads(seed.state.status_path.read_text())["swarm"]["bytes_up"] == len(DATA)
+            nursery.cancel_scope.cancel()
+
+
+async def test_swarm_off_fetches_from_the_origin_only(tmp_path: Path, builds: Builds) -> None:
+    v1 = builds.get("v1", 1)
+    net = Network(tmp_path / "net")
+    with trio.fail_after(30):
+        async with in_process(net) as (replica, url), trio.open_nursery() as nursery:
+            await trio.to_thread.run_sync(_publish, net, url, v1.sha)
+            node, lines = _node(tmp_path, 2, net, url, v1.path, v1.sha, [], swarm="off")
+            assert node.swarm is None and node.gossip is not None
+            nursery.start_soon(node.run)
+            assert node.coord is not None
+            while not node.coord.has_release(ART):
+                await trio.sleep(0.02)
+            event = await node._prefetch(up.Prefetch(artifact=ART, counter=2))
+            assert isinstance(event, up.PrefetchDone)
+            assert replica.status()["origin"]["artifacts"][ART]["bytes"] == len(DATA)
+            assert any(f"{CHUNKS} chunk(s) from the origin" in m for m in lines)
+            node.write_status()
+            assert "swarm" not in json.loads(node.state.status_path.read_text())
             nursery.cancel_scope.cancel()
