@@ -276,6 +276,7 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
 
     completed: dict[str, float | None] = {name: None for name in net.nodes}
     samples: dict[str, list[tuple[float, int]]] = {name: [] for name in net.nodes}
+    peers_max: dict[str, int] = {name: 0 for name in net.nodes}  # swarm peers seen at once
 
     def poll() -> bool:
         for name in net.nodes:
@@ -284,6 +285,8 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
                 mtime, value = st
                 sw = value.get("swarm")
                 if isinstance(sw, dict):
+                    if completed[name] is None:
+                        peers_max[name] = max(peers_max[name], int(sw.get("peers", 0)))
                     if not samples[name] or samples[name][-1][0] != mtime:
                         samples[name].append((mtime, int(sw.get("bytes_up", 0))))
                     art = sw.get("artifacts", {}).get(sha, {})
@@ -307,6 +310,9 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
             "swarm": True,
             "node_origin_chunks": sum(int(a.get("origin_chunks", 0)) for a in arts),
             "node_chunks": sum(int(a.get("chunks", 0)) for a in arts),
+            # The fewest swarm peers a node had at once while it fetched (0: it fetched
+            # from the origin alone), from the status files read during the run.
+            "node_peers_min": min(peers_max.values()),
         }
     run = Run(nodes=n, artifact_bytes=artifact.stat().st_size, origin_bytes=origin_bytes,
               t0=t0, completed_at=completed, samples=samples)  # fmt: skip
