@@ -27,6 +27,12 @@ host and one client per node host, the same shaping and the same caps as session
 limits, pieces of the chunk size; ``t0`` when the clients are told to start, peers found
 through the seed and PEX only; ``origin_bytes`` is the seed's payload upload.
 
+Besides the issue's fields each column has ``completed`` (nodes that got there), ``t_first_s``,
+``upload_peak_bytes_s`` (the highest node's, over 10 s windows) and ``cpu_s`` (user + system
+CPU of the nodes' processes from ``t0`` to the end: ours' launchers and daemons, libtorrent's
+clients); ours adds ``swarm`` (the nodes ran it), ``node_origin_chunks`` / ``node_chunks``
+(what their status files count) and ``node_peers_min`` (the fewest swarm peers a node had).
+
 Exit codes: 0 every node of every run completed, 1 one did not (the JSON says), 2 usage
 (not root, libtorrent missing without ``--no-libtorrent``), 130 interrupted.
 """
@@ -122,6 +128,23 @@ class Procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
         self.procs.clear()
+
+
+def cpu_seconds(pgids: set[int]) -> float:
+    """User + system CPU seconds of the live processes in ``pgids`` (and of their waited-for
+    children): what the contenders' processes cost the machine so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:  # fields[2] is the process group (stat field 5)
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float,
@@ -268,6 +291,7 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
                max(120.0, 6.0 * n), alive)  # fmt: skip
     log(f"ours: {n} nodes up and linked in {time.monotonic() - t_start:.1f} s")
 
+    cpu0 = cpu_seconds({p.pid for p in node_procs})
     t0 = time.time()
     _cli(net, ORIGIN, "coordinator.cli", "publish", "scope.msgpack", "--url", url, cwd=work)
     _cli(net, ORIGIN, "coordinator.cli", "nudge", "--artifact", sha, "--dir", "net",
@@ -301,12 +325,14 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
             lambda: int(status()["origin"]["artifacts"].get(sha, {}).get("bytes", 0)))  # fmt: skip
     time.sleep(2.5)  # one more status file from each node: the last bytes_up
     poll()
+    cpu = cpu_seconds({p.pid for p in node_procs}) - cpu0  # the fetch's, not the start's
     origin_bytes = int(status()["origin"]["artifacts"].get(sha, {}).get("bytes", 0))
-    extra: dict[str, Any] = {"swarm": False}
+    extra: dict[str, Any] = {"swarm": False, "cpu_s": round(cpu, 1)}
     arts = [st[1]["swarm"].get("artifacts", {}).get(sha, {})
             for st in map(node_status, net.nodes) if st is not None and _has_swarm(st)]  # fmt: skip
     if arts:
         extra = {
+            **extra,
             "swarm": True,
             "node_origin_chunks": sum(int(a.get("origin_chunks", 0)) for a in arts),
             "node_chunks": sum(int(a.get("chunks", 0)) for a in arts),
@@ -354,7 +380,8 @@ def _follow(who: str, poll: Callable[[], bool], completed: dict[str, float | Non
 
 
 def run_libtorrent(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates,
-                   timeout: float, procs: Procs) -> Run:  # fmt: skip
+                   timeout: float, procs: Procs) -> tuple[float, Run]:  # fmt: skip
+    """libtorrent's job; returns its clients' CPU seconds and the run."""
     work.mkdir(parents=True)
     n = len(net.nodes)
     seed_dir = work / "seed"
@@ -396,6 +423,7 @@ def run_libtorrent(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates:
         return True
 
     wait_until("the libtorrent seed and clients", ready, 60.0, alive)
+    cpu0 = cpu_seconds({p.pid for p in clients})
     t0 = time.time()
     go.touch()
     log(f"libtorrent: {n} clients told to start (t0); waiting up to {timeout:g} s")
@@ -420,7 +448,8 @@ def run_libtorrent(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates:
     _follow("libtorrent", poll, completed, t0, timeout, alive, origin)
     time.sleep(0.5)
     poll()
-    return Run(nodes=n, artifact_bytes=artifact.stat().st_size, origin_bytes=origin(), t0=t0,
+    cpu = cpu_seconds({p.pid for p in clients}) - cpu0
+    return round(cpu, 1), Run(nodes=n, artifact_bytes=artifact.stat().st_size, origin_bytes=origin(), t0=t0,
                completed_at=completed, samples=samples)  # fmt: skip
 
 
@@ -502,12 +531,13 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"ours: {json.dumps(out)}")
             if lt is not None and not args.no_libtorrent:
                 try:
-                    theirs = run_libtorrent(net, work / "lt", artifact, chunk, rates, timeout,
-                                            procs)  # fmt: skip
+                    cpu, theirs = run_libtorrent(net, work / "lt", artifact, chunk, rates,
+                                                 timeout, procs)  # fmt: skip
                 finally:
                     procs.close()
                 out["libtorrent"] = {
                     **figures(theirs, upload_cap=rates.peer_up, **shape),
+                    "cpu_s": cpu,
                     "version": str(lt.__version__),
                 }
                 log(f"libtorrent: {json.dumps(out['libtorrent'])}")
