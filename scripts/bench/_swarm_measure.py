@@ -59,6 +59,7 @@ def figures(run: Run, *, origin_up: float, peer_up: float, peer_down: float,
     bound = t_min(run.nodes, run.artifact_bytes, origin_up, peer_up, peer_down)
     peaks = {node: peak_upload(s) for node, s in run.samples.items()}
     peak = max(peaks.values(), default=0.0)
+    sent = sum(max((b for _, b in s), default=0) for s in run.samples.values())
     return {
         "nodes": run.nodes,
         "artifact_bytes": run.artifact_bytes,
@@ -76,4 +77,10 @@ def figures(run: Run, *, origin_up: float, peer_up: float, peer_down: float,
         "t_first_s": round(min(done) - run.t0, 2) if done else None,
         "upload_peak_bytes_s": round(peak),
         "upload_cap_bytes_s": round(upload_cap),
+        # What the nodes uploaded to each other, and its share of what their uplinks could
+        # have carried until the last one was done.
+        "peer_bytes_up": sent,
+        "peer_upload_use": (
+            None if t_all is None or not t_all else round(sent / (run.nodes * peer_up * t_all), 3)
+        ),
     }

@@ -46,6 +46,8 @@ def test_figures_of_a_complete_run() -> None:
     assert f["t_min_s"] == round(t_min(2, MiB, **RATES), 2)
     assert f["bound_ratio"] == round(3.5 / t_min(2, MiB, **RATES), 3)
     assert f["upload_cap_respected"] is True
+    assert f["peer_bytes_up"] == 5_000_000
+    assert f["peer_upload_use"] == round(5_000_000 / (2 * MiB / 2 * 3.5), 3)
 
 
 def test_figures_say_so_when_a_node_never_completed_or_went_over_its_cap() -> None:
