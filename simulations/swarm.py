@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from coordinator.origin import DEFAULT_MAX_DOWNLOADERS, OriginConfig, OriginGate
 from p2pupdate.core import documents as docs
 from p2pupdate.core.swarm.chunks import ChunkMap
 from p2pupdate.core.swarm.config import SwarmConfig
@@ -43,6 +44,7 @@ from p2pupdate.core.swarm.events import (
     FetchFromOrigin,
     Opened,
     OriginChunk,
+    OriginFailed,
     PeerGone,
     Penalised,
     Received,
@@ -50,11 +52,14 @@ from p2pupdate.core.swarm.events import (
     Serve,
 )
 from p2pupdate.core.swarm.front import Swarm
+from p2pupdate.core.timing import UpdaterConfig, refusal_wait
 
 NOW: Final = 1_800_000_000
 LATENCY: Final = 0.01
 #: What the origin takes per chunk (virtual seconds).
 ORIGIN_DELAY: Final = 0.05
+#: How a refused GET's ``retry_after`` is stretched: the updater's defaults, as the daemon.
+ORIGIN_TIMING: Final = UpdaterConfig()
 #: A run that takes more steps than this is a bug (a timer that does not move), not a test.
 MAX_STEPS: Final = 200_000
 MIB: Final = 1 << 20
@@ -175,16 +180,61 @@ class Net:
         raise AssertionError(f"no quiet after {max_steps} steps: a timer that never advances?")
 
 
+class Origin:
+    """The coordinator's HTTP origin as the real one behaves: one uplink of ``rate``
+    bytes/s that serves chunk GETs in turn, and the real ``coordinator.origin.OriginGate``
+    (``serve --origin-max-downloaders``, its default unless told) in front of it: a node
+    beyond the cap gets "try-peers" and a ``retry_after``.
+
+    A node's shell fetches the chunks of a ``FetchFromOrigin`` one GET at a time, as the
+    daemon does; a "try-peers" hands that chunk and the rest of its queue back to the core
+    (``OriginFailed`` with the ``retry_after`` stretched by ``timing.refusal_wait``'s
+    jitter), which leaves the origin alone that long and gets them from peers meanwhile.
+    """
+
+    def __init__(
+        self,
+        net: Net,
+        data: dict[str, bytes],
+        *,
+        rate: float,
+        max_downloaders: int = DEFAULT_MAX_DOWNLOADERS,
+    ) -> None:
+        self.net = net
+        self.data = data
+        self.rate = rate
+        self.gate = OriginGate(OriginConfig(max_downloaders=max_downloaders), clock=self._now)
+        self.busy_until = 0.0
+        self.bytes = 0
+        self.refused = 0
+
+    def _now(self) -> float:
+        return self.net.now
+
+    def get(self, node: str, artifact: str, length: int) -> tuple[float, bool, float]:
+        """A GET of ``length`` bytes that reached the origin now: (when its last byte
+        leaves, admitted, retry_after)."""
+        after = self.gate.admit(artifact, node)
+        if after is not None:
+            self.refused += 1
+            return self.net.now, False, float(after)
+        start = max(self.net.now, self.busy_until)
+        self.busy_until = start + length / self.rate
+        self.bytes += length
+        self.gate.served(artifact, length)
+        return self.busy_until, True, 0.0
+
+
 @dataclass(kw_only=True, eq=False)
 class Node:
     """A participant: a real core or a scripted peer."""
 
     name: str
     net: Net | None = None
+    id: str = field(init=False)  # the peer id its name hashes to (computed once)
 
-    @property
-    def id(self) -> str:
-        return peer_id(self.name)
+    def __post_init__(self) -> None:
+        self.id = peer_id(self.name)
 
     def opened(self, peer: str, artifact: str) -> None: ...
 
@@ -217,6 +267,24 @@ class CoreNode(Node):
     completed_at: dict[str, float] = field(default_factory=dict)
     served_bytes: int = 0
     restarts: int = 0
+    #: The origin with its rate and cap (None: every GET served after ``ORIGIN_DELAY``).
+    server: Origin | None = None
+    #: Keep every effect (tests ask ``penalised``...); a fleet keeps counts only.
+    keep_effects: bool = True
+    #: Chunks of the whole artifact, shared by every node of a fleet: a verified chunk is
+    #: compared with it and the shared bytes stored (memory per node: references).
+    shared: dict[str, list[bytes]] | None = None
+    penalties: int = 0
+    verified: int = 0
+    wrong: int = 0  # chunks verified by the core whose bytes were not the artifact's
+    from_origin: int = 0  # origin bytes this node received
+    _origin_queue: list[tuple[str, int]] = field(default_factory=list)
+    _origin_busy: bool = False
+    _shell_rng: random.Random = field(init=False)  # the shell's jitter, apart from the core's
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._shell_rng = random.Random(self.seed * 7919 + 1)
 
     def start(
         self, cmap: ChunkMap, *, held: bytes | None = None, deadline: float | None = None
@@ -236,6 +304,7 @@ class CoreNode(Node):
     def stop(self) -> None:
         """The process ends: the core is gone, the store (verified chunks only) stays."""
         self.swarm = None
+        self._origin_queue.clear()
         if self.net is not None:
             self.net.retime(self)
 
@@ -280,7 +349,8 @@ class CoreNode(Node):
         assert self.net is not None
         net = self.net
         for eff in effects:
-            self.effects.append(eff)
+            if self.keep_effects:
+                self.effects.append(eff)
             if isinstance(eff, Send):
                 self.send(eff.peer, eff.data)
             elif isinstance(eff, Serve):
@@ -288,11 +358,23 @@ class CoreNode(Node):
                 self.served_bytes += eff.length
                 self.send(eff.peer, eff.message(chunk[eff.offset : eff.offset + eff.length]))
             elif isinstance(eff, ChunkVerified):
-                self.store[eff.artifact][eff.index] = eff.data
+                self.verified += 1
+                data = eff.data
+                if self.shared is not None:
+                    canon = self.shared[eff.artifact][eff.index]
+                    self.wrong += data != canon
+                    data = canon
+                self.store[eff.artifact][eff.index] = data
             elif isinstance(eff, FetchFromOrigin):
                 self.origin_asked.extend(eff.chunks)
+                if self.server is not None:
+                    self._origin_queue.extend((eff.artifact, i) for i in eff.chunks)
+                    self._origin_next()
+                    continue
                 for n, i in enumerate(eff.chunks):
                     self._from_origin(eff.artifact, i, net.now + ORIGIN_DELAY * (n + 1))
+            elif isinstance(eff, Penalised):
+                self.penalties += 1
             elif isinstance(eff, Completed):
                 if eff.artifact not in self.completed_at:
                     self.completed_at[eff.artifact] = net.now
@@ -300,6 +382,46 @@ class CoreNode(Node):
             elif isinstance(eff, Drop | Ban):
                 net.at(net.now, functools.partial(net.unlink, self.id, eff.peer))
         net.retime(self)
+
+    def _origin_next(self) -> None:
+        """The next GET of the queue, one at a time (the daemon's ``fetch_chunks``)."""
+        assert self.net is not None and self.server is not None
+        if self._origin_busy or not self._origin_queue:
+            return
+        self._origin_busy = True
+        net, server = self.net, self.server
+        artifact, index = self._origin_queue.pop(0)
+        chunk = self.maps[artifact].slice(self.origin[artifact], index)
+        swarm = self.swarm
+
+        def at_origin() -> None:
+            done, ok, after = server.get(self.id, artifact, len(chunk))
+            if ok:
+                when = net.arrival(self.id, len(chunk), done + net.latency)
+                net.at(when, lambda: answer(True, 0.0))
+            else:
+                net.at(net.now + net.latency, lambda: answer(False, after))
+
+        def answer(ok: bool, after: float) -> None:
+            self._origin_busy = False
+            if self.swarm is not swarm:  # the process that asked is gone
+                self._origin_next()
+                return
+            if ok:
+                self.from_origin += len(chunk)
+                self._handle(OriginChunk(artifact=artifact, index=index, data=chunk))
+            else:  # try-peers: this chunk and the queued ones go back to the core
+                wait = refusal_wait(ORIGIN_TIMING, after, self._shell_rng.random())
+                todo = [(artifact, index), *self._origin_queue]
+                self._origin_queue.clear()
+                for art, i in todo:
+                    failed = OriginFailed(
+                        artifact=art, index=i, reason="try-peers", retry_after=wait
+                    )
+                    self._handle(failed)
+            self._origin_next()
+
+        net.at(net.now + net.latency, at_origin)
 
     def _from_origin(self, artifact: str, index: int, when: float) -> None:
         """The origin's chunk, cut by this artifact's own map, through our downlink."""
@@ -342,10 +464,14 @@ def fleet_run(
     away_s: float = 10.0,
     seed: int = 7,
     until: float = 3600.0,
+    origin_max_downloaders: int = DEFAULT_MAX_DOWNLOADERS,
+    config: SwarmConfig | None = None,
 ) -> dict[str, object]:
-    """One seed (the origin) and ``nodes`` fetchers, each linked to the seed and ~``degree``
-    others: the time the last one verified against the bound
-    ``max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``, and what the origin sent.
+    """``nodes`` fetchers that start together (release day), each linked to ~``degree``
+    others, and the origin (up ``seed_up``, its downloader cap): the time the last one
+    verified against the bound ``max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``, and what the
+    origin sent.  ``config``: the fetchers' ``SwarmConfig`` (default: the defaults, the
+    upload capped at ``peer_up``).
 
     Churn: each fetcher leaves at ``churn_per_min`` times a minute on average (Poisson),
     stays away ``away_s`` and comes back to the same neighbours with what it had verified.
@@ -354,12 +480,20 @@ def fleet_run(
     data = artifact_bytes(int(artifact_mib * MIB))
     cmap = chunk_map_of(data, chunk_size=chunk_size)
     art = cmap.artifact
+    shared = {art: [cmap.slice(data, c.index) for c in cmap.chunks]}
     net = Net()
-    seeder = CoreNode(name="seed", config=_capped(seed_up), origin={art: data}, seed=seed)
-    net.add(seeder)
-    seeder.start(cmap, held=data)
+    server = Origin(net, {art: data}, rate=seed_up, max_downloaders=origin_max_downloaders)
+    cfg = config if config is not None else _capped(peer_up)
     fetchers = [
-        CoreNode(name=f"n{i}", config=_capped(peer_up), origin={art: data}, seed=seed + i + 1)
+        CoreNode(
+            name=f"n{i}",
+            config=cfg,
+            origin={art: data},
+            seed=seed + i + 1,
+            server=server,
+            keep_effects=False,
+            shared=shared,
+        )
         for i in range(nodes)
     ]
     for f in fetchers:
@@ -368,9 +502,7 @@ def fleet_run(
             net.down[f.id] = peer_down
         f.start(cmap)
     rng = random.Random(seed)
-    neighbours: dict[str, list[CoreNode]] = {f.id: [seeder] for f in fetchers}
-    for f in fetchers:
-        net.link(seeder, f, art)
+    neighbours: dict[str, list[CoreNode]] = {f.id: [] for f in fetchers}
     for f in fetchers:
         for g in rng.sample(fetchers, min(degree, nodes)):
             if g is not f and frozenset((f.id, g.id)) not in net.links:
@@ -397,15 +529,14 @@ def fleet_run(
     if churn_per_min > 0:
         for f in fetchers:
             net.at(rng.expovariate(churn_per_min / 60.0), functools.partial(leave, f))
-    net.run(until, stop=lambda: net.completions >= nodes, max_steps=10**9)
+    net.run(until, stop=lambda: net.completions >= nodes, max_steps=10**10)
     size = len(data)
     t_all = max(f.completed_at.get(art, float("inf")) for f in fetchers)
     bounds = [size / seed_up, nodes * size / (seed_up + nodes * peer_up)]
     if peer_down is not None:
         bounds.append(size / peer_down)
     t_min = max(bounds)
-    origin_fetched = sum(cmap.chunks[i].length for f in fetchers for i in f.origin_asked)
-    origin_bytes = seeder.served_bytes + origin_fetched
+    origin_bytes = server.bytes
     return {
         "nodes": nodes,
         "artifact_bytes": size,
@@ -415,20 +546,27 @@ def fleet_run(
         "t_all_s": round(t_all, 2),
         "t_min_s": round(t_min, 2),
         "bound_ratio": round(t_all / t_min, 2),
-        "seed_copies": round(seeder.served_bytes / size, 2),
         "origin_chunks": sum(len(f.origin_asked) for f in fetchers),
-        "all_verified": all(f.bytes_of(art) == data for f in fetchers),
-        "penalties": sum(
-            1 for n in [seeder, *fetchers] for e in n.effects if isinstance(e, Penalised)
-        ),
+        "origin_refused": server.refused,
+        "origin_max_downloaders": origin_max_downloaders,
+        "all_verified": all(
+            art in f.completed_at and len(f.store[art]) == cmap.count for f in fetchers
+        )
+        and not any(f.wrong for f in fetchers),
+        "penalties": sum(f.penalties for f in fetchers),
         "leaves": leaves,
-        "refetched_chunks": sum(
-            max(0, sum(isinstance(e, ChunkVerified) for e in f.effects) - cmap.count)
-            for f in fetchers
-        ),
+        "refetched_chunks": sum(max(0, f.verified - cmap.count) for f in fetchers),
         "seed": seed,
         "wall_s": round(time.perf_counter() - t0, 2),
+        "peak_rss_mib": _peak_rss_mib(),
     }
+
+
+def _peak_rss_mib() -> int:
+    """This process's peak resident memory (MiB; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def main(argv: Sequence[str]) -> int:
@@ -440,6 +578,12 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--artifact-mib", type=float, default=4.0)
     ap.add_argument("--chunk-kib", type=int, default=64)
     ap.add_argument("--seed-up-mib", type=float, default=2.0, help="the origin's upload MiB/s")
+    ap.add_argument(
+        "--origin-max-downloaders",
+        type=int,
+        default=DEFAULT_MAX_DOWNLOADERS,
+        help="the origin's downloader cap per artifact (serve's default)",
+    )
     ap.add_argument("--peer-up-mib", type=float, default=0.5, help="each fetcher's upload")
     ap.add_argument("--peer-down-mib", type=float, default=2.5, help="0: no download limit")
     ap.add_argument("--degree", type=int, default=6, help="links each fetcher opens")
@@ -452,6 +596,8 @@ def main(argv: Sequence[str]) -> int:
         ap.error("need --nodes >= 1, --artifact-mib > 0, --chunk-kib >= 1, --degree >= 0")
     if args.seed_up_mib <= 0 or args.peer_up_mib <= 0 or args.peer_down_mib < 0:
         ap.error("need rates > 0 (--peer-down-mib 0: no limit)")
+    if args.origin_max_downloaders < 1:
+        ap.error("need --origin-max-downloaders >= 1")
     if args.churn_per_min < 0 or args.away_s <= 0:
         ap.error("need --churn-per-min >= 0, --away-s > 0")
     out = fleet_run(
@@ -465,6 +611,7 @@ def main(argv: Sequence[str]) -> int:
         churn_per_min=args.churn_per_min,
         away_s=args.away_s,
         seed=args.seed,
+        origin_max_downloaders=args.origin_max_downloaders,
     )
     if args.json:
         print(json.dumps(out))

@@ -31,6 +31,13 @@ class SwarmConfig:
     max_misses: int = 3
     #: A chunk no connected peer has for this long is fetched from the origin.
     origin_grace: float = 5.0
+    #: ... or at once, when no peer had anything for us to ask for this long (release day:
+    #: every node starts with nothing, so waiting the grace only wastes the origin).
+    origin_idle: float = 1.0
+    #: Chunks one download has at the origin at once, each picked at random among those no
+    #: connected peer has: nodes that go to the origin together fetch different chunks,
+    #: which they then trade, and the origin's downloader cap is shared fairly.
+    origin_parallel: int = 2
     #: After a ``choked``/``busy`` reject, leave that peer alone for this long.
     reject_backoff: float = 2.0
     #: Download rates are measured over this window (for the overall deadline).
@@ -55,6 +62,8 @@ class SwarmConfig:
             raise ValueError(f"SwarmConfig.max_block must be in [1, {MAX_BLOCK}]")
         if self.pipeline < 1 or self.upload_slots < 1 or self.upload_queue < 1:
             raise ValueError("SwarmConfig: pipeline, upload_slots, upload_queue must be >= 1")
+        if self.origin_parallel < 1 or self.origin_idle < 0 or self.origin_grace < 0:
+            raise ValueError("SwarmConfig: origin_parallel >= 1, origin_idle/grace >= 0")
         if self.max_misses < 1 or self.request_timeout <= 0 or self.rate_window <= 0:
             raise ValueError("SwarmConfig: max_misses, request_timeout, rate_window must be > 0")
         if not 0.0 < self.upload_fraction <= 1.0:

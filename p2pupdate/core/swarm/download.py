@@ -75,6 +75,8 @@ class _Peer:
     late: dict[Key, int] = field(default_factory=dict)  # key -> length (ordered: oldest out)
     misses: int = 0
     backoff_until: float = 0.0
+    #: ``Download.epoch`` when this peer last had nothing for us (-1: ask it).
+    idle_at: int = -1
 
 
 @dataclass(kw_only=True, slots=True)
@@ -117,6 +119,26 @@ class Download:
         self.received: deque[tuple[float, int]] = deque()  # (when, bytes) from peers
         self.faults: list[Fault] = []
         self.next_check = now
+        self.now = now  # the latest ``now`` an entry point was given
+        #: Connected peers that hold each chunk (rarest-first and the origin rules read it).
+        self.avail = [0] * chunk_map.count
+        #: Chunks neither held, nor being fetched from a peer, nor at the origin: the pool
+        #: a new chunk is picked from (kept as things change, never rebuilt by a scan).
+        self.wanted = set(range(chunk_map.count)) - held
+        #: Bumped whenever something becomes askable again (a chunk back in the pool, a
+        #: block un-asked), so ``fill`` skips a peer that had nothing for us since.
+        self.epoch = 0
+        #: No request to the origin before this (its "try-peers" ``retry_after``).
+        self.origin_backoff = now
+        #: When the origin last served us (it admits us while we keep asking).
+        self.origin_served: float | None = None
+        #: When a chunk we lack last appeared around us (the swarm is still spreading).
+        self.discovered = now
+        #: Since when nothing was in flight at any peer and nothing was pickable (None: busy).
+        self.idle_since: float | None = now
+        for i in range(chunk_map.count):
+            if i not in held:
+                self.unavailable[i] = now
 
     # -- queries -------------------------------------------------------------------------
 
@@ -143,11 +165,19 @@ class Download:
         return sum(n for _, n in self.received) / span
 
     def get_timer(self) -> float | None:
+        """The next request deadline or origin check.  A peer's requests are in the order
+        sent, and their deadlines never decrease along it (a new one is ``now + timeout``;
+        a block pushes every one of them to at least that), so its first is its earliest:
+        this costs the number of peers, not of requests."""
         if self.complete:
             return None
-        times = [r.deadline for p in self.peers.values() for r in p.inflight.values()]
-        times.append(self.next_check)
-        return min(times)
+        t = self.next_check
+        for p in self.peers.values():
+            if p.inflight:
+                d = next(iter(p.inflight.values())).deadline
+                if d < t:
+                    t = d
+        return t
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -161,6 +191,26 @@ class Download:
             return
         for key in p.inflight:
             self._unask(peer, key)
+        for i in p.has:
+            self._lost_holder(i)
+        self.epoch += 1  # a chunk it shunned may have no other holder now
+
+    def _lost_holder(self, i: int) -> None:
+        self.avail[i] -= 1
+        if self.avail[i] == 0 and i not in self.held and i not in self.origin:
+            self.unavailable.setdefault(i, self.now)
+
+    def _new_holder(self, i: int) -> None:
+        self.avail[i] += 1
+        if self.avail[i] == 1 and i not in self.held:
+            self.unavailable.pop(i, None)
+            self.discovered = self.now
+
+    def _pool(self, i: int) -> None:
+        """Chunk ``i`` may be picked again (its part ended, the origin failed it)."""
+        if i not in self.held and i not in self.parts and i not in self.origin:
+            self.wanted.add(i)
+            self.epoch += 1
 
     def _unask(self, peer: str, key: Key) -> None:
         part = self.parts.get(key[0])
@@ -168,6 +218,7 @@ class Download:
             return
         part.asked.get(key[1], set()).discard(peer)
         part.shunned.add(peer)
+        self.epoch += 1
         if part.owner == peer:
             part.owner = None
             if part.single:  # a suspect chunk starts over with another single peer
@@ -176,6 +227,7 @@ class Download:
     def _abandon(self, part: _Part, out: list[Effect] | None = None) -> None:
         """Forget a part (its requests are cancelled when ``out`` is given)."""
         del self.parts[part.index]
+        self._pool(part.index)
         for offset, askees in part.asked.items():
             key = (part.index, offset)
             for other in askees:
@@ -205,21 +257,33 @@ class Download:
                  f"{self.map.count}")
             )  # fmt: skip
             return
-        self.peers.setdefault(peer, _Peer()).has = set(msg.held())
+        self.now = now
+        p = self.peers.setdefault(peer, _Peer())
+        for i in p.has:
+            self._lost_holder(i)
+        p.has = set(msg.held())
+        p.idle_at = -1
+        for i in p.has:
+            self._new_holder(i)
         self.fill(peer, now, out)  # only this peer has something new to offer
 
     def on_have(self, peer: str, msg: Have, now: float, out: list[Effect]) -> None:
         if msg.chunk >= self.map.count:
             self.faults.append((peer, "malformed", f"have {msg.chunk} of {self.map.count}"))
             return
-        has = self.peers.setdefault(peer, _Peer()).has
-        if msg.chunk in has:  # an honest peer announces a chunk once (bitfield or have)
+        self.now = now
+        p = self.peers.setdefault(peer, _Peer())
+        if msg.chunk in p.has:  # an honest peer announces a chunk once (bitfield or have)
             self.faults.append((peer, "unsolicited", f"have {msg.chunk} again"))
             return
-        has.add(msg.chunk)
-        self.fill(peer, now, out)
+        p.has.add(msg.chunk)
+        self._new_holder(msg.chunk)
+        if msg.chunk in self.wanted or msg.chunk in self.parts:
+            p.idle_at = -1
+            self.fill(peer, now, out)
 
     def on_reject(self, peer: str, msg: Reject, now: float, out: list[Effect]) -> None:
+        self.now = now
         p = self.peers.get(peer)
         key = (msg.chunk, msg.offset)
         if p is None or p.inflight.pop(key, None) is None:
@@ -230,6 +294,7 @@ class Download:
         if msg.reason == "missing":
             if msg.chunk in p.has:
                 p.has.discard(msg.chunk)
+                self._lost_holder(msg.chunk)
                 self.faults.append(
                     (peer, "false_claim", f"advertised chunk {msg.chunk}, then cannot serve it")
                 )
@@ -238,6 +303,7 @@ class Download:
         self.fill_all(now, out)
 
     def on_block(self, peer: str, msg: Block, now: float, out: list[Effect]) -> None:
+        self.now = now
         p = self.peers.get(peer)
         key = (msg.chunk, msg.offset)
         req = None if p is None else p.inflight.pop(key, None)
@@ -296,14 +362,17 @@ class Download:
         if self.map.check(i, data):
             self._verified(i, data, ",".join(senders), out)
         elif len(senders) == 1:
+            self._pool(i)
             self.faults.append((senders[0], "bad_chunk", f"chunk {i} fails its hash"))
             self.peer_gone(senders[0])
         else:  # several senders: keep the blocks, prove it with a single-source fetch
+            self._pool(i)
             self.evidence.setdefault(i, []).extend((s, o, d) for o, (d, s) in part.blocks.items())
 
     def _verified(self, i: int, data: bytes, source: str, out: list[Effect]) -> None:
         self.held.add(i)
         self.origin.discard(i)
+        self.wanted.discard(i)
         self.unavailable.pop(i, None)
         for sender, offset, block in self.evidence.pop(i, []):
             if block != data[offset : offset + len(block)]:
@@ -319,21 +388,43 @@ class Download:
         """The origin's bytes for ``index``; False if they do not verify (asked again)."""
         if index in self.held or not 0 <= index < self.map.count:
             return True
-        self.origin.discard(index)
+        self.next_check = min(self.next_check, self.now)  # room at the origin: look again
         if not self.map.check(index, data):
             return False
+        # A chunk nobody around us had: keep streaming.  One a peer got meanwhile means
+        # the swarm has caught up with the origin: back to the grace.
+        self.origin_served = self.now if self.avail[index] == 0 else None
+        self.origin.discard(index)
         self._verified(index, data, "origin", out)
         return True
 
-    def on_origin_failed(self, index: int) -> None:
+    def on_origin_failed(
+        self, index: int, now: float | None = None, retry_after: float | None = None
+    ) -> None:
+        """The origin did not serve ``index``; with ``retry_after`` (its "try-peers"), it
+        is not asked again for that long, and the chunk is the peers' meanwhile."""
+        if now is not None:
+            self.now = now
+        if index not in self.origin:
+            return
         self.origin.discard(index)
+        if self.avail[index] == 0 and index not in self.held:
+            self.unavailable.setdefault(index, self.now)
+        self._pool(index)
+        if retry_after is not None:
+            until = self.now + max(0.0, retry_after)
+            self.origin_backoff = max(self.origin_backoff, until)
+        self.next_check = min(self.next_check, max(self.now, self.origin_backoff))
 
     # -- timers --------------------------------------------------------------------------
 
     def on_timer(self, now: float, out: list[Effect]) -> list[str]:
         """Expire requests; the peers to drop (missed ``max_misses`` in a row) come back."""
+        self.now = now
         drops = []
         for peer, p in list(self.peers.items()):
+            if not p.inflight or next(iter(p.inflight.values())).deadline > now:
+                continue  # its earliest deadline is its first (``get_timer``)
             expired = [k for k, r in p.inflight.items() if r.deadline <= now]
             if not expired:
                 continue
@@ -350,6 +441,8 @@ class Download:
                 self.peer_gone(peer)
         if now >= self.next_check:
             self.next_check = now + CHECK_EVERY
+            if self.idle_since is None and not any(p.inflight for p in self.peers.values()):
+                self.idle_since = now
             self._origin_rules(now, out)
         self.fill_all(now, out)
         return drops
@@ -357,26 +450,39 @@ class Download:
     def _origin_rules(self, now: float, out: list[Effect]) -> None:
         if self.complete:
             return
-        wanted = [i for i in range(self.map.count) if i not in self.held and i not in self.origin]
-        for i in wanted:  # a half-fetched chunk whose holders all left counts too
-            if not any(i in p.has for p in self.peers.values()):
-                self.unavailable.setdefault(i, now)
-            else:
-                self.unavailable.pop(i, None)
-        grace = self.config.origin_grace
-        due = sorted(i for i, t in self.unavailable.items() if now - t >= grace)
-        if due:
-            self._to_origin(due, "no connected peer has them", out)
-        if self.deadline is None or now - self.started < grace:
+        cfg = self.config
+        room = cfg.origin_parallel - len(self.origin)
+        if room > 0 and self.unavailable and now >= self.origin_backoff:
+            # A chunk no connected peer has: after the grace (a peer may bring it soon),
+            # or at once when peers have given us nothing to ask for a while (release day:
+            # nobody has anything yet).  A few at a time, picked at random, so nodes that
+            # start together fetch different chunks and trade them.
+            idle = self.idle_since is not None and now - self.idle_since >= cfg.origin_idle
+            served = self.origin_served
+            streaming = served is not None and now - served < cfg.origin_grace
+            if idle or streaming:
+                wait, since = (0.0 if idle else cfg.origin_idle), 0.0
+            else:  # the grace counts from when the swarm around us last spread a chunk
+                wait, since = cfg.origin_grace, self.discovered
+            due = [i for i, t in self.unavailable.items() if now - max(t, since) >= wait]
+            picks: list[int] = []
+            while due and len(picks) < room:
+                j = int(self.rng.random() * len(due)) % len(due)
+                due[j], due[-1] = due[-1], due[j]
+                picks.append(due.pop())
+            if picks:
+                why = "peers gave us nothing to ask" if idle else "no connected peer has them"
+                self._to_origin(picks, why, out)
+        if self.deadline is None or now - self.started < cfg.origin_grace:
             return
-        rest = [i for i in wanted if i not in self.origin]
+        rest = [i for i in range(self.map.count) if i not in self.held and i not in self.origin]
         left = max(0.0, self.deadline - now)
         budget = self.rate(now) * left * DEADLINE_MARGIN
         need = sum(self.map.chunks[i].length for i in rest)
         if need <= budget:
             return
         # Move first what peers are least likely to bring: not started, fewest holders.
-        rest.sort(key=lambda i: (i in self.parts, self._holders(i), i))
+        rest.sort(key=lambda i: (i in self.parts, self.avail[i], i))
         moved = []
         for i in rest:
             if need <= budget:
@@ -389,6 +495,7 @@ class Download:
     def _to_origin(self, chunks: list[int], reason: str, out: list[Effect]) -> None:
         for i in chunks:
             self.unavailable.pop(i, None)
+            self.wanted.discard(i)
             self.origin.add(i)
             part = self.parts.get(i)
             if part is not None:
@@ -402,9 +509,6 @@ class Download:
             return False
         return any(part.index in p.has for q, p in self.peers.items() if q not in part.shunned)
 
-    def _holders(self, i: int) -> int:
-        return sum(1 for p in self.peers.values() if i in p.has)
-
     # -- the picker ----------------------------------------------------------------------
 
     def fill_all(self, now: float, out: list[Effect]) -> None:
@@ -414,16 +518,21 @@ class Download:
     def fill(self, peer: str, now: float, out: list[Effect]) -> None:
         """Ask ``peer`` for blocks until its pipeline is full or it has nothing we need."""
         p = self.peers.get(peer)
-        if p is None or self.complete or now < p.backoff_until:
+        if p is None or now < p.backoff_until or len(p.inflight) >= self.config.pipeline:
             return
+        if self.complete or (p.idle_at == self.epoch and self.wanted):
+            return  # nothing new since it last had nothing for us (endgame: look again)
+        self.now = now
         while len(p.inflight) < self.config.pipeline:
             key = self._next_block(peer, p)
             if key is None:
+                p.idle_at = self.epoch
                 return
             part = self.parts[key[0]]
             part.asked.setdefault(key[1], set()).add(peer)
             length = self.block_len(*key)
             p.inflight[key] = _Req(length=length, deadline=now + self.config.request_timeout)
+            self.idle_since = None
             req = Request(artifact=self.artifact, chunk=key[0], offset=key[1], length=length)
             out.append(Send(peer=peer, data=req.to_wire()))
 
@@ -445,12 +554,10 @@ class Download:
                     return (part.index, o)
         index = self._pick(p)  # 3. a new chunk
         if index is not None:
+            self.wanted.discard(index)
             self.parts[index] = _Part(index=index, owner=peer, single=index in self.evidence)
             return (index, 0)
-        if any(
-            i not in self.held and i not in self.parts and i not in self.origin
-            for i in range(self.map.count)
-        ):
+        if self.wanted:
             return None  # chunks remain unstarted (this peer lacks them): no endgame yet
         for part in parts:  # 4. endgame: duplicate what others have in flight
             if part.single:
@@ -462,13 +569,15 @@ class Download:
         return None
 
     def _pick(self, p: _Peer) -> int | None:
-        cands = sorted(
-            i for i in p.has if i not in self.held and i not in self.parts and i not in self.origin
-        )
+        """A chunk ``p`` has and we want: at random at first, then the rarest (fewest
+        connected holders, ties at random).  Costs the smaller of the two sets, not the
+        chunk list."""
+        small, big = (p.has, self.wanted) if len(p.has) < len(self.wanted) else (self.wanted, p.has)
+        cands = [i for i in small if i in big]
         if not cands:
             return None
         if len(self.held) >= self.config.random_first:
-            counts = {i: self._holders(i) for i in cands}
-            rarest = min(counts.values())
-            cands = [i for i in cands if counts[i] == rarest]
+            avail = self.avail
+            rarest = min(avail[i] for i in cands)
+            cands = [i for i in cands if avail[i] == rarest]
         return cands[int(self.rng.random() * len(cands)) % len(cands)]

@@ -56,11 +56,17 @@ class OriginChunk(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class OriginFailed(Event):
-    """The origin could not serve a ``FetchFromOrigin`` chunk (it is wanted again)."""
+    """The origin could not serve a ``FetchFromOrigin`` chunk (it is wanted again).
+
+    ``retry_after``: the origin said "try-peers" (over its downloader cap) and when to come
+    back; the swarm then leaves the origin alone that long and gets the chunk from peers.
+    A shell that waits out the ``retry_after`` itself and fetches again need not send this.
+    """
 
     artifact: str
     index: int
     reason: str
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

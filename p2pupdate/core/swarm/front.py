@@ -25,6 +25,7 @@ from .download import Download, Rng
 from .events import (
     Ban,
     ChunkVerified,
+    Completed,
     Drop,
     Effect,
     Event,
@@ -72,6 +73,7 @@ class _Artifact:
     layout: bytes
     sessions: set[str] = field(default_factory=set)  # our bitfield went out
     matched: set[str] = field(default_factory=set)  # theirs came in, with our layout
+    origin_chunks: int = 0  # of a download that completed (its state is let go)
 
 
 class Swarm:
@@ -208,8 +210,9 @@ class Swarm:
         art = self.artifacts.get(ev.artifact)
         if art is None or art.download is None:
             return
+        art.download.now = now
         if not art.download.on_origin_chunk(ev.index, ev.data, out):
-            art.download.on_origin_failed(ev.index)  # wanted again: peers, or the origin
+            art.download.on_origin_failed(ev.index, now)  # wanted again: peers, or the origin
             reason = "does not match the release record"
             out.append(OriginRefused(artifact=ev.artifact, index=ev.index, reason=reason))
         art.download.fill_all(now, out)
@@ -217,7 +220,7 @@ class Swarm:
     def _origin_failed(self, ev: OriginFailed, now: float, out: list[Effect]) -> None:
         art = self.artifacts.get(ev.artifact)
         if art is not None and art.download is not None:
-            art.download.on_origin_failed(ev.index)
+            art.download.on_origin_failed(ev.index, now, ev.retry_after)
             art.download.fill_all(now, out)
 
     def _uplink(self, ev: UplinkMeasured, now: float, out: list[Effect]) -> None:
@@ -336,12 +339,26 @@ class Swarm:
             for art in self.artifacts.values():  # a dropped peer's requests went elsewhere
                 if art.download is not None:
                     art.download.fill_all(now, out)
+        done = []
         for eff in list(out):
             if isinstance(eff, ChunkVerified):
                 got = self.artifacts.get(eff.artifact)
                 if got is not None:
                     have = Have(artifact=eff.artifact, chunk=eff.index).to_wire()
-                    out.extend(Send(peer=p, data=have) for p in sorted(got.sessions))
+                    # Not to a peer that said it holds the chunk: it will never ask us.
+                    peers = got.download.peers if got.download is not None else {}
+                    out.extend(
+                        Send(peer=p, data=have)
+                        for p in sorted(got.sessions)
+                        if p not in peers or eff.index not in peers[p].has
+                    )
+            elif isinstance(eff, Completed):
+                done.append(eff.artifact)
+        for artifact in done:  # a finished download's peer state is let go
+            got = self.artifacts.get(artifact)
+            if got is not None and got.download is not None and got.download.complete:
+                got.origin_chunks = got.download.origin_chunks
+                got.download = None
         return out
 
     def status(self) -> tuple[ArtifactStatus, ...]:
@@ -358,7 +375,7 @@ class Swarm:
                     fetching_from=0
                     if dl is None
                     else sum(1 for p in dl.peers.values() if p.inflight),
-                    origin_chunks=0 if dl is None else dl.origin_chunks,
+                    origin_chunks=a.origin_chunks if dl is None else dl.origin_chunks,
                 )
             )
         return tuple(out)
@@ -366,7 +383,9 @@ class Swarm:
     def origin_chunks(self, artifact: str) -> int:
         """How many chunks of ``artifact`` went to the origin (for status and tests)."""
         art = self.artifacts.get(artifact)
-        return 0 if art is None or art.download is None else art.download.origin_chunks
+        if art is None:
+            return 0
+        return art.origin_chunks if art.download is None else art.download.origin_chunks
 
 
 EventHandler = Callable[[Swarm, Event, float, list[Effect]], None]

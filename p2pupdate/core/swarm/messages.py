@@ -25,6 +25,7 @@ and exact schema.  A message that fails is the sender's fault (``penalties.rule_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Self
@@ -288,8 +289,26 @@ _LIMITS: Final = wire.Limits(
 )  # fmt: skip
 
 
+#: Messages up to this size (``have``, ``request``, ``cancel``, ``reject``: no bitfield or
+#: block) are decoded once per distinct bytes: a node gets the same ``have`` from every
+#: peer that verified the chunk, so most are repeats (a cache of frozen values, pure).
+SMALL_CACHED: Final = 96
+DECODE_CACHE: Final = 4096
+
+
 def decode_message(data: bytes) -> Message:
     """Bytes from a peer -> one message, or a ``WireError`` saying what was wrong."""
+    if len(data) <= SMALL_CACHED:
+        return _decode_small(bytes(data))
+    return _decode(data)
+
+
+@functools.lru_cache(maxsize=DECODE_CACHE)
+def _decode_small(data: bytes) -> Message:
+    return _decode(data)  # a WireError is raised, not cached: bad bytes are checked each time
+
+
+def _decode(data: bytes) -> Message:
     size = len(data)
     if size > MAX_MESSAGE_BYTES:
         raise OversizeError(f"swarm message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")

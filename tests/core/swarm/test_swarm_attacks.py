@@ -234,11 +234,10 @@ def test_a_fleet_with_several_attackers_at_once_blames_only_them() -> None:
     assert all(f.banned(bad[0].id) for f in fetchers)  # corrupt chunks: proof, a ban
 
 
-def test_a_small_fleet_runs_to_the_end_without_the_origin_or_penalties() -> None:
+def test_a_small_fleet_runs_to_the_end_without_penalties_the_origin_sending_little() -> None:
     got = fleet_run(nodes=8, artifact_mib=1.0, chunk_size=64 * 1024)
-    assert got["all_verified"] is True
-    assert got["origin_chunks"] == 0 and got["penalties"] == 0
-    assert float(str(got["seed_copies"])) < 8  # the fetchers traded among themselves
+    assert got["all_verified"] is True and got["penalties"] == 0
+    assert float(str(got["origin_copies"])) < 3  # the fetchers traded among themselves
 
 
 def test_when_the_only_peer_vanishes_mid_chunk_the_origin_brings_the_rest() -> None:

@@ -3,6 +3,7 @@ verification and blame, the upload bucket.  Pure: a fake ``now``, a seeded ``Ran
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -19,6 +20,8 @@ from p2pupdate.core.swarm.events import (
     Effect,
     FetchFromOrigin,
     Opened,
+    OriginChunk,
+    OriginRefused,
     Penalised,
     Received,
     Send,
@@ -282,16 +285,81 @@ def test_an_unasked_block_or_one_of_another_artifact_is_unsolicited() -> None:
     assert [(p.rule) for p in out if isinstance(p, Penalised)] == ["unsolicited"]
 
 
-def test_no_peer_with_a_chunk_means_the_origin_after_the_grace() -> None:
-    sw, out = fetcher()
-    join(sw, A, set(range(8)))
+def origin_loop(
+    sw: Swarm, until: float, *, step: float = 0.5, t: float = 0.0
+) -> tuple[list[tuple[float, int]], int]:
+    """Tick ``sw`` to ``until``, the origin serving each asked chunk one step later: the
+    (time, chunk) of every ask, and the most chunks at the origin at once."""
+    asked: list[tuple[float, int]] = []
+    pending: list[int] = []
+    most = 0
+    while t < until:
+        t += step
+        out = []
+        for i in pending:
+            out += sw.handle(OriginChunk(artifact=ART, index=i, data=MAP.slice(DATA, i)), t)
+        pending = []
+        out += sw.handle_timer(t)
+        new = [i for e in out if isinstance(e, FetchFromOrigin) for i in e.chunks]
+        asked += [(t, i) for i in new]
+        pending += new
+        most = max(most, len(pending))
+    return asked, most
+
+
+def test_no_peer_with_a_chunk_means_the_origin_after_the_grace_a_few_at_a_time() -> None:
+    sw, _ = fetcher(dataclasses.replace(CFG, request_timeout=30.0))
+    join(sw, A, set(range(8)))  # A has 0-7 (and sits on our requests: never idle)
+    asked, most = origin_loop(sw, 9.0)
+    assert min(t for t, _ in asked) >= CFG.origin_grace
+    assert sorted(i for _, i in asked) == list(range(8, 16))  # each once, only those
+    assert most <= CFG.origin_parallel  # rationed: the origin's cap is shared
+    assert [i for _, i in asked] != list(range(8, 16))  # picked at random, not in order
+
+
+def test_nodes_starting_together_ask_the_origin_for_different_chunks() -> None:
+    """Release day: nobody has anything.  Each node goes to the origin once peers gave it
+    nothing for ``origin_idle`` (not the whole grace), for ``origin_parallel`` chunks
+    picked at random: eight nodes' first picks are not all the same chunks."""
+    firsts = []
+    for seed in range(8):
+        sw, _ = fetcher(seed=seed)
+        for peer in (A, B):
+            join(sw, peer, set())
+        asked, most = origin_loop(sw, CFG.origin_idle + 1.0)
+        assert asked and min(t for t, _ in asked) <= CFG.origin_idle + 0.5 < CFG.origin_grace
+        assert most <= CFG.origin_parallel
+        firsts.append(frozenset(i for t, i in asked if t == asked[0][0]))
+    assert len(set(firsts)) >= 6
+
+
+def test_try_peers_from_the_origin_backs_off_and_leaves_the_chunk_to_peers() -> None:
+    from p2pupdate.core.swarm.events import OriginFailed
+
+    sw, _ = fetcher()
+    out: list[Effect] = []
+    for t in (0.5, 1.0, 1.5):
+        out += sw.handle_timer(t)
+    (first,) = [e for e in out if isinstance(e, FetchFromOrigin)]
     out = []
-    t = 0.0
-    while t < CFG.origin_grace + 1.5:
+    for i in first.chunks:
+        out += sw.handle(
+            OriginFailed(artifact=ART, index=i, reason="try-peers", retry_after=5.0), 2.0
+        )
+    t = 2.0
+    while t < 6.5:  # nothing goes to the origin during its retry_after ...
         t += 0.5
         out += sw.handle_timer(t)
-    asked = sorted(i for e in out if isinstance(e, FetchFromOrigin) for i in e.chunks)
-    assert asked == list(range(8, 16))
+    assert not [e for e in out if isinstance(e, FetchFromOrigin)]
+    # ... and a peer that has the refused chunk gets asked for it meanwhile
+    got = join(sw, A, set(first.chunks), now=6.5)
+    assert requests(got, A) and {r.chunk for r in requests(got, A)} <= set(first.chunks)
+    later = []
+    while t < 6.5 + CFG.origin_grace + 1.0:  # the grace counts from A's news
+        t += 0.5
+        later += sw.handle_timer(t)
+    again = [i for e in later if isinstance(e, FetchFromOrigin) for i in e.chunks]
+    assert again and not set(again) & set(first.chunks)  # A's chunks stay A's
 
 
 # -- the uploader ------------------------------------------------------------------------
@@ -380,18 +448,26 @@ def test_serve_builds_the_block_frame_only_from_exactly_the_asked_bytes() -> Non
 
 
 def test_bad_bytes_from_the_origin_are_refused_and_the_chunk_wanted_again() -> None:
-    from p2pupdate.core.swarm.events import OriginChunk, OriginRefused
-
     sw, _ = fetcher()
     out: list[Effect] = []
     for t in range(1, 8):
         out += sw.handle_timer(float(t))
     asked = [e for e in out if isinstance(e, FetchFromOrigin)]
-    assert asked and asked[0].chunks == tuple(range(16))  # no peers at all
-    bad = sw.handle(OriginChunk(artifact=ART, index=3, data=b"\0" * 4096), 8.0)
-    assert [(e.index) for e in bad if isinstance(e, OriginRefused)] == [3]
+    assert asked and len(asked[0].chunks) == CFG.origin_parallel  # no peers at all
+    k = asked[0].chunks[0]
+    bad = sw.handle(OriginChunk(artifact=ART, index=k, data=b"\0" * 4096), 8.0)
+    assert [(e.index) for e in bad if isinstance(e, OriginRefused)] == [k]
     assert not [e for e in bad if isinstance(e, ChunkVerified)]
-    good = sw.handle(OriginChunk(artifact=ART, index=3, data=MAP.slice(DATA, 3)), 8.1)
+    pending = [i for i in asked[0].chunks if i != k]
+    t = 8.0
+    while k not in pending:  # wanted again: the origin is asked for it once more
+        t += 1.0
+        out = []
+        for i in pending:  # the origin serves the others right
+            out += sw.handle(OriginChunk(artifact=ART, index=i, data=MAP.slice(DATA, i)), t)
+        out += sw.handle_timer(t)
+        pending = [i for e in out if isinstance(e, FetchFromOrigin) for i in e.chunks]
+    good = sw.handle(OriginChunk(artifact=ART, index=k, data=MAP.slice(DATA, k)), t)
     assert [e.source for e in good if isinstance(e, ChunkVerified)] == ["origin"]
 
 
