@@ -26,12 +26,15 @@ origin); this module carries out its effects and reports back:
 ===================  ========================================================================
 
 **Sessions.**  ``fetch`` adds an artifact with the chunks the store holds verified and an
-overall deadline, and opens a session (``Opened``) with every linked peer whose heartbeat
-says it holds or fetches the artifact (checked again every ``SWEEP`` and when a link comes
-up).  Not with every linked peer: a session starts with our bitfield, and a peer that did
-not track the artifact when it came would not send its own later, once it does (the core
-sends ours once per session), so the two would never trade.  A seed opens nothing: the
-fetcher's bitfield opens its side.  Every second the service also opens extra links
+overall deadline, and opens a session (``Opened``) with every linked peer; a link that
+comes up while it runs gets one too.  A seed opens nothing: the fetcher's bitfield opens
+its side.  A session starts with our bitfield, and the core sends ours once per session:
+a peer that did not track the artifact when ours came never answers it, and when it starts
+tracking the artifact later, our bitfield is the one it lacks.  So the bitfield (and the
+haves after it) a peer sends about an artifact not tracked here are kept (``EARLY_FRAMES``,
+``EARLY_PEERS``) and fed to the core once it tracks the artifact (``fetch``, ``seed``):
+its session then opens as if they had just come, and ours goes out.
+Every second the service also opens extra links
 (at most ``extra_links``, default ``core.swarm.holders.EXTRA_LINKS``) to holders learned
 from heartbeats (``Gossip.holders``), chosen by ``core.swarm.holders.pick_holders`` among
 those with a known contact.  An extra link is pinned in gossip (not closed as idle, not in
@@ -64,10 +67,12 @@ import trio
 from ..clock import Clock
 from ..core import gossip as g
 from ..core import swarm as sw
+from ..core.errors import WireError
 from ..core.swarm.chunks import ChunkMap
 from ..core.swarm.holders import EXTRA_LINKS, pick_holders
 from ..errors import CoordinatorFault
 from .chunkstore import ChunkStore
+from .gossip import frame_kind
 
 __all__ = ["FetchResult", "SwarmLinks", "SwarmService"]
 
@@ -86,6 +91,10 @@ ORIGIN_RETRY: Final = 1.0
 CACHE_BYTES: Final = 8 << 20
 #: One log line per (peer, rule) per this many seconds.
 PENALTY_LOG_INTERVAL: Final = 60.0
+#: Frames kept per (peer, artifact not tracked here): its bitfield and the haves after it;
+#: and how many such (peer, artifact) pairs are kept (the oldest goes first).
+EARLY_FRAMES: Final = 4096
+EARLY_PEERS: Final = 256
 
 OriginFetch = Callable[[ChunkMap, int], Awaitable[bytes]]
 T = TypeVar("T")
@@ -191,6 +200,8 @@ class SwarmService:
         self.bytes_down_peers = 0
         self.bytes_down_origin = 0
         self.frames_dropped = 0
+        #: Frames peers sent before this node tracked their artifact, fed to the core later.
+        self.early_replayed = 0
         self._tracks: dict[str, _Track] = {}
         self._heard: dict[str, float] = {}  # peer -> last swarm frame from it
         self._pinned: set[str] = set()
@@ -203,6 +214,7 @@ class SwarmService:
         self._cache_bytes = 0
         self._reading: dict[tuple[str, int], trio.Event] = {}
         self._penalty_logged: dict[tuple[str, str], float] = {}
+        self._early: OrderedDict[tuple[str, str], list[bytes]] = OrderedDict()
 
     # -- running ---------------------------------------------------------------------------
 
@@ -268,6 +280,7 @@ class SwarmService:
                 track.fetching = True
                 now = self.clock.monotonic()
                 self._perform(core.add(cmap, held=held, now=now, deadline=deadline))
+                self._replay_early(artifact)
                 self._sweep(now)
                 self._wake.set()
         await track.done.wait()
@@ -299,6 +312,7 @@ class SwarmService:
         track.done.set()
         self._tracks[artifact] = track
         self._perform(core.add(cmap, held=held, now=self.clock.monotonic()))
+        self._replay_early(artifact)
         self.log(f"swarm: seeding {artifact[:16]}... ({cmap.count} chunks)")
         return True
 
@@ -327,10 +341,40 @@ class SwarmService:
         if peer not in self._pinned:
             self._pinned.add(peer)
             self.links.pin(peer, True)
+        self._keep_early(peer, data)
         self._handle(sw.Received(peer=peer, data=data))
 
+    def _keep_early(self, peer: str, data: bytes) -> None:
+        """Keep a bitfield, and the haves after it, about an artifact not tracked here."""
+        if frame_kind(data) not in ("sw_bf", "sw_have"):
+            return
+        try:
+            msg = sw.decode_message(data)
+        except WireError:
+            return  # the core charges it
+        if msg.artifact in self._tracks:
+            return
+        key = (peer, msg.artifact)
+        if isinstance(msg, sw.Bitfield):
+            self._early.pop(key, None)
+            self._early[key] = [data]
+            while len(self._early) > EARLY_PEERS:
+                self._early.popitem(last=False)
+        elif (kept := self._early.get(key)) is not None and len(kept) < EARLY_FRAMES:
+            kept.append(data)
+
+    def _replay_early(self, artifact: str) -> None:
+        """Feed the core what linked peers said about ``artifact`` before it was tracked."""
+        linked = set(self.links.linked())
+        for key in [k for k in self._early if k[1] == artifact]:
+            frames = self._early.pop(key)
+            if key[0] in linked:
+                for data in frames:
+                    self.early_replayed += 1
+                    self._handle(sw.Received(peer=key[0], data=data))
+
     def link_up(self, peer: str) -> None:
-        """A new link: sessions for what is being fetched, if it holds any of it."""
+        """A new link: a session for every artifact being fetched."""
         if self.core is not None:
             self._open_sessions(self.clock.monotonic(), only={peer})
             self._wake.set()
@@ -338,26 +382,22 @@ class SwarmService:
     def link_down(self, peer: str) -> None:
         self._heard.pop(peer, None)
         self._pinned.discard(peer)
+        for key in [k for k in self._early if k[0] == peer]:
+            del self._early[key]
         for track in self._tracks.values():
             track.extras.discard(peer)
             track.opened.discard(peer)
         self._handle(sw.PeerGone(peer=peer))
 
     def _open_sessions(self, now: float, only: set[str] | None = None) -> None:
-        """``Opened`` for each artifact being fetched with each linked peer whose heartbeat
-        says it holds or fetches it, once per link.
-
-        Only those: a session starts with our bitfield, and a peer that did not track the
-        artifact when ours came would never send its own once it does (the core answers a
-        bitfield with ours only when it opens the session), leaving half a session."""
+        """``Opened`` for each artifact being fetched with each linked peer, once per link."""
         core = self.core
         assert core is not None
         linked = set(self.links.linked()) if only is None else only
         for artifact, track in self._tracks.items():
             if not track.fetching or track.done.is_set():
                 continue
-            holders = {n for n, _s, _f in self.links.holders(artifact)}
-            for peer in sorted((linked & holders) - track.opened):
+            for peer in sorted(linked - track.opened):
                 track.opened.add(peer)
                 self._perform(core.handle(sw.Opened(peer=peer, artifact=artifact), now))
 

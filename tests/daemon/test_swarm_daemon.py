@@ -198,7 +198,11 @@ async def test_only_the_chunks_no_peer_has_come_from_the_origin(
     network: Network, tmp_path: Path
 ) -> None:
     """Two peers with partial downloads hold chunks 0-19 and 20-35; nobody but the origin
-    has 36-47: exactly those twelve are fetched from it."""
+    has 36-47: exactly those twelve are fetched from it.
+
+    The peers were fetching before the fetcher linked, so their bitfields reached it
+    before it tracked the artifact: kept, and fed to its core once it did (without that,
+    their sessions stayed half open and all 48 chunks came from the origin)."""
     with trio.fail_after(20):
         async with in_process(network) as (replica, url), trio.open_nursery() as nursery:
             cmap = await trio.to_thread.run_sync(_publish, network, url)
@@ -222,6 +226,7 @@ async def test_only_the_chunks_no_peer_has_come_from_the_origin(
             got = await fetcher.swarm.fetch(cmap)  # no deadline: peers are never "too slow"
             assert fetcher.store.path(ART).read_bytes() == DATA
             assert (got.peers, got.origin) == (36, 12)
+            assert fetcher.swarm.early_replayed >= 2  # both peers' early bitfields
             assert _origin_requests(replica) == 12
             assert _origin_bytes(replica) == sum(c.length for c in cmap.chunks[36:])
             down = fetcher.swarm.summary()
