@@ -52,6 +52,7 @@ from p2pupdate.core.swarm.events import (
     Serve,
 )
 from p2pupdate.core.swarm.front import Swarm
+from p2pupdate.core.swarm.messages import MAX_BLOCK
 from p2pupdate.core.timing import UpdaterConfig, refusal_wait
 
 NOW: Final = 1_800_000_000
@@ -99,7 +100,8 @@ class Net:
         self.now = 0.0
         self.latency = latency
         self.nodes: dict[str, Node] = {}
-        self.links: set[frozenset[str]] = set()
+        #: Who each node has a link with (both directions).
+        self.adj: dict[str, set[str]] = {}
         #: Download rate per node id (bytes/s); a node not named has no limit.
         self.down: dict[str, float] = {}
         #: Nodes that finished an artifact (a ``stop`` that does not scan the fleet).
@@ -147,23 +149,30 @@ class Net:
 
     def link(self, a: Node, b: Node, artifact: str) -> None:
         """Link ``a`` and ``b`` and open a session about ``artifact`` on both sides."""
-        self.links.add(frozenset((a.id, b.id)))
+        self.adj.setdefault(a.id, set()).add(b.id)
+        self.adj.setdefault(b.id, set()).add(a.id)
         a.opened(b.id, artifact)
         b.opened(a.id, artifact)
 
+    def linked(self, a: str, b: str) -> bool:
+        return b in self.adj.get(a, ())
+
     def send(self, src: str, dst: str, data: bytes) -> None:
-        if frozenset((src, dst)) not in self.links:
+        peers = self.adj.get(src)
+        if peers is None or dst not in peers:
             return  # the link is gone: the frame is dropped, as a shell would
+        node = self.nodes[dst]
 
         def deliver() -> None:
-            if frozenset((src, dst)) in self.links:
-                self.nodes[dst].received(src, data)
+            if dst in peers:
+                node.received(src, data)
 
         self.at(self.arrival(dst, len(data), self.now + self.latency), deliver)
 
     def unlink(self, a: str, b: str) -> None:
-        if frozenset((a, b)) in self.links:
-            self.links.discard(frozenset((a, b)))
+        if self.linked(a, b):
+            self.adj[a].discard(b)
+            self.adj[b].discard(a)
             self.nodes[a].gone(b)
             self.nodes[b].gone(a)
 
@@ -446,9 +455,10 @@ class CoreNode(Node):
 # -- a fleet ------------------------------------------------------------------------------
 
 
-def _capped(rate: float) -> SwarmConfig:
-    """Uploads at exactly ``rate`` (as if the shell measured an uplink of twice that)."""
-    return SwarmConfig(upload_cap=rate, default_uplink=2 * rate)
+def _capped(rate: float, **knobs: int) -> SwarmConfig:
+    """Uploads at exactly ``rate`` (as if the shell measured an uplink of twice that);
+    every other knob the daemon's default unless given."""
+    return SwarmConfig(upload_cap=rate, default_uplink=2 * rate, **knobs)
 
 
 def fleet_run(
@@ -505,7 +515,7 @@ def fleet_run(
     neighbours: dict[str, list[CoreNode]] = {f.id: [] for f in fetchers}
     for f in fetchers:
         for g in rng.sample(fetchers, min(degree, nodes)):
-            if g is not f and frozenset((f.id, g.id)) not in net.links:
+            if g is not f and not net.linked(f.id, g.id):
                 net.link(f, g, art)
                 neighbours[f.id].append(g)
                 neighbours[g.id].append(f)
@@ -577,6 +587,12 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--nodes", type=int, default=24)
     ap.add_argument("--artifact-mib", type=float, default=4.0)
     ap.add_argument("--chunk-kib", type=int, default=64)
+    ap.add_argument(
+        "--block-kib",
+        type=int,
+        default=SwarmConfig().max_block // 1024,
+        help="bytes per request (SwarmConfig.max_block; the daemon's default unless given)",
+    )
     ap.add_argument("--seed-up-mib", type=float, default=2.0, help="the origin's upload MiB/s")
     ap.add_argument(
         "--origin-max-downloaders",
@@ -598,6 +614,8 @@ def main(argv: Sequence[str]) -> int:
         ap.error("need rates > 0 (--peer-down-mib 0: no limit)")
     if args.origin_max_downloaders < 1:
         ap.error("need --origin-max-downloaders >= 1")
+    if not 1 <= args.block_kib <= MAX_BLOCK // 1024:
+        ap.error(f"need --block-kib in [1, {MAX_BLOCK // 1024}]")
     if args.churn_per_min < 0 or args.away_s <= 0:
         ap.error("need --churn-per-min >= 0, --away-s > 0")
     out = fleet_run(
@@ -612,6 +630,7 @@ def main(argv: Sequence[str]) -> int:
         away_s=args.away_s,
         seed=args.seed,
         origin_max_downloaders=args.origin_max_downloaders,
+        config=_capped(args.peer_up_mib * MIB, max_block=args.block_kib * 1024),
     )
     if args.json:
         print(json.dumps(out))

@@ -35,6 +35,7 @@ peers cannot deliver before the overall ``deadline`` at the rate measured over
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ MAX_LATE: Final = 64
 DEADLINE_MARGIN: Final = 0.8
 #: How often the origin rules are looked at while chunks are missing (seconds).
 CHECK_EVERY: Final = 1.0
+STREAM_SHARE = 2
 
 Key = tuple[int, int]  # (chunk, offset): one block
 Fault = tuple[str, str, str]  # (peer, rule, detail)
@@ -65,7 +67,7 @@ class Rng(Protocol):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class _Req:
     length: int
-    deadline: float
+    sent: float  # its deadline: ``request_timeout`` after this or the peer's last block
 
 
 @dataclass(kw_only=True, slots=True)
@@ -75,6 +77,8 @@ class _Peer:
     late: dict[Key, int] = field(default_factory=dict)  # key -> length (ordered: oldest out)
     misses: int = 0
     backoff_until: float = 0.0
+    progress: float = -math.inf  # when its last block came
+    choked: bool = False  # it rejected us ``choked``/``busy``: one request until a block
     #: ``Download.epoch`` when this peer last had nothing for us (-1: ask it).
     idle_at: int = -1
 
@@ -119,6 +123,7 @@ class Download:
         self.received: deque[tuple[float, int]] = deque()  # (when, bytes) from peers
         self.faults: list[Fault] = []
         self.next_check = now
+        self._timer: float | None = None  # get_timer's answer, or an earlier one
         self.now = now  # the latest ``now`` an entry point was given
         #: Connected peers that hold each chunk (rarest-first and the origin rules read it).
         self.avail = [0] * chunk_map.count
@@ -134,6 +139,10 @@ class Download:
         self.origin_served: float | None = None
         #: When a chunk we lack last appeared around us (the swarm is still spreading).
         self.discovered = now
+        #: Chunks the origin sent us that we have not served yet: a peer announcing one
+        #: got it elsewhere, so the origin sent it twice (we stop streaming from it).
+        self.origin_fresh: set[int] = set()
+        self.origin_twice = -math.inf  # when we last saw that
         #: Since when nothing was in flight at any peer and nothing was pickable (None: busy).
         self.idle_since: float | None = now
         for i in range(chunk_map.count):
@@ -165,19 +174,29 @@ class Download:
         return sum(n for _, n in self.received) / span
 
     def get_timer(self) -> float | None:
-        """The next request deadline or origin check.  A peer's requests are in the order
-        sent, and their deadlines never decrease along it (a new one is ``now + timeout``;
-        a block pushes every one of them to at least that), so its first is its earliest:
-        this costs the number of peers, not of requests."""
+        """The next request deadline or origin check.  A request's deadline is
+        ``request_timeout`` after it was sent or after the peer's last block, whichever is
+        later; a peer's requests are in the order sent, so its first is its earliest: this
+        costs the number of peers, not of requests."""
         if self.complete:
             return None
+        if self._timer is not None:
+            return self._timer
         t = self.next_check
+        timeout = self.config.request_timeout
         for p in self.peers.values():
             if p.inflight:
-                d = next(iter(p.inflight.values())).deadline
+                d = max(next(iter(p.inflight.values())).sent, p.progress) + timeout
                 if d < t:
                     t = d
+        self._timer = t
         return t
+
+    def _sooner(self, t: float) -> None:
+        """Something is due at ``t``: the cached timer comes no later.  (What moves a
+        deadline later leaves the cache early: one wake-up that finds nothing due.)"""
+        if self._timer is not None and t < self._timer:
+            self._timer = t
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -278,6 +297,9 @@ class Download:
             return
         p.has.add(msg.chunk)
         self._new_holder(msg.chunk)
+        if msg.chunk in self.origin_fresh:  # the origin sent it to someone else too
+            self.origin_fresh.discard(msg.chunk)
+            self.origin_twice = now
         if msg.chunk in self.wanted or msg.chunk in self.parts:
             p.idle_at = -1
             self.fill(peer, now, out)
@@ -298,9 +320,12 @@ class Download:
                 self.faults.append(
                     (peer, "false_claim", f"advertised chunk {msg.chunk}, then cannot serve it")
                 )
-        else:
+        else:  # choked or busy: left alone a while, then probed with one request
             p.backoff_until = now + self.config.reject_backoff
-        self.fill_all(now, out)
+            p.choked = True
+        for q, qp in list(self.peers.items()):  # the block went back: another holder's
+            if msg.chunk in qp.has:
+                self.fill(q, now, out)
 
     def on_block(self, peer: str, msg: Block, now: float, out: list[Effect]) -> None:
         self.now = now
@@ -331,15 +356,17 @@ class Download:
         # Progress resets the clock of what is still in flight there: a peer serves its
         # requests in turn, so a slow honest link (a full pipeline at a modest rate) is
         # not a trickler while a block keeps coming every ``request_timeout``.
-        again = now + self.config.request_timeout
-        for k, r in p.inflight.items():
-            if r.deadline < again:
-                p.inflight[k] = _Req(length=r.length, deadline=again)
+        p.progress = now
+        p.choked = False
         part = self.parts.get(msg.chunk)
         fresh = part is not None and msg.offset not in part.blocks
+        epoch, sent = self.epoch, len(out)
         if part is not None and fresh and (not part.single or part.owner == peer):
             self._take(part, peer, msg.offset, msg.data, now, out)
-        self.fill_all(now, out)
+        if self.epoch != epoch or len(out) != sent:  # cancels, a chunk back in the pool
+            self.fill_all(now, out)
+        else:  # only this peer's pipeline has room
+            self.fill(peer, now, out)
 
     def _take(
         self, part: _Part, peer: str, offset: int, data: bytes, now: float, out: list[Effect]
@@ -389,11 +416,14 @@ class Download:
         if index in self.held or not 0 <= index < self.map.count:
             return True
         self.next_check = min(self.next_check, self.now)  # room at the origin: look again
+        self._sooner(self.next_check)
         if not self.map.check(index, data):
             return False
         # A chunk nobody around us had: keep streaming.  One a peer got meanwhile means
         # the swarm has caught up with the origin: back to the grace.
         self.origin_served = self.now if self.avail[index] == 0 else None
+        if self.avail[index] == 0:
+            self.origin_fresh.add(index)
         self.origin.discard(index)
         self._verified(index, data, "origin", out)
         return True
@@ -415,6 +445,7 @@ class Download:
             until = self.now + max(0.0, retry_after)
             self.origin_backoff = max(self.origin_backoff, until)
         self.next_check = min(self.next_check, max(self.now, self.origin_backoff))
+        self._sooner(self.next_check)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -423,9 +454,13 @@ class Download:
         self.now = now
         drops = []
         for peer, p in list(self.peers.items()):
-            if not p.inflight or next(iter(p.inflight.values())).deadline > now:
+            timeout = self.config.request_timeout
+            if (
+                not p.inflight
+                or max(next(iter(p.inflight.values())).sent, p.progress) + timeout > now
+            ):
                 continue  # its earliest deadline is its first (``get_timer``)
-            expired = [k for k, r in p.inflight.items() if r.deadline <= now]
+            expired = [k for k, r in p.inflight.items() if max(r.sent, p.progress) + timeout <= now]
             if not expired:
                 continue
             for key in expired:
@@ -445,6 +480,7 @@ class Download:
                 self.idle_since = now
             self._origin_rules(now, out)
         self.fill_all(now, out)
+        self._timer = None
         return drops
 
     def _origin_rules(self, now: float, out: list[Effect]) -> None:
@@ -459,7 +495,12 @@ class Download:
             # start together fetch different chunks and trade them.
             idle = self.idle_since is not None and now - self.idle_since >= cfg.origin_idle
             served = self.origin_served
-            streaming = served is not None and now - served < cfg.origin_grace
+            streaming = (
+                served is not None
+                and now - served < cfg.origin_grace
+                and now - self.origin_twice >= cfg.origin_grace
+                and len(self.unavailable) * STREAM_SHARE > len(self.wanted)
+            )
             if idle or streaming:
                 wait, since = (0.0 if idle else cfg.origin_idle), 0.0
             else:  # the grace counts from when the swarm around us last spread a chunk
@@ -518,12 +559,15 @@ class Download:
     def fill(self, peer: str, now: float, out: list[Effect]) -> None:
         """Ask ``peer`` for blocks until its pipeline is full or it has nothing we need."""
         p = self.peers.get(peer)
-        if p is None or now < p.backoff_until or len(p.inflight) >= self.config.pipeline:
+        if p is None or now < p.backoff_until:
+            return
+        depth = 1 if p.choked else self.config.pipeline
+        if len(p.inflight) >= depth:
             return
         if self.complete or (p.idle_at == self.epoch and self.wanted):
             return  # nothing new since it last had nothing for us (endgame: look again)
         self.now = now
-        while len(p.inflight) < self.config.pipeline:
+        while len(p.inflight) < depth:
             key = self._next_block(peer, p)
             if key is None:
                 p.idle_at = self.epoch
@@ -531,7 +575,8 @@ class Download:
             part = self.parts[key[0]]
             part.asked.setdefault(key[1], set()).add(peer)
             length = self.block_len(*key)
-            p.inflight[key] = _Req(length=length, deadline=now + self.config.request_timeout)
+            p.inflight[key] = _Req(length=length, sent=now)
+            self._sooner(now + self.config.request_timeout)
             self.idle_since = None
             req = Request(artifact=self.artifact, chunk=key[0], offset=key[1], length=length)
             out.append(Send(peer=peer, data=req.to_wire()))

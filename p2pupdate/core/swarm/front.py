@@ -37,6 +37,7 @@ from .events import (
     Penalised,
     Received,
     Send,
+    Serve,
     UplinkMeasured,
 )
 from .messages import (
@@ -354,6 +355,10 @@ class Swarm:
                     )
             elif isinstance(eff, Completed):
                 done.append(eff.artifact)
+            elif isinstance(eff, Serve):
+                served = self.artifacts.get(eff.artifact)
+                if served is not None and served.download is not None:
+                    served.download.origin_fresh.discard(eff.chunk)
         for artifact in done:  # a finished download's peer state is let go
             got = self.artifacts.get(artifact)
             if got is not None and got.download is not None and got.download.complete:
