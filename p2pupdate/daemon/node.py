@@ -50,6 +50,7 @@ log's ``reported``, ``D/status``'s ``time``) and for the probation deadline it c
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -217,7 +218,11 @@ class Node:
                 store=self.store,
                 clock=clock,
                 config=swarm_config,
-                origin=coordinator.client.fetch_chunk if coordinator is not None else None,
+                origin=(
+                    functools.partial(coordinator.client.fetch_chunk, wait=False)
+                    if coordinator is not None
+                    else None
+                ),
                 uplink=self.opts.swarm_uplink,
                 rng=random.Random(self.rng.getrandbits(64)),
                 log=self.log,

@@ -40,6 +40,7 @@ __all__ = [
     "AskOutcome",
     "BadChunk",
     "CoordinatorUnavailable",
+    "OriginBusy",
     "ProtocolError",
     "QuorumClient",
     "ReplicaLink",
@@ -273,7 +274,12 @@ class QuorumClient:
         return fetched
 
     async def fetch_chunk(
-        self, chunk_map: ChunkMap, index: int, timing: UpdaterConfig = ORIGIN_TIMING
+        self,
+        chunk_map: ChunkMap,
+        index: int,
+        timing: UpdaterConfig = ORIGIN_TIMING,
+        *,
+        wait: bool = True,
     ) -> bytes:
         """Chunk ``index`` of ``chunk_map``'s artifact from the replicas' origin, verified:
         the one home of the origin's rules for one chunk (``fetch_artifact`` and the swarm's
@@ -283,7 +289,10 @@ class QuorumClient:
         (``BadChunk``, logged) and the next is asked.  When every replica that answered said
         "try-peers", the node waits the smallest ``retry_after`` with jitter
         (``timing.refusal_wait``; one log line per wait) and asks again, at most
-        ``MAX_TRY_PEERS_WAITS`` times.  ``CoordinatorUnavailable`` when no replica has it."""
+        ``MAX_TRY_PEERS_WAITS`` times.  ``CoordinatorUnavailable`` when no replica has it.
+
+        ``wait=False`` (the swarm): no wait; ``OriginBusy`` says how long to leave the origin
+        alone (the same jittered wait), and the swarm gets the chunk from peers meanwhile."""
         artifact = chunk_map.artifact
         length = chunk_map.chunks[index].length
         for _wait in range(MAX_TRY_PEERS_WAITS + 1):
@@ -307,15 +316,29 @@ class QuorumClient:
                 errors.append(str(bad))
             if not refused:
                 raise CoordinatorUnavailable("; ".join(errors) or "no replica")
-            wait = refusal_wait(timing, min(r.retry_after for r in refused), self.rng.random())
+            wait_s = refusal_wait(timing, min(r.retry_after for r in refused), self.rng.random())
+            if not wait:
+                raise OriginBusy(
+                    f"origin: {refused[0].base} says try-peers for {artifact[:16]}... (over "
+                    f"its downloader cap): back in {wait_s:.1f} s",
+                    retry_after=wait_s,
+                )
             self.log(
                 f"origin: {refused[0].base} says try-peers for {artifact[:16]}... (over its "
-                f"downloader cap): waiting {wait:.1f} s before chunk {index}"
+                f"downloader cap): waiting {wait_s:.1f} s before chunk {index}"
             )
-            await trio.sleep(wait)
+            await trio.sleep(wait_s)
         raise CoordinatorUnavailable(
             f"origin: still try-peers after {MAX_TRY_PEERS_WAITS} waits for {artifact[:16]}..."
         )
+
+
+class OriginBusy(CoordinatorUnavailable):
+    """Every replica that answered said "try-peers": come back after ``retry_after``."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BadChunk(CoordinatorFault):

@@ -1,9 +1,11 @@
 """The status the daemon reports: ``D/status`` on disk, and the fields of a coordinator report.
 
 ``D/status`` is for operators and tests: what runs, from where, in which state, and how its
-work and gossip are doing.  It is rewritten atomically on every state change of the updater,
-whenever the work starts serving, and -- with gossip -- when the gossip view changed
-(checked every ``GOSSIP_STATUS_INTERVAL``).  Its ``time`` is the wall clock of the write.
+work, gossip and the chunk swarm are doing (``swarm``: ``SwarmService.summary``, README "The
+swarm in the daemon").  It is rewritten atomically on every state change of the updater,
+whenever the work starts serving, and -- with gossip -- when the gossip view or the
+swarm's counters changed (checked every ``GOSSIP_STATUS_INTERVAL``).  Its ``time`` is the
+wall clock of the write.
 
 The coordinator sees much less (``report_fields``): version, artifact, the heartbeat form
 of the state, and why gates 1-2 hold the node back (gate + reason, never the detail).

@@ -16,7 +16,9 @@ origin); this module carries out its effects and reports back:
 ``ChunkVerified``    ``ChunkStore.put_chunk`` in a worker thread, one at a time, in order
 ``FetchFromOrigin``  each chunk from the replicas' origin (``QuorumClient.fetch_chunk``, the
                      one home of the try-peers wait and the next-replica rule), fed back
-                     as ``OriginChunk`` / ``OriginFailed``
+                     as ``OriginChunk`` / ``OriginFailed``; a "try-peers" answer is not
+                     waited out here but told to the core (``retry_after``: it leaves the
+                     origin alone that long and asks peers meanwhile)
 ``Completed``        the fetch waiting for it returns once the store has the whole artifact
                      (one log line: chunks from peers, from the origin, seconds)
 ``Penalised``        logged (one line per peer and rule per minute)
@@ -73,6 +75,7 @@ from ..core.swarm.holders import EXTRA_LINKS, pick_holders
 from ..errors import CoordinatorFault
 from .chunkstore import ChunkStore
 from .gossip import frame_kind
+from .replica import OriginBusy
 
 __all__ = ["FetchResult", "SwarmLinks", "SwarmService"]
 
@@ -547,15 +550,31 @@ class SwarmService:
                     if self.origin is None:
                         raise CoordinatorFault("no coordinator: no origin to ask")
                     data = await self.origin(cmap, index)
+                except OriginBusy as exc:  # the core leaves the origin alone that long
+                    self._busy_note(eff.artifact, str(exc))
+                    event: sw.Event = sw.OriginFailed(
+                        artifact=eff.artifact,
+                        index=index,
+                        reason=str(exc)[:200],
+                        retry_after=exc.retry_after,
+                    )
                 except (CoordinatorFault, OSError) as exc:
                     self.log(f"swarm: origin chunk {index} of {eff.artifact[:16]}...: {exc}")
                     await trio.sleep(ORIGIN_RETRY)
-                    event: sw.Event = sw.OriginFailed(
+                    event = sw.OriginFailed(
                         artifact=eff.artifact, index=index, reason=str(exc)[:200]
                     )
                 else:
                     event = sw.OriginChunk(artifact=eff.artifact, index=index, data=data)
             self._handle(event)
+
+    def _busy_note(self, artifact: str, line: str) -> None:
+        """Log a try-peers answer at most once per artifact per ``PENALTY_LOG_INTERVAL``."""
+        now = self.clock.monotonic()
+        key = ("origin", artifact)
+        if now - self._penalty_logged.get(key, -math.inf) >= PENALTY_LOG_INTERVAL:
+            self._penalty_logged[key] = now
+            self.log(f"swarm: {line}; the chunks no peer has are asked for again then")
 
     # -- links: extra ones, pins -----------------------------------------------------------
 

@@ -5,8 +5,10 @@ origin, whose own ``/status`` counts the bytes it served (README "The swarm in t
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from coordinator.origin import NODE_HEADER, OriginConfig
 from p2pupdate.clock import SYSTEM
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
@@ -39,8 +42,11 @@ CHUNKS = 48
 DATA = random.Random(11).randbytes(CHUNKS * 1024 - 100)  # 1 KiB chunks, the last one short
 ART = artifact_of(DATA)
 RUNNING = "ab" * 32
-#: Short enough for a test: a chunk no peer has goes to the origin after this.
-GRACE = 0.5
+#: Short enough for a test: a chunk no peer has goes to the origin after this; and every
+#: chunk when no peer had anything to ask for this long (long enough for a loaded machine
+#: to open the sessions first).
+GRACE = 1.0
+IDLE = 3.0
 
 
 @pytest.fixture
@@ -135,12 +141,12 @@ async def _start(
     origin = None
     if url is not None:
         client = QuorumClient([url], key, net.trust, log=lines.append, rng=random.Random(i))
-        origin = client.fetch_chunk
+        origin = functools.partial(client.fetch_chunk, wait=False)  # as the node wires it
     swarm = service(
         links=gossip,
         store=store,
         clock=SYSTEM,
-        config=config or sw.SwarmConfig(origin_grace=GRACE),
+        config=config or sw.SwarmConfig(origin_grace=GRACE, origin_idle=IDLE),
         origin=origin,
         rng=random.Random(100 + i),
         log=lines.append,
@@ -467,3 +473,52 @@ def test_rates_on_the_command_line() -> None:
     for bad in ("", "0", "fast", "2X", "-1k"):
         with pytest.raises(argparse.ArgumentTypeError):
             rate(bad)
+
+
+def _take_the_slot(url: str) -> int:
+    """Another node downloads from the origin: it holds the one downloader slot."""
+    request = urllib.request.Request(
+        f"{url}/v1/artifacts/{ART}/chunks/0", headers={NODE_HEADER: "e" * 64}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return int(resp.status)
+
+
+async def test_try_peers_from_the_origin_is_told_to_the_swarm_not_waited_out(
+    network: Network, tmp_path: Path
+) -> None:
+    """The origin is over its downloader cap: the swarm is told (``retry_after``) and comes
+    back later for the chunks no peer has; the download completes, nothing fails."""
+    with trio.fail_after(20):
+        async with (
+            in_process(network, origin=OriginConfig(max_downloaders=1, window=1.0)) as (
+                replica,
+                url,
+            ),
+            trio.open_nursery() as nursery,
+        ):
+            cmap = await trio.to_thread.run_sync(_publish, network, url)
+            seed = await _start(nursery, network, tmp_path, 0)
+            _fill(seed.store, cmap, range(40))
+            nursery.start_soon(seed.swarm.fetch, cmap)  # (no origin: it keeps its 40)
+            fetcher = await _start(
+                nursery, network, tmp_path, 1, peers=[("127.0.0.1", seed.gossip.port)], url=url
+            )
+            await _linked((seed, fetcher))
+            taken = 0
+
+            async def hold_the_slot() -> None:
+                nonlocal taken
+                for _ in range(6):  # for about 2 s
+                    taken += await trio.to_thread.run_sync(_take_the_slot, url) == 200
+                    await trio.sleep(0.3)
+
+            nursery.start_soon(hold_the_slot)
+            got = await fetcher.swarm.fetch(cmap)
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (40, 8)
+            entry = replica.status()["origin"]["artifacts"][ART]
+            assert entry["refused"] >= 1  # it said try-peers at least once
+            assert entry["requests"] == taken + 8  # served: the holder's, then ours once each
+            assert any("try-peers" in m and "back in" in m for m in fetcher.lines)
+            nursery.cancel_scope.cancel()
