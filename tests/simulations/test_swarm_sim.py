@@ -93,3 +93,31 @@ def test_a_bad_flag_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str])
         .splitlines()[-1]
         .endswith("need --nodes >= 1, --artifact-mib > 0, --chunk-kib >= 1, --degree >= 0")
     )
+
+
+def test_release_day_at_24_nodes_meets_p9s_targets() -> None:
+    """The brief's run (``--nodes 24 --artifact-mib 16``, seed 7): every node starts with
+    nothing, the origin (2 MiB/s, the coordinator's cap of 8 downloaders) answers the rest
+    "try-peers"; P9's targets: origin_copies <= 2, origin_share <= 0.05, bound_ratio <= 1.5.
+    (Before the origin picks were rationed and random: 3.5 copies from a seed peer; with
+    the HTTP origin and the old picker 8+ copies, every node asking for every chunk.)"""
+    got = fleet_run(
+        nodes=24, artifact_mib=16, chunk_size=64 * 1024, peer_down=2.5 * (1 << 20), seed=7
+    )
+    assert got["all_verified"] is True and got["penalties"] == 0
+    assert int(str(got["origin_refused"])) > 0  # the cap was in play
+    assert float(str(got["origin_copies"])) <= 2.0
+    assert float(str(got["origin_share"])) <= 0.05
+    assert 1.0 <= float(str(got["bound_ratio"])) <= 1.5
+
+
+def test_the_origin_cap_is_the_coordinators_and_a_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from coordinator.origin import DEFAULT_MAX_DOWNLOADERS
+
+    got = run_cli(TINY, capsys)
+    assert got["origin_max_downloaders"] == DEFAULT_MAX_DOWNLOADERS
+    one = run_cli([*TINY, "--origin-max-downloaders", "1"], capsys)
+    assert one["origin_max_downloaders"] == 1 and one["all_verified"] is True
+    assert int(str(one["origin_refused"])) > int(str(got["origin_refused"]))

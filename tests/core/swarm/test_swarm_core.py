@@ -21,7 +21,9 @@ from p2pupdate.core.swarm.events import (
     FetchFromOrigin,
     Opened,
     OriginChunk,
+    OriginFailed,
     OriginRefused,
+    PeerGone,
     Penalised,
     Received,
     Send,
@@ -529,3 +531,102 @@ def test_repeated_haves_or_bitfields_are_paid_for() -> None:
     out += sw.handle(Received(peer=A, data=bitfield({1})), 0.1)
     assert [p.rule for p in out if isinstance(p, Penalised)] == ["unsolicited"] * 5
     assert [d.peer for d in out if isinstance(d, Drop)] == [A]
+
+
+# -- the picker's indexes ----------------------------------------------------------------
+
+
+def check_indexes(sw: Swarm) -> None:
+    """The incremental holder counts, pool and unavailable set equal a scan from scratch."""
+    dl = sw.artifacts[ART].download
+    if dl is None:
+        return
+    for i in range(MAP.count):
+        assert dl.avail[i] == sum(1 for p in dl.peers.values() if i in p.has), i
+    free = {i for i in range(MAP.count) if i not in dl.held | set(dl.parts) | dl.origin}
+    assert dl.wanted == free
+    lacking = {i for i in range(MAP.count) if dl.avail[i] == 0} - dl.held - dl.origin
+    assert set(dl.unavailable) == lacking
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_picker_indexes_match_a_scan_whatever_peers_do(seed: int) -> None:
+    """Peers come and go with random bitfields, announce chunks, answer, reject or sit on
+    requests, the origin serves or refuses: after every step the picker's indexes are
+    what a scan of the chunk list would say (the picker no longer scans it)."""
+    rng = random.Random(seed)
+    sw, _ = fetcher(seed=seed)
+    peers = [peer_id(f"p{k}") for k in range(5)]
+    out: list[Effect] = []
+    t = 0.0
+    for _ in range(150):
+        t += rng.random() * 0.7
+        who = rng.choice(peers)
+        roll = rng.random()
+        dl = sw.artifacts[ART].download
+        if dl is None:
+            break
+        if roll < 0.2 and who not in dl.peers:
+            out = join(sw, who, {i for i in range(16) if rng.random() < 0.4}, now=t)
+        elif roll < 0.35 and who in dl.peers:
+            missing = [i for i in range(16) if i not in dl.peers[who].has]
+            if missing:
+                have = m.Have(artifact=ART, chunk=rng.choice(missing)).to_wire()
+                out = sw.handle(Received(peer=who, data=have), t)
+        elif roll < 0.45:
+            out = sw.handle(PeerGone(peer=who), t)
+        elif roll < 0.75:  # answer (or reject) a request we sent someone
+            asked = [(p, r) for p, r in ((e.peer, r) for e in out for r in requests([e]))]
+            if asked:
+                p, r = rng.choice(asked)
+                if rng.random() < 0.8:
+                    out = sw.handle(Received(peer=p, data=block(r)), t)
+                else:
+                    why = rng.choice(["choked", "busy", "missing"])
+                    rej = m.Reject(
+                        artifact=ART, chunk=r.chunk, offset=r.offset, length=r.length, reason=why
+                    )
+                    out = sw.handle(Received(peer=p, data=rej.to_wire()), t)
+        elif roll < 0.85 and dl.origin:
+            i = rng.choice(sorted(dl.origin))
+            if rng.random() < 0.7:
+                out = sw.handle(OriginChunk(artifact=ART, index=i, data=MAP.slice(DATA, i)), t)
+            else:
+                fail = OriginFailed(artifact=ART, index=i, reason="try-peers", retry_after=2.0)
+                out = sw.handle(fail, t)
+        else:
+            out = sw.handle_timer(t)
+        check_indexes(sw)
+
+
+def test_a_choked_peer_is_probed_with_one_request_until_it_serves_again() -> None:
+    sw, _ = fetcher()
+    out = join(sw, A, range(16))
+    first = requests(out, A)
+    assert len(first) == CFG.pipeline
+    for r in first:
+        rej = m.Reject(
+            artifact=ART, chunk=r.chunk, offset=r.offset, length=r.length, reason="choked"
+        )
+        sw.handle(Received(peer=A, data=rej.to_wire()), 0.1)
+    later = sw.handle_timer(0.1 + CFG.reject_backoff + 0.5)
+    (probe,) = requests(later, A)  # one request, not a pipeline of rejects
+    refill = sw.handle(Received(peer=A, data=block(probe)), 3.0)
+    assert len(requests(refill, A)) == CFG.pipeline  # it serves: the pipeline again
+
+
+def test_no_have_goes_to_a_peer_that_holds_the_chunk() -> None:
+    sw, _ = fetcher()
+    join(sw, B, set(range(16)))  # B holds everything
+    out = join(sw, A, set(range(8, 16)))
+    reqs = [r for r in requests(out) if r.chunk < 8] or requests(out)
+    got: list[Effect] = []
+    for r in requests(out):
+        got += sw.handle(Received(peer=B if r.chunk < 8 else A, data=block(r)), 0.2)
+    verified = [e.index for e in got if isinstance(e, ChunkVerified)]
+    assert verified and reqs
+    haves = [(e.peer, m.decode_message(e.data)) for e in got if isinstance(e, Send)]
+    told = {(p, x.chunk) for p, x in haves if isinstance(x, m.Have)}
+    for i in verified:
+        assert (B, i) not in told
+        assert ((A, i) in told) == (i < 8)
