@@ -22,8 +22,9 @@ One module per concern; each module's docstring holds its detail:
 ``front``       ``Swarm``, composing the parts, and the dispatch tables
 ==============  =======================================================================
 
-Known limits (this slice): the picker scans the chunk list per request (fine for the
-thousands of chunks a release has, not tuned), and the shell must give each peer one link.
+Costs: the picker keeps per-chunk holder counts and the pool of chunks to start as
+things change (no per-request scan of the chunk list); ``get_timer`` costs the number of
+peers.  Known limit: the shell must give each peer one link.
 """
 
 from __future__ import annotations

@@ -28,9 +28,17 @@ evidence, and the chunk is fetched again from one peer alone.  That fetch either
 verified bytes proves its sender bad.  An honest peer's blocks always match, so it is never
 banned.  A ``missing`` reject for a chunk the peer advertised is a ``false_claim``.
 
-The origin.  A chunk no connected peer has for ``origin_grace`` seconds, or chunks the
-peers cannot deliver before the overall ``deadline`` at the rate measured over
-``rate_window``, go out in a ``FetchFromOrigin``; they are not asked of peers meanwhile.
+The origin.  A download has at most ``origin_parallel`` chunks at the origin at once,
+each picked at random among those no connected peer has (nodes that start together fetch
+different chunks, then trade them).  It asks at once when peers gave it nothing to ask for
+``origin_idle`` (release day: nobody has anything); it keeps asking while what the origin
+sends is new around it (no peer had it when it came, no peer announced it before we
+served it: else someone else got it from the origin too) and most of what it still needs
+is nowhere around it; otherwise a chunk goes to the origin once no connected peer has had
+it for ``origin_grace``, counted from when the swarm around it last spread a chunk new to
+it.  A "try-peers" (``OriginFailed`` with ``retry_after``) leaves the origin alone that
+long.  Chunks the peers cannot deliver before the overall ``deadline`` at the rate
+measured over ``rate_window`` go out too.  Chunks at the origin are not asked of peers.
 """
 
 from __future__ import annotations
@@ -52,7 +60,9 @@ MAX_LATE: Final = 64
 DEADLINE_MARGIN: Final = 0.8
 #: How often the origin rules are looked at while chunks are missing (seconds).
 CHECK_EVERY: Final = 1.0
-STREAM_SHARE = 2
+#: Stream from the origin only while more than 1/STREAM_SHARE of what we still need is
+#: nowhere around us; the rest comes from peers, or after the grace.
+STREAM_SHARE: Final = 2
 
 Key = tuple[int, int]  # (chunk, offset): one block
 Fault = tuple[str, str, str]  # (peer, rule, detail)
