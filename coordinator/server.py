@@ -33,6 +33,7 @@ Routes::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -195,7 +196,8 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._flusher)
-                await nursery.start(trio.serve_listeners, self._handle, listeners)
+                for listener in listeners:
+                    nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self.port)
         finally:
             try:
@@ -234,13 +236,34 @@ class Server:
 
     # -- one connection ------------------------------------------------------------------------
 
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """``trio.serve_listeners``' loop, with the caps applied as each connection is
+        accepted (in the order the kernel queued them, not the order tasks first run)."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    # out of descriptors (the caps are above ``ulimit -n``): wait a little
+                    self.stats.refused["accept-failed"] += 1
+                    self._metrics.connections.labels("accept-failed").inc()
+                    await trio.sleep(0.1)
+                    continue
+                admitted = self._admit(stream)
+                nursery.start_soon(self._run if admitted else self._refuse, stream, admitted)
+
     async def _handle(self, stream: trio.SocketStream) -> None:
-        """One connection, inside the caps.  Whatever it sends, the worst it can do is
-        get itself closed: an error the server did not expect is logged, counted
-        (``connection_failures``) and closes this connection, never the process."""
+        """One connection: admitted (or refused) and served, as the accept loop does."""
+        admitted = self._admit(stream)
+        await (self._run if admitted else self._refuse)(stream, admitted)
+
+    def _admit(self, stream: trio.SocketStream) -> str:
+        """The connection's source address, counted open; "" if a cap refuses it."""
         stats, limits = self.stats, self.limits
         peer = _peer(stream)
-        source = peer.rpartition(":")[0] or peer
+        source = peer.rpartition(":")[0] or peer or "?"
         refused = None
         if stats.open >= limits.max_connections:
             refused = "max-connections"
@@ -249,20 +272,25 @@ class Server:
         if refused is not None:
             stats.refused[refused] += 1
             self._metrics.connections.labels(f"refused-{refused}").inc()
-            with contextlib.suppress(Exception), trio.move_on_after(REFUSE_TIMEOUT):
-                await stream.send_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
-                    b"content-length: 25\r\nconnection: close\r\n\r\n"
-                    b"too many connections now\n"
-                )
-            with contextlib.suppress(Exception):
-                await stream.aclose()
-            return
+            return ""
         stats.open += 1
         stats.accepted += 1
         stats.per_source[source] = stats.per_source.get(source, 0) + 1
         self._metrics.connections.labels("accepted").inc()
         self._metrics.open.set(stats.open)
+        return source
+
+    async def _refuse(self, stream: trio.SocketStream, _source: str) -> None:
+        with contextlib.suppress(Exception), trio.move_on_after(REFUSE_TIMEOUT):
+            await stream.send_all(_TOO_MANY)
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+    async def _run(self, stream: trio.SocketStream, source: str) -> None:
+        """Whatever the connection sends, the worst it can do is get itself closed: an
+        error the server did not expect is logged, counted (``connection_failures``)
+        and closes this connection, never the process."""
+        stats = self.stats
         try:
             await self._connection(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, WebSocketClosed):
@@ -273,8 +301,8 @@ class Server:
             n = stats.connection_failures
             if n <= FAILURES_LOGGED or n % 1000 == 0:
                 self.log(
-                    f"connection from {peer} closed by an unexpected error "
-                    f"({type(exc).__name__}: {exc}); the server goes on "
+                    f"connection from {_peer(stream) or source} closed by an unexpected "
+                    f"error ({type(exc).__name__}: {exc}); the server goes on "
                     f"({n} such connection(s) since start)"
                 )
         finally:
@@ -736,6 +764,14 @@ class _Early(Exception):
         return cls(status, _json(answer), ctype="application/json")
 
 
+_TOO_MANY: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+    b"content-length: 25\r\nconnection: close\r\n\r\ntoo many connections now\n"
+)
+#: Errors of accept(2) that say the system is overloaded (``trio.serve_listeners``').
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
+)
 _REQUEST_TIMEOUT: Final = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 )
