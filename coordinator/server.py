@@ -201,6 +201,7 @@ class Server:
                 task_status.started(self.port)
         finally:
             try:
+                self.replica.asks.refusal_audit.close()
                 self.replica.store.flush()
             except LocalStateFault as exc:
                 self.log(f"audit and registry not written at stop: {exc}")
@@ -210,6 +211,7 @@ class Server:
         while True:
             await trio.sleep(0.1)
             try:
+                self.replica.asks.tick()
                 self.replica.store.flush()
             except LocalStateFault as exc:  # kept for the next flush; said once
                 if str(exc) != said:
