@@ -234,7 +234,12 @@ class Server:
 
     async def _push(self, conn: NodeConn, data: bytes) -> None:
         with trio.move_on_after(PUSH_TIMEOUT), contextlib.suppress(WebSocketClosed):
-            await conn.sock.send(conn.session.seal(data))
+            try:
+                await conn.sock.send(conn.session.seal(data))
+            except Exception as exc:  # a push runs in the server's nursery: never let it out
+                self.stats.connection_failures += 1
+                self.log(f"push to node {conn.node[:16]}... failed ({type(exc).__name__}: {exc})")
+                await conn.sock.close(1011, "internal error")
 
     # -- one connection ------------------------------------------------------------------------
 
@@ -368,6 +373,9 @@ class Server:
             except _Early as exc:  # answered before the body is read; then closed
                 if exc.why:
                     self._cut(exc.why)
+                if conn.our_state is not h11.SEND_RESPONSE:  # no request head parsed yet
+                    await stream.send_all(_REQUEST_TIMEOUT)
+                    return
                 with contextlib.suppress(h11.LocalProtocolError):
                     await self._send(conn, stream, exc.status, exc.ctype, exc.payload)
                 return
