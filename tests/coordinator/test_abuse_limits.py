@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .service_helpers import Network, ReplicaProcesses, artifact_of, http
-from .test_abuse_server import _addr, _alive
+from .test_abuse_server import _addr, _alive, _read_until_closed, _server_frames, _ws_open
 
 
 def _connect(url: str, source: str = "127.0.0.1") -> socket.socket:
@@ -85,13 +85,19 @@ def test_connection_caps_refuse_new_connections_at_once_and_spare_the_open_ones(
     assert server["refused"] == {"max-per-source": 1, "max-connections": 1}, server
     assert server["limits"]["max_connections"] == 12
     assert server["connection_failures"] == 0
+    code, metrics = http("GET", f"{rp.url}/metrics")
+    text = metrics.decode()
+    for result in ("refused-max-per-source", "refused-max-connections"):
+        assert f'p2pupdate_coordinator_connections_total{{result="{result}"}} 1.0' in text
 
 
 def test_a_trickled_head_or_body_is_cut_at_its_deadline(
     tmp_path: Path, replicas: ReplicaProcesses
 ) -> None:
     net = Network(tmp_path / "net")
-    rp = replicas.start(net, 1, "--head-timeout", "1", "--body-timeout", "1")
+    rp = replicas.start(
+        net, 1, "--head-timeout", "1", "--body-timeout", "1", "--hello-timeout", "1"
+    )
     cases = {
         "head": (b"GET /status HTTP/1.1\r\n", b"x-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
         "body": (
@@ -120,8 +126,16 @@ def test_a_trickled_head_or_body_is_cut_at_its_deadline(
         s.close()
         assert got.startswith(b"HTTP/1.1 408"), (name, got)
         assert 0.9 < took < 3.0, (name, took)
+    # a WebSocket that never says hello: closed at the hello deadline
+    s = _ws_open(rp.url)
+    began = time.monotonic()
+    frames = _server_frames(_read_until_closed(s))
+    took = time.monotonic() - began
+    s.close()
+    assert frames and frames[-1][0] == 0x8, frames  # (after the challenge) a close
+    assert 0.9 < took < 3.0, took
     status = _alive(rp.url)
-    assert status["server"]["timeouts"] == {"head": 1, "body": 1}, status["server"]
+    assert status["server"]["timeouts"] == {"head": 1, "body": 1, "hello": 1}, status["server"]
 
 
 def test_an_upload_is_checked_against_its_release_before_its_body_is_read(
