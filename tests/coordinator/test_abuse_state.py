@@ -86,11 +86,17 @@ async def test_asks_for_random_artifacts_grow_neither_status_nor_the_audit_log(
     rows = [r for r in _audit(net.dir / "replica-1" / DB_FILE) if r.event.startswith("refuse")]
     full = [r for r in rows if r.event == "refuse"]
     repeated = [r for r in rows if r.event == REFUSE_REPEATED]
-    assert len(full) == 65  # the first 64 (node, gate, reason) keys and one for the rest
-    assert len(repeated) == 2  # the one node's 299 repeats, and the other ids' beyond 64
     assert len(full) + sum(repeated_count(r) for r in repeated) == 380  # nothing lost
-    assert {r.node for r in full} >= {one.node}
-    assert sorted(repeated_count(r) for r in repeated) == [16, 299]
+    assert one.node in {r.node for r in full}
+    # per wall-clock minute (the replica's interval; a slow run may span two): the first
+    # 64 (node, gate, reason) keys and one for the rest, each with at most one repeats row
+    minutes = {int(r.time // 60) for r in full}
+    for minute in minutes:
+        assert sum(1 for r in full if int(r.time // 60) == minute) <= 65
+    assert len(repeated) <= 2 * len(minutes)
+    if len(minutes) == 1:  # the usual run: exactly so
+        assert len(full) == 65
+        assert sorted(repeated_count(r) for r in repeated) == [16, 299]
 
     again = replicas.start(net, first=False)  # the counts come back whole
     code, status = http("GET", f"{again.url}/status")
