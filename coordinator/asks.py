@@ -25,9 +25,11 @@ grant horizon it writes to the database before each grant that extends it).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Final
 
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import documents as docs
@@ -43,7 +45,17 @@ from .publishing import Documents
 from .registry import Registry
 from .store import AuditRow, Store
 
-__all__ = ["Answer", "Asks", "LeaseInfo"]
+__all__ = ["OTHER_ARTIFACT", "REFUSE_REPEATED", "Answer", "Asks", "LeaseInfo", "RefusalAudit"]
+
+#: Refusals of an artifact no release record, allowlist or scope names are counted under
+#: this key: a stranger who asks for random artifacts adds no row per artifact anywhere.
+OTHER_ARTIFACT: Final = "*"
+#: The audit event of a refusal repeated within one interval (its ``detail`` says how often).
+REFUSE_REPEATED: Final = "refuse-repeated"
+#: Refusals are audited per (node, artifact, gate, reason) per this many seconds...
+REFUSAL_INTERVAL: Final = 60.0
+#: ... for at most this many distinct ones per interval; beyond, per (gate, reason) only.
+MAX_REFUSAL_KEYS: Final = 64
 
 
 @dataclass
@@ -57,6 +69,113 @@ class LeaseInfo:
     artifact: str
     expires_wall: float
     forced: bool
+
+
+class RefusalAudit:
+    """The audit rows of refused asks, bounded per interval whatever the ask rate.
+
+    Aggregated by key and interval rather than kept in a ring: the audit log is the
+    operators' record of what the replica did, so the first refusal of each (node,
+    artifact, gate, reason) in an interval is written in full as before (event
+    ``refuse``, its detail, the artifact it named), and its repeats in that interval
+    become one row (event ``refuse-repeated``, ``detail`` "N more ...") when the
+    interval ends.  Artifacts no document names count as one (``OTHER_ARTIFACT``), and
+    past ``max_keys`` distinct keys in an interval (many made-up node ids) so do nodes.
+    Nothing is dropped (a ring would lose the oldest rows, the start of an attack, and
+    the counts in ``/status`` after a restart), and the rows per interval are at most
+    ``2 * (max_keys + known artifacts x gates x reasons)`` whatever the ask rate.  ``roll`` is called on each refusal and by the server's flusher (so the last
+    interval's repeats are written even when the asks stop); ``close`` writes the open
+    interval at stop."""
+
+    def __init__(
+        self,
+        store: Store,
+        wall: Callable[[], float],
+        *,
+        interval: float = REFUSAL_INTERVAL,
+        max_keys: int = MAX_REFUSAL_KEYS,
+    ) -> None:
+        self.store = store
+        self.wall = wall
+        self.interval = interval
+        self.max_keys = max_keys
+        self._bucket: int | None = None
+        #: key -> [pool of its first refusal, repeats since]
+        self._keys: dict[tuple[str, str, str, str], list[str | int]] = {}
+
+    def refused(
+        self,
+        *,
+        node: str,
+        pool: str,
+        artifact: str,
+        known: bool,
+        gate: str,
+        reason: str,
+        detail: str,
+    ) -> None:
+        now = self.wall()
+        self.roll(now)
+        # artifacts no document names count as one (known ones are few: each needs a
+        # signed document); past ``max_keys``, nodes count as one too
+        counted = artifact if known else OTHER_ARTIFACT
+        key = (node, counted, gate, reason)
+        if key not in self._keys and len(self._keys) >= self.max_keys:
+            key = ("*", counted, gate, reason)
+        entry = self._keys.get(key)
+        if entry is not None:
+            entry[1] = int(entry[1]) + 1
+            return
+        self._keys[key] = [pool, 0]
+        self.store.audit(
+            AuditRow(
+                time=now,
+                event="refuse",
+                node=node,
+                pool=pool,
+                artifact=artifact,
+                gate=gate,
+                reason=reason,
+                detail=detail,
+            )
+        )
+
+    def roll(self, now: float | None = None) -> None:
+        """A new interval: write the last one's repeats."""
+        now = self.wall() if now is None else now
+        bucket = int(now // self.interval)
+        if bucket != self._bucket:
+            self._write(now)
+            self._bucket = bucket
+
+    def close(self) -> None:
+        self._write(self.wall())
+
+    def _write(self, now: float) -> None:
+        start = (self._bucket or 0) * self.interval
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start))
+        for (node, artifact, gate, reason), (pool, n) in self._keys.items():
+            if n:
+                self.store.audit(
+                    AuditRow(
+                        time=now,
+                        event=REFUSE_REPEATED,
+                        node=node,
+                        pool=str(pool),
+                        artifact=artifact,
+                        gate=gate,
+                        reason=reason,
+                        detail=f"{n} more in the {self.interval:g} s from {since}",
+                    )
+                )
+        self._keys = {}
+
+
+def repeated_count(row: AuditRow) -> int:
+    """How many refusals a ``refuse-repeated`` row stands for (0 if its detail is not
+    one this module wrote)."""
+    head = row.detail.split(" ", 1)[0] if isinstance(row.detail, str) else ""
+    return int(head) if head.isdigit() else 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,14 +237,34 @@ class Asks:
         self.queues: dict[str, policy_queue.WaitQueue] = {}
         #: Set by the replica: push a message to one connected node (by key id).
         self.push_to: Callable[[str, proto.Push], None] = lambda _node, _msg: None
+        self.refusal_audit = RefusalAudit(store, wall)
         for artifact, gate, reason, count in store.refusal_counts():
-            self.refusals[(artifact, gate, reason)] += count
+            self.refusals[(self._counted_as(artifact), gate, reason)] += count
+        for row in store.audit_rows(REFUSE_REPEATED):
+            key = (self._counted_as(row.artifact), row.gate, row.reason)
+            self.refusals[key] += repeated_count(row)
         #: Leases handed back unused, by (artifact, reason): a grant every node returns
         #: (``lease-too-short``: a TTL inside the nodes' swap margin) shows here, not only
         #: in ``/metrics``.
         self.returns: Counter[tuple[str, str]] = Counter()
         for artifact, reason, count in store.return_counts():
             self.returns[(artifact, reason)] += count
+
+    def known(self, artifact: str) -> bool:
+        """An artifact the operators named: a release record, the allowlist or the scope."""
+        d = self.documents
+        return (
+            artifact in d.releases
+            or (d.allowlist is not None and artifact in d.allowlist.doc.artifacts)
+            or (d.scope is not None and d.scope.doc.artifact == artifact)
+        )
+
+    def _counted_as(self, artifact: str) -> str:
+        return artifact if self.known(artifact) else OTHER_ARTIFACT
+
+    def tick(self) -> None:
+        """Called by the server's flusher: the refusal audit's interval may have ended."""
+        self.refusal_audit.roll()
 
     def aggregate_changed(self, pool: str) -> None:
         """New estimates for ``pool``: its state takes the new median at the next ask."""
@@ -203,18 +342,17 @@ class Asks:
         retry_after: float | None,
         position: int | None = None,
     ) -> Answer:
-        self.refusals[(token.to_artifact, gate, reason)] += 1
-        self.store.audit(
-            AuditRow(
-                time=self.wall(),
-                event="refuse",
-                node=token.node,
-                pool=token.pool,
-                artifact=token.to_artifact,
-                gate=gate,
-                reason=reason,
-                detail=detail,
-            )
+        known = self.known(token.to_artifact)
+        counted = token.to_artifact if known else OTHER_ARTIFACT
+        self.refusals[(counted, gate, reason)] += 1
+        self.refusal_audit.refused(
+            node=token.node,
+            pool=token.pool,
+            artifact=token.to_artifact,
+            known=known,
+            gate=gate,
+            reason=reason,
+            detail=detail,
         )
         refusal = proto.AskRefusal(
             gate=gate, reason=reason, detail=detail, retry_after=retry_after, position=position

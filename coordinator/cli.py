@@ -67,6 +67,8 @@ from . import policy
 from .bench import run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
+from .limits import add_flags as add_limit_flags
+from .limits import from_args as limits_from_args
 from .network import ROOT_FILE, NetworkPlan, init_network
 from .origin import DEFAULT_MAX_DOWNLOADERS, DEFAULT_WINDOW, OriginConfig
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
@@ -435,7 +437,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lock.release()
 
     async def _serve(replica: Replica, listeners: list[trio.SocketListener]) -> None:
-        server = Server(replica, log=_log)
+        server = Server(replica, log=_log, limits=limits_from_args(args))
         catchup = CatchUp(
             documents=replica.documents,
             peers=peers,
@@ -909,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"in the last {DEFAULT_WINDOW:g}s counts); the rest are told to try peers and when to "
         f"come back (default {DEFAULT_MAX_DOWNLOADERS})",
     )
+    add_limit_flags(se)  # README "Abuse limits"
     se.set_defaults(handler=cmd_serve)
 
     st = sub.add_parser(

@@ -33,13 +33,15 @@ Routes::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import h11
@@ -52,19 +54,20 @@ from p2pupdate.core import session as sess
 from p2pupdate.core import wire
 from p2pupdate.core.errors import P2PUpdateError, VerificationError, WireError
 from p2pupdate.errors import LocalStateFault
-from p2pupdate.net.websocket import WebSocket, WebSocketClosed
+from p2pupdate.net.websocket import MessageTooBig, ProtocolViolation, WebSocket, WebSocketClosed
 
 from .catchup import DOCUMENTS_PATH, documents_answer
+from .limits import ServerLimits
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .origin import NODE_HEADER, downloader
 from .ratelimit import Bucket
 from .service import Replica, RequestError
 
-MAX_HEAD: Final = 16 * 1024
-MAX_DOCUMENT_BODY: Final = 2 * 1024 * 1024
-IDLE_TIMEOUT: Final = 60.0
-HELLO_TIMEOUT: Final = 10.0
 PUSH_TIMEOUT: Final = 5.0
+#: A refused connection's 503 gets this long to leave before the socket is closed.
+REFUSE_TIMEOUT: Final = 1.0
+#: Unexpected failures logged one line each up to this many, then one line per 1000.
+FAILURES_LOGGED: Final = 10
 #: Signals a node may relay per second, and in one burst (a WebRTC setup takes two).
 SIGNAL_RATE: Final = 20.0
 SIGNAL_BURST: Final = 40.0
@@ -88,12 +91,83 @@ class NodeConn:
     signals_limited: bool = False
 
 
+@dataclass(kw_only=True)
+class ServerStats:
+    """What the server's limits did, for ``/status`` (``server``) and ``/metrics``.
+
+    ``connection_failures`` counts the connections closed by an error the server did not
+    expect (a bug, logged with its type): each closed that connection only.  Everything
+    else here is a limit doing its job: a connection refused at a cap, a request head or
+    body cut at its deadline, a frame or request that broke the protocol."""
+
+    open: int = 0
+    accepted: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    timeouts: Counter[str] = field(default_factory=Counter)
+    protocol_errors: int = 0
+    connection_failures: int = 0
+    #: Open connections per source address (an address at 0 is dropped).
+    per_source: dict[str, int] = field(default_factory=dict)
+
+    def status(self, limits: ServerLimits) -> dict[str, Any]:
+        return {
+            "open_connections": self.open,
+            "sources": len(self.per_source),
+            "accepted": self.accepted,
+            "refused": dict(self.refused),
+            "timeouts": dict(self.timeouts),
+            "protocol_errors": self.protocol_errors,
+            "connection_failures": self.connection_failures,
+            "limits": {
+                "max_connections": limits.max_connections,
+                "max_per_source": limits.max_per_source,
+                "head_timeout": limits.head_timeout,
+                "body_timeout": limits.body_timeout,
+                "hello_timeout": limits.hello_timeout,
+            },
+        }
+
+
+class _Metrics:
+    """The server's counters on the replica's Prometheus registry."""
+
+    def __init__(self, replica: Replica) -> None:
+        from prometheus_client import Counter as PCounter
+        from prometheus_client import Gauge
+
+        r = replica.metrics.registry
+        prefix = "p2pupdate_coordinator"
+        self.connections = PCounter(
+            f"{prefix}_connections",
+            "Connections, by result (accepted, refused-max-connections, refused-max-per-source)",
+            ["result"],
+            registry=r,
+        )
+        self.closed = PCounter(
+            f"{prefix}_connections_cut",
+            "Connections the server closed early, by why (timeout-head, timeout-body, "
+            "timeout-hello, protocol-error, failure)",
+            ["why"],
+            registry=r,
+        )
+        self.open = Gauge(f"{prefix}_open_connections", "Connections open now", registry=r)
+
+
 class Server:
     """Accepts connections for one ``Replica``; pushes to connected nodes."""
 
-    def __init__(self, replica: Replica, *, log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        log: Callable[[str], None] = lambda _m: None,
+        limits: ServerLimits | None = None,
+    ) -> None:
         self.replica = replica
         self.log = log
+        self.limits = limits or ServerLimits()
+        self.stats = ServerStats()
+        self._metrics = _Metrics(replica)
         self.conns: dict[str, NodeConn] = {}
         self._nursery: trio.Nursery | None = None
         replica.push_all = self.push_all
@@ -122,10 +196,12 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._flusher)
-                await nursery.start(trio.serve_listeners, self._handle, listeners)
+                for listener in listeners:
+                    nursery.start_soon(self._accept, listener, nursery)
                 task_status.started(self.port)
         finally:
             try:
+                self.replica.asks.refusal_audit.close()
                 self.replica.store.flush()
             except LocalStateFault as exc:
                 self.log(f"audit and registry not written at stop: {exc}")
@@ -135,6 +211,7 @@ class Server:
         while True:
             await trio.sleep(0.1)
             try:
+                self.replica.asks.tick()
                 self.replica.store.flush()
             except LocalStateFault as exc:  # kept for the next flush; said once
                 if str(exc) != said:
@@ -157,57 +234,157 @@ class Server:
 
     async def _push(self, conn: NodeConn, data: bytes) -> None:
         with trio.move_on_after(PUSH_TIMEOUT), contextlib.suppress(WebSocketClosed):
-            await conn.sock.send(conn.session.seal(data))
+            try:
+                await conn.sock.send(conn.session.seal(data))
+            except Exception as exc:  # a push runs in the server's nursery: never let it out
+                self.stats.connection_failures += 1
+                self.log(f"push to node {conn.node[:16]}... failed ({type(exc).__name__}: {exc})")
+                await conn.sock.close(1011, "internal error")
 
     # -- one connection ------------------------------------------------------------------------
 
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """``trio.serve_listeners``' loop, with the caps applied as each connection is
+        accepted (in the order the kernel queued them, not the order tasks first run)."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    # out of descriptors (the caps are above ``ulimit -n``): wait a little
+                    self.stats.refused["accept-failed"] += 1
+                    self._metrics.connections.labels("accept-failed").inc()
+                    await trio.sleep(0.1)
+                    continue
+                admitted = self._admit(stream)
+                nursery.start_soon(self._run if admitted else self._refuse, stream, admitted)
+
     async def _handle(self, stream: trio.SocketStream) -> None:
+        """One connection: admitted (or refused) and served, as the accept loop does."""
+        admitted = self._admit(stream)
+        await (self._run if admitted else self._refuse)(stream, admitted)
+
+    def _admit(self, stream: trio.SocketStream) -> str:
+        """The connection's source address, counted open; "" if a cap refuses it."""
+        stats, limits = self.stats, self.limits
+        peer = _peer(stream)
+        source = peer.rpartition(":")[0] or peer or "?"
+        refused = None
+        if stats.open >= limits.max_connections:
+            refused = "max-connections"
+        elif stats.per_source.get(source, 0) >= limits.max_per_source:
+            refused = "max-per-source"
+        if refused is not None:
+            stats.refused[refused] += 1
+            self._metrics.connections.labels(f"refused-{refused}").inc()
+            return ""
+        stats.open += 1
+        stats.accepted += 1
+        stats.per_source[source] = stats.per_source.get(source, 0) + 1
+        self._metrics.connections.labels("accepted").inc()
+        self._metrics.open.set(stats.open)
+        return source
+
+    async def _refuse(self, stream: trio.SocketStream, _source: str) -> None:
+        with contextlib.suppress(Exception), trio.move_on_after(REFUSE_TIMEOUT):
+            await stream.send_all(_TOO_MANY)
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+    async def _run(self, stream: trio.SocketStream, source: str) -> None:
+        """Whatever the connection sends, the worst it can do is get itself closed: an
+        error the server did not expect is logged, counted (``connection_failures``)
+        and closes this connection, never the process."""
+        stats = self.stats
         try:
-            head = bytearray()
-            with trio.move_on_after(IDLE_TIMEOUT) as scope:
-                while b"\r\n\r\n" not in head:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    head += data
-                    if len(head) > MAX_HEAD and b"\r\n\r\n" not in head[:MAX_HEAD]:
-                        await stream.send_all(
-                            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                            b"content-length: 0\r\nconnection: close\r\n\r\n"
-                        )
-                        return
-            if scope.cancelled_caught:
-                return
-            end = head.index(b"\r\n\r\n")
-            if _UPGRADE.search(bytes(head[:end])):
-                await self._websocket(stream, bytes(head))
-            else:
-                await self._http(stream, bytes(head))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._connection(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, WebSocketClosed):
             pass
+        except Exception as exc:  # the one place that keeps the process up
+            stats.connection_failures += 1
+            self._metrics.closed.labels("failure").inc()
+            n = stats.connection_failures
+            if n <= FAILURES_LOGGED or n % 1000 == 0:
+                self.log(
+                    f"connection from {_peer(stream) or source} closed by an unexpected "
+                    f"error ({type(exc).__name__}: {exc}); the server goes on "
+                    f"({n} such connection(s) since start)"
+                )
         finally:
+            stats.open -= 1
+            left = stats.per_source.get(source, 1) - 1
+            if left > 0:
+                stats.per_source[source] = left
+            else:
+                stats.per_source.pop(source, None)
+            self._metrics.open.set(stats.open)
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+    def _cut(self, why: str) -> None:
+        if why.startswith("timeout-"):
+            self.stats.timeouts[why.removeprefix("timeout-")] += 1
+        else:
+            self.stats.protocol_errors += 1
+        self._metrics.closed.labels(why).inc()
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        limits = self.limits
+        head = bytearray()
+        with trio.move_on_after(limits.head_timeout) as scope:
+            while b"\r\n\r\n" not in head:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                head += data
+                if len(head) > limits.max_head and b"\r\n\r\n" not in head[: limits.max_head]:
+                    self._cut("protocol-error")
+                    await stream.send_all(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                        b"content-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                    return
+        if scope.cancelled_caught:  # silent or trickling: the same deadline for both
+            self._cut("timeout-head")
+            with contextlib.suppress(Exception), trio.move_on_after(REFUSE_TIMEOUT):
+                await stream.send_all(_REQUEST_TIMEOUT)
+            return
+        end = head.index(b"\r\n\r\n")
+        if _UPGRADE.search(bytes(head[:end])):
+            await self._websocket(stream, bytes(head))
+        else:
+            await self._http(stream, bytes(head))
 
     # -- HTTP ------------------------------------------------------------------------------------
 
     async def _http(self, stream: trio.SocketStream, initial: bytes) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
         conn.receive_data(initial)
+        first = True
         while True:
             try:
-                request, body = await self._read_request(conn, stream)
+                request, body = await self._read_request(conn, stream, first=first)
             except h11.RemoteProtocolError as exc:
+                self._cut("protocol-error")
                 await self._send_plain(conn, stream, 400, f"bad request: {exc}\n".encode())
                 return
-            except _TooLarge as exc:
-                await self._send_plain(conn, stream, 413, f"{exc}\n".encode())
+            except _Early as exc:  # answered before the body is read; then closed
+                if exc.why:
+                    self._cut(exc.why)
+                if conn.our_state is not h11.SEND_RESPONSE:  # no request head parsed yet
+                    await stream.send_all(_REQUEST_TIMEOUT)
+                    return
+                with contextlib.suppress(h11.LocalProtocolError):
+                    await self._send(conn, stream, exc.status, exc.ctype, exc.payload)
                 return
+            first = False
             if request is None:
                 return
             extra: tuple[tuple[str, str], ...] = ()
             try:
-                answer = self._route(request, body, _peer(stream))
+                answer = await self._route(request, body, _peer(stream))
                 if isinstance(answer, _TryPeers):
                     status, ctype, payload = 503, "application/json", answer.body()
                     extra = (("retry-after", str(answer.retry_after)),)
@@ -227,35 +404,94 @@ class Server:
                 return
 
     async def _read_request(
-        self, conn: h11.Connection, stream: trio.SocketStream
+        self, conn: h11.Connection, stream: trio.SocketStream, *, first: bool
     ) -> tuple[h11.Request | None, bytes]:
+        """The next request and its body, each within its deadline (``ServerLimits``): a
+        kept-alive connection may be quiet for ``idle_timeout``, then the head has
+        ``head_timeout`` from its first byte (the first request's head was read by
+        ``_connection`` under the same deadline) and the body ``body_deadline(length)``.
+        A body is refused from its head alone when it could never be taken (``_Early``)."""
+        limits = self.limits
         request: h11.Request | None = None
         body = bytearray()
-        limit = MAX_DOCUMENT_BODY
+        limit = limits.max_document_body
+        now = trio.current_time()
+        head_by: float | None = now + limits.head_timeout if first else None
+        idle_by = now + limits.idle_timeout
+        body_by: float | None = None
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                with trio.move_on_after(IDLE_TIMEOUT) as scope:
+                deadline = body_by or head_by or idle_by
+                with trio.move_on_at(deadline) as scope:
                     data = await stream.receive_some(65536)
                 if scope.cancelled_caught:
-                    return None, b""
+                    if body_by is None and head_by is None:
+                        return None, b""  # idle between requests: closed quietly
+                    raise _Early(
+                        408,
+                        b"request not received in time\n",
+                        why=("timeout-body" if body_by is not None else "timeout-head"),
+                    )
+                if head_by is None and data:
+                    head_by = trio.current_time() + limits.head_timeout
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
                 request = event
-                if event.method == b"PUT" and event.target.startswith(b"/v1/artifacts/"):
-                    limit = self.replica.config.max_artifact
-                for name, value in event.headers:
-                    if name == b"content-length" and int(value) > limit:
-                        raise _TooLarge(f"body over {limit} bytes")
+                length = _content_length(event)
+                limit = self._body_limit(event, length)
+                if length is not None and length > limit:
+                    raise _Early(413, f"body over {limit} bytes\n".encode(), why="protocol-error")
+                body_by = trio.current_time() + limits.body_deadline(length or 0)
             elif isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > limit:
-                    raise _TooLarge(f"body over {limit} bytes")
+                    raise _Early(413, f"body over {limit} bytes\n".encode(), why="protocol-error")
             elif isinstance(event, h11.EndOfMessage):
                 return request, bytes(body)
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None, b""
+
+    def _body_limit(self, request: h11.Request, length: int | None) -> int:
+        """The most body bytes ``request`` may carry.  An artifact upload is checked
+        against its release record here, from the head alone: no release, or another
+        length, is answered before a byte of the body is read (and never buffered); the
+        bytes themselves are checked by ``Documents.put_artifact`` once all are here."""
+        if request.method != b"PUT" or not request.target.startswith(b"/v1/artifacts/"):
+            return self.limits.max_document_body
+        m = _ARTIFACT.match(request.target.decode("ascii", "replace"))
+        if m is None or m.group(2) is not None:
+            return 0  # answered 404/405 by the route; no body needed for that
+        artifact = m.group(1)
+        release = self.replica.documents.releases.get(artifact)
+        if release is None:
+            raise _Early.json(
+                400,
+                {
+                    "ok": False,
+                    "error": "no-release-record",
+                    "reason": f"publish the release record of {artifact[:16]}... first",
+                },
+            )
+        expected = release.doc.length
+        if expected > self.replica.config.max_artifact:
+            raise _Early(
+                413,
+                f"artifacts here are at most {self.replica.config.max_artifact} bytes\n".encode(),
+            )
+        if length is None:
+            raise _Early(411, b"an artifact upload needs a content-length\n")
+        if length != expected:
+            raise _Early.json(
+                400 if length <= self.replica.config.max_artifact else 413,
+                {
+                    "ok": False,
+                    "error": "artifact-mismatch",
+                    "reason": f"{length} bytes sent, the release record says {expected}",
+                },
+            )
+        return expected
 
     async def _send(
         self,
@@ -278,7 +514,7 @@ class Server:
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send(conn, stream, status, "text/plain", text)
 
-    def _route(
+    async def _route(
         self, request: h11.Request, body: bytes, peer: str
     ) -> tuple[int, str, bytes] | _TryPeers:
         method = request.method.decode()
@@ -286,7 +522,9 @@ class Server:
         path = target.split("?", 1)[0]
         rep = self.replica
         if path == "/status" and method == "GET":
-            return 200, "application/json", _json(rep.status())
+            view = rep.status()
+            view["server"] = self.stats.status(self.limits)
+            return 200, "application/json", _json(view)
         if path == "/metrics" and method == "GET":
             return 200, METRICS_TYPE, rep.metrics.render()
         if path == "/healthz" and method == "GET":
@@ -310,14 +548,20 @@ class Server:
                 status, answer = rep.put_artifact(artifact, body)
                 return status, "application/json", _json(answer)
             if method == "GET":
-                return self._origin(artifact, None if chunk is None else int(chunk), request, peer)
+                at = None if chunk is None else int(chunk)
+                return await self._origin(artifact, at, request, peer)
             return 405, "text/plain", b"GET or PUT\n"
         return 404, "text/plain", b"not found\n"
 
-    def _origin(
+    async def _origin(
         self, artifact: str, chunk: int | None, request: h11.Request, peer: str
     ) -> tuple[int, str, bytes] | _TryPeers:
-        """Serve the artifact or one chunk, within the downloader cap; count what was sent."""
+        """Serve the artifact or one chunk, within the downloader cap; count what was sent.
+
+        The bytes are read (and checked against the release record) in a worker thread:
+        a slow disk or a whole artifact's hash never stalls the event loop, so the node
+        channel and ``/status`` answer meanwhile.  A chunk GET reads that chunk only
+        (``Documents.origin_bytes``)."""
         rep = self.replica
         missing = (404, "text/plain", b"no such artifact or chunk here\n")
         if rep.documents.artifact_path(artifact) is None or artifact not in rep.documents.releases:
@@ -327,7 +571,7 @@ class Server:
         wait = rep.origin.admit(artifact, who)
         if wait is not None:
             return _TryPeers(retry_after=wait)
-        data = rep.documents.origin_bytes(artifact, chunk)
+        data = await trio.to_thread.run_sync(rep.documents.origin_bytes, artifact, chunk)
         if data is None:
             return missing
         rep.origin.served(artifact, len(data))
@@ -355,6 +599,8 @@ class Server:
         )
         try:
             await self._node_session(sock, _peer(stream))
+        except (ProtocolViolation, MessageTooBig):
+            self._cut("protocol-error")
         except WebSocketClosed:
             pass
         finally:
@@ -373,9 +619,10 @@ class Server:
             kx=kx.public,
         )
         await sock.send(challenge.sign(rep.signer))
-        with trio.move_on_after(HELLO_TIMEOUT) as scope:
+        with trio.move_on_after(self.limits.hello_timeout) as scope:
             raw = await sock.receive()
         if scope.cancelled_caught:
+            self._cut("timeout-hello")
             return
         try:
             hello = sess.open_hello(
@@ -512,8 +759,40 @@ class Server:
         return proto.Ack()
 
 
-class _TooLarge(Exception):
-    pass
+class _Early(Exception):
+    """A request answered from its head, before (or instead of) reading its body; the
+    connection is closed after the answer.  ``why``: what ``/status`` counts it as."""
+
+    def __init__(
+        self, status: int, payload: bytes, *, ctype: str = "text/plain", why: str = ""
+    ) -> None:
+        super().__init__(payload.decode(errors="replace"))
+        self.status, self.payload, self.ctype, self.why = status, payload, ctype, why
+
+    @classmethod
+    def json(cls, status: int, answer: dict[str, Any]) -> _Early:
+        return cls(status, _json(answer), ctype="application/json")
+
+
+_TOO_MANY: Final = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+    b"content-length: 25\r\nconnection: close\r\n\r\ntoo many connections now\n"
+)
+#: Errors of accept(2) that say the system is overloaded (``trio.serve_listeners``').
+_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
+    (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS)
+)
+_REQUEST_TIMEOUT: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+)
+
+
+def _content_length(request: h11.Request) -> int | None:
+    """The request's Content-Length (h11 has checked it is digits), None if chunked."""
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)
+    return None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -534,6 +813,6 @@ def _json(obj: Any) -> bytes:
 def _peer(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
-    except OSError:
+    except (OSError, AttributeError):  # gone already, or not a socket (tests' memory streams)
         return ""
     return f"{host}:{port}"

@@ -11,14 +11,20 @@ that leases past their expiry are dropped on the way (``Asks.active_leases``).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Final
 
 from .asks import Asks
 from .breakers import Breakers
 from .publishing import Documents
 from .registry import Registry
 
-__all__ = ["replica_status"]
+__all__ = ["MAX_VERSIONS", "replica_status"]
+
+#: ``nodes.versions`` lists this many versions (the most nodes first); the rest are summed
+#: under ``OTHER_VERSIONS``: a version is whatever a node reports, so strangers can make up
+#: thousands.
+MAX_VERSIONS: Final = 64
+OTHER_VERSIONS: Final = "(other versions)"
 
 
 def replica_status(
@@ -46,8 +52,13 @@ def replica_status(
     scope = documents.scope.doc if documents.scope is not None else None
     allow = documents.allowlist.doc if documents.allowlist is not None else None
     artifacts: dict[str, dict[str, Any]] = {}
+    #: Everything about artifacts no document names, summed: a stranger's made-up
+    #: artifacts (in asks, status reports, failure reports) add no row each here.
+    other: dict[str, Any] = {"nodes": 0, "probation": 0, "failed": 0, "refusals": {}}
 
     def entry(artifact: str) -> dict[str, Any]:
+        if not asks.known(artifact):
+            return other
         if artifact not in artifacts:
             rel = documents.releases.get(artifact)
             artifacts[artifact] = {
@@ -78,7 +89,7 @@ def replica_status(
         if row.state == "probation":
             e["probation"] += 1
         if row.held and scope is not None:
-            held = entry(scope.artifact)["held"]
+            held = entry(scope.artifact)["held"]  # the scope's artifact: always known
             held[row.held] = held.get(row.held, 0) + 1
     for artifact in allow.artifacts if allow else ():
         entry(artifact)
@@ -88,22 +99,29 @@ def replica_status(
         if not b.failures and not b.paused:
             continue
         e = entry(artifact)
+        if e is other:
+            other["failed"] += len(b.failures)
+            continue
         e["failed"] = len(b.failures)
         e["failures"] = [{"node": n, "reason": r} for n, r in b.failures.items()]
         e["paused"] = b.paused
         e["paused_reason"] = b.reason or None
     for (artifact, gate, reason), count in asks.refusals.items():
-        entry(artifact)["refusals"][f"{gate}/{reason}"] = count
+        refused = entry(artifact)["refusals"]
+        name = f"{gate}/{reason}"
+        refused[name] = refused.get(name, 0) + count
     returned: Counter[str] = Counter()
     for (artifact, reason), count in asks.returns.items():
-        entry(artifact)["returned"][reason or "unspecified"] = count
+        e = entry(artifact)
+        if e is not other:
+            e["returned"][reason or "unspecified"] = count
         returned[reason or "unspecified"] += count
     pools: dict[str, Any] = {}
     for pool, leases in asks.active_leases().items():
         pools[pool] = {"leases": []}
         for lease in leases:
             info = asks.leases.get(str(lease.node))
-            if info is not None:
+            if info is not None and asks.known(info.artifact):
                 entry(info.artifact)["leases"] += 1
             pools[pool]["leases"].append(
                 {
@@ -179,8 +197,13 @@ def replica_status(
                 for a, s in sorted(documents.releases.items(), key=lambda kv: kv[1].doc.counter)
             ],
         },
-        "nodes": {"total": len(registry.nodes), "versions": dict(versions), "states": dict(states)},
+        "nodes": {
+            "total": len(registry.nodes),
+            "versions": _top(versions, MAX_VERSIONS, OTHER_VERSIONS),
+            "states": dict(states),
+        },
         "artifacts": artifacts,
+        "other_artifacts": other,
         "pools": pools,
         "refusals": dict(refusals),
         "returned": dict(returned),
@@ -189,3 +212,12 @@ def replica_status(
         "ice": dict(ice or {"configured": False}),
         "origin": dict(origin or {"bytes": 0, "refused": 0, "artifacts": {}}),
     }
+
+
+def _top(counts: Counter[str], n: int, rest: str) -> dict[str, int]:
+    """The ``n`` largest counts, and the sum of the others under ``rest``."""
+    top = dict(counts.most_common(n))
+    left = sum(counts.values()) - sum(top.values())
+    if left:
+        top[rest] = left
+    return top

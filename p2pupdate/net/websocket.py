@@ -17,12 +17,19 @@ from typing import Final
 import trio
 import wsproto
 import wsproto.events as wse
-import wsproto.utilities
 
 from ..errors import PeerFault
 from .addresses import is_host
 
-__all__ = ["DEFAULT_PORT", "WebSocket", "WebSocketClosed", "parse_url"]
+__all__ = [
+    "DEFAULT_PORT",
+    "MAX_CONTROL",
+    "MessageTooBig",
+    "ProtocolViolation",
+    "WebSocket",
+    "WebSocketClosed",
+    "parse_url",
+]
 
 #: The coordinator's port when a URL names none.
 DEFAULT_PORT: Final = 8470
@@ -36,6 +43,30 @@ class WebSocketClosed(PeerFault):
     """
 
     rule = "websocket-closed"
+
+
+class ProtocolViolation(WebSocketClosed):
+    """A frame RFC 6455 forbids (the reader closes with 1002)."""
+
+    rule = "websocket-protocol"
+
+
+class MessageTooBig(WebSocketClosed):
+    """A message over the reader's ``max_message`` (closed with 1009)."""
+
+    rule = "websocket-too-big"
+
+
+#: RFC 6455 5.5: control frames carry at most 125 bytes and are never fragmented.
+MAX_CONTROL: Final = 125
+#: The opcodes RFC 6455 defines (5.2); the others are reserved: a protocol error.
+_OPCODES: Final = frozenset((0x0, 0x1, 0x2, 0x8, 0x9, 0xA))
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    stream = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
 
 
 class WebSocket:
@@ -128,21 +159,33 @@ class WebSocket:
         if not masked:
             return header + payload
         mask = os.urandom(4)
-        stream = (mask * (n // 4 + 1))[:n]
-        body = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-        return header + mask + body
+        return header + mask + _unmask(payload, mask)
 
     def _frame(self) -> tuple[int, bool, bytes] | None:
-        """The next complete frame in the buffer: (opcode, fin, payload), or None."""
+        """The next complete frame in the buffer: (opcode, fin, payload), or None.
+
+        Raises ``ProtocolViolation`` (close 1002) for a frame RFC 6455 forbids: RSV bits
+        without an extension, the wrong masking, an opcode it reserves, a control frame
+        fragmented or over 125 bytes (5.5) -- checked from the header alone, before the
+        payload is waited for -- and ``WebSocketClosed`` (1009) for a message over
+        ``max_message``."""
         buf = self._buf
         if len(buf) < 2:
             return None
         b0, b1 = buf[0], buf[1]
+        opcode, fin = b0 & 0x0F, bool(b0 & 0x80)
         if b0 & 0x70:
-            raise WebSocketClosed("protocol error: RSV bits set")
+            raise ProtocolViolation("RSV bits set")
         if bool(b1 & 0x80) != self._expect_mask:
-            raise WebSocketClosed("protocol error: wrong masking")
+            raise ProtocolViolation("wrong masking")
+        if opcode not in _OPCODES:
+            raise ProtocolViolation(f"reserved opcode {opcode}")
         n, pos = b1 & 0x7F, 2
+        if opcode >= 0x8:
+            if not fin:
+                raise ProtocolViolation("a fragmented control frame")
+            if n > MAX_CONTROL:
+                raise ProtocolViolation(f"a control frame over {MAX_CONTROL} bytes")
         if n == 126:
             if len(buf) < 4:
                 return None
@@ -152,7 +195,7 @@ class WebSocket:
                 return None
             n, pos = int.from_bytes(buf[2:10], "big"), 10
         if n > self.max_message:
-            raise WebSocketClosed("message too big")
+            raise MessageTooBig("message too big")
         mask = b""
         if self._expect_mask:
             if len(buf) < pos + 4:
@@ -163,21 +206,38 @@ class WebSocket:
         payload = bytes(buf[pos : pos + n])
         del buf[: pos + n]
         if mask and n:
-            stream = (mask * (n // 4 + 1))[:n]
-            payload = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(
-                n, "big"
-            )
-        return b0 & 0x0F, bool(b0 & 0x80), payload
+            payload = _unmask(payload, mask)
+        return opcode, fin, payload
+
+    def _control(self, opcode: int, payload: bytes) -> bytes:
+        """One control frame (ping answer or close), framed here like data frames: never
+        through wsproto's encoder, which raises on a payload RFC 6455 forbids."""
+        payload = payload[:MAX_CONTROL]
+        masked = not self._expect_mask
+        header = bytes((0x80 | opcode, (0x80 if masked else 0) | len(payload)))
+        if not masked:
+            return header + payload
+        mask = os.urandom(4)
+        return header + mask + _unmask(payload, mask)
 
     async def receive(self) -> bytes:
+        """The next binary message.  Raises ``WebSocketClosed`` (or its subclasses
+        ``ProtocolViolation`` / ``MessageTooBig``) and nothing else: the connection is
+        closed first, with the code RFC 6455 names (1002, 1003, 1009)."""
+        try:
+            return await self._receive()
+        except ProtocolViolation as exc:
+            await self.close(1002, "protocol error")
+            raise ProtocolViolation(f"protocol error: {exc}") from None
+        except MessageTooBig:
+            await self.close(1009, "message too big")
+            raise
+
+    async def _receive(self) -> bytes:
         while True:
             if self.closed:
                 raise WebSocketClosed("closed")
-            try:
-                frame = self._frame()
-            except WebSocketClosed:
-                await self.close(1002, "protocol error")
-                raise
+            frame = self._frame()
             if frame is None:
                 try:
                     data = await self.stream.receive_some(65536)
@@ -192,34 +252,39 @@ class WebSocket:
             opcode, fin, payload = frame
             if opcode in (0x0, 0x2):  # continuation, binary
                 if opcode == 0x2 and self._parts:
-                    raise WebSocketClosed("protocol error: new message inside a message")
+                    raise ProtocolViolation("a new message inside a message")
+                if opcode == 0x0 and not self._parts:
+                    raise ProtocolViolation("a continuation outside a message")
                 self._size += len(payload)
                 if self._size > self.max_message:
-                    await self.close(1009, "message too big")
-                    raise WebSocketClosed("message too big")
+                    raise MessageTooBig("message too big")
                 self._parts.append(payload)
                 if fin:
                     message = b"".join(self._parts)
                     self._parts, self._size = [], 0
                     return message
             elif opcode == 0x9:  # ping
-                with contextlib.suppress(WebSocketClosed, wsproto.utilities.LocalProtocolError):
-                    await self._send_raw(self.ws.send(wse.Pong(payload=payload)))
+                with contextlib.suppress(WebSocketClosed):
+                    await self._send_raw(self._control(0xA, payload))
             elif opcode == 0xA:  # pong
                 continue
             elif opcode == 0x8:  # close
+                if len(payload) == 1:
+                    raise ProtocolViolation("a close frame of one byte")
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 await self.close(1000 if code == 1005 else code)
                 raise WebSocketClosed(f"closed by peer ({code})")
-            else:
+            else:  # text (0x1): this channel is binary
                 await self.close(1003, "binary messages only")
                 raise WebSocketClosed(f"unexpected opcode {opcode}")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:
             self.closed = True
-            with contextlib.suppress(Exception):
-                await self._send_raw(self.ws.send(wse.CloseConnection(code=code, reason=reason)))
+            code = code if 1000 <= code <= 4999 else 1000
+            frame = self._control(0x8, code.to_bytes(2, "big") + reason.encode()[:120])
+            with contextlib.suppress(WebSocketClosed, trio.BusyResourceError):
+                await self._send_raw(frame)
         with contextlib.suppress(Exception):
             await self.stream.aclose()
 
