@@ -12,9 +12,13 @@ Layout (in ``D/store/``, ``launcher.state``'s store directory)::
 
 Why this order of writes: a chunk is verified against the release's chunk map first
 (``ChunkMap.check``), written into ``.part`` and fsynced, and only then added to
-``.chunks`` (``fsutil.atomic_write``).  A kill at any moment loses at most the chunk being
-written (its bytes may be there, unrecorded) and never records a chunk whose bytes are
-not on disk.  Opening a download re-verifies every recorded chunk against its digest (one
+``.chunks`` (``fsutil.atomic_write``).  A kill at any moment loses at most the chunks being
+written (their bytes may be there, unrecorded) and never records a chunk whose bytes are
+not on disk.  The swarm writes in batches (``put_chunk(..., durable=False)``, then one
+:meth:`ChunkStore.sync`: one fsync of ``.part`` and one record for many chunks, since three
+fsyncs per chunk cost more than the chunk's transfer): a chunk written but not yet synced
+is held (served, counted) but not in the record, so a kill before the sync loses it and
+it is fetched again -- never recorded without its bytes.  Opening a download re-verifies every recorded chunk against its digest (one
 whose bytes changed is dropped, one log line), so a resumed download fetches exactly the
 chunks it lacks, and nothing verified is fetched twice.  Chunks are never assumed to be
 of one size: every read and write goes through ``Chunk.offset`` and ``Chunk.length``.
@@ -90,6 +94,12 @@ class _Download:
         self.cmap = cmap
         self.have = have
         self.complete = complete
+        #: Chunks in ``have`` written but not yet fsynced: never in the record.
+        self.unsynced: set[int] = set()
+
+    def durable(self) -> set[int]:
+        """What the record may say: the chunks held whose bytes are on disk."""
+        return self.have - self.unsynced
 
 
 class ChunkStore:
@@ -252,9 +262,13 @@ class ChunkStore:
             d = self._open.get(artifact)
             return d is not None and d.complete
 
-    def put_chunk(self, artifact: str, index: int, data: bytes) -> bool:
+    def put_chunk(self, artifact: str, index: int, data: bytes, *, durable: bool = True) -> bool:
         """Keep chunk ``index`` if ``data`` is it (length and digest): False (nothing
-        written) if not.  The last chunk held completes the artifact (one rename)."""
+        written) if not.  The last chunk held completes the artifact (one rename).
+
+        ``durable=False`` writes the bytes without an fsync and leaves the chunk out of the
+        record until :meth:`sync` (the chunk is held and served meanwhile; a kill before
+        the sync loses it, and it is fetched again)."""
         with self._lock:
             d = self._open[artifact]
             if not 0 <= index < len(d.cmap.chunks) or not d.cmap.check(index, data):
@@ -269,18 +283,46 @@ class ChunkStore:
                 while view:
                     n = os.pwrite(fd, view, offset)
                     view, offset = view[n:], offset + n
-                os.fsync(fd)  # the bytes are on disk before the record says so
+                if durable:
+                    os.fsync(fd)  # the bytes are on disk before the record says so
+                    d.unsynced.clear()  # (the fsync made every earlier write durable too)
             finally:
                 os.close(fd)
             d.have.add(index)
+            if not durable:
+                d.unsynced.add(index)
             if len(d.have) == len(d.cmap.chunks):
                 self._finish(d)
-            else:
-                self._write_record(d.cmap, d.have)
+            elif durable:
+                self._write_record(d.cmap, d.durable())
             return True
+
+    def sync(self, artifact: str) -> int:
+        """Make the chunks written with ``durable=False`` durable: one fsync of the part
+        file, then one record naming them.  Returns how many became durable (0: nothing
+        to do, or the artifact is not open or already complete)."""
+        with self._lock:
+            d = self._open.get(artifact)
+            if d is None or d.complete or not d.unsynced:
+                return 0
+            self._fsync_part(d)
+            n = len(d.unsynced)
+            d.unsynced.clear()
+            self._write_record(d.cmap, d.durable())
+            return n
+
+    def _fsync_part(self, d: _Download) -> None:
+        fd = os.open(self._part(d.cmap.artifact), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _finish(self, d: _Download) -> None:
         artifact = d.cmap.artifact
+        if d.unsynced:  # the complete file appears only with every byte on disk
+            self._fsync_part(d)
+            d.unsynced.clear()
         os.replace(self._part(artifact), self.path(artifact))
         fsync_dir(self.dir)
         self._record(artifact).unlink(missing_ok=True)
@@ -317,7 +359,8 @@ class ChunkStore:
                 os.replace(self.path(artifact), self._part(artifact))
                 d.complete = False
             d.have.discard(index)
-            self._write_record(d.cmap, d.have)
+            d.unsynced.discard(index)
+            self._write_record(d.cmap, d.durable())
             return None
 
     # -- cleanup --------------------------------------------------------------------------------

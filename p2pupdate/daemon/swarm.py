@@ -13,7 +13,10 @@ origin); this module carries out its effects and reports back:
                      block), then the ``Block`` frame, *waiting* for room in the link's
                      swarm queue (``send_block``): a dropped block would cost its
                      requester a ``request_timeout``
-``ChunkVerified``    ``ChunkStore.put_chunk`` in a worker thread, one at a time, in order
+``ChunkVerified``    ``ChunkStore.put_chunk`` in a worker thread, in order, in batches (what
+                     queued meanwhile: one thread hop each), made durable by one
+                     ``ChunkStore.sync`` at most every ``SYNC_INTERVAL`` (a kill loses
+                     what was not yet synced: fetched again, never recorded unsynced)
 ``FetchFromOrigin``  each chunk from the replicas' origin (``QuorumClient.fetch_chunk``, the
                      one home of the try-peers wait and the next-replica rule), fed back
                      as ``OriginChunk`` / ``OriginFailed``; a "try-peers" answer is not
@@ -90,6 +93,9 @@ ORIGIN_PARALLEL: Final = 2
 #: After the origin could not serve a chunk, wait this long before saying so (the core
 #: asks again at once: a replica that is down must not be asked in a loop).
 ORIGIN_RETRY: Final = 1.0
+#: Chunks stored are made durable (one fsync of the part file, one record) at most this
+#: often: three fsyncs per chunk cost more CPU and disk than the chunk's transfer.
+SYNC_INTERVAL: Final = 1.0
 #: Recently read chunks kept for serving their next blocks (bytes).
 CACHE_BYTES: Final = 8 << 20
 #: One log line per (peer, rule) per this many seconds.
@@ -238,19 +244,21 @@ class SwarmService:
         core = self.core
         assert core is not None
         next_sweep = self.clock.monotonic()
+        when = core.get_timer()
         while True:
-            when = core.get_timer()
             at = next_sweep if when is None else min(when, next_sweep)
             with trio.move_on_at(at):
                 await self._wake.wait()
             self._wake = trio.Event()
             now = self.clock.monotonic()
-            timer = core.get_timer()
-            if timer is not None and timer <= now:
+            when = core.get_timer()  # (once per wake: events since may have moved it)
+            if when is not None and when <= now:
                 self._perform(core.handle_timer(now))
+                when = core.get_timer()
             if now >= next_sweep:
                 next_sweep = now + SWEEP
                 self._sweep(now)
+                when = core.get_timer()
 
     def _handle(self, event: sw.Event) -> None:
         core = self.core
@@ -464,25 +472,69 @@ class SwarmService:
         self._puts_send.send_nowait(eff)
 
     async def _writer(self) -> None:
-        """Store verified chunks one at a time (the store fsyncs each)."""
-        async for eff in self._puts_recv:
-            track = self._tracks.get(eff.artifact)
+        """Store verified chunks in order, in batches: everything queued is written in one
+        worker-thread call without an fsync, and the artifacts written to are synced (one
+        fsync, one record) once ``SYNC_INTERVAL`` has passed since the first unsynced
+        write -- or on completion, which the store makes durable itself."""
+        recv = self._puts_recv
+        dirty: set[str] = set()
+        due = math.inf
+        while True:
+            batch: list[sw.ChunkVerified] = []
+            with trio.move_on_at(due):
+                batch.append(await recv.receive())
+            while True:
+                try:
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            if batch:
+                errors = await self.run_blocking(self._store_batch, batch)
+                for eff, error in zip(batch, errors, strict=True):
+                    self._stored(eff, error)
+                    if error is None:
+                        dirty.add(eff.artifact)
+                if dirty and due == math.inf:
+                    due = self.clock.monotonic() + SYNC_INTERVAL
+            if dirty and self.clock.monotonic() >= due:
+                await self._sync(dirty)
+                dirty = set()
+                due = math.inf
+
+    def _store_batch(self, batch: list[sw.ChunkVerified]) -> list[str | None]:
+        """(In a worker thread.)  Each chunk into the store unsynced: None, or why not."""
+        errors: list[str | None] = []
+        for eff in batch:
             try:
-                ok = await self.run_blocking(
-                    self.store.put_chunk, eff.artifact, eff.index, eff.data
-                )
-                if not ok:
-                    raise OSError(f"the store refused chunk {eff.index} of {eff.artifact[:16]}...")
+                if self.store.put_chunk(eff.artifact, eff.index, eff.data, durable=False):
+                    errors.append(None)
+                else:
+                    errors.append(f"the store refused chunk {eff.index} of {eff.artifact[:16]}...")
             except (OSError, KeyError) as exc:
-                self.log(
-                    f"swarm: storing chunk {eff.index} of {eff.artifact[:16]}... failed: {exc}"
-                )
-                if track is not None and self._tracks.get(eff.artifact) is track:
+                errors.append(str(exc) or type(exc).__name__)
+        return errors
+
+    async def _sync(self, artifacts: set[str]) -> None:
+        for artifact in sorted(artifacts):
+            try:
+                await self.run_blocking(self.store.sync, artifact)
+            except OSError as exc:
+                self.log(f"swarm: syncing {artifact[:16]}... failed: {exc}")
+                track = self._tracks.get(artifact)
+                if track is not None and not track.done.is_set():
                     track.error = f"store: {exc}"
                     track.done.set()
-            if track is not None:
-                track.puts -= 1
-                self._maybe_done(track)
+
+    def _stored(self, eff: sw.ChunkVerified, error: str | None) -> None:
+        track = self._tracks.get(eff.artifact)
+        if error is not None:
+            self.log(f"swarm: storing chunk {eff.index} of {eff.artifact[:16]}... failed: {error}")
+            if track is not None and self._tracks.get(eff.artifact) is track:
+                track.error = f"store: {error}"
+                track.done.set()
+        if track is not None:
+            track.puts -= 1
+            self._maybe_done(track)
 
     def _maybe_done(self, track: _Track) -> None:
         if track.done.is_set() or not track.core_complete or track.puts:

@@ -218,3 +218,27 @@ def test_a_full_disk_mid_chunk_loses_only_that_chunk(
     for i in again.missing(cmap.artifact):
         assert again.put_chunk(cmap.artifact, i, cmap.slice(data, i))
     assert again.path(cmap.artifact).read_bytes() == data
+
+
+def test_chunks_written_unsynced_are_held_but_recorded_only_after_sync(tmp_path: Path) -> None:
+    """The swarm's batched writes: a chunk put with ``durable=False`` is held and served at
+    once but is not in the record, so a kill before ``sync`` loses it (a reopen fetches it
+    again) and never leaves a record naming bytes that may not be on disk; after ``sync``
+    a reopen holds it; the last chunk completes the artifact with every byte synced."""
+    data = _data(4 * CHUNK, seed=50)
+    cmap = _map(data)
+    store = ChunkStore(tmp_path)
+    store.open(cmap)
+    assert store.put_chunk(cmap.artifact, 0, cmap.slice(data, 0))  # durable
+    assert store.put_chunk(cmap.artifact, 1, cmap.slice(data, 1), durable=False)
+    assert store.have(cmap.artifact) == {0, 1}
+    assert store.read_chunk(cmap.artifact, 1) == cmap.slice(data, 1)  # served meanwhile
+    assert ChunkStore(tmp_path).open(cmap) == {0}  # "killed" now: chunk 1 is fetched again
+    assert store.sync(cmap.artifact) == 1
+    assert store.sync(cmap.artifact) == 0  # nothing left to sync
+    assert ChunkStore(tmp_path).open(cmap) == {0, 1}
+    for i in (2, 3):
+        assert store.put_chunk(cmap.artifact, i, cmap.slice(data, i), durable=False)
+    assert store.complete(cmap.artifact)
+    assert store.path(cmap.artifact).read_bytes() == data
+    assert ChunkStore(tmp_path).open(cmap) == {0, 1, 2, 3}
