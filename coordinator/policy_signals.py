@@ -14,14 +14,15 @@ only what ties it to something this replica did or saw itself:
   every TTL; now it holds one for a TTL and then for ever shorter shares of the time.
 * ``introduced_addrs``: the gossip addresses an introduction carries are the host the
   replica saw the node's session come from, paired with the ports the node claims (at
-  most ``max_ports``), never a host the node claims: a stranger can point others only at
-  its own address.
+  most ``max_ports``), and a claimed address only inside the observed host's subnet: a
+  stranger can point others only at its own subnet, never at a host elsewhere.
 
 Time is an argument (the replica's monotonic clock).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -89,26 +90,52 @@ def forgotten(record: Cooldown, now: float, config: SignalsConfig) -> bool:
 def introduced_addrs(
     claimed: Sequence[str], observed: str, config: SignalsConfig
 ) -> tuple[str, ...]:
-    """The link addresses to introduce a node by: ``tcp:OBSERVED_HOST:PORT`` for each port
-    of the ``tcp:HOST:PORT`` addresses it claims (its host ignored), at most ``max_ports``.
+    """The link addresses to introduce a node by, from the ``tcp:HOST:PORT`` addresses it
+    claims: for each claimed port (at most ``max_ports``), ``tcp:OBSERVED_HOST:PORT``, then
+    the claimed address itself only if its host is in the observed host's subnet (the
+    same /24 for IPv4, /48 for IPv6: the unit a source is counted by), never a host
+    elsewhere.  A node listening on another address of its own subnet than it connects
+    from (several loopback or LAN addresses) stays reachable; a stranger can point others
+    only at its own subnet, where the nodes' per-address dial limits bound what it gets.
 
     ``observed`` is ``HOST:PORT`` of its session as the replica saw it (an IPv6 host
-    unbracketed, as ``getpeername`` gives it); without one, nothing is introduced.
+    unbracketed, as ``getpeername`` gives it); without one, nothing is introduced.  A
+    node keeps one contact per node id, the last it reads, so the claimed address of the
+    subnet (where the node says it listens) comes after the observed one.
     """
     host = observed.rpartition(":")[0].strip("[]")
-    if not host:
+    seen = _subnet(host)
+    if seen is None:
         return ()
-    shown = f"[{host}]" if ":" in host else host
     out: list[str] = []
+    ports: list[int] = []
     for addr in claimed:
         if not addr.startswith("tcp:"):
             continue
-        port = addr.rpartition(":")[2]
-        if not port.isdigit() or not 0 < int(port) <= 65535:
+        claimed_host, _, port_text = addr[4:].rpartition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
             continue
-        intro = f"tcp:{shown}:{int(port)}"
-        if intro not in out:
-            out.append(intro)
-        if len(out) >= config.max_ports:
-            break
+        port = int(port_text)
+        if port not in ports:
+            if len(ports) >= config.max_ports:
+                continue
+            ports.append(port)
+        for h in (host, claimed_host.strip("[]")):
+            if h != host and _subnet(h) != seen:
+                continue
+            intro = f"tcp:[{h}]:{port}" if ":" in h else f"tcp:{h}:{port}"
+            if intro not in out:
+                out.append(intro)
     return tuple(out)
+
+
+def _subnet(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The /24 (IPv4) or /48 (IPv6) of a literal address; None for anything else."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)

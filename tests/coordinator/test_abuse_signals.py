@@ -25,6 +25,7 @@ from pathlib import Path
 import trio
 
 from coordinator.policy import PolicyConfig
+from coordinator.policy_signals import SignalsConfig, introduced_addrs
 from coordinator.server import Server
 from coordinator.service import Replica, ServiceConfig
 from p2pupdate.core import coordproto as proto
@@ -207,3 +208,24 @@ async def test_a_failure_reported_after_a_restart_counts_with_its_lease_nonce(
             st = (await ahttp("GET", f"{url}/status"))[1]
             nursery.cancel_scope.cancel()
     assert st["artifacts"][A]["paused"] is True and st["artifacts"][A]["failed"] == 2
+
+
+def test_a_claimed_address_is_kept_only_inside_the_observed_subnet() -> None:
+    """A node listening on another address of its own subnet than it connects from (the
+    daemon fleet tests' 127.0.0.x, a host with two LAN addresses) stays reachable."""
+    config = SignalsConfig()
+    assert introduced_addrs(("tcp:127.0.0.7:4100",), "127.0.0.1:9", config) == (
+        "tcp:127.0.0.1:4100",
+        "tcp:127.0.0.7:4100",
+    )
+    assert introduced_addrs(("tcp:10.9.9.9:4100",), "192.0.2.1:9", config) == (
+        "tcp:192.0.2.1:4100",
+    )
+    assert introduced_addrs(("tcp:[2001:db8:0:1::5]:4100",), "2001:db8::1:9", config) == (
+        "tcp:[2001:db8::1]:4100",
+        "tcp:[2001:db8:0:1::5]:4100",
+    )
+    assert introduced_addrs(
+        ("tcp:1.2.3.4:1", "tcp:1.2.3.4:2", "tcp:1.2.3.4:3"), "1.2.3.9:9", config
+    )[-1].endswith(":2")  # at most max_ports ports
+    assert introduced_addrs(("tcp:1.2.3.4:1",), "", config) == ()
