@@ -20,6 +20,11 @@ A grant is a signature over the node's proposed payload; the lease it records la
 clock within the skew allowance.  Leases live in memory only: a restarted replica grants
 nothing until every lease it may have granted before has lapsed (the warm-up, from the
 grant horizon it writes to the database before each grant that extends it).
+
+A lease that lapses without ``rejoined``, ``failed`` or ``return`` puts its node on a
+growing cooldown (``policy_signals.after_lapse``): its asks are refused by gate 3 with
+``lease-lapsed`` and the time left as ``retry_after``, before ``policy.decide`` is asked.
+Asking and vanishing held every slot of a pool for good; now it costs the asker.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from p2pupdate.core.departure import parse_token
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.session import Signer
 
-from . import policy, policy_queue
+from . import policy, policy_queue, policy_signals
 from .breakers import Breakers
 from .errors import RequestError
 from .publishing import Documents
@@ -56,6 +61,9 @@ REFUSE_REPEATED: Final = "refuse-repeated"
 REFUSAL_INTERVAL: Final = 60.0
 #: ... for at most this many distinct ones per interval; beyond, per (gate, reason) only.
 MAX_REFUSAL_KEYS: Final = 64
+#: Lapse records kept (each needs a lease this replica granted, so they are few; past
+#: this the forgotten ones go, then the oldest).
+MAX_COOLDOWNS: Final = 4096
 
 
 @dataclass
@@ -69,6 +77,8 @@ class LeaseInfo:
     artifact: str
     expires_wall: float
     forced: bool
+    #: When the lease lapses, on the replica's monotonic clock.
+    expires: float = float("inf")
 
 
 class RefusalAudit:
@@ -203,8 +213,12 @@ class Asks:
         documents: Documents,
         registry: Registry,
         breakers: Breakers,
+        signals: policy_signals.SignalsConfig | None = None,
     ) -> None:
         self.token_ttl = token_ttl
+        self.signals = signals or policy_signals.SignalsConfig()
+        #: Nodes whose leases lapsed unreported: node -> its lapse record.
+        self.cooldowns: dict[str, policy_signals.Cooldown] = {}
         self.max_skew = max_skew
         self.policy = config
         self.store = store
@@ -306,6 +320,36 @@ class Asks:
             self.returns[(info.artifact, reason)] += 1
         self._slot_freed(info.pool)
         return True
+
+    def lapse(self, now: float) -> None:
+        """Leases that lapsed by ``now`` with no report: their nodes go on cooldown."""
+        lapsed = [(n, i) for n, i in self.leases.items() if i.expires <= now]
+        for node, info in lapsed:
+            del self.leases[node]
+            record = policy_signals.after_lapse(
+                self.cooldowns.get(node), info.expires, self.signals
+            )
+            self.cooldowns[node] = record
+            self.store.audit(
+                AuditRow(
+                    time=self.wall(),
+                    event="lapse",
+                    node=node,
+                    pool=info.pool,
+                    artifact=info.artifact,
+                    gate=gates.GATE_CAPACITY,
+                    reason=policy_signals.LEASE_LAPSED,
+                    detail=f"{record.lapses} in a row: no lease for "
+                    f"{record.until - info.expires:g} s",
+                )
+            )
+        if len(self.cooldowns) > MAX_COOLDOWNS:
+            for node, record in list(self.cooldowns.items()):
+                if policy_signals.forgotten(record, now, self.signals):
+                    del self.cooldowns[node]
+            oldest = sorted(self.cooldowns, key=lambda n: self.cooldowns[n].last)
+            for node in oldest[: len(self.cooldowns) - MAX_COOLDOWNS]:
+                del self.cooldowns[node]
 
     def _slot_freed(self, pool: str) -> None:
         """A lease of ``pool`` ended: tell the node the queue names, with a signed push."""
@@ -430,8 +474,21 @@ class Asks:
         if not g2.ok:
             held = policy.document_retry(policy.HELD_BY_DOCUMENT, self.policy)
             return self._refuse(token, g2.gate, g2.reason, g2.detail, held)
-        # Gate 3: the capacity policy (breaker, warm-up, aggregate, budgets, headroom).
+        # Gate 3: a node whose lease lapsed unreported waits; then the capacity policy
+        # (breaker, warm-up, aggregate, budgets, headroom).
         now = self.clock()
+        self.lapse(now)
+        wait = policy_signals.cooling(self.cooldowns.get(node), now)
+        if wait is not None:
+            record = self.cooldowns[node]
+            return self._refuse(
+                token,
+                gates.GATE_CAPACITY,
+                policy_signals.LEASE_LAPSED,
+                f"{record.lapses} lease(s) of this node lapsed without rejoined, failed or "
+                "return: no lease until the cooldown ends",
+                wait,
+            )
         state = self.pool_state(token.pool).expire(now)
         self.pools[token.pool] = state
         breaker = self.breakers.breakers.get(token.to_artifact)
@@ -490,9 +547,10 @@ class Asks:
             artifact=token.to_artifact,
             expires_wall=expires_wall,
             forced=lease.forced,
+            expires=lease.expires,
         )
         self.leases[node] = info
-        self.breakers.attempted(token.to_artifact, node)
+        self.breakers.attempted(token.to_artifact, node, token.nonce)
         self.store.audit(
             AuditRow(
                 time=now_wall,
@@ -520,6 +578,7 @@ class Asks:
 
     def active_leases(self) -> dict[str, list[policy.Lease]]:
         now = self.clock()
+        self.lapse(now)
         out: dict[str, list[policy.Lease]] = {}
         for pool, state in list(self.pools.items()):
             state = state.expire(now)

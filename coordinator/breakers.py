@@ -6,6 +6,13 @@ that artifact's rollout (gate 3 answers "breaker" to every ask for it) until an 
 publishes a newer scope (README "Capacity gate and departure tokens").  The rule --
 when to trip, when to resume -- is ``policy.breaker_pause_reason`` and
 ``policy.breaker_resumes``; this module keeps the counts and the record in the database.
+
+Only a node this replica granted a lease for the artifact, naming that lease's nonce, is
+counted (``policy_signals.failure_counts``): node ids cost nothing, and two made-up ids
+that never held a lease paused a rollout.  The nonces granted are kept per artifact and
+node (rebuilt at start from the audit log's grants of the last ``GRANT_MEMORY`` seconds,
+so a node that fails its probation across a restart of the replica still counts); any
+other report is counted in ``ignored`` and changes nothing else (no row, no entry).
 """
 
 from __future__ import annotations
@@ -15,10 +22,14 @@ from dataclasses import dataclass, field
 
 from p2pupdate.core import documents as docs
 
-from . import policy
+from . import policy, policy_signals
 from .store import AuditRow, BreakerRow, Store
 
-__all__ = ["Breaker", "Breakers"]
+__all__ = ["GRANT_MEMORY", "Breaker", "Breakers"]
+
+#: Grants older than this (wall seconds) are not read back at start: a node reports a
+#: failed probation within hours of its move, not weeks.
+GRANT_MEMORY = 7 * 86400.0
 
 
 @dataclass
@@ -30,6 +41,8 @@ class Breaker:
     scope_serial: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     attempted: set[str] = field(default_factory=set)
+    #: The nonces of the leases granted for this artifact, per node.
+    granted: dict[str, set[bytes]] = field(default_factory=dict)
 
 
 class Breakers:
@@ -51,16 +64,40 @@ class Breakers:
             b.failures = store.failures_since(row.artifact, row.since)
             b.attempted = store.granted_nodes(row.artifact, row.since)
             self.breakers[row.artifact] = b
+        #: ``failed`` reports not counted (no lease of this replica, another nonce).
+        self.ignored = 0
+        horizon = wall() - GRANT_MEMORY
+        for event in ("grant", "force"):
+            for audit in store.audit_rows(event):
+                nonce = _nonce_of(audit.detail)
+                known = self.breakers.get(audit.artifact)
+                since = known.since if known is not None else horizon
+                if nonce is None or audit.time < max(since, horizon):
+                    continue
+                self._grant(audit.artifact, audit.node, nonce)
 
-    def attempted(self, artifact: str, node: str) -> None:
-        """``node`` was granted a departure to ``artifact``."""
-        self.breakers.setdefault(artifact, Breaker(artifact=artifact)).attempted.add(node)
-
-    def failed(self, node: str, artifact: str, reason: str, *, scope_serial: int) -> bool:
-        """A failed move of ``node`` to ``artifact``; ``scope_serial``: the scope in force
-        (a pause lasts until a newer one).  Whether the rollout is paused now."""
-        now = self.wall()
+    def _grant(self, artifact: str, node: str, nonce: bytes) -> Breaker:
         b = self.breakers.setdefault(artifact, Breaker(artifact=artifact))
+        b.granted.setdefault(node, set()).add(nonce)
+        return b
+
+    def attempted(self, artifact: str, node: str, nonce: bytes) -> None:
+        """``node`` was granted a departure to ``artifact``, under ``nonce``."""
+        self._grant(artifact, node, nonce).attempted.add(node)
+
+    def failed(
+        self, node: str, artifact: str, reason: str, *, nonce: bytes, scope_serial: int
+    ) -> bool:
+        """A failed move of ``node`` to ``artifact`` reported under ``nonce``;
+        ``scope_serial``: the scope in force (a pause lasts until a newer one).  Whether
+        the rollout is paused now.  Counted only from a node this replica granted that
+        lease (module docstring)."""
+        now = self.wall()
+        b = self.breakers.get(artifact)
+        granted = b.granted.get(node, set()) if b is not None else set()
+        if b is None or not policy_signals.failure_counts(granted=granted, nonce=nonce):
+            self.ignored += 1
+            return b is not None and b.paused
         if node not in b.failures:
             b.failures[node] = reason
             self.store.add_failure(artifact, node, reason, now)
@@ -112,7 +149,7 @@ class Breakers:
             return []
         now = self.wall()
         self.breakers[scope.artifact] = nb = Breaker(
-            artifact=scope.artifact, since=now, scope_serial=scope.serial
+            artifact=scope.artifact, since=now, scope_serial=scope.serial, granted=b.granted
         )
         self.store.save_breaker(
             BreakerRow(
@@ -132,3 +169,14 @@ class Breakers:
             )
         )
         return [scope.artifact]
+
+
+def _nonce_of(detail: str) -> bytes | None:
+    """The nonce of a grant's audit row (``nonce HEX until T``, as ``asks`` writes it)."""
+    head, _, rest = detail.partition(" ")
+    if head != "nonce":
+        return None
+    try:
+        return bytes.fromhex(rest.partition(" ")[0])
+    except ValueError:
+        return None

@@ -713,7 +713,7 @@ class Server:
             chosen = (same + rest)[: request.count]
             return proto.PeersAnswer(
                 peers=tuple(
-                    proto.Peer(node=c.node, pool=c.pool, addrs=c.addrs, observed=c.peer)
+                    proto.Peer(node=c.node, pool=c.pool, addrs=rep.introduced(c), observed=c.peer)
                     for c in chosen
                 )
             )

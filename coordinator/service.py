@@ -36,7 +36,7 @@ from p2pupdate.core.session import Signer
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.fsutil import read_limited
 
-from . import policy
+from . import policy, policy_signals
 from .asks import Answer, Asks, LeaseInfo
 from .breakers import Breaker, Breakers
 from .errors import ConfigError, RequestError, StateDamaged
@@ -83,6 +83,8 @@ class ServiceConfig:
     ice: IceConfig = field(default_factory=IceConfig)
     #: The origin's downloader cap (``serve --origin-max-downloaders``).
     origin: OriginConfig = field(default_factory=OriginConfig)
+    #: Whose signals count: lapse cooldowns, introductions (``policy_signals``).
+    signals: policy_signals.SignalsConfig = field(default_factory=policy_signals.SignalsConfig)
 
     @property
     def replica_dir(self) -> Path:
@@ -187,7 +189,9 @@ class Replica:
             documents=self.documents,
             registry=self.registry,
             breakers=self.breakers,
+            signals=config.signals,
         )
+        self.signals = config.signals
         self.asks.push_to = lambda node, msg: self.push_to(node, msg)
 
     def _persist_memory(self) -> None:
@@ -307,8 +311,18 @@ class Replica:
         self.asks.end_lease(node, report.nonce, "failed", reason)
         scope = self.documents.scope
         return self.breakers.failed(
-            node, report.artifact, reason, scope_serial=scope.doc.serial if scope else 0
+            node,
+            report.artifact,
+            reason,
+            nonce=report.nonce,
+            scope_serial=scope.doc.serial if scope else 0,
         )
+
+    def introduced(self, conn: Any) -> tuple[str, ...]:
+        """The link addresses to introduce a connected node by: the host its session came
+        from with the ports it claims, never a host it claims (``policy_signals``; README
+        "Abuse limits").  ``conn``: the server's ``NodeConn`` (``addrs``, ``peer``)."""
+        return policy_signals.introduced_addrs(conn.addrs, conn.peer, self.signals)
 
     def ice(self, node: str) -> proto.IceAnswer:
         """The ICE servers for ``node``, the id its session proved (README "Gossip and
@@ -328,7 +342,7 @@ class Replica:
         return self.asks.active_leases()
 
     def status(self) -> dict[str, Any]:
-        return replica_status(
+        status = replica_status(
             index=self.config.replica,
             token_ttl=self.config.token_ttl,
             connected=self.connected(),
@@ -341,3 +355,8 @@ class Replica:
             ice=self.ice_servers.status(),
             origin=self.origin.status(lambda a: self.documents.artifact_path(a) is not None),
         )
+        # P10: reports no lease of this replica backs, and nodes cooling off after a lapse
+        status["failures_ignored"] = self.breakers.ignored
+        now = self.clock()
+        status["lapse_cooldowns"] = sum(1 for c in self.asks.cooldowns.values() if c.until > now)
+        return status

@@ -974,9 +974,14 @@ def test_sybil_identities_per_host_are_capped() -> None:
     out = third.send(g, share)
     assert [e.peer for e in out if isinstance(e, Disconnect)] == [third.node]
     assert len(g.active) == cfg.max_active_per_host
-    # the passive view takes only a few contacts per host, however many are offered
-    g.handle(Introduced(contacts=tuple(s.contact for s in sybils)), 0.0, NOW)
+    # the passive view takes only a few contacts per host, however many are offered (each
+    # at its own port: one host:port alone is capped lower, ``max_ids_per_address``)
+    offered = [Contact(node=s.node, host=s.host, port=7000 + k) for k, s in enumerate(sybils)]
+    g.handle(Introduced(contacts=tuple(offered)), 0.0, NOW)
     assert len(g.passive) == cfg.max_passive_per_host
+    g2, _, _ = lone_node()
+    g2.handle(Introduced(contacts=tuple(s.contact for s in sybils)), 0.0, NOW)
+    assert len(g2.passive) == cfg.max_ids_per_address
 
 
 def test_several_nodes_behind_one_home_router_all_join() -> None:

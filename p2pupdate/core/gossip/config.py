@@ -110,6 +110,11 @@ class GossipConfig:
     max_links_per_host: int = 3
     max_active_per_host: int = 2
     max_passive_per_host: int = 4
+    #: Node ids one ``host:port`` may stand for, in the passive view and among dials and
+    #: links (an honest address is one node; two let a re-keyed node's new id in while its
+    #: old one is still known).  Dials to an address whose handshake failed back off per
+    #: address too (``redial_base`` .. ``redial_cap``), whatever node id they name.
+    max_ids_per_address: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.round_interval < float("inf"):
@@ -143,5 +148,13 @@ class GossipConfig:
             raise ValueError("GossipConfig: need relay_seen_max >= 1 and lost_redials >= 0")
         if not 0.0 < self.dial_timeout < float("inf"):
             raise ValueError("GossipConfig.dial_timeout must be positive and finite")
-        if min(self.max_links_per_host, self.max_active_per_host, self.max_passive_per_host) < 1:
+        if (
+            min(
+                self.max_links_per_host,
+                self.max_active_per_host,
+                self.max_passive_per_host,
+                self.max_ids_per_address,
+            )
+            < 1
+        ):
             raise ValueError("GossipConfig: per-host caps must be >= 1")

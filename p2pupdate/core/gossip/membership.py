@@ -29,7 +29,12 @@ over links that exist) and a *passive view* of ~5x as many contacts to repair it
   agree (``one_sided``).
 
 Identities per source host are capped (``reputation``'s Sybil caps), and banned node ids
-are neither dialed nor kept as contacts.  The front tells the other protocol parts about
+are neither dialed nor kept as contacts.  Addresses are limited too (P10; node ids cost
+nothing, so thirty made-up ids can name one victim's ``host:port``): a dial whose
+handshake failed (``DialFailed``, or no answer within ``dial_timeout``) backs its
+*address* off as well as its node id, with the same doubling, so another id at that
+address is not dialed before it either; and one ``host:port`` is held by at most
+``max_ids_per_address`` node ids, in the passive view and among dials and links.  The front tells the other protocol parts about
 new active neighbours (``on_activate``: they are owed a heartbeat) and forgotten links
 (``on_forget``), through the callbacks it passes in.
 """
@@ -109,6 +114,10 @@ class Membership:
         self._redial: dict[str, tuple[int, float]] = {}
         #: Peers whose active link was lost: node -> redials that failed since.
         self._lost: dict[str, int] = {}
+        #: Where each pending dial goes: node -> (host, port).
+        self._dial_addr: dict[str, tuple[str, int]] = {}
+        #: Addresses backing off: (host, port) -> (handshakes failed in a row, not before).
+        self._addr_redial: dict[tuple[str, int], tuple[int, float]] = {}
 
     # -- events -------------------------------------------------------------------------------
 
@@ -124,12 +133,14 @@ class Membership:
         if self._reputation.is_banned(peer, now):
             out.append(Disconnect(peer=peer, reason="banned"))
             self._dialing.pop(peer, None)
+            self._dial_addr.pop(peer, None)
             return
         link = self.links.get(peer)
         if link is None:
             same_host = from_host((lk.host for lk in self.links.values()), ev.host)
             if not link_allowed(same_host, self._ctx.config):
                 self._dialing.pop(peer, None)
+                self._dial_addr.pop(peer, None)
                 out.append(
                     Disconnect(
                         peer=peer,
@@ -151,6 +162,9 @@ class Membership:
             if ev.contact is not None and link.contact is None:
                 link.contact = ev.contact
         self._lost.pop(peer, None)
+        addr = self._dial_addr.pop(peer, None)
+        if addr is not None:
+            self._addr_redial.pop(addr, None)  # the handshake there worked
         dial = self._dialing.pop(peer, None)
         if dial is None:
             return  # inbound: the peer speaks first (Join / Neighbor)
@@ -190,9 +204,12 @@ class Membership:
     def on_dial_failed(self, ev: DialFailed, now: float, utc_now: int, out: Out) -> None:
         node = ev.node
         dial = self._dialing.pop(node, None)
+        addr = self._dial_addr.pop(node, None)
         if dial is None:
             return
         self._failed(node, now)
+        if addr is not None:
+            self._failed_addr(addr, now, node)
         tries = self._lost.get(node)
         if tries is not None and tries + 1 < self._ctx.config.lost_redials:
             self._lost[node] = tries + 1  # a lost peer: kept, and redialed after the backoff
@@ -207,6 +224,35 @@ class Membership:
         ceiling = timing.capped_exponential(cfg.redial_base, cfg.redial_cap, failures)
         wait = ceiling / 2.0 + (ceiling / 2.0) * self._ctx.rng.random()
         self._redial[node] = (failures + 1, now + wait)
+
+    def _failed_addr(self, addr: tuple[str, int], now: float, node: str | None = None) -> None:
+        """One more failed handshake at ``addr``: no dial there, for any id, before its
+        backoff -- the same doubling as a node's, at least half its ceiling (no jitter
+        drawn: the random stream, and so a seeded fleet, stays as it was), and never
+        before the backoff of the ``node`` that failed there (one id at one address backs
+        off exactly as before)."""
+        cfg = self._ctx.config
+        failures = self._addr_redial.get(addr, (0, now))[0]
+        until = now + timing.capped_exponential(cfg.redial_base, cfg.redial_cap, failures) / 2
+        if node is not None and node in self._redial:
+            until = max(until, self._redial[node][1])
+        self._addr_redial[addr] = (failures + 1, until)
+
+    def _may_dial(self, contact: Contact, now: float) -> bool:
+        """Whether ``contact``'s address may be dialed now: not backing off, and not
+        already dialed or linked for ``max_ids_per_address`` other node ids."""
+        addr = (contact.host, contact.port)
+        entry = self._addr_redial.get(addr)
+        if entry is not None and now < entry[1]:
+            return False
+        ids = {n for n, a in self._dial_addr.items() if a == addr}
+        ids |= {
+            p
+            for p, lk in self.links.items()
+            if lk.contact is not None and (lk.contact.host, lk.contact.port) == addr
+        }
+        ids.discard(contact.node)
+        return len(ids) < self._ctx.config.max_ids_per_address
 
     def backing_off(self, node: str, now: float) -> bool:
         """Whether ``node`` may not be dialed yet (its last dial or link failed)."""
@@ -253,8 +299,13 @@ class Membership:
             if who.node in self.links:
                 if who.node not in self._asking:
                     self._ask_neighbor(who.node, now, out, high=True)
-            elif who.node not in self._dialing and not self._reputation.is_banned(who.node, now):
+            elif (
+                who.node not in self._dialing
+                and not self._reputation.is_banned(who.node, now)
+                and self._may_dial(who, now)
+            ):
                 self._dialing[who.node] = ("neighbor-high", now)
+                self._dial_addr[who.node] = (who.host, who.port)
                 out.append(Dial(contact=who))
             return
         if msg.ttl == cfg.passive_walk:
@@ -366,6 +417,15 @@ class Membership:
         if node == self._ctx.node or node in self.active or self._reputation.is_banned(node, now):
             return
         cfg = self._ctx.config
+        old = self.passive.get(node)
+        if old is None or (old.host, old.port) != (contact.host, contact.port):
+            at = sum(
+                1
+                for n, c in self.passive.items()
+                if n != node and c.port == contact.port and c.host == contact.host
+            )
+            if at >= cfg.max_ids_per_address:
+                return  # that host:port already stands for enough node ids
         if node not in self.passive:
             same = from_host((c.host for c in self.passive.values()), contact.host)
             if not passive_allowed(same, cfg):
@@ -420,6 +480,7 @@ class Membership:
         self._asking.pop(peer, None)
         self._shuffling.pop(peer, None)
         self._dialing.pop(peer, None)
+        self._dial_addr.pop(peer, None)
         self._on_forget(peer)
 
     def close(self, peer: str, reason: str, out: Out, ban_until: float | None = None) -> None:
@@ -455,6 +516,7 @@ class Membership:
             and n not in self._asking
             and not banned(n, now)
             and not self.backing_off(n, now)
+            and self._may_dial(c, now)
         ]
         if not candidates:
             if self.active and not self._shuffling:
@@ -477,7 +539,7 @@ class Membership:
         for c in picks:
             if missing <= 0:
                 break
-            if not active_allowed(hosts.get(c.host, 0), cfg):
+            if not active_allowed(hosts.get(c.host, 0), cfg) or not self._may_dial(c, now):
                 continue
             hosts[c.host] = hosts.get(c.host, 0) + 1
             high = projected < cfg.active_min
@@ -495,6 +557,7 @@ class Membership:
                 self._ask_neighbor(node, now, out, high=purpose == "neighbor-high")
             return
         self._dialing[node] = (purpose, now)
+        self._dial_addr[node] = (contact.host, contact.port)
         out.append(Dial(contact=contact))
 
     def shuffle_round(self, now: float, out: Out) -> None:
@@ -526,6 +589,9 @@ class Membership:
             dial_timeout = self._ctx.config.dial_timeout
             for node in [n for n, (_, t) in self._dialing.items() if now - t > dial_timeout]:
                 del self._dialing[node]
+                addr = self._dial_addr.pop(node, None)
+                if addr is not None:  # no handshake in time: that address backs off too
+                    self._failed_addr(addr, now)
                 self._lost.pop(node, None)
                 self.passive.pop(node, None)
         if self._asking:
@@ -541,6 +607,10 @@ class Membership:
             cap = self._ctx.config.redial_cap
             for node in [n for n, (_, t) in self._redial.items() if now - t > cap]:
                 del self._redial[node]
+        if self._addr_redial:
+            cap = self._ctx.config.redial_cap
+            for addr in [a for a, (_, t) in self._addr_redial.items() if now - t > cap]:
+                del self._addr_redial[addr]
 
     def expire_links(self, now: float, out: Out) -> None:
         """Close silent active links and idle links that serve no view."""

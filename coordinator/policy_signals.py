@@ -1,0 +1,141 @@
+"""Whose signals count, and what holding a slot unused costs.  Pure and deterministic.
+
+Node keys cost nothing to make (README "Abuse limits"), so a report or a claim is worth
+only what ties it to something this replica did or saw itself:
+
+* ``failure_counts``: a ``failed`` report feeds the circuit breaker only from a node this
+  replica granted a lease for that artifact, naming that lease's nonce.  Anyone else's
+  report (no lease, another artifact, a made-up nonce) is counted as ignored, nothing more.
+* ``after_lapse`` / ``cooling``: a lease that lapses without ``rejoined``, ``failed`` or
+  ``return`` puts its node on a cooldown of ``cooldown_base`` seconds, doubling with each
+  lapse in a row up to ``cooldown_cap``; a node that lapsed none for ``cooldown_forget``
+  starts over.  An ask in the cooldown is refused by gate 3 (``LEASE_LAPSED``) with the
+  time left as ``retry_after``.  Asking and vanishing held a slot for a whole lease TTL
+  every TTL; now it holds one for a TTL and then for ever shorter shares of the time.
+* ``introduced_addrs``: the gossip addresses an introduction carries are the host the
+  replica saw the node's session come from, paired with the ports the node claims (at
+  most ``max_ports``), and a claimed address only inside the observed host's subnet: a
+  stranger can point others only at its own subnet, never at a host elsewhere.
+
+Time is an argument (the replica's monotonic clock).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+#: Gate 3's reason for an ask inside a lapse cooldown.
+LEASE_LAPSED: Final = "lease-lapsed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SignalsConfig:
+    """The knobs of these rules (defaults: seconds of the replica's monotonic clock)."""
+
+    #: The cooldown after a node's first lapsed lease; it doubles with each lapse in a row.
+    cooldown_base: float = 60.0
+    cooldown_cap: float = 3600.0
+    #: A node whose last lapse is this long past starts again from ``cooldown_base``.
+    cooldown_forget: float = 86400.0
+    #: Ports of one node an introduction names (each paired with the observed host).
+    max_ports: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.cooldown_base <= self.cooldown_cap < float("inf"):
+            raise ValueError("signals: need 0 < cooldown_base <= cooldown_cap (finite)")
+        if not self.cooldown_cap <= self.cooldown_forget < float("inf"):
+            raise ValueError("signals: need cooldown_cap <= cooldown_forget (finite)")
+        if self.max_ports < 1:
+            raise ValueError("signals: max_ports must be >= 1")
+
+
+def failure_counts(*, granted: Collection[bytes], nonce: bytes) -> bool:
+    """Whether a ``failed`` report naming ``nonce`` counts for the breaker: ``granted``
+    holds the nonces of the leases this replica granted that node for that artifact."""
+    return bool(nonce) and nonce in granted
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cooldown:
+    """A node's record of lapsed leases: how many in a row, the last, the wait's end."""
+
+    lapses: int
+    last: float
+    until: float
+
+
+def after_lapse(prev: Cooldown | None, now: float, config: SignalsConfig) -> Cooldown:
+    """The record after one more of the node's leases lapsed at ``now``."""
+    fresh = prev is None or now - prev.last > config.cooldown_forget
+    lapses = 1 if fresh or prev is None else prev.lapses + 1
+    wait = min(config.cooldown_cap, config.cooldown_base * 2.0 ** min(lapses - 1, 60))
+    return Cooldown(lapses=lapses, last=now, until=now + wait)
+
+
+def cooling(record: Cooldown | None, now: float) -> float | None:
+    """Seconds the node must still wait before it may ask (None: it may ask now)."""
+    if record is None or now >= record.until:
+        return None
+    return record.until - now
+
+
+def forgotten(record: Cooldown, now: float, config: SignalsConfig) -> bool:
+    """Whether the record no longer matters (its next lapse would start over)."""
+    return now - record.last > config.cooldown_forget
+
+
+def introduced_addrs(
+    claimed: Sequence[str], observed: str, config: SignalsConfig
+) -> tuple[str, ...]:
+    """The link addresses to introduce a node by, from the ``tcp:HOST:PORT`` addresses it
+    claims: for each claimed port (at most ``max_ports``), ``tcp:OBSERVED_HOST:PORT``, then
+    the claimed address itself only if its host is in the observed host's subnet (the
+    same /24 for IPv4, /48 for IPv6: the unit a source is counted by), never a host
+    elsewhere.  A node listening on another address of its own subnet than it connects
+    from (several loopback or LAN addresses) stays reachable; a stranger can point others
+    only at its own subnet, where the nodes' per-address dial limits bound what it gets.
+
+    ``observed`` is ``HOST:PORT`` of its session as the replica saw it (an IPv6 host
+    unbracketed, as ``getpeername`` gives it); without one, nothing is introduced.  A
+    node keeps one contact per node id, the last it reads, so the claimed address of the
+    subnet (where the node says it listens) comes after the observed one.
+    """
+    host = observed.rpartition(":")[0].strip("[]")
+    seen = _subnet(host)
+    if seen is None:
+        return ()
+    out: list[str] = []
+    ports: list[int] = []
+    for addr in claimed:
+        if not addr.startswith("tcp:"):
+            continue
+        claimed_host, _, port_text = addr[4:].rpartition(":")
+        if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+            continue
+        port = int(port_text)
+        if port not in ports:
+            if len(ports) >= config.max_ports:
+                continue
+            ports.append(port)
+        for h in (host, claimed_host.strip("[]")):
+            if h != host and _subnet(h) != seen:
+                continue
+            intro = f"tcp:[{h}]:{port}" if ":" in h else f"tcp:{h}:{port}"
+            if intro not in out:
+                out.append(intro)
+    return tuple(out)
+
+
+def _subnet(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The /24 (IPv4) or /48 (IPv6) of a literal address; None for anything else."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
