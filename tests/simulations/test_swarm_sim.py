@@ -100,7 +100,7 @@ def test_release_day_at_24_nodes_meets_p9s_targets() -> None:
     nothing, the origin (2 MiB/s, the coordinator's cap of 8 downloaders) answers the rest
     "try-peers"; P9's targets: origin_copies <= 2, origin_share <= 0.05, bound_ratio <= 1.5.
     (Before the origin picks were rationed and random: 3.5 copies from a seed peer; with
-    the HTTP origin and the old picker 8+ copies, every node asking for every chunk.)"""
+    the HTTP origin and the old picker 24 copies, every node asking for every chunk.)"""
     got = fleet_run(
         nodes=24, artifact_mib=16, chunk_size=64 * 1024, peer_down=2.5 * (1 << 20), seed=7
     )

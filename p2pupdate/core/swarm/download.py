@@ -153,6 +153,8 @@ class Download:
         #: got it elsewhere, so the origin sent it twice (we stop streaming from it).
         self.origin_fresh: set[int] = set()
         self.origin_twice = -math.inf  # when we last saw that
+        #: Chunks the origin sent us (the uploader serves them first while no peer has one).
+        self.origin_got: set[int] = set()
         #: Since when nothing was in flight at any peer and nothing was pickable (None: busy).
         self.idle_since: float | None = now
         for i in range(chunk_map.count):
@@ -434,6 +436,7 @@ class Download:
         self.origin_served = self.now if self.avail[index] == 0 else None
         if self.avail[index] == 0:
             self.origin_fresh.add(index)
+            self.origin_got.add(index)
         self.origin.discard(index)
         self._verified(index, data, "origin", out)
         return True

@@ -92,7 +92,11 @@ class Swarm:
         #: shell opens a session with them again.
         self.dropped: set[str] = set()
         self.uploader = Uploader(
-            config=config, rate=upload_rate(config, uplink), held=self.holds, now=now
+            config=config,
+            rate=upload_rate(config, uplink),
+            held=self.holds,
+            now=now,
+            urgent=self._urgent,
         )
 
     # -- the shell's side ----------------------------------------------------------------
@@ -136,6 +140,15 @@ class Swarm:
         """Whether chunk ``index`` of ``artifact`` is here, verified."""
         art = self.artifacts.get(artifact)
         return art is not None and index in art.held
+
+    def _urgent(self) -> frozenset[tuple[str, int]]:
+        """Chunks the origin sent us that no connected peer has yet: served first."""
+        got: set[tuple[str, int]] = set()
+        for a in self.artifacts.values():
+            dl = a.download
+            if dl is not None and dl.origin_got:
+                got.update((dl.artifact, i) for i in dl.origin_got if dl.avail[i] == 0)
+        return frozenset(got)
 
     def holdings(self, artifact: str) -> frozenset[int]:
         art = self.artifacts.get(artifact)

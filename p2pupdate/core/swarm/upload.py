@@ -29,17 +29,32 @@ from .events import Effect, Send, Serve
 from .messages import Cancel, Reject, Request
 
 Held = Callable[[str, int], bool]
+#: The (artifact, chunk) pairs served before anything else (super-seeding: a chunk only we
+#: hold, fresh from the origin, first, so the swarm sees it before others fetch it again).
+Urgent = Callable[[], frozenset[tuple[str, int]]]
 #: Bytes of float rounding forgiven: the timer names the instant the bucket is full enough.
 _EPSILON: Final = 1e-6
+#: Urgent blocks served between two round-robin turns at most.
+URGENT_PER_TURN: Final = 2
 
 
 class Uploader:
     """One node's uploads (all artifacts): slots, queues, the bucket."""
 
-    def __init__(self, *, config: SwarmConfig, rate: float, held: Held, now: float) -> None:
+    def __init__(
+        self,
+        *,
+        config: SwarmConfig,
+        rate: float,
+        held: Held,
+        now: float,
+        urgent: Urgent | None = None,
+    ) -> None:
         self.config = config
         self.rate = rate
         self.held = held
+        self.urgent = urgent
+        self.urgent_turn = URGENT_PER_TURN  # urgent blocks that may go before the next turn
         self.tokens = self.burst
         self.last = now
         self.queues: dict[str, deque[Request]] = {}
@@ -92,34 +107,62 @@ class Uploader:
         self.queues.pop(peer, None)
 
     def pump(self, now: float, out: list[Effect]) -> None:
-        """Serve queued requests, round-robin, while the bucket holds their bytes."""
+        """Serve queued requests, round-robin, while the bucket holds their bytes; an
+        ``urgent`` block, if one is queued, between any two turns (so it jumps the line
+        but cannot starve a peer: every other block is a round-robin turn)."""
         self._refill(now)
+        urgent = self.urgent() if self.urgent is not None else frozenset()
         while self.queues:
-            for peer in list(self.queues):
-                q = self.queues[peer]
-                req = q[0]
-                held = self.held(req.artifact, req.chunk)
-                if held and self.tokens < min(req.length, self.burst) - _EPSILON:
-                    return  # this peer's turn waits for the bucket (get_timer)
-                q.popleft()
-                if not q:
-                    del self.queues[peer]
-                if not held:  # removed since it was queued
-                    out.append(Send(peer=peer, data=_reject(req, "missing")))
-                    continue
-                self.tokens -= req.length
-                self.sent_bytes += req.length
-                out.append(
-                    Serve(
-                        peer=peer,
-                        artifact=req.artifact,
-                        chunk=req.chunk,
-                        offset=req.offset,
-                        length=req.length,
-                    )
+            if urgent and self.urgent_turn > 0:
+                hit = next(
+                    (
+                        (peer, n)
+                        for peer, q in self.queues.items()
+                        for n, r in enumerate(q)
+                        if (r.artifact, r.chunk) in urgent
+                    ),
+                    None,
                 )
-                if peer in self.queues:  # its next request goes to the back of the line
-                    self.queues[peer] = self.queues.pop(peer)
+                if hit is not None:
+                    peer, n = hit
+                    q = self.queues[peer]
+                    req = q[n]
+                    if self.tokens < min(req.length, self.burst) - _EPSILON:
+                        return
+                    del q[n]
+                    if not q:
+                        del self.queues[peer]
+                    self._serve(peer, req, out)
+                    self.urgent_turn -= 1
+                    continue
+            peer = next(iter(self.queues))
+            q = self.queues[peer]
+            req = q[0]
+            held = self.held(req.artifact, req.chunk)
+            if held and self.tokens < min(req.length, self.burst) - _EPSILON:
+                return  # this peer's turn waits for the bucket (get_timer)
+            q.popleft()
+            del self.queues[peer]
+            if q:  # its next request goes to the back of the line
+                self.queues[peer] = q
+            self._serve(peer, req, out)
+            self.urgent_turn = URGENT_PER_TURN
+
+    def _serve(self, peer: str, req: Request, out: list[Effect]) -> None:
+        if not self.held(req.artifact, req.chunk):  # removed since it was queued
+            out.append(Send(peer=peer, data=_reject(req, "missing")))
+            return
+        self.tokens -= req.length
+        self.sent_bytes += req.length
+        out.append(
+            Serve(
+                peer=peer,
+                artifact=req.artifact,
+                chunk=req.chunk,
+                offset=req.offset,
+                length=req.length,
+            )
+        )
 
     def get_timer(self) -> float | None:
         """When the bucket holds the next request's bytes, if one waits for it."""

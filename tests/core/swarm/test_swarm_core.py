@@ -630,3 +630,25 @@ def test_no_have_goes_to_a_peer_that_holds_the_chunk() -> None:
     for i in verified:
         assert (B, i) not in told
         assert ((A, i) in told) == (i < 8)
+
+
+def test_a_chunk_fresh_from_the_origin_is_served_before_anything_else() -> None:
+    """Super-seeding: while no peer has a chunk the origin sent us, its blocks jump the
+    upload queue, so the swarm sees it before another node fetches it from the origin."""
+    cfg = dataclasses.replace(CFG, upload_cap=1024.0)  # one block a second
+    sw, _ = fetcher(cfg, held={0})
+    out: list[Effect] = []
+    for t in (0.5, 1.0, 1.5):
+        out += sw.handle_timer(t)
+    x = next(i for e in out if isinstance(e, FetchFromOrigin) for i in e.chunks)
+    sw.handle(OriginChunk(artifact=ART, index=x, data=MAP.slice(DATA, x)), 1.6)
+    for peer in (A, B):
+        sw.handle(Received(peer=peer, data=bitfield(set())), 1.6)
+    served = [e for e in sw.handle(Received(peer=A, data=req(0, 0)), 1.7) if isinstance(e, Serve)]
+    sw.handle(Received(peer=A, data=req(0, 1024)), 1.7)  # waits for the bucket
+    sw.handle(Received(peer=B, data=req(x, 0)), 1.7)  # waits too, but jumps the line
+    t = 1.7
+    while len(served) < 3 and (timer := sw.get_timer()) is not None:
+        t = max(t, timer)
+        served += [e for e in sw.handle_timer(t) if isinstance(e, Serve)]
+    assert [(e.peer, e.chunk) for e in served] == [(A, 0), (B, x), (A, 0)]
