@@ -21,6 +21,7 @@ from p2pupdate.daemon.chunkstore import ChunkStore
 from p2pupdate.daemon.gossip import GossipService, trust_verifier
 from p2pupdate.daemon.truststate import TrustFile
 from tests.coordinator.service_helpers import Network
+from tests.daemon.storeutil import status_of
 
 RUNNING = "ab" * 32
 
@@ -34,20 +35,7 @@ def _map(data: bytes) -> ChunkMap:
 
 
 def _status_of(store: ChunkStore) -> Callable[[], g.Status]:
-    """What ``NodeHooks.gossip_status`` builds, holdings from the real store's summary."""
-
-    def status() -> g.Status:
-        return g.Status(
-            version="1.0",
-            artifact=RUNNING,
-            state="serving",
-            pool="default",
-            load=1.0,
-            capacity=10.0,
-            holdings=g.holdings_from_summary(store.summary(), running=RUNNING),
-        )
-
-    return status
+    return status_of(store, RUNNING)
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,7 @@ from p2pupdate.daemon.replica import QuorumClient
 from p2pupdate.daemon.swarm import SYNC_INTERVAL, SwarmService
 from p2pupdate.daemon.truststate import TrustFile
 from tests.coordinator.service_helpers import Network, artifact_of, http, in_process
+from tests.daemon.storeutil import status_of
 
 CHUNKS = 48
 DATA = random.Random(11).randbytes(CHUNKS * 1024 - 100)  # 1 KiB chunks, the last one short
@@ -84,18 +85,7 @@ def _fill(store: ChunkStore, cmap: ChunkMap, indices: range | list[int]) -> None
 
 
 def _status_of(store: ChunkStore) -> Callable[[], g.Status]:
-    def status() -> g.Status:
-        return g.Status(
-            version="1.0",
-            artifact=RUNNING,
-            state="serving",
-            pool="default",
-            load=1.0,
-            capacity=10.0,
-            holdings=g.holdings_from_summary(store.summary(), running=RUNNING),
-        )
-
-    return status
+    return status_of(store, RUNNING)
 
 
 @dataclass
