@@ -166,7 +166,13 @@ class ReplicaProcesses:
         self.started: list[ReplicaProcess] = []
 
     def start(
-        self, net: Network, index: int = 1, *args: str, port: int = 0, first: bool = True
+        self,
+        net: Network,
+        index: int = 1,
+        *args: str,
+        port: int = 0,
+        first: bool = True,
+        host: str = "127.0.0.1",
     ) -> ReplicaProcess:
         log = self.tmp / f"replica-{index}-{len(self.started)}.log"
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -181,7 +187,7 @@ class ReplicaProcesses:
                 "--replica",
                 str(index),
                 "--listen",
-                f"127.0.0.1:{port}",
+                f"{host}:{port}",
                 *(["--first-start"] if first else []),
                 *args,
             ],

@@ -89,7 +89,7 @@ async def test_a_node_killed_holding_a_lease_frees_it_at_ttl(tmp_path: Path) -> 
                 outcome = await other.ask(TO)
                 if outcome.token is not None:
                     break
-                assert outcome.reason == "lease-budget"
+                assert outcome.reason == "lease-budget", outcome
                 assert trio.current_time() - granted_at < ttl + 2.0, "lease outlived its TTL"
                 await trio.sleep(0.1)
             freed_after = trio.current_time() - granted_at
