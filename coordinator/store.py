@@ -177,6 +177,14 @@ class Damage:
         }
 
 
+#: The audit table's size cap: a refusal row is kept only while it is among this many
+#: newest audit rows (grants, forces, pauses, returns and failures are never dropped).  Refusals are already one row per node, reason and minute (``asks``);
+#: this bounds the table when a flood of made-up node ids each earns its own row:
+#: ~350 bytes a row, so ~35 MB at most.
+MAX_REFUSAL_ROWS: Final = 100_000
+_REFUSALS: Final = frozenset({"refuse", "refuse-repeated"})
+
+
 class Store:
     """The database of one replica.  Used from the trio thread only.
 
@@ -189,9 +197,13 @@ class Store:
         *,
         wall: Callable[[], float] = time.time,
         log: Callable[[str], None] = lambda _m: None,
+        max_refusal_rows: int = MAX_REFUSAL_ROWS,
     ) -> None:
+        if max_refusal_rows < 1:
+            raise ValueError("max_refusal_rows must be >= 1")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_refusal_rows = max_refusal_rows
         self.wall = wall
         self.log = log
         self.damage: list[Damage] = []
@@ -624,6 +636,14 @@ class Store:
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (row.values() for row in audit),
                     )
+                    if any(row.event in _REFUSALS for row in audit):
+                        # the size cap: refusals only among the newest rows (ids only grow:
+                        # at most ``max_refusal_rows`` rows have an id above this line)
+                        db.execute(
+                            "DELETE FROM audit WHERE event IN ('refuse', 'refuse-repeated') "
+                            "AND id <= (SELECT MAX(id) FROM audit) - ?",
+                            (self.max_refusal_rows,),
+                        )
                 if nodes:
                     db.executemany(
                         "INSERT INTO nodes (node, pool, version, artifact, state, held, seen) "

@@ -145,3 +145,26 @@ async def test_a_chunk_is_read_off_the_event_loop(tmp_path: Path) -> None:
         assert took < 2.0, f"/healthz waited {took:.1f} s for the stalled chunk read"
         assert got == [(200, A_BYTES[2048:3072])]
         assert threads and threads[0] is not threading.main_thread()
+
+
+def test_the_audit_table_keeps_only_the_newest_refusals_and_every_grant(tmp_path: Path) -> None:
+    """The size cap: a flood of refusals from made-up ids (each its own row) keeps only the
+    refusals among the newest ``max_refusal_rows`` audit rows; grants (the breaker's lease
+    nonces are rebuilt from them) are never dropped."""
+    from coordinator.store import Store
+
+    store = Store(tmp_path / DB_FILE, max_refusal_rows=5)
+    store.audit(AuditRow(time=1.0, event="grant", node="n-grant", pool="p", artifact=A))
+    for batch in range(4):
+        for i in range(10):
+            node = f"stranger-{batch}-{i}"
+            store.audit(AuditRow(time=2.0 + batch, event="refuse", node=node, pool="p", artifact=A))
+        store.flush()
+    assert [r.node for r in store.audit_rows("refuse")] == [f"stranger-3-{i}" for i in range(5, 10)]
+    assert store.refusal_counts() == [(A, "", "", 5)]
+    store.audit(AuditRow(time=9.0, event="grant", node="n-late", pool="p", artifact=A))
+    store.audit(AuditRow(time=10.0, event="refuse-repeated", node="x", pool="p", artifact=A))
+    store.flush()
+    kept = [r.node for r in store.audit_rows() if r.event in ("refuse", "refuse-repeated")]
+    assert kept == ["stranger-3-7", "stranger-3-8", "stranger-3-9", "x"]  # 4 + the grant
+    assert [r.node for r in store.audit_rows("grant")] == ["n-grant", "n-late"]
