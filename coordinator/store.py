@@ -178,11 +178,16 @@ class Damage:
 
 
 #: The audit table's size cap: a refusal row is kept only while it is among this many
-#: newest audit rows (grants, forces, pauses, returns and failures are never dropped).  Refusals are already one row per node, reason and minute (``asks``);
-#: this bounds the table when a flood of made-up node ids each earns its own row:
-#: ~350 bytes a row, so ~35 MB at most.
+#: newest audit rows (grants, forces, pauses, returns and failures are never dropped).
+#: Refusals are already one row per node, reason and minute (``asks``); this bounds the
+#: table when a flood of made-up node ids each earns its own row: ~350 bytes a row, so
+#: ~35 MB at most.
 MAX_REFUSAL_ROWS: Final = 100_000
-_REFUSALS: Final = frozenset({"refuse", "refuse-repeated"})
+_REFUSALS: Final = ("refuse", "refuse-repeated")
+_DROP_OLD_REFUSALS: Final = (
+    f"DELETE FROM audit WHERE event IN ({', '.join('?' * len(_REFUSALS))}) "
+    "AND id <= (SELECT MAX(id) FROM audit) - ?"
+)
 
 
 class Store:
@@ -639,11 +644,7 @@ class Store:
                     if any(row.event in _REFUSALS for row in audit):
                         # the size cap: refusals only among the newest rows (ids only grow:
                         # at most ``max_refusal_rows`` rows have an id above this line)
-                        db.execute(
-                            "DELETE FROM audit WHERE event IN ('refuse', 'refuse-repeated') "
-                            "AND id <= (SELECT MAX(id) FROM audit) - ?",
-                            (self.max_refusal_rows,),
-                        )
+                        db.execute(_DROP_OLD_REFUSALS, (*_REFUSALS, self.max_refusal_rows))
                 if nodes:
                     db.executemany(
                         "INSERT INTO nodes (node, pool, version, artifact, state, held, seen) "

@@ -22,7 +22,7 @@ import trio
 
 from coordinator.asks import REFUSE_REPEATED, repeated_count
 from coordinator.statefiles import DB_FILE
-from coordinator.store import AuditRow
+from coordinator.store import AuditRow, Store
 
 from .service_helpers import (
     LightNode,
@@ -151,8 +151,6 @@ def test_the_audit_table_keeps_only_the_newest_refusals_and_every_grant(tmp_path
     """The size cap: a flood of refusals from made-up ids (each its own row) keeps only the
     refusals among the newest ``max_refusal_rows`` audit rows; grants (the breaker's lease
     nonces are rebuilt from them) are never dropped."""
-    from coordinator.store import Store
-
     store = Store(tmp_path / DB_FILE, max_refusal_rows=5)
     store.audit(AuditRow(time=1.0, event="grant", node="n-grant", pool="p", artifact=A))
     for batch in range(4):
