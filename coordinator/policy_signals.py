@@ -22,10 +22,11 @@ Time is an argument (the replica's monotonic clock).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
+
+from p2pupdate.core.admission import subnet_of
 
 #: Gate 3's reason for an ask inside a lapse cooldown.
 LEASE_LAPSED: Final = "lease-lapsed"
@@ -104,7 +105,7 @@ def introduced_addrs(
     subnet (where the node says it listens) comes after the observed one.
     """
     host = observed.rpartition(":")[0].strip("[]")
-    seen = _subnet(host)
+    seen = subnet_of(host)
     if seen is None:
         return ()
     out: list[str] = []
@@ -121,21 +122,9 @@ def introduced_addrs(
                 continue
             ports.append(port)
         for h in (host, claimed_host.strip("[]")):
-            if h != host and _subnet(h) != seen:
+            if h != host and subnet_of(h) != seen:
                 continue
             intro = f"tcp:[{h}]:{port}" if ":" in h else f"tcp:{h}:{port}"
             if intro not in out:
                 out.append(intro)
     return tuple(out)
-
-
-def _subnet(host: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
-    """The /24 (IPv4) or /48 (IPv6) of a literal address; None for anything else."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = 24 if ip.version == 4 else 48
-    return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)

@@ -1,6 +1,6 @@
 """The signed documents: parse, check shape, verify signatures.
 
-Seven kinds, each a frozen dataclass whose fields are exactly the keys of its msgpack
+Nine kinds, each a frozen dataclass whose fields are exactly the keys of its msgpack
 payload (``FIELDS`` is the schema, checked exactly: no missing, no unknown keys):
 
 =================  =============  ==============================================  =========
@@ -13,6 +13,8 @@ type               signed by      says                                          
 ``departure``      coordinator*q  this node may leave now, from A to B             --
 ``nudge``          coordinator    "look now" for one artifact                      serial
 ``heartbeat``      the node       version/state/load of one node (gossip)          seq
+``network``        root           who may count as a node: the admission rule      version
+``member``         operator       this node id belongs to this pool (``enrolled``) --
 =================  =============  ==============================================  =========
 
 ``open_signed`` is the only way to get a document out of bytes: it checks the envelope,
@@ -518,8 +520,117 @@ class Heartbeat(Document):
             raise SchemaError("heartbeat: an artifact named twice in holdings")
 
 
+# -- network configuration and membership (admission, README "Security") -----------------
+
+ADMISSION_RULES: Final = ("enrolled", "open")
+#: At most this many leading zero bits of proof of work: 2^40 key generations is days of
+#: one machine, beyond any sane difficulty, and keeps a typo from making a node spin forever.
+MAX_POW_BITS: Final = 40
+#: Standing takes at most 30 days of session history.
+MAX_STANDING: Final = 30 * 86400
+_cap = wire.uint(1_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig(Document):
+    """Who may count as a node, and how much one source subnet may weigh (P10).
+
+    Signed by the root role (the keys kept offline), so neither a replica nor an operator
+    key can open an enrolled network.  ``admission``:
+
+    * ``enrolled``: a node counts only with a ``member`` document naming it (checked at
+      the hello; a hello without a valid one is refused);
+    * ``open``: anyone may run a node, but its id (sha256 of its key) must have at least
+      ``pow_bits`` leading zero bits, and it earns standing only after ``standing_s`` of
+      session history with the replica (``core.admission``).
+
+    The ``subnet_*`` caps count per source /24 (IPv4) or /48 (IPv6): node ids registered,
+    reporters whose estimates enter a pool's median, live leases, failure reports counted
+    by the breaker (per artifact).
+    """
+
+    TYPE: ClassVar[str] = "network"
+    ROLE: ClassVar[str] = "root"
+    FLOOR_FIELD: ClassVar[str | None] = "version"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "version": _version,
+        "issued": _time,
+        "expires": _time,
+        "network": _name,
+        "admission": wire.one_of(*ADMISSION_RULES),
+        "pow_bits": wire.uint(MAX_POW_BITS),
+        "standing_s": wire.uint(MAX_STANDING),
+        "subnet_nodes": _cap,
+        "subnet_reporters": _cap,
+        "subnet_leases": _cap,
+        "subnet_failures": _cap,
+    }
+
+    version: int
+    network: str
+    admission: str
+    pow_bits: int
+    standing_s: int
+    subnet_nodes: int
+    subnet_reporters: int
+    subnet_leases: int
+    subnet_failures: int
+
+    def validate(self) -> None:
+        super().validate()
+        if self.version < 1:
+            raise SchemaError("network: version starts at 1")
+        for name in ("subnet_nodes", "subnet_reporters", "subnet_leases", "subnet_failures"):
+            if getattr(self, name) < 1:
+                raise SchemaError(f"network: {name} must be at least 1")
+
+    def describe(self) -> str:
+        if self.admission == "enrolled":
+            rule = "enrolled (member documents)"
+        else:
+            rule = f"open (proof of work {self.pow_bits} bits, standing after {self.standing_s} s)"
+        return (
+            f"network configuration v{self.version} of {self.network!r}: {rule}; per subnet "
+            f"{self.subnet_nodes} nodes, {self.subnet_reporters} reporters, "
+            f"{self.subnet_leases} leases, {self.subnet_failures} failure reports"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Member(Document):
+    """An operator's word that ``node`` belongs to the network, in ``pool``, until
+    ``expires`` (the ``enrolled`` admission rule).  A node carries its own in its hello."""
+
+    TYPE: ClassVar[str] = "member"
+    ROLE: ClassVar[str] = "operator"
+    FIELDS: ClassVar[dict[str, wire.Check]] = {
+        "node": _digest,
+        "pool": wire.text(64),
+        "issued": _time,
+        "expires": _time,
+    }
+    LIMITS: ClassVar[wire.Limits] = wire.MESSAGE_LIMITS
+
+    node: str
+    pool: str
+
+    def describe(self) -> str:
+        return f"member {self.node[:16]}... of pool {self.pool or 'default'!r}"
+
+
 DOCUMENT_TYPES: Final[dict[str, type[Document]]] = {
-    c.TYPE: c for c in (Root, Release, Allowlist, Scope, DepartureToken, Nudge, Heartbeat)
+    c.TYPE: c
+    for c in (
+        Root,
+        Release,
+        Allowlist,
+        Scope,
+        DepartureToken,
+        Nudge,
+        Heartbeat,
+        NetworkConfig,
+        Member,
+    )
 }
 
 # -- opening signed bytes ---------------------------------------------------------------

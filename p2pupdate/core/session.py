@@ -6,7 +6,8 @@ key (README "Protocol")::
     server: {"push": "challenge", "p": C, "s": sig_replica(C)}
             C = msgpack {"nonce": 32 B, "replica": keyid, "network", "ttl", "max_skew",
                          "time", "kx": the server's ephemeral X25519 public key}
-    node:   {"id": 0, "t": "hello", "node": keyid, "pub": 32 B, "p": H, "s": sig_node(H)}
+    node:   {"id": 0, "t": "hello", "node": keyid, "pub": 32 B, "p": H, "s": sig_node(H),
+             ["member": the node's signed member document, in an ``enrolled`` network]}
             H = msgpack {"nonce", "replica", "network", "node", "kx": the node's X25519 key}
     server: mac || {"id": 0, "ok": true}                (or a plain error, then close)
 
@@ -55,6 +56,8 @@ __all__ = [
     "HELLO_TYPE",
     "KX_LEN",
     "MAC_LEN",
+    "MAX_MEMBER_BYTES",
+    "MEMBER_FIELD",
     "NONCE_LEN",
     "Challenge",
     "Hello",
@@ -106,6 +109,10 @@ HELLO_FIELDS: Final[dict[str, wire.Check]] = {
     "p": wire.blob(max_len=1024),
     "s": wire.blob(crypto.SIG_LEN),
 }
+#: The hello's one optional field: the node's member document (``core.admission``), an
+#: operator-signed envelope checked by the replica, not by this module.
+MEMBER_FIELD: Final = "member"
+MAX_MEMBER_BYTES: Final = 4096
 HELLO_PAYLOAD_FIELDS: Final[dict[str, wire.Check]] = {
     "nonce": _nonce,
     "replica": _digest,
@@ -215,10 +222,16 @@ class Hello:
     node: str
     pub: bytes
     session: Session
+    #: The member document the node sent (unverified bytes), or None.
+    member: bytes | None = None
 
 
-def sign_hello(signer: Signer, challenge: Challenge, kx: KeyExchange) -> bytes:
-    """The node's hello message for ``challenge`` (the node's side)."""
+def sign_hello(
+    signer: Signer, challenge: Challenge, kx: KeyExchange, *, member: bytes | None = None
+) -> bytes:
+    """The node's hello message for ``challenge`` (the node's side), with its member
+    document if it has one.  The member document is outside the signed payload: it is
+    signed by the operator already and names the node, so it cannot be lent to another."""
     payload = hello_payload(
         nonce=challenge.nonce,
         replica=challenge.replica,
@@ -227,16 +240,17 @@ def sign_hello(signer: Signer, challenge: Challenge, kx: KeyExchange) -> bytes:
         kx=kx.public,
     )
     sig = signer.sign(HELLO_TYPE, payload)
-    return wire.encode(
-        {
-            "id": 0,
-            "t": "hello",
-            "node": signer.keyid,
-            "pub": signer.public_key,
-            "p": payload,
-            "s": sig,
-        }
-    )
+    hello: dict[str, Any] = {
+        "id": 0,
+        "t": "hello",
+        "node": signer.keyid,
+        "pub": signer.public_key,
+        "p": payload,
+        "s": sig,
+    }
+    if member is not None:
+        hello[MEMBER_FIELD] = member
+    return wire.encode(hello)
 
 
 def open_hello(raw: bytes, *, nonce: bytes, replica: str, network: str, kx: KeyExchange) -> Hello:
@@ -246,7 +260,12 @@ def open_hello(raw: bytes, *, nonce: bytes, replica: str, network: str, kx: KeyE
     signed payload must name this challenge's nonce, replica and network.  Raises
     ``WireError`` or ``VerificationError``.
     """
-    hello = wire.check_fields(wire.decode(raw, HANDSHAKE_LIMITS), HELLO_FIELDS, where="hello")
+    obj = wire.decode(raw, HANDSHAKE_LIMITS)
+    member: bytes | None = None
+    if isinstance(obj, dict) and MEMBER_FIELD in obj:
+        obj = dict(obj)
+        member = wire.blob(max_len=MAX_MEMBER_BYTES)(MEMBER_FIELD, obj.pop(MEMBER_FIELD))
+    hello = wire.check_fields(obj, HELLO_FIELDS, where="hello")
     if crypto.keyid(hello["pub"]) != hello["node"]:
         raise VerificationError("hello: node id is not sha256 of the key", rule="keyid-mismatch")
     if not crypto.verify_signature(hello["pub"], HELLO_TYPE, hello["p"], hello["s"]):
@@ -258,7 +277,7 @@ def open_hello(raw: bytes, *, nonce: bytes, replica: str, network: str, kx: KeyE
     if {k: payload[k] for k in expected} != expected:
         raise VerificationError("hello: signed for another challenge", rule="challenge")
     session = kx.session(payload["kx"], nonce=nonce, node_kx=payload["kx"], server_kx=kx.public)
-    return Hello(node=hello["node"], pub=hello["pub"], session=session)
+    return Hello(node=hello["node"], pub=hello["pub"], session=session, member=member)
 
 
 class KeyExchange:

@@ -1,0 +1,209 @@
+"""Admission: which node ids count, and how much one source subnet may weigh (P10).
+
+Node keys cost nothing to make, so a replica that counted every id that can sign a hello
+let 64 made-up reporters steer a pool's aggregate, 3 hold every departure slot and 2
+pause a rollout.  The root-signed ``network`` document (``documents.NetworkConfig``)
+names the rule; this module is its one home, for the replica and the node alike:
+
+* ``admit_hello``: at the hello, is this id let in at all?  ``enrolled``: only with a
+  fresh ``member`` document naming it, signed by the operator role.  ``open``: only if
+  its id meets the proof of work (``pow_ok``: at least ``pow_bits`` leading zero bits of
+  the keyid, as Storj's node identities have a difficulty).
+* ``has_standing``: is an admitted id *counted* (version counts, the aggregate's
+  reporters, the breaker)?  Enrolled: while its member document is fresh.  Open: once
+  the replica first saw it at least ``standing_s`` ago.  Why session history and not
+  "heartbeats relayed by several distinct peers": a Sybil relays its own heartbeats
+  from its other ids for free, while session history costs wall time per id, and ids
+  are capped per subnet at registration.
+* ``subnet_of`` and ``under_cap``: every per-source cap counts by the /24 (IPv4) or
+  /48 (IPv6) of the address the replica saw, never an address a node claims.
+* ``make_pow_key``: how a node makes its key at first start (the seeds are an
+  argument: the shell draws them from ``os.urandom``).
+
+Pure: time, addresses and randomness are arguments.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from . import crypto
+from .documents import MAX_POW_BITS, Member, NetworkConfig, Root, Signed, check_fresh, open_signed
+from .errors import P2PUpdateError
+
+__all__ = [
+    "DEFAULT_CAPS",
+    "NETWORK_FILE",
+    "Admitted",
+    "Refused",
+    "admit_hello",
+    "default_config",
+    "has_standing",
+    "leading_zero_bits",
+    "make_pow_key",
+    "open_member",
+    "pow_ok",
+    "subnet_of",
+    "under_cap",
+]
+
+#: The network document's file name, in the network directory and beside a node's state.
+NETWORK_FILE: Final = "network.msgpack"
+#: A node's member document (``enrolled`` networks), in its state directory.
+MEMBER_FILE: Final = "member.msgpack"
+
+#: Per-subnet caps when the network document does not say (and for ``init``'s defaults).
+#: A /24 of a residential ISP holds many homes, so the registration cap is generous; the
+#: caps on what moves decisions are small: a median over a pool needs only a few
+#: reporters per subnet, and one subnet never holds more than a few slots or counts
+#: more than ``breaker_min_failures`` (2) failures of one artifact.
+DEFAULT_CAPS: Final = {
+    "subnet_nodes": 256,
+    "subnet_reporters": 4,
+    "subnet_leases": 4,
+    "subnet_failures": 2,
+}
+
+
+def default_config(network: str, *, issued: int = 0) -> NetworkConfig:
+    """What a replica applies when its network directory has no ``network`` document
+    (a network made before admission existed): ``open`` without proof of work or a
+    standing time -- every id counts at once, as before -- but the subnet caps hold."""
+    return NetworkConfig(
+        version=1,
+        issued=issued,
+        expires=2**40,
+        network=network,
+        admission="open",
+        pow_bits=0,
+        standing_s=0,
+        **DEFAULT_CAPS,
+    )
+
+
+# -- the hello -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Admitted:
+    """An id let in; ``member_expires`` is its member document's expiry (None: open)."""
+
+    member_expires: int | None = None
+    pool: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Refused:
+    """A hello turned away: ``reason`` is the error code the node sees (``admission/...``)."""
+
+    reason: str
+    detail: str
+
+
+def leading_zero_bits(node: str) -> int:
+    """Leading zero bits of a hex keyid (0..256)."""
+    value = int(node, 16)
+    return len(node) * 4 - value.bit_length()
+
+
+def pow_ok(node: str, bits: int) -> bool:
+    return leading_zero_bits(node) >= bits
+
+
+def open_member(data: bytes, root: Root, *, now: int) -> Signed[Member]:
+    """A member document verified (operator role threshold) and fresh; raises the core's
+    typed errors (``WireError``, ``VerificationError``, ``ExpiredError``)."""
+    signed = open_signed(Member, data, root)
+    check_fresh(signed.doc, now)
+    return signed
+
+
+def admit_hello(
+    config: NetworkConfig, *, node: str, member: bytes | None, root: Root, now: int
+) -> Admitted | Refused:
+    """Whether ``node`` (its hello verified) may hold a session at all, and on what terms."""
+    if config.admission == "enrolled":
+        if member is None:
+            return Refused(
+                reason="admission/not-enrolled",
+                detail="this network admits enrolled nodes only: the hello carries no "
+                "member document (ask the operator for one: p2pupdate-coordinator member)",
+            )
+        try:
+            doc = open_member(member, root, now=now).doc
+        except P2PUpdateError as exc:
+            return Refused(reason="admission/bad-member", detail=f"member document: {exc}")
+        if doc.node != node:
+            return Refused(
+                reason="admission/bad-member",
+                detail=f"the member document names node {doc.node[:16]}..., not this one",
+            )
+        return Admitted(member_expires=doc.expires, pool=doc.pool or "default")
+    if not pow_ok(node, config.pow_bits):
+        return Refused(
+            reason="admission/proof-of-work",
+            detail=f"this network needs node ids with {config.pow_bits} leading zero bits; "
+            f"this one has {leading_zero_bits(node)} (a node makes such a key at first "
+            "start when it knows the network document)",
+        )
+    return Admitted()
+
+
+def has_standing(
+    config: NetworkConfig, *, first_seen: float, member_expires: int | None, now: float
+) -> bool:
+    """Whether an admitted node is counted now (module docstring)."""
+    if config.admission == "enrolled":
+        return member_expires is not None and now <= member_expires
+    return now - first_seen >= config.standing_s
+
+
+# -- subnets -------------------------------------------------------------------------------
+
+
+def subnet_of(host: str) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) of a literal address, as text; None for anything else.
+    An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+def host_of(peer: str) -> str:
+    """The host of ``HOST:PORT`` as a replica sees a peer (IPv6 unbracketed or bracketed)."""
+    return peer.rpartition(":")[0].strip("[]") if ":" in peer else peer
+
+
+def under_cap(subnets: Iterable[str | None], subnet: str | None, cap: int) -> bool:
+    """Whether one more from ``subnet`` stays within ``cap``, given the subnets of those
+    already counted.  An unknown subnet (no literal address) counts as one subnet."""
+    return sum(1 for s in subnets if s == subnet) < cap
+
+
+# -- the node's side: a key that meets the difficulty ------------------------------------------
+
+
+def make_pow_key(
+    bits: int, seeds: Callable[[], bytes], *, max_tries: int | None = None
+) -> tuple[crypto.SigningKey, int]:
+    """A signing key whose id has at least ``bits`` leading zero bits, and the number of
+    keys tried.  ``seeds`` gives 32 random bytes per try.  Expected tries: 2^bits.
+    Raises ``ValueError`` past ``max_tries`` (tests) or for bits over ``MAX_POW_BITS``."""
+    if not 0 <= bits <= MAX_POW_BITS:
+        raise ValueError(f"proof of work: bits must be in [0, {MAX_POW_BITS}]")
+    tries = 0
+    while True:
+        tries += 1
+        key = crypto.SigningKey.from_seed(seeds())
+        if pow_ok(key.keyid, bits):
+            return key, tries
+        if max_tries is not None and tries >= max_tries:
+            raise ValueError(f"proof of work: no key with {bits} bits in {tries} tries")
