@@ -77,6 +77,8 @@ class QuorumClient:
         rng: random.Random | None = None,
         ask_timeout: float = 10.0,
         clock: clocks.Clock = clocks.SYSTEM,
+        member: Callable[[], bytes | None] | None = None,
+        local_address: str | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one coordinator URL")
@@ -96,6 +98,8 @@ class QuorumClient:
                 log=log,
                 rng=rng,
                 replica_keys=lambda: self.trust().root.role_keys("coordinator"),
+                member=member,
+                local_address=local_address,
             )
             for u in urls
         ]

@@ -48,7 +48,7 @@ def reconnect_wait(failures: int, u: float) -> float:
     return ceiling / 2.0 + (ceiling / 2.0) * u
 
 
-__all__ = ["CoordinatorUnavailable", "ProtocolError", "Push", "ReplicaLink"]
+__all__ = ["AdmissionRefused", "CoordinatorUnavailable", "ProtocolError", "Push", "ReplicaLink"]
 
 
 class CoordinatorUnavailable(CoordinatorFault):
@@ -65,6 +65,20 @@ class ProtocolError(CoordinatorFault):
     """The replica broke the protocol (bad frame, bad signature, wrong order)."""
 
     rule = "coordinator-protocol"
+
+
+class AdmissionRefused(ProtocolError):
+    """The replica turned this node's hello away under the network's admission rule
+    (``core.admission``: no member document, a bad one, too little proof of work).  Not
+    the replica's fault: ``reason`` says what this node lacks; asking again will not help
+    until the operator acts (a member document, a key with the difficulty)."""
+
+    rule = "admission-refused"
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"hello refused: {reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass
@@ -95,8 +109,16 @@ class ReplicaLink:
         log: Callable[[str], None] = lambda _m: None,
         rng: random.Random | None = None,
         replica_keys: Callable[[], Mapping[str, bytes]] | None = None,
+        member: Callable[[], bytes | None] | None = None,
+        local_address: str | None = None,
     ) -> None:
         self.url = url
+        #: The node's member document to carry in its hello (an ``enrolled`` network).
+        self.member = member
+        #: The address to connect from (None: the system picks).
+        self.local_address = local_address
+        #: The last admission refusal (None once a hello is accepted).
+        self.refused: AdmissionRefused | None = None
         #: The coordinator keys a challenge must be signed with (None: not checked).
         self.replica_keys = replica_keys
         self.host, self.port, self.base = parse_url(url)
@@ -135,13 +157,19 @@ class ReplicaLink:
         """
         task_status.started()
         failures = 0
+        told = ""
         while True:
             up_since: float | None = None
             try:
                 await self.connect_once()
                 self.connects += 1
+                told = ""
                 up_since = trio.current_time()
                 await self._read_loop()
+            except AdmissionRefused as exc:
+                if exc.reason != told:  # once per reason, not once per retry
+                    told = exc.reason
+                    self.log(f"coordinator {self.base}: {exc}")
             except (
                 OSError,
                 WebSocketClosed,
@@ -168,6 +196,7 @@ class ReplicaLink:
             proto.NODE_PATH,
             max_message=proto.ANSWER_LIMITS.max_bytes,
             timeout=timeout,
+            local_address=self.local_address,
         )
         try:
             with trio.fail_after(timeout):
@@ -176,7 +205,8 @@ class ReplicaLink:
                     await ws.receive(), keys, limits=proto.ANSWER_LIMITS
                 )
                 kx = sess.KeyExchange(os.urandom(sess.KX_LEN))
-                await ws.send(sess.sign_hello(self.signer, challenge, kx))
+                member = self.member() if self.member is not None else None
+                await ws.send(sess.sign_hello(self.signer, challenge, kx, member=member))
                 session = kx.session(
                     challenge.kx, nonce=challenge.nonce, node_kx=kx.public, server_kx=challenge.kx
                 )
@@ -186,6 +216,13 @@ class ReplicaLink:
                 except (WireError, VerificationError):
                     answer = wire.decode(raw, proto.ANSWER_LIMITS)  # a refusal comes unsealed
                 if not isinstance(answer, dict) or answer.get("ok") is not True:
+                    error = answer.get("error") if isinstance(answer, dict) else None
+                    if isinstance(error, str) and error.startswith("admission/"):
+                        detail = answer.get("detail")
+                        self.refused = AdmissionRefused(
+                            error[:64], str(detail)[:300] if detail is not None else ""
+                        )
+                        raise self.refused
                     raise ProtocolError(f"hello refused: {answer!r}"[:300])
         except (WireError, VerificationError) as exc:
             await ws.close()
@@ -193,6 +230,7 @@ class ReplicaLink:
         except BaseException:
             await ws.close()
             raise
+        self.refused = None
         self.replica, self.network = challenge.replica, challenge.network
         self.ttl = departure.token_ttl([challenge.ttl])
         self.max_skew = challenge.max_skew

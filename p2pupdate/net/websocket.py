@@ -100,10 +100,18 @@ class WebSocket:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, path: str, *, max_message: int, timeout: float = 10.0
+        cls,
+        host: str,
+        port: int,
+        path: str,
+        *,
+        max_message: int,
+        timeout: float = 10.0,
+        local_address: str | None = None,
     ) -> WebSocket:
+        """Connect (from ``local_address``, when given: a test's node in another subnet)."""
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=local_address)
             try:
                 ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
                 await stream.send_all(ws.send(wse.Request(host=f"{host}:{port}", target=path)))

@@ -34,8 +34,8 @@ from coordinator.cli import main as coordinator_main
 from coordinator.policy import PolicyConfig
 from coordinator.server import Server
 from coordinator.service import Replica, ServiceConfig
+from p2pupdate.core import admission, crypto, departure
 from p2pupdate.core import coordproto as proto
-from p2pupdate.core import crypto, departure
 from p2pupdate.core import documents as docs
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.daemon.replica import AskOutcome, QuorumClient, ReplicaLink
@@ -47,7 +47,20 @@ ZERO = "0" * 64
 class Network:
     """A network directory (``init``) and its keys, for signing test documents."""
 
-    def __init__(self, d: Path, *, replicas: int = 1, quorum: int = 1) -> None:
+    def __init__(
+        self,
+        d: Path,
+        *,
+        replicas: int = 1,
+        quorum: int = 1,
+        admission: str = "open",
+        pow_bits: int = 0,
+        standing_s: int = 0,
+        **caps: int,
+    ) -> None:
+        """``admission``, ``pow_bits``, ``standing_s`` and ``caps`` (``subnet_*``) go into
+        the network document this writes over ``init``'s: by default, every id counts at
+        once (no proof of work, no standing time) so tests start nodes in milliseconds."""
         self.dir = d
         with contextlib.redirect_stdout(io.StringIO()):
             code = coordinator_main(
@@ -68,6 +81,24 @@ class Network:
         self.replicas = replicas
         self.quorum = quorum
         self._serial = 0
+        self.config = self.write_config(
+            admission=admission, pow_bits=pow_bits, standing_s=standing_s, **caps
+        )
+
+    def write_config(self, *, version: int = 1, **values: Any) -> docs.NetworkConfig:
+        """Sign (root key) and write the network document; replicas read it at start."""
+        now = int(time.time())
+        base = admission.default_config(self.root.network).to_obj()
+        base.update(values, version=version, issued=now - 10, expires=now + 86400)
+        cfg: docs.NetworkConfig = docs.NetworkConfig.from_obj(base)
+        (self.dir / admission.NETWORK_FILE).write_bytes(cfg.sign([self.key("root")]).to_wire())
+        return cfg
+
+    def member(self, node: str, *, pool: str = "default", expires: int = 86400) -> bytes:
+        """A member document for ``node``, signed by the operator key."""
+        now = int(time.time())
+        doc = docs.Member(node=node, pool=pool, issued=now - 10, expires=now + expires)
+        return doc.sign([self.key("operator")]).to_wire()
 
     def key(self, role: str, i: int = 1) -> crypto.SigningKey:
         return crypto.private_key_from_pem((self.dir / "keys" / f"{role}-{i}.pem").read_bytes())
@@ -254,7 +285,11 @@ class LightNode:
         *,
         pool: str = "default",
         key: crypto.SigningKey | None = None,
+        member: bytes | None = None,
+        source: str | None = None,
     ) -> None:
+        """``member``: the member document its hellos carry; ``source``: the address it
+        connects from (``127.0.N.M`` puts it in another /24 on one machine's loopback)."""
         self.net = net
         self.key = key or crypto.SigningKey.from_seed(os.urandom(32))
         self.node = self.key.keyid
@@ -265,7 +300,14 @@ class LightNode:
         async def on_push(_link: ReplicaLink, push: proto.Push) -> None:
             self.pushes.append(push)
 
-        self.client = QuorumClient(urls, self.key, lambda: self.store, on_push=on_push)
+        self.client = QuorumClient(
+            urls,
+            self.key,
+            lambda: self.store,
+            on_push=on_push,
+            member=None if member is None else lambda: member,
+            local_address=source,
+        )
 
     async def start(self, nursery: trio.Nursery, connected: int | None = None) -> None:
         await nursery.start(self.client.run)
