@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from p2pupdate.core import admission
 from p2pupdate.core import coordproto as proto
 
 from . import policy
@@ -76,6 +77,12 @@ class Registry:
         pool = old.pool if old else "default"
         version = old.version if old and old.artifact == artifact else "?"
         self.register(node, pool, version, artifact, "serving", None)
+
+    def who(self, node: str) -> admission.Standing:
+        """Whether ``node`` is counted, and its subnet (P10 admission).
+
+        INTERIM (being replaced in this session): everyone counted, subnet unknown."""
+        return admission.Standing(counted=True, subnet=None)
 
     def aggregate(self, pool: str) -> policy.Aggregate:
         """The pool's aggregate now (``policy.median_aggregate`` of the reporters')."""

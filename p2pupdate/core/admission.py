@@ -39,6 +39,7 @@ __all__ = [
     "NETWORK_FILE",
     "Admitted",
     "Refused",
+    "Standing",
     "admit_hello",
     "default_config",
     "has_standing",
@@ -93,6 +94,15 @@ class Admitted:
 
     member_expires: int | None = None
     pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """What a replica's counts need of one node: whether it is counted (``has_standing``)
+    and the subnet it was seen from (``subnet_of`` its session's address; None: unknown)."""
+
+    counted: bool
+    subnet: str | None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
