@@ -23,7 +23,8 @@ replicas.
 ``trust.TrustStore`` (trust on first use; ``TrustStore.from_root`` checks the root is
 fresh).  From then on the node trusts its stored root, which rotates the usual way
 (``TrustStore.update_root``); a bundle read later must name the pinned root's network
-(``pinned=``), and only its URLs and defaults are used.  The bundle's own expiry counts at
+and carry a root of its chain or a newer one (``pinned=``), and only its URLs and
+defaults are used.  The bundle's own expiry counts at
 first use only: a box that has run for years keeps its replica list when the file ages,
 its trust is the pinned root, and everything the replicas send is verified under it.
 
@@ -49,6 +50,7 @@ from .documents import (
     open_signed,
 )
 from .errors import SchemaError, VerificationError, WrongTypeError
+from .trust import TrustStore
 from .turn import _HOST, check_ice_url
 
 __all__ = [
@@ -202,12 +204,15 @@ class OpenedBundle:
     network_config: Signed[NetworkConfig] | None
 
 
-def open_bundle(data: bytes, *, now: int, pinned: Root | None = None) -> OpenedBundle:
+def open_bundle(data: bytes, *, now: int, pinned: TrustStore | None = None) -> OpenedBundle:
     """Verify a bundle (module docstring, steps 1-6) and return it with what it carries.
 
-    ``pinned``: the root the node already trusts, if it has started before; then the
-    bundle must name its network, and the bundle's expiry is not judged (see "Then
-    pinned").  Without it (first start) an expired bundle is refused.  Raises
+    ``pinned``: what the node already trusts, if it has started before.  Then the bundle
+    must name its network, and carry a root of its chain (one it accepted) or a newer
+    one (the box's software and bundle were updated past a rotation; the node reaches it
+    by ``TrustStore.update_root``, and nothing the bundle's URLs lead to is trusted but
+    under the pinned chain); its expiry is not judged (see "Then pinned").  Without it
+    (first start) an expired bundle is refused.  Raises
     ``WireError`` (malformed, oversize, bad URL), ``WrongTypeError``, ``SignatureError``,
     ``InvalidRootError``, ``ExpiredError`` or ``WrongNetworkError``; never anything else.
     """
@@ -236,11 +241,17 @@ def open_bundle(data: bytes, *, now: int, pinned: Root | None = None) -> OpenedB
                 f"bundle's network document names {config.doc.network!r}, its root "
                 f"{root.doc.network!r}"
             )
-    if pinned is None:
+    if pinned is None:  # first start: what ``TrustStore.from_root`` will demand, said now
         check_fresh(bundle, now, what=f"bundle of network {bundle.network!r}")
-    elif pinned.network != bundle.network:
+        check_fresh(root.doc, now, what=f"the bundle's root v{root.doc.version}")
+    elif pinned.root.network != bundle.network:
         raise WrongNetworkError(
             f"bundle of network {bundle.network!r}, but this node belongs to "
-            f"{pinned.network!r} (its stored root)"
+            f"{pinned.root.network!r} (its stored root)"
+        )
+    elif root.digest not in pinned.root_digests and root.doc.version <= pinned.root.version:
+        raise WrongNetworkError(
+            f"bundle carries a root v{root.doc.version} of {bundle.network!r} this node "
+            f"never accepted (it trusts v{pinned.root.version}): not its network's bundle"
         )
     return OpenedBundle(bundle=bundle, signers=signers, root=root, network_config=config)

@@ -17,6 +17,7 @@ from p2pupdate.core.errors import (
     SignatureError,
     WrongTypeError,
 )
+from p2pupdate.core.trust import TrustStore
 
 NOW = 1_800_000_000
 
@@ -45,6 +46,13 @@ ROOT = _root()
 ROOT_BYTES = ROOT.sign([ROOT_A, ROOT_B]).to_wire()
 CONFIG = admission.default_config("t", issued=NOW - 5)
 CONFIG_BYTES = CONFIG.sign([ROOT_A, ROOT_B]).to_wire()
+
+
+def _pinned(root: docs.Root) -> TrustStore:
+    return TrustStore.from_root(root.sign([ROOT_A, ROOT_B]).to_wire(), NOW)
+
+
+PINNED = _pinned(ROOT)
 
 
 def _bundle(**over: Any) -> bd.Bundle:
@@ -102,10 +110,16 @@ def test_forged_or_under_signed_bundles_are_refused() -> None:
     )  # fmt: skip
     evil_bytes = evil_root.sign(evil).to_wire()
     opened = bd.open_bundle(_signed(_bundle(root=evil_bytes, network_config=b""), evil), now=NOW)
-    # ... opens (a bundle is trust on first use), but under the attacker's root: a node
-    # that has started before refuses it unless the networks match, and the pinned root
-    # (not the bundle's) is what it trusts.
+    # ... opens (a bundle is trust on first use), but under the attacker's root; a node
+    # that has started before refuses a root of its network it never accepted
     assert opened.root.doc.keys != ROOT.keys
+    with pytest.raises(bd.WrongNetworkError, match="never accepted"):
+        bd.open_bundle(_signed(_bundle(root=evil_bytes, network_config=b""), evil), now=NOW,
+                       pinned=PINNED)  # fmt: skip
+    # ... and takes a newer root of its network: rotation reaches it the usual way
+    v2 = docs.Root(**{**ROOT.__dict__, "version": 2}).sign([ROOT_A, ROOT_B]).to_wire()
+    newer = bd.open_bundle(_signed(_bundle(root=v2)), now=NOW, pinned=PINNED)
+    assert newer.root.doc.version == 2
     # a root that does not verify by its own root keys
     half_root = ROOT.sign([ROOT_A]).to_wire()
     with pytest.raises(SignatureError):
@@ -137,7 +151,7 @@ def test_wrong_type_wrong_role_and_wrong_network() -> None:
     with pytest.raises(bd.WrongNetworkError):
         bd.open_bundle(_signed(_bundle(network_config=u_config)), now=NOW)
     with pytest.raises(bd.WrongNetworkError):
-        bd.open_bundle(_signed(_bundle()), now=NOW, pinned=_root("u"))
+        bd.open_bundle(_signed(_bundle()), now=NOW, pinned=_pinned(_root("u")))
 
 
 def test_expired_bundle_is_refused_at_first_start_only() -> None:
@@ -146,8 +160,13 @@ def test_expired_bundle_is_refused_at_first_start_only() -> None:
         bd.open_bundle(old, now=NOW)
     # within the clock skew allowance it still opens
     bd.open_bundle(_signed(_bundle(issued=NOW - 7200, expires=NOW - docs.SKEW)), now=NOW)
+    # a fresh bundle carrying an expired root: no node could start from it
+    stale = {**ROOT.__dict__, "issued": NOW - 7200, "expires": NOW - 3600}
+    stale_root = docs.Root(**stale).sign([ROOT_A, ROOT_B])
+    with pytest.raises(ExpiredError, match="root"):
+        bd.open_bundle(_signed(_bundle(root=stale_root.to_wire())), now=NOW)
     # a node with a pinned root of the same network keeps using its bundle's URLs
-    assert bd.open_bundle(old, now=NOW, pinned=ROOT).bundle.network == "t"
+    assert bd.open_bundle(old, now=NOW, pinned=PINNED).bundle.network == "t"
 
 
 def test_oversize_and_malformed_bundles_are_refused_before_anything_is_verified() -> None:
