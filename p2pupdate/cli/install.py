@@ -147,11 +147,15 @@ def node_command(*, state_dir: Path, work: str | None) -> list[str]:
     return argv
 
 
-def _installed_under_home() -> bool:
+def _installation() -> tuple[Path, Path]:
+    """The Python the unit runs and the package it imports."""
     import p2pupdate
 
-    places = (Path(os.path.abspath(sys.executable)), Path(p2pupdate.__file__).parent)
-    return any(p.is_relative_to(h) for p in places for h in HOME_DIRS)
+    return Path(os.path.abspath(sys.executable)), Path(p2pupdate.__file__).parent
+
+
+def _installed_under_home() -> bool:
+    return any(p.is_relative_to(h) for p in _installation() for h in HOME_DIRS)
 
 
 def render_unit(*, command: Sequence[str], state_dir: Path, home_read_only: bool) -> str:
@@ -278,7 +282,8 @@ def install(
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
     if host.system:
-        host.must("chown", f"{USER}:{USER}", str(state_dir))
+        # -R: a state dir a node run by hand (as root) left behind becomes the user's
+        host.must("chown", "-R", f"{USER}:{USER}", str(state_dir))
     say(f"wrote {host.path(BUNDLE_PATH)} and {host.path(UNIT_PATH)}; state in {state} (0700)")
     if not host.system:
         say(f"--root {host.root}: no user made, nothing enabled or started")
@@ -318,14 +323,13 @@ def cmd_install(args: argparse.Namespace) -> int:
         return EXIT_OK
     _need_root(host, "install")
     print(opened.bundle.describe())
-    if host.system:
-        blocked = _unreadable(Path(os.path.abspath(sys.executable)))
-        if blocked is not None:
-            print(
-                f"warning: user {USER} cannot enter {blocked}, where this installation "
-                "lives: install p2pupdate system-wide (e.g. a virtualenv in /opt)",
-                file=sys.stderr,
-            )
+    blocked = next(filter(None, map(_unreadable, _installation())), None)
+    if host.system and blocked is not None:
+        print(
+            f"warning: user {USER} cannot enter {blocked}, where this installation lives: "
+            "install p2pupdate system-wide (e.g. a virtualenv in /opt)",
+            file=sys.stderr,
+        )
     install(host, bundle=data, state_dir=state_dir, unit=unit, say=print)
     return EXIT_OK
 

@@ -183,6 +183,7 @@ class FakeSystem:
         self.calls: list[list[str]] = []
         self.fail = list(fail)
         self.user = user
+        self.active = False
 
     def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
         argv = list(argv)
@@ -192,7 +193,7 @@ class FakeSystem:
         if argv[0] == "getent":
             return (0 if self.user else 2), ""
         if argv[:2] == ["systemctl", "is-active"]:
-            return 3, ""
+            return (0 if self.active else 3), ""
         return 0, ""
 
 
@@ -230,9 +231,17 @@ def test_install_on_a_systemd_host_makes_the_user_and_starts_the_service(
     assert "nologin" in useradd[useradd.index("--shell") + 1]
     assert run.calls[-1] == ["systemctl", "enable", "--now", "p2pupdate.service"]
     assert any("enabled and started" in s for s in said)
+    assert run.calls[2] == ["chown", "-R", "p2pupdate:p2pupdate", "/var/lib/p2pupdate"]
+    # again while it runs: the same files, no restart; a new bundle: restarted
+    run.calls.clear()
+    run.user = run.active = True
+    _install(host, bundle, said)
+    assert not any(c[0] == "useradd" or c[1:2] == ["try-restart"] for c in run.calls)
+    (host.root / "etc/p2pupdate/network.bundle").write_bytes(b"older")
+    _install(host, bundle, said)
+    assert run.calls[-1] == ["systemctl", "try-restart", "p2pupdate.service"]
     # uninstall --purge: stop+disable, files gone, state and user gone
     run.calls.clear()
-    run.user = True
     inst.uninstall(host, state_dir=Path("/var/lib/p2pupdate"), purge=True, say=said.append)
     assert run.calls[0] == ["systemctl", "disable", "--now", "p2pupdate.service"]
     assert ["systemctl", "daemon-reload"] in run.calls and run.calls[-1] == ["userdel", "p2pupdate"]
