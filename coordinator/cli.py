@@ -1,6 +1,6 @@
 """``p2pupdate-coordinator``: a network's root of trust, allowlists, and the service.
 
-Commands: ``init``, ``allow``, ``network`` and ``member`` (offline, in the network
+Commands: ``init``, ``allow``, ``network``, ``member`` and ``bundle`` (offline, in the network
 directory), ``serve`` (one replica), and the operator's tools that talk to running replicas
 over HTTP: ``status``, ``publish``, ``nudge``, ``bench``.
 
@@ -58,6 +58,7 @@ from p2pupdate.cli.common import (
     write_output,
 )
 from p2pupdate.core import admission, crypto, timing, turn
+from p2pupdate.core import bundle as bd
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
@@ -446,6 +447,61 @@ def cmd_member(args: argparse.Namespace) -> int:
         f"give each node its file as {admission.MEMBER_FILE} in its state directory; it "
         "counts on networks whose admission is 'enrolled'"
     )
+    return EXIT_OK
+
+
+def _bundle_url(text: str) -> str:
+    """``bundle --url``: the document's rule (``core.bundle``), then the node's own dial
+    rule (``parse_url``): never sign a URL no node of this version could dial."""
+    try:
+        bd.check_replica_url(text)
+        parse_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    store = _load_network(d)  # the root verified and fresh: a node would refuse it otherwise
+    root = store.root
+    out = safe_output(args.output)
+    config = b""
+    if (d / admission.NETWORK_FILE).is_file():
+        _current_network(d, root)
+        config = read_input(d / admission.NETWORK_FILE)
+    now = wall_clock()
+    expires = now + args.expires if args.expires is not None else root.expires
+    if expires > root.expires:
+        raise UsageError(
+            f"--expires: the bundle would outlive its root (expires {root.expires}); no node "
+            "could start from it then"
+        )
+    try:
+        bundle: bd.Bundle = bd.Bundle(
+            issued=now,
+            expires=expires,
+            network=root.network,
+            root=store.root_bytes,
+            network_config=config,
+            replicas=tuple(dict.fromkeys(args.url)),
+            stun=tuple(dict.fromkeys(args.stun or ())),
+            turn=tuple(dict.fromkeys(args.turn or ())),
+            pool=args.pool,
+        ).checked()
+    except P2PUpdateError as exc:
+        raise UsageError(str(exc)) from None
+    data = bundle.sign(_signers(d, root, "root", args.key)).to_wire()
+    try:  # never write a bundle no node would accept
+        bd.open_bundle(data, now=now)
+    except P2PUpdateError as exc:
+        raise UsageError(f"the bundle would not verify: {exc}") from None
+    write_output(out, data)
+    print(bundle.describe())
+    if not config:
+        print(f"  no {d / admission.NETWORK_FILE}: nodes apply the default admission rule")
+    print(f"  expires {bundle.expires}; wrote {out} ({len(data)} bytes)")
+    print(f"install it on every box as root: p2pupdate install --bundle {out.name}")
     return EXIT_OK
 
 
@@ -1138,6 +1194,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="the file, or a directory: one <node>.member.msgpack per node",
     )
     me.set_defaults(handler=cmd_member)
+
+    bu = sub.add_parser(
+        "bundle",
+        help="sign the network bundle: the one file a box needs to join (root keys)",
+        description="Sign one file holding DIR/root.msgpack, DIR/network.msgpack (if "
+        "any), the replicas' URLs, the STUN/TURN URLs and the pool, with the root keys "
+        "(DIR/keys, or --key; a threshold is needed). A node started with it needs no "
+        "other flag; it trusts the bundle's root on its first start only, then its own "
+        "stored root.",
+    )
+    bu.add_argument("--dir", required=True, metavar="DIR", help="network directory from init")
+    bu.add_argument(
+        "--url",
+        action="append",
+        required=True,
+        type=_bundle_url,
+        metavar="URL",
+        help=f"a replica, http://HOST:PORT (repeat for each, at most {bd.MAX_REPLICAS})",
+    )
+    bu.add_argument(
+        "--stun",
+        action="append",
+        type=_ice_url,
+        metavar="URL",
+        help="a STUN server for WebRTC links (repeatable): stun:HOST[:PORT]",
+    )
+    bu.add_argument(
+        "--turn",
+        action="append",
+        type=_ice_url,
+        metavar="URL",
+        help="a TURN server (repeatable): turn[s]:HOST[:PORT][?transport=udp|tcp]; nodes "
+        "get their credentials from a replica, none is in the bundle",
+    )
+    bu.add_argument(
+        "--pool",
+        type=_pool,
+        default="default",
+        metavar="NAME",
+        help="the pool the boxes serve in (default 'default')",
+    )
+    bu.add_argument(
+        "--expires",
+        type=duration,
+        metavar="DUR",
+        help="lifetime from now: a box first started later refuses it (default: until the "
+        "root expires)",
+    )
+    bu.add_argument(
+        "--key",
+        action="append",
+        metavar="PEM",
+        help="root key (repeat for a threshold; default: DIR/keys/root-*.pem)",
+    )
+    bu.add_argument("-o", "--output", required=True, metavar="OUT")
+    bu.set_defaults(handler=cmd_bundle)
 
     se = sub.add_parser(
         "serve",

@@ -51,6 +51,7 @@ from .common import (
     wall_clock,
     write_output,
 )
+from .install import add_parsers as add_install_parsers
 
 DEFAULT_CHUNK = 256 * 1024
 
@@ -537,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_daemon_arguments(no, for_launcher=True)
     no.set_defaults(handler=cmd_node)
+    add_install_parsers(sub)
     return p
 
 
