@@ -242,6 +242,34 @@ async def test_made_up_ids_do_not_show_as_a_version_and_a_full_subnet_takes_no_m
         assert not rep.registry.who(_key().keyid).counted  # never seen: never counted
 
 
+def test_the_registration_cap_counts_open_sessions_and_ids_seen_within_a_day(
+    tmp_path: Path,
+) -> None:
+    """What ``Replica.admit`` counts against ``subnet_nodes``: a burst of hellos that have
+    not reported yet (they would all pass before the first report), and registered ids
+    seen within ``REGISTRATION_WINDOW`` -- not the ones gone for longer."""
+    net = Network(tmp_path / "net", subnet_nodes=3)
+    wall = _Wall()
+    replica = Replica(ServiceConfig(network_dir=net.dir), wall=wall)
+    try:
+        ids = [_key().keyid for _ in range(4)]
+        peer = "192.0.2.{}:4000".format
+        assert [type(replica.admit(n, None, peer(i))) for i, n in enumerate(ids)] == [
+            admission.Admitted
+        ] * 3 + [admission.Refused]
+        replica.left(ids[0])  # one hello went away without a report: its place is free
+        assert isinstance(replica.admit(ids[3], None, peer(9)), admission.Admitted)
+        for n in ids[1:]:
+            replica.on_status(n, _report())
+            replica.left(n)
+        assert isinstance(replica.admit(ids[0], None, peer(1)), admission.Refused)
+        wall.offset += admission.REGISTRATION_WINDOW + 1  # the three were not seen for a day
+        assert isinstance(replica.admit(ids[0], None, peer(1)), admission.Admitted)
+        assert replica.registry.who(ids[0]).subnet == "192.0.2.0/24"
+    finally:
+        replica.store.close()
+
+
 async def test_made_up_ids_are_refused_in_an_enrolled_network(tmp_path: Path) -> None:
     net = Network(tmp_path / "net", admission="enrolled")
     async with _serve(net, _Wall()) as (rep, url):
