@@ -25,6 +25,14 @@ A lease that lapses without ``rejoined``, ``failed`` or ``return`` puts its node
 growing cooldown (``policy_signals.after_lapse``): its asks are refused by gate 3 with
 ``lease-lapsed`` and the time left as ``retry_after``, before ``policy.decide`` is asked.
 Asking and vanishing held every slot of a pool for good; now it costs the asker.
+
+A grant ``policy.decide`` allows is made only while the asking node's source subnet
+(``who(node).subnet``, the registry's: P10 admission) holds fewer than ``subnet_leases``
+(the network document's) of this replica's live leases, all pools together
+(``policy_signals.subnet_lease_wait``); else gate 3 refuses with ``subnet-leases`` and
+the time until that subnet's first lease ends.  Made-up ids of one subnet held every
+departure slot of a pool; now they hold at most the cap, and nodes of other subnets get
+the rest.  The node's own lease (a retry of its token) is not counted against it.
 """
 
 from __future__ import annotations
@@ -36,9 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
+from p2pupdate.core import admission, gates
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import documents as docs
-from p2pupdate.core import gates
 from p2pupdate.core.departure import parse_token
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.session import Signer
@@ -79,6 +87,8 @@ class LeaseInfo:
     forced: bool
     #: When the lease lapses, on the replica's monotonic clock.
     expires: float = float("inf")
+    #: The node's source subnet when granted (``who(node).subnet``; None: unknown).
+    subnet: str | None = None
 
 
 class RefusalAudit:
@@ -214,8 +224,15 @@ class Asks:
         registry: Registry,
         breakers: Breakers,
         signals: policy_signals.SignalsConfig | None = None,
+        who: Callable[[str], admission.Standing] | None = None,
+        network: Callable[[], docs.NetworkConfig] = lambda: policy_signals.DEFAULT_NETWORK,
     ) -> None:
+        """``who``: whether a node is counted, and its subnet (default: the registry's);
+        ``network``: the network document in force (its ``subnet_leases``), read at each
+        ask so a newer one applies at once."""
         self.token_ttl = token_ttl
+        self.who = who or (lambda n: registry.who(n))
+        self.network = network
         self.signals = signals or policy_signals.SignalsConfig()
         #: Nodes whose leases lapsed unreported: node -> its lapse record.
         self.cooldowns: dict[str, policy_signals.Cooldown] = {}
@@ -529,6 +546,23 @@ class Asks:
                     min(left, self.policy.base_retry),
                 )
             return self._grant_answer(info, decision.reason)
+        subnet = self.who(node).subnet
+        cap = self.network().subnet_leases
+        others = [(i.subnet, i.expires) for n, i in self.leases.items() if n != node]
+        wait = policy_signals.subnet_lease_wait(
+            others, subnet, cap=cap, now=now, max_wait=self.policy.base_retry
+        )
+        if wait is not None:
+            if token.pool in self.queues:  # a freed slot of the pool does not end this wait
+                self.queues[token.pool] = self.queues[token.pool].leave(node)
+            return self._refuse(
+                token,
+                gates.GATE_CAPACITY,
+                policy_signals.SUBNET_LEASES,
+                f"nodes of this node's subnet ({subnet or 'unknown'}) hold {cap} of this "
+                f"replica's leases, the network's cap per subnet",
+                wait,
+            )
         # The lease may outlive a crash of this replica: the horizon is on disk first.
         expires_wall = now_wall + (lease.expires - now)
         if self._horizon < expires_wall:
@@ -548,6 +582,7 @@ class Asks:
             expires_wall=expires_wall,
             forced=lease.forced,
             expires=lease.expires,
+            subnet=subnet,
         )
         self.leases[node] = info
         self.breakers.attempted(token.to_artifact, node, token.nonce)

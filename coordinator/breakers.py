@@ -13,19 +13,29 @@ that never held a lease paused a rollout.  The nonces granted are kept per artif
 node (rebuilt at start from the audit log's grants of the last ``GRANT_MEMORY`` seconds,
 so a node that fails its probation across a restart of the replica still counts); any
 other report is counted in ``ignored`` and changes nothing else (no row, no entry).
+
+And only from a node that is counted, at most ``subnet_failures`` (the network
+document's) nodes of one source subnet per artifact (``policy_signals.failure_ignored``):
+``who(node)`` says whether a node is counted and its subnet (the registry's, P10
+admission); a subnet's counted failures keep the subnet they were counted from.  Grants
+to nodes not counted do not raise ``attempted`` either, and the breaker's share is of the
+nodes that moved weighed the same way, each subnet at most ``subnet_failures``
+(``policy_signals.weighed``: a fleet in one /24 still pauses a broken rollout).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from p2pupdate.core import admission
 from p2pupdate.core import documents as docs
 
 from . import policy, policy_signals
 from .store import AuditRow, BreakerRow, Store
 
-__all__ = ["GRANT_MEMORY", "Breaker", "Breakers"]
+__all__ = ["GRANT_MEMORY", "Breaker", "Breakers", "everyone_counted"]
 
 #: Grants older than this (wall seconds) are not read back at start: a node reports a
 #: failed probation within hours of its move, not weeks.
@@ -43,15 +53,33 @@ class Breaker:
     attempted: set[str] = field(default_factory=set)
     #: The nonces of the leases granted for this artifact, per node.
     granted: dict[str, set[bytes]] = field(default_factory=dict)
+    #: The subnet each node in ``failures`` or ``attempted`` was counted from (those read
+    #: back from the database at start are missing: ``who`` tells theirs).
+    subnets: dict[str, str | None] = field(default_factory=dict)
+
+
+def everyone_counted(_node: str) -> admission.Standing:
+    """``who`` where the replica does not say: every node counted, its subnet unknown."""
+    return admission.Standing(counted=True, subnet=None)
 
 
 class Breakers:
     def __init__(
-        self, *, store: Store, wall: Callable[[], float], config: policy.PolicyConfig
+        self,
+        *,
+        store: Store,
+        wall: Callable[[], float],
+        config: policy.PolicyConfig,
+        who: Callable[[str], admission.Standing] = everyone_counted,
+        network: Callable[[], docs.NetworkConfig] = lambda: policy_signals.DEFAULT_NETWORK,
     ) -> None:
+        """``who``: whether a node is counted, and its subnet; ``network``: the network
+        document in force (its ``subnet_failures``), read at each report."""
         self.store = store
         self.wall = wall
         self.policy = config
+        self.who = who
+        self.network = network
         self.breakers: dict[str, Breaker] = {}
         for row in store.load_breakers():
             b = Breaker(
@@ -64,8 +92,10 @@ class Breakers:
             b.failures = store.failures_since(row.artifact, row.since)
             b.attempted = store.granted_nodes(row.artifact, row.since)
             self.breakers[row.artifact] = b
-        #: ``failed`` reports not counted (no lease of this replica, another nonce).
+        #: ``failed`` reports not counted (no lease of this replica, another nonce, no
+        #: standing, the subnet's cap), and by ``policy_signals`` reason.
         self.ignored = 0
+        self.ignored_by: Counter[str] = Counter()
         horizon = wall() - GRANT_MEMORY
         for event in ("grant", "force"):
             for audit in store.audit_rows(event):
@@ -83,7 +113,14 @@ class Breakers:
 
     def attempted(self, artifact: str, node: str, nonce: bytes) -> None:
         """``node`` was granted a departure to ``artifact``, under ``nonce``."""
-        self._grant(artifact, node, nonce).attempted.add(node)
+        b = self._grant(artifact, node, nonce)
+        standing = self.who(node)
+        if standing.counted:
+            b.attempted.add(node)
+            b.subnets[node] = standing.subnet
+
+    def _subnet(self, b: Breaker, node: str) -> str | None:
+        return b.subnets[node] if node in b.subnets else self.who(node).subnet
 
     def failed(
         self, node: str, artifact: str, reason: str, *, nonce: bytes, scope_serial: int
@@ -94,12 +131,22 @@ class Breakers:
         lease (module docstring)."""
         now = self.wall()
         b = self.breakers.get(artifact)
-        granted = b.granted.get(node, set()) if b is not None else set()
-        if b is None or not policy_signals.failure_counts(granted=granted, nonce=nonce):
+        standing = self.who(node)
+        cap = self.network().subnet_failures
+        why = policy_signals.failure_ignored(
+            granted=b.granted.get(node, set()) if b is not None else set(),
+            nonce=nonce,
+            standing=standing,
+            counted=[self._subnet(b, n) for n in b.failures if n != node] if b else [],
+            cap=cap,
+        )
+        if b is None or why is not None:
             self.ignored += 1
+            self.ignored_by[why or policy_signals.NO_LEASE] += 1
             return b is not None and b.paused
         if node not in b.failures:
             b.failures[node] = reason
+            b.subnets[node] = standing.subnet
             self.store.add_failure(artifact, node, reason, now)
         b.attempted.add(node)
         self.store.audit(
@@ -108,7 +155,7 @@ class Breakers:
         pause = policy.breaker_pause_reason(
             artifact=artifact,
             failures=len(b.failures),
-            attempted=len(b.attempted),
+            attempted=policy_signals.weighed((self._subnet(b, n) for n in b.attempted), cap),
             last_reason=reason,
             paused=b.paused,
             config=self.policy,

@@ -1,12 +1,14 @@
 """``p2pupdate-coordinator``: a network's root of trust, allowlists, and the service.
 
-Commands: ``init`` and ``allow`` (offline, in the network directory), ``serve`` (one
-replica), and the operator's tools that talk to running replicas over HTTP: ``status``,
-``publish``, ``nudge``, ``bench``.
+Commands: ``init``, ``allow``, ``network`` and ``member`` (offline, in the network
+directory), ``serve`` (one replica), and the operator's tools that talk to running replicas
+over HTTP: ``status``, ``publish``, ``nudge``, ``bench``.
 
 A network directory holds::
 
     DIR/root.msgpack                 the root document (give it to every node)
+    DIR/network.msgpack              the admission rule and subnet caps (root-signed; give
+                                     it to every node; replicas read it at start)
     DIR/keys/<role>-<i>.pem          private keys, mode 0600 (move root/release/operator
     DIR/keys/<role>-<i>.pub.pem      keys offline in production; coordinator keys stay)
     DIR/allowlists/v<N>.msgpack      every allowlist signed, newest = highest N
@@ -55,7 +57,7 @@ from p2pupdate.cli.common import (
     wall_clock,
     write_output,
 )
-from p2pupdate.core import crypto, timing, turn
+from p2pupdate.core import admission, crypto, timing, turn
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
 from p2pupdate.core.trust import TrustStore
@@ -95,10 +97,31 @@ def cmd_init(args: argparse.Namespace) -> int:
         release_threshold=args.release_threshold,
     )
     d = Path(args.dir)
-    root = init_network(d, plan, network=args.network, expires=args.expires, now=wall_clock())
+    now = wall_clock()
+    rule = _admission_flags(args)
+    # The flags checked as the document's own rules before any key is made, so a refusal
+    # leaves nothing behind (the name is the root's: ``init_network`` checks it).
+    _network_doc({**rule, "version": 1, "network": "n", "issued": now, "expires": now})
+    root = init_network(d, plan, network=args.network, expires=args.expires, now=now)
+    # Valid as long as the root that signs it: both are signed by the root keys, which
+    # live offline, so they are re-signed together (a root rotation is when the operator
+    # has those keys out anyway), and an admission rule that lapsed on its own while the
+    # root still held would stop the fleet admitting anyone with no key at hand.
+    config = _network_doc(
+        {**rule, "version": 1, "network": root.network, "issued": now, "expires": root.expires}
+    )
+    signers = _role_keys(d, root, "root")
+    _write_network(d, root, config, signers)
     print(root.describe())
-    print(f"wrote {d / ROOT_FILE} and {len(root.keys) * 2} key files in {d / 'keys'}")
-    print("keep root-*, release-* and operator-* keys offline; give root.msgpack to every node")
+    print(config.describe())
+    print(
+        f"wrote {d / ROOT_FILE}, {d / admission.NETWORK_FILE} and {len(root.keys) * 2} key "
+        f"files in {d / 'keys'}"
+    )
+    print(
+        "keep root-*, release-* and operator-* keys offline; give root.msgpack and "
+        "network.msgpack to every node"
+    )
     return EXIT_OK
 
 
@@ -113,9 +136,9 @@ def _load_network(d: Path) -> TrustStore:
         raise Rejected(f"{path}: {exc.rule}: {exc}") from None
 
 
-def _role_keys(d: Path, store: TrustStore, role: str) -> list[crypto.SigningKey]:
+def _role_keys(d: Path, root: docs.Root, role: str) -> list[crypto.SigningKey]:
     """Private keys of ``role`` found in DIR/keys that the root lists for that role."""
-    wanted = set(store.root.roles[role].keys)
+    wanted = set(root.roles[role].keys)
     found = []
     for path in sorted((d / "keys").glob(f"{role}-*.pem")):
         if path.name.endswith(".pub.pem"):
@@ -150,7 +173,7 @@ def cmd_allow(args: argparse.Namespace) -> int:
         if signed.doc.artifact not in artifacts:
             artifacts.append(signed.doc.artifact)
         print(f"  {signed.doc.describe()}")
-    signers = _role_keys(d, store, "coordinator")
+    signers = _role_keys(d, store.root, "coordinator")
     threshold = store.root.roles["coordinator"].threshold
     if len(signers) < threshold:
         raise UsageError(
@@ -169,6 +192,260 @@ def cmd_allow(args: argparse.Namespace) -> int:
     atomic_write(d / "allowlists" / f"v{version}.msgpack", data)
     write_output(args.output, data)
     print(f"{allow.describe()}, expires {allow.expires}; wrote {args.output}")
+    return EXIT_OK
+
+
+# -- admission (P10): the network document and member documents --------------------------
+
+#: ``init``'s proof of work: a node makes ~2^18 keys at its first start to find an id with
+#: 18 leading zero bits (~25 us a key on a 2-core test machine: ~6-8 s, once per node id);
+#: a stranger pays that for every made-up id.  Each bit more doubles it.
+DEFAULT_POW_BITS: Final = 18
+#: ``init``'s standing time: an admitted id counts (version counts, the aggregate, the
+#: breaker) after one hour of session history with the replica.
+DEFAULT_STANDING: Final = 3600
+#: Member documents' default lifetime: a year, like a root's.
+DEFAULT_MEMBER_LIFETIME: Final = 365 * 86400
+#: The network document's rule fields (every field but version, times and name).
+RULE_FIELDS: Final = ("admission", "pow_bits", "standing_s", *admission.DEFAULT_CAPS)
+_CAP_HELP: Final = {
+    "subnet_nodes": "node ids one source subnet (/24 IPv4, /48 IPv6) may register",
+    "subnet_reporters": "reporters of one subnet whose estimates enter a pool's median",
+    "subnet_leases": "departure leases one subnet may hold at once",
+    "subnet_failures": "failure reports of one subnet the breaker counts, per artifact",
+}
+_ZERO = re.compile(r"^0+[smhdw]?$")
+
+
+def _standing(text: str) -> int:
+    """``--standing``: a duration, or 0 (every admitted id counts at once)."""
+    if _ZERO.match(text.strip()):
+        return 0
+    seconds = duration(text)
+    if seconds > docs.MAX_STANDING:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than {docs.MAX_STANDING // 86400}d")
+    return seconds
+
+
+def _node_id(text: str) -> str:
+    t = text.strip().lower()
+    if len(t) != 64 or any(c not in "0123456789abcdef" for c in t):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a node id (64 hex characters, as `p2pupdate keys show` prints)"
+        )
+    return t
+
+
+def _pool(text: str) -> str:
+    """``member --pool``: the node's own ``--pool`` rule (1-64 printable characters)."""
+    if not 1 <= len(text) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r}: a pool name is 1-64 printable characters")
+    return text
+
+
+def add_rule_flags(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The admission flags: ``init``'s with its defaults, ``network``'s without (a flag
+    not given keeps the current document's value)."""
+    caps = admission.DEFAULT_CAPS
+
+    def dflt(value: object, text: str) -> tuple[object, str]:
+        return (value, f" (default {text})") if defaults else (None, "")
+
+    value, said = dflt("open", "open")
+    p.add_argument(
+        "--admission",
+        choices=docs.ADMISSION_RULES,
+        default=value,
+        help="who may count as a node: 'open' (anyone, paying the proof of work and the "
+        "standing time) or 'enrolled' (only nodes with a member document signed by the "
+        f"operator role: `p2pupdate-coordinator member`){said}",
+    )
+    value, said = dflt(DEFAULT_POW_BITS, str(DEFAULT_POW_BITS))
+    p.add_argument(
+        "--pow-bits",
+        dest="pow_bits",
+        type=int_range(0, docs.MAX_POW_BITS),
+        default=value,
+        metavar="N",
+        help=f"open networks: leading zero bits a node id needs, 0..{docs.MAX_POW_BITS}; a node "
+        "makes ~2^N keys at its first start (18 bits: ~2^18 keys at ~25 us each, ~6-8 s "
+        f"on a small machine; each bit doubles it){said}",
+    )
+    value, said = dflt(DEFAULT_STANDING, "1h")
+    p.add_argument(
+        "--standing",
+        dest="standing_s",
+        type=_standing,
+        default=value,
+        metavar="DUR",
+        help="open networks: session history an admitted id needs before it is counted in "
+        "version counts, the aggregate and the breaker (0: at once; at most "
+        f"{docs.MAX_STANDING // 86400}d){said}",
+    )
+    for name, what in _CAP_HELP.items():
+        value, said = dflt(caps[name], str(caps[name]))
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=int_range(1, 1_000_000),
+            default=value,
+            metavar="N",
+            help=f"{what}{said}",
+        )
+
+
+def _admission_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The rule fields the command line gave (``network``: only those given)."""
+    return {f: getattr(args, f) for f in RULE_FIELDS if getattr(args, f) is not None}
+
+
+def _network_doc(values: dict[str, Any]) -> docs.NetworkConfig:
+    """A network document from its fields, checked as a receiver checks it."""
+    try:
+        config: docs.NetworkConfig = docs.NetworkConfig.from_obj(values)
+    except P2PUpdateError as exc:
+        raise UsageError(str(exc)) from None
+    return config
+
+
+def _signers(
+    d: Path, root: docs.Root, role: str, key_files: Sequence[str] | None
+) -> list[crypto.SigningKey]:
+    """``role``'s keys to sign with: the ``--key`` files (each must be a ``role`` key of
+    this root), else those in DIR/keys; fewer than the role's threshold is a usage error."""
+    wanted = set(root.roles[role].keys)
+    if key_files:
+        keys: dict[str, crypto.SigningKey] = {}
+        for path in key_files:
+            key = load_signing_key(path)
+            if key.keyid not in wanted:
+                raise UsageError(f"--key {path}: not a {role} key of this network's root")
+            keys[key.keyid] = key
+        found, where = list(keys.values()), "the --key files hold"
+    else:
+        found, where = _role_keys(d, root, role), f"{d / 'keys'} holds"
+    threshold = root.roles[role].threshold
+    if len(found) < threshold:
+        raise UsageError(f"{where} {len(found)} {role} keys of this root; {threshold} needed")
+    return found
+
+
+def _write_network(
+    d: Path, root: docs.Root, config: docs.NetworkConfig, signers: list[crypto.SigningKey]
+) -> None:
+    """Sign ``config`` and write DIR/network.msgpack atomically, once it verifies."""
+    data = config.sign(signers).to_wire()
+    try:  # never write a document no replica would accept
+        docs.open_signed(docs.NetworkConfig, data, root)
+    except P2PUpdateError as exc:
+        raise UsageError(f"the network document would not verify: {exc}") from None
+    path = d / admission.NETWORK_FILE
+    try:
+        atomic_write(path, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _current_network(d: Path, root: docs.Root) -> docs.NetworkConfig:
+    """DIR/network.msgpack, verified against DIR's root (signatures, not expiry: an
+    expired one is what the operator comes to replace)."""
+    path = d / admission.NETWORK_FILE
+    if not path.is_file():
+        default = admission.default_config(root.network)
+        raise UsageError(
+            f"{path}: no such file (a network made before admission has none; its replicas "
+            f"apply {default.describe()}; write one with `p2pupdate-coordinator network {d} "
+            "--new`)"
+        )
+    data = read_input(path)  # outside the try: a UsageError is a P2PUpdateError too
+    try:
+        config = docs.open_signed(docs.NetworkConfig, data, root).doc
+    except P2PUpdateError as exc:
+        raise Rejected(
+            f"{path}: {exc.rule}: {exc} (not a network document of this root: restore a "
+            "genuine copy, every replica and node has one)"
+        ) from None
+    if config.network != root.network:
+        raise Rejected(f"{path}: names network {config.network!r}, not {root.network!r}")
+    return config
+
+
+def cmd_network(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    store = _load_network(d)
+    root = store.root
+    now = wall_clock()
+    changes = _admission_flags(args)
+    path = d / admission.NETWORK_FILE
+    if args.new:
+        if path.exists():
+            raise UsageError(f"{path} already exists; change it without --new")
+        current, version = admission.default_config(root.network, issued=now), 1
+    else:
+        current = _current_network(d, root)
+        version = current.version + 1
+        if not changes and args.expires is None:  # show, change nothing
+            state = "EXPIRED" if now > current.expires + docs.SKEW else "valid"
+            print(current.describe())
+            print(f"  issued {current.issued}, expires {current.expires} ({state}); {path}")
+            return EXIT_OK
+    # Default expiry: the root's own (init's reason: both are re-signed with the root keys).
+    expires = now + args.expires if args.expires is not None else root.expires
+    values = {
+        **current.to_obj(),
+        **changes,
+        "version": version,
+        "network": root.network,
+        "issued": now,
+        "expires": expires,
+    }
+    config = _network_doc(values)
+    signers = _signers(d, root, "root", args.key)
+    _write_network(d, root, config, signers)
+    print(config.describe())
+    print(f"  expires {config.expires}; wrote {path}")
+    print(
+        "replicas read it at start: restart each replica (serve) to apply it; give every "
+        f"node a copy (p2pupdate node --network-config {admission.NETWORK_FILE})"
+    )
+    return EXIT_OK
+
+
+def cmd_member(args: argparse.Namespace) -> int:
+    d = Path(args.dir)
+    store = _load_network(d)
+    root = store.root
+    nodes = list(dict.fromkeys(args.node))
+    out = Path(args.output)
+    into_dir = out.is_dir()
+    if len(nodes) > 1 and not into_dir:
+        raise UsageError(
+            f"-o {out}: not a directory; {len(nodes)} nodes need one (each is written as "
+            "<node>.member.msgpack)"
+        )
+    targets = [(n, out / f"{n}.member.msgpack" if into_dir else out) for n in nodes]
+    for _node, target in targets:  # every path checked before anything is signed
+        safe_output(target)
+    signers = _signers(d, root, "operator", args.key)
+    now = wall_clock()
+    for node, target in targets:
+        try:
+            member: docs.Member = docs.Member(
+                node=node, pool=args.pool, issued=now, expires=now + args.expires
+            ).checked()
+        except P2PUpdateError as exc:
+            raise UsageError(str(exc)) from None
+        data = member.sign(signers).to_wire()
+        try:  # never write a document no replica would accept (the hello's size limit too)
+            admission.open_member(data, root, now=now)
+        except P2PUpdateError as exc:
+            raise UsageError(f"the member document would not verify: {exc}") from None
+        write_output(target, data)
+        print(f"member {node} of pool {member.pool!r}, expires {member.expires}; wrote {target}")
+    print(
+        f"give each node its file as {admission.MEMBER_FILE} in its state directory; it "
+        "counts on networks whose admission is 'enrolled'"
+    )
     return EXIT_OK
 
 
@@ -678,7 +955,7 @@ MAX_ARTIFACT_UPLOAD = 1 << 30
 def cmd_nudge(args: argparse.Namespace) -> int:
     d = Path(args.dir)
     store = _load_network(d)
-    signers = _role_keys(d, store, "coordinator")
+    signers = _role_keys(d, store.root, "coordinator")
     threshold = store.root.roles["coordinator"].threshold
     if len(signers) < threshold:
         raise UsageError(
@@ -729,10 +1006,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ini = sub.add_parser(
         "init",
-        help="create a network: keys for every role and a signed root",
+        help="create a network: keys for every role, a signed root and network document",
         description="Create DIR/root.msgpack and DIR/keys/<role>-<i>.pem (+ .pub.pem) for "
-        "roles root, release, coordinator (one per replica) and operator. Refuses to touch "
-        "an existing network.",
+        "roles root, release, coordinator (one per replica) and operator, and "
+        "DIR/network.msgpack: the admission rule and per-subnet caps, version 1, signed by "
+        "the root keys, expiring with the root (change it later with `network`). Refuses "
+        "to touch an existing network.",
     )
     ini.add_argument("dir", metavar="DIR")
     ini.add_argument(
@@ -763,8 +1042,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=duration,
         default=365 * 86400,
         metavar="DUR",
-        help="root lifetime (default 365d)",
+        help="root lifetime (default 365d); the network document lives as long",
     )
+    add_rule_flags(ini, defaults=True)
     ini.set_defaults(handler=cmd_init)
 
     al = sub.add_parser(
@@ -781,6 +1061,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     al.add_argument("-o", "--output", required=True, metavar="OUT")
     al.set_defaults(handler=cmd_allow)
+
+    ne = sub.add_parser(
+        "network",
+        help="show or change the network document (admission rule, subnet caps)",
+        description="Without flags: show DIR/network.msgpack (verified against "
+        "DIR/root.msgpack). With flags: sign version N+1 with the root keys (DIR/keys, or "
+        "--key), the flags given changed and every other field kept, and replace "
+        "DIR/network.msgpack. Replicas read it at start (restart them); nodes need a copy "
+        "(p2pupdate node --network-config FILE).",
+    )
+    ne.add_argument("dir", metavar="DIR", help="network directory from init")
+    add_rule_flags(ne, defaults=False)
+    ne.add_argument(
+        "--expires",
+        type=duration,
+        metavar="DUR",
+        help="lifetime from now (default: until the root expires)",
+    )
+    ne.add_argument(
+        "--key",
+        action="append",
+        metavar="PEM",
+        help="root key (repeat for a threshold; default: DIR/keys/root-*.pem)",
+    )
+    ne.add_argument(
+        "--new",
+        action="store_true",
+        help="a network made before admission (no network.msgpack): write version 1, "
+        "from what its replicas apply without one (open, no proof of work, standing 0, "
+        "default caps) and the flags given",
+    )
+    ne.set_defaults(handler=cmd_network)
+
+    me = sub.add_parser(
+        "member",
+        help="enroll nodes: sign member documents (operator)",
+        description="Sign a member document for each --node (node id, pool, expiry) with "
+        "the operator keys (DIR/keys, or --key; a threshold is needed). On a network whose "
+        "admission is 'enrolled', a node counts only with one; it carries it in its hello.",
+    )
+    me.add_argument("dir", metavar="DIR", help="network directory from init")
+    me.add_argument(
+        "--node",
+        action="append",
+        required=True,
+        type=_node_id,
+        metavar="ID",
+        help="node id (repeatable: then -o is a directory)",
+    )
+    me.add_argument(
+        "--pool",
+        type=_pool,
+        default="default",
+        metavar="NAME",
+        help="the pool the node serves in (default 'default')",
+    )
+    me.add_argument(
+        "--expires",
+        type=duration,
+        default=DEFAULT_MEMBER_LIFETIME,
+        metavar="DUR",
+        help="lifetime (default 365d)",
+    )
+    me.add_argument(
+        "--key",
+        action="append",
+        metavar="PEM",
+        help="operator key (repeat for a threshold; default: DIR/keys/operator-*.pem)",
+    )
+    me.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="the file, or a directory: one <node>.member.msgpack per node",
+    )
+    me.set_defaults(handler=cmd_member)
 
     se = sub.add_parser(
         "serve",

@@ -6,6 +6,18 @@ only what ties it to something this replica did or saw itself:
 * ``failure_counts``: a ``failed`` report feeds the circuit breaker only from a node this
   replica granted a lease for that artifact, naming that lease's nonce.  Anyone else's
   report (no lease, another artifact, a made-up nonce) is counted as ignored, nothing more.
+* ``failure_ignored``: and only from a node that is counted (``admission``: enrolled, or
+  with standing), and at most ``subnet_failures`` nodes of one source subnet per artifact:
+  a subnet's ids, however many, weigh as much as ``subnet_failures`` nodes.  So do the
+  nodes that moved, against which the breaker's share is taken (``weighed``): else a
+  fleet in one /24 (a LAN) of more than 40 nodes, whose share threshold is above the 2
+  failures its subnet may count, could never pause a broken rollout; and a stranger's
+  ids could not raise the threshold by moving.
+* ``subnet_lease_wait``: gate 3 grants a lease only while the asking node's subnet holds
+  fewer than ``subnet_leases`` of this replica's live leases (all pools): 3 made-up ids of
+  one subnet held all 3 departure slots of a pool; now they hold at most that cap and the
+  other subnets' nodes get the rest.  The refusal is ``SUBNET_LEASES`` with the time until
+  the subnet's first lease ends (at most a cap: leases usually end sooner, on ``rejoined``).
 * ``after_lapse`` / ``cooling``: a lease that lapses without ``rejoined``, ``failed`` or
   ``return`` puts its node on a cooldown of ``cooldown_base`` seconds, doubling with each
   lapse in a row up to ``cooldown_cap``; a node that lapsed none for ``cooldown_forget``
@@ -22,14 +34,23 @@ Time is an argument (the replica's monotonic clock).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from p2pupdate.core.admission import subnet_of
+from p2pupdate.core.admission import Standing, default_config, subnet_of, under_cap
+from p2pupdate.core.documents import NetworkConfig
 
 #: Gate 3's reason for an ask inside a lapse cooldown.
 LEASE_LAPSED: Final = "lease-lapsed"
+#: Gate 3's reason for an ask whose subnet holds its cap of this replica's live leases.
+SUBNET_LEASES: Final = "subnet-leases"
+#: Why a ``failed`` report was not counted (``failure_ignored``).
+NO_LEASE: Final = "no-lease"
+NO_STANDING: Final = "no-standing"
+SUBNET_FAILURES: Final = "subnet-failures"
+#: The caps where no network document is given (``admission.DEFAULT_CAPS``).
+DEFAULT_NETWORK: Final[NetworkConfig] = default_config("default")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +78,61 @@ def failure_counts(*, granted: Collection[bytes], nonce: bytes) -> bool:
     """Whether a ``failed`` report naming ``nonce`` counts for the breaker: ``granted``
     holds the nonces of the leases this replica granted that node for that artifact."""
     return bool(nonce) and nonce in granted
+
+
+def failure_ignored(
+    *,
+    granted: Collection[bytes],
+    nonce: bytes,
+    standing: Standing,
+    counted: Iterable[str | None],
+    cap: int,
+) -> str | None:
+    """Why a ``failed`` report does not count for the breaker (None: it counts).
+
+    ``granted``/``nonce``: as ``failure_counts`` (``NO_LEASE``); ``standing``: the
+    reporter's (``NO_STANDING`` unless counted); ``counted``: the subnets of the *other*
+    nodes whose failures of this artifact are counted already (``SUBNET_FAILURES`` when
+    the reporter's subnet has ``cap`` of them; an unknown subnet counts as one subnet).
+    """
+    if not failure_counts(granted=granted, nonce=nonce):
+        return NO_LEASE
+    if not standing.counted:
+        return NO_STANDING
+    if not under_cap(counted, standing.subnet, cap):
+        return SUBNET_FAILURES
+    return None
+
+
+def weighed(subnets: Iterable[str | None], cap: int) -> int:
+    """How many nodes the breaker weighs, given each one's subnet: each subnet (an
+    unknown one counts as one) at most ``cap``."""
+    per: dict[str | None, int] = {}
+    for s in subnets:
+        per[s] = per.get(s, 0) + 1
+    return sum(min(cap, n) for n in per.values())
+
+
+def subnet_lease_wait(
+    held: Iterable[tuple[str | None, float]],
+    subnet: str | None,
+    *,
+    cap: int,
+    now: float,
+    max_wait: float,
+) -> float | None:
+    """Whether one more lease for a node of ``subnet`` stays within ``cap`` (None), else
+    the ``retry_after`` to answer: seconds until the first of the subnet's leases lapses,
+    within ``[1, max_wait]`` (leases usually end sooner, on the node's ``rejoined``).
+
+    ``held``: ``(subnet, expires)`` of this replica's live leases of *other* nodes
+    (``expires`` on the clock of ``now``); an unknown subnet (None) counts as one subnet.
+    """
+    leases = list(held)
+    if under_cap((s for s, _ in leases), subnet, cap):
+        return None
+    first = min((expires for s, expires in leases if s == subnet), default=now + max_wait)
+    return min(max_wait, max(1.0, first - now))
 
 
 @dataclass(frozen=True, kw_only=True)

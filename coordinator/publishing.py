@@ -5,7 +5,8 @@ against the replica's ``TrustStore`` (README "Trust model"), stored with the tru
 that accepting it produced, and pushed to connected nodes.  The newest allowlist, scope
 and nudge and every release record are kept in memory for the ask path.  Artifact bytes
 (``PUT /v1/artifacts/<sha256>``) are accepted only for a published release and only if
-they are that release (``core.origin.check_artifact``).
+they are that release: streamed to a temp file, each chunk checked against the release's
+chunk map as it completes (``ArtifactUpload``), renamed into place once whole.
 """
 
 from __future__ import annotations
@@ -19,18 +20,27 @@ from typing import Any, Final, Protocol
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
-from p2pupdate.core.errors import P2PUpdateError, SignatureError, WireError
+from p2pupdate.core.errors import P2PUpdateError, SchemaError, SignatureError, WireError
 from p2pupdate.core.origin import check_artifact
 from p2pupdate.core.swarm.chunks import ChunkMap
 from p2pupdate.core.trust import TrustStore
-from p2pupdate.errors import LocalStateFault
-from p2pupdate.fsutil import atomic_write, read_limited
+from p2pupdate.errors import LocalStateFault, PeerFault
+from p2pupdate.fsutil import AtomicFile, read_limited
 
-from .errors import ConfigError, StateDamaged
+from .errors import ConfigError, StateDamaged, StateUnwritable
 from .statefiles import quarantine
 from .store import Store
 
-__all__ = ["PUBLISHABLE", "PUBLISH_ORDER", "ROOT_FILE", "Documents", "load_root", "open_trust"]
+__all__ = [
+    "PUBLISHABLE",
+    "PUBLISH_ORDER",
+    "ROOT_FILE",
+    "ArtifactRefused",
+    "ArtifactUpload",
+    "Documents",
+    "load_root",
+    "open_trust",
+]
 
 ROOT_FILE: Final = "root.msgpack"
 PUBLISHABLE: Final[dict[str, type[docs.Document]]] = {
@@ -294,20 +304,35 @@ class Documents:
             )
         return exc
 
-    def put_artifact(self, artifact: str, data: bytes) -> tuple[int, dict[str, Any]]:
-        """Store artifact bytes for the origin; only builds with a published release."""
+    def begin_upload(self, artifact: str) -> ArtifactUpload:
+        """A writer for ``artifact``'s bytes (``ArtifactRefused`` if none may be stored):
+        only builds with a published release, checked chunk by chunk as they arrive."""
         release = self.releases.get(artifact)
         if release is None:
-            return 400, {
-                "ok": False,
-                "error": "no-release-record",
-                "reason": f"publish the release record of {artifact[:16]}... first",
-            }
-        problem = check_artifact(data, release.doc, self.max_artifact)
-        if problem:
-            return 400, {"ok": False, "error": "artifact-mismatch", "reason": problem}
-        atomic_write(self.dir / "artifacts" / artifact, data)
-        return 200, {"ok": True, "artifact": artifact, "length": len(data)}
+            raise ArtifactRefused(
+                f"publish the release record of {artifact[:16]}... first",
+                rule="no-release-record",
+            )
+        rel = release.doc
+        if rel.length > self.max_artifact:
+            raise ArtifactRefused(
+                f"the release says {rel.length} bytes; the limit is {self.max_artifact}"
+            )
+        try:
+            chunk_map = ChunkMap.of_release(rel)
+        except SchemaError as exc:
+            raise ArtifactRefused(exc.message) from None
+        return ArtifactUpload(chunk_map, self.dir / "artifacts" / artifact)
+
+    def put_artifact(self, artifact: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        """Store artifact bytes held in memory (``begin_upload``'s writer, fed at once)."""
+        try:
+            with self.begin_upload(artifact) as upload:
+                upload.feed(data)
+                length = upload.finish()
+        except ArtifactRefused as exc:
+            return 400, exc.answer()
+        return 200, {"ok": True, "artifact": artifact, "length": length}
 
     def artifact_path(self, artifact: str) -> Path | None:
         if len(artifact) != 64 or artifact.strip("0123456789abcdef"):
@@ -356,3 +381,114 @@ class Documents:
             wanted.add(self.scope.doc.artifact)
         out += [self.releases[a].envelope.to_wire() for a in sorted(wanted) if a in self.releases]
         return out
+
+
+class ArtifactRefused(PeerFault):
+    """Bytes that may not be stored as the artifact: no release names it (``rule``
+    ``no-release-record``), or they are not what its release says (``artifact-mismatch``;
+    ``chunk``: the first wrong chunk's index, None when the length or sha256 is wrong).
+    The uploader's fault; nothing was stored."""
+
+    rule = "artifact-mismatch"
+
+    def __init__(self, message: str, *, rule: str | None = None, chunk: int | None = None):
+        super().__init__(message, rule=rule)
+        self.chunk = chunk
+
+    def answer(self) -> dict[str, Any]:
+        """The HTTP answer's JSON (``ok: false``)."""
+        return {"ok": False, "error": self.rule, "reason": str(self)}
+
+
+class ArtifactUpload:
+    """One upload on its way to ``path`` (``artifacts/<sha256>``), holding in memory only
+    the chunk not yet complete (and one copy of it while it is checked) plus what one
+    ``feed`` brings.  Each chunk is checked (``Chunk.check``, at the offsets and lengths of
+    the chunk map, whatever their sizes) as its last byte arrives, and only checked chunks
+    reach the temp file.  ``finish`` checks the length and the sha256 of the whole, then
+    renames the temp file into place (``fsutil.AtomicFile``).  A refusal
+    (``ArtifactRefused``), a disk error (``StateUnwritable``) or ``abort`` removes the temp
+    file: an artifact already at ``path`` is never touched by an upload that fails.
+
+    Not thread-safe: one caller at a time (the server feeds it from worker threads, one
+    after another).  A context manager: leaving the block without ``finish`` aborts."""
+
+    def __init__(self, chunk_map: ChunkMap, path: Path) -> None:
+        self.chunks = chunk_map.chunks
+        self.artifact = chunk_map.artifact
+        self.length = chunk_map.length
+        self.received = 0
+        self._next = 0  # the index of the first chunk not yet complete
+        self._pending = bytearray()  # its bytes so far
+        self._whole = hashlib.sha256()
+        try:
+            self.staged = AtomicFile(path)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    @property
+    def wanted(self) -> int:
+        """Bytes still to come before the next chunk can be judged (0 once all are in)."""
+        if self._next >= len(self.chunks):
+            return 0
+        return self.chunks[self._next].length - len(self._pending)
+
+    def feed(self, data: bytes) -> None:
+        """Append ``data``; ``ArtifactRefused`` (upload aborted) at the first bad chunk."""
+        try:
+            if self.received + len(data) > self.length:
+                raise ArtifactRefused(f"more than the {self.length} bytes the release says")
+            self.received += len(data)
+            self._pending += data
+            while self._next < len(self.chunks):
+                piece = self.chunks[self._next]
+                if len(self._pending) < piece.length:
+                    break
+                got = bytes(self._pending[: piece.length])
+                del self._pending[: piece.length]
+                if not piece.check(got):
+                    raise ArtifactRefused(
+                        f"chunk {piece.index} does not match the release record",
+                        chunk=piece.index,
+                    )
+                self.staged.write(got)
+                self._whole.update(got)
+                self._next += 1
+        except OSError as exc:
+            self.abort()
+            raise self._unwritable(exc) from None
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> int:
+        """Check the whole and store it durably at ``path``; its length."""
+        try:
+            if self._next < len(self.chunks) or self.received != self.length:
+                raise ArtifactRefused(f"{self.received} bytes, the release says {self.length}")
+            if self._whole.hexdigest() != self.artifact:
+                raise ArtifactRefused(
+                    f"the bytes' sha256 is {self._whole.hexdigest()[:16]}..., not the artifact's"
+                )
+            self.staged.commit()
+        except OSError as exc:
+            self.abort()
+            raise self._unwritable(exc) from None
+        except BaseException:
+            self.abort()
+            raise
+        return self.length
+
+    def abort(self) -> None:
+        """Drop the upload: its temp file is removed (nothing once finished or aborted)."""
+        self._pending = bytearray()
+        self.staged.discard()
+
+    def _unwritable(self, exc: OSError) -> StateUnwritable:
+        return StateUnwritable(f"artifacts/{self.artifact[:16]}...: {exc.strerror or exc}")
+
+    def __enter__(self) -> ArtifactUpload:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.abort()

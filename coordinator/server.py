@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import h11
 import trio
@@ -60,6 +60,7 @@ from .catchup import DOCUMENTS_PATH, documents_answer
 from .limits import ServerLimits
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .origin import NODE_HEADER, downloader
+from .publishing import ArtifactRefused, ArtifactUpload
 from .ratelimit import Bucket
 from .service import Replica, RequestError
 
@@ -73,6 +74,10 @@ SIGNAL_RATE: Final = 20.0
 SIGNAL_BURST: Final = 40.0
 _UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket", re.IGNORECASE)
 _ARTIFACT = re.compile(r"^/v1/artifacts/([0-9a-f]{64})(?:/chunks/(\d{1,6}))?$")
+#: Upload bytes handed to a worker thread at once (fewer if they complete a chunk): with
+#: the chunk being checked, what an upload holds in memory.
+UPLOAD_BATCH: Final = 1024 * 1024
+_T = TypeVar("_T")
 
 
 @dataclass(eq=False)
@@ -405,12 +410,14 @@ class Server:
 
     async def _read_request(
         self, conn: h11.Connection, stream: trio.SocketStream, *, first: bool
-    ) -> tuple[h11.Request | None, bytes]:
+    ) -> tuple[h11.Request | None, bytes | _Stored]:
         """The next request and its body, each within its deadline (``ServerLimits``): a
         kept-alive connection may be quiet for ``idle_timeout``, then the head has
         ``head_timeout`` from its first byte (the first request's head was read by
         ``_connection`` under the same deadline) and the body ``body_deadline(length)``.
-        A body is refused from its head alone when it could never be taken (``_Early``)."""
+        A body is refused from its head alone when it could never be taken (``_Early``).
+        An artifact upload's body is not kept: it streams to disk (``_upload``) and what
+        stands for the body is the upload's answer (``_Stored``)."""
         limits = self.limits
         request: h11.Request | None = None
         body = bytearray()
@@ -419,51 +426,96 @@ class Server:
         head_by: float | None = now + limits.head_timeout if first else None
         idle_by = now + limits.idle_timeout
         body_by: float | None = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                deadline = body_by or head_by or idle_by
-                with trio.move_on_at(deadline) as scope:
-                    data = await stream.receive_some(65536)
-                if scope.cancelled_caught:
-                    if body_by is None and head_by is None:
-                        return None, b""  # idle between requests: closed quietly
-                    raise _Early(
-                        408,
-                        b"request not received in time\n",
-                        why=("timeout-body" if body_by is not None else "timeout-head"),
-                    )
-                if head_by is None and data:
-                    head_by = trio.current_time() + limits.head_timeout
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-                length = _content_length(event)
-                limit = self._body_limit(event, length)
-                if length is not None and length > limit:
-                    raise _Early(413, f"body over {limit} bytes\n".encode(), why="protocol-error")
-                body_by = trio.current_time() + limits.body_deadline(length or 0)
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limit:
-                    raise _Early(413, f"body over {limit} bytes\n".encode(), why="protocol-error")
-            elif isinstance(event, h11.EndOfMessage):
-                return request, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return None, b""
+        upload: ArtifactUpload | None = None
+        answer: _Stored | None = None  # an upload's, once it is known
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    deadline = body_by or head_by or idle_by
+                    with trio.move_on_at(deadline) as scope:
+                        data = await stream.receive_some(65536)
+                    if scope.cancelled_caught:
+                        if body_by is None and head_by is None:
+                            return None, b""  # idle between requests: closed quietly
+                        raise _Early(
+                            408,
+                            b"request not received in time\n",
+                            why=("timeout-body" if body_by is not None else "timeout-head"),
+                        )
+                    if head_by is None and data:
+                        head_by = trio.current_time() + limits.head_timeout
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, h11.Request):
+                    request = event
+                    length = _content_length(event)
+                    limit = self._body_limit(event, length)
+                    if length is not None and length > limit:
+                        raise _Early(
+                            413, f"body over {limit} bytes\n".encode(), why="protocol-error"
+                        )
+                    body_by = trio.current_time() + limits.body_deadline(length or 0)
+                    artifact = _upload_of(event)
+                    if artifact is not None:
+                        began = await self._upload(self.replica.documents.begin_upload, artifact)
+                        upload, answer = (
+                            (None, began) if isinstance(began, _Stored) else (began, None)
+                        )
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > limit:
+                        raise _Early(
+                            413, f"body over {limit} bytes\n".encode(), why="protocol-error"
+                        )
+                    if (
+                        answer is None
+                        and upload is not None
+                        and len(body) >= min(UPLOAD_BATCH, upload.wanted)
+                    ):  # checked as it comes; a refusal (the upload aborted) drops the rest
+                        answer = await self._upload(upload.feed, bytes(body))
+                    elif answer is None:
+                        continue  # a document, or an upload's next bytes: kept (1 MiB at most)
+                    limit -= len(body)
+                    body.clear()
+                elif isinstance(event, h11.EndOfMessage):
+                    if answer is None and upload is not None:
+                        answer = await self._upload(upload.feed, bytes(body))
+                    if answer is None and upload is not None:
+                        done = await self._upload(upload.finish)
+                        ok = {"ok": True, "artifact": upload.artifact, "length": done}
+                        answer = done if isinstance(done, _Stored) else _Stored(200, ok)
+                    return request, (bytes(body) if answer is None else answer)
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return None, b""
+        finally:
+            if upload is not None:  # cut, refused or timed out: no temp file stays
+                upload.abort()
+
+    async def _upload(self, step: Callable[..., _T], *args: Any) -> _T | _Stored:
+        """One step of an upload, in a worker thread: disk and hashing never stall the
+        event loop, and the body is not read meanwhile (the sender waits on TCP).  A
+        refusal is the upload's answer (``_Stored``), given once the rest of the body is
+        read and dropped: an uploader that sends its whole body before it reads
+        (``coordinator publish``, urllib) reads the reason, not a reset connection."""
+        try:
+            return await trio.to_thread.run_sync(step, *args)
+        except ArtifactRefused as exc:
+            return _Stored(400, exc.answer())
+        except LocalStateFault as exc:
+            self.log(f"artifact upload not stored: {exc}")
+            return _Stored(503, {"ok": False, "error": exc.rule, "reason": str(exc)})
 
     def _body_limit(self, request: h11.Request, length: int | None) -> int:
         """The most body bytes ``request`` may carry.  An artifact upload is checked
         against its release record here, from the head alone: no release, or another
         length, is answered before a byte of the body is read (and never buffered); the
-        bytes themselves are checked by ``Documents.put_artifact`` once all are here."""
+        bytes themselves are checked chunk by chunk as they stream in (``_upload``)."""
         if request.method != b"PUT" or not request.target.startswith(b"/v1/artifacts/"):
             return self.limits.max_document_body
-        m = _ARTIFACT.match(request.target.decode("ascii", "replace"))
-        if m is None or m.group(2) is not None:
+        artifact = _upload_of(request)
+        if artifact is None:
             return 0  # answered 404/405 by the route; no body needed for that
-        artifact = m.group(1)
         release = self.replica.documents.releases.get(artifact)
         if release is None:
             raise _Early.json(
@@ -515,8 +567,10 @@ class Server:
             await self._send(conn, stream, status, "text/plain", text)
 
     async def _route(
-        self, request: h11.Request, body: bytes, peer: str
+        self, request: h11.Request, body: bytes | _Stored, peer: str
     ) -> tuple[int, str, bytes] | _TryPeers:
+        if isinstance(body, _Stored):  # an artifact upload, streamed to disk as it was read
+            return body.status, "application/json", _json(body.answer)
         method = request.method.decode()
         target = request.target.decode("ascii", "replace")
         path = target.split("?", 1)[0]
@@ -783,6 +837,22 @@ class _Early(Exception):
     @classmethod
     def json(cls, status: int, answer: dict[str, Any]) -> _Early:
         return cls(status, _json(answer), ctype="application/json")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """What stands for an artifact upload's body once it is read: the upload's answer."""
+
+    status: int
+    answer: dict[str, Any]
+
+
+def _upload_of(request: h11.Request) -> str | None:
+    """The artifact a ``PUT /v1/artifacts/<sha256>`` uploads (None for any other request)."""
+    if request.method != b"PUT":
+        return None
+    m = _ARTIFACT.match(request.target.decode("ascii", "replace"))
+    return m.group(1) if m is not None and m.group(2) is None else None
 
 
 _TOO_MANY: Final = (

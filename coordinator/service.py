@@ -201,7 +201,9 @@ class Replica:
         self.peers: Callable[[], dict[str, Any]] = dict
         self.metrics = Metrics(self)
         self.ice_servers = IceServers(config.ice, wall=wall)
-        self.breakers = Breakers(store=self.store, wall=wall, config=self.policy)
+        self.breakers = Breakers(
+            store=self.store, wall=wall, config=self.policy, who=lambda n: self.registry.who(n)
+        )
         self.documents = Documents(
             store=self.store,
             trust=trust,

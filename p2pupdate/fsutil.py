@@ -56,24 +56,59 @@ def temp_path(path: Path | str) -> Path:
 
 def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` atomically and durably."""
-    path = Path(path)
-    tmp = temp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    staged = AtomicFile(path, mode=mode)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
-        os.replace(tmp, path)
+        staged.write(data)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        staged.discard()
         raise
-    fsync_dir(path.parent)
+    staged.commit()
+
+
+class AtomicFile:
+    """:func:`atomic_write` for bytes that arrive in pieces (an upload): each ``write``
+    appends to the temp file (:func:`temp_path`, created at once), ``commit`` makes it
+    ``path`` (fsync, rename, fsync of the directory), ``discard`` removes it.  Until
+    ``commit``, ``path`` keeps its old bytes, or stays absent."""
+
+    def __init__(self, path: Path | str, *, mode: int = 0o644) -> None:
+        self.path = Path(path)
+        self.mode = mode
+        self.tmp = temp_path(self.path)
+        self._fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.tmp} is already committed or discarded")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def commit(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise ValueError(f"{self.tmp} is already committed or discarded")
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.chmod(self.tmp, self.mode)  # O_CREAT's mode is filtered by the umask
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.path.parent)
+
+    def discard(self) -> None:
+        """Remove the temp file (nothing once committed or discarded)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            finally:
+                self.tmp.unlink(missing_ok=True)
 
 
 def create_exclusive(path: Path | str, data: bytes, *, mode: int = 0o600) -> None:

@@ -369,8 +369,12 @@ def describe(node: Node) -> str:
 def demo(work: Path, timeout: float, max_concurrent: int, children: Children) -> None:
     t_start = time.monotonic()
     step("1. Create a network: 1 coordinator replica (quorum 1), release and operator keys")
+    # --pow-bits 0 --standing 0: the demo's nodes start with plain keys (no proof of work
+    # to make at first start) and count at once, so the rollout starts within seconds; a
+    # real open network keeps init's defaults (18 bits, 1 h: README "Admission").
     run(
-        "p2pupdate-coordinator init net --replicas 1 --quorum 1 --network fleet-demo",
+        "p2pupdate-coordinator init net --replicas 1 --quorum 1 --network fleet-demo "
+        "--pow-bits 0 --standing 0",
         [
             *COORDINATOR,
             "init",
@@ -381,6 +385,10 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
             "1",
             "--network",
             "fleet-demo",
+            "--pow-bits",
+            "0",
+            "--standing",
+            "0",
         ],
         work,
         quiet=True,

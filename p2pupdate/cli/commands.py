@@ -341,7 +341,13 @@ def check_node(args: argparse.Namespace, state_dir: Path) -> None:
                 raise UsageError(
                     f"--initial-artifact {artifact}: not a p2pupdate build ({exc})"
                 ) from None
-    check_node_options(args, probation=args.probation, confirm_margin=PROBATION_MARGIN)
+    check_node_options(
+        args,
+        probation=args.probation,
+        confirm_margin=PROBATION_MARGIN,
+        state_dir=state_dir,
+        now=wall_clock(),
+    )
 
 
 def cmd_node(args: argparse.Namespace) -> int:

@@ -28,6 +28,13 @@ the check interval).  A replica's ``SlotPush`` (a slot freed and this
 node heads its queue) is verified -- signed by a coordinator key of the root, addressed to
 this node -- and goes to ``on_slot``.
 
+Admission (P10, ``core.admission``): in an ``enrolled`` network every hello carries the
+node's member document (``MemberSource``: the copy kept in the state dir, read again when
+it changes, so a renewed one dropped there is carried without a restart; a day before it
+expires the log says so).  A replica that turns the hello away leaves its reason on the
+link (``ReplicaLink.refused``); ``summary`` puts it in the status file per replica, beside
+what this node knows of the rule (and why its key will be refused, if it will).
+
 WebRTC needs two more things from the replicas (README "Gossip and links"):
 ``ice_servers`` (the STUN and TURN servers the network configured, with a TURN credential
 a replica minted for this node; cached until two thirds of its lifetime have passed, on the
@@ -41,21 +48,24 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 import trio
 
 from ..clock import Clock
+from ..core import admission, crypto, departure, wire
 from ..core import coordproto as proto
-from ..core import crypto, departure
 from ..core import documents as docs
 from ..core import gossip as g
 from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError, SchemaError
 from ..core.gates import choose_target
 from ..core.swarm.chunks import ChunkMap
+from ..fsutil import read_limited
 from .chunkstore import ChunkStore
 from .gossip import parse_link_address
+from .identity import weak_identity
 from .replica import CoordinatorUnavailable, QuorumClient, ReplicaLink
 from .truststate import TrustFile
 
@@ -66,6 +76,76 @@ ICE_TIMEOUT = 5.0
 SIGNAL_TIMEOUT = 3.0
 #: How long an answer without a TURN credential (STUN only, or nothing configured) is kept.
 ICE_PLAIN_CACHE = 300.0
+#: How long before its member document expires the node starts saying so (seconds).
+MEMBER_WARN_BEFORE: Final = 86400
+
+
+class MemberSource:
+    """The member document a hello carries: ``current()`` gives its bytes.
+
+    It starts with what ``options.open_admission`` verified, and reads ``path`` (the copy
+    in the state dir) again whenever its size or time changes; a new one is taken only if
+    the operator role signed it and it names this node (otherwise the log says why, once,
+    and the one held stays).  Expiry is the replica's to judge: an expired one is still
+    carried, and refused with its reason."""
+
+    def __init__(
+        self,
+        path: Path,
+        data: bytes,
+        doc: docs.Member,
+        *,
+        node: str,
+        root: Callable[[], docs.Root],
+        log: Callable[[str], None],
+    ) -> None:
+        self.path = path
+        self.data = data
+        self.doc = doc
+        self.node = node
+        self.root = root
+        self.log = log
+        self._seen = self._stamp()
+        self._warned_for: int | None = None
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> bytes:
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._seen:
+            self._seen = stamp
+            try:
+                data = read_limited(self.path, wire.DOCUMENT_LIMITS.max_bytes)
+                doc = docs.open_signed(docs.Member, data, self.root()).doc
+            except (OSError, P2PUpdateError) as exc:
+                self.log(f"{self.path}: not taken ({exc}); the hello carries the one held")
+                return self.data
+            if doc.node != self.node:
+                self.log(
+                    f"{self.path}: not taken: it names node {doc.node}, this node is {self.node}"
+                )
+                return self.data
+            if data != self.data:
+                self.log(f"{self.path}: a new member document, until {doc.expires}")
+            self.data, self.doc = data, doc
+        return self.data
+
+    def expiry_warning(self, now: int) -> str | None:
+        """A line to log once per document when it expires within ``MEMBER_WARN_BEFORE``."""
+        expires = self.doc.expires
+        if now < expires - MEMBER_WARN_BEFORE or self._warned_for == expires:
+            return None
+        self._warned_for = expires
+        when = "expired" if now > expires else f"expires in {(expires - now) / 3600:.1f} h"
+        return (
+            f"WARNING: this node's member document {when} (at {expires}): the replicas will "
+            f"then refuse its hello. Put a new one in {self.path} (or give --member)"
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,6 +195,8 @@ class CoordinatorLink:
         log: Callable[[str], None],
         clock: Clock,
         on_signal: Callable[[str, bytes], None] = lambda _sender, _data: None,
+        member: MemberSource | None = None,
+        network: docs.NetworkConfig | None = None,
     ) -> None:
         #: Wall time for document expiry (the node's owner injects it).
         self.clock = clock
@@ -148,6 +230,9 @@ class CoordinatorLink:
         self.on_signal = on_signal
         self._ice: _IceCache | None = None
         self._ice_lock = trio.Lock()
+        #: What the hello carries, and the admission rule this node knows (status).
+        self.member = member
+        self.network = network
         self.client = QuorumClient(
             urls,
             key,
@@ -156,6 +241,7 @@ class CoordinatorLink:
             on_connect=self._on_connect,
             log=log,
             clock=clock,
+            member=member.current if member is not None else None,
         )
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -171,11 +257,50 @@ class CoordinatorLink:
 
     async def _report_loop(self) -> None:
         while True:
+            self.warn_member_expiry()
             with trio.move_on_after(self.report_interval):
                 await self._wake.wait()
             self._wake = trio.Event()
             if self.client.connected():
                 await self.send_status()
+
+    def warn_member_expiry(self) -> None:
+        if self.member is not None:
+            self.member.current()  # a renewed one first
+            line = self.member.expiry_warning(self.clock.utc_now())
+            if line:
+                self.log(line)
+
+    def summary(self) -> dict[str, Any]:
+        """The status file's ``coordinator`` entry: each replica, whether it is connected,
+        and the admission refusal it last gave this node's hello (``reason``: the
+        ``admission/...`` code; ``detail``: what to do), and the rule this node knows."""
+        net = self.network
+        rule: dict[str, Any] | None = None
+        if net is not None:
+            rule = {"rule": net.admission, "version": net.version, "pow_bits": net.pow_bits}
+            if net.admission == "open":
+                rule["node_bits"] = admission.leading_zero_bits(self.node)
+                rule["key_problem"] = weak_identity(self.node, net.pow_bits)
+        if self.member is not None:
+            rule = {
+                **(rule or {}),
+                "member_pool": self.member.doc.pool or "default",
+                "member_expires": self.member.doc.expires,
+            }
+        return {
+            "admission": rule,
+            "replicas": [
+                {
+                    "url": link.base,
+                    "connected": link.is_connected,
+                    "admission_refused": None
+                    if link.refused is None
+                    else {"reason": link.refused.reason, "detail": link.refused.detail},
+                }
+                for link in self.client.links
+            ],
+        }
 
     def status_changed(self) -> None:
         """Report soon (the update state changed)."""

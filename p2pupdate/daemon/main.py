@@ -18,20 +18,27 @@ from pathlib import Path
 import trio
 
 from .. import clock
-from ..cli.common import Parser, sha256_hex
-from ..core import crypto
+from ..cli.common import Parser, UsageError, sha256_hex
+from ..core import admission, crypto
 from ..core.errors import P2PUpdateError
 from ..core.gossip import GossipConfig
+from ..fsutil import atomic_write
 from ..launcher.codes import EXIT_CODES_HELP
 from ..work.base import Workload
 from .boot import NodeError
-from .coordinator import CoordinatorLink, parse_stub
+from .coordinator import CoordinatorLink, MemberSource, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
-from .identity import load_identity
+from .identity import load_identity, weak_identity
 from .node import Node, NodeConfig, stderr_log
 from .nullwork import NullWorkload
 from .offers import OfferSource
-from .options import DaemonOptions, add_daemon_arguments, trust_root_missing
+from .options import (
+    Admission,
+    DaemonOptions,
+    add_daemon_arguments,
+    open_admission,
+    trust_root_missing,
+)
 from .truststate import TrustFile
 
 EXIT_FATAL = 1
@@ -68,6 +75,46 @@ def workload_factory(opts: DaemonOptions, state_dir: Path) -> Callable[[], Workl
         return KVWorkload(directory, host=opts.host, port=opts.port, capacity=opts.capacity)
 
     return make
+
+
+def admission_documents(
+    args: argparse.Namespace,
+    state_dir: Path,
+    trust: TrustFile,
+    clk: clock.Clock,
+    log: Callable[[str], None],
+) -> Admission:
+    """The network and member documents verified (``options.open_admission``, under the
+    root held now; an expired one is a warning here: time passed since the launcher's
+    check, and the node must keep serving).  Raises ``UsageError``."""
+    found = open_admission(
+        args, state_dir, trust.store.root, now=clk.utc_now(), node=None, strict=False
+    )
+    for line in found.warnings:
+        log(line)
+    if found.network is not None:
+        log(found.network.describe())
+    return found
+
+
+def keep_documents(
+    args: argparse.Namespace, state_dir: Path, found: Admission, log: Callable[[str], None]
+) -> None:
+    """The documents the flags named, once every check passed, kept in the state dir
+    (atomically): where the next start looks without the flags."""
+    kept = (
+        (args.network_config, admission.NETWORK_FILE, found.network_bytes),
+        (args.member, admission.MEMBER_FILE, found.member_bytes),
+    )
+    for given, name, data in kept:
+        if given is None or data is None:
+            continue
+        path = state_dir / name
+        try:
+            if not path.is_file() or path.read_bytes() != data:
+                atomic_write(path, data, mode=0o644)
+        except OSError as exc:  # the node runs on the flag's file; the next start needs it
+            log(f"cannot keep {name} in {state_dir} ({exc.strerror or exc})")
 
 
 class _ToDaemonLog(logging.Handler):
@@ -118,14 +165,58 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         except (OSError, P2PUpdateError) as exc:
             log(f"fatal: trust root {opts.trust_root}: {exc}")
             return EXIT_USAGE
+    found = Admission()
+    if trust is not None:
+        try:
+            found = admission_documents(args, state_dir, trust, clk, log)
+        except UsageError as exc:
+            log(f"fatal: {exc}")
+            return EXIT_USAGE
     identity: list[crypto.SigningKey] = []
 
     def key() -> crypto.SigningKey:
-        """The node's key, read (and repaired) once: coordinator and gossip share it."""
+        """The node's key, read (and repaired) once: coordinator and gossip share it.  A
+        new one meets the network document's proof of work; one that falls short is
+        kept (unless ``--upgrade-identity``), and said once."""
         if not identity:
-            identity.append(load_identity(state_dir, log))
+            identity.append(
+                load_identity(
+                    state_dir,
+                    log,
+                    pow_bits=found.pow_bits,
+                    upgrade=opts.upgrade_identity,
+                    timer=clk.wall,
+                )
+            )
+            problem = weak_identity(identity[0].keyid, found.pow_bits)
+            if problem:
+                log(f"WARNING: {problem}")
         return identity[0]
 
+    pool = opts.pool
+    member = None
+    if trust is not None:
+        try:
+            pool = found.pool(None if opts.pool == "default" else opts.pool) or opts.pool
+            if found.member is not None and found.member_bytes is not None:
+                if found.member.node != key().keyid:
+                    raise UsageError(
+                        f"--member: the member document names node {found.member.node}; "
+                        f"this node is {key().keyid}"
+                    )
+                store = trust
+                member = MemberSource(
+                    state_dir / admission.MEMBER_FILE,
+                    found.member_bytes,
+                    found.member,
+                    node=key().keyid,
+                    root=lambda: store.store.root,
+                    log=log,
+                )
+        except UsageError as exc:
+            log(f"fatal: {exc}")
+            return EXIT_USAGE
+        keep_documents(args, state_dir, found, log)
     coordinator = None
     if opts.coordinator:
         assert trust is not None  # trust_root_missing said so above
@@ -134,7 +225,9 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
                 list(opts.coordinator),
                 key(),
                 trust,
-                pool=opts.pool,
+                pool=pool,
+                member=member,
+                network=found.network,
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
                 report_interval=opts.report_interval,
                 log=log,

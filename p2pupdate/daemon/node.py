@@ -285,6 +285,7 @@ class Node:
                     await self.hooks.start_zeroconf(nursery)
             if self.coord is not None:
                 await nursery.start(self.coord.run)
+                nursery.start_soon(status.refresh_on_change, self.coord.summary, self.write_status)
             if self.mode == "normal":
                 self.work.restore_checkpoint(strict=False)
                 await self._start_serving()
@@ -753,4 +754,6 @@ class Node:
             doc["gossip"] = status.gossip_view(self.gossip, allowlist=self.hooks.newest_allowlist())
         if self.swarm is not None:
             doc["swarm"] = self.swarm.summary()
+        if self.coord is not None:
+            doc["coordinator"] = self.coord.summary()
         status.write_status(self.state, doc, self.log)

@@ -24,13 +24,19 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..cli.common import UsageError, int_range, read_document
+from ..core import admission
 from ..core import coordproto as proto
+from ..core import documents as docs
 from ..core.documents import open_root
-from ..core.errors import P2PUpdateError
+from ..core.errors import ExpiredError, P2PUpdateError
 from ..core.gossip import RTC_MODES, rtc_enabled
 from ..core.timing import UpdaterConfig
+from ..core.trust import STATE_LIMITS, TrustStore
+from ..fsutil import read_limited
 from ..net.addresses import bind_problem, is_host, is_ip, split_hostport
 from ..net.websocket import parse_url
+from .identity import UPGRADE_FLAG, peek_node_id
+from .truststate import STORE_NAME
 
 WORKLOADS: Final = ("kv", "none")
 #: The updater's timings' one home; options that set one of them default to its value.
@@ -241,11 +247,39 @@ OPTIONS: Final = (
         "--trust-root: documents, departure tokens and reports go through the replicas",
     ),
     _Opt(
+        flag="--network-config",
+        kind=Path,
+        default=None,
+        metavar="FILE",
+        help="the network document (signed by the root role: the admission rule, its proof "
+        "of work, the per-subnet caps); needs --trust-root. Kept as "
+        f"STATE_DIR/{admission.NETWORK_FILE}, which is the default when it is there",
+    ),
+    _Opt(
+        flag="--member",
+        kind=Path,
+        default=None,
+        metavar="FILE",
+        help="this node's member document (signed by the operator role: node id, pool, "
+        "expiry), carried in every hello to the replicas of an enrolled network; needs "
+        f"--trust-root. Kept as STATE_DIR/{admission.MEMBER_FILE}, the default when there",
+    ),
+    _Opt(
+        flag=UPGRADE_FLAG,
+        kind=None,
+        default=False,
+        metavar=None,
+        help="replace this node's key by one that meets the network document's proof of "
+        "work, if it falls short (the old key kept as identity.pem.old-N; a new id: named "
+        "scopes must name it). A key that meets it is kept",
+    ),
+    _Opt(
         flag="--pool",
         kind=_pool,
         default="default",
         metavar="NAME",
-        help='the pool this node serves in; capacity is weighed per pool (default "default")',
+        help="the pool this node serves in; capacity is weighed per pool (default: the "
+        'member document\'s in an enrolled network, which --pool must match; else "default")',
     ),
     _Opt(
         flag="--aggregate-stub",
@@ -408,6 +442,9 @@ class DaemonOptions:
     offer_dir: Path | None = None
     trust_root: Path | None = None
     coordinator: tuple[str, ...] = ()
+    network_config: Path | None = None
+    member: Path | None = None
+    upgrade_identity: bool = False
     pool: str = "default"
     aggregate_stub: str | None = None
     gossip_listen: str | None = None
@@ -507,25 +544,38 @@ def trust_root_missing(ns: argparse.Namespace) -> str | None:
         return None
     if ns.coordinator:
         return "--coordinator needs --trust-root (tokens are verified against it)"
+    for flag in ("--network-config", "--member"):
+        if getattr(ns, flag[2:].replace("-", "_"), None) is not None:
+            return f"{flag} needs --trust-root (the document is verified against it)"
     if ns.gossip_listen is not None or ns.peer or getattr(ns, "zeroconf", None):
         flag = "--gossip-listen" if ns.gossip_listen else "--peer" if ns.peer else "--zeroconf"
         return f"{flag} needs --trust-root (gossiped documents are verified)"
     return None
 
 
-def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_margin: float) -> None:
+def check_node_options(
+    ns: argparse.Namespace,
+    *,
+    probation: float,
+    confirm_margin: float,
+    state_dir: Path | None = None,
+    now: int | None = None,
+) -> None:
     """Everything about the daemon options that needs this machine or several options at
     once, checked before anything starts.  Raises ``UsageError`` (one line, naming the
     option) at the first problem; reads files and binds test sockets, writes nothing.
 
     ``probation`` is the launcher's window for a new build to confirm in, and
     ``confirm_margin`` what the daemon keeps of it for its own rollback
-    (``daemon.boot.PROBATION_MARGIN``).
+    (``daemon.boot.PROBATION_MARGIN``).  ``state_dir`` and ``now`` (unix seconds of the
+    caller's wall clock; None: the admission documents are not checked): where the
+    admission documents' kept copies and the node's key are read (``open_admission``).
     """
     trust_root: Path | None = ns.trust_root
+    root: docs.Root | None = None
     if trust_root is not None:
         try:
-            open_root(read_document(trust_root))
+            root = open_root(read_document(trust_root)).doc
         except UsageError as exc:
             raise UsageError(f"--trust-root {exc}") from None
         except P2PUpdateError as exc:
@@ -539,6 +589,13 @@ def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_marg
     missing = trust_root_missing(ns)
     if missing:
         raise UsageError(missing)
+    if root is not None and now is not None:
+        node = peek_node_id(state_dir) if state_dir is not None and state_dir.is_dir() else None
+        held = held_root(state_dir) if state_dir is not None else None
+        if held is not None and held.network == root.network and held.version > root.version:
+            root = held  # rotated since: the documents are signed under the root the node holds
+        found = open_admission(ns, state_dir, root, now=now, node=node, strict=True)
+        found.pool(getattr(ns, "pool", None))  # a mismatch is refused now
     listen_host = None
     if ns.gossip_listen is not None:
         listen_host, port = split_hostport(ns.gossip_listen)
@@ -579,3 +636,149 @@ def check_node_options(ns: argparse.Namespace, *, probation: float, confirm_marg
             f"--health-checks {checks} every --health-interval {interval:g}s cannot pass "
             f"inside --probation {probation:g}s: a new build could never confirm"
         )
+
+
+# -- the admission documents (P10) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admission:
+    """The network document and this node's member document, as verified at start.
+
+    ``network_bytes`` / ``member_bytes`` are what to keep in the state dir and carry in
+    the hello; ``warnings`` are what to log loudly (a kept copy that expired)."""
+
+    network: docs.NetworkConfig | None = None
+    network_bytes: bytes | None = None
+    member: docs.Member | None = None
+    member_bytes: bytes | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def pow_bits(self) -> int:
+        """The proof of work a new node key needs (``open`` networks only)."""
+        net = self.network
+        return net.pow_bits if net is not None and net.admission == "open" else 0
+
+    def pool(self, given: str | None) -> str | None:
+        """The pool this node serves in: ``given`` (``--pool``; None: not given), which in
+        a network that is not ``open`` must be the member document's; without it, the
+        member document's.  Raises ``UsageError`` on a mismatch."""
+        member = self.member
+        if member is None or (self.network is not None and self.network.admission == "open"):
+            return given
+        named = member.pool or "default"
+        if given is not None and given != named:
+            raise UsageError(
+                f"--pool {given}: the member document puts this node in pool {named!r}"
+            )
+        return named
+
+
+def held_root(state_dir: Path) -> docs.Root | None:
+    """The root the node's trust store holds (rotated past ``--trust-root``, maybe), read
+    only; None when there is none or it cannot be read (the daemon repairs it)."""
+    try:
+        data = read_limited(state_dir / "trust" / STORE_NAME, STATE_LIMITS.max_bytes)
+        return TrustStore.from_bytes(data).root
+    except (OSError, P2PUpdateError):
+        return None
+
+
+def admission_paths(
+    ns: argparse.Namespace, state_dir: Path | None
+) -> dict[str, tuple[Path, bool] | None]:
+    """Where each admission document comes from: ``(path, given)`` -- the flag's file, or
+    the copy kept in the state dir (``given`` False) -- or None."""
+    out: dict[str, tuple[Path, bool] | None] = {}
+    for flag, dest, name in (
+        ("--network-config", "network_config", admission.NETWORK_FILE),
+        ("--member", "member", admission.MEMBER_FILE),
+    ):
+        path: Path | None = getattr(ns, dest, None)
+        if path is not None:
+            out[flag] = (path, True)
+        elif state_dir is not None and (state_dir / name).is_file():
+            out[flag] = (state_dir / name, False)
+        else:
+            out[flag] = None
+    return out
+
+
+def _read_doc(flag: str, path: Path, given: bool) -> bytes:
+    label = f"{flag} {path}" if given else f"{path} (the copy {flag} left; give {flag})"
+    try:
+        return read_document(path)
+    except UsageError as exc:
+        raise UsageError(f"{flag} {exc}" if given else f"{label}: {exc}") from None
+    except P2PUpdateError as exc:
+        raise UsageError(f"{label}: {exc.rule}: {exc}") from None
+
+
+def open_admission(
+    ns: argparse.Namespace,
+    state_dir: Path | None,
+    root: docs.Root,
+    *,
+    now: int,
+    node: str | None,
+    strict: bool,
+) -> Admission:
+    """The admission documents verified against ``root``: the network document (root
+    role, this root's network) and the member document (operator role, naming ``node``
+    when it is known).  Any fault is a ``UsageError`` naming the flag.  Expiry too when
+    ``strict`` and the flag named the file (the operator is there to fix it); a kept copy
+    that expired, or any after start (the daemon: time passed, the node must keep
+    serving), is a warning -- the replicas will say no and the status shows why."""
+    paths = admission_paths(ns, state_dir)
+    warnings: list[str] = []
+    network = network_bytes = member = member_bytes = None
+
+    def expired(flag: str, path: Path, given: bool, exc: ExpiredError) -> None:
+        line = f"{flag} {path}: {exc} (ask the network's operator for a new one)"
+        if strict and given:
+            raise UsageError(line)
+        warnings.append(f"WARNING: {line}")
+
+    if (found := paths["--network-config"]) is not None:
+        path, given = found
+        label = f"--network-config {path}"
+        data = _read_doc("--network-config", path, given)
+        try:
+            network = docs.open_signed(docs.NetworkConfig, data, root).doc
+        except P2PUpdateError as exc:
+            raise UsageError(
+                f"{label}: not a network document signed by the root ({exc.rule}: {exc})"
+            ) from None
+        if network.network != root.network:
+            raise UsageError(
+                f"{label}: for network {network.network!r}; the trust root is {root.network!r}'s"
+            )
+        try:
+            docs.check_fresh(network, now)
+        except ExpiredError as exc:
+            expired("--network-config", path, given, exc)
+        network_bytes = data
+    if (found := paths["--member"]) is not None:
+        path, given = found
+        label = f"--member {path}"
+        data = _read_doc("--member", path, given)
+        try:
+            member = admission.open_member(data, root, now=now).doc
+        except ExpiredError as exc:
+            expired("--member", path, given, exc)
+            member = docs.open_signed(docs.Member, data, root).doc
+        except P2PUpdateError as exc:
+            raise UsageError(
+                f"{label}: not a member document signed by the operator ({exc.rule}: {exc})"
+            ) from None
+        if node is not None and member.node != node:
+            raise UsageError(f"{label}: names node {member.node}; this node is {node}")
+        member_bytes = data
+    return Admission(
+        network=network,
+        network_bytes=network_bytes,
+        member=member,
+        member_bytes=member_bytes,
+        warnings=tuple(warnings),
+    )

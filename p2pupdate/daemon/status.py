@@ -1,10 +1,13 @@
 """The status the daemon reports: ``D/status`` on disk, and the fields of a coordinator report.
 
 ``D/status`` is for operators and tests: what runs, from where, in which state, and how its
-work, gossip and the chunk swarm are doing (``swarm``: ``SwarmService.summary``, README "The
+work, gossip, the chunk swarm and the replicas are doing (``swarm``: ``SwarmService.summary``, README "The
 swarm in the daemon").  It is rewritten atomically on every state change of the updater,
 whenever the work starts serving, and -- with gossip -- when the gossip view or the
-swarm's counters changed (checked every ``GOSSIP_STATUS_INTERVAL``).  Its ``time`` is the
+swarm's counters changed (checked every ``GOSSIP_STATUS_INTERVAL``), and -- with replicas --
+when their entry changed (``coordinator``: ``CoordinatorLink.summary``: each replica
+connected or not, and ``admission_refused`` with the reason a replica turned the hello
+away).  Its ``time`` is the
 wall clock of the write.
 
 The coordinator sees much less (``report_fields``): version, artifact, the heartbeat form
@@ -34,6 +37,7 @@ __all__ = [
     "daemon_status",
     "gossip_view",
     "newest_allowlist",
+    "refresh_on_change",
     "refresh_on_gossip_change",
     "report_fields",
     "write_status",
@@ -140,6 +144,22 @@ async def refresh_on_gossip_change(
         await trio.sleep(interval)
         s = gossip.summary()
         now = (s["active"], s["passive"], s["links"], s["paths"], s["relayed_bytes"], swarm())
+        if now != last:
+            last = now
+            write()
+
+
+async def refresh_on_change(
+    summary: Callable[[], object],
+    write: Callable[[], None],
+    interval: float = GOSSIP_STATUS_INTERVAL,
+) -> None:
+    """Rewrite the status file whenever ``summary()`` (the replicas' entry) changed: a
+    replica connecting or refusing the hello is news to an operator, not an update step."""
+    last = summary()
+    while True:
+        await trio.sleep(interval)
+        now = summary()
         if now != last:
             last = now
             write()

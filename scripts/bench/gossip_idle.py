@@ -147,7 +147,19 @@ def main() -> int:
         net = tmp / "net"
         env = dict(os.environ, PYTHONPATH=str(REPO))
         subprocess.run(
-            [sys.executable, "-m", "coordinator.cli", "init", str(net), "--network", "bench"],
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "init",
+                str(net),
+                "--network",
+                "bench",
+                "--pow-bits",
+                "0",
+                "--standing",
+                "0",
+            ],  # the bench node needs no PoW key
             check=True,
             env=env,
             stdout=subprocess.DEVNULL,

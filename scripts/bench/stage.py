@@ -42,7 +42,24 @@ import fleet_demo as fd  # type: ignore[import-not-found]  # scripts/, on sys.pa
 
 def _stage(work: Path, n_nodes: int, max_concurrent: int, children: fd.Children) -> dict[str, Any]:
     c, p = fd.COORDINATOR, fd.P2PUPDATE
-    fd.run("init", [*c, "init", "net", "--replicas", "1", "--quorum", "1"], work, quiet=True)
+    fd.run(
+        "init",
+        [
+            *c,
+            "init",
+            "net",
+            "--replicas",
+            "1",
+            "--quorum",
+            "1",
+            "--pow-bits",
+            "0",
+            "--standing",
+            "0",
+        ],
+        work,
+        quiet=True,
+    )
     shas: dict[str, str] = {}
     for counter, version in enumerate(("v1", "v2"), start=1):
         out = fd.run("build", [*fd.BUILD, "--version", version, "-o", f"{version}.tar.gz"], work)

@@ -205,7 +205,7 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
         return _cli(net, None, module, *args, cwd=work)
 
     cli("coordinator.cli", "init", "net", "--replicas", "1", "--quorum", "1",
-        "--network", "swarm-bench")  # fmt: skip
+        "--network", "swarm-bench", "--pow-bits", "0", "--standing", "0")  # fmt: skip
     subprocess.run([sys.executable, str(REPO / "scripts" / "build-artifact"), "--version", "v1",
                     "-o", str(work / "v1.tar.gz")], check=True, env=env(), cwd=work,
                    capture_output=True, timeout=120)  # fmt: skip

@@ -21,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pupdate.core import wire
+from p2pupdate.core import admission, wire
 from p2pupdate.core.crypto import Envelope
 from p2pupdate.core.documents import (
     DOCUMENT_TYPES,
     Document,
+    Member,
     open_heartbeat,
     open_root,
     open_signed,
@@ -481,6 +482,8 @@ VALID: dict[str, Document] = {
     "departure": _NET.departure_doc(node_id(1), from_artifact=_A, to_artifact=_A),
     "nudge": _NET.nudge_doc(_A),
     "heartbeat": _NET.heartbeat_doc(1),
+    "network": admission.default_config("test", issued=NOW - 10),
+    "member": Member(node=node_id(1), pool="edge", issued=NOW - 10, expires=NOW + 3600),
 }
 _PLAUSIBLE = st.sampled_from(
     [
