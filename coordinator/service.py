@@ -202,7 +202,11 @@ class Replica:
         self.metrics = Metrics(self)
         self.ice_servers = IceServers(config.ice, wall=wall)
         self.breakers = Breakers(
-            store=self.store, wall=wall, config=self.policy, who=lambda n: self.registry.who(n)
+            store=self.store,
+            wall=wall,
+            config=self.policy,
+            who=lambda n: self.registry.who(n),
+            network=lambda: self.network,
         )
         self.documents = Documents(
             store=self.store,
@@ -234,6 +238,7 @@ class Replica:
             registry=self.registry,
             breakers=self.breakers,
             signals=config.signals,
+            network=lambda: self.network,
         )
         self.signals = config.signals
         self.asks.push_to = lambda node, msg: self.push_to(node, msg)
