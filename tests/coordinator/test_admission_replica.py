@@ -252,6 +252,9 @@ def test_the_registration_cap_counts_open_sessions_and_ids_seen_within_a_day(
     wall = _Wall()
     replica = Replica(ServiceConfig(network_dir=net.dir), wall=wall)
     try:
+        # the document the replica loaded is the one every cap reads (leases, failures too)
+        assert replica.network == net.config
+        assert replica.asks.network() is replica.breakers.network() is replica.network
         ids = [_key().keyid for _ in range(4)]
         peer = "192.0.2.{}:4000".format
         assert [type(replica.admit(n, None, peer(i))) for i, n in enumerate(ids)] == [
