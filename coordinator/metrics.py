@@ -72,7 +72,22 @@ class Metrics:
             registry=r,
         )
         self.nodes = Gauge(
-            f"{_PREFIX}_nodes", "Registered nodes, by version", ["version"], registry=r
+            f"{_PREFIX}_nodes",
+            "Registered nodes counted (admission: enrolled, or with standing), by version",
+            ["version"],
+            registry=r,
+        )
+        self.uncounted = Gauge(
+            f"{_PREFIX}_uncounted_nodes",
+            "Registered nodes not counted (no standing yet, or a lapsed member document)",
+            registry=r,
+        )
+        self.hellos_refused = Counter(
+            f"{_PREFIX}_hellos_refused",
+            "Hellos turned away by admission, by reason (admission/not-enrolled, "
+            "admission/bad-member, admission/proof-of-work, admission/subnet-full)",
+            ["reason"],
+            registry=r,
         )
         self.connected = Gauge(f"{_PREFIX}_connected_nodes", "Nodes connected now", registry=r)
         self.paused = Gauge(
@@ -131,6 +146,9 @@ class Metrics:
             child = self._children[key] = self.requests.labels(kind)
         child.inc()
 
+    def hello_refused(self, reason: str) -> None:
+        self.hellos_refused.labels(reason).inc()
+
     def published(self, kind: str, result: str) -> None:
         self.publish.labels(kind, result).inc()
 
@@ -143,6 +161,7 @@ class Metrics:
         self.nodes.clear()
         for version, count in status["nodes"]["versions"].items():
             self.nodes.labels(version).set(count)
+        self.uncounted.set(status["nodes"]["uncounted"])
         self.connected.set(rep.connected())
         self.paused.set(len(status["paused"]))
         self.warming.set(status["replica"]["warming_up_for"])

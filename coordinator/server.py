@@ -49,9 +49,9 @@ import trio
 import wsproto
 import wsproto.events as wse
 
+from p2pupdate.core import admission, wire
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import session as sess
-from p2pupdate.core import wire
 from p2pupdate.core.errors import P2PUpdateError, VerificationError, WireError
 from p2pupdate.errors import LocalStateFault
 from p2pupdate.net.websocket import MessageTooBig, ProtocolViolation, WebSocket, WebSocketClosed
@@ -692,6 +692,16 @@ class Server:
                 wire.encode({"id": 0, "ok": False, "error": exc.rule, "detail": str(exc)})
             )
             return
+        # P10 admission: the network's rule and the subnet's registration cap; a refusal is
+        # answered as a bad hello is (unsealed: no session exists) and the socket closed
+        verdict = rep.admit(hello.node, hello.member, peer)
+        if isinstance(verdict, admission.Refused):
+            await sock.send(
+                wire.encode(
+                    {"id": 0, "ok": False, "error": verdict.reason, "detail": verdict.detail}
+                )
+            )
+            return
         conn = NodeConn(node=hello.node, pub=hello.pub, session=hello.session, sock=sock, peer=peer)
         old = self.conns.get(conn.node)
         self.conns[conn.node] = conn
@@ -708,6 +718,7 @@ class Server:
         finally:
             if self.conns.get(conn.node) is conn:
                 del self.conns[conn.node]
+                rep.left(conn.node)
 
     async def _answer(self, conn: NodeConn, frame: bytes) -> bytes | None:
         """The answer to one request frame, or None to close (a broken or forged frame)."""
@@ -744,9 +755,9 @@ class Server:
             rep.metrics.count_ask(answer.granted, answer.gate, answer.reason)
             return answer.reply
         if isinstance(request, proto.StatusReport):
+            rep.on_status(node, request)  # first: a refused report changes nothing
             conn.addrs = request.addrs
             conn.pool = request.pool or "default"
-            rep.on_status(node, request)
             return proto.Ack()
         if isinstance(request, proto.RejoinedReport):
             rep.on_rejoined(node, request)

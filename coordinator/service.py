@@ -14,6 +14,13 @@ performs the pushes it asks for.
 * ``ice.IceServers``        the STUN/TURN servers handed to nodes, TURN credentials minted;
 * ``status.replica_status`` the operators' ``/status`` view.
 
+Admission (P10): the replica reads its network document (``network.msgpack`` in the
+network directory, signed by the root role; ``core.admission``) at start -- absent, the
+network predates admission and ``admission.default_config`` applies; damaged, forged,
+expired or of another network, the start is refused (``ConfigError``: this machine's
+files, not a peer's fault).  ``admit`` is the hello's gate: the network's rule
+(``admission.admit_hello``), then the registry's per-subnet registration cap.
+
 Time: ``clock()`` (monotonic) for leases, ``wall()`` for documents and tokens; both are
 arguments so tests can drive them.
 """
@@ -27,8 +34,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from p2pupdate.core import admission, crypto, wire
 from p2pupdate.core import coordproto as proto
-from p2pupdate.core import crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.departure import DEFAULT_MAX_SKEW, DEFAULT_TOKEN_TTL
 from p2pupdate.core.errors import P2PUpdateError
@@ -59,8 +66,37 @@ __all__ = [
     "Replica",
     "RequestError",
     "ServiceConfig",
+    "load_network",
     "load_root",
 ]
+
+
+def load_network(network_dir: Path, root: docs.Root, now_wall: float) -> docs.NetworkConfig:
+    """The network document in force: ``NETWORK_FILE`` of the network directory, verified
+    (root role), fresh and of this root's network; ``admission.default_config`` when the
+    file is absent (a network made before admission).  Anything else is ``ConfigError``
+    naming the file: the operator's files on this machine, which a replica cannot mend."""
+    path = network_dir / admission.NETWORK_FILE
+    what = f"{path} (the network document)"
+    try:
+        data = read_limited(path, wire.DOCUMENT_LIMITS.max_bytes)
+    except FileNotFoundError:
+        return admission.default_config(root.network, issued=int(now_wall))
+    except OSError as exc:  # a directory, unreadable, too large (FileTooLargeError)
+        raise ConfigError(f"{what}: {exc.strerror or exc}") from None
+    try:
+        signed = docs.open_signed(docs.NetworkConfig, data, root)
+        docs.check_fresh(signed.doc, int(now_wall))
+    except P2PUpdateError as exc:
+        raise ConfigError(
+            f"{what}: {exc.rule}: {exc} (sign a new one with the root key; "
+            "the replica does not start without a valid one)"
+        ) from None
+    if signed.doc.network != root.network:
+        raise ConfigError(
+            f"{what}: it is for network {signed.doc.network!r}, the root's is {root.network!r}"
+        )
+    return signed.doc
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +158,7 @@ class Replica:
             self.store.quarantine(str(exc))
             self._open_parts()
         self.store.serving(self._persist_memory)
+        log(self.network.describe())
         if self.documents.retired:
             log(
                 f"{self.documents.retired} stored documents are signed by keys the current "
@@ -139,6 +176,7 @@ class Replica:
             raise ConfigError(f"{key_path}: {exc}") from None
         self.keyid = self.key.keyid
         self.signer = Signer(self.key)
+        self.network = load_network(config.network_dir, trust.root, wall())
         role = trust.root.roles["coordinator"]
         if self.keyid not in role.keys:
             raise ConfigError(f"{key_path} is not a coordinator key of the root")
@@ -164,7 +202,11 @@ class Replica:
         self.metrics = Metrics(self)
         self.ice_servers = IceServers(config.ice, wall=wall)
         self.breakers = Breakers(
-            store=self.store, wall=wall, config=self.policy, who=lambda n: self.registry.who(n)
+            store=self.store,
+            wall=wall,
+            config=self.policy,
+            who=lambda n: self.registry.who(n),
+            network=lambda: self.network,
         )
         self.documents = Documents(
             store=self.store,
@@ -177,7 +219,11 @@ class Replica:
             on_scope=self.breakers.resume_for,
             damaged=lambda why, moved: self.store.damaged(why, moved, "not served"),
         )
-        self.registry = Registry(store=self.store, clock=clock, wall=wall, config=self.policy)
+        self.registry = Registry(
+            store=self.store, clock=clock, wall=wall, config=self.policy, network=self.network
+        )
+        #: Hellos turned away, by reason (``admission/...``), since start.
+        self.hellos_refused: Counter[str] = Counter()
         self.asks = Asks(
             token_ttl=config.token_ttl,
             max_skew=config.max_skew,
@@ -192,6 +238,7 @@ class Replica:
             registry=self.registry,
             breakers=self.breakers,
             signals=config.signals,
+            network=lambda: self.network,
         )
         self.signals = config.signals
         self.asks.push_to = lambda node, msg: self.push_to(node, msg)
@@ -284,6 +331,31 @@ class Replica:
     def current_documents(self) -> list[bytes]:
         return self.documents.current_documents()
 
+    # -- the hello ----------------------------------------------------------------------------
+
+    def admit(
+        self, node: str, member: bytes | None, peer: str
+    ) -> admission.Admitted | admission.Refused:
+        """Whether a node whose hello verified may hold a session (``core.admission``):
+        the network's rule, then the per-subnet registration cap for an id not known
+        here yet.  ``peer``: the session's source ``HOST:PORT`` as the replica saw it."""
+        verdict = admission.admit_hello(
+            self.network, node=node, member=member, root=self.trust.root, now=int(self.wall())
+        )
+        if isinstance(verdict, admission.Admitted):
+            subnet = admission.subnet_of(admission.host_of(peer))
+            refused = self.registry.admit(node, subnet=subnet, admitted=verdict)
+            if refused is None:
+                return verdict
+            verdict = refused
+        self.hellos_refused[verdict.reason] += 1
+        self.metrics.hello_refused(verdict.reason)
+        return verdict
+
+    def left(self, node: str) -> None:
+        """The node's session ended."""
+        self.registry.left(node)
+
     # -- node reports -----------------------------------------------------------------------
 
     def on_status(self, node: str, report: proto.StatusReport) -> None:
@@ -361,4 +433,21 @@ class Replica:
         status["failures_ignored"] = self.breakers.ignored
         now = self.clock()
         status["lapse_cooldowns"] = sum(1 for c in self.asks.cooldowns.values() if c.until > now)
+        net = self.network
+        status["admission"] = {
+            "rule": net.admission,
+            "version": net.version,
+            "pow_bits": net.pow_bits,
+            "standing_s": net.standing_s,
+            "caps": {
+                "subnet_nodes": net.subnet_nodes,
+                "subnet_reporters": net.subnet_reporters,
+                "subnet_leases": net.subnet_leases,
+                "subnet_failures": net.subnet_failures,
+            },
+            "expires": net.expires,
+            "describe": net.describe(),
+            "refused": dict(self.hellos_refused),
+            "sessions": len(self.registry.sessions),
+        }
         return status

@@ -100,6 +100,14 @@ STATE_FILES: Final[tuple[StateFile, ...]] = (
         "then refused at start in one line (exit 2): a replica cannot make a root",
     ),
     StateFile(
+        name="network.msgpack",
+        where="network",
+        what="the network document: admission rule and per-subnet caps (root-signed; P10)",
+        on_damage="absent: the network predates admission (open, no proof of work, no "
+        "standing time, default caps).  Unreadable, malformed, not signed by the root role, "
+        "expired, or of another network: refused at start in one line (exit 2)",
+    ),
+    StateFile(
         name="keys/coordinator-<K>.pem",
         where="network",
         what="this replica's private key (the operator's, from init)",

@@ -3,7 +3,11 @@
 Rollout progress per artifact (nodes, probation, failures, pauses, refusals by gate and
 reason, leases handed back by the node's reason, why gates 1-2 hold nodes back), leases
 and aggregates per pool, the documents in force, and the replica's own settings and
-warm-up.  Built from the replica's parts on
+warm-up.  Only counted nodes (P10 admission: enrolled, or with standing; ``Registry.who``)
+enter the node counts -- versions, states, each artifact's nodes, probation and held --
+and the aggregates' reporters; the others are one number each (``nodes.uncounted``,
+a pool's ``aggregate.ignored``), so an operator sees them without a stranger's made-up
+ids showing as a version.  Built from the replica's parts on
 each request (``/metrics`` gauges are set from the same map); it changes nothing, except
 that leases past their expiry are dropped on the way (``Asks.active_leases``).
 """
@@ -81,7 +85,8 @@ def replica_status(
 
     versions: Counter[str] = Counter()
     states: Counter[str] = Counter()
-    for row in registry.nodes.values():
+    counted = registry.counted_rows()
+    for row in counted:
         versions[row.version] += 1
         states[row.state] += 1
         e = entry(row.artifact)
@@ -135,18 +140,21 @@ def replica_status(
         agg = registry.aggregate(pool)
         p = pools.setdefault(pool, {"leases": []})
         age = now - agg.as_of
+        reporters = len(registry.reporters(pool))
         p["aggregate"] = {
             "capacity": agg.capacity,
             "load": agg.load,
             "serving": agg.serving,
             "age": round(age, 3),
             "stale": age > asks.policy.aggregate_max_age,
-            "reporters": len(registry.estimates.get(pool, {})),
+            "reporters": reporters,
+            # estimates held but not in the median: stale, not counted, over a subnet's cap
+            "ignored": len(registry.estimates.get(pool, {})) - reporters,
         }
     refusals: Counter[str] = Counter()
     for (_a, gate, reason), count in asks.refusals.items():
         refusals[f"{gate}/{reason}"] += count
-    held_all: Counter[str] = Counter(r.held for r in registry.nodes.values() if r.held)
+    held_all: Counter[str] = Counter(r.held for r in counted if r.held)
     warnings = [d["message"] for d in damage or ()]
     for url, peer in (peers or {}).items():
         if peer["state"] == "down":
@@ -199,6 +207,8 @@ def replica_status(
         },
         "nodes": {
             "total": len(registry.nodes),
+            "counted": len(counted),
+            "uncounted": len(registry.nodes) - len(counted),
             "versions": _top(versions, MAX_VERSIONS, OTHER_VERSIONS),
             "states": dict(states),
         },

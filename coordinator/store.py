@@ -6,7 +6,9 @@ What is kept, and what is deliberately not:
   serves the same allowlist, scope and release records it verified (``kv['trust']`` holds
   the ``TrustStore`` with its floors, so a rollback stays refused across restarts).
 * ``nodes``: the node registry -- each node's pool, version, artifact, update state and
-  why its own gates hold it back.  **No load and no capacity per node**: the coordinator
+  why its own gates hold it back; and what admission needs of it (P10): when this
+  replica first saw it (``first_seen``, set once, never moved: standing in an ``open``
+  network), the subnet it was last seen from, and its member document's expiry.  **No load and no capacity per node**: the coordinator
   sees aggregates only (README "Capacity gate and departure tokens"), and those stay in memory.
 * ``failures`` and ``breaker``: failed swaps per artifact and which artifacts are paused,
   so a pause survives a restart.
@@ -77,7 +79,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     artifact TEXT NOT NULL,
     state TEXT NOT NULL,
     held TEXT,
-    seen REAL NOT NULL
+    seen REAL NOT NULL,
+    first_seen REAL,
+    subnet TEXT,
+    member_expires INTEGER
 );
 CREATE TABLE IF NOT EXISTS failures (
     artifact TEXT NOT NULL,
@@ -140,6 +145,12 @@ class NodeRow:
     state: str
     held: str | None
     seen: float
+    #: When this replica first registered the node (wall): standing counts from here.
+    first_seen: float
+    #: The /24 or /48 of the address its session came from (None: unknown).
+    subnet: str | None = None
+    #: Its member document's expiry (enrolled networks; None: none).
+    member_expires: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,6 +258,7 @@ class Store:
             columns = {r[1] for r in db.execute("PRAGMA table_info(documents)")}
             if "sha" not in columns:  # a database from before rows carried their sha256
                 db.execute("ALTER TABLE documents ADD COLUMN sha TEXT")
+            _migrate_nodes(db)
         except BaseException:
             db.close()
             raise
@@ -460,7 +472,8 @@ class Store:
         rows = self._do(
             "read nodes",
             lambda db: db.execute(
-                "SELECT node, pool, version, artifact, state, held, seen FROM nodes"
+                "SELECT node, pool, version, artifact, state, held, seen, first_seen, subnet, "
+                "member_expires FROM nodes"
             ).fetchall(),
         )
         out = []
@@ -469,6 +482,9 @@ class Store:
                 all(isinstance(v, str) for v in r[:5])
                 and (r[5] is None or isinstance(r[5], str))
                 and _finite(r[6])
+                and _finite(r[7])
+                and (r[8] is None or isinstance(r[8], str))
+                and (r[9] is None or (isinstance(r[9], int) and not isinstance(r[9], bool)))
             ):
                 raise StateDamaged(f"nodes row {str(r[0])[:16]!r} has fields of the wrong type")
             out.append(
@@ -480,6 +496,9 @@ class Store:
                     state=r[4],
                     held=r[5],
                     seen=float(r[6]),
+                    first_seen=float(r[7]),
+                    subnet=r[8],
+                    member_expires=r[9],
                 )
             )
         return out
@@ -647,11 +666,13 @@ class Store:
                         db.execute(_DROP_OLD_REFUSALS, (*_REFUSALS, self.max_refusal_rows))
                 if nodes:
                     db.executemany(
-                        "INSERT INTO nodes (node, pool, version, artifact, state, held, seen) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET "
+                        "INSERT INTO nodes (node, pool, version, artifact, state, held, seen, "
+                        "first_seen, subnet, member_expires) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(node) DO UPDATE SET "
                         "pool = excluded.pool, version = excluded.version, "
                         "artifact = excluded.artifact, state = excluded.state, "
-                        "held = excluded.held, seen = excluded.seen",
+                        "held = excluded.held, seen = excluded.seen, "
+                        "subnet = excluded.subnet, member_expires = excluded.member_expires",
                         _node_values(nodes.values()),
                     )
 
@@ -748,4 +769,39 @@ def _parse_horizon(raw: bytes) -> float:
 
 def _node_values(rows: Iterable[NodeRow]) -> Iterator[tuple[Any, ...]]:
     for r in rows:
-        yield (r.node, r.pool, r.version, r.artifact, r.state, r.held, r.seen)
+        yield (
+            r.node,
+            r.pool,
+            r.version,
+            r.artifact,
+            r.state,
+            r.held,
+            r.seen,
+            r.first_seen,
+            r.subnet,
+            r.member_expires,
+        )
+
+
+#: Columns the ``nodes`` table gained after its first release (P10 admission), with their
+#: types: ``_migrate_nodes`` adds those an older database lacks.
+_NODE_COLUMNS: Final = (
+    ("first_seen", "REAL"),
+    ("subnet", "TEXT"),
+    ("member_expires", "INTEGER"),
+)
+
+
+def _migrate_nodes(db: sqlite3.Connection) -> None:
+    """Bring a ``nodes`` table from before admission up to date (as ``documents.sha`` is).
+
+    Its rows' ``first_seen`` is unknown: they get their ``seen``, a time the replica did
+    see them, and no later than their real first sight -- so an old row earns standing no
+    sooner than it would have (a made-up id registered before the upgrade is not counted
+    at once when the network document adds a standing time)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(nodes)")}
+    for name, kind in _NODE_COLUMNS:
+        if name not in columns:
+            db.execute(f"ALTER TABLE nodes ADD COLUMN {name} {kind}")
+    if "first_seen" not in columns:
+        db.execute("UPDATE nodes SET first_seen = seen WHERE first_seen IS NULL")

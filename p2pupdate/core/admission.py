@@ -17,6 +17,11 @@ names the rule; this module is its one home, for the replica and the node alike:
   are capped per subnet at registration.
 * ``subnet_of`` and ``under_cap``: every per-source cap counts by the /24 (IPv4) or
   /48 (IPv6) of the address the replica saw, never an address a node claims.
+* ``registration_refused``: a node id the replica does not know yet is let in only
+  while its subnet holds fewer than ``subnet_nodes`` ids seen within
+  ``REGISTRATION_WINDOW``; a known id always gets back in.
+* ``pick_reporters``: whose estimates enter a pool's median: counted nodes only, at most
+  ``subnet_reporters`` per subnet, the longest-standing first.
 * ``make_pow_key``: how a node makes its key at first start (the seeds are an
   argument: the shell draws them from ``os.urandom``).
 
@@ -28,7 +33,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from . import crypto
 from .documents import MAX_POW_BITS, Member, NetworkConfig, Root, Signed, check_fresh, open_signed
@@ -37,8 +42,10 @@ from .errors import P2PUpdateError
 __all__ = [
     "DEFAULT_CAPS",
     "NETWORK_FILE",
+    "REGISTRATION_WINDOW",
     "Admitted",
     "Refused",
+    "Reporter",
     "Standing",
     "admit_hello",
     "default_config",
@@ -46,7 +53,9 @@ __all__ = [
     "leading_zero_bits",
     "make_pow_key",
     "open_member",
+    "pick_reporters",
     "pow_ok",
+    "registration_refused",
     "subnet_of",
     "under_cap",
 ]
@@ -196,6 +205,65 @@ def under_cap(subnets: Iterable[str | None], subnet: str | None, cap: int) -> bo
     """Whether one more from ``subnet`` stays within ``cap``, given the subnets of those
     already counted.  An unknown subnet (no literal address) counts as one subnet."""
     return sum(1 for s in subnets if s == subnet) < cap
+
+
+# -- registrations and reporters, per subnet ----------------------------------------------------
+
+#: A registered id weighs on its subnet's ``subnet_nodes`` cap while it was seen (a hello or
+#: a report) within this window.  A day: a home machine is on at least once a day or comes
+#: back as a known id (never refused), while a stranger who wants another ``subnet_nodes``
+#: ids from one /24 must wait a day for the first ones to age out -- and each new id then
+#: still waits ``standing_s`` before it counts anywhere.
+REGISTRATION_WINDOW: Final = 86400
+
+
+def registration_refused(
+    config: NetworkConfig, *, subnet: str | None, recent: int
+) -> Refused | None:
+    """Whether a node id the replica does not know yet is turned away at its hello.
+
+    ``recent``: how many ids of ``subnet`` are registered and were seen within
+    ``REGISTRATION_WINDOW``, plus those holding an admitted session not registered yet
+    (why: a burst of hellos of new ids would all pass before the first of them reports)."""
+    if recent < config.subnet_nodes:
+        return None
+    return Refused(
+        reason="admission/subnet-full",
+        detail=f"{config.subnet_nodes} node ids of subnet {subnet or '(unknown)'} were seen "
+        f"here within {REGISTRATION_WINDOW // 3600} h: no new ids from it until some age out "
+        "(ids seen before always get back in)",
+    )
+
+
+class Reporter(NamedTuple):
+    """A counted node with a fresh estimate of its pool, as ``pick_reporters`` needs it
+    (a tuple, not a frozen dataclass: a replica makes one per reporter per aggregate)."""
+
+    node: str
+    subnet: str | None
+    first_seen: float
+
+
+def pick_reporters(reporters: Iterable[Reporter], cap: int) -> list[str]:
+    """The reporters whose estimates enter a pool's median: at most ``cap`` per subnet (an
+    unknown subnet counts as one subnet), the longest-standing of each first (earliest
+    ``first_seen``, then node id, so the choice is deterministic); in that order.
+
+    Why the longest-standing: standing costs wall time and nothing else, so new ids --
+    however many a stranger makes in a subnet -- never displace the ones that were there
+    before them; a stranger's ids of one subnet weigh at most ``cap`` estimates, and a
+    median over many subnets is not moved by a few."""
+    by_subnet: dict[str | None, list[Reporter]] = {}
+    for r in reporters:
+        by_subnet.setdefault(r.subnet, []).append(r)
+    chosen: list[Reporter] = []
+    for group in by_subnet.values():  # sorted only where the cap bites: most subnets fit
+        chosen.extend(sorted(group, key=_standing_order)[:cap] if len(group) > cap else group)
+    return [r.node for r in sorted(chosen, key=_standing_order)]
+
+
+def _standing_order(r: Reporter) -> tuple[float, str]:
+    return r.first_seen, r.node
 
 
 # -- the node's side: a key that meets the difficulty ------------------------------------------

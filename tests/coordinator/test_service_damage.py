@@ -337,6 +337,7 @@ def test_every_file_a_replica_keeps_is_covered() -> None:
         "artifacts",
         "artifacts/<sha256>",  # test_a_damaged_artifact_is_not_served
         "root.msgpack",
+        "network.msgpack",  # test_admission_replica: test_a_bad_network_document_...
         "keys/coordinator-<K>.pem",
     }
     assert {f.name for f in STATE_FILES} == covered
