@@ -434,6 +434,7 @@ class Asks:
             raise RequestError("bad-token", f"{exc.rule}: {exc}") from None
         if token.node != node:
             raise RequestError("binding", "the token names another node")
+        self.registry.check_pool(node, token.pool)  # an enrolled node asks in its member's pool
         now_wall = self.wall()
         if abs(token.issued - now_wall) > self.max_skew + 1:
             raise RequestError(

@@ -41,7 +41,7 @@ from p2pupdate.core import coordproto as proto
 from p2pupdate.core import documents as docs
 from p2pupdate.net.replica_link import ReplicaLink
 
-from .service_helpers import REPO, ZERO, Network, ahttp
+from .service_helpers import REPO, ZERO, LightNode, Network, ahttp
 
 HONEST = (1000.0, 100.0, 50)
 LIE = (0.0, 1e6, 0)
@@ -155,6 +155,14 @@ async def test_enrolled_admits_a_node_with_its_own_member_document_only(tmp_path
         assert rep.registry.who(key.keyid) == admission.Standing(
             counted=True, subnet="127.0.0.0/24"
         )
+        # an ask naming another pool than the member's is refused before any gate
+        other_pool = LightNode(
+            net, [url], pool="default", key=key, member=net.member(key.keyid, pool="edge")
+        )
+        async with trio.open_nursery() as nursery:
+            await other_pool.start(nursery)
+            asked = await other_pool.ask(ZERO)
+            nursery.cancel_scope.cancel()
         st = await _status(url)
         metrics = (await ahttp("GET", f"{url}/metrics"))[1]
         rep.store.flush()
@@ -162,6 +170,7 @@ async def test_enrolled_admits_a_node_with_its_own_member_document_only(tmp_path
         assert row.member_expires is not None and row.subnet == "127.0.0.0/24"
     assert st["nodes"]["versions"] == {"v1": 1} and st["nodes"]["uncounted"] == 0
     assert st["admission"]["rule"] == "enrolled"
+    assert "admission/wrong-pool: this node's member document puts it in pool" in asked.error
     assert st["admission"]["refused"] == {"admission/not-enrolled": 1, "admission/bad-member": 1}
     assert (
         'p2pupdate_coordinator_hellos_refused_total{reason="admission/not-enrolled"} 1.0'
