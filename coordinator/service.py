@@ -85,17 +85,13 @@ def load_network(network_dir: Path, root: docs.Root, now_wall: float) -> docs.Ne
     except OSError as exc:  # a directory, unreadable, too large (FileTooLargeError)
         raise ConfigError(f"{what}: {exc.strerror or exc}") from None
     try:
-        signed = docs.open_signed(docs.NetworkConfig, data, root)
+        signed = admission.open_network(data, root)
         docs.check_fresh(signed.doc, int(now_wall))
     except P2PUpdateError as exc:
         raise ConfigError(
             f"{what}: {exc.rule}: {exc} (sign a new one with the root key; "
             "the replica does not start without a valid one)"
         ) from None
-    if signed.doc.network != root.network:
-        raise ConfigError(
-            f"{what}: it is for network {signed.doc.network!r}, the root's is {root.network!r}"
-        )
     return signed.doc
 
 

@@ -37,7 +37,7 @@ from typing import Final, NamedTuple
 
 from . import crypto
 from .documents import MAX_POW_BITS, Member, NetworkConfig, Root, Signed, check_fresh, open_signed
-from .errors import P2PUpdateError
+from .errors import P2PUpdateError, WrongNetworkError
 
 __all__ = [
     "DEFAULT_CAPS",
@@ -53,6 +53,7 @@ __all__ = [
     "leading_zero_bits",
     "make_pow_key",
     "open_member",
+    "open_network",
     "pick_reporters",
     "pow_ok",
     "registration_refused",
@@ -130,6 +131,19 @@ def leading_zero_bits(node: str) -> int:
 
 def pow_ok(node: str, bits: int) -> bool:
     return leading_zero_bits(node) >= bits
+
+
+def open_network(data: bytes, root: Root) -> Signed[NetworkConfig]:
+    """A network document verified (root role threshold) and of ``root``'s network; raises
+    the core's typed errors (``WireError``, ``VerificationError``, ``WrongNetworkError``).
+    Freshness is the caller's: a replica refuses to start on an expired one, a node warns."""
+    signed = open_signed(NetworkConfig, data, root)
+    if signed.doc.network != root.network:
+        raise WrongNetworkError(
+            f"the network document is for network {signed.doc.network!r}, the root's is "
+            f"{root.network!r}"
+        )
+    return signed
 
 
 def open_member(data: bytes, root: Root, *, now: int) -> Signed[Member]:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from . import wire
+from .admission import open_network
 from .crypto import Envelope
 from .documents import (
     Document,
@@ -47,9 +48,8 @@ from .documents import (
     Signed,
     check_fresh,
     open_root,
-    open_signed,
 )
-from .errors import SchemaError, VerificationError, WrongTypeError
+from .errors import SchemaError, WrongNetworkError, WrongTypeError
 from .trust import TrustStore
 from .turn import _HOST, check_ice_url
 
@@ -121,13 +121,6 @@ def _url_check(rule: Callable[[str], str], schemes: tuple[str, ...]) -> wire.Che
         return v
 
     return check
-
-
-class WrongNetworkError(VerificationError):
-    """The bundle, its root, its network document or the pinned root disagree on which
-    network this is."""
-
-    rule = "wrong-network"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,12 +228,7 @@ def open_bundle(data: bytes, *, now: int, pinned: TrustStore | None = None) -> O
         )
     config: Signed[NetworkConfig] | None = None
     if bundle.network_config:
-        config = open_signed(NetworkConfig, bundle.network_config, root.doc)
-        if config.doc.network != root.doc.network:
-            raise WrongNetworkError(
-                f"bundle's network document names {config.doc.network!r}, its root "
-                f"{root.doc.network!r}"
-            )
+        config = open_network(bundle.network_config, root.doc)
     if pinned is None:  # first start: what ``TrustStore.from_root`` will demand, said now
         check_fresh(bundle, now, what=f"bundle of network {bundle.network!r}")
         check_fresh(root.doc, now, what=f"the bundle's root v{root.doc.version}")

@@ -107,6 +107,13 @@ class WrongTypeError(VerificationError):
     rule = "wrong-type"
 
 
+class WrongNetworkError(VerificationError):
+    """Documents that disagree on which network this is: a network document, a bundle,
+    its root or the pinned root naming another network."""
+
+    rule = "wrong-network"
+
+
 class SignatureError(VerificationError):
     rule = "signature-threshold"
 

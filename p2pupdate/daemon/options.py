@@ -28,7 +28,7 @@ from ..core import admission
 from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core.documents import open_root
-from ..core.errors import ExpiredError, P2PUpdateError
+from ..core.errors import ExpiredError, P2PUpdateError, WrongNetworkError
 from ..core.gossip import RTC_MODES, rtc_enabled
 from ..core.timing import UpdaterConfig
 from ..core.trust import STATE_LIMITS, TrustStore
@@ -745,15 +745,13 @@ def open_admission(
         label = f"--network-config {path}"
         data = _read_doc("--network-config", path, given)
         try:
-            network = docs.open_signed(docs.NetworkConfig, data, root).doc
+            network = admission.open_network(data, root).doc
+        except WrongNetworkError as exc:
+            raise UsageError(f"{label}: {exc}") from None
         except P2PUpdateError as exc:
             raise UsageError(
                 f"{label}: not a network document signed by the root ({exc.rule}: {exc})"
             ) from None
-        if network.network != root.network:
-            raise UsageError(
-                f"{label}: for network {network.network!r}; the trust root is {root.network!r}'s"
-            )
         try:
             docs.check_fresh(network, now)
         except ExpiredError as exc:
