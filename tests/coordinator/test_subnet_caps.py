@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -172,25 +172,6 @@ def _publish(net: Network, url: str) -> None:
         assert code == 200, answer
 
 
-def _stand_in(replica: Replica, server: Server, net: Network) -> None:
-    """What the replica takes from P10 admission, where it does not yet give it itself:
-    each node's subnet is that of the address its session came from (as the server saw
-    it, never one the node claims), and the caps are the network document's.  Where the
-    registry's ``who`` names a subnet already, it is used as it is."""
-    real: Callable[[str], Standing] = replica.registry.who
-
-    def who(node: str) -> Standing:
-        standing = real(node)
-        conn = server.conns.get(node)
-        if standing.subnet is None and conn is not None:
-            subnet = admission.subnet_of(admission.host_of(conn.peer))
-            standing = Standing(counted=standing.counted, subnet=subnet)
-        return standing
-
-    replica.registry.who = who  # type: ignore[method-assign]
-    replica.asks.network = replica.breakers.network = lambda: net.config
-
-
 @asynccontextmanager
 async def _replica(net: Network, **knobs: int) -> AsyncIterator[tuple[Replica, str]]:
     config = ServiceConfig(
@@ -202,7 +183,6 @@ async def _replica(net: Network, **knobs: int) -> AsyncIterator[tuple[Replica, s
     )
     replica = Replica(config)
     server = Server(replica)
-    _stand_in(replica, server, net)
     try:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.serve, "127.0.0.1", 0)
