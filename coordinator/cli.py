@@ -49,6 +49,7 @@ from p2pupdate.cli.common import (
     duration,
     int_range,
     load_signing_key,
+    pool_name,
     positive_int,
     read_input,
     run,
@@ -235,13 +236,6 @@ def _node_id(text: str) -> str:
             f"{text!r} is not a node id (64 hex characters, as `p2pupdate keys show` prints)"
         )
     return t
-
-
-def _pool(text: str) -> str:
-    """``member --pool``: the node's own ``--pool`` rule (1-64 printable characters)."""
-    if not 1 <= len(text) <= 64 or not text.isprintable():
-        raise argparse.ArgumentTypeError(f"{text!r}: a pool name is 1-64 printable characters")
-    return text
 
 
 def add_rule_flags(p: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -1168,7 +1162,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     me.add_argument(
         "--pool",
-        type=_pool,
+        type=pool_name,
         default="default",
         metavar="NAME",
         help="the pool the node serves in (default 'default')",
@@ -1230,7 +1224,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bu.add_argument(
         "--pool",
-        type=_pool,
+        type=pool_name,
         default="default",
         metavar="NAME",
         help="the pool the boxes serve in (default 'default')",

@@ -122,6 +122,14 @@ def size(text: str) -> int:
     return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
 
 
+def pool_name(text: str) -> str:
+    """A pool name (``node --pool``, ``member --pool``, ``bundle --pool``): 1-64 printable
+    characters, as the status report's and the member document's schemas allow."""
+    if not 1 <= len(text) <= 64 or not text.isprintable():
+        raise argparse.ArgumentTypeError(f"{text!r}: a pool name is 1-64 printable characters")
+    return text
+
+
 def int_range(low: int, high: int | None = None, what: str = "an integer") -> Callable[[str], int]:
     """An argparse type: an int in ``[low, high]`` (no upper bound when ``high`` is None)."""
 

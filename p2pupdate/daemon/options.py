@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ..cli.common import UsageError, int_range, read_document
+from ..cli.common import UsageError, int_range, pool_name, read_document
 from ..core import admission
 from ..core import coordproto as proto
 from ..core import documents as docs
@@ -89,12 +89,6 @@ def _capacity(text: str) -> float:
     except P2PUpdateError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is out of range ({exc})") from None
     return checked
-
-
-def _pool(text: str) -> str:
-    if not 1 <= len(text) <= 64 or not text.isprintable():
-        raise argparse.ArgumentTypeError(f"{text!r}: a pool name is 1-64 printable characters")
-    return text
 
 
 def _stub(text: str) -> str:
@@ -275,7 +269,7 @@ OPTIONS: Final = (
     ),
     _Opt(
         flag="--pool",
-        kind=_pool,
+        kind=pool_name,
         default="default",
         metavar="NAME",
         help="the pool this node serves in; capacity is weighed per pool (default: the "
