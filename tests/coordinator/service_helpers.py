@@ -86,10 +86,12 @@ class Network:
         )
 
     def write_config(self, *, version: int = 1, **values: Any) -> docs.NetworkConfig:
-        """Sign (root key) and write the network document; replicas read it at start."""
+        """Sign (root key) and write the network document; replicas read it at start.  It
+        expires with the root, as ``init``'s does (tests that move a replica's wall clock
+        ahead by days still start it)."""
         now = int(time.time())
         base = admission.default_config(self.root.network).to_obj()
-        base.update(values, version=version, issued=now - 10, expires=now + 86400)
+        base.update(values, version=version, issued=now - 10, expires=self.root.expires)
         cfg: docs.NetworkConfig = docs.NetworkConfig.from_obj(base)
         (self.dir / admission.NETWORK_FILE).write_bytes(cfg.sign([self.key("root")]).to_wire())
         return cfg
