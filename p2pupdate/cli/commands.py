@@ -26,6 +26,7 @@ from ..core import documents as docs
 from ..core.errors import OversizeError, P2PUpdateError
 from ..core.verify import DocResult, Report, verify_set
 from ..daemon.boot import PROBATION_MARGIN
+from ..daemon.bundled import default_bundle_path
 from ..daemon.options import add_daemon_arguments, check_node_options, forward_args, seconds
 from ..fsutil import create_exclusive
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, unpack_into
@@ -304,6 +305,19 @@ def default_state_dir() -> Path:
     return Path(base) / "p2pupdate"
 
 
+def default_bundle(args: argparse.Namespace) -> Path | None:
+    """The bundle ``p2pupdate node`` runs on when ``--bundle`` is not given: the default
+    file (``bundled.default_bundle_path``: ``/etc/p2pupdate/network.bundle`` as root) if it
+    is there and ``--trust-root`` is not given (a node given its root by hand is set up by
+    hand); None -- the node runs on its flags alone, as before bundles -- otherwise."""
+    if args.bundle is not None:
+        return Path(args.bundle)
+    if args.trust_root is not None:
+        return None
+    path = default_bundle_path(euid=os.geteuid(), env=os.environ, home=Path.home())
+    return path if path.is_file() else None
+
+
 def _check_state_dir(state_dir: Path) -> None:
     """``--state-dir`` is a directory we may write in, or can be made in one."""
     probe = state_dir
@@ -353,6 +367,7 @@ def check_node(args: argparse.Namespace, state_dir: Path) -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir()).absolute()
+    args.bundle = default_bundle(args)  # then forwarded to every daemon, as if given
     check_node(args, state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)

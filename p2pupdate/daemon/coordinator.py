@@ -230,6 +230,9 @@ class CoordinatorLink:
         self.on_signal = on_signal
         self._ice: _IceCache | None = None
         self._ice_lock = trio.Lock()
+        #: STUN URLs to use when no replica gives ICE servers (the bundle's: a STUN
+        #: server needs no credential; TURN does, so it comes from a replica only).
+        self.fallback_stun: tuple[str, ...] = ()
         #: What the hello carries, and the admission rule this node knows (status).
         self.member = member
         self.network = network
@@ -449,7 +452,7 @@ class CoordinatorLink:
         connected replica (the first that answers).  ``[]`` when no replica is connected
         (or none answers) and nothing valid is cached, or none is configured; a cached
         answer still valid is returned while no replica can be asked (a link can then form
-        with a peer's signaling relay)."""
+        with a peer's signaling relay); with nothing, ``fallback_stun``."""
         async with self._ice_lock:
             now = self.clock.monotonic()
             cache = self._ice
@@ -458,7 +461,7 @@ class CoordinatorLink:
                 if fresh is not None:
                     cache = self._ice = fresh
             if cache is None or self.clock.monotonic() >= cache.valid_until:
-                return []
+                return [{"urls": url} for url in self.fallback_stun]
             return [s.as_aiortc() for s in cache.servers]
 
     async def _ask_ice(self, now: float) -> _IceCache | None:

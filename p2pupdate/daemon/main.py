@@ -26,6 +26,7 @@ from ..fsutil import atomic_write
 from ..launcher.codes import EXIT_CODES_HELP
 from ..work.base import Workload
 from .boot import NodeError
+from .bundled import Bundled, adopt_root, keep_bundle, lan_addresses
 from .coordinator import CoordinatorLink, MemberSource, parse_stub
 from .gossip import GossipService, parse_hostport, trust_verifier
 from .identity import load_identity, weak_identity
@@ -36,7 +37,10 @@ from .options import (
     Admission,
     DaemonOptions,
     add_daemon_arguments,
+    apply_bundle,
+    fill_defaults,
     open_admission,
+    resolve_bundle,
     trust_root_missing,
 )
 from .truststate import TrustFile
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot", type=sha256_hex, required=True, metavar="SHA256")
     p.add_argument("--mode", choices=("normal", "probation"), default="normal")
     p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when this process is gone")
-    add_daemon_arguments(p, for_launcher=False)
+    add_daemon_arguments(p, for_launcher=False, unset=True)  # defaults after the bundle
     return p
 
 
@@ -83,12 +87,19 @@ def admission_documents(
     trust: TrustFile,
     clk: clock.Clock,
     log: Callable[[str], None],
+    bundled: Bundled | None = None,
 ) -> Admission:
     """The network and member documents verified (``options.open_admission``, under the
     root held now; an expired one is a warning here: time passed since the launcher's
     check, and the node must keep serving).  Raises ``UsageError``."""
     found = open_admission(
-        args, state_dir, trust.store.root, now=clk.utc_now(), node=None, strict=False
+        args,
+        state_dir,
+        trust.store.root,
+        now=clk.utc_now(),
+        node=None,
+        strict=False,
+        bundled=bundled.network_bytes if bundled is not None else None,
     )
     for line in found.warnings:
         log(line)
@@ -117,6 +128,32 @@ def keep_documents(
             log(f"cannot keep {name} in {state_dir} ({exc.strerror or exc})")
 
 
+def daemon_options(
+    args: argparse.Namespace,
+    state_dir: Path,
+    *,
+    now: int,
+    log: Callable[[str], None],
+    lan: Callable[[], list[str]] = lan_addresses,
+) -> tuple[DaemonOptions, Bundled | None]:
+    """The options this daemon runs with: the flags given (``args``, None where not
+    given), then what ``--bundle`` says for the rest (``options.apply_bundle``; the bundle
+    judged again, not strictly: the file may have changed since the launcher's check, and
+    the kept copy is what a bad one falls back to), then the defaults.  ``args`` is
+    filled in place (the admission code reads it).  Raises ``UsageError``."""
+    bundled: Bundled | None = None
+    if args.bundle is not None:
+        bundled = resolve_bundle(args, state_dir, now=now, strict=False)
+        for line in bundled.notes:
+            log(line)
+        if bundled.opened is not None:
+            log(bundled.opened.bundle.describe())
+            for line in apply_bundle(args, bundled.opened.bundle, lan=lan()):
+                log(line)
+    fill_defaults(args)
+    return DaemonOptions.from_namespace(args), bundled
+
+
 class _ToDaemonLog(logging.Handler):
     """Warnings of the libraries the daemon runs (the KV store's "log damaged: ..." lines)
     go to the daemon's own log, stamped like every other line."""
@@ -139,10 +176,15 @@ class _ToDaemonLog(logging.Handler):
 def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) -> int:
     """Parse, build the node's parts and run it; ``clk`` is the one clock they all read."""
     args = build_parser().parse_args(argv)
-    opts = DaemonOptions.from_namespace(args)
     log = stderr_log(clk)
     logging.getLogger().addHandler(_ToDaemonLog(log))
     state_dir: Path = args.state_dir.absolute()
+    flag_pool: str | None = args.pool  # None: not given (the bundle's, or a member's)
+    try:
+        opts, bundled = daemon_options(args, state_dir, now=clk.utc_now(), log=log)
+    except UsageError as exc:
+        log(f"fatal: {exc}")
+        return EXIT_USAGE
     if opts.grant_all:
         log(
             "WARNING: --grant-all: every departure is GRANTED without a coordinator. "
@@ -165,10 +207,20 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         except (OSError, P2PUpdateError) as exc:
             log(f"fatal: trust root {opts.trust_root}: {exc}")
             return EXIT_USAGE
+    elif bundled is not None:
+        try:  # trust on first use from the bundle's root; later the held one, rotated
+            trust = TrustFile.open(
+                state_dir / "trust", initial_root=bundled.initial_root, log=log, now=clk.utc_now()
+            )
+        except (OSError, P2PUpdateError) as exc:
+            log(f"fatal: the bundle's root: {exc}")
+            return EXIT_USAGE
+        adopt_root(trust.update_root, trust.store, bundled, now=clk.utc_now(), log=log)
+        keep_bundle(state_dir, bundled, log)
     found = Admission()
     if trust is not None:
         try:
-            found = admission_documents(args, state_dir, trust, clk, log)
+            found = admission_documents(args, state_dir, trust, clk, log, bundled)
         except UsageError as exc:
             log(f"fatal: {exc}")
             return EXIT_USAGE
@@ -197,7 +249,8 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
     member = None
     if trust is not None:
         try:
-            pool = found.pool(None if opts.pool == "default" else opts.pool) or opts.pool
+            given = None if flag_pool in (None, "default") else flag_pool
+            pool = found.pool(given) or opts.pool
             if found.member is not None and found.member_bytes is not None:
                 if found.member.node != key().keyid:
                     raise UsageError(
@@ -236,6 +289,8 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
         except (OSError, ValueError, P2PUpdateError) as exc:
             log(f"fatal: coordinator: {exc}")
             return EXIT_USAGE
+        if bundled is not None and bundled.opened is not None:
+            coordinator.fallback_stun = bundled.opened.bundle.stun
         log(f"node {coordinator.node} asks {len(opts.coordinator)} coordinator replica(s)")
     gossip = None
     if opts.gossip:

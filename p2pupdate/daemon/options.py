@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from ..cli.common import UsageError, int_range, pool_name, read_document
 from ..core import admission
+from ..core import bundle as bd
 from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core.documents import open_root
@@ -35,6 +36,7 @@ from ..core.trust import STATE_LIMITS, TrustStore
 from ..fsutil import read_limited
 from ..net.addresses import bind_problem, is_host, is_ip, split_hostport
 from ..net.websocket import parse_url
+from .bundled import Bundled, lan_addresses, open_node_bundle
 from .identity import UPGRADE_FLAG, peek_node_id
 from .truststate import STORE_NAME
 
@@ -230,6 +232,19 @@ OPTIONS: Final = (
         default=None,
         metavar="ROOT",
         help="trusted root document: offers must carry a release record signed under it",
+    ),
+    _Opt(
+        flag="--bundle",
+        kind=Path,
+        default=None,
+        metavar="FILE",
+        help="the network bundle (`p2pupdate-coordinator bundle`, signed by the root role): "
+        "the trust root (on the first start; then the one held, rotated by the bundle's "
+        "newer root), the replicas, the network document, the pool and the defaults gossip "
+        "on (all interfaces, zeroconf on each private-range LAN address); every other flag "
+        "overrides what it says. `p2pupdate node` reads "
+        f"{bd.BUNDLE_FILE} as root (else $XDG_CONFIG_HOME/p2pupdate/network.bundle) when "
+        "it is there and neither --bundle nor --trust-root is given",
     ),
     _Opt(
         flag="--coordinator",
@@ -435,6 +450,7 @@ class DaemonOptions:
     capacity: float = 100.0
     offer_dir: Path | None = None
     trust_root: Path | None = None
+    bundle: Path | None = None
     coordinator: tuple[str, ...] = ()
     network_config: Path | None = None
     member: Path | None = None
@@ -473,14 +489,19 @@ class DaemonOptions:
         return cls(**values)
 
 
-def add_daemon_arguments(parser: argparse.ArgumentParser, *, for_launcher: bool) -> None:
-    """Add every daemon option.  For the launcher, defaults are None (= not forwarded)."""
+def add_daemon_arguments(
+    parser: argparse.ArgumentParser, *, for_launcher: bool, unset: bool | None = None
+) -> None:
+    """Add every daemon option.  For the launcher, defaults are None (= not forwarded);
+    ``unset`` says the same for the daemon, which fills them in after its bundle
+    (``apply_bundle``, then ``fill_defaults``): a flag given overrides the bundle."""
     group = parser.add_argument_group(
         "daemon options"
         + (" (forwarded to the daemon in the running slot)" if for_launcher else "")
     )
+    none = for_launcher if unset is None else unset
     for o in OPTIONS:
-        default = None if for_launcher else o.default
+        default = None if none else o.default
         if o.kind is None:
             group.add_argument(o.flag, action="store_true", default=default, help=o.help)
             continue
@@ -521,6 +542,60 @@ def forward_args(ns: argparse.Namespace) -> list[str]:
     return out
 
 
+def fill_defaults(ns: argparse.Namespace) -> None:
+    """Every option not given (None) set to its default: what ``DaemonOptions`` reads."""
+    for o in OPTIONS:
+        if getattr(ns, o.dest, None) is None and not o.repeat:
+            setattr(ns, o.dest, False if o.kind is None else o.default)
+
+
+_WILDCARDS: Final = ("", "0.0.0.0", "::")
+
+
+def apply_bundle(ns: argparse.Namespace, bundle: bd.Bundle, *, lan: list[str]) -> list[str]:
+    """Fill the options not given (None, or empty for a repeated one) from ``bundle``;
+    return what to log.  ``lan``: this machine's private-range LAN addresses
+    (``bundled.lan_addresses``).  What a flag says is never changed:
+
+    * ``--coordinator``: the bundle's replicas (those this version can dial: plain
+      ``http``; the others are said and skipped);
+    * ``--pool``: the bundle's (a member document's pool still comes first: the daemon);
+    * gossip on (the bundle's ``gossip``): ``--gossip-listen 0.0.0.0:PORT`` (its
+      ``gossip_port``, 0: a random one), ``--gossip-advertise`` the first LAN address
+      when the listen address is a wildcard, and (its ``zeroconf``) ``--zeroconf`` on
+      every LAN address -- none when the machine has no private-range address, or the
+      announced address is not a specific one.
+
+    The trust root and the network document are bytes, not options: ``Bundled``."""
+    notes: list[str] = []
+    if not ns.coordinator:
+        urls: list[str] = []
+        for url in bundle.replicas:
+            try:
+                urls.append(_coordinator(url))
+            except argparse.ArgumentTypeError as exc:
+                notes.append(f"bundle: replica {url} skipped ({exc})")
+        ns.coordinator = urls or None
+    if getattr(ns, "pool", None) is None:
+        ns.pool = bundle.pool
+    if not bundle.gossip:
+        return notes
+    if ns.gossip_listen is None:
+        ns.gossip_listen = f"0.0.0.0:{bundle.gossip_port}"
+    host, _port = split_hostport(ns.gossip_listen)
+    if ns.gossip_advertise is None and host in _WILDCARDS and lan:
+        ns.gossip_advertise = lan[0]
+    if bundle.zeroconf and not getattr(ns, "zeroconf", None):
+        announced = ns.gossip_advertise or host
+        if not lan:
+            notes.append("bundle: no private-range LAN address here: no zeroconf")
+        elif announced in _WILDCARDS or not is_ip(announced):
+            notes.append(f"bundle: gossip announces {announced!r}: no zeroconf")
+        else:
+            ns.zeroconf = list(lan)
+    return notes
+
+
 def _given(ns: argparse.Namespace, dest: str) -> Any:
     """The value of an option, its default when it was not given (the launcher's
     namespace holds None for options it does not forward)."""
@@ -534,8 +609,8 @@ def trust_root_missing(ns: argparse.Namespace) -> str | None:
     """Why these options cannot run without ``--trust-root`` (one line naming the option),
     or None.  The one home of the rule: ``check_node_options`` refuses it before anything
     starts, and the daemon, which can be started on its own, says the same."""
-    if ns.trust_root is not None:
-        return None
+    if ns.trust_root is not None or getattr(ns, "bundle", None) is not None:
+        return None  # (a bundle carries the root)
     if ns.coordinator:
         return "--coordinator needs --trust-root (tokens are verified against it)"
     for flag in ("--network-config", "--member"):
@@ -564,7 +639,13 @@ def check_node_options(
     (``daemon.boot.PROBATION_MARGIN``).  ``state_dir`` and ``now`` (unix seconds of the
     caller's wall clock; None: the admission documents are not checked): where the
     admission documents' kept copies and the node's key are read (``open_admission``).
+
+    ``--bundle`` (or the default file ``p2pupdate node`` put there): judged as the daemon
+    will (``bundled.open_node_bundle``, strict: a bad one is the usage error) and merged
+    as the daemon will (``apply_bundle``), into a copy of ``ns``: the launcher forwards
+    only the flags given, and each daemon start merges the bundle again.
     """
+    given_pool = getattr(ns, "pool", None)
     trust_root: Path | None = ns.trust_root
     root: docs.Root | None = None
     if trust_root is not None:
@@ -576,6 +657,14 @@ def check_node_options(
             raise UsageError(
                 f"--trust-root {trust_root}: not a root document ({exc.rule}: {exc})"
             ) from None
+    bundled: Bundled | None = None
+    if getattr(ns, "bundle", None) is not None and now is not None:
+        bundled = resolve_bundle(ns, state_dir, now=now, strict=True)
+        ns = argparse.Namespace(**vars(ns))
+        if bundled.opened is not None:
+            apply_bundle(ns, bundled.opened.bundle, lan=lan_addresses())
+        if root is None:
+            root = bundled.opened.root.doc if bundled.opened is not None else bundled.pinned_root
     offer_dir: Path | None = ns.offer_dir
     if offer_dir is not None and not offer_dir.is_dir():
         what = "not a directory" if offer_dir.exists() else "no such directory"
@@ -588,8 +677,16 @@ def check_node_options(
         held = held_root(state_dir) if state_dir is not None else None
         if held is not None and held.network == root.network and held.version > root.version:
             root = held  # rotated since: the documents are signed under the root the node holds
-        found = open_admission(ns, state_dir, root, now=now, node=node, strict=True)
-        found.pool(getattr(ns, "pool", None))  # a mismatch is refused now
+        found = open_admission(
+            ns,
+            state_dir,
+            root,
+            now=now,
+            node=node,
+            strict=True,
+            bundled=bundled.network_bytes if bundled is not None else None,
+        )
+        found.pool(given_pool)  # a mismatch is refused now
     listen_host = None
     if ns.gossip_listen is not None:
         listen_host, port = split_hostport(ns.gossip_listen)
@@ -669,6 +766,26 @@ class Admission:
         return named
 
 
+def resolve_bundle(
+    ns: argparse.Namespace, state_dir: Path | None, *, now: int, strict: bool
+) -> Bundled:
+    """``--bundle`` opened for this node (``bundled.open_node_bundle``), and checked
+    against ``--trust-root`` when both are given (the flag's root is trusted; a bundle
+    of another network cannot go with it).  Raises ``UsageError``."""
+    found = open_node_bundle(ns.bundle, state_dir=state_dir, now=now, strict=strict)
+    if ns.trust_root is not None and found.opened is not None:
+        try:
+            network = open_root(read_document(ns.trust_root)).doc.network
+        except (UsageError, P2PUpdateError):
+            return found  # the caller says what is wrong with --trust-root
+        if network != found.opened.bundle.network:
+            raise UsageError(
+                f"--bundle {ns.bundle}: for network {found.opened.bundle.network!r}; "
+                f"--trust-root is {network!r}'s"
+            )
+    return found
+
+
 def held_root(state_dir: Path) -> docs.Root | None:
     """The root the node's trust store holds (rotated past ``--trust-root``, maybe), read
     only; None when there is none or it cannot be read (the daemon repairs it)."""
@@ -717,35 +834,58 @@ def open_admission(
     now: int,
     node: str | None,
     strict: bool,
+    bundled: bytes | None = None,
 ) -> Admission:
     """The admission documents verified against ``root``: the network document (root
     role, this root's network) and the member document (operator role, naming ``node``
     when it is known).  Any fault is a ``UsageError`` naming the flag.  Expiry too when
     ``strict`` and the flag named the file (the operator is there to fix it); a kept copy
     that expired, or any after start (the daemon: time passed, the node must keep
-    serving), is a warning -- the replicas will say no and the status shows why."""
+    serving), is a warning -- the replicas will say no and the status shows why.
+
+    ``bundled``: the network document of the node's bundle (``bundled.Bundled``), used
+    when ``--network-config`` is not given -- or the copy a flag left in the state dir,
+    if that one is newer.  Its expiry is a warning (nobody is at the box to fix it)."""
     paths = admission_paths(ns, state_dir)
     warnings: list[str] = []
     network = network_bytes = member = member_bytes = None
 
-    def expired(flag: str, path: Path, given: bool, exc: ExpiredError) -> None:
+    def expired(flag: str, path: Path | str, given: bool, exc: ExpiredError) -> None:
         line = f"{flag} {path}: {exc} (ask the network's operator for a new one)"
         if strict and given:
             raise UsageError(line)
         warnings.append(f"WARNING: {line}")
 
-    if (found := paths["--network-config"]) is not None:
-        path, given = found
-        label = f"--network-config {path}"
-        data = _read_doc("--network-config", path, given)
+    def open_network(label: str, data: bytes) -> docs.NetworkConfig:
         try:
-            network = admission.open_network(data, root).doc
+            doc = admission.open_network(data, root).doc
         except WrongNetworkError as exc:
             raise UsageError(f"{label}: {exc}") from None
         except P2PUpdateError as exc:
             raise UsageError(
                 f"{label}: not a network document signed by the root ({exc.rule}: {exc})"
             ) from None
+        return doc
+
+    found = paths["--network-config"]
+    if bundled is not None and (found is None or not found[1]):
+        network, network_bytes = open_network("--bundle (its network document)", bundled), bundled
+        if found is not None:  # a copy a flag left: the newer of the two
+            try:
+                data = _read_doc("--network-config", *found)
+                kept = open_network(str(found[0]), data)
+            except UsageError:  # a bad old copy: the bundle's is there
+                kept = None
+            if kept is not None and kept.version > network.version:
+                network, network_bytes = kept, data
+        try:
+            docs.check_fresh(network, now)
+        except ExpiredError as exc:
+            expired("--network-config", "(from the bundle)", False, exc)
+    elif found is not None:
+        path, given = found
+        data = _read_doc("--network-config", path, given)
+        network = open_network(f"--network-config {path}", data)
         try:
             docs.check_fresh(network, now)
         except ExpiredError as exc:
