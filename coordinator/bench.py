@@ -73,6 +73,11 @@ SPARE_CONNECTIONS = 64
 NETWORK_LIFETIME = 365 * 86400
 
 
+class BenchError(RuntimeError):
+    """The bench could not measure (a replica that did not start, sessions not let in,
+    too few open files): ``bench`` prints it on one line and exits 1."""
+
+
 def sign_verify_floor(seconds: float = FLOOR_SECONDS) -> float:
     """Ed25519 sign + verify pairs per second (PyNaCl, one core)."""
     key = nacl.signing.SigningKey(os.urandom(32))
@@ -119,7 +124,7 @@ def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
-    raise RuntimeError(f"bench: no VmRSS for process {pid}")
+    raise BenchError(f"bench: no VmRSS for process {pid}")
 
 
 def make_network(d: Path) -> tuple[list[bytes], str, str]:
@@ -181,7 +186,7 @@ def start_server(
     m = re.search(r"listening on (http://\S+)", line)
     if not m:
         proc.kill()
-        raise RuntimeError(f"bench: the replica did not start: {line!r}")
+        raise BenchError(f"bench: the replica did not start: {line!r}")
     return proc, m.group(1)
 
 
@@ -190,7 +195,7 @@ def publish(url: str, documents: list[bytes]) -> None:
         req = urllib.request.Request(f"{url}/v1/publish", data=data, method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             if resp.status != 200:
-                raise RuntimeError(f"bench: publish failed: {resp.read()!r}")
+                raise BenchError(f"bench: publish failed: {resp.read()!r}")
 
 
 def _status(from_a: str) -> proto.StatusReport:
@@ -240,7 +245,7 @@ async def open_sessions(
         if scope.cancelled_caught:
             up = sum(link.connects > 0 for link in batch)
             refused = {str(link.refused) for link in batch if link.refused is not None}
-            raise RuntimeError(
+            raise BenchError(
                 f"bench: sessions {first}-{first + len(batch) - 1}: {up} of {len(batch)} up "
                 f"in {OPEN_TIMEOUT:g} s (refused: {sorted(refused) or 'none'})"
             )
@@ -319,7 +324,7 @@ async def drive(
                 if pub is None or not crypto.verify_signature(
                     pub, "departure", payload, answer.sig
                 ):
-                    raise RuntimeError("bench: a grant whose signature does not verify")
+                    raise BenchError("bench: a grant whose signature does not verify")
                 checked += 1
             await link.send(proto.RejoinedReport(artifact=to_a, nonce=token.nonce))
 
@@ -397,9 +402,9 @@ def run_bench(
     # this process holds one socket per node, the replica one per node and its files
     nofile = raise_open_files(max_connections + SPARE_CONNECTIONS)
     if nofile < max_connections + SPARE_CONNECTIONS:
-        raise RuntimeError(
+        raise BenchError(
             f"bench: {concurrency + sessions} nodes need ~{max_connections + SPARE_CONNECTIONS}"
-            f" open files, the hard limit is {nofile} (raise ulimit -Hn)"
+            f" open files, at most {nofile} here (raise ulimit -Hn)"
         )
     floor = sign_verify_floor()
     d = Path(tempfile.mkdtemp(prefix="p2pupdate-bench-"))

@@ -68,7 +68,7 @@ from p2pupdate.fsutil import atomic_write
 from p2pupdate.net.websocket import parse_url
 
 from . import policy
-from .bench import MAX_CONCURRENCY, MAX_SESSIONS, run_bench
+from .bench import MAX_CONCURRENCY, MAX_SESSIONS, BenchError, run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
 from .limits import add_flags as add_limit_flags
@@ -1034,9 +1034,16 @@ def cmd_nudge(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(
-        asks=args.asks, concurrency=args.concurrency, sessions=args.sessions, profile=args.profile
-    )
+    try:
+        result = run_bench(
+            asks=args.asks,
+            concurrency=args.concurrency,
+            sessions=args.sessions,
+            profile=args.profile,
+        )
+    except BenchError as exc:
+        print(f"p2pupdate-coordinator {exc}", file=sys.stderr)
+        return EXIT_REJECTED
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
