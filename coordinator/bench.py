@@ -17,8 +17,8 @@ clients' asks (``capacity/subnet-leases``, counted in ``refused``), and the figu
 be of refusals, not of grants.
 
 ``--sessions N`` first opens N more node sessions (real hellos, one status report each,
-then idle; ``session_address``: each from its own address, 200 addresses per /16, so no
-/24 holds more than ``subnet_nodes`` ids) and reads the replica child's resident memory
+then idle; ``session_address``: each from its own address in its own /24, 127.S.T.1, so
+no /24 comes near ``subnet_nodes`` ids) and reads the replica child's resident memory
 (``VmRSS``) before and after them: ``rss_per_session_kib``; the asks then run with them
 open (``ask_p99_ms``).  The bench raises its own open-file limit to what the sockets need
 (the child inherits it) and the replica's ``--max-connections`` with it.
