@@ -68,7 +68,7 @@ from p2pupdate.fsutil import atomic_write
 from p2pupdate.net.websocket import parse_url
 
 from . import policy
-from .bench import run_bench
+from .bench import MAX_CONCURRENCY, MAX_SESSIONS, BenchError, run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
 from .limits import add_flags as add_limit_flags
@@ -1034,7 +1034,16 @@ def cmd_nudge(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(asks=args.asks, concurrency=args.concurrency, profile=args.profile)
+    try:
+        result = run_bench(
+            asks=args.asks,
+            concurrency=args.concurrency,
+            sessions=args.sessions,
+            profile=args.profile,
+        )
+    except BenchError as exc:
+        print(f"p2pupdate-coordinator {exc}", file=sys.stderr)
+        return EXIT_REJECTED
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -1430,10 +1439,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="asks per second through a real replica over loopback",
         description="Start a replica of a throwaway network on 127.0.0.1 (a child process), connect "
         "C nodes speaking the real protocol, and time N asks (each: signed ask, verify, decide, "
-        "sign; then the node reports rejoined). Also measures the Ed25519 sign+verify floor.",
+        "sign; then the node reports rejoined), each node from its own loopback /24. Also "
+        "measures the Ed25519 sign+verify floor.",
     )
     be.add_argument("--asks", type=positive_int, default=20000, metavar="N")
-    be.add_argument("--concurrency", type=positive_int, default=64, metavar="C")
+    be.add_argument(
+        "--concurrency",
+        type=int_range(1, MAX_CONCURRENCY),
+        default=64,
+        metavar="C",
+        help=f"asking nodes (1..{MAX_CONCURRENCY}, default 64)",
+    )
+    be.add_argument(
+        "--sessions",
+        type=int_range(0, MAX_SESSIONS),
+        default=0,
+        metavar="S",
+        help="first open S idle node sessions (hello + one status report each) and report the "
+        "replica's memory per session (rss_per_session_kib) and the asks' p99 with them open",
+    )
     be.add_argument("--json", action="store_true", help="print one JSON object")
     be.add_argument("--profile", metavar="FILE", help="cProfile the server into FILE")
     be.set_defaults(handler=cmd_bench)
