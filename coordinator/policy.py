@@ -517,6 +517,11 @@ class Estimate:
             raise ValueError("estimate: as_of must be finite")
 
 
+def is_fresh(estimate: Estimate, now: float, config: PolicyConfig) -> bool:
+    """Whether an estimate may enter a median: no older than ``aggregate_max_age``."""
+    return now - estimate.as_of <= config.aggregate_max_age
+
+
 def median_aggregate(estimates: Iterable[Estimate], now: float, config: PolicyConfig) -> Aggregate:
     """A pool's aggregate: the median, per component, of the freshest estimates.
 
@@ -527,7 +532,7 @@ def median_aggregate(estimates: Iterable[Estimate], now: float, config: PolicyCo
     median, so it is always a count some reporter saw.
     """
     max_age = config.aggregate_max_age
-    fresh = [e for e in estimates if now - e.as_of <= max_age]
+    fresh = [e for e in estimates if is_fresh(e, now, config)]
     if not fresh:
         return Aggregate(capacity=0.0, load=0.0, serving=0, as_of=now - max_age - 1.0)
     fresh.sort(key=lambda e: e.as_of, reverse=True)

@@ -268,12 +268,11 @@ class Registry:
         return {node: estimates[node] for node in cached[2] if node in estimates}
 
     def _choose(self, pool: str, now: float, wall: float) -> list[str]:
-        max_age = self.policy.aggregate_max_age
         network, has_standing, known = self.network, admission.has_standing, self._known
         estimates = self.estimates.get(pool, {})
         candidates = []
         for node, estimate in estimates.items():  # the ask path: one pass, no more
-            if now - estimate.as_of > max_age:
+            if not policy.is_fresh(estimate, now, self.policy):
                 continue
             seen = known(node)
             if seen is None:
