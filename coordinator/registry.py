@@ -47,6 +47,9 @@ _SEEN_EVERY = 60.0
 #: pass over every reporter of the pool (~2 us each), and gate 3 reads the aggregate on
 #: the ask path after every report; the estimates' values are read fresh each time.
 CHOOSE_EVERY = 1.0
+#: How often (monotonic seconds) ``maybe_forget`` scans the registry: one pass over every
+#: row, so rarely; the first call (at start) scans at once.
+FORGET_EVERY = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -81,6 +84,7 @@ class Registry:
         self.estimates: dict[str, dict[str, policy.Estimate]] = {}
         #: Admitted sessions, by node (``admit`` adds, ``left`` drops).
         self.sessions: dict[str, Session] = {}
+        self._next_forget = float("-inf")
         #: Per pool: (clock, wall, reporters chosen) -- ``reporters``' cache.
         self._chosen: dict[str, tuple[float, float, list[str]]] = {}
         #: Node ids by the subnet their row names (the registration cap reads one subnet).
@@ -128,8 +132,13 @@ class Registry:
         return rows + pending
 
     def left(self, node: str) -> None:
-        """The node's session ended (the server's connection closed)."""
-        self.sessions.pop(node, None)
+        """The node's session ended (the server's connection closed): it was seen until
+        now, which counts toward its standing (``admission.has_standing``)."""
+        if self.sessions.pop(node, None) is None:
+            return
+        row = self.nodes.get(node)
+        if row is not None:
+            self._save(replace(row, seen=max(row.seen, self.wall())), old=row)
 
     def member_pool(self, node: str) -> str | None:
         """The pool the node's member document names (None: no member document)."""
@@ -202,6 +211,40 @@ class Registry:
         if old is None or replace(old, seen=row.seen) != row or row.seen - old.seen > _SEEN_EVERY:
             self.store.save_node(row)
 
+    def maybe_forget(self) -> int:
+        """``forget_idle`` at most every ``FORGET_EVERY`` (the server's flusher calls it)."""
+        now = self.clock()
+        if now < self._next_forget:
+            return 0
+        self._next_forget = now + FORGET_EVERY
+        return self.forget_idle()
+
+    def forget_idle(self) -> int:
+        """Forget the registered ids ``admission.forgettable`` lets go (never counted, not
+        seen for ``FORGET_UNCOUNTED``, no session now): their rows, their estimates.  The
+        number forgotten.  What bounds the registry of an open network over time."""
+        now = self.wall()
+        gone = [
+            row.node
+            for row in self.nodes.values()
+            if row.node not in self.sessions
+            and admission.forgettable(
+                self.network,
+                first_seen=row.first_seen,
+                member_expires=row.member_expires,
+                seen=row.seen,
+                now=now,
+            )
+        ]
+        for node in gone:
+            row = self.nodes.pop(node)
+            self._by_subnet.get(row.subnet, set()).discard(node)
+            for pool, held in self.estimates.items():
+                if held.pop(node, None) is not None:
+                    self._chosen.pop(pool, None)
+            self.store.forget_node(node)
+        return len(gone)
+
     def rejoined(self, node: str, artifact: str) -> None:
         """The node runs ``artifact`` now and serves (its version is known if it did)."""
         old = self.nodes.get(node)
@@ -216,23 +259,30 @@ class Registry:
 
         A registered node by its row; one admitted but not registered yet by its session
         (its standing would count from the hello); an unknown node is not counted."""
-        known = self._known(node)
+        wall = self.wall()
+        known = self._known(node, wall)
         if known is None:
             return admission.Standing(counted=False, subnet=None)
-        first_seen, expires, subnet = known
+        first_seen, last_seen, expires, subnet = known
         counted = admission.has_standing(
-            self.network, first_seen=first_seen, member_expires=expires, now=self.wall()
+            self.network,
+            first_seen=first_seen,
+            last_seen=last_seen,
+            member_expires=expires,
+            now=wall,
         )
         return admission.Standing(counted=counted, subnet=subnet)
 
-    def _known(self, node: str) -> tuple[float, int | None, str | None] | None:
-        """``(first_seen, member_expires, subnet)`` of a registered or admitted node."""
+    def _known(self, node: str, wall: float) -> tuple[float, float, int | None, str | None] | None:
+        """``(first_seen, last_seen, member_expires, subnet)`` of a registered or admitted
+        node; a node holding a session now is seen now."""
         row = self.nodes.get(node)
-        if row is not None:
-            return row.first_seen, row.member_expires, row.subnet
         session = self.sessions.get(node)
+        if row is not None:
+            last = wall if session is not None else row.seen
+            return row.first_seen, last, row.member_expires, row.subnet
         if session is not None:
-            return session.since, session.member_expires, session.subnet
+            return session.since, wall, session.member_expires, session.subnet
         return None
 
     def counted(self, node: str) -> bool:
@@ -241,11 +291,16 @@ class Registry:
     def counted_rows(self) -> list[NodeRow]:
         """The registered nodes counted now (``/status``: one pass, as ``who`` would)."""
         network, wall, has_standing = self.network, self.wall(), admission.has_standing
+        sessions = self.sessions
         return [
             row
             for row in self.nodes.values()
             if has_standing(
-                network, first_seen=row.first_seen, member_expires=row.member_expires, now=wall
+                network,
+                first_seen=row.first_seen,
+                last_seen=wall if row.node in sessions else row.seen,
+                member_expires=row.member_expires,
+                now=wall,
             )
         ]
 
@@ -274,11 +329,17 @@ class Registry:
         for node, estimate in estimates.items():  # the ask path: one pass, no more
             if not policy.is_fresh(estimate, now, self.policy):
                 continue
-            seen = known(node)
+            seen = known(node, wall)
             if seen is None:
                 continue
-            first_seen, expires, subnet = seen
-            if has_standing(network, first_seen=first_seen, member_expires=expires, now=wall):
+            first_seen, last_seen, expires, subnet = seen
+            if has_standing(
+                network,
+                first_seen=first_seen,
+                last_seen=last_seen,
+                member_expires=expires,
+                now=wall,
+            ):
                 candidates.append(admission.Reporter(node, subnet, first_seen))
         return admission.pick_reporters(candidates, network.subnet_reporters)
 

@@ -217,6 +217,7 @@ class Server:
             await trio.sleep(0.1)
             try:
                 self.replica.asks.tick()
+                self.replica.registry.maybe_forget()
                 self.replica.store.flush()
             except LocalStateFault as exc:  # kept for the next flush; said once
                 if str(exc) != said:

@@ -229,6 +229,8 @@ class Store:
         self.on_rebuilt: Callable[[], None] | None = None
         self._audit: list[AuditRow] = []
         self._nodes: dict[str, NodeRow] = {}
+        #: Node rows to delete at the next flush (``forget_node``).
+        self._forget: set[str] = set()
         self._rebuilding = False
         #: The grant horizon last read or written (a rebuilt database gets it back).
         self.last_horizon: float | None = None
@@ -505,7 +507,13 @@ class Store:
 
     def save_node(self, row: NodeRow) -> None:
         """Batched: written at the next ``flush``."""
+        self._forget.discard(row.node)
         self._nodes[row.node] = row
+
+    def forget_node(self, node: str) -> None:
+        """Batched: the node's row is deleted at the next ``flush``."""
+        self._nodes.pop(node, None)
+        self._forget.add(node)
 
     # -- breaker ------------------------------------------------------------------------------
 
@@ -639,17 +647,18 @@ class Store:
         ]
 
     def pending(self) -> int:
-        return len(self._audit) + len(self._nodes)
+        return len(self._audit) + len(self._nodes) + len(self._forget)
 
     def flush(self) -> None:
         """Write the batched audit rows and registry changes in one transaction.
 
         A batch that cannot be written (``StateUnwritable``: disk full) is kept for the
         next flush; one met by damage is written to the rebuilt database."""
-        if not self._audit and not self._nodes:
+        if not self._audit and not self._nodes and not self._forget:
             return
         audit, self._audit = self._audit, []
         nodes, self._nodes = self._nodes, {}
+        forget, self._forget = self._forget, set()
 
         def run(db: sqlite3.Connection) -> None:
             with self.transaction(db):
@@ -675,12 +684,15 @@ class Store:
                         "subnet = excluded.subnet, member_expires = excluded.member_expires",
                         _node_values(nodes.values()),
                     )
+                if forget:
+                    db.executemany("DELETE FROM nodes WHERE node = ?", ((n,) for n in forget))
 
         try:
             self._do("write the audit and registry batch", run)
         except StateUnwritable:
             self._audit = audit + self._audit
             self._nodes = {**nodes, **self._nodes}
+            self._forget = (forget - set(self._nodes)) | self._forget
             raise
 
 

@@ -11,7 +11,8 @@ names the rule; this module is its one home, for the replica and the node alike:
   the keyid, as Storj's node identities have a difficulty).
 * ``has_standing``: is an admitted id *counted* (version counts, the aggregate's
   reporters, the breaker)?  Enrolled: while its member document is fresh.  Open: once
-  the replica first saw it at least ``standing_s`` ago.  Why session history and not
+  its session history with the replica spans ``standing_s`` (last seen at least that
+  long after first seen), and while it was seen within ``STANDING_RECENT``.  Why session history and not
   "heartbeats relayed by several distinct peers": a Sybil relays its own heartbeats
   from its other ids for free, while session history costs wall time per id, and ids
   are capped per subnet at registration.
@@ -41,14 +42,17 @@ from .errors import P2PUpdateError, WrongNetworkError
 
 __all__ = [
     "DEFAULT_CAPS",
+    "FORGET_UNCOUNTED",
     "NETWORK_FILE",
     "REGISTRATION_WINDOW",
+    "STANDING_RECENT",
     "Admitted",
     "Refused",
     "Reporter",
     "Standing",
     "admit_hello",
     "default_config",
+    "forgettable",
     "has_standing",
     "leading_zero_bits",
     "make_pow_key",
@@ -185,13 +189,30 @@ def admit_hello(
     return Admitted()
 
 
+#: An ``open`` node counts only while it was seen within this long: standing is kept by
+#: coming back, not earned once and held by an id nobody runs.
+STANDING_RECENT: Final = 2 * 86400
+
+
 def has_standing(
-    config: NetworkConfig, *, first_seen: float, member_expires: int | None, now: float
+    config: NetworkConfig,
+    *,
+    first_seen: float,
+    last_seen: float,
+    member_expires: int | None,
+    now: float,
 ) -> bool:
-    """Whether an admitted node is counted now (module docstring)."""
+    """Whether an admitted node is counted now (module docstring).
+
+    ``enrolled``: while its member document is fresh.  ``open``: once its session
+    history spans ``standing_s`` -- it was last seen at least that long after it was
+    first seen (a session held that long, or a return that much later) -- and only while
+    it was seen within ``STANDING_RECENT``.  One hello and waiting earns nothing: each
+    made-up id must come back, at least ``standing_s`` later and then every
+    ``STANDING_RECENT``, through the per-subnet registration cap."""
     if config.admission == "enrolled":
         return member_expires is not None and now <= member_expires
-    return now - first_seen >= config.standing_s
+    return last_seen - first_seen >= config.standing_s and now - last_seen <= STANDING_RECENT
 
 
 # -- subnets -------------------------------------------------------------------------------
@@ -229,6 +250,23 @@ def under_cap(subnets: Iterable[str | None], subnet: str | None, cap: int) -> bo
 #: ids from one /24 must wait a day for the first ones to age out -- and each new id then
 #: still waits ``standing_s`` before it counts anywhere.
 REGISTRATION_WINDOW: Final = 86400
+#: An id that never earned standing and has not been seen for this long is forgotten (its
+#: registry row deleted): what an open network keeps of made-up ids is bounded by the
+#: subnet cap times this over the window (256 x 7 rows per /24), not by time.  A real
+#: node that comes back later starts its standing over.
+FORGET_UNCOUNTED: Final = 7 * 86400
+
+
+def forgettable(
+    config: NetworkConfig, *, first_seen: float, member_expires: int | None, seen: float, now: float
+) -> bool:
+    """Whether a registered id may be forgotten now (``FORGET_UNCOUNTED``): not counted,
+    and not seen for that long.  A counted node is never forgotten by this rule."""
+    if has_standing(
+        config, first_seen=first_seen, last_seen=seen, member_expires=member_expires, now=now
+    ):
+        return False
+    return now - seen > FORGET_UNCOUNTED
 
 
 def registration_refused(

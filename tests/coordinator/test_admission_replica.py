@@ -119,6 +119,15 @@ async def _session(
     return answer
 
 
+async def _settled(rep: Replica) -> None:
+    """Every session this test opened is closed at the replica too (it sees a close a
+    moment after the client): only then may the test move the wall clock, or a late
+    close would count as seen at the moved time."""
+    with trio.fail_after(5):
+        while rep.registry.sessions:
+            await trio.sleep(0.005)
+
+
 async def _status(url: str) -> dict[str, Any]:
     code, st = await ahttp("GET", f"{url}/status")
     assert code == 200
@@ -207,7 +216,9 @@ async def test_made_up_ids_do_not_show_as_a_version_and_a_full_subnet_takes_no_m
     honest = _key()
     async with _serve(net, wall) as (rep, url):
         assert await _session(url, honest) == proto.Ack()
-        wall.offset += 3601  # the honest node has been seen for its standing time
+        await _settled(rep)
+        wall.offset += 3601  # the honest node comes back after its standing time
+        assert await _session(url, honest) == proto.Ack()
         # 24 made-up ids of one /24 (the issue's 300 ids, over the real protocol)
         made_up = [_key() for _ in range(24)]
         results = [
@@ -246,9 +257,23 @@ async def test_made_up_ids_do_not_show_as_a_version_and_a_full_subnet_takes_no_m
         assert rep.nodes[honest.keyid].first_seen == first_seen
         assert rep.registry.who(honest.keyid).counted
         assert not rep.registry.who(made_up[1].keyid).counted
+        await _settled(rep)
         wall.offset += 3601
-        assert rep.registry.who(made_up[1].keyid).counted  # they too, given the time
+        assert not rep.registry.who(made_up[1].keyid).counted, "waiting alone earns standing"
+        assert await _session(url, made_up[1], source="127.0.1.2") == proto.Ack()
+        assert rep.registry.who(made_up[1].keyid).counted  # back an hour on: it counts
         assert not rep.registry.who(_key().keyid).counted  # never seen: never counted
+        # a week on, the ids not seen since (none counted) are forgotten; the honest node,
+        # back meanwhile, is kept
+        registered = len(rep.nodes)
+        await _settled(rep)
+        wall.offset += admission.FORGET_UNCOUNTED + 1
+        assert await _session(url, honest) == proto.Ack()
+        assert rep.registry.forget_idle() == registered - 1
+        rep.store.flush()
+        assert set(rep.nodes) == {honest.keyid}
+    async with _serve(net, wall) as (rep, url):
+        assert set(rep.nodes) == {honest.keyid}, "a forgotten id's row came back"
 
 
 def test_the_registration_cap_counts_open_sessions_and_ids_seen_within_a_day(
@@ -306,23 +331,37 @@ async def test_made_up_reporters_do_not_move_the_aggregate_in_an_open_network(
     net = Network(tmp_path / "net", standing_s=3600)  # subnet_reporters: 4 (the default)
     wall = _Wall()
     async with _serve(net, wall) as (rep, url):
-        # six honest reporters in six /24s, and one in the /24 the liars will use
-        for source in (*(f"127.0.{10 + i}.1" for i in range(6)), "127.0.9.200"):
-            answer = await _session(url, _key(), source=source, report=_report(estimate=HONEST))
-            assert answer == proto.Ack()
-        wall.offset += 3601
+        # six honest reporters in six /24s, and one in the /24 the liars will use; each
+        # comes back an hour later (a session history of standing_s: now they count)
+        honest = [
+            (_key(), source) for source in (*(f"127.0.{10 + i}.1" for i in range(6)), "127.0.9.200")
+        ]
+        for _ in range(2):
+            for k, source in honest:
+                answer = await _session(url, k, source=source, report=_report(estimate=HONEST))
+                assert answer == proto.Ack()
+            await _settled(rep)
+            wall.offset += 3601
         assert _capacity(await _status(url)) == HONEST
         liars = [_key() for _ in range(64)]
-        for i, k in enumerate(liars):
-            answer = await _session(url, k, source=f"127.0.9.{i + 1}", report=_report(estimate=LIE))
-            assert answer == proto.Ack()
+
+        async def lie() -> None:
+            for i, k in enumerate(liars):
+                source = f"127.0.9.{i + 1}"
+                answer = await _session(url, k, source=source, report=_report(estimate=LIE))
+                assert answer == proto.Ack()
+
+        await lie()
         st = await _status(url)
         assert _capacity(st) == HONEST, "64 made-up reporters without standing moved it"
         assert st["pools"]["default"]["aggregate"]["reporters"] == 7
         assert st["pools"]["default"]["aggregate"]["ignored"] == 64
-        # an hour on, the liars have standing too: their /24 weighs subnet_reporters, the
-        # honest node there first (it was there before them)
-        wall.offset += 3601
+        await _settled(rep)
+        wall.offset += 3601  # waiting alone earns the liars nothing
+        assert not any(rep.registry.who(k.keyid).counted for k in liars)
+        # back an hour on, the liars have standing too: their /24 weighs subnet_reporters,
+        # the honest node there first (it was there before them)
+        await lie()
         chosen = rep.registry.reporters("default")
         assert len(chosen) == 7 + 3
         st = await _status(url)

@@ -100,14 +100,43 @@ def test_leading_zero_bits() -> None:
     assert admission.leading_zero_bits("0" * 64) == 256
 
 
-def test_standing_open_needs_time_enrolled_needs_a_fresh_member() -> None:
+def test_standing_open_needs_a_session_history_enrolled_needs_a_fresh_member() -> None:
     cfg = _config(standing_s=3600)
-    assert not admission.has_standing(cfg, first_seen=NOW - 3599, member_expires=None, now=NOW)
-    assert admission.has_standing(cfg, first_seen=NOW - 3600, member_expires=None, now=NOW)
+
+    def open_(first: float, last: float, now: float = NOW) -> bool:
+        return admission.has_standing(
+            cfg, first_seen=first, last_seen=last, member_expires=None, now=now
+        )
+
+    assert not open_(NOW - 7200, NOW - 7200), "one hello long ago earns nothing"
+    assert not open_(NOW - 3599, NOW), "a history shorter than standing_s"
+    assert open_(NOW - 3600, NOW), "seen again standing_s after first seen"
+    recent = admission.STANDING_RECENT
+    assert open_(NOW - recent - 3600, NOW - recent)
+    assert not open_(NOW - recent - 3601, NOW - recent - 1), "not seen lately: not counted"
     enrolled = _config(admission="enrolled")
-    assert admission.has_standing(enrolled, first_seen=NOW, member_expires=NOW, now=NOW)
-    assert not admission.has_standing(enrolled, first_seen=0, member_expires=NOW - 1, now=NOW)
-    assert not admission.has_standing(enrolled, first_seen=0, member_expires=None, now=NOW)
+
+    def enrolled_(expires: int | None) -> bool:
+        return admission.has_standing(
+            enrolled, first_seen=NOW, last_seen=NOW, member_expires=expires, now=NOW
+        )
+
+    assert enrolled_(NOW) and not enrolled_(NOW - 1) and not enrolled_(None)
+
+
+def test_an_uncounted_id_unseen_for_a_week_is_forgettable_a_counted_one_never() -> None:
+    cfg = _config(standing_s=3600)
+    week = admission.FORGET_UNCOUNTED
+
+    def forget(first: float, seen: float) -> bool:
+        return admission.forgettable(cfg, first_seen=first, member_expires=None, seen=seen, now=NOW)
+
+    assert forget(NOW - week - 1, NOW - week - 1)
+    assert not forget(NOW - week + 1, NOW - week + 1), "seen within the week"
+    enrolled = _config(admission="enrolled")
+    assert not admission.forgettable(
+        enrolled, first_seen=0, member_expires=NOW + 60, seen=NOW - week - 1, now=NOW
+    ), "a counted (enrolled) node is never forgotten"
 
 
 def test_subnets_are_slash_24_and_slash_48() -> None:
