@@ -1,8 +1,17 @@
 """``GET /metrics``: the replica's counters in Prometheus text format (prometheus-client).
 
 Each replica has its own ``CollectorRegistry`` (tests run several in one process).
-Counters move on the ask path; gauges that describe state (leases, nodes per version,
-paused artifacts) are set when scraped, from the same values ``/status`` shows.
+Counters move on the ask path; gauges that describe state (leases and their budget,
+nodes per version and state, the breaker per artifact) are set when scraped, from the
+same values ``/status`` shows.
+
+Names follow Prometheus' conventions, and ``promtool check metrics`` says so
+(``tests/coordinator/test_metrics_conventions.py``): one ``p2pupdate_coordinator_``
+prefix, base units in the name (``_seconds``, ``_bytes``), counters end in ``_total``
+(prometheus-client appends it to a ``Counter``'s name), and labels only of bounded sets
+(gates, reasons, versions capped by ``/status``, artifacts the replica knows).  The
+Grafana dashboard ``coordinator/dashboards/p2pupdate.json`` queries these names; the
+same test checks that every series it names exists.
 """
 
 from __future__ import annotations
@@ -16,19 +25,33 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import policy
+from .policy import PolicyConfig
+
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _PREFIX = "p2pupdate_coordinator"
+
+# No ``<counter>_created`` series: in the 0.0.4 text format they are gauges of their own,
+# one per labelled child, that double what Prometheus stores and that no query here uses
+# (``rate`` and ``increase`` handle a counter's reset without them).  Process-wide, and
+# this process's only prometheus-client user is the replica.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Observed(Protocol):
     """What the gauges read at scrape time (a ``coordinator.service.Replica``)."""
 
     connected: Callable[[], int]
+
+    @property
+    def policy(self) -> PolicyConfig:
+        """Gate 3's knobs (with this replica's rank): its share of each pool's budget."""
 
     def status(self) -> dict[str, Any]: ...
 
@@ -60,7 +83,7 @@ class Metrics:
             registry=r,
         )
         self.publish = Counter(
-            f"{_PREFIX}_published",
+            f"{_PREFIX}_documents_published",
             "Documents published, by type and result",
             ["type", "result"],
             registry=r,
@@ -71,10 +94,23 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.lease_budget = Gauge(
+            f"{_PREFIX}_lease_budget",
+            "Unforced leases this replica may hold at once, by pool: its share of "
+            "max_concurrent (policy.replica_share); asks past it are refused lease-budget",
+            ["pool"],
+            registry=r,
+        )
         self.nodes = Gauge(
             f"{_PREFIX}_nodes",
             "Registered nodes counted (admission: enrolled, or with standing), by version",
             ["version"],
+            registry=r,
+        )
+        self.node_states = Gauge(
+            f"{_PREFIX}_nodes_in_state",
+            "Registered nodes counted, by the state they last reported (serving, probation, ...)",
+            ["state"],
             registry=r,
         )
         self.uncounted = Gauge(
@@ -92,6 +128,25 @@ class Metrics:
         self.connected = Gauge(f"{_PREFIX}_connected_nodes", "Nodes connected now", registry=r)
         self.paused = Gauge(
             f"{_PREFIX}_paused_artifacts", "Artifacts paused by the circuit breaker", registry=r
+        )
+        self.breaker_paused = Gauge(
+            f"{_PREFIX}_breaker_paused",
+            "1 while the circuit breaker holds the artifact's rollout (by artifact)",
+            ["artifact"],
+            registry=r,
+        )
+        self.artifact_info = Gauge(
+            f"{_PREFIX}_artifact_info",
+            "1 for each artifact the replica knows, with its release's name (join on "
+            "artifact to label per-artifact series with a version name)",
+            ["artifact", "name"],
+            registry=r,
+        )
+        self.breaker_failed = Gauge(
+            f"{_PREFIX}_breaker_failed_nodes",
+            "Nodes whose failed move the breaker counts against the artifact (by artifact)",
+            ["artifact"],
+            registry=r,
         )
         self.warming = Gauge(
             f"{_PREFIX}_warmup_seconds", "Seconds until this replica may grant again", registry=r
@@ -155,12 +210,26 @@ class Metrics:
     def render(self) -> bytes:
         rep = self.replica
         status = self._status = rep.status()
+        config = rep.policy
         self.leases.clear()
+        self.lease_budget.clear()
         for pool, info in status["pools"].items():
             self.leases.labels(pool).set(len(info["leases"]))
+            share = policy.replica_share(config.max_concurrent, policy.pool_slot(pool), config)
+            self.lease_budget.labels(pool).set(share)
         self.nodes.clear()
         for version, count in status["nodes"]["versions"].items():
             self.nodes.labels(version).set(count)
+        self.node_states.clear()
+        for state, count in status["nodes"]["states"].items():
+            self.node_states.labels(state).set(count)
+        self.artifact_info.clear()
+        self.breaker_paused.clear()
+        self.breaker_failed.clear()
+        for artifact, entry in status["artifacts"].items():
+            self.artifact_info.labels(artifact, entry["name"] or "").set(1)
+            self.breaker_paused.labels(artifact).set(1 if entry["paused"] else 0)
+            self.breaker_failed.labels(artifact).set(entry["failed"])
         self.uncounted.set(status["nodes"]["uncounted"])
         self.connected.set(rep.connected())
         self.paused.set(len(status["paused"]))
