@@ -397,7 +397,8 @@ class CoordinatorLink:
             self.on_document(data)
 
     def take(self, data: bytes, *, source: str) -> bool:
-        """Verify and keep a release, allowlist or scope (from a replica or from gossip).
+        """Verify and keep a release, allowlist or scope, or take a newer root (from a
+        replica or from gossip).
 
         True if it was kept (authentic, and not older than what is held)."""
         now = self.clock.utc_now()
@@ -423,6 +424,21 @@ class CoordinatorLink:
                     self.scope = scope
                 if was is not None and scope.serial > was.serial:
                     self.on_learned(scope)
+            elif kind == "root":  # a rotation (README "A stolen key")
+                before = self.trust.store.root
+                after = self.trust.update_root(data, now).doc
+                if after.version == before.version:
+                    return False  # the root we hold, again
+                # What a rotated role signed is dropped with its floor (the trust store
+                # reset it): a forged allowlist must not outlive the key that signed it.
+                # The replicas' next documents, signed by the new keys, replace it.
+                if before.roles["coordinator"] != after.roles["coordinator"]:
+                    self.allowlist = None
+                if before.roles["operator"] != after.roles["operator"]:
+                    self.scope = None
+                if before.roles["release"] != after.roles["release"]:
+                    self.releases = {}
+                self.log(f"took root v{after.version} from {source}")
             else:
                 return False
         except (RollbackError, EquivocationError):
