@@ -667,33 +667,56 @@ def cmd_rotate(args: argparse.Namespace) -> int:
             if path not in moved_away and (path.exists() or path.is_symlink()):
                 raise UsageError(f"{path} already exists; refusing to overwrite a key")
 
-    # Everything checked: write.  Keys first (a root naming a key nobody holds would
-    # lock the role out), the root last but one, DIR/root.msgpack only once all verified.
+    # Everything checked: write.  OUT first (a wrong -o then leaves DIR as it was), the
+    # key files next, DIR/root.msgpack last: it never names a key whose file is missing.
+    # A write that fails half-way is undone: the old key files back, the new ones gone.
+    write_output(out, data)
+    done: list[Path] = []
+    undo: list[tuple[Path, Path]] = []
     try:
         for src, dst in moves:
             os.link(src, dst)  # fails if dst exists: never overwrites
             os.unlink(src)
+            undo.append((src, dst))
         for priv, pub, key in writes:
             create_exclusive(priv, crypto.private_key_to_pem(key), mode=0o600)
+            done.append(priv)
             create_exclusive(pub, crypto.public_key_to_pem(key.public_key), mode=0o644)
+            done.append(pub)
         fsync_dir(keys_dir)
-        write_output(out, data)
         atomic_write(d / ROOT_FILE, data)
-        if net_data is not None:
-            atomic_write(net_path, net_data)
     except OSError as exc:
-        raise UsageError(f"cannot write in {d}: {exc.strerror or exc}") from None
+        for path in done:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for src, dst in reversed(undo):
+            with contextlib.suppress(OSError):
+                os.link(dst, src)
+                os.unlink(dst)
+        with contextlib.suppress(OSError):
+            out.unlink()
+        raise UsageError(
+            f"cannot write in {d}: {exc.strerror or exc} (nothing changed; {out} removed)"
+        ) from None
+    if net_data is not None:
+        try:
+            atomic_write(net_path, net_data)
+        except OSError as exc:
+            raise UsageError(
+                f"root v{new.version} written, but not {net_path}: {exc.strerror or exc} "
+                f"(sign it again: p2pupdate-coordinator network {d} --expires ...)"
+            ) from None
 
     role = new.roles[rot.role]
     print(new.describe())
-    verb = "replaced" if rot.removed and rot.added else "removed"
-    for kid in rot.removed:
-        print(f"  {rot.role}: {verb} {kid[:16]}...")
+    replaced = rot.removed[0] if rot.removed and rot.added else None
+    for kid in rot.removed if replaced is None else ():
+        print(f"  {rot.role}: removed {kid[:16]}...")
+    for priv, _pub, key in writes:
+        what = f"replaced {replaced[:16]}... by" if replaced else "added"
+        print(f"  {rot.role}: {what} {key.keyid[:16]}... ({priv}, mode 0600)")
     for src, dst in moves:
         print(f"    {src.name} moved aside as {dst.name}")
-    for priv, _pub, key in writes:
-        by = "by" if rot.removed else "added"
-        print(f"  {rot.role}: {by} {key.keyid[:16]}... ({priv}, mode 0600)")
     if rot.old_threshold != rot.new_threshold:
         print(f"  {rot.role}: threshold {rot.old_threshold} -> {rot.new_threshold}")
     print(
@@ -729,10 +752,14 @@ def _rotate_next_steps(
         retired = [indexes[k] for k in rot.removed if k in indexes]
         if rot.removed and rot.added:
             steps.append(
-                "then restart replica " + ", ".join(map(str, slots)) + " (serve --replica K "
-                "signs with the new DIR/keys/coordinator-K.pem: copy it to that replica's "
-                "host, mode 0600); nodes take its tokens once they hold "
-                f"v{new.version}"
+                "then restart "
+                + ", ".join(
+                    f"replica {i} (serve --replica {i} signs with the new "
+                    f"{d / 'keys' / f'coordinator-{i}.pem'}: copy it to that replica's host, "
+                    "mode 0600)"
+                    for i in slots
+                )
+                + f"; nodes take its tokens once they hold v{new.version}"
             )
         elif rot.added:
             steps.append(

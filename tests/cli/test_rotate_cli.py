@@ -221,3 +221,29 @@ def test_mistakes_are_one_line_exit_2_and_write_nothing(
     code, _o, err = coord(capsys, "rotate", *args)
     assert message in one_usage_line(code, err), err
     assert snapshot(d) == before and not out.exists()
+
+
+def test_a_write_that_fails_half_way_is_undone(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk when DIR/root.msgpack is written (the fault injected): the key files
+    are put back as they were and OUT is removed, so nothing names a key that is gone."""
+    import errno
+
+    import coordinator.cli as cli
+
+    d = tmp_path / "net"
+    init(capsys, d, "--replicas", "2")
+    before = snapshot(d)
+
+    def full(path: object, data: bytes, **_kw: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli, "atomic_write", full)
+    out = tmp_path / "v2"
+    code, _o, err = coord(
+        capsys, "rotate", "--dir", d, "--role", "coordinator",
+        "--replace", keyid_of(d / "keys" / "coordinator-1.pem"), "-o", out,
+    )  # fmt: skip
+    assert "No space left on device (nothing changed" in one_usage_line(code, err)
+    assert snapshot(d) == before and not out.exists()
