@@ -32,6 +32,7 @@ from p2pupdate.core import crypto, departure
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import SignatureError
 from p2pupdate.daemon.coordinator import CoordinatorLink
+from p2pupdate.daemon.gossip import trust_verifier
 from p2pupdate.daemon.truststate import TrustFile
 
 from .service_helpers import ZERO, Network, ReplicaProcesses, artifact_of, http
@@ -193,3 +194,42 @@ async def test_a_stolen_coordinator_key_is_rotated_out_and_the_fleet_goes_on_upd
         with pytest.raises(SignatureError):  # a node still on root v1 could not use it
             departure.verify_departure(net.trust(), outcome.token, binding, now_wall=time.time())
         nursery.cancel_scope.cancel()
+
+
+def test_a_root_learned_by_gossip_drops_the_forged_allowlist_too(tmp_path: Path) -> None:
+    """The same node, the new root coming as a gossip rumor (the daemon's verifier writes
+    it into the ``TrustFile``), not from its replica: what the retired key signed is not
+    used for the gates any more, and the operator's lower allowlist version is taken."""
+    net = Network(tmp_path / "net")
+    now = int(time.time())
+    clock = Clock(wall=time.time, monotonic=lambda: 0.0)
+    trust = TrustFile.open(tmp_path / "node", initial_root=net.root_bytes, now=now)
+    link = CoordinatorLink(
+        ["http://127.0.0.1:9"],  # never connected: documents are handed to it
+        crypto.SigningKey.from_seed(os.urandom(32)),
+        trust,
+        pool="default",
+        estimate=None,
+        report_interval=3600.0,
+        log=lambda _m: None,
+        clock=clock,
+    )
+    for data in (net.release(BUILD, "v2", 2), net.allowlist(1, [A]), net.scope(A, serial=1)):
+        assert link.take(data, source="the coordinator")
+    stolen = net.key("coordinator", 1)
+    assert link.take(forged_allowlist(stolen, 2**40), source="gossip")
+    assert link.evaluate(installed=ZERO, installed_counter=1).candidate is None
+    operator(
+        "rotate", "--dir", net.dir, "--role", "coordinator", "--replace", stolen.keyid,
+        "-o", tmp_path / "root-v2.msgpack",
+    )  # fmt: skip
+    accepted = trust_verifier(trust, clock)(tmp_path.joinpath("root-v2.msgpack").read_bytes())
+    assert accepted.slot == "root" and accepted.new
+    answer = link.evaluate(installed=ZERO, installed_counter=1)
+    assert answer.candidate is None and answer.refusal is not None
+    assert answer.refusal.reason == "no-allowlist"  # not the forged freeze
+    new_keys = [net.key("coordinator", 1)]
+    fresh = docs.Allowlist(version=2, issued=now - 10, expires=now + 3600, artifacts=(A,))
+    assert link.take(fresh.sign(new_keys).to_wire(), source="the coordinator")
+    answer = link.evaluate(installed=ZERO, installed_counter=1)
+    assert answer.candidate is not None and answer.candidate.artifact == A
