@@ -62,12 +62,12 @@ from p2pupdate.core import admission, crypto, timing, turn
 from p2pupdate.core import bundle as bd
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
-from p2pupdate.core.trust import TrustStore
+from p2pupdate.core.trust import Floor, TrustStore
 from p2pupdate.errors import LocalStateFault
-from p2pupdate.fsutil import atomic_write
+from p2pupdate.fsutil import atomic_write, create_exclusive, fsync_dir
 from p2pupdate.net.websocket import parse_url
 
-from . import policy
+from . import policy, rotation
 from .bench import MAX_CONCURRENCY, MAX_SESSIONS, BenchError, run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
@@ -497,6 +497,312 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     print(f"  expires {bundle.expires}; wrote {out} ({len(data)} bytes)")
     print(f"install it on every box as root: p2pupdate install --bundle {out.name}")
     return EXIT_OK
+
+
+# -- key rotation (P13): root N+1 ---------------------------------------------------------
+
+_KEY_FILE = re.compile(
+    r"^(?P<role>[a-z]+)-(?P<i>\d+)\.(?P<pub>pub\.)?pem(?P<retired>\.retired-\d+)?$"
+)
+
+
+def _key_files(d: Path, role: str) -> tuple[dict[str, int], int]:
+    """``role``'s key files in DIR/keys: key id -> file index (from the private key or,
+    for a key kept offline, its ``.pub.pem``), and the highest index ever used (retired
+    files count: an index is never given to a second key)."""
+    found: dict[str, int] = {}
+    highest = 0
+    keys_dir = d / "keys"
+    for path in sorted(keys_dir.glob(f"{role}-*")):
+        m = _KEY_FILE.match(path.name)
+        if m is None or m["role"] != role:
+            continue
+        i = int(m["i"])
+        highest = max(highest, i)
+        if m["retired"]:
+            continue
+        data = read_input(path, crypto.MAX_PEM_BYTES)
+        try:
+            pub = (
+                crypto.public_key_from_pem(data)
+                if m["pub"]
+                else crypto.private_key_from_pem(data).public_key
+            )
+        except P2PUpdateError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        found.setdefault(crypto.keyid(pub), i)
+    return found, highest
+
+
+def _root_candidates(
+    d: Path, key_files: Sequence[str] | None, allowed: set[str]
+) -> dict[str, crypto.SigningKey]:
+    """The root keys at hand: the ``--key`` files (each must be a root key of root N or
+    N+1), else DIR/keys/root-*.pem."""
+    if not key_files:
+        paths = [
+            p for p in sorted((d / "keys").glob("root-*.pem")) if not p.name.endswith(".pub.pem")
+        ]
+        return {k.keyid: k for k in map(load_signing_key, paths)}
+    keys: dict[str, crypto.SigningKey] = {}
+    for path in key_files:
+        key = load_signing_key(path)
+        if key.keyid not in allowed:
+            raise UsageError(f"--key {path}: not a root key of this network's root")
+        keys[key.keyid] = key
+    return keys
+
+
+def _threshold_of(
+    root: docs.Root, keys: dict[str, crypto.SigningKey], what: str, where: str
+) -> list[crypto.SigningKey]:
+    role = root.roles["root"]
+    mine = [keys[k] for k in role.keys if k in keys]
+    if len(mine) < role.threshold:
+        raise UsageError(
+            f"{where} {len(mine)} root keys of {what} v{root.version}; {role.threshold} "
+            "needed (give them with --key)"
+        )
+    return mine
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    d = _network_dir(Path(args.dir))
+    out = safe_output(args.output)
+    now = wall_clock()
+    old_bytes = read_input(d / ROOT_FILE)
+    try:  # signatures only: an expired root is one an operator may come to replace
+        old_signed = docs.open_root(old_bytes)
+    except P2PUpdateError as exc:
+        raise Rejected(f"{d / ROOT_FILE}: {exc.rule}: {exc}") from None
+    old = old_signed.doc
+    try:
+        change = rotation.Change(
+            role=args.role,
+            replace=args.replace,
+            add=args.add or 0,
+            remove=args.remove,
+            threshold=args.threshold,
+        )
+        fresh = [crypto.SigningKey.from_seed(os.urandom(32)) for _ in range(change.keys_needed)]
+        lifetime = args.expires if args.expires is not None else old.expires - old.issued
+        rot = rotation.next_root(
+            old, change, [k.public_key for k in fresh], now=now, lifetime=max(lifetime, 1)
+        )
+    except rotation.RotationError as exc:
+        raise UsageError(str(exc)) from None
+    new = rot.root
+
+    # Who signs: a threshold of root N's root keys and of root N+1's (a new root key is
+    # one of those just made).
+    at_hand = _root_candidates(d, args.key, {*old.roles["root"].keys, *new.roles["root"].keys})
+    where = "the --key files hold" if args.key else f"{d / 'keys'} holds"
+    old_signers = _threshold_of(old, at_hand, "root", where)
+    with_fresh = {**at_hand, **{k.keyid: k for k in fresh}}
+    new_signers = _threshold_of(new, with_fresh, "the new root", where)
+    signers = list({k.keyid: k for k in (*old_signers, *new_signers)}.values())
+    data = new.sign(signers).to_wire()
+    try:  # exactly what every replica and node does with it, before anything is written
+        docs.open_root(data, signed_by=old)
+        store = TrustStore(
+            root_bytes=old_bytes,
+            root=old,
+            root_digests=(old_signed.digest,),
+            floors={"root": Floor(value=old.version, digest=old_signed.digest)},
+        )
+        _signed, store = store.update_root(data, now)
+        store.check_current_root(now)
+    except P2PUpdateError as exc:  # pragma: no cover - next_root checked every rule
+        raise UsageError(f"root v{new.version} would not verify: {exc.rule}: {exc}") from None
+
+    # The network document is the root role's: re-signed when that role's keys changed.
+    net_path = d / admission.NETWORK_FILE
+    net_data: bytes | None = None
+    net_doc: docs.NetworkConfig | None = None
+    if rot.root_role_changed and net_path.is_file():
+        current = _current_network(d, old)
+        net_doc = _network_doc(
+            {
+                **current.to_obj(),
+                "version": current.version + 1,
+                "issued": now,
+                "expires": new.expires,
+            }
+        )
+        net_data = net_doc.sign(new_signers).to_wire()
+        try:
+            docs.open_signed(docs.NetworkConfig, net_data, new)
+        except P2PUpdateError as exc:  # pragma: no cover - signed by the new root's keys
+            raise UsageError(f"the network document would not verify: {exc}") from None
+
+    # Key files: a replaced key's successor takes its file index (replica K keeps reading
+    # DIR/keys/coordinator-K.pem); the old files are moved aside, never deleted.
+    keys_dir = d / "keys"
+    indexes, highest = _key_files(d, rot.role)
+    moves: list[tuple[Path, Path]] = []
+    slots: list[int] = []
+    for kid in rot.removed:
+        i = indexes.get(kid)
+        if i is None:
+            continue
+        for name in (f"{rot.role}-{i}.pem", f"{rot.role}-{i}.pub.pem"):
+            src = keys_dir / name
+            if src.exists():
+                moves.append((src, keys_dir / f"{name}.retired-{old.version}"))
+        if rot.added:
+            slots.append(i)
+    while len(slots) < len(fresh):
+        highest += 1
+        slots.append(highest)
+    writes = [
+        (keys_dir / f"{rot.role}-{i}.pem", keys_dir / f"{rot.role}-{i}.pub.pem", key)
+        for i, key in zip(slots, fresh, strict=True)
+    ]
+    moved_away = {src for src, _dst in moves}
+    for _src, dst in moves:
+        if dst.exists() or dst.is_symlink():
+            raise UsageError(f"{dst} already exists; refusing to overwrite a retired key")
+    for priv, pub, _key in writes:
+        for path in (priv, pub):
+            if path not in moved_away and (path.exists() or path.is_symlink()):
+                raise UsageError(f"{path} already exists; refusing to overwrite a key")
+
+    # Everything checked: write.  OUT first (a wrong -o then leaves DIR as it was), the
+    # key files next, DIR/root.msgpack last: it never names a key whose file is missing.
+    # A write that fails half-way is undone: the old key files back, the new ones gone.
+    write_output(out, data)
+    done: list[Path] = []
+    undo: list[tuple[Path, Path]] = []
+    try:
+        for src, dst in moves:
+            os.link(src, dst)  # fails if dst exists: never overwrites
+            os.unlink(src)
+            undo.append((src, dst))
+        for priv, pub, key in writes:
+            create_exclusive(priv, crypto.private_key_to_pem(key), mode=0o600)
+            done.append(priv)
+            create_exclusive(pub, crypto.public_key_to_pem(key.public_key), mode=0o644)
+            done.append(pub)
+        fsync_dir(keys_dir)
+        atomic_write(d / ROOT_FILE, data)
+    except OSError as exc:
+        for path in done:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        for src, dst in reversed(undo):
+            with contextlib.suppress(OSError):
+                os.link(dst, src)
+                os.unlink(dst)
+        with contextlib.suppress(OSError):
+            out.unlink()
+        raise UsageError(
+            f"cannot write in {d}: {exc.strerror or exc} (nothing changed; {out} removed)"
+        ) from None
+    if net_data is not None:
+        try:
+            atomic_write(net_path, net_data)
+        except OSError as exc:
+            raise UsageError(
+                f"root v{new.version} written, but not {net_path}: {exc.strerror or exc} "
+                f"(sign it again: p2pupdate-coordinator network {d} --expires ...)"
+            ) from None
+
+    role = new.roles[rot.role]
+    print(new.describe())
+    replaced = rot.removed[0] if rot.removed and rot.added else None
+    for kid in rot.removed if replaced is None else ():
+        print(f"  {rot.role}: removed {kid[:16]}...")
+    for priv, _pub, key in writes:
+        what = f"replaced {replaced[:16]}... by" if replaced else "added"
+        print(f"  {rot.role}: {what} {key.keyid[:16]}... ({priv}, mode 0600)")
+    for src, dst in moves:
+        print(f"    {src.name} moved aside as {dst.name}")
+    if rot.old_threshold != rot.new_threshold:
+        print(f"  {rot.role}: threshold {rot.old_threshold} -> {rot.new_threshold}")
+    print(
+        f"  {rot.role} now {role.threshold} of {len(role.keys)}; signed by "
+        f"{len(old_signers)} root keys of v{old.version} and {len(new_signers)} of "
+        f"v{new.version}; expires {new.expires}"
+    )
+    print(f"wrote {out} and {d / ROOT_FILE}" + (f", {net_path}" if net_data else ""))
+    if net_doc is not None:
+        print(f"  {net_doc.describe()}, signed by the new root keys")
+    for line in _rotate_next_steps(d, out, rot, old, indexes, slots, net_data is not None):
+        print(line)
+    return EXIT_OK
+
+
+def _rotate_next_steps(
+    d: Path,
+    out: Path,
+    rot: rotation.Rotation,
+    old: docs.Root,
+    indexes: dict[str, int],
+    slots: list[int],
+    network_resigned: bool,
+) -> list[str]:
+    """What the operator does after ``rotate``, in order."""
+    new = rot.root
+    steps = [
+        f"publish it to every replica while they still run: p2pupdate-coordinator publish "
+        f"{out} --url URL [--url URL ...] (a replica or node takes v{new.version} only on "
+        f"top of v{old.version}; nodes learn it from replicas and by gossip)"
+    ]
+    if rot.role == "coordinator":
+        retired = [indexes[k] for k in rot.removed if k in indexes]
+        if rot.removed and rot.added:
+            steps.append(
+                "then restart "
+                + ", ".join(
+                    f"replica {i} (serve --replica {i} signs with the new "
+                    f"{d / 'keys' / f'coordinator-{i}.pem'}: copy it to that replica's host, "
+                    "mode 0600)"
+                    for i in slots
+                )
+                + f"; nodes take its tokens once they hold v{new.version}"
+            )
+        elif rot.added:
+            steps.append(
+                "then start the new replica(s) " + ", ".join(map(str, slots)) + " (serve "
+                "--replica K, with DIR/keys/coordinator-K.pem on its host) and restart the "
+                "others: each reads n, q and its share from the root at start"
+            )
+        else:
+            steps.append(
+                "then restart every replica: each reads n, q and its share from the root at "
+                "start" + "".join(f"; stop replica {i}, it has no key any more" for i in retired)
+            )
+        steps.append(
+            f"sign a new allowlist with the new keys (p2pupdate-coordinator allow ... --dir "
+            f"{d}) and publish it: at v{new.version} nodes reset the allowlist and nudge "
+            "floors, and what the old keys signed stops verifying"
+        )
+    elif rot.role == "release":
+        steps.append(
+            "sign the good builds' release records again with the new key (p2pupdate release "
+            "...) and publish them: the old key's records stop verifying"
+        )
+    elif rot.role == "operator":
+        steps.append(
+            "sign a new scope (p2pupdate scope ...) and, on an enrolled network, new member "
+            "documents: at v" + str(new.version) + " nodes reset the scope floor and the old "
+            "keys' documents stop verifying"
+        )
+    if network_resigned:
+        steps.append(
+            f"restart the replicas once they hold v{new.version} (they read "
+            f"{admission.NETWORK_FILE} at start); give nodes started with --network-config "
+            "the new copy"
+        )
+    steps.append(
+        f"re-issue the bundle (p2pupdate-coordinator bundle --dir {d} --url ...): needed, "
+        f"a box installed from the old one trusts v{old.version}"
+        + (" and the key it retired" if rot.removed else "")
+        + f" until it learns v{new.version}"
+    )
+    if rot.role == "root":
+        steps.append("move the new root-*.pem offline")
+    return ["next:"] + [f"  {n}. {text}" for n, text in enumerate(steps, 1)]
 
 
 # -- talking to replicas ------------------------------------------------------------------
@@ -1253,6 +1559,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bu.add_argument("-o", "--output", required=True, metavar="OUT")
     bu.set_defaults(handler=cmd_bundle)
+
+    ro = sub.add_parser(
+        "rotate",
+        help="rotate a role's keys: sign root N+1 (root keys), new key files",
+        description="Sign root N+1 of DIR/root.msgpack with one change to one role: "
+        "--replace a key by a new one (a stolen key: the new key takes its file, "
+        "DIR/keys/<role>-<i>.pem, and the old files are moved aside as .retired-N), --add N "
+        "new keys, --remove one, or only a new --threshold. It is signed by a threshold of "
+        "root N's root keys and of root N+1's (DIR/keys, or --key), verified as every "
+        "replica and node will verify it, then written to OUT and DIR/root.msgpack; when "
+        "the root role itself changes, DIR/network.msgpack is signed again by the new root "
+        "keys. Nodes reset the floors of what a rotated role signs. Prints what to do next "
+        "(publish, restart, re-sign, re-issue the bundle).",
+    )
+    ro.add_argument("--dir", required=True, metavar="DIR", help="network directory from init")
+    ro.add_argument("--role", required=True, choices=docs.ROLES, help="the role to change")
+    how = ro.add_mutually_exclusive_group()
+    how.add_argument(
+        "--replace",
+        metavar="KEYID",
+        help="a key of the role to replace by a new key (id or prefix)",
+    )
+    how.add_argument("--add", type=positive_int, metavar="N", help="add N new keys to the role")
+    how.add_argument(
+        "--remove", metavar="KEYID", help="a key to take out of the role (id or prefix)"
+    )
+    ro.add_argument(
+        "--threshold",
+        type=positive_int,
+        metavar="T",
+        help="the role's new threshold (default: kept)",
+    )
+    ro.add_argument(
+        "--expires",
+        type=duration,
+        metavar="DUR",
+        help="root N+1's lifetime from now (default: root N's lifetime)",
+    )
+    ro.add_argument(
+        "--key",
+        action="append",
+        metavar="PEM",
+        help="root key of root N or N+1 (repeat for the thresholds; default: DIR/keys/root-*.pem)",
+    )
+    ro.add_argument("-o", "--output", required=True, metavar="OUT", help="root N+1, to publish")
+    ro.set_defaults(handler=cmd_rotate)
 
     se = sub.add_parser(
         "serve",

@@ -233,7 +233,13 @@ class Documents:
                 )
                 self.trust = store
                 self.roots.append(data)
+                # What the new root's keys do not sign is served no more (as after a
+                # restart): a stolen key's allowlist must not outlive the key.
+                self.allowlist = self.scope = self.nudge = None
+                self.releases = {}
+                self.retired = self._load_documents()
                 self.metrics.published("root", "ok")
+                self.push(proto.DocumentPush(doc=data))  # connected nodes take it now
                 return 200, {"ok": True, "type": kind, "describe": signed_root.doc.describe()}
             cls = PUBLISHABLE.get(kind)
             if cls is None:
@@ -371,7 +377,10 @@ class Documents:
         return None
 
     def current_documents(self) -> list[bytes]:
-        out: list[bytes] = []
+        # The published roots first, oldest first: a node walks them before it needs
+        # them to verify what follows (and takes a rotation from its replica, not only
+        # by gossip).
+        out: list[bytes] = list(self.roots)
         wanted: set[str] = set()
         if self.allowlist is not None:
             out.append(self.allowlist.envelope.to_wire())

@@ -210,6 +210,8 @@ class CoordinatorLink:
         self.releases: dict[str, docs.Release] = {}
         self.allowlist: docs.Allowlist | None = None
         self.scope: docs.Scope | None = None
+        #: The root those documents were taken under (``_forget_rotated``).
+        self._held_under = trust.store.root
         #: Set by the node: what to report, and where nudges go.
         self.status_fields: Callable[[], dict[str, Any]] = lambda: {}
         self.on_nudge: Callable[[str], None] = lambda _artifact: None
@@ -396,11 +398,29 @@ class CoordinatorLink:
         if self.take(data, source="the coordinator"):
             self.on_document(data)
 
+    def _forget_rotated(self) -> None:
+        """Drop what a rotated role signed, whichever way the newer root came (a replica,
+        gossip, a bundle): the trust store reset that kind's floor, and a forged
+        allowlist must not outlive the key that signed it.  The replicas' documents,
+        signed by the new keys, replace it."""
+        now, was = self.trust.store.root, self._held_under
+        if now is was:
+            return
+        if was.roles["coordinator"] != now.roles["coordinator"]:
+            self.allowlist = None
+        if was.roles["operator"] != now.roles["operator"]:
+            self.scope = None
+        if was.roles["release"] != now.roles["release"]:
+            self.releases = {}
+        self._held_under = now
+
     def take(self, data: bytes, *, source: str) -> bool:
-        """Verify and keep a release, allowlist or scope (from a replica or from gossip).
+        """Verify and keep a release, allowlist or scope, or take a newer root (from a
+        replica or from gossip).
 
         True if it was kept (authentic, and not older than what is held)."""
         now = self.clock.utc_now()
+        self._forget_rotated()
         try:
             kind = docs.peek_type(data)
             if kind == "release":
@@ -423,6 +443,13 @@ class CoordinatorLink:
                     self.scope = scope
                 if was is not None and scope.serial > was.serial:
                     self.on_learned(scope)
+            elif kind == "root":  # a rotation (README "A stolen key")
+                before = self.trust.store.root.version
+                after = self.trust.update_root(data, now).doc
+                if after.version == before:
+                    return False  # the root we hold, again
+                self._forget_rotated()
+                self.log(f"took root v{after.version} from {source}")
             else:
                 return False
         except (RollbackError, EquivocationError):
@@ -522,6 +549,7 @@ class CoordinatorLink:
         ``installed_counter`` is the slot's own record of the running build's counter: the
         downgrade rule needs it when no release record of that build is held.
         """
+        self._forget_rotated()
         if self.allowlist is None and self.scope is None:
             return up.GatesEvaluated.no_candidate(
                 reason="no-documents", detail="nothing from the coordinator yet"
