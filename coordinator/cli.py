@@ -1286,9 +1286,7 @@ def render_why(url: str, w: dict[str, Any]) -> str:
         retry = "-" if f["retry_after"] is None else f"{f['retry_after']:g} s"
         lines.append(
             f"  refused:  gate {f['gate']} {f['reason']}: {f['detail']} "
-            f"(for {f['for']:.0f} s; retry_after {retry}"
-            + (f", position {f['position']}" if f["position"] is not None else "")
-            + ")"
+            f"(for {f['for']:.0f} s; retry_after {retry})"
         )
     q = w.get("queue")
     if q:

@@ -350,8 +350,7 @@ def _holds(
     if lease is not None:
         return f"nothing: it holds a lease here for {lease['expires_in']:.0f} s more"
     if refusal is not None:
-        line = f"gate {refusal['gate']}: {refusal['reason']} ({refusal['detail']})"
-        line += f", since {refusal['for']:.0f} s"
+        line = f"gate {refusal['gate']}: {refusal['reason']}, for {refusal['for']:.0f} s"
         if refusal["retry_in"] is not None:
             line += f", asks again in {refusal['retry_in']:.0f} s"
         if queue is not None:

@@ -244,6 +244,9 @@ async def test_why_names_the_gate_the_wait_and_the_queue_place(
             await second.status(held=("scope", "not-yet"))
             assert (await first.ask(A)).token is not None
             assert (await second.ask(A)).token is None
+            held_since = replica.asks.last_refusals[two.keyid].since
+            assert (await second.ask(A)).token is None  # the same "no" again: same since
+            assert replica.asks.last_refusals[two.keyid].since == held_since
             capsys.readouterr()
 
             assert await run_cli("why", two.keyid[:12], "--url", url, "--json") == EXIT_OK
@@ -253,6 +256,7 @@ async def test_why_names_the_gate_the_wait_and_the_queue_place(
             assert w["refusal"]["position"] == 1 and w["refusal"]["retry_after"] > 0
             assert w["queue"] == {"pool": "default", "position": 1, "of": 1}
             assert w["report"]["held"] == "scope/not-yet"
+            assert w["refusal"]["since"] == held_since <= w["refusal"]["at"]
 
             assert await run_cli("why", two.keyid[:12], "--url", url) == EXIT_OK
             text = capsys.readouterr().out
