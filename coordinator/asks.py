@@ -58,7 +58,15 @@ from .publishing import Documents
 from .registry import Registry
 from .store import AuditRow, Store
 
-__all__ = ["OTHER_ARTIFACT", "REFUSE_REPEATED", "Answer", "Asks", "LeaseInfo", "RefusalAudit"]
+__all__ = [
+    "OTHER_ARTIFACT",
+    "REFUSE_REPEATED",
+    "Answer",
+    "Asks",
+    "LastRefusal",
+    "LeaseInfo",
+    "RefusalAudit",
+]
 
 #: Refusals of an artifact no release record, allowlist or scope names are counted under
 #: this key: a stranger who asks for random artifacts adds no row per artifact anywhere.
@@ -72,6 +80,24 @@ MAX_REFUSAL_KEYS: Final = 64
 #: Lapse records kept (each needs a lease this replica granted, so they are few; past
 #: this the forgotten ones go, then the oldest).
 MAX_COOLDOWNS: Final = 4096
+#: Nodes whose last refusal is kept for ``why`` (the oldest refused go first past it).
+MAX_LAST_REFUSALS: Final = 65536
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LastRefusal:
+    """This replica's last "no" to a node's ask, for an operator's ``why`` (in memory:
+    a restart forgets it, the node asks again within its ``retry_after``)."""
+
+    gate: str
+    reason: str
+    detail: str
+    retry_after: float | None
+    position: int | None
+    #: Wall time of the refusal, and of the first of this node's refusals in a row
+    #: with the same gate and reason (``since when`` it is held).
+    at: float
+    since: float
 
 
 @dataclass
@@ -264,6 +290,8 @@ class Asks:
         self._agg_dirty: set[str] = set()
         self.leases: dict[str, LeaseInfo] = {}
         self.refusals: Counter[tuple[str, str, str]] = Counter()
+        #: Per node, its last refusal here (``LastRefusal``; ``status.node_status``).
+        self.last_refusals: dict[str, LastRefusal] = {}
         #: Per pool, the nodes a full pool refused, in order (``policy_queue``).
         self.queues: dict[str, policy_queue.WaitQueue] = {}
         #: Set by the replica: push a message to one connected node (by key id).
@@ -406,6 +434,20 @@ class Asks:
         known = self.known(token.to_artifact)
         counted = token.to_artifact if known else OTHER_ARTIFACT
         self.refusals[(counted, gate, reason)] += 1
+        now_wall = self.wall()
+        last = self.last_refusals.pop(token.node, None)
+        same = last is not None and (last.gate, last.reason) == (gate, reason)
+        self.last_refusals[token.node] = LastRefusal(
+            gate=gate,
+            reason=reason,
+            detail=detail,
+            retry_after=retry_after,
+            position=position,
+            at=now_wall,
+            since=last.since if same and last is not None else now_wall,
+        )
+        if len(self.last_refusals) > MAX_LAST_REFUSALS:
+            del self.last_refusals[next(iter(self.last_refusals))]
         self.refusal_audit.refused(
             node=token.node,
             pool=token.pool,
@@ -586,6 +628,7 @@ class Asks:
             subnet=subnet,
         )
         self.leases[node] = info
+        self.last_refusals.pop(node, None)
         self.breakers.attempted(token.to_artifact, node, token.nonce)
         self.store.audit(
             AuditRow(

@@ -2,7 +2,8 @@
 
 Commands: ``init``, ``allow``, ``network``, ``member`` and ``bundle`` (offline, in the network
 directory), ``serve`` (one replica), and the operator's tools that talk to running replicas
-over HTTP: ``status``, ``publish``, ``nudge``, ``bench``.
+over HTTP: ``status`` (``--watch``: a live table), ``why`` (one node), ``publish``, ``nudge``,
+``bench``.
 
 A network directory holds::
 
@@ -31,6 +32,7 @@ import sqlite3
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +79,9 @@ from .network import ROOT_FILE, NetworkPlan, init_network
 from .origin import DEFAULT_MAX_DOWNLOADERS, DEFAULT_WINDOW, OriginConfig
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .publishing import PUBLISH_ORDER
+from .readaccess import add_flags as add_read_flags
+from .readaccess import from_args as read_access_from_args
+from .readaccess import read_token_file
 from .service import ConfigError, Replica, ServiceConfig
 from .statelock import LOCK_FILE, StateDirLock
 
@@ -822,12 +827,19 @@ def _urls(args: argparse.Namespace) -> list[str]:
 
 
 def _http(
-    method: str, url: str, body: bytes | None = None, timeout: float = 30.0
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    timeout: float = 30.0,
+    token: bytes | None = None,
 ) -> tuple[int, bytes]:
-    """One HTTP request; (status, body).  Connection problems are a usage error."""
+    """One HTTP request; (status, body).  Connection problems are a usage error.
+    ``token``: the replica's read token, sent as ``Authorization: Bearer``."""
     req = urllib.request.Request(url, data=body, method=method)
     if body is not None:
         req.add_header("content-type", "application/octet-stream")
+    if token is not None:
+        req.add_header("authorization", f"Bearer {token.decode('ascii')}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -1017,6 +1029,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     d = _network_dir(Path(args.dir))
     ice = _ice_config(args)
+    read_access = read_access_from_args(args)  # a bad token file: exit 2 before binding
     config = ServiceConfig(
         network_dir=d,
         replica=args.replica,
@@ -1070,7 +1083,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             lock.release()
 
     async def _serve(replica: Replica, listeners: list[trio.SocketListener]) -> None:
-        server = Server(replica, log=_log, limits=limits_from_args(args))
+        server = Server(replica, log=_log, limits=limits_from_args(args), read_access=read_access)
         catchup = CatchUp(
             documents=replica.documents,
             peers=peers,
@@ -1113,8 +1126,28 @@ def _peer_url(text: str) -> str:
         raise UsageError(f"--peer {text!r}: {exc}") from None
 
 
-def _fetch_status(url: str) -> dict[str, Any]:
-    code, body = _http("GET", f"{url}/status")
+def _read_token(args: argparse.Namespace) -> bytes | None:
+    """``--token-file``: the replicas' read token (``serve --read-token-file``), or None."""
+    path = getattr(args, "token_file", None)
+    return read_token_file(path, "--token-file") if path else None
+
+
+def _refusal_text(body: bytes) -> str:
+    """A replica's JSON refusal (``error``, ``reason``, ``hint``) as one line, or ''."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(obj, dict) or not isinstance(obj.get("error"), str):
+        return ""
+    text = f"{obj['error']}: {obj.get('reason', '')}"
+    return f"{text}; {obj['hint']}" if isinstance(obj.get("hint"), str) else text
+
+
+def _fetch_status(url: str, token: bytes | None = None) -> dict[str, Any]:
+    code, body = _http("GET", f"{url}/status", token=token)
+    if code in (401, 403) and (why := _refusal_text(body)):
+        raise NotAReplica(url, f"GET /status: HTTP {code}: {why}")
     if code != 200:
         raise NotAReplica(url, f"GET /status: HTTP {code}")
     try:
@@ -1130,18 +1163,52 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Every replica's status; one that is down is marked, the others still shown.
 
     Exit 0 when every replica answered, 1 when some did not (or a URL is not a replica),
-    2 when a single URL, or every URL, cannot be reached at all."""
+    2 when a single URL, or every URL, cannot be reached at all.  ``--watch S``: the
+    table drawn again every S seconds until Ctrl-C (exit 0)."""
     urls = _urls(args)
+    token = _read_token(args)
+    if args.watch is not None:
+        return watch_status(urls, token, args.watch)
+    return _status_once(urls, token, as_json=args.json)
+
+
+#: ``status --watch``'s wait between two tables (a test replaces it).
+_watch_sleep = time.sleep
+_CLEAR: Final = "\x1b[H\x1b[2J"
+
+
+def watch_status(urls: list[str], token: bytes | None, every: float) -> int:
+    """Clear the terminal and print every replica's table, every ``every`` seconds, until
+    Ctrl-C (exit 0).  A replica that cannot be reached is marked DOWN, and the next round
+    asks it again (a watch outlives a replica's restart)."""
+    try:
+        while True:
+            frame = [
+                _CLEAR + time.strftime("%Y-%m-%d %H:%M:%S") + f"  every {every:g} s, Ctrl-C to stop"
+            ]
+            for url in urls:
+                try:
+                    frame.append(render_status(url, _fetch_status(url, token)))
+                except (Unreachable, NotAReplica) as exc:
+                    frame.append(f"{url}: DOWN: {exc.why}")
+            print("\n".join(frame), flush=True)
+            _watch_sleep(every)
+    except KeyboardInterrupt:
+        print()
+        return EXIT_OK
+
+
+def _status_once(urls: list[str], token: bytes | None, *, as_json: bool) -> int:
     answers: list[tuple[str, dict[str, Any] | Unreachable | NotAReplica]] = []
     for url in urls:
         try:
-            answers.append((url, _fetch_status(url)))
+            answers.append((url, _fetch_status(url, token)))
         except (Unreachable, NotAReplica) as exc:
             if len(urls) == 1:
                 raise
             answers.append((url, exc))
     missing = [exc for _url, exc in answers if not isinstance(exc, dict)]
-    if args.json:
+    if as_json:
         obj: Any = (
             answers[0][1]
             if len(answers) == 1
@@ -1162,6 +1229,78 @@ def cmd_status(args: argparse.Namespace) -> int:
     if len(missing) == len(answers) and all(isinstance(m, Unreachable) for m in missing):
         return EXIT_USAGE
     return EXIT_REJECTED
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    """One node's answer from one replica (``status.node_status``)."""
+    url = _urls(argparse.Namespace(url=[args.url] if args.url else None))[0]
+    token = _read_token(args)
+    prefix = args.node.strip().lower()
+    code, body = _http(
+        "GET", f"{url}/status/node/{urllib.parse.quote(prefix, safe='')}", token=token
+    )
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        raise NotAReplica(url, f"GET /status/node/: HTTP {code}, not a replica's answer")
+    if code == 409 and isinstance(obj.get("matches"), list):
+        more = f"\n  ... and {obj['more']} more" if obj.get("more") else ""
+        listed = "\n".join(f"  {m}" for m in obj["matches"])
+        raise UsageError(
+            f"{prefix} matches {len(obj['matches']) + int(obj.get('more') or 0)} nodes; give more of the id:\n{listed}{more}"
+        )
+    if not obj["ok"]:
+        why = _refusal_text(body) or f"HTTP {code}"
+        if code in (401, 403):
+            raise NotAReplica(url, why)
+        raise UsageError(f"{url}: {why}")
+    if args.json:
+        json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        print(render_why(url, obj))
+    return EXIT_OK
+
+
+def render_why(url: str, w: dict[str, Any]) -> str:
+    """``why``'s lines: the answer first, then what it comes from."""
+    lines = [
+        f"node {w['node']} at replica {w['replica']} ({url})"
+        + ("" if w["connected"] else ", not connected now")
+        + ("" if w["counted"] else ", NOT COUNTED (no standing yet)"),
+        f"  holds:    {w['holds']}",
+    ]
+    r = w.get("report")
+    if r:
+        held = f", held by its own gates: {r['held']}" if r["held"] else ""
+        lines.append(
+            f"  report:   {r['state']} {r['version']} ({r['artifact'][:16]}) in pool "
+            f"{r['pool']}, {r['age']:.0f} s ago{held}"
+        )
+    else:
+        lines.append("  report:   none yet")
+    f = w.get("refusal")
+    if f:
+        retry = "-" if f["retry_after"] is None else f"{f['retry_after']:g} s"
+        lines.append(
+            f"  refused:  gate {f['gate']} {f['reason']}: {f['detail']} "
+            f"(for {f['for']:.0f} s; retry_after {retry})"
+        )
+    q = w.get("queue")
+    if q:
+        lines.append(f"  queue:    position {q['position']} of {q['of']} in pool {q['pool']}")
+    lease = w.get("lease")
+    if lease:
+        forced = " FORCED" if lease["forced"] else ""
+        lines.append(
+            f"  lease:    {lease['artifact'][:16]} in pool {lease['pool']}, "
+            f"{lease['expires_in']:.0f} s left{forced}"
+        )
+    if w.get("cooldown"):
+        lines.append(f"  cooldown: {w['cooldown']:.0f} s left (a lease of it lapsed unreported)")
+    return "\n".join(lines)
 
 
 def render_status(url: str, st: dict[str, Any]) -> str:
@@ -1736,6 +1875,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"come back (default {DEFAULT_MAX_DOWNLOADERS})",
     )
     add_limit_flags(se)  # README "Abuse limits"
+    add_read_flags(se)  # who may read /status, /metrics, /ui
     se.set_defaults(handler=cmd_serve)
 
     st = sub.add_parser(
@@ -1750,7 +1890,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", action="append", metavar="URL", help=f"replica (repeatable; default {DEFAULT_URL})"
     )
     st.add_argument("--json", action="store_true", help="print the JSON")
+    st.add_argument(
+        "--watch",
+        type=_watch_every,
+        nargs="?",
+        const=2.0,
+        metavar="S",
+        help="draw the table again every S seconds (default 2) until Ctrl-C",
+    )
+    st.add_argument("--token-file", metavar="FILE", help=_TOKEN_FILE_HELP)
     st.set_defaults(handler=cmd_status)
+
+    wh = sub.add_parser(
+        "why",
+        help="why one node is not updating: its last report, the gate that holds it, its wait",
+        description="Ask a replica (GET /status/node/<id>) what it knows of one node: its last "
+        "status report (version, state, what its own gates hold it for), its lease, the "
+        "replica's last refusal of its ask (gate, reason, since when, when it asks again) and "
+        "its place in the pool's queue. NODE_ID may be a prefix; one matching several nodes "
+        "is a usage mistake that lists them. Exit 0 when the replica knows the node, "
+        "2 when it does not (or the prefix is ambiguous, or the replica cannot be reached).",
+    )
+    wh.add_argument("node", metavar="NODE_ID", help="a node id or a prefix of one (hex)")
+    wh.add_argument("--url", metavar="URL", help=f"replica (default {DEFAULT_URL})")
+    wh.add_argument("--json", action="store_true", help="print the JSON")
+    wh.add_argument("--token-file", metavar="FILE", help=_TOKEN_FILE_HELP)
+    wh.set_defaults(handler=cmd_why)
 
     pu = sub.add_parser(
         "publish",
@@ -1814,6 +1979,22 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--profile", metavar="FILE", help="cProfile the server into FILE")
     be.set_defaults(handler=cmd_bench)
     return p
+
+
+_TOKEN_FILE_HELP: Final = (
+    "the replicas' read token (what they serve with --read-token-file), sent as a bearer "
+    "token; needed for a replica with one, and for any replica not on this machine"
+)
+
+
+def _watch_every(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= v <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0.1 .. 3600 seconds")
+    return v
 
 
 def _unit(text: str) -> float:

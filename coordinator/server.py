@@ -26,7 +26,9 @@ Routes::
                                          503 {"error": "try-peers", "retry_after": S}
     GET  /v1/documents                   every document held (msgpack), for replicas catching up
     GET  /status                         JSON: documents, progress, leases, refusals, pauses
+    GET  /status/node/<id prefix>        JSON: one node's answer (``status.node_status``)
     GET  /metrics                        Prometheus text format
+      (these: loopback clients only, or a bearer token: ``coordinator.readaccess``)
     GET  /healthz                        "ok"
 """
 
@@ -62,7 +64,9 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .origin import NODE_HEADER, downloader
 from .publishing import ArtifactRefused, ArtifactUpload
 from .ratelimit import Bucket
+from .readaccess import ReadAccess, ReadRefused, is_read_path
 from .service import Replica, RequestError
+from .status import node_status
 
 PUSH_TIMEOUT: Final = 5.0
 #: A refused connection's 503 gets this long to leave before the socket is closed.
@@ -72,6 +76,8 @@ FAILURES_LOGGED: Final = 10
 #: Signals a node may relay per second, and in one burst (a WebRTC setup takes two).
 SIGNAL_RATE: Final = 20.0
 SIGNAL_BURST: Final = 40.0
+#: ``GET /status/node/<id prefix>``: one node's answer (``status.node_status``).
+NODE_STATUS_PATH: Final = "/status/node/"
 _UPGRADE = re.compile(rb"\r\nupgrade:[ \t]*websocket", re.IGNORECASE)
 _ARTIFACT = re.compile(r"^/v1/artifacts/([0-9a-f]{64})(?:/chunks/(\d{1,6}))?$")
 #: Upload bytes handed to a worker thread at once (fewer if they complete a chunk): with
@@ -167,10 +173,13 @@ class Server:
         *,
         log: Callable[[str], None] = lambda _m: None,
         limits: ServerLimits | None = None,
+        read_access: ReadAccess | None = None,
     ) -> None:
         self.replica = replica
         self.log = log
         self.limits = limits or ServerLimits()
+        #: Who may read /status, /metrics, /ui (default: loopback clients only).
+        self.read_access = read_access or ReadAccess()
         self.stats = ServerStats()
         self._metrics = _Metrics(replica)
         self.conns: dict[str, NodeConn] = {}
@@ -394,6 +403,9 @@ class Server:
                 if isinstance(answer, _TryPeers):
                     status, ctype, payload = 503, "application/json", answer.body()
                     extra = (("retry-after", str(answer.retry_after)),)
+                elif isinstance(answer, ReadRefused):
+                    status, ctype, payload = answer.status, "application/json", answer.body()
+                    extra = answer.headers
                 else:
                     status, ctype, payload = answer
             except LocalStateFault as exc:
@@ -567,19 +579,35 @@ class Server:
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send(conn, stream, status, "text/plain", text)
 
+    def _read_refused(self, request: h11.Request, path: str, peer: str) -> ReadRefused | None:
+        """The operator views' rule (``coordinator.readaccess``); None: may read."""
+        if not is_read_path(path):
+            return None
+        auth = next((v for k, v in request.headers if k == b"authorization"), None)
+        return self.read_access.check(peer, auth)
+
     async def _route(
         self, request: h11.Request, body: bytes | _Stored, peer: str
-    ) -> tuple[int, str, bytes] | _TryPeers:
+    ) -> tuple[int, str, bytes] | _TryPeers | ReadRefused:
         if isinstance(body, _Stored):  # an artifact upload, streamed to disk as it was read
             return body.status, "application/json", _json(body.answer)
         method = request.method.decode()
         target = request.target.decode("ascii", "replace")
         path = target.split("?", 1)[0]
         rep = self.replica
+        refused = self._read_refused(request, path, peer)
+        if refused is not None:
+            return refused
         if path == "/status" and method == "GET":
             view = rep.status()
             view["server"] = self.stats.status(self.limits)
             return 200, "application/json", _json(view)
+        if path.startswith(NODE_STATUS_PATH) and method == "GET":
+            prefix = path[len(NODE_STATUS_PATH) :]
+            code, answer = node_status(
+                prefix, index=rep.index, registry=rep.registry, asks=rep.asks
+            )
+            return code, "application/json", _json(answer)
         if path == "/metrics" and method == "GET":
             return 200, METRICS_TYPE, rep.metrics.render()
         if path == "/healthz" and method == "GET":

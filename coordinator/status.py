@@ -22,13 +22,16 @@ from .breakers import Breakers
 from .publishing import Documents
 from .registry import Registry
 
-__all__ = ["MAX_VERSIONS", "replica_status"]
+__all__ = ["MAX_MATCHES", "MAX_VERSIONS", "node_status", "replica_status"]
 
 #: ``nodes.versions`` lists this many versions (the most nodes first); the rest are summed
 #: under ``OTHER_VERSIONS``: a version is whatever a node reports, so strangers can make up
 #: thousands.
 MAX_VERSIONS: Final = 64
 OTHER_VERSIONS: Final = "(other versions)"
+#: An id prefix matching more nodes than this lists this many of them.
+MAX_MATCHES: Final = 20
+_HEX: Final = frozenset("0123456789abcdef")
 
 
 def replica_status(
@@ -231,3 +234,132 @@ def _top(counts: Counter[str], n: int, rest: str) -> dict[str, int]:
     if left:
         top[rest] = left
     return top
+
+
+def node_status(
+    prefix: str, *, index: int, registry: Registry, asks: Asks
+) -> tuple[int, dict[str, Any]]:
+    """``GET /status/node/<prefix>``: one node's answer, ``(HTTP status, JSON map)``.
+
+    What this replica knows of the node whose id starts with ``prefix`` (lowercase hex):
+    its last status report (version, state, why its own gates 1-2 hold it), its lease
+    here, this replica's last refusal of its ask (gate, reason, since when, its
+    ``retry_after``) and its place in the pool's queue now, and ``holds``: the one line
+    that answers "why is this node not updating?".  400 for a prefix that is not hex,
+    404 when no node matches, 409 with ``matches`` (at most ``MAX_MATCHES``) when
+    several do.  It changes nothing."""
+    want = prefix.strip().lower()
+    if not want or len(want) > 64 or not set(want) <= _HEX:
+        return 400, {
+            "ok": False,
+            "error": "bad-node-id",
+            "reason": f"{prefix[:80]!r} is not a node id or a prefix of one (hex)",
+        }
+    known = set(registry.nodes) | set(registry.sessions) | set(asks.last_refusals)
+    known |= set(asks.leases)
+    matches = sorted(n for n in known if n.startswith(want))
+    if not matches:
+        return 404, {"ok": False, "error": "no-such-node", "reason": f"no node {want} here"}
+    if len(matches) > 1:
+        return 409, {
+            "ok": False,
+            "error": "ambiguous",
+            "reason": f"{len(matches)} nodes start with {want}",
+            "matches": matches[:MAX_MATCHES],
+            "more": max(0, len(matches) - MAX_MATCHES),
+        }
+    node = matches[0]
+    now, wall = asks.clock(), asks.wall()
+    row = registry.nodes.get(node)
+    who = registry.who(node)
+    report = (
+        {
+            "version": row.version,
+            "artifact": row.artifact,
+            "state": row.state,
+            "held": row.held,
+            "pool": row.pool,
+            "seen": row.seen,
+            "age": round(max(0.0, wall - row.seen), 3),
+            "first_seen": row.first_seen,
+        }
+        if row is not None
+        else None
+    )
+    info = asks.leases.get(node)
+    lease = (
+        {
+            "artifact": info.artifact,
+            "pool": info.pool,
+            "expires_in": round(info.expires - now, 3),
+            "forced": info.forced,
+        }
+        if info is not None and info.expires > now
+        else None
+    )
+    last = asks.last_refusals.get(node)
+    refusal = (
+        {
+            "gate": last.gate,
+            "reason": last.reason,
+            "detail": last.detail,
+            "retry_after": last.retry_after,
+            "retry_in": None
+            if last.retry_after is None
+            else round(max(0.0, last.at + last.retry_after - wall), 3),
+            "position": last.position,
+            "at": last.at,
+            "since": last.since,
+            "for": round(max(0.0, wall - last.since), 3),
+        }
+        if last is not None
+        else None
+    )
+    queue = None
+    for pool, waiting in sorted(asks.queues.items()):
+        place = waiting.live(now).position(node)
+        if place is not None:
+            queue = {"pool": pool, "position": place, "of": len(waiting.live(now).waiting)}
+            break
+    cooldown = asks.cooldowns.get(node)
+    cooling = (
+        round(cooldown.until - now, 3) if cooldown is not None and cooldown.until > now else None
+    )
+    return 200, {
+        "ok": True,
+        "node": node,
+        "replica": index,
+        "connected": node in registry.sessions,
+        "counted": who.counted,
+        "report": report,
+        "lease": lease,
+        "refusal": refusal,
+        "queue": queue,
+        "cooldown": cooling,
+        "holds": _holds(report, lease, refusal, queue),
+    }
+
+
+def _holds(
+    report: dict[str, Any] | None,
+    lease: dict[str, Any] | None,
+    refusal: dict[str, Any] | None,
+    queue: dict[str, Any] | None,
+) -> str:
+    """The one line: what holds the node back now, as this replica sees it."""
+    if lease is not None:
+        return f"nothing: it holds a lease here for {lease['expires_in']:.0f} s more"
+    if refusal is not None:
+        line = f"gate {refusal['gate']}: {refusal['reason']}, for {refusal['for']:.0f} s"
+        if refusal["retry_in"] is not None:
+            line += f", asks again in {refusal['retry_in']:.0f} s"
+        if queue is not None:
+            line += f", queue position {queue['position']} of {queue['of']} in pool {queue['pool']}"
+        return line
+    if report is not None and report["held"]:
+        return f"its own gates: {report['held']} (its last report, {report['age']:.0f} s ago)"
+    if report is not None:
+        return (
+            f"nothing here: no refusal; its last report says {report['state']} {report['version']}"
+        )
+    return "nothing here: it has not reported yet"

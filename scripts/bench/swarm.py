@@ -70,6 +70,8 @@ MiB = 1024 * 1024
 ORIGIN = "coord"  # our replica's host
 SEED = "seed"  # libtorrent's seed's host
 GOSSIP_PORT = 7946
+#: The replica's read token: ``status()`` reads /status from the origin's own address.
+READ_TOKEN = "swarm-bench-read-token"
 
 
 class BenchError(Exception):
@@ -221,10 +223,12 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
     cli("p2pupdate", "scope", "--artifact", sha, "--everyone", "--key",
         "net/keys/operator-1.pem", "-o", "scope.msgpack")  # fmt: skip
 
+    # /status is read from the origin's own address, not loopback: it needs the read token
+    (work / "read-token").write_text(READ_TOKEN + "\n")
     replica = procs.start(
         [*net.netns_exec(ORIGIN), sys.executable, "-m", "coordinator.cli", "serve", "--dir",
         "net", "--listen", f"{net.addr(ORIGIN)}:0", "--first-start",
-        "--min-serving", str(n + 1000)],
+        "--min-serving", str(n + 1000), "--read-token-file", "read-token"],
         cwd=work, log_path=work / "replica.log", stdout=subprocess.PIPE,
     )  # fmt: skip
     assert replica.stdout is not None
@@ -238,7 +242,9 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
 
     def status() -> dict[str, Any]:
         def get() -> Any:
-            with urllib.request.urlopen(f"{url}/status", timeout=10) as resp:
+            req = urllib.request.Request(f"{url}/status")
+            req.add_header("authorization", f"Bearer {READ_TOKEN}")
+            with urllib.request.urlopen(req, timeout=10) as resp:
                 return json.loads(resp.read())
 
         value: dict[str, Any] = in_netns(net.ns(ORIGIN), get)

@@ -46,6 +46,9 @@ T = TypeVar("T")
 COORD_HOST = "coord"
 TURN_HOST = "turn"
 TURN_SECRET = "netlab-fleet-secret"
+#: The replica's read token (``serve --read-token-file``): /status is read from its inet
+#: address, which is not loopback.
+READ_TOKEN = "netlab-fleet-read-token"
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float, tail: str = "") -> T:
@@ -152,6 +155,11 @@ class Fleet:
         secret_file.write_text(self.turn.secret)
         stun_url, turn_url = self.turn.urls()
         ice = ["--stun", stun_url, "--turn", turn_url, "--turn-secret-file", str(secret_file)]
+        # /status is read from the inet address, not loopback: the replica wants its token
+        token_file = self.tmp / "read-token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(READ_TOKEN + "\n")
+        read = ["--read-token-file", str(token_file)]
         proc: subprocess.Popen[str] = subprocess.Popen(
             [
                 "ip",
@@ -168,6 +176,7 @@ class Fleet:
                 f"{addr}:0",
                 "--first-start",
                 *ice,
+                *read,
                 *extra,
             ],
             stdout=subprocess.PIPE,
@@ -200,6 +209,7 @@ class Fleet:
 
         def call() -> tuple[int, Any]:
             req = urllib.request.Request(f"{self.url}{path}", data=body, method=method)
+            req.add_header("authorization", f"Bearer {READ_TOKEN}")
             try:
                 with urllib.request.urlopen(req, timeout=20) as resp:
                     raw, code = resp.read(), resp.status
