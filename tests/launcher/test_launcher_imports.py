@@ -1,0 +1,113 @@
+"""The launcher is a small process (issue 14, "A small box": <= 15 MB RSS).
+
+``p2pupdate node`` checks its options with the command line and the daemon's checks, then
+execs ``launcher.main``'s command: a process that imports the standard library, the
+launcher's own modules and the few it stands on -- never the core's crypto, PyNaCl,
+msgpack, trio or the CLI (each import is RSS a Python process keeps).  The figures
+themselves are ``scripts/bench/gossip_idle.py``'s ``launcher_rss_mb``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from p2pupdate.launcher.main import ENTRY_MODULE, launcher_command
+from p2pupdate.launcher.supervisor import LauncherConfig
+
+from .conftest import Builds
+
+#: What the launcher may import besides the standard library: itself and what it stands on.
+ALLOWED = {
+    "__main__",
+    "p2pupdate",
+    "p2pupdate._version",
+    "p2pupdate.errors",
+    "p2pupdate.fsutil",
+    "p2pupdate.core",
+    "p2pupdate.core.errors",
+    "p2pupdate.core.timing",
+    "p2pupdate.launcher",
+}
+#: Standard modules it must not load: OpenSSL (libcrypto is ~4 MB of RSS), the CLI's parser.
+FORBIDDEN_STDLIB = {"_hashlib", "hashlib", "hmac", "secrets", "_ssl", "ssl", "argparse", "asyncio"}
+
+#: The launcher's main() up to its loop, plus one decide(): a first start (bootstrap: read,
+#: hash, unpack and verify a slot), the command of its daemon; then the modules it loaded.
+PROBE = """
+import sys
+from p2pupdate.launcher.main import config_from_argv
+from p2pupdate.launcher.supervisor import Launcher
+launcher = Launcher(config_from_argv(sys.argv[1:]), log=lambda message: None)
+launcher.child_command(launcher.decide())
+print("\\n".join(sorted(sys.modules)))
+"""
+
+
+def _outside(modules: set[str]) -> list[str]:
+    return sorted(
+        m
+        for m in modules
+        if m not in ALLOWED
+        and not m.startswith("p2pupdate.launcher.")
+        and (m.split(".")[0] not in sys.stdlib_module_names or m in FORBIDDEN_STDLIB)
+    )
+
+
+def test_the_launcher_process_loads_only_the_stdlib_and_itself(
+    tmp_path: Path, builds: Builds
+) -> None:
+    config = LauncherConfig(
+        state_dir=tmp_path / "state",
+        initial_artifact=builds.get("v1", 1).path,
+        daemon_args=("--work", "none"),
+    )
+    argv, env = launcher_command(config)
+    m = argv.index("-m")
+    assert argv[m + 1] == ENTRY_MODULE
+    probe = [*argv[:m], "-c", PROBE, *argv[m + 2 :]]
+    out = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60, check=True)
+    modules = set(out.stdout.split())
+    assert "p2pupdate.launcher.supervisor" in modules  # the probe ran the launcher
+    assert "site" not in modules  # -S: no .pth file of any installed package runs
+    assert _outside(modules) == []
+    assert (config.state_dir / "current").is_symlink()  # and it bootstrapped
+
+
+def test_p2pupdate_node_becomes_the_small_launcher_process(tmp_path: Path, builds: Builds) -> None:
+    """The real command: once its checks pass, the same pid runs ``launcher.main``'s command,
+    with none of the libraries the checks loaded mapped (the ~45 MB launcher before)."""
+    state = tmp_path / "state"
+    v1 = builds.get("v1", 1)
+    node = ("node", "--state-dir", str(state), "--work", "none", "--initial-artifact", str(v1.path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2pupdate", *node],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().decode()
+        assert "bootstrapped slot" in first, first
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    argv = [a.decode() for a in cmdline]
+    expected, _ = launcher_command(
+        LauncherConfig(state_dir=state.absolute(), initial_artifact=v1.path.absolute())
+    )
+    assert argv[: argv.index("--")] == expected[: expected.index("--")], argv
+    loaded = {line.split()[-1] for line in maps.splitlines() if "/" in line}
+    heavy = sorted(
+        p
+        for p in loaded
+        if any(s in Path(p).name for s in ("libcrypto", "_nacl", "msgpack", "_cffi"))
+    )
+    assert heavy == [], heavy
+    assert proc.returncode == 0
