@@ -46,7 +46,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -92,7 +91,7 @@ class StateError(LocalStateFault):
 
 
 def new_id() -> str:
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # = secrets.token_hex, without hmac/OpenSSL
 
 
 # -- field checks -----------------------------------------------------------------------------
@@ -563,7 +562,7 @@ class StateDir:
         target = f"slots/{_sha(artifact, name)}"
         if self._readlink_raw(name) == target:
             return
-        tmp = self.root / f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = self.root / f".{name}.{os.urandom(6).hex()}.tmp"
         os.symlink(target, tmp)
         try:
             os.replace(tmp, self.root / name)
@@ -630,7 +629,7 @@ class StateDir:
         final = self.slot_dir(artifact)
         if final.exists():  # an unusable directory under the name (never made by us)
             self.remove_slot(artifact)
-        tmp = self.slots / f".tmp-{artifact[:16]}-{secrets.token_hex(4)}"
+        tmp = self.slots / f".tmp-{artifact[:16]}-{os.urandom(4).hex()}"
         tmp.mkdir(mode=0o755)
         try:
             unpack_into(data, tmp, limits=self.limits, on_entry=on_entry)
@@ -660,7 +659,7 @@ class StateDir:
         d = self.slot_dir(artifact)
         if not d.exists():
             return
-        gone = self.slots / f".tmp-gc-{artifact[:16]}-{secrets.token_hex(4)}"
+        gone = self.slots / f".tmp-gc-{artifact[:16]}-{os.urandom(4).hex()}"
         os.rename(d, gone)
         fsync_dir(self.slots)
         shutil.rmtree(gone, ignore_errors=True)
