@@ -116,3 +116,66 @@ def test_p2pupdate_node_becomes_the_small_launcher_process(tmp_path: Path, build
     )
     assert heavy == [], heavy
     assert proc.returncode == 0
+
+
+# -- the daemon's side of the box: its key file without ``cryptography`` (~8 MB) ------------
+
+
+def test_the_daemon_reads_its_key_file_without_importing_cryptography(tmp_path: Path) -> None:
+    """The daemon loads its node key at every start (``daemon.identity``): a file in the
+    form ``core.crypto`` writes is read by ``core.crypto`` alone."""
+    from p2pupdate.core import crypto
+
+    key = crypto.SigningKey.from_seed(bytes(range(32)))
+    pem = tmp_path / "node.pem"
+    pem.write_bytes(b"# node " + key.keyid.encode() + b"\n" + crypto.private_key_to_pem(key))
+    probe = (
+        "import sys; from pathlib import Path; import p2pupdate.daemon.main; "
+        "from p2pupdate.core import crypto; "
+        f"key = crypto.private_key_from_pem(Path({str(pem)!r}).read_bytes()); "
+        "print(key.keyid, 'cryptography' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == [key.keyid, "False"], out.stderr
+
+
+def test_key_files_are_the_bytes_cryptography_writes_and_other_forms_still_go_to_it() -> None:
+    """Guard for the fixed-form encoder: byte for byte what ``cryptography`` writes, read
+    back the same; a file in any other form (two blocks, encrypted, junk) is judged by
+    ``cryptography`` as before."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from p2pupdate.core import crypto
+    from p2pupdate.core.errors import KeyFileError
+
+    for n in range(20):
+        key = crypto.SigningKey.from_seed(bytes([n]) * 32)
+        theirs = ed25519.Ed25519PrivateKey.from_private_bytes(key.seed)
+        private = theirs.private_bytes(
+            ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption()
+        )
+        public = theirs.public_key().public_bytes(
+            ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo
+        )
+        assert crypto.private_key_to_pem(key) == private
+        assert crypto.public_key_to_pem(key.public_key) == public
+        assert crypto.private_key_from_pem(private).seed == key.seed
+        assert crypto.public_key_from_pem(public) == key.public_key
+    assert crypto.private_key_from_pem(private + private).seed == key.seed  # as cryptography says
+    encrypted = theirs.private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.BestAvailableEncryption(b"pw")
+    )
+    for bad, why in (
+        (encrypted, "encrypted"),
+        (private.replace(b"MC4C", b"MC4D"), "not a PEM private key"),
+        (public, "not a PEM private key"),
+    ):
+        try:
+            crypto.private_key_from_pem(bad)
+        except KeyFileError as exc:
+            assert why in str(exc), (bad, exc)
+        else:
+            raise AssertionError(f"read {bad!r}")
