@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .codes import LAUNCHER_USAGE
-from .supervisor import Launcher, LauncherConfig, installed_source_root
+from .supervisor import Launcher, LauncherConfig, LauncherError, installed_source_root
 
 #: The interpreter's options for the launcher process (see the module docstring).
 INTERPRETER_FLAGS: tuple[str, ...] = ("-S", "-P")
@@ -95,11 +95,15 @@ def launcher_command(config: LauncherConfig) -> tuple[list[str], dict[str, str]]
 
 
 def exec_launcher(config: LauncherConfig) -> NoReturn:
-    """Become the launcher process of ``config`` (:func:`os.execve`; never returns)."""
+    """Become the launcher process of ``config`` (:func:`os.execve`; never returns, but
+    raises :class:`~.supervisor.LauncherError` if the interpreter cannot be run)."""
     argv, env = launcher_command(config)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, env)
+    try:
+        os.execve(argv[0], argv, env)
+    except OSError as exc:
+        raise LauncherError(f"cannot start the launcher with {argv[0]}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
