@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -51,7 +50,7 @@ def temp_path(path: Path | str) -> Path:
     is 18 bytes longer than ``path``'s (so a name near the file system's limit is refused
     by the temporary file, not by the final rename)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    return path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
 
 
 def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:

@@ -31,7 +31,8 @@ from ..daemon.options import add_daemon_arguments, check_node_options, forward_a
 from ..fsutil import create_exclusive
 from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, unpack_into
 from ..launcher.codes import EXIT_CODES_HELP
-from ..launcher.supervisor import Launcher, LauncherConfig
+from ..launcher.main import exec_launcher
+from ..launcher.supervisor import LauncherConfig
 from .common import (
     EXIT_OK,
     EXIT_REJECTED,
@@ -382,7 +383,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         initial_artifact=args.initial_artifact.absolute() if args.initial_artifact else None,
     )
-    return Launcher(config).run()
+    # everything is checked: become the small launcher process (launcher.main), leaving
+    # this one's imports -- the parser, the daemon's checks, the core -- behind
+    exec_launcher(config)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

@@ -9,13 +9,17 @@ The rules of README "Trust model", exactly:
   nothing is ever re-encoded to be verified.
 * ``keyid`` = lowercase hex sha256 of the raw 32-byte public key; a node's id is its keyid.
 * PyNaCl (libsodium) is the only verifier.  ``cryptography`` is used only to read and write
-  PEM key files (PKCS#8 private, SubjectPublicKeyInfo public), never to verify.
+  PEM key files (PKCS#8 private, SubjectPublicKeyInfo public), never to verify -- and only
+  for a file not in the one form this module writes (RFC 8410's fixed DER, one PEM block):
+  that form is encoded and read here, so a node that loads its own key never imports it
+  (~8 MB of a daemon's RSS: README "A small box").
 
 Key *files* are bytes in, bytes out here; the shell reads and writes them (mode 0600).
 """
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,8 +27,6 @@ from typing import Final
 
 import nacl.exceptions
 import nacl.signing
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import wire
 from .errors import KeyFileError, SchemaError, SignatureError, WrongTypeError
@@ -199,18 +201,55 @@ def _sig_part(name: str, v: object) -> object:
 # -- key files --------------------------------------------------------------------------
 
 
+#: The DER of an Ed25519 key in the form ``cryptography`` writes it (RFC 8410): an
+#: unencrypted PKCS#8 v1 ``PrivateKeyInfo`` and a ``SubjectPublicKeyInfo``, each a fixed
+#: prefix and the 32 key bytes.
+_PKCS8_PREFIX: Final = bytes.fromhex("302e020100300506032b657004220420")
+_SPKI_PREFIX: Final = bytes.fromhex("302a300506032b6570032100")
+_PRIVATE_LABEL: Final = b"PRIVATE KEY"
+_PUBLIC_LABEL: Final = b"PUBLIC KEY"
+
+
+def _pem(label: bytes, der: bytes) -> bytes:
+    body = binascii.b2a_base64(der, newline=False)
+    lines = b"\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label, lines, label)
+
+
+def _fixed_form(data: bytes, label: bytes, prefix: bytes) -> bytes | None:
+    """The 32 key bytes if ``data`` is, after optional comment lines, exactly one PEM block
+    ``label`` whose DER is ``prefix`` and 32 bytes; None for anything else (which
+    ``cryptography`` then judges, as it judged every key file before)."""
+    begin, end = b"-----BEGIN %s-----\n" % label, b"\n-----END %s-----" % label
+    at = data.find(begin)
+    if at < 0 or (at > 0 and data[at - 1 : at] != b"\n") or data.count(b"-----BEGIN") != 1:
+        return None
+    stop = data.find(end, at)
+    if stop < 0 or data[stop + len(end) :].strip():
+        return None
+    try:
+        der = binascii.a2b_base64(b"".join(data[at + len(begin) : stop].split()), strict_mode=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != len(prefix) + 32 or not der.startswith(prefix):
+        return None
+    return der[len(prefix) :]
+
+
 def private_key_to_pem(key: SigningKey) -> bytes:
-    priv = ed25519.Ed25519PrivateKey.from_private_bytes(key.seed)
-    return priv.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    """PKCS#8 PEM, the bytes ``cryptography`` writes (a test compares them)."""
+    return _pem(_PRIVATE_LABEL, _PKCS8_PREFIX + key.seed)
 
 
 def public_key_to_pem(public_key: bytes) -> bytes:
-    pub = ed25519.Ed25519PublicKey.from_public_bytes(public_key)
-    return pub.public_bytes(
+    """SubjectPublicKeyInfo PEM, the bytes ``cryptography`` writes (a test compares them)."""
+    if len(public_key) == 32:
+        return _pem(_PUBLIC_LABEL, _SPKI_PREFIX + public_key)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pub = ed25519.Ed25519PublicKey.from_public_bytes(public_key)  # raises, as it always did
+    return pub.public_bytes(  # pragma: no cover - 32 bytes are taken above
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
@@ -222,6 +261,12 @@ def private_key_from_pem(data: bytes) -> SigningKey:
     """Read an unencrypted PKCS#8 PEM Ed25519 private key."""
     if len(data) > MAX_PEM_BYTES:
         raise KeyFileError("key file is too large to be an Ed25519 key")
+    seed = _fixed_form(data, _PRIVATE_LABEL, _PKCS8_PREFIX)
+    if seed is not None:
+        return SigningKey.from_seed(seed)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     try:
         priv = serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:
@@ -240,6 +285,12 @@ def public_key_from_pem(data: bytes) -> bytes:
     """Read a SubjectPublicKeyInfo PEM Ed25519 public key; returns the raw 32 bytes."""
     if len(data) > MAX_PEM_BYTES:
         raise KeyFileError("key file is too large to be an Ed25519 key")
+    raw = _fixed_form(data, _PUBLIC_LABEL, _SPKI_PREFIX)
+    if raw is not None:
+        return raw
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     try:
         pub = serialization.load_pem_public_key(data)
     except (ValueError, Exception) as exc:

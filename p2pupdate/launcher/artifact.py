@@ -26,7 +26,7 @@ and the directory tree is fsynced before it is renamed into place (``state.stage
 from __future__ import annotations
 
 import gzip
-import hashlib
+import importlib
 import io
 import os
 import re
@@ -34,9 +34,8 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, NamedTuple
 
 from ..errors import LocalStateFault, PeerFault
 from ..fsutil import FileTooLargeError, fsync_dir, read_limited
@@ -67,9 +66,13 @@ class BuildError(LocalStateFault):
     rule = "build"
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class UnpackLimits:
-    """Caps for one artifact; every one is checked before the bytes it bounds are read."""
+class UnpackLimits(NamedTuple):
+    """Caps for one artifact; every one is checked before the bytes it bounds are read.
+
+    A ``NamedTuple``, like the launcher's other records: ``dataclasses`` (with ``inspect``,
+    ``ast``, ``dis``...) would cost the launcher process ~1.3 MB of its RSS (README "A small
+    box"); give the fields by name.
+    """
 
     max_artifact_bytes: int = 64 * 1024 * 1024
     max_total_bytes: int = 128 * 1024 * 1024
@@ -176,8 +179,27 @@ def build_artifact(
 # -- verify and unpack --------------------------------------------------------------------
 
 
+def _builtin_sha256() -> Callable[[bytes], Any]:
+    """The interpreter's own sha256 (``_sha2`` from Python 3.12, ``_sha256`` before), not
+    OpenSSL's through ``hashlib``: loading libcrypto costs the launcher ~4 MB of its RSS
+    (README "A small box") for a speed that artifacts of a few MB do not need.  A build
+    without it (built-in hashes disabled) falls back to ``hashlib``."""
+    for name in ("_sha2", "_sha256"):
+        try:
+            return importlib.import_module(name).sha256  # type: ignore[no-any-return]
+        except (ImportError, AttributeError):
+            continue
+    import hashlib  # pragma: no cover - CPython ships one of the above
+
+    return hashlib.sha256  # pragma: no cover
+
+
+_sha256: Final = _builtin_sha256()
+
+
 def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    digest: str = _sha256(data).hexdigest()
+    return digest
 
 
 def read_artifact(path: Path, expected_sha256: str, limits: UnpackLimits = DEFAULT_LIMITS) -> bytes:

@@ -36,7 +36,9 @@ Who writes what (never two at once: the launcher writes only while no daemon run
   ``verdict``, ``status``, ``store/``, ``work/``, ``denied`` (lift), ``rollbacks`` (reported).
 
 Records are JSON with a ``format`` number and exact keys, read with a size cap; anything
-else raises ``StateError`` (the local state's fault, never a peer's).
+else raises ``StateError`` (the local state's fault, never a peer's).  In memory they are
+``NamedTuple`` records (immutable; build them by keyword): the launcher process imports no
+``dataclasses`` (README "A small box").
 """
 
 from __future__ import annotations
@@ -46,13 +48,11 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ..errors import LocalStateFault
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, quarantine, read_limited
@@ -92,7 +92,7 @@ class StateError(LocalStateFault):
 
 
 def new_id() -> str:
-    return secrets.token_hex(16)
+    return os.urandom(16).hex()  # = secrets.token_hex, without hmac/OpenSSL
 
 
 # -- field checks -----------------------------------------------------------------------------
@@ -168,8 +168,7 @@ def load(path: Path, limit: int = MAX_RECORD_BYTES) -> Any | None:
 # -- records ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SlotManifest:
+class SlotManifest(NamedTuple):
     """``slots/<sha>/SLOT.json``: written last, before the slot is renamed into place."""
 
     artifact: str
@@ -179,7 +178,7 @@ class SlotManifest:
     unpacked: float
 
     def to_bytes(self) -> bytes:
-        return dump(asdict(self))
+        return dump(self._asdict())
 
     @classmethod
     def parse(cls, raw: Any, where: str = "SLOT.json") -> SlotManifest:
@@ -192,8 +191,7 @@ class SlotManifest:
         return cls(**v)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SlotFiles:
+class SlotFiles(NamedTuple):
     """``slots/<sha>/FILES.json``: what every file of the slot must be, from the artifact.
 
     Written at stage time from the verified artifact (not from what landed on disk), so a
@@ -208,7 +206,7 @@ class SlotFiles:
     files: Mapping[str, str]
 
     def to_bytes(self) -> bytes:
-        return dump({**asdict(self), "files": dict(sorted(self.files.items()))})
+        return dump({**self._asdict(), "files": dict(sorted(self.files.items()))})
 
     @classmethod
     def parse(cls, raw: Any, where: str = FILES_FILE) -> SlotFiles:
@@ -259,8 +257,7 @@ def purge_bytecode(slot: Path) -> int:
     return len(caches)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """``pending``: a swap in flight, from the daemon's swap until promotion or rollback.
 
     The daemon creates it (``attempts`` 0) right before exiting with the swap code.  The
@@ -288,7 +285,7 @@ class Pending:
     deny: bool = True
 
     def to_bytes(self) -> bytes:
-        d = asdict(self)
+        d = self._asdict()
         d["token"] = self.token.hex()
         return dump(d)
 
@@ -326,11 +323,10 @@ class Pending:
         return cls(**v)
 
     def with_(self, **changes: Any) -> Pending:
-        return replace(self, **changes)
+        return self._replace(**changes)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """``verdict``: the daemon on probation answers the launcher (the confirmation channel).
 
     ``id`` is the pending record's id, so a verdict left over from an earlier swap of the
@@ -345,7 +341,7 @@ class Verdict:
     pid: int
 
     def to_bytes(self) -> bytes:
-        return dump(asdict(self))
+        return dump(self._asdict())
 
     @classmethod
     def parse(cls, raw: Any, where: str = "verdict") -> Verdict:
@@ -370,8 +366,7 @@ class Verdict:
         return self.id == pending.id and self.artifact == pending.artifact
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Deny:
+class Deny(NamedTuple):
     """A sticky deny: ``artifact`` failed probation here; lifted by a higher counter."""
 
     artifact: str
@@ -380,8 +375,7 @@ class Deny:
     time: float
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class RollbackEntry:
+class RollbackEntry(NamedTuple):
     """One rollback, as logged; ``reported`` is when the daemon reported it (or None)."""
 
     id: str
@@ -394,7 +388,7 @@ class RollbackEntry:
     reported: float | None = None
 
     def to_obj(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self._asdict()
         d["token"] = None if self.token is None else self.token.hex()
         return d
 
@@ -443,12 +437,15 @@ def _parse_rollback(raw: Any, where: str) -> RollbackEntry:
 # -- the directory ----------------------------------------------------------------------------
 
 
-@dataclass
 class StateDir:
     """Paths and crash-safe operations on one node's state directory."""
 
-    root: Path
-    limits: UnpackLimits = field(default=DEFAULT_LIMITS)
+    def __init__(self, root: Path, limits: UnpackLimits = DEFAULT_LIMITS) -> None:
+        self.root = root
+        self.limits = limits
+
+    def __repr__(self) -> str:
+        return f"StateDir(root={self.root!r}, limits={self.limits!r})"
 
     # paths
     @property
@@ -563,7 +560,7 @@ class StateDir:
         target = f"slots/{_sha(artifact, name)}"
         if self._readlink_raw(name) == target:
             return
-        tmp = self.root / f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = self.root / f".{name}.{os.urandom(6).hex()}.tmp"
         os.symlink(target, tmp)
         try:
             os.replace(tmp, self.root / name)
@@ -630,7 +627,7 @@ class StateDir:
         final = self.slot_dir(artifact)
         if final.exists():  # an unusable directory under the name (never made by us)
             self.remove_slot(artifact)
-        tmp = self.slots / f".tmp-{artifact[:16]}-{secrets.token_hex(4)}"
+        tmp = self.slots / f".tmp-{artifact[:16]}-{os.urandom(4).hex()}"
         tmp.mkdir(mode=0o755)
         try:
             unpack_into(data, tmp, limits=self.limits, on_entry=on_entry)
@@ -660,7 +657,7 @@ class StateDir:
         d = self.slot_dir(artifact)
         if not d.exists():
             return
-        gone = self.slots / f".tmp-gc-{artifact[:16]}-{secrets.token_hex(4)}"
+        gone = self.slots / f".tmp-gc-{artifact[:16]}-{os.urandom(4).hex()}"
         os.rename(d, gone)
         fsync_dir(self.slots)
         shutil.rmtree(gone, ignore_errors=True)
@@ -833,7 +830,9 @@ class StateDir:
         return [_parse_deny(item, f"denied[{i}]") for i, item in enumerate(items)]
 
     def write_denied(self, denies: list[Deny]) -> None:
-        atomic_write(self.denied_path, dump({"denied": [asdict(d) for d in denies[-MAX_DENIES:]]}))
+        atomic_write(
+            self.denied_path, dump({"denied": [d._asdict() for d in denies[-MAX_DENIES:]]})
+        )
 
     def add_deny(self, deny: Deny) -> bool:
         """Sticky-deny ``deny.artifact`` (idempotent); True if it was not denied yet."""
@@ -874,7 +873,7 @@ class StateDir:
     def mark_reported(self, ids: set[str], when: float) -> None:
         entries = self.read_rollbacks()
         changed = [
-            replace(e, reported=when) if e.id in ids and e.reported is None else e for e in entries
+            e._replace(reported=when) if e.id in ids and e.reported is None else e for e in entries
         ]
         if changed != entries:
             self.write_rollbacks(changed)

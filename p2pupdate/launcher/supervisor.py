@@ -34,18 +34,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
-from ..core import timing
 from ..errors import LocalStateFault
 from ..fsutil import atomic_write, is_disk_full
 from .artifact import (
@@ -82,53 +81,91 @@ class LauncherError(LocalStateFault):
     rule = "launcher"
 
 
-@dataclass(frozen=True, kw_only=True)
 class LauncherConfig:
-    """What ``p2pupdate node`` configures; the defaults are for a real fleet."""
+    """What ``p2pupdate node`` configures; the defaults are for a real fleet.
 
-    state_dir: Path
-    #: Passed to every daemon after the launcher's own (``--state-dir``, ``--slot``, ...).
-    daemon_args: tuple[str, ...] = ()
-    #: A new slot must confirm within this many seconds of each start...
-    probation: float = 120.0
-    #: ...and gets this many starts before it is rolled back.
-    max_attempts: int = 3
-    #: Bootstrap from this artifact instead of the installed package's own source.
-    initial_artifact: Path | None = None
-    python: str = sys.executable
-    poll_interval: float = 0.05
-    #: On stop: SIGTERM, then SIGKILL after this long.
-    stop_grace: float = 15.0
-    #: On a probation timeout: SIGTERM, then SIGKILL after this long.
-    kill_grace: float = 3.0
-    #: Restart delay after a crash of a confirmed slot: base * 2**(n-1), capped.
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    #: A run this long resets the crash backoff.
-    stable_after: float = 60.0
-    limits: UnpackLimits = field(default=DEFAULT_LIMITS)
+    A plain class (keyword arguments only), not a dataclass: the launcher process imports
+    no ``dataclasses`` (README "A small box"; ``state``'s records are ``NamedTuple``).
+    """
 
-    def __post_init__(self) -> None:
-        if not self.probation > 0 or self.max_attempts < 1:
+    __slots__ = (
+        "backoff_base",
+        "backoff_cap",
+        "daemon_args",
+        "initial_artifact",
+        "kill_grace",
+        "limits",
+        "max_attempts",
+        "poll_interval",
+        "probation",
+        "python",
+        "stable_after",
+        "state_dir",
+        "stop_grace",
+    )
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        daemon_args: tuple[str, ...] = (),
+        probation: float = 120.0,
+        max_attempts: int = 3,
+        initial_artifact: Path | None = None,
+        python: str = sys.executable,
+        poll_interval: float = 0.05,
+        stop_grace: float = 15.0,
+        kill_grace: float = 3.0,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        stable_after: float = 60.0,
+        limits: UnpackLimits = DEFAULT_LIMITS,
+    ) -> None:
+        if not probation > 0 or max_attempts < 1:
             raise ValueError("probation must be > 0 and max_attempts >= 1")
+        self.state_dir = state_dir
+        #: Passed to every daemon after the launcher's own (``--state-dir``, ``--slot``, ...).
+        self.daemon_args = daemon_args
+        #: A new slot must confirm within this many seconds of each start...
+        self.probation = probation
+        #: ...and gets this many starts before it is rolled back.
+        self.max_attempts = max_attempts
+        #: Bootstrap from this artifact instead of the installed package's own source.
+        self.initial_artifact = initial_artifact
+        self.python = python
+        self.poll_interval = poll_interval
+        #: On stop: SIGTERM, then SIGKILL after this long.
+        self.stop_grace = stop_grace
+        #: On a probation timeout: SIGTERM, then SIGKILL after this long.
+        self.kill_grace = kill_grace
+        #: Restart delay after a crash of a confirmed slot: base * 2**(n-1), capped.
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        #: A run this long resets the crash backoff.
+        self.stable_after = stable_after
+        self.limits = limits
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"LauncherConfig({fields})"
 
     def restart_delay(self, crashes: int) -> float:
         """Seconds before restarting a confirmed slot after its ``crashes``-th crash in a row
         (``>= 1``): ``backoff_base * 2**(crashes-1)`` up to ``backoff_cap``, through
         ``timing.capped_exponential`` so a slot crashing for days never overflows it."""
+        from ..core import timing  # after a crash only: it imports dataclasses
+
         return timing.capped_exponential(self.backoff_base, self.backoff_cap, crashes - 1)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Plan:
+class Plan(NamedTuple):
     """What to run next: a slot, on probation when ``pending`` is set."""
 
     slot: str
     pending: Pending | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How a daemon run ended."""
 
     code: int
@@ -171,6 +208,26 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def _heap_trimmer() -> Callable[[], None]:
+    """A function that hands the C heap's free pages back to the system (glibc's
+    ``malloc_trim``; a no-op elsewhere).
+
+    Python keeps what its allocator once took: after the imports (compiled from source
+    when there is no bytecode) and a bootstrap (a whole artifact in memory, unpacked) the
+    launcher would idle with megabytes it will not use again (README "A small box").
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+
+    def release() -> None:
+        gc.collect()
+        trim(0)
+
+    return release
+
+
 class Launcher:
     """One node's supervisor.  ``run()`` until stopped; the other methods are its steps."""
 
@@ -183,6 +240,7 @@ class Launcher:
         self._stop_requested = False
         self._crashes = 0
         self._preexec = _die_with_parent()
+        self._trim_heap = _heap_trimmer()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -423,6 +481,7 @@ class Launcher:
         cfg = self.config
         pending = plan.pending
         started = time.monotonic()
+        self._trim_heap()  # what a bootstrap or repair took is not needed while it runs
         try:
             proc = self.spawn(plan)
         except OSError as exc:

@@ -1,6 +1,6 @@
-"""Measure an idle gossiping daemon: RSS and CPU with 8 links at 1 s rounds; prints JSON.
+"""Measure an idle gossiping node: RSS and CPU with 8 links at 1 s rounds.
 
-    .venv/bin/python scripts/bench/gossip_idle.py [--seconds S] [--links N] [--round DUR]
+    .venv/bin/python scripts/bench/gossip_idle.py [--seconds S] [--links N] [--round DUR] [--json]
 
 Starts one real node (``python -m p2pupdate node``: the launcher and the daemon it runs
 from a slot built from this tree) with ``--work none``, a trust root from
@@ -10,6 +10,11 @@ per-address Sybil cap does not apply) bootstrap from it.  Once the daemon holds 
 and nothing else is happening (no update check: ``--check-interval 1h``), the daemon
 process's CPU time and RSS are sampled over S seconds.  The figures are the daemon's alone
 (the launcher is reported apart; the peers' work is this process's).
+
+Issue 14's targets ("A small box"): ``launcher_rss_mb`` <= 15 and ``node_rss_mb`` (launcher
++ daemon) <= 60.  The launcher's figure is read at the end, from the process
+``p2pupdate node`` became (``launcher.main``: the same pid); its ``launcher_rss_hwm_mb`` is
+that process's peak.  ``--json`` prints one JSON object; otherwise one line per figure.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ async def run_peers(
             "active": st.get("gossip", {}).get("active"),
             "seconds": round(elapsed, 1),
             "rss_mb": round(rss1 / 2**20, 1),
+            "daemon_rss_mb": round(rss1 / 2**20, 1),
             "rss_mb_max_sampled": round(max(samples) / 2**20, 1),
             "rss_hwm_mb": round(hwm / 2**20, 1),
             "cpu_percent_of_one_core": round(100.0 * (cpu1 - cpu0) / elapsed, 3),
@@ -140,6 +146,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--links", type=int, default=8)
     p.add_argument("--round", default="1s")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gossip-idle-"))
     proc = None
@@ -184,15 +191,22 @@ def main() -> int:
         assert bootstrap is not None
         figures = trio.run(run_peers, root, tmp, bootstrap, args.links, state, args.seconds)
         launcher = proc_figures(proc.pid)
+        launcher_mb = round(launcher[0] / 2**20, 1)
         result = {
             "bench": "gossip_idle",
             "round": args.round,
             **figures,
-            "launcher_rss_mb": round(launcher[0] / 2**20, 1),
+            "launcher_rss_mb": launcher_mb,
+            "launcher_rss_hwm_mb": round(launcher[1] / 2**20, 1),
+            "node_rss_mb": round(launcher_mb + figures["daemon_rss_mb"], 1),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         }
-        print(json.dumps(result))
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for key, value in result.items():
+                print(f"{key}: {value}")
         return 0
     finally:
         if proc is not None:
