@@ -403,9 +403,11 @@ class CoordinatorLink:
                 self.log(line)
 
     def summary(self) -> dict[str, Any]:
-        """The status file's ``coordinator`` entry: each replica, whether it is connected,
-        and the admission refusal it last gave this node's hello (``reason``: the
-        ``admission/...`` code; ``detail``: what to do), and the rule this node knows."""
+        """The status file's ``coordinator`` entry: the session mode and the heartbeat
+        interval in use; each replica, whether it is connected (on demand: only while a
+        session is open), and the admission refusal it last gave this node's hello
+        (``reason``: the ``admission/...`` code; ``detail``: what to do), and the rule
+        this node knows."""
         net = self.network
         rule: dict[str, Any] | None = None
         if net is not None:
@@ -421,6 +423,9 @@ class CoordinatorLink:
             }
         return {
             "admission": rule,
+            # P11: kept open or on demand, and the heartbeat interval in use (seconds)
+            "sessions": "persistent" if self.persistent else "on-demand",
+            "heartbeat_s": self.heartbeat_interval(),
             "replicas": [
                 {
                     "url": link.base,

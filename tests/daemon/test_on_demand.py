@@ -62,6 +62,7 @@ async def test_a_session_opens_to_report_and_closes_when_idle(tmp_path: Path) ->
         # the first report at start, answered with the heartbeat interval and the versions
         await _until(lambda: coord.heartbeat_s is not None)
         assert coord.heartbeat_s == reporting.MIN_HEARTBEAT  # a fleet of one
+        assert coord.summary()["sessions"] == "on-demand"
         assert coord.node in replica.registry.nodes
         # the replica holds allowlist 4, this node none: fetched (no push, no timer poll)
         await _until(lambda: coord.allowlist is not None, 10.0)
