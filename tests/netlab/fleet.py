@@ -249,7 +249,7 @@ class Fleet:
             "--work", "none", *FAST, "--check-interval", "1h",
             "--trust-root", str(self.net.dir / "root.msgpack"),
             "--gossip-listen", f"{addr}:0", "--gossip-round", "1s", "--report-interval", "2s",
-            *(["--coordinator", self.url, "--persistent-sessions"] if coordinator else []),
+            *(["--coordinator", self.url] if coordinator else []),
             *(["--zeroconf", addr] if zeroconf else []),
             *extra,
         ]  # fmt: skip
