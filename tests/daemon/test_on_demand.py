@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from p2pupdate import clock
@@ -96,3 +97,25 @@ async def test_the_replica_sets_the_heartbeat_from_its_fleet(tmp_path: Path) -> 
         ack = replica.status_ack("default")
         assert ack.next_report_s == 5000.0
         assert (ack.allowlist, ack.scope) == (0, 0)
+
+
+async def test_a_node_without_gossip_peers_polls_the_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No gossip peer to bring documents: they are polled every check interval (here
+    0.3 s; the first poll's spread cut to 0) -- with no report sent, so no probe."""
+    monkeypatch.setattr("p2pupdate.daemon.coordinator.FIRST_DOCS_SPREAD", 0.0)
+    net = Network(tmp_path / "net")
+    async with in_process(net) as (_replica, url), trio.open_nursery() as nursery:
+        coord = _link(tmp_path, net, url, {})
+        coord.status_fields = dict  # nothing to report: no status report, no probe
+        coord.docs_interval = 0.3
+        coord.gossip_peers = lambda: 0
+        await nursery.start(coord.run)
+        await _until(lambda: coord.docs_polls >= 1)
+        assert coord.allowlist is None  # nothing published yet
+        assert (await ahttp("POST", f"{url}/v1/publish", net.allowlist(2, [RUNNING])))[0] == 200
+        await _until(lambda: coord.allowlist is not None)
+        assert coord.allowlist is not None and coord.allowlist.version == 2
+        assert coord.reports_sent == 0
+        nursery.cancel_scope.cancel()
