@@ -787,7 +787,7 @@ class Server:
             rep.on_status(node, request)  # first: a refused report changes nothing
             conn.addrs = request.addrs
             conn.pool = request.pool or "default"
-            return proto.Ack()
+            return rep.status_ack(conn.pool)
         if isinstance(request, proto.RejoinedReport):
             rep.on_rejoined(node, request)
             return proto.Ack()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from p2pupdate.core import admission, crypto, wire
+from p2pupdate.core import admission, crypto, reporting, wire
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import documents as docs
 from p2pupdate.core.departure import DEFAULT_MAX_SKEW, DEFAULT_TOKEN_TTL
@@ -117,6 +117,8 @@ class ServiceConfig:
     origin: OriginConfig = field(default_factory=OriginConfig)
     #: Whose signals count: lapse cooldowns, introductions (``policy_signals``).
     signals: policy_signals.SignalsConfig = field(default_factory=policy_signals.SignalsConfig)
+    #: Heartbeat reports a second this replica aims for (``core.reporting``; P11).
+    report_budget: float = reporting.DEFAULT_BUDGET
 
     @property
     def replica_dir(self) -> Path:
@@ -358,6 +360,33 @@ class Replica:
         pool = self.registry.on_status(node, report)
         if pool is not None:
             self.asks.aggregate_changed(pool)
+
+    def status_ack(self, pool: str) -> proto.StatusAck:
+        """The answer to a status report of a node of ``pool`` (``next_report_s``), with
+        the versions of the documents held (a node behind fetches them)."""
+        allow, scope = self.documents.allowlist, self.documents.scope
+        return proto.StatusAck(
+            next_report_s=self.next_report_s(pool),
+            allowlist=allow.doc.version if allow is not None else 0,
+            scope=scope.doc.serial if scope is not None else 0,
+        )
+
+    def next_report_s(self, pool: str) -> float:
+        """When a node of ``pool`` should send its next heartbeat (``StatusAck``): the
+        one rule, ``reporting.heartbeat_interval``, of the nodes this replica knows (its
+        registry: every node that ever registered, so the count errs high and the rate
+        low) and of the pool's estimates held (the per-pool freshness cap; a pool that
+        never sent one has none to keep fresh)."""
+        registry = self.registry
+        reporters = len(registry.estimates.get(pool, ()))
+        return float(
+            reporting.heartbeat_interval(
+                float(len(registry.nodes)),
+                float(reporters) if reporters else None,  # none yet: nothing to keep fresh
+                budget=self.config.report_budget,
+                max_age=self.config.policy.aggregate_max_age,
+            )
+        )
 
     def aggregate(self, pool: str) -> policy.Aggregate:
         return self.registry.aggregate(pool)

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from coordinator.policy import PolicyConfig, breaker_threshold
+from p2pupdate.core import reporting
 
 from .churn import cdf
 from .config import HOUR, Scenario
@@ -157,6 +158,69 @@ def _session_check(rec: Recorder, horizon: float) -> dict[str, float]:
     }
 
 
+#: What opening one session costs a replica in messages it handles: the WebSocket upgrade
+#: and the hello (the close frame is not counted).  On demand a session opens for every
+#: burst of things to say; the model below opens one for each burst it names.
+SESSION_MESSAGES: Final = 2
+#: An arriving node's requests besides its first report: introductions (``peers``) and
+#: one documents fetch (an upper bound: gossip usually brings them first).
+ARRIVAL_REQUESTS: Final = 2
+
+
+def reports_along(states: tuple[str, ...], *, first: bool = False) -> int:
+    """How many status reports ``core.reporting.report_reason`` sends as a node goes
+    through ``states`` (from "serving" on the old build; ``first``: a process that just
+    started and has reported nothing).  The version changes with "probation" (the new
+    build runs).  The one rule: the daemon calls the same function."""
+    last: reporting.Snapshot | None = (
+        None if first else reporting.Snapshot(version="old", artifact="old", state="serving")
+    )
+    version, n = "old", 0
+    for state in states:
+        if state == "probation":
+            version = "new"
+        now = reporting.Snapshot(version=version, artifact=version, state=state)
+        if reporting.report_reason(last, now) is not None:
+            n += 1
+            last = now
+    return n
+
+
+def replica_messages(
+    series: dict[str, NDArray[Any]], *, n_nodes: int, pools: int, sample_dt: float
+) -> NDArray[np.float64]:
+    """Messages a second one replica receives, per sample, with the real defaults (P11).
+
+    Every node sends every message to every replica, so this is the fleet's total:
+
+    * heartbeats: ``online / reporting.heartbeat_interval(n_nodes, n_nodes / pools)`` a
+      second (the registry counts every node that ever registered: ``n_nodes``), each
+      in its own session;
+    * an arrival (a node coming online): a session, its first report, ``ARRIVAL_REQUESTS``;
+    * an ask: a session (a refused node's ``retry_after`` outlasts the idle close), the
+      ask, and the reports of asking -> serving (refused: the conservative case);
+    * a grant: the old process's reports of draining -> swapping (in the ask's session),
+      then the new process's session, its reports of probation -> serving (first report
+      included) and its ``rejoined``.
+    """
+    session = SESSION_MESSAGES
+    interval = reporting.heartbeat_interval(float(n_nodes), float(n_nodes) / max(pools, 1))
+    per_arrival = session + reports_along(("serving",), first=True) + ARRIVAL_REQUESTS
+    per_ask = session + 1 + reports_along(("asking", "serving"))
+    per_grant = (
+        reports_along(("asking", "draining", "swapping"))
+        - 1  # "asking": counted in the ask
+        + session
+        + reports_along(("probation", "serving"), first=True)
+        + 1
+    )
+    events = (
+        series["arrivals"] * per_arrival + series["asks"] * per_ask + series["grants"] * per_grant
+    )
+    beats = series["online"] / interval * (session + 1)
+    return np.asarray(events / sample_dt + beats, dtype=np.float64)
+
+
 def budget_of(scenario: Scenario, pools: int, mean_online: float) -> float:
     """The concurrent-departure budget a policy works to (NaN: it has none)."""
     p = scenario.policy
@@ -202,6 +266,10 @@ def summarize(
     * ``lease_overruns``: departures still away when their lease lapsed (ours).
     * ``asks_per_s_mean`` / ``asks_per_s_peak``: coordinator ask rate since the start
       (peak over one-minute samples).
+    * ``replica_msgs_per_s_mean`` / ``replica_msgs_per_s_peak_minute``: messages a second
+      one replica receives with the real defaults (sessions on demand, reports on change,
+      the budgeted heartbeat: ``replica_messages``), over the whole run / in the busiest
+      one-minute sample.
     * ``attempted`` / ``failed``: distinct nodes granted the new build / that rolled it
       back; ``halted_after_h``: from the rollout start to the breaker's pause;
       ``blast_radius``: nodes granted the build by the end (a pause stops new grants).
@@ -265,6 +333,10 @@ def summarize(
     summary["asks_total"] = int(series["asks"].sum())
     summary["asks_per_s_mean"] = float(asks.sum()) / span
     summary["asks_per_s_peak"] = float(asks.max()) / rec.sample_dt if len(asks) else 0.0
+    msgs = replica_messages(series, n_nodes=n_nodes, pools=pools, sample_dt=rec.sample_dt)
+    total = float(msgs.sum() * rec.sample_dt) + rec.failures  # one failed report each
+    summary["replica_msgs_per_s_mean"] = total / max(float(len(msgs)) * rec.sample_dt, 1.0)
+    summary["replica_msgs_per_s_peak_minute"] = float(msgs.max()) if len(msgs) else 0.0
     summary["attempted"] = rec.attempted
     summary["failed"] = rec.failures
     summary["failure_probability"] = s.rollout.failure_probability

@@ -49,6 +49,7 @@ __all__ = [
     "MAX_ICE_SERVERS",
     "MAX_ICE_TTL",
     "MAX_PEERS",
+    "MAX_REPORT_S",
     "MAX_SIGNAL",
     "NODE_PATH",
     "ORIGIN_NODE_HEADER",
@@ -83,6 +84,7 @@ __all__ = [
     "SignalRequest",
     "SlotFreed",
     "SlotPush",
+    "StatusAck",
     "StatusReport",
     "answer_of",
     "fast_hex_digest",
@@ -112,6 +114,8 @@ MAX_PEERS: Final = 32
 MAX_ICE_SERVERS: Final = 8
 #: Longest TURN credential lifetime a replica hands out (seconds): one day.
 MAX_ICE_TTL: Final = 86400
+#: Longest heartbeat interval a replica may ask for (``StatusAck``): two days.
+MAX_REPORT_S: Final = 2 * 86400
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -502,6 +506,37 @@ class Ack(_Answer):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class StatusAck(_Answer):
+    """A status report taken, when to send the next heartbeat (P11: the replica's
+    ``core.reporting.heartbeat_interval`` of its fleet, so the fleet's heartbeats stay
+    under its budget) and which documents the replica holds.  A node also takes a plain ``Ack`` (an older replica: the node keeps
+    its default interval).  Rollout order: nodes first, then replicas (an older node reads
+    this answer as malformed)."""
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "next_report_s": _finite,
+        "allowlist": wire.uint(docs.MAX_VERSION),
+        "scope": wire.uint(docs.MAX_VERSION),
+    }
+    WHERE: ClassVar[str] = "status-ack"
+    next_report_s: float
+    #: The replica's allowlist version and scope serial (0: none): a node that holds older
+    #: ones fetches the documents (``core.reporting.documents_behind``) -- how documents
+    #: enter gossip when sessions are on demand and few are open to push to.
+    allowlist: int = 0
+    scope: int = 0
+
+    @classmethod
+    def fits(cls, obj: Mapping[str, Any]) -> bool:
+        return obj.get("ok") is True and "next_report_s" in obj
+
+    def __post_init__(self) -> None:
+        _Value.__post_init__(self)
+        if not 0.0 < self.next_report_s <= MAX_REPORT_S:
+            raise SchemaError(f"field 'next_report_s': not in (0, {MAX_REPORT_S:g}]")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FailedAck(_Answer):
     """A failure report taken; ``paused``: the artifact's rollout is paused now."""
 
@@ -625,13 +660,21 @@ class ErrorAnswer(_Answer):
 
 #: Every answer a replica sends to a request.
 Answer = (
-    AskGrant | AskRefusal | Ack | FailedAck | DocsAnswer | PeersAnswer | IceAnswer | ErrorAnswer
+    AskGrant
+    | AskRefusal
+    | Ack
+    | StatusAck
+    | FailedAck
+    | DocsAnswer
+    | PeersAnswer
+    | IceAnswer
+    | ErrorAnswer
 )
 
 #: The answers each request kind can get, the first that ``fits`` decoding it; any kind
 #: can get an :class:`ErrorAnswer` instead.
 ANSWERS: Final[Mapping[str, tuple[type[Answer], ...]]] = {
-    StatusReport.KIND: (Ack,),
+    StatusReport.KIND: (StatusAck, Ack),
     AskRequest.KIND: (AskGrant, AskRefusal),
     RejoinedReport.KIND: (Ack,),
     FailedReport.KIND: (FailedAck,),

@@ -1,6 +1,7 @@
 """The daemon's side of the coordinator: documents, gates 1-2, asks, reports, nudges.
 
-``CoordinatorLink`` wraps ``replica.QuorumClient`` (one kept-open channel per replica)
+``CoordinatorLink`` wraps ``replica.QuorumClient`` (one channel per replica, opened on
+demand, or kept open with ``persistent=True``: ``--persistent-sessions``)
 with what the node keeps: its ``TrustFile`` (allowlists and scopes raise floors on disk),
 the release records it was sent, its identity key, and its pool.  The ``Node`` calls it
 for the effects that involve the coordinator; it never decides anything itself:
@@ -10,9 +11,21 @@ for the effects that involve the coordinator; it never decides anything itself:
                  ``chunkstore`` (each verified on arrival; a partial download resumes);
 * ``ask``        every replica in parallel; ``q`` signatures combined and the token
                  verified (threshold, binding, strict expiry) before ``Granted``;
-* ``report``     rejoined / failed / return (each ends this node's lease), and a
-                 status report every ``report_interval`` with the version, the update
-                 state, why gates 1-2 hold the node back, and the aggregate estimate.
+* ``report``     rejoined / failed / return (each ends this node's lease), and status
+                 reports with the version, the update state, why gates 1-2 hold the
+                 node back, and the aggregate estimate.
+
+Status reports (P11, ``core.reporting``).  On demand (the default) a report is sent when
+what it says changed (``reporting.report_reason``; changes within
+``reporting.CHANGE_COALESCE`` of the last report go together) and as a heartbeat, whose
+interval the replicas set (``StatusAck.next_report_s``, the longest of them: each
+replica's budget then holds) and the node spreads (``reporting.heartbeat_delay``); until a
+replica has said, and with a replica that does not, ``report_interval``.  A channel opens
+for what it has to send and closes when idle (``ReplicaLink``), so documents and nudges
+come by gossip; a node with no gossip peer polls the replicas' documents every
+``docs_interval`` (its check interval).  With ``persistent=True`` it is as before: a
+report every ``report_interval`` and at each state change, documents at each connect, and
+pushes at any time.
 
 The aggregate estimate comes from gossip (``estimate_source``: the pool's push-sum totals
 of the last complete epoch, and their age); ``--aggregate-stub C:L:S`` overrides it (tests),
@@ -46,6 +59,7 @@ connected to only some).
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +68,7 @@ from typing import Any, Final
 import trio
 
 from ..clock import Clock
-from ..core import admission, crypto, departure, wire
+from ..core import admission, crypto, departure, reporting, wire
 from ..core import coordproto as proto
 from ..core import documents as docs
 from ..core import gossip as g
@@ -62,6 +76,7 @@ from ..core import updater as up
 from ..core.errors import EquivocationError, P2PUpdateError, RollbackError, SchemaError
 from ..core.gates import choose_target
 from ..core.swarm.chunks import ChunkMap
+from ..core.timing import UpdaterConfig
 from ..fsutil import read_limited
 from .chunkstore import ChunkStore
 from .gossip import parse_link_address
@@ -76,6 +91,10 @@ ICE_TIMEOUT = 5.0
 SIGNAL_TIMEOUT = 3.0
 #: How long an answer without a TURN credential (STUN only, or nothing configured) is kept.
 ICE_PLAIN_CACHE = 300.0
+#: A report no replica acknowledged is tried again after this long (seconds).
+REPORT_RETRY: Final = 60.0
+#: On demand, the first documents poll (no gossip peer) comes within this long of start.
+FIRST_DOCS_SPREAD: Final = 10.0
 #: How long before its member document expires the node starts saying so (seconds).
 MEMBER_WARN_BEFORE: Final = 86400
 
@@ -158,6 +177,17 @@ class _IceCache:
     valid_until: float
 
 
+def _snapshot(fields: dict[str, Any]) -> reporting.Snapshot:
+    """What ``core.reporting`` compares, from a status report's fields."""
+    held = fields.get("held")
+    return reporting.Snapshot(
+        version=str(fields.get("version", "")),
+        artifact=str(fields.get("artifact", "")),
+        state=str(fields.get("state", "")),
+        held=(str(held.get("gate")), str(held.get("reason"))) if isinstance(held, dict) else None,
+    )
+
+
 def parse_stub(text: str) -> tuple[float, float, int]:
     """``C:L:S`` -> (capacity, load, serving)."""
     parts = text.split(":")
@@ -197,7 +227,25 @@ class CoordinatorLink:
         on_signal: Callable[[str, bytes], None] = lambda _sender, _data: None,
         member: MemberSource | None = None,
         network: docs.NetworkConfig | None = None,
+        persistent: bool = False,
+        docs_interval: float = UpdaterConfig().check_interval,
+        rng: random.Random | None = None,
     ) -> None:
+        #: Channels kept open (``--persistent-sessions``) or opened on demand (default).
+        self.persistent = persistent
+        self.docs_interval = docs_interval
+        self.rng = rng if rng is not None else random.Random()
+        #: The heartbeat interval the replicas asked for (None: none said yet).
+        self.heartbeat_s: float | None = None
+        #: What the last acknowledged status report said (on demand: what changed).
+        self.last_reported: reporting.Snapshot | None = None
+        #: Set by the node when gossip runs: how many gossip links it has now (None: no
+        #: gossip; then, as with none linked, documents are polled from the replicas).
+        self.gossip_peers: Callable[[], int] | None = None
+        #: Status reports and documents polls sent (status, tests).
+        self.reports_sent = 0
+        self.docs_polls = 0
+        self._fetching = False
         #: Wall time for document expiry (the node's owner injects it).
         self.clock = clock
         self.key = key
@@ -247,6 +295,7 @@ class CoordinatorLink:
             log=log,
             clock=clock,
             member=member.current if member is not None else None,
+            persistent=persistent,
         )
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -257,10 +306,15 @@ class CoordinatorLink:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.client.run)
-            nursery.start_soon(self._report_loop)
+            if self.persistent:
+                nursery.start_soon(self._report_loop)
+            else:
+                nursery.start_soon(self._report_on_demand)
+                nursery.start_soon(self._docs_poll_loop)
             task_status.started()
 
     async def _report_loop(self) -> None:
+        """Persistent sessions: a report every ``report_interval`` and at each change."""
         while True:
             self.warn_member_expiry()
             with trio.move_on_after(self.report_interval):
@@ -268,6 +322,80 @@ class CoordinatorLink:
             self._wake = trio.Event()
             if self.client.connected():
                 await self.send_status()
+
+    def heartbeat_interval(self) -> float:
+        """The replicas' word (``StatusAck``), else ``report_interval``."""
+        return self.heartbeat_s if self.heartbeat_s is not None else self.report_interval
+
+    async def _report_on_demand(self) -> None:
+        """On demand: report on change (``reporting.report_reason``) and on the heartbeat.
+
+        A change reported within ``CHANGE_COALESCE`` of the last report waits out the rest
+        of it, so a burst of state changes costs one report.  A report no replica
+        acknowledged is tried again after ``REPORT_RETRY`` (or sooner, on a change)."""
+        now = trio.current_time
+        next_beat = now()  # the first report at start ("first")
+        last_sent = -reporting.CHANGE_COALESCE
+        while True:
+            self.warn_member_expiry()
+            with trio.move_on_after(max(0.0, next_beat - now())):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            fields = self.status_fields()
+            if not fields:
+                next_beat = now() + self.heartbeat_interval()
+                continue
+            reason = reporting.report_reason(self.last_reported, _snapshot(fields))
+            if reason is None and now() < next_beat:
+                continue
+            if reason is not None and now() < last_sent + reporting.CHANGE_COALESCE:
+                await trio.sleep_until(last_sent + reporting.CHANGE_COALESCE)
+                fields = self.status_fields() or fields
+            last_sent = now()
+            if await self.send_status(fields):
+                wait = reporting.heartbeat_delay(self.heartbeat_interval(), self.rng.random())
+            else:
+                wait = min(REPORT_RETRY, self.heartbeat_interval())
+            next_beat = now() + wait
+
+    async def _docs_poll_loop(self) -> None:
+        """On demand, with no gossip peer: the replicas' documents every ``docs_interval``
+        (spread: ``heartbeat_delay``), the first within ``FIRST_DOCS_SPREAD`` of start."""
+        await trio.sleep(FIRST_DOCS_SPREAD * self.rng.random())
+        while True:
+            peers = self.gossip_peers() if self.gossip_peers is not None else 0
+            if peers == 0:
+                await self.poll_documents()
+            await trio.sleep(reporting.heartbeat_delay(self.docs_interval, self.rng.random()))
+
+    def _documents_probe(self, acks: list[proto.StatusAck]) -> None:
+        """A replica holds newer documents than this node: fetch them after
+        ``DOCS_GRACE`` (jittered) unless gossip brought them meanwhile."""
+        allow = self.allowlist.version if self.allowlist is not None else None
+        scope = self.scope.serial if self.scope is not None else None
+        behind = [a for a in acks if reporting.documents_behind(allow, scope, a.allowlist, a.scope)]
+        if not behind or self._fetching or self._nursery is None:
+            return
+        self._fetching = True
+        want = (max(a.allowlist for a in behind), max(a.scope for a in behind))
+
+        async def later() -> None:
+            try:
+                await trio.sleep(reporting.heartbeat_delay(reporting.DOCS_GRACE, self.rng.random()))
+                allow = self.allowlist.version if self.allowlist is not None else None
+                scope = self.scope.serial if self.scope is not None else None
+                if reporting.documents_behind(allow, scope, *want):
+                    await self.poll_documents()
+            finally:
+                self._fetching = False
+
+        self._nursery.start_soon(later)
+
+    async def poll_documents(self) -> None:
+        """Take every document the replicas hold now (``DocsRequest`` to each)."""
+        self.docs_polls += 1
+        for data in await self.client.fetch_docs():
+            self.accept(data)
 
     def warn_member_expiry(self) -> None:
         if self.member is not None:
@@ -277,9 +405,11 @@ class CoordinatorLink:
                 self.log(line)
 
     def summary(self) -> dict[str, Any]:
-        """The status file's ``coordinator`` entry: each replica, whether it is connected,
-        and the admission refusal it last gave this node's hello (``reason``: the
-        ``admission/...`` code; ``detail``: what to do), and the rule this node knows."""
+        """The status file's ``coordinator`` entry: the session mode and the heartbeat
+        interval in use; each replica, whether it is connected (on demand: only while a
+        session is open), and the admission refusal it last gave this node's hello
+        (``reason``: the ``admission/...`` code; ``detail``: what to do), and the rule
+        this node knows."""
         net = self.network
         rule: dict[str, Any] | None = None
         if net is not None:
@@ -295,6 +425,9 @@ class CoordinatorLink:
             }
         return {
             "admission": rule,
+            # P11: kept open or on demand, and the heartbeat interval in use (seconds)
+            "sessions": "persistent" if self.persistent else "on-demand",
+            "heartbeat_s": self.heartbeat_interval(),
             "replicas": [
                 {
                     "url": link.base,
@@ -311,10 +444,12 @@ class CoordinatorLink:
         """Report soon (the update state changed)."""
         self._wake.set()
 
-    async def send_status(self) -> None:
-        fields = self.status_fields()
+    async def send_status(self, fields: dict[str, Any] | None = None) -> bool:
+        """One status report to every replica; whether one acknowledged it.  A replica's
+        ``StatusAck`` sets the heartbeat interval (the longest asked for)."""
+        fields = self.status_fields() if fields is None else fields
         if not fields:
-            return
+            return False
         estimate: proto.Estimate | None = None
         try:  # the replica's own schema: an estimate it would refuse is left out, not sent
             if self.estimate is not None:
@@ -330,8 +465,16 @@ class CoordinatorLink:
             )
         except SchemaError as exc:  # not sent: a replica would close the channel over it
             self.log(f"status report not sent: schema: {exc}")
-            return
-        await self.client.send(report)
+            return False
+        self.reports_sent += 1
+        answers = await self.client.acknowledged(report)
+        acks = [a for a in answers if isinstance(a, proto.StatusAck)]
+        if acks:
+            self.heartbeat_s = max(a.next_report_s for a in acks)
+            self._documents_probe(acks)
+        if answers:
+            self.last_reported = _snapshot(fields)
+        return bool(answers)
 
     async def _on_connect(self, link: ReplicaLink) -> None:
         """A (re)connected replica: take its documents, tell it where we are.
@@ -347,7 +490,7 @@ class CoordinatorLink:
                     self.accept(data)
             self.status_changed()
 
-        if self._nursery is not None:
+        if self._nursery is not None and self.persistent:  # on demand: polled, reported
             self._nursery.start_soon(later)
 
     async def _on_push(self, link: ReplicaLink, push: proto.Push) -> None:
@@ -459,10 +602,18 @@ class CoordinatorLink:
             return False
         return True
 
+    def _links(self) -> list[ReplicaLink]:
+        """The links to ask: the connected ones (kept open), or all (on demand: a request
+        opens its session), the connected first."""
+        now = self.client.connected()
+        if self.persistent:
+            return now
+        return now + [link for link in self.client.links if link not in now]
+
     async def introductions(self, count: int) -> list[g.Contact]:
         """Other nodes' gossip contacts, from the first connected replica (``peers``)."""
         out: list[g.Contact] = []
-        for link in self.client.connected()[:1]:
+        for link in self._links()[:1]:
             try:
                 answer = await link.send(proto.PeersRequest(count=count))
             except CoordinatorUnavailable:
@@ -493,7 +644,7 @@ class CoordinatorLink:
 
     async def _ask_ice(self, now: float) -> _IceCache | None:
         problems: list[str] = []
-        for link in self.client.connected():
+        for link in self._links():
             try:
                 answer = await link.send(proto.IceRequest(), ICE_TIMEOUT)
             except CoordinatorUnavailable as exc:
@@ -535,7 +686,7 @@ class CoordinatorLink:
                 problems.append(f"{link.base}: {answer.error}: {answer.detail}")
 
         async with trio.open_nursery() as nursery:
-            for link in self.client.connected():
+            for link in self._links():
                 nursery.start_soon(one, link)
         if not took and problems:
             self.log(f"signal to {to[:16]}... not relayed: {'; '.join(problems)}"[:500])

@@ -106,6 +106,7 @@ class NodeHooks:
                 coordinator.on_signal = gossip.on_signal
                 coordinator.estimate_source = self.gossip_estimate
                 coordinator.on_document = self.replica_document
+                coordinator.gossip_peers = lambda: len(gossip.linked())
 
     def newest_allowlist(self) -> int | None:
         """The newest allowlist version known here (gossip or coordinator)."""

@@ -283,6 +283,8 @@ def main(argv: Sequence[str] | None = None, *, clk: clock.Clock = clock.SYSTEM) 
                 network=found.network,
                 estimate=parse_stub(opts.aggregate_stub) if opts.aggregate_stub else None,
                 report_interval=opts.report_interval,
+                persistent=opts.persistent_sessions,
+                docs_interval=opts.check_interval,
                 log=log,
                 clock=clk,
             )

@@ -391,7 +391,16 @@ OPTIONS: Final = (
         kind=seconds,
         default=30.0,
         metavar="DUR",
-        help="time between status reports to the coordinator (default 30s)",
+        help="time between status reports to the coordinator with --persistent-sessions; "
+        "on demand, the heartbeat until a replica sets one (default 30s)",
+    ),
+    _Opt(
+        flag="--persistent-sessions",
+        kind=None,
+        default=False,
+        metavar=None,
+        help="keep a session open to every replica (small fleets): pushes arrive at once; "
+        "by default a session opens when the node has something to say and closes idle",
     ),
     _Opt(
         flag="--swap-margin",
@@ -468,6 +477,7 @@ class DaemonOptions:
     swarm_upload_cap: float | None = None
     swarm_uplink: float | None = None
     report_interval: float = 30.0
+    persistent_sessions: bool = False
     swap_margin: float = UPDATER_DEFAULTS.swap_margin
     grant_all: bool = False
     check_interval: float = UPDATER_DEFAULTS.check_interval

@@ -1,6 +1,7 @@
 """The node's client of all replicas of its network: ask in parallel, combine, report.
 
-``QuorumClient`` runs one :class:`~p2pupdate.net.replica_link.ReplicaLink` per replica URL.
+``QuorumClient`` runs one :class:`~p2pupdate.net.replica_link.ReplicaLink` per replica URL,
+kept open or opened per request (``persistent``; the daemon's default is on demand).
 An ask proposes one departure token (:mod:`p2pupdate.core.departure`), sends it to every
 replica at once, checks each grant's signature, and combines ``q`` of them into a token it
 verifies before handing it to the updater; grants it cannot use are handed back at once.
@@ -79,6 +80,7 @@ class QuorumClient:
         clock: clocks.Clock = clocks.SYSTEM,
         member: Callable[[], bytes | None] | None = None,
         local_address: str | None = None,
+        persistent: bool = True,
     ) -> None:
         if not urls:
             raise ValueError("at least one coordinator URL")
@@ -100,9 +102,12 @@ class QuorumClient:
                 replica_keys=lambda: self.trust().root.role_keys("coordinator"),
                 member=member,
                 local_address=local_address,
+                persistent=persistent,
             )
             for u in urls
         ]
+        #: Links kept open (True) or opened per request (``ReplicaLink``'s two modes).
+        self.persistent = persistent
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -114,13 +119,21 @@ class QuorumClient:
         return [link for link in self.links if link.is_connected]
 
     async def wait_connected(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Until ``count`` links are connected (on demand: asks them to connect first)."""
+        for link in self.links:
+            link.want()
         with trio.fail_after(timeout):
             while len(self.connected()) < count:
                 await trio.sleep(0.02)
 
     @property
     def ttl(self) -> int:
-        return departure.token_ttl([link.ttl for link in self.connected()])
+        # on demand a link may have closed since its handshake: its TTL still holds
+        now = self.connected()
+        return departure.token_ttl(
+            [link.ttl for link in now]
+            + [link.ttl for link in self.links if link.connects and link not in now]
+        )
 
     async def _each(
         self, request: proto.Request, timeout: float
@@ -141,12 +154,18 @@ class QuorumClient:
     async def send(self, request: proto.Request, timeout: float = 10.0) -> int:
         """Send a report to every replica; how many acknowledged it (any answer but an
         ``ErrorAnswer``)."""
+        return len(await self.acknowledged(request, timeout))
+
+    async def acknowledged(
+        self, request: proto.Request, timeout: float = 10.0
+    ) -> list[proto.Answer]:
+        """Send a report to every replica; the answers of those that acknowledged it."""
         results = await self._each(request, timeout)
-        return sum(
-            1
+        return [
+            r
             for _link, r in results
             if not isinstance(r, CoordinatorUnavailable | proto.ErrorAnswer)
-        )
+        ]
 
     async def ask(
         self,

@@ -1,4 +1,11 @@
-"""One replica's kept-open, authenticated channel: connect, handshake, request, reconnect.
+"""One replica's authenticated channel: connect, handshake, request, reconnect or close.
+
+Two modes (P11).  ``persistent=True`` (``--persistent-sessions``, small fleets, tests,
+the bench): the link is kept open and reconnects forever, so pushes (documents, nudges,
+slot pushes, signals) arrive at any time.  ``persistent=False`` (a node's default): the
+link connects when a request is to be sent (``send`` waits for it) or ``want()`` is
+called, and closes after ``IDLE_CLOSE`` seconds without a request; pushes then arrive only
+while it is open, and documents and nudges reach the node by gossip instead.
 
 The node's side of README "Protocol": the handshake and the MAC are
 :mod:`p2pupdate.core.session`, the requests :mod:`p2pupdate.core.coordproto`, the framing
@@ -11,6 +18,7 @@ not decode is the replica's fault (``ProtocolError``: the link reconnects).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +41,12 @@ RECONNECT_CAP = 10.0
 #: every connection right after it (a request it refuses, a newer connection of the same
 #: node id replacing this one) would otherwise be redialled every 0.1-0.2 s, forever.
 STABLE_AFTER = 30.0
+#: An on-demand link (``persistent=False``) closes after this long without a request
+#: (seconds).  Why 30 s: long enough that what comes in bursts shares one session (an
+#: ask refused with a short ``retry_after``, a report right after a lease ends, the
+#: signaling of one WebRTC link, ~a few seconds apart), short enough that at 10^6 nodes
+#: a replica holds only the few thousand sessions of nodes with something to say.
+IDLE_CLOSE = 30.0
 
 
 def reconnect_delay(failures: int) -> float:
@@ -81,6 +95,10 @@ class AdmissionRefused(ProtocolError):
         self.detail = detail
 
 
+#: What ends a connection (the link reconnects, or waits for the next request).
+_LOST = (OSError, WebSocketClosed, ProtocolError, WireError, VerificationError, trio.TooSlowError)
+
+
 @dataclass
 class _Waiter:
     """One request in flight: its kind (which answers fit it) and, once set, its answer or
@@ -111,8 +129,20 @@ class ReplicaLink:
         replica_keys: Callable[[], Mapping[str, bytes]] | None = None,
         member: Callable[[], bytes | None] | None = None,
         local_address: str | None = None,
+        persistent: bool = True,
+        idle_close: float = IDLE_CLOSE,
     ) -> None:
         self.url = url
+        #: Kept open (reconnect forever) or opened on demand (see the module docstring).
+        self.persistent = persistent
+        self.idle_close = idle_close
+        #: Set when a request waits for a connection (on demand); senders waiting now.
+        self._want = trio.Event()
+        self._demand = 0
+        #: trio time of the last request sent or answered (the idle timer counts from it).
+        self._last_used = 0.0
+        #: Sessions closed because they were idle (status, tests).
+        self.idle_closes = 0
         #: The node's member document to carry in its hello (an ``enrolled`` network).
         self.member = member
         #: The address to connect from (None: the system picks).
@@ -159,34 +189,78 @@ class ReplicaLink:
         failures = 0
         told = ""
         while True:
+            if not self.persistent:
+                await self._want.wait()
             up_since: float | None = None
+            idle = False
             try:
                 await self.connect_once()
                 self.connects += 1
                 told = ""
                 up_since = trio.current_time()
-                await self._read_loop()
+                self._last_used = up_since
+                if self.persistent:
+                    await self._read_loop()
+                else:
+                    idle = await self._serve_until_idle()
             except AdmissionRefused as exc:
                 if exc.reason != told:  # once per reason, not once per retry
                     told = exc.reason
                     self.log(f"coordinator {self.base}: {exc}")
-            except (
-                OSError,
-                WebSocketClosed,
-                ProtocolError,
-                WireError,
-                VerificationError,
-                trio.TooSlowError,
-            ) as exc:
+            except _LOST as exc:
                 if self._was_connected:
                     self.log(f"coordinator {self.base}: connection lost ({exc})")
                     self._was_connected = False
             finally:
                 self._disconnected()
+            if not self.persistent and (idle or self._demand == 0):
+                # closed as idle, or lost/failed with nobody waiting: connect again only
+                # when a request wants it (a failure still counts for the next backoff)
+                self._want = trio.Event()
+                if idle:
+                    self.idle_closes += 1
+                    failures = 0
+                    continue
             if up_since is not None and trio.current_time() - up_since >= STABLE_AFTER:
                 failures = 0
             await trio.sleep(reconnect_wait(failures, self.rng.random()))
             failures += 1
+
+    def want(self) -> None:
+        """Connect soon if on demand and not connected (a kept-open link always is)."""
+        self._want.set()
+
+    async def _serve_until_idle(self) -> bool:
+        """Serve the open channel until it has been idle ``idle_close`` seconds with no
+        request in flight (then close it: True) or it is lost (raises)."""
+        lost: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                try:
+                    await self._read_loop()
+                except _LOST as exc:  # re-raised below, not as an exception group
+                    lost.append(exc)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            while True:
+                await trio.sleep_until(self._last_used + self.idle_close)
+                if self._waiters or self._demand:
+                    self._last_used = trio.current_time()
+                    continue
+                if trio.current_time() >= self._last_used + self.idle_close:
+                    break
+            nursery.cancel_scope.cancel()
+        if lost:
+            raise lost[0]
+        ws = self._ws
+        if ws is not None:
+            with trio.move_on_after(2.0) as scope:
+                scope.shield = True
+                with contextlib.suppress(OSError, WebSocketClosed):
+                    await ws.close()
+        return True
 
     async def connect_once(self, timeout: float = 10.0) -> None:
         """Open the socket and run the handshake (raises on failure)."""
@@ -270,7 +344,8 @@ class ReplicaLink:
         ws, self._ws = self._ws, None
         if ws is not None:
             ws.closed = True
-        self.connected = trio.Event()
+        if self.connected.is_set():  # who waits for a connection keeps waiting on it
+            self.connected = trio.Event()
         for waiter in self._waiters.values():
             waiter.event.set()
         self._waiters.clear()
@@ -286,8 +361,12 @@ class ReplicaLink:
         this raises ``CoordinatorUnavailable``, as for a lost connection."""
         kind = request.KIND
         ws = self._ws
+        if (ws is None or ws.closed) and not self.persistent:
+            await self._wait_session(timeout)
+            ws = self._ws
         if ws is None or ws.closed:
             raise CoordinatorUnavailable(f"{self.base}: not connected")
+        self._last_used = trio.current_time()
         self._seq += 1
         seq = self._seq
         waiter = _Waiter(kind=kind)
@@ -304,6 +383,18 @@ class ReplicaLink:
             raise CoordinatorUnavailable(f"{self.base}: {exc}") from None
         finally:
             self._waiters.pop(seq, None)
+            self._last_used = trio.current_time()
         if waiter.answer is None:
             raise CoordinatorUnavailable(f"{self.base}: {waiter.problem}")
         return waiter.answer
+
+    async def _wait_session(self, timeout: float) -> None:
+        """On demand: ask ``run`` to connect and wait (up to ``timeout``) until it has."""
+        self._demand += 1
+        try:
+            self._want.set()
+            with trio.move_on_after(timeout):
+                while not self.is_connected:  # a set event whose link was lost is
+                    await self.connected.wait()  # replaced by then: wait for the next
+        finally:
+            self._demand -= 1

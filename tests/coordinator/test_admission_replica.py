@@ -115,6 +115,8 @@ async def _session(
             answer = link.refused.reason
         else:
             answer = await link.send(report or _report())
+            if isinstance(answer, proto.StatusAck):  # taken (P11: with the heartbeat)
+                answer = proto.Ack()
         nursery.cancel_scope.cancel()
     return answer
 

@@ -61,6 +61,7 @@ def _node_args(v1: Path, url: str, net: Network) -> list[str]:
         "1",
         "--aggregate-stub",
         "1000:100:10",
+        "--persistent-sessions",  # slot pushes and scope pushes reach kept-open sessions
     ]
 
 

@@ -305,6 +305,7 @@ def _link(
         clock=clock.SYSTEM,
         member=member,
         network=net.config,
+        persistent=True,  # these tests watch a kept-open link retry its hello
     )
 
 

@@ -95,7 +95,7 @@ def node_link(
         report_interval=3600.0,
         log=(lines if lines is not None else []).append,
         clock=node_clock,
-        **extra,
+        **{"persistent": True, **extra},  # signals reach connected nodes only
     )
 
 
