@@ -96,6 +96,9 @@ async def test_a_stolen_coordinator_key_is_rotated_out_and_the_fleet_goes_on_upd
         report_interval=3600.0,
         log=logs.append,
         clock=Clock(wall=time.time, monotonic=trio.current_time),
+        # kept open: the replica's push of root N+1 and its restart are what is watched
+        # (on demand, a node takes N+1 with the documents its next heartbeat says are newer)
+        persistent=True,
     )
 
     def updatable() -> bool:
