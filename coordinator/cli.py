@@ -60,7 +60,7 @@ from p2pupdate.cli.common import (
     wall_clock,
     write_output,
 )
-from p2pupdate.core import admission, crypto, timing, turn
+from p2pupdate.core import admission, crypto, reporting, timing, turn
 from p2pupdate.core import bundle as bd
 from p2pupdate.core import documents as docs
 from p2pupdate.core.errors import P2PUpdateError
@@ -1046,6 +1046,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         first_start=args.first_start,
         ice=ice,
         origin=OriginConfig(max_downloaders=args.origin_max_downloaders),
+        report_budget=float(args.report_budget),
     )
     host, port = args.listen
     peers = [_peer_url(u) for u in args.peer or ()]
@@ -1873,6 +1874,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="nodes that may download one artifact from this origin at once (one that asked "
         f"in the last {DEFAULT_WINDOW:g}s counts); the rest are told to try peers and when to "
         f"come back (default {DEFAULT_MAX_DOWNLOADERS})",
+    )
+    se.add_argument(
+        "--report-budget",
+        type=int_range(1, 1_000_000),
+        default=int(reporting.DEFAULT_BUDGET),
+        metavar="N",
+        help="status heartbeats per second this replica asks its fleet to stay under: each "
+        "report is answered with the interval for the next one, registered nodes / N seconds "
+        f"(at least 30 s; default {int(reporting.DEFAULT_BUDGET)})",
     )
     add_limit_flags(se)  # README "Abuse limits"
     add_read_flags(se)  # who may read /status, /metrics, /ui

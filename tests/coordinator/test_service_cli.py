@@ -324,3 +324,32 @@ def test_publish_and_status_against_a_server_that_is_not_a_replica(tmp_path: Pat
             assert "not a coordinator replica" in r.stderr
         finally:
             web.close()
+
+
+async def test_serve_report_budget_sets_the_heartbeat_its_fleet_is_asked_for(
+    tmp_path: Path, replicas: ReplicaProcesses
+) -> None:
+    """``serve --report-budget 1``: 32 registered nodes are asked for a heartbeat every
+    32 s (nodes / budget, over the 30 s floor); the default budget would say 30 s."""
+    import trio
+
+    from p2pupdate.core import coordproto as proto
+
+    from .service_helpers import LightNode
+
+    net = Network(tmp_path / "net")
+    rp = replicas.start(net, 1, "--report-budget", "1")
+    nodes = [LightNode(net, [rp.url]) for _ in range(32)]
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            await n.start(nursery)
+            await n.status()
+        report = proto.StatusReport(
+            version="v1", artifact="0" * 64, state="serving", pool="default",
+            estimate=None, held=None, addrs=(),
+        )  # fmt: skip
+        (ack,) = await nodes[0].client.acknowledged(report)
+        nursery.cancel_scope.cancel()
+    assert isinstance(ack, proto.StatusAck) and ack.next_report_s == 32.0, ack
+    bad = cli("serve", "--dir", str(net.dir), "--report-budget", "0")
+    assert bad.returncode == 2 and "--report-budget" in bad.stderr, bad.stderr
