@@ -260,6 +260,13 @@ class CoordinatorLink:
         self.scope: docs.Scope | None = None
         #: The root those documents were taken under (``_forget_rotated``).
         self._held_under = trust.store.root
+        #: The allowlist version and scope serial this node had accepted before this start
+        #: (its trust store's floors, on disk): what the first documents after a restart
+        #: must beat to be news (``take``).
+        floors = trust.store.floors
+        self._known_at_start = {
+            kind: floors[kind].value if kind in floors else 0 for kind in ("allowlist", "scope")
+        }
         #: Set by the node: what to report, and where nudges go.
         self.status_fields: Callable[[], dict[str, Any]] = lambda: {}
         self.on_nudge: Callable[[str], None] = lambda _artifact: None
@@ -577,14 +584,20 @@ class CoordinatorLink:
                 held = self.allowlist
                 if held is None or allow.version >= held.version:
                     self.allowlist = allow
-                if held is not None and allow.version > held.version:
+                known = held.version if held is not None else self._known_at_start["allowlist"]
+                if allow.version > known:
+                    # news: newer than the one held, or -- the first after start -- than the
+                    # one this node had accepted before it (a fleet booting together keeps
+                    # its first checks spread), so a node that started before the allowlist
+                    # was published does not sleep a whole check interval for it
                     self.on_learned(allow)
             elif kind == "scope":
                 scope = self.trust.accept(docs.Scope, data, now).doc
                 was = self.scope
                 if was is None or scope.serial >= was.serial:
                     self.scope = scope
-                if was is not None and scope.serial > was.serial:
+                known = was.serial if was is not None else self._known_at_start["scope"]
+                if scope.serial > known:  # news, as for an allowlist (above)
                     self.on_learned(scope)
             elif kind == "root":  # a rotation (README "A stolen key")
                 before = self.trust.store.root.version

@@ -42,15 +42,24 @@ def test_only_newer_documents_reach_the_updater(tmp_path: Path) -> None:
     link.on_learned = learned.append
     release, data = net.release("app-2", counter=2)
     link.take(data, source="test")
-    for doc in (net.allowlist(1, [release.artifact]), net.scope(release.artifact, serial=4)):
+    first = (net.allowlist(1, [release.artifact]), net.scope(release.artifact, serial=4))
+    for doc in first:
         assert link.take(doc, source="test")
         assert link.take(doc, source="test")  # the same again (another replica): no news
-    assert link.take(net.scope(release.artifact, serial=5), source="test")
-    assert link.take(net.allowlist(2, [release.artifact]), source="test")
-    # the first documents after start are not news (a fleet booting together keeps its
-    # first checks spread); a newer one than the one held is, once
-    assert [type(d).__name__ for d in learned] == ["Scope", "Allowlist"]
-    assert [d.serial for d in learned if isinstance(d, docs.Scope)] == [5]
+    # a node that never held one: the first allowlist and scope are news (published after
+    # it started, they must not wait a whole check interval)
+    assert [(type(d).__name__, d.floor_value) for d in learned] == [("Allowlist", 1), ("Scope", 4)]
+    # after a restart, the ones it had accepted before are not news again (a fleet booting
+    # together keeps its first checks spread); a newer one than that is, once
+    learned.clear()
+    again = _link(tmp_path, net, [])
+    again.on_learned = learned.append
+    for doc in first:
+        assert again.take(doc, source="test")
+    assert learned == []
+    assert again.take(net.scope(release.artifact, serial=5), source="test")
+    assert again.take(net.allowlist(2, [release.artifact]), source="test")
+    assert [(type(d).__name__, d.floor_value) for d in learned] == [("Scope", 5), ("Allowlist", 2)]
 
 
 async def test_a_slot_push_is_taken_only_signed_by_a_coordinator_for_this_node(
