@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ..errors import UsageFault
 from .codes import LAUNCHER_USAGE
 from .supervisor import Launcher, LauncherConfig, LauncherError, installed_source_root
 
@@ -36,8 +37,11 @@ INTERPRETER_FLAGS: tuple[str, ...] = ("-S", "-P")
 ENTRY_MODULE = "p2pupdate.launcher"
 
 
-class ArgvError(ValueError):
-    """Arguments :func:`launcher_argv` did not write."""
+class ArgvError(UsageFault):
+    """Arguments :func:`launcher_argv` did not write: whoever ran the launcher by hand (it
+    is started only by ``p2pupdate node``, which writes them)."""
+
+    rule = "launcher-argv"
 
 
 def launcher_argv(config: LauncherConfig) -> list[str]:
