@@ -9,13 +9,8 @@ publishes to both.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
-import re
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,12 +19,11 @@ from typing import Any
 
 import pytest
 
-from coordinator.cli import main as coordinator_main
-from p2pupdate.core import crypto
 from scripts.netlab import in_netns
-from tests.coordinator.service_helpers import REPO, Network
+from tests.coordinator.service_helpers import Network
+from tests.netlab.bundled_home import start_bundled
 from tests.netlab.conftest import LabFactory, needs_netlab
-from tests.netlab.fleet import FleetNode, _kill_group, wait_until
+from tests.netlab.fleet import _kill_group, wait_until
 
 pytestmark = [needs_netlab, pytest.mark.slow]
 
@@ -56,47 +50,9 @@ def test_two_nodes_with_only_a_bundle_find_each_other_link_and_learn_the_allowli
 ) -> None:
     lab = make_lab(HOME)
     net = Network(tmp_path / "net")
-    replica_log = tmp_path / "replica.log"
-    replica: subprocess.Popen[str] = subprocess.Popen(
-        ["ip", "netns", "exec", lab.ns("coord"), sys.executable, "-m", "coordinator.cli",
-         "serve", "--dir", str(net.dir), "--listen", f"{lab.inet_addr('coord')}:0",
-         "--first-start"],
-        stdout=subprocess.PIPE, stderr=replica_log.open("ab"), stdin=subprocess.DEVNULL,
-        text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
-    )  # fmt: skip
-    procs.append(replica)
-    assert replica.stdout is not None
-    m = re.search(r"listening on (http://\S+)", replica.stdout.readline())
-    assert m, replica_log.read_text()
-    url = m.group(1)
-    bundle = tmp_path / "network.bundle"
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = coordinator_main(["bundle", "--dir", str(net.dir), "--url", url, "-o", str(bundle)])
-    assert code == 0
-
-    nodes = []
-    for name in ("a1", "a2"):
-        state = tmp_path / name
-        state.mkdir()
-        key = crypto.SigningKey.from_seed(os.urandom(32))
-        (state / "identity.pem").write_bytes(crypto.private_key_to_pem(key))
-        (state / "identity.pem").chmod(0o600)
-        log_path = tmp_path / f"{name}.log"
-        with log_path.open("ab") as log:
-            proc: subprocess.Popen[Any] = subprocess.Popen(
-                ["ip", "netns", "exec", lab.ns(name), sys.executable, "-m", "p2pupdate",
-                 "node", "--bundle", str(bundle), "--state-dir", str(state)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=tmp_path,
-                start_new_session=True,
-            )  # fmt: skip
-        procs.append(proc)
-        nodes.append(FleetNode(name=name, node_id=key.keyid, state_dir=state, proc=proc,
-                               log_path=log_path, addr=lab.addr(name)))  # fmt: skip
+    home = start_bundled(lab, net, tmp_path, ("a1", "a2"), procs)
+    url, nodes, tails = home.url, home.nodes, home.tails
     a1, a2 = nodes
-
-    def tails() -> str:
-        return "\n".join(n.tail() for n in nodes) + f"\n--- replica ---\n{replica_log.read_text()}"
 
     def linked() -> bool:
         assert a1.alive() and a2.alive(), tails()
