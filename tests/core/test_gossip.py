@@ -26,6 +26,7 @@ from p2pupdate.core.errors import OversizeError, SchemaError
 from p2pupdate.core.gossip import (
     MAX_DOC_MESSAGE_BYTES,
     MAX_MESSAGE_BYTES,
+    MAX_VERSIONS,
     MESSAGE_HANDLERS,
     MESSAGE_TYPES,
     Accepted,
@@ -676,6 +677,32 @@ def test_push_sum_restarts_every_epoch_and_reports_the_last_complete_one() -> No
         assert (got.capacity, got.load, got.serving, got.nodes) == pytest.approx(truth, rel=0.01)
 
 
+def test_push_sum_counts_nodes_per_version_and_keeps_at_most_max_versions() -> None:
+    cfg = replace(FAST, epoch_rounds=25)
+
+    def versioned(n: int, versions: int) -> Fleet:
+        sts = [
+            replace(status(i, pool="a" if i % 3 else "b"), version=f"1.0.{i % versions}")
+            for i in range(n)
+        ]
+        return formed(n, config=cfg, statuses=sts, loss=0.05, rounds=3)
+
+    fleet = versioned(30, 3)
+    fleet.run(60)
+    want = {f"1.0.{v}": float(sum(1 for i in range(30) if i % 3 == v)) for v in range(3)}
+    for g in fleet.nodes:
+        est = g.estimate
+        assert est is not None and est.complete
+        assert set(est.pools) == {"a", "b"}  # a version is not a pool
+        assert dict(est.versions) == pytest.approx(want, rel=0.03)
+    # more versions than the bound: no node holds more than MAX_VERSIONS of them
+    fleet = versioned(30, MAX_VERSIONS + 3)
+    fleet.run(60)
+    for g in fleet.nodes:
+        assert g.estimate is not None and 0 < len(g.estimate.versions) <= MAX_VERSIONS
+        assert g.live_estimate is not None and len(g.live_estimate.versions) <= MAX_VERSIONS
+
+
 def test_a_lost_share_is_carried_by_the_next_one() -> None:
     def node_after(shares: Sequence[Aggregate]) -> Any:
         g, _, _ = lone_node()
@@ -754,7 +781,7 @@ def pinned_fleet_trace() -> str:
 #: rng draw changed in the move.  A deliberate change of behaviour updates this value:
 #: P7 (a failed dial or a link lost soon after it came up backs its contact off; the dials
 #: to the three dead nodes now draw their jitter) changed it from 28bf2b93...
-PINNED_FLEET_TRACE = "05fda88fee811a129eabd4ad2e22251b187a89d9e2c9931cc86a3f5bde18b9e7"
+PINNED_FLEET_TRACE = "6f235cce23ce5a7510ea1c86a39f4b4df3e7010abf56535b83a4f7a540c41e8e"
 
 
 def test_a_seeded_fleet_behaves_exactly_as_before_the_package_split() -> None:
@@ -1053,7 +1080,7 @@ def test_pools_beyond_the_cap_are_ignored_and_shares_still_fit() -> None:
         sums = {(f"{start + i}" * 64)[:64]: (1.0, 1.0, 1.0, 1.0) for i in range(8)}
         evil.send(g, Aggregate(epoch=g.epoch, leader=leader, weight=0.1 * (start + 1), sums=sums))
     est = g.live_estimate
-    assert est is not None and len(est.pools) == 8
+    assert est is not None and len(est.pools) + len(est.versions) == 8  # a version is an entry
     out = g.handle_timer(1.0, NOW + 1)
     shares = [decode_message(e.data) for e in sends_in(out)]
     assert shares and all(isinstance(m, Aggregate) and len(m.sums) <= 8 for m in shares)

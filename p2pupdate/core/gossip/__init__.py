@@ -46,6 +46,7 @@ from .config import (
     MAX_POOLS,
     MAX_RELAY_MESSAGE_BYTES,
     MAX_TTL,
+    MAX_VERSIONS,
     GossipConfig,
 )
 from .context import Out
@@ -118,6 +119,7 @@ __all__ = [
     "MAX_POOLS",
     "MAX_RELAY_MESSAGE_BYTES",
     "MAX_TTL",
+    "MAX_VERSIONS",
     "MESSAGE_HANDLERS",
     "MESSAGE_TYPES",
     "PATH_KINDS",

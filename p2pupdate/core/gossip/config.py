@@ -29,6 +29,9 @@ MAX_CONTACTS: Final = 8
 MAX_IDS: Final = 30
 #: Pools per push-sum share: 8 pools with 64-character names still fit in 1,200 bytes.
 MAX_POOLS: Final = 8
+#: Versions counted by push-sum (``pushsum.VERSION_KEY`` entries of the same share, so
+#: they count against ``MAX_POOLS`` on the wire): at most 4, so at least 4 pools remain.
+MAX_VERSIONS: Final = 4
 #: Longest ``ForwardJoin`` random walk.
 MAX_TTL: Final = 16
 #: Bytes of a node id (a key id) and of a rumor id (a sha256) on the wire.

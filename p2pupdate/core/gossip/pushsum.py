@@ -19,6 +19,13 @@ coordinator sees these sums only, never a node's own load).
   ignored, so nobody can push the network through epochs) the computation starts again
   from the true local values: an epoch's error never carries over.
 
+Versions: each node also adds its contribution under ``VERSION_KEY + version`` (the same
+mass, the same running sums: on the wire a version is one more entry of the share, so
+nodes that predate it carry it as a pool they never report).  ``estimate.versions`` is the
+last complete epoch's count of nodes per version, whole fleet.  At most ``MAX_VERSIONS``
+versions are kept (further ones are ignored, like a pool too many): a fleet running more
+versions at once sees the first ones to reach a node.
+
 Known limit: push-sum values are not authenticated (a linked liar can bias the aggregates
 of its epoch; the coordinator's median over reporters bounds what one report can do, not
 what the mass carries).
@@ -30,12 +37,16 @@ import hashlib
 from dataclasses import dataclass, field
 
 from .. import wire
-from .config import MAX_POOLS
+from .config import MAX_POOLS, MAX_VERSIONS
 from .context import NodeContext, Out
 from .events import Send
 from .membership import Membership
 from .messages import Aggregate
 from .values import AggregateEstimate, PoolTotals
+
+#: Prefix of a version's entry among the pools of a share (``Status.pool`` may not start
+#: with it); with it a key stays within the wire's 64 characters for versions of <= 63.
+VERSION_KEY = "\x00"
 
 
 def leader_priority(epoch: int, node: str) -> bytes:
@@ -95,8 +106,10 @@ class PushSum:
         pools = {
             p: PoolTotals(capacity=m[0] / w, load=m[1] / w, serving=m[2] / w, nodes=m[3] / w)
             for p, m in ep.mass.items()
+            if not p.startswith(VERSION_KEY)
         }
-        return AggregateEstimate(epoch=ep.number, pools=pools, complete=False)
+        versions = {k[1:]: m[3] / w for k, m in ep.mass.items() if k.startswith(VERSION_KEY)}
+        return AggregateEstimate(epoch=ep.number, pools=pools, complete=False, versions=versions)
 
     @property
     def epoch(self) -> int:
@@ -174,7 +187,10 @@ class PushSum:
 
     def _own_mass(self) -> dict[str, list[float]]:
         status = self._ctx.status
-        return {status.pool: list(status.contribution)}
+        own = {status.pool: list(status.contribution)}
+        if len(status.version) < 64:
+            own[VERSION_KEY + status.version] = list(status.contribution)
+        return own
 
     def _new_epoch(self, number: int) -> _Epoch:
         node = self._ctx.node
@@ -189,7 +205,9 @@ class PushSum:
     def _finish_epoch(self) -> None:
         est = self.live_estimate
         if est is not None and not self._epoch.placeholder:
-            self._final = AggregateEstimate(epoch=est.epoch, pools=est.pools, complete=True)
+            self._final = AggregateEstimate(
+                epoch=est.epoch, pools=est.pools, complete=True, versions=est.versions
+            )
 
     def _absorb(self, ep: _Epoch, peer: str, msg: Aggregate) -> None:
         """Credit what ``peer`` passed us since its previous share (its running sum minus
@@ -213,6 +231,10 @@ class PushSum:
             if m is None:
                 if len(mass) >= MAX_POOLS:
                     continue  # a pool too many: ignored alike in flows and in the estimate
+                if pool.startswith(VERSION_KEY) and (
+                    sum(1 for k in mass if k.startswith(VERSION_KEY)) >= MAX_VERSIONS
+                ):
+                    continue  # a version too many: the same
                 m = mass[pool] = [0.0, 0.0, 0.0, 0.0]
             old = got.get(pool)
             if old is None:

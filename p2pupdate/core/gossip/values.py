@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..documents import FRACTION_WHOLE, MAX_HOLDINGS, NODE_STATES, Holding
@@ -98,6 +98,8 @@ class Status:
     def __post_init__(self) -> None:
         if len(self.version) > 64 or len(self.pool) > 64:
             raise ValueError("Status: version and pool are at most 64 characters")
+        if self.pool.startswith("\x00"):
+            raise ValueError("Status.pool: may not start with NUL (push-sum's version keys)")
         if len(self.holdings) > MAX_HOLDINGS:
             raise ValueError(f"Status.holdings: at most {MAX_HOLDINGS}")
         if len({h.artifact for h in self.holdings}) != len(self.holdings):
@@ -128,11 +130,16 @@ class PoolTotals:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AggregateEstimate:
-    """The push-sum estimate of one epoch.  ``complete``: the epoch ran to its end."""
+    """The push-sum estimate of one epoch.  ``complete``: the epoch ran to its end.
+
+    ``versions``: the number of nodes running each version (at most ``MAX_VERSIONS``;
+    a version longer than 63 characters is not counted), whole fleet, all pools.
+    """
 
     epoch: int
     pools: Mapping[str, PoolTotals]
     complete: bool
+    versions: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def nodes(self) -> float:
