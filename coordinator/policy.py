@@ -116,7 +116,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Final, TypeAlias
@@ -543,6 +543,23 @@ def median_aggregate(estimates: Iterable[Estimate], now: float, config: PolicyCo
         serving=sorted(e.serving for e in fresh)[(len(fresh) - 1) // 2],  # the lower median
         as_of=_median([e.as_of for e in fresh]),
     )
+
+
+def median_counts(
+    reports: Iterable[tuple[float, Mapping[str, float]]],
+) -> tuple[dict[str, float], float] | None:
+    """Counts per key (push-sum's nodes per version) from many reporters' ``(as_of,
+    counts)``: per key, the median over the ``FRESHEST`` newest reports, a report that
+    does not name the key counting 0 -- so, as in ``median_aggregate``, a lying minority
+    cannot move a count nor make up a key (a key whose median is 0 is left out).  With
+    the median ``as_of``; None without reports.  No age limit: operators read ``as_of``.
+    """
+    fresh = sorted(reports, key=lambda r: r[0], reverse=True)[:FRESHEST]
+    if not fresh:
+        return None
+    keys = {k for _, counts in fresh for k in counts}
+    out = {k: _median([counts.get(k, 0.0) for _, counts in fresh]) for k in sorted(keys)}
+    return {k: v for k, v in out.items() if v > 0.0}, _median([a for a, _ in fresh])
 
 
 def _median(values: list[float]) -> float:

@@ -82,6 +82,8 @@ class Registry:
         self.network = network
         self.nodes: dict[str, NodeRow] = {r.node: r for r in store.load_nodes()}
         self.estimates: dict[str, dict[str, policy.Estimate]] = {}
+        #: Each node's latest push-sum count of nodes per version: ``(as_of, counts)``.
+        self.version_counts: dict[str, tuple[float, dict[str, float]]] = {}
         #: Admitted sessions, by node (``admit`` adds, ``left`` drops).
         self.sessions: dict[str, Session] = {}
         self._next_forget = float("-inf")
@@ -163,6 +165,11 @@ class Registry:
         held = report.held
         held_text = f"{held.gate}/{held.reason}" if held else None
         self.register(node, pool, report.version, report.artifact, report.state, held_text)
+        if report.versions is not None:
+            as_of = self.clock() - report.versions.age
+            self.version_counts[node] = (as_of, dict(report.versions.counts))
+        else:
+            self.version_counts.pop(node, None)
         estimate = report.estimate
         if estimate is not None:
             held_now = self.estimates.setdefault(pool, {})
@@ -239,6 +246,7 @@ class Registry:
         for node in gone:
             row = self.nodes.pop(node)
             self._by_subnet.get(row.subnet, set()).discard(node)
+            self.version_counts.pop(node, None)
             for pool, held in self.estimates.items():
                 if held.pop(node, None) is not None:
                     self._chosen.pop(pool, None)
@@ -342,6 +350,19 @@ class Registry:
             ):
                 candidates.append(admission.Reporter(node, subnet, first_seen))
         return admission.pick_reporters(candidates, network.subnet_reporters)
+
+    def gossip_versions(self, counted: set[str]) -> tuple[dict[str, float], float] | None:
+        """Nodes per version as gossip counts them, whole fleet: ``policy.median_counts``
+        over the push-sum counts of the ``counted`` nodes that report them, and its
+        ``as_of`` (monotonic).
+
+        Next to ``/status``'s ``nodes.versions`` (the reports' own versions, counted
+        nodes, exact but each as old as its node's last report: up to ~1.5x
+        ``next_report_s``, ~7,500 s at 10^6 nodes), these are estimates of the whole
+        fleet (every node that gossips, counted or not, at most ``MAX_VERSIONS`` versions)
+        as old as one push-sum epoch (~50 s) plus the reporter's heartbeat age."""
+        reports = (v for node, v in self.version_counts.items() if node in counted)
+        return policy.median_counts(reports)
 
     def aggregate(self, pool: str) -> policy.Aggregate:
         """The pool's aggregate now (``policy.median_aggregate`` of ``reporters``)."""

@@ -213,6 +213,7 @@ def replica_status(
             "counted": len(counted),
             "uncounted": len(registry.nodes) - len(counted),
             "versions": _top(versions, MAX_VERSIONS, OTHER_VERSIONS),
+            "versions_gossip": _gossip_versions(registry, counted, now),
             "states": dict(states),
         },
         "artifacts": artifacts,
@@ -225,6 +226,17 @@ def replica_status(
         "ice": dict(ice or {"configured": False}),
         "origin": dict(origin or {"bytes": 0, "refused": 0, "artifacts": {}}),
     }
+
+
+def _gossip_versions(registry: Registry, counted: list[Any], now: float) -> dict[str, Any]:
+    """``nodes.versions_gossip``: push-sum's whole-fleet counts (``Registry.gossip_versions``
+    says how they differ from ``nodes.versions`` and how stale each can be); ``age``:
+    seconds since the median reporter's epoch ended."""
+    got = registry.gossip_versions({r.node for r in counted})
+    if got is None:
+        return {"counts": {}, "age": None}
+    counts, as_of = got
+    return {"counts": {v: round(c, 1) for v, c in counts.items()}, "age": round(now - as_of, 3)}
 
 
 def _top(counts: Counter[str], n: int, rest: str) -> dict[str, int]:

@@ -86,6 +86,7 @@ __all__ = [
     "SlotPush",
     "StatusAck",
     "StatusReport",
+    "Versions",
     "answer_of",
     "fast_hex_digest",
     "open_request",
@@ -204,6 +205,23 @@ class Held(_Value):
     reason: str
 
 
+#: Versions one status report may count (gossip counts at most ``MAX_VERSIONS``, 4).
+MAX_REPORTED_VERSIONS: Final = 8
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Versions(_Value):
+    """A node's push-sum count of nodes per version, whole fleet (and how old, seconds)."""
+
+    CHECKS: ClassVar[Mapping[str, wire.Check]] = {
+        "counts": wire.mapping(wire.text(64), wire.nonneg_float(2**40), MAX_REPORTED_VERSIONS),
+        "age": wire.nonneg_float(1e9),
+    }
+    WHERE: ClassVar[str] = "versions"
+    counts: Mapping[str, float]
+    age: float
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Request(_Value):
     """One node -> replica request kind; ``KIND`` is its ``t`` on the wire."""
@@ -229,6 +247,9 @@ class StatusReport(Request):
     estimate: Estimate | None
     held: Held | None
     addrs: tuple[str, ...]
+    #: Optional on the wire (absent = None), so a replica that predates it still reads
+    #: reports without it.
+    versions: Versions | None = None
 
     def __post_init__(self) -> None:
         _Value.__post_init__(self)
@@ -236,6 +257,20 @@ class StatusReport(Request):
             object.__setattr__(self, "estimate", Estimate.from_wire(self.estimate))
         if self.held is not None and not isinstance(self.held, Held):
             object.__setattr__(self, "held", Held.from_wire(self.held))
+        if self.versions is not None and not isinstance(self.versions, Versions):
+            object.__setattr__(self, "versions", Versions.from_wire(self.versions))
+
+    def to_wire(self) -> dict[str, Any]:
+        out = _Value.to_wire(self)
+        if out["versions"] is None:
+            del out["versions"]
+        return out
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        if isinstance(obj, dict) and "versions" not in obj:
+            obj = {**obj, "versions": None}
+        return super(StatusReport, cls).from_wire(obj)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

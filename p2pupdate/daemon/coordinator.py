@@ -280,6 +280,8 @@ class CoordinatorLink:
         #: Set by the node when gossip runs: the live estimate, the link addresses, and
         #: where verified documents go to be spread.
         self.estimate_source: Callable[[], dict[str, float] | None] = lambda: None
+        #: And its push-sum count of nodes per version (``{"counts": ..., "age": ...}``).
+        self.versions_source: Callable[[], dict[str, Any] | None] = lambda: None
         self.addrs: list[str] = []
         self.on_document: Callable[[bytes], object] = lambda _doc: None
         #: Called with (sender node id, data) for every signal another node relayed to
@@ -466,9 +468,21 @@ class CoordinatorLink:
                 estimate = proto.Estimate.from_wire(live)
         except SchemaError as exc:
             self.log(f"status report: aggregate estimate left out: schema: {exc}")
+        versions: proto.Versions | None = None
+        try:
+            if (counts := self.versions_source()) is not None:
+                versions = proto.Versions.from_wire(counts)
+        except SchemaError as exc:
+            self.log(f"status report: version counts left out: schema: {exc}")
         try:
             report = proto.StatusReport.from_wire(
-                {**fields, "pool": self.pool, "estimate": estimate, "addrs": self.addrs[:8]}
+                {
+                    **fields,
+                    "pool": self.pool,
+                    "estimate": estimate,
+                    "addrs": self.addrs[:8],
+                    "versions": versions,
+                }
             )
         except SchemaError as exc:  # not sent: a replica would close the channel over it
             self.log(f"status report not sent: schema: {exc}")

@@ -73,7 +73,7 @@ import math
 import random
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -451,6 +451,13 @@ class GossipService:
         if totals is None:
             return None
         return totals, max(0.0, self.clock.monotonic() - self._epoch_seen[1])
+
+    def versions(self) -> tuple[Mapping[str, float], float] | None:
+        """The last complete epoch's count of nodes per version and its age in seconds."""
+        est = self.core.estimate if self.core is not None else None
+        if est is None or self._epoch_seen is None or not est.versions:
+            return None
+        return est.versions, max(0.0, self.clock.monotonic() - self._epoch_seen[1])
 
     def paths(self) -> dict[str, str]:
         """Each linked peer's path kind (``tcp``, ``host``, ``srflx``, ``prflx``, ``relay``)."""

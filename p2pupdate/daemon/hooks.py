@@ -15,6 +15,7 @@ coordinator ``on_nudge``       a verified nudge: ``Nudged`` for the updater
 coordinator ``on_learned``     a newer allowlist / scope: ``AllowlistLearned`` / ``ScopeLearned``
 coordinator ``on_slot``        a replica's signed word a slot freed for us: ``SlotFreed``
 coordinator ``estimate_source``  the pool's push-sum totals (``gossip_estimate``)
+coordinator ``versions_source``  push-sum's count of nodes per version (``gossip_versions``)
 coordinator ``on_document``    a document a replica sent: spread by gossip (an allowlist also
                                rewrites the status file: ``replica_document``)
 =============================  =================================================================
@@ -105,6 +106,7 @@ class NodeHooks:
                 gossip.signals = coordinator
                 coordinator.on_signal = gossip.on_signal
                 coordinator.estimate_source = self.gossip_estimate
+                coordinator.versions_source = self.gossip_versions
                 coordinator.on_document = self.replica_document
                 coordinator.gossip_peers = lambda: len(gossip.linked())
 
@@ -189,6 +191,15 @@ class NodeHooks:
             "serving": max(0, round(totals.serving)),
             "age": min(age, 1e9),
         }
+
+    def gossip_versions(self) -> dict[str, object] | None:
+        """Push-sum's count of nodes per version for the coordinator's status report."""
+        assert self.gossip is not None
+        got = self.gossip.versions()
+        if got is None:
+            return None
+        counts, age = got
+        return {"counts": dict(counts), "age": min(age, 1e9)}
 
     def gossip_delivered(self, doc: bytes, slot: str) -> None:
         """A verified document that was news here, learned from a peer.

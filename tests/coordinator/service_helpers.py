@@ -323,6 +323,7 @@ class LightNode:
         state: str = "serving",
         estimate: tuple[float, float, int] | None = (1000.0, 100.0, 50),
         held: tuple[str, str] | None = None,
+        versions: dict[str, float] | None = None,
     ) -> int:
         report = proto.StatusReport(
             version=version,
@@ -336,6 +337,7 @@ class LightNode:
             ),
             held=None if held is None else proto.Held(gate=held[0], reason=held[1]),
             addrs=("127.0.0.1:9",),
+            versions=None if versions is None else proto.Versions(counts=versions, age=5.0),
         )
         return await self.client.send(report)
 

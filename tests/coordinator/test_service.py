@@ -97,6 +97,32 @@ async def test_publish_refuses_forged_expired_wrong_role_with_400(tmp_path: Path
         assert replica.trust.floors["allowlist"].value == 2
 
 
+async def test_status_shows_the_median_of_the_reported_gossip_version_counts(
+    tmp_path: Path,
+) -> None:
+    """``nodes.versions``: the reports' own versions; ``nodes.versions_gossip``: per version
+    the median of the push-sum counts nodes report, a version only a liar names left out."""
+    net = Network(tmp_path / "net")
+    async with in_process(net) as (_replica, url):
+        nodes = [LightNode(net, [url]) for _ in range(3)]
+        counts = [
+            {"v1": 900.0, "v2": 100.0},
+            {"v1": 1000.0, "v2": 90.0},
+            {"v1": 5000.0, "v2": 95.0, "made-up": 1e6},  # a liar
+        ]
+        async with trio.open_nursery() as nursery:
+            for n, c in zip(nodes, counts, strict=True):
+                await n.start(nursery)
+                await n.status(versions=c)
+            nursery.cancel_scope.cancel()
+        code, st = await ahttp("GET", f"{url}/status")
+        assert code == 200
+        assert st["nodes"]["versions"] == {"v1": 3}
+        gossip = st["nodes"]["versions_gossip"]
+        assert gossip["counts"] == {"v1": 1000.0, "v2": 95.0}
+        assert 5.0 <= gossip["age"] < 60.0
+
+
 async def test_refusal_reasons_are_exact_and_visible_in_status(tmp_path: Path) -> None:
     net = Network(tmp_path / "net")
     async with in_process(net, max_concurrent=5, min_serving=0) as (replica, url):

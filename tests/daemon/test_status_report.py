@@ -103,3 +103,42 @@ async def test_an_ask_the_replica_would_refuse_is_not_sent(tmp_path: Path) -> No
             nursery.cancel_scope.cancel()
     assert outcome.token is None and outcome.error.endswith("got nan"), outcome
     assert lines == [f"ask not sent: schema: {outcome.error.split('schema: ', 1)[1]}"], lines
+
+
+@pytest.mark.parametrize("versions", [{"v1": 7.0, "v2": 2.5}, {f"v{i}": 1.0 for i in range(9)}])
+async def test_the_gossip_version_counts_reach_the_replica_or_are_left_out(
+    tmp_path: Path, versions: dict[str, float]
+) -> None:
+    """``versions_source`` (gossip's push-sum counts) rides on the status report; counts
+    the replica would refuse (more than ``MAX_REPORTED_VERSIONS``) are left out alone."""
+    net = Network(tmp_path / "net")
+    lines: list[str] = []
+    async with in_process(net) as (replica, url):
+        trust = TrustFile.open(
+            tmp_path / "trust", initial_root=net.root_bytes, now=clock.SYSTEM.utc_now()
+        )
+        key = crypto.SigningKey.from_seed(b"\x06" * 32)
+        link = CoordinatorLink(
+            [url],
+            key,
+            trust,
+            pool="default",
+            estimate=None,
+            report_interval=3600.0,
+            log=lines.append,
+            clock=clock.SYSTEM,
+        )
+        link.status_fields = lambda: dict(FIELDS)
+        link.versions_source = lambda: {"counts": dict(versions), "age": 2.0}
+        async with trio.open_nursery() as nursery:
+            await nursery.start(link.run)
+            with trio.fail_after(10):
+                while key.keyid not in replica.registry.nodes:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    got = replica.registry.version_counts.get(key.keyid)
+    if len(versions) <= 8:
+        assert got is not None and got[1] == versions
+    else:
+        assert got is None
+        assert [line for line in lines if "version counts left out" in line], lines
