@@ -43,20 +43,7 @@ async def test_an_estimate_the_replica_would_refuse_is_left_out_and_the_channel_
     net = Network(tmp_path / "net")
     lines: list[str] = []
     async with in_process(net) as (replica, url):
-        trust = TrustFile.open(
-            tmp_path / "trust", initial_root=net.root_bytes, now=clock.SYSTEM.utc_now()
-        )
-        key = crypto.SigningKey.from_seed(b"\x05" * 32)
-        link = CoordinatorLink(
-            [url],
-            key,
-            trust,
-            pool="default",
-            estimate=None,
-            report_interval=3600.0,
-            log=lines.append,
-            clock=clock.SYSTEM,
-        )
+        link = _link(tmp_path, net, url, b"\x05", lines)
         link.status_fields = lambda: dict(FIELDS)
         link.estimate_source = lambda: dict(estimate)
         async with trio.open_nursery() as nursery:
@@ -64,7 +51,7 @@ async def test_an_estimate_the_replica_would_refuse_is_left_out_and_the_channel_
             await link.client.wait_connected(1, 10.0)
             (replica_link,) = link.client.links
             with trio.fail_after(10):  # a (re)connected node reports at once
-                while key.keyid not in replica.registry.nodes:  # the rest of it arrived
+                while link.node not in replica.registry.nodes:  # the rest of it arrived
                     await trio.sleep(0.01)
             assert replica_link.is_connected and replica_link.connects == 1
             nursery.cancel_scope.cancel()
@@ -114,31 +101,35 @@ async def test_the_gossip_version_counts_reach_the_replica_or_are_left_out(
     net = Network(tmp_path / "net")
     lines: list[str] = []
     async with in_process(net) as (replica, url):
-        trust = TrustFile.open(
-            tmp_path / "trust", initial_root=net.root_bytes, now=clock.SYSTEM.utc_now()
-        )
-        key = crypto.SigningKey.from_seed(b"\x06" * 32)
-        link = CoordinatorLink(
-            [url],
-            key,
-            trust,
-            pool="default",
-            estimate=None,
-            report_interval=3600.0,
-            log=lines.append,
-            clock=clock.SYSTEM,
-        )
+        link = _link(tmp_path, net, url, b"\x06", lines)
         link.status_fields = lambda: dict(FIELDS)
         link.versions_source = lambda: {"counts": dict(versions), "age": 2.0}
         async with trio.open_nursery() as nursery:
             await nursery.start(link.run)
             with trio.fail_after(10):
-                while key.keyid not in replica.registry.nodes:
+                while link.node not in replica.registry.nodes:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
-    got = replica.registry.version_counts.get(key.keyid)
+    got = replica.registry.version_counts.get(link.node)
     if len(versions) <= 8:
         assert got is not None and got[1] == versions
     else:
         assert got is None
         assert [line for line in lines if "version counts left out" in line], lines
+
+
+def _link(tmp_path: Path, net: Network, url: str, seed: bytes, lines: list[str]) -> CoordinatorLink:
+    """A real coordinator link of a node with key ``seed * 32`` to the replica at ``url``."""
+    trust = TrustFile.open(
+        tmp_path / "trust", initial_root=net.root_bytes, now=clock.SYSTEM.utc_now()
+    )
+    return CoordinatorLink(
+        [url],
+        crypto.SigningKey.from_seed(seed * 32),
+        trust,
+        pool="default",
+        estimate=None,
+        report_interval=3600.0,
+        log=lines.append,
+        clock=clock.SYSTEM,
+    )
