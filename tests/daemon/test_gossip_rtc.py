@@ -93,14 +93,15 @@ def service(
     )
 
 
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``cond`` every 20 ms; the seconds it took (fails naming ``what``)."""
+async def until(cond: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> float:
+    """Poll ``cond`` every 20 ms; the seconds it took (fails naming ``what``, or what
+    ``what()`` says at the time of the failure)."""
     start = trio.current_time()
     with trio.move_on_after(timeout):
         while not cond():
             await trio.sleep(0.02)
         return trio.current_time() - start
-    raise AssertionError(f"not within {timeout:g}s: {what}")
+    raise AssertionError(f"not within {timeout:g}s: {what if isinstance(what, str) else what()}")
 
 
 def linked(a: GossipService, b: GossipService, path: str | None = None) -> bool:
@@ -263,6 +264,34 @@ async def scenario_dropped(tmp: str) -> None:
             n.cancel_scope.cancel()
 
 
+class HeldOffers:
+    """Relayed blobs wait until both ends have sent their own offer, so the dials cross for
+    certain: left to the rounds, a busy machine let one end link before the other dialed at
+    all, and nothing crossed (a CI run failed waiting for the second answer)."""
+
+    def __init__(self, a: GossipService, b: GossipService) -> None:
+        self.ends = (a, b)
+        self.held: list[tuple[GossipService, str, bytes]] = []
+        self.released = False
+
+    def to(self, end: GossipService) -> Callable[[str, bytes], None]:
+        def on_signal(sender: str, data: bytes) -> None:
+            if self.released:
+                end.on_signal(sender, data)
+            else:
+                self.held.append((end, sender, data))
+
+        return on_signal
+
+    async def release_once_both_dialed(self) -> None:
+        a, b = self.ends
+        await until(lambda: a.stats.rtc_dials == b.stats.rtc_dials == 1, 20, "both dial")
+        self.released = True
+        for end, sender, data in self.held:
+            end.on_signal(sender, data)
+        self.held.clear()
+
+
 async def scenario_crossed(tmp: str) -> None:
     """a and b learn each other at once and both dial by rtc: one link survives, the
     same at both ends, and stays the only one."""
@@ -275,17 +304,21 @@ async def scenario_crossed(tmp: str) -> None:
         cb = node_link(Path(tmp), net, [url], 2)
         a = service(1, ADDRS[0], signals=ca)
         b = service(2, ADDRS[1], signals=cb)
-        ca.on_signal, cb.on_signal = a.on_signal, b.on_signal
+        held = HeldOffers(a, b)
+        ca.on_signal, cb.on_signal = held.to(a), held.to(b)
         async with trio.open_nursery() as n:
             await connected(n, ca, cb)
             await n.start(a.run)
             await n.start(b.run)
             a.add_contacts([b.contact])
             b.add_contacts([a.contact])
+            await held.release_once_both_dialed()
             await until(lambda: linked(a, b) and one_link(a, b), 20, "one link a-b")
             # both offered and both answered: the dials did cross
             await until(
-                lambda: a.stats.offers_answered + b.stats.offers_answered == 2, 15, "2 answers"
+                lambda: a.stats.offers_answered + b.stats.offers_answered == 2,
+                15,
+                lambda: f"2 answers ({a.stats}, {b.stats})",
             )
             assert (a.stats.rtc_dials, b.stats.rtc_dials) == (1, 1), (a.stats, b.stats)
             await trio.sleep(2.0)
