@@ -6,7 +6,9 @@ which boxes run a vulnerable build.  So these views are open to loopback clients
 unless the replica is given a bearer token (``serve --read-token-file F``); then every
 client, loopback too, must send ``Authorization: Bearer <token>`` (compared in constant
 time).  A refusal is an answer with a reason and a hint (``ReadRefused``), never an
-exception.
+exception.  The rollout page's own files (``/ui``: code and style, no data) follow
+``ReadAccess.check_page``: loopback only without a token; with one, anyone may load them,
+and the page asks for the token to read ``/status``.
 
 What stays open to everyone, and why: ``/healthz`` (says "ok", nothing else); the node
 channel (each node authenticates in its hello); ``POST /v1/publish`` (signed documents,
@@ -38,6 +40,7 @@ __all__ = [
     "add_flags",
     "from_args",
     "is_loopback",
+    "is_page_path",
     "is_read_path",
     "read_token_file",
 ]
@@ -55,6 +58,12 @@ _HINT: Final = (
 def is_read_path(path: str) -> bool:
     """The operator views this rule guards (the path, without its query)."""
     return path in ("/status", "/metrics", "/ui") or path.startswith(("/status/", "/ui/"))
+
+
+def is_page_path(path: str) -> bool:
+    """The rollout page's own files (``/ui``, ``/ui/*``): code and style, no data
+    (``ReadAccess.check_page``)."""
+    return path == "/ui" or path.startswith("/ui/")
 
 
 def is_loopback(peer: str) -> bool:
@@ -119,6 +128,15 @@ class ReadAccess:
                 headers=(("www-authenticate", 'Bearer realm="p2pupdate", error="invalid_token"'),),
             )
         return None
+
+    def check_page(self, peer: str) -> ReadRefused | None:
+        """The rule for the page's own files (``is_page_path``).  Without a token: loopback
+        only, like the data.  With one: anyone, since a browser cannot send a header when
+        it opens a URL; the files hold no node id or version, the page asks for the token
+        and sends it on its fetches of ``/status``, which ``check`` still guards."""
+        if self.token is not None:
+            return None
+        return self.check(peer, None)
 
 
 def _bearer(value: bytes | None) -> bytes | None:

@@ -29,6 +29,8 @@ Routes::
     GET  /status/node/<id prefix>        JSON: one node's answer (``status.node_status``)
     GET  /metrics                        Prometheus text format
       (these: loopback clients only, or a bearer token: ``coordinator.readaccess``)
+    GET  /ui, /ui/ui.js, /ui/ui.css      the rollout page (``coordinator.ui``): no data of its
+                                         own; loopback only without a token, anyone with one
     GET  /healthz                        "ok"
 """
 
@@ -64,9 +66,11 @@ from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .origin import NODE_HEADER, downloader
 from .publishing import ArtifactRefused, ArtifactUpload
 from .ratelimit import Bucket
-from .readaccess import ReadAccess, ReadRefused, is_read_path
+from .readaccess import ReadAccess, ReadRefused, is_page_path, is_read_path
 from .service import Replica, RequestError
 from .status import node_status
+from .ui import PAGE_HEADERS, PagePart, page_file
+from .ui.history import History, record
 
 PUSH_TIMEOUT: Final = 5.0
 #: A refused connection's 503 gets this long to leave before the socket is closed.
@@ -174,12 +178,15 @@ class Server:
         log: Callable[[str], None] = lambda _m: None,
         limits: ServerLimits | None = None,
         read_access: ReadAccess | None = None,
+        history: History | None = None,
     ) -> None:
         self.replica = replica
         self.log = log
         self.limits = limits or ServerLimits()
         #: Who may read /status, /metrics, /ui (default: loopback clients only).
         self.read_access = read_access or ReadAccess()
+        #: ``/status``'s ``history`` (the rollout page's charts), sampled by the flusher.
+        self.history = history or History()
         self.stats = ServerStats()
         self._metrics = _Metrics(replica)
         self.conns: dict[str, NodeConn] = {}
@@ -209,6 +216,7 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._sample()  # the history's baseline, before the first request
                 nursery.start_soon(self._flusher)
                 for listener in listeners:
                     nursery.start_soon(self._accept, listener, nursery)
@@ -226,6 +234,7 @@ class Server:
             await trio.sleep(0.1)
             try:
                 self.replica.asks.tick()
+                self._sample()
                 self.replica.registry.maybe_forget()
                 self.replica.store.flush()
             except LocalStateFault as exc:  # kept for the next flush; said once
@@ -234,6 +243,10 @@ class Server:
                 said = str(exc)
             else:
                 said = ""
+
+    def _sample(self) -> None:
+        rep = self.replica
+        record(self.history, asks=rep.asks, registry=rep.registry, documents=rep.documents)
 
     def push_all(self, msg: proto.Push) -> None:
         if self._nursery is None:
@@ -406,6 +419,9 @@ class Server:
                 elif isinstance(answer, ReadRefused):
                     status, ctype, payload = answer.status, "application/json", answer.body()
                     extra = answer.headers
+                elif isinstance(answer, PagePart):
+                    status, ctype, payload = 200, answer.ctype, answer.data
+                    extra = PAGE_HEADERS
                 else:
                     status, ctype, payload = answer
             except LocalStateFault as exc:
@@ -581,6 +597,8 @@ class Server:
 
     def _read_refused(self, request: h11.Request, path: str, peer: str) -> ReadRefused | None:
         """The operator views' rule (``coordinator.readaccess``); None: may read."""
+        if is_page_path(path):
+            return self.read_access.check_page(peer)
         if not is_read_path(path):
             return None
         auth = next((v for k, v in request.headers if k == b"authorization"), None)
@@ -588,7 +606,7 @@ class Server:
 
     async def _route(
         self, request: h11.Request, body: bytes | _Stored, peer: str
-    ) -> tuple[int, str, bytes] | _TryPeers | ReadRefused:
+    ) -> tuple[int, str, bytes] | _TryPeers | ReadRefused | PagePart:
         if isinstance(body, _Stored):  # an artifact upload, streamed to disk as it was read
             return body.status, "application/json", _json(body.answer)
         method = request.method.decode()
@@ -601,6 +619,7 @@ class Server:
         if path == "/status" and method == "GET":
             view = rep.status()
             view["server"] = self.stats.status(self.limits)
+            view["history"] = self.history.view()
             return 200, "application/json", _json(view)
         if path.startswith(NODE_STATUS_PATH) and method == "GET":
             prefix = path[len(NODE_STATUS_PATH) :]
@@ -610,6 +629,13 @@ class Server:
             return code, "application/json", _json(answer)
         if path == "/metrics" and method == "GET":
             return 200, METRICS_TYPE, rep.metrics.render()
+        if is_page_path(path):
+            part = page_file(path)
+            if part is None:
+                return 404, "text/plain", b"not found\n"
+            if method != "GET":
+                return 405, "text/plain", b"GET the page\n"
+            return part
         if path == "/healthz" and method == "GET":
             return 200, "text/plain", b"ok\n"
         if path == DOCUMENTS_PATH and method == "GET":

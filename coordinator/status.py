@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Final
 
+from . import policy
 from .asks import Asks
 from .breakers import Breakers
 from .publishing import Documents
 from .registry import Registry
 
-__all__ = ["MAX_MATCHES", "MAX_VERSIONS", "node_status", "replica_status"]
+__all__ = ["MAX_MATCHES", "MAX_VERSIONS", "node_status", "replica_status", "spare_capacity"]
 
 #: ``nodes.versions`` lists this many versions (the most nodes first); the rest are summed
 #: under ``OTHER_VERSIONS``: a version is whatever a node reports, so strangers can make up
@@ -32,6 +33,13 @@ OTHER_VERSIONS: Final = "(other versions)"
 #: An id prefix matching more nodes than this lists this many of them.
 MAX_MATCHES: Final = 20
 _HEX: Final = frozenset("0123456789abcdef")
+
+
+def spare_capacity(aggregate: policy.Aggregate, utilization: float) -> float:
+    """``C - L / u``: the pool's serving capacity beyond what carries its load at the
+    utilisation target ``u``; below 0 the pool is under the floor (the simulations'
+    ``spare``, simulations/README.md).  What the rollout page charts."""
+    return aggregate.capacity - aggregate.load / utilization
 
 
 def replica_status(
@@ -61,7 +69,13 @@ def replica_status(
     artifacts: dict[str, dict[str, Any]] = {}
     #: Everything about artifacts no document names, summed: a stranger's made-up
     #: artifacts (in asks, status reports, failure reports) add no row each here.
-    other: dict[str, Any] = {"nodes": 0, "probation": 0, "failed": 0, "refusals": {}}
+    other: dict[str, Any] = {
+        "nodes": 0,
+        "states": {},
+        "probation": 0,
+        "failed": 0,
+        "refusals": {},
+    }
 
     def entry(artifact: str) -> dict[str, Any]:
         if not asks.known(artifact):
@@ -74,6 +88,7 @@ def replica_status(
                 "allowlisted": bool(allow and artifact in allow.artifacts),
                 "in_scope": scope.describe() if scope and scope.artifact == artifact else None,
                 "nodes": 0,
+                "states": {},
                 "probation": 0,
                 "failed": 0,
                 "failures": [],
@@ -94,6 +109,7 @@ def replica_status(
         states[row.state] += 1
         e = entry(row.artifact)
         e["nodes"] += 1
+        e["states"][row.state] = e["states"].get(row.state, 0) + 1
         if row.state == "probation":
             e["probation"] += 1
         if row.held and scope is not None:
@@ -148,12 +164,18 @@ def replica_status(
             "capacity": agg.capacity,
             "load": agg.load,
             "serving": agg.serving,
+            "spare": round(spare_capacity(agg, asks.policy.utilization), 3),
             "age": round(age, 3),
             "stale": age > asks.policy.aggregate_max_age,
             "reporters": reporters,
             # estimates held but not in the median: stale, not counted, over a subnet's cap
             "ignored": len(registry.estimates.get(pool, {})) - reporters,
         }
+    for pool, p in pools.items():
+        # this replica's share of the pool's max_concurrent (``/metrics``' lease_budget)
+        p["lease_budget"] = policy.replica_share(
+            asks.policy.max_concurrent, policy.pool_slot(pool), asks.policy
+        )
     refusals: Counter[str] = Counter()
     for (_a, gate, reason), count in asks.refusals.items():
         refusals[f"{gate}/{reason}"] += count
@@ -181,6 +203,8 @@ def replica_status(
             "lease_ttl": asks.policy.lease_ttl,
             "max_concurrent": asks.policy.max_concurrent,
             "lease_share": asks.policy.lease_share,
+            "min_serving": asks.policy.min_serving,
+            "utilization": asks.policy.utilization,
             "warming_up_for": round(warm, 3),
             "connected_nodes": connected,
             "time": now_wall,
