@@ -26,6 +26,7 @@ Routes::
                                          503 {"error": "try-peers", "retry_after": S}
     GET  /v1/documents                   every document held (msgpack), for replicas catching up
     GET  /status                         JSON: documents, progress, leases, refusals, pauses
+                                         (``?history=1``: and the samples of ``ui.history``)
     GET  /status/node/<id prefix>        JSON: one node's answer (``status.node_status``)
     GET  /metrics                        Prometheus text format
       (these: loopback clients only, or a bearer token: ``coordinator.readaccess``)
@@ -619,7 +620,8 @@ class Server:
         if path == "/status" and method == "GET":
             view = rep.status()
             view["server"] = self.stats.status(self.limits)
-            view["history"] = self.history.view()
+            if "history=1" in target.partition("?")[2].split("&"):  # the rollout page asks
+                view["history"] = self.history.view()
             return 200, "application/json", _json(view)
         if path.startswith(NODE_STATUS_PATH) and method == "GET":
             prefix = path[len(NODE_STATUS_PATH) :]

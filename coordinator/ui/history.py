@@ -5,9 +5,11 @@ floor, the scopes seen: the rollout's stages).
 ``/status`` itself is a snapshot (cumulative refusal counts, the aggregate now); a page that
 polls it sees only what happened while it was open.  So the replica keeps the last
 ``keep`` samples, one per ``interval`` seconds of its own monotonic clock (the one the
-gates use, injected; ``Server``'s flusher asks ``due`` and calls ``record``), and answers
-them with every ``/status``: 360 samples of 10 s are the last hour, a few KiB each at
-most (pools, artifacts and reasons are capped per sample).
+gates use, injected; ``Server``'s flusher calls ``record``, which asks ``due``), and
+answers them with ``/status?history=1`` (the page asks so; a plain ``/status``, what
+``status`` and ``/metrics`` read, stays as it was): 360 samples of 10 s are the last
+hour, a few hundred bytes each for one pool and a few reasons, at most ~6 KiB (pools,
+artifacts and reasons are capped per sample).
 
 What a sample holds, and what it is computed from (``sample``, pure):
 

@@ -89,7 +89,7 @@
   async function refresh() {
     clearTimeout(timer);
     try {
-      const { status, body } = await getJSON("/status");
+      const { status, body } = await getJSON("/status?history=1");
       if (status === 401) {
         askToken(body);
         showError("");

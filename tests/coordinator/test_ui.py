@@ -216,6 +216,8 @@ async def test_ui_serves_the_page_with_its_headers_and_status_carries_the_histor
         assert (await aget(f"{url}/ui/ui.css"))[0] == 200
         assert (await aget(f"{url}/ui/history.py"))[0] == 404
         code, _h, body = await aget(f"{url}/status")
+        assert code == 200 and "history" not in json.loads(body)  # what `status` reads
+        code, _h, body = await aget(f"{url}/status?history=1")
         st = json.loads(body)
         assert code == 200 and st["history"]["interval"] == 10.0 and st["history"]["keep"] == KEEP
         assert 1 <= len(st["history"]["samples"]) <= KEEP  # the flusher's first sample
