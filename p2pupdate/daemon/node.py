@@ -333,7 +333,7 @@ class Node:
         """Feed one event (None: the timer) and start the effects that come out."""
         u = self.updater
         assert u is not None
-        before = u.state
+        before, timer_before = u.state, u.get_timer()
         now = self.clock.monotonic()
         effects = u.handle_timer(now) if event is None else u.handle(event, now)
         if isinstance(event, up.GatesEvaluated):
@@ -356,6 +356,8 @@ class Node:
             self.write_status()
             if self.coord is not None:
                 self.coord.status_changed()
+        elif u.get_timer() != timer_before:  # the next check moved (a learned allowlist, a
+            self.write_status()  # refusal's cause changed): ``D/status`` says when it is
         if isinstance(event, up.GatesEvaluated) and event.refusal is not None:
             said = str(event.refusal)
             if said != self._last_refusal:  # once per change, not once per check
