@@ -514,7 +514,7 @@ def render(report: Mapping[str, Any]) -> str:
         )
     u = report["updater"]
     if u is not None:
-        lines.append("updater")
+        lines.append("updater" if report["running"] else "updater (last known)")
         row("state", _clean(u["state"], 32))
         w = u["waiting_on"]
         if isinstance(w, dict):
