@@ -7,6 +7,8 @@
 * :mod:`p2pupdate.cli.commands` -- the ``p2pupdate`` commands (keys, release, scope,
   verify, node); ``node`` runs the launcher, so this module imports the launcher and the
   daemon's options.
+* :mod:`p2pupdate.cli.nodestatus` -- ``p2pupdate status``: the node's report, read from its
+  state dir without changing it (imports the launcher's record readers only).
 
 :func:`main` is the console script (``p2pupdate = "p2pupdate.cli:main"``).  It loads
 :mod:`~p2pupdate.cli.commands` when it is called, not when this package is imported:

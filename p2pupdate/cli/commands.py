@@ -1,4 +1,5 @@
-"""``p2pupdate``: the node and operator command line (keys, release, scope, verify, node).
+"""``p2pupdate``: the node and operator command line (keys, release, scope, verify, node,
+status: ``cli.nodestatus``).
 
 The console script ``p2pupdate`` enters through :func:`p2pupdate.cli.main`, which loads
 this module; what it shares with ``p2pupdate-coordinator`` is in :mod:`p2pupdate.cli.common`.
@@ -54,6 +55,7 @@ from .common import (
     write_output,
 )
 from .install import add_parsers as add_install_parsers
+from .nodestatus import add_parser as add_status_parser
 
 DEFAULT_CHUNK = 256 * 1024
 
@@ -557,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_daemon_arguments(no, for_launcher=True)
     no.set_defaults(handler=cmd_node)
     add_install_parsers(sub)
+    add_status_parser(sub, default_state_dir=default_state_dir)
     return p
 
 

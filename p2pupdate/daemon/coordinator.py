@@ -441,6 +441,11 @@ class CoordinatorLink:
                 {
                     "url": link.base,
                     "connected": link.is_connected,
+                    # wall seconds of its last message (``p2pupdate status``); whole seconds,
+                    # so the summary changes when a message came, not with the clock
+                    "heard": None
+                    if link.heard is None
+                    else int(self.clock.wall() - (self.clock.monotonic() - link.heard)),
                     "admission_refused": None
                     if link.refused is None
                     else {"reason": link.refused.reason, "detail": link.refused.detail},

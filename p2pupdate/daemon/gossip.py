@@ -287,6 +287,8 @@ class _Peer:
     heard: float
     bytes_in: int = 0
     bytes_out: int = 0
+    #: Monotonic time the link came up (``links_detail``: since when, for operators).
+    since: float = 0.0
     closing: bool = False
     #: Closed because it broke or went silent (not in order): the core redials the peer.
     lost: bool = False
@@ -462,6 +464,20 @@ class GossipService:
     def paths(self) -> dict[str, str]:
         """Each linked peer's path kind (``tcp``, ``host``, ``srflx``, ``prflx``, ``relay``)."""
         return {peer: entry.path for peer, entry in self._peers.items()}
+
+    def links_detail(self, limit: int = 64) -> list[dict[str, object]]:
+        """Each link for the status file (``p2pupdate status``): the peer, its path kind,
+        who dialed (``out``: this node), and since when (wall seconds), at most ``limit``."""
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        return [
+            {
+                "peer": peer,
+                "path": entry.path,
+                "direction": "out" if entry.outbound else "in",
+                "since": round(wall - (now - entry.since), 1),
+            }
+            for peer, entry in sorted(self._peers.items())[:limit]
+        ]
 
     def summary(self) -> dict[str, object]:
         core = self.core
@@ -1066,6 +1082,7 @@ class GossipService:
             path=path,
             sent=now,
             heard=now,
+            since=now,
             extra=extra,
         )
         self._peers[peer] = entry

@@ -192,6 +192,11 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._stopping = False
         self._last_refusal = ""
+        #: Wall time this process started, the departure lease in hand (artifact, granted,
+        #: lapses: wall seconds) and the last coordinator error's reason: ``D/status``.
+        self.started = clock.wall()
+        self._lease: dict[str, Any] | None = None
+        self._last_error: str | None = None
         self.hooks = NodeHooks(
             slot=self.slot,
             manifest=manifest,
@@ -328,11 +333,18 @@ class Node:
         """Feed one event (None: the timer) and start the effects that come out."""
         u = self.updater
         assert u is not None
-        before = u.state
+        before, timer_before = u.state, u.get_timer()
         now = self.clock.monotonic()
         effects = u.handle_timer(now) if event is None else u.handle(event, now)
         if isinstance(event, up.GatesEvaluated):
             self.gate_checks += 1
+            self.hooks.held = event.refusal  # before the status write below says it
+        elif isinstance(event, up.CoordinatorError):
+            self._last_error = event.reason
+        elif isinstance(event, up.Granted) and u.state is up.State.DRAINING:
+            wall = self.clock.wall()
+            artifact = u.candidate.artifact if u.candidate is not None else None
+            self._lease = {"artifact": artifact, "granted": wall, "lapses": wall + event.lease_ttl}
         if u.state is not before:
             self._gen += 1
             for scope in self._gen_scopes:
@@ -344,8 +356,8 @@ class Node:
             self.write_status()
             if self.coord is not None:
                 self.coord.status_changed()
-        if isinstance(event, up.GatesEvaluated):
-            self.hooks.held = event.refusal
+        elif u.get_timer() != timer_before:  # the next check moved (a learned allowlist, a
+            self.write_status()  # refusal's cause changed): ``D/status`` says when it is
         if isinstance(event, up.GatesEvaluated) and event.refusal is not None:
             said = str(event.refusal)
             if said != self._last_refusal:  # once per change, not once per check
@@ -750,6 +762,16 @@ class Node:
             refusal=self.updater.refusal if self.updater is not None else None,
         )
         doc["gate_checks"] = self.gate_checks
+        doc["started"] = self.started
+        u = self.updater
+        timer = u.get_timer() if u is not None else None
+        doc["updater"] = status.updater_view(
+            u,
+            held=self.hooks.held,
+            next_check=None if timer is None else doc["time"] + (timer - self.clock.monotonic()),
+            lease=self._lease,
+            last_error=self._last_error,
+        )
         if self.gossip is not None:
             doc["gossip"] = status.gossip_view(self.gossip, allowlist=self.hooks.newest_allowlist())
         if self.swarm is not None:

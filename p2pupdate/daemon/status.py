@@ -6,9 +6,12 @@ swarm in the daemon").  It is rewritten atomically on every state change of the 
 whenever the work starts serving, and -- with gossip -- when the gossip view or the
 swarm's counters changed (checked every ``GOSSIP_STATUS_INTERVAL``), and -- with replicas --
 when their entry changed (``coordinator``: ``CoordinatorLink.summary``: each replica
-connected or not, and ``admission_refused`` with the reason a replica turned the hello
-away).  Its ``time`` is the
-wall clock of the write.
+connected or not, ``heard``: the wall second of its last message, and
+``admission_refused`` with the reason a replica turned the hello away).  Its ``time`` is
+the wall clock of the write, ``started`` that of the process's start; ``updater``
+(:func:`updater_view`) and ``gossip.links_detail`` (each link's peer, path kind,
+direction, since when) are what ``p2pupdate status`` (``cli.nodestatus``) shows a support
+person.
 
 The coordinator sees much less (``report_fields``): version, artifact, the heartbeat form
 of the state, and why gates 1-2 hold the node back (gate + reason, never the detail).
@@ -40,6 +43,7 @@ __all__ = [
     "refresh_on_change",
     "refresh_on_gossip_change",
     "report_fields",
+    "updater_view",
     "write_status",
 ]
 
@@ -70,8 +74,44 @@ def newest_allowlist(seen: int | None, held: docs.Allowlist | None) -> int | Non
 def gossip_view(gossip: GossipService, *, allowlist: int | None) -> dict[str, Any]:
     """The status file's ``gossip`` entry: the views, each link's path kind (``paths``:
     ``tcp`` / ``host`` / ``srflx`` / ``prflx`` / ``relay``), links per transport, and the
-    bytes moved over TURN relays (``relayed_bytes``: relay is a cost)."""
-    return {**gossip.summary(), "allowlist": allowlist}
+    bytes moved over TURN relays (``relayed_bytes``: relay is a cost); ``links_detail``:
+    each link's peer, path kind, direction and since when (``GossipService.links_detail``)."""
+    return {**gossip.summary(), "links_detail": gossip.links_detail(), "allowlist": allowlist}
+
+
+def updater_view(
+    updater: up.Updater | None,
+    *,
+    held: GateResult | None,
+    next_check: float | None,
+    lease: dict[str, Any] | None,
+    last_error: str | None,
+) -> dict[str, Any]:
+    """The status file's ``updater`` entry: what the node works towards and what it waits
+    for, so ``p2pupdate status`` can say why it has not moved (README "CLI").
+
+    ``candidate``: the artifact gates 1-2 allow (and its release counter); ``held``: the
+    last gate check's "no" when nothing is allowed (gate, reason, detail); ``next_check``:
+    wall seconds of the updater's timer (the next check asleep, the end of a refusal's
+    ``retry_after`` or of a backoff); ``coordinator_errors`` in a row and the last one's
+    reason (while backing off); ``lease``: the departure granted (while draining and
+    swapping: the artifact, when it was granted and when it lapses, wall seconds)."""
+    state = updater.state if updater is not None else None
+    c = updater.candidate if updater is not None else None
+    return {
+        "candidate": None
+        if c is None
+        else {"artifact": c.artifact, "counter": c.counter, "force": c.force},
+        "held": None
+        if held is None or held.ok
+        else {"gate": held.gate[:32], "reason": held.reason[:64], "detail": held.detail[:300]},
+        "next_check": next_check,
+        "coordinator_errors": updater.attempts if updater is not None else 0,
+        "last_error": last_error[:300]
+        if last_error is not None and state is up.State.BACKING_OFF
+        else None,
+        "lease": lease if state in (up.State.DRAINING, up.State.SWAPPING) else None,
+    }
 
 
 def daemon_status(

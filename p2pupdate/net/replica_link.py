@@ -172,6 +172,8 @@ class ReplicaLink:
         self._was_connected = False
         #: Handshakes completed so far (status, tests, the bench).
         self.connects = 0
+        #: trio time of the last message from the replica (None: never; ``p2pupdate status``).
+        self.heard: float | None = None
 
     @property
     def is_connected(self) -> bool:
@@ -310,6 +312,7 @@ class ReplicaLink:
         self.max_skew = challenge.max_skew
         self._ws, self._session, self._seq = ws, session, 0
         self._was_connected = True
+        self.heard = trio.current_time()
         self.connected.set()
         if self.on_connect is not None:
             await self.on_connect(self)
@@ -319,6 +322,7 @@ class ReplicaLink:
         assert ws is not None and session is not None
         while True:
             msg = wire.decode(session.open(await ws.receive()), proto.ANSWER_LIMITS)
+            self.heard = trio.current_time()
             if not isinstance(msg, dict):
                 raise ProtocolError("expected a map")
             if "push" in msg:

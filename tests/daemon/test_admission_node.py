@@ -321,9 +321,10 @@ def test_the_status_says_which_replica_refused_the_hello_and_why(
         {
             "url": first.base,
             "connected": False,
+            "heard": None,
             "admission_refused": {"reason": "admission/not-enrolled", "detail": "ask the operator"},
         },
-        {"url": second.base, "connected": False, "admission_refused": None},
+        {"url": second.base, "connected": False, "heard": None, "admission_refused": None},
     ]
 
 
