@@ -91,6 +91,9 @@ ICE_TIMEOUT = 5.0
 SIGNAL_TIMEOUT = 3.0
 #: How long an answer without a TURN credential (STUN only, or nothing configured) is kept.
 ICE_PLAIN_CACHE = 300.0
+#: ``heard`` in the summary is rounded down to this many seconds (see ``heard_wall``).
+HEARD_GRAIN = 30
+
 #: A report no replica acknowledged is tried again after this long (seconds).
 REPORT_RETRY: Final = 60.0
 #: On demand, the first documents poll (no gossip peer) comes within this long of start.
@@ -175,6 +178,11 @@ class _IceCache:
     servers: tuple[proto.IceServer, ...]
     refresh_at: float
     valid_until: float
+
+
+def heard_wall(wall: float) -> int:
+    """A replica's last message as wall seconds, rounded down to ``HEARD_GRAIN``."""
+    return int(wall) // HEARD_GRAIN * HEARD_GRAIN
 
 
 def _snapshot(fields: dict[str, Any]) -> reporting.Snapshot:
@@ -441,11 +449,12 @@ class CoordinatorLink:
                 {
                     "url": link.base,
                     "connected": link.is_connected,
-                    # wall seconds of its last message (``p2pupdate status``); whole seconds,
-                    # so the summary changes when a message came, not with the clock
+                    # wall seconds of its last message (``p2pupdate status``), rounded down
+                    # to HEARD_GRAIN: the summary (and so the fsynced status file) changes at
+                    # most once per grain while a session is busy, not with every message
                     "heard": None
                     if link.heard is None
-                    else int(self.clock.wall() - (self.clock.monotonic() - link.heard)),
+                    else heard_wall(self.clock.wall() - (self.clock.monotonic() - link.heard)),
                     "admission_refused": None
                     if link.refused is None
                     else {"reason": link.refused.reason, "detail": link.refused.detail},

@@ -22,6 +22,7 @@ FAULTS = (PeerFault, CoordinatorFault, LocalStateFault, UsageFault)
 PACKAGES = ("p2pupdate.net", "p2pupdate.launcher", "p2pupdate.work")
 MODULES = (
     "p2pupdate.fsutil",
+    "p2pupdate.cli.nodestatus",
     "p2pupdate.daemon.boot",
     "p2pupdate.daemon.gossip",
     "p2pupdate.daemon.health",
