@@ -4,11 +4,21 @@ per-node up/down rates and churn, one JSON object with the bench's field names."
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from simulations import cli
-from simulations.swarm import CoreNode, Net, _capped, artifact_bytes, chunk_map_of, fleet_run
+from simulations.swarm import (
+    CoreNode,
+    Net,
+    Node,
+    _capped,
+    artifact_bytes,
+    chunk_map_of,
+    fleet_run,
+)
 
 FIELDS = {
     "nodes",
@@ -122,3 +132,68 @@ def test_the_origin_cap_is_the_coordinators_and_a_flag(
     one = run_cli([*TINY, "--origin-max-downloaders", "1"], capsys)
     assert one["origin_max_downloaders"] == 1 and one["all_verified"] is True
     assert int(str(one["origin_refused"])) > int(str(got["origin_refused"]))
+
+
+@dataclass(kw_only=True, eq=False)
+class _Recorder(Node):
+    """Records what reaches it, and fires a timer it is told to hold."""
+
+    got: list[tuple[float, str, bytes]] = field(default_factory=list)
+    wake: float | None = None
+    fired: list[float] = field(default_factory=list)
+
+    def received(self, peer: str, data: bytes) -> None:
+        assert self.net is not None
+        self.got.append((self.net.now, peer, data))
+
+    def timer(self) -> float | None:
+        return self.wake
+
+    def fire(self) -> None:
+        assert self.net is not None
+        self.fired.append(self.net.now)
+        self.wake = None
+
+
+def test_the_net_delivers_in_time_then_push_order_and_skips_stale_timers() -> None:
+    """The queue's contract (entries are tuples since the N=10,000 work; guard): frames of
+    one instant arrive as they were sent, a frame in flight on a link cut meanwhile is
+    dropped, the downlink delays back-to-back frames, and a timer moved before it fell due
+    fires once, at its new time."""
+    net = Net(latency=0.5)
+    a, b, c = (_Recorder(name=n) for n in "abc")
+    for node in (a, b, c):
+        net.add(node)
+    net.adj = {a.id: {b.id, c.id}, b.id: {a.id}, c.id: {a.id}}
+    net.down[c.id] = 10.0  # bytes/s
+    for i in range(3):
+        a.send(b.id, b"x%d" % i)
+    a.send(c.id, b"12345")  # 0.5 s away, then 0.5 s through c's downlink
+    a.send(c.id, b"67890")  # and 0.5 s more behind the first
+    b.wake = 0.2
+    net.retime(b)
+    b.wake = 0.7  # moved: the entry at 0.2 is stale
+    net.retime(b)
+    net.at(0.6, lambda: net.adj[a.id].discard(c.id))  # the link to c goes: nothing lands
+    net.run(10)
+    assert b.got == [(0.5, a.id, b"x0"), (0.5, a.id, b"x1"), (0.5, a.id, b"x2")]
+    assert c.got == [] and net.now == 1.5
+    assert b.fired == [0.7]
+    net.adj[a.id].add(c.id)
+    a.send(c.id, b"abcde")  # the downlink is free again at 1.5: lands at 2.0 + 0.5
+    net.run(10)
+    assert c.got == [(2.5, a.id, b"abcde")]
+
+
+def test_progress_lines_change_nothing_in_the_run() -> None:
+    """``--progress`` is an observer (guard: new): the same figures with and without it,
+    and a line every 5 virtual seconds while the fleet is at work."""
+    kw: dict[str, Any] = dict(nodes=4, artifact_mib=0.25, chunk_size=32 * 1024, seed=3)
+    kw["peer_down"] = 16 * 1024.0  # 16 s for the artifact through one's downlink
+    lines: list[str] = []
+    quiet, told = fleet_run(**kw), fleet_run(**kw, progress=lines.append)
+    for k in ("wall_s", "peak_rss_mib"):
+        quiet.pop(k), told.pop(k)
+    assert quiet == told and told["all_verified"] is True
+    assert len(lines) == int(float(str(told["t_all_s"])) // 5) >= 3
+    assert lines[0].startswith("t=5s done=0/4 steps=")
