@@ -193,19 +193,28 @@ def test_a_late_answer_is_still_taken_if_it_comes_first() -> None:
 
 
 def test_endgame_duplicates_the_last_requests_and_cancels_the_losers() -> None:
+    """An idle peer duplicates one outstanding block at a time, the one asked longest ago,
+    and no block is asked of more than two peers; the first answer wins, the loser's
+    request is cancelled at once, and its late answer is harmless."""
     sw, _ = fetcher(held=set(range(15)))  # only chunk 15 is missing
     reqs = requests(join(sw, A, range(16)), A)
     assert {r.chunk for r in reqs} == {15}
-    dup = requests(join(sw, B, range(16)), B)  # idle B duplicates A's requests
-    assert {(r.chunk, r.offset) for r in dup} == {(r.chunk, r.offset) for r in reqs}
-    out: list[Effect] = []
-    for r in reqs:
-        out += sw.handle(Received(peer=A, data=block(r)), 0.2)
-    cancels = [x for x in sends(out, B) if isinstance(x, m.Cancel)]
+    dup = requests(join(sw, B, range(16), now=0.1), B)  # idle B duplicates one of A's
+    assert [(r.chunk, r.offset) for r in dup] == [(15, 0)]
+    dup_c = requests(join(sw, C, range(16), now=0.1), C)  # C takes another, not (15, 0)
+    assert [(r.chunk, r.offset) for r in dup_c] == [(15, 1024)]
+    out = sw.handle(Received(peer=A, data=block(reqs[0])), 0.2)
+    assert [(x.chunk, x.offset) for x in sends(out, B) if isinstance(x, m.Cancel)] == [(15, 0)]
+    again = requests(out, B)  # B is idle again: the next block waiting longest
+    assert [(r.chunk, r.offset) for r in again] == [(15, 2048)]
+    assert sw.counters()["endgame"] == 3 and sw.counters()["cancels"] == 1
+    for r in reqs[1:]:
+        out += sw.handle(Received(peer=A, data=block(r)), 0.3)
+    cancels = [x for x in sends(out) if isinstance(x, m.Cancel)]
     assert {(c.chunk, c.offset) for c in cancels} == {(r.chunk, r.offset) for r in reqs}
     assert [e.index for e in out if isinstance(e, ChunkVerified)] == [15]
     assert [e.artifact for e in out if isinstance(e, Completed)] == [ART]
-    late = sw.handle(Received(peer=B, data=block(dup[0])), 0.3)  # a loser's answer: harmless
+    late = sw.handle(Received(peer=B, data=block(dup[0])), 0.4)  # a loser's answer: harmless
     assert not [p for p in late if isinstance(p, Penalised)]
 
 
