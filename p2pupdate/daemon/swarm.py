@@ -211,6 +211,8 @@ class SwarmService:
         self.frames_dropped = 0
         #: Frames peers sent before this node tracked their artifact, fed to the core later.
         self.early_replayed = 0
+        #: Chunks handed to the origin, by the core's reason (numbers cut off).
+        self.origin_why: dict[str, int] = {}
         self._tracks: dict[str, _Track] = {}
         self._heard: dict[str, float] = {}  # peer -> last swarm frame from it
         self._pinned: set[str] = set()
@@ -433,6 +435,8 @@ class SwarmService:
             elif isinstance(eff, sw.ChunkVerified):
                 self._verified(eff)
             elif isinstance(eff, sw.FetchFromOrigin):
+                why = eff.reason.split(",")[0].split(" B/s")[0].rstrip("0123456789. ")
+                self.origin_why[why] = self.origin_why.get(why, 0) + len(eff.chunks)
                 assert nursery is not None
                 nursery.start_soon(self._from_origin, eff)
             elif isinstance(eff, sw.OriginRefused):
@@ -699,5 +703,6 @@ class SwarmService:
             "peers": len(self._heard),
             "banned": sum(1 for until in banned.values() if until > now),
             "blocks": core.counters() if core is not None else {},
+            "origin_why": dict(self.origin_why),
             "artifacts": artifacts,
         }

@@ -64,6 +64,9 @@ DEADLINE_MARGIN: Final = 0.8
 #: In endgame a block is asked of at most this many peers at once (the owner and one
 #: idle peer): every duplicate is upload someone spends twice.
 ENDGAME_ASKEES: Final = 2
+#: A download's share of the origin, in chunks: this times the chunk count over it and
+#: its peers (``Download.origin_share``).
+ORIGIN_SHARE: Final = 2
 #: How often the origin rules are looked at while chunks are missing (seconds).
 CHECK_EVERY: Final = 1.0
 #: Stream from the origin only while more than 1/STREAM_SHARE of what we still need is
@@ -151,6 +154,7 @@ class Download:
         self.parts: dict[int, _Part] = {}
         self.origin: set[int] = set()  # chunks the origin was asked for
         self.origin_chunks = 0  # how many FetchFromOrigin asked for, in all
+        self.origin_taken = 0  # how many the origin served (verified)
         self.evidence: dict[int, list[tuple[str, int, bytes]]] = {}
         self.unavailable: dict[int, float] = {}  # chunk -> since when no peer has it
         self.received: deque[tuple[float, int]] = deque()  # (when, bytes) from peers
@@ -467,8 +471,18 @@ class Download:
             self.origin_fresh.add(index)
             self.origin_got.add(index)
         self.origin.discard(index)
+        self.origin_taken += 1
         self._verified(index, data, "origin", out)
         return True
+
+    def origin_share(self) -> int:
+        """Chunks this download takes from the origin before it only waits for peers
+        (but for the grace and the deadline): its part of the artifact split among it
+        and the peers it has sessions with, at least ``origin_parallel``."""
+        return max(
+            self.config.origin_parallel,
+            math.ceil(self.map.count * ORIGIN_SHARE / (1 + len(self.peers))),
+        )
 
     def on_origin_failed(
         self, index: int, now: float | None = None, retry_after: float | None = None
@@ -536,10 +550,18 @@ class Download:
             # or at once when peers have given us nothing to ask for a while (release day:
             # nobody has anything yet).  A few at a time, picked at random, so nodes that
             # start together fetch different chunks and trade them.
-            idle = self.idle_since is not None and now - self.idle_since >= cfg.origin_idle
+            # Past its share of the origin (the artifact split among it and its peers),
+            # a node streams no more and waits the grace, not ``origin_idle``, when idle:
+            # its peers' peers are fetching what it lacks (24 nodes each streaming while
+            # most of what they lacked was nowhere around them made the origin send 4
+            # copies on the bench).
+            over = self.origin_taken + len(self.origin) >= self.origin_share()
+            idle_for = cfg.origin_grace if over else cfg.origin_idle
+            idle = self.idle_since is not None and now - self.idle_since >= idle_for
             served = self.origin_served
             streaming = (
-                served is not None
+                not over
+                and served is not None
                 and now - served < cfg.origin_grace
                 and now - self.origin_twice >= cfg.origin_grace
                 and len(self.unavailable) * STREAM_SHARE > len(self.wanted)
@@ -555,9 +577,22 @@ class Download:
                 due[j], due[-1] = due[-1], due[j]
                 picks.append(due.pop())
             if picks:
-                why = "peers gave us nothing to ask" if idle else "no connected peer has them"
+                why = (
+                    "peers gave us nothing to ask"
+                    if idle
+                    else "streaming: what the origin sends is new around us"
+                    if streaming
+                    else "no connected peer has them"
+                )
                 self._to_origin(picks, why, out)
-        if self.deadline is None or now - self.started < cfg.origin_grace:
+        if self.deadline is None:
+            return
+        # The rate is judged once it was measured a while: a swarm on release day starts
+        # slowly (nobody has anything to trade yet), and judged from its first seconds it
+        # looked too slow for any deadline: on the 24-node bench half of what went to the
+        # origin went for a deadline of 300 s in a download that took 40.
+        settle = min(cfg.rate_window, 0.25 * max(0.0, self.deadline - self.started))
+        if now - self.started < max(cfg.origin_grace, settle):
             return
         rest = [i for i in range(self.map.count) if i not in self.held and i not in self.origin]
         left = max(0.0, self.deadline - now)

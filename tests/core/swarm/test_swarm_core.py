@@ -344,6 +344,49 @@ def test_nodes_starting_together_ask_the_origin_for_different_chunks() -> None:
     assert len(set(firsts)) >= 6
 
 
+def test_the_deadline_rule_waits_for_a_measured_rate_then_still_moves_a_slow_swarm() -> None:
+    """A download with 300 s left whose peers sent one block in the first seconds (release
+    day: nothing to trade yet) is not judged too slow before a ``rate_window`` of it was
+    measured; after that a swarm really too slow still hands chunks to the origin."""
+    cfg = dataclasses.replace(CFG, request_timeout=60.0)
+    sw = Swarm(config=cfg, rng=random.Random(1), now=0.0)
+    sw.add(MAP, now=0.0, deadline=300.0)
+    first = requests(join(sw, A, range(16)), A)
+    sw.handle(Received(peer=A, data=block(first[0])), 1.0)  # 1 KiB in: ~100 B/s
+    early: list[FetchFromOrigin] = []
+    t = 1.5
+    while t < cfg.rate_window - 0.5:
+        early += [e for e in sw.handle_timer(t) if isinstance(e, FetchFromOrigin)]
+        t += 0.5
+    assert not [e for e in early if "deadline" in e.reason]
+    late: list[FetchFromOrigin] = []
+    while t < cfg.rate_window + 2.0:
+        late += [e for e in sw.handle_timer(t) if isinstance(e, FetchFromOrigin)]
+        t += 0.5
+    assert [e for e in late if "deadline" in e.reason]
+
+
+def test_a_download_past_its_share_of_the_origin_streams_no_more() -> None:
+    """Each chunk the origin sent was new around us (no peer has anything): a download
+    keeps asking the origin only up to its share (the artifact split among it and its
+    peers, times ``ORIGIN_SHARE``), then waits for peers."""
+    sw, _ = fetcher(dataclasses.replace(CFG, request_timeout=60.0, origin_grace=50.0))
+    peers = [peer_id(f"p{i}") for i in range(7)]
+    for peer in peers:
+        join(sw, peer, set())  # 7 peers with nothing: share = 16 * 2 / 8 = 4 chunks
+    share = 4  # ceil(16 * ORIGIN_SHARE (2) / 8)
+    taken = []
+    t = 0.0
+    while t < 30.0:
+        for e in sw.handle_timer(t):
+            if isinstance(e, FetchFromOrigin):
+                for i in e.chunks:
+                    taken.append(i)
+                    sw.handle(OriginChunk(artifact=ART, index=i, data=MAP.slice(DATA, i)), t)
+        t += 0.25
+    assert len(taken) == share < MAP.count
+
+
 def test_try_peers_from_the_origin_backs_off_and_leaves_the_chunk_to_peers() -> None:
     from p2pupdate.core.swarm.events import OriginFailed
 
