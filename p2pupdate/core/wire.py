@@ -292,6 +292,15 @@ class FrameDecoder:
         """Bytes buffered toward an incomplete frame."""
         return len(self._buf)
 
+    @property
+    def needed(self) -> int:
+        """Bytes still to come before the frame buffered now is complete (its header's
+        length once that is in; else what completes the header)."""
+        if len(self._buf) < FRAME_HEADER.size:
+            return FRAME_HEADER.size - len(self._buf)
+        length: int = FRAME_HEADER.unpack_from(self._buf)[0]
+        return max(0, FRAME_HEADER.size + length - len(self._buf))
+
 
 # -- schema checking --------------------------------------------------------------------
 

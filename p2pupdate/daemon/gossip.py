@@ -190,49 +190,52 @@ def is_swarm_frame(data: bytes) -> bool:
 
 class SwarmQueue:
     """One link's queue of swarm frames: at most ``blocks`` blocks (``put_block`` waits for
-    room) and ``frames`` frames in all (``put_nowait`` refuses beyond it)."""
+    room) and ``frames`` frames in all (``put_nowait`` refuses beyond it).  Small frames
+    (requests, cancels, haves) go out before the blocks queued (in order among
+    themselves): a request or cancel stuck behind a second of blocks stalls the peer's
+    pipeline or arrives too late to save a duplicate."""
 
     def __init__(self, *, blocks: int = SWARM_BLOCKS, frames: int = SWARM_FRAMES) -> None:
         self.max_blocks = blocks
         self.max_frames = frames
-        self._queue: deque[tuple[bytes, bool]] = deque()
-        self._blocks = 0
+        self._small: deque[bytes] = deque()
+        self._queue: deque[bytes] = deque()  # blocks
         self.closed = False
         self._readers = trio.lowlevel.ParkingLot()
         self._writers = trio.lowlevel.ParkingLot()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._small) + len(self._queue)
 
     def put_nowait(self, data: bytes) -> bool:
-        if self.closed or len(self._queue) >= self.max_frames:
+        if self.closed or len(self) >= self.max_frames:
             return False
-        self._queue.append((data, False))
+        self._small.append(data)
         self._readers.unpark()
         return True
 
     async def put_block(self, data: bytes) -> bool:
         """Queue a block once there is room; False if the link closed first."""
         while not self.closed and (
-            self._blocks >= self.max_blocks or len(self._queue) >= self.max_frames
+            len(self._queue) >= self.max_blocks or len(self) >= self.max_frames
         ):
             await self._writers.park()
         if self.closed:
             return False
-        self._queue.append((data, True))
-        self._blocks += 1
+        self._queue.append(data)
         self._readers.unpark()
         return True
 
     async def get(self) -> bytes | None:
-        """The next frame; None once closed and empty."""
-        while not self._queue and not self.closed:
+        """The next frame (a small one first); None once closed and empty."""
+        while not self._small and not self._queue and not self.closed:
             await self._readers.park()
-        if not self._queue:
+        if self._small:
+            data = self._small.popleft()
+        elif self._queue:
+            data = self._queue.popleft()
+        else:
             return None
-        data, block = self._queue.popleft()
-        if block:
-            self._blocks -= 1
         self._writers.unpark()
         return data
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import secrets
+import socket
 from collections import deque
 from dataclasses import dataclass
 
@@ -41,7 +42,11 @@ from .errors import (
     LinkTimeoutError,
 )
 
-_RECEIVE_CHUNK = 64 * 1024
+_RECEIVE_CHUNK = 256 * 1024
+#: On a tcp socket, the reader is not woken before this many bytes of a large frame are
+#: in (``SO_RCVLOWAT``, at most this): a 64 KiB block that trickles in over a slow
+#: uplink wakes it once or twice, not once per segment.
+_RCVLOWAT_MAX = 128 * 1024
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -168,6 +173,9 @@ class _Framed:
         self.frames: deque[bytes] = deque()
         self.send_lock = trio.Lock()
         self.send_interrupted = False
+        #: The socket under a tcp stream (``SO_RCVLOWAT`` is set on it), and its lowat.
+        self.sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.lowat = 1
 
     async def send_plain(self, data: bytes) -> None:
         """A handshake frame (no MAC: there is no key yet)."""
@@ -183,7 +191,7 @@ class _Framed:
             tag = self.mac.tag(data)
             head = wire.FRAME_HEADER.pack(sess.MAC_LEN + len(data))
             try:
-                await self.stream.send_all(head + tag + data)
+                await self.stream.send_all(b"".join((head, tag, data)))  # one copy
             except BaseException:
                 # cancelled or failed after its sequence number was taken: part or none of
                 # the frame went out, so any later frame would fail the peer's MAC check
@@ -220,11 +228,25 @@ class _Framed:
     async def receive(self) -> bytes:
         assert self.decoder is not None and self.mac is not None, "receive before handshake"
         while not self.frames:
+            if self.sock is not None:
+                self._set_lowat(min(self.decoder.needed, _RCVLOWAT_MAX))
             chunk = await self.stream.receive_some(_RECEIVE_CHUNK)
             if not chunk:
                 raise LinkClosedError("the peer closed the link")
-            self.frames.extend(self.decoder.feed(bytes(chunk)))
+            self.frames.extend(self.decoder.feed(bytes(chunk)))  # (bytes: no copy)
         return self.mac.open(self.frames.popleft())
+
+    def _set_lowat(self, lowat: int) -> None:
+        """Wake the reader only once ``lowat`` bytes are in (the rest of a frame that must
+        come whole anyway; a closed or failed connection still wakes it at once)."""
+        lowat = max(1, lowat)
+        if lowat != self.lowat and self.sock is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, lowat)
+            except OSError:
+                self.sock = None  # not a socket that has it: read as it comes
+                return
+            self.lowat = lowat
 
 
 class StreamLink(Link):

@@ -9,6 +9,7 @@ hears why, with the remote host, so the shell can log or count it.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -31,9 +32,19 @@ def _remote_host(stream: trio.SocketStream) -> str:
     return str(addr[0]) if isinstance(addr, tuple) else str(addr)
 
 
+#: Unsent bytes the kernel keeps per connection (``TCP_NOTSENT_LOWAT``): a writer waits
+#: beyond it, so what queues behind a slow uplink queues in the node (where a swarm
+#: request or cancel goes ahead of the blocks), not in a socket buffer of megabytes.
+NOTSENT_LOWAT = 128 * 1024
+
+
 def _tune(stream: trio.SocketStream) -> None:
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+    notsent = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if notsent is not None:
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, notsent, NOTSENT_LOWAT)
 
 
 async def connect_tcp(

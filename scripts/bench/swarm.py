@@ -346,6 +346,20 @@ def run_ours(net: SwarmNet, work: Path, artifact: Path, chunk: int, rates: Rates
             # from the origin alone), from the status files read during the run.
             "node_peers_min": min(peers_max.values()),
         }
+        blocks: dict[str, int] = {}  # the cores' block counts, summed (newer nodes only)
+        for st in map(node_status, net.nodes):
+            if st is not None and _has_swarm(st):
+                for k, v in st[1]["swarm"].get("blocks", {}).items():
+                    blocks[k] = blocks.get(k, 0) + int(v)
+        if blocks:
+            extra["block_counts"] = blocks
+        why: dict[str, int] = {}  # chunks the nodes handed to the origin, by reason
+        for st in map(node_status, net.nodes):
+            if st is not None and _has_swarm(st):
+                for k, v in st[1]["swarm"].get("origin_why", {}).items():
+                    why[k] = why.get(k, 0) + int(v)
+        if why:
+            extra["origin_why"] = why
     run = Run(nodes=n, artifact_bytes=artifact.stat().st_size, origin_bytes=origin_bytes,
               t0=t0, completed_at=completed, samples=samples)  # fmt: skip
     return run, extra

@@ -474,12 +474,16 @@ async def test_blocks_wait_for_room_in_a_links_swarm_queue_small_frames_do_not()
         nursery.start_soon(third)
         await trio.testing.wait_all_tasks_blocked()
         assert waited == []  # no room for a third block: it waits, it is not dropped
-        assert q.put_nowait(b"have")  # a small frame still goes in
+        assert q.put_nowait(b"have")  # a small frame still goes in, and out first
+        assert await q.get() == b"have"
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited == []  # still two blocks queued
         assert await q.get() == b"b1"
         await trio.testing.wait_all_tasks_blocked()
         assert waited == [True]
-    assert q.put_nowait(b"req") and not q.put_nowait(b"over")  # frames: at most 4
-    assert [await q.get() for _ in range(4)] == [b"b2", b"have", b"b3", b"req"]
+    assert q.put_nowait(b"req") and q.put_nowait(b"cancel") and not q.put_nowait(b"over")
+    # frames: at most 4; the small ones in order, ahead of the blocks queued before them
+    assert [await q.get() for _ in range(4)] == [b"req", b"cancel", b"b2", b"b3"]
     q.close()
     assert await q.get() is None and not await q.put_block(b"late")
 

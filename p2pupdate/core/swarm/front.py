@@ -21,7 +21,7 @@ from typing import Final
 from ..errors import WireError
 from .chunks import ChunkMap
 from .config import SwarmConfig, upload_rate
-from .download import Download, Rng
+from .download import COUNTS, Download, Rng
 from .events import (
     Ban,
     ChunkVerified,
@@ -91,6 +91,8 @@ class Swarm:
         #: Peers dropped: whatever they sent before their link closed is ignored, until the
         #: shell opens a session with them again.
         self.dropped: set[str] = set()
+        #: Block counts over every download (``download.COUNTS``): ``counters()``.
+        self.counts = dict.fromkeys(COUNTS, 0)
         self.uploader = Uploader(
             config=config,
             rate=upload_rate(config, uplink),
@@ -123,6 +125,7 @@ class Swarm:
                 rng=self.rng,
                 now=now,
                 deadline=deadline,
+                counts=self.counts,
             )
         self.artifacts[chunk_map.artifact] = _Artifact(
             map=chunk_map, held=have, download=dl, layout=chunk_map.layout
@@ -397,6 +400,10 @@ class Swarm:
                 )
             )
         return tuple(out)
+
+    def counters(self) -> dict[str, int]:
+        """What happened to blocks over every download so far (``download.COUNTS``)."""
+        return dict(self.counts)
 
     def origin_chunks(self, artifact: str) -> int:
         """How many chunks of ``artifact`` went to the origin (for status and tests)."""

@@ -193,19 +193,28 @@ def test_a_late_answer_is_still_taken_if_it_comes_first() -> None:
 
 
 def test_endgame_duplicates_the_last_requests_and_cancels_the_losers() -> None:
+    """An idle peer duplicates one outstanding block at a time, the one asked longest ago,
+    and no block is asked of more than two peers; the first answer wins, the loser's
+    request is cancelled at once, and its late answer is harmless."""
     sw, _ = fetcher(held=set(range(15)))  # only chunk 15 is missing
     reqs = requests(join(sw, A, range(16)), A)
     assert {r.chunk for r in reqs} == {15}
-    dup = requests(join(sw, B, range(16)), B)  # idle B duplicates A's requests
-    assert {(r.chunk, r.offset) for r in dup} == {(r.chunk, r.offset) for r in reqs}
-    out: list[Effect] = []
-    for r in reqs:
-        out += sw.handle(Received(peer=A, data=block(r)), 0.2)
-    cancels = [x for x in sends(out, B) if isinstance(x, m.Cancel)]
+    dup = requests(join(sw, B, range(16), now=0.1), B)  # idle B duplicates one of A's
+    assert [(r.chunk, r.offset) for r in dup] == [(15, 0)]
+    dup_c = requests(join(sw, C, range(16), now=0.1), C)  # C takes another, not (15, 0)
+    assert [(r.chunk, r.offset) for r in dup_c] == [(15, 1024)]
+    out = sw.handle(Received(peer=A, data=block(reqs[0])), 0.2)
+    assert [(x.chunk, x.offset) for x in sends(out, B) if isinstance(x, m.Cancel)] == [(15, 0)]
+    again = requests(out, B)  # B is idle again: the next block waiting longest
+    assert [(r.chunk, r.offset) for r in again] == [(15, 2048)]
+    assert sw.counters()["endgame"] == 3 and sw.counters()["cancels"] == 1
+    for r in reqs[1:]:
+        out += sw.handle(Received(peer=A, data=block(r)), 0.3)
+    cancels = [x for x in sends(out) if isinstance(x, m.Cancel)]
     assert {(c.chunk, c.offset) for c in cancels} == {(r.chunk, r.offset) for r in reqs}
     assert [e.index for e in out if isinstance(e, ChunkVerified)] == [15]
     assert [e.artifact for e in out if isinstance(e, Completed)] == [ART]
-    late = sw.handle(Received(peer=B, data=block(dup[0])), 0.3)  # a loser's answer: harmless
+    late = sw.handle(Received(peer=B, data=block(dup[0])), 0.4)  # a loser's answer: harmless
     assert not [p for p in late if isinstance(p, Penalised)]
 
 
@@ -333,6 +342,49 @@ def test_nodes_starting_together_ask_the_origin_for_different_chunks() -> None:
         assert most <= CFG.origin_parallel
         firsts.append(frozenset(i for t, i in asked if t == asked[0][0]))
     assert len(set(firsts)) >= 6
+
+
+def test_the_deadline_rule_waits_for_a_measured_rate_then_still_moves_a_slow_swarm() -> None:
+    """A download with 300 s left whose peers sent one block in the first seconds (release
+    day: nothing to trade yet) is not judged too slow before a ``rate_window`` of it was
+    measured; after that a swarm really too slow still hands chunks to the origin."""
+    cfg = dataclasses.replace(CFG, request_timeout=60.0)
+    sw = Swarm(config=cfg, rng=random.Random(1), now=0.0)
+    sw.add(MAP, now=0.0, deadline=300.0)
+    first = requests(join(sw, A, range(16)), A)
+    sw.handle(Received(peer=A, data=block(first[0])), 1.0)  # 1 KiB in: ~100 B/s
+    early: list[FetchFromOrigin] = []
+    t = 1.5
+    while t < cfg.rate_window - 0.5:
+        early += [e for e in sw.handle_timer(t) if isinstance(e, FetchFromOrigin)]
+        t += 0.5
+    assert not [e for e in early if "deadline" in e.reason]
+    late: list[FetchFromOrigin] = []
+    while t < cfg.rate_window + 2.0:
+        late += [e for e in sw.handle_timer(t) if isinstance(e, FetchFromOrigin)]
+        t += 0.5
+    assert [e for e in late if "deadline" in e.reason]
+
+
+def test_a_download_past_its_share_of_the_origin_streams_no_more() -> None:
+    """Each chunk the origin sent was new around us (no peer has anything): a download
+    keeps asking the origin only up to its share (the artifact split among it and its
+    peers, times ``ORIGIN_SHARE``), then waits for peers."""
+    sw, _ = fetcher(dataclasses.replace(CFG, request_timeout=60.0, origin_grace=50.0))
+    peers = [peer_id(f"p{i}") for i in range(7)]
+    for peer in peers:
+        join(sw, peer, set())  # 7 peers with nothing: share = 16 * 2 / 8 = 4 chunks
+    share = 4  # ceil(16 * ORIGIN_SHARE (2) / 8)
+    taken = []
+    t = 0.0
+    while t < 30.0:
+        for e in sw.handle_timer(t):
+            if isinstance(e, FetchFromOrigin):
+                for i in e.chunks:
+                    taken.append(i)
+                    sw.handle(OriginChunk(artifact=ART, index=i, data=MAP.slice(DATA, i)), t)
+        t += 0.25
+    assert len(taken) == share < MAP.count
 
 
 def test_try_peers_from_the_origin_backs_off_and_leaves_the_chunk_to_peers() -> None:
