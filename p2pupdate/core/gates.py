@@ -22,6 +22,9 @@ from .documents import SKEW, Allowlist, Release, Scope
 GATE_ALLOWLIST: Final = "allowlist"
 GATE_SCOPE: Final = "scope"
 GATE_CAPACITY: Final = "capacity"
+#: Gate 1's "no" when the allowlist names an artifact whose release record is not held yet
+#: (the updater waits for ``ReleaseLearned``, not a whole check interval).
+NO_RELEASE_RECORD: Final = "no-release-record"
 
 FRACTION_DOMAIN: Final = b"p2pupdate/scope-fraction\x00"
 _TWO_64: Final = 1 << 64
@@ -126,7 +129,7 @@ def allowlisted(
         )
     release = releases.get(artifact)
     if release is None:
-        return _no(g, "no-release-record", f"{artifact[:16]}... has no signed release record")
+        return _no(g, NO_RELEASE_RECORD, f"{artifact[:16]}... has no signed release record")
     if now > release.expires + SKEW:
         return _no(g, "release-expired", f"release {release.name!r} record expired")
     floor = installed_floor(installed, installed_counter)

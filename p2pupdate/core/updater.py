@@ -45,6 +45,11 @@ Design choices, and why:
   sticky-denied artifacts.  Anywhere else it is remembered like a nudge: the next check
   covers it, and a node that falls asleep with one remembered sleeps at most
   ``notice_spread`` (drawn the same way).
+* **A release record that was missing ends the sleep it caused.**  An allowlist can arrive
+  before the release record it names (two rumors); gate 1 then says ``no-release-record``.
+  The record's arrival (``ReleaseLearned``) brings that sleep's timer within
+  ``notice_spread``; one that came while the gates were being checked makes the sleep that
+  check ends in as short; anywhere else it changes nothing now.
 * **Every ask follows a fresh gate check.**  Prefetching can take minutes and a refusal can
   hold a node for longer; meanwhile the scope may be narrowed or the allowlist may expire.
   So ``prefetching``, ``refused`` and ``backing_off`` all lead back to ``noticed`` (a local,
@@ -108,6 +113,7 @@ from dataclasses import dataclass
 from typing import Final, TypeVar, cast
 
 from . import timing
+from .gates import NO_RELEASE_RECORD
 from .timing import UpdaterConfig
 from .updater_events import (
     AllowlistLearned,
@@ -133,6 +139,7 @@ from .updater_events import (
     ProbationFailed,
     RefusalCause,
     Refused,
+    ReleaseLearned,
     Reported,
     ReportFailure,
     ReportRejoined,
@@ -181,6 +188,7 @@ __all__ = [
     "ProbationFailed",
     "RefusalCause",
     "Refused",
+    "ReleaseLearned",
     "ReportFailure",
     "ReportRejoined",
     "Reported",
@@ -255,6 +263,10 @@ class Updater:
         self._allowlist_version = 0
         #: The newest scope serial ``ScopeLearned`` brought.
         self._scope_serial = 0
+        #: The last check found an allowlisted artifact without its release record.
+        self._awaits_release = False
+        #: A release record learned since the last check started (``ReleaseLearned``).
+        self._release_news = False
         #: Why the node is refused, and what it saw then (set in ``refused`` only).
         self._refusal: RefusalCause | None = None
         self._attempts = 0
@@ -434,6 +446,7 @@ class Updater:
         """Start a local gate check; it covers any nudge or allowlist received until now."""
         self._nudge_pending = False
         self._notice_pending = False
+        self._release_news = False
         self._refusal = None
         return State.NOTICED, [EvaluateGates()]
 
@@ -533,6 +546,23 @@ class Updater:
             self._notice_pending = True
         return self._state, []
 
+    def _release_learned_while_sleeping(self, event: ReleaseLearned, now: float) -> Step:
+        if self._remembers_release(event) and self._awaits_release:
+            self._notice_soon(now)
+        return State.SLEEPING, []
+
+    def _remember_release(self, event: ReleaseLearned, now: float) -> Step:
+        self._remembers_release(event)
+        return self._state, []
+
+    def _remembers_release(self, event: ReleaseLearned) -> bool:
+        """Whether a learned release record is news that may move this node (one for the
+        running or a denied artifact is not); remembered until the next check starts."""
+        if event.artifact == self._installed or self._is_denied(event.artifact):
+            return False
+        self._release_news = True
+        return True
+
     def _moot(self, event: SlotFreed, now: float) -> Step:
         return self._state, []
 
@@ -572,12 +602,17 @@ class Updater:
             if lifted:
                 self._denied = tuple(d for d in self._denied if d not in lifted)
                 effects.extend(LiftDeny(artifact=d.artifact) for d in lifted)
+        refusal = event.refusal
+        self._awaits_release = refusal is not None and refusal.reason == NO_RELEASE_RECORD
         if (
             candidate is None
             or candidate.artifact == self._installed
             or self._is_denied(candidate.artifact)
         ):
-            return self._sleep(now), effects
+            state = self._sleep(now)
+            if self._awaits_release and self._release_news:
+                self._notice_soon(now)  # the record came while the gates were being checked
+            return state, effects
         self._candidate = candidate
         if self._prefetched == candidate.artifact:
             effects.append(AskCoordinator(from_artifact=self._installed, candidate=candidate))
@@ -736,6 +771,8 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
              "timer to now + uniform(0, notice_spread), unless due by then or nothing new"),
         _row(S.SLEEPING, ScopeLearned, Updater._scope_learned_while_sleeping, [S.SLEEPING],
              "as a learned allowlist: within notice_spread, unless due by then or not newer"),
+        _row(S.SLEEPING, ReleaseLearned, Updater._release_learned_while_sleeping, [S.SLEEPING],
+             "the last check lacked a release record: within notice_spread; else remembered"),
         _row(S.SLEEPING, SlotFreed, Updater._moot, [S.SLEEPING], "moot: not refused"),
         _row(S.NOTICED, GatesEvaluated, Updater._gates_evaluated,
              [S.SLEEPING, S.PREFETCHING, S.ASKING],
@@ -807,6 +844,12 @@ TRANSITIONS: Final[Mapping[tuple[State, type[Event]], Transition]] = dict(
                      "remembered like a learned allowlist"),
                 _row(state, SlotFreed, Updater._moot, [state], "moot: not refused"),
             )
+        ),
+        # a release record: remembered until the next check (one lacking it ends early)
+        *(
+            _row(state, ReleaseLearned, Updater._remember_release, [state],
+                 "remembered: a check that lacked it then sleeps at most notice_spread")
+            for state in (*_BUSY_WITH_NUDGE_MEMORY, S.REFUSED)
         ),
     ]
 )

@@ -227,6 +227,22 @@ class ScopeLearned(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ReleaseLearned(Event):
+    """A verified release record the node did not hold (from a replica or gossip).
+
+    An allowlist can arrive before the release record it names (two documents, two rumors):
+    gate 1 then says ``no-release-record`` and the node would sleep a whole check interval.
+    The record's arrival ends that wait (within ``notice_spread``); anywhere else it is only
+    remembered until the next check.
+    """
+
+    artifact: str
+
+    def __post_init__(self) -> None:
+        _check_artifact(self.artifact, "ReleaseLearned")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SlotFreed(Event):
     """A replica's signed word that a departure slot freed and this node heads its queue
     (verified by the shell).  Ends a capacity refusal's wait; anywhere else it is moot."""

@@ -88,6 +88,8 @@ class NodeHooks:
         self.held: GateResult | None = None
         #: The newest allowlist version learned by gossip, for the status file.
         self.allowlist_seen: int | None = None
+        #: Who else hears of a release record newly held (the swarm seeds its artifact).
+        self.on_release: list[Callable[[docs.Release], None]] = []
 
     def attach(self) -> None:
         """Plug the hooks into the gossip service and the coordinator link (if any)."""
@@ -97,6 +99,7 @@ class NodeHooks:
             coordinator.on_nudge = self.nudged
             coordinator.on_learned = self.document_learned
             coordinator.on_slot = self.slot_freed
+            coordinator.on_release = self.release_learned
         if gossip is not None:
             gossip.status = self.gossip_status
             gossip.on_deliver = self.gossip_delivered
@@ -135,6 +138,14 @@ class NodeHooks:
             self.allowlist_learned(doc)
         elif not self.feed(up.ScopeLearned(serial=doc.serial)):
             self.log("scope notice dropped: the updater is busy")
+
+    def release_learned(self, rel: docs.Release) -> None:
+        """A release record newly held (a replica's, or a peer's): the updater decides
+        whether it ends a wait for it (gate 1's ``no-release-record``)."""
+        if not self.feed(up.ReleaseLearned(artifact=rel.artifact)):
+            self.log("release notice dropped: the updater is busy")
+        for extra in self.on_release:
+            extra(rel)
 
     def slot_freed(self, freed: proto.SlotFreed) -> None:
         """A replica's verified word that a departure slot freed and we head its queue."""

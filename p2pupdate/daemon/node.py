@@ -234,8 +234,7 @@ class Node:
                 run_blocking=run_blocking,
             )
             gossip.swarm = self.swarm
-            if coordinator is not None:
-                coordinator.on_release = self._release_known
+            self.hooks.on_release.append(self._release_known)
 
     @property
     def workload(self) -> Workload:

@@ -26,7 +26,7 @@ from p2pupdate.core import timing, updater_events, updater_states
 from p2pupdate.core import updater as updater_module
 from p2pupdate.core.documents import NODE_STATES, Allowlist, Release, Scope
 from p2pupdate.core.errors import P2PUpdateError
-from p2pupdate.core.gates import GATE_SCOPE, GateResult, choose_target
+from p2pupdate.core.gates import GATE_SCOPE, NO_RELEASE_RECORD, GateResult, choose_target
 from p2pupdate.core.updater import (
     INITIAL_STATES,
     TIMED_STATES,
@@ -54,6 +54,7 @@ from p2pupdate.core.updater import (
     PrefetchFailed,
     ProbationFailed,
     Refused,
+    ReleaseLearned,
     Reported,
     ReportFailure,
     ReportRejoined,
@@ -515,6 +516,71 @@ def test_no_candidate_answer_says_why() -> None:
         GatesEvaluated.no_candidate(reason="", detail="x")
 
 
+# -- a release record after its allowlist ----------------------------------------------------
+
+LACKS_RELEASE = GatesEvaluated.no_candidate(
+    reason=NO_RELEASE_RECORD, detail="v2 has no signed release record"
+)
+
+
+def test_a_release_record_after_its_allowlist_ends_the_sleep_within_the_spread() -> None:
+    """The swarm bench's stuck node: the allowlist came, gate 1 said no-release-record, the
+    record came after the nudge, and the node slept its whole check interval."""
+    d = fresh()
+    d.fire()
+    d.send(LACKS_RELEASE)
+    assert d.wait() >= 0.8 * HOUR
+    assert d.send(ReleaseLearned(artifact=NEW)) == []
+    assert d.state() is State.SLEEPING and 0.0 <= d.wait() <= SPREAD
+    assert d.fire() == [EvaluateGates()]
+    d.send(GatesEvaluated(candidate=None))
+    assert d.wait() >= 0.8 * HOUR  # used up by that check
+
+
+def test_a_release_record_wakes_nobody_whose_check_lacked_nothing() -> None:
+    d = fresh()
+    d.fire()
+    d.send(GatesEvaluated(candidate=None))
+    timer = d.u.get_timer()
+    assert d.send(ReleaseLearned(artifact=NEW)) == []
+    assert d.u.get_timer() == timer
+
+
+def test_the_running_or_a_denied_artifacts_release_record_is_no_news() -> None:
+    d = fresh()
+    d.fire()
+    d.send(LACKS_RELEASE)
+    timer = d.u.get_timer()
+    d.send(ReleaseLearned(artifact=OLD))  # the running build's own record
+    assert d.u.get_timer() == timer
+
+
+def test_a_release_record_that_came_during_the_check_shortens_the_sleep_it_ends_in() -> None:
+    d = fresh()
+    assert d.fire() == [EvaluateGates()]
+    assert d.send(ReleaseLearned(artifact=NEW)) == []  # while the gates are checked
+    d.send(LACKS_RELEASE)  # the check saw the documents from before it
+    assert d.state() is State.SLEEPING and 0.0 <= d.wait() <= SPREAD
+
+
+def test_a_release_record_has_a_row_in_every_state() -> None:
+    assert {s for (s, e) in TRANSITIONS if e is ReleaseLearned} == set(State)
+
+
+BUSY_RELEASE = sorted(
+    {s for (s, e) in TRANSITIONS if e is ReleaseLearned} - {State.SLEEPING},
+    key=lambda s: s.value,
+)
+
+
+@pytest.mark.parametrize("state", BUSY_RELEASE, ids=lambda s: s.value)
+def test_a_release_record_while_busy_changes_nothing_now(state: State) -> None:
+    d = reach(state)
+    timer = d.u.get_timer()
+    assert d.send(ReleaseLearned(artifact=NEWER)) == []
+    assert d.state() is state and d.u.get_timer() == timer
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
@@ -860,6 +926,7 @@ SAMPLES: dict[type[Event], Event] = {
     Confirmed: Confirmed(),
     Reported: Reported(),
     ScopeLearned: ScopeLearned(serial=1),
+    ReleaseLearned: ReleaseLearned(artifact=NEW),
     SlotFreed: SlotFreed(),
 }
 
@@ -1103,6 +1170,9 @@ SCENARIOS: list[Callable[[], None]] = [
         lambda s=s: test_learned_scope_and_freed_slot_while_busy_change_nothing_now(s)
         for s in BUSY_SCOPE
     ),
+    test_a_release_record_after_its_allowlist_ends_the_sleep_within_the_spread,
+    test_a_release_record_that_came_during_the_check_shortens_the_sleep_it_ends_in,
+    *(lambda s=s: test_a_release_record_while_busy_changes_nothing_now(s) for s in BUSY_RELEASE),
     test_coordinator_errors_back_off_exponentially_and_reset_after_success,
     test_lease_too_short_to_swap_is_returned,
     test_drain_overrun_resumes_serving_and_returns_the_lease,
