@@ -76,7 +76,8 @@ STREAM_SHARE: Final = 2
 #: What ``Download.counts`` counts: blocks asked (``requests``; ``endgame`` of them
 #: duplicates), blocks in (``blocks``; ``dup_blocks``: bytes we had or were not taking,
 #: ``late_blocks``: answers after a timeout or cancel), ``cancels`` sent, ``timeouts``
-#: (requests that passed their deadline and went back to the pool).
+#: (requests that passed their deadline and went back to the pool), ``rejects``
+#: (``choked``/``busy`` answers: the uploader's slots or queue were full).
 COUNTS: Final = (
     "requests",
     "endgame",
@@ -85,6 +86,7 @@ COUNTS: Final = (
     "late_blocks",
     "cancels",
     "timeouts",
+    "rejects",
 )
 
 Key = tuple[int, int]  # (chunk, offset): one block
@@ -361,6 +363,7 @@ class Download:
                     (peer, "false_claim", f"advertised chunk {msg.chunk}, then cannot serve it")
                 )
         else:  # choked or busy: left alone a while, then probed with one request
+            self.counts["rejects"] += 1
             p.backoff_until = now + self.config.reject_backoff
             p.choked = True
         for q, qp in list(self.peers.items()):  # the block went back: another holder's

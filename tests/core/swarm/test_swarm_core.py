@@ -661,6 +661,7 @@ def test_a_choked_peer_is_probed_with_one_request_until_it_serves_again() -> Non
             artifact=ART, chunk=r.chunk, offset=r.offset, length=r.length, reason="choked"
         )
         sw.handle(Received(peer=A, data=rej.to_wire()), 0.1)
+    assert sw.counters()["rejects"] == CFG.pipeline  # counted (the bench's block_counts)
     later = sw.handle_timer(0.1 + CFG.reject_backoff + 0.5)
     (probe,) = requests(later, A)  # one request, not a pipeline of rejects
     refill = sw.handle(Received(peer=A, data=block(probe)), 3.0)
