@@ -71,7 +71,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,7 +87,7 @@ from ..core.crypto import SigningKey
 from ..core.errors import SchemaError
 from ..core.swarm import is_swarm_kind
 from ..net.addresses import split_hostport
-from ..net.base import Link, LinkConfig, establish
+from ..net.base import Link, LinkConfig
 from ..net.errors import (
     HandshakeReplayError,
     LinkBrokenError,
@@ -797,22 +796,13 @@ class GossipService:
         that listen on distinct loopback addresses (127.0.0.2, ...) stay distinct that way.
         """
         local = self.listen_host
-        if local in ("", "0.0.0.0", "::"):
-            return await connect_tcp(
-                host, port, key=self.key, expected_peer=expected, config=self.link_config
-            )
-        cfg = self.link_config
-        try:
-            with trio.fail_after(cfg.handshake_timeout):
-                stream = await trio.open_tcp_stream(host, port, local_address=local)
-        except trio.TooSlowError as exc:
-            raise LinkTimeoutError(f"connecting to {host}:{port} timed out") from exc
-        except OSError as exc:
-            raise LinkBrokenError(f"connect {host}:{port}: {exc!r}") from exc
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
-        return await establish(
-            stream, key=self.key, dialer=True, host=host, config=cfg, expected_peer=expected
+        return await connect_tcp(
+            host,
+            port,
+            key=self.key,
+            expected_peer=expected,
+            config=self.link_config,
+            local_address=None if local in ("", "0.0.0.0", "::") else local,
         )
 
     async def _dial(self, contact: g.Contact, *, extra: bool = False) -> None:

@@ -55,13 +55,15 @@ async def connect_tcp(
     expected_peer: str | None,
     config: LinkConfig | None = None,
     nonces: NonceCache | None = None,
+    local_address: str | None = None,
 ) -> StreamLink:
-    """Dial ``host:port`` and authenticate.  Raises ``LinkError`` (``PeerMismatchError``
-    when a valid node answers that is not ``expected_peer``)."""
+    """Dial ``host:port`` (from ``local_address`` when given) and authenticate.  Raises
+    ``LinkError`` (``PeerMismatchError`` when a valid node answers that is not
+    ``expected_peer``)."""
     cfg = config if config is not None else LinkConfig()
     try:
         with trio.fail_after(cfg.handshake_timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=local_address)
     except trio.TooSlowError as exc:
         raise LinkTimeoutError(f"connecting to {host}:{port} timed out") from exc
     except Exception as exc:
