@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..errors import LocalStateFault
+from ..fsutil import FileTooLargeError, read_open_limited
 from ..launcher.state import (
     FORMAT,
     MAX_RECORD_BYTES,
@@ -118,21 +119,15 @@ def read_status_file(path: Path) -> dict[str, Any] | None:
     except OSError as exc:
         raise StatusFileError(f"{path}: {exc.strerror or exc}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StatusFileError(f"{path}: not a regular file")
-        if st.st_size > MAX_STATUS_BYTES:
-            raise StatusFileError(
-                f"{path}: {st.st_size} bytes, over the limit of {MAX_STATUS_BYTES}"
-            )
-        os.set_blocking(fd, True)
-        data = os.read(fd, MAX_STATUS_BYTES + 1)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StatusFileError(f"{path}: not a regular file")
+            os.set_blocking(fd, True)
+            data = read_open_limited(f, path, MAX_STATUS_BYTES)
+    except FileTooLargeError as exc:
+        raise StatusFileError(f"{exc} (over the limit of a status file)") from None
     except OSError as exc:
         raise StatusFileError(f"{path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_STATUS_BYTES:
-        raise StatusFileError(f"{path}: over the limit of {MAX_STATUS_BYTES} bytes")
     try:
         raw = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError:
