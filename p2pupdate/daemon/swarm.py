@@ -211,7 +211,7 @@ class SwarmService:
         self.frames_dropped = 0
         #: Frames peers sent before this node tracked their artifact, fed to the core later.
         self.early_replayed = 0
-        #: Chunks handed to the origin, by the core's reason (numbers cut off).
+        #: Chunks handed to the origin, by the core's rule (``FetchFromOrigin.rule``).
         self.origin_why: dict[str, int] = {}
         self._tracks: dict[str, _Track] = {}
         self._heard: dict[str, float] = {}  # peer -> last swarm frame from it
@@ -435,7 +435,7 @@ class SwarmService:
             elif isinstance(eff, sw.ChunkVerified):
                 self._verified(eff)
             elif isinstance(eff, sw.FetchFromOrigin):
-                why = eff.reason.split(",")[0].split(" B/s")[0].rstrip("0123456789. ")
+                why = eff.rule[:80]
                 self.origin_why[why] = self.origin_why.get(why, 0) + len(eff.chunks)
                 assert nursery is not None
                 nursery.start_soon(self._from_origin, eff)

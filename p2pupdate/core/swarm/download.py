@@ -612,9 +612,11 @@ class Download:
             moved.append(i)
             need -= self.map.chunks[i].length
         reason = f"peers bring {self.rate(now):.0f} B/s, {left:.1f} s to the deadline"
-        self._to_origin(moved, reason, out)
+        self._to_origin(moved, reason, out, rule="peers too slow for the deadline")
 
-    def _to_origin(self, chunks: list[int], reason: str, out: list[Effect]) -> None:
+    def _to_origin(
+        self, chunks: list[int], reason: str, out: list[Effect], *, rule: str = ""
+    ) -> None:
         for i in chunks:
             self.unavailable.pop(i, None)
             self.wanted.discard(i)
@@ -623,7 +625,11 @@ class Download:
             if part is not None:
                 self._abandon(part, out)
         self.origin_chunks += len(chunks)
-        out.append(FetchFromOrigin(artifact=self.artifact, chunks=tuple(chunks), reason=reason))
+        out.append(
+            FetchFromOrigin(
+                artifact=self.artifact, chunks=tuple(chunks), reason=reason, rule=rule or reason
+            )
+        )
 
     def _shuns(self, part: _Part, peer: str) -> bool:
         """Whether ``peer`` failed this chunk before and another holder could take it."""

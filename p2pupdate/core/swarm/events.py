@@ -125,11 +125,15 @@ class ChunkVerified(Effect):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FetchFromOrigin(Effect):
-    """Fetch these chunks from the origin (``OriginChunk`` / ``OriginFailed`` each)."""
+    """Fetch these chunks from the origin (``OriginChunk`` / ``OriginFailed`` each).
+
+    ``reason`` says it for a log line (with its figures); ``rule`` is the rule that sent them,
+    without figures, for counting (``SwarmService.origin_why``)."""
 
     artifact: str
     chunks: tuple[int, ...]
     reason: str
+    rule: str = ""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
