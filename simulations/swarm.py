@@ -296,6 +296,7 @@ class CoreNode(Node):
     #: compared with it and the shared bytes stored (memory per node: references).
     shared: dict[str, list[bytes]] | None = None
     penalties: int = 0
+    past_rejects: int = 0
     verified: int = 0
     wrong: int = 0  # chunks verified by the core whose bytes were not the artifact's
     from_origin: int = 0  # origin bytes this node received
@@ -322,8 +323,14 @@ class CoreNode(Node):
         self._do(self.swarm.add(cmap, held=chunks, now=self.net.now, deadline=deadline))
         return self
 
+    def rejects(self) -> int:
+        """``choked``/``busy`` answers this node got, over every core it ran."""
+        now = 0 if self.swarm is None else self.swarm.counters().get("rejects", 0)
+        return self.past_rejects + now
+
     def stop(self) -> None:
         """The process ends: the core is gone, the store (verified chunks only) stays."""
+        self.past_rejects = self.rejects()
         self.swarm = None
         self._origin_queue.clear()
         if self.net is not None:
@@ -498,12 +505,13 @@ def fleet_run(
     origin_max_downloaders: int = DEFAULT_MAX_DOWNLOADERS,
     config: SwarmConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    latency: float = LATENCY,
 ) -> dict[str, object]:
     """``nodes`` fetchers that start together (release day), each linked to ~``degree``
     others, and the origin (up ``seed_up``, its downloader cap): the time the last one
     verified against the bound ``max(F/u_s, F/d_min, N*F/(u_s + sum u_i))``, and what the
     origin sent.  ``config``: the fetchers' ``SwarmConfig`` (default: the defaults, the
-    upload capped at ``peer_up``).  ``progress``: told one line every 5 virtual seconds
+    upload capped at ``peer_up``).  ``latency``: one way, seconds.  ``progress``: told one line every 5 virtual seconds
     (the clock, nodes done, steps, wall seconds, peak RSS); it changes nothing in the run.
 
     Churn: each fetcher leaves at ``churn_per_min`` times a minute on average (Poisson),
@@ -514,7 +522,7 @@ def fleet_run(
     cmap = chunk_map_of(data, chunk_size=chunk_size)
     art = cmap.artifact
     shared = {art: [cmap.slice(data, c.index) for c in cmap.chunks]}
-    net = Net()
+    net = Net(latency=latency)
     server = Origin(net, {art: data}, rate=seed_up, max_downloaders=origin_max_downloaders)
     cfg = config if config is not None else _capped(peer_up)
     fetchers = [
@@ -599,6 +607,7 @@ def fleet_run(
         )
         and not any(f.wrong for f in fetchers),
         "penalties": sum(f.penalties for f in fetchers),
+        "rejects": sum(f.rejects() for f in fetchers),
         "leaves": leaves,
         "refetched_chunks": sum(max(0, f.verified - cmap.count) for f in fetchers),
         "seed": seed,
@@ -644,6 +653,9 @@ def main(argv: Sequence[str]) -> int:
     ap.add_argument("--degree", type=int, default=6, help="links each fetcher opens")
     ap.add_argument("--churn-per-min", type=float, default=0.0, help="leaves/node/minute")
     ap.add_argument("--away-s", type=float, default=10.0, help="how long a leaver is gone")
+    ap.add_argument(
+        "--latency-ms", type=float, default=LATENCY * 1000, help="one way, between any two"
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument(
@@ -658,6 +670,8 @@ def main(argv: Sequence[str]) -> int:
         ap.error("need --origin-max-downloaders >= 1")
     if not 1 <= args.block_kib <= MAX_BLOCK // 1024:
         ap.error(f"need --block-kib in [1, {MAX_BLOCK // 1024}]")
+    if args.latency_ms < 0:
+        ap.error("need --latency-ms >= 0")
     if args.churn_per_min < 0 or args.away_s <= 0:
         ap.error("need --churn-per-min >= 0, --away-s > 0")
     out = fleet_run(
@@ -674,6 +688,7 @@ def main(argv: Sequence[str]) -> int:
         origin_max_downloaders=args.origin_max_downloaders,
         config=_capped(args.peer_up_mib * MIB, max_block=args.block_kib * 1024),
         progress=_to_stderr if args.progress else None,
+        latency=args.latency_ms / 1000,
     )
     if args.json:
         print(json.dumps(out))

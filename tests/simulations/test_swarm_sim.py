@@ -197,3 +197,22 @@ def test_progress_lines_change_nothing_in_the_run() -> None:
     assert quiet == told and told["all_verified"] is True
     assert len(lines) == int(float(str(told["t_all_s"])) // 5) >= 3
     assert lines[0].startswith("t=5s done=0/4 steps=")
+
+
+def test_latency_is_an_option_and_the_run_counts_rejects(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Guard (new option): ``--latency-ms`` reaches the net (a slower link finishes no
+    sooner) and the run reports the ``choked``/``busy`` answers the cores counted."""
+    common = ["swarm", "--nodes", "6", "--artifact-mib", "0.5", "--chunk-kib", "32", "--json"]
+    runs = []
+    for ms in ("10", "250"):
+        assert cli.main([*common, "--latency-ms", ms]) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    fast, slow = runs
+    assert slow["all_verified"] is True
+    assert float(slow["t_all_s"]) > float(fast["t_all_s"])
+    assert isinstance(fast["rejects"], int) and fast["rejects"] >= 0
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*common, "--latency-ms", "-1"])
+    assert exit_.value.code == 2
