@@ -1,6 +1,6 @@
 """Part 2 of ``scripts/demo``: a fleet of homes behind NAT updates itself (P14).
 
-A netlab of 12 homes (cone and strict NAT, tc-shaped uplinks, 16 nodes), three coordinator
+A netlab of 12 homes (cone and strict NAT, tc-shaped uplinks, 18 nodes), three coordinator
 replicas (quorum 2) and coturn on the inet bridge.  Every node gets the network bundle
 (P11: trust root, replicas, STUN/TURN, pool) plus the demo's short timings (probation,
 check and report intervals, an aggregate stub so no push-sum epoch is waited out).  Then:
@@ -53,7 +53,7 @@ from tests.netlab.fleet import FleetNode, _kill_group  # noqa: E402
 
 PREFIX = "dh"
 HOMES = 12
-TWO_NODE_HOMES = 4  # homes 1..4 have two nodes on their LAN: 16 nodes
+TWO_NODE_HOMES = 6  # homes 1..6 have two nodes on their LAN: 18 nodes
 UPLINK_KBIT = 20_000
 TURN_SECRET = "demo-homes-turn-secret"
 READ_TOKEN = "demo-homes-read-token"

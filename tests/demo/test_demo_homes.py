@@ -1,6 +1,6 @@
 """Part 2 of ``scripts/demo`` (``scripts/demo_homes.py``) end to end, as root.
 
-16 bundle-started nodes in 12 netlab homes behind cone and strict NAT, three replicas
+18 bundle-started nodes in 12 netlab homes behind cone and strict NAT, three replicas
 (quorum 2, one killed midway) and coturn: v2 in stages peer to peer, a bad v3 stopped by
 the breaker.  The demo must exit 0, print its summary line (``origin share X%`` under 10%),
 write its timeline and leave no namespace of its lab behind.
@@ -33,7 +33,7 @@ def test_homes_behind_nat_roll_to_v2_and_stop_a_bad_v3(tmp_path: Path) -> None:
     )  # fmt: skip
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
-    m = re.search(r"Homes demo OK: 16 nodes .* origin share (\d+)%", p.stdout)
+    m = re.search(r"Homes demo OK: 18 nodes .* origin share (\d+)%", p.stdout)
     assert m, out[-4000:]
     assert int(m.group(1)) < 10
     assert "blast radius" in p.stdout and "skipped" not in p.stdout
