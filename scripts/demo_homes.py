@@ -460,7 +460,7 @@ def rollout(scene: Scene, ice: tuple[str, str], names: list[str], v1: Build, v2:
 
     serial = publish_stages(scene, v2.sha, [
         ("canaries", ("--nodes", ",".join(canaries))),
-        ("fraction", ("--fraction", "50%", "--seed", "00112233445566778899aabbccddeeff")),
+        ("fraction", ("--fraction", "25%", "--seed", "00112233445566778899aabbccddeeff")),
         ("everyone", ("--everyone",)),
     ], 0, on_stage)  # fmt: skip
     v2_origin = scene.origin_for(v2.sha)
