@@ -195,7 +195,7 @@ def reference_fraction(ramp: tuple[tuple[int, float], ...], issued: int, now: in
 def test_gate_matches_reference_and_is_monotone_in_now(
     ramp: tuple[tuple[int, float], ...], t1: int, dt: int
 ) -> None:
-    scope = ramp_scope(ramp, expires=NOW + 10 * DAY)
+    scope = ramp_scope(ramp, expires=NOW + 20 * DAY)  # every now below is unexpired
     now1, now2 = NOW + t1, NOW + t1 + dt
     f1 = gates.fraction_in_force(scope, now1)
     assert f1 == reference_fraction(ramp, NOW, now1)
