@@ -86,7 +86,9 @@ def replica_status(
                 "name": rel.doc.name if rel else None,
                 "counter": rel.doc.counter if rel else None,
                 "allowlisted": bool(allow and artifact in allow.artifacts),
-                "in_scope": scope.describe() if scope and scope.artifact == artifact else None,
+                "in_scope": scope.describe(int(now_wall))
+                if scope and scope.artifact == artifact
+                else None,
                 "nodes": 0,
                 "states": {},
                 "probation": 0,
@@ -223,7 +225,7 @@ def replica_status(
                 "kind": scope.kind,
                 "force": scope.force,
                 "expires": scope.expires,
-                "describe": scope.describe(),
+                "describe": scope.describe(int(now_wall)),
             }
             if scope
             else None,

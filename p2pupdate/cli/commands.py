@@ -178,19 +178,40 @@ def _seed(text: str) -> bytes:
     return b
 
 
+def _ramp(text: str) -> tuple[tuple[int, float], ...]:
+    """``0:0.01,3600:0.1,86400:1``: stages ``after seconds:fraction`` (fraction as --fraction)."""
+    stages = []
+    for part in text.split(","):
+        after, sep, fraction = part.partition(":")
+        if not sep:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a stage AFTER:FRACTION (e.g. 0:0.01,3600:0.1,86400:1)"
+            )
+        try:
+            seconds = int(after)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{after!r} is not whole seconds") from None
+        if seconds < 0:
+            raise argparse.ArgumentTypeError(f"stage time {seconds} is negative")
+        stages.append((seconds, _fraction(fraction)))
+    return tuple(stages)
+
+
 def cmd_scope(args: argparse.Namespace) -> int:
     safe_output(args.output)
     keys = [load_signing_key(k) for k in args.key]
     now = wall_clock()
     if args.nodes is not None:
         kind, nodes, fraction, seed = "nodes", args.nodes, 0.0, b""
-    elif args.fraction is not None:
-        kind, nodes, fraction = "fraction", (), args.fraction
+    elif args.fraction is not None or args.ramp is not None:
+        # A ramp is a fraction scope whose signed cap is its last stage.
+        fraction = args.ramp[-1][1] if args.ramp else args.fraction
+        kind, nodes = "fraction", ()
         seed = args.seed if args.seed is not None else os.urandom(16)
     else:
         kind, nodes, fraction, seed = ("nobody" if args.nobody else "everyone"), (), 0.0, b""
     if args.seed is not None and kind != "fraction":
-        raise UsageError("--seed only goes with --fraction")
+        raise UsageError("--seed only goes with --fraction or --ramp")
     scope = docs.Scope(
         serial=args.serial if args.serial is not None else now,
         issued=now,
@@ -201,13 +222,14 @@ def cmd_scope(args: argparse.Namespace) -> int:
         fraction=fraction,
         seed=seed,
         force=args.force,
+        ramp=args.ramp or (),
     )
     try:
         scope = scope.checked()
     except P2PUpdateError as exc:
         raise UsageError(str(exc)) from None
     write_output(args.output, scope.sign(keys).to_wire())
-    print(f"{scope.describe()}; expires {scope.expires}; wrote {args.output}")
+    print(f"{scope.describe(now)}; expires {scope.expires}; wrote {args.output}")
     return EXIT_OK
 
 
@@ -480,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--nodes", type=_node_ids, metavar="ID[,ID...]", help="only these node ids")
     who.add_argument(
         "--fraction", type=_fraction, metavar="F", help="a seeded fraction, e.g. 0.05 or 5%%"
+    )
+    who.add_argument(
+        "--ramp",
+        type=_ramp,
+        metavar="S:F[,S:F...]",
+        help="a staged seeded fraction in one signature: at S seconds after issue the "
+        "fraction becomes F, e.g. 0:0.01,3600:0.1,86400:1 (nobody before the first stage; "
+        "times strictly increase, fractions never decrease; at most 16 stages)",
     )
     who.add_argument("--everyone", action="store_true")
     sc.add_argument("--seed", type=_seed, metavar="HEX", help="fraction seed (default: random)")

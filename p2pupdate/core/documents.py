@@ -302,6 +302,21 @@ class Allowlist(Document):
 # -- scope ------------------------------------------------------------------------------
 
 SCOPE_KINDS: Final = ("nobody", "nodes", "fraction", "everyone")
+#: A ramp has at most this many stages (README "A staged ramp in one signed scope").
+MAX_RAMP_STAGES: Final = 16
+
+
+def _stage(name: str, v: Any) -> tuple[int, float]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise SchemaError(f"field {name!r}: expected [after seconds, fraction]")
+    return (_time(f"{name}[0]", v[0]), wire.unit_float()(f"{name}[1]", v[1]))
+
+
+#: Optional scope fields: absent on the wire means "none", so a scope without a ramp has
+#: exactly the bytes (and signatures) it had before ramps existed.
+_SCOPE_OPTIONAL: Final[dict[str, wire.Check]] = {
+    "ramp": wire.array(_stage, MAX_RAMP_STAGES),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -330,6 +345,33 @@ class Scope(Document):
     fraction: float = 0.0
     seed: bytes = b""
     force: bool = False
+    #: Optional staged ramp, only with kind "fraction": ``(after, fraction)`` stages, after
+    #: in seconds from ``issued``, strictly increasing; fractions non-decreasing; the last
+    #: stage's fraction equals ``fraction`` (the signed cap).  See ``gates.fraction_in_force``.
+    ramp: tuple[tuple[int, float], ...] = ()
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            raise SchemaError(f"{cls.TYPE}: expected a map, got {type(obj).__name__}")
+        base = {k: v for k, v in obj.items() if k not in _SCOPE_OPTIONAL}
+        values = wire.check_fields(base, cls.FIELDS, where=cls.TYPE)
+        for k, check in _SCOPE_OPTIONAL.items():
+            if k in obj:
+                values[k] = check(k, obj[k])
+                if not values[k]:
+                    # One encoding per meaning: "no ramp" is the absent key, never [].
+                    raise SchemaError(f"scope: an empty {k!r} is written by leaving it out")
+        doc = cls(**values)
+        doc.validate()
+        return doc
+
+    def to_obj(self) -> dict[str, Any]:
+        obj = super().to_obj()
+        for k in _SCOPE_OPTIONAL:
+            if not obj[k]:
+                del obj[k]
+        return obj
 
     def validate(self) -> None:
         super().validate()
@@ -340,14 +382,50 @@ class Scope(Document):
                 raise SchemaError("scope: a fraction needs a seed of 8 to 32 bytes")
         elif self.fraction != 0.0 or self.seed:
             raise SchemaError("scope: fraction and seed are set only when kind is 'fraction'")
+        if self.ramp:
+            self._validate_ramp()
 
-    def describe(self) -> str:
+    def _validate_ramp(self) -> None:
+        if self.kind != "fraction":
+            raise SchemaError("scope: a ramp goes only with kind 'fraction'")
+        if len(self.ramp) > MAX_RAMP_STAGES:
+            raise SchemaError(f"scope: a ramp has at most {MAX_RAMP_STAGES} stages")
+        for (a0, f0), (a1, f1) in zip(self.ramp, self.ramp[1:], strict=False):
+            if a1 <= a0:
+                raise SchemaError("scope: ramp stage times must strictly increase")
+            if f1 < f0:
+                raise SchemaError("scope: ramp fractions must not decrease")
+        if self.ramp[-1][1] != self.fraction:
+            raise SchemaError("scope: a ramp's last stage fraction must equal the scope's fraction")
+        if self.issued + self.ramp[-1][0] > self.expires:
+            raise SchemaError("scope: a ramp stage starts after the scope expires")
+
+    def stage_in_force(self, now: int) -> int | None:
+        """Index of the ramp stage in force at ``now`` (None: before the first stage)."""
+        current = None
+        for i, (after, _) in enumerate(self.ramp):
+            if self.issued + after <= now:
+                current = i
+        return current
+
+    def describe(self, now: int | None = None) -> str:
         what = {
             "nobody": "nobody",
             "everyone": "everyone",
             "nodes": f"{len(self.nodes)} named nodes",
             "fraction": f"fraction {self.fraction:g} (seed {self.seed.hex()[:16]})",
         }[self.kind]
+        if self.ramp:
+            stages = ",".join(f"{a}:{f:g}" for a, f in self.ramp)
+            what = f"ramp {stages} (seed {self.seed.hex()[:16]})"
+            if now is not None:
+                i = self.stage_in_force(now)
+                what += (
+                    f"; before stage 1 of {len(self.ramp)}: fraction 0"
+                    if i is None
+                    else f"; stage {i + 1} of {len(self.ramp)} in force: "
+                    f"fraction {self.ramp[i][1]:g}"
+                )
         force = ", FORCE" if self.force else ""
         return f"scope serial {self.serial}: {what} -> {self.artifact[:16]}...{force}"
 

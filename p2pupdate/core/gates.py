@@ -74,6 +74,28 @@ def in_fraction(seed: bytes, node_id: str, fraction: float) -> bool:
     return fraction_point(seed, node_id) < fraction_threshold(fraction)
 
 
+def fraction_in_force(scope: Scope, now: int) -> float:
+    """The fraction a ``kind="fraction"`` scope admits at ``now``.
+
+    Without a ramp: ``scope.fraction``.  With one: the fraction of the last stage whose
+    ``issued + after <= now``, and 0 (nobody) before the first stage.  Never above the
+    signed cap ``scope.fraction`` (the last stage), and non-decreasing in ``now``: with one
+    seed, ``in_fraction`` is monotone in the fraction, so a node admitted at ``t`` is
+    admitted at every ``t' >= t``.
+
+    A clock wound back cannot un-ramp in a way that matters: gate 2 only decides whether a
+    node may *start* moving.  A node that already moved runs the artifact and stays
+    (``choose_target`` answers "already-running"; nothing here moves a node back), and a
+    departure token already granted lasts to its own expiry.  A wound-back clock (node's or
+    coordinator's) can only delay further admissions, as if the ramp were slower; it can
+    never admit beyond the signed stages.
+    """
+    if not scope.ramp:
+        return scope.fraction
+    i = scope.stage_in_force(now)
+    return 0.0 if i is None else scope.ramp[i][1]
+
+
 # -- gate 1 -----------------------------------------------------------------------------
 
 
@@ -185,10 +207,13 @@ def in_scope(node_id: str, artifact: str, *, scope: Scope | None, now: int) -> G
         if node_id in scope.nodes:
             return _yes(g, "named")
         return _no(g, "not-named", f"node not among the {len(scope.nodes)} named")
-    # fraction
-    if in_fraction(scope.seed, node_id, scope.fraction):
-        return _yes(g, "in-fraction", f"fraction {scope.fraction:g}")
-    return _no(g, "outside-fraction", f"node outside fraction {scope.fraction:g}")
+    # fraction (a ramp: the fraction in force at ``now``; same membership function)
+    fraction = fraction_in_force(scope, now)
+    if in_fraction(scope.seed, node_id, fraction):
+        return _yes(g, "in-fraction", f"fraction {fraction:g}")
+    if scope.ramp and scope.stage_in_force(now) is None:
+        return _no(g, "ramp-not-started", f"scope serial {scope.serial}: ramp starts later")
+    return _no(g, "outside-fraction", f"node outside fraction {fraction:g}")
 
 
 # -- both -------------------------------------------------------------------------------
