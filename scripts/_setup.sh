@@ -40,6 +40,26 @@ pip_install() {
     rm -f "$log"
 }
 
+# System tools for real network namespaces (iproute2, nftables NAT, coturn for STUN/TURN;
+# systemd-analyze for the unit tests): the network tests (scripts/test) and the demo's
+# homes part (scripts/demo) need them.  Installed when run as root on Debian and they are
+# missing; quiet and idempotent: nothing is fetched when all are present.  If the install
+# fails (no network), the caller goes on and what needs a missing tool skips, saying so.
+netlab_tools() {  # netlab_tools CALLER
+    local missing=()
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v nft >/dev/null || missing+=(nftables)
+    command -v turnserver >/dev/null || missing+=(coturn)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing ${missing[*]}"
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1; then
+            echo "$1: could not install ${missing[*]}; what needs them will skip" >&2
+        fi
+    fi
+}
+
 # Reinstall only when pyproject.toml changed since the last install into this .venv.
 stamp=".venv/.p2pupdate-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
