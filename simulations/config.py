@@ -9,7 +9,8 @@ A scenario file has up to seven tables (all optional; every key has a default):
 ``[node]``      the updater's timings (``p2pupdate.core.updater.UpdaterConfig`` fields; its
                 defaults are the defaults here) and the durations of prefetch, drain,
                 restart and health check
-``[rollout]``   start_hours, stages, nudge, nudge_on_boot, failure_probability, scope_seed
+``[rollout]``   start_hours, stages (a fraction stage may carry a signed ramp), nudge,
+                nudge_on_boot, failure_probability, scope_seed
 ``[policy]``    kind (ours | fleetlock | push | max-unavailable), the real
                 ``coordinator.policy.PolicyConfig`` knobs (its defaults, its validation),
                 slots, max_unavailable, retry_seconds, error_probability
@@ -36,7 +37,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from coordinator.policy import PolicyConfig
-from p2pupdate.core.documents import MAX_NODES_IN_SCOPE
+from p2pupdate.core.documents import MAX_NODES_IN_SCOPE, MAX_RAMP_STAGES, Scope
+from p2pupdate.core.errors import SchemaError
 from p2pupdate.core.updater import UpdaterConfig
 
 HOUR: Final = 3600.0
@@ -171,6 +173,10 @@ class Stage:
     #: For ``scope = "nodes"``: how many named nodes (drawn at random: a canary set).
     nodes: int = 0
     force: bool = False
+    #: For ``scope = "fraction"``: an optional staged ramp signed in the one scope,
+    #: ``(after_hours, fraction)`` pairs from this stage's start; the last pair's fraction
+    #: is the scope's ``fraction`` (README "A staged ramp in one signed scope").
+    ramp: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -467,13 +473,21 @@ def _read_node(r: _Reader) -> NodeConfig:
 
 
 def _read_stage(where: str, table: Mapping[str, Any]) -> Stage:
-    r = _Reader(where, table, ("after_hours", "scope", "fraction", "nodes", "force"))
+    r = _Reader(where, table, ("after_hours", "scope", "fraction", "nodes", "force", "ramp"))
     scope = r.choice("scope", "everyone", SCOPE_KINDS)
     fraction = 0.0
+    ramp = _read_ramp(where, table.get("ramp")) if r.has("ramp") else ()
+    if ramp and scope != "fraction":
+        raise ScenarioError(f'{where}: ramp applies to scope = "fraction" only')
     if scope == "fraction":
-        if not r.has("fraction"):
-            raise ScenarioError(f'{where}: scope = "fraction" needs fraction')
-        fraction = r.number("fraction", 0.0, low=0.0, high=1.0)
+        if ramp and not r.has("fraction"):
+            fraction = ramp[-1][1]
+        elif not r.has("fraction"):
+            raise ScenarioError(f'{where}: scope = "fraction" needs fraction (or a ramp)')
+        else:
+            fraction = r.number("fraction", 0.0, low=0.0, high=1.0)
+        if ramp and fraction != ramp[-1][1]:
+            raise ScenarioError(f"{where}: fraction must equal the ramp's last fraction")
     elif r.has("fraction"):
         raise ScenarioError(f'{where}: fraction applies to scope = "fraction" only')
     nodes = 0
@@ -487,7 +501,25 @@ def _read_stage(where: str, table: Mapping[str, Any]) -> Stage:
         fraction=fraction,
         nodes=nodes,
         force=r.boolean("force", False),
+        ramp=ramp,
     )
+
+
+def _read_ramp(where: str, value: Any) -> tuple[tuple[float, float], ...]:
+    """``ramp = [[after_hours, fraction], ...]``: the shape only (bounded); the scope's own
+    schema (``Scope.checked``) judges the stages when the simulator signs them."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_RAMP_STAGES:
+        raise ScenarioError(f"{where}: ramp must be a list of 1 to {MAX_RAMP_STAGES} stages")
+    out: list[tuple[float, float]] = []
+    for i, pair in enumerate(value):
+        ok = isinstance(pair, list) and len(pair) == 2
+        ok = ok and all(isinstance(x, int | float) and not isinstance(x, bool) for x in pair)
+        if not ok or not 0.0 <= pair[0] < 1e6 or not 0.0 <= pair[1] <= 1.0:
+            raise ScenarioError(
+                f"{where}: ramp[{i}] must be [after_hours >= 0, fraction in 0..1], got {pair!r}"
+            )
+        out.append((float(pair[0]), float(pair[1])))
+    return tuple(out)
 
 
 def _read_rollout(r: _Reader) -> RolloutConfig:
@@ -603,9 +635,32 @@ def _check_across(s: Scenario, source: str) -> None:
         raise ScenarioError(
             f"{source}: [policy] replicas > 1 is not simulated yet (one replica, n = q = 1)"
         )
+    for i, st in enumerate(s.rollout.stages):
+        if st.ramp:
+            _check_ramp(s, st, f"{source}: [rollout] stages[{i}]")
     named = max((st.nodes for st in s.rollout.stages), default=0)
     if named > s.run.nodes:
         raise ScenarioError(f"{source}: [rollout] a stage names {named} nodes of {s.run.nodes}")
+
+
+def _check_ramp(s: Scenario, st: Stage, where: str) -> None:
+    """The ramp's stages judged by the scope's own schema (``Scope.checked``), on a scope
+    timed as the simulator signs it (issued at the stage's start, expiring a day after the
+    run), so a bad ramp is a one-line scenario error, not a traceback at run time."""
+    issued = int(s.rollout_start + st.after_hours * HOUR)
+    try:
+        Scope(
+            serial=1,
+            issued=issued,
+            expires=int(s.horizon + DAY),
+            artifact="00" * 32,
+            kind="fraction",
+            fraction=st.fraction,
+            seed=bytes(16),
+            ramp=tuple((round(a * HOUR), f) for a, f in st.ramp),
+        ).checked()
+    except SchemaError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
 
 
 def load(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
@@ -716,6 +771,8 @@ def _stage_toml(st: Stage) -> dict[str, Any]:
     out: dict[str, Any] = {"after_hours": st.after_hours, "scope": st.scope}
     if st.scope == "fraction":
         out["fraction"] = st.fraction
+    if st.ramp:
+        out["ramp"] = [[a, f] for a, f in st.ramp]
     if st.scope == "nodes":
         out["nodes"] = st.nodes
     if st.force:

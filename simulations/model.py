@@ -54,6 +54,7 @@ from p2pupdate.core.gates import (
     GATE_SCOPE,
     GateResult,
     allowlisted,
+    fraction_in_force,
     fraction_point,
     fraction_threshold,
     in_fraction,
@@ -374,6 +375,7 @@ class GateView:
                 fraction=st.fraction,
                 seed=seed if st.scope == "fraction" else b"",
                 force=st.force,
+                ramp=tuple((round(a * HOUR), f) for a, f in st.ramp),
             ).checked()
             for i, (st, t) in enumerate(zip(s.rollout.stages, self.stage_times, strict=True))
         )
@@ -439,7 +441,7 @@ class GateView:
         self._cache[key] = answer
         return answer
 
-    def _members(self, stage: int, nodes: IntArray) -> BoolArray:
+    def _members(self, stage: int, nodes: IntArray, now: int) -> BoolArray:
         if self.scopes[stage].kind == "nodes" and stage not in self._named_masks:
             mask = np.zeros(self.model.population.n, dtype=np.bool_)
             mask[self.model.population.named[stage]] = True
@@ -447,28 +449,36 @@ class GateView:
         if stage not in self._checked:
             self._checked.add(stage)
             self._spot_check(stage)
-        return self._members_raw(stage, nodes)
+        return self._members_raw(stage, nodes, now)
 
     def _spot_check(self, stage: int) -> None:
-        """The cached membership must be ``in_scope``'s, node for node."""
+        """The cached membership must be ``in_scope``'s, node for node: at the scope's issue
+        time and, for a ramp, at the start of every ramp stage."""
         scope = self.scopes[stage]
         n = self.model.population.n
         sample = np.unique(np.linspace(0, n - 1, min(n, 97)).astype(np.int64))
         if scope.kind == "nodes":
             sample = np.unique(np.concatenate((sample, self.model.population.named[stage][:32])))
-        cached = self._members_raw(stage, sample)
-        now = int(scope.issued)
-        for i, member in zip(sample, cached, strict=True):
-            real = in_scope(node_id(int(i)), scope.artifact, scope=scope, now=now).ok
-            if scope.kind == "fraction":
-                assert real == in_fraction(scope.seed, node_id(int(i)), scope.fraction)
-            if real != bool(member):
-                raise AssertionError(f"cached scope membership disagrees with in_scope at node {i}")
+        nows = [int(scope.issued)] + [int(scope.issued) + after for after, _ in scope.ramp]
+        for now in nows:
+            r2 = in_scope(node_id(0), scope.artifact, scope=scope, now=now)
+            if r2.reason not in self.MEMBERSHIP:
+                continue  # the same answer for every node (e.g. ramp-not-started)
+            cached = self._members_raw(stage, sample, now)
+            for i, member in zip(sample, cached, strict=True):
+                real = in_scope(node_id(int(i)), scope.artifact, scope=scope, now=now).ok
+                if scope.kind == "fraction":
+                    frac = fraction_in_force(scope, now)
+                    assert real == in_fraction(scope.seed, node_id(int(i)), frac)
+                if real != bool(member):
+                    raise AssertionError(
+                        f"cached scope membership disagrees with in_scope at node {i}, now {now}"
+                    )
 
-    def _members_raw(self, stage: int, nodes: IntArray) -> BoolArray:
+    def _members_raw(self, stage: int, nodes: IntArray, now: int) -> BoolArray:
         scope = self.scopes[stage]
         if scope.kind == "fraction":
-            threshold = fraction_threshold(scope.fraction)
+            threshold = fraction_threshold(fraction_in_force(scope, now))
             if threshold >= 1 << 64:
                 return np.ones(len(nodes), dtype=np.bool_)
             out: BoolArray = self.points()[nodes] < np.uint64(threshold)
@@ -487,7 +497,7 @@ class GateView:
         if r2.reason not in self.MEMBERSHIP:
             code = self.code(r2.gate, r2.reason)
             return np.full(m, r2.ok, dtype=np.bool_), np.full(m, code, dtype=np.int16)
-        member = self._members(stage, nodes)
+        member = self._members(stage, nodes, EPOCH + int(t))
         kind = self.scopes[stage].kind
         yes, no = (
             ("in-fraction", "outside-fraction") if kind == "fraction" else ("named", "not-named")
@@ -504,7 +514,9 @@ class GateView:
             return np.ones(n, dtype=np.bool_)
         if kind == "nobody":
             return np.zeros(n, dtype=np.bool_)
-        return self._members(stage, np.arange(n, dtype=np.int64))
+        scope = self.scopes[stage]
+        cap = scope.issued + (scope.ramp[-1][0] if scope.ramp else 0)  # the last ramp stage
+        return self._members(stage, np.arange(n, dtype=np.int64), cap)
 
 
 def _release(name: str, counter: int, horizon: float) -> Release:

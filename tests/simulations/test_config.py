@@ -62,6 +62,21 @@ def test_defaults_are_valid() -> None:
         ({"node": {"check_interval": -5.0}}, "UpdaterConfig.check_interval"),
         ({"node": {"drain": {"dist": "fixed", "median_seconds": 0}}}, "must be > 0"),
         ({"rollout": {"stages": [{"scope": "fraction"}]}}, "needs fraction"),
+        ({"rollout": {"stages": [{"scope": "everyone", "ramp": [[0, 1]]}]}}, "ramp applies"),
+        ({"rollout": {"stages": [{"scope": "fraction", "ramp": []}]}}, "ramp must be a list"),
+        ({"rollout": {"stages": [{"scope": "fraction", "ramp": [[0, 2]]}]}}, "ramp[0] must"),
+        (
+            {"rollout": {"stages": [{"scope": "fraction", "fraction": 0.5, "ramp": [[0, 1]]}]}},
+            "must equal the ramp's last",
+        ),
+        (
+            {"rollout": {"stages": [{"scope": "fraction", "ramp": [[2, 0.5], [1, 0.7]]}]}},
+            "stages[0]: scope: ramp stage times must strictly increase",
+        ),
+        (
+            {"run": {"days": 1}, "rollout": {"stages": [{"scope": "fraction", "ramp": [[72, 1]]}]}},
+            "starts after the scope expires",
+        ),
         ({"rollout": {"stages": [{"scope": "everyone", "fraction": 0.5}]}}, "fraction applies"),
         ({"rollout": {"stages": [{"after_hours": 2}, {"after_hours": 1}]}}, "increasing"),
         ({"rollout": {"scope_seed": "zz"}}, "scope_seed must be hex"),
@@ -81,7 +96,13 @@ def test_units_and_resolved_round_trip(tmp_path: Path) -> None:
     s = parse(
         {
             "churn": {"session": {"dist": "lognormal", "median_minutes": 30, "sigma": 1.5}},
-            "rollout": {"stages": [{"scope": "fraction", "fraction": 0.05}, {"after_hours": 24}]},
+            "rollout": {
+                "stages": [
+                    {"scope": "fraction", "fraction": 0.05},
+                    {"after_hours": 24, "scope": "fraction", "ramp": [[0, 0.1], [12, 1.0]]},
+                    {"after_hours": 48},
+                ]
+            },
             "policy": {"kind": "fleetlock", "max_concurrent": 50},
         }
     )

@@ -7,6 +7,7 @@ are held to each other.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -189,3 +190,23 @@ def test_multiple_pools_and_the_exact_engine_run() -> None:
     _, ex = run(s, EventEngine)
     assert tick["updated_final"] > 100 and ex["updated_final"] > 100
     assert close(tick["updated_final"], ex["updated_final"], rel=0.05, abs_=5)
+
+
+def test_a_ramp_in_one_scope_holds_each_step_until_its_time() -> None:
+    """One signed scope with a ramp: until each step begins, the updated share stays within
+    that step's fraction (the simulator runs the real gate on the ramped scope)."""
+    ramp = [[0, 0.05], [6, 0.3], [12, 1.0]]
+    s = scenario(
+        run={"nodes": 3000, "days": 1.5},
+        rollout={"stages": [{"scope": "fraction", "ramp": ramp}], "nudge": True},
+        policy={"max_concurrent": 200},
+    )
+    e, summary = run(s)
+    hours = np.asarray(e.rec.series["minute"]) / 60.0
+    updated = np.asarray(e.rec.series["updated"]) / 3000
+    start = 2.0  # scenario()'s start_hours
+    for (after, frac), (nxt, _) in itertools.pairwise(ramp):
+        held = hours < start + nxt  # before the next step begins
+        assert updated[held].max() <= frac + 0.02, (after, frac)
+        assert updated[held].max() >= frac * 0.5, (after, frac)  # and the step did move nodes
+    assert summary["updated_share"] > 0.8  # the rest were offline or mid-check at the end

@@ -124,3 +124,38 @@ def test_gate_view_is_the_real_in_scope() -> None:
     assert ok.mean() == pytest.approx(0.2, abs=0.03)
     ok, codes = g.evaluate(nodes, 5 * HOUR)
     assert not ok.any() and {g.labels[c] for c in codes} == {("scope", "scope-nobody")}
+
+
+def test_gate_view_follows_a_signed_ramp_with_the_real_gate() -> None:
+    """One fraction stage carrying a ramp: the simulator's membership at every time is the
+    real ``in_scope`` on the real signed scope (nobody before the first step, then each
+    step's fraction), and the admitted set only grows."""
+    s = parse(
+        {
+            "run": {"nodes": 3000},
+            "rollout": {
+                "start_hours": 1,
+                "stages": [
+                    {"scope": "fraction", "ramp": [[1, 0.05], [3, 0.3], [6, 1.0]]},
+                ],
+            },
+        }
+    )
+    g = Model(s).gates
+    scope = g.scopes[0]
+    assert scope.fraction == 1.0 and scope.ramp == ((3600, 0.05), (10800, 0.3), (21600, 1.0))
+    nodes = np.arange(3000, dtype=np.int64)
+    ok, codes = g.evaluate(nodes, 1.5 * HOUR)  # stage issued, first step not yet begun
+    assert not ok.any() and {g.labels[c] for c in codes} == {("scope", "ramp-not-started")}
+    before = np.zeros(3000, dtype=np.bool_)
+    for t, share in ((2.5 * HOUR, 0.05), (4.5 * HOUR, 0.3), (7.5 * HOUR, 1.0)):
+        ok, _ = g.evaluate(nodes, t)
+        real = [
+            in_scope(node_id(i), scope.artifact, scope=scope, now=EPOCH + int(t)).ok
+            for i in range(3000)
+        ]
+        assert ok.tolist() == real
+        assert ok.mean() == pytest.approx(share, abs=0.03)
+        assert np.all(ok[before])  # monotone: nobody admitted earlier is dropped
+        before = ok
+    assert g.final_members().all()
