@@ -76,7 +76,7 @@ from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
 from .limits import add_flags as add_limit_flags
 from .limits import from_args as limits_from_args
 from .network import ROOT_FILE, NetworkPlan, init_network
-from .origin import DEFAULT_MAX_DOWNLOADERS, DEFAULT_WINDOW, OriginConfig
+from .origin import DEFAULT_MAX_DOWNLOADERS, DEFAULT_REPEAT_WINDOW, DEFAULT_WINDOW, OriginConfig
 from .policy import MAX_CONCURRENT_LIMIT, PolicyConfig
 from .publishing import PUBLISH_ORDER
 from .readaccess import add_flags as add_read_flags
@@ -1045,7 +1045,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
         first_start=args.first_start,
         ice=ice,
-        origin=OriginConfig(max_downloaders=args.origin_max_downloaders),
+        origin=OriginConfig(
+            max_downloaders=args.origin_max_downloaders,
+            repeat_window=float(args.origin_repeat_window),
+        ),
         report_budget=float(args.report_budget),
     )
     host, port = args.listen
@@ -1874,6 +1877,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="nodes that may download one artifact from this origin at once (one that asked "
         f"in the last {DEFAULT_WINDOW:g}s counts); the rest are told to try peers and when to "
         f"come back (default {DEFAULT_MAX_DOWNLOADERS})",
+    )
+    se.add_argument(
+        "--origin-repeat-window",
+        type=int_range(0, 60),
+        default=int(DEFAULT_REPEAT_WINDOW),
+        metavar="SECONDS",
+        help="a chunk this origin sent to one node is not sent to another within this many "
+        "seconds: they are told to try peers, who have it by then (0: off; default "
+        f"{DEFAULT_REPEAT_WINDOW:g})",
     )
     se.add_argument(
         "--report-budget",

@@ -679,7 +679,7 @@ class Server:
             return missing
         named = next((v for k, v in request.headers if k == NODE_HEADER.encode()), None)
         who = downloader(named.decode("ascii", "replace") if named else None, peer)
-        wait = rep.origin.admit(artifact, who)
+        wait = rep.origin.admit(artifact, who, chunk)
         if wait is not None:
             return _TryPeers(retry_after=wait)
         data = await trio.to_thread.run_sync(rep.documents.origin_bytes, artifact, chunk)

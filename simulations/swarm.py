@@ -30,7 +30,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from coordinator.origin import DEFAULT_MAX_DOWNLOADERS, OriginConfig, OriginGate
+from coordinator.origin import (
+    DEFAULT_MAX_DOWNLOADERS,
+    DEFAULT_REPEAT_WINDOW,
+    OriginConfig,
+    OriginGate,
+)
 from p2pupdate.core import documents as docs
 from p2pupdate.core.swarm.chunks import ChunkMap
 from p2pupdate.core.swarm.config import SwarmConfig
@@ -217,11 +222,13 @@ class Origin:
         *,
         rate: float,
         max_downloaders: int = DEFAULT_MAX_DOWNLOADERS,
+        repeat_window: float = DEFAULT_REPEAT_WINDOW,
     ) -> None:
         self.net = net
         self.data = data
         self.rate = rate
-        self.gate = OriginGate(OriginConfig(max_downloaders=max_downloaders), clock=self._now)
+        config = OriginConfig(max_downloaders=max_downloaders, repeat_window=repeat_window)
+        self.gate = OriginGate(config, clock=self._now)
         self.busy_until = 0.0
         self.bytes = 0
         self.refused = 0
@@ -229,10 +236,10 @@ class Origin:
     def _now(self) -> float:
         return self.net.now
 
-    def get(self, node: str, artifact: str, length: int) -> tuple[float, bool, float]:
-        """A GET of ``length`` bytes that reached the origin now: (when its last byte
-        leaves, admitted, retry_after)."""
-        after = self.gate.admit(artifact, node)
+    def get(self, node: str, artifact: str, index: int, length: int) -> tuple[float, bool, float]:
+        """A GET of chunk ``index`` (``length`` bytes) that reached the origin now: (when
+        its last byte leaves, admitted, retry_after)."""
+        after = self.gate.admit(artifact, node, index)
         if after is not None:
             self.refused += 1
             return self.net.now, False, float(after)
@@ -425,7 +432,7 @@ class CoreNode(Node):
         swarm = self.swarm
 
         def at_origin() -> None:
-            done, ok, after = server.get(self.id, artifact, len(chunk))
+            done, ok, after = server.get(self.id, artifact, index, len(chunk))
             if ok:
                 when = net.arrival(self.id, len(chunk), done + net.latency)
                 net.at(when, lambda: answer(True, 0.0))
@@ -503,6 +510,7 @@ def fleet_run(
     seed: int = 7,
     until: float = 3600.0,
     origin_max_downloaders: int = DEFAULT_MAX_DOWNLOADERS,
+    origin_repeat_window: float = DEFAULT_REPEAT_WINDOW,
     config: SwarmConfig | None = None,
     progress: Callable[[str], None] | None = None,
     latency: float = LATENCY,
@@ -523,7 +531,13 @@ def fleet_run(
     art = cmap.artifact
     shared = {art: [cmap.slice(data, c.index) for c in cmap.chunks]}
     net = Net(latency=latency)
-    server = Origin(net, {art: data}, rate=seed_up, max_downloaders=origin_max_downloaders)
+    server = Origin(
+        net,
+        {art: data},
+        rate=seed_up,
+        max_downloaders=origin_max_downloaders,
+        repeat_window=origin_repeat_window,
+    )
     cfg = config if config is not None else _capped(peer_up)
     fetchers = [
         CoreNode(
@@ -602,6 +616,10 @@ def fleet_run(
         "origin_chunks": sum(len(f.origin_asked) for f in fetchers),
         "origin_refused": server.refused,
         "origin_max_downloaders": origin_max_downloaders,
+        "origin_repeat_window": origin_repeat_window,
+        "origin_repeats_refused": server.gate.status(lambda _: True)["artifacts"]
+        .get(art, {})
+        .get("repeats_refused", 0),
         "all_verified": all(
             art in f.completed_at and len(f.store[art]) == cmap.count for f in fetchers
         )
@@ -648,6 +666,12 @@ def main(argv: Sequence[str]) -> int:
         default=DEFAULT_MAX_DOWNLOADERS,
         help="the origin's downloader cap per artifact (serve's default)",
     )
+    ap.add_argument(
+        "--origin-repeat-window",
+        type=float,
+        default=DEFAULT_REPEAT_WINDOW,
+        help="seconds the origin sends a chunk to no second node (serve's default; 0: off)",
+    )
     ap.add_argument("--peer-up-mib", type=float, default=0.5, help="each fetcher's upload")
     ap.add_argument("--peer-down-mib", type=float, default=2.5, help="0: no download limit")
     ap.add_argument("--degree", type=int, default=6, help="links each fetcher opens")
@@ -668,6 +692,8 @@ def main(argv: Sequence[str]) -> int:
         ap.error("need rates > 0 (--peer-down-mib 0: no limit)")
     if args.origin_max_downloaders < 1:
         ap.error("need --origin-max-downloaders >= 1")
+    if not 0 <= args.origin_repeat_window <= 60:
+        ap.error("need --origin-repeat-window in [0, 60]")
     if not 1 <= args.block_kib <= MAX_BLOCK // 1024:
         ap.error(f"need --block-kib in [1, {MAX_BLOCK // 1024}]")
     if args.latency_ms < 0:
@@ -686,6 +712,7 @@ def main(argv: Sequence[str]) -> int:
         away_s=args.away_s,
         seed=args.seed,
         origin_max_downloaders=args.origin_max_downloaders,
+        origin_repeat_window=args.origin_repeat_window,
         config=_capped(args.peer_up_mib * MIB, max_block=args.block_kib * 1024),
         progress=_to_stderr if args.progress else None,
         latency=args.latency_ms / 1000,

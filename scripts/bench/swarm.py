@@ -1,7 +1,7 @@
 """The swarm benchmark: N real nodes fetch one release; ours beside libtorrent, same links.
 
     sudo .venv/bin/python scripts/bench/swarm.py --json [--nodes 24] [--artifact-mib 16]
-        [--origin-up 2M] [--peer-up 512k] [--peer-down 2.5M] [--chunk-kib 256]
+        [--origin-up 2M] [--peer-up 512k] [--peer-down 2.5M] [--chunk-kib 64]
         [--no-libtorrent] [--timeout S]
 
 Prints one JSON object on stdout (progress on stderr).  The network (root, Linux network
@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     ap.add_argument("--nodes", type=int, default=24, help="nodes (default 24, at most 48)")
     ap.add_argument("--artifact-mib", type=float, default=16.0, help="artifact size (16)")
-    ap.add_argument("--chunk-kib", type=int, default=256, help="chunk and piece size (256)")
+    ap.add_argument("--chunk-kib", type=int, default=64, help="chunk and piece size (64: our default)")
     ap.add_argument("--origin-up", type=rate, default=rate("2M"), help="origin uplink (2M)")
     ap.add_argument("--peer-up", type=rate, default=rate("512k"), help="peer uplink (512k)")
     ap.add_argument("--peer-down", type=rate, default=rate("2.5M"), help="downlink (2.5M)")

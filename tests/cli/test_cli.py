@@ -285,9 +285,20 @@ def test_release_record_describes_the_file(net: Net, tmp_path: Path) -> None:
     rel = out["documents"][0]["document"]
     assert rel["artifact"] == net.artifact
     assert rel["length"] == ARTIFACT_SIZE
-    assert rel["chunk_size"] == 256 * 1024
+    assert rel["chunk_size"] == 64 * 1024  # the default
     assert rel["chunk_count"] == -(-ARTIFACT_SIZE // rel["chunk_size"])
     assert rel["counter"] == 1 and rel["name"] == "v1.0.0"
+
+
+def test_the_default_chunk_size_grows_only_for_files_that_need_it() -> None:
+    from p2pupdate.cli.commands import DEFAULT_CHUNK, default_chunk_size
+    from p2pupdate.core import documents as docs
+
+    assert default_chunk_size(1) == DEFAULT_CHUNK == 64 * 1024
+    fits = docs.MAX_CHUNKS * DEFAULT_CHUNK
+    assert default_chunk_size(fits) == DEFAULT_CHUNK
+    assert default_chunk_size(fits + 1) == 2 * DEFAULT_CHUNK  # one chunk too many: doubled
+    assert default_chunk_size(docs.MAX_CHUNKS * docs.MAX_CHUNK * 4) == docs.MAX_CHUNK
 
 
 def test_root_lists_the_key_files_by_role(net: Net, tmp_path: Path) -> None:

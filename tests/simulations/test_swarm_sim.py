@@ -119,6 +119,7 @@ def test_release_day_at_24_nodes_keeps_the_origin_rationed() -> None:
     assert got["all_verified"] is True and got["penalties"] == 0
     assert int(str(got["origin_refused"])) > 0  # the cap was in play
     assert float(str(got["origin_copies"])) <= 2.0
+    assert float(str(got["origin_share"])) <= 0.05  # the repeat window (1.36 copies without)
     assert 1.0 <= float(str(got["bound_ratio"])) <= 1.5
 
 
@@ -127,11 +128,16 @@ def test_the_origin_cap_is_the_coordinators_and_a_flag(
 ) -> None:
     from coordinator.origin import DEFAULT_MAX_DOWNLOADERS
 
+    from coordinator.origin import DEFAULT_REPEAT_WINDOW
+
     got = run_cli(TINY, capsys)
     assert got["origin_max_downloaders"] == DEFAULT_MAX_DOWNLOADERS
-    one = run_cli([*TINY, "--origin-max-downloaders", "1"], capsys)
+    assert got["origin_repeat_window"] == DEFAULT_REPEAT_WINDOW
+    off = run_cli([*TINY, "--origin-repeat-window", "0"], capsys)
+    assert off["origin_repeats_refused"] == 0 and off["all_verified"] is True
+    one = run_cli([*TINY, "--origin-max-downloaders", "1", "--origin-repeat-window", "0"], capsys)
     assert one["origin_max_downloaders"] == 1 and one["all_verified"] is True
-    assert int(str(one["origin_refused"])) > int(str(got["origin_refused"]))
+    assert int(str(one["origin_refused"])) > int(str(off["origin_refused"]))
 
 
 @dataclass(kw_only=True, eq=False)
