@@ -70,8 +70,9 @@ GEAR: Final[tuple[int, ...]] = tuple(
 )
 #: Bits a mask may use: the top 48 of the word.
 _MASK_SPAN: Final = 48
-#: Bytes hashed per numpy block (8 B of hash per byte: ~32 MiB of working memory per array).
-_BLOCK: Final = 4 * 1024 * 1024
+#: Bytes hashed per numpy block (8 B of hash per byte: 8 MiB arrays stay nearer the caches;
+#: 1 MiB measured ~1.5x faster than 4 MiB).
+_BLOCK: Final = 1024 * 1024
 
 
 class CdcError(P2PUpdateError):

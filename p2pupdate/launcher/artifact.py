@@ -390,6 +390,40 @@ def slot_platform(python: str, dist_tags: list[tuple[str, ...]]) -> str:
     return f"{python}-{'+'.join(sorted(every))}"
 
 
+def node_platforms() -> frozenset[str]:
+    """The platform tags this interpreter can run, as ``gates.platform_supported`` compares
+    them with a release record's ``platform``: ``<python>-any``, and on glibc Linux
+    ``<python>-manylinux_2_<y>_<arch>`` for every ``y`` up to this glibc (with the legacy
+    manylinux1/2010/2014 aliases) and ``<python>-linux_<arch>``.
+
+    Without ``packaging`` (a slot carries only runtime dependencies): the tags are made
+    from ``sys.implementation``, ``platform.machine()`` and ``os.confstr``.
+    """
+    import platform
+    import sys
+
+    impl = {"cpython": "cp", "pypy": "pp"}.get(sys.implementation.name, sys.implementation.name)
+    python = f"{impl}{sys.version_info.major}{sys.version_info.minor}"
+    tags = {f"{python}-any"}
+    arch = platform.machine().lower().replace("-", "_")
+    if sys.platform.startswith("linux") and arch:
+        tags.add(f"{python}-linux_{arch}")
+        try:
+            libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except (ValueError, OSError):
+            libc = ""
+        m = re.fullmatch(r"glibc (\d+)\.(\d+).*", libc)
+        if m and int(m.group(1)) == 2:
+            top = int(m.group(2))
+            tags.update(f"{python}-manylinux_2_{y}_{arch}" for y in range(top + 1))
+            tags.update(
+                f"{python}-{alias}_{arch}"
+                for alias, (_major, minor) in _LEGACY_MANYLINUX.items()
+                if minor <= top
+            )
+    return frozenset(tags)
+
+
 def _wheel_tags(dist: Any) -> tuple[str, ...]:
     text = dist.read_text("WHEEL") or ""
     return tuple(

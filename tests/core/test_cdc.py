@@ -81,7 +81,7 @@ def test_numpy_agrees_with_the_reference(seed: int) -> None:
 
 
 def test_numpy_agrees_across_block_edges() -> None:
-    """Windows that straddle the numpy block size (4 MiB) hash the same as anywhere else."""
+    """Windows that straddle the numpy block size hash the same as anywhere else."""
     data = noise(cdc._BLOCK + 100_000, seed=4)
     ref = boundaries_reference(data[cdc._BLOCK - 50_000 :], SMALL)
     got = boundaries(data[cdc._BLOCK - 50_000 :], SMALL)

@@ -28,6 +28,7 @@ from p2pupdate.launcher.artifact import (
     Deps,
     build_artifact,
     build_tar,
+    node_platforms,
     project_requirements,
     sha256_hex,
     slot_platform,
@@ -221,3 +222,17 @@ print(json.dumps({{"outside": outside, "failed": failed, "count": len(sys.module
     assert result["outside"] == []
     assert result["failed"] == {}
     assert result["count"] > 300
+
+
+def test_this_node_can_run_what_this_machine_builds() -> None:
+    """The platform a build records is among the tags the same interpreter says it runs
+    (what gate 1 checks on a node), and another platform is not."""
+    from p2pupdate.core.gates import platform_supported
+
+    supported = node_platforms()
+    built = Deps.collect(SMALL).platform
+    assert platform_supported(built, supported), (built, sorted(supported)[:5])
+    assert platform_supported(f"cp{sys.version_info.major}{sys.version_info.minor}-any", supported)
+    assert not platform_supported("cp311-macosx_11_0_arm64", supported)
+    assert not platform_supported("cp27-manylinux_2_17_x86_64", supported)
+    assert not platform_supported(built.replace("manylinux_2_", "manylinux_9_"), supported)
