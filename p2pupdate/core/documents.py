@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final, Generic, TypeVar
@@ -207,6 +208,26 @@ class Root(Document):
 # -- release ----------------------------------------------------------------------------
 
 
+#: A build's platform: ``<python>-<platform>[+<platform>...]`` in wheel-tag characters, as
+#: ``launcher.artifact.slot_platform`` names a self-contained build
+#: (``cp311-manylinux_2_34_x86_64``, ``cp311-any``).
+_PLATFORM_RE: Final = re.compile(r"[a-z0-9]{1,16}-[a-z0-9_.]{1,64}(?:\+[a-z0-9_.]{1,64}){0,7}")
+MAX_PLATFORM_LEN: Final = 256
+
+
+def _platform(name: str, v: Any) -> str:
+    text: str = wire.text(MAX_PLATFORM_LEN, nonempty=True)(name, v)
+    if not _PLATFORM_RE.fullmatch(text):
+        raise SchemaError(f"field {name!r}: not a platform tag like cp311-manylinux_2_17_x86_64")
+    return text
+
+
+#: Optional release fields: absent on the wire means "none" (a build of our code alone,
+#: which runs wherever Python does), so a record without one keeps the bytes and
+#: signatures it had before self-contained builds existed.
+_RELEASE_OPTIONAL: Final[dict[str, wire.Check]] = {"platform": _platform}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Release(Document):
     """A build, as the release key vouches for it: hash, length, counter, chunk hashes."""
@@ -230,9 +251,35 @@ class Release(Document):
     length: int
     chunk_size: int
     chunks: tuple[bytes, ...]
+    #: The platform a self-contained build needs (its ``deps/SLOT.json`` ``platform``);
+    #: "" for a build of our code alone.  Gate 1 refuses a build for another platform
+    #: (``gates.platform_supported``, reason ``wrong-platform``).
+    platform: str = ""
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            raise SchemaError(f"{cls.TYPE}: expected a map, got {type(obj).__name__}")
+        base = {k: v for k, v in obj.items() if k not in _RELEASE_OPTIONAL}
+        values = wire.check_fields(base, cls.FIELDS, where=cls.TYPE)
+        for k, check in _RELEASE_OPTIONAL.items():
+            if k in obj:
+                values[k] = check(k, obj[k])  # nonempty: "none" is the absent key
+        doc = cls(**values)
+        doc.validate()
+        return doc
+
+    def to_obj(self) -> dict[str, Any]:
+        obj = super().to_obj()
+        for k in _RELEASE_OPTIONAL:
+            if not obj[k]:
+                del obj[k]
+        return obj
 
     def validate(self) -> None:
         super().validate()
+        if self.platform:
+            _platform("platform", self.platform)
         if self.counter < 1:
             raise SchemaError("release: counter starts at 1")
         if not MIN_CHUNK <= self.chunk_size <= MAX_CHUNK:
@@ -248,7 +295,15 @@ class Release(Document):
 
     @classmethod
     def for_bytes(
-        cls, data: bytes, *, name: str, counter: int, chunk_size: int, issued: int, expires: int
+        cls,
+        data: bytes,
+        *,
+        name: str,
+        counter: int,
+        chunk_size: int,
+        issued: int,
+        expires: int,
+        platform: str = "",
     ) -> Release:
         """The release record of an artifact held in memory (tests; the CLI streams)."""
         chunks = tuple(
@@ -264,14 +319,16 @@ class Release(Document):
             chunks=chunks,
             issued=issued,
             expires=expires,
+            platform=platform,
         )
         doc.validate()
         return doc
 
     def describe(self) -> str:
+        on = f", for {self.platform}" if self.platform else ""
         return (
             f"release {self.name!r} counter {self.counter} artifact {self.artifact[:16]}... "
-            f"({self.length} bytes, {len(self.chunks)} chunks)"
+            f"({self.length} bytes, {len(self.chunks)} chunks{on})"
         )
 
 

@@ -13,7 +13,7 @@ monotone in the fraction for a fixed seed, so widening 5% -> 25% keeps the first
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Final
 
@@ -25,6 +25,9 @@ GATE_CAPACITY: Final = "capacity"
 #: Gate 1's "no" when the allowlist names an artifact whose release record is not held yet
 #: (the updater waits for ``ReleaseLearned``, not a whole check interval).
 NO_RELEASE_RECORD: Final = "no-release-record"
+
+#: Gate 1's "no" for a self-contained build made for another platform than this node's.
+WRONG_PLATFORM: Final = "wrong-platform"
 
 FRACTION_DOMAIN: Final = b"p2pupdate/scope-fraction\x00"
 _TWO_64: Final = 1 << 64
@@ -110,6 +113,22 @@ def is_upgrade(counter: int, installed_counter: int | None) -> bool:
     return installed_counter is None or counter > installed_counter
 
 
+def platform_supported(required: str, supported: Set[str]) -> bool:
+    """Whether a node that can run the platform tags ``supported`` can run a build that
+    needs ``required`` (a release record's ``platform``).
+
+    ``required`` is ``<python>-<platform>[+<platform>...]`` (``cp311-manylinux_2_34_x86_64``);
+    every ``<python>-<platform>`` it joins must be in ``supported``, which the shell lists
+    from the running interpreter (``launcher.artifact.node_platforms``: ``cp311-any`` and
+    ``cp311-manylinux_2_0_x86_64`` ... up to its glibc).  "" (a build of our code alone)
+    runs anywhere.
+    """
+    if not required:
+        return True
+    python, _, platforms = required.partition("-")
+    return all(f"{python}-{p}" in supported for p in platforms.split("+"))
+
+
 def installed_floor(installed: Release | None, installed_counter: int | None) -> int | None:
     """The counter a candidate must be above: the higher of what is known of the install.
 
@@ -133,8 +152,14 @@ def allowlisted(
     installed: Release | None = None,
     installed_counter: int | None = None,
     scope: Scope | None = None,
+    platforms: Set[str] | None = None,
 ) -> GateResult:
     """Gate 1: the exact artifact is on an unexpired allowlist and has a release record.
+
+    With ``platforms`` (the tags this node can run), a release whose ``platform`` is not
+    among them is refused as ``wrong-platform``: its dependencies would not load here, so
+    moving to it could only end in a rollback.  None skips the check (callers that do not
+    know the node's platform: the coordinator, the simulator).
 
     A release with a counter not above the installed one (``installed_floor``) is a
     downgrade and passes only when ``scope`` is a ``force`` scope naming exactly this
@@ -154,6 +179,12 @@ def allowlisted(
         return _no(g, NO_RELEASE_RECORD, f"{artifact[:16]}... has no signed release record")
     if now > release.expires + SKEW:
         return _no(g, "release-expired", f"release {release.name!r} record expired")
+    if platforms is not None and not platform_supported(release.platform, platforms):
+        return _no(
+            g,
+            WRONG_PLATFORM,
+            f"release {release.name!r} is built for {release.platform}, which this node cannot run",
+        )
     floor = installed_floor(installed, installed_counter)
     if not is_upgrade(release.counter, floor):
         forced = scope is not None and scope.force and scope.artifact == artifact
@@ -245,12 +276,14 @@ def choose_target(
     scope: Scope | None,
     now: int,
     installed_counter: int | None = None,
+    platforms: Set[str] | None = None,
 ) -> Target:
     """The candidate is the artifact the current scope names; both gates must pass.
 
     Gate 2 is evaluated even when gate 1 fails, so an operator sees every reason at once.
     ``installed`` is the running build's release record if the node holds it, and
-    ``installed_counter`` the counter its slot records (see ``installed_floor``).
+    ``installed_counter`` the counter its slot records (see ``installed_floor``);
+    ``platforms`` the tags this node can run (see ``allowlisted``).
     """
     if scope is None:
         res = in_scope(node_id, "", scope=None, now=now)
@@ -267,6 +300,7 @@ def choose_target(
         installed=installed,
         installed_counter=installed_counter,
         scope=scope,
+        platforms=platforms,
     )
     r2 = in_scope(node_id, artifact, scope=scope, now=now)
     ok = r1.ok and r2.ok

@@ -140,40 +140,344 @@ def _entries(root: Path, packages: tuple[str, ...]) -> list[tuple[str, Path]]:
     return found
 
 
-def build_artifact(
-    root: Path, version: str | None = None, *, packages: tuple[str, ...] = PACKAGES
-) -> bytes:
-    """The deterministic ``.tar.gz`` of ``root/p2pupdate`` (+ ``root/coordinator``).
+def _code_files(
+    root: Path, version: str | None, packages: tuple[str, ...]
+) -> dict[str, tuple[bytes, int] | None]:
+    """Our own source: ``{archive name: (bytes, mode)}``, None for a directory."""
+    out: dict[str, tuple[bytes, int] | None] = {}
+    for name, path in _entries(root, packages):
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            out[name] = None
+        elif stat.S_ISREG(st.st_mode):
+            data = path.read_bytes()
+            if name == VERSION_FILE and version is not None:
+                data = version_file_text(version)
+            out[name] = (data, 0o755 if st.st_mode & 0o111 else 0o644)
+        else:
+            raise BuildError(f"{path}: not a regular file or directory (links are not built)")
+    return out
 
-    ``version`` replaces ``p2pupdate/_version.py``; None keeps the tree's own.
+
+def build_tar(
+    root: Path,
+    version: str | None = None,
+    *,
+    packages: tuple[str, ...] = PACKAGES,
+    deps: Deps | None = None,
+) -> bytes:
+    """The deterministic, *uncompressed* tar of a build (what content-defined chunks cut).
+
+    Without ``deps``: ``root/p2pupdate`` (+ ``root/coordinator``).  With ``deps`` (a
+    self-contained build, ``Deps.collect``): also every runtime dependency's files under
+    ``deps/`` and the build manifest ``deps/SLOT.json``.  ``version`` replaces
+    ``p2pupdate/_version.py``; None keeps the tree's own.
     """
     if version is not None:
         check_version(version)
     if not (root / "p2pupdate" / "__init__.py").is_file():
         raise BuildError(f"{root}: no p2pupdate/__init__.py here (use the repository root)")
+    files = _code_files(root, version, packages)
+    if deps is not None:
+        files.update(deps.files)
+        files[MANIFEST_FILE] = (deps.manifest(version or read_version(root / "p2pupdate")), 0o644)
+        for name in list(files):  # every parent directory of a dependency file, once
+            parts = name.split("/")
+            for depth in range(1, len(parts)):
+                files.setdefault("/".join(parts[:depth]), None)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, path in _entries(root, packages):
-            st = path.lstat()
+        for name in sorted(files):
+            entry = files[name]
             info = tarfile.TarInfo(name)
             info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            if stat.S_ISDIR(st.st_mode):
+            if entry is None:
                 info.type = tarfile.DIRTYPE
                 info.mode = 0o755
                 tar.addfile(info)
-            elif stat.S_ISREG(st.st_mode):
-                data = path.read_bytes()
-                if name == VERSION_FILE and version is not None:
-                    data = version_file_text(version)
+            else:
+                data, info.mode = entry
                 info.type = tarfile.REGTYPE
-                info.mode = 0o755 if st.st_mode & 0o111 else 0o644
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-            else:
-                raise BuildError(f"{path}: not a regular file or directory (links are not built)")
-    return gzip.compress(raw.getvalue(), compresslevel=9, mtime=0)
+    return raw.getvalue()
+
+
+def build_artifact(
+    root: Path,
+    version: str | None = None,
+    *,
+    packages: tuple[str, ...] = PACKAGES,
+    deps: Deps | None = None,
+) -> bytes:
+    """The deterministic ``.tar.gz`` of ``build_tar`` (gzip level 9 for our code alone, 6
+    for a self-contained build, whose ~200 MB level 9 would take minutes for ~1% less)."""
+    level = 9 if deps is None else 6
+    return gzip.compress(
+        build_tar(root, version, packages=packages, deps=deps), compresslevel=level, mtime=0
+    )
+
+
+# -- self-contained builds: the runtime dependencies, from the build environment ----------
+
+
+#: Where a self-contained slot keeps its dependencies (the daemon's ``sys.path`` is the
+#: slot and ``slot/deps``), and the build manifest in it.
+DEPS_DIR: Final = "deps"
+MANIFEST_FILE: Final = "deps/SLOT.json"
+#: The top-level directories of a self-contained slot (``unpack_into(allowed_top=...)``).
+SLOT_TOPS: Final = (*PACKAGES, DEPS_DIR)
+#: Caps for a self-contained artifact (numpy, cryptography, PyAV...: ~220 MB unpacked).
+SELF_CONTAINED_LIMITS: Final = UnpackLimits(
+    max_artifact_bytes=512 * 1024 * 1024,
+    max_total_bytes=1024 * 1024 * 1024,
+    max_file_bytes=256 * 1024 * 1024,
+    max_entries=50_000,
+)
+#: Installer bookkeeping that differs between two installs of the same wheel (who installed
+#: it, from where, the RECORD of paths and hashes): left out of the slot.
+_VARYING_DIST_FILES: Final = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+_MANYLINUX: Final = re.compile(r"^manylinux_(\d+)_(\d+)_(\w+)$")
+_LEGACY_MANYLINUX: Final = {
+    "manylinux1": (2, 5),
+    "manylinux2010": (2, 12),
+    "manylinux2014": (2, 17),
+}
+
+
+class DistInfo(NamedTuple):
+    """One dependency as built into a slot."""
+
+    name: str
+    version: str
+    #: The wheel tags its ``WHEEL`` file lists (``cp311-abi3-manylinux_2_28_x86_64``).
+    tags: tuple[str, ...]
+
+
+class Deps(NamedTuple):
+    """The runtime dependencies of a self-contained build, read from installed dists."""
+
+    dists: tuple[DistInfo, ...]
+    #: ``{"deps/<path in site-packages>": (bytes, mode)}``.
+    files: dict[str, tuple[bytes, int]]
+    #: ``cp311`` -- the interpreter the slot is built for.
+    python: str
+    #: The one platform name a node compares with its own (see ``slot_platform``).
+    platform: str
+
+    @classmethod
+    def collect(
+        cls,
+        requirements: list[str],
+        *,
+        search_path: list[str] | None = None,
+    ) -> Deps:
+        """Every distribution ``requirements`` need (their markers evaluated for this
+        interpreter), found on ``search_path`` (default ``sys.path``; the first match of a
+        name wins, so a directory put first overrides one dependency's version), with its
+        files as installed there -- pinned to the installed versions, no network."""
+        import sys
+
+        try:
+            from packaging.markers import default_environment
+            from packaging.requirements import InvalidRequirement, Requirement
+            from packaging.tags import interpreter_name, interpreter_version
+            from packaging.utils import canonicalize_name
+        except ImportError:  # pragma: no cover - every venv with pip's build deps has it
+            raise BuildError("a self-contained build needs the 'packaging' module") from None
+        from importlib import metadata
+
+        path = list(sys.path if search_path is None else search_path)
+        env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+        found: dict[str, metadata.Distribution] = {}
+        extras_of: dict[str, set[str]] = {}
+        pending = list(requirements)
+        while pending:
+            text = pending.pop()
+            try:
+                req = Requirement(text)
+            except InvalidRequirement as exc:
+                raise BuildError(f"requirement {text!r}: {exc}") from None
+            if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+                continue  # not for this interpreter or platform
+            key = str(canonicalize_name(req.name))
+            wanted = extras_of.setdefault(key, set())
+            if key in found and req.extras <= wanted:
+                continue
+            wanted.update(req.extras)
+            dist = found.get(key)
+            if dist is None:
+                dist = next(iter(metadata.distributions(name=req.name, path=path)), None)
+            if dist is None:
+                raise BuildError(f"dependency {req.name!r} is not installed on the build path")
+            if not req.specifier.contains(dist.version, prereleases=True):
+                raise BuildError(f"{req.name} {dist.version} is installed, {text!r} is required")
+            found[key] = dist
+            for sub in dist.requires or []:
+                sreq = Requirement(sub)
+                if sreq.marker is None or any(
+                    sreq.marker.evaluate({**env, "extra": e}) for e in ("", *sorted(wanted))
+                ):
+                    sreq.marker = None
+                    pending.append(str(sreq))
+        files: dict[str, tuple[bytes, int]] = {}
+        dists: list[DistInfo] = []
+        for key in sorted(found):
+            dist = found[key]
+            dists.append(DistInfo(key, dist.version, _wheel_tags(dist)))
+            for name, entry in _dist_files(dist).items():
+                if files.setdefault(name, entry) != entry:
+                    raise BuildError(f"{name}: two dependencies install different files here")
+        python = interpreter_name() + interpreter_version()
+        return cls(tuple(dists), files, python, slot_platform(python, [d.tags for d in dists]))
+
+    def manifest(self, version: str | None) -> bytes:
+        """``deps/SLOT.json``: canonical JSON (sorted keys, no spaces), so it is as
+        reproducible as the rest of the build."""
+        import json
+
+        doc = {
+            "format": 1,
+            "version": version,
+            "python": self.python,
+            "platform": self.platform,
+            "dists": [
+                {"name": d.name, "version": d.version, "tags": list(d.tags)} for d in self.dists
+            ],
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def slot_platform(python: str, dist_tags: list[tuple[str, ...]]) -> str:
+    """The platform a slot needs, as one wheel-style tag: ``<python>-<platform>``.
+
+    ``any`` when every dependency is pure Python; else the most demanding platform among the
+    binary wheels: for manylinux wheels, the highest glibc that some dependency needs at
+    least (a wheel tagged 2_27 *and* 2_28 needs only 2.27), e.g.
+    ``cp311-manylinux_2_34_x86_64``; one binary wheel of another kind (musllinux, macOS,
+    plain ``linux_x86_64``) makes it the sorted ``+``-joined set of those tags.
+    """
+    platforms: set[str] = set()
+    glibc: tuple[int, int] = (0, 0)
+    arches: set[str] = set()
+    for tags in dist_tags:
+        plats = {t.split("-")[-1] for t in tags}
+        if not plats or plats == {"any"}:
+            continue
+        need: tuple[int, int] | None = None
+        for plat in sorted(plats):
+            for one in plat.split("."):
+                m = _MANYLINUX.match(one)
+                legacy = one.split("_", 1)
+                if m:
+                    v, arch = (int(m.group(1)), int(m.group(2))), m.group(3)
+                elif legacy[0] in _LEGACY_MANYLINUX and len(legacy) == 2:
+                    v, arch = _LEGACY_MANYLINUX[legacy[0]], legacy[1]
+                else:
+                    platforms.add(one)
+                    continue
+                arches.add(arch)
+                need = v if need is None else min(need, v)
+        if need is not None:
+            glibc = max(glibc, need)
+    if arches and not platforms and len(arches) == 1:
+        return f"{python}-manylinux_{glibc[0]}_{glibc[1]}_{arches.pop()}"
+    if not arches and not platforms:
+        return f"{python}-any"
+    every = platforms | {f"manylinux_{glibc[0]}_{glibc[1]}_{a}" for a in arches}
+    return f"{python}-{'+'.join(sorted(every))}"
+
+
+def node_platforms() -> frozenset[str]:
+    """The platform tags this interpreter can run, as ``gates.platform_supported`` compares
+    them with a release record's ``platform``: ``<python>-any``, and on glibc Linux
+    ``<python>-manylinux_2_<y>_<arch>`` for every ``y`` up to this glibc (with the legacy
+    manylinux1/2010/2014 aliases) and ``<python>-linux_<arch>``.
+
+    Without ``packaging`` (a slot carries only runtime dependencies): the tags are made
+    from ``sys.implementation``, ``platform.machine()`` and ``os.confstr``.
+    """
+    import platform
+    import sys
+
+    impl = {"cpython": "cp", "pypy": "pp"}.get(sys.implementation.name, sys.implementation.name)
+    python = f"{impl}{sys.version_info.major}{sys.version_info.minor}"
+    tags = {f"{python}-any"}
+    arch = platform.machine().lower().replace("-", "_")
+    if sys.platform.startswith("linux") and arch:
+        tags.add(f"{python}-linux_{arch}")
+        try:
+            libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except (ValueError, OSError):
+            libc = ""
+        m = re.fullmatch(r"glibc (\d+)\.(\d+).*", libc)
+        if m and int(m.group(1)) == 2:
+            top = int(m.group(2))
+            tags.update(f"{python}-manylinux_2_{y}_{arch}" for y in range(top + 1))
+            tags.update(
+                f"{python}-{alias}_{arch}"
+                for alias, (_major, minor) in _LEGACY_MANYLINUX.items()
+                if minor <= top
+            )
+    return frozenset(tags)
+
+
+def _wheel_tags(dist: Any) -> tuple[str, ...]:
+    text = dist.read_text("WHEEL") or ""
+    return tuple(
+        sorted(
+            line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Tag:")
+        )
+    )
+
+
+def _dist_files(dist: Any) -> dict[str, tuple[bytes, int]]:
+    """The files a distribution installed into its site directory (RECORD's list), less
+    bytecode and the installer's bookkeeping; ``deps/<path>`` -> ``(bytes, mode)``."""
+    listed = dist.files
+    if listed is None:
+        raise BuildError(
+            f"{dist.metadata['Name']}: installed without a RECORD (cannot list its files)"
+        )
+    out: dict[str, tuple[bytes, int]] = {}
+    for rel in listed:
+        parts = rel.parts
+        if not parts or ".." in parts or parts[0] == "/":
+            continue  # console scripts and data installed outside the site directory
+        if "__pycache__" in parts or rel.name.endswith((".pyc", ".pyo")):
+            continue
+        if parts[0].endswith(".dist-info") and rel.name in _VARYING_DIST_FILES:
+            continue
+        path = Path(dist.locate_file(rel))
+        try:
+            st = path.stat()
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BuildError(
+                f"{path}: listed in {dist.metadata['Name']}'s RECORD, unreadable: {exc}"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise BuildError(f"{path}: not a regular file")
+        out[f"{DEPS_DIR}/{rel.as_posix()}"] = (data, 0o755 if st.st_mode & 0o111 else 0o644)
+    return out
+
+
+def project_requirements(root: Path) -> list[str]:
+    """``[project] dependencies`` of ``root/pyproject.toml``: what a slot must carry."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads((root / "pyproject.toml").read_text())
+        deps = doc["project"]["dependencies"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as exc:
+        raise BuildError(f"{root / 'pyproject.toml'}: no [project] dependencies ({exc})") from None
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        raise BuildError(
+            f"{root / 'pyproject.toml'}: [project] dependencies is not a list of strings"
+        )
+    return deps
 
 
 # -- verify and unpack --------------------------------------------------------------------

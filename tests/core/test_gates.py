@@ -7,6 +7,7 @@ fixed seed (widening 5% -> 25% keeps the first 5% in) and close to the fraction 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 
@@ -15,6 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core import gates
+from p2pupdate.core.documents import Release
+from p2pupdate.core.errors import SchemaError
 
 from .harness import DAY, HOUR, NOW, Network, node_id
 
@@ -334,3 +337,55 @@ def test_gate_result_says_why() -> None:
     res = gates.in_scope(node_id(1), "ab" * 32, scope=None, now=NOW)
     assert str(res) == "scope refused (no-scope): no verified scope token"
     assert res.retry_after is None
+
+
+# -- platform (self-contained builds) ---------------------------------------------------------
+
+X86 = frozenset(
+    {"cp311-any", "cp311-linux_x86_64"} | {f"cp311-manylinux_2_{y}_x86_64" for y in range(36)}
+)
+
+
+def test_platform_supported() -> None:
+    assert gates.platform_supported("", frozenset())  # our code alone runs anywhere
+    assert gates.platform_supported("cp311-any", X86)
+    assert gates.platform_supported("cp311-manylinux_2_34_x86_64", X86)
+    assert not gates.platform_supported("cp311-manylinux_2_39_x86_64", X86)  # newer glibc
+    assert not gates.platform_supported("cp312-manylinux_2_17_x86_64", X86)  # other python
+    assert not gates.platform_supported("cp311-manylinux_2_17_aarch64", X86)  # other arch
+    assert gates.platform_supported("cp311-linux_x86_64+manylinux_2_17_x86_64", X86)
+    assert not gates.platform_supported("cp311-manylinux_2_17_x86_64+macosx_11_0_arm64", X86)
+
+
+def test_gate_1_refuses_a_build_for_another_platform(fleet: Fleet) -> None:
+    """Its own reason, distinct from every other refusal; unchecked when the caller does not
+    know the node's platform (None), and a record without a platform runs anywhere."""
+    arm = dataclasses.replace(fleet.r6, platform="cp311-manylinux_2_17_aarch64")
+    x86 = dataclasses.replace(fleet.r6, platform="cp311-manylinux_2_17_x86_64")
+    scope = fleet.net.scope_doc(fleet.r6.artifact)
+    t = fleet.choose(releases={**fleet.releases, arm.artifact: arm}, scope=scope, platforms=X86)
+    assert reasons(t)[0] == ("allowlist", False, gates.WRONG_PLATFORM)
+    assert "cp311-manylinux_2_17_aarch64" in t.results[0].detail
+    assert not t.ok
+    t = fleet.choose(releases={**fleet.releases, x86.artifact: x86}, scope=scope, platforms=X86)
+    assert reasons(t)[0] == ("allowlist", True, "allowlisted") and t.ok
+    t = fleet.choose(releases={**fleet.releases, arm.artifact: arm}, scope=scope)
+    assert t.ok  # platforms=None: not checked
+    t = fleet.choose(scope=scope, platforms=frozenset())
+    assert t.ok  # fleet.r6 has no platform
+
+
+def test_release_platform_is_optional_on_the_wire(fleet: Fleet) -> None:
+    """A record without a platform keeps the exact bytes it had before the field existed;
+    one with a platform round-trips; a malformed one is a SchemaError."""
+    plain = fleet.r6
+    assert "platform" not in plain.to_obj()
+    assert Release.from_payload(plain.to_payload()) == plain
+    tagged = dataclasses.replace(plain, platform="cp311-manylinux_2_34_x86_64")
+    assert tagged.to_obj()["platform"] == "cp311-manylinux_2_34_x86_64"
+    assert Release.from_payload(tagged.to_payload()) == tagged
+    assert "for cp311-manylinux_2_34_x86_64" in tagged.describe()
+    for bad in ("", "x", "cp311-", "CP311-any", "cp311-any;rm", 7, "cp311-" + "a" * 300):
+        obj = {**plain.to_obj(), "platform": bad}
+        with pytest.raises(SchemaError):
+            Release.from_obj(obj)
