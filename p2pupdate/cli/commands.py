@@ -70,6 +70,7 @@ def default_chunk_size(length: int) -> int:
         chunk *= 2
     return min(chunk, docs.MAX_CHUNK)
 
+
 # -- keys -------------------------------------------------------------------------------
 
 

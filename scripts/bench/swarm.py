@@ -496,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object (the default)")
     ap.add_argument("--nodes", type=int, default=24, help="nodes (default 24, at most 48)")
     ap.add_argument("--artifact-mib", type=float, default=16.0, help="artifact size (16)")
-    ap.add_argument("--chunk-kib", type=int, default=64, help="chunk and piece size (64: our default)")
+    ap.add_argument(
+        "--chunk-kib", type=int, default=64, help="chunk and piece size (64: our default)"
+    )
     ap.add_argument("--origin-up", type=rate, default=rate("2M"), help="origin uplink (2M)")
     ap.add_argument("--peer-up", type=rate, default=rate("512k"), help="peer uplink (512k)")
     ap.add_argument("--peer-down", type=rate, default=rate("2.5M"), help="downlink (2.5M)")

@@ -126,9 +126,7 @@ def test_release_day_at_24_nodes_keeps_the_origin_rationed() -> None:
 def test_the_origin_cap_is_the_coordinators_and_a_flag(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from coordinator.origin import DEFAULT_MAX_DOWNLOADERS
-
-    from coordinator.origin import DEFAULT_REPEAT_WINDOW
+    from coordinator.origin import DEFAULT_MAX_DOWNLOADERS, DEFAULT_REPEAT_WINDOW
 
     got = run_cli(TINY, capsys)
     assert got["origin_max_downloaders"] == DEFAULT_MAX_DOWNLOADERS
