@@ -102,7 +102,8 @@ are plain arrays.  ``retry_after`` is the time until the earliest lease that blo
 ask expires, clamped to ``[min_retry, base_retry]`` (leases usually end sooner, on the
 node's "rejoined" report); the exact end of warm-up; ``base_retry`` for a stale
 aggregate; ``paused_retry`` for a pause (an operator must act; a nudge brings nodes back
-sooner).  The queue position is a batch notion: the 1-based rank of a refusal among the
+sooner).  The service's queue of refused nodes then grows a queued refusal's wait with its
+place (``policy_queue.queued_retry``, up to ``queue_retry_max``).  The queue position is a batch notion: the 1-based rank of a refusal among the
 refused asks of the same batch, in ask-time order.
 
 Batches: every ask of a batch is decided at the batch's ``now`` (leases run from ``now``);
@@ -227,7 +228,9 @@ class PolicyConfig:
     #: (``policy_queue.queued_retry``): a node further back than the blocking leases
     #: waits ``position x queue_hold / leases``, within ``[base_retry, queue_retry_max]``.
     #: At most ``base_retry``: no growth (every queued node asks again within it).
-    queue_retry_max: float = 60.0
+    #: Measured at 100k nodes, 20 leases, ~40,000 nodes waiting: 1800 s takes the asks
+    #: from 219/s to 14/s on average with the same share updated (simulations/README.md).
+    queue_retry_max: float = 1800.0
     #: A typical lease hold (seconds from grant to "rejoined": drain, restart, health
     #: check), the time one slot takes to serve one node of the queue.
     queue_hold: float = 90.0
@@ -244,7 +247,10 @@ class PolicyConfig:
     #: How much of a departure still in flight the breaker's share counts
     #: (``breaker_attempted``): 1, every node granted a departure to the artifact; 0,
     #: only the nodes whose move is known to have ended (reported rejoined or failed).
-    breaker_in_flight: float = 1.0
+    #: Measured at 100k nodes without a canary: 0 pauses a 5% build after 4,931 grants
+    #: (1: never) and a 10% one after 160 (1: 1,160), and paused none of 36 runs with a
+    #: 1-3% background failure rate (simulations/README.md).
+    breaker_in_flight: float = 0.0
 
     lease_share: int = field(init=False, compare=False)
     emergency_share: int = field(init=False, compare=False)

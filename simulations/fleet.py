@@ -96,8 +96,10 @@ class Fleet:
         self.cohort = np.zeros(n, dtype=np.bool_)
         self.updated = 0
         self.updated_cohort = 0
-        #: Nodes whose move's outcome reached the coordinator (rejoined or rolled back).
+        #: Nodes whose move's outcome reached the coordinator (rejoined or rolled back),
+        #: and how many when the breaker paused.
         self.outcomes = 0
+        self.outcomes_at_pause = 0
         self.denied = 0
         self.stage_done = -1
         self.activity = dict.fromkeys(
@@ -397,6 +399,7 @@ class Fleet:
                 rec.paused_at = when
                 rec.attempted_at_pause = rec.attempted
                 rec.failures_at_pause = rec.failures
+                self.outcomes_at_pause = min(known, rec.attempted)
                 self.policy.pause()
         self.outcomes = before + len(times) + len(rejoined)
 

@@ -131,14 +131,15 @@ def test_the_array_form_refuses_negative_positions() -> None:
 # -- the breaker's share of outcomes --------------------------------------------------------
 
 OUTCOMES = PolicyConfig(breaker_in_flight=0.0)
+GRANTS = PolicyConfig(breaker_in_flight=1.0)  # as before
 
 
 def test_the_share_is_of_the_grants_or_of_the_outcomes() -> None:
-    assert breaker_attempted(1160, 100, PolicyConfig()) == 1160
+    assert breaker_attempted(1160, 100, GRANTS) == 1160
     assert breaker_attempted(1160, 100, OUTCOMES) == 100
     assert breaker_attempted(1160, 100, PolicyConfig(breaker_in_flight=0.5)) == 100 + 530
     # 10 failures among 100 outcomes of 1160 grants: paused only by the outcomes' share
-    assert not breaker_tripped(10, breaker_attempted(1160, 100, PolicyConfig()), PolicyConfig())
+    assert not breaker_tripped(10, breaker_attempted(1160, 100, GRANTS), GRANTS)
     assert breaker_tripped(10, breaker_attempted(1160, 100, OUTCOMES), OUTCOMES)
     with pytest.raises(ValueError, match="outcomes"):
         breaker_attempted(3, 4, OUTCOMES)
@@ -214,7 +215,7 @@ def test_the_breakers_count_outcomes_of_their_own_leases_and_read_them_back(
     assert breakers.failed("n6", A, "probation", nonce=nonces["n6"], scope_serial=1)
     assert "2 of 3 nodes" in b.reason  # of the outcomes, not of the 60 grants
     # the grants' share would not have paused yet: 2 failures < ceil(5% of 60) = 3
-    assert not breaker_tripped(2, 60, PolicyConfig())
+    assert not breaker_tripped(2, 60, GRANTS)
     store.flush()
     again = Breakers(store=store, wall=lambda: 1001.0, config=OUTCOMES, who=who)
     # read back: the audit's rejoined (n0, n3, n4) and the failures (n5, n6), of the grants
@@ -338,8 +339,12 @@ async def test_no_nudge_at_reconnect_when_switched_off(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
-def test_the_service_default_nudges_at_reconnect() -> None:
+def test_the_adopted_defaults() -> None:
+    """What the comparison adopted (simulations/README.md, the proposals sweep)."""
     from coordinator.service import ServiceConfig
 
     fields = {f.name: f for f in dataclasses.fields(ServiceConfig)}
     assert fields["nudge_on_connect"].default is True
+    default = PolicyConfig()
+    assert default.queue_retry_max == 1800.0 and policy_queue.grows(default)
+    assert default.breaker_in_flight == 0.0
