@@ -21,6 +21,11 @@ expired or of another network, the start is refused (``ConfigError``: this machi
 files, not a peer's fault).  ``admit`` is the hello's gate: the network's rule
 (``admission.admit_hello``), then the registry's per-subnet registration cap.
 
+Nudge at reconnect: at the first status report of each session (``on_status``) the
+replica pushes the nudge it holds to the node when ``policy_signals.reconnect_nudge``
+says so (a nudge for the build in force, the node in scope and behind);
+``ServiceConfig.nudge_on_connect`` switches it off.
+
 Time: ``clock()`` (monotonic) for leases, ``wall()`` for documents and tokens; both are
 arguments so tests can drive them.
 """
