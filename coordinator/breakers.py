@@ -21,6 +21,11 @@ admission); a subnet's counted failures keep the subnet they were counted from. 
 to nodes not counted do not raise ``attempted`` either, and the breaker's share is of the
 nodes that moved weighed the same way, each subnet at most ``subnet_failures``
 (``policy_signals.weighed``: a fleet in one /24 still pauses a broken rollout).
+
+The share is of ``policy.breaker_attempted``: the nodes granted, or with
+``PolicyConfig.breaker_in_flight`` below 1 fewer of those whose move is still in flight;
+``rejoined`` (the service calls it on a "rejoined" report under a lease this replica
+granted) and ``failed`` record the outcomes, read back at start from the audit log.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class Breaker:
     scope_serial: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     attempted: set[str] = field(default_factory=set)
+    #: Of ``attempted``, the nodes whose move ended: reported rejoined or failed
+    #: (``policy.breaker_attempted``).
+    outcomes: set[str] = field(default_factory=set)
     #: The nonces of the leases granted for this artifact, per node.
     granted: dict[str, set[bytes]] = field(default_factory=dict)
     #: The subnet each node in ``failures`` or ``attempted`` was counted from (those read
@@ -92,6 +100,12 @@ class Breakers:
             b.failures = store.failures_since(row.artifact, row.since)
             b.attempted = store.granted_nodes(row.artifact, row.since)
             self.breakers[row.artifact] = b
+        for audit in store.audit_rows("rejoined") if self.breakers else ():
+            known = self.breakers.get(audit.artifact)
+            if known is not None and audit.time >= known.since:
+                known.outcomes.add(audit.node)
+        for b in self.breakers.values():
+            b.outcomes = (b.outcomes | set(b.failures)) & b.attempted
         #: ``failed`` reports not counted (no lease of this replica, another nonce, no
         #: standing, the subnet's cap), and by ``policy_signals`` reason.
         self.ignored = 0
@@ -118,6 +132,13 @@ class Breakers:
         if standing.counted:
             b.attempted.add(node)
             b.subnets[node] = standing.subnet
+
+    def rejoined(self, node: str, artifact: str, nonce: bytes) -> None:
+        """``node`` reported its move to ``artifact`` (under ``nonce``) done: an outcome,
+        if it is a move this replica granted and counts (as ``failed`` checks)."""
+        b = self.breakers.get(artifact)
+        if b is not None and nonce in b.granted.get(node, ()) and node in b.attempted:
+            b.outcomes.add(node)
 
     def _subnet(self, b: Breaker, node: str) -> str | None:
         return b.subnets[node] if node in b.subnets else self.who(node).subnet
@@ -149,13 +170,16 @@ class Breakers:
             b.subnets[node] = standing.subnet
             self.store.add_failure(artifact, node, reason, now)
         b.attempted.add(node)
+        b.outcomes.add(node)
         self.store.audit(
             AuditRow(time=now, event="failed", node=node, pool="", artifact=artifact, reason=reason)
         )
+        granted = policy_signals.weighed((self._subnet(b, n) for n in b.attempted), cap)
+        ended = policy_signals.weighed((self._subnet(b, n) for n in b.outcomes), cap)
         pause = policy.breaker_pause_reason(
             artifact=artifact,
             failures=len(b.failures),
-            attempted=policy_signals.weighed((self._subnet(b, n) for n in b.attempted), cap),
+            attempted=policy.breaker_attempted(granted, min(ended, granted), self.policy),
             last_reason=reason,
             paused=b.paused,
             config=self.policy,

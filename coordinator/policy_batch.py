@@ -14,6 +14,9 @@ equal rather than merely close: every partial sum of ``cap(A)`` is folded left t
 in grant order, as ``Usage`` sums it (``_exclusive_fold``), and the headroom expression
 is evaluated elementwise operation for operation as ``policy.headroom`` writes it.
 
+``queued_retry_batch`` is ``policy_queue.queued_retry`` for many queue positions at once
+(the simulations' queue of refused nodes), bit-identical elementwise.
+
 Admission is sequential by nature (each grant uses up room the next ask sees), so it
 runs in a few vectorised rounds instead of a loop per ask (``_admit``).  Nodes are dense
 int ids here; the service's str key ids only ever go through ``decide``.
@@ -54,6 +57,7 @@ from .policy import (
     replica_share,
     retry_until,
 )
+from .policy_queue import grows, queue_place
 
 FloatArray: TypeAlias = NDArray[np.float64]
 IntArray: TypeAlias = NDArray[np.int64]
@@ -526,3 +530,27 @@ def decide_batch(
         rounds=rounds,
     )
     return result, new_state
+
+
+def queued_retry_batch(
+    ends: FloatArray, positions: IntArray, now: float, config: PolicyConfig
+) -> FloatArray:
+    """``policy_queue.queued_retry(ends, p, now, config)`` for each ``p`` of ``positions``
+    (``0``: no position, ``None`` there), elementwise and bit-identical; ``ends`` sorted."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if bool((positions < 0).any()):
+        raise ValueError("queued_retry_batch: positions must be >= 0")
+    ends = np.asarray(ends, dtype=np.float64)
+    places = np.where(positions > 0, positions, queue_place(None, config))
+    k = len(ends)
+    out = np.full(len(places), config.base_retry)
+    within = places <= k
+    if bool(within.any()):
+        out[within] = np.minimum(
+            config.base_retry, np.maximum(config.min_retry, ends[places[within] - 1] - now)
+        )
+    behind = ~within
+    if k and grows(config) and bool(behind.any()):
+        grown = places[behind].astype(np.float64) * config.queue_hold / k
+        out[behind] = np.minimum(config.queue_retry_max, np.maximum(config.base_retry, grown))
+    return out

@@ -29,7 +29,16 @@ only what ties it to something this replica did or saw itself:
   most ``max_ports``), and a claimed address only inside the observed host's subnet: a
   stranger can point others only at its own subnet, never at a host elsewhere.
 
-Time is an argument (the replica's monotonic clock).
+* ``reconnect_nudge``: a node whose session opens (its first status report of the
+  session) is pushed the nudge the replica holds when that nudge is for the build the
+  scope in force puts out, has not expired, and the node is in that scope and does not
+  run the build yet.  A node that was offline when the operator nudged otherwise finds
+  the build on its first check, uniform over the check interval after boot, and with
+  sessions of a median 2 h many leave again before it (simulations/README.md: the time to
+  95% of the nodes seen, 85 h -> 74 h at 100k nodes, at no cost to the floor: gate 3
+  refuses the herd a power cut brings back anyway).
+
+Time is an argument (the replica's monotonic clock; the nudge's, the wall's in seconds).
 """
 
 from __future__ import annotations
@@ -38,8 +47,9 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from p2pupdate.core import gates
 from p2pupdate.core.admission import Standing, default_config, subnet_of, under_cap
-from p2pupdate.core.documents import NetworkConfig
+from p2pupdate.core.documents import SKEW, NetworkConfig, Nudge, Scope
 
 #: Gate 3's reason for an ask inside a lapse cooldown.
 LEASE_LAPSED: Final = "lease-lapsed"
@@ -204,3 +214,19 @@ def introduced_addrs(
             if intro not in out:
                 out.append(intro)
     return tuple(out)
+
+
+def reconnect_nudge(
+    *, nudge: Nudge | None, scope: Scope | None, node: str, running: str, now: int
+) -> bool:
+    """Whether to push the ``nudge`` held to ``node``, whose session just opened and which
+    reports that it runs ``running`` (module docstring): the nudge names the artifact of
+    the ``scope`` in force, has not expired (within ``SKEW``), the node does not run that
+    artifact, and gate 2 (``gates.in_scope``) lets the node move to it now."""
+    if nudge is None or scope is None:
+        return False
+    if nudge.artifact != scope.artifact or now > nudge.expires + SKEW:
+        return False
+    if running == scope.artifact:
+        return False
+    return gates.in_scope(node, scope.artifact, scope=scope, now=now).ok

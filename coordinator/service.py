@@ -21,6 +21,11 @@ expired or of another network, the start is refused (``ConfigError``: this machi
 files, not a peer's fault).  ``admit`` is the hello's gate: the network's rule
 (``admission.admit_hello``), then the registry's per-subnet registration cap.
 
+Nudge at reconnect: at the first status report of each session (``on_status``) the
+replica pushes the nudge it holds to the node when ``policy_signals.reconnect_nudge``
+says so (a nudge for the build in force, the node in scope and behind);
+``ServiceConfig.nudge_on_connect`` switches it off.
+
 Time: ``clock()`` (monotonic) for leases, ``wall()`` for documents and tokens; both are
 arguments so tests can drive them.
 """
@@ -119,6 +124,9 @@ class ServiceConfig:
     signals: policy_signals.SignalsConfig = field(default_factory=policy_signals.SignalsConfig)
     #: Heartbeat reports a second this replica aims for (``core.reporting``; P11).
     report_budget: float = reporting.DEFAULT_BUDGET
+    #: Push the nudge held to a node whose session opens, if it is for the build in force
+    #: and the node is in scope and behind (``policy_signals.reconnect_nudge``).
+    nudge_on_connect: bool = True
 
     @property
     def replica_dir(self) -> Path:
@@ -240,6 +248,11 @@ class Replica:
         )
         self.signals = config.signals
         self.asks.push_to = lambda node, msg: self.push_to(node, msg)
+        #: The session (the registry's, one per hello) whose first status report came,
+        #: by node (``on_status``); ``left`` drops it.
+        self.reported: dict[str, object] = {}
+        #: Nudges pushed to nodes whose session opened (``reconnect_nudge``), since start.
+        self.reconnect_nudges = 0
 
     def _persist_memory(self) -> None:
         """The database was found damaged while serving and replaced by an empty one:
@@ -353,6 +366,7 @@ class Replica:
     def left(self, node: str) -> None:
         """The node's session ended."""
         self.registry.left(node)
+        self.reported.pop(node, None)
 
     # -- node reports -----------------------------------------------------------------------
 
@@ -360,6 +374,25 @@ class Replica:
         pool = self.registry.on_status(node, report)
         if pool is not None:
             self.asks.aggregate_changed(pool)
+        session = self.registry.sessions.get(node)
+        if node not in self.reported or self.reported[node] is not session:
+            self.reported[node] = session  # a new hello is a new session
+            self._reconnect_nudge(node, report.artifact)
+
+    def _reconnect_nudge(self, node: str, running: str) -> None:
+        """The node's session opened: push it the nudge held if the rule says so."""
+        nudge, scope = self.documents.nudge, self.documents.scope
+        if not self.config.nudge_on_connect or nudge is None:
+            return
+        if policy_signals.reconnect_nudge(
+            nudge=nudge.doc,
+            scope=scope.doc if scope is not None else None,
+            node=node,
+            running=running,
+            now=int(self.wall()),
+        ):
+            self.reconnect_nudges += 1
+            self.push_to(node, proto.DocumentPush(doc=nudge.envelope.to_wire(), nudge=True))
 
     def status_ack(self, pool: str) -> proto.StatusAck:
         """The answer to a status report of a node of ``pool`` (``next_report_s``), with
@@ -400,6 +433,7 @@ class Replica:
     def on_rejoined(self, node: str, report: proto.RejoinedReport) -> None:
         self.asks.end_lease(node, report.nonce, "rejoined")
         self.registry.rejoined(node, report.artifact)
+        self.breakers.rejoined(node, report.artifact, report.nonce)
 
     def on_return(self, node: str, report: proto.ReturnReport) -> None:
         self.asks.end_lease(node, report.nonce, "return", report.reason)
@@ -456,6 +490,7 @@ class Replica:
         )
         # P10: reports no lease of this replica backs, and nodes cooling off after a lapse
         status["failures_ignored"] = self.breakers.ignored
+        status["reconnect_nudges"] = self.reconnect_nudges
         now = self.clock()
         status["lapse_cooldowns"] = sum(1 for c in self.asks.cooldowns.values() if c.until > now)
         net = self.network

@@ -24,7 +24,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
-from coordinator.policy import breaker_tripped
+from coordinator.policy import breaker_attempted, breaker_tripped
 
 from .metrics import Recorder, summarize
 from .model import DENIED, NEW, Model, Outcome, Phase
@@ -96,6 +96,10 @@ class Fleet:
         self.cohort = np.zeros(n, dtype=np.bool_)
         self.updated = 0
         self.updated_cohort = 0
+        #: Nodes whose move's outcome reached the coordinator (rejoined or rolled back),
+        #: and how many when the breaker paused.
+        self.outcomes = 0
+        self.outcomes_at_pause = 0
         self.denied = 0
         self.stage_done = -1
         self.activity = dict.fromkeys(
@@ -370,25 +374,34 @@ class Fleet:
             self._schedule(ab, t[abort] + self.m.check_interval(ab, self.jitter_n[ab]))
             self.jitter_n[ab] += 1
         if bool(back.any()):
-            self._failures(np.sort(t[back]))
+            self._failures(np.sort(t[back]), np.sort(t[ok]))
+        else:
+            self.outcomes += int(ok.sum())
 
-    def _failures(self, times: FloatArray) -> None:
-        """Failure reports reach the coordinator; the real breaker rule decides a pause."""
+    def _failures(self, times: FloatArray, rejoined: FloatArray) -> None:
+        """Failure reports reach the coordinator, in time order with the rejoined reports
+        of the same nodes' batch (``rejoined``, sorted); the real breaker rule decides a
+        pause (``breaker_attempted``: of the grants, or of the outcomes)."""
         rec = self.rec
         config = self.m.policy
-        for when in times.tolist():
+        before = self.outcomes
+        for i, when in enumerate(times.tolist()):
             rec.failures += 1
             if not math.isfinite(rec.first_failure):
                 rec.first_failure = when
+            known = before + i + 1 + int(np.searchsorted(rejoined, when, side="right"))
+            attempted = breaker_attempted(rec.attempted, min(known, rec.attempted), config)
             if (
                 self.policy.has_breaker
                 and not math.isfinite(rec.paused_at)
-                and breaker_tripped(rec.failures, rec.attempted, config)
+                and breaker_tripped(rec.failures, attempted, config)
             ):
                 rec.paused_at = when
                 rec.attempted_at_pause = rec.attempted
                 rec.failures_at_pause = rec.failures
+                self.outcomes_at_pause = min(known, rec.attempted)
                 self.policy.pause()
+        self.outcomes = before + len(times) + len(rejoined)
 
     # -- the coordinator's answers ------------------------------------------------------------------
 

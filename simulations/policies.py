@@ -2,7 +2,13 @@
 
 * ``ours``: ``coordinator.policy`` itself.  The tick engine calls ``decide_batch`` once per
   pool per tick with that tick's asks in ask-time order; the event engine calls ``decide``
-  once per ask.  Leases lapse after ``lease_ttl`` or end when the node reports
+  once per ask.  A refusal a freed slot ends joins the pool's queue of refused nodes, as
+  the service's ``coordinator.policy_queue.WaitQueue`` (the event engine uses that class;
+  the tick engine keeps the same first-refused order, ``forget_after`` and ``MAX_WAITING``
+  in arrays), and its ``retry_after`` is ``policy_queue.queued_retry`` of its position
+  (``policy_batch.queued_retry_batch`` in the tick engine).  Not modelled: the replica's
+  ``SlotPush`` to the queue's head when a lease ends (it reaches a node only while its
+  on-demand channel is open, and the model's nodes are not connected while they wait).  Leases lapse after ``lease_ttl`` or end when the node reports
   "rejoined" (or hands the lease back).  The circuit breaker (``breaker_tripped``) pauses
   the pool.  Nothing of the rule is restated here.
 * ``fleetlock``: a fixed semaphore per pool (FleetLock / Zincati, airlock, kured's lock):
@@ -37,7 +43,15 @@ from coordinator.policy import (
     decide,
     gate_of,
 )
-from coordinator.policy_batch import AskBatch, PoolArrays, decide_batch
+from coordinator.policy_batch import AskBatch, PoolArrays, decide_batch, queued_retry_batch
+from coordinator.policy_queue import (
+    MAX_WAITING,
+    QUEUED,
+    WaitQueue,
+    blocking_ends,
+    forget_after,
+    queued_retry,
+)
 
 from .config import DAY, PolicySettings
 from .rng import FloatArray, IntArray
@@ -121,7 +135,7 @@ class OursBatch:
     pushes = False
     has_breaker = True
 
-    def __init__(self, config: PolicyConfig, pools: int) -> None:
+    def __init__(self, config: PolicyConfig, pools: int, nodes: int) -> None:
         self.config = config
         self.lease_ttl = config.lease_ttl
         empty = Aggregate(capacity=0.0, load=0.0, serving=0, as_of=0.0)
@@ -130,6 +144,12 @@ class OursBatch:
         ]
         self._ended: list[list[IntArray]] = [[] for _ in range(pools)]
         self.paused = False
+        #: The queue of refused nodes per pool (module docstring): who, in order, and
+        #: until when each keeps its place (``-inf``: not queued).
+        self.queue: list[IntArray] = [np.zeros(0, dtype=np.int64) for _ in range(pools)]
+        self.queued_until = np.full(nodes, -math.inf)
+        self._place = np.zeros(nodes, dtype=np.int64)
+        self._queued_codes = np.array(sorted(QUEUED), dtype=np.int8)
 
     def label(self, code: int) -> tuple[str, str]:
         return gate_of(code), REASONS[code]
@@ -164,7 +184,53 @@ class OursBatch:
             node=nodes, capacity=capacity, load=load, force=force, time=times, check=False
         )
         result, self.states[pool] = decide_batch(state, asks, now, self.config)
-        return result.granted, result.reason, result.retry_after
+        retry = result.retry_after
+        queued = np.isin(result.reason, self._queued_codes)
+        if bool(queued.any()) or len(self.queue[pool]):
+            retry = self._queue(pool, nodes, result.granted, queued, force, retry, now)
+        return result.granted, result.reason, retry
+
+    def _queue(
+        self,
+        pool: int,
+        nodes: IntArray,
+        granted: BoolArray,
+        queued: BoolArray,
+        force: BoolArray,
+        retry: FloatArray,
+        now: float,
+    ) -> FloatArray:
+        """``WaitQueue.join`` / ``leave`` for a tick's answers (asks in time order), and
+        ``queued_retry`` of each queued refusal's position."""
+        until = self.queued_until
+        until[nodes[granted]] = -math.inf  # granted: out of the queue
+        line = self.queue[pool]
+        line = line[until[line] > now]  # live(): the forgotten and the granted leave
+        refused = nodes[queued]
+        if len(refused) == 0:
+            self.queue[pool] = line
+            return retry
+        fresh = refused[~(until[refused] > now)]
+        joined = fresh[: max(0, MAX_WAITING - len(line))]
+        line = np.concatenate((line, joined))
+        self.queue[pool] = line
+        keep = now + forget_after(self.config)
+        until[line[np.isin(line, refused, assume_unique=True)]] = keep
+        place = self._place
+        place[line] = np.arange(1, len(line) + 1)
+        positions = np.where(until[refused] == keep, place[refused], 0)
+        leases = self.states[pool].leases
+        active = leases.expires > now
+        out = retry.copy()
+        for forced in (False, True):
+            sel = force[queued] == forced
+            if not bool(sel.any()):
+                continue
+            blocking = active & leases.forced if forced else active
+            ends = np.sort(leases.expires[blocking])
+            where = np.flatnonzero(queued)[sel]
+            out[where] = queued_retry_batch(ends, positions[sel], now, self.config)
+        return out
 
     def release(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
         if len(self.states) == 1:
@@ -209,6 +275,7 @@ class OursSequential:
         self.states = [
             PoolState(pool=str(p), aggregate=empty, started_at=STARTED_AT) for p in range(pools)
         ]
+        self.queues = [WaitQueue() for _ in range(pools)]
         self.paused = False
 
     def label(self, code: int) -> tuple[str, str]:
@@ -238,8 +305,9 @@ class OursSequential:
         codes = np.zeros(m, dtype=np.int8)
         retry = np.full(m, math.nan)
         for i in range(m):
+            node = int(nodes[i])
             ask = Ask(
-                node=int(nodes[i]),
+                node=node,
                 capacity=float(capacity[i]),
                 load=float(load[i]),
                 force=bool(force[i]),
@@ -251,6 +319,11 @@ class OursSequential:
             if d.lease is not None:
                 if d.code != EXISTING_LEASE:
                     state = state.add(d.lease)
+                self.queues[pool] = self.queues[pool].leave(node)
+            elif d.code in QUEUED:  # as coordinator.asks does: join, wait by position
+                self.queues[pool], position = self.queues[pool].join(node, now, self.config)
+                ends = blocking_ends(state.leases, forced=ask.force, now=now)
+                retry[i] = queued_retry(ends, position, now, self.config)
             elif d.retry_after is not None:
                 retry[i] = d.retry_after
         self.states[pool] = state
@@ -436,7 +509,7 @@ def make_policy(settings: PolicySettings, *, pools: int, nodes: int, batch: bool
     kind = settings.kind
     if kind == "ours":
         if batch:
-            return OursBatch(settings.config, pools)
+            return OursBatch(settings.config, pools, nodes)
         return OursSequential(settings.config, pools)
     if kind == "fleetlock":
         return FleetLock(settings.fleetlock_slots, pools, nodes, settings.baseline_retry)

@@ -25,7 +25,9 @@ from p2pupdate.core.session import Signer
 
 from .service_helpers import LightNode, Network, ahttp, artifact_of, in_process
 
-CONFIG = policy.PolicyConfig()
+#: The position-th lease end within the clamp; the growth past the leases
+#: (``queue_retry_max``, default 1800 s) is test_policy_proposals.py's.
+CONFIG = policy.PolicyConfig(queue_retry_max=60.0)
 T = 1000.0
 
 
@@ -146,7 +148,10 @@ async def test_a_replica_queues_the_refused_and_pushes_the_head_when_a_lease_end
             then = await second.ask(TO)
             assert (first.gate, first.reason, first.position) == ("capacity", "lease-budget", 1)
             assert first.retry_after is not None and 35.0 < first.retry_after <= 40.0
-            assert then.position == 2 and then.retry_after == replica.policy.base_retry
+            # behind the one lease: 2 x queue_hold / 1 lease, within [base_retry, max]
+            cfg = replica.policy
+            grown = min(cfg.queue_retry_max, max(cfg.base_retry, 2 * cfg.queue_hold / 1))
+            assert then.position == 2 and then.retry_after == grown
             assert "queue position 1" in first.detail
 
             assert await holder.rejoined(TO, granted.token) == 1
