@@ -60,6 +60,9 @@ DEFAULT_WINDOW: Final = 5.0
 DEFAULT_REPEAT_WINDOW: Final = 2.0
 #: What a downloader refused a chunk just sent to another is told to wait (seconds).
 REPEAT_RETRY: Final = 1
+#: Why the origin says "try-peers" (the ``why`` of its answer): over the downloader cap,
+#: or the chunk was just sent to another downloader (the repeat window).
+REFUSALS: Final = ("downloader-cap", "just-sent")
 NODE_HEADER: Final = proto.ORIGIN_NODE_HEADER
 _NODE = re.compile(r"^[0-9a-f]{16,64}$")
 
@@ -113,6 +116,11 @@ class OriginGate:
     def admit(self, artifact: str, who: str, chunk: int | None = None) -> int | None:
         """None: serve ``who`` (``chunk``, or the whole artifact when None); else the
         seconds to tell it to wait ("try-peers")."""
+        refusal = self.refusal(artifact, who, chunk)
+        return None if refusal is None else refusal[0]
+
+    def refusal(self, artifact: str, who: str, chunk: int | None = None) -> tuple[int, str] | None:
+        """``admit`` with the reason: None, or (seconds to wait, ``REFUSALS`` entry)."""
         now = self.clock()
         s = self._per.setdefault(artifact, _Served())
         window = self.config.window
@@ -129,7 +137,7 @@ class OriginGate:
             if last_sent is not None and last_sent[1] != who:
                 s.refused += 1
                 s.repeats += 1
-                return REPEAT_RETRY
+                return REPEAT_RETRY, "just-sent"
         if who in s.seen or len(s.seen) < self.config.max_downloaders:
             s.seen[who] = now
             if chunk is not None and repeat > 0:
@@ -138,7 +146,7 @@ class OriginGate:
             return None
         s.refused += 1
         oldest = min(s.seen.values())
-        return max(1, math.ceil(oldest + window - now))
+        return max(1, math.ceil(oldest + window - now)), "downloader-cap"
 
     def served(self, artifact: str, length: int) -> None:
         s = self._per.setdefault(artifact, _Served())

@@ -23,7 +23,7 @@ Routes::
     GET  /v1/artifacts/<sha256>          the origin: the whole artifact
     GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them;
                                          beyond the downloader cap (``coordinator.origin``)
-                                         503 {"error": "try-peers", "retry_after": S}
+                                         503 {"error": "try-peers", "retry_after": S, "why": W}
     GET  /v1/documents                   every document held (msgpack), for replicas catching up
     GET  /status                         JSON: documents, progress, leases, refusals, pauses
                                          (``?history=1``: and the samples of ``ui.history``)
@@ -679,9 +679,9 @@ class Server:
             return missing
         named = next((v for k, v in request.headers if k == NODE_HEADER.encode()), None)
         who = downloader(named.decode("ascii", "replace") if named else None, peer)
-        wait = rep.origin.admit(artifact, who, chunk)
-        if wait is not None:
-            return _TryPeers(retry_after=wait)
+        refusal = rep.origin.refusal(artifact, who, chunk)
+        if refusal is not None:
+            return _TryPeers(retry_after=refusal[0], why=refusal[1])
         data = await trio.to_thread.run_sync(rep.documents.origin_bytes, artifact, chunk)
         if data is None:
             return missing
@@ -939,9 +939,10 @@ class _TryPeers:
     (seconds) in the JSON body and the ``Retry-After`` header."""
 
     retry_after: int
+    why: str = "downloader-cap"  # origin.REFUSALS
 
     def body(self) -> bytes:
-        return _json({"error": "try-peers", "retry_after": self.retry_after})
+        return _json({"error": "try-peers", "retry_after": self.retry_after, "why": self.why})
 
 
 def _json(obj: Any) -> bytes:

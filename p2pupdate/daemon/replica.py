@@ -342,13 +342,13 @@ class QuorumClient:
             wait_s = refusal_wait(timing, min(r.retry_after for r in refused), self.rng.random())
             if not wait:
                 raise OriginBusy(
-                    f"origin: {refused[0].base} says try-peers for {artifact[:16]}... (over "
-                    f"its downloader cap): back in {wait_s:.1f} s",
+                    f"origin: {refused[0].base} says try-peers for {artifact[:16]}... "
+                    f"({refused[0].why}): back in {wait_s:.1f} s",
                     retry_after=wait_s,
                 )
             self.log(
-                f"origin: {refused[0].base} says try-peers for {artifact[:16]}... (over its "
-                f"downloader cap): waiting {wait_s:.1f} s before chunk {index}"
+                f"origin: {refused[0].base} says try-peers for {artifact[:16]}... "
+                f"({refused[0].why}): waiting {wait_s:.1f} s before chunk {index}"
             )
             await trio.sleep(wait_s)
         raise CoordinatorUnavailable(
@@ -377,6 +377,15 @@ class TryPeers:
 
     base: str
     retry_after: float
+    #: Why, in words for the log ("over its downloader cap" unless the replica said).
+    why: str = "over its downloader cap"
+
+
+#: The origin's reasons (``coordinator.origin.REFUSALS``) in words; another is not shown.
+TRY_PEERS_WHY: Final = {
+    "downloader-cap": "over its downloader cap",
+    "just-sent": "the chunk just went to another node: peers will have it",
+}
 
 
 def get_chunk(base: str, artifact: str, index: int, node: str, length: int) -> bytes | TryPeers:
@@ -408,4 +417,5 @@ def _try_peers(base: str, body: bytes) -> TryPeers | None:
     after = obj.get("retry_after")
     if isinstance(after, bool) or not isinstance(after, int | float) or not math.isfinite(after):
         return None
-    return TryPeers(base=base, retry_after=min(max(float(after), 0.0), MAX_RETRY_AFTER))
+    why = TRY_PEERS_WHY.get(obj.get("why"), TRY_PEERS_WHY["downloader-cap"])  # type: ignore[arg-type]
+    return TryPeers(base=base, retry_after=min(max(float(after), 0.0), MAX_RETRY_AFTER), why=why)

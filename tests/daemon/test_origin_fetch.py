@@ -222,30 +222,37 @@ def test_serve_flag_caps_downloaders_and_answers_try_peers(
     net = Network(tmp_path / "net")
     url = replicas.start(net, 1, "--origin-max-downloaders", "2").url
     _publish(net, url, tmp_path)
-    chunk = f"{url}/v1/artifacts/{ART}/chunks/0"
-    assert _get(chunk, "a" * 64)[0] == 200
-    assert _get(chunk, "b" * 64)[0] == 200
-    assert _get(chunk, "a" * 64)[0] == 200  # one already counted is never cut off
-    code, body, after = _get(chunk, "c" * 64)
+    chunk = f"{url}/v1/artifacts/{ART}/chunks/"
+    assert _get(chunk + "0", "a" * 64)[0] == 200
+    assert _get(chunk + "1", "b" * 64)[0] == 200
+    assert _get(chunk + "0", "a" * 64)[0] == 200  # one already counted is never cut off
+    code, body, after = _get(chunk + "2", "c" * 64)
     assert code == 503
     answer = json.loads(body)
     assert answer["error"] == "try-peers" and 1 <= answer["retry_after"] <= 5
+    assert answer["why"] == "downloader-cap"
     assert after == str(answer["retry_after"])
     assert _get(f"{url}/v1/artifacts/{ART}", "d" * 64)[0] == 503  # the whole GET too
+    code, body, after = _get(chunk + "0", "b" * 64)  # a's chunk 0, within the window
+    assert code == 503 and json.loads(body) == {
+        "error": "try-peers", "retry_after": 1, "why": "just-sent"
+    }  # fmt: skip
     origin = http("GET", f"{url}/status")[1]["origin"]
-    assert origin["max_downloaders"] == 2
-    assert origin["artifacts"][ART]["refused"] == 2
+    assert origin["max_downloaders"] == 2 and origin["repeat_window"] == 2
+    assert origin["artifacts"][ART]["refused"] == 3
+    assert origin["artifacts"][ART]["repeats_refused"] == 1
     assert origin["artifacts"][ART]["bytes"] == 3 * 1024
     code, metrics = http("GET", f"{url}/metrics")
     text = metrics.decode()
     assert f'p2pupdate_coordinator_origin_bytes_total{{artifact="{ART}"}} 3072.0' in text
-    assert f'p2pupdate_coordinator_origin_refused_total{{artifact="{ART}"}} 2.0' in text
+    assert f'p2pupdate_coordinator_origin_refused_total{{artifact="{ART}"}} 3.0' in text
     assert "unknown" not in text.split("origin_bytes_total")[1][:200]
 
 
 async def test_the_node_waits_out_try_peers_then_gets_the_artifact(tmp_path: Path) -> None:
     net = Network(tmp_path / "net")
-    async with in_process(net, origin=OriginConfig(max_downloaders=1, window=1.0)) as (
+    cap_only = OriginConfig(max_downloaders=1, window=1.0, repeat_window=0.0)
+    async with in_process(net, origin=cap_only) as (
         replica,
         url,
     ):
