@@ -5,6 +5,7 @@
     python -m simulations check SCENARIO.toml          (validate; print the resolved config)
     python -m simulations gossip ...                   (simulations.gossip)
     python -m simulations swarm ...                    (simulations.swarm)
+    python -m simulations calibrate-swarm [--quick]    (simulations.artifacts: refit, JSON)
 
 Every user error (bad file, unknown key, wrong type, value out of range, bad flag) is one
 line on stderr and exit status 2, never a traceback.  A progress bar goes to stderr on
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import gossip, swarm
+from . import artifacts, gossip, swarm
 from .config import ScenarioError, load, resolve, to_toml
 from .runner import command_line, run_scenario, write_run
 from .sweep import run_sweep
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("gossip", help="the gossip simulator (simulations/gossip.py)", add_help=False)
     sub.add_parser("swarm", help="the chunk-swarm simulator (simulations/swarm.py)", add_help=False)
+    sub.add_parser(
+        "calibrate-swarm",
+        help="rerun the swarm runs behind the artifact model and print its fit (JSON)",
+        add_help=False,
+    )
     return p
 
 
@@ -186,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gossip(argv[1:])
     if argv and argv[0] == "swarm":
         return swarm.main(argv[1:])
+    if argv and argv[0] == "calibrate-swarm":
+        return artifacts.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         result: int = args.handler(args)
