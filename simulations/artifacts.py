@@ -47,8 +47,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
 
-from .rng import FloatArray
+from .links import Links
+from .rng import FloatArray, IntArray
 
 MIB: Final = 1 << 20
 
@@ -346,13 +348,17 @@ class ArtifactTracker:
     fetch that completes).  Per node: the start time and the origin bytes of its fetch in
     progress (12 bytes); the relayed share of its links is drawn when it finishes
     (``links.Links``: counter-based, no per-pair state).
+
+    Not modelled: the origin's uplink as a cap on *overlapping* batches (each batch's
+    origin rate is at most ``beta x u_s``, but batches that overlap add up; on release day
+    one batch dominates and the busiest minute is 0.75 of the uplink).
     """
 
     def __init__(
         self,
         model: SwarmModel,
-        links: Any,
-        uniform: Callable[[Any, Any], FloatArray],
+        links: Links,
+        uniform: Callable[[IntArray, IntArray], FloatArray],
         *,
         nodes: int,
         sample_dt: float,
@@ -379,7 +385,7 @@ class ArtifactTracker:
         self._rate_k = np.zeros(n_samples + 1, dtype=np.float64)
         self._offset = np.zeros(n_samples + 1, dtype=np.float64)
 
-    def start(self, nodes: Any, t: FloatArray, counter: Any) -> FloatArray:
+    def start(self, nodes: IntArray, t: FloatArray, counter: IntArray) -> FloatArray:
         """Prefetch times of ``nodes`` starting at ``t`` (their ``counter``-th draw)."""
         m = len(nodes)
         self.fetching += m
@@ -390,7 +396,7 @@ class ArtifactTracker:
         self._origin[nodes] = float(self.model.origin_bytes_per_node(n, s))
         return dur
 
-    def fetched(self, nodes: Any, t: FloatArray) -> None:
+    def fetched(self, nodes: IntArray, t: FloatArray) -> None:
         """``nodes`` finished their prefetch at ``t``."""
         m = len(nodes)
         self.fetching -= m
@@ -428,12 +434,12 @@ class ArtifactTracker:
             self._rate_k += np.bincount(k0, weights=r * k0, minlength=size)
             self._offset += np.bincount(k0, weights=off, minlength=size)
 
-    def down(self, fetching: Any, holding: Any) -> None:
+    def down(self, fetching: NDArray[np.bool_], holding: NDArray[np.bool_]) -> None:
         """Nodes went offline: ``fetching`` / ``holding`` are their masks."""
         self.fetching -= int(np.count_nonzero(fetching))
         self.holders -= int(np.count_nonzero(holding))
 
-    def up(self, holding: Any) -> None:
+    def up(self, holding: NDArray[np.bool_]) -> None:
         self.holders += int(np.count_nonzero(holding))
 
     def origin_series(self) -> FloatArray:
