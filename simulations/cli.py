@@ -109,6 +109,13 @@ def _run(args: argparse.Namespace) -> int:
             f"{s['minutes_below_floor']:g} min below the floor; peak departures "
             f"{s['peak_departures']:,} (budget {s['departure_budget']:g})"
         )
+        if "origin_bytes" in s:
+            print(
+                f"  artifact: {s['fetches']:,} fetches (mean {s['prefetch_mean_s']:.1f} s); origin "
+                f"{s['origin_bytes'] / 2**20:,.1f} MiB ({s['origin_share']:.2e} of delivered), "
+                f"peak {s['peak_origin_mbit_s']:.2f} Mbit/s; relayed {s['relayed_share']:.3f} "
+                f"of peer bytes ({s['relayed_bytes'] / 2**30:,.1f} GiB)"
+            )
         print(f"  wrote {len(written)} files to {out}/")
     return 0
 
