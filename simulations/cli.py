@@ -5,6 +5,7 @@
     python -m simulations check SCENARIO.toml          (validate; print the resolved config)
     python -m simulations gossip ...                   (simulations.gossip)
     python -m simulations swarm ...                    (simulations.swarm)
+    python -m simulations calibrate-swarm [--quick]    (simulations.artifacts: refit, JSON)
 
 Every user error (bad file, unknown key, wrong type, value out of range, bad flag) is one
 line on stderr and exit status 2, never a traceback.  A progress bar goes to stderr on
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import gossip, swarm
+from . import artifacts, gossip, swarm
 from .config import ScenarioError, load, resolve, to_toml
 from .runner import command_line, run_scenario, write_run
 from .sweep import run_sweep
@@ -108,6 +109,13 @@ def _run(args: argparse.Namespace) -> int:
             f"{s['minutes_below_floor']:g} min below the floor; peak departures "
             f"{s['peak_departures']:,} (budget {s['departure_budget']:g})"
         )
+        if "origin_bytes" in s:
+            print(
+                f"  artifact: {s['fetches']:,} fetches (mean {s['prefetch_mean_s']:.1f} s); origin "
+                f"{s['origin_bytes'] / 2**20:,.1f} MiB ({s['origin_share']:.2e} of delivered), "
+                f"peak {s['peak_origin_mbit_s']:.2f} Mbit/s; relayed {s['relayed_share']:.3f} "
+                f"of peer bytes ({s['relayed_bytes'] / 2**30:,.1f} GiB)"
+            )
         print(f"  wrote {len(written)} files to {out}/")
     return 0
 
@@ -177,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("gossip", help="the gossip simulator (simulations/gossip.py)", add_help=False)
     sub.add_parser("swarm", help="the chunk-swarm simulator (simulations/swarm.py)", add_help=False)
+    sub.add_parser(
+        "calibrate-swarm",
+        help="rerun the swarm runs behind the artifact model and print its fit (JSON)",
+        add_help=False,
+    )
     return p
 
 
@@ -186,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gossip(argv[1:])
     if argv and argv[0] == "swarm":
         return swarm.main(argv[1:])
+    if argv and argv[0] == "calibrate-swarm":
+        return artifacts.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         result: int = args.handler(args)

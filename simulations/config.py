@@ -1,6 +1,6 @@
 """Scenarios: TOML in, a validated ``Scenario`` out, or one line that says what is wrong.
 
-A scenario file has up to seven tables (all optional; every key has a default):
+A scenario file has up to nine tables (all optional; every key has a default):
 
 ``[run]``       nodes, days, tick_seconds, engine, seed
 ``[churn]``     always_on, session, offline, diurnal_amplitude, arrival_peak_hour,
@@ -15,6 +15,13 @@ A scenario file has up to seven tables (all optional; every key has a default):
                 ``coordinator.policy.PolicyConfig`` knobs (its defaults, its validation),
                 slots, max_unavailable, retry_seconds, error_probability
 ``[output]``    plots
+``[links]``     (optional) the NAT mix: open, cone, strict, punch_success, degree,
+                relay_rate (``simulations.links``)
+``[artifact]``  (optional) the swarm model: size_mib, origin_up_mib_s, peer_up_mib_s,
+                peer_down_mib_s (``simulations.artifacts``); it turns ``[links]`` on
+
+Without ``[links]`` and ``[artifact]`` a scenario runs exactly as before they existed
+(``node.prefetch`` is the prefetch time; the summary has no link or origin fields).
 
 Durations are written with their unit in the key (``median_hours``, ``median_minutes``,
 ``median_seconds``).  Validation is strict on purpose: an unknown key is a typo that would
@@ -40,6 +47,8 @@ from coordinator.policy import PolicyConfig
 from p2pupdate.core.documents import MAX_NODES_IN_SCOPE, MAX_RAMP_STAGES, Scope
 from p2pupdate.core.errors import SchemaError
 from p2pupdate.core.updater import UpdaterConfig
+
+from .links import DEFAULT_DEGREE, DEFAULT_MIX, LinkMix, calibrated_punch_success
 
 HOUR: Final = 3600.0
 DAY: Final = 86400.0
@@ -223,6 +232,17 @@ class OutputConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ArtifactConfig:
+    """The artifact every node prefetches, and the swarm's rates (MiB, MiB/s): the
+    defaults are the swarm simulator's (``simulations.swarm``), where the model is fitted."""
+
+    size_mib: float = 16.0
+    origin_up_mib_s: float = 2.0
+    peer_up_mib_s: float = 0.5
+    peer_down_mib_s: float = 2.5
+
+
+@dataclass(frozen=True, kw_only=True)
 class Scenario:
     name: str = "scenario"
     run: RunConfig = field(default_factory=RunConfig)
@@ -232,6 +252,10 @@ class Scenario:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     policy: PolicySettings = field(default_factory=PolicySettings)
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: The NAT mix (``[links]``); None: not modelled (set whenever ``artifact`` is).
+    links: LinkMix | None = None
+    #: The swarm model (``[artifact]``); None: ``node.prefetch`` draws the prefetch time.
+    artifact: ArtifactConfig | None = None
 
     @property
     def horizon(self) -> float:
@@ -589,6 +613,47 @@ def _read_output(r: _Reader) -> OutputConfig:
     return OutputConfig(plots=r.boolean("plots", OutputConfig().plots))
 
 
+_LINK_SHARES: Final = ("open", "cone", "strict")
+
+
+def _read_links(r: _Reader) -> LinkMix:
+    given = [k for k in _LINK_SHARES if r.has(k)]
+    defaults = dict(zip(_LINK_SHARES, DEFAULT_MIX, strict=True))
+    if given and len(given) < len(_LINK_SHARES):
+        missing = [k for k in _LINK_SHARES if k not in given]
+        raise ScenarioError(
+            f"{r.where}: give all of open, cone, strict (the shares), not some: "
+            f"missing {', '.join(missing)}"
+        )
+    shares = {k: r.number(k, defaults[k], low=0.0, high=1.0) for k in _LINK_SHARES}
+    total = sum(shares.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ScenarioError(f"{r.where}: open + cone + strict must sum to 1, got {total:g}")
+    mix = (shares["open"], shares["cone"], shares["strict"])
+    return LinkMix(
+        open=mix[0],
+        cone=mix[1],
+        strict=mix[2],
+        punch_success=r.number("punch_success", calibrated_punch_success(mix), low=0.0, high=1.0),
+        degree=r.integer("degree", DEFAULT_DEGREE, low=0, high=64),
+        relay_rate=r.number("relay_rate", 1.0, low=0.0, high=1.0, low_open=True),
+    )
+
+
+def _read_artifact(r: _Reader) -> ArtifactConfig:
+    d = ArtifactConfig()
+    return ArtifactConfig(
+        size_mib=r.number("size_mib", d.size_mib, low=0.0, high=1e6, low_open=True),
+        origin_up_mib_s=r.number(
+            "origin_up_mib_s", d.origin_up_mib_s, low=0.0, high=1e6, low_open=True
+        ),
+        peer_up_mib_s=r.number("peer_up_mib_s", d.peer_up_mib_s, low=0.0, high=1e6, low_open=True),
+        peer_down_mib_s=r.number(
+            "peer_down_mib_s", d.peer_down_mib_s, low=0.0, high=1e6, low_open=True
+        ),
+    )
+
+
 _SECTIONS: Final[dict[str, tuple[tuple[str, ...], Callable[[_Reader], Any]]]] = {
     "run": (tuple(_init_fields(RunConfig)), _read_run),
     "churn": (tuple(_init_fields(ChurnConfig)), _read_churn),
@@ -597,7 +662,11 @@ _SECTIONS: Final[dict[str, tuple[tuple[str, ...], Callable[[_Reader], Any]]]] = 
     "rollout": (tuple(_init_fields(RolloutConfig)), _read_rollout),
     "policy": ((*_POLICY_OWN, *_init_fields(PolicyConfig)), _read_policy),
     "output": (tuple(_init_fields(OutputConfig)), _read_output),
+    "links": (tuple(_init_fields(LinkMix)), _read_links),
+    "artifact": (tuple(_init_fields(ArtifactConfig)), _read_artifact),
 }
+#: Tables that are off (None) when absent, so old scenarios run as before.
+_OPTIONAL: Final = ("links", "artifact")
 
 
 def parse(data: Mapping[str, Any], *, source: str = "scenario", name: str = "scenario") -> Scenario:
@@ -609,10 +678,15 @@ def parse(data: Mapping[str, Any], *, source: str = "scenario", name: str = "sce
         )
     parts: dict[str, Any] = {}
     for section, (known, reader) in _SECTIONS.items():
+        if section in _OPTIONAL and section not in data:
+            parts[section] = None
+            continue
         table = data.get(section, {})
         if not isinstance(table, Mapping):
             raise ScenarioError(f"{source}: {section} must be a table [{section}]")
         parts[section] = reader(_Reader(f"{source}: [{section}]", table, known))
+    if parts["artifact"] is not None and parts["links"] is None:
+        parts["links"] = LinkMix()  # the swarm's relayed share needs a mix: the defaults
     scenario = Scenario(name=name, **parts)
     _check_across(scenario, source)
     return scenario
@@ -764,7 +838,17 @@ def resolve(s: Scenario) -> dict[str, Any]:
             "error_probability": s.policy.error_probability,
         },
         "output": {"plots": s.output.plots},
+        **_optional_toml(s),
     }
+
+
+def _optional_toml(s: Scenario) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if s.links is not None:
+        out["links"] = {name: getattr(s.links, name) for name in _init_fields(LinkMix)}
+    if s.artifact is not None:
+        out["artifact"] = {name: getattr(s.artifact, name) for name in _init_fields(ArtifactConfig)}
+    return out
 
 
 def _stage_toml(st: Stage) -> dict[str, Any]:

@@ -66,6 +66,8 @@ class Fleet:
         self.sample_dt = sample_dt
         n_samples = math.floor(model.horizon / sample_dt + 1e-9) + 1
         self.rec = Recorder(scenario=s, sample_dt=sample_dt, n_samples=n_samples)
+        #: ``[artifact]``: prefetch times from the swarm model, origin bytes (else None).
+        self.art = model.artifact_tracker(sample_dt, n_samples)
         self.pool = pop.pool
         self.cap = pop.capacity
         self.K = model.pools
@@ -247,6 +249,8 @@ class Fleet:
             self._add(gone, -1, online=True, serving=False, away=True)
             self.policy.went_offline(gone, self.pool[gone], float(t.max()))
         self._add(nodes[~away], -1, online=True, serving=True, away=False)
+        if self.art is not None:
+            self.art.down(self.phase[nodes] == Phase.PREFETCH, self.prefetched[nodes])
         checking = _CHECKING[self.phase[nodes]]
         self.phase[nodes[checking]] = Phase.IDLE
         self.errors[nodes] = 0  # a restarted updater starts counting afresh
@@ -269,6 +273,8 @@ class Fleet:
         self.session_start[nodes] = t
         self.seen[nodes[t >= m.s.rollout_start]] = True
         self.policy.booted(nodes, self.pool[nodes], float(t.min()))
+        if self.art is not None:
+            self.art.up(self.prefetched[nodes])
         pending = self.phase[nodes] == Phase.PENDING
         if bool(pending.any()):
             back = nodes[pending]
@@ -310,7 +316,10 @@ class Fleet:
         ask."""
         m = self.m
         self.activity["checks"] += len(nodes)
-        self.prefetched[nodes[self.phase[nodes] == Phase.PREFETCH]] = True
+        fetched = self.phase[nodes] == Phase.PREFETCH
+        self.prefetched[nodes[fetched]] = True
+        if self.art is not None and bool(fetched.any()):
+            self.art.fetched(nodes[fetched], t[fetched])
         gates = m.gates
         stage = np.searchsorted(gates.stage_times, t, side="right") - 1
         if len(stage) == 1 or bool((stage == stage[0]).all()):
@@ -335,7 +344,11 @@ class Fleet:
         if not bool(ready.all()):
             fetch = nodes[~ready]
             self.phase[fetch] = Phase.PREFETCH
-            self._schedule(fetch, t[~ready] + m.prefetch_time(fetch, self.churn_n[fetch]))
+            if self.art is None:
+                took = m.prefetch_time(fetch, self.churn_n[fetch])
+            else:
+                took = self.art.start(fetch, t[~ready], self.churn_n[fetch])
+            self._schedule(fetch, t[~ready] + took)
             nodes, t = nodes[ready], t[ready]
             if len(nodes) == 0:
                 return

@@ -20,8 +20,10 @@ from numpy.typing import NDArray
 from coordinator.policy import PolicyConfig, breaker_threshold
 from p2pupdate.core import reporting
 
+from .artifacts import ArtifactTracker
 from .churn import cdf
 from .config import HOUR, Scenario
+from .links import LinkMix
 from .rng import FloatArray
 
 #: Time series columns: (name, dtype).  State columns are sampled at the row's time;
@@ -360,3 +362,32 @@ def summarize(
     for (gate, reason), n in sorted(rec.label_counts.items()):
         summary[f"gate.{gate}.{reason}"] = n
     return summary
+
+
+def links_summary(mix: LinkMix | None, tracker: ArtifactTracker | None) -> dict[str, Any]:
+    """The link and artifact figures, present only when ``[links]`` / ``[artifact]`` are
+    (so the summary of a scenario without them is what it always was):
+
+    * ``direct_share_expected``: share of pairs (links) that connect direct under the mix;
+      ``natted_direct_share``: the same among pairs with no open end (the hole-punch
+      success the mix is calibrated to, ``links.CITED_DIRECT_SHARE``);
+      ``relayed_share_expected``: 1 - ``direct_share_expected``.
+    * ``fetches``: prefetches finished; ``prefetch_mean_s`` / ``prefetch_max_s``: their
+      times (the swarm model); ``peak_fetching``: prefetches in progress at once.
+    * ``origin_bytes``: what the origin sent (the swarm model's share for each batch);
+      ``origin_share``: of the bytes delivered (``fetches`` x the artifact);
+      ``peak_origin_mbit_s``: the busiest sample's origin egress (Mbit/s, 10^6 bits,
+      averaged over the sample: one minute).  ``timeseries.csv``: ``origin_bytes`` and
+      ``origin_mbit_s`` per sample.
+    * ``peer_bytes``: bytes from peers; ``relayed_bytes``: of those, what came over a
+      relayed (TURN) link (each node's links drawn from the mix: ``links.Links``) -- the
+      relay's cost; ``relayed_share`` = ``relayed_bytes / peer_bytes``.
+    """
+    out: dict[str, Any] = {}
+    if mix is not None:
+        out["direct_share_expected"] = mix.direct_share()
+        out["natted_direct_share"] = mix.natted_direct_share()
+        out["relayed_share_expected"] = mix.relayed_share()
+    if tracker is not None and mix is not None:
+        out.update(tracker.summary())
+    return out

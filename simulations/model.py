@@ -61,8 +61,10 @@ from p2pupdate.core.gates import (
     in_scope,
 )
 
+from .artifacts import MIB, ArtifactTracker, SwarmModel
 from .churn import DiurnalClock, from_uniform, length_biased, stationary_online_share
 from .config import DAY, HOUR, Dist, Scenario
+from .links import Links
 from .rng import FloatArray, IntArray, Streams
 
 BoolArray = NDArray[np.bool_]
@@ -136,6 +138,20 @@ class Model:
         weights = np.array([z.weight for z in scenario.churn.timezones])
         self._zone_weights = weights / weights.sum()
         self.gates = GateView(self)
+        #: ``[links]``: the NAT mix's draws (None: not modelled).
+        self.links = Links(scenario.links, self.seed) if scenario.links is not None else None
+        #: ``[artifact]``: the swarm model (None: ``node.prefetch`` draws prefetch times).
+        self.swarm: SwarmModel | None = None
+        art = scenario.artifact
+        if art is not None and scenario.links is not None:
+            mix = scenario.links
+            slow = mix.relayed_share() * (1.0 - mix.relay_rate)  # relayed links run slower
+            self.swarm = SwarmModel(
+                size=art.size_mib * MIB,
+                origin_up=art.origin_up_mib_s * MIB,
+                peer_up=art.peer_up_mib_s * MIB * (1.0 - slow),
+                peer_down=art.peer_down_mib_s * MIB,
+            )
 
     # -- population ------------------------------------------------------------------------
 
@@ -264,7 +280,26 @@ class Model:
         return out
 
     def prefetch_time(self, nodes: IntArray, counter: IntArray) -> FloatArray:
+        """``node.prefetch``'s draw (without ``[artifact]``; with it, ``artifacts``)."""
         return self._draw(self.s.node.prefetch, "prefetch", nodes, counter)
+
+    def artifact_tracker(self, sample_dt: float, n_samples: int) -> ArtifactTracker | None:
+        """The fleet's prefetch bookkeeping when ``[artifact]`` is on (its draws: the
+        ``prefetch`` stream, as ``prefetch_time``'s)."""
+        if self.swarm is None or self.links is None:
+            return None
+
+        def uniform(nodes: IntArray, counter: IntArray) -> FloatArray:
+            return self.streams.uniform("prefetch", nodes, counter)
+
+        return ArtifactTracker(
+            self.swarm,
+            self.links,
+            uniform,
+            nodes=self.population.n,
+            sample_dt=sample_dt,
+            n_samples=n_samples,
+        )
 
     # -- departures ---------------------------------------------------------------------------
 

@@ -7,6 +7,9 @@
   with departures and without (what churn and demand alone leave), against the floor at 0.
 * ``departures.png``: nodes away for an update at once, the policy's budget, leases or
   slots held, and slots held by offline nodes (FleetLock's stuck slots).
+* ``origin.png`` (runs with ``[artifact]``): the origin's egress over time (Mbit/s per
+  one-minute sample) and the bytes it has sent so far; the right panel zooms on the
+  rollout's first two hours (release day's burst).
 
 Each has two panels: the whole run, and the first day after the rollout start (most of
 the action happens in the first hours; the long tail is nodes coming back online).
@@ -118,7 +121,39 @@ def plot_run(
     axes[0].legend(loc="upper right", fontsize=8)
     _zoom(axes[1], start_h, end_h)
     written.append(_save(fig, out / "departures.png"))
+    if "origin_mbit_s" in series:
+        written.append(_plot_origin(out, hours, series, summary, label, start_h))
     return written
+
+
+def _plot_origin(
+    out: Path,
+    hours: np.ndarray,
+    series: dict[str, np.ndarray],
+    summary: dict[str, Any],
+    label: str,
+    start_h: float,
+) -> Path:
+    fig, axes = _panels(
+        f"{label}: origin egress (peak {summary.get('peak_origin_mbit_s', math.nan):.2f} Mbit/s, "
+        f"total {summary.get('origin_bytes', math.nan) / 2**30:.2f} GiB, "
+        f"{summary.get('origin_share', math.nan):.2e} of the bytes delivered)"
+    )
+    sent = np.cumsum(series["origin_bytes"]) / 2**30
+    for ax in axes:
+        ax.plot(hours, series["origin_mbit_s"], lw=1.0, label="origin egress (Mbit/s)")
+        ax.axvline(start_h, color="0.5", lw=0.8, ls=":")
+        ax.set_xlabel("hours")
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(hours, sent, lw=0.9, color="tab:orange", label="sent so far (GiB)")
+        twin.set_ylim(bottom=0)
+    axes[0].set_ylabel("Mbit/s (one-minute mean)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    twin.legend(loc="lower right", fontsize=8)
+    axes[1].set_xlim(start_h - 0.1, start_h + 2.0)
+    axes[1].set_title("first two hours of the rollout", fontsize=9)
+    return _save(fig, out / "origin.png")
 
 
 def plot_comparison(out: Path, runs: list[tuple[str, dict[str, np.ndarray]]], title: str) -> Path:

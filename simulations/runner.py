@@ -31,6 +31,7 @@ import numpy as np
 
 from .config import HOUR, Scenario, resolve, to_toml
 from .exact import EventEngine
+from .metrics import links_summary
 from .model import Model
 from .tick import TickEngine
 
@@ -58,8 +59,12 @@ def run_scenario(
         engine = TickEngine(model, progress=progress)
     rec = engine.run()
     summary = engine.summary()
+    summary.update(links_summary(scenario.links, engine.art))
     summary["seed"] = seed
     series = dict(rec.series)
+    if engine.art is not None:
+        series["origin_bytes"] = engine.art.origin_series()
+        series["origin_mbit_s"] = series["origin_bytes"] * 8.0 / engine.sample_dt / 1e6
     denom = max(int(summary["in_scope_seen"]), 1)
     series["hours"] = series["minute"] / 60.0
     series["updated_share"] = series["updated"] / denom
@@ -116,6 +121,8 @@ _SERIES_ORDER = (
     "arrivals",
     "departures_churn",
 )
+#: Columns only runs with ``[artifact]`` have.
+_OPTIONAL_SERIES = ("origin_bytes", "origin_mbit_s")
 
 
 def write_run(result: RunResult, out: Path, *, command: str = "", plots: bool = True) -> list[Path]:
@@ -148,8 +155,9 @@ def write_run(result: RunResult, out: Path, *, command: str = "", plots: bool = 
     path = out / "timeseries.csv"
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(_SERIES_ORDER)
-        columns = [result.series[name] for name in _SERIES_ORDER]
+        names = [*_SERIES_ORDER, *(k for k in _OPTIONAL_SERIES if k in result.series)]
+        w.writerow(names)
+        columns = [result.series[name] for name in names]
         formats = [_formatter(col) for col in columns]
         for i in range(len(columns[0])):
             w.writerow([fmt(col[i]) for fmt, col in zip(formats, columns, strict=True)])

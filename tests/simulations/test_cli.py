@@ -76,6 +76,41 @@ def test_run_writes_everything(tmp_path: Path) -> None:
     assert again.run.seed == 5 and again.policy.config.max_concurrent == 20
 
 
+def test_run_with_the_artifact_model_writes_origin_egress(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(
+        TINY + "[artifact]\nsize_mib = 4\n[links]\nstrict = 0.3\nopen = 0.1\ncone = 0.6\n"
+    )
+    out = tmp_path / "out"
+    proc = sim("run", str(scenario), "--seed", "5", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "artifact: " in proc.stdout and "Mbit/s" in proc.stdout
+    assert (out / "origin.png").read_bytes()[:4] == b"\x89PNG"
+    row = next(csv.DictReader((out / "summary.csv").open()))
+    assert float(row["origin_bytes"]) > 0 and float(row["relayed_bytes"]) > 0
+    assert float(row["natted_direct_share"]) == pytest.approx(0.70, abs=1e-6)
+    series = list(csv.DictReader((out / "timeseries.csv").open()))
+    sent = sum(float(r["origin_bytes"]) for r in series)
+    assert sent == pytest.approx(float(row["origin_bytes"]), rel=1e-4)
+    again = load(out / "scenario.resolved.toml")
+    assert again.artifact is not None and again.artifact.size_mib == 4
+    assert again.links is not None and again.links.strict == 0.3
+
+
+def test_calibrate_swarm_is_dispatched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simulations import artifacts
+
+    seen: list[list[str]] = []
+
+    def fake_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 3
+
+    monkeypatch.setattr(artifacts, "main", fake_main)
+    assert cli.main(["calibrate-swarm", "--quick"]) == 3
+    assert seen == [["--quick"]]
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
