@@ -72,6 +72,9 @@ CALIBRATION_KNOBS: Final = {
     "peer_down_mib": 2.5,
     "degree": 6,
     "seed": 7,
+    # The fit predates the origin's repeat window (coordinator.origin, default 2 s): the
+    # points are run without it so the constants reproduce; a refit with it is to do.
+    "origin_repeat_window": 0.0,
 }
 
 
@@ -202,6 +205,7 @@ def run_point(nodes: int, peer_up_mib: float) -> dict[str, Any]:
         peer_down=float(k["peer_down_mib"]) * MIB,
         degree=int(k["degree"]),
         seed=int(k["seed"]),
+        origin_repeat_window=float(k["origin_repeat_window"]),
         config=swarm._capped(up, max_block=int(k["block_kib"]) * 1024),
         progress=lines.append,
     )
