@@ -17,22 +17,11 @@ from typing import Any
 import numpy as np
 
 from coordinator.policy import PolicyConfig
-from simulations.config import Scenario, parse
+from simulations.config import Scenario
 from simulations.model import Model
 from simulations.policies import OursBatch, OursSequential, PoolView
 from simulations.tick import TickEngine
-
-
-def scenario(**tables: dict[str, Any]) -> Scenario:
-    data: dict[str, Any] = {
-        "run": {"nodes": 2000, "days": 1.5},
-        "capacity": {"demand": 0.6},
-        "rollout": {"start_hours": 2},
-        "policy": {"max_concurrent": 20},
-    }
-    for name, table in tables.items():
-        data[name] = {**data.get(name, {}), **table}
-    return parse(data, source="test")
+from tests.simulations.test_engines import scenario
 
 
 def run(s: Scenario) -> tuple[TickEngine, dict[str, Any]]:
