@@ -79,8 +79,11 @@ NODE_FLAGS = (
     *_without(FAST, "--check-interval"),
     "--work", "none", "--check-interval", "2", "--report-interval", "1", "--swap-margin", "5",
 )  # fmt: skip
+#: ``--origin-max-downloaders 1``: each origin serves one node per artifact at a time (the
+#: rest are told to try peers), so the nodes of a stage that start together fetch from the
+#: holders (the canary) instead of all going to the origin at once.
 REPLICA_FLAGS = ("--max-concurrent", "6", "--min-serving", "0", "--lease-ttl", "40",
-                 "--max-skew", "2")  # fmt: skip
+                 "--max-skew", "2", "--origin-max-downloaders", "1")  # fmt: skip
 #: v2's ramp after its first (canary) stage: (seconds after the scope's issue, fraction).
 RAMP_LATER = ((30, 0.25), (60, 1.0))
 STAGE_TIMEOUT = 90.0
