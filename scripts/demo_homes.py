@@ -86,10 +86,15 @@ REPLICA_FLAGS = ("--max-concurrent", "6", "--min-serving", "0", "--lease-ttl", "
                  "--max-skew", "2", "--origin-max-downloaders", "1")  # fmt: skip
 #: v2's ramp after its first (canary) stage: (seconds after the scope's issue, fraction).
 RAMP_LATER = ((30, 0.25), (60, 1.0))
-STAGE_TIMEOUT = 90.0
+#: A stage's nodes have no priority over a later stage's once it is in force (they share
+#: the lease budget), so a stage's wait may last into the next ones.
+STAGE_TIMEOUT = 150.0
 HALT_TIMEOUT = 60.0
-#: The first push-sum epoch is 50 gossip rounds (50 s at the default 1 s round).
-AGGREGATE_TIMEOUT = 120.0
+#: A push-sum epoch is 50 gossip rounds (50 s at the default 1 s round); the first one a
+#: node completes began before its links were up and may count a handful of nodes.
+AGGREGATE_TIMEOUT = 150.0
+#: The aggregate gate 3 is to weigh: one that counts at least this share of the fleet.
+AGGREGATE_SHARE = 0.8
 
 
 def skip_reason() -> str | None:
@@ -302,6 +307,8 @@ class Table:
             per[v] = per.get(v, 0) + 1
         art = s.artifact(leases_of)
         leases = int(art.get("leases") or 0)
+        agg = s.aggregate(s.live()[0]) or {}
+        serving = float(agg.get("serving") or 0)  # gate 3's view of the fleet (gossip)
         kinds, relayed = s.links()
         origin = s.origin_bytes()
         fetched = sum(per.get(v, 0) * size for v, size in self.sizes.items())
@@ -311,7 +318,8 @@ class Table:
                           "peer": peer})  # fmt: skip
         vtxt = " ".join(f"{v}:{c}" for v, c in sorted(per.items()))
         ktxt = " ".join(f"{k}:{c}" for k, c in sorted(kinds.items())) or "-"
-        line = (f"[{t:5.1f}s] {stage:<10} nodes {vtxt:<16} leases {leases} links {ktxt} "
+        line = (f"[{t:5.1f}s] {stage:<10} nodes {vtxt:<16} leases {leases} "
+                f"serving~{serving:.0f} links {ktxt} "
                 f"relayed {relayed // 1024} KiB origin {origin // 1024} KiB peer {peer // 1024} KiB")  # fmt: skip
         if self.tty:
             print("\r\033[K" + line, end="", flush=True)
@@ -556,15 +564,22 @@ def rollout(scene: Scene, ice: tuple[str, str], names: list[str], v2: Build, v3:
     v1 = sorted(set(scene.versions().values()))
     print(f"  booted: every node on {', '.join(v1)} (its launcher's first slot)", flush=True)
 
-    # gate 3 needs the fleet's own aggregate: every live replica holds a fresh one
+    # gate 3 needs the fleet's own aggregate: every live replica holds a fresh one that
+    # counts the booted fleet (serving nodes; the first epoch's may count only a few)
     def aggregated() -> bool:
         aggs = [scene.aggregate(h) for h in scene.live()]
-        return all(a is not None and not a.get("stale") and a.get("reporters") for a in aggs)
+        return all(
+            a is not None
+            and not a.get("stale")
+            and a.get("reporters")
+            and float(a.get("serving") or 0) >= AGGREGATE_SHARE * n
+            for a in aggs
+        )
 
     secs = wait(table, "aggregate", v2.sha, aggregated, AGGREGATE_TIMEOUT)
     agg = scene.aggregate(REPLICAS[0]) or {}
-    print(f"  gossip aggregate after {secs:.1f} s more (first push-sum epoch): serving "
-          f"{agg.get('serving')}, capacity {agg.get('capacity'):.0f}, load "
+    print(f"  gossip aggregate after {secs:.1f} s more (push-sum epochs): serving "
+          f"{float(agg.get('serving') or 0):.1f}, capacity {agg.get('capacity'):.0f}, load "
           f"{agg.get('load'):.0f}, from {agg.get('reporters')} reporters", flush=True)  # fmt: skip
 
     # v2: allowlisted, then ONE ramp scope for the whole rollout
