@@ -159,10 +159,21 @@ def artifact_of(data: bytes) -> str:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    *,
+    token: str | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, Any]:
+    """One request to a replica: ``(status, JSON answer or raw bytes)``; an HTTP error is
+    an answer too.  ``token``: the read token (``serve --read-token-file``) as a bearer."""
     req = urllib.request.Request(url, data=body, method=method)
+    if token is not None:
+        req.add_header("authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw, code = resp.read(), resp.status
     except urllib.error.HTTPError as exc:
         raw, code = exc.read(), exc.code

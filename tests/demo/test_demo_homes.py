@@ -1,8 +1,10 @@
 """Part 2 of ``scripts/demo`` (``scripts/demo_homes.py``) end to end, as root.
 
-18 bundle-started nodes in 12 netlab homes behind cone and strict NAT, three replicas
-(quorum 2, one killed midway) and coturn: v2 in stages peer to peer, a bad v3 stopped by
-the breaker.  The demo must exit 0, print its summary line (``origin share X%`` under 10%),
+18 nodes in 12 netlab homes behind cone and strict NAT, started with only the network
+bundle (no ``--initial-artifact``, no aggregate stub), three replicas (quorum 2, one killed
+midway) and coturn: v2 under one signed ramp scope peer to peer, a bad v3 stopped by the
+breaker.  The demo must exit 0, print its summary line (``origin share X%`` under 10%),
+say what it signed for v2 (one ramp) and that no node ran v3 past probation (per node),
 write its timeline and leave no namespace of its lab behind.
 """
 
@@ -37,5 +39,16 @@ def test_homes_behind_nat_roll_to_v2_and_stop_a_bad_v3(tmp_path: Path) -> None:
     assert m, out[-4000:]
     assert int(m.group(1)) < 10
     assert "blast radius" in p.stdout and "skipped" not in p.stdout
+    # the nodes' command line, printed whole: the bundle and pacing flags only
+    cmd = next(line for line in p.stdout.splitlines() if "every node runs:" in line)
+    assert "--bundle" in cmd and "--initial-artifact" not in cmd and "--aggregate-stub" not in cmd
+    # v2: one signature, a ramp of three stages; v3: one "everyone" scope; nothing else
+    signed = next(line for line in p.stdout.splitlines() if "signed once" in line)
+    assert re.search(r"scope serial 1: ramp 0:[0-9.]+,30:0.25,60:1 ", signed), signed
+    scopes = sorted(f.name for f in (tmp_path / "homes").glob("scope-*.msgpack"))
+    assert scopes == ["scope-1.msgpack", "scope-2.msgpack"]
+    assert len(re.findall(r"ramp \d/3 .* its nodes on v2", p.stdout)) == 3
+    assert "no node ran v3 past probation: True" in p.stdout
+    assert "NOT shown within probation" not in p.stdout
     assert (tmp_path / "homes" / "timeline.png").stat().st_size > 0
     assert leftovers("dh") == []

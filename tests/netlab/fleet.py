@@ -17,15 +17,12 @@ replica (publish, status) goes from a thread moved into the replica's host (``in
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +34,7 @@ from p2pupdate.daemon.truststate import STORE_NAME
 from p2pupdate.launcher.state import StateDir, StateError
 from scripts.netlab import Lab, in_netns
 from scripts.netlab.coturn import Turn, turn_server
-from tests.coordinator.service_helpers import Network
+from tests.coordinator.service_helpers import Network, http
 from tests.launcher.harness import FAST, REPO, Build, make_build
 
 T = TypeVar("T")
@@ -206,21 +203,11 @@ class Fleet:
 
     def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
         """HTTP to the replica, from a thread inside its inet host."""
-
-        def call() -> tuple[int, Any]:
-            req = urllib.request.Request(f"{self.url}{path}", data=body, method=method)
-            req.add_header("authorization", f"Bearer {READ_TOKEN}")
-            try:
-                with urllib.request.urlopen(req, timeout=20) as resp:
-                    raw, code = resp.read(), resp.status
-            except urllib.error.HTTPError as exc:
-                raw, code = exc.read(), exc.code
-            try:
-                return code, json.loads(raw)
-            except ValueError:
-                return code, raw
-
-        return in_netns(self.lab.ns(COORD_HOST), call)
+        url = f"{self.url}{path}"
+        return in_netns(
+            self.lab.ns(COORD_HOST),
+            lambda: http(method, url, body, token=READ_TOKEN, timeout=20),
+        )
 
     def replica_status(self) -> dict[str, Any]:
         code, st = self.http("GET", "/status")
