@@ -672,6 +672,7 @@ class SwarmService:
                 if contact is not None and links.open_extra(contact):
                     track.extras.add(node)
                     needed.add(node)
+                    self._handle(sw.HolderDialed(artifact=artifact))
         for peer in extras_up - needed:
             if now - self._heard.get(peer, -math.inf) >= EXTRA_LINGER:
                 links.close_extra(peer)

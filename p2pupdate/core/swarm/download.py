@@ -34,7 +34,8 @@ banned.  A ``missing`` reject for a chunk the peer advertised is a ``false_claim
 The origin.  A download has at most ``origin_parallel`` chunks at the origin at once,
 each picked at random among those no connected peer has (nodes that start together fetch
 different chunks, then trade them).  It asks at once when peers gave it nothing to ask for
-``origin_idle`` (release day: nobody has anything); it keeps asking while what the origin
+``origin_idle`` (release day: nobody has anything) -- for ``origin_grace`` while the shell
+dials a holder it learned of (``HolderDialed``); it keeps asking while what the origin
 sends is new around it (no peer had it when it came, no peer announced it before we
 served it: else someone else got it from the origin too) and most of what it still needs
 is nowhere around it; otherwise a chunk goes to the origin once no connected peer has had
@@ -186,6 +187,8 @@ class Download:
         self.origin_got: set[int] = set()
         #: Since when nothing was in flight at any peer and nothing was pickable (None: busy).
         self.idle_since: float | None = now
+        #: Until when a holder the shell is dialing may come (``holder_coming``).
+        self.coming_until = -math.inf
         for i in range(chunk_map.count):
             if i not in held:
                 self.unavailable[i] = now
@@ -487,6 +490,11 @@ class Download:
             math.ceil(self.map.count * ORIGIN_SHARE / (1 + len(self.peers))),
         )
 
+    def holder_coming(self, now: float) -> None:
+        """The shell dials a holder of this artifact: an idle download waits the grace
+        for it (from when it went idle), not ``origin_idle``."""
+        self.coming_until = now + self.config.origin_grace
+
     def on_origin_failed(
         self, index: int, now: float | None = None, retry_after: float | None = None
     ) -> None:
@@ -559,7 +567,8 @@ class Download:
             # most of what they lacked was nowhere around them made the origin send 4
             # copies on the bench).
             over = self.origin_taken + len(self.origin) >= self.origin_share()
-            idle_for = cfg.origin_grace if over else cfg.origin_idle
+            coming = now < self.coming_until  # a holder is being dialed: wait for it
+            idle_for = cfg.origin_grace if over or coming else cfg.origin_idle
             idle = self.idle_since is not None and now - self.idle_since >= idle_for
             served = self.origin_served
             streaming = (

@@ -76,6 +76,17 @@ class UplinkMeasured(Event):
     rate: float
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HolderDialed(Event):
+    """The shell is opening a link to a node whose heartbeats say it holds or fetches
+    ``artifact`` (``holders.pick_holders``): a peer is coming, so a download that peers gave
+    nothing waits ``origin_grace`` for it, not ``origin_idle``, before it goes to the origin
+    (a node that joins a rollout late otherwise fetched chunks from the origin in the
+    second before its link to the holder was up)."""
+
+    artifact: str
+
+
 # -- effects (swarm -> shell) -------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from .events import (
     Drop,
     Effect,
     Event,
+    HolderDialed,
     Opened,
     OriginChunk,
     OriginFailed,
@@ -240,6 +241,11 @@ class Swarm:
             art.download.on_origin_failed(ev.index, now, ev.retry_after)
             art.download.fill_all(now, out)
 
+    def _holder_dialed(self, ev: HolderDialed, now: float, out: list[Effect]) -> None:
+        art = self.artifacts.get(ev.artifact)
+        if art is not None and art.download is not None:
+            art.download.holder_coming(now)
+
     def _uplink(self, ev: UplinkMeasured, now: float, out: list[Effect]) -> None:
         self.uploader.set_rate(upload_rate(self.config, ev.rate), now)
 
@@ -424,6 +430,7 @@ EVENT_HANDLERS: Final[Mapping[type[Event], EventHandler]] = {
     OriginChunk: Swarm._origin_chunk,  # type: ignore[dict-item]
     OriginFailed: Swarm._origin_failed,  # type: ignore[dict-item]
     UplinkMeasured: Swarm._uplink,  # type: ignore[dict-item]
+    HolderDialed: Swarm._holder_dialed,  # type: ignore[dict-item]
 }
 
 #: The one handler per message kind.

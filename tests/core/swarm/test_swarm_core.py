@@ -19,6 +19,7 @@ from p2pupdate.core.swarm.events import (
     Drop,
     Effect,
     FetchFromOrigin,
+    HolderDialed,
     Opened,
     OriginChunk,
     OriginFailed,
@@ -342,6 +343,28 @@ def test_nodes_starting_together_ask_the_origin_for_different_chunks() -> None:
         assert most <= CFG.origin_parallel
         firsts.append(frozenset(i for t, i in asked if t == asked[0][0]))
     assert len(set(firsts)) >= 6
+
+
+def test_a_holder_being_dialed_is_waited_for_the_grace_not_origin_idle() -> None:
+    """A node that joins late, with no peer yet but a holder its heartbeats named on the
+    way (``HolderDialed``), gives the holder ``origin_grace`` before the origin; without
+    the dial it goes at ``origin_idle``.  The holder comes, and the origin sends nothing."""
+    sw, _ = fetcher()
+    sw.handle(HolderDialed(artifact=ART), 0.0)
+    asked, _ = origin_loop(sw, CFG.origin_grace - 1.0)
+    assert not asked  # waited past origin_idle for the holder
+    join(sw, A, range(16), now=CFG.origin_grace - 1.0)
+    assert not [
+        e for e in sw.handle_timer(CFG.origin_grace + 1.0) if isinstance(e, FetchFromOrigin)
+    ]
+    alone, _ = fetcher()
+    asked, _ = origin_loop(alone, CFG.origin_idle + 1.0)
+    assert asked and min(t for t, _ in asked) <= CFG.origin_idle + 0.5
+    later, _ = fetcher()
+    later.handle(HolderDialed(artifact=ART), 0.0)  # the dial failed: the grace, then the origin
+    asked, _ = origin_loop(later, CFG.origin_grace + 1.5)
+    assert asked and CFG.origin_grace <= min(t for t, _ in asked) <= CFG.origin_grace + 1.0
+    sw.handle(HolderDialed(artifact="cd" * 32), 1.0)  # an artifact not fetched: nothing
 
 
 def test_the_deadline_rule_waits_for_a_measured_rate_then_still_moves_a_slow_swarm() -> None:
