@@ -13,7 +13,7 @@ returned, failed) adds its duration, grant to end on the replica's monotonic clo
 ``Holds`` (the last ``HOLD_SAMPLES``), and the wait uses ``hold_in_force``:
 
 * fewer than ``HOLD_MIN_SAMPLES`` ended: ``config.queue_hold`` (the prior);
-* else ``min(config.queue_hold, median)``, and at least ``config.min_retry``.
+* else ``min(config.queue_hold, max(config.min_retry, median))``.
 
 Why the minimum of the two and not the median alone: ``queue_hold`` is the operator's
 ceiling.  A hold measured shorter makes the nodes behind the leases ask sooner (a fleet
@@ -24,7 +24,7 @@ evidence it partly lacks.  Erring short costs asks (bounded by ``base_retry`` be
 two asks of one node), erring long costs time to update; a fleet of slow swaps sets a
 larger ``serve --queue-hold``.  The median, not the mean: one stuck lease held for its
 whole TTL does not move it.  The floor ``min_retry``: no node asks more often than that
-anyway, and it keeps the hold a valid ``PolicyConfig.queue_hold``.
+anyway, and it keeps the hold positive, a valid ``PolicyConfig.queue_hold``.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class Holds:
 
 def hold_in_force(holds: Holds, config: PolicyConfig) -> float:
     """The hold ``queued_retry`` computes with (module docstring): ``config.queue_hold``
-    until ``HOLD_MIN_SAMPLES`` leases ended, then ``min(queue_hold, median)``, never below
-    ``min_retry``."""
+    until ``HOLD_MIN_SAMPLES`` leases ended, then ``min(queue_hold, max(min_retry,
+    median))``."""
     measured = holds.measured()
     if measured is None:
         return config.queue_hold
