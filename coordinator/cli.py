@@ -69,7 +69,7 @@ from p2pupdate.errors import LocalStateFault
 from p2pupdate.fsutil import atomic_write, create_exclusive, fsync_dir
 from p2pupdate.net.websocket import parse_url
 
-from . import policy, rotation
+from . import policy, policy_hold, rotation
 from .bench import MAX_CONCURRENCY, MAX_SESSIONS, BenchError, run_bench
 from .catchup import CatchUp, CatchUpConfig
 from .ice import DEFAULT_TURN_TTL, MAX_TURN_TTL, MIN_TURN_TTL, IceConfig
@@ -1024,13 +1024,9 @@ def _ice_config(args: argparse.Namespace) -> IceConfig:
     return config
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import Server
-
-    d = _network_dir(Path(args.dir))
-    ice = _ice_config(args)
-    read_access = read_access_from_args(args)  # a bad token file: exit 2 before binding
-    config = ServiceConfig(
+def serve_config(args: argparse.Namespace, d: Path, ice: IceConfig) -> ServiceConfig:
+    """The replica's configuration from ``serve``'s flags (``d``: the network directory)."""
+    return ServiceConfig(
         network_dir=d,
         replica=args.replica,
         state_dir=Path(args.state_dir) if args.state_dir else None,
@@ -1042,6 +1038,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             utilization=args.utilization,
             emergency_budget=args.emergency_budget,
             aggregate_max_age=args.aggregate_max_age,
+            queue_retry_max=float(args.queue_retry_max),
+            queue_hold=float(args.queue_hold),
         ),
         first_start=args.first_start,
         ice=ice,
@@ -1050,7 +1048,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             repeat_window=float(args.origin_repeat_window),
         ),
         report_budget=float(args.report_budget),
+        nudge_on_connect=args.nudge_on_connect,
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import Server
+
+    d = _network_dir(Path(args.dir))
+    ice = _ice_config(args)
+    read_access = read_access_from_args(args)  # a bad token file: exit 2 before binding
+    config = serve_config(args, d, ice)
     host, port = args.listen
     peers = [_peer_url(u) for u in args.peer or ()]
     try:
@@ -1819,6 +1827,35 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {POLICY_DEFAULTS.aggregate_max_age:g}s)",
     )
     se.add_argument(
+        "--queue-retry-max",
+        type=_queue_seconds,
+        default=int(POLICY_DEFAULTS.queue_retry_max),
+        metavar="SECONDS",
+        help="longest wait given to a refused node that queues behind the leases of a full "
+        "pool: the node at place P behind K leases asks again after P x HOLD / K seconds, "
+        f"at least {POLICY_DEFAULTS.base_retry:g} and at most this (at most "
+        f"{POLICY_DEFAULTS.base_retry:g}: no growth, every queued node asks again within "
+        f"that; default {POLICY_DEFAULTS.queue_retry_max:g})",
+    )
+    se.add_argument(
+        "--queue-hold",
+        type=_queue_seconds,
+        default=int(POLICY_DEFAULTS.queue_hold),
+        metavar="SECONDS",
+        help="the longest HOLD (a lease's grant to 'rejoined') that wait is computed with: "
+        f"this until {policy_hold.HOLD_MIN_SAMPLES} leases ended by a report, then the "
+        f"median of the last {policy_hold.HOLD_SAMPLES} this replica measured when "
+        "shorter, so a fleet of fast swaps waits less; raise it for a fleet whose swaps "
+        f"take longer (default {POLICY_DEFAULTS.queue_hold:g})",
+    )
+    se.add_argument(
+        "--no-nudge-on-connect",
+        dest="nudge_on_connect",
+        action="store_false",
+        help="do not push the operator's nudge to a node whose session opens (by default a "
+        "node in the scope and behind the build the nudge names gets it at reconnect)",
+    )
+    se.add_argument(
         "--first-start",
         action="store_true",
         help="this replica is new and never granted a lease: skip the warm-up (a restarted "
@@ -2017,6 +2054,19 @@ def _watch_every(text: str) -> float:
     if not 0.1 <= v <= 3600:
         raise argparse.ArgumentTypeError(f"{text!r} must be 0.1 .. 3600 seconds")
     return v
+
+
+#: Longest ``--queue-retry-max`` / ``--queue-hold``: a day (a node keeps its place in the
+#: queue for twice the longest wait).
+MAX_QUEUE_SECONDS: Final = 86400
+
+
+def _queue_seconds(text: str) -> int:
+    """``--queue-retry-max`` / ``--queue-hold``: a duration of 1 s .. a day."""
+    seconds = duration(text)
+    if seconds > MAX_QUEUE_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than a day")
+    return seconds
 
 
 def _unit(text: str) -> float:

@@ -226,13 +226,15 @@ class PolicyConfig:
     min_retry: float = 1.0
     #: Longest ``retry_after`` a queued refusal may grow to with its queue position
     #: (``policy_queue.queued_retry``): a node further back than the blocking leases
-    #: waits ``position x queue_hold / leases``, within ``[base_retry, queue_retry_max]``.
+    #: waits ``position x hold / leases``, within ``[base_retry, queue_retry_max]``.
     #: At most ``base_retry``: no growth (every queued node asks again within it).
     #: Measured at 100k nodes, 20 leases, ~40,000 nodes waiting: 1800 s takes the asks
     #: from 219/s to 14/s on average with the same share updated (simulations/README.md).
     queue_retry_max: float = 1800.0
     #: A typical lease hold (seconds from grant to "rejoined": drain, restart, health
-    #: check), the time one slot takes to serve one node of the queue.
+    #: check), the time one slot takes to serve one node of the queue: the prior and the
+    #: ceiling of the hold the replica measures (``policy_hold.hold_in_force``: this
+    #: until 8 leases ended by a report, then the median of the last 64 if shorter).
     queue_hold: float = 90.0
     #: ``retry_after`` while the breaker holds the rollout (an operator must act).
     paused_retry: float = 3600.0

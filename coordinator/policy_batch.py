@@ -533,9 +533,13 @@ def decide_batch(
 
 
 def queued_retry_batch(
-    ends: FloatArray, positions: IntArray, now: float, config: PolicyConfig
+    ends: FloatArray,
+    positions: IntArray,
+    now: float,
+    config: PolicyConfig,
+    hold: float | None = None,
 ) -> FloatArray:
-    """``policy_queue.queued_retry(ends, p, now, config)`` for each ``p`` of ``positions``
+    """``policy_queue.queued_retry(ends, p, now, config, hold)`` for each ``p`` of ``positions``
     (``0``: no position, ``None`` there), elementwise and bit-identical; ``ends`` sorted."""
     positions = np.asarray(positions, dtype=np.int64)
     if bool((positions < 0).any()):
@@ -551,6 +555,7 @@ def queued_retry_batch(
         )
     behind = ~within
     if k and grows(config) and bool(behind.any()):
-        grown = places[behind].astype(np.float64) * config.queue_hold / k
+        per = config.queue_hold if hold is None else hold
+        grown = places[behind].astype(np.float64) * per / k
         out[behind] = np.minimum(config.queue_retry_max, np.maximum(config.base_retry, grown))
     return out

@@ -17,8 +17,9 @@ behind a slot that freed after 5.  Now:
   leases' ends: the ``position``-th earliest end (the slot this node is next for once those
   ahead took theirs) through ``policy.retry_until`` (the one clamp to ``[min_retry,
   base_retry]``); a node further back than there are blocking leases waits in proportion
-  to its place, ``position x queue_hold / leases`` within ``[base_retry,
-  queue_retry_max]`` (``queued_retry``), so a long queue asks ``position / leases`` times
+  to its place, ``position x hold / leases`` within ``[base_retry,
+  queue_retry_max]`` (``queued_retry``; ``hold`` the median of the replica's recent
+  lease holds, at most ``queue_hold``: ``policy_hold``), so a long queue asks ``position / leases`` times
   less often, in its order (measured at 100k nodes with 20 leases and ~40,000 waiting:
   219 -> 14 asks/s with ``queue_retry_max`` 1800 s, the same share updated;
   simulations/README.md);
@@ -112,7 +113,11 @@ def queue_place(position: int | None, config: PolicyConfig) -> int:
 
 
 def queued_retry(
-    ends: list[float], position: int | None, now: float, config: PolicyConfig
+    ends: list[float],
+    position: int | None,
+    now: float,
+    config: PolicyConfig,
+    hold: float | None = None,
 ) -> float:
     """``retry_after`` for the node at ``position`` (``queue_place``) of a pool whose
     blocking leases end at ``ends`` (sorted).
@@ -121,9 +126,12 @@ def queued_retry(
       slot this node is next for once those ahead took theirs), clamped by
       ``retry_until`` to ``[min_retry, base_retry]``;
     * behind them: ``base_retry`` -- or, when the wait grows (``queue_retry_max >
-      base_retry``), ``p x queue_hold / k`` (the ``k`` slots serve the ``p - 1`` nodes
+      base_retry``), ``p x hold / k`` (the ``k`` slots serve the ``p - 1`` nodes
       ahead in about that long) within ``[base_retry, queue_retry_max]``, so the nodes
       at the back of a long queue ask ``p / k`` times less often, in their order.
+
+    ``hold``: how long one node holds a slot, ``policy_hold.hold_in_force`` of the
+    leases that ended (the replica's measurement); None: ``config.queue_hold``.
 
     Non-decreasing in ``p`` and never above ``longest_queued_retry``.  ``decide_batch``'s
     companion ``policy_batch.queued_retry_batch`` computes the same elementwise.
@@ -134,7 +142,7 @@ def queued_retry(
         return retry_until(ends[place - 1], now, config)
     if k == 0 or not grows(config):
         return config.base_retry
-    grown = place * config.queue_hold / k
+    grown = place * (config.queue_hold if hold is None else hold) / k
     return min(config.queue_retry_max, max(config.base_retry, grown))
 
 

@@ -26,6 +26,15 @@ replica pushes the nudge it holds to the node when ``policy_signals.reconnect_nu
 says so (a nudge for the build in force, the node in scope and behind);
 ``ServiceConfig.nudge_on_connect`` switches it off.
 
+The queue's hold (``policy_hold``): a refused node behind the blocking leases waits in
+proportion to its place times how long one node holds a slot.  The replica measures that
+hold: the grant time of each lease it signs (``ask``) and the end of each lease a report
+ended (rejoined, returned, failed: ``_lease_ended``), on the monotonic clock, the last
+``HOLD_SAMPLES``; from ``HOLD_MIN_SAMPLES`` of them on, the queue waits with
+``min(queue_hold, median)`` (``hold_in_force``) -- so the demos' 5-10 s swaps are not made
+to wait for a guessed 90 s.  The measurement lives in memory (after a restart the prior
+applies until enough leases ended) and is in ``/status`` (``queue_hold``).
+
 Time: ``clock()`` (monotonic) for leases, ``wall()`` for documents and tokens; both are
 arguments so tests can drive them.
 """
@@ -48,7 +57,7 @@ from p2pupdate.core.session import Signer
 from p2pupdate.core.trust import TrustStore
 from p2pupdate.fsutil import read_limited
 
-from . import policy, policy_signals
+from . import policy, policy_hold, policy_signals
 from .asks import Answer, Asks, LeaseInfo
 from .breakers import Breaker, Breakers
 from .errors import ConfigError, RequestError, StateDamaged
@@ -253,6 +262,10 @@ class Replica:
         self.reported: dict[str, object] = {}
         #: Nudges pushed to nodes whose session opened (``reconnect_nudge``), since start.
         self.reconnect_nudges = 0
+        #: How long the leases that ended by a report were held (``policy_hold``).
+        self.holds = policy_hold.Holds()
+        #: Per node holding a lease signed here: its nonce and grant time (monotonic).
+        self.granted_at: dict[str, tuple[bytes, float]] = {}
 
     def _persist_memory(self) -> None:
         """The database was found damaged while serving and replaced by an empty one:
@@ -428,20 +441,53 @@ class Replica:
         return self.asks.pool_state(pool)
 
     def end_lease(self, node: str, nonce: bytes, event: str, reason: str = "") -> bool:
-        return self.asks.end_lease(node, nonce, event, reason)
+        """End ``node``'s lease (``Asks.end_lease``); its hold is measured."""
+        info = self.asks.leases.get(node)
+        ended = self.asks.end_lease(node, nonce, event, reason)
+        if ended and info is not None:
+            self._lease_ended(node, info.nonce)
+        return ended
+
+    def _lease_ended(self, node: str, nonce: bytes) -> None:
+        """A report ended the lease ``nonce`` of ``node``: its hold is a sample, and the
+        queue's hold in force follows (``policy_hold.hold_in_force``)."""
+        granted = self.granted_at.pop(node, None)
+        if granted is None or granted[0] != nonce:
+            return
+        self.holds = self.holds.add(max(0.0, self.clock() - granted[1]))
+        hold = policy_hold.hold_in_force(self.holds, self.policy)
+        # ``Asks`` answers a queued refusal with ``policy_queue.queued_retry`` of its
+        # policy: the hold in force is that policy's ``queue_hold`` (the prior stays in
+        # ``self.policy``).
+        if hold != self.asks.policy.queue_hold:
+            self.asks.policy = replace(self.asks.policy, queue_hold=hold)
+
+    def _granted(self, node: str) -> None:
+        """``ask`` granted: a lease new to this replica starts its hold now."""
+        info = self.asks.leases.get(node)
+        if info is None:
+            return
+        held = self.granted_at.get(node)
+        if held is None or held[0] != info.nonce:  # not the same lease answered again
+            self.granted_at[node] = (info.nonce, self.clock())
+        if len(self.granted_at) > 2 * len(self.asks.leases) + 64:  # leases that lapsed
+            leases = self.asks.leases
+            self.granted_at = {
+                n: g for n, g in self.granted_at.items() if n in leases and leases[n].nonce == g[0]
+            }
 
     def on_rejoined(self, node: str, report: proto.RejoinedReport) -> None:
-        self.asks.end_lease(node, report.nonce, "rejoined")
+        self.end_lease(node, report.nonce, "rejoined")
         self.registry.rejoined(node, report.artifact)
         self.breakers.rejoined(node, report.artifact, report.nonce)
 
     def on_return(self, node: str, report: proto.ReturnReport) -> None:
-        self.asks.end_lease(node, report.nonce, "return", report.reason)
+        self.end_lease(node, report.nonce, "return", report.reason)
 
     def on_failed(self, node: str, report: proto.FailedReport) -> bool:
         """End the node's lease and count the failure; whether the rollout is paused."""
         reason = report.reason or "failed"
-        self.asks.end_lease(node, report.nonce, "failed", reason)
+        self.end_lease(node, report.nonce, "failed", reason)
         scope = self.documents.scope
         return self.breakers.failed(
             node,
@@ -469,7 +515,10 @@ class Replica:
 
     def ask(self, node: str, request: proto.AskRequest) -> Answer:
         """Gates 1-3 for one proposed token (``coordinator.asks``)."""
-        return self.asks.ask(node, request)
+        answer = self.asks.ask(node, request)
+        if answer.granted:
+            self._granted(node)
+        return answer
 
     def active_leases(self) -> dict[str, list[policy.Lease]]:
         return self.asks.active_leases()
@@ -491,6 +540,12 @@ class Replica:
         # P10: reports no lease of this replica backs, and nodes cooling off after a lapse
         status["failures_ignored"] = self.breakers.ignored
         status["reconnect_nudges"] = self.reconnect_nudges
+        status["queue_hold"] = {
+            "prior": self.policy.queue_hold,
+            "measured": self.holds.measured(),
+            "samples": len(self.holds.recent),
+            "in_force": self.asks.policy.queue_hold,
+        }
         now = self.clock()
         status["lapse_cooldowns"] = sum(1 for c in self.asks.cooldowns.values() if c.until > now)
         net = self.network

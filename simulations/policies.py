@@ -8,7 +8,10 @@
   in arrays), and its ``retry_after`` is ``policy_queue.queued_retry`` of its position
   (``policy_batch.queued_retry_batch`` in the tick engine).  Not modelled: the replica's
   ``SlotPush`` to the queue's head when a lease ends (it reaches a node only while its
-  on-demand channel is open, and the model's nodes are not connected while they wait).  Leases lapse after ``lease_ttl`` or end when the node reports
+  on-demand channel is open, and the model's nodes are not connected while they wait).
+  The hold the wait grows with is the replica's measured one (``policy_hold``; the
+  service measures it the same way): each lease that a release ends before it lapsed is
+  a sample, grant to release (``LeaseHolds``).  Leases lapse after ``lease_ttl`` or end when the node reports
   "rejoined" (or hands the lease back).  The circuit breaker (``breaker_tripped``) pauses
   the pool.  Nothing of the rule is restated here.
 * ``fleetlock``: a fixed semaphore per pool (FleetLock / Zincati, airlock, kured's lock):
@@ -44,6 +47,7 @@ from coordinator.policy import (
     gate_of,
 )
 from coordinator.policy_batch import AskBatch, PoolArrays, decide_batch, queued_retry_batch
+from coordinator.policy_hold import Holds, hold_in_force
 from coordinator.policy_queue import (
     MAX_WAITING,
     QUEUED,
@@ -128,6 +132,32 @@ class Policy(Protocol):
 # -- ours -------------------------------------------------------------------------------------
 
 
+class LeaseHolds:
+    """The replica's measured lease hold (``coordinator.policy_hold``), as the service
+    takes it: a lease's grant time, and at its release before it lapsed (``lease_ttl``
+    after the grant) the duration as a sample."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.granted_at: dict[int, float] = {}
+        self.holds = Holds()
+        self.hold = hold_in_force(self.holds, config)
+
+    def granted(self, nodes: IntArray, now: float) -> None:
+        for node in nodes.tolist():
+            self.granted_at[node] = now
+
+    def released(self, nodes: IntArray, now: float) -> None:
+        samples = []
+        for node in nodes.tolist():
+            at = self.granted_at.pop(node, None)
+            if at is not None and now - at < self.config.lease_ttl:  # active: not lapsed
+                samples.append(max(0.0, now - at))
+        if samples:
+            self.holds = self.holds.add(*samples)
+            self.hold = hold_in_force(self.holds, self.config)
+
+
 class OursBatch:
     """``decide_batch`` per pool per tick (the tick engine)."""
 
@@ -150,6 +180,7 @@ class OursBatch:
         self.queued_until = np.full(nodes, -math.inf)
         self._place = np.zeros(nodes, dtype=np.int64)
         self._queued_codes = np.array(sorted(QUEUED), dtype=np.int8)
+        self.holds = LeaseHolds(config)
 
     def label(self, code: int) -> tuple[str, str]:
         return gate_of(code), REASONS[code]
@@ -184,6 +215,7 @@ class OursBatch:
             node=nodes, capacity=capacity, load=load, force=force, time=times, check=False
         )
         result, self.states[pool] = decide_batch(state, asks, now, self.config)
+        self.holds.granted(nodes[result.granted & (result.reason != EXISTING_LEASE)], now)
         retry = result.retry_after
         queued = np.isin(result.reason, self._queued_codes)
         if bool(queued.any()) or len(self.queue[pool]):
@@ -229,10 +261,11 @@ class OursBatch:
             blocking = active & leases.forced if forced else active
             ends = np.sort(leases.expires[blocking])
             where = np.flatnonzero(queued)[sel]
-            out[where] = queued_retry_batch(ends, positions[sel], now, self.config)
+            out[where] = queued_retry_batch(ends, positions[sel], now, self.config, self.holds.hold)
         return out
 
     def release(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
+        self.holds.released(nodes, now)
         if len(self.states) == 1:
             self._ended[0].append(nodes)
             return
@@ -277,6 +310,7 @@ class OursSequential:
         ]
         self.queues = [WaitQueue() for _ in range(pools)]
         self.paused = False
+        self.holds = LeaseHolds(config)
 
     def label(self, code: int) -> tuple[str, str]:
         return gate_of(code), REASONS[code]
@@ -319,17 +353,19 @@ class OursSequential:
             if d.lease is not None:
                 if d.code != EXISTING_LEASE:
                     state = state.add(d.lease)
+                    self.holds.granted(nodes[i : i + 1], now)
                 self.queues[pool] = self.queues[pool].leave(node)
             elif d.code in QUEUED:  # as coordinator.asks does: join, wait by position
                 self.queues[pool], position = self.queues[pool].join(node, now, self.config)
                 ends = blocking_ends(state.leases, forced=ask.force, now=now)
-                retry[i] = queued_retry(ends, position, now, self.config)
+                retry[i] = queued_retry(ends, position, now, self.config, self.holds.hold)
             elif d.retry_after is not None:
                 retry[i] = d.retry_after
         self.states[pool] = state
         return granted, codes, retry
 
     def release(self, nodes: IntArray, pools: NDArray[np.int32], now: float) -> None:
+        self.holds.released(nodes, now)
         for node, pool in zip(nodes.tolist(), pools.tolist(), strict=True):
             self.states[pool] = self.states[pool].end_lease(node)
 

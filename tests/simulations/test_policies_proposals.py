@@ -55,6 +55,8 @@ def test_the_array_queue_answers_as_the_wait_queue() -> None:
         batch.release(done.astype(np.int64), pools, now)
         seq.release(done.astype(np.int64), pools, now)
     assert batch.queue[0].tolist() == [w.node for w in seq.queues[0].live(now).waiting]
+    # the measured lease hold (``policy_hold``) the waits used is the same in both
+    assert batch.holds.holds == seq.holds.holds and batch.holds.hold == seq.holds.hold
 
 
 def test_a_growing_wait_cuts_the_asks_of_a_long_queue() -> None:
