@@ -90,7 +90,8 @@ def _stage(work: Path, n_nodes: int, max_concurrent: int, children: fd.Children)
     docs = ["v1.release", "v2.release", "allowlist.msgpack", "v2.tar.gz"]
     fd.run("publish", [*c, "publish", *docs, "--url", url], work)
     nodes = [
-        fd.Node(f"node{i}", work / "nodes" / f"node{i}", fd.free_port()) for i in range(n_nodes)
+        fd.Node(f"node{i}", work / "nodes" / f"node{i}", fd.free_port(), f"127.0.0.{i + 1}")
+        for i in range(n_nodes)
     ]
     (work / "nodes").mkdir(exist_ok=True)
     for node in nodes:

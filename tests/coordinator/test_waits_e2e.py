@@ -81,6 +81,10 @@ def test_capacity_refused_node_asks_again_when_the_slot_frees(
         "1",
         "--min-serving",
         "0",
+        # both nodes fetch v2 from the origin at once, so that they ask together: the
+        # repeat window would let the second trail by a second or two (coordinator.origin)
+        "--origin-repeat-window",
+        "0",
     )
     url = rp.url
     v2_bytes = v2.path.read_bytes()
