@@ -30,7 +30,7 @@ from ..daemon.boot import PROBATION_MARGIN
 from ..daemon.bundled import default_bundle_path
 from ..daemon.options import add_daemon_arguments, check_node_options, forward_args, seconds
 from ..fsutil import create_exclusive
-from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, unpack_into
+from ..launcher.artifact import SELF_CONTAINED_LIMITS, SLOT_TOPS, ArtifactError, unpack_into
 from ..launcher.codes import EXIT_CODES_HELP
 from ..launcher.main import exec_launcher
 from ..launcher.supervisor import LauncherConfig
@@ -388,12 +388,14 @@ def check_node(args: argparse.Namespace, state_dir: Path) -> None:
             what = "not a regular file" if artifact.exists() else "no such file"
             raise UsageError(f"--initial-artifact {artifact}: {what}")
         try:
-            data = read_input(artifact, DEFAULT_LIMITS.max_total_bytes)
+            data = read_input(artifact, SELF_CONTAINED_LIMITS.max_artifact_bytes)
         except UsageError as exc:
             raise UsageError(f"--initial-artifact {exc}") from None
         with tempfile.TemporaryDirectory(prefix="p2pupdate-check-") as scratch:
             try:  # the launcher's own unpacking, into a scratch directory (not the state dir)
-                unpack_into(data, Path(scratch))
+                unpack_into(
+                    data, Path(scratch), limits=SELF_CONTAINED_LIMITS, allowed_top=SLOT_TOPS
+                )
             except ArtifactError as exc:
                 raise UsageError(
                     f"--initial-artifact {artifact}: not a p2pupdate build ({exc})"
