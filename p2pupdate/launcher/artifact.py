@@ -711,6 +711,92 @@ def artifact_hashes(
     return out
 
 
+#: ``deps/SLOT.json`` is a few KB (27 dependencies: 4 KB); more is not a manifest.
+MAX_MANIFEST_BYTES: Final = 1024 * 1024
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
+class _BoundedGunzip:
+    """A file object over the gunzipped bytes of ``source`` that refuses to produce more
+    than ``cap`` bytes (what ``tarfile``'s stream mode reads, a block at a time)."""
+
+    def __init__(self, source: IO[bytes], cap: int) -> None:
+        self._source = source
+        self._d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._buf = b""
+        self._out = 0
+        self._cap = cap
+
+    def read(self, n: int = -1) -> bytes:
+        want = n if n is not None and n >= 0 else 1 << 20
+        try:
+            while len(self._buf) < want and not self._d.eof:
+                chunk = self._d.unconsumed_tail or self._source.read(1 << 16)
+                if not chunk:
+                    raise ArtifactError("truncated gzip stream")
+                piece = self._d.decompress(chunk, want - len(self._buf))
+                self._out += len(piece)
+                if self._out > self._cap:
+                    raise ArtifactError(f"decompresses to more than {self._cap} bytes")
+                self._buf += piece
+        except zlib.error as exc:
+            raise ArtifactError(f"not a gzip file: {exc}") from None
+        data, self._buf = self._buf[:want], self._buf[want:]
+        return data
+
+
+def read_build_manifest(
+    source: IO[bytes], limits: UnpackLimits = SELF_CONTAINED_LIMITS
+) -> dict[str, Any] | None:
+    """The ``deps/SLOT.json`` of the artifact open as ``source`` (a regular file, read from
+    its start; the caller refuses a FIFO or a device before), read by streaming the tar up
+    to it; None when the file is not gzip (not a build) or holds no such entry (a build of
+    our code alone).  ``ArtifactError`` for a damaged or unsafe artifact, a manifest over
+    ``MAX_MANIFEST_BYTES`` or one that is not a JSON object of format 1 with a string
+    ``platform``; ``OSError`` when the file cannot be read.
+
+    The same caps as unpacking: file size, decompressed bytes, entries, path shape."""
+    import json
+
+    size = os.fstat(source.fileno()).st_size
+    if size > limits.max_artifact_bytes:
+        raise ArtifactError(f"{size} B over the artifact cap {limits.max_artifact_bytes}")
+    if source.read(2) != _GZIP_MAGIC:
+        return None
+    source.seek(0)
+    cap = limits.max_total_bytes + (limits.max_entries + 2) * 3 * 512
+    count = 0
+    try:
+        with tarfile.open(fileobj=_BoundedGunzip(source, cap), mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                count += 1
+                if count > limits.max_entries:
+                    raise ArtifactError(f"more than {limits.max_entries} entries")
+                _safe_parts(member.name, limits, SLOT_TOPS)
+                if member.name != MANIFEST_FILE:
+                    continue
+                if not member.isreg() or member.size > MAX_MANIFEST_BYTES:
+                    raise ArtifactError(
+                        f"{MANIFEST_FILE}: not a file of at most {MAX_MANIFEST_BYTES} B"
+                    )
+                reader = tar.extractfile(member)
+                raw = reader.read() if reader is not None else b""
+                break
+            else:
+                return None
+    except (tarfile.TarError, EOFError) as exc:
+        raise ArtifactError(f"corrupt archive after {count} entries: {exc}") from None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ArtifactError(f"{MANIFEST_FILE}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != 1:
+        raise ArtifactError(f"{MANIFEST_FILE}: not a format 1 manifest")
+    if not isinstance(doc.get("platform"), str) or not doc["platform"]:
+        raise ArtifactError(f"{MANIFEST_FILE}: no platform")
+    return doc
+
+
 def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
     source = tar.extractfile(member)
     if source is None:  # pragma: no cover - isreg() members always have a file object
