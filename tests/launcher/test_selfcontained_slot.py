@@ -7,6 +7,7 @@ checkout, though the launcher itself runs with this checkout on ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sysconfig
@@ -25,7 +26,7 @@ from p2pupdate.launcher.artifact import (
 from p2pupdate.launcher.codes import LAUNCHER_OK
 from p2pupdate.launcher.faults import MODULES_ENV
 
-from .harness import REPO, Build, Nodes, base_args, nodes, read_links
+from .harness import REPO, Build, Nodes, base_args, make_build, nodes, offer, read_links
 
 __all__ = ["nodes"]  # the fixture, used by name
 
@@ -106,3 +107,24 @@ def test_a_slot_of_our_code_alone_still_runs_on_the_launchers_environment(
     slot = node.state.slot_dir(build.sha)
     assert modules["p2pupdate"].startswith(str(slot) + os.sep)
     assert not modules["trio"].startswith(str(slot) + os.sep)
+
+
+@pytest.mark.slow
+def test_a_node_updates_from_a_code_only_build_to_a_self_contained_one(
+    nodes: Nodes, tmp_path: Path, self_contained: Build
+) -> None:
+    """The daemon of a build of our code alone fetches, stages (70 MB: over the old 64 MB
+    cap) and swaps to a self-contained build, which confirms on probation and runs from
+    its slot alone."""
+    v1 = make_build(tmp_path, "v1", 1)
+    offers = tmp_path / "offers"
+    offers.mkdir()
+    node = nodes.start(tmp_path / "state", base_args(v1, offers))
+    node.wait_running("v1")
+    sc = dataclasses.replace(self_contained, counter=2)
+    offer(offers, sc)
+    status = node.wait_running("sc1", timeout=180)
+    assert read_links(node.state) == (sc.sha, v1.sha)
+    argv = _cmdline(status["pid"])
+    assert argv[1:3] == ["-I", "-S"] and argv[5] == str(node.state.slot_dir(sc.sha)), argv[:6]
+    assert node.terminate(timeout=60) == LAUNCHER_OK
