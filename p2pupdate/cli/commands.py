@@ -30,7 +30,13 @@ from ..daemon.boot import PROBATION_MARGIN
 from ..daemon.bundled import default_bundle_path
 from ..daemon.options import add_daemon_arguments, check_node_options, forward_args, seconds
 from ..fsutil import create_exclusive
-from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, unpack_into
+from ..launcher.artifact import (
+    SELF_CONTAINED_LIMITS,
+    SLOT_TOPS,
+    ArtifactError,
+    read_build_manifest,
+    unpack_into,
+)
 from ..launcher.codes import EXIT_CODES_HELP
 from ..launcher.main import exec_launcher
 from ..launcher.supervisor import LauncherConfig
@@ -123,7 +129,27 @@ def hash_file(path: Path, chunk_size: int) -> tuple[str, int, tuple[bytes, ...]]
     return whole.hexdigest(), length, tuple(chunks)
 
 
+def release_platform(path: Path, given: str | None) -> str:
+    """What the release record says the build needs: ``--platform`` if given (``none``:
+    nothing), else the ``platform`` of the artifact's ``deps/SLOT.json`` (a self-contained
+    build), else nothing (a build of our code alone, or a file that is not a build)."""
+    if given is not None:
+        return "" if given == "none" else given
+    try:
+        with regular_input(path) as f:  # a FIFO or a device is refused unread
+            manifest = read_build_manifest(f)
+    except ArtifactError as exc:
+        raise UsageError(
+            f"{path}: cannot read its build manifest ({exc}); "
+            "name the platform with --platform (or --platform none)"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    return "" if manifest is None else str(manifest["platform"])
+
+
 def cmd_release(args: argparse.Namespace) -> int:
+    platform = release_platform(Path(args.file), args.platform)
     if args.chunk_size is None:
         try:
             args.chunk_size = default_chunk_size(Path(args.file).stat().st_size)
@@ -153,6 +179,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             chunks=chunks,
             issued=now,
             expires=now + args.expires,
+            platform=platform,
         )
         rel = rel.checked()
     except P2PUpdateError as exc:
@@ -160,6 +187,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     write_output(args.output, rel.sign(keys).to_wire())
     print(f"release {args.name!r} counter {args.counter}: artifact {artifact}")
     print(f"  {length} bytes in {len(chunks)} chunks of {args.chunk_size}; wrote {args.output}")
+    print(f"  platform {platform or 'none (runs wherever Python does)'}")
     return EXIT_OK
 
 
@@ -388,12 +416,14 @@ def check_node(args: argparse.Namespace, state_dir: Path) -> None:
             what = "not a regular file" if artifact.exists() else "no such file"
             raise UsageError(f"--initial-artifact {artifact}: {what}")
         try:
-            data = read_input(artifact, DEFAULT_LIMITS.max_total_bytes)
+            data = read_input(artifact, SELF_CONTAINED_LIMITS.max_artifact_bytes)
         except UsageError as exc:
             raise UsageError(f"--initial-artifact {exc}") from None
         with tempfile.TemporaryDirectory(prefix="p2pupdate-check-") as scratch:
             try:  # the launcher's own unpacking, into a scratch directory (not the state dir)
-                unpack_into(data, Path(scratch))
+                unpack_into(
+                    data, Path(scratch), limits=SELF_CONTAINED_LIMITS, allowed_top=SLOT_TOPS
+                )
             except ArtifactError as exc:
                 raise UsageError(
                     f"--initial-artifact {artifact}: not a p2pupdate build ({exc})"
@@ -504,6 +534,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=365 * 86400,
         metavar="DUR",
         help="record lifetime (default 365d)",
+    )
+    rel.add_argument(
+        "--platform",
+        default=None,
+        metavar="TAG",
+        help="the platform the build needs, e.g. cp311-manylinux_2_34_x86_64 (default: the "
+        "one a self-contained build's deps/SLOT.json names; none for a build of our code "
+        "alone); 'none' records no platform. Gate 1 refuses the build on a node that "
+        "cannot run it (wrong-platform)",
     )
     rel.add_argument("-o", "--output", required=True, metavar="OUT")
     rel.set_defaults(handler=cmd_release)

@@ -1,5 +1,8 @@
 import sys
 
+from ..launcher.faults import dump_modules
 from .main import main
 
-sys.exit(main())
+code = main()
+dump_modules()  # a test hook: nothing unless P2PUPDATE_TEST_MODULES is set
+sys.exit(code)

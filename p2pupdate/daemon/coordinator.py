@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -78,6 +78,7 @@ from ..core.gates import choose_target
 from ..core.swarm.chunks import ChunkMap
 from ..core.timing import UpdaterConfig
 from ..fsutil import read_limited
+from ..launcher.artifact import node_platforms
 from .chunkstore import ChunkStore
 from .gossip import parse_link_address
 from .identity import weak_identity
@@ -238,7 +239,11 @@ class CoordinatorLink:
         persistent: bool = False,
         docs_interval: float = UpdaterConfig().check_interval,
         rng: random.Random | None = None,
+        platforms: Set[str] | None = None,
     ) -> None:
+        #: The platform tags this node runs (default: this interpreter's,
+        #: ``node_platforms``): gate 1 refuses a release for another as ``wrong-platform``.
+        self.platforms = node_platforms() if platforms is None else platforms
         #: Channels kept open (``--persistent-sessions``) or opened on demand (default).
         self.persistent = persistent
         self.docs_interval = docs_interval
@@ -754,6 +759,7 @@ class CoordinatorLink:
             releases=self.releases,
             scope=self.scope,
             now=self.clock.utc_now(),
+            platforms=self.platforms,
         )
         return up.GatesEvaluated.from_target(target, allowlist=self.allowlist, scope=self.scope)
 

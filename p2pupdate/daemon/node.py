@@ -550,7 +550,7 @@ class Node:
             if any(d.artifact == p.to_artifact for d in st.read_denied()):
                 return up.SwapFailed(reason="sticky-denied on this node")
             data = await self.run_blocking(
-                read_artifact, st.store_path(p.to_artifact), p.to_artifact
+                read_artifact, st.store_path(p.to_artifact), p.to_artifact, st.limits
             )
 
             def stage() -> SlotManifest:

@@ -22,18 +22,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import SYSTEM
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
-from ..core.gates import newest_upgrade
+from ..core.gates import newest_upgrade, platform_supported
 from ..core.updater import Candidate, GatesEvaluated
 from ..errors import PeerFault
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
-from ..launcher.artifact import DEFAULT_LIMITS, ArtifactError, UnpackLimits, read_artifact
+from ..launcher.artifact import (
+    SELF_CONTAINED_LIMITS,
+    ArtifactError,
+    UnpackLimits,
+    node_platforms,
+    read_artifact,
+)
 from .truststate import TrustFile
 
 MAX_OFFER_RECORD = 1024 * 1024 + 4096
@@ -70,10 +76,13 @@ class OfferSource:
         directory: Path,
         *,
         trust: TrustFile | None,
-        limits: UnpackLimits = DEFAULT_LIMITS,
+        limits: UnpackLimits = SELF_CONTAINED_LIMITS,
         log: Callable[[str], None] = lambda _m: None,
         wall_clock: Callable[[], float] = SYSTEM.wall,
+        platforms: Set[str] | None = None,
     ) -> None:
+        #: The platform tags this node runs: a signed offer for another is skipped.
+        self.platforms = node_platforms() if platforms is None else platforms
         self.directory = directory
         self.trust = trust
         self.limits = limits
@@ -119,6 +128,8 @@ class OfferSource:
             rel = signed.doc
             if rel.artifact != artifact:
                 raise OfferError(f"release record is for {rel.artifact[:16]}..., not this file")
+            if not platform_supported(rel.platform, self.platforms):
+                raise OfferError(f"wrong-platform: built for {rel.platform}, not this node")
             return Offer(artifact=artifact, counter=rel.counter, name=rel.name, release=rel)
         try:
             obj = json.loads(data)

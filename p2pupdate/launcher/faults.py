@@ -18,6 +18,10 @@ Steps (who reaches them):
 ``promoted``   launcher  ``current`` repointed; ``pending`` not yet removed
 ``rollback``   launcher  the rollback decision is in ``pending``; deny and log not yet written
 =============  ========  =====================================================================
+
+``P2PUPDATE_TEST_MODULES=<file>`` makes the daemon write, as it exits, where each module it
+imported came from (``{name: __file__}``, JSON): the test that a self-contained slot runs
+from itself alone reads it.  Nothing else ever sets it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 from typing import Final
 
 ENV: Final = "P2PUPDATE_TEST_CRASH_AT"
+MODULES_ENV: Final = "P2PUPDATE_TEST_MODULES"
 
 STEPS: Final = (
     "unpack",
@@ -53,3 +58,22 @@ def crash_point(step: str) -> None:
         os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:  # not the leader of a group we may kill: at least die ourselves
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dump_modules() -> None:
+    """Write ``{module: __file__}`` of every module this process imported (those with a
+    file) to ``$P2PUPDATE_TEST_MODULES``, atomically, if the test asked for it."""
+    target = os.environ.get(MODULES_ENV)
+    if not target:
+        return
+    import json
+    from pathlib import Path
+
+    from ..fsutil import atomic_write
+
+    files = {
+        name: f
+        for name, mod in list(sys.modules.items())
+        if isinstance(f := getattr(mod, "__file__", None), str)
+    }
+    atomic_write(Path(target), json.dumps(files, sort_keys=True).encode())

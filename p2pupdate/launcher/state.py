@@ -3,8 +3,10 @@
 Layout (``D`` is ``--state-dir``)::
 
     D/launcher.lock           flock: one launcher per state dir
-    D/slots/<sha256>/         one unpacked artifact: p2pupdate/, coordinator/, SLOT.json,
-                              FILES.json (the sha256 of each file, checked before each start)
+    D/slots/<sha256>/         one unpacked artifact: p2pupdate/, coordinator/, in a
+                              self-contained build deps/ (every runtime dependency and
+                              deps/SLOT.json), SLOT.json, FILES.json (the sha256 of each
+                              file, checked before each start)
     D/slots/.tmp-*            a slot being unpacked (deleted at launcher start)
     D/current -> slots/<sha>  the slot that runs; changes only when a new slot is confirmed
     D/previous -> slots/<sha> the slot that ran before it (kept for a manual rollback)
@@ -57,11 +59,13 @@ from typing import Any, Final, NamedTuple
 from ..errors import LocalStateFault
 from ..fsutil import FileTooLargeError, atomic_write, fsync_dir, quarantine, read_limited
 from .artifact import (
-    DEFAULT_LIMITS,
+    SELF_CONTAINED_LIMITS,
+    SLOT_TOPS,
     VERSION_FILE,
     ArtifactError,
     UnpackLimits,
     artifact_files,
+    artifact_hashes,
     check_artifact,
     read_artifact,
     read_version,
@@ -217,13 +221,11 @@ class SlotFiles(NamedTuple):
         )
         _sha(v["artifact"], f"{where}.artifact")
         files: dict[str, Any] = v["files"]
-        if not files or len(files) > DEFAULT_LIMITS.max_entries:
+        if not files or len(files) > SELF_CONTAINED_LIMITS.max_entries:
             raise StateError(f"{where}.files: empty or too many entries")
         for name, digest in files.items():
             parts = name.split("/")
-            if parts[0] not in ("p2pupdate", "coordinator") or any(
-                part in ("", ".", "..") for part in parts
-            ):
+            if parts[0] not in SLOT_TOPS or any(part in ("", ".", "..") for part in parts):
                 raise StateError(f"{where}.files: {name[:80]!r} is not a path inside the slot")
             _sha(digest, f"{where}.files[{name[:80]!r}]")
         return cls(**v)
@@ -242,7 +244,7 @@ def read_version_of(members: Mapping[str, tuple[bytes, int]]) -> str | None:
 
 def _hash_file(path: Path) -> str | None:
     try:
-        return sha256_hex(read_limited(path, DEFAULT_LIMITS.max_file_bytes))
+        return sha256_hex(read_limited(path, SELF_CONTAINED_LIMITS.max_file_bytes))
     except OSError:
         return None
 
@@ -440,7 +442,7 @@ def _parse_rollback(raw: Any, where: str) -> RollbackEntry:
 class StateDir:
     """Paths and crash-safe operations on one node's state directory."""
 
-    def __init__(self, root: Path, limits: UnpackLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, root: Path, limits: UnpackLimits = SELF_CONTAINED_LIMITS) -> None:
         self.root = root
         self.limits = limits
 
@@ -630,7 +632,7 @@ class StateDir:
         tmp = self.slots / f".tmp-{artifact[:16]}-{os.urandom(4).hex()}"
         tmp.mkdir(mode=0o755)
         try:
-            unpack_into(data, tmp, limits=self.limits, on_entry=on_entry)
+            unpack_into(data, tmp, limits=self.limits, allowed_top=SLOT_TOPS, on_entry=on_entry)
             manifest = SlotManifest(
                 artifact=artifact,
                 version=read_version(tmp / "p2pupdate") or "unknown",
@@ -641,7 +643,7 @@ class StateDir:
                 artifact=artifact,
                 version=manifest.version,
                 counter=counter,
-                files=file_hashes(artifact_files(data, limits=self.limits)),
+                files=artifact_hashes(data, limits=self.limits, allowed_top=SLOT_TOPS),
             )
             atomic_write(tmp / FILES_FILE, files.to_bytes())
             atomic_write(tmp / SLOT_FILE, manifest.to_bytes())
@@ -693,7 +695,9 @@ class StateDir:
                 path = self.store_path(artifact)
                 try:
                     members = artifact_files(
-                        read_artifact(path, artifact, self.limits), limits=self.limits
+                        read_artifact(path, artifact, self.limits),
+                        limits=self.limits,
+                        allowed_top=SLOT_TOPS,
                     )
                 except FileNotFoundError:
                     pass
@@ -741,7 +745,7 @@ class StateDir:
                     rel = path.relative_to(d).as_posix()
                     if (
                         path.is_file()
-                        and rel.split("/")[0] in ("p2pupdate", "coordinator")
+                        and rel.split("/")[0] in SLOT_TOPS
                         and "__pycache__" not in rel
                         and ".bad-" not in path.name
                         and (digest := _hash_file(path)) is not None

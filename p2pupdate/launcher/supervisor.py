@@ -8,9 +8,11 @@ imports the code it runs.  It loops:
    a pending swap whose attempts are spent, or start the pending slot on probation
    (``attempts += 1`` and a fresh deadline are written *before* it starts); otherwise run
    ``current`` (bootstrapping a first slot if there is none);
-2. **supervise** the daemon: ``python -P -m p2pupdate.daemon`` with ``PYTHONPATH`` set to
-   the slot, so it runs the slot's code and not the installed package; on probation, watch
-   for its ``verdict`` file and the deadline;
+2. **supervise** the daemon, from the slot (``child_command``): a self-contained slot (one
+   with ``deps/``) runs under ``python -I -S`` with ``sys.path`` = the slot, ``slot/deps``
+   and the standard library, nothing else; an older slot of our code alone runs under
+   ``python -P -m p2pupdate.daemon`` with ``PYTHONPATH`` = the slot, on top of the
+   launcher's environment.  On probation, watch for its ``verdict`` file and the deadline;
 3. **judge the exit** (``codes``): swap -> loop (decide finds ``pending``); rollback or no
    confirm in time -> roll back; crash on probation -> one attempt used; crash otherwise ->
    restart after an exponential backoff; stop -> stop.
@@ -48,7 +50,8 @@ from typing import Any, NamedTuple
 from ..errors import LocalStateFault
 from ..fsutil import atomic_write, is_disk_full
 from .artifact import (
-    DEFAULT_LIMITS,
+    DEPS_DIR,
+    SELF_CONTAINED_LIMITS,
     ArtifactError,
     BuildError,
     UnpackLimits,
@@ -73,6 +76,20 @@ from .state import (
     Verdict,
     purge_bytecode,
 )
+
+#: What the interpreter runs for a self-contained slot (``slot_python``): ``sys.path`` =
+#: the slot, ``slot/deps``, then what ``-I -S`` left (the standard library alone), and the
+#: daemon's ``__main__`` run as ``python -m`` would.  ``argv[1]`` is the slot.
+SLOT_BOOT = (
+    "import sys, runpy; s = sys.argv.pop(1); sys.path[:0] = [s, s + '/deps']; "
+    "runpy.run_module('p2pupdate.daemon', run_name='__main__', alter_sys=True)"
+)
+
+
+def slot_python(python: str, slot: Path) -> list[str]:
+    """The command line (less the daemon's arguments) that runs the daemon of the
+    self-contained ``slot`` from the slot and the standard library alone."""
+    return [python, "-I", "-S", "-c", SLOT_BOOT, str(slot)]
 
 
 class LauncherError(LocalStateFault):
@@ -119,7 +136,7 @@ class LauncherConfig:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         stable_after: float = 60.0,
-        limits: UnpackLimits = DEFAULT_LIMITS,
+        limits: UnpackLimits = SELF_CONTAINED_LIMITS,
     ) -> None:
         if not probation > 0 or max_attempts < 1:
             raise ValueError("probation must be > 0 and max_attempts >= 1")
@@ -445,13 +462,19 @@ class Launcher:
     # -- supervise --------------------------------------------------------------------------
 
     def child_command(self, plan: Plan) -> tuple[list[str], dict[str, str]]:
-        """argv and environment of the daemon: the slot's code, isolated from ours."""
+        """argv and environment of the daemon: the slot's code, isolated from ours.
+
+        A self-contained slot (``deps/`` holds every runtime dependency) is run by the slot
+        alone: ``-I`` (no ``PYTHON*`` variables, no user site, no script directory) and
+        ``-S`` (no ``site``: not this venv's site-packages either), then ``SLOT_BOOT`` puts
+        the slot and ``slot/deps`` in front of the standard library.  A slot without
+        ``deps/`` (a build of our code alone, what every release before P12 made) still
+        needs the launcher's environment for trio, msgpack, PyNaCl...: it runs with
+        ``PYTHONPATH`` = the slot over the interpreter's own site-packages, as it always did.
+        """
         st = self.state
-        argv = [
-            self.config.python,
-            "-P",  # no script/cwd directory on sys.path: PYTHONPATH (the slot) comes first
-            "-m",
-            "p2pupdate.daemon",
+        slot = st.slot_dir(plan.slot)
+        daemon_argv = [
             "--state-dir",
             str(st.root),
             "--slot",
@@ -463,7 +486,16 @@ class Launcher:
             *self.config.daemon_args,
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
-        env["PYTHONPATH"] = str(st.slot_dir(plan.slot))
+        if (slot / DEPS_DIR).is_dir():
+            return [*slot_python(self.config.python, slot), *daemon_argv], env
+        argv = [
+            self.config.python,
+            "-P",  # no script/cwd directory on sys.path: PYTHONPATH (the slot) comes first
+            "-m",
+            "p2pupdate.daemon",
+            *daemon_argv,
+        ]
+        env["PYTHONPATH"] = str(slot)
         env["PYTHONSAFEPATH"] = "1"
         return argv, env
 

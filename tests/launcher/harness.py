@@ -229,7 +229,12 @@ class NodeProcess:
             time.sleep(0.05)
 
     def wait_running(
-        self, version: str, *, mode: str = "normal", state: str | None = "sleeping"
+        self,
+        version: str,
+        *,
+        mode: str = "normal",
+        state: str | None = "sleeping",
+        timeout: float = WAIT,
     ) -> dict[str, Any]:
         """The status of a live daemon of ``version`` in ``mode`` (and updater ``state``)."""
 
@@ -247,7 +252,7 @@ class NodeProcess:
                 return st
             return None
 
-        return self.wait_for(f"{version} running ({mode}, {state})", check)
+        return self.wait_for(f"{version} running ({mode}, {state})", check, timeout)
 
 
 def _group_has_live_members(pgid: int) -> bool:
@@ -287,11 +292,13 @@ class Nodes:
         *,
         crash_at: str | None = None,
         log_name: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> NodeProcess:
-        env = {k: v for k, v in os.environ.items() if k != "P2PUPDATE_TEST_CRASH_AT"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PUPDATE_TEST_")}
         env["PYTHONPATH"] = str(REPO)  # the launcher is this checkout's installed package
         if crash_at is not None:
             env["P2PUPDATE_TEST_CRASH_AT"] = crash_at
+        env.update(extra_env or {})
         log = self.tmp / (log_name or f"node-{len(self.started)}.log")
         node = NodeProcess(state_dir, log, args, env)
         self.started.append(node)

@@ -75,7 +75,7 @@ def test_build_refuses_bad_versions_and_links(tmp_path: Path) -> None:
 def test_build_artifact_script(tmp_path: Path) -> None:
     out = tmp_path / "v7.tar.gz"
     r = subprocess.run(
-        [sys.executable, str(SCRIPT), "--version", "v7", "-o", str(out)],
+        [sys.executable, str(SCRIPT), "--version", "v7", "-o", str(out), "--code-only"],
         capture_output=True,
         text=True,
         timeout=60,
