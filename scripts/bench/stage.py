@@ -62,7 +62,11 @@ def _stage(work: Path, n_nodes: int, max_concurrent: int, children: fd.Children)
     )
     shas: dict[str, str] = {}
     for counter, version in enumerate(("v1", "v2"), start=1):
-        out = fd.run("build", [*fd.BUILD, "--version", version, "-o", f"{version}.tar.gz"], work)
+        out = fd.run(
+            "build",
+            [*fd.BUILD, "--version", version, "--code-only", "-o", f"{version}.tar.gz"],
+            work,
+        )
         shas[version] = out.split()[0]
         fd.run(
             "release",
