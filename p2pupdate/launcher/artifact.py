@@ -750,8 +750,9 @@ def read_build_manifest(
 ) -> dict[str, Any] | None:
     """The ``deps/SLOT.json`` of the artifact open as ``source`` (a regular file, read from
     its start; the caller refuses a FIFO or a device before), read by streaming the tar up
-    to it; None when the file is not gzip (not a build) or holds no such entry (a build of
-    our code alone).  ``ArtifactError`` for a damaged or unsafe artifact, a manifest over
+    to it; None when the file is not gzip, not a tar, or a tar with an entry outside ``SLOT_TOPS``
+    (not a build: any file may be released), or holds no such entry (a build of our code
+    alone).  ``ArtifactError`` for a damaged or unsafe artifact, a manifest over
     ``MAX_MANIFEST_BYTES`` or one that is not a JSON object of format 1 with a string
     ``platform``; ``OSError`` when the file cannot be read.
 
@@ -759,8 +760,6 @@ def read_build_manifest(
     import json
 
     size = os.fstat(source.fileno()).st_size
-    if size > limits.max_artifact_bytes:
-        raise ArtifactError(f"{size} B over the artifact cap {limits.max_artifact_bytes}")
     if source.read(2) != _GZIP_MAGIC:
         return None
     source.seek(0)
@@ -772,6 +771,11 @@ def read_build_manifest(
                 count += 1
                 if count > limits.max_entries:
                     raise ArtifactError(f"more than {limits.max_entries} entries")
+                if member.name.lstrip("./").partition("/")[0] not in SLOT_TOPS:
+                    return None  # a tarball, but not a build: no platform to name
+                if count == 1 and size > limits.max_artifact_bytes:
+                    cap_b = limits.max_artifact_bytes
+                    raise ArtifactError(f"{size} B over the artifact cap {cap_b}")
                 _safe_parts(member.name, limits, SLOT_TOPS)
                 if member.name != MANIFEST_FILE:
                     continue
@@ -784,7 +788,11 @@ def read_build_manifest(
                 break
             else:
                 return None
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError, ArtifactError) as exc:
+        if count == 0:  # not even one tar entry: a gzip file, but no build
+            return None
+        if isinstance(exc, ArtifactError):
+            raise
         raise ArtifactError(f"corrupt archive after {count} entries: {exc}") from None
     try:
         doc = json.loads(raw)

@@ -95,6 +95,16 @@ def test_a_build_of_our_code_alone_or_another_file_records_none(tmp_path: Path, 
     blob.write_bytes(b"not a build at all" * 100)
     code, rel = _release(tmp_path, key, blob)
     assert code == 0 and rel is not None and rel.platform == ""
+    # any tarball may be released (the trust walk-through signs one with pyproject.toml
+    # in it): one with an entry outside a build's tops is no build, and names no platform
+    others = [_tar_gz({"pyproject.toml": b"x", MANIFEST_FILE: b"{}"}), _tar_gz({"../e": b"x"})]
+    others += [b"\x1f\x8b" + b"garbage" * 50, gzip.compress(b"not a tar" * 200)]
+    for data in others:
+        other = tmp_path / "other.tar.gz"
+        other.write_bytes(data)
+        assert _manifest(other) is None
+        code, rel = _release(tmp_path, key, other)
+        assert code == 0 and rel is not None and rel.platform == ""
 
 
 def test_a_bad_platform_flag_is_a_usage_error(tmp_path: Path, key: Path) -> None:
@@ -108,16 +118,13 @@ def test_a_bad_platform_flag_is_a_usage_error(tmp_path: Path, key: Path) -> None
 @pytest.mark.parametrize(
     ("make", "error"),
     [
-        (lambda: b"\x1f\x8b" + b"garbage" * 50, "gzip"),
-        (lambda: gzip.compress(b"not a tar" * 200), "corrupt archive"),
-        (lambda: _tar_gz({"../evil": b"x"}), "'..'"),
-        (lambda: _tar_gz({"etc/passwd": b"x"}), "outside"),
+        (lambda: _tar_gz({"p2pupdate/../evil": b"x"}), "'..'"),
         (lambda: _tar_gz({MANIFEST_FILE: b"{not json"}), "not JSON"),
         (lambda: _tar_gz({MANIFEST_FILE: json.dumps({"format": 2}).encode()}), "format 1"),
         (lambda: _tar_gz({MANIFEST_FILE: b'{"format": 1}'}), "no platform"),
         (lambda: _tar_gz({MANIFEST_FILE: b" " * (MAX_MANIFEST_BYTES + 1)}), "at most"),
     ],
-    ids=["gzip", "tar", "dotdot", "outside", "json", "format", "no-platform", "oversize"],
+    ids=["dotdot", "json", "format", "no-platform", "oversize"],
 )
 def test_a_damaged_build_is_a_typed_error_and_signs_nothing(
     tmp_path: Path, key: Path, make: object, error: str
