@@ -17,12 +17,12 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import __version__
-from ..core import crypto
+from ..core import cdc, crypto
 from ..core import documents as docs
 from ..core.errors import OversizeError, P2PUpdateError
 from ..core.verify import DocResult, Report, verify_set
@@ -34,6 +34,7 @@ from ..launcher.artifact import (
     SELF_CONTAINED_LIMITS,
     SLOT_TOPS,
     ArtifactError,
+    is_plain_tar,
     read_build_manifest,
     unpack_into,
 )
@@ -129,6 +130,44 @@ def hash_file(path: Path, chunk_size: int) -> tuple[str, int, tuple[bytes, ...]]
     return whole.hexdigest(), length, tuple(chunks)
 
 
+#: Bytes read at a time while cutting content-defined chunks (the peak memory of a release
+#: is about this plus one chunk, whatever the artifact's size).
+CDC_READ_BLOCK = 8 * 1024 * 1024
+
+
+def hash_file_cdc(path: Path) -> tuple[str, int, tuple[bytes, ...], tuple[int, ...]]:
+    """Stream a file cut into content-defined chunks (``core.cdc``, its default 16/64/256
+    KiB): whole-file sha256, length, per-chunk sha256 digests, chunk sizes."""
+    whole = hashlib.sha256()
+    chunks: list[bytes] = []
+    sizes: list[int] = []
+
+    def blocks(f: BinaryIO) -> Iterator[bytes]:
+        while block := f.read(CDC_READ_BLOCK):
+            whole.update(block)
+            yield block
+
+    try:
+        with regular_input(path) as f:
+            for chunk in cdc.split_stream(blocks(f)):
+                chunks.append(hashlib.sha256(chunk).digest())
+                sizes.append(len(chunk))
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+    except cdc.CdcError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    return whole.hexdigest(), sum(sizes), tuple(chunks), tuple(sizes)
+
+
+def is_plain_tar_file(path: Path) -> bool:
+    """Whether ``path`` is an uncompressed tar (by its magic, never its name)."""
+    try:
+        with regular_input(path) as f:
+            return is_plain_tar(f.read(512))
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
+
+
 def release_platform(path: Path, given: str | None) -> str:
     """What the release record says the build needs: ``--platform`` if given (``none``:
     nothing), else the ``platform`` of the artifact's ``deps/SLOT.json`` (a self-contained
@@ -149,7 +188,14 @@ def release_platform(path: Path, given: str | None) -> str:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
+    """Sign a release record.  A plain tar (a build written as ``.tar``: what P12's
+    content-defined chunks cut) is cut with ``core.cdc`` and the record lists its chunk
+    ``sizes``, unless ``--fixed-chunks`` or ``--chunk-size`` is given; any other file, fixed
+    chunks as before.  Nodes from before ``sizes`` existed refuse such a record: release one
+    build with fixed chunks first (``documents._RELEASE_OPTIONAL``)."""
     platform = release_platform(Path(args.file), args.platform)
+    if not args.fixed_chunks and args.chunk_size is None and is_plain_tar_file(Path(args.file)):
+        return _release_cdc(args, platform)
     if args.chunk_size is None:
         try:
             args.chunk_size = default_chunk_size(Path(args.file).stat().st_size)
@@ -187,6 +233,45 @@ def cmd_release(args: argparse.Namespace) -> int:
     write_output(args.output, rel.sign(keys).to_wire())
     print(f"release {args.name!r} counter {args.counter}: artifact {artifact}")
     print(f"  {length} bytes in {len(chunks)} chunks of {args.chunk_size}; wrote {args.output}")
+    print(f"  platform {platform or 'none (runs wherever Python does)'}")
+    return EXIT_OK
+
+
+def _release_cdc(args: argparse.Namespace, platform: str) -> int:
+    safe_output(args.output)
+    keys = [load_signing_key(k) for k in args.key]
+    artifact, length, chunks, sizes = hash_file_cdc(Path(args.file))
+    if length == 0:
+        raise UsageError(f"{args.file}: file is empty")
+    if len(chunks) > docs.MAX_CHUNKS:
+        raise UsageError(
+            f"{args.file}: {len(chunks)} content-defined chunks exceeds {docs.MAX_CHUNKS}; "
+            "use --fixed-chunks with a larger --chunk-size"
+        )
+    now = wall_clock()
+    try:
+        rel = docs.Release(
+            name=args.name,
+            counter=args.counter,
+            artifact=artifact,
+            length=length,
+            chunk_size=cdc.DEFAULT_PARAMS.avg_size,  # nominal: the sizes say where chunks lie
+            chunks=chunks,
+            sizes=sizes,
+            issued=now,
+            expires=now + args.expires,
+            platform=platform,
+        )
+        rel = rel.checked()
+    except P2PUpdateError as exc:
+        raise UsageError(str(exc)) from None
+    write_output(args.output, rel.sign(keys).to_wire())
+    print(f"release {args.name!r} counter {args.counter}: artifact {artifact}")
+    print(
+        f"  {length} bytes in {len(chunks)} content-defined chunks "
+        f"({min(sizes)}..{max(sizes)} bytes, {length // len(chunks)} on average); "
+        f"wrote {args.output}"
+    )
     print(f"  platform {platform or 'none (runs wherever Python does)'}")
     return EXIT_OK
 
@@ -525,8 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=size,
         default=None,
         metavar="B",
-        help="chunk size (default 64KiB, doubled as often as a file larger than "
-        f"{docs.MAX_CHUNKS:,} x 64KiB needs)",
+        help="fixed chunk size (default 64KiB, doubled as often as a file larger than "
+        f"{docs.MAX_CHUNKS:,} x 64KiB needs); implies --fixed-chunks",
+    )
+    rel.add_argument(
+        "--fixed-chunks",
+        action="store_true",
+        help="cut a plain tar into fixed-size chunks too (default: content-defined chunks, "
+        "16-256KiB, for a plain tar; nodes older than them need one fixed-chunk release "
+        "first); any other file is always cut in fixed chunks",
     )
     rel.add_argument(
         "--expires",

@@ -34,6 +34,11 @@ builds: the windowed hash of a whole block in six shift-and-add passes -- ``H_2w
 (H_w[i - w] << w)`` -- then the few candidate cuts walked in Python).  Tests prove they agree.
 numpy is imported inside ``boundaries`` only, so importing this module costs nothing.
 
+``split_stream`` cuts a stream given as blocks (a file read a few MiB at a time) into the
+same chunks as ``split`` of the whole, holding one block and one unfinished chunk: every
+cut before the end of what it holds is final (a chunk's end depends only on its start and
+its own bytes), and the last one waits for more bytes or the end.
+
 Pure (README "Architecture"): no IO, no clock, no randomness; input sizes are capped by
 ``CdcParams.max_input_bytes`` and bad parameters are a typed ``CdcParamsError``.
 """
@@ -42,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -58,6 +63,7 @@ __all__ = [
     "boundaries",
     "boundaries_reference",
     "split",
+    "split_stream",
 ]
 
 #: Bytes the gear hash sees (the word is 64 bits and shifts by one per byte).
@@ -264,3 +270,30 @@ def split(data: bytes, params: CdcParams = DEFAULT_PARAMS) -> list[bytes]:
         out.append(data[start:end])
         start = end
     return out
+
+
+def split_stream(blocks: Iterable[bytes], params: CdcParams = DEFAULT_PARAMS) -> Iterator[bytes]:
+    """The chunks of the concatenation of ``blocks`` -- exactly ``split(b"".join(blocks))``
+    -- holding at most one block plus one chunk at a time.  ``max_input_bytes`` caps the
+    whole stream."""
+    _check_input(b"", params)
+    pending = b""
+    total = 0
+    for block in blocks:
+        if not block:
+            continue
+        total += len(block)
+        if total > params.max_input_bytes:
+            raise CdcInputError(f"input over max_input_bytes {params.max_input_bytes}")
+        pending = pending + block if pending else bytes(block)
+        if len(pending) < 2 * params.max_size:
+            continue  # too little to be worth a pass (and no cut could be final yet)
+        start = 0
+        for end in boundaries(pending, params)[:-1]:  # the last cut is where the bytes end
+            yield pending[start:end]
+            start = end
+        pending = pending[start:]
+    start = 0
+    for end in boundaries(pending, params):
+        yield pending[start:end]
+        start = end

@@ -222,10 +222,31 @@ def _platform(name: str, v: Any) -> str:
     return text
 
 
-#: Optional release fields: absent on the wire means "none" (a build of our code alone,
-#: which runs wherever Python does), so a record without one keeps the bytes and
-#: signatures it had before self-contained builds existed.
-_RELEASE_OPTIONAL: Final[dict[str, wire.Check]] = {"platform": _platform}
+#: The largest content-defined chunk a release may list (``core.cdc.DEFAULT_PARAMS.max_size``;
+#: a record states its sizes, so a node never needs the cutting parameters themselves).
+MAX_CDC_CHUNK: Final = 256 * 1024
+
+
+def _sizes(name: str, v: Any) -> tuple[int, ...]:
+    sizes: tuple[int, ...] = wire.array(wire.uint(MAX_CDC_CHUNK), MAX_CHUNKS)(name, v)
+    if not sizes:
+        raise SchemaError(f"field {name!r}: empty (a fixed-size layout is the absent key)")
+    bad = next((i for i, s in enumerate(sizes) if s < 1), None)
+    if bad is not None:
+        raise SchemaError(f"field {name!r}: chunk {bad} has size 0")
+    return sizes
+
+
+#: Optional release fields: absent on the wire means "none", so a record without one keeps
+#: the bytes and signatures it had before the field existed.
+#:
+#: * ``platform`` absent: a build of our code alone, which runs wherever Python does.
+#: * ``sizes`` absent: fixed-size chunks of ``chunk_size`` (the last one short).  Present:
+#:   a content-defined layout (``core.cdc``), chunk ``i`` is ``sizes[i]`` bytes long.
+#:   Nodes from before this field refuse such a record (an unknown key is a SchemaError),
+#:   so operators first release one build of this version with fixed chunks, and switch
+#:   to content-defined chunks once the fleet runs it.
+_RELEASE_OPTIONAL: Final[dict[str, wire.Check]] = {"platform": _platform, "sizes": _sizes}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,6 +276,11 @@ class Release(Document):
     #: "" for a build of our code alone.  Gate 1 refuses a build for another platform
     #: (``gates.platform_supported``, reason ``wrong-platform``).
     platform: str = ""
+    #: Content-defined chunk sizes (``len(sizes) == len(chunks)``, ``sum(sizes) == length``);
+    #: ``()`` for fixed ``chunk_size`` chunks.  With sizes, ``chunk_size`` is only nominal
+    #: (the average the cutter aimed at) and the count rule of fixed chunks does not apply.
+    #: ``core.swarm.chunks.ChunkMap.of_release`` is where either layout becomes offsets.
+    sizes: tuple[int, ...] = ()
 
     @classmethod
     def from_obj(cls, obj: Any) -> Any:
@@ -286,6 +312,17 @@ class Release(Document):
             raise SchemaError(f"release: chunk_size must be in [{MIN_CHUNK}, {MAX_CHUNK}]")
         if self.length < 1:
             raise SchemaError("release: empty artifact")
+        if self.sizes:
+            _sizes("sizes", list(self.sizes))
+            if len(self.sizes) != len(self.chunks):
+                raise SchemaError(
+                    f"release: {len(self.sizes)} chunk sizes for {len(self.chunks)} chunk hashes"
+                )
+            if sum(self.sizes) != self.length:
+                raise SchemaError(
+                    f"release: chunk sizes add up to {sum(self.sizes)}, the length is {self.length}"
+                )
+            return
         expected = math.ceil(self.length / self.chunk_size)
         if len(self.chunks) != expected:
             raise SchemaError(
@@ -304,12 +341,25 @@ class Release(Document):
         issued: int,
         expires: int,
         platform: str = "",
+        sizes: tuple[int, ...] = (),
     ) -> Release:
-        """The release record of an artifact held in memory (tests; the CLI streams)."""
-        chunks = tuple(
-            hashlib.sha256(data[i : i + chunk_size]).digest()
-            for i in range(0, len(data), chunk_size)
-        )
+        """The release record of an artifact held in memory (tests; the CLI streams).
+
+        ``sizes`` given: that content-defined layout (``core.cdc.boundaries`` gives the ends);
+        else fixed chunks of ``chunk_size``.
+        """
+        if sizes:
+            starts = [0]
+            for s in sizes[:-1]:
+                starts.append(starts[-1] + s)
+            chunks = tuple(
+                hashlib.sha256(data[a : a + s]).digest() for a, s in zip(starts, sizes, strict=True)
+            )
+        else:
+            chunks = tuple(
+                hashlib.sha256(data[i : i + chunk_size]).digest()
+                for i in range(0, len(data), chunk_size)
+            )
         doc = cls(
             name=name,
             counter=counter,
@@ -320,15 +370,17 @@ class Release(Document):
             issued=issued,
             expires=expires,
             platform=platform,
+            sizes=tuple(sizes),
         )
         doc.validate()
         return doc
 
     def describe(self) -> str:
         on = f", for {self.platform}" if self.platform else ""
+        cut = ", content-defined" if self.sizes else ""
         return (
             f"release {self.name!r} counter {self.counter} artifact {self.artifact[:16]}... "
-            f"({self.length} bytes, {len(self.chunks)} chunks{on})"
+            f"({self.length} bytes, {len(self.chunks)} chunks{cut}{on})"
         )
 
 

@@ -9,6 +9,9 @@ Layout (in ``D/store/``, ``launcher.state``'s store directory)::
                     at their ``Chunk.offset`` (the rest is a hole)
     <sha>.chunks    which chunks of ``<sha>.part`` are verified (JSON, atomic), and of which
                     chunk map (its digest: a release cut differently is another download)
+    <sha>.layout    the chunk map the artifact was last opened with (each chunk's length and
+                    digest, binary, renamed into place, not fsynced: a hint): what the content-addressed index reads for an
+                    artifact held but not opened by this process
 
 Why this order of writes: a chunk is verified against the release's chunk map first
 (``ChunkMap.check``), written into ``.part`` and fsynced, and only then added to
@@ -30,6 +33,18 @@ removes what no held allowlist names (except what is protected: the running and 
 builds, which the slots hold and the launcher restores from, and the one being rolled
 out), then enforces a size cap, oldest first, never touching the protected ones.
 
+**Content-addressed reuse** (issue P12: chunks addressed by the sha256 of their bytes, shared
+by releases).  When a download opens, every chunk it lacks whose digest a held artifact also
+has (a complete one, or a verified chunk of an open partial one, this artifact's own held
+chunks included) is copied into the ``.part`` file before anything is fetched: read at the
+holder's offset, checked against the *target* chunk (length and sha256: the index is only a
+hint, so a damaged or lying holder is simply not reused and the chunk is fetched), written,
+fsynced once, recorded.  So a node on v1 fetches only the chunks of v2 that v1 lacks.  And
+a chunk put by a fetch also fills every other missing position with the same digest (a
+record may list one chunk twice; it is fetched once).  Counters: :attr:`ChunkStore.reused_chunks`
+and :attr:`ChunkStore.reused_bytes` (the swarm's status shows them), and one log line per
+download, "reused N of M chunks (B bytes) from held artifacts".
+
 Blocking file work: the node calls it from a worker thread; one lock keeps the uploader's
 reads and a download's writes apart.
 """
@@ -45,9 +60,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from ..core import documents as docs
 from ..core.swarm.chunks import ChunkMap
 from ..errors import LocalStateFault
-from ..fsutil import atomic_write, fsync_dir, read_limited
+from ..fsutil import atomic_write, fsync_dir, read_limited, temp_path
 
 __all__ = ["DEFAULT_CAP", "ChunkStore", "CleanupResult", "StoreError", "map_digest"]
 
@@ -59,6 +75,13 @@ RECORD_FORMAT: Final = 1
 _COMPLETE = ".tar.gz"
 _PART = ".part"
 _RECORD = ".chunks"
+_LAYOUT = ".layout"
+_SUFFIXES: Final = (_COMPLETE, _PART, _RECORD, _LAYOUT)
+#: ``.layout``: this header, then per chunk its length (4 bytes, big-endian) and digest.
+_LAYOUT_MAGIC: Final = b"p2pupdate-layout-1\n"
+_LAYOUT_ENTRY: Final = 36
+#: Largest ``.layout`` read: as many chunks as a release may list.
+MAX_LAYOUT: Final = len(_LAYOUT_MAGIC) + _LAYOUT_ENTRY * docs.MAX_CHUNKS
 
 
 class StoreError(LocalStateFault):
@@ -110,6 +133,9 @@ class ChunkStore:
         self.log = log
         self._lock = threading.Lock()
         self._open: dict[str, _Download] = {}
+        #: Chunks (and their bytes) copied from held artifacts instead of fetched, since start.
+        self.reused_chunks = 0
+        self.reused_bytes = 0
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -122,6 +148,9 @@ class ChunkStore:
 
     def _record(self, artifact: str) -> Path:
         return self.dir / f"{artifact}{_RECORD}"
+
+    def _layout(self, artifact: str) -> Path:
+        return self.dir / f"{artifact}{_LAYOUT}"
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -140,6 +169,14 @@ class ChunkStore:
         if held is not None and held.cmap == cmap:
             return held
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._write_layout(cmap)
+        d = self._open_files(cmap)
+        if not d.complete:
+            self._reuse(d)
+        return d
+
+    def _open_files(self, cmap: ChunkMap) -> _Download:
+        artifact = cmap.artifact
         complete, part = self.path(artifact), self._part(artifact)
         if complete.is_file():
             bad = self._verify_file(complete, cmap, range(len(cmap.chunks)))
@@ -237,6 +274,108 @@ class ChunkStore:
         body = {"format": RECORD_FORMAT, "map": map_digest(cmap), "have": sorted(have)}
         atomic_write(self._record(cmap.artifact), json.dumps(body).encode())
 
+    def _write_layout(self, cmap: ChunkMap) -> None:
+        body = bytearray(_LAYOUT_MAGIC)
+        for c in cmap.chunks:
+            body += c.length.to_bytes(4, "big") + c.digest
+        path = self._layout(cmap.artifact)
+        try:
+            if path.stat().st_size == len(body) and path.read_bytes() == body:
+                return
+        except OSError:
+            pass
+        # A hint, never trusted (each chunk copied from it is re-checked): renamed into
+        # place whole, but not fsynced (a crash may leave an old or torn one: ignored by
+        # ``_read_layout`` or refused by the re-check), so opening a download costs no
+        # more fsyncs than before.
+        tmp = temp_path(path)
+        try:
+            tmp.write_bytes(bytes(body))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read_layout(self, artifact: str) -> list[tuple[int, int, bytes]] | None:
+        """``(offset, length, digest)`` of each chunk of a held artifact's last layout (None:
+        none, or unreadable: then its chunks are simply not offered for reuse)."""
+        try:
+            raw = read_limited(self._layout(artifact), MAX_LAYOUT)
+        except (OSError, ValueError):
+            return None
+        if not raw.startswith(_LAYOUT_MAGIC) or (len(raw) - len(_LAYOUT_MAGIC)) % _LAYOUT_ENTRY:
+            return None
+        out: list[tuple[int, int, bytes]] = []
+        at = 0
+        for pos in range(len(_LAYOUT_MAGIC), len(raw), _LAYOUT_ENTRY):
+            length = int.from_bytes(raw[pos : pos + 4], "big")
+            out.append((at, length, raw[pos + 4 : pos + _LAYOUT_ENTRY]))
+            at += length
+        return out
+
+    def _index(self) -> dict[bytes, tuple[Path, int, int]]:
+        """digest -> (file, offset, length) of a chunk held somewhere in the store: every
+        verified chunk of an open artifact (the target's own included), and every chunk of
+        a complete artifact held but not open (from its ``.layout``).  Only a hint: whatever
+        is copied from it is checked against the target's digest first."""
+        index: dict[bytes, tuple[Path, int, int]] = {}
+        for artifact, d in self._open.items():
+            path = self.path(artifact) if d.complete else self._part(artifact)
+            for i in d.have:
+                c = d.cmap.chunks[i]
+                index.setdefault(c.digest, (path, c.offset, c.length))
+        try:
+            names = sorted(e.name for e in os.scandir(self.dir))
+        except FileNotFoundError:
+            return index
+        for name in names:
+            stem = name.removesuffix(_COMPLETE)
+            if stem == name or not _is_sha(stem) or stem in self._open:
+                continue
+            for offset, length, digest in self._read_layout(stem) or ():
+                index.setdefault(digest, (self.dir / name, offset, length))
+        return index
+
+    def _reuse(self, d: _Download) -> None:
+        """Fill the chunks ``d`` lacks from the chunks held elsewhere with the same digest,
+        each re-checked against ``d``'s map; then one fsync and one record."""
+        wanted = [c for c in d.cmap.chunks if c.index not in d.have]
+        if not wanted:
+            return
+        index = self._index()
+        if not any(c.digest in index for c in wanted):
+            return
+        reused = reused_bytes = refused = 0
+        fd = os.open(self._part(d.cmap.artifact), os.O_WRONLY)
+        try:
+            for c in wanted:
+                source = index.get(c.digest)
+                if source is None:
+                    continue
+                path, offset, length = source
+                data = _read_at(path, offset, length)
+                if data is None or not d.cmap.check(c.index, data):
+                    refused += 1  # a damaged holder: the chunk is fetched instead
+                    continue
+                _pwrite_all(fd, data, c.offset)
+                d.have.add(c.index)
+                reused += 1
+                reused_bytes += c.length
+            if reused:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.reused_chunks += reused
+        self.reused_bytes += reused_bytes
+        self.log(
+            f"store: {d.cmap.artifact[:16]}... reused {reused} of {len(d.cmap.chunks)} chunks "
+            f"({reused_bytes} bytes) from held artifacts"
+            + (f"; {refused} held chunk(s) did not match and will be fetched" if refused else "")
+        )
+        if len(d.have) == len(d.cmap.chunks):
+            self._finish(d)
+        elif reused:
+            self._write_record(d.cmap, d.durable())
+
     # -- a download ---------------------------------------------------------------------------
 
     def missing(self, artifact: str) -> list[int]:
@@ -276,21 +415,24 @@ class ChunkStore:
             if index in d.have:
                 return True
             chunk = d.cmap.chunks[index]
+            # the same bytes at every position still missing that lists the same digest
+            same = [
+                c.index
+                for c in d.cmap.chunks
+                if c.digest == chunk.digest and c.length == chunk.length and c.index not in d.have
+            ]
             fd = os.open(self._part(artifact), os.O_WRONLY)
             try:
-                view = memoryview(data)
-                offset = chunk.offset
-                while view:
-                    n = os.pwrite(fd, view, offset)
-                    view, offset = view[n:], offset + n
+                for i in same:
+                    _pwrite_all(fd, data, d.cmap.chunks[i].offset)
                 if durable:
                     os.fsync(fd)  # the bytes are on disk before the record says so
                     d.unsynced.clear()  # (the fsync made every earlier write durable too)
             finally:
                 os.close(fd)
-            d.have.add(index)
+            d.have.update(same)
             if not durable:
-                d.unsynced.add(index)
+                d.unsynced.update(same)
             if len(d.have) == len(d.cmap.chunks):
                 self._finish(d)
             elif durable:
@@ -373,7 +515,7 @@ class ChunkStore:
         except FileNotFoundError:
             return {}
         for e in entries:
-            for suffix in (_COMPLETE, _PART, _RECORD):
+            for suffix in _SUFFIXES:
                 stem = e.name.removesuffix(suffix)
                 if stem != e.name and _is_sha(stem):
                     try:
@@ -421,7 +563,7 @@ class ChunkStore:
 
     def _age_key(self, artifact: str) -> float:
         times = []
-        for suffix in (_COMPLETE, _PART, _RECORD):
+        for suffix in (_COMPLETE, _PART, _RECORD):  # (not .layout: rewritten at each open)
             try:
                 times.append(os.stat(self.dir / f"{artifact}{suffix}").st_mtime)
             except OSError:
@@ -429,7 +571,7 @@ class ChunkStore:
         return max(times, default=0.0)
 
     def _remove(self, artifact: str) -> None:
-        for suffix in (_COMPLETE, _PART, _RECORD):
+        for suffix in _SUFFIXES:
             (self.dir / f"{artifact}{suffix}").unlink(missing_ok=True)
         self._open.pop(artifact, None)
         fsync_dir(self.dir)
@@ -439,3 +581,20 @@ def _few(indices: Collection[int], shown: int = 8) -> str:
     ordered = sorted(indices)
     more = f", ... {len(ordered) - shown} more" if len(ordered) > shown else ""
     return ", ".join(str(i) for i in ordered[:shown]) + more
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _read_at(path: Path, offset: int, length: int) -> bytes | None:
+    """``length`` bytes of ``path`` at ``offset`` (None if it cannot be read)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    except OSError:
+        return None

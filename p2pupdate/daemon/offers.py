@@ -20,7 +20,6 @@ from the drop directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Set
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from ..clock import SYSTEM
 from ..core.documents import Release
 from ..core.errors import P2PUpdateError
 from ..core.gates import newest_upgrade, platform_supported
+from ..core.origin import check_artifact
 from ..core.updater import Candidate, GatesEvaluated
 from ..errors import PeerFault
 from ..fsutil import FileTooLargeError, atomic_write, read_limited
@@ -173,10 +173,7 @@ class OfferSource:
             raise OfferError(str(exc)) from None
         rel = offer.release
         if rel is not None:
-            if len(data) != rel.length:
-                raise OfferError(f"artifact is {len(data)} bytes, the release says {rel.length}")
-            for i, digest in enumerate(rel.chunks):
-                chunk = data[i * rel.chunk_size : (i + 1) * rel.chunk_size]
-                if hashlib.sha256(chunk).digest() != digest:
-                    raise OfferError(f"chunk {i} does not match the release record")
+            why = check_artifact(data, rel, len(data))
+            if why:
+                raise OfferError(f"artifact: {why}")
         atomic_write(dest, data)

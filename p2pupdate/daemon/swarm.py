@@ -701,6 +701,9 @@ class SwarmService:
             "bytes_up": self.bytes_up,
             "bytes_down_peers": self.bytes_down_peers,
             "bytes_down_origin": self.bytes_down_origin,
+            # chunks (bytes) copied from held artifacts instead of fetched (``chunkstore``)
+            "reused_chunks": self.store.reused_chunks,
+            "reused_bytes": self.store.reused_bytes,
             "peers": len(self._heard),
             "banned": sum(1 for until in banned.values() if until > now),
             "blocks": core.counters() if core is not None else {},

@@ -1,8 +1,9 @@
 """Build artifacts of ourselves, and unpack them without trusting them.
 
-**Build** (``scripts/build-artifact``, and the launcher's first-start bootstrap): a gzipped
-tar of the package source trees ``p2pupdate/`` and ``coordinator/`` with
-``p2pupdate/_version.py`` rewritten to another version string.  The bytes depend only on the
+**Build** (``scripts/build-artifact``, and the launcher's first-start bootstrap): a tar
+(gzipped, or plain: what content-defined chunks cut; a reader tells them by magic) of the
+package source trees ``p2pupdate/`` and ``coordinator/`` with ``p2pupdate/_version.py``
+rewritten to another version string.  The bytes depend only on the
 files' contents, names and executable bits: entries sorted, mtime 0, uid/gid 0, no user
 names, fixed modes, gzip header without name or time.  So the same tree and version always
 give the same sha256, on any machine -- which is what lets a release record name it.
@@ -232,12 +233,15 @@ SLOT_TOPS: Final = (*PACKAGES, DEPS_DIR)
 #: Caps for a self-contained artifact, what a node stages (``StateDir``'s default): today's
 #: build is 70 MB gzipped, 229 MB unpacked, 2571 entries, its largest file 25 MB (numpy's
 #: OpenBLAS); the caps leave about 2x headroom and stay bounded (a whole artifact is held in
-#: memory while it is checked and unpacked).
+#: memory while it is checked and unpacked).  The artifact cap is the unpack cap
+#: (``tar_cap``): a plain tar (what content-defined chunks cut) is as big as what it holds.
+_SC_TOTAL: Final = 512 * 1024 * 1024
+_SC_ENTRIES: Final = 20_000
 SELF_CONTAINED_LIMITS: Final = UnpackLimits(
-    max_artifact_bytes=160 * 1024 * 1024,
-    max_total_bytes=512 * 1024 * 1024,
+    max_artifact_bytes=_SC_TOTAL + (_SC_ENTRIES + 2) * 3 * 512,
+    max_total_bytes=_SC_TOTAL,
     max_file_bytes=64 * 1024 * 1024,
-    max_entries=20_000,
+    max_entries=_SC_ENTRIES,
 )
 #: Installer bookkeeping that differs between two installs of the same wheel (who installed
 #: it, from where, the RECORD of paths and hashes): left out of the slot.
@@ -560,7 +564,7 @@ def unpack_into(
     total = 0
     count = 0
     dirs: list[Path] = [dest]
-    raw = gunzip_limited(data, limits.max_total_bytes + (limits.max_entries + 2) * 3 * 512)
+    raw = tar_of(data, tar_cap(limits))
     try:
         tar = tarfile.open(fileobj=io.BytesIO(raw), mode="r:")  # noqa: SIM115 - closed below
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -627,6 +631,31 @@ def _extract(
     return total + member.size
 
 
+def tar_cap(limits: UnpackLimits) -> int:
+    """The most bytes the tar of an artifact within ``limits`` can take: its files, plus a
+    header and padding block or so per entry (a pax header of a long name included)."""
+    return limits.max_total_bytes + (limits.max_entries + 2) * 3 * 512
+
+
+def is_plain_tar(head: bytes) -> bool:
+    """Whether ``head`` (an artifact's first 512 bytes or more) starts an uncompressed tar
+    (the ``ustar`` magic of a POSIX header: what ``build_tar`` writes)."""
+    return head[257:262] == b"ustar"
+
+
+def tar_of(data: bytes, cap: int) -> bytes:
+    """The tar an artifact holds: a gzip one (told by its magic, never by a file name)
+    decompressed to at most ``cap`` bytes, a plain one as it is (at most ``cap`` bytes:
+    what content-defined chunks cut, issue P12).  ``ArtifactError`` for anything else."""
+    if data[:2] == _GZIP_MAGIC:
+        return gunzip_limited(data, cap)
+    if not is_plain_tar(data[:512]):
+        raise ArtifactError("not a gzip file or a tar archive")
+    if len(data) > cap:
+        raise ArtifactError(f"a tar of {len(data)} bytes, over the cap of {cap}")
+    return data
+
+
 def gunzip_limited(data: bytes, cap: int) -> bytes:
     """Decompress one gzip member, refusing more than ``cap`` bytes (a gzip bomb stops here).
 
@@ -661,7 +690,7 @@ def _artifact_members(
 ) -> Iterator[tuple[str, tarfile.TarInfo, IO[bytes]]]:
     """Each regular file of a verified artifact, ``(path, member, reader)``, under the same
     caps as ``unpack_into`` (the tar is parsed from memory, the gzip bounded first)."""
-    raw = gunzip_limited(data, limits.max_total_bytes + (limits.max_entries + 2) * 3 * 512)
+    raw = tar_of(data, tar_cap(limits))
     total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
@@ -750,7 +779,7 @@ def read_build_manifest(
 ) -> dict[str, Any] | None:
     """The ``deps/SLOT.json`` of the artifact open as ``source`` (a regular file, read from
     its start; the caller refuses a FIFO or a device before), read by streaming the tar up
-    to it; None when the file is not gzip, not a tar, or a tar with an entry outside ``SLOT_TOPS``
+    to it; None when the file is neither gzip nor a plain tar (told by magic), not a tar, or a tar with an entry outside ``SLOT_TOPS``
     (not a build: any file may be released), or holds no such entry (a build of our code
     alone).  ``ArtifactError`` for a damaged or unsafe artifact, a manifest over
     ``MAX_MANIFEST_BYTES`` or one that is not a JSON object of format 1 with a string
@@ -760,13 +789,19 @@ def read_build_manifest(
     import json
 
     size = os.fstat(source.fileno()).st_size
-    if source.read(2) != _GZIP_MAGIC:
-        return None
+    head = source.read(512)
     source.seek(0)
-    cap = limits.max_total_bytes + (limits.max_entries + 2) * 3 * 512
+    cap = tar_cap(limits)
+    stream: Any
+    if head[:2] == _GZIP_MAGIC:
+        stream = _BoundedGunzip(source, cap)
+    elif is_plain_tar(head):
+        stream = source  # a plain tar: the file's size bounds what is read
+    else:
+        return None
     count = 0
     try:
-        with tarfile.open(fileobj=_BoundedGunzip(source, cap), mode="r|") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 count += 1
                 if count > limits.max_entries:

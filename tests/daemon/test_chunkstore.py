@@ -67,7 +67,10 @@ def test_partial_survives_reopen_and_a_bad_chunk_is_refused(tmp_path: Path) -> N
         assert again.put_chunk(cmap.artifact, i, cmap.slice(data, i))
     assert again.complete(cmap.artifact)
     assert again.path(cmap.artifact).read_bytes() == data
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{cmap.artifact}.tar.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{cmap.artifact}.layout",  # the cut, for the content-addressed index
+        f"{cmap.artifact}.tar.gz",
+    ]
 
 
 def test_chunks_of_different_sizes(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ This module is the one home of that cut: the swarm (which fetches and serves chu
 the node's chunk store, and ``core.origin.check_artifact`` (the whole-artifact check both
 ends of the origin use) all take their chunk boundaries from :meth:`ChunkMap.of_release`.
 Nothing downstream assumes chunks are of one size: every consumer reads
-:attr:`Chunk.offset` and :attr:`Chunk.length`, so a later release format that cuts at
-content-defined boundaries changes :meth:`ChunkMap.of_release` and nothing else.
+:attr:`Chunk.offset` and :attr:`Chunk.length`, so a release that cuts at content-defined
+boundaries (its ``sizes`` field, ``core.cdc``) changes :meth:`ChunkMap.of_release` and
+nothing else.
 """
 
 from __future__ import annotations
@@ -61,16 +62,31 @@ class ChunkMap:
 
     @classmethod
     def of_release(cls, release: docs.Release) -> ChunkMap:
-        """The chunks a (validated) release record lists: fixed ``chunk_size``, last one short."""
-        size = release.chunk_size
+        """The chunks a (validated) release record lists.
+
+        With ``sizes`` (a content-defined layout, ``core.cdc``): chunk ``i`` is ``sizes[i]``
+        bytes long, right after chunk ``i - 1``.  Without: fixed ``chunk_size``, the last one
+        short.  The map's own check refuses a list that does not cover ``length`` exactly.
+        """
+        if release.sizes:
+            if len(release.sizes) != len(release.chunks):
+                raise SchemaError(
+                    f"chunk map of {release.artifact}: {len(release.sizes)} sizes for "
+                    f"{len(release.chunks)} chunks"
+                )
+            spans: list[tuple[int, int]] = []
+            at = 0
+            for n in release.sizes:
+                spans.append((at, n))
+                at += n
+        else:
+            size = release.chunk_size
+            spans = [
+                (i * size, min(size, release.length - i * size)) for i in range(len(release.chunks))
+            ]
         chunks = tuple(
-            Chunk(
-                index=i,
-                offset=i * size,
-                length=min(size, release.length - i * size),
-                digest=digest,
-            )
-            for i, digest in enumerate(release.chunks)
+            Chunk(index=i, offset=offset, length=length, digest=digest)
+            for i, ((offset, length), digest) in enumerate(zip(spans, release.chunks, strict=True))
         )
         return cls(artifact=release.artifact, length=release.length, chunks=chunks)
 
