@@ -274,6 +274,16 @@ class ChunkStore:
         body = {"format": RECORD_FORMAT, "map": map_digest(cmap), "have": sorted(have)}
         atomic_write(self._record(cmap.artifact), json.dumps(body).encode())
 
+    def remember(self, cmap: ChunkMap) -> bool:
+        """Note how a complete artifact held here is cut (its ``.layout``), without opening
+        it: so its chunks serve a later download even if this process never opens it (the
+        running build, with the swarm off).  False if it is not held whole."""
+        with self._lock:
+            if cmap.artifact in self._open or not self.path(cmap.artifact).is_file():
+                return cmap.artifact in self._open
+            self._write_layout(cmap)
+            return True
+
     def _write_layout(self, cmap: ChunkMap) -> None:
         body = bytearray(_LAYOUT_MAGIC)
         for c in cmap.chunks:

@@ -784,6 +784,9 @@ class CoordinatorLink:
         from the verified chunks it holds, from the origin only (``--swarm off``); (chunks
         held before, chunks fetched now)."""
         chunk_map = self.chunk_map(artifact, limit)
+        # the builds held whole (the running one...) lend their chunks (``chunkstore``)
+        known = [ChunkMap.of_release(r) for a, r in self.releases.items() if a != artifact]
+        await trio.to_thread.run_sync(lambda: [store.remember(m) for m in known])
         held = await trio.to_thread.run_sync(store.open, chunk_map)
         fetched = await self.client.fetch_artifact(store, chunk_map)
         return len(held), fetched

@@ -134,3 +134,21 @@ def test_a_damaged_layout_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / f"{m1.artifact}.layout").write_bytes(b"junk")
     store = ChunkStore(tmp_path)
     assert store.open(cdc_map(v2)) == frozenset() and store.reused_chunks == 0
+
+
+def test_a_build_installed_whole_lends_its_chunks_once_remembered(tmp_path: Path) -> None:
+    """``--initial-artifact`` (the launcher) writes the running build straight into the
+    store, never opened: without its layout the store cannot index it; ``remember`` (the
+    coordinator link calls it for every release it holds) fixes that without reading it."""
+    v1, v2 = builds()
+    m1, m2 = cdc_map(v1), cdc_map(v2)
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / f"{m1.artifact}.tar.gz").write_bytes(v1)  # as the launcher installs it
+    store = ChunkStore(tmp_path)
+    assert not store.remember(m2)  # not held whole: nothing noted
+    assert store.remember(m1)
+    assert len(store.open(m2)) == store.reused_chunks > 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f"{m1.artifact}.tar.gz").write_bytes(v1)
+    assert ChunkStore(other).open(m2) == frozenset()  # not remembered: fetched whole
