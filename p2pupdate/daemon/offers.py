@@ -20,29 +20,31 @@ from the drop directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable, Set
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..clock import SYSTEM
 from ..core.documents import Release
-from ..core.errors import P2PUpdateError
+from ..core.errors import P2PUpdateError, SchemaError
 from ..core.gates import newest_upgrade, platform_supported
-from ..core.origin import check_artifact
+from ..core.swarm.chunks import ChunkMap
 from ..core.updater import Candidate, GatesEvaluated
 from ..errors import PeerFault
-from ..fsutil import FileTooLargeError, atomic_write, read_limited
+from ..fsutil import AtomicFile, FileTooLargeError, read_limited
 from ..launcher.artifact import (
     SELF_CONTAINED_LIMITS,
-    ArtifactError,
     UnpackLimits,
     node_platforms,
-    read_artifact,
 )
 from .truststate import TrustFile
 
 MAX_OFFER_RECORD = 1024 * 1024 + 4096
+#: Bytes copied at a time from an unsigned offer (a signed one is copied chunk by chunk).
+COPY_BLOCK = 1024 * 1024
 #: Gates 1 and 2 are stubbed: the candidate binds to these (the departure token would).
 STUB_ALLOWLIST_VERSION = 1
 STUB_SCOPE_SERIAL = 1
@@ -163,17 +165,53 @@ class OfferSource:
         )
 
     def fetch(self, artifact: str, dest: Path) -> None:
-        """Verify the offered artifact and copy it to ``dest`` (atomically)."""
+        """Verify the offered artifact and copy it to ``dest`` (atomically), a chunk at a
+        time (a self-contained plain tar is hundreds of MB: never held whole): its length
+        and every chunk against a signed release (``ChunkMap.of_release``, the one home of
+        the cut), its sha256 in every case; ``dest`` appears only if all of it matched."""
         offer = next((o for o in self.scan() if o.artifact == artifact), None)
         if offer is None:
             raise OfferError(f"{artifact[:16]}... is no longer offered")
-        try:
-            data = read_artifact(self.directory / f"{artifact}.tar.gz", artifact, self.limits)
-        except (OSError, ArtifactError) as exc:
-            raise OfferError(str(exc)) from None
         rel = offer.release
-        if rel is not None:
-            why = check_artifact(data, rel, len(data))
-            if why:
-                raise OfferError(f"artifact: {why}")
-        atomic_write(dest, data)
+        try:
+            cmap = ChunkMap.of_release(rel) if rel is not None else None
+        except SchemaError as exc:
+            raise OfferError(f"artifact: {exc}") from None
+        out = AtomicFile(dest)
+        try:
+            self._copy_checked(artifact, cmap, out)
+        except BaseException:
+            out.discard()
+            raise
+        out.commit()
+
+    def _copy_checked(self, artifact: str, cmap: ChunkMap | None, out: AtomicFile) -> None:
+        path = self.directory / f"{artifact}.tar.gz"
+        whole = hashlib.sha256()
+        try:
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.limits.max_artifact_bytes:
+                    raise OfferError(
+                        f"artifact too large: {size} B over {self.limits.max_artifact_bytes}"
+                    )
+                if cmap is not None and size != cmap.length:
+                    raise OfferError(f"artifact: {size} bytes, the release says {cmap.length}")
+                spans = (
+                    [(c.index, c.length) for c in cmap.chunks]
+                    if cmap is not None
+                    else [(-1, COPY_BLOCK)] * (-(-size // COPY_BLOCK))
+                )
+                for index, length in spans:
+                    data = f.read(length)
+                    if cmap is not None and not cmap.check(index, data):
+                        raise OfferError(f"artifact: chunk {index} does not match the release")
+                    whole.update(data)
+                    out.write(data)
+                if f.read(1):
+                    raise OfferError("artifact: grew while it was read")
+        except OSError as exc:
+            raise OfferError(str(exc)) from None
+        actual = whole.hexdigest()
+        if actual != artifact:
+            raise OfferError(f"artifact sha256 is {actual}, expected {artifact}")

@@ -68,9 +68,10 @@ def test_signed_offers(tmp_path: Path, artifacts: dict[str, bytes]) -> None:
     with pytest.raises(OfferError, match="no longer offered"):
         src.fetch(s3, dest)
 
-    # an artifact swapped under a genuine record: the sha256 check refuses it
+    # an artifact swapped under a genuine record: its length, a chunk or the sha256 refuses
+    # it (read a chunk at a time: the first check that fails says so)
     (src.directory / f"{s2}.tar.gz").write_bytes(v3)
-    with pytest.raises(OfferError, match="sha256"):
+    with pytest.raises(OfferError, match=r"sha256|does not match|the release says"):
         src.fetch(s2, tmp_path / "other.tar.gz")
     assert not (tmp_path / "other.tar.gz").exists()
 
@@ -100,3 +101,36 @@ def test_unsigned_offers_for_tests(tmp_path: Path, artifacts: dict[str, bytes]) 
     none = src.evaluate(installed="0" * 64, installed_counter=2)
     assert none.candidate is None and none.refusal is not None
     assert none.refusal.reason == "no-newer-offer"
+
+
+def test_a_plain_tar_with_content_defined_chunks_is_copied_chunk_by_chunk(
+    tmp_path: Path,
+) -> None:
+    """A CDC release of a plain tar (P12): copied and checked a chunk at a time; a chunk
+    damaged in the drop is named, and nothing reaches the store."""
+    from p2pupdate.core import cdc
+    from p2pupdate.launcher.artifact import build_tar
+
+    net = Network()
+    src = _source(tmp_path, net)
+    data = build_tar(REPO, "v2")
+    ends = cdc.boundaries(data)
+    sizes = tuple(b - a for a, b in zip((0, *ends[:-1]), ends, strict=True))
+    assert len(sizes) > 3
+    doc = Release.for_bytes(
+        data, name="v2", counter=2, chunk_size=65536, issued=NOW - 60, expires=NOW + YEAR,
+        sizes=sizes,
+    )  # fmt: skip
+    sha = sha256_hex(data)
+    (src.directory / f"{sha}.tar.gz").write_bytes(data)
+    (src.directory / f"{sha}.release").write_bytes(net.sign(doc))
+    dest = tmp_path / "store.tar.gz"
+    src.fetch(sha, dest)
+    assert dest.read_bytes() == data
+    bad = bytearray(data)
+    bad[sizes[0] + sizes[1] + 5] ^= 1  # in chunk 2
+    (src.directory / f"{sha}.tar.gz").write_bytes(bytes(bad))
+    other = tmp_path / "other.tar.gz"
+    with pytest.raises(OfferError, match="chunk 2 does not match"):
+        src.fetch(sha, other)
+    assert not other.exists() and not list(tmp_path.glob(".other*"))
