@@ -49,6 +49,7 @@ from typing import Any, NamedTuple
 
 from ..errors import LocalStateFault
 from ..fsutil import atomic_write, is_disk_full
+from . import stage0
 from .artifact import (
     DEPS_DIR,
     SELF_CONTAINED_LIMITS,
@@ -64,6 +65,7 @@ from .codes import (
     EXIT_SWAP,
     LAUNCHER_FATAL,
     LAUNCHER_OK,
+    LAUNCHER_RELAUNCH,
     describe_exit,
 )
 from .faults import crash_point
@@ -98,6 +100,10 @@ class LauncherError(LocalStateFault):
     rule = "launcher"
 
 
+class Relaunch(Exception):
+    """Stage-0 should run another launcher than this one (``Launcher._hand_over``)."""
+
+
 class LauncherConfig:
     """What ``p2pupdate node`` configures; the defaults are for a real fleet.
 
@@ -108,6 +114,8 @@ class LauncherConfig:
     __slots__ = (
         "backoff_base",
         "backoff_cap",
+        "boot_slot",
+        "boot_trial",
         "daemon_args",
         "initial_artifact",
         "kill_grace",
@@ -117,6 +125,8 @@ class LauncherConfig:
         "probation",
         "python",
         "stable_after",
+        "stage0",
+        "stage0_seconds",
         "state_dir",
         "stop_grace",
     )
@@ -137,6 +147,10 @@ class LauncherConfig:
         backoff_cap: float = 60.0,
         stable_after: float = 60.0,
         limits: UnpackLimits = SELF_CONTAINED_LIMITS,
+        stage0: bool = False,
+        boot_slot: str | None = None,
+        boot_trial: bool = False,
+        stage0_seconds: float = 60.0,
     ) -> None:
         if not probation > 0 or max_attempts < 1:
             raise ValueError("probation must be > 0 and max_attempts >= 1")
@@ -161,6 +175,14 @@ class LauncherConfig:
         #: A run this long resets the crash backoff.
         self.stable_after = stable_after
         self.limits = limits
+        #: Started by stage-0 (``stage0.ENV_SLOT`` set): hand over when its pick changes.
+        self.stage0 = stage0
+        #: The slot this launcher's code came from (None: the installed copy)...
+        self.boot_slot = boot_slot
+        #: ...and whether stage-0 runs it on trial (it writes ``boot-up`` once it came up).
+        self.boot_trial = boot_trial
+        #: How long a launcher on trial has to come up (stage-0's argument).
+        self.stage0_seconds = stage0_seconds
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -274,6 +296,9 @@ class Launcher:
                     outcome = self.supervise(plan)
                     if not self.after_exit(plan, outcome):
                         break
+        except Relaunch as exc:
+            self.log(f"handing over to stage-0: {exc}")
+            return LAUNCHER_RELAUNCH
         except (LauncherError, StateError) as exc:
             self.log(f"fatal: {exc}")
             return LAUNCHER_FATAL
@@ -310,11 +335,16 @@ class Launcher:
                 self._drop_stale_verdict()
                 current = self.ensure_current()
                 self.collect_garbage()
+                self._hand_over(current)
                 return Plan(slot=current)
             verdict = self._read_verdict()
             answered = verdict is not None and verdict.answers(pending)
             if pending.outcome is not None:
                 self.finish_rollback(pending)
+                continue
+            boot = stage0.read_boot(str(st.root))
+            if boot["failed"] == pending.artifact and boot["reason"]:
+                self.mark_rollback(pending, boot["reason"])
                 continue
             if answered and verdict is not None and verdict.verdict == "confirm":
                 self.promote(pending)
@@ -329,6 +359,7 @@ class Launcher:
                 self.mark_rollback(pending, "slot missing, incomplete or damaged", deny=False)
                 continue
             self.ensure_current()
+            self._hand_over(pending.artifact)
             limit = pending.max_attempts or self.config.max_attempts
             if pending.attempts >= limit:
                 last = pending.last_failure or "killed with the launcher"
@@ -359,6 +390,25 @@ class Launcher:
                 f"(attempt {pending.attempts} of {limit}, confirm within {window:g} s)"
             )
             return Plan(slot=pending.artifact, pending=pending)
+
+    def _hand_over(self, slot: str) -> None:
+        """Raise :class:`Relaunch` if stage-0 would now run another launcher than this one
+        (its own rule, ``stage0.decide``, on the records as they are), before ``slot`` starts:
+        a swap to a slot that has its own launcher, or a rollback away from this one's."""
+        if not self.config.stage0:
+            return
+        wanted = stage0.choose(str(self.state.root))[0]
+        if wanted != self.config.boot_slot:
+            who = f"the launcher of {self._name(wanted)}" if wanted else "the installed launcher"
+            raise Relaunch(f"{who} should run {self._name(slot)}")
+
+    def _came_up(self) -> None:
+        """On trial: tell stage-0 this launcher came up (it started a daemon), once."""
+        if self.config.boot_trial:
+            self.config.boot_trial = False
+            up = os.path.join(str(self.state.root), stage0.UP)
+            stage0.write_json(up, {"launcher": self.config.boot_slot or ""})
+            self.log("came up on trial (boot-up written for stage-0)")
 
     def ensure_current(self) -> str:
         """The slot ``current`` points at, repaired or bootstrapped if it is unusable."""
@@ -485,7 +535,8 @@ class Launcher:
             str(os.getpid()),
             *self.config.daemon_args,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+        ours = ("PYTHONPATH", "PYTHONSTARTUP", stage0.ENV_SLOT, stage0.ENV_TRIAL, stage0.ENV_PARENT)
+        env = {k: v for k, v in os.environ.items() if k not in ours}
         if (slot / DEPS_DIR).is_dir():
             return [*slot_python(self.config.python, slot), *daemon_argv], env
         argv = [
@@ -519,6 +570,7 @@ class Launcher:
         except OSError as exc:
             raise LauncherError(f"cannot start {cfg.python}: {exc}") from None
         self.log(f"daemon pid {proc.pid} runs {self._name(plan.slot)}")
+        self._came_up()
         promoted = False
         while True:
             code = proc.poll()
