@@ -100,10 +100,6 @@ class LauncherError(LocalStateFault):
     rule = "launcher"
 
 
-class Relaunch(Exception):
-    """Stage-0 should run another launcher than this one (``Launcher._hand_over``)."""
-
-
 class LauncherConfig:
     """What ``p2pupdate node`` configures; the defaults are for a real fleet.
 
@@ -202,6 +198,8 @@ class Plan(NamedTuple):
 
     slot: str
     pending: Pending | None = None
+    #: Not run here: stage-0 should run another launcher, for this reason (``_hand_over``).
+    relaunch: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -293,12 +291,12 @@ class Launcher:
                 self._check_records()
                 while not self._stop_requested:
                     plan = self.decide()
+                    if plan.relaunch is not None:
+                        self.log(f"handing over to stage-0: {plan.relaunch}")
+                        return LAUNCHER_RELAUNCH
                     outcome = self.supervise(plan)
                     if not self.after_exit(plan, outcome):
                         break
-        except Relaunch as exc:
-            self.log(f"handing over to stage-0: {exc}")
-            return LAUNCHER_RELAUNCH
         except (LauncherError, StateError) as exc:
             self.log(f"fatal: {exc}")
             return LAUNCHER_FATAL
@@ -335,8 +333,7 @@ class Launcher:
                 self._drop_stale_verdict()
                 current = self.ensure_current()
                 self.collect_garbage()
-                self._hand_over(current)
-                return Plan(slot=current)
+                return Plan(slot=current, relaunch=self._hand_over(current))
             verdict = self._read_verdict()
             answered = verdict is not None and verdict.answers(pending)
             if pending.outcome is not None:
@@ -359,7 +356,8 @@ class Launcher:
                 self.mark_rollback(pending, "slot missing, incomplete or damaged", deny=False)
                 continue
             self.ensure_current()
-            self._hand_over(pending.artifact)
+            if (why := self._hand_over(pending.artifact)) is not None:
+                return Plan(slot=pending.artifact, relaunch=why)
             limit = pending.max_attempts or self.config.max_attempts
             if pending.attempts >= limit:
                 last = pending.last_failure or "killed with the launcher"
@@ -391,16 +389,17 @@ class Launcher:
             )
             return Plan(slot=pending.artifact, pending=pending)
 
-    def _hand_over(self, slot: str) -> None:
-        """Raise :class:`Relaunch` if stage-0 would now run another launcher than this one
-        (its own rule, ``stage0.decide``, on the records as they are), before ``slot`` starts:
-        a swap to a slot that has its own launcher, or a rollback away from this one's."""
+    def _hand_over(self, slot: str) -> str | None:
+        """Why stage-0 should now run another launcher than this one, before ``slot``
+        starts (None: it should not): a swap to a slot that has its own launcher, or a
+        rollback away from this one's -- stage-0's own rule (``stage0.choose``)."""
         if not self.config.stage0:
-            return
+            return None
         wanted = stage0.choose(str(self.state.root))[0]
-        if wanted != self.config.boot_slot:
-            who = f"the launcher of {self._name(wanted)}" if wanted else "the installed launcher"
-            raise Relaunch(f"{who} should run {self._name(slot)}")
+        if wanted == self.config.boot_slot:
+            return None
+        who = f"the launcher of {self._name(wanted)}" if wanted else "the installed launcher"
+        return f"{who} should run {self._name(slot)}"
 
     def _came_up(self) -> None:
         """On trial: tell stage-0 this launcher came up (it started a daemon), once."""
