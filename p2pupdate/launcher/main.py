@@ -170,5 +170,8 @@ def _booted_by_stage0(config: LauncherConfig) -> None:
         ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
     if str(os.getppid()) != os.environ.get(stage0.ENV_PARENT):
         os._exit(1)  # stage-0 died before the line above: so do we
-    where = Path(__file__).resolve().parent
-    print(f"p2pupdate-launcher[{os.getpid()}]: running from {where}", file=sys.stderr, flush=True)
+    if config.boot_slot is not None:  # (the installed copy's first line stays its own)
+        where = Path(__file__).resolve().parent
+        print(
+            f"p2pupdate-launcher[{os.getpid()}]: running from {where}", file=sys.stderr, flush=True
+        )
