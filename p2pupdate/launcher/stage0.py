@@ -70,11 +70,8 @@ SLOT_BOOT = (
 
 
 def log(message: str) -> None:
-    print(
-        f"{time.strftime('%H:%M:%S')} p2pupdate-stage0[{os.getpid()}]: {message}",
-        file=sys.stderr,
-        flush=True,
-    )
+    sys.stderr.write(f"{time.strftime('%H:%M:%S')} p2pupdate-stage0[{os.getpid()}]: {message}\n")
+    sys.stderr.flush()
 
 
 def sha(value: Any) -> str | None:
@@ -88,17 +85,14 @@ def read_json(path: str, aside: bool = True) -> dict[str, Any] | None:
     try:
         with open(path, "rb") as f:
             data = f.read(CAP + 1)
+        raw = json.loads(data) if len(data) <= CAP else None
     except FileNotFoundError:
         return None
-    try:
-        raw = json.loads(data) if len(data) <= CAP else None
     except ValueError:
         raw = None
-    if (isinstance(raw, dict) and raw.get("format") == 1) or not aside:
+    if not aside or (isinstance(raw, dict) and raw.get("format") == 1):
         return raw if isinstance(raw, dict) else None
-    n = 1
-    while os.path.lexists(f"{path}.bad-{n}"):
-        n += 1
+    n = next(n for n in range(1, 1 << 30) if not os.path.lexists(f"{path}.bad-{n}"))
     os.replace(path, f"{path}.bad-{n}")
     log(f"{os.path.basename(path)} unusable; moved to {os.path.basename(path)}.bad-{n}")
     return None
@@ -114,10 +108,8 @@ def write_json(path: str, obj: dict[str, Any]) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fd = os.open(head or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    os.fsync(fd)
+    os.close(fd)
 
 
 def read_boot(state: str) -> dict[str, Any]:
@@ -144,10 +136,7 @@ def link(state: str, name: str) -> str | None:
 
 def pick(state: str) -> str | None:
     """The slot whose launcher should run (None: the installed copy)."""
-    try:
-        pending = read_json(os.path.join(state, "pending"), aside=False) or {}
-    except OSError:
-        pending = {}
+    pending = read_json(os.path.join(state, "pending"), aside=False) or {}
     swap = sha(pending.get("artifact")) if pending.get("outcome") is None else None
     for slot in (swap, link(state, "current")):
         if has_launcher(state, slot):
@@ -234,8 +223,7 @@ def run(
             log(f"no sign of life from launcher pid {pid} within {seconds:g} s: SIGKILL")
             os.kill(pid, signal.SIGKILL)
             deadline = float("inf")
-        if not came_up:
-            time.sleep(0.05)
+        time.sleep(0 if came_up else 0.05)
 
 
 def main(argv: list[str]) -> int:
@@ -262,23 +250,18 @@ def main(argv: list[str]) -> int:
             log(f"launcher {name} asked to relaunch, and would run again: stopping")
             return 1
         if trial:
-            if os.path.lexists(up_path):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(up_path)
-            log(
-                f"launcher {name} on trial (start {new['tries']} of {MAX_TRIES}, {seconds:g} s to come up)"
-            )
-        env = dict(
-            os.environ, PYTHONPATH=root, **{ENV_SLOT: slot or "", ENV_PARENT: str(os.getpid())}
+            log(f"launcher {name} on trial (start {new['tries']} of {MAX_TRIES}, {seconds:g} s)")
+        env = {k: v for k, v in os.environ.items() if k != ENV_TRIAL} | {"PYTHONPATH": root}
+        env |= {ENV_SLOT: slot or "", ENV_PARENT: str(os.getpid())} | (
+            {ENV_TRIAL: "1"} if trial else {}
         )
-        env.pop(ENV_TRIAL, None)
-        env.update({ENV_TRIAL: "1"} if trial else {})
         record = dict(new, good=slot, trial=None, tries=0)
         argv = command(slot, state, args)
         code, came_up = run(argv, env, seconds, (up_path, boot_path, record) if trial else None)
         if not came_up and not _stop:
-            why = f"launcher of {slot} failed to come up: " + (
-                f"exit {code}" if code >= 0 else f"signal {-code}"
-            )
+            why = f"launcher of {slot} failed to come up: {'exit' if code >= 0 else 'signal'} {abs(code)}"
             log(why)
             write_json(boot_path, dict(new, failed=slot, reason=why, trial=None, tries=0))
             last, fell_back = "", True
