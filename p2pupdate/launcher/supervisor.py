@@ -1,7 +1,8 @@
 """The launcher: the small, stable supervisor that runs the daemon from a slot.
 
-``p2pupdate node --state-dir D ...`` runs this (from the *installed* package); it never
-imports the code it runs.  It loops:
+``p2pupdate node --state-dir D ...`` runs this through stage-0 (``stage0``): from the
+current slot's own copy once there is a slot with one, from the installed package for the
+first start; it never imports the daemon code it runs.  It loops:
 
 1. **decide** from what is on disk alone (so a launcher killed at any point resumes
    correctly): finish a rollback already decided, promote a slot that confirmed, roll back
@@ -30,6 +31,14 @@ file (``"verdict": "rollback"``) and exits 76.
 reason go into ``pending`` first, then the artifact is sticky-denied (``denied``) and logged
 (``rollbacks``), then ``pending`` is removed -- every step idempotent, keyed by the pending
 id.  The old version, started again, reads the unreported log entry and reports it.
+
+**Under stage-0** a launcher runs only while stage-0 would pick it (``stage0.choose``):
+before it starts a swap's slot that has its own launcher, or once a rollback made the pick
+another slot's, ``decide`` returns a ``Plan`` with ``relaunch`` and the launcher exits
+``LAUNCHER_RELAUNCH`` (nothing counted, nothing started), so stage-0 starts the right one --
+on trial if it never came up here.  On trial it writes ``boot-up`` once its first daemon
+runs (``_came_up``); a swap whose launcher stage-0 saw fail (``boot``'s ``failed``) is rolled
+back and sticky-denied with stage-0's reason, like any failed probation.
 """
 
 from __future__ import annotations
@@ -173,7 +182,8 @@ class LauncherConfig:
         self.limits = limits
         #: Started by stage-0 (``stage0.ENV_SLOT`` set): hand over when its pick changes.
         self.stage0 = stage0
-        #: The slot this launcher's code came from (None: the installed copy)...
+        #: The slot this launcher's code came from (None: the installed copy; both from
+        #: stage-0's environment, ``main._booted_by_stage0``)...
         self.boot_slot = boot_slot
         #: ...and whether stage-0 runs it on trial (it writes ``boot-up`` once it came up).
         self.boot_trial = boot_trial

@@ -145,3 +145,27 @@ def test_a_launcher_that_fails_to_come_up_is_rolled_back_by_stage0(
     assert st.read_pending() is None
     assert node.log().count(f"launcher of {bad.sha} on trial") == 1
     assert node.terminate() == 0
+
+
+def test_a_daemon_that_fails_probation_under_its_own_launcher_hands_back_to_the_old_one(
+    tmp_path: Path, nodes: Nodes, builds: Builds
+) -> None:
+    """The new launcher came up and ran its daemon on probation; the daemon failed its
+    self-test: that launcher rolls back as always, then hands over, since stage-0's pick is
+    the old slot again -- the node ends on the old slot's launcher, not the denied one's."""
+    v1, bad = builds.get("v1", 1), builds.broken("health", "v2bad", 2)
+    offers = tmp_path / "offers"
+    offers.mkdir()
+    node = nodes.start(tmp_path / "state", base_args(v1, offers, "--work", "none"))
+    node.wait_running("v1")
+    st = node.state
+    offer(offers, bad)
+    [entry] = node.wait_for("the rollback", st.read_rollbacks, timeout=PROBATION * 3)
+    assert entry.reason.startswith("self-test: injected"), entry.reason
+    node.wait_running("v1")
+    assert node.wait_for("v1's launcher", lambda: _launcher_slot(node) == v1.sha)
+    log = node.log()
+    assert f"launcher of {bad.sha} came up" in log  # its launcher was fine...
+    assert "handing over to stage-0: the launcher of v1" in log  # ...and handed back
+    assert stage0.read_boot(str(st.root))["good"] == v1.sha
+    assert node.terminate() == 0
