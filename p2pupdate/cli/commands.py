@@ -541,7 +541,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     )
     # everything is checked: become the small launcher process (launcher.main), leaving
     # this one's imports -- the parser, the daemon's checks, the core -- behind
-    exec_launcher(config)
+    if args.stage0 is not None and not args.stage0.is_file():
+        raise UsageError(f"--stage0 {args.stage0}: no such file")
+    exec_launcher(config, *([args.stage0.absolute()] if args.stage0 is not None else []))
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -734,6 +736,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="first start only: the build to install (default: this installed package)",
+    )
+    no.add_argument(
+        "--stage0",
+        type=Path,
+        metavar="FILE",
+        help="the boot program that starts the launcher from the current slot (default: "
+        "this package's p2pupdate/launcher/stage0.py; `p2pupdate install` names its copy)",
     )
     add_daemon_arguments(no, for_launcher=True)
     no.set_defaults(handler=cmd_node)

@@ -7,6 +7,11 @@
   directory, not created by useradd), if there is none;
 * the state directory (default ``/var/lib/p2pupdate``), mode 0700, owned by that user;
 * ``/etc/p2pupdate/network.bundle``, a copy of the bundle (written atomically);
+* ``/usr/local/lib/p2pupdate/stage0.py``, a copy of stage-0 (``launcher.stage0``: the boot
+  program that starts the launcher from the current slot), out of the package so that no
+  update of the package or of the node's slots touches the copy the unit runs (under
+  ``ProtectSystem=strict`` the node cannot write it either); ``ExecStart`` names it
+  (``node --stage0``);
 * ``/etc/systemd/system/p2pupdate.service`` (``render_unit``: ``Restart=always`` and a
   sandbox that leaves the node what it needs: the network, its state directory, and
   running its daemon and work processes),
@@ -52,6 +57,7 @@ from .common import EXIT_OK, Rejected, UsageError, read_input, wall_clock
 __all__ = [
     "BUNDLE_PATH",
     "DEFAULT_STATE_DIR",
+    "STAGE0_PATH",
     "UNIT_NAME",
     "UNIT_PATH",
     "USER",
@@ -68,6 +74,8 @@ UNIT_PATH: Final = Path("/etc/systemd/system") / UNIT_NAME
 BUNDLE_PATH: Final = Path(bd.BUNDLE_FILE)
 DEFAULT_STATE_DIR: Final = Path("/var/lib/p2pupdate")
 USER: Final = "p2pupdate"
+#: Where ``install`` copies stage-0 (``launcher.stage0``) and the unit runs it from.
+STAGE0_PATH: Final = Path("/usr/local/lib/p2pupdate/stage0.py")
 #: What ``sd_booted()`` looks at: systemd is the running service manager.
 SYSTEMD_RUNNING: Final = Path("/run/systemd/system")
 #: Directories a home-directory installation lives under: the unit then makes them
@@ -144,7 +152,14 @@ def node_command(*, state_dir: Path, work: str | None) -> list[str]:
     argv += ["--bundle", str(BUNDLE_PATH), "--state-dir", str(state_dir)]
     if work is not None:
         argv += ["--work", work]
-    return argv
+    return [*argv, "--stage0", str(STAGE0_PATH)]
+
+
+def stage0_source() -> bytes:
+    """The bytes of this package's stage-0, which ``install`` copies to ``STAGE0_PATH``."""
+    from ..launcher import stage0
+
+    return Path(stage0.__file__).read_bytes()
 
 
 def _installation() -> tuple[Path, Path]:
@@ -279,12 +294,14 @@ def install(
         os.chmod(state, 0o700)
         changed = _write_if_changed(host.path(BUNDLE_PATH), bundle, 0o644)
         changed |= _write_if_changed(host.path(UNIT_PATH), unit.encode(), 0o644)
+        changed |= _write_if_changed(host.path(STAGE0_PATH), stage0_source(), 0o644)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}") from None
     if host.system:
         # -R: a state dir a node run by hand (as root) left behind becomes the user's
         host.must("chown", "-R", f"{USER}:{USER}", str(state_dir))
-    say(f"wrote {host.path(BUNDLE_PATH)} and {host.path(UNIT_PATH)}; state in {state} (0700)")
+    wrote = f"{host.path(BUNDLE_PATH)}, {host.path(STAGE0_PATH)} and {host.path(UNIT_PATH)}"
+    say(f"wrote {wrote}; state in {state} (0700)")
     if not host.system:
         say(f"--root {host.root}: no user made, nothing enabled or started")
         return
@@ -348,13 +365,14 @@ def uninstall(host: Host, *, state_dir: Path, purge: bool, say: Callable[[str], 
         code, out = host.run(argv)
         if code != 0 and unit_path.exists():
             say(f"warning: `{' '.join(argv)}` failed (exit {code}): {out[-200:]}")
-    for path in (unit_path, host.path(BUNDLE_PATH)):
+    for path in (unit_path, host.path(BUNDLE_PATH), host.path(STAGE0_PATH)):
         path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # not there, or holds something that is not ours
-        host.path(BUNDLE_PATH).parent.rmdir()
+    for path in (host.path(BUNDLE_PATH), host.path(STAGE0_PATH)):
+        with contextlib.suppress(OSError):  # not there, or holds something that is not ours
+            path.parent.rmdir()
     if host.system and host.systemd_running():
         host.must("systemctl", "daemon-reload")
-    say(f"removed {UNIT_NAME} and {host.path(BUNDLE_PATH)}")
+    say(f"removed {UNIT_NAME}, {host.path(BUNDLE_PATH)} and {host.path(STAGE0_PATH)}")
     state = host.path(state_dir)
     if not purge or state_dir == Path("/"):
         say(f"kept the node's state in {state} (uninstall --purge removes it and the user)")

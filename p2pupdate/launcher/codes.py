@@ -13,14 +13,19 @@ These numbers are the whole contract of a daemon's exit, so they never change me
                        probation it costs an attempt; otherwise the slot restarts after backoff
 ==  =================  ========================================================================
 
-The launcher process itself (``p2pupdate node``) exits 0 when stopped, 1 when it cannot run
-at all (no runnable slot, the state dir is locked by another launcher), 2 on a usage error.
+The launcher process itself exits 0 when stopped, 1 when it cannot run at all (no runnable
+slot, the state dir is locked by another launcher), 2 on a usage error, and 77
+(``LAUNCHER_RELAUNCH``, to stage-0 only) when the launcher stage-0 should run is no longer
+this one: a swap to a slot with its own launcher, or a rollback away from this launcher's
+slot (``stage0``).
 """
 
 from __future__ import annotations
 
 import signal
 from typing import Final
+
+from . import stage0
 
 EXIT_STOP: Final = 0
 EXIT_SWAP: Final = 75
@@ -30,6 +35,7 @@ EXIT_ROLLBACK: Final = 76
 LAUNCHER_OK: Final = 0
 LAUNCHER_FATAL: Final = 1
 LAUNCHER_USAGE: Final = 2
+LAUNCHER_RELAUNCH: Final = stage0.RELAUNCH  # stage-0 stands alone: the number lives there
 
 #: One line for ``--help`` epilogs.
 EXIT_CODES_HELP: Final = (

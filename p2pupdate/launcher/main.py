@@ -16,6 +16,13 @@ skips ``site`` (the ``.pth`` files of every installed package); ``PYTHONPATH`` n
 directory the ``p2pupdate`` package was imported from, so the launcher is the same
 installed copy (the daemons get their slot's ``PYTHONPATH`` instead: ``child_command``).
 
+Since P12 the process ``p2pupdate node`` becomes is stage-0 (``stage0.py``, run as
+``python -I -S``: :func:`stage0_command`), which starts this launcher -- from the current
+slot when the slot has one, else the installed copy as above -- and stays its parent, so a
+launcher that came with an update can be tried and fallen back from.  ``--stage0 FILE``
+names the copy to run (``p2pupdate install`` writes one to a fixed path); by default it is
+this package's own file, so every ``p2pupdate node`` boots through stage-0.
+
 The arguments are an internal format between this module and itself, not a command line
 for people: :func:`launcher_argv` writes them, :func:`config_from_argv` reads them back.
 """
@@ -29,8 +36,12 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..errors import UsageFault
+from . import stage0
 from .codes import LAUNCHER_USAGE
 from .supervisor import Launcher, LauncherConfig, LauncherError, installed_source_root
+
+#: This package's stage-0, the default of ``p2pupdate node --stage0``.
+STAGE0_FILE = Path(stage0.__file__).resolve()
 
 #: The interpreter's options for the launcher process (see the module docstring).
 INTERPRETER_FLAGS: tuple[str, ...] = ("-S", "-P")
@@ -98,10 +109,29 @@ def launcher_command(config: LauncherConfig) -> tuple[list[str], dict[str, str]]
     return argv, env
 
 
-def exec_launcher(config: LauncherConfig) -> NoReturn:
-    """Become the launcher process of ``config`` (:func:`os.execve`; never returns, but
-    raises :class:`~.supervisor.LauncherError` if the interpreter cannot be run)."""
+def stage0_command(config: LauncherConfig, stage0_file: Path = STAGE0_FILE) -> list[str]:
+    """argv of the stage-0 process that starts the launcher of ``config`` (``stage0``:
+    ``ROOT SECONDS -- LAUNCHER_ARGS``; it runs the installed copy with ``ROOT`` as its
+    ``PYTHONPATH``, as :func:`launcher_command` does)."""
+    return [
+        config.python,
+        "-I",
+        "-S",
+        str(stage0_file),
+        str(installed_source_root()),
+        repr(config.stage0_seconds),
+        "--",
+        *launcher_argv(config),
+    ]
+
+
+def exec_launcher(config: LauncherConfig, stage0_file: Path | None = STAGE0_FILE) -> NoReturn:
+    """Become the stage-0 process of ``config`` (or, with ``stage0_file`` None, the launcher
+    itself) with :func:`os.execve`; never returns, but raises
+    :class:`~.supervisor.LauncherError` if the interpreter cannot be run."""
     argv, env = launcher_command(config)
+    if stage0_file is not None:
+        argv = stage0_command(config, stage0_file)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -117,7 +147,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArgvError as exc:
         print(f"p2pupdate-launcher: bad arguments ({exc}); run `p2pupdate node`", file=sys.stderr)
         return LAUNCHER_USAGE
+    _booted_by_stage0(config)
     try:
         return Launcher(config).run()
     except KeyboardInterrupt:  # before run() installed its handlers
         return 130
+
+
+def _booted_by_stage0(config: LauncherConfig) -> None:
+    """Read what stage-0 told this launcher (``stage0.ENV_*``), and die with stage-0: a
+    SIGKILL of the node's pid (stage-0) takes the launcher along, as it did when that pid
+    was the launcher (its daemon follows by its own parent-death signal)."""
+    slot = os.environ.get(stage0.ENV_SLOT)
+    if slot is None:
+        return
+    config.stage0 = True
+    config.boot_slot = slot or None
+    config.boot_trial = os.environ.get(stage0.ENV_TRIAL) == "1"
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    if str(os.getppid()) != os.environ.get(stage0.ENV_PARENT):
+        os._exit(1)  # stage-0 died before the line above: so do we
+    if config.boot_slot is not None:  # (the installed copy's first line stays its own)
+        where = Path(__file__).resolve().parent
+        print(
+            f"p2pupdate-launcher[{os.getpid()}]: running from {where}", file=sys.stderr, flush=True
+        )

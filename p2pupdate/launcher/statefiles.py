@@ -61,6 +61,28 @@ NODE_STATE_FILES: Final[tuple[StateFile, ...]] = (
         read=False,
     ),
     StateFile(
+        name="boot.lock",
+        pattern="boot\\.lock",
+        writer="stage0",
+        recovery="an flock target only (one stage-0 per state dir); its bytes are never read",
+        read=False,
+    ),
+    StateFile(
+        name="boot",
+        pattern="boot",
+        writer="stage0",
+        recovery="moved aside by stage-0 and read as empty: no launcher counts as proven, so "
+        "the current slot's launcher is tried again (a failed one is not re-tried while "
+        "its swap is pending: the launcher has rolled it back by then)",
+    ),
+    StateFile(
+        name="boot-up",
+        pattern="boot-up",
+        writer="launcher",
+        recovery="moved aside by stage-0 and read as absent: a launcher on trial writes it "
+        "again when it starts a daemon",
+    ),
+    StateFile(
         name="link",
         pattern="current|previous",
         writer="launcher",

@@ -1,7 +1,8 @@
 """The launcher: the small, stable supervisor that runs the daemon from a slot.
 
-``p2pupdate node --state-dir D ...`` runs this (from the *installed* package); it never
-imports the code it runs.  It loops:
+``p2pupdate node --state-dir D ...`` runs this through stage-0 (``stage0``): from the
+current slot's own copy once there is a slot with one, from the installed package for the
+first start; it never imports the daemon code it runs.  It loops:
 
 1. **decide** from what is on disk alone (so a launcher killed at any point resumes
    correctly): finish a rollback already decided, promote a slot that confirmed, roll back
@@ -30,6 +31,14 @@ file (``"verdict": "rollback"``) and exits 76.
 reason go into ``pending`` first, then the artifact is sticky-denied (``denied``) and logged
 (``rollbacks``), then ``pending`` is removed -- every step idempotent, keyed by the pending
 id.  The old version, started again, reads the unreported log entry and reports it.
+
+**Under stage-0** a launcher runs only while stage-0 would pick it (``stage0.choose``):
+before it starts a swap's slot that has its own launcher, or once a rollback made the pick
+another slot's, ``decide`` returns a ``Plan`` with ``relaunch`` and the launcher exits
+``LAUNCHER_RELAUNCH`` (nothing counted, nothing started), so stage-0 starts the right one --
+on trial if it never came up here.  On trial it writes ``boot-up`` once its first daemon
+runs (``_came_up``); a swap whose launcher stage-0 saw fail (``boot``'s ``failed``) is rolled
+back and sticky-denied with stage-0's reason, like any failed probation.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from typing import Any, NamedTuple
 
 from ..errors import LocalStateFault
 from ..fsutil import atomic_write, is_disk_full
+from . import stage0
 from .artifact import (
     DEPS_DIR,
     SELF_CONTAINED_LIMITS,
@@ -64,6 +74,7 @@ from .codes import (
     EXIT_SWAP,
     LAUNCHER_FATAL,
     LAUNCHER_OK,
+    LAUNCHER_RELAUNCH,
     describe_exit,
 )
 from .faults import crash_point
@@ -108,6 +119,8 @@ class LauncherConfig:
     __slots__ = (
         "backoff_base",
         "backoff_cap",
+        "boot_slot",
+        "boot_trial",
         "daemon_args",
         "initial_artifact",
         "kill_grace",
@@ -117,6 +130,8 @@ class LauncherConfig:
         "probation",
         "python",
         "stable_after",
+        "stage0",
+        "stage0_seconds",
         "state_dir",
         "stop_grace",
     )
@@ -137,6 +152,10 @@ class LauncherConfig:
         backoff_cap: float = 60.0,
         stable_after: float = 60.0,
         limits: UnpackLimits = SELF_CONTAINED_LIMITS,
+        stage0: bool = False,
+        boot_slot: str | None = None,
+        boot_trial: bool = False,
+        stage0_seconds: float = 60.0,
     ) -> None:
         if not probation > 0 or max_attempts < 1:
             raise ValueError("probation must be > 0 and max_attempts >= 1")
@@ -161,6 +180,15 @@ class LauncherConfig:
         #: A run this long resets the crash backoff.
         self.stable_after = stable_after
         self.limits = limits
+        #: Started by stage-0 (``stage0.ENV_SLOT`` set): hand over when its pick changes.
+        self.stage0 = stage0
+        #: The slot this launcher's code came from (None: the installed copy; both from
+        #: stage-0's environment, ``main._booted_by_stage0``)...
+        self.boot_slot = boot_slot
+        #: ...and whether stage-0 runs it on trial (it writes ``boot-up`` once it came up).
+        self.boot_trial = boot_trial
+        #: How long a launcher on trial has to come up (stage-0's argument).
+        self.stage0_seconds = stage0_seconds
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -180,6 +208,8 @@ class Plan(NamedTuple):
 
     slot: str
     pending: Pending | None = None
+    #: Not run here: stage-0 should run another launcher, for this reason (``_hand_over``).
+    relaunch: str | None = None
 
 
 class Outcome(NamedTuple):
@@ -271,6 +301,9 @@ class Launcher:
                 self._check_records()
                 while not self._stop_requested:
                     plan = self.decide()
+                    if plan.relaunch is not None:
+                        self.log(f"handing over to stage-0: {plan.relaunch}")
+                        return LAUNCHER_RELAUNCH
                     outcome = self.supervise(plan)
                     if not self.after_exit(plan, outcome):
                         break
@@ -310,11 +343,15 @@ class Launcher:
                 self._drop_stale_verdict()
                 current = self.ensure_current()
                 self.collect_garbage()
-                return Plan(slot=current)
+                return Plan(slot=current, relaunch=self._hand_over(current))
             verdict = self._read_verdict()
             answered = verdict is not None and verdict.answers(pending)
             if pending.outcome is not None:
                 self.finish_rollback(pending)
+                continue
+            boot = stage0.read_boot(str(st.root))
+            if boot["failed"] == pending.artifact and boot["reason"]:
+                self.mark_rollback(pending, boot["reason"])
                 continue
             if answered and verdict is not None and verdict.verdict == "confirm":
                 self.promote(pending)
@@ -329,6 +366,8 @@ class Launcher:
                 self.mark_rollback(pending, "slot missing, incomplete or damaged", deny=False)
                 continue
             self.ensure_current()
+            if (why := self._hand_over(pending.artifact)) is not None:
+                return Plan(slot=pending.artifact, relaunch=why)
             limit = pending.max_attempts or self.config.max_attempts
             if pending.attempts >= limit:
                 last = pending.last_failure or "killed with the launcher"
@@ -359,6 +398,26 @@ class Launcher:
                 f"(attempt {pending.attempts} of {limit}, confirm within {window:g} s)"
             )
             return Plan(slot=pending.artifact, pending=pending)
+
+    def _hand_over(self, slot: str) -> str | None:
+        """Why stage-0 should now run another launcher than this one, before ``slot``
+        starts (None: it should not): a swap to a slot that has its own launcher, or a
+        rollback away from this one's -- stage-0's own rule (``stage0.choose``)."""
+        if not self.config.stage0:
+            return None
+        wanted = stage0.choose(str(self.state.root))[0]
+        if wanted == self.config.boot_slot:
+            return None
+        who = f"the launcher of {self._name(wanted)}" if wanted else "the installed launcher"
+        return f"{who} should run {self._name(slot)}"
+
+    def _came_up(self) -> None:
+        """On trial: tell stage-0 this launcher came up (it started a daemon), once."""
+        if self.config.boot_trial:
+            self.config.boot_trial = False
+            up = os.path.join(str(self.state.root), stage0.UP)
+            stage0.write_json(up, {"launcher": self.config.boot_slot or ""})
+            self.log("came up on trial (boot-up written for stage-0)")
 
     def ensure_current(self) -> str:
         """The slot ``current`` points at, repaired or bootstrapped if it is unusable."""
@@ -485,7 +544,8 @@ class Launcher:
             str(os.getpid()),
             *self.config.daemon_args,
         ]
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+        ours = ("PYTHONPATH", "PYTHONSTARTUP", stage0.ENV_SLOT, stage0.ENV_TRIAL, stage0.ENV_PARENT)
+        env = {k: v for k, v in os.environ.items() if k not in ours}
         if (slot / DEPS_DIR).is_dir():
             return [*slot_python(self.config.python, slot), *daemon_argv], env
         argv = [
@@ -519,6 +579,7 @@ class Launcher:
         except OSError as exc:
             raise LauncherError(f"cannot start {cfg.python}: {exc}") from None
         self.log(f"daemon pid {proc.pid} runs {self._name(plan.slot)}")
+        self._came_up()
         promoted = False
         while True:
             code = proc.poll()

@@ -20,6 +20,7 @@ import pytest
 from p2pupdate.cli import install as inst
 from p2pupdate.cli import main as p2pupdate_main
 from p2pupdate.cli.common import Rejected
+from p2pupdate.launcher import stage0 as launcher_stage0
 from tests.cli.test_admission_cli import coord, init
 
 
@@ -80,6 +81,7 @@ def test_printed_unit_passes_systemd_analyze_verify(
     assert argv[1:] == [
         "-m", "p2pupdate", "node", "--bundle", "/etc/p2pupdate/network.bundle",
         "--state-dir", "/var/lib/p2pupdate", "--work", "none",
+        "--stage0", "/usr/local/lib/p2pupdate/stage0.py",
     ]  # fmt: skip
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -120,6 +122,10 @@ def test_install_and_uninstall_under_a_root_prefix(
     state = root / "var/lib/p2pupdate"
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE(placed.stat().st_mode) == 0o644
+    # stage-0, copied out of the package: the file the unit's ExecStart names
+    stage0 = root / "usr/local/lib/p2pupdate/stage0.py"
+    assert stage0.read_bytes() == Path(launcher_stage0.__file__).read_bytes()
+    assert f"--stage0 {inst.STAGE0_PATH}" in unit
     # again: the same files, nothing else
     code, _out, err = p2p(capsys, "install", "--bundle", bundle, "--root", root)
     assert code == 0, err
@@ -128,6 +134,7 @@ def test_install_and_uninstall_under_a_root_prefix(
     assert code == 0, err
     assert not (root / "etc/systemd/system/p2pupdate.service").exists()
     assert not (root / "etc/p2pupdate").exists()
+    assert not (root / "usr/local/lib/p2pupdate").exists()
     assert (state / "keys").is_dir() and "kept the node's state" in out
     # a state dir of its own, found again from the unit by uninstall --purge
     code, _out, err = p2p(

@@ -151,6 +151,8 @@ CASES = [
     Case("denied", "denied", "appended", "sticky-deny list unusable", "denied.bad-1"),
     Case("rollbacks", "rollbacks", "half", "rollback log unusable", "rollbacks.bad-1"),
     Case("status", "status", "random", "running v2", None),
+    Case("boot", "boot", "random", "boot unusable; moved to boot.bad-1", "boot.bad-1"),
+    Case("boot-up", "boot-up", "half", "boot-up unusable; moved to boot-up.bad-1", "boot-up.bad-1"),
     Case(
         "slot-manifest",
         "slots/{v2}/SLOT.json",

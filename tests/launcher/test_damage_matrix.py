@@ -24,6 +24,7 @@ from p2pupdate.daemon.identity import COPY, IDENTITY, load_identity
 from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.daemon.workhost import WorkHost
 from p2pupdate.fsutil import quarantine
+from p2pupdate.launcher import stage0
 from p2pupdate.launcher.state import (
     Deny,
     Pending,
@@ -104,6 +105,25 @@ def _records(tmp: Path, builds: Builds, kind: str, name: str) -> None:
     assert (st.root / f"{name}.bad-2").exists() and not path.exists()
     assert len([line for line in lines if f"{name}.bad-2" in line]) == 1
     assert launcher.decide() == Plan(slot=sha)
+
+
+def _boot(tmp: Path, builds: Builds, kind: str, name: str) -> None:
+    """Stage-0's records: moved aside, read as empty (no proven launcher, no came-up)."""
+    state = tmp / "state"
+    state.mkdir()
+    sha = builds.get("v1", 1).sha
+    path = state / name
+    stage0.write_json(
+        str(path), {**stage0.EMPTY, "good": sha} if name == "boot" else {"launcher": sha}
+    )
+    damage(path, kind, _rng(name, kind))
+    (state / f"{name}.bad-1").write_bytes(b"an earlier one, kept")
+    if name == "boot":
+        assert stage0.read_boot(str(state)) == stage0.EMPTY
+    else:
+        assert stage0.read_json(str(path)) is None
+    assert (state / f"{name}.bad-1").read_bytes() == b"an earlier one, kept"
+    assert (state / f"{name}.bad-2").exists() and not path.exists()
 
 
 def _link(tmp: Path, builds: Builds, kind: str) -> None:
@@ -275,6 +295,8 @@ CHECKS: dict[str, Callable[..., None]] = {
     "denied": lambda t, b, k: _records(t, b, k, "denied"),
     "rollbacks": lambda t, b, k: _records(t, b, k, "rollbacks"),
     "status": _status,
+    "boot": lambda t, b, k: _boot(t, b, k, "boot"),
+    "boot-up": lambda t, b, k: _boot(t, b, k, "boot-up"),
     "slot-manifest": lambda t, b, k: _slot(t, b, k, "slot-manifest"),
     "slot-files": lambda t, b, k: _slot(t, b, k, "slot-files"),
     "slot-source": lambda t, b, k: _slot(t, b, k, "slot-source"),

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from p2pupdate.launcher.main import ENTRY_MODULE, launcher_command
+from p2pupdate.launcher import stage0
+from p2pupdate.launcher.main import ENTRY_MODULE, launcher_command, stage0_command
 from p2pupdate.launcher.supervisor import LauncherConfig
 
 from .conftest import Builds
@@ -44,6 +45,7 @@ FORBIDDEN_STDLIB = {
 #: hash, unpack and verify a slot), the command of its daemon; then the modules it loaded.
 PROBE = """
 import sys
+from p2pupdate.launcher import stage0
 from p2pupdate.launcher.main import config_from_argv
 from p2pupdate.launcher.supervisor import Launcher
 launcher = Launcher(config_from_argv(sys.argv[1:]), log=lambda message: None)
@@ -82,9 +84,14 @@ def test_the_launcher_process_loads_only_the_stdlib_and_itself(
     assert (config.state_dir / "current").is_symlink()  # and it bootstrapped
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def test_p2pupdate_node_becomes_the_small_launcher_process(tmp_path: Path, builds: Builds) -> None:
-    """The real command: once its checks pass, the same pid runs ``launcher.main``'s command,
-    with none of the libraries the checks loaded mapped (the ~45 MB launcher before)."""
+    """The real command: once its checks pass, the same pid runs stage-0 (``stage0_command``)
+    and stage-0 runs ``launcher.main``'s command; neither maps any of the libraries the
+    checks loaded (the ~45 MB launcher before)."""
     state = tmp_path / "state"
     v1 = builds.get("v1", 1)
     node = ("node", "--state-dir", str(state), "--work", "none", "--initial-artifact", str(v1.path))
@@ -96,18 +103,25 @@ def test_p2pupdate_node_becomes_the_small_launcher_process(tmp_path: Path, build
     )
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline().decode()
-        assert "bootstrapped slot" in first, first
+        lines = [proc.stdout.readline().decode()]
+        while "came up" not in lines[-1]:  # the installed launcher bootstrapped v1 and
+            lines.append(proc.stdout.readline().decode())  # handed over to v1's launcher
+        assert any("bootstrapped slot" in line for line in lines), lines
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        (launcher,) = _children(proc.pid)
+        child = Path(f"/proc/{launcher}/cmdline").read_bytes().split(b"\0")[:-1]
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        maps += Path(f"/proc/{launcher}/maps").read_text()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    config = LauncherConfig(state_dir=state.absolute(), initial_artifact=v1.path.absolute())
     argv = [a.decode() for a in cmdline]
-    expected, _ = launcher_command(
-        LauncherConfig(state_dir=state.absolute(), initial_artifact=v1.path.absolute())
-    )
+    expected = stage0_command(config)
     assert argv[: argv.index("--")] == expected[: expected.index("--")], argv
+    argv = [a.decode() for a in child]
+    slot = str(state.absolute() / "slots" / v1.sha)
+    assert argv[:6] == [sys.executable, "-I", "-S", "-c", stage0.SLOT_BOOT, slot], argv
     loaded = {line.split()[-1] for line in maps.splitlines() if "/" in line}
     heavy = sorted(
         p
