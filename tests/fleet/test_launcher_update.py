@@ -24,13 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from p2pupdate.core import crypto
+from p2pupdate.core import cdc, crypto
 from p2pupdate.core import documents as docs
 from p2pupdate.launcher import stage0
 from p2pupdate.launcher.artifact import (
     DEPS_DIR,
     Deps,
     build_artifact,
+    build_tar,
+    is_plain_tar,
     project_requirements,
     sha256_hex,
 )
@@ -99,20 +101,27 @@ def fleet_builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Build]:
     assert {d.name: d.version for d in deps.dists}[DEP] == DEP_VERSION
     out: dict[str, Build] = {}
     for version, counter, source, with_deps in (
-        ("v1", 1, REPO, None),
+        ("v1", 1, REPO, Deps.collect(project_requirements(REPO))),
         ("v2", 2, src2, deps),
         ("v3", 3, patched_tree(tmp / "v3", broken), None),
     ):
-        data = build_artifact(source, version, deps=with_deps)
-        path = tmp / f"{version}.tar.gz"
+        # v1 and v2: self-contained plain tars (content-defined chunks); v3: our code, gzip
+        if with_deps is None:
+            data, name = build_artifact(source, version), f"{version}.tar.gz"
+        else:
+            data, name = build_tar(source, version, deps=with_deps), f"{version}.tar"
+        path = tmp / name
         path.write_bytes(data)
         out[version] = Build(version=version, path=path, sha=sha256_hex(data), counter=counter)
     return out
 
 
-def _publish(net: Network, url: str, build: Build, allowed: list[str], serial: int) -> None:
+def _release(net: Network, build: Build) -> bytes:
+    """The signed release record, cut as ``p2pupdate release`` cuts it: content-defined
+    chunks for a plain tar, fixed 64 KiB ones for a gzip file."""
     data = build.path.read_bytes()
     now = int(time.time())
+    sizes = tuple(len(c) for c in cdc.split(data)) if is_plain_tar(data) else ()
     release = docs.Release.for_bytes(
         data,
         name=build.version,
@@ -120,9 +129,16 @@ def _publish(net: Network, url: str, build: Build, allowed: list[str], serial: i
         chunk_size=64 * 1024,
         issued=now - 10,
         expires=now + 86400,
+        sizes=sizes,
     )
+    assert bool(release.sizes) == build.path.name.endswith(".tar")
+    return release.sign([net.key("release")]).to_wire()
+
+
+def _publish(net: Network, url: str, build: Build, allowed: list[str], serial: int) -> None:
+    data = build.path.read_bytes()
     for doc in (
-        release.sign([net.key("release")]).to_wire(),
+        _release(net, build),
         net.allowlist(serial, allowed),
         net.scope(build.sha, serial=serial),
     ):
@@ -179,11 +195,16 @@ def test_the_fleet_rolls_a_new_launcher_and_dependency_and_stage0_rolls_back_a_b
         _identity(tmp_path / f"node-{i}")
         fleet.append(nodes.start(tmp_path / f"node-{i}", args, log_name=f"n{i}.log"))
     for node in fleet:
-        node.wait_running("v1", state=None)
+        node.wait_running("v1", state=None, timeout=120)  # a 229 MB slot to stage first
         node.wait_for("v1's launcher", lambda n=node: _runs_launcher_of(n, v1.sha))
 
+    # v1's release record, as the operator published it when v1 went out: the nodes learn
+    # how v1 is cut, so v2's chunks that v1 has are copied from the store, not fetched
+    code, answer = http("POST", f"{url}/v1/publish", _release(net, v1))
+    assert code == 200, answer
     # v2: a new launcher and a dependency at another version, by release + allowlist + scope
     _publish(net, url, v2, [v2.sha], serial=1)
+    v2_chunks = len(cdc.split(v2.path.read_bytes()))
     for node in fleet:
         node.wait_for(
             "v2 promoted", lambda n=node: n.state.read_link("current") == v2.sha, timeout=180
@@ -200,6 +221,15 @@ def test_the_fleet_rolls_a_new_launcher_and_dependency_and_stage0_rolls_back_a_b
         daemon = Path(f"/proc/{status['pid']}/cmdline").read_bytes().decode().split("\0")
         assert daemon[1:3] == ["-I", "-S"] and str(slot) in daemon  # from the slot alone
         assert stage0.read_boot(str(node.state.root))["good"] == v2.sha
+        # only what changed moved: v2's other chunks came out of v1's copy in the store
+        [reuse] = [
+            ln for ln in log.splitlines() if f"store: {v2.sha[:16]}" in ln and "reused" in ln
+        ]
+        reused = int(reuse.split(" reused ", 1)[1].split(" ", 1)[0])
+        assert reused > 0.9 * v2_chunks, reuse
+    origin = http("GET", f"{url}/status")[1]["origin"]["artifacts"][v2.sha]
+    v2_length = v2.path.stat().st_size
+    assert 0 < origin["bytes"] < 0.05 * 2 * v2_length, (origin, v2_length)
 
     # v3: its launcher exits 1 at once; stage-0 falls back to v2's, which rolls v3 back
     _publish(net, url, v3, [v2.sha, v3.sha], serial=2)
