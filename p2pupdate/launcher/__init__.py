@@ -4,6 +4,7 @@
 * ``artifact``   -- deterministic builds of ourselves; verified, capped, path-checked unpack
 * ``state``      -- the state directory: slots, ``current``/``previous``, the JSON records
 * ``supervisor`` -- the ``Launcher`` loop that ``p2pupdate node`` runs
+* ``stage0``     -- the boot program: runs the current slot's launcher, tries a new one
 * ``faults``     -- ``P2PUPDATE_TEST_CRASH_AT``: die at a named step (crash-safety tests)
 
 Probation in one paragraph: the daemon stages ``slots/<sha>/``, writes ``pending`` and exits
@@ -16,8 +17,9 @@ never moved, the artifact is sticky-denied and the rollback logged for the old v
 report.
 
 The daemon runs from a slot and imports ``state`` and ``codes`` from *its own* copy of this
-package (to stage the next slot and answer on probation); the launcher is the installed
-copy.  So the on-disk formats and the codes are a contract between versions: add to them,
+package (to stage the next slot and answer on probation); the launcher is run by stage-0
+(``stage0``) from the current slot's copy (the installed copy on a first start or for a slot
+from before stage-0 existed).  So the on-disk formats and the codes are a contract between versions: add to them,
 never change what an existing field or code means.
 """
 
