@@ -21,7 +21,8 @@ Routes::
     POST /v1/publish                     a signed document (octet-stream): 200 or 400 + reason
     PUT  /v1/artifacts/<sha256>          artifact bytes (a published release must name them)
     GET  /v1/artifacts/<sha256>          the origin: the whole artifact
-    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them;
+    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them
+                                         (zstd when asked for and smaller: Content-Encoding);
                                          beyond the downloader cap (``coordinator.origin``)
                                          503 {"error": "try-peers", "retry_after": S, "why": W}
     GET  /v1/documents                   every document held (msgpack), for replicas catching up
