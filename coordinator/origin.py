@@ -32,12 +32,19 @@ State is bounded: a refused downloader is not remembered, at most ``max_download
 are per artifact, only artifacts the replica holds are ever counted (the server asks
 after it found the artifact), and a chunk is remembered for ``repeat_window`` only (at
 most the release's chunk count per artifact).
+
+A chunk goes out zstd-compressed (``Content-Encoding: zstd``) to a node that asks for it
+(``Accept-Encoding: zstd``) when it shrinks (the codec: ``p2pupdate.core.swarm.packing``).
+``WireCache`` keeps the compressed frames of recent chunks (bounded in bytes) and
+remembers which chunks do not shrink, so the origin compresses a chunk once, not once per
+downloader.  ``served`` counts the bytes actually sent.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -50,6 +57,8 @@ __all__ = [
     "NODE_HEADER",
     "OriginConfig",
     "OriginGate",
+    "WireCache",
+    "accepts",
     "downloader",
 ]
 
@@ -65,6 +74,65 @@ REPEAT_RETRY: Final = 1
 REFUSALS: Final = ("downloader-cap", "just-sent")
 NODE_HEADER: Final = proto.ORIGIN_NODE_HEADER
 _NODE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+#: Bytes of compressed chunks ``WireCache`` keeps (each entry also costs a key).
+DEFAULT_WIRE_CACHE_BYTES: Final = 32 * 1024 * 1024
+#: Entries ``WireCache`` keeps at most (chunks known not to shrink cost no frame bytes).
+WIRE_CACHE_ENTRIES: Final = 65_536
+#: An Accept-Encoding header longer than this is not read (it is someone else's problem).
+MAX_ACCEPT_ENCODING: Final = 256
+
+
+def accepts(header: bytes | None, codec: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes ``codec`` (a ``q=0`` says no)."""
+    if header is None or len(header) > MAX_ACCEPT_ENCODING:
+        return False
+    for item in header.decode("latin-1").split(","):
+        name, _, params = item.partition(";")
+        if name.strip().lower() != codec:
+            continue
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+class WireCache:
+    """Compressed chunks by (artifact, chunk): the frame, or None when the chunk does not
+    shrink; least recently used out first, at most ``max_bytes`` of frames.  A chunk's
+    bytes are fixed by its hash in the release record, so an entry never goes stale."""
+
+    def __init__(self, max_bytes: int = DEFAULT_WIRE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._frames: OrderedDict[tuple[str, int], bytes | None] = OrderedDict()
+
+    def get(self, artifact: str, chunk: int) -> tuple[bool, bytes | None]:
+        """(known, frame): ``known`` False means not compressed yet."""
+        key = (artifact, chunk)
+        if key not in self._frames:
+            return False, None
+        self._frames.move_to_end(key)
+        return True, self._frames[key]
+
+    def put(self, artifact: str, chunk: int, frame: bytes | None) -> None:
+        key = (artifact, chunk)
+        old = self._frames.pop(key, None)
+        self.bytes -= len(old or b"")
+        size = len(frame or b"")
+        if size > self.max_bytes:
+            return
+        self._frames[key] = frame
+        self.bytes += size
+        while self.bytes > self.max_bytes or len(self._frames) > WIRE_CACHE_ENTRIES:
+            _, dropped = self._frames.popitem(last=False)
+            self.bytes -= len(dropped or b"")
 
 
 def downloader(node_header: str | None, address: str) -> str:
@@ -112,6 +180,7 @@ class OriginGate:
         self.config = config
         self.clock = clock
         self._per: dict[str, _Served] = {}
+        self.wire = WireCache()
 
     def admit(self, artifact: str, who: str, chunk: int | None = None) -> int | None:
         """None: serve ``who`` (``chunk``, or the whole artifact when None); else the

@@ -21,7 +21,8 @@ Routes::
     POST /v1/publish                     a signed document (octet-stream): 200 or 400 + reason
     PUT  /v1/artifacts/<sha256>          artifact bytes (a published release must name them)
     GET  /v1/artifacts/<sha256>          the origin: the whole artifact
-    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them;
+    GET  /v1/artifacts/<sha256>/chunks/<i>   one chunk, as the release record cuts them
+                                         (zstd when asked for and smaller: Content-Encoding);
                                          beyond the downloader cap (``coordinator.origin``)
                                          503 {"error": "try-peers", "retry_after": S, "why": W}
     GET  /v1/documents                   every document held (msgpack), for replicas catching up
@@ -58,13 +59,14 @@ from p2pupdate.core import admission, wire
 from p2pupdate.core import coordproto as proto
 from p2pupdate.core import session as sess
 from p2pupdate.core.errors import P2PUpdateError, VerificationError, WireError
+from p2pupdate.core.swarm import packing
 from p2pupdate.errors import LocalStateFault
 from p2pupdate.net.websocket import MessageTooBig, ProtocolViolation, WebSocket, WebSocketClosed
 
 from .catchup import DOCUMENTS_PATH, documents_answer
 from .limits import ServerLimits
 from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .origin import NODE_HEADER, downloader
+from .origin import NODE_HEADER, accepts, downloader
 from .publishing import ArtifactRefused, ArtifactUpload
 from .ratelimit import Bucket
 from .readaccess import ReadAccess, ReadRefused, is_page_path, is_read_path
@@ -420,6 +422,9 @@ class Server:
                 elif isinstance(answer, ReadRefused):
                     status, ctype, payload = answer.status, "application/json", answer.body()
                     extra = answer.headers
+                elif isinstance(answer, _Encoded):
+                    status, ctype, payload = 200, "application/octet-stream", answer.data
+                    extra = (("content-encoding", answer.encoding),)
                 elif isinstance(answer, PagePart):
                     status, ctype, payload = 200, answer.ctype, answer.data
                     extra = PAGE_HEADERS
@@ -607,7 +612,7 @@ class Server:
 
     async def _route(
         self, request: h11.Request, body: bytes | _Stored, peer: str
-    ) -> tuple[int, str, bytes] | _TryPeers | ReadRefused | PagePart:
+    ) -> tuple[int, str, bytes] | _TryPeers | _Encoded | ReadRefused | PagePart:
         if isinstance(body, _Stored):  # an artifact upload, streamed to disk as it was read
             return body.status, "application/json", _json(body.answer)
         method = request.method.decode()
@@ -666,13 +671,14 @@ class Server:
 
     async def _origin(
         self, artifact: str, chunk: int | None, request: h11.Request, peer: str
-    ) -> tuple[int, str, bytes] | _TryPeers:
+    ) -> tuple[int, str, bytes] | _TryPeers | _Encoded:
         """Serve the artifact or one chunk, within the downloader cap; count what was sent.
 
         The bytes are read (and checked against the release record) in a worker thread:
         a slow disk or a whole artifact's hash never stalls the event loop, so the node
         channel and ``/status`` answer meanwhile.  A chunk GET reads that chunk only
-        (``Documents.origin_bytes``)."""
+        (``Documents.origin_bytes``).  A chunk goes compressed to a node that accepts zstd
+        when it shrinks (``origin.WireCache``); the bytes counted are the bytes sent."""
         rep = self.replica
         missing = (404, "text/plain", b"no such artifact or chunk here\n")
         if rep.documents.artifact_path(artifact) is None or artifact not in rep.documents.releases:
@@ -685,6 +691,15 @@ class Server:
         data = await trio.to_thread.run_sync(rep.documents.origin_bytes, artifact, chunk)
         if data is None:
             return missing
+        wants = next((v for k, v in request.headers if k == b"accept-encoding"), None)
+        if chunk is not None and accepts(wants, packing.CODEC):
+            known, frame = rep.origin.wire.get(artifact, chunk)
+            if not known:  # compressed once per chunk (in a worker thread), not per node
+                frame = await trio.to_thread.run_sync(packing.compress, data)
+                rep.origin.wire.put(artifact, chunk, frame)
+            if frame is not None:
+                rep.origin.served(artifact, len(frame))
+                return _Encoded(data=frame, encoding=packing.CODEC)
         rep.origin.served(artifact, len(data))
         return 200, "application/octet-stream", data
 
@@ -931,6 +946,14 @@ def _content_length(request: h11.Request) -> int | None:
         if name == b"content-length":
             return int(value)
     return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Encoded:
+    """A chunk sent compressed: a 200 with ``Content-Encoding``."""
+
+    data: bytes
+    encoding: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

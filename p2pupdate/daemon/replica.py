@@ -30,7 +30,9 @@ from ..core import coordproto as proto
 from ..core import crypto, departure
 from ..core import documents as docs
 from ..core.errors import P2PUpdateError, SchemaError
+from ..core.swarm import packing
 from ..core.swarm.chunks import ChunkMap
+from ..core.swarm.packing import BadFrame
 from ..core.timing import UpdaterConfig, refusal_wait
 from ..core.trust import TrustStore
 from ..errors import CoordinatorFault
@@ -329,12 +331,15 @@ class QuorumClient:
                 except CoordinatorUnavailable as exc:
                     errors.append(str(exc))
                     continue
-                if isinstance(got, TryPeers):
-                    refused.append(got)
-                    continue
-                if await trio.to_thread.run_sync(chunk_map.check, index, got):
-                    return got
-                bad = BadChunk(f"{link.base} served chunk {index} of {artifact[:16]}... wrong")
+                except BadChunk as exc:  # a bad zstd frame
+                    bad = exc
+                else:
+                    if isinstance(got, TryPeers):
+                        refused.append(got)
+                        continue
+                    if await trio.to_thread.run_sync(chunk_map.check, index, got):
+                        return got
+                    bad = BadChunk(f"{link.base} served chunk {index} of {artifact[:16]}... wrong")
                 self.log(f"origin: {bad}: asking the next replica for it")
                 errors.append(str(bad))
             if not refused:
@@ -390,12 +395,24 @@ TRY_PEERS_WHY: Final = {
 
 def get_chunk(base: str, artifact: str, index: int, node: str, length: int) -> bytes | TryPeers:
     """Blocking (run in a thread): chunk ``index`` from one replica's origin (at most
-    ``length`` + 1 bytes read), or its "try-peers" answer."""
+    ``length`` + 1 bytes read), or its "try-peers" answer.  The chunk is asked for
+    zstd-compressed (the replica compresses it when it shrinks); a compressed answer is
+    decompressed to exactly ``length`` bytes (``packing.decompress``) or is a ``BadChunk``."""
     url = f"{base}/v1/artifacts/{artifact}/chunks/{index}"
-    request = urllib.request.Request(url, headers={ORIGIN_NODE_HEADER: node})
+    headers = {ORIGIN_NODE_HEADER: node, "Accept-Encoding": packing.CODEC}
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=CHUNK_TIMEOUT) as resp:
-            return bytes(resp.read(length + 1))
+            body = bytes(resp.read(length + 1))
+            encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding == "identity":
+            return body
+        if encoding != packing.CODEC:
+            raise BadChunk(f"{base} served chunk {index} as {encoding[:32]!r}, not asked for")
+        try:
+            return packing.decompress(body, length)
+        except BadFrame as exc:
+            raise BadChunk(f"{base} served chunk {index} of {artifact[:16]}...: {exc}") from None
     except urllib.error.HTTPError as exc:
         with exc:
             body = exc.read(MAX_REFUSAL_BODY) if exc.code == 503 else b""
