@@ -353,6 +353,20 @@ def origin_share(status: dict[str, Any], artifact: str, size: int) -> float:
     return sent / (NODES * size)
 
 
+_REUSED = re.compile(r"store: ([0-9a-f]{16})\.\.\. reused (\d+) of (\d+) chunks \((\d+) bytes\)")
+
+
+def reused_bytes(logs: list[Path], artifact: str) -> int:
+    """The bytes of ``artifact`` the nodes copied out of builds their stores held (the last
+    "reused N of M chunks (B bytes)" line of each node's log), instead of fetching them."""
+    total = 0
+    for log in logs:
+        found = [m for m in _REUSED.finditer(log.read_text(errors="replace"))]
+        mine = [int(m.group(4)) for m in found if artifact.startswith(m.group(1))]
+        total += mine[-1] if mine else 0
+    return total
+
+
 def describe(node: Node) -> str:
     st = node.status()
     if st is None:
@@ -399,8 +413,8 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
     shas: dict[str, str] = {}
     for version in ("v1", "v2"):
         out = run(
-            f"scripts/build-artifact --version {version} -o {version}.tar.gz",
-            [*BUILD, "--version", version, "-o", f"{version}.tar.gz"],
+            f"scripts/build-artifact --version {version} -o {version}.tar",
+            [*BUILD, "--version", version, "-o", f"{version}.tar"],
             work,
         )
         shas[version] = out.split()[0]
@@ -409,12 +423,12 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
     step("3. The release engineer signs both builds; the coordinator allowlists them (gate 1)")
     for counter, version in enumerate(("v1", "v2"), start=1):
         run(
-            f"p2pupdate release {version}.tar.gz --key net/keys/release-1.pem "
+            f"p2pupdate release {version}.tar --key net/keys/release-1.pem "
             f"--counter {counter} --name {version} -o {version}.release",
             [
                 *P2PUPDATE,
                 "release",
-                f"{version}.tar.gz",
+                f"{version}.tar",
                 "--key",
                 "net/keys/release-1.pem",
                 "--counter",
@@ -474,14 +488,14 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
     assert replica.alive()
     say(f"  -> listening on {url}")
     run(
-        f"p2pupdate-coordinator publish v1.release v2.release allowlist.msgpack v2.tar.gz --url {url}",
+        f"p2pupdate-coordinator publish v1.release v2.release allowlist.msgpack v2.tar --url {url}",
         [
             *COORDINATOR,
             "publish",
             "v1.release",
             "v2.release",
             "allowlist.msgpack",
-            "v2.tar.gz",
+            "v2.tar",
             "--url",
             url,
         ],
@@ -500,7 +514,7 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
             "--state-dir",
             f"nodes/{node.name}",
             "--initial-artifact",
-            "v1.tar.gz",
+            "v1.tar",
             "--work",
             "kv",
             "--host",
@@ -643,10 +657,14 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
 
     step("10. The replica's view")
     run(f"p2pupdate-coordinator status --url {url}", [*COORDINATOR, "status", "--url", url], work)
-    share = origin_share(http_json(f"{url}/status"), v2, (work / "v2.tar.gz").stat().st_size)
+    v2_size = (work / "v2.tar").stat().st_size
+    share = origin_share(http_json(f"{url}/status"), v2, v2_size)
+    logs = [work / "nodes" / f"node{i}.log" for i in range(1, NODES + 1)]
+    reused = reused_bytes(logs, v2) / (NODES * v2_size)
     say(
-        f"  origin share {share:.0%}: the replica's origin sent {share * NODES:.2f} copies of v2 "
-        f"for {NODES} nodes; the rest came from peers"
+        f"  origin share {share:.2%}: the replica's origin sent {share * NODES:.4f} copies of v2 "
+        f"for {NODES} nodes; {reused:.2%} of what they needed was already in their stores "
+        "(the chunks v2 shares with v1: content-defined chunks), peers sent the rest"
     )
 
     if load.failed or load.errors:
@@ -662,7 +680,8 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children) ->
     say(
         f"\nFleet demo OK: {NODES} nodes moved v1 -> v2 in {rollout_s:.0f} s under load, "
         f"{load.requests} requests, 0 failed, 0 acknowledged writes lost, "
-        f"origin share {share:.0%} (total {time.monotonic() - t_start:.0f} s)."
+        f"origin share {share:.0%}, {reused:.1%} reused from v1 "
+        f"(total {time.monotonic() - t_start:.0f} s)."
     )
 
 
