@@ -214,6 +214,25 @@ def cmd_release(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.file}: {len(chunks)} chunks exceeds {docs.MAX_CHUNKS}; use a larger --chunk-size"
         )
+    layout = f"{len(chunks)} chunks of {args.chunk_size}"
+    return _sign_release(
+        args, keys, platform, artifact, length, args.chunk_size, chunks, (), layout
+    )
+
+
+def _sign_release(
+    args: argparse.Namespace,
+    keys: list[crypto.SigningKey],
+    platform: str,
+    artifact: str,
+    length: int,
+    chunk_size: int,
+    chunks: tuple[bytes, ...],
+    sizes: tuple[int, ...],
+    layout: str,
+) -> int:
+    """Build, check, sign and write the release record ``args`` describe (the keys were
+    loaded before the file was hashed: a bad key fails at once); say what it is."""
     now = wall_clock()
     try:
         rel = docs.Release(
@@ -221,8 +240,9 @@ def cmd_release(args: argparse.Namespace) -> int:
             counter=args.counter,
             artifact=artifact,
             length=length,
-            chunk_size=args.chunk_size,
+            chunk_size=chunk_size,
             chunks=chunks,
+            sizes=sizes,
             issued=now,
             expires=now + args.expires,
             platform=platform,
@@ -232,7 +252,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     write_output(args.output, rel.sign(keys).to_wire())
     print(f"release {args.name!r} counter {args.counter}: artifact {artifact}")
-    print(f"  {length} bytes in {len(chunks)} chunks of {args.chunk_size}; wrote {args.output}")
+    print(f"  {length} bytes in {layout}; wrote {args.output}")
     print(f"  platform {platform or 'none (runs wherever Python does)'}")
     return EXIT_OK
 
@@ -248,32 +268,13 @@ def _release_cdc(args: argparse.Namespace, platform: str) -> int:
             f"{args.file}: {len(chunks)} content-defined chunks exceeds {docs.MAX_CHUNKS}; "
             "use --fixed-chunks with a larger --chunk-size"
         )
-    now = wall_clock()
-    try:
-        rel = docs.Release(
-            name=args.name,
-            counter=args.counter,
-            artifact=artifact,
-            length=length,
-            chunk_size=cdc.DEFAULT_PARAMS.avg_size,  # nominal: the sizes say where chunks lie
-            chunks=chunks,
-            sizes=sizes,
-            issued=now,
-            expires=now + args.expires,
-            platform=platform,
-        )
-        rel = rel.checked()
-    except P2PUpdateError as exc:
-        raise UsageError(str(exc)) from None
-    write_output(args.output, rel.sign(keys).to_wire())
-    print(f"release {args.name!r} counter {args.counter}: artifact {artifact}")
-    print(
-        f"  {length} bytes in {len(chunks)} content-defined chunks "
-        f"({min(sizes)}..{max(sizes)} bytes, {length // len(chunks)} on average); "
-        f"wrote {args.output}"
+    layout = (
+        f"{len(chunks)} content-defined chunks "
+        f"({min(sizes)}..{max(sizes)} bytes, {length // len(chunks)} on average)"
     )
-    print(f"  platform {platform or 'none (runs wherever Python does)'}")
-    return EXIT_OK
+    # chunk_size is nominal in a content-defined record: the sizes say where chunks lie
+    avg = cdc.DEFAULT_PARAMS.avg_size
+    return _sign_release(args, keys, platform, artifact, length, avg, chunks, sizes, layout)
 
 
 # -- scope ------------------------------------------------------------------------------
