@@ -11,7 +11,7 @@ import hashlib
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from p2pupdate.core import cdc
@@ -149,7 +149,7 @@ def test_split_concatenates_to_the_input() -> None:
     assert [len(p) for p in parts] == sizes(boundaries(data))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     data=st.binary(max_size=6000),
     min_size=st.integers(64, 300),
@@ -172,15 +172,18 @@ def test_properties_hold_for_any_bytes_and_parameters(
     assert b"".join(split(data, p)) == data
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(prefix=st.binary(min_size=1, max_size=200), seed=st.integers(0, 2**32))
+@example(prefix=b"\x00\x00\x00\x00\x00\x01\x00", seed=227450)  # took 7 chunks
 def test_a_prefix_resynchronises(prefix: bytes, seed: int) -> None:
     """Cuts depend only on content: after bytes are prepended, the old cuts come back within
-    a few chunks (shift resistance, for any prefix)."""
+    a few chunks (shift resistance, for any prefix).  "A few" is 8: a random search once
+    found a prefix that took 7 (a cut skipped under min_size shifts the next ones), so the
+    bound is not 4, and the examples are derandomized so the suite stays deterministic."""
     data = noise(60_000, seed)
     old = boundaries(data, SMALL)
     new = {e - len(prefix) for e in boundaries(prefix + data, SMALL)}
-    assert len(new.intersection(old)) >= len(old) - 4
+    assert len(new.intersection(old)) >= len(old) - 8
 
 
 # -- typed errors -----------------------------------------------------------------------------
