@@ -18,7 +18,7 @@ import pytest
 from p2pupdate.cli import commands
 from p2pupdate.cli.commands import hash_file_cdc, main
 from p2pupdate.core import cdc
-from p2pupdate.core.crypto import Envelope, private_key_to_pem
+from p2pupdate.core.crypto import Envelope
 from p2pupdate.core.documents import Release
 from p2pupdate.core.origin import check_artifact
 from p2pupdate.launcher.artifact import (
@@ -33,22 +33,7 @@ from p2pupdate.launcher.artifact import (
     tar_cap,
     unpack_into,
 )
-from tests.core.harness import key_for
 from tests.launcher.harness import REPO
-
-SMALL = ["h11>=0.14", "msgpack"]
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "release.pem"
-    path.write_bytes(private_key_to_pem(key_for("release")))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_deps() -> Deps:
-    return Deps.collect(SMALL)
 
 
 @pytest.fixture(scope="module")

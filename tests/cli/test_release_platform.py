@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from p2pupdate.cli.commands import main
-from p2pupdate.core.crypto import Envelope, private_key_to_pem
+from p2pupdate.core.crypto import Envelope
 from p2pupdate.core.documents import Release
 from p2pupdate.launcher.artifact import (
     MANIFEST_FILE,
@@ -25,22 +25,7 @@ from p2pupdate.launcher.artifact import (
     build_artifact,
     read_build_manifest,
 )
-from tests.core.harness import key_for
 from tests.launcher.harness import REPO
-
-SMALL = ["h11>=0.14", "msgpack"]
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "release.pem"
-    path.write_bytes(private_key_to_pem(key_for("release")))
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_deps() -> Deps:
-    return Deps.collect(SMALL)
 
 
 def _release(tmp: Path, key: Path, artifact: Path, *extra: str) -> tuple[int, Release | None]:
