@@ -36,9 +36,10 @@ class Bundled:
     replica_log: Path
 
     def tails(self) -> str:
-        return "\n".join(n.tail() for n in self.nodes) + (
-            f"\n--- replica ---\n{self.replica_log.read_text()}"
-        )
+        """Each node's log tail and status (its updater state and next check), the replica's log."""
+        return "\n".join(
+            f"{n.tail()}\n--- {n.name} status ---\n{n.status()}" for n in self.nodes
+        ) + (f"\n--- replica ---\n{self.replica_log.read_text()}")
 
 
 def start_bundled(

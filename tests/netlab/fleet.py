@@ -48,16 +48,20 @@ TURN_SECRET = "netlab-fleet-secret"
 READ_TOKEN = "netlab-fleet-read-token"
 
 
-def wait_until(what: str, check: Callable[[], T | None], timeout: float, tail: str = "") -> T:
+def wait_until(
+    what: str, check: Callable[[], T | None], timeout: float, tail: str | Callable[[], str] = ""
+) -> T:
     """Poll ``check`` (every 0.1 s) until it is truthy; after ``timeout`` s fail naming
-    ``what`` (and ``tail``: logs that say why)."""
+    ``what`` (and ``tail``: logs that say why; a callable is read at the timeout, so the
+    message shows what the nodes did while it waited, not what they had done before)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+            said = tail() if callable(tail) else tail
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{said}")
         time.sleep(0.1)
 
 

@@ -74,7 +74,7 @@ def test_nodes_with_only_a_bundle_update_under_quorum_tokens(
         v = st.get("version")
         return v if isinstance(v, str) else None
 
-    wait_until("both nodes running", lambda: all(version(n) for n in nodes), 60.0, tails())
+    wait_until("both nodes running", lambda: all(version(n) for n in nodes), 60.0, tails)
     v1 = {version(n) for n in nodes}
     a1, a2 = nodes
 
@@ -82,7 +82,7 @@ def test_nodes_with_only_a_bundle_update_under_quorum_tokens(
         assert a1.alive() and a2.alive(), tails()
         return a2.id in a1.linked() and a1.id in a2.linked()
 
-    wait_until("a1 and a2 linked", linked, LINKED, tails())
+    wait_until("a1 and a2 linked", linked, LINKED, tails)
     for n in nodes:  # what the bundle's defaults made of the LAN
         assert n.gossip()["address"].startswith(f"tcp:{n.addr}:"), n.gossip()
         assert f"zeroconf: announcing {n.addr}:" in n.log(), n.tail()
@@ -124,13 +124,13 @@ def test_nodes_with_only_a_bundle_update_under_quorum_tokens(
 
     for code, answer in in_netns(lab.ns("coord"), publish):
         assert code == 200, answer
-    wait_until("a1 holds allowlist v1", lambda: a1.held_allowlist() == 1, LINKED, tails())
-    wait_until("a2 holds it by gossip", lambda: a2.held_allowlist() == 1, LINKED, tails())
+    wait_until("a1 holds allowlist v1", lambda: a1.held_allowlist() == 1, LINKED, tails)
+    wait_until("a2 holds it by gossip", lambda: a2.held_allowlist() == 1, LINKED, tails)
     subprocess.run(  # the replica back for a2: its departure token needs it
         ["ip", "netns", "exec", lab.ns("a2"), "nft", "delete", "table", "inet", "p11"], check=True
     )
 
-    wait_until("both nodes on v2", lambda: all(version(n) == "v2" for n in nodes), UPDATED, tails())
+    wait_until("both nodes on v2", lambda: all(version(n) == "v2" for n in nodes), UPDATED, tails)
     assert v1 != {"v2"}
     for n in nodes:  # each moved under a token the replica signed, confirmed on probation
         assert "--grant-all" not in n.log()
@@ -141,7 +141,7 @@ def test_nodes_with_only_a_bundle_update_under_quorum_tokens(
         art = st["artifacts"].get(v2.sha, {})
         return art.get("nodes") == 2 and art.get("leases") == 0
 
-    wait_until("the replica sees both on v2, no lease left", replica_sees_both, LINKED, tails())
+    wait_until("the replica sees both on v2, no lease left", replica_sees_both, LINKED, tails)
 
 
 def _status(url: str) -> tuple[int, Any]:
