@@ -9,6 +9,10 @@ Layout (in ``D/store/``, ``launcher.state``'s store directory)::
                     at their ``Chunk.offset`` (the rest is a hole)
     <sha>.chunks    which chunks of ``<sha>.part`` are verified (JSON, atomic), and of which
                     chunk map (its digest: a release cut differently is another download)
+    <sha>.release   the signed release record of a complete artifact, as received (kept so
+                    a restarted node -- one that just swapped into it, say -- serves the
+                    artifact at once, before any replica or peer sends the record again;
+                    verified again when it is read, ``CoordinatorState.restore_releases``)
     <sha>.layout    the chunk map the artifact was last opened with (each chunk's length and
                     digest, binary, renamed into place, not fsynced: a hint): what the content-addressed index reads for an
                     artifact held but not opened by this process
@@ -61,6 +65,7 @@ from pathlib import Path
 from typing import Final
 
 from ..core import documents as docs
+from ..core import wire
 from ..core.swarm.chunks import ChunkMap
 from ..errors import LocalStateFault
 from ..fsutil import atomic_write, fsync_dir, read_limited, temp_path
@@ -76,7 +81,10 @@ _COMPLETE = ".tar.gz"
 _PART = ".part"
 _RECORD = ".chunks"
 _LAYOUT = ".layout"
-_SUFFIXES: Final = (_COMPLETE, _PART, _RECORD, _LAYOUT)
+_RELEASE = ".release"
+_SUFFIXES: Final = (_COMPLETE, _PART, _RECORD, _LAYOUT, _RELEASE)
+#: Largest ``.release`` kept or read: a signed document's limit.
+MAX_RELEASE: Final = wire.DOCUMENT_LIMITS.max_bytes
 #: ``.layout``: this header, then per chunk its length (4 bytes, big-endian) and digest.
 _LAYOUT_MAGIC: Final = b"p2pupdate-layout-1\n"
 _LAYOUT_ENTRY: Final = 36
@@ -151,6 +159,51 @@ class ChunkStore:
 
     def _layout(self, artifact: str) -> Path:
         return self.dir / f"{artifact}{_LAYOUT}"
+
+    def _release(self, artifact: str) -> Path:
+        return self.dir / f"{artifact}{_RELEASE}"
+
+    # -- release records ----------------------------------------------------------------------
+
+    def keep_release(self, artifact: str, record: bytes) -> bool:
+        """Keep the signed release record of ``artifact`` beside it (atomic), if the
+        artifact is held whole and the record is not there already.  The caller verified
+        it; whoever reads it back verifies it again (:meth:`releases`).  True if written."""
+        if not _is_sha(artifact) or len(record) > MAX_RELEASE:
+            return False
+        path = self._release(artifact)
+        with self._lock:
+            if not self.path(artifact).is_file():
+                return False
+            try:
+                if path.stat().st_size == len(record) and path.read_bytes() == record:
+                    return False
+            except OSError:
+                pass
+            try:
+                atomic_write(path, record)
+            except OSError as exc:
+                raise StoreError(f"cannot keep the release record {path}: {exc}") from exc
+            return True
+
+    def releases(self) -> list[tuple[str, bytes]]:
+        """``(artifact, signed record)`` of every complete artifact whose record is kept
+        here, unverified (the caller verifies each).  A record that cannot be read or is
+        over ``MAX_RELEASE`` is skipped with one log line; nothing is changed."""
+        out: list[tuple[str, bytes]] = []
+        try:
+            names = sorted(os.listdir(self.dir))
+        except OSError:
+            return out
+        for name in names:
+            artifact = name.removesuffix(_RELEASE)
+            if artifact == name or not _is_sha(artifact) or not self.path(artifact).is_file():
+                continue
+            try:
+                out.append((artifact, read_limited(self._release(artifact), MAX_RELEASE)))
+            except (OSError, ValueError) as exc:
+                self.log(f"store: the release record of {artifact[:16]}... is not read: {exc}")
+        return out
 
     # -- opening ----------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -269,6 +269,9 @@ class CoordinatorLink:
         self.report_interval = report_interval
         self.log = log
         self.releases: dict[str, docs.Release] = {}
+        #: Each held release record as it was signed (the store keeps it beside its
+        #: artifact: ``ChunkStore.keep_release``).
+        self.release_records: dict[str, bytes] = {}
         self.allowlist: docs.Allowlist | None = None
         self.scope: docs.Scope | None = None
         #: The root those documents were taken under (``_forget_rotated``).
@@ -595,7 +598,33 @@ class CoordinatorLink:
             self.scope = None
         if was.roles["release"] != now.roles["release"]:
             self.releases = {}
+            self.release_records = {}
         self._held_under = now
+
+    def restore_releases(self, kept: Iterable[tuple[str, bytes]]) -> int:
+        """Hold the release records the store kept beside its complete artifacts (at
+        start, before anything is seeded: ``Node._seed_known`` then serves them at once),
+        each verified again under the trust store held now; one whose signature, role or
+        artifact does not match is left out with a log line.  No hook is called.  How
+        many were taken."""
+        now = self.clock.utc_now()
+        self._forget_rotated()
+        taken = 0
+        for artifact, data in kept:
+            try:
+                if docs.peek_type(data) != "release":
+                    raise SchemaError("not a release record")
+                rel = self.trust.store.verify(docs.Release, data, now).doc
+                if rel.artifact != artifact:
+                    raise SchemaError(f"it is the record of {rel.artifact[:16]}...")
+            except P2PUpdateError as exc:
+                self.log(f"store: the kept release record of {artifact[:16]}... is not used: "
+                         f"{exc.rule}: {exc}")  # fmt: skip
+                continue
+            self.releases.setdefault(artifact, rel)
+            self.release_records.setdefault(artifact, data)
+            taken += 1
+        return taken
 
     def take(self, data: bytes, *, source: str) -> bool:
         """Verify and keep a release, allowlist or scope, or take a newer root (from a
@@ -610,6 +639,7 @@ class CoordinatorLink:
                 rel = self.trust.store.verify(docs.Release, data, now).doc
                 new = rel.artifact not in self.releases
                 self.releases[rel.artifact] = rel
+                self.release_records[rel.artifact] = data
                 if new:
                     self.on_release(rel)
             elif kind == "allowlist":

@@ -3,7 +3,8 @@ directories, gossip over tcp on loopback, a coordinator link to a real replica o
 socket), on the system clock.
 
 The seed is a node started with the artifact already whole in its store (as after a
-restart): it seeds it once the replica's release record reaches it.  The other node's
+restart): it seeds it once the replica's release record reaches it -- or at once, when its
+last run kept the record beside the artifact (a node that just swapped into its build).  The other node's
 prefetch then gets every chunk from it, and the replica's own ``/status`` says it served
 no byte (README "The swarm in the daemon")."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -56,10 +58,13 @@ def _node(
     sha: str,
     peers: list[tuple[str, int]],
     swarm: str = "on",
+    *,
+    restart: bool = False,
 ) -> tuple[Node, list[str]]:
     state = StateDir(tmp / f"state-{i}")
-    state.stage_slot(build.read_bytes(), sha, counter=1)
-    state.set_link("current", sha)
+    if not restart:  # (a restart runs on the state dir its last run left)
+        state.stage_slot(build.read_bytes(), sha, counter=1)
+        state.set_link("current", sha)
     lines: list[str] = []
     trust = TrustFile.open(state.root / "trust", initial_root=net.root_bytes, now=int(time.time()))
     key = crypto.SigningKey.from_seed(bytes([40 + i]) * 32)
@@ -167,3 +172,115 @@ async def test_swarm_off_fetches_from_the_origin_only(tmp_path: Path, builds: Bu
             node.write_status()
             assert "swarm" not in json.loads(node.state.status_path.read_text())
             nursery.cancel_scope.cancel()
+
+
+def _dead_url() -> str:
+    """A loopback URL nothing listens on (a port bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_a_restarted_node_serves_its_fetched_build_before_any_replica_answers(
+    tmp_path: Path, builds: Builds
+) -> None:
+    """The node fetched ART and kept its signed release record beside it; restarted with
+    no replica it can reach, it verifies the kept record and seeds at once, and a peer's
+    prefetch takes every chunk from it (the homes demo's ramp stage after the canary
+    swapped, while the replica it used was killed)."""
+    v1 = builds.get("v1", 1)
+    net = Network(tmp_path / "net")
+    with trio.fail_after(40):
+        async with in_process(net) as (replica, url):
+            await trio.to_thread.run_sync(_publish, net, url, v1.sha)
+            async with trio.open_nursery() as nursery:
+                first, _lines = _node(tmp_path, 3, net, url, v1.path, v1.sha, [])
+                nursery.start_soon(first.run)
+                assert first.coord is not None
+                while not first.coord.has_release(ART):
+                    await trio.sleep(0.02)
+                assert isinstance(
+                    await first._prefetch(up.Prefetch(artifact=ART, counter=2)), up.PrefetchDone
+                )
+                nursery.cancel_scope.cancel()
+            kept = first.store.dir / f"{ART}.release"
+            assert kept.is_file()
+            origin = replica.status()["origin"]["artifacts"][ART]["bytes"]
+            assert origin == len(DATA)
+            async with trio.open_nursery() as nursery:
+                again, lines = _node(
+                    tmp_path, 3, net, _dead_url(), v1.path, v1.sha, [], restart=True
+                )
+                nursery.start_soon(again.run)
+                while not any(m.startswith(f"swarm: seeding {ART[:16]}") for m in lines):
+                    await trio.sleep(0.02)
+                assert any("1 kept release record(s) verified" in m for m in lines)
+                assert again.gossip is not None
+                while not again.gossip.port:
+                    await trio.sleep(0.02)
+                fetcher, flines = _node(
+                    tmp_path, 4, net, url, v1.path, v1.sha, [("127.0.0.23", again.gossip.port)]
+                )
+                nursery.start_soon(fetcher.run)
+                assert fetcher.gossip is not None and fetcher.coord is not None
+                while not (
+                    fetcher.coord.has_release(ART)
+                    and fetcher.gossip.core
+                    and fetcher.gossip.core.holders(ART)
+                ):
+                    await trio.sleep(0.02)
+                event = await fetcher._prefetch(up.Prefetch(artifact=ART, counter=2))
+                assert isinstance(event, up.PrefetchDone)
+                assert any(f"{CHUNKS} chunk(s) from peers, 0 from the origin" in m for m in flines)
+                assert replica.status()["origin"]["artifacts"][ART]["bytes"] == origin
+                assert fetcher.store.path(ART).read_bytes() == DATA
+                nursery.cancel_scope.cancel()
+
+
+def test_a_kept_release_record_is_verified_again_before_use(tmp_path: Path) -> None:
+    """What the store kept is read back as untrusted bytes: a record re-signed by a key
+    that is not the release role, garbage, or a valid record under another artifact's name
+    is left out with a log line, and only the genuine one is held.  No hook is called."""
+    net = Network(tmp_path / "net")
+    store = ChunkStore(tmp_path / "store")
+    store.dir.mkdir()
+    other = random.Random(5).randbytes(3000)
+    records = {
+        ART: net.release(DATA, "v2", 2),
+        artifact_of(other): net.release(other, "v3", 3),
+    }
+    for sha, data in ((ART, DATA), (artifact_of(other), other)):
+        store.path(sha).write_bytes(data)
+        assert store.keep_release(sha, records[sha])
+        assert not store.keep_release(sha, records[sha])  # there already: not written again
+    assert not store.keep_release("ab" * 32, records[ART])  # its artifact is not held
+    swapped = artifact_of(b"third")
+    store.path(swapped).write_bytes(b"third")
+    (store.dir / f"{swapped}.release").write_bytes(records[ART])  # ART's record, renamed
+    junk = artifact_of(b"fourth")
+    store.path(junk).write_bytes(b"fourth")
+    (store.dir / f"{junk}.release").write_bytes(b"\x93not a document")
+    lines: list[str] = []
+    trust = TrustFile.open(tmp_path / "trust", initial_root=net.root_bytes, now=int(time.time()))
+    coord = CoordinatorLink(
+        [_dead_url()],
+        crypto.SigningKey.from_seed(bytes([9]) * 32),
+        trust,
+        pool="default",
+        estimate=None,
+        report_interval=30.0,
+        log=lines.append,
+        clock=SYSTEM,
+    )
+    called: list[object] = []
+    coord.on_release = called.append
+    assert coord.restore_releases(store.releases()) == 2
+    assert set(coord.releases) == {ART, artifact_of(other)}
+    assert coord.release_records[ART] == records[ART]
+    assert called == []
+    refused = [m for m in lines if "is not used" in m]
+    assert len(refused) == 2, lines
+    assert any(swapped[:16] in m and "record of" in m for m in refused)
+    assert any(junk[:16] in m for m in refused)
+    store.cleanup(named=[artifact_of(other)], protected=(), cap=1 << 30)
+    assert not (store.dir / f"{ART}.release").exists()  # removed with its artifact
