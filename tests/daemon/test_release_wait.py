@@ -20,13 +20,13 @@ import trio
 from p2pupdate.clock import SYSTEM
 from p2pupdate.core import crypto
 from p2pupdate.core import updater as up
-from p2pupdate.daemon.coordinator import CoordinatorLink
 from p2pupdate.daemon.node import Node, NodeConfig
 from p2pupdate.daemon.nullwork import NullWorkload
 from p2pupdate.daemon.options import DaemonOptions
 from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.launcher.state import StateDir
 from tests.coordinator.service_helpers import Network, artifact_of, in_process
+from tests.daemon.coordutil import coord_link
 from tests.launcher.conftest import Builds
 
 DATA = random.Random(31).randbytes(3000)
@@ -56,16 +56,7 @@ async def test_a_release_record_after_its_allowlist_brings_the_check_forward(
     trust = TrustFile.open(state.root / "trust", initial_root=net.root_bytes, now=int(time.time()))
     with trio.fail_after(30):
         async with in_process(net) as (_replica, url), trio.open_nursery() as nursery:
-            coord = CoordinatorLink(
-                [url],
-                crypto.SigningKey.from_seed(b"\x61" * 32),
-                trust,
-                pool="default",
-                estimate=None,
-                report_interval=30.0,
-                log=lines.append,
-                clock=SYSTEM,
-            )
+            coord = coord_link(url, crypto.SigningKey.from_seed(b"\x61" * 32), trust, lines)
             options = DaemonOptions(
                 work="none",
                 check_interval=INTERVAL,

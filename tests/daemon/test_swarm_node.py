@@ -25,7 +25,6 @@ from p2pupdate.core import gossip as g
 from p2pupdate.core import updater as up
 from p2pupdate.core.swarm.chunks import ChunkMap
 from p2pupdate.daemon.chunkstore import ChunkStore
-from p2pupdate.daemon.coordinator import CoordinatorLink
 from p2pupdate.daemon.gossip import GossipService, trust_verifier
 from p2pupdate.daemon.node import Node, NodeConfig
 from p2pupdate.daemon.nullwork import NullWorkload
@@ -33,6 +32,7 @@ from p2pupdate.daemon.options import DaemonOptions
 from p2pupdate.daemon.truststate import TrustFile
 from p2pupdate.launcher.state import StateDir
 from tests.coordinator.service_helpers import Network, artifact_of, http, in_process
+from tests.daemon.coordutil import coord_link
 from tests.launcher.conftest import Builds
 
 CHUNKS = 40
@@ -47,6 +47,26 @@ def _publish(net: Network, url: str, running: str) -> ChunkMap:
     assert http("PUT", f"{url}/v1/artifacts/{ART}", DATA)[0] == 200
     now = int(time.time())
     return ChunkMap.of_release(net.trust().verify(docs.Release, release, now).doc)
+
+
+async def _fetcher_of(
+    nursery: trio.Nursery, tmp: Path, i: int, net: Network, url: str, build: Builds, seed: Node
+) -> tuple[Node, list[str]]:
+    """A node linked to ``seed`` only, started, once it holds ART's release record and
+    its gossip names a holder of ART."""
+    v1 = build.get("v1", 1)
+    assert seed.gossip is not None
+    while not seed.gossip.port:
+        await trio.sleep(0.02)
+    host = seed.gossip.listen_host
+    fetcher, lines = _node(tmp, i, net, url, v1.path, v1.sha, [(host, seed.gossip.port)])
+    nursery.start_soon(fetcher.run)
+    assert fetcher.gossip is not None and fetcher.coord is not None
+    while not (
+        fetcher.coord.has_release(ART) and fetcher.gossip.core and fetcher.gossip.core.holders(ART)
+    ):
+        await trio.sleep(0.02)
+    return fetcher, lines
 
 
 def _node(
@@ -69,16 +89,7 @@ def _node(
     trust = TrustFile.open(state.root / "trust", initial_root=net.root_bytes, now=int(time.time()))
     key = crypto.SigningKey.from_seed(bytes([40 + i]) * 32)
     host = f"127.0.0.{20 + i}"
-    coord = CoordinatorLink(
-        [url],
-        key,
-        trust,
-        pool="default",
-        estimate=None,
-        report_interval=30.0,
-        log=lines.append,
-        clock=SYSTEM,
-    )
+    coord = coord_link(url, key, trust, lines)
     gossip = GossipService(
         key=key,
         clock=SYSTEM,
@@ -123,18 +134,7 @@ async def test_a_node_prefetches_from_a_restarted_seed_not_the_origin(
             for c in cmap.chunks:
                 assert held.put_chunk(ART, c.index, cmap.slice(DATA, c.index))
             nursery.start_soon(seed.run)
-            assert seed.gossip is not None
-            while not seed.gossip.port:
-                await trio.sleep(0.02)
-            fetcher, lines = _node(
-                tmp_path, 1, net, url, v1.path, v1.sha, [("127.0.0.20", seed.gossip.port)]
-            )
-            nursery.start_soon(fetcher.run)
-            assert fetcher.gossip is not None and fetcher.coord is not None
-            core = fetcher.gossip.core
-            while not (fetcher.coord.has_release(ART) and core and core.holders(ART)):
-                await trio.sleep(0.02)
-                core = fetcher.gossip.core
+            fetcher, lines = await _fetcher_of(nursery, tmp_path, 1, net, url, builds, seed)
             event = await fetcher._prefetch(up.Prefetch(artifact=ART, counter=2))
             assert isinstance(event, up.PrefetchDone)
             served = replica.status()["origin"]["artifacts"].get(ART, {}).get("bytes", 0)
@@ -215,20 +215,7 @@ async def test_a_restarted_node_serves_its_fetched_build_before_any_replica_answ
                 while not any(m.startswith(f"swarm: seeding {ART[:16]}") for m in lines):
                     await trio.sleep(0.02)
                 assert any("1 kept release record(s) verified" in m for m in lines)
-                assert again.gossip is not None
-                while not again.gossip.port:
-                    await trio.sleep(0.02)
-                fetcher, flines = _node(
-                    tmp_path, 4, net, url, v1.path, v1.sha, [("127.0.0.23", again.gossip.port)]
-                )
-                nursery.start_soon(fetcher.run)
-                assert fetcher.gossip is not None and fetcher.coord is not None
-                while not (
-                    fetcher.coord.has_release(ART)
-                    and fetcher.gossip.core
-                    and fetcher.gossip.core.holders(ART)
-                ):
-                    await trio.sleep(0.02)
+                fetcher, flines = await _fetcher_of(nursery, tmp_path, 4, net, url, builds, again)
                 event = await fetcher._prefetch(up.Prefetch(artifact=ART, counter=2))
                 assert isinstance(event, up.PrefetchDone)
                 assert any(f"{CHUNKS} chunk(s) from peers, 0 from the origin" in m for m in flines)
@@ -262,16 +249,7 @@ def test_a_kept_release_record_is_verified_again_before_use(tmp_path: Path) -> N
     (store.dir / f"{junk}.release").write_bytes(b"\x93not a document")
     lines: list[str] = []
     trust = TrustFile.open(tmp_path / "trust", initial_root=net.root_bytes, now=int(time.time()))
-    coord = CoordinatorLink(
-        [_dead_url()],
-        crypto.SigningKey.from_seed(bytes([9]) * 32),
-        trust,
-        pool="default",
-        estimate=None,
-        report_interval=30.0,
-        log=lines.append,
-        clock=SYSTEM,
-    )
+    coord = coord_link(_dead_url(), crypto.SigningKey.from_seed(bytes([9]) * 32), trust, lines)
     called: list[object] = []
     coord.on_release = called.append
     assert coord.restore_releases(store.releases()) == 2
