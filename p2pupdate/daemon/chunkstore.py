@@ -12,7 +12,7 @@ Layout (in ``D/store/``, ``launcher.state``'s store directory)::
     <sha>.release   the signed release record of a complete artifact, as received (kept so
                     a restarted node -- one that just swapped into it, say -- serves the
                     artifact at once, before any replica or peer sends the record again;
-                    verified again when it is read, ``CoordinatorState.restore_releases``)
+                    verified again when it is read, ``CoordinatorLink.restore_releases``)
     <sha>.layout    the chunk map the artifact was last opened with (each chunk's length and
                     digest, binary, renamed into place, not fsynced: a hint): what the content-addressed index reads for an
                     artifact held but not opened by this process
