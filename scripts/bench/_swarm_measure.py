@@ -15,6 +15,8 @@ from typing import Any
 
 CAP_WINDOW_S = 10.0
 CAP_SLACK = 1.05
+#: The width of one step of ``upload_timeline`` (seconds from ``t0``).
+TIMELINE_STEP_S = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +52,34 @@ def peak_upload(samples: Sequence[tuple[float, int]], window: float = CAP_WINDOW
     return peak
 
 
+def _bytes_at(samples: Sequence[tuple[float, int]], t: float) -> float:
+    """A node's upload counter at ``t``, read off its samples by linear interpolation (0
+    before the first, the last after it)."""
+    pts = sorted(samples)
+    if not pts or t <= pts[0][0]:
+        return 0.0 if not pts or t < pts[0][0] else float(pts[0][1])
+    for (t1, b1), (t2, b2) in zip(pts, pts[1:], strict=False):
+        if t <= t2:
+            return b1 + (b2 - b1) * (t - t1) / (t2 - t1) if t2 > t1 else float(b2)
+    return float(pts[-1][1])
+
+
+def upload_timeline(run: Run, peer_up: float, end: float,
+                    step: float = TIMELINE_STEP_S) -> list[float]:  # fmt: skip
+    """What the peers uploaded in each ``step`` from ``t0`` to ``end`` (seconds after
+    ``t0``), as a share of what their uplinks could carry in it: where the time went."""
+    out: list[float] = []
+    t = 0.0
+    while t < end:
+        hi = min(end, t + step)
+        sent = sum(
+            _bytes_at(s, run.t0 + hi) - _bytes_at(s, run.t0 + t) for s in run.samples.values()
+        )
+        out.append(round(sent / (run.nodes * peer_up * (hi - t)), 3))
+        t = hi
+    return out
+
+
 def figures(run: Run, *, origin_up: float, peer_up: float, peer_down: float,
             upload_cap: float) -> dict[str, Any]:  # fmt: skip
     """The bench's fields for one run (``t_all_s`` None when a node never completed)."""
@@ -83,4 +113,7 @@ def figures(run: Run, *, origin_up: float, peer_up: float, peer_down: float,
         "peer_upload_use": (
             None if t_all is None or not t_all else round(sent / (run.nodes * peer_up * t_all), 3)
         ),
+        # ``peer_upload_use`` step by step (``TIMELINE_STEP_S``), and when each node was done.
+        "upload_timeline": upload_timeline(run, peer_up, t_all if t_all else 0.0),
+        "t_done_s": sorted(round(t - run.t0, 1) for t in done),
     }

@@ -59,3 +59,19 @@ def test_figures_say_so_when_a_node_never_completed_or_went_over_its_cap() -> No
     none = figures(_run({"a": 101.0, "b": 102.0}, {"a": [], "b": []}), upload_cap=MiB / 2,
                    **RATES)  # fmt: skip
     assert none["upload_cap_respected"] is None  # no counters read: not measured
+
+
+def test_upload_timeline_is_the_peers_use_step_by_step() -> None:
+    peer_up = MiB / 2
+    # a: idle for 5 s, then at the full rate; b: at half the rate throughout (read every 2 s)
+    a = [(100.0, 0), (105.0, 0), (115.0, int(10 * peer_up))]
+    b = [(100.0 + t, int(t * peer_up / 2)) for t in range(0, 16, 2)]
+    f = figures(_run({"a": 112.0, "b": 112.5}, {"a": a, "b": b}), upload_cap=MiB / 2,
+                **RATES)  # fmt: skip
+    # steps of 5 s up to t_all (12.5 s): (0 + 0.5) / 2, (1 + 0.5) / 2, and the last 2.5 s
+    assert f["upload_timeline"] == [0.25, 0.75, 0.75]
+    assert f["t_done_s"] == [12.0, 12.5]
+    # a node never read, or read only after the step, adds nothing to it
+    late = figures(_run({"a": 102.0, "b": 102.0}, {"a": [(103.0, 5)], "b": []}),
+                   upload_cap=MiB / 2, **RATES)  # fmt: skip
+    assert late["upload_timeline"] == [0.0]
