@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 CAP_WINDOW_S = 10.0
@@ -58,7 +59,7 @@ def _bytes_at(samples: Sequence[tuple[float, int]], t: float) -> float:
     pts = sorted(samples)
     if not pts or t <= pts[0][0]:
         return 0.0 if not pts or t < pts[0][0] else float(pts[0][1])
-    for (t1, b1), (t2, b2) in zip(pts, pts[1:], strict=False):
+    for (t1, b1), (t2, b2) in pairwise(pts):
         if t <= t2:
             return b1 + (b2 - b1) * (t - t1) / (t2 - t1) if t2 > t1 else float(b2)
     return float(pts[-1][1])
