@@ -491,9 +491,10 @@ class CoreNode(Node):
 
 
 def _capped(rate: float, **knobs: int) -> SwarmConfig:
-    """Uploads at exactly ``rate`` (as if the shell measured an uplink of twice that);
-    every other knob the daemon's default unless given."""
-    return SwarmConfig(upload_cap=rate, default_uplink=2 * rate, **knobs)
+    """Uploads at exactly ``rate`` of payload (as if the shell measured an uplink of twice
+    that; no headers counted: the ``Net``'s links carry payload only, and ``FIT`` was
+    calibrated so); every other knob the daemon's default unless given."""
+    return SwarmConfig(upload_cap=rate, default_uplink=2 * rate, wire_headers=False, **knobs)
 
 
 def fleet_run(

@@ -375,8 +375,9 @@ OPTIONS: Final = (
         kind=rate,
         default=None,
         metavar="RATE",
-        help="the most this node uploads to swarm peers, bytes/s (512k, 2M, 1.5M; default: "
-        "no cap beyond half the uplink)",
+        help="the most this node uploads to swarm peers, bytes/s on the wire (TCP/IP headers "
+        "and the ACKs of its downloads counted; 512k, 2M, 1.5M; default: no cap beyond half "
+        "the uplink)",
     ),
     _Opt(
         flag="--swarm-uplink",

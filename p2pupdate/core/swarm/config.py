@@ -54,6 +54,11 @@ class SwarmConfig:
     upload_cap: float | None = None
     #: Used until the shell has measured the uplink.
     default_uplink: float = 1024 * 1024
+    #: The bucket counts bytes on the wire: each block's TCP/IP and Ethernet headers and
+    #: the ACKs our uplink sends for what we download (``upload.wire_bytes``,
+    #: ``upload.ack_bytes``).  False: payload only (the swarm simulator, whose links carry
+    #: payload at their rates and no headers).
+    wire_headers: bool = True
     #: Score at which a peer's sessions are dropped / it is banned; the half-life of scores.
     drop_score: float = 50.0
     ban_score: float = 100.0

@@ -42,6 +42,7 @@ from .events import (
     UplinkMeasured,
 )
 from .messages import (
+    BLOCK_OVERHEAD,
     Bitfield,
     Block,
     Cancel,
@@ -52,7 +53,7 @@ from .messages import (
     decode_message,
 )
 from .penalties import Scores, rule_for
-from .upload import Uploader
+from .upload import Uploader, ack_bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -225,6 +226,7 @@ class Swarm:
         MESSAGE_HANDLERS[type(msg)](self, ev.peer, msg, now, out)
 
     def _origin_chunk(self, ev: OriginChunk, now: float, out: list[Effect]) -> None:
+        self.uploader.charge(ack_bytes(len(ev.data)), now)
         art = self.artifacts.get(ev.artifact)
         if art is None or art.download is None:
             return
@@ -303,6 +305,9 @@ class Swarm:
 
     def _on_block(self, peer: str, msg: Message, now: float, out: list[Effect]) -> None:
         assert isinstance(msg, Block)
+        # Our uplink ACKs every block that arrives (the ACKs of small frames ride on the
+        # blocks we send back; a download's do not).
+        self.uploader.charge(ack_bytes(len(msg.data) + BLOCK_OVERHEAD), now)
         art = self.artifacts.get(msg.artifact)
         if art is None or art.download is None:
             if art is None or msg.chunk not in art.held:

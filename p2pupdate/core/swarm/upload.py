@@ -6,9 +6,18 @@ peer's requests wait in its queue of at most ``upload_queue``; one more is rejec
 ``busy`` and costs ``flood`` points (an honest peer keeps ``pipeline`` requests in flight,
 far fewer).  A peer whose queue empties gives its slot back.
 
-The bucket holds bytes: it fills at the upload rate (``config.upload_rate``: a fraction of
-the measured uplink, at most the cap) up to a burst of a quarter second (at least one
-block); a block is sent once the bucket holds its bytes (a block larger than the burst,
+The bucket holds bytes *on the wire*: it fills at the upload rate (``config.upload_rate``:
+a fraction of the measured uplink, at most the cap) up to a burst of a quarter second (at
+least one block); a block costs what it takes on the link (``wire_bytes``: its frame plus
+TCP/IP and Ethernet headers per segment, ~4.6 % more than its payload), and every block
+or origin chunk that arrives costs the ACKs our uplink sends back for it (``ack_bytes``,
+``Uploader.charge``: ~2.3 % of what we download; the ACKs of requests ride on the blocks
+we send back); ``CONTROL_SHARE`` of the rate is left to what the bucket does not count
+(small frames, gossip).  A cap counted in payload alone filled the uplink past its rate:
+on the swarm bench, where ``tbf`` cuts each home's uplink at exactly the cap, the queue at
+the uplink stayed full, requests, haves and ACKs were dropped there, TCP backed off for
+seconds (requests unanswered for the 10 s deadline), and 24 nodes took 51-67 s instead of
+43.  A block is sent once the bucket holds its cost (a block larger than the burst,
 which a peer on a link with larger frames may ask for, once the bucket is full: the
 bucket then owes the difference), so over any window uploads stay within the burst plus
 the rate times the window, plus one block.  Queued requests are served round-robin,
@@ -26,7 +35,7 @@ from typing import Final
 
 from .config import SwarmConfig
 from .events import Effect, Send, Serve
-from .messages import Cancel, Reject, Request
+from .messages import BLOCK_OVERHEAD, Cancel, Reject, Request
 
 Held = Callable[[str, int], bool]
 #: The (artifact, chunk) pairs served before anything else (super-seeding: a chunk only we
@@ -36,6 +45,28 @@ Urgent = Callable[[], frozenset[tuple[str, int]]]
 _EPSILON: Final = 1e-6
 #: Urgent blocks served between two round-robin turns at most.
 URGENT_PER_TURN: Final = 2
+#: TCP over IPv4 on Ethernet, timestamps on (Linux's default): a full segment carries MSS
+#: payload bytes (1500 less 20 IP, 20 TCP, 12 options) in a frame of FRAME bytes (plus 14
+#: Ethernet), and the receiver ACKs every second segment with a frame of ACK_FRAME bytes.
+MSS: Final = 1448
+#: Of the upload rate, what the bucket leaves to frames it does not count: requests,
+#: haves, cancels, bitfields and gossip, each its own small segment.  (The swarm bench's
+#: 24 nodes, with their uplinks cut at exactly the cap: 43 s with the bucket at 0.9 of
+#: it, 51-67 s at the full rate in payload bytes; README "Benchmark: swarm against
+#: libtorrent".)
+CONTROL_SHARE: Final = 0.10
+FRAME: Final = 1514
+ACK_FRAME: Final = 66
+
+
+def wire_bytes(payload: int) -> int:
+    """Bytes on the link to send ``payload`` bytes of frames: headers of every segment."""
+    return payload + -(-payload // MSS) * (FRAME - MSS)
+
+
+def ack_bytes(received: int) -> int:
+    """Bytes our uplink sends to acknowledge ``received`` bytes (one ACK per two segments)."""
+    return -(-received // (2 * MSS)) * ACK_FRAME
 
 
 class Uploader:
@@ -65,6 +96,21 @@ class Uploader:
     def burst(self) -> float:
         return max(float(self.config.max_block), self.rate * 0.25)
 
+    @property
+    def fill_rate(self) -> float:
+        """Bytes/s the bucket fills at: the upload rate, less ``CONTROL_SHARE`` of it for
+        the frames it does not count (with ``wire_headers``)."""
+        return self.rate * (1.0 - CONTROL_SHARE) if self.config.wire_headers else self.rate
+
+    def charge(self, nbytes: int, now: float) -> None:
+        """``nbytes`` of the uplink went to something else (the ACKs of a download): the
+        bucket owes them, at most a burst's worth (then uploads wait for the bucket).
+        Nothing without ``wire_headers``."""
+        if not self.config.wire_headers:
+            return
+        self._refill(now)
+        self.tokens = max(-self.burst, self.tokens - nbytes)
+
     def set_rate(self, rate: float, now: float) -> None:
         self._refill(now)
         self.rate = rate
@@ -72,7 +118,7 @@ class Uploader:
 
     def _refill(self, now: float) -> None:
         if now > self.last:
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.fill_rate)
             self.last = now
 
     def request(self, peer: str, req: Request, now: float, out: list[Effect]) -> None:
@@ -127,7 +173,7 @@ class Uploader:
                     peer, n = hit
                     q = self.queues[peer]
                     req = q[n]
-                    if self.tokens < min(req.length, self.burst) - _EPSILON:
+                    if self.tokens < min(self.cost(req), self.burst) - _EPSILON:
                         return
                     del q[n]
                     if not q:
@@ -139,7 +185,7 @@ class Uploader:
             q = self.queues[peer]
             req = q[0]
             held = self.held(req.artifact, req.chunk)
-            if held and self.tokens < min(req.length, self.burst) - _EPSILON:
+            if held and self.tokens < min(self.cost(req), self.burst) - _EPSILON:
                 return  # this peer's turn waits for the bucket (get_timer)
             q.popleft()
             del self.queues[peer]
@@ -152,7 +198,7 @@ class Uploader:
         if not self.held(req.artifact, req.chunk):  # removed since it was queued
             out.append(Send(peer=peer, data=_reject(req, "missing")))
             return
-        self.tokens -= req.length
+        self.tokens -= self.cost(req)
         self.sent_bytes += req.length
         out.append(
             Serve(
@@ -164,13 +210,20 @@ class Uploader:
             )
         )
 
+    def cost(self, req: Request) -> int:
+        """What serving ``req`` takes from the bucket: its block's frame on the wire (its
+        payload alone without ``wire_headers``)."""
+        if not self.config.wire_headers:
+            return req.length
+        return wire_bytes(req.length + BLOCK_OVERHEAD)
+
     def get_timer(self) -> float | None:
-        """When the bucket holds the next request's bytes, if one waits for it."""
+        """When the bucket holds the next request's cost, if one waits for it."""
         if not self.queues:
             return None
         head = next(iter(self.queues.values()))[0]
-        need = min(head.length, self.burst)
-        return self.last + max(0.0, need - self.tokens) / self.rate
+        need = min(self.cost(head), self.burst)
+        return self.last + max(0.0, need - self.tokens) / self.fill_rate
 
 
 def _reject(req: Request, reason: str) -> bytes:

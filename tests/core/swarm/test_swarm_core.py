@@ -31,6 +31,7 @@ from p2pupdate.core.swarm.events import (
     Serve,
 )
 from p2pupdate.core.swarm.front import Swarm
+from p2pupdate.core.swarm.upload import CONTROL_SHARE, ack_bytes, wire_bytes
 from tests.core.swarm_harness import artifact_bytes, chunk_map_of, peer_id
 
 DATA = artifact_bytes(16 * 4096)  # 16 chunks of 4 KiB
@@ -474,7 +475,32 @@ def test_the_bucket_holds_the_upload_rate_on_a_fake_clock() -> None:
         t = timer
         served += len([e for e in sw.handle_timer(t) if isinstance(e, Serve)])
     assert served == 10 and sw.uploader.get_timer() is None
-    assert t == pytest.approx(9.0, abs=0.01)  # one block a second after the first
+    # one block per its cost on the wire after the first: its frame and the headers of the
+    # segments that carry it (1,024 + 128 bytes of frame in one segment, 66 bytes of headers)
+    assert sw.uploader.cost(m.Request(artifact=ART, chunk=0, offset=0, length=1024)) == 1218
+    assert wire_bytes(1448) == 1514 and wire_bytes(1449) == 1449 + 2 * 66
+    # ... at the rate less the share left to the frames it does not count
+    assert t == pytest.approx(9 * 1218 / (1024 * (1 - CONTROL_SHARE)), abs=0.01)
+
+
+def test_the_acks_of_a_download_come_out_of_the_upload_bucket() -> None:
+    """Our uplink carries the ACKs of what we download (one 66-byte frame per two
+    segments): a node fetching fast has less of its cap left for uploads."""
+    assert ack_bytes(2 * 1448) == 66 and ack_bytes(2 * 1448 + 1) == 132 and ack_bytes(0) == 0
+    cfg = SwarmConfig(max_block=1024, upload_cap=100_000.0)
+    sw, _ = fetcher(cfg)
+    before = sw.uploader.tokens
+    reqs = requests(join(sw, A, range(16)), A)
+    r = reqs[0]
+    sw.handle(Received(peer=A, data=block(r)), 0.0)
+    assert before - sw.uploader.tokens == ack_bytes(r.length + m.BLOCK_OVERHEAD)
+    # the debt is bounded (a burst's worth), and it is paid back at the rate
+    sw.uploader.charge(10**9, 0.0)
+    assert sw.uploader.tokens == -sw.uploader.burst
+    sw.uploader.charge(0, 1.0)
+    assert sw.uploader.tokens == pytest.approx(
+        min(sw.uploader.burst, 100_000.0 - sw.uploader.burst)
+    )
 
 
 def test_upload_slots_choke_the_extra_peers_and_unheld_chunks_are_never_served() -> None:
@@ -580,7 +606,10 @@ def test_a_peer_asking_larger_blocks_than_ours_is_served_within_the_rate() -> No
     out = sw.handle(Received(peer=A, data=big), 0.0)
     assert not [e for e in out if isinstance(e, Serve | Penalised)]
     timer = sw.uploader.get_timer()
-    assert timer == pytest.approx(4.0)  # the 3 KiB owed, then one burst's worth
+    # what the first cost on the wire less the burst it had (owed), then one burst's worth
+    cost = wire_bytes(4096 + m.BLOCK_OVERHEAD)
+    assert cost == 4224 + 3 * 66
+    assert timer == pytest.approx(cost / (1024 * (1 - CONTROL_SHARE)))
     assert [e.length for e in sw.handle_timer(timer) if isinstance(e, Serve)] == [4096]
 
 
@@ -720,10 +749,11 @@ def test_a_chunk_fresh_from_the_origin_is_served_before_anything_else() -> None:
     sw.handle(OriginChunk(artifact=ART, index=x, data=MAP.slice(DATA, x)), 1.6)
     for peer in (A, B):
         sw.handle(Received(peer=peer, data=bitfield(set())), 1.6)
-    served = [e for e in sw.handle(Received(peer=A, data=req(0, 0)), 1.7) if isinstance(e, Serve)]
-    sw.handle(Received(peer=A, data=req(0, 1024)), 1.7)  # waits for the bucket
-    sw.handle(Received(peer=B, data=req(x, 0)), 1.7)  # waits too, but jumps the line
-    t = 1.7
+    # (the origin chunk's ACKs are paid back by 3.7: the bucket is full again)
+    served = [e for e in sw.handle(Received(peer=A, data=req(0, 0)), 3.7) if isinstance(e, Serve)]
+    sw.handle(Received(peer=A, data=req(0, 1024)), 3.7)  # waits for the bucket
+    sw.handle(Received(peer=B, data=req(x, 0)), 3.7)  # waits too, but jumps the line
+    t = 3.7
     while len(served) < 3 and (timer := sw.get_timer()) is not None:
         t = max(t, timer)
         served += [e for e in sw.handle_timer(t) if isinstance(e, Serve)]
