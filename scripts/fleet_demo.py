@@ -420,7 +420,9 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children, *,
     kind = ["--code-only"] if code_only else []
     for version in ("v1", "v2"):
         out = run(
-            " ".join(["scripts/build-artifact", "--version", version, *kind, "-o", f"{version}.tar"]),
+            " ".join(
+                ["scripts/build-artifact", "--version", version, *kind, "-o", f"{version}.tar"]
+            ),
             [*BUILD, "--version", version, *kind, "-o", f"{version}.tar"],
             work,
         )

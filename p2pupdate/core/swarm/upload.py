@@ -51,9 +51,9 @@ URGENT_PER_TURN: Final = 2
 MSS: Final = 1448
 #: Of the upload rate, what the bucket leaves to frames it does not count: requests,
 #: haves, cancels, bitfields and gossip, each its own small segment.  (The swarm bench's
-#: 24 nodes, with their uplinks cut at exactly the cap: 43 s with the bucket at 0.9 of
-#: it, 51-67 s at the full rate in payload bytes; README "Benchmark: swarm against
-#: libtorrent".)
+#: 24 nodes, with their uplinks cut at exactly the cap, took 51.7-67.5 s with the cap
+#: counted in payload, 50.2 s with 5 % left, 42.3 and 51.9 s with 10 %: README
+#: "Benchmark: swarm against libtorrent".)
 CONTROL_SHARE: Final = 0.10
 FRAME: Final = 1514
 ACK_FRAME: Final = 66
