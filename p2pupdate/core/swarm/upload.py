@@ -13,11 +13,10 @@ TCP/IP and Ethernet headers per segment, ~4.6 % more than its payload), and ever
 or origin chunk that arrives costs the ACKs our uplink sends back for it (``ack_bytes``,
 ``Uploader.charge``: ~2.3 % of what we download; the ACKs of requests ride on the blocks
 we send back); ``CONTROL_SHARE`` of the rate is left to what the bucket does not count
-(small frames, gossip).  A cap counted in payload alone filled the uplink past its rate:
-on the swarm bench, where ``tbf`` cuts each home's uplink at exactly the cap, the queue at
-the uplink stayed full, requests, haves and ACKs were dropped there, TCP backed off for
-seconds (requests unanswered for the 10 s deadline), and 24 nodes took 51.7-67.5 s
-instead of 42.3-51.9.  A block is sent once the bucket holds its cost (a block larger than the burst,
+(small frames, gossip).  A cap counted in payload alone sent more than an uplink of that
+rate carries (on the swarm bench, where ``tbf`` cuts each home's uplink at exactly the
+cap, 24 nodes took 51.7-67.5 s in four runs, then 42.3-61.1 with this count; README
+"Benchmark: swarm against libtorrent").  A block is sent once the bucket holds its cost (a block larger than the burst,
 which a peer on a link with larger frames may ask for, once the bucket is full: the
 bucket then owes the difference), so over any window uploads stay within the burst plus
 the rate times the window, plus one block.  Queued requests are served round-robin,
@@ -53,9 +52,9 @@ FRAME: Final = 1514
 ACK_FRAME: Final = 66
 #: Of the upload rate, what the bucket leaves to frames it does not count: requests,
 #: haves, cancels, bitfields and gossip, each its own small segment.  (The swarm bench's
-#: 24 nodes, with their uplinks cut at exactly the cap, took 51.7-67.5 s with the cap
-#: counted in payload, 50.2 s with 5 % left, 42.3 and 51.9 s with 10 %: README
-#: "Benchmark: swarm against libtorrent".)
+#: 24 nodes, with their uplinks cut at exactly the cap: 64.8 s with nothing left, 50.2 s
+#: with 5 %, 42.3-61.1 s in four runs with 10 %: README "Benchmark: swarm against
+#: libtorrent".)
 CONTROL_SHARE: Final = 0.10
 
 
