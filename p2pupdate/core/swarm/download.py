@@ -78,7 +78,10 @@ STREAM_SHARE: Final = 2
 #: duplicates), blocks in (``blocks``; ``dup_blocks``: bytes we had or were not taking,
 #: ``late_blocks``: answers after a timeout or cancel), ``cancels`` sent, ``timeouts``
 #: (requests that passed their deadline and went back to the pool), ``rejects``
-#: (``choked``/``busy`` answers: the uploader's slots or queue were full).
+#: (``choked``/``busy`` answers: the uploader's slots or queue were full); ``answered``
+#: (blocks that answered a request still in flight), ``wait_ms`` (their time from the
+#: request sent to the block in, summed: ``wait_ms / answered`` is the mean) and
+#: ``slow_answers`` (those that took more than ``SLOW_ANSWER``).
 COUNTS: Final = (
     "requests",
     "endgame",
@@ -88,7 +91,12 @@ COUNTS: Final = (
     "cancels",
     "timeouts",
     "rejects",
+    "answered",
+    "wait_ms",
+    "slow_answers",
 )
+#: An answer slower than this (seconds) counts in ``slow_answers``.
+SLOW_ANSWER: Final = 2.0
 
 Key = tuple[int, int]  # (chunk, offset): one block
 Fault = tuple[str, str, str]  # (peer, rule, detail)
@@ -383,6 +391,11 @@ class Download:
             return
         if req is not None:
             expected = req.length
+            wait = now - req.sent
+            self.counts["answered"] += 1
+            self.counts["wait_ms"] += round(wait * 1000)
+            if wait > SLOW_ANSWER:
+                self.counts["slow_answers"] += 1
             part = self.parts.get(msg.chunk)
             if part is not None:
                 part.asked.get(msg.offset, set()).discard(peer)

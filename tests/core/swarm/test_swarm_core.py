@@ -758,3 +758,14 @@ def test_a_chunk_fresh_from_the_origin_is_served_before_anything_else() -> None:
         t = max(t, timer)
         served += [e for e in sw.handle_timer(t) if isinstance(e, Serve)]
     assert [(e.peer, e.chunk) for e in served] == [(A, 0), (B, x), (A, 0)]
+
+
+def test_how_long_answers_take_is_counted() -> None:
+    """``answered``, ``wait_ms``, ``slow_answers``: the time from a request sent to its
+    block, for the bench to read (a late block after a timeout is not an answer)."""
+    sw, _ = fetcher()
+    reqs = requests(join(sw, A, range(16)), A)
+    sw.handle(Received(peer=A, data=block(reqs[0])), 0.5)
+    sw.handle(Received(peer=A, data=block(reqs[1])), 2.5)
+    c = sw.counters()
+    assert (c["answered"], c["wait_ms"], c["slow_answers"]) == (2, 3000, 1)
