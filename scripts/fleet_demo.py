@@ -419,13 +419,8 @@ def demo(work: Path, timeout: float, max_concurrent: int, children: Children, *,
     shas: dict[str, str] = {}
     kind = ["--code-only"] if code_only else []
     for version in ("v1", "v2"):
-        out = run(
-            " ".join(
-                ["scripts/build-artifact", "--version", version, *kind, "-o", f"{version}.tar"]
-            ),
-            [*BUILD, "--version", version, *kind, "-o", f"{version}.tar"],
-            work,
-        )
+        args = ["--version", version, *kind, "-o", f"{version}.tar"]
+        out = run(" ".join(["scripts/build-artifact", *args]), [*BUILD, *args], work)
         shas[version] = out.split()[0]
     v2 = shas["v2"]
 
