@@ -170,11 +170,13 @@ def test_a_peer_has_pipeline_requests_in_flight_and_one_more_per_answer() -> Non
 def test_a_late_request_moves_to_another_peer_and_a_stuck_peer_is_dropped() -> None:
     sw, _ = fetcher()
     first = requests(join(sw, A, range(16)), A)
-    join(sw, B, {first[0].chunk})  # B holds only the chunk A is stuck on
     assert sw.get_timer() == pytest.approx(1.0)  # the origin rules tick first
+    # B holds only the chunk A is stuck on; idle, it takes A's last request at once
+    taken = requests(join(sw, B, {first[0].chunk}, now=CFG.request_timeout / 2), B)
+    assert [(r.chunk, r.offset) for r in taken] == [(first[-1].chunk, first[-1].offset)]
     out = sw.handle_timer(CFG.request_timeout)
-    moved = requests(out, B)
-    assert {(r.chunk, r.offset) for r in moved} == {(r.chunk, r.offset) for r in first}
+    moved = requests(out, B)  # the rest, late at A
+    assert {(r.chunk, r.offset) for r in moved} == {(r.chunk, r.offset) for r in first[:-1]}
     assert [p.rule for p in out if isinstance(p, Penalised)] == ["missed_deadline"]
     for k in (2, 3):
         out = sw.handle_timer(k * CFG.request_timeout + 0.01)
@@ -189,6 +191,77 @@ def test_a_late_answer_is_still_taken_if_it_comes_first() -> None:
     sw.handle_timer(CFG.request_timeout)
     out = sw.handle(Received(peer=A, data=block(first[0])), CFG.request_timeout + 0.5)
     assert not [p for p in out if isinstance(p, Penalised)]
+
+
+# -- moving queued requests, endgame -----------------------------------------------------
+
+
+def test_an_idle_peer_takes_the_request_queued_deepest_at_a_busy_one() -> None:
+    """B, idle with nothing new for us, takes the request with most of ours ahead of it at
+    A (moved: cancelled at A, so no block is asked twice); the head of A's queue, about to
+    be served, never moves; a late answer from A still counts if it comes first, and then
+    B's request is cancelled."""
+    sw, _ = fetcher()
+    first = requests(join(sw, A, range(16)), A)  # one chunk's 4 blocks, in order
+    out = join(sw, B, {first[0].chunk}, now=0.1)
+    assert [(r.chunk, r.offset) for r in requests(out, B)] == [(first[3].chunk, first[3].offset)]
+    cancels = [x for x in sends(out, A) if isinstance(x, m.Cancel)]
+    assert [(x.chunk, x.offset) for x in cancels] == [(first[3].chunk, first[3].offset)]
+    assert sw.counters()["moved"] == 1 and sw.counters()["endgame"] == 0
+    # A answers its head; B, still busy with the moved block, takes nothing more
+    out = sw.handle(Received(peer=A, data=block(first[0])), 0.2)
+    assert requests(out, B) == []
+    # B delivers and is idle again, but A's queue holds blocks 1 and 2 only: none has
+    # MOVE_AHEAD of ours ahead of it, so nothing moves
+    out = sw.handle(Received(peer=B, data=block(first[3])), 0.3)
+    assert requests(out, B) == []
+    # the moved block's late answer from A is harmless: not a fault
+    out = sw.handle(Received(peer=A, data=block(first[3])), 0.4)
+    assert not [p for p in out if isinstance(p, Penalised)]
+    assert sw.counters()["late_blocks"] == 1
+
+
+def test_a_block_asked_twice_of_one_peer_may_be_answered_twice() -> None:
+    """Moved from A to B, refused there, asked of A again and moved again (to C): A may
+    have served both requests before our cancels came, so it answers twice; neither answer
+    is a fault (one late entry per request withdrawn, not per block), a third is."""
+    sw, _ = fetcher()
+    first = requests(join(sw, A, range(16)), A)
+    last = first[-1]
+    key = (last.chunk, last.offset)
+    moved = requests(join(sw, B, {last.chunk}, now=0.1), B)
+    assert [(r.chunk, r.offset) for r in moved] == [key]
+    refused = m.Reject(
+        artifact=ART, chunk=last.chunk, offset=last.offset, length=last.length, reason="choked"
+    )
+    again = requests(sw.handle(Received(peer=B, data=refused.to_wire()), 0.2), A)
+    assert key in {(r.chunk, r.offset) for r in again}
+    moved = requests(join(sw, C, {last.chunk}, now=0.3), C)
+    assert [(r.chunk, r.offset) for r in moved] == [key]
+    out = sw.handle(Received(peer=A, data=block(last)), 0.4)
+    out += sw.handle(Received(peer=A, data=block(last)), 0.5)
+    assert not [p for p in out if isinstance(p, Penalised)]
+    assert sw.counters()["late_blocks"] == 2
+    out = sw.handle(Received(peer=A, data=block(last)), 0.6)  # a third was never asked
+    assert [p.rule for p in out if isinstance(p, Penalised)] == ["unsolicited"]
+
+
+def test_a_chunk_whose_owner_left_after_its_requests_moved_is_asked_again() -> None:
+    """A owns a chunk; B takes its last block, A leaves, B refuses it: the block goes to
+    the next holder (C), not nowhere (an owner with nothing in flight still owned it)."""
+    cfg = SwarmConfig(max_block=4096, pipeline=4, random_first=2, request_timeout=2.0)
+    sw, _ = fetcher(cfg=cfg)  # one block per chunk
+    first = requests(join(sw, A, range(16)), A)
+    last = first[-1]
+    moved = requests(join(sw, B, {last.chunk}, now=0.1), B)
+    assert [(r.chunk, r.offset) for r in moved] == [(last.chunk, last.offset)]
+    sw.handle(PeerGone(peer=A), 0.2)
+    refused = m.Reject(
+        artifact=ART, chunk=last.chunk, offset=last.offset, length=last.length, reason="choked"
+    )
+    sw.handle(Received(peer=B, data=refused.to_wire()), 0.3)
+    asked = requests(join(sw, C, {last.chunk}, now=0.4), C)
+    assert [(r.chunk, r.offset) for r in asked] == [(last.chunk, last.offset)]
 
 
 # -- endgame -----------------------------------------------------------------------------
@@ -388,6 +461,23 @@ def test_the_deadline_rule_waits_for_a_measured_rate_then_still_moves_a_slow_swa
         late += [e for e in sw.handle_timer(t) if isinstance(e, FetchFromOrigin)]
         t += 0.5
     assert [e for e in late if "deadline" in e.reason]
+
+
+def test_a_starved_download_goes_to_the_origin_without_waiting_the_grace() -> None:
+    """A peer holds two chunks and never answers (60 s deadlines): two requests in
+    flight, fewer than one pipeline, and the other 14 chunks nowhere around us.  Not idle,
+    so ``origin_idle`` does not apply, but starved: the origin is asked long before the
+    grace.  With a full pipeline at a peer that holds everything, it is not."""
+    cfg = dataclasses.replace(CFG, request_timeout=60.0, max_block=4096)  # a block a chunk
+    sw, _ = fetcher(cfg)
+    assert len(requests(join(sw, A, {0, 1}), A)) == 2 < cfg.pipeline
+    asked, _ = origin_loop(sw, cfg.origin_grace - 1.0)
+    assert asked and min(t for t, _ in asked) <= cfg.origin_idle + 1.0
+    assert {i for _, i in asked} <= set(range(2, 16))  # only chunks nobody around has
+    busy, _ = fetcher(cfg)
+    assert len(requests(join(busy, A, set(range(8))), A)) == cfg.pipeline
+    asked, _ = origin_loop(busy, cfg.origin_grace - 1.0)
+    assert not asked
 
 
 def test_a_download_past_its_share_of_the_origin_streams_no_more() -> None:
