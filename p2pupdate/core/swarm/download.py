@@ -643,11 +643,16 @@ class Download:
                 and now - self.origin_twice >= cfg.origin_grace
                 and len(self.unavailable) * STREAM_SHARE > len(self.wanted)
             )
-            if idle or streaming:
-                wait, since = (0.0 if idle else cfg.origin_idle), 0.0
-            else:  # the grace counts from when the swarm around us last spread a chunk
-                wait, since = cfg.origin_grace, self.discovered
-            due = [i for i, t in self.unavailable.items() if now - max(t, since) >= wait]
+            # Idle or streaming: at once / after ``origin_idle``; and in any case after the
+            # grace, counted from when the swarm around us last spread a chunk (streaming
+            # never waits longer than the grace would: ``origin_idle`` may be the longer).
+            fast = 0.0 if idle else cfg.origin_idle if streaming else math.inf
+            grace, since = cfg.origin_grace, self.discovered
+            due = [
+                i
+                for i, t in self.unavailable.items()
+                if now - t >= fast or now - max(t, since) >= grace
+            ]
             picks: list[int] = []
             while due and len(picks) < room:
                 j = int(self.rng.random() * len(due)) % len(due)

@@ -474,6 +474,12 @@ def test_a_starved_download_goes_to_the_origin_without_waiting_the_grace() -> No
     asked, _ = origin_loop(sw, cfg.origin_grace - 1.0)
     assert asked and min(t for t, _ in asked) <= cfg.origin_idle + 1.0
     assert {i for _, i in asked} <= set(range(2, 16))  # only chunks nobody around has
+    # streaming never waits longer than the grace would (``origin_idle`` the longer here)
+    short = dataclasses.replace(cfg, origin_idle=3.0, origin_grace=1.0)
+    sw, _ = fetcher(short)
+    join(sw, A, {0, 1})
+    asked, _ = origin_loop(sw, 2.0)
+    assert asked and min(t for t, _ in asked) <= short.origin_grace + 0.5
     busy, _ = fetcher(cfg)
     assert len(requests(join(busy, A, set(range(8))), A)) == cfg.pipeline
     asked, _ = origin_loop(busy, cfg.origin_grace - 1.0)
