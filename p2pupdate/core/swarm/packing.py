@@ -6,7 +6,10 @@ can remember that a chunk does not shrink and not try again).  ``decompress`` is
 before it allocates: the frame must declare exactly the length the receiver asked for
 (a frame without a content size, with another size, truncated, with bytes after it, or no
 frame at all is a ``BadFrame``: the sender's fault, like any malformed message).  Pure:
-zstandard does no IO.
+zstandard does no IO.  Each call makes its own (de)compressor: zstandard's are not safe to
+share between threads (the coordinator compresses chunks in worker threads, a node
+decompresses them in its fetch threads; one shared compressor answered "Src size is
+incorrect" to two nodes at once, and crashed the interpreter with four threads).
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ CODEC: Final = "zstd"
 #: Fast and already most of the gain on code and wheels (level 3 is zstd's default).
 LEVEL: Final = 3
 
-_COMPRESSOR: Final = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True)
-_DECOMPRESSOR: Final = zstandard.ZstdDecompressor()
-
 
 class BadFrame(WireError):
     """Compressed bytes that are not exactly one frame of the expected length."""
@@ -34,7 +34,7 @@ class BadFrame(WireError):
 
 def compress(raw: bytes) -> bytes | None:
     """One zstd frame of ``raw`` if it is smaller than ``raw``; None if it does not shrink."""
-    frame = _COMPRESSOR.compress(raw)
+    frame = zstandard.ZstdCompressor(level=LEVEL, write_content_size=True).compress(raw)
     return frame if len(frame) < len(raw) else None
 
 
@@ -49,7 +49,7 @@ def decompress(frame: bytes, length: int) -> bytes:
         raise BadFrame(f"not a zstd frame: {exc}") from None
     if declared != length:
         raise BadFrame(f"zstd frame declares {declared} bytes, {length} expected")
-    dobj = _DECOMPRESSOR.decompressobj()
+    dobj = zstandard.ZstdDecompressor().decompressobj()
     try:
         out = dobj.decompress(frame)
     except zstandard.ZstdError as exc:

@@ -80,3 +80,24 @@ def test_a_bad_frame_is_the_senders_fault() -> None:
         assert penalties.rule_for(exc) == "malformed"
     else:
         pytest.fail("no BadFrame")
+
+
+def test_threads_compress_and_decompress_at_once() -> None:
+    """The coordinator compresses chunks in worker threads and a node decompresses them in
+    its fetch threads: calls at once must not share a zstd context (one shared compressor
+    answered "Src size is incorrect", and with four threads crashed the interpreter)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunks = [_noise(500) * (64 + i) for i in range(8)]
+
+    def work(k: int) -> int:
+        good = 0
+        for j in range(100):
+            raw = chunks[(k + j) % len(chunks)]
+            frame = packing.compress(raw)
+            assert frame is not None
+            good += packing.decompress(frame, len(raw)) == raw
+        return good
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(work, range(4))) == 400
