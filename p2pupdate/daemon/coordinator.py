@@ -809,14 +809,30 @@ class CoordinatorLink:
             )
         return ChunkMap.of_release(release)
 
+    async def lend_held(self, store: ChunkStore, artifact: str) -> None:
+        """Before ``artifact``'s download opens: tell ``store`` how every other build whose
+        release record is held is cut, so the ones it holds whole (the running build, the
+        previous one) lend their chunks to it (``chunkstore``'s content-addressed reuse).
+        Both prefetch paths call it, the origin's and the swarm's: without it the reuse
+        sees only what is open already, and a prefetch that starts before the node's
+        start-up seeding opened the running build fetched all of it (a clean-clone suite
+        run's fleet demo: 2,800 of 2,860 chunks, 167 s, where the other nodes fetched 2)."""
+        known = [ChunkMap.of_release(r) for a, r in self.releases.items() if a != artifact]
+
+        def remember() -> None:
+            for m in known:  # only a hint: if it fails, those chunks are fetched
+                with contextlib.suppress(OSError):
+                    store.remember(m)
+
+        if known:
+            await trio.to_thread.run_sync(remember)
+
     async def prefetch(self, artifact: str, store: ChunkStore, limit: int) -> tuple[int, int]:
         """The artifact into ``store`` (``store.path(artifact)`` once complete), resuming
         from the verified chunks it holds, from the origin only (``--swarm off``); (chunks
         held before, chunks fetched now)."""
         chunk_map = self.chunk_map(artifact, limit)
-        # the builds held whole (the running one...) lend their chunks (``chunkstore``)
-        known = [ChunkMap.of_release(r) for a, r in self.releases.items() if a != artifact]
-        await trio.to_thread.run_sync(lambda: [store.remember(m) for m in known])
+        await self.lend_held(store, artifact)
         held = await trio.to_thread.run_sync(store.open, chunk_map)
         fetched = await self.client.fetch_artifact(store, chunk_map)
         return len(held), fetched

@@ -448,6 +448,7 @@ class Node:
                     how = "offered"
                 elif self.coord is not None and self.swarm is not None:
                     cmap = self.coord.chunk_map(effect.artifact, MAX_ARTIFACT)
+                    await self.coord.lend_held(self.store, effect.artifact)
                     deadline = self.clock.monotonic() + SWARM_DEADLINE
                     got = await self.swarm.fetch(cmap, deadline=deadline)
                     how = f"{got.peers} chunk(s) from peers, {got.origin} from the origin" + (

@@ -262,3 +262,66 @@ def test_a_kept_release_record_is_verified_again_before_use(tmp_path: Path) -> N
     assert any(junk[:16] in m for m in refused)
     store.cleanup(named=[artifact_of(other)], protected=(), cap=1 << 30)
     assert not (store.dir / f"{ART}.release").exists()  # removed with its artifact
+
+
+async def test_a_prefetch_before_the_running_build_is_seeded_still_reuses_its_chunks(
+    tmp_path: Path, builds: Builds
+) -> None:
+    """The fleet demo's start-up race (a clean-clone suite run): a nudge came before the
+    node's start-up seeding had opened the build it runs, so the prefetch of v2 saw no held
+    chunk and fetched all 2,860, where the other nodes fetched 2.  Here the seeding is held
+    back (a fault injected into ``SwarmService.seed``) until the prefetch is done: v2 is v1
+    with its last bytes changed, and only the chunks v1 lacks may come from the origin."""
+    v1 = builds.get("v1", 1)
+    running = v1.path.read_bytes()
+    v2 = running[:-100] + b"\x00" * 100
+    net = Network(tmp_path / "net")
+    with trio.fail_after(30):
+        async with in_process(net) as (replica, url), trio.open_nursery() as nursery:
+
+            def publish() -> tuple[ChunkMap, ChunkMap]:
+                maps = []
+                for data, name, counter in ((running, "v1", 1), (v2, "v2", 2)):
+                    signed = net.release(data, name, counter)
+                    assert http("POST", f"{url}/v1/publish", signed)[0] == 200
+                    rel = net.trust().verify(docs.Release, signed, int(time.time())).doc
+                    maps.append(ChunkMap.of_release(rel))
+                arts = [m.artifact for m in maps]
+                assert http("POST", f"{url}/v1/publish", net.allowlist(1, arts))[0] == 200
+                assert http("PUT", f"{url}/v1/artifacts/{arts[1]}", v2)[0] == 200
+                return maps[0], maps[1]
+
+            m1, m2 = await trio.to_thread.run_sync(publish)
+            assert m1.artifact == v1.sha
+            fresh = [c for c in m2.chunks if c.digest not in {d.digest for d in m1.chunks}]
+            assert 0 < len(fresh) <= 2
+            node, lines = _node(tmp_path, 5, net, url, v1.path, v1.sha, [])
+            node.state.store_path(v1.sha).write_bytes(running)  # as the install leaves it
+            assert node.swarm is not None and node.coord is not None
+            seeding_may_start = trio.Event()
+            real_seed = node.swarm.seed
+            asked: list[str] = []
+
+            async def held_back(cmap: ChunkMap) -> bool:
+                asked.append(cmap.artifact)
+                await seeding_may_start.wait()
+                return await real_seed(cmap)
+
+            node.swarm.seed = held_back  # type: ignore[method-assign]
+            nursery.start_soon(node.run)
+            while not (node.coord.has_release(m2.artifact) and asked):
+                await trio.sleep(0.02)
+            assert asked == [v1.sha] and not node.swarm.holds(v1.sha)
+            event = await node._prefetch(up.Prefetch(artifact=m2.artifact, counter=2))
+            assert isinstance(event, up.PrefetchDone)
+            assert node.store.path(m2.artifact).read_bytes() == v2
+            reused = m2.count - len(fresh)
+            assert any(f"reused {reused} of {m2.count} chunks" in m for m in lines)
+            how = f"0 chunk(s) from peers, {len(fresh)} from the origin, {reused} held already"
+            assert any(how in m for m in lines)  # on the old code: all of v2 from the origin
+            served = replica.status()["origin"]["artifacts"][m2.artifact]["bytes"]
+            assert 0 < served <= sum(c.length for c in fresh)  # (as sent: compressed)
+            seeding_may_start.set()
+            while not node.swarm.holds(v1.sha):
+                await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
