@@ -167,6 +167,8 @@ class _Track:
     error: str | None = None
     extras: set[str] = field(default_factory=set)
     opened: set[str] = field(default_factory=set)  # peers told ``Opened`` for it
+    dialed: int = 0  # extra links opened to holders of it
+    why: dict[str, int] = field(default_factory=dict)  # chunks sent to the origin, by rule
 
 
 def _seconds(track: _Track) -> float:
@@ -437,6 +439,9 @@ class SwarmService:
             elif isinstance(eff, sw.FetchFromOrigin):
                 why = eff.rule[:80]
                 self.origin_why[why] = self.origin_why.get(why, 0) + len(eff.chunks)
+                track = self._tracks.get(eff.artifact)
+                if track is not None:
+                    track.why[why] = track.why.get(why, 0) + len(eff.chunks)
                 assert nursery is not None
                 nursery.start_soon(self._from_origin, eff)
             elif isinstance(eff, sw.OriginRefused):
@@ -559,9 +564,18 @@ class SwarmService:
         track.completed_at = self.clock.wall()
         track.fetching = False
         track.done.set()
+        # why the origin was asked, and who was around: what tells a flaky demo run's
+        # origin share apart (a node with no session to a holder yet, or none known)
+        why = "; ".join(f"{rule}: {n}" for rule, n in sorted(track.why.items()))
         self.log(
             f"swarm: {artifact[:16]}... complete: {track.from_peers} chunks from peers, "
             f"{track.from_origin} from the origin in {_seconds(track):.1f} s"
+            + (
+                f" (asked of the origin: {why}; sessions with {len(track.opened)} peer(s), "
+                f"{track.dialed} holder(s) dialed)"
+                if why
+                else ""
+            )
         )
         self._wake.set()  # the sweep closes extra links no longer needed
 
@@ -671,6 +685,7 @@ class SwarmService:
                 contact = contacts[node]
                 if contact is not None and links.open_extra(contact):
                     track.extras.add(node)
+                    track.dialed += 1
                     needed.add(node)
                     self._handle(sw.HolderDialed(artifact=artifact))
         for peer in extras_up - needed:
