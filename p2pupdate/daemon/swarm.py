@@ -668,10 +668,15 @@ class SwarmService:
             if not track.fetching or track.done.is_set():
                 continue
             needed |= track.extras
+            holders = links.holders(artifact)
+            whole = tuple(
+                n for n, state, _f in holders if state == "held" and not links.is_banned(n)
+            )
+            if whole:  # the core decides if one of them is still to come (not release day)
+                self._handle(sw.HolderKnown(artifact=artifact, nodes=whole))
             room = self.extra_links - len(track.extras)
             if room <= 0:
                 continue
-            holders = links.holders(artifact)
             contacts = {n: links.contact_of(n) for n, _s, _f in holders}
             picks = pick_holders(
                 holders,

@@ -556,3 +556,78 @@ async def test_try_peers_from_the_origin_is_told_to_the_swarm_not_waited_out(
             assert entry["requests"] == taken + 8  # served: the holder's, then ours once each
             assert any("try-peers" in m and "back in" in m for m in fetcher.lines)
             nursery.cancel_scope.cancel()
+
+
+class Slow(SwarmService):
+    """A holder whose swarm answers nothing for its first ``SLOW`` seconds (the fault
+    injected: every frame held back, then handled in order): a link up whose session has
+    not answered yet, as a holder across a relayed link at start-up."""
+
+    SLOW = 2.0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.held_back: list[tuple[str, bytes]] | None = []
+        self.until = self.clock.monotonic() + 3600.0  # until the test says
+        async with trio.open_nursery() as nursery:
+            await nursery.start(super().run)
+            task_status.started()
+            nursery.start_soon(self._release)
+
+    def answer_in(self, seconds: float) -> None:
+        self.until = self.clock.monotonic() + seconds
+
+    async def _release(self) -> None:
+        while self.clock.monotonic() < self.until:
+            await trio.sleep(0.05)
+        held, self.held_back = self.held_back, None
+        for peer, data in held or ():
+            super().frame(peer, data)
+
+    def frame(self, peer: str, data: bytes) -> None:
+        if self.held_back is not None:
+            self.held_back.append((peer, data))
+        else:
+            super().frame(peer, data)
+
+
+async def test_a_whole_holder_the_heartbeats_name_is_waited_for_not_the_origin(
+    network: Network, tmp_path: Path
+) -> None:
+    """The fetcher is linked to a node whose heartbeat says it holds the artifact whole,
+    but whose session does not answer for its first seconds.  Not release day: the
+    download waits ``origin_grace`` (4 s here) for it, not ``origin_idle`` (0.5 s), and
+    every chunk comes from the holder; the origin serves nothing.  (Before: the origin
+    sent the whole artifact after 0.5 s, as a node of the homes demo's second ramp stage
+    took all of v2 from it 1 s into its prefetch.)"""
+    waits = sw.SwarmConfig(origin_grace=4.0, origin_idle=0.5)
+    with trio.fail_after(30):
+        async with in_process(network) as (replica, url), trio.open_nursery() as nursery:
+            cmap = await trio.to_thread.run_sync(_publish, network, url)
+            holder = await _start(nursery, network, tmp_path, 0, config=waits, service=Slow)
+            _fill(holder.store, cmap, range(CHUNKS))
+            assert await holder.swarm.seed(cmap)
+            fetcher = await _start(
+                nursery,
+                network,
+                tmp_path,
+                1,
+                peers=[("127.0.0.1", holder.gossip.port)],
+                url=url,
+                config=waits,
+            )
+            await _linked((holder, fetcher))
+            core = fetcher.gossip.core
+            assert core is not None
+            while not core.holders(ART):  # its heartbeat: held whole
+                await trio.sleep(0.02)
+            assert core.holders(ART)[0][:2] == (holder.id, "held")
+            slow = holder.swarm
+            assert isinstance(slow, Slow)
+            slow.answer_in(Slow.SLOW)
+            got = await fetcher.swarm.fetch(cmap, deadline=trio.current_time() + 30)
+            assert fetcher.store.path(ART).read_bytes() == DATA
+            assert (got.peers, got.origin) == (CHUNKS, 0)
+            assert got.seconds >= Slow.SLOW - 0.5  # it did wait for the holder
+            assert _origin_bytes(replica) == 0
+            assert fetcher.gossip.stats.extra_links_opened == 0  # linked: nothing to dial
+            nursery.cancel_scope.cancel()

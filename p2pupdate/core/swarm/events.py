@@ -87,6 +87,22 @@ class HolderDialed(Event):
     artifact: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HolderKnown(Event):
+    """The node's heartbeats name these ``nodes`` as holding ``artifact`` whole (the shell
+    tells it on each sweep while that is so).  If one of them has no answered session
+    here (linked but its bitfield not in yet, being dialed by gossip, no contact known
+    yet) and is not banned, it is not release day, when nobody has anything: a download
+    that peers gave nothing waits ``origin_grace`` for it, not ``origin_idle``, as after
+    ``HolderDialed``.  Still bounded: after the grace idle, the origin.  (A node of the
+    homes demo's second ramp stage took all of v2 from the origin 1 s after its prefetch
+    began, with the canary holding it for 20 s: two copies for 18 nodes, 11 %, over the
+    demo's 10 %.)"""
+
+    artifact: str
+    nodes: tuple[str, ...]
+
+
 # -- effects (swarm -> shell) -------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ from .events import (
     Effect,
     Event,
     HolderDialed,
+    HolderKnown,
     Opened,
     OriginChunk,
     OriginFailed,
@@ -248,6 +249,13 @@ class Swarm:
         if art is not None and art.download is not None:
             art.download.holder_coming(now)
 
+    def _holder_known(self, ev: HolderKnown, now: float, out: list[Effect]) -> None:
+        art = self.artifacts.get(ev.artifact)
+        if art is None or art.download is None:
+            return
+        if any(n not in art.matched and not self._is_banned(n, now) for n in ev.nodes):
+            art.download.holder_coming(now)
+
     def _uplink(self, ev: UplinkMeasured, now: float, out: list[Effect]) -> None:
         self.uploader.set_rate(upload_rate(self.config, ev.rate), now)
 
@@ -436,6 +444,7 @@ EVENT_HANDLERS: Final[Mapping[type[Event], EventHandler]] = {
     OriginFailed: Swarm._origin_failed,  # type: ignore[dict-item]
     UplinkMeasured: Swarm._uplink,  # type: ignore[dict-item]
     HolderDialed: Swarm._holder_dialed,  # type: ignore[dict-item]
+    HolderKnown: Swarm._holder_known,  # type: ignore[dict-item]
 }
 
 #: The one handler per message kind.

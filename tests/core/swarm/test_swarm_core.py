@@ -20,6 +20,7 @@ from p2pupdate.core.swarm.events import (
     Effect,
     FetchFromOrigin,
     HolderDialed,
+    HolderKnown,
     Opened,
     OriginChunk,
     OriginFailed,
@@ -439,6 +440,39 @@ def test_a_holder_being_dialed_is_waited_for_the_grace_not_origin_idle() -> None
     asked, _ = origin_loop(later, CFG.origin_grace + 1.5)
     assert asked and CFG.origin_grace <= min(t for t, _ in asked) <= CFG.origin_grace + 1.0
     sw.handle(HolderDialed(artifact="cd" * 32), 1.0)  # an artifact not fetched: nothing
+
+
+def test_a_whole_holder_named_in_heartbeats_is_waited_for_the_grace_then_the_origin() -> None:
+    """The shell says on each sweep that its heartbeats name a whole holder it has no
+    session with (``HolderKnown``: linked but not answered yet, being dialed by gossip, no
+    contact yet): not release day, so the download waits ``origin_grace`` before the
+    origin, not ``origin_idle``; the holder's session comes and the origin sends nothing.
+    If it never comes, the origin after the grace all the same."""
+    for comes in (True, False):
+        sw, _ = fetcher()
+        asked: list[tuple[float, int]] = []
+        t = 0.0
+        while t < CFG.origin_grace - 1.0:
+            sw.handle(HolderKnown(artifact=ART, nodes=(A,)), t)  # (each sweep: 1 s apart)
+            got, _ = origin_loop(sw, t + 1.0, t=t)
+            asked += got
+            t += 1.0
+        assert not asked  # waited past origin_idle for the holder
+        if comes:
+            join(sw, A, range(16), now=t)
+            assert not [e for e in sw.handle_timer(t + 2.0) if isinstance(e, FetchFromOrigin)]
+            continue
+        answered, _ = fetcher()  # a holder with an answered session: nothing to wait for
+        join(answered, B, (), now=0.0)
+        answered.handle(HolderKnown(artifact=ART, nodes=(B,)), 0.0)
+        early, _ = origin_loop(answered, CFG.origin_idle + 1.0)
+        assert early and min(at for at, _ in early) <= CFG.origin_idle + 0.5
+        while t < CFG.origin_grace + 2.0:
+            sw.handle(HolderKnown(artifact=ART, nodes=(A,)), t)
+            got, _ = origin_loop(sw, t + 1.0, t=t)
+            asked += got
+            t += 1.0
+        assert asked and CFG.origin_grace <= min(at for at, _ in asked) <= CFG.origin_grace + 1.0
 
 
 def test_the_deadline_rule_waits_for_a_measured_rate_then_still_moves_a_slow_swarm() -> None:
